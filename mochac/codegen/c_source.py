@@ -1,0 +1,61 @@
+"""Render the C source of a net from its IR with the Jinja2 templates."""
+
+from __future__ import annotations
+
+import functools
+
+import jinja2
+import numpy as np
+
+from mochac.codegen.lowering import lower_net
+from mochac.version import __version__
+
+CDEF = """
+struct mochac_status {
+    int code;
+    int layer;
+    long long index;
+    double value;
+};
+int mochac_forward(void **p, struct mochac_status *st, int n_valid);
+int mochac_backward(void **p, struct mochac_status *st);
+int mochac_layer_forward(int layer, void **p, struct mochac_status *st, int n_valid);
+int mochac_layer_backward(int layer, void **p, struct mochac_status *st);
+void mochac_set_num_threads(int n);
+"""
+
+
+@functools.cache
+def template_environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("mochac", "templates"),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render_c(ir):
+    """Return (source, slots, kernels) for a net's IR."""
+    slots, kernels = lower_net(ir)
+    env = template_environment()
+    kernel_texts = [
+        env.get_template(kernel.template).render(k=kernel.context).strip("\n")
+        for kernel in kernels
+    ]
+    is_double = ir.dtype == np.float64
+    source = env.get_template("c/net.c.j2").render(
+        version=__version__,
+        net_name=ir.name.replace("*/", "* /"),
+        dtype=ir.dtype.name,
+        ctype="double" if is_double else "float",
+        blas_prefix="d" if is_double else "s",
+        n_layers=len(ir.layers),
+        kernel_texts=kernel_texts,
+        kernels=[kernel.context for kernel in kernels],
+        backward_kernels=[
+            kernel.context for kernel in kernels if kernel.context["in_backward"]
+        ],
+    )
+    return source, slots, kernels

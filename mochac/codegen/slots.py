@@ -1,0 +1,57 @@
+"""The slot table: every buffer the generated code reads, by index.
+
+Generated code receives one ``void **`` array and reads buffer i as
+``p[i]``. The runtime owns the buffers (NumPy arrays) and fills the array
+once per net, so parameters shared between nets are the same memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One buffer: what it holds, its element type and shape.
+
+    ``kind`` is one of "data", "diff" (blob values and gradients), "param",
+    "grad" (parameter values and gradients), "work" (scratch a layer keeps
+    between its forward and backward) and "state" (float64 accumulators
+    such as loss values and statistics).
+    """
+
+    index: int
+    kind: str
+    owner: str
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+
+@dataclass
+class SlotTable:
+    """All slots of a net in a fixed order, with lookup by (kind, owner, name)."""
+
+    slots: list[Slot] = field(default_factory=list)
+    lookup: dict[tuple[str, str, str], Slot] = field(default_factory=dict)
+
+    def add(self, kind, owner, name, dtype, shape) -> Slot:
+        key = (kind, owner, name)
+        if key in self.lookup:
+            return self.lookup[key]
+        slot = Slot(len(self.slots), kind, owner, name, np.dtype(dtype), tuple(shape))
+        self.slots.append(slot)
+        self.lookup[key] = slot
+        return slot
+
+    def get(self, kind, owner, name="") -> Slot:
+        return self.lookup[(kind, owner, name)]
+
+    def find(self, kind, owner, name=""):
+        return self.lookup.get((kind, owner, name))

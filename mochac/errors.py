@@ -1,0 +1,45 @@
+"""Exceptions raised by mochac.
+
+Every error names the layer, blob, parameter or file it concerns and says what
+to do about it. Catch MochacError to handle all of them.
+"""
+
+
+class MochacError(Exception):
+    """Base class of every error mochac raises on purpose."""
+
+
+class ConfigError(MochacError, ValueError):
+    """A layer, neuron, initializer or solver field has an invalid value."""
+
+
+class TopologyError(MochacError):
+    """The layers do not form a valid net (unknown bottom, duplicate top, cycle)."""
+
+
+class ShapeError(MochacError):
+    """Blob shapes do not fit a layer's requirements."""
+
+
+class CompileError(MochacError):
+    """The C compiler failed on generated code.
+
+    ``output`` holds the compiler's messages and ``source_path`` the generated file.
+    """
+
+    def __init__(self, message, output="", source_path=None):
+        super().__init__(message)
+        self.output = output
+        self.source_path = source_path
+
+
+class DataError(MochacError):
+    """Input data is missing, unreadable or out of range (labels, HDF5 datasets)."""
+
+
+class NumericalError(MochacError):
+    """A loss or statistic became NaN or infinite."""
+
+
+class SnapshotError(MochacError):
+    """A snapshot or model file cannot be loaded into a net or solver."""

@@ -1,0 +1,73 @@
+"""Initializers fill a parameter when a net creates it (Caffe calls them fillers).
+
+Each takes the parameter's NumPy shape, whose first axis is the output (fan-out)
+axis; every other axis counts towards the fan-in. That is Mocha's rule in its
+column-major order, where the fan-out axis is the last one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from mochac.errors import ConfigError
+
+
+def _check_number(owner, field, value, positive=False):
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ConfigError(f"{owner}: invalid {field}={value!r}; expected a number.")
+    if positive and value <= 0:
+        raise ConfigError(f"{owner}: invalid {field}={value!r}; expected a value > 0.")
+
+
+@dataclass(frozen=True)
+class Initializer:
+    """Base of every initializer."""
+
+    def init(self, shape, rng: np.random.Generator, dtype) -> np.ndarray:
+        """Return a new array of ``shape`` and ``dtype`` filled from ``rng``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ConstantInitializer(Initializer):
+    """Every element set to ``value`` (default 0)."""
+
+    value: float = 0.0
+
+    def __post_init__(self):
+        _check_number("ConstantInitializer", "value", self.value)
+
+    def init(self, shape, rng, dtype):
+        return np.full(shape, self.value, dtype=dtype)
+
+
+def fan_in(shape) -> int:
+    """Return the product of every axis but the first (the output axis)."""
+    return int(np.prod(shape[1:])) if len(shape) > 1 else 1
+
+
+@dataclass(frozen=True)
+class XavierInitializer(Initializer):
+    """Uniform on [-s, s] with s = sqrt(3 / fan_in), Mocha's Xavier (no fan-out)."""
+
+    def init(self, shape, rng, dtype):
+        scale = math.sqrt(3.0 / fan_in(shape))
+        return rng.uniform(-scale, scale, size=shape).astype(dtype)
+
+
+@dataclass(frozen=True)
+class GaussianInitializer(Initializer):
+    """Independent normal draws with ``mean`` (default 0) and ``std`` (default 1)."""
+
+    mean: float = 0.0
+    std: float = 1.0
+
+    def __post_init__(self):
+        _check_number("GaussianInitializer", "mean", self.mean)
+        _check_number("GaussianInitializer", "std", self.std, positive=True)
+
+    def init(self, shape, rng, dtype):
+        return rng.normal(self.mean, self.std, size=shape).astype(dtype)

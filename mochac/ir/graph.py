@@ -1,0 +1,197 @@
+"""Build the IR: a networkx DiGraph of layer nodes and blob nodes.
+
+Stages: (1) index the layers and check names, (2) wire tops to bottoms,
+raising on unknown bottoms and duplicate tops, (3) sort topologically, ties
+broken by definition order, raising on cycles, (4) infer shapes along that
+order, (5) derive which blobs carry diffs (mochac.ir.schedule).
+
+Node keys are ("layer", index) and ("blob", name). An edge blob -> layer
+carries ``index``, the bottom position; an edge layer -> blob the top position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+
+from mochac.errors import ConfigError, TopologyError
+from mochac.layers.base import Layer, ParamSpec
+
+
+@dataclass
+class BlobInfo:
+    """A blob of the IR: its shape, producer, consumers and gradient needs."""
+
+    name: str
+    shape: tuple[int, ...]
+    producer: int
+    consumers: list[int] = field(default_factory=list)
+    needs_diff: bool = False
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass
+class LayerInfo:
+    """A layer of the IR with its resolved shapes and parameters."""
+
+    index: int
+    layer: Layer
+    name: str
+    bottom_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    top_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    params: list[ParamSpec] = field(default_factory=list)
+    # Per bottom: does backward write this bottom's diff?
+    propagate_down: list[bool] = field(default_factory=list)
+    # Does backward run for this layer (param grads or bottom diffs)?
+    in_backward: bool = False
+
+    @property
+    def param_key(self) -> str:
+        return getattr(self.layer, "param_key", "") or self.name
+
+
+@dataclass
+class NetIR:
+    """The IR of one net: graph, layers, blobs and schedules."""
+
+    name: str
+    graph: nx.DiGraph
+    layers: list[LayerInfo]
+    blobs: dict[str, BlobInfo]
+    forward_order: list[int]
+    backward_order: list[int] = field(default_factory=list)
+    dtype: np.dtype = np.dtype(np.float32)
+
+    def layer(self, name: str) -> LayerInfo:
+        for info in self.layers:
+            if info.name == name:
+                return info
+        raise KeyError(f"net '{self.name}' has no layer named '{name}'")
+
+
+def _display_names(layers: list[Layer]) -> list[str]:
+    """Give unnamed layers a name from their class and position; check duplicates."""
+    names = []
+    seen: dict[str, int] = {}
+    for index, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            raise ConfigError(
+                f"item {index} of the layer list is a {type(layer).__name__}, not a "
+                "layer; pass layer objects such as ConvolutionLayer(...)"
+            )
+        name = layer.name or f"{type(layer).__name__}-{index}"
+        if name in seen:
+            raise TopologyError(
+                f"layers {seen[name]} and {index} are both named '{name}'; layer names "
+                "must be unique because snapshots and parameters are keyed by them"
+            )
+        if layer.has_param and not layer.name:
+            raise ConfigError(
+                f"{type(layer).__name__} at position {index} has parameters but no "
+                "name; give it a name= so its parameters can be saved and shared"
+            )
+        seen[name] = index
+        names.append(name)
+    return names
+
+
+def build_ir(
+    name: str,
+    layers: list[Layer],
+    source_shapes: dict[int, list[tuple[int, ...]]],
+    dtype=np.float32,
+    force_backward: bool = False,
+) -> NetIR:
+    """Return the IR of a net made of ``layers``.
+
+    ``source_shapes`` gives, for the index of each source (data) layer, the
+    shapes of its tops, which only the runtime can read. With
+    ``force_backward`` every blob a layer can back-propagate into gets a diff,
+    which the gradient checks use. Raises TopologyError, ShapeError or
+    ConfigError naming the layer or blob at fault.
+    """
+    layers = list(layers)
+    names = _display_names(layers)
+    graph = nx.DiGraph(name=name)
+    producers: dict[str, int] = {}
+
+    # Wire every top to its producer.
+    for index, layer in enumerate(layers):
+        graph.add_node(("layer", index), index=index, name=names[index])
+        for position, top in enumerate(layer.tops):
+            if top in producers:
+                other = producers[top]
+                raise TopologyError(
+                    f"blob '{top}' is a top of both layer '{names[other]}' and layer "
+                    f"'{names[index]}'; rename one of the tops"
+                )
+            producers[top] = index
+            graph.add_edge(("layer", index), ("blob", top), index=position)
+
+    # Wire every bottom to its consumer.
+    for index, layer in enumerate(layers):
+        for position, bottom in enumerate(layer.bottoms):
+            if bottom not in producers:
+                known = ", ".join(sorted(producers)) or "none"
+                raise TopologyError(
+                    f"layer '{names[index]}' reads bottom '{bottom}', which no layer "
+                    f"produces (known blobs: {known}); add a layer with that top or "
+                    "fix the name"
+                )
+            if graph.has_edge(("blob", bottom), ("layer", index)):
+                raise TopologyError(
+                    f"layer '{names[index]}' lists bottom '{bottom}' twice; use a "
+                    "SplitLayer to make two copies"
+                )
+            graph.add_edge(("blob", bottom), ("layer", index), index=position)
+
+    try:
+        cycle = nx.find_cycle(graph)
+    except nx.NetworkXNoCycle:
+        cycle = None
+    if cycle:
+        members = [names[node[1]] for node, _ in cycle if node[0] == "layer"]
+        raise TopologyError(
+            f"the layers {' -> '.join(members)} form a cycle; a net must be acyclic"
+        )
+    order = [
+        node[1]
+        for node in nx.lexicographical_topological_sort(
+            graph, key=lambda node: (node[1] if node[0] == "layer" else -1, str(node))
+        )
+        if node[0] == "layer"
+    ]
+
+    # Infer shapes along the forward order.
+    infos = [
+        LayerInfo(index, layer, names[index]) for index, layer in enumerate(layers)
+    ]
+    blobs: dict[str, BlobInfo] = {}
+    for index in order:
+        info, layer = infos[index], layers[index]
+        info.bottom_shapes = [blobs[bottom].shape for bottom in layer.bottoms]
+        if layer.is_source:
+            top_shapes = [tuple(shape) for shape in source_shapes[index]]
+        else:
+            top_shapes = [
+                tuple(shape) for shape in layer.infer_shapes(info.bottom_shapes)
+            ]
+            info.params = layer.param_specs(info.bottom_shapes)
+        info.top_shapes = top_shapes
+        for top, shape in zip(layer.tops, top_shapes):
+            blobs[top] = BlobInfo(top, shape, producer=index)
+        for bottom in layer.bottoms:
+            blobs[bottom].consumers.append(index)
+    for blob in blobs.values():
+        graph.nodes[("blob", blob.name)]["shape"] = blob.shape
+
+    ir = NetIR(name, graph, infos, blobs, order, dtype=np.dtype(dtype))
+    from mochac.ir.schedule import derive_backward
+
+    derive_backward(ir, force_backward)
+    return ir

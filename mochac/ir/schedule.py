@@ -1,0 +1,84 @@
+"""Derive the backward schedule: which blobs carry diffs and which layers run.
+
+A blob needs a diff when a gradient can flow through it: some consumer
+back-propagates into it from a loss (or, under force_backward, from any top),
+and its producer has parameters or itself passes gradients further down.
+"""
+
+from __future__ import annotations
+
+from mochac.errors import TopologyError
+
+
+def derive_backward(ir, force_backward: bool = False) -> None:
+    """Fill ``needs_diff``, ``propagate_down``, ``in_backward`` and the backward order."""
+    layers = ir.layers
+
+    # Gradient reaches a blob from above: walk the forward order in reverse.
+    reaches_loss: dict[str, bool] = {}
+    layer_reached = [False] * len(layers)
+    for index in reversed(ir.forward_order):
+        info = layers[index]
+        layer = info.layer
+        if not layer.can_do_bp:
+            continue
+        tops_reached = any(reaches_loss.get(top, False) for top in layer.tops)
+        if layer.has_loss or tops_reached or (force_backward and not layer.is_source):
+            layer_reached[index] = True
+            for position, bottom in enumerate(layer.bottoms):
+                if layer.bottom_takes_grad(position):
+                    reaches_loss[bottom] = True
+
+    # Gradient is wanted below a blob: walk the forward order.
+    wanted_below: dict[str, bool] = {}
+    for index in ir.forward_order:
+        info = layers[index]
+        layer = info.layer
+        below = bool(info.params) or any(
+            wanted_below.get(bottom, False) for bottom in layer.bottoms
+        )
+        if force_backward and layer.is_source:
+            below = True
+        for top in layer.tops:
+            wanted_below[top] = (
+                below and layer.can_do_bp or (force_backward and layer.is_source)
+            )
+
+    for blob in ir.blobs.values():
+        blob.needs_diff = reaches_loss.get(blob.name, False) and wanted_below.get(
+            blob.name, False
+        )
+
+    for index in ir.forward_order:
+        info = layers[index]
+        layer = info.layer
+        info.propagate_down = [
+            layer_reached[index]
+            and layer.bottom_takes_grad(position)
+            and ir.blobs[bottom].needs_diff
+            for position, bottom in enumerate(layer.bottoms)
+        ]
+        info.in_backward = layer_reached[index] and (
+            bool(info.params) or any(info.propagate_down)
+        )
+
+    # A diff written by two consumers would need summing; ask for a split.
+    for blob in ir.blobs.values():
+        writers = [
+            layers[index].name
+            for index in blob.consumers
+            if any(
+                layers[index].propagate_down[pos]
+                for pos, bottom in enumerate(layers[index].layer.bottoms)
+                if bottom == blob.name
+            )
+        ]
+        if len(writers) > 1:
+            raise TopologyError(
+                f"blob '{blob.name}' feeds back-propagating layers "
+                f"{', '.join(repr(w) for w in writers)}, so their gradients must be "
+                f"summed; insert a SplitLayer(bottoms=['{blob.name}'], tops=[...]) "
+                "and give each consumer its own copy"
+            )
+
+    ir.backward_order = [i for i in reversed(ir.forward_order) if layers[i].in_backward]

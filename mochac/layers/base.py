@@ -1,0 +1,173 @@
+"""The layer base class: an immutable, validated config with Mocha's fields.
+
+A layer describes what to compute, never how. Its class attributes are Mocha's
+characterizations, which the IR reads instead of testing layer types by name.
+Shapes follow NumPy's row-major (N, C, H, W) order; geometry tuples (kernel,
+stride, pad) keep Mocha's documented (width, height) order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+from mochac.errors import ConfigError, ShapeError
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A learnable parameter a layer asks for.
+
+    ``name`` is the parameter's name inside the layer ("filter", "bias"),
+    ``shape`` its NumPy shape, ``lr`` the local learning-rate factor.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    initializer: object
+    regularizer: object
+    lr: float
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Layer:
+    """Base of every layer config.
+
+    Fields common to all layers:
+        name: the layer's name; snapshots and parameter sharing key on it.
+            Default "" (a layer with parameters must be given one).
+        bottoms: names of the input blobs.
+        tops: names of the output blobs.
+
+    Layers compare by identity, so the same layer object used in two nets is
+    recognised as one layer (and shares its parameters).
+    """
+
+    name: str = ""
+    bottoms: tuple[str, ...] = ()
+    tops: tuple[str, ...] = ()
+
+    is_source: ClassVar[bool] = False
+    is_sink: ClassVar[bool] = False
+    has_param: ClassVar[bool] = False
+    has_neuron: ClassVar[bool] = False
+    can_do_bp: ClassVar[bool] = False
+    is_inplace: ClassVar[bool] = False
+    has_loss: ClassVar[bool] = False
+    has_stats: ClassVar[bool] = False
+
+    # Bounds on the number of bottoms and tops; None means unbounded.
+    n_bottoms: ClassVar[tuple[int, int | None]] = (1, None)
+    n_tops: ClassVar[tuple[int, int | None]] = (1, None)
+    # True when each bottom maps to the top at the same index.
+    tops_match_bottoms: ClassVar[bool] = True
+
+    def __post_init__(self):
+        if not isinstance(self.name, str):
+            self._fail("name", self.name, "a string")
+        for field in ("bottoms", "tops"):
+            value = getattr(self, field)
+            if isinstance(value, str):
+                value = (value,)
+            value = tuple(value)
+            if not all(isinstance(blob, str) and blob for blob in value):
+                self._fail(field, value, "a list of non-empty blob names (strings)")
+            object.__setattr__(self, field, value)
+        self._check_count("bottoms", self.bottoms, self.n_bottoms)
+        self._check_count("tops", self.tops, self.n_tops)
+        if self.tops_match_bottoms and len(self.tops) != len(self.bottoms):
+            self._fail(
+                "tops",
+                list(self.tops),
+                f"one top per bottom ({len(self.bottoms)} bottoms given)",
+            )
+        self.validate()
+
+    def validate(self):
+        """Check the layer's own fields; subclasses raise through ``_fail``."""
+
+    @property
+    def label(self) -> str:
+        """The name used in messages: the layer name or its class."""
+        return self.name or type(self).__name__
+
+    def _fail(self, field, value, expected):
+        raise ConfigError(
+            f"{type(self).__name__} '{self.name}': invalid {field}={value!r}; "
+            f"expected {expected}."
+        )
+
+    def _check_count(self, field, value, bounds):
+        low, high = bounds
+        if len(value) < low or (high is not None and len(value) > high):
+            if high is None:
+                expected = f"at least {low} blob name(s)"
+            elif low == high:
+                expected = f"exactly {low} blob name(s)"
+            else:
+                expected = f"between {low} and {high} blob names"
+            self._fail(field, list(value), expected)
+
+    def shape_error(self, message) -> ShapeError:
+        """Build a ShapeError that names this layer."""
+        return ShapeError(f"{type(self).__name__} '{self.label}': {message}")
+
+    # --- what the IR asks of a layer -------------------------------------
+
+    def infer_shapes(self, bottom_shapes: list[tuple[int, ...]]) -> list[tuple]:
+        """Return the top shapes for the given bottom shapes, or raise ShapeError."""
+        raise NotImplementedError
+
+    def param_specs(self, bottom_shapes: list[tuple[int, ...]]) -> list[ParamSpec]:
+        """Return the learnable parameters for the given bottom shapes."""
+        return []
+
+    def bottom_takes_grad(self, index: int) -> bool:
+        """Whether back-propagation produces a diff for bottom ``index``."""
+        return self.can_do_bp
+
+    def replace(self, **changes) -> Layer:
+        """Return a copy with some fields changed (Mocha's ``copy(layer, ...)``)."""
+        return dataclasses.replace(self, **changes)
+
+
+def to_pair(layer: Layer, field: str, value, minimum: int) -> tuple[int, int]:
+    """Normalize a Mocha (width, height) geometry value to (height, width).
+
+    An int means the same value in both directions. Raises ConfigError naming the
+    layer and field when the value is not one or two ints >= ``minimum``.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    try:
+        width, height = value
+    except (TypeError, ValueError):
+        layer._fail(
+            field, value, f"an int or a (width, height) pair of ints >= {minimum}"
+        )
+    for item in (width, height):
+        if not isinstance(item, int) or isinstance(item, bool) or item < minimum:
+            layer._fail(
+                field, value, f"an int or a (width, height) pair of ints >= {minimum}"
+            )
+    return (height, width)
+
+
+def channel_axis(layer: Layer, dim: int, ndim: int) -> int:
+    """Convert Mocha's ``dim`` (counted in Julia's column-major order) to a NumPy axis.
+
+    Mocha's dimension 1 is the fastest-varying one, so its dim ``d`` is NumPy
+    axis ``ndim - d`` and its -1 (the batch dimension) is NumPy axis 0. The
+    default -2 is the channel axis, NumPy axis 1.
+    """
+    if dim < 0:
+        axis = -dim - 1
+    else:
+        axis = ndim - dim
+    if not 0 <= axis < ndim or dim == 0:
+        raise layer.shape_error(
+            f"dim={dim} is out of range for a {ndim}-D blob; use -2 (channels) or a "
+            f"value in 1..{ndim}"
+        )
+    return axis

@@ -1,0 +1,84 @@
+"""Utility layers that move data without computing: Split, Identity, Reshape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+from mochac.layers.base import Layer
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class SplitLayer(Layer):
+    """Copies one bottom to every top; backward sums the tops' diffs.
+
+    Fields:
+        no_copy: default False. Kept for Mocha compatibility; the compiled
+            net gives each top its own data either way.
+    """
+
+    no_copy: bool = False
+
+    n_bottoms = (1, 1)
+    n_tops = (1, None)
+    tops_match_bottoms = False
+    can_do_bp = True
+
+    def validate(self):
+        if not isinstance(self.no_copy, bool):
+            self._fail("no_copy", self.no_copy, "True or False")
+
+    def infer_shapes(self, bottom_shapes):
+        return [bottom_shapes[0]] * len(self.tops)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class IdentityLayer(Layer):
+    """Passes each bottom to the top at the same index unchanged (a rename)."""
+
+    can_do_bp = True
+
+    def infer_shapes(self, bottom_shapes):
+        return list(bottom_shapes)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ReshapeLayer(Layer):
+    """Gives each bottom a new per-sample shape without changing its data.
+
+    Fields:
+        shape: the per-sample shape in Mocha's column-major order (fastest axis
+            first, batch axis left out), so Mocha's shape=(W, H, C) gives
+            NumPy tops of shape (N, C, H, W). Its product must equal the
+            bottom's elements per sample.
+    """
+
+    shape: tuple[int, ...] = ()
+
+    can_do_bp = True
+
+    def validate(self):
+        shape = self.shape
+        if isinstance(shape, int):
+            shape = (shape,)
+        if (
+            not isinstance(shape, (tuple, list))
+            or not shape
+            or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape
+            )
+        ):
+            self._fail("shape", self.shape, "a non-empty tuple of ints >= 1")
+        object.__setattr__(self, "shape", tuple(shape))
+
+    def infer_shapes(self, bottom_shapes):
+        per_sample = tuple(reversed(self.shape))
+        tops = []
+        for index, shape in enumerate(bottom_shapes):
+            if prod(shape[1:]) != prod(per_sample):
+                raise self.shape_error(
+                    f"bottom '{self.bottoms[index]}' has {prod(shape[1:])} elements "
+                    f"per sample but shape={self.shape} holds {prod(per_sample)}"
+                )
+            tops.append((shape[0],) + per_sample)
+        return tops

@@ -1,0 +1,51 @@
+"""Regularizers: penalties on parameters, applied as gradients in the update.
+
+Like Mocha, mochac leaves the penalty out of the objective value and adds only
+its gradient. The solver's ``regu_coef`` scales every local coefficient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mochac.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Regularizer:
+    """Base of every regularizer; ``coefficient`` is the local weight."""
+
+    coefficient: float = 0.0
+
+    def __post_init__(self):
+        value = self.coefficient
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise ConfigError(
+                f"{type(self).__name__}: invalid coefficient={value!r}; "
+                "expected a number >= 0."
+            )
+
+    def add_gradient(self, param: np.ndarray, grad: np.ndarray, global_coef: float):
+        """Add the penalty's gradient to ``grad`` in place."""
+
+
+@dataclass(frozen=True)
+class NoRegu(Regularizer):
+    """No penalty."""
+
+
+@dataclass(frozen=True)
+class L2Regu(Regularizer):
+    """Penalty coefficient * |W|^2, so 2 * coefficient * W joins the gradient.
+
+    Mocha's definition: twice Caffe's weight decay for the same coefficient.
+    """
+
+    coefficient: float = 1.0
+
+    def add_gradient(self, param, grad, global_coef):
+        scale = 2.0 * self.coefficient * global_coef
+        if scale != 0.0:
+            grad += param.dtype.type(scale) * param

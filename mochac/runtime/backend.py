@@ -1,0 +1,62 @@
+"""CPUBackend: element type, threads, random numbers and the parameter registry."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from mochac.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+class CPUBackend:
+    """The CPU backend: generated C with OpenMP, GEMM through OpenBLAS.
+
+    Args:
+        dtype: element type of blobs and parameters, np.float32 (default) or
+            np.float64 (the gradient checks use it).
+        threads: OpenMP and BLAS threads; default: the CPUs this process may use.
+        seed: seed of the generator behind parameter initialization and data
+            shuffling; None draws one from the operating system.
+
+    The registry maps a parameter key (a layer's param_key, or its name) to
+    that layer's parameter arrays, so nets built on one backend with the same
+    layer share parameters, as in Mocha.
+    """
+
+    def __init__(self, dtype=np.float32, threads: int | None = None, seed=None):
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ConfigError(
+                f"CPUBackend: invalid dtype={self.dtype}; expected np.float32 or "
+                "np.float64"
+            )
+        if threads is None:
+            threads = (
+                len(os.sched_getaffinity(0))
+                if hasattr(os, "sched_getaffinity")
+                else (os.cpu_count() or 1)
+            )
+        if not isinstance(threads, int) or threads < 1:
+            raise ConfigError(
+                f"CPUBackend: invalid threads={threads!r}; expected an int >= 1"
+            )
+        self.threads = threads
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.registry: dict[str, dict[str, np.ndarray]] = {}
+
+    def init(self):
+        """Prepare the backend; kept for Mocha's ``init(backend)`` call."""
+        logger.debug("CPUBackend ready: %s, %d threads", self.dtype.name, self.threads)
+
+    def shutdown(self):
+        """Release the parameter registry."""
+        self.registry_reset()
+
+    def registry_reset(self):
+        """Forget shared parameters, so the next net initializes its own."""
+        self.registry.clear()

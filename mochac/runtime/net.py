@@ -1,0 +1,266 @@
+"""Net: a compiled net with its buffers, data sources and parameters.
+
+Construction builds the IR, renders C, compiles it (or loads it from the
+cache) and allocates one NumPy array per slot. Parameters come from the
+backend's registry when a layer with the same key was seen before, which is
+how a test net shares the train net's parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from mochac.codegen.build import build_extension, load_extension
+from mochac.codegen.c_source import render_c
+from mochac.errors import DataError, NumericalError, ShapeError
+from mochac.ir import build_ir
+from mochac.runtime.data_sources import make_source
+
+logger = logging.getLogger(__name__)
+
+BAD_LABEL = 1
+
+
+class Net:
+    """A net compiled for the CPU backend.
+
+    Args:
+        name: the net's name, used in logs and generated code.
+        backend: a CPUBackend.
+        layers: the layer configs; order does not matter beyond breaking ties.
+        force_backward: give every blob a layer can back-propagate into a
+            diff, even without a loss (used by gradient checks).
+
+    Views (NumPy arrays that alias the compiled net's memory):
+        blobs[name], diffs[name], params[layer][param], grads[layer][param].
+    """
+
+    def __init__(
+        self,
+        name,
+        backend,
+        layers,
+        *,
+        force_backward=False,
+        _prebuilt: Path | None = None,
+    ):
+        self.name = name
+        self.backend = backend
+        self.layers = list(layers)
+        self.force_backward = force_backward
+        dtype = backend.dtype
+
+        # Data layers are opened first: only they know their top shapes.
+        self.sources = {}
+        source_shapes = {}
+        for index, layer in enumerate(self.layers):
+            if getattr(layer, "is_source", False):
+                source = make_source(
+                    layer, dtype, np.random.default_rng(backend.rng.integers(2**63))
+                )
+                self.sources[index] = source
+                source_shapes[index] = source.shapes
+
+        self.ir = build_ir(name, self.layers, source_shapes, dtype, force_backward)
+        self.source, self.slots, self.kernels = render_c(self.ir)
+        if _prebuilt is not None:
+            self.extension_path = Path(_prebuilt)
+            module = load_extension(
+                self.extension_path, self.extension_path.name.split(".")[0]
+            )
+        else:
+            module, self.extension_path = build_extension(self.source, name)
+        self.ffi, self.lib = module.ffi, module.lib
+        self.lib.mochac_set_num_threads(backend.threads)
+
+        self._allocate()
+        self.status = self.ffi.new("struct mochac_status *")
+        logger.info(
+            "net '%s': %d layers, %d blobs, %d parameters, %.1f MB of buffers",
+            name,
+            len(self.ir.layers),
+            len(self.ir.blobs),
+            sum(a.size for layer in self.params.values() for a in layer.values()),
+            sum(a.nbytes for a in self.arrays) / 1e6,
+        )
+
+    # --- construction ---------------------------------------------------------
+
+    def _allocate(self):
+        self.arrays = []
+        self.blobs: dict[str, np.ndarray] = {}
+        self.diffs: dict[str, np.ndarray] = {}
+        self.params: dict[str, dict[str, np.ndarray]] = {}
+        self.grads: dict[str, dict[str, np.ndarray]] = {}
+        self.states: dict[str, np.ndarray] = {}
+        specs = {
+            (info.param_key, spec.name): (info, spec)
+            for info in self.ir.layers
+            for spec in info.params
+        }
+        for slot in self.slots.slots:
+            if slot.kind == "param":
+                info, spec = specs[(slot.owner, slot.name)]
+                array = self._shared_param(info, spec)
+                self.params.setdefault(info.name, {})[spec.name] = array
+            else:
+                array = np.zeros(slot.shape, dtype=slot.dtype)
+                if slot.kind == "data":
+                    self.blobs[slot.owner] = array
+                elif slot.kind == "diff":
+                    self.diffs[slot.owner] = array
+                elif slot.kind == "grad":
+                    self.grads.setdefault(slot.owner, {})[slot.name] = array
+                elif slot.kind == "state":
+                    self.states[slot.owner] = array
+            self.arrays.append(array)
+        self.pointers = self.ffi.new("void *[]", max(len(self.arrays), 1))
+        for index, array in enumerate(self.arrays):
+            self.pointers[index] = self.ffi.cast("void *", array.ctypes.data)
+
+    def _shared_param(self, info, spec) -> np.ndarray:
+        registry = self.backend.registry.setdefault(info.param_key, {})
+        existing = registry.get(spec.name)
+        if existing is not None:
+            if existing.shape != spec.shape or existing.dtype != self.backend.dtype:
+                raise ShapeError(
+                    f"layer '{info.name}': parameter '{spec.name}' is shared under key "
+                    f"'{info.param_key}' with shape {existing.shape}, but this net needs "
+                    f"{spec.shape}; give the layer a different name or param_key"
+                )
+            logger.debug("layer '%s': sharing parameter '%s'", info.name, spec.name)
+            return existing
+        logger.debug("layer '%s': initializing parameter '%s'", info.name, spec.name)
+        array = np.ascontiguousarray(
+            spec.initializer.init(spec.shape, self.backend.rng, self.backend.dtype)
+        )
+        registry[spec.name] = array
+        return array
+
+    # --- running --------------------------------------------------------------
+
+    def _check(self, rc):
+        if rc == 0:
+            return
+        status = self.status
+        info = (
+            self.ir.layers[status.layer]
+            if 0 <= status.layer < len(self.ir.layers)
+            else None
+        )
+        if rc == BAD_LABEL and info is not None:
+            layer = info.layer
+            prediction = self.ir.blobs[layer.bottoms[0]]
+            classes = self.kernels_by_layer[status.layer].context["C"]
+            per_sample = math.prod(prediction.shape) // classes // prediction.shape[0]
+            raise DataError(
+                f"layer '{info.name}': label blob '{layer.bottoms[1]}' holds "
+                f"{status.value!r} at sample {status.index // per_sample} (element "
+                f"{status.index} of the batch); labels must be integers in "
+                f"0..{classes - 1}"
+            )
+        raise RuntimeError(f"net '{self.name}': generated code returned error {rc}")
+
+    @property
+    def kernels_by_layer(self):
+        return {kernel.layer_index: kernel for kernel in self.kernels}
+
+    def load_batch(self) -> int:
+        """Fill the data layers' tops with their next batch; return n_valid."""
+        n_valid = None
+        for index, source in self.sources.items():
+            outputs = [self.blobs[top] for top in source.layer.tops]
+            valid = source.next_batch(outputs)
+            n_valid = valid if n_valid is None else min(n_valid, valid)
+        return n_valid if n_valid is not None else 0
+
+    def forward(self, load_data: bool = True) -> float:
+        """Run one forward pass; return the objective (the sum of weighted losses).
+
+        With ``load_data`` (default) the data layers first fetch their next
+        batch. Raises DataError on invalid labels and NumericalError when a
+        loss is NaN or infinite.
+        """
+        n_valid = self.load_batch() if load_data else self._batch_size()
+        self._check(self.lib.mochac_forward(self.pointers, self.status, n_valid))
+        return self.objective()
+
+    def _batch_size(self) -> int:
+        return max((blob.shape[0] for blob in self.ir.blobs.values()), default=0)
+
+    def objective(self) -> float:
+        """Return the sum of the loss layers' weighted values from the last forward."""
+        total = 0.0
+        for info in self.ir.layers:
+            if info.layer.has_loss:
+                value = float(self.states[info.name][0])
+                if not math.isfinite(value):
+                    raise NumericalError(
+                        f"net '{self.name}': loss layer '{info.name}' computed {value}; "
+                        "check the learning rate and the input data for NaN or Inf"
+                    )
+                total += value
+        return total
+
+    def backward(self):
+        """Run back-propagation from the losses of the last forward pass."""
+        self._check(self.lib.mochac_backward(self.pointers, self.status))
+
+    def forward_layer(self, name: str, n_valid: int | None = None):
+        """Run one layer's forward pass on the current blob contents (for tests)."""
+        info = self.ir.layer(name)
+        n_valid = self._batch_size() if n_valid is None else n_valid
+        self._check(
+            self.lib.mochac_layer_forward(
+                info.index, self.pointers, self.status, n_valid
+            )
+        )
+
+    def backward_layer(self, name: str):
+        """Run one layer's backward pass on the current diffs (for tests)."""
+        info = self.ir.layer(name)
+        self._check(
+            self.lib.mochac_layer_backward(info.index, self.pointers, self.status)
+        )
+
+    # --- statistics -----------------------------------------------------------
+
+    def statistics(self) -> dict[str, float]:
+        """Return accumulated statistics, e.g. {"accuracy-accuracy": 0.99}."""
+        stats = {}
+        for info in self.ir.layers:
+            if info.layer.has_stats:
+                right, count = self.states[info.name]
+                stats[f"{info.name}-accuracy"] = right / count if count else 0.0
+                stats[f"{info.name}-count"] = count
+        return stats
+
+    def reset_statistics(self):
+        for info in self.ir.layers:
+            if info.layer.has_stats:
+                self.states[info.name][...] = 0
+
+    # --- access ---------------------------------------------------------------
+
+    def data_source(self, layer_name: str):
+        """Return the runtime state of a data layer (position, epoch, arrays)."""
+        for index, source in self.sources.items():
+            if self.ir.layers[index].name == layer_name:
+                return source
+        raise KeyError(f"net '{self.name}' has no data layer named '{layer_name}'")
+
+    def get_layer(self, name: str):
+        """Return the layer config named ``name``."""
+        return self.ir.layer(name).layer
+
+    def __repr__(self):
+        lines = [f"Net '{self.name}' ({self.backend.dtype.name})"]
+        for index in self.ir.forward_order:
+            info = self.ir.layers[index]
+            tops = ", ".join(f"{t} {self.ir.blobs[t].shape}" for t in info.layer.tops)
+            lines.append(f"  {info.name:<16} {type(info.layer).__name__:<20} -> {tops}")
+        return "\n".join(lines)
