@@ -44,9 +44,29 @@ from mochac.layers import (  # noqa: E402
     SplitLayer,
     SquareLossLayer,
 )
+from mochac.mocha_api import (  # noqa: E402
+    add_coffee_break,
+    backward,
+    destroy,
+    forward,
+    init,
+    load_snapshot,
+    log_to_console,
+    setup_coffee_lounge,
+    shutdown,
+    solve,
+)
 from mochac.regularizers import L2Regu, NoRegu  # noqa: E402
 from mochac.runtime.backend import CPUBackend  # noqa: E402
+from mochac.runtime.coffee_breaks import (  # noqa: E402
+    Snapshot,
+    TrainingSummary,
+    ValidationPerformance,
+)
+from mochac.runtime.lr_policy import LRPolicy  # noqa: E402
+from mochac.runtime.mom_policy import MomPolicy  # noqa: E402
 from mochac.runtime.net import Net  # noqa: E402
+from mochac.runtime.solver import SGD, Solver, make_solver_parameters  # noqa: E402
 from mochac.version import __version__  # noqa: E402
 
 __all__ = [
@@ -80,4 +100,22 @@ __all__ = [
     "TopologyError",
     "XavierInitializer",
     "__version__",
+    "LRPolicy",
+    "MomPolicy",
+    "SGD",
+    "Snapshot",
+    "Solver",
+    "TrainingSummary",
+    "ValidationPerformance",
+    "add_coffee_break",
+    "backward",
+    "destroy",
+    "forward",
+    "init",
+    "load_snapshot",
+    "log_to_console",
+    "make_solver_parameters",
+    "setup_coffee_lounge",
+    "shutdown",
+    "solve",
 ]

@@ -45,6 +45,7 @@ def render_c(ir):
         for kernel in kernels
     ]
     is_double = ir.dtype == np.float64
+    by_layer = {kernel.layer_index: kernel for kernel in kernels}
     source = env.get_template("c/net.c.j2").render(
         version=__version__,
         net_name=ir.name.replace("*/", "* /"),
@@ -54,8 +55,6 @@ def render_c(ir):
         n_layers=len(ir.layers),
         kernel_texts=kernel_texts,
         kernels=[kernel.context for kernel in kernels],
-        backward_kernels=[
-            kernel.context for kernel in kernels if kernel.context["in_backward"]
-        ],
+        backward_kernels=[by_layer[index].context for index in ir.backward_order],
     )
     return source, slots, kernels

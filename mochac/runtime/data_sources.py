@@ -101,11 +101,19 @@ class DataSource:
         self.rng.bit_generator.state = json.loads(state["rng"])
 
 
-def _as_float(array: np.ndarray, dtype, where: str) -> np.ndarray:
+def _check_float(array: np.ndarray, dtype, where: str):
+    """Log a line when integer or bool values need converting to ``dtype``.
+
+    Raises DataError for any other dtype that is not floating point.
+    """
     if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
         logger.info("%s: converting %s values to %s", where, array.dtype, dtype.name)
     elif not np.issubdtype(array.dtype, np.floating):
         raise DataError(f"{where}: dtype {array.dtype} is not numeric; store floats")
+
+
+def _as_float(array: np.ndarray, dtype, where: str) -> np.ndarray:
+    _check_float(array, dtype, where)
     return np.ascontiguousarray(array, dtype=dtype)
 
 
@@ -153,6 +161,11 @@ def load_hdf5(layer: HDF5DataLayer, dtype) -> list[np.ndarray]:
         with handle:
             rows = None
             for position, top in enumerate(layer.tops):
+                if isinstance(handle.get(top), h5py.Group):
+                    raise DataError(
+                        f"HDF5DataLayer '{layer.label}': in file {path}, '{top}' is a "
+                        "group, not a dataset; each top names a dataset"
+                    )
                 if top not in handle:
                     raise DataError(
                         f"HDF5DataLayer '{layer.label}': file {path} has no dataset "
@@ -173,6 +186,12 @@ def load_hdf5(layer: HDF5DataLayer, dtype) -> list[np.ndarray]:
                     )
                 rows = len(array)
                 per_top[position].append(array)
+    if not sum(len(part) for part in per_top[0]):
+        # An empty source would make DataSource loop forever looking for a sample.
+        raise DataError(
+            f"HDF5DataLayer '{layer.label}': the files listed in {layer.source} hold "
+            f"no samples (dataset '{layer.tops[0]}' has 0 rows)"
+        )
     arrays = []
     for top, parts in zip(layer.tops, per_top):
         shapes = {part.shape[1:] for part in parts}
@@ -207,4 +226,10 @@ class MemorySource(DataSource):
     """Reads the layer's own arrays at every batch, so in-place edits show."""
 
     def __init__(self, layer: MemoryDataLayer, rng, dtype):
+        # The dtype is checked once here, and next_batch converts the values
+        # while copying them into the blobs.
+        for top, array in zip(layer.tops, layer.data):
+            _check_float(
+                array, np.dtype(dtype), f"MemoryDataLayer '{layer.label}': top '{top}'"
+            )
         super().__init__(layer, list(layer.data), rng, shuffle=False)

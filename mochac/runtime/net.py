@@ -253,6 +253,12 @@ class Net:
                 return source
         raise KeyError(f"net '{self.name}' has no data layer named '{layer_name}'")
 
+    def destroy(self):
+        """Drop the buffers; the net cannot run afterwards."""
+        self.arrays = []
+        self.blobs, self.diffs, self.grads, self.states = {}, {}, {}, {}
+        self.pointers = None
+
     def get_layer(self, name: str):
         """Return the layer config named ``name``."""
         return self.ir.layer(name).layer

@@ -1,0 +1,87 @@
+"""The coffee lounge: statistics reported at coffee breaks, optionally saved to HDF5.
+
+Each statistic (obj_val, learning_rate, accuracy-accuracy, ...) is a series
+of (iteration, value) pairs. The file holds one group per statistic with the
+datasets ``iterations`` and ``values``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from mochac.errors import ConfigError
+from mochac.runtime.snapshot import write_atomically
+
+logger = logging.getLogger(__name__)
+
+FILE_EXISTS_MODES = ("merge", "overwrite", "panic")
+
+
+class CoffeeLounge:
+    """Statistics storage of a solver.
+
+    Args:
+        save_into: HDF5 path to save into, or None to keep statistics in memory.
+        every_n_iter: save every this many iterations (and at the end).
+        file_exists: what to do with an existing file: "merge" (default, keep
+            its series and add to them), "overwrite" or "panic" (raise).
+    """
+
+    def __init__(self, save_into=None, every_n_iter=1, file_exists="merge"):
+        if file_exists not in FILE_EXISTS_MODES:
+            raise ConfigError(
+                f"coffee lounge: invalid file_exists={file_exists!r}; expected one of "
+                f"{', '.join(FILE_EXISTS_MODES)}"
+            )
+        if not isinstance(every_n_iter, int) or every_n_iter < 1:
+            raise ConfigError(
+                f"coffee lounge: invalid every_n_iter={every_n_iter!r}; expected an int >= 1"
+            )
+        self.save_into = Path(save_into) if save_into else None
+        self.every_n_iter = every_n_iter
+        self.statistics: dict[str, dict[int, float]] = {}
+        if self.save_into and self.save_into.exists():
+            if file_exists == "panic":
+                raise ConfigError(
+                    f"coffee lounge: {self.save_into} exists; remove it or pass "
+                    "file_exists='merge' or 'overwrite'"
+                )
+            if file_exists == "merge":
+                self.statistics = read_statistics(self.save_into)
+
+    def update(self, iteration: int, name: str, value: float):
+        self.statistics.setdefault(name, {})[int(iteration)] = float(value)
+
+    def maybe_save(self, iteration: int, force: bool = False):
+        if self.save_into is None:
+            return
+        if force or iteration % self.every_n_iter == 0:
+            self.save()
+
+    def save(self):
+        def fill(handle):
+            for name, series in self.statistics.items():
+                group = handle.create_group(name)
+                iterations = np.array(sorted(series), dtype=np.int64)
+                group.create_dataset("iterations", data=iterations)
+                group.create_dataset(
+                    "values", data=np.array([series[i] for i in iterations], dtype=np.float64)
+                )
+
+        write_atomically(self.save_into, fill)
+        logger.debug("saved statistics to %s", self.save_into)
+
+
+def read_statistics(path) -> dict[str, dict[int, float]]:
+    """Return the series stored in a coffee lounge file."""
+    stats = {}
+    with h5py.File(path, "r") as handle:
+        for name, group in handle.items():
+            iterations = group["iterations"][()]
+            values = group["values"][()]
+            stats[name] = {int(i): float(v) for i, v in zip(iterations, values)}
+    return stats

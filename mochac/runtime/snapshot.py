@@ -1,0 +1,172 @@
+"""Snapshots: parameters and solver state in one HDF5 file.
+
+Layout (a superset of Mocha's model files, so Mocha-style tools read it):
+    /<layer>___<param>      every parameter, e.g. conv1___filter
+    /solver                 attrs: method, iter, obj_val, learning_rate,
+                            momentum; group history/ with one dataset per
+                            parameter, named as above
+    /data_layers/<layer>    attrs: position, epoch, rng; dataset order when
+                            the layer shuffles
+
+A file without /solver is a model: loading it starts training at iteration 0.
+Files are written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from mochac.errors import SnapshotError
+from mochac.version import __version__
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_PATTERN = re.compile(r"^snapshot-(\d+)\.h5$")
+
+
+def dataset_name(layer: str, param: str) -> str:
+    return f"{layer}___{param}"
+
+
+def snapshot_path(folder, iteration: int) -> Path:
+    return Path(folder) / f"snapshot-{iteration:06d}.h5"
+
+
+def latest_snapshot(folder) -> Path | None:
+    """Return the snapshot with the highest iteration in ``folder``, or None."""
+    best, best_iter = None, -1
+    for entry in Path(folder).iterdir():
+        match = SNAPSHOT_PATTERN.match(entry.name)
+        if match and int(match.group(1)) > best_iter:
+            best, best_iter = entry, int(match.group(1))
+    return best
+
+
+def write_atomically(path: Path, fill) -> None:
+    """Create ``path`` as HDF5 by calling ``fill(h5file)`` on a temporary file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(temporary, "w") as handle:
+            fill(handle)
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def save_snapshot(path, net, solver_state=None, history=None) -> Path:
+    """Write the net's parameters and, when given, the solver state to ``path``.
+
+    ``history`` maps (layer, param) to the solver's per-parameter buffers.
+    """
+
+    def fill(handle):
+        handle.attrs["mochac_version"] = __version__
+        handle.attrs["net"] = net.name
+        for layer, params in net.params.items():
+            for name, array in params.items():
+                handle.create_dataset(dataset_name(layer, name), data=array)
+        if solver_state is None:
+            return
+        group = handle.create_group("solver")
+        for key, value in solver_state.to_attrs().items():
+            group.attrs[key] = value
+        buffers = group.create_group("history")
+        for (layer, name), array in (history or {}).items():
+            buffers.create_dataset(dataset_name(layer, name), data=array)
+        sources = handle.create_group("data_layers")
+        for index, source in net.sources.items():
+            state = source.state_dict()
+            item = sources.create_group(net.ir.layers[index].name)
+            item.attrs["position"] = state["position"]
+            item.attrs["epoch"] = state["epoch"]
+            item.attrs["rng"] = state["rng"]
+            if state["order"] is not None:
+                item.create_dataset("order", data=state["order"])
+
+    write_atomically(path, fill)
+    logger.info("saved snapshot %s", path)
+    return Path(path)
+
+
+def open_model(path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise SnapshotError(f"cannot open snapshot or model file {path}: {error}") from error
+
+
+def load_params(handle, net, path, allow_missing=False) -> None:
+    """Copy every parameter of ``net`` from an open file, checking shapes.
+
+    A parameter missing from the file raises SnapshotError, unless
+    ``allow_missing``, in which case it keeps its initial value and is logged.
+    """
+    missing = []
+    for layer, params in net.params.items():
+        for name, array in params.items():
+            key = dataset_name(layer, name)
+            if key not in handle:
+                missing.append(key)
+                continue
+            stored = handle[key]
+            if stored.shape != array.shape:
+                raise SnapshotError(
+                    f"layer '{layer}': parameter '{name}' in {path} has shape "
+                    f"{stored.shape}, but the net expects {array.shape}; the file "
+                    "was saved from a different architecture"
+                )
+            array[...] = stored[()]
+    if missing and not allow_missing:
+        raise SnapshotError(
+            f"{path} lacks parameters {', '.join(missing)} of net '{net.name}'; pass "
+            "allow_missing=True to keep their initial values"
+        )
+    if missing:
+        logger.info("%s lacks %s; kept their initial values", path, ", ".join(missing))
+
+
+def load_snapshot(net, path, allow_missing=False) -> None:
+    """Load the parameters stored in ``path`` into ``net`` (Mocha's load_snapshot)."""
+    with open_model(path) as handle:
+        load_params(handle, net, path, allow_missing)
+    logger.info("net '%s': loaded parameters from %s", net.name, path)
+
+
+def load_solver_state(handle, net, path):
+    """Return (attrs, history) from a snapshot's /solver group and restore data layers.
+
+    Returns None when the file holds no solver state (a model file).
+    """
+    if "solver" not in handle:
+        return None
+    group = handle["solver"]
+    attrs = dict(group.attrs)
+    history = {}
+    for key, dataset in group["history"].items():
+        layer, _, name = key.rpartition("___")
+        history[(layer, name)] = np.asarray(dataset[()])
+    sources = handle.get("data_layers")
+    for index, source in net.sources.items():
+        layer_name = net.ir.layers[index].name
+        if sources is None or layer_name not in sources:
+            logger.warning("%s has no state for data layer '%s'", path, layer_name)
+            continue
+        item = sources[layer_name]
+        source.load_state_dict(
+            {
+                "position": item.attrs["position"],
+                "epoch": item.attrs["epoch"],
+                "rng": item.attrs["rng"],
+                "order": item["order"][()] if "order" in item else None,
+            }
+        )
+    return attrs, history

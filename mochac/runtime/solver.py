@@ -1,0 +1,247 @@
+"""The solver loop and SGD with momentum.
+
+    method = SGD()
+    params = make_solver_parameters(method, max_iter=10000, regu_coef=0.0005,
+                                    mom_policy=MomPolicy.Fixed(0.9),
+                                    lr_policy=LRPolicy.Inv(0.01, 0.0001, 0.75),
+                                    load_from="snapshots")
+    solver = Solver(method, params)
+    solver.add_coffee_break(TrainingSummary(), every_n_iter=100)
+    solver.solve(net)
+
+Each iteration runs forward (on the next batch), backward and the update, in
+that order, then the coffee breaks due at the new iteration count.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mochac.errors import ConfigError, SnapshotError
+from mochac.runtime.coffee_lounge import CoffeeLounge
+from mochac.runtime.lr_policy import LRPolicy
+from mochac.runtime.mom_policy import MomPolicy
+from mochac.runtime.snapshot import latest_snapshot, load_params, load_solver_state, open_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SolverState:
+    """Where training stands: the iteration count and the last step's values."""
+
+    iter: int = 0
+    obj_val: float = math.nan
+    learning_rate: float = 0.0
+    momentum: float = 0.0
+    method: str = ""
+
+    def to_attrs(self) -> dict:
+        return {
+            "method": self.method,
+            "iter": self.iter,
+            "obj_val": self.obj_val,
+            "learning_rate": self.learning_rate,
+            "momentum": self.momentum,
+        }
+
+
+class SGD:
+    """Stochastic gradient descent with momentum, Mocha's update rule.
+
+    For each parameter W with gradient g (regularization included) and local
+    learning-rate factor f: history = momentum * history - lr * f * g, then
+    W += history. ``history`` is saved in snapshots.
+    """
+
+    name = "SGD"
+
+    def __init__(self):
+        self.history: dict[tuple[str, str], np.ndarray] = {}
+
+    def default_parameters(self) -> dict:
+        return {"lr_policy": LRPolicy.Fixed(0.01), "mom_policy": MomPolicy.Fixed(0.0)}
+
+    def update(self, net, learning_rate: float, momentum: float, regu_coef: float):
+        # NOTE: the update runs in NumPy, one parameter at a time, outside the
+        # compiled code.
+        for info in net.ir.layers:
+            grads = net.grads.get(info.name)
+            if not grads:
+                continue
+            for spec in info.params:
+                param = net.params[info.name][spec.name]
+                grad = grads[spec.name]
+                spec.regularizer.add_gradient(param, grad, regu_coef)
+                key = (info.name, spec.name)
+                history = self.history.get(key)
+                if history is None:
+                    history = self.history[key] = np.zeros_like(param)
+                history *= param.dtype.type(momentum)
+                history -= param.dtype.type(learning_rate * spec.lr) * grad
+                param += history
+
+
+SOLVER_KEYS = ("max_iter", "regu_coef", "lr_policy", "mom_policy", "load_from")
+
+
+def make_solver_parameters(method, **kwargs) -> dict:
+    """Return the solver parameters: the method's defaults overridden by ``kwargs``.
+
+    Keys: max_iter (required), regu_coef (default 0.0005), lr_policy,
+    mom_policy, load_from (a snapshot folder or file, default None).
+    """
+    unknown = set(kwargs) - set(SOLVER_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"make_solver_parameters: unknown parameter(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(SOLVER_KEYS)}"
+        )
+    params = {"regu_coef": 0.0005, "load_from": None, **method.default_parameters()}
+    params.update(kwargs)
+    max_iter = params.get("max_iter")
+    if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 0:
+        raise ConfigError(
+            f"make_solver_parameters: invalid max_iter={max_iter!r}; expected an int >= 0"
+        )
+    regu = params["regu_coef"]
+    if not isinstance(regu, (int, float)) or isinstance(regu, bool) or regu < 0:
+        raise ConfigError(
+            f"make_solver_parameters: invalid regu_coef={regu!r}; expected a number >= 0"
+        )
+    for key in ("lr_policy", "mom_policy"):
+        if not callable(params[key]):
+            raise ConfigError(
+                f"make_solver_parameters: invalid {key}={params[key]!r}; expected a "
+                f"policy such as {'LRPolicy.Fixed(0.01)' if key == 'lr_policy' else 'MomPolicy.Fixed(0.9)'}"
+            )
+    return params
+
+
+class Solver:
+    """Runs a method (SGD) with its parameters and coffee breaks on a net."""
+
+    def __init__(self, method, params: dict):
+        self.method = method
+        self.params = params
+        self.state = SolverState(method=method.name)
+        self.breaks: list[tuple[object, int | None, int | None]] = []
+        self.lounge = CoffeeLounge()
+
+    def add_coffee_break(self, coffee_break, every_n_iter=None, every_n_epoch=None):
+        """Schedule a coffee break every ``every_n_iter`` iterations or epochs."""
+        if (every_n_iter is None) == (every_n_epoch is None):
+            raise ConfigError(
+                f"add_coffee_break({type(coffee_break).__name__}): give exactly one of "
+                "every_n_iter and every_n_epoch"
+            )
+        for value in (every_n_iter, every_n_epoch):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(
+                    f"add_coffee_break({type(coffee_break).__name__}): invalid interval "
+                    f"{value!r}; expected an int >= 1"
+                )
+        self.breaks.append((coffee_break, every_n_iter, every_n_epoch))
+
+    def setup_coffee_lounge(self, save_into=None, every_n_iter=1, file_exists="merge"):
+        """Keep statistics in a CoffeeLounge saved to ``save_into`` (HDF5)."""
+        self.lounge = CoffeeLounge(save_into, every_n_iter, file_exists)
+
+    # --- resuming -------------------------------------------------------------
+
+    def _restore(self, net):
+        load_from = self.params.get("load_from")
+        if not load_from:
+            return
+        path = Path(load_from)
+        if not path.exists() and not path.suffix:
+            # The tutorial's first run names a snapshot folder that the
+            # Snapshot coffee break has not created yet.
+            logger.info("snapshot folder %s does not exist yet; training from scratch", path)
+            return
+        if path.is_dir():
+            found = latest_snapshot(path)
+            if found is None:
+                logger.info("no snapshot in %s; training from scratch", path)
+                return
+            path = found
+        elif not path.exists():
+            raise SnapshotError(
+                f"load_from={str(load_from)!r}: file not found; fix the path, or name "
+                "a snapshot folder"
+            )
+        with open_model(path) as handle:
+            load_params(handle, net, path)
+            restored = load_solver_state(handle, net, path)
+        if restored is None:
+            logger.info(
+                "%s holds no solver state: starting at iteration 0 from its parameters "
+                "(fine-tuning)", path
+            )
+            return
+        attrs, history = restored
+        saved_method = str(attrs.get("method", ""))
+        if saved_method != self.method.name:
+            raise SnapshotError(
+                f"{path} was saved by solver {saved_method}, but this solver is "
+                f"{self.method.name}; resume with {saved_method} or load the parameters "
+                "alone with load_snapshot"
+            )
+        self.method.history = {
+            key: np.ascontiguousarray(value, dtype=net.backend.dtype)
+            for key, value in history.items()
+        }
+        self.state.iter = int(attrs["iter"])
+        self.state.obj_val = float(attrs["obj_val"])
+        logger.info("resumed from %s at iteration %d", path, self.state.iter)
+
+    # --- the loop -------------------------------------------------------------
+
+    def _due(self, last_epoch: int, epoch: int):
+        for coffee_break, every_n_iter, every_n_epoch in self.breaks:
+            if every_n_iter is not None and self.state.iter % every_n_iter == 0:
+                yield coffee_break
+            elif every_n_epoch is not None and epoch != last_epoch and epoch % every_n_epoch == 0:
+                yield coffee_break
+
+    def _epoch(self, net) -> int:
+        return min((source.epoch for source in net.sources.values()), default=0)
+
+    def solve(self, net):
+        """Train ``net`` until ``max_iter`` iterations; return the solver state."""
+        params = self.params
+        self._restore(net)
+        state = self.state
+        lr_policy, mom_policy = params["lr_policy"], params["mom_policy"]
+        regu_coef = float(params["regu_coef"])
+
+        if state.iter == 0:
+            # Report the initial objective without using up a training batch.
+            saved = {i: s.state_dict() for i, s in net.sources.items()}
+            state.obj_val = net.forward()
+            for index, source in net.sources.items():
+                source.load_state_dict(saved[index])
+            state.learning_rate = lr_policy(state)
+            state.momentum = mom_policy(state)
+            for coffee_break in self._due(-1, -1):
+                coffee_break.enjoy(self, net)
+            self.lounge.maybe_save(state.iter, force=True)
+
+        while state.iter < params["max_iter"]:
+            last_epoch = self._epoch(net)
+            state.learning_rate = lr_policy(state)
+            state.momentum = mom_policy(state)
+            state.obj_val = net.forward()
+            net.backward()
+            self.method.update(net, state.learning_rate, state.momentum, regu_coef)
+            state.iter += 1
+            for coffee_break in self._due(last_epoch, self._epoch(net)):
+                coffee_break.enjoy(self, net)
+            self.lounge.maybe_save(state.iter)
+        self.lounge.maybe_save(state.iter, force=True)
+        return state

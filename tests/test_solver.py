@@ -1,0 +1,259 @@
+"""Solver tests: SGD against NumPy, policies, exact resume, snapshots, validation."""
+
+import logging
+import math
+
+import h5py
+import numpy as np
+import pytest
+
+import mochac
+from mochac import (
+    SGD,
+    AccuracyLayer,
+    CPUBackend,
+    InnerProductLayer,
+    LRPolicy,
+    MemoryDataLayer,
+    MomPolicy,
+    Net,
+    Neurons,
+    Snapshot,
+    SoftmaxLossLayer,
+    Solver,
+    TrainingSummary,
+    ValidationPerformance,
+    make_solver_parameters,
+)
+from mochac.runtime.solver import SolverState
+
+
+def classifier_layers(x, y, batch_size=4, shuffle_seed=None):
+    data = MemoryDataLayer(batch_size=batch_size, data=[x, y])
+    hidden = InnerProductLayer(
+        name="ip1", output_dim=6, neuron=Neurons.ReLU(), bottoms=["data"], tops=["ip1"]
+    )
+    out = InnerProductLayer(name="ip2", output_dim=3, bottoms=["ip1"], tops=["ip2"])
+    loss = SoftmaxLossLayer(name="loss", bottoms=["ip2", "label"])
+    return [data, hidden, out, loss]
+
+
+def toy_data(n=10, features=5, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features))
+    y = rng.integers(0, 3, size=(n, 1)).astype(np.float64)
+    return x, y
+
+
+def test_sgd_matches_numpy_update():
+    x, y = toy_data()
+    net = Net("sgd", CPUBackend(dtype=np.float64, seed=3), classifier_layers(x, y))
+    method = SGD()
+    before = {k: {n: a.copy() for n, a in v.items()} for k, v in net.params.items()}
+    history = {}
+    lr, mom, regu = 0.1, 0.9, 0.01
+    for step in range(3):
+        net.forward()
+        net.backward()
+        grads = {k: {n: a.copy() for n, a in v.items()} for k, v in net.grads.items()}
+        method.update(net, lr, mom, regu)
+        for layer in ("ip1", "ip2"):
+            local = {"weight": (1.0, 1.0), "bias": (2.0, 0.0)}
+            for name, (lr_factor, regu_factor) in local.items():
+                w = before[layer][name]
+                g = grads[layer][name] + 2 * regu_factor * regu * w
+                h = history.get((layer, name), np.zeros_like(w))
+                h = mom * h - lr * lr_factor * g
+                history[(layer, name)] = h
+                before[layer][name] = w + h
+                np.testing.assert_allclose(net.params[layer][name], w + h, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("policy", "iteration", "expected"),
+    [
+        (LRPolicy.Fixed(0.1), 50, 0.1),
+        (LRPolicy.Step(0.1, 0.5, 10), 25, 0.1 * 0.25),
+        (LRPolicy.Exp(0.1, 0.9), 3, 0.1 * 0.9**3),
+        (LRPolicy.Inv(0.01, 0.0001, 0.75), 1000, 0.01 * (1 + 0.1) ** -0.75),
+        (LRPolicy.Staged((10, LRPolicy.Fixed(1.0)), (5, LRPolicy.Fixed(0.5))), 10, 1.0),
+        (LRPolicy.Staged((10, LRPolicy.Fixed(1.0)), (5, LRPolicy.Fixed(0.5))), 11, 0.5),
+        (LRPolicy.Staged((10, LRPolicy.Fixed(1.0)), (5, LRPolicy.Fixed(0.5))), 99, 0.5),
+    ],
+)
+def test_lr_policies(policy, iteration, expected):
+    assert math.isclose(policy(SolverState(iter=iteration)), expected, rel_tol=1e-12)
+
+
+def test_policy_fields_validated():
+    with pytest.raises(mochac.ConfigError, match="stepsize"):
+        LRPolicy.Step(0.1, 0.5, 0)
+    with pytest.raises(mochac.ConfigError, match="base_mom"):
+        MomPolicy.Fixed(1.5)
+    with pytest.raises(mochac.ConfigError, match="max_iter"):
+        make_solver_parameters(SGD(), max_iter=-1)
+    with pytest.raises(mochac.ConfigError, match="unknown"):
+        make_solver_parameters(SGD(), max_iter=1, momentum=0.9)
+
+
+def train(folder, max_iter, snapshot_every=None, seed=5):
+    x, y = toy_data(n=10)
+    layers = classifier_layers(x, y, batch_size=4)
+    backend = CPUBackend(dtype=np.float64, seed=seed)
+    net = Net("resume", backend, layers)
+    params = make_solver_parameters(
+        SGD(),
+        max_iter=max_iter,
+        regu_coef=0.001,
+        lr_policy=LRPolicy.Inv(0.01, 0.001, 0.75),
+        mom_policy=MomPolicy.Fixed(0.9),
+        load_from=str(folder),
+    )
+    solver = Solver(SGD(), params)
+    if snapshot_every:
+        solver.add_coffee_break(Snapshot(folder), every_n_iter=snapshot_every)
+    solver.solve(net)
+    return net, solver
+
+
+def test_resume_is_exact(tmp_path):
+    straight, _ = train(tmp_path / "straight", 200, seed=5)
+    train(tmp_path / "split", 100, snapshot_every=100, seed=5)
+    assert (tmp_path / "split" / "snapshot-000100.h5").exists()
+    # A different seed proves that every value comes from the snapshot.
+    resumed, solver = train(tmp_path / "split", 200, seed=99)
+    assert solver.state.iter == 200
+    for layer, params in straight.params.items():
+        for name, array in params.items():
+            np.testing.assert_allclose(resumed.params[layer][name], array, rtol=0, atol=1e-12)
+
+
+def test_resume_restores_momentum(tmp_path):
+    _, first = train(tmp_path, 100, snapshot_every=100)
+    with h5py.File(tmp_path / "snapshot-000100.h5", "r") as handle:
+        stored = handle["solver/history/ip1___weight"][()]
+    np.testing.assert_array_equal(stored, first.method.history[("ip1", "weight")])
+    assert np.abs(stored).sum() > 0
+
+
+class OtherSolver(SGD):
+    name = "Nesterov"
+
+
+def test_resume_with_other_solver_fails(tmp_path):
+    train(tmp_path, 10, snapshot_every=10)
+    x, y = toy_data()
+    net = Net("other", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+    params = make_solver_parameters(OtherSolver(), max_iter=20, load_from=str(tmp_path))
+    with pytest.raises(mochac.SnapshotError, match="SGD.*Nesterov"):
+        Solver(OtherSolver(), params).solve(net)
+
+
+def test_model_file_starts_at_zero(tmp_path, caplog):
+    net, _ = train(tmp_path / "run", 5)
+    model = tmp_path / "model.h5"
+    with h5py.File(model, "w") as handle:
+        for layer, params in net.params.items():
+            for name, array in params.items():
+                handle[f"{layer}___{name}"] = array
+    x, y = toy_data()
+    fresh = Net("tune", CPUBackend(dtype=np.float64, seed=8), classifier_layers(x, y))
+    params = make_solver_parameters(SGD(), max_iter=0, load_from=str(model))
+    with caplog.at_level(logging.INFO, logger="mochac"):
+        state = Solver(SGD(), params).solve(fresh)
+    assert state.iter == 0
+    assert "no solver state" in caplog.text
+    np.testing.assert_array_equal(fresh.params["ip1"]["weight"], net.params["ip1"]["weight"])
+
+
+def test_load_wrong_shape_names_layer(tmp_path):
+    x, y = toy_data()
+    net = Net("a", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+    path = tmp_path / "model.h5"
+    with h5py.File(path, "w") as handle:
+        handle["ip1___weight"] = np.zeros((4, 5))
+        handle["ip1___bias"] = np.zeros(4)
+    with pytest.raises(mochac.SnapshotError) as error:
+        mochac.load_snapshot(net, path)
+    message = str(error.value)
+    assert "ip1" in message
+    assert "weight" in message
+    assert str(path) in message
+    assert "(4, 5)" in message
+    assert "(6, 5)" in message
+
+
+def test_load_missing_layer(tmp_path, caplog):
+    x, y = toy_data()
+    net = Net("a", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+    path = tmp_path / "model.h5"
+    with h5py.File(path, "w") as handle:
+        handle["ip1___weight"] = np.ones((6, 5))
+        handle["ip1___bias"] = np.ones(6)
+    with pytest.raises(mochac.SnapshotError, match="ip2___weight"):
+        mochac.load_snapshot(net, path)
+    with caplog.at_level(logging.INFO, logger="mochac"):
+        mochac.load_snapshot(net, path, allow_missing=True)
+    assert "ip2___weight" in caplog.text
+    assert np.all(net.params["ip1"]["weight"] == 1)
+
+
+def test_snapshot_leaves_no_temporary(tmp_path):
+    train(tmp_path, 4, snapshot_every=2)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["snapshot-000000.h5", "snapshot-000002.h5", "snapshot-000004.h5"]
+
+
+def test_validation_counts_one_epoch(caplog):
+    # Ten samples, batch 4: the third batch wraps to samples 0 and 1, which
+    # must not be counted twice. Samples 8 and 9 are labelled wrong.
+    x = np.zeros((10, 3))
+    x[np.arange(10), np.arange(10) % 3] = 1.0
+    y = (np.arange(10) % 3).astype(np.float64).reshape(10, 1)
+    y[8:] = (y[8:] + 1) % 3
+    backend = CPUBackend(dtype=np.float64, seed=0)
+    data = MemoryDataLayer(batch_size=4, data=[x, y])
+    identity = mochac.IdentityLayer(bottoms=["data"], tops=["scores"])
+    accuracy = AccuracyLayer(name="accuracy", bottoms=["scores", "label"])
+    test_net = Net("validation", backend, [data, identity, accuracy])
+    validation = ValidationPerformance(test_net)
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=0))
+    with caplog.at_level(logging.INFO, logger="mochac"):
+        validation.enjoy(solver, test_net)
+    assert validation.last["accuracy-accuracy"] == pytest.approx(0.8)
+    assert validation.last["accuracy-count"] == 10
+    assert "Accuracy (avg over 10) = 80.0000%" in caplog.text
+    # A second validation starts again from the first sample.
+    validation.enjoy(solver, test_net)
+    assert validation.last["accuracy-accuracy"] == pytest.approx(0.8)
+
+
+def test_training_summary_and_lounge(tmp_path, caplog):
+    x, y = toy_data()
+    net = Net("summary", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))
+    params = make_solver_parameters(
+        SGD(), max_iter=20, lr_policy=LRPolicy.Fixed(0.1), mom_policy=MomPolicy.Fixed(0.5)
+    )
+    solver = Solver(SGD(), params)
+    stats = tmp_path / "statistics.h5"
+    solver.setup_coffee_lounge(save_into=stats, every_n_iter=10)
+    solver.add_coffee_break(
+        TrainingSummary("iter", "obj_val", "learning_rate"), every_n_iter=5
+    )
+    with caplog.at_level(logging.INFO, logger="mochac"):
+        solver.solve(net)
+    assert "000020 :: TRAIN obj-val = " in caplog.text
+    with h5py.File(stats, "r") as handle:
+        assert list(handle["obj_val/iterations"][()]) == [0, 5, 10, 15, 20]
+        assert np.all(handle["learning_rate/values"][()] == 0.1)
+        values = handle["obj_val/values"][()]
+    assert np.all(np.isfinite(values))
+    assert values[-1] < values[0]
+
+
+def test_lounge_panics_on_existing_file(tmp_path):
+    stats = tmp_path / "statistics.h5"
+    stats.write_bytes(b"")
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=0))
+    with pytest.raises(mochac.ConfigError, match="exists"):
+        solver.setup_coffee_lounge(save_into=stats, file_exists="panic")
