@@ -1,0 +1,63 @@
+"""Layer lists to JSON and back, for compiled modules.
+
+Every config object (layer, neuron, initializer, regularizer, pooling
+function) is a dataclass, stored as {"class": name, "fields": {...}}.
+MemoryDataLayer arrays are stored by shape and dtype only and come back as
+zero arrays for the caller to fill.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from mochac import initializers, layers, neurons, regularizers
+from mochac.errors import ConfigError
+from mochac.layers import pooling
+
+
+def _known_classes() -> dict[str, type]:
+    classes = {}
+    for module in (layers, neurons, initializers, regularizers, pooling):
+        for value in vars(module).values():
+            if isinstance(value, type) and dataclasses.is_dataclass(value):
+                classes[value.__name__] = value
+    return classes
+
+
+def to_json(value):
+    """Return a JSON-ready form of a config value."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        name = type(value).__name__
+        if _known_classes().get(name) is not type(value):
+            raise ConfigError(
+                f"cannot store {name} in a compiled module: only mochac's own layers, "
+                "neurons, initializers and regularizers can be stored"
+            )
+        fields = {
+            field.name: to_json(getattr(value, field.name))
+            for field in dataclasses.fields(value)
+        }
+        return {"class": name, "fields": fields}
+    if isinstance(value, np.ndarray):
+        return {"array": {"shape": list(value.shape), "dtype": value.dtype.str}}
+    if isinstance(value, (list, tuple)):
+        return [to_json(item) for item in value]
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return value
+
+
+def from_json(value):
+    """Rebuild a config value stored by ``to_json``."""
+    if isinstance(value, dict) and "class" in value:
+        cls = _known_classes()[value["class"]]
+        fields = {name: from_json(item) for name, item in value["fields"].items()}
+        return cls(**fields)
+    if isinstance(value, dict) and "array" in value:
+        spec = value["array"]
+        return np.zeros(spec["shape"], dtype=np.dtype(spec["dtype"]))
+    if isinstance(value, list):
+        return tuple(from_json(item) for item in value)
+    return value

@@ -1,0 +1,90 @@
+"""`mochac compile`: one importable module per net, loaded without compiling."""
+
+import os
+import runpy
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+from mochac.cli import main
+
+NET_FILE = textwrap.dedent(
+    """
+    from pathlib import Path
+
+    import numpy as np
+
+    from mochac import (
+        CPUBackend, InnerProductLayer, MemoryDataLayer, Net, Neurons, SoftmaxLayer,
+    )
+
+    x = np.linspace(-1, 1, 12).reshape(2, 6)
+    data = MemoryDataLayer(name="data", tops=["data"], batch_size=2, data=[x])
+    ip = InnerProductLayer(
+        name="ip", output_dim=3, neuron=Neurons.ReLU(), bottoms=["data"], tops=["ip"]
+    )
+    prob = SoftmaxLayer(name="prob", bottoms=["ip"], tops=["prob"])
+    backend = CPUBackend(dtype=np.float64, seed=4)
+    tiny = Net("tiny-net", backend, [data, ip, prob])
+    alias = tiny
+
+    if __name__ == "__main__":
+        Path(__file__).with_name("main-ran").write_text("yes")
+    """
+)
+
+CHECK = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    sys.path.insert(0, sys.argv[1])
+    from tiny_net import net
+    net.data_source("data").arrays[0][...] = np.linspace(-1, 1, 12).reshape(2, 6)
+    net.forward()
+    np.save(sys.argv[2], net.blobs["prob"])
+    """
+)
+
+
+def test_compile_writes_importable_module(tmp_path):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    out = tmp_path / "build"
+    assert main(["compile", str(net_file), "-o", str(out)]) == 0
+    assert not (tmp_path / "main-ran").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["tiny_net"]
+    generated = (out / "tiny_net" / "net.c").read_text()
+    assert 'from net "tiny-net"' in generated
+
+    # A fresh interpreter with an empty cache must not compile anything.
+    empty_cache = tmp_path / "empty-cache"
+    result_path = tmp_path / "prob.npy"
+    env = dict(os.environ, MOCHAC_CACHE_DIR=str(empty_cache))
+    script = tmp_path / "check.py"
+    script.write_text(CHECK)
+    subprocess.run(
+        [sys.executable, str(script), str(out), str(result_path)], env=env, check=True
+    )
+    assert not empty_cache.exists() or not any(empty_cache.iterdir())
+
+    x = np.linspace(-1, 1, 12).reshape(2, 6)
+    prob = np.load(result_path)
+    namespace = runpy.run_path(str(net_file), run_name="reference")
+    params = namespace["tiny"].params["ip"]
+    hidden = np.maximum(x @ params["weight"].T + params["bias"], 0)
+    expected = np.exp(hidden) / np.exp(hidden).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(prob, expected, rtol=1e-12)
+
+
+def test_compile_without_nets_fails(tmp_path, caplog):
+    net_file = tmp_path / "empty.py"
+    net_file.write_text("x = 1\n")
+    assert main(["compile", str(net_file), "-o", str(tmp_path / "out")]) == 2
+    assert "defines no Net" in caplog.text
+
+
+def test_compile_missing_file(tmp_path, caplog):
+    assert main(["compile", str(tmp_path / "absent.py")]) == 2
+    assert "file not found" in caplog.text
