@@ -53,6 +53,11 @@ def render_c(ir):
         ctype="double" if is_double else "float",
         blas_prefix="d" if is_double else "s",
         n_layers=len(ir.layers),
+        slot_lines=[
+            f"p[{slot.index}] {slot.kind} {slot.owner}"
+            f"{'.' + slot.name if slot.name else ''} {slot.dtype.name}{list(slot.shape)}"
+            for slot in slots.slots
+        ],
         kernel_texts=kernel_texts,
         kernels=[kernel.context for kernel in kernels],
         backward_kernels=[by_layer[index].context for index in ir.backward_order],
