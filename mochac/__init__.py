@@ -13,8 +13,8 @@ import os
 # own threads need next; waiting passively keeps the two pools from fighting.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from mochac import neurons as Neurons  # noqa: E402
-from mochac.errors import (  # noqa: E402
+from mochac import neurons as Neurons
+from mochac.errors import (
     CompileError,
     ConfigError,
     DataError,
@@ -24,12 +24,12 @@ from mochac.errors import (  # noqa: E402
     SnapshotError,
     TopologyError,
 )
-from mochac.initializers import (  # noqa: E402
+from mochac.initializers import (
     ConstantInitializer,
     GaussianInitializer,
     XavierInitializer,
 )
-from mochac.layers import (  # noqa: E402
+from mochac.layers import (
     AccuracyLayer,
     ConvolutionLayer,
     HDF5DataLayer,
@@ -44,7 +44,7 @@ from mochac.layers import (  # noqa: E402
     SplitLayer,
     SquareLossLayer,
 )
-from mochac.mocha_api import (  # noqa: E402
+from mochac.mocha_api import (
     add_coffee_break,
     backward,
     destroy,
@@ -56,20 +56,21 @@ from mochac.mocha_api import (  # noqa: E402
     shutdown,
     solve,
 )
-from mochac.regularizers import L2Regu, NoRegu  # noqa: E402
-from mochac.runtime.backend import CPUBackend  # noqa: E402
-from mochac.runtime.coffee_breaks import (  # noqa: E402
+from mochac.regularizers import L2Regu, NoRegu
+from mochac.runtime.backend import CPUBackend
+from mochac.runtime.coffee_breaks import (
     Snapshot,
     TrainingSummary,
     ValidationPerformance,
 )
-from mochac.runtime.lr_policy import LRPolicy  # noqa: E402
-from mochac.runtime.mom_policy import MomPolicy  # noqa: E402
-from mochac.runtime.net import Net  # noqa: E402
-from mochac.runtime.solver import SGD, Solver, make_solver_parameters  # noqa: E402
-from mochac.version import __version__  # noqa: E402
+from mochac.runtime.lr_policy import LRPolicy
+from mochac.runtime.mom_policy import MomPolicy
+from mochac.runtime.net import Net
+from mochac.runtime.solver import SGD, Solver, make_solver_parameters
+from mochac.version import __version__
 
 __all__ = [
+    "SGD",
     "AccuracyLayer",
     "CPUBackend",
     "CompileError",
@@ -82,8 +83,10 @@ __all__ = [
     "IdentityLayer",
     "InnerProductLayer",
     "L2Regu",
+    "LRPolicy",
     "MemoryDataLayer",
     "MochacError",
+    "MomPolicy",
     "Net",
     "Neurons",
     "NoRegu",
@@ -92,21 +95,18 @@ __all__ = [
     "PoolingLayer",
     "ReshapeLayer",
     "ShapeError",
+    "Snapshot",
     "SnapshotError",
     "SoftmaxLayer",
     "SoftmaxLossLayer",
+    "Solver",
     "SplitLayer",
     "SquareLossLayer",
     "TopologyError",
-    "XavierInitializer",
-    "__version__",
-    "LRPolicy",
-    "MomPolicy",
-    "SGD",
-    "Snapshot",
-    "Solver",
     "TrainingSummary",
     "ValidationPerformance",
+    "XavierInitializer",
+    "__version__",
     "add_coffee_break",
     "backward",
     "destroy",

@@ -1,6 +1,6 @@
 """The ``mochac`` command.
 
-    mochac compile net.py [-o DIR]   one importable module per Net in net.py
+mochac compile net.py [-o DIR]   one importable module per Net in net.py
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def compile_command(args) -> int:
     if not nets:
         logger.error(
             "%s defines no Net at module level; build one, e.g. "
-            "net = Net(\"name\", CPUBackend(), layers)", path
+            'net = Net("name", CPUBackend(), layers)',
+            path,
         )
         return 2
     out = Path(args.output)
@@ -54,8 +55,12 @@ def compile_command(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mochac", description="Compile Mocha-style nets.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser = argparse.ArgumentParser(
+        prog="mochac", description="Compile Mocha-style nets."
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log debug messages"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     compile_parser = commands.add_parser(
         "compile", help="write one importable module per Net defined in a Python file"

@@ -37,7 +37,9 @@ def backward(net):
 
 def add_coffee_break(solver, coffee_break, every_n_iter=None, every_n_epoch=None):
     """Schedule ``coffee_break`` on ``solver``."""
-    solver.add_coffee_break(coffee_break, every_n_iter=every_n_iter, every_n_epoch=every_n_epoch)
+    solver.add_coffee_break(
+        coffee_break, every_n_iter=every_n_iter, every_n_epoch=every_n_epoch
+    )
 
 
 def setup_coffee_lounge(solver, save_into=None, every_n_iter=1, file_exists="merge"):
@@ -58,7 +60,9 @@ def log_to_console(level=logging.INFO):
     """
     handler = logging.StreamHandler()
     handler.setFormatter(
-        logging.Formatter("%(asctime)s:%(levelname)s:%(name)s:%(message)s", "%d-%b %H:%M:%S")
+        logging.Formatter(
+            "%(asctime)s:%(levelname)s:%(name)s:%(message)s", "%d-%b %H:%M:%S"
+        )
     )
     root = logging.getLogger("mochac")
     root.addHandler(handler)

@@ -125,7 +125,9 @@ def test_resume_is_exact(tmp_path):
     assert solver.state.iter == 200
     for layer, params in straight.params.items():
         for name, array in params.items():
-            np.testing.assert_allclose(resumed.params[layer][name], array, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(
+                resumed.params[layer][name], array, rtol=0, atol=1e-12
+            )
 
 
 def test_resume_restores_momentum(tmp_path):
@@ -163,7 +165,9 @@ def test_model_file_starts_at_zero(tmp_path, caplog):
         state = Solver(SGD(), params).solve(fresh)
     assert state.iter == 0
     assert "no solver state" in caplog.text
-    np.testing.assert_array_equal(fresh.params["ip1"]["weight"], net.params["ip1"]["weight"])
+    np.testing.assert_array_equal(
+        fresh.params["ip1"]["weight"], net.params["ip1"]["weight"]
+    )
 
 
 def test_load_wrong_shape_names_layer(tmp_path):
@@ -232,7 +236,10 @@ def test_training_summary_and_lounge(tmp_path, caplog):
     x, y = toy_data()
     net = Net("summary", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))
     params = make_solver_parameters(
-        SGD(), max_iter=20, lr_policy=LRPolicy.Fixed(0.1), mom_policy=MomPolicy.Fixed(0.5)
+        SGD(),
+        max_iter=20,
+        lr_policy=LRPolicy.Fixed(0.1),
+        mom_policy=MomPolicy.Fixed(0.5),
     )
     solver = Solver(SGD(), params)
     stats = tmp_path / "statistics.h5"

@@ -22,7 +22,9 @@ HERE = Path(__file__).resolve().parent
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--snapshot", type=Path, help="snapshot file (default: newest)")
-    parser.add_argument("--data", type=Path, default=HERE / "data", help="prepared data")
+    parser.add_argument(
+        "--data", type=Path, default=HERE / "data", help="prepared data"
+    )
     parser.add_argument("--index", type=int, default=0, help="test image index")
     args = parser.parse_args()
 
@@ -33,7 +35,9 @@ def main():
     image = np.zeros((1, 1, 28, 28), dtype=np.float32)
     data_layer = MemoryDataLayer(name="data", tops=["data"], batch_size=1, data=[image])
     softmax = SoftmaxLayer(name="prob", tops=["prob"], bottoms=["ip2"])
-    net = Net("MNIST-deploy", CPUBackend(threads=1), [data_layer, *common_layers(), softmax])
+    net = Net(
+        "MNIST-deploy", CPUBackend(threads=1), [data_layer, *common_layers(), softmax]
+    )
     load_snapshot(net, snapshot)
 
     with h5py.File(args.data / "test.hdf5", "r") as handle:

@@ -44,13 +44,19 @@ logger = logging.getLogger("mnist")
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-iter", type=int, default=10000, help="iterations to train")
-    parser.add_argument("--data", type=Path, default=HERE / "data", help="prepared data folder")
+    parser.add_argument(
+        "--max-iter", type=int, default=10000, help="iterations to train"
+    )
+    parser.add_argument(
+        "--data", type=Path, default=HERE / "data", help="prepared data folder"
+    )
     parser.add_argument(
         "--snapshots", type=Path, default=HERE / "snapshots", help="snapshot folder"
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads")
-    parser.add_argument("--seed", type=int, default=None, help="seed for init and shuffling")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed for init and shuffling"
+    )
     return parser.parse_args()
 
 
@@ -64,7 +70,10 @@ def main():
     init(backend)
 
     data_layer = HDF5DataLayer(
-        name="train-data", source=str(args.data / "train.txt"), batch_size=64, shuffle=True
+        name="train-data",
+        source=str(args.data / "train.txt"),
+        batch_size=64,
+        shuffle=True,
     )
     common = common_layers()
     loss_layer = SoftmaxLossLayer(name="loss", bottoms=["ip2", "label"])
@@ -80,7 +89,9 @@ def main():
         load_from=str(args.snapshots),
     )
     solver = Solver(method, params)
-    setup_coffee_lounge(solver, save_into=args.snapshots / "statistics.h5", every_n_iter=1000)
+    setup_coffee_lounge(
+        solver, save_into=args.snapshots / "statistics.h5", every_n_iter=1000
+    )
     add_coffee_break(solver, TrainingSummary(), every_n_iter=100)
     add_coffee_break(solver, Snapshot(args.snapshots), every_n_iter=5000)
 

@@ -41,7 +41,10 @@ def compiler_version() -> str:
     compiler = sysconfig.get_config_var("CC") or "cc"
     try:
         result = subprocess.run(
-            compiler.split()[:1] + ["--version"], capture_output=True, text=True
+            compiler.split()[:1] + ["--version"],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         return result.stdout.splitlines()[0] if result.stdout else compiler
     except OSError:

@@ -1,10 +1,10 @@
 """Write a compiled net as an importable Python package.
 
-    DIR/<module>/__init__.py   builds ``net`` on import, compiling nothing
-    DIR/<module>/net.json      layers and options
-    DIR/<module>/_mochac_<key>.<abi>.so  the compiled extension
-    DIR/<module>/params.h5     the parameters at compile time
-    DIR/<module>/net.c         the generated source, for reading
+DIR/<module>/__init__.py   builds ``net`` on import, compiling nothing
+DIR/<module>/net.json      layers and options
+DIR/<module>/_mochac_<key>.<abi>.so  the compiled extension
+DIR/<module>/params.h5     the parameters at compile time
+DIR/<module>/net.c         the generated source, for reading
 """
 
 from __future__ import annotations

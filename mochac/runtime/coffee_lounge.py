@@ -69,7 +69,8 @@ class CoffeeLounge:
                 iterations = np.array(sorted(series), dtype=np.int64)
                 group.create_dataset("iterations", data=iterations)
                 group.create_dataset(
-                    "values", data=np.array([series[i] for i in iterations], dtype=np.float64)
+                    "values",
+                    data=np.array([series[i] for i in iterations], dtype=np.float64),
                 )
 
         write_atomically(self.save_into, fill)

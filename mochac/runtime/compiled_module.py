@@ -32,7 +32,10 @@ def load_net(folder, backend=None):
     layers = [from_json(item) for item in meta["layers"]]
     extension = folder / meta["extension"]
     net = Net(
-        meta["name"], backend, layers, force_backward=meta["force_backward"],
+        meta["name"],
+        backend,
+        layers,
+        force_backward=meta["force_backward"],
         _prebuilt=extension,
     )
     if source_key(net.source) != meta["source_key"]:

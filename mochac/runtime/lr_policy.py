@@ -98,7 +98,9 @@ class Staged:
 
     def __init__(self, *stages):
         if not stages:
-            raise ConfigError("LRPolicy.Staged: give at least one (n_iter, policy) stage")
+            raise ConfigError(
+                "LRPolicy.Staged: give at least one (n_iter, policy) stage"
+            )
         for stage in stages:
             if (
                 not isinstance(stage, tuple)

@@ -15,8 +15,10 @@ class Fixed:
 
     def __post_init__(self):
         value = self.base_mom
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
-            0 <= value < 1
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not (0 <= value < 1)
         ):
             raise ConfigError(
                 f"MomPolicy.Fixed: invalid base_mom={value!r}; expected a number in [0, 1)"

@@ -172,7 +172,7 @@ class Net:
     def load_batch(self) -> int:
         """Fill the data layers' tops with their next batch; return n_valid."""
         n_valid = None
-        for index, source in self.sources.items():
+        for source in self.sources.values():
             outputs = [self.blobs[top] for top in source.layer.tops]
             valid = source.next_batch(outputs)
             n_valid = valid if n_valid is None else min(n_valid, valid)

@@ -101,7 +101,9 @@ def open_model(path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as error:
-        raise SnapshotError(f"cannot open snapshot or model file {path}: {error}") from error
+        raise SnapshotError(
+            f"cannot open snapshot or model file {path}: {error}"
+        ) from error
 
 
 def load_params(handle, net, path, allow_missing=False) -> None:

@@ -26,7 +26,12 @@ from mochac.errors import ConfigError, SnapshotError
 from mochac.runtime.coffee_lounge import CoffeeLounge
 from mochac.runtime.lr_policy import LRPolicy
 from mochac.runtime.mom_policy import MomPolicy
-from mochac.runtime.snapshot import latest_snapshot, load_params, load_solver_state, open_model
+from mochac.runtime.snapshot import (
+    latest_snapshot,
+    load_params,
+    load_solver_state,
+    open_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +167,9 @@ class Solver:
         if not path.exists() and not path.suffix:
             # The tutorial's first run names a snapshot folder that the
             # Snapshot coffee break has not created yet.
-            logger.info("snapshot folder %s does not exist yet; training from scratch", path)
+            logger.info(
+                "snapshot folder %s does not exist yet; training from scratch", path
+            )
             return
         if path.is_dir():
             found = latest_snapshot(path)
@@ -181,7 +188,8 @@ class Solver:
         if restored is None:
             logger.info(
                 "%s holds no solver state: starting at iteration 0 from its parameters "
-                "(fine-tuning)", path
+                "(fine-tuning)",
+                path,
             )
             return
         attrs, history = restored
@@ -204,9 +212,11 @@ class Solver:
 
     def _due(self, last_epoch: int, epoch: int):
         for coffee_break, every_n_iter, every_n_epoch in self.breaks:
-            if every_n_iter is not None and self.state.iter % every_n_iter == 0:
-                yield coffee_break
-            elif every_n_epoch is not None and epoch != last_epoch and epoch % every_n_epoch == 0:
+            if every_n_iter is not None and self.state.iter % every_n_iter == 0 or (
+                every_n_epoch is not None
+                and epoch != last_epoch
+                and epoch % every_n_epoch == 0
+            ):
                 yield coffee_break
 
     def _epoch(self, net) -> int:
