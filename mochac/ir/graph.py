@@ -111,9 +111,9 @@ def build_ir(
 
     ``source_shapes`` gives, for the index of each source (data) layer, the
     shapes of its tops, which only the runtime can read. With
-    ``force_backward`` every blob a layer can back-propagate into gets a diff,
-    which the gradient checks use. Raises TopologyError, ShapeError or
-    ConfigError naming the layer or blob at fault.
+    ``force_backward`` every blob a layer can back-propagate into, and every
+    top of such a layer, gets a diff, which the gradient checks use. Raises
+    TopologyError, ShapeError or ConfigError naming the layer or blob at fault.
     """
     layers = list(layers)
     names = _display_names(layers)

@@ -3,6 +3,7 @@
 A blob needs a diff when a gradient can flow through it: some consumer
 back-propagates into it from a loss (or, under force_backward, from any top),
 and its producer has parameters or itself passes gradients further down.
+Under force_backward the tops of every back-propagating layer also get diffs.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ def derive_backward(ir, force_backward: bool = False) -> None:
             for position, bottom in enumerate(layer.bottoms):
                 if layer.bottom_takes_grad(position):
                     reaches_loss[bottom] = True
+            if force_backward:
+                # Tops that no loss reaches get a diff too, so that a gradient
+                # check can seed the backward pass of any layer.
+                for top in layer.tops:
+                    reaches_loss[top] = True
 
     # Gradient is wanted below a blob: walk the forward order.
     wanted_below: dict[str, bool] = {}
