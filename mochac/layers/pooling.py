@@ -28,11 +28,13 @@ class Pooling:
 def pool_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
     """Return the output length along one axis, rounding up as Caffe and Mocha do.
 
-    Rounding up can place the last window entirely in the padding; that window
-    is dropped so that every window starts inside the input or its left pad.
+    Rounding up can place the last window wholly past the input: in the right
+    pad, or beyond an unpadded input when the stride exceeds the kernel. That
+    window is dropped so that every window starts inside the input or its left
+    pad. Mocha's pooling.jl drops it only when pad > 0, leaving an empty window.
     """
     out = int(math.ceil((size + 2 * pad - kernel) / stride)) + 1
-    if pad > 0 and (out - 1) * stride >= size + pad:
+    if (out - 1) * stride >= size + pad:
         out -= 1
     return out
 
