@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from mochac.initializers import Initializer
 from mochac.neurons import Neuron
 from mochac.regularizers import Regularizer
@@ -15,8 +17,13 @@ def check_int(layer, field, minimum=1):
 
 def check_number(layer, field, minimum=None):
     value = getattr(layer, field)
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        layer._fail(field, value, "a number")
+    # Generated C prints the value as a literal, and C has no literal for inf or nan.
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+    ):
+        layer._fail(field, value, "a finite number")
     if minimum is not None and value < minimum:
         layer._fail(field, value, f"a number >= {minimum}")
 
