@@ -8,6 +8,7 @@ output) so that the backward pass needs no copy of the pre-activation value.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from mochac.errors import ConfigError
@@ -56,9 +57,14 @@ class ReLU(Neuron):
     epsilon: float = 0.0
 
     def __post_init__(self):
-        if not isinstance(self.epsilon, (int, float)) or isinstance(self.epsilon, bool):
+        value = self.epsilon
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+        ):
             raise ConfigError(
-                f"Neurons.ReLU: invalid epsilon={self.epsilon!r}; expected a number."
+                f"Neurons.ReLU: invalid epsilon={value!r}; expected a finite number."
             )
 
     def c_forward(self, x):

@@ -32,8 +32,9 @@ class Net:
         name: the net's name, used in logs and generated code.
         backend: a CPUBackend.
         layers: the layer configs; order does not matter beyond breaking ties.
-        force_backward: give every blob a layer can back-propagate into a
-            diff, even without a loss (used by gradient checks).
+        force_backward: run backward for every layer that can back-propagate,
+            even without a loss: every top of such a layer and every blob it
+            back-propagates into gets a diff (the gradient checks use this).
 
     Views (NumPy arrays that alias the compiled net's memory):
         blobs[name], diffs[name], params[layer][param], grads[layer][param].
