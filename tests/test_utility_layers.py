@@ -1,5 +1,7 @@
 """Split, Identity and Reshape layers: copies, gradients and gradient flow in nets."""
 
+import logging
+
 import numpy as np
 import pytest
 from gradcheck import build_net, check_gradients, preserved
@@ -15,7 +17,6 @@ from mochac import (
     ShapeError,
     SplitLayer,
     SquareLossLayer,
-    TopologyError,
 )
 
 RNG = np.random.default_rng(29)
@@ -145,20 +146,20 @@ def used_twice_layers(with_split):
     return [data, ip, *split, *losses]
 
 
-def test_blob_used_twice_needs_split():
+def test_blob_used_twice_gets_split(caplog):
     backend = CPUBackend(dtype=np.float64, seed=1)
-    with pytest.raises(TopologyError) as caught:
-        Net("used-twice", backend, used_twice_layers(with_split=False))
-    message = str(caught.value)
-    assert "'h'" in message
-    assert "'loss_zero'" in message
-    assert "'loss_one'" in message
-    assert "SplitLayer" in message
+    with caplog.at_level(logging.WARNING, logger="mochac"):
+        net = Net("used-twice", backend, used_twice_layers(with_split=False))
+    assert "'h'" in caplog.text
+    assert "'loss_zero'" in caplog.text
+    assert "'loss_one'" in caplog.text
+    assert net.ir.inserted_splits == ["h-split"]
 
 
-def test_split_adds_gradients():
+@pytest.mark.parametrize("with_split", [True, False])
+def test_split_adds_gradients(with_split):
     backend = CPUBackend(dtype=np.float64, seed=1)
-    net = Net("split-sum", backend, used_twice_layers(with_split=True))
+    net = Net("split-sum", backend, used_twice_layers(with_split=with_split))
     net.params["ip"]["weight"][...] = np.eye(2)
     net.params["ip"]["bias"][...] = 0.0
     objective = net.forward()

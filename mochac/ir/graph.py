@@ -11,13 +11,19 @@ carries ``index``, the bottom position; an edge layer -> blob the top position.
 
 from __future__ import annotations
 
+import logging
+import weakref
 from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
 
 from mochac.errors import ConfigError, TopologyError
+from mochac.ir.schedule import derive_backward
 from mochac.layers.base import Layer, ParamSpec
+from mochac.layers.utility import SplitLayer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,7 +71,8 @@ class NetIR:
     blobs: dict[str, BlobInfo]
     forward_order: list[int]
     backward_order: list[int] = field(default_factory=list)
-    dtype: np.dtype = np.dtype(np.float32)
+    dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
+    inserted_splits: list[str] = field(default_factory=list)
 
     def layer(self, name: str) -> LayerInfo:
         for info in self.layers:
@@ -191,7 +198,46 @@ def build_ir(
         graph.nodes[("blob", blob.name)]["shape"] = blob.shape
 
     ir = NetIR(name, graph, infos, blobs, order, dtype=np.dtype(dtype))
-    from mochac.ir.schedule import derive_backward
-
-    derive_backward(ir, force_backward)
+    conflicts = derive_backward(ir, force_backward)
+    if conflicts:
+        layers = insert_splits(layers, names, conflicts)
+        return build_ir(name, layers, source_shapes, dtype, force_backward)
+    ir.inserted_splits = [info.name for info in infos if info.layer in _INSERTED]
     return ir
+
+
+# Split layers created by insert_splits, so the IR can report them.
+_INSERTED: weakref.WeakSet[Layer] = weakref.WeakSet()
+
+
+def insert_splits(layers, names, conflicts) -> list[Layer]:
+    """Return ``layers`` with a SplitLayer for each blob that several layers
+    back-propagate into; each of those consumers reads its own copy.
+
+    Mocha asks users to write the split themselves. mochac inserts it and logs
+    a warning that names the blob and its consumers.
+    """
+    layers = list(layers)
+    taken = set(names)
+    for blob, writers in conflicts.items():
+        split_name = blob + "-split"
+        while split_name in taken:
+            split_name += "_"
+        taken.add(split_name)
+        tops = [f"{split_name}{k}" for k in range(len(writers))]
+        for top, (index, position) in zip(tops, writers):
+            bottoms = list(layers[index].bottoms)
+            bottoms[position] = top
+            layers[index] = layers[index].replace(bottoms=bottoms)
+        split = SplitLayer(name=split_name, bottoms=[blob], tops=tops)
+        _INSERTED.add(split)
+        layers.append(split)
+        consumers = ", ".join(repr(names[index]) for index, _ in writers)
+        logger.warning(
+            "blob '%s' feeds back-propagating layers %s; inserted split layer '%s' "
+            "so that their gradients add up",
+            blob,
+            consumers,
+            split_name,
+        )
+    return layers

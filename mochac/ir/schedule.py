@@ -8,11 +8,13 @@ Under force_backward the tops of every back-propagating layer also get diffs.
 
 from __future__ import annotations
 
-from mochac.errors import TopologyError
 
+def derive_backward(ir, force_backward: bool = False) -> dict:
+    """Fill ``needs_diff``, ``propagate_down``, ``in_backward`` and the backward order.
 
-def derive_backward(ir, force_backward: bool = False) -> None:
-    """Fill ``needs_diff``, ``propagate_down``, ``in_backward`` and the backward order."""
+    Returns {blob: [(layer index, bottom position), ...]} for every blob whose
+    diff more than one layer writes; such a blob needs a split.
+    """
     layers = ir.layers
 
     # Gradient reaches a blob from above: walk the forward order in reverse.
@@ -68,23 +70,18 @@ def derive_backward(ir, force_backward: bool = False) -> None:
             bool(info.params) or any(info.propagate_down)
         )
 
-    # A diff written by two consumers would need summing; ask for a split.
+    # A diff written by two consumers needs summing: report it, so that
+    # build_ir can insert a split.
+    conflicts = {}
     for blob in ir.blobs.values():
         writers = [
-            layers[index].name
+            (index, position)
             for index in blob.consumers
-            if any(
-                layers[index].propagate_down[pos]
-                for pos, bottom in enumerate(layers[index].layer.bottoms)
-                if bottom == blob.name
-            )
+            for position, bottom in enumerate(layers[index].layer.bottoms)
+            if bottom == blob.name and layers[index].propagate_down[position]
         ]
         if len(writers) > 1:
-            raise TopologyError(
-                f"blob '{blob.name}' feeds back-propagating layers "
-                f"{', '.join(repr(w) for w in writers)}, so their gradients must be "
-                f"summed; insert a SplitLayer(bottoms=['{blob.name}'], tops=[...]) "
-                "and give each consumer its own copy"
-            )
+            conflicts[blob.name] = writers
 
     ir.backward_order = [i for i in reversed(ir.forward_order) if layers[i].in_backward]
+    return conflicts
