@@ -38,7 +38,9 @@ def build_net(name, layers, inputs, *, dtype=np.float64, seed=0, threads=2):
         for blob, array in inputs.items()
     ]
     backend = CPUBackend(dtype=dtype, seed=seed, threads=threads)
-    net = Net(name, backend, feeds + list(layers), force_backward=True)
+    # Layer tests check kernels one by one, so no pass rewrites the net;
+    # the pass tests compare optimized nets with these.
+    net = Net(name, backend, feeds + list(layers), force_backward=True, opt_level=0)
     net.load_batch()
     return net
 

@@ -101,7 +101,8 @@ def test_utility_gradients(net, name):
     assert check_gradients(net, name) == list(layer.bottoms)
 
 
-def test_reshape_chain_carries_gradient():
+@pytest.mark.parametrize("opt_level", [0, 1])
+def test_reshape_chain_carries_gradient(opt_level):
     x = RNG.normal(size=(2, 4))
     data = MemoryDataLayer(
         name="data", batch_size=2, tops=["x", "zeros"], data=[x, np.zeros((2, 6))]
@@ -114,7 +115,8 @@ def test_reshape_chain_carries_gradient():
         IdentityLayer(name="rename", bottoms=["flat"], tops=["out"]),
         SquareLossLayer(name="loss", bottoms=["out", "zeros"]),
     ]
-    net = Net("reshape-chain", CPUBackend(dtype=np.float64, seed=1), layers)
+    backend = CPUBackend(dtype=np.float64, seed=1)
+    net = Net("reshape-chain", backend, layers, opt_level=opt_level, keep=["h", "grid"])
     net.forward()
     net.backward()
     h = net.blobs["h"]
@@ -156,10 +158,12 @@ def test_blob_used_twice_gets_split(caplog):
     assert net.ir.inserted_splits == ["h-split"]
 
 
+@pytest.mark.parametrize("opt_level", [0, 1])
 @pytest.mark.parametrize("with_split", [True, False])
-def test_split_adds_gradients(with_split):
+def test_split_adds_gradients(with_split, opt_level):
     backend = CPUBackend(dtype=np.float64, seed=1)
-    net = Net("split-sum", backend, used_twice_layers(with_split=with_split))
+    layers = used_twice_layers(with_split=with_split)
+    net = Net("split-sum", backend, layers, opt_level=opt_level, keep=["h"])
     net.params["ip"]["weight"][...] = np.eye(2)
     net.params["ip"]["bias"][...] = 0.0
     objective = net.forward()

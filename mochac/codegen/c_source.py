@@ -60,6 +60,8 @@ def render_c(ir):
         ],
         kernel_texts=kernel_texts,
         kernels=[kernel.context for kernel in kernels],
-        backward_kernels=[by_layer[index].context for index in ir.backward_order],
+        backward_kernels=[
+            by_layer[index].context for index in ir.backward_order if index in by_layer
+        ],
     )
     return source, slots, kernels

@@ -80,12 +80,32 @@ def _pairs(info, slots):
             dict(
                 x=x,
                 dx=dx if info.propagate_down[position] else None,
+                acc=_accumulates(info, position),
                 y=y,
                 dy=dy,
                 beta=beta,
             )
         )
     return pairs
+
+
+def _accumulates(info, position) -> bool:
+    """Whether backward adds into the bottom's diff (shared with other writers)."""
+    return bool(info.accumulate) and info.accumulate[position]
+
+
+def _neuron(info):
+    """Template values of a layer's neuron: fused expressions or a separate kernel."""
+    neuron = info.layer.neuron
+    active = not neuron.is_identity
+    fused = active and info.fuse_neuron
+    return dict(
+        act=neuron.c_forward("v") if fused else "v",
+        dact=neuron.c_backward("v"),
+        has_neuron=fused,
+        neuron_kernel=active and not fused,
+        neuron_act=neuron.c_forward("v"),
+    )
 
 
 def _param_slots(info, slots, names):
@@ -104,12 +124,18 @@ def lower_convolution(info, ir, slots):
     _, filters, out_h, out_w = info.top_shapes[0]
     (kh, kw), (sh, sw), (ph, pw) = layer.kernel_hw, layer.stride_hw, layer.pad_hw
     group_k = channels // layer.n_group * kh * kw
-    col = slots.add(
-        "work", info.name, "col", ir.dtype, (channels * kh * kw, n * out_h * out_w)
-    )
+    columns = n * out_h * out_w
+    # The columns of the last bottom stay from forward to backward, which
+    # reuses them for the filter gradient when the layer has one bottom.
+    col = slots.add("work", info.name, "col", ir.dtype, (channels * kh * kw, columns))
     tmp = slots.add(
-        "work", info.name, "gemm_out", ir.dtype, (filters, n * out_h * out_w)
+        "work", info.name, "gemm_out", ir.dtype, (filters, columns), ("forward",)
     )
+    back = None
+    if info.in_backward:
+        back = slots.add(
+            "work", info.name, "gemm_diff", ir.dtype, (filters, columns), ("backward",)
+        )
     return dict(
         N=n,
         C=channels,
@@ -128,13 +154,15 @@ def lower_convolution(info, ir, slots):
         K=group_k,
         FG=filters // layer.n_group,
         P=out_h * out_w,
-        NP=n * out_h * out_w,
+        NP=columns,
         col=col.index,
         tmp=tmp.index,
-        pairs=_pairs(info, slots),
-        act=layer.neuron.c_forward("v"),
-        dact=layer.neuron.c_backward("v"),
-        has_neuron=not layer.neuron.is_identity,
+        tmp_back=back.index if back else None,
+        pairs=[
+            dict(pair, top_size=n * filters * out_h * out_w)
+            for pair in _pairs(info, slots)
+        ],
+        **_neuron(info),
         **_param_slots(info, slots, ["filter", "bias"]),
     )
 
@@ -144,13 +172,12 @@ def lower_inner_product(info, ir, slots):
     pairs = _pairs(info, slots)
     for pair, shape in zip(pairs, info.bottom_shapes):
         pair["N"] = shape[0]
+        pair["top_size"] = shape[0] * layer.output_dim
     return dict(
         D=prod(info.bottom_shapes[0][1:]),
         O=layer.output_dim,
         pairs=pairs,
-        act=layer.neuron.c_forward("v"),
-        dact=layer.neuron.c_backward("v"),
-        has_neuron=not layer.neuron.is_identity,
+        **_neuron(info),
         **_param_slots(info, slots, ["weight", "bias"]),
     )
 
@@ -197,6 +224,7 @@ def _label_context(info, ir, slots):
         inner=inner,
         x=x,
         dx=dx if info.propagate_down[0] else None,
+        acc=_accumulates(info, 0),
         label=label,
         per_sample=outer * inner // batch,
         layer_index=info.index,
@@ -231,6 +259,8 @@ def lower_square_loss(info, ir, slots):
         label=label,
         dpred=dpred if info.propagate_down[0] else None,
         dlabel=dlabel if info.propagate_down[1] else None,
+        acc_pred=_accumulates(info, 0),
+        acc_label=_accumulates(info, 1),
     )
 
 
@@ -249,6 +279,7 @@ def lower_split(info, ir, slots):
     return dict(
         x=x,
         dx=dx if info.propagate_down[0] else None,
+        acc=_accumulates(info, 0),
         tops=tops,
         size=prod(info.bottom_shapes[0]),
     )
@@ -269,15 +300,27 @@ LOWERINGS = {
 
 
 def allocate_slots(ir) -> SlotTable:
-    """Create the data, diff, param and grad slots of every blob and layer."""
+    """Create the data, diff, param and grad slots of every blob and layer.
+
+    A blob that a pass aliased to another one gets no slot of its own: its
+    lookup resolves to the slot of the blob whose storage it uses.
+    """
     slots = SlotTable()
     for index in ir.forward_order:
         info = ir.layers[index]
         for top in info.layer.tops:
             blob = ir.blobs[top]
-            slots.add("data", top, "", ir.dtype, blob.shape)
+            root = ir.data_root(top)
+            if root == top:
+                slots.add("data", top, "", ir.dtype, blob.shape)
+            else:
+                slots.alias("data", top, root)
             if blob.needs_diff:
-                slots.add("diff", top, "", ir.dtype, blob.shape)
+                root = ir.diff_root(top)
+                if root == top:
+                    slots.add("diff", top, "", ir.dtype, blob.shape)
+                else:
+                    slots.alias("diff", top, root)
     for index in ir.forward_order:
         info = ir.layers[index]
         for spec in info.params:
@@ -287,14 +330,45 @@ def allocate_slots(ir) -> SlotTable:
     return slots
 
 
+def touched_slots(info, slots, phase) -> set[int]:
+    """Return the data, diff and work slots a layer's kernels use in a phase.
+
+    Memory planning takes a slot as live at every step that touches it.
+    """
+    layer = info.layer
+    touched = set()
+    if phase == "forward":
+        for blob in (*layer.bottoms, *layer.tops):
+            touched.add(slots.get("data", blob).index)
+    else:
+        for blob in layer.tops:
+            diff = slots.find("diff", blob)
+            if diff is not None:
+                touched.add(diff.index)
+        if layer.backward_reads_top_data():
+            touched.update(slots.get("data", blob).index for blob in layer.tops)
+        if layer.backward_reads_bottom_data():
+            touched.update(slots.get("data", blob).index for blob in layer.bottoms)
+        for position, blob in enumerate(layer.bottoms):
+            if info.propagate_down[position]:
+                touched.add(slots.get("diff", blob).index)
+    for slot in slots.slots:
+        if slot.kind == "work" and slot.owner == info.name and phase in slot.phases:
+            touched.add(slot.index)
+    return touched
+
+
 def lower_net(ir) -> tuple[SlotTable, list[Kernel]]:
-    """Return the slot table and one Kernel per compute layer, in forward order."""
+    """Return the slot table and one Kernel per layer that runs, in forward order.
+
+    Data layers run in Python, and layers eliminated by a pass run nowhere.
+    """
     slots = allocate_slots(ir)
     kernels = []
     used: set[str] = {"mochac"}
     for index in ir.forward_order:
         info = ir.layers[index]
-        if info.layer.is_source:
+        if info.layer.is_source or info.eliminated:
             continue
         try:
             family, lower = LOWERINGS[type(info.layer)]
@@ -310,5 +384,12 @@ def lower_net(ir) -> tuple[SlotTable, list[Kernel]]:
             in_backward=info.in_backward,
             index=index,
         )
+        context.setdefault("neuron_kernel", False)
         kernels.append(Kernel(index, context["fn"], f"c/{family}.c.j2", context))
+    for kernel in kernels:
+        info = ir.layers[kernel.layer_index]
+        kernel.context["forward_touch"] = sorted(touched_slots(info, slots, "forward"))
+        kernel.context["backward_touch"] = (
+            sorted(touched_slots(info, slots, "backward")) if info.in_backward else []
+        )
     return slots, kernels

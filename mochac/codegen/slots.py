@@ -28,6 +28,9 @@ class Slot:
     name: str
     dtype: np.dtype
     shape: tuple[int, ...]
+    # For "work" slots: the phases ("forward", "backward") that use the slot.
+    # A slot used by both carries values from forward to backward.
+    phases: tuple[str, ...] = ("forward", "backward")
 
     @property
     def nbytes(self) -> int:
@@ -41,14 +44,22 @@ class SlotTable:
     slots: list[Slot] = field(default_factory=list)
     lookup: dict[tuple[str, str, str], Slot] = field(default_factory=dict)
 
-    def add(self, kind, owner, name, dtype, shape) -> Slot:
+    def add(
+        self, kind, owner, name, dtype, shape, phases=("forward", "backward")
+    ) -> Slot:
         key = (kind, owner, name)
         if key in self.lookup:
             return self.lookup[key]
-        slot = Slot(len(self.slots), kind, owner, name, np.dtype(dtype), tuple(shape))
+        slot = Slot(
+            len(self.slots), kind, owner, name, np.dtype(dtype), tuple(shape), phases
+        )
         self.slots.append(slot)
         self.lookup[key] = slot
         return slot
+
+    def alias(self, kind, owner, target_owner, name=""):
+        """Make (kind, owner, name) resolve to the slot of ``target_owner``."""
+        self.lookup[(kind, owner, name)] = self.get(kind, target_owner, name)
 
     def get(self, kind, owner, name="") -> Slot:
         return self.lookup[(kind, owner, name)]

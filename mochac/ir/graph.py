@@ -35,6 +35,9 @@ class BlobInfo:
     producer: int
     consumers: list[int] = field(default_factory=list)
     needs_diff: bool = False
+    # Set by passes: the blob whose data (or diff) storage this blob uses.
+    data_alias: str | None = None
+    diff_alias: str | None = None
 
     @property
     def size(self) -> int:
@@ -55,6 +58,13 @@ class LayerInfo:
     propagate_down: list[bool] = field(default_factory=list)
     # Does backward run for this layer (param grads or bottom diffs)?
     in_backward: bool = False
+    # Set by passes: no kernel runs for an eliminated layer; a fused neuron
+    # runs inside the layer's kernel instead of as a kernel of its own.
+    eliminated: bool = False
+    fuse_neuron: bool = False
+    # Per bottom: does backward add into the diff instead of overwriting it?
+    # Set by assign_diff_writers once the aliases are final.
+    accumulate: list[bool] = field(default_factory=list)
 
     @property
     def param_key(self) -> str:
@@ -73,6 +83,39 @@ class NetIR:
     backward_order: list[int] = field(default_factory=list)
     dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
     inserted_splits: list[str] = field(default_factory=list)
+
+    def data_root(self, blob: str) -> str:
+        """Return the blob whose storage ``blob``'s data lives in."""
+        while self.blobs[blob].data_alias is not None:
+            blob = self.blobs[blob].data_alias
+        return blob
+
+    def diff_root(self, blob: str) -> str:
+        """Return the blob whose storage ``blob``'s diff lives in."""
+        while self.blobs[blob].diff_alias is not None:
+            blob = self.blobs[blob].diff_alias
+        return blob
+
+    def assign_diff_writers(self) -> None:
+        """Decide which backward writes overwrite a diff and which add to it.
+
+        Several layers can write one diff storage once passes alias diffs
+        (an eliminated split); the first in backward order overwrites it and
+        the others add to it.
+        """
+        written: set[str] = set()
+        for info in self.layers:
+            info.accumulate = [False] * len(info.layer.bottoms)
+        for index in self.backward_order:
+            info = self.layers[index]
+            if info.eliminated:
+                continue
+            for position, bottom in enumerate(info.layer.bottoms):
+                if not info.propagate_down[position]:
+                    continue
+                root = self.diff_root(bottom)
+                info.accumulate[position] = root in written
+                written.add(root)
 
     def layer(self, name: str) -> LayerInfo:
         for info in self.layers:

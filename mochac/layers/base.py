@@ -62,6 +62,10 @@ class Layer:
     n_tops: ClassVar[tuple[int, int | None]] = (1, None)
     # True when each bottom maps to the top at the same index.
     tops_match_bottoms: ClassVar[bool] = True
+    # True when each top may overwrite its bottom (fuse_inplace): the kernel
+    # reads each bottom element only before writing the top element in its
+    # place, and backward needs no bottom data.
+    inplace_capable: ClassVar[bool] = False
 
     def __post_init__(self):
         if not isinstance(self.name, str):
@@ -122,6 +126,14 @@ class Layer:
     def param_specs(self, bottom_shapes: list[tuple[int, ...]]) -> list[ParamSpec]:
         """Return the learnable parameters for the given bottom shapes."""
         return []
+
+    def backward_reads_bottom_data(self) -> bool:
+        """Whether backward reads the bottoms' data (memory planning asks)."""
+        return True
+
+    def backward_reads_top_data(self) -> bool:
+        """Whether backward reads the tops' data (memory planning asks)."""
+        return True
 
     def bottom_takes_grad(self, index: int) -> bool:
         """Whether back-propagation produces a diff for bottom ``index``."""

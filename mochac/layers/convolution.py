@@ -56,6 +56,10 @@ class ConvolutionLayer(Layer):
     has_neuron = True
     can_do_bp = True
 
+    def backward_reads_top_data(self):
+        # The neuron's derivative is computed from the output.
+        return not self.neuron.is_identity
+
     def validate(self):
         self.kernel_hw
         self.stride_hw

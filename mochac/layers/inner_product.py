@@ -44,6 +44,10 @@ class InnerProductLayer(Layer):
     has_neuron = True
     can_do_bp = True
 
+    def backward_reads_top_data(self):
+        # The neuron's derivative is computed from the output.
+        return not self.neuron.is_identity
+
     def validate(self):
         check_int(self, "output_dim")
         check_param_fields(self, "weight")

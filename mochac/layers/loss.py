@@ -57,6 +57,9 @@ class SoftmaxLossLayer(Layer):
     can_do_bp = True
     is_sink = True
 
+    def backward_reads_top_data(self):
+        return False
+
     def validate(self):
         if not isinstance(self.dim, int) or isinstance(self.dim, bool):
             self._fail("dim", self.dim, "an int")
@@ -90,6 +93,9 @@ class SquareLossLayer(Layer):
     has_loss = True
     can_do_bp = True
     is_sink = True
+
+    def backward_reads_top_data(self):
+        return False
 
     def validate(self):
         check_number(self, "weight", minimum=0)

@@ -59,6 +59,13 @@ class PoolingLayer(Layer):
 
     can_do_bp = True
 
+    def backward_reads_bottom_data(self):
+        # Max pooling keeps the argmax positions; mean pooling needs no data.
+        return False
+
+    def backward_reads_top_data(self):
+        return False
+
     def validate(self):
         (kh, kw), _, (ph, pw) = self.kernel_hw, self.stride_hw, self.pad_hw
         if ph >= kh or pw >= kw:

@@ -23,6 +23,11 @@ class SoftmaxLayer(Layer):
 
     can_do_bp = True
 
+    inplace_capable = True
+
+    def backward_reads_bottom_data(self):
+        return False
+
     def validate(self):
         if not isinstance(self.dim, int) or isinstance(self.dim, bool):
             self._fail("dim", self.dim, "an int")

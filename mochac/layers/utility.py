@@ -24,6 +24,12 @@ class SplitLayer(Layer):
     tops_match_bottoms = False
     can_do_bp = True
 
+    def backward_reads_bottom_data(self):
+        return False
+
+    def backward_reads_top_data(self):
+        return False
+
     def validate(self):
         if not isinstance(self.no_copy, bool):
             self._fail("no_copy", self.no_copy, "True or False")
@@ -37,6 +43,12 @@ class IdentityLayer(Layer):
     """Passes each bottom to the top at the same index unchanged (a rename)."""
 
     can_do_bp = True
+
+    def backward_reads_bottom_data(self):
+        return False
+
+    def backward_reads_top_data(self):
+        return False
 
     def infer_shapes(self, bottom_shapes):
         return list(bottom_shapes)
@@ -56,6 +68,12 @@ class ReshapeLayer(Layer):
     shape: tuple[int, ...] = ()
 
     can_do_bp = True
+
+    def backward_reads_bottom_data(self):
+        return False
+
+    def backward_reads_top_data(self):
+        return False
 
     def validate(self):
         shape = self.shape

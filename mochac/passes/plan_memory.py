@@ -75,3 +75,58 @@ def peak_live_bytes(buffers: list[LiveBuffer], alignment: int = ALIGNMENT) -> in
         live += events[step]
         peak = max(peak, live)
     return peak
+
+
+@dataclass
+class MemoryPlan:
+    """Where each planned slot lives in the arena, and what that saves.
+
+    ``offsets`` maps slot indices to byte offsets; ``unplanned_bytes`` is the
+    memory of one buffer per slot, ``peak_live_bytes`` the lower bound.
+    """
+
+    offsets: dict[int, int]
+    arena_bytes: int
+    unplanned_bytes: int
+    peak_live_bytes: int
+
+
+def plan_memory(slots, kernels, pinned: set[int]) -> MemoryPlan:
+    """Plan the data, diff and work slots of a lowered net.
+
+    Steps are the forward kernels in order, then the backward kernels in
+    backward order; a slot lives from the first step that touches it to the
+    last. ``pinned`` slots (inputs, outputs, blobs the user keeps) live
+    through every step, so a caller can read them after any call.
+    """
+    forward = [kernel.context["forward_touch"] for kernel in kernels]
+    backward = [
+        kernel.context["backward_touch"]
+        for kernel in kernels[::-1]
+        if kernel.context["in_backward"]
+    ]
+    steps = forward + backward
+    last = max(len(steps) - 1, 0)
+    first_use: dict[int, int] = {}
+    last_use: dict[int, int] = {}
+    for step, touched in enumerate(steps):
+        for index in touched:
+            first_use.setdefault(index, step)
+            last_use[index] = step
+    buffers = []
+    for slot in slots.slots:
+        if slot.kind not in ("data", "diff", "work"):
+            continue
+        if slot.index in pinned:
+            start, end = 0, last
+        else:
+            start = first_use.get(slot.index, 0)
+            end = last_use.get(slot.index, start)
+        buffers.append(LiveBuffer(slot.index, slot.nbytes, start, end))
+    offsets, arena = plan_offsets(buffers)
+    return MemoryPlan(
+        offsets=offsets,
+        arena_bytes=arena,
+        unplanned_bytes=sum(align(buffer.nbytes) for buffer in buffers),
+        peak_live_bytes=peak_live_bytes(buffers),
+    )

@@ -16,13 +16,33 @@ import numpy as np
 
 from mochac.codegen.build import build_extension, load_extension
 from mochac.codegen.c_source import render_c
-from mochac.errors import DataError, NumericalError, ShapeError
+from mochac.errors import ConfigError, DataError, NumericalError, ShapeError
 from mochac.ir import build_ir
+from mochac.passes.pipeline import enabled_passes, ir_counts, run_ir_passes
+from mochac.passes.plan_memory import plan_memory
 from mochac.runtime.data_sources import make_source
 
 logger = logging.getLogger(__name__)
 
 BAD_LABEL = 1
+
+
+class BlobViews(dict):
+    """Blob name -> NumPy view; explains why a planned-away blob is missing."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.hidden: set[str] = set()
+
+    def __missing__(self, name):
+        if name in self.hidden:
+            raise KeyError(
+                f"the {self.kind} of blob '{name}' shares memory with other blobs "
+                f"after plan_memory; pass keep=['{name}'] to Net, or "
+                "disable=('plan_memory',), to read it"
+            )
+        raise KeyError(f"no blob named '{name}' has {self.kind}")
 
 
 class Net:
@@ -35,9 +55,15 @@ class Net:
         force_backward: run backward for every layer that can back-propagate,
             even without a loss: every top of such a layer and every blob it
             back-propagates into gets a diff (the gradient checks use this).
+        opt_level: 1 (default) runs every pass of mochac.passes, 0 none.
+        disable: names of passes to skip, e.g. ("plan_memory",).
+        keep: blob names whose data and diff must stay readable after each
+            call. Data layer outputs and blobs no layer reads are always kept.
 
     Views (NumPy arrays that alias the compiled net's memory):
         blobs[name], diffs[name], params[layer][param], grads[layer][param].
+    After plan_memory, a blob that is not kept shares memory with others, so
+    ``blobs`` and ``diffs`` leave it out.
     """
 
     def __init__(
@@ -47,12 +73,19 @@ class Net:
         layers,
         *,
         force_backward=False,
+        opt_level=1,
+        disable=(),
+        keep=(),
         _prebuilt: Path | None = None,
     ):
         self.name = name
         self.backend = backend
         self.layers = list(layers)
         self.force_backward = force_backward
+        self.opt_level = opt_level
+        self.disable = tuple(disable)
+        self.keep = frozenset(keep)
+        passes = enabled_passes(opt_level, self.disable)
         dtype = backend.dtype
 
         # Data layers are opened first: only they know their top shapes.
@@ -67,7 +100,17 @@ class Net:
                 source_shapes[index] = source.shapes
 
         self.ir = build_ir(name, self.layers, source_shapes, dtype, force_backward)
+        unknown = sorted(self.keep - set(self.ir.blobs))
+        if unknown:
+            raise ConfigError(
+                f"net '{name}': keep names unknown blob(s) {', '.join(unknown)}"
+            )
+        self.counts_before = ir_counts(self.ir)
+        self.pass_reports = run_ir_passes(self.ir, opt_level, self.disable, self.keep)
         self.source, self.slots, self.kernels = render_c(self.ir)
+        self.plan = None
+        if "plan_memory" in passes:
+            self.plan = plan_memory(self.slots, self.kernels, self._pinned_slots())
         if _prebuilt is not None:
             self.extension_path = Path(_prebuilt)
             module = load_extension(
@@ -80,21 +123,43 @@ class Net:
 
         self._allocate()
         self.status = self.ffi.new("struct mochac_status *")
+        param_count = sum(
+            a.size for layer in self.params.values() for a in layer.values()
+        )
+        unplanned = sum(
+            slot.nbytes
+            for slot in self.slots.slots
+            if slot.kind in ("data", "diff", "work")
+        )
         logger.info(
-            "net '%s': %d layers, %d blobs, %d parameters, %.1f MB of buffers",
+            "net '%s': %d layers, %d kernels per iteration, %d parameters; passes: %s; "
+            "blobs and scratch %.1f MB (%.1f MB unplanned)",
             name,
             len(self.ir.layers),
-            len(self.ir.blobs),
-            sum(a.size for layer in self.params.values() for a in layer.values()),
-            sum(a.nbytes for a in self.arrays) / 1e6,
+            ir_counts(self.ir)["kernels"],
+            param_count,
+            ", ".join(passes) or "none",
+            (self.plan.arena_bytes if self.plan else unplanned) / 1e6,
+            unplanned / 1e6,
         )
 
     # --- construction ---------------------------------------------------------
 
+    def _pinned_slots(self) -> set[int]:
+        """Return the slots memory planning must keep live: inputs, outputs, keep."""
+        pinned = set()
+        for name, blob in self.ir.blobs.items():
+            producer = self.ir.layers[blob.producer]
+            readers = [i for i in blob.consumers if not self.ir.layers[i].eliminated]
+            if producer.layer.is_source or not readers or name in self.keep:
+                for kind in ("data", "diff"):
+                    slot = self.slots.find(kind, name)
+                    if slot is not None:
+                        pinned.add(slot.index)
+        return pinned
+
     def _allocate(self):
         self.arrays = []
-        self.blobs: dict[str, np.ndarray] = {}
-        self.diffs: dict[str, np.ndarray] = {}
         self.params: dict[str, dict[str, np.ndarray]] = {}
         self.grads: dict[str, dict[str, np.ndarray]] = {}
         self.states: dict[str, np.ndarray] = {}
@@ -103,18 +168,28 @@ class Net:
             for info in self.ir.layers
             for spec in info.params
         }
+        arena = None
+        if self.plan is not None:
+            # One aligned allocation; planned slots are views at their offsets.
+            raw = np.zeros(self.plan.arena_bytes + 64, dtype=np.uint8)
+            start = (-raw.ctypes.data) % 64
+            arena = raw[start : start + self.plan.arena_bytes]
+            self.arena = arena
         for slot in self.slots.slots:
             if slot.kind == "param":
                 info, spec = specs[(slot.owner, slot.name)]
                 array = self._shared_param(info, spec)
                 self.params.setdefault(info.name, {})[spec.name] = array
+            elif arena is not None and slot.index in self.plan.offsets:
+                offset = self.plan.offsets[slot.index]
+                array = (
+                    arena[offset : offset + slot.nbytes]
+                    .view(slot.dtype)
+                    .reshape(slot.shape)
+                )
             else:
                 array = np.zeros(slot.shape, dtype=slot.dtype)
-                if slot.kind == "data":
-                    self.blobs[slot.owner] = array
-                elif slot.kind == "diff":
-                    self.diffs[slot.owner] = array
-                elif slot.kind == "grad":
+                if slot.kind == "grad":
                     self.grads.setdefault(slot.owner, {})[slot.name] = array
                 elif slot.kind == "state":
                     self.states[slot.owner] = array
@@ -122,6 +197,21 @@ class Net:
         self.pointers = self.ffi.new("void *[]", max(len(self.arrays), 1))
         for index, array in enumerate(self.arrays):
             self.pointers[index] = self.ffi.cast("void *", array.ctypes.data)
+
+        # Blob views, aliases included; planned blobs that are not pinned
+        # share memory and are left out.
+        pinned = self._pinned_slots()
+        self.blobs = BlobViews("data")
+        self.diffs = BlobViews("diff")
+        for name, blob in self.ir.blobs.items():
+            for kind, views in (("data", self.blobs), ("diff", self.diffs)):
+                slot = self.slots.find(kind, name)
+                if slot is None:
+                    continue
+                if self.plan is not None and slot.index not in pinned:
+                    views.hidden.add(name)
+                    continue
+                views[name] = self.arrays[slot.index].reshape(blob.shape)
 
     def _shared_param(self, info, spec) -> np.ndarray:
         registry = self.backend.registry.setdefault(info.param_key, {})

@@ -212,10 +212,14 @@ class Solver:
 
     def _due(self, last_epoch: int, epoch: int):
         for coffee_break, every_n_iter, every_n_epoch in self.breaks:
-            if every_n_iter is not None and self.state.iter % every_n_iter == 0 or (
-                every_n_epoch is not None
-                and epoch != last_epoch
-                and epoch % every_n_epoch == 0
+            if (
+                every_n_iter is not None
+                and self.state.iter % every_n_iter == 0
+                or (
+                    every_n_epoch is not None
+                    and epoch != last_epoch
+                    and epoch % every_n_epoch == 0
+                )
             ):
                 yield coffee_break
 

@@ -1,0 +1,39 @@
+"""eliminate_splits: a split becomes aliases of one storage.
+
+Before: split copies its bottom into every top in forward, and sums the
+tops' diffs into the bottom's diff in backward.
+After: every top's data and diff are the bottom's; no split kernel runs, and
+the consumers' backward passes add into the one shared diff (see
+NetIR.assign_diff_writers).
+
+A forward alias is only safe while nobody writes a top in place, which
+fuse_inplace checks on the shared storage.
+"""
+
+from __future__ import annotations
+
+from mochac.layers import SplitLayer
+from mochac.passes.report import PassReport
+
+
+def eliminate_splits(ir) -> PassReport:
+    report = PassReport("eliminate_splits")
+    itemsize = ir.dtype.itemsize
+    for info in ir.layers:
+        if not isinstance(info.layer, SplitLayer) or info.eliminated:
+            continue
+        bottom = info.layer.bottoms[0]
+        saved = 0
+        for top in info.layer.tops:
+            blob = ir.blobs[top]
+            blob.data_alias = bottom
+            saved += blob.size * itemsize
+            if blob.needs_diff and ir.blobs[bottom].needs_diff:
+                blob.diff_alias = bottom
+                saved += blob.size * itemsize
+        info.eliminated = True
+        report.bytes_saved += saved
+        report.changes.append(
+            f"split '{info.name}': tops {', '.join(info.layer.tops)} alias '{bottom}'"
+        )
+    return report

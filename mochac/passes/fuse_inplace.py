@@ -1,0 +1,78 @@
+"""fuse_inplace: a layer writes its top over a bottom that dies at that layer.
+
+Before: top and bottom have separate storage.
+After: the top's data (and, when both have diffs, its diff) use the bottom's
+storage.
+
+Safe only when, for the bottom's whole storage (every blob aliased to it):
+the layer is marked inplace_capable, it is the storage's only reader in
+forward, no backward pass reads the storage's data (the producer's or the
+layer's own), the storage is not a data layer's output or a blob the user
+keeps, and shapes match. A refused candidate is logged at debug level.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mochac.passes.report import PassReport
+
+logger = logging.getLogger(__name__)
+
+
+def _storage_group(ir, root: str) -> list[str]:
+    return [name for name in ir.blobs if ir.data_root(name) == root]
+
+
+def _refusal(ir, info, bottom, top, keep) -> str | None:
+    """Return why the top may not overwrite the bottom, or None when it may."""
+    root = ir.data_root(bottom)
+    group = _storage_group(ir, root)
+    if ir.blobs[bottom].shape != ir.blobs[top].shape:
+        return "shapes differ"
+    if any(name in keep for name in group):
+        return f"'{root}' is kept for the user"
+    producer = ir.layers[ir.blobs[root].producer]
+    if producer.layer.is_source:
+        return f"'{root}' is a data layer output"
+    readers = {
+        index
+        for name in group
+        for index in ir.blobs[name].consumers
+        if not ir.layers[index].eliminated
+    }
+    if readers != {info.index}:
+        return f"'{root}' has other readers"
+    if info.layer.backward_reads_bottom_data():
+        return "its backward reads the bottom"
+    for name in group:
+        blob_producer = ir.layers[ir.blobs[name].producer]
+        if (
+            blob_producer.in_backward
+            and not blob_producer.eliminated
+            and blob_producer.layer.backward_reads_top_data()
+        ):
+            return f"the backward of '{blob_producer.name}' reads '{name}'"
+    return None
+
+
+def fuse_inplace(ir, keep=frozenset()) -> PassReport:
+    report = PassReport("fuse_inplace")
+    itemsize = ir.dtype.itemsize
+    for index in ir.forward_order:
+        info = ir.layers[index]
+        if info.eliminated or not info.layer.inplace_capable:
+            continue
+        for bottom, top in zip(info.layer.bottoms, info.layer.tops):
+            reason = _refusal(ir, info, bottom, top, keep)
+            if reason:
+                logger.debug("in-place '%s' -> '%s' refused: %s", bottom, top, reason)
+                continue
+            blob = ir.blobs[top]
+            blob.data_alias = bottom
+            report.bytes_saved += blob.size * itemsize
+            if blob.needs_diff and ir.blobs[bottom].needs_diff:
+                blob.diff_alias = bottom
+                report.bytes_saved += blob.size * itemsize
+            report.changes.append(f"'{info.name}' writes '{top}' over '{bottom}'")
+    return report

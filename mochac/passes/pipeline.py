@@ -1,0 +1,96 @@
+"""The pass pipeline: which rewrites run at each optimization level.
+
+-O0 runs none; -O1 (the default) runs them all in this order. Any pass can
+be switched off by name. The IR passes rewrite the IR before lowering;
+plan_memory places the lowered net's buffers in one arena.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mochac.errors import ConfigError
+from mochac.passes.eliminate_identity import eliminate_identity
+from mochac.passes.eliminate_splits import eliminate_splits
+from mochac.passes.fuse_inplace import fuse_inplace
+from mochac.passes.fuse_neurons import fuse_neurons
+from mochac.passes.report import PassReport
+
+logger = logging.getLogger(__name__)
+
+IR_PASSES = {
+    "eliminate_splits": eliminate_splits,
+    "eliminate_identity": eliminate_identity,
+    "fuse_inplace": fuse_inplace,
+    "fuse_neurons": fuse_neurons,
+}
+PASS_NAMES = (*IR_PASSES, "plan_memory")
+
+
+def enabled_passes(opt_level: int, disable=()) -> list[str]:
+    """Return the names of the passes that run; raise ConfigError on bad options."""
+    if opt_level not in (0, 1):
+        raise ConfigError(f"invalid opt_level={opt_level!r}; expected 0 or 1")
+    unknown = [name for name in disable if name not in PASS_NAMES]
+    if unknown:
+        raise ConfigError(
+            f"unknown pass name(s) {', '.join(unknown)}; known passes: "
+            f"{', '.join(PASS_NAMES)}"
+        )
+    if opt_level == 0:
+        return []
+    return [name for name in PASS_NAMES if name not in disable]
+
+
+def ir_counts(ir) -> dict:
+    """Return the sizes a report compares: layers, blobs, kernels and bytes.
+
+    ``kernels`` counts the native calls of one training iteration (forward
+    and, for layers in the backward schedule, backward), a separate neuron
+    kernel counting as one more in each direction.
+    """
+    running = [
+        info for info in ir.layers if not info.layer.is_source and not info.eliminated
+    ]
+    kernels = 0
+    for info in running:
+        neuron = getattr(info.layer, "neuron", None)
+        separate = (
+            neuron is not None and not neuron.is_identity and not info.fuse_neuron
+        )
+        kernels += 1 + separate
+        if info.in_backward:
+            kernels += 1 + separate
+    data_roots = {ir.data_root(name) for name in ir.blobs}
+    diff_roots = {ir.diff_root(name) for name in ir.blobs if ir.blobs[name].needs_diff}
+    itemsize = ir.dtype.itemsize
+    return {
+        "layers": len(running),
+        "blobs": len(data_roots),
+        "kernels": kernels,
+        "blob_bytes": sum(ir.blobs[name].size for name in data_roots) * itemsize
+        + sum(ir.blobs[name].size for name in diff_roots) * itemsize,
+    }
+
+
+def run_ir_passes(ir, opt_level: int = 1, disable=(), keep=frozenset()):
+    """Run the enabled IR passes on ``ir`` in place; return their reports.
+
+    Each report carries ``before`` and ``after``: the ir_counts around it.
+    """
+    reports = []
+    for name in enabled_passes(opt_level, disable):
+        if name not in IR_PASSES:
+            continue
+        before = ir_counts(ir)
+        function = IR_PASSES[name]
+        report = function(ir, keep) if name == "fuse_inplace" else function(ir)
+        report.before, report.after = before, ir_counts(ir)
+        for change in report.changes:
+            logger.debug("%s: %s", name, change)
+        reports.append(report)
+    ir.assign_diff_writers()
+    return reports
+
+
+__all__ = ["PASS_NAMES", "PassReport", "enabled_passes", "ir_counts", "run_ir_passes"]
