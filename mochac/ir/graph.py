@@ -114,7 +114,13 @@ class NetIR:
                 if not info.propagate_down[position]:
                     continue
                 root = self.diff_root(bottom)
-                info.accumulate[position] = root in written
+                # An in-place layer reads its top diff from the storage it
+                # writes, so it overwrites even after another writer.
+                in_place = any(
+                    self.blobs[top].needs_diff and self.diff_root(top) == root
+                    for top in info.layer.tops
+                )
+                info.accumulate[position] = root in written and not in_place
                 written.add(root)
 
     def layer(self, name: str) -> LayerInfo:

@@ -1,0 +1,350 @@
+"""Passes: each keeps forward outputs, losses, gradients and solver steps equal.
+
+Every net here is built at -O0, at -O1, and with each pass alone, in float64;
+all of them must agree to 1e-10. Each pass also shows the structural change
+it promises.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mochac import (
+    SGD,
+    ConvolutionLayer,
+    CPUBackend,
+    IdentityLayer,
+    InnerProductLayer,
+    MemoryDataLayer,
+    Net,
+    Neurons,
+    PoolingLayer,
+    ReshapeLayer,
+    SoftmaxLayer,
+    SoftmaxLossLayer,
+    SplitLayer,
+    SquareLossLayer,
+)
+from mochac.errors import ConfigError
+from mochac.passes.pipeline import PASS_NAMES
+
+TOLERANCE = 1e-10
+VARIANTS = [("O0", 0, ()), ("O1", 1, ())] + [
+    (name, 1, tuple(other for other in PASS_NAMES if other != name))
+    for name in PASS_NAMES
+]
+
+
+def lenet_layers(rng):
+    x = rng.normal(size=(4, 1, 12, 12))
+    y = rng.integers(0, 5, size=(4, 1)).astype(np.float64)
+    return [
+        MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
+        ConvolutionLayer(
+            name="conv1",
+            n_filter=4,
+            kernel=(3, 3),
+            neuron=Neurons.ReLU(),
+            bottoms=["data"],
+            tops=["conv1"],
+        ),
+        PoolingLayer(
+            name="pool1",
+            kernel=(2, 2),
+            stride=(2, 2),
+            bottoms=["conv1"],
+            tops=["pool1"],
+        ),
+        ConvolutionLayer(
+            name="conv2", n_filter=6, kernel=(3, 3), bottoms=["pool1"], tops=["conv2"]
+        ),
+        InnerProductLayer(
+            name="ip1",
+            output_dim=8,
+            neuron=Neurons.ReLU(),
+            bottoms=["conv2"],
+            tops=["ip1"],
+        ),
+        InnerProductLayer(name="ip2", output_dim=5, bottoms=["ip1"], tops=["ip2"]),
+        SoftmaxLossLayer(name="loss", bottoms=["ip2", "label"]),
+    ]
+
+
+def mixed_layers(rng):
+    """Splits (written and inserted), identities, reshapes and an in-place chain."""
+    x = rng.normal(size=(3, 6))
+    target = rng.random(size=(3, 4))
+    label = rng.integers(0, 4, size=(3, 1)).astype(np.float64)
+    return [
+        MemoryDataLayer(
+            name="data",
+            batch_size=3,
+            tops=["x", "target", "label"],
+            data=[x, target, label],
+        ),
+        InnerProductLayer(
+            name="ip1", output_dim=6, neuron=Neurons.ReLU(), bottoms=["x"], tops=["h"]
+        ),
+        SplitLayer(name="split", bottoms=["h"], tops=["h_a", "h_b"]),
+        InnerProductLayer(name="ip2", output_dim=4, bottoms=["h_a"], tops=["z"]),
+        ReshapeLayer(name="grid", shape=(2, 2), bottoms=["z"], tops=["z_grid"]),
+        ReshapeLayer(name="flat", shape=(4,), bottoms=["z_grid"], tops=["z_flat"]),
+        IdentityLayer(name="rename", bottoms=["z_flat"], tops=["logits"]),
+        SoftmaxLayer(name="soft1", bottoms=["logits"], tops=["p1"]),
+        SoftmaxLayer(name="soft2", bottoms=["p1"], tops=["p2"]),
+        SquareLossLayer(name="fit", bottoms=["p2", "target"]),
+        # h_b feeds two back-propagating layers: mochac inserts a split.
+        InnerProductLayer(name="ip3", output_dim=4, bottoms=["h_b"], tops=["u"]),
+        InnerProductLayer(name="ip4", output_dim=4, bottoms=["h_b"], tops=["v"]),
+        SoftmaxLossLayer(name="cls", bottoms=["u", "label"]),
+        SquareLossLayer(name="reg", bottoms=["v", "target"], weight=0.5),
+    ]
+
+
+def run(layers_factory, opt_level, disable, steps=10):
+    """Return the net, its objective, gradients and parameters after SGD steps."""
+    backend = CPUBackend(dtype=np.float64, seed=11)
+    net = Net(
+        "equivalence",
+        backend,
+        layers_factory(np.random.default_rng(3)),
+        opt_level=opt_level,
+        disable=disable,
+    )
+    objective = net.forward()
+    net.backward()
+    grads = {(l, n): g.copy() for l, gs in net.grads.items() for n, g in gs.items()}
+    method = SGD()
+    objectives = [objective]
+    for _ in range(steps):
+        method.update(net, 0.05, 0.9, 0.001)
+        objectives.append(net.forward())
+        net.backward()
+    params = {(l, n): p.copy() for l, ps in net.params.items() for n, p in ps.items()}
+    return net, objectives, grads, params
+
+
+def assert_same(reference, other):
+    _, ref_objectives, ref_grads, ref_params = reference
+    _, objectives, grads, params = other
+    np.testing.assert_allclose(
+        objectives, ref_objectives, rtol=TOLERANCE, atol=TOLERANCE
+    )
+    assert grads.keys() == ref_grads.keys()
+    for key in ref_grads:
+        np.testing.assert_allclose(grads[key], ref_grads[key], rtol=0, atol=TOLERANCE)
+    for key in ref_params:
+        np.testing.assert_allclose(params[key], ref_params[key], rtol=0, atol=TOLERANCE)
+
+
+@pytest.fixture(
+    scope="module", params=[lenet_layers, mixed_layers], ids=["lenet", "mixed"]
+)
+def reference(request):
+    return request.param, run(request.param, 0, ())
+
+
+@pytest.mark.parametrize(("label", "opt_level", "disable"), VARIANTS[1:])
+def test_pass_keeps_results(reference, label, opt_level, disable):
+    factory, expected = reference
+    assert_same(expected, run(factory, opt_level, disable))
+
+
+def reports_by_name(net):
+    return {report.name: report for report in net.pass_reports}
+
+
+@pytest.fixture(scope="module")
+def mixed_net():
+    backend = CPUBackend(dtype=np.float64, seed=1)
+    return Net("mixed", backend, mixed_layers(np.random.default_rng(0)))
+
+
+def test_split_elimination_structure(mixed_net):
+    net = mixed_net
+    report = reports_by_name(net)["eliminate_splits"]
+    # The written split and the inserted one both become aliases.
+    assert len(report.changes) == 2
+    assert net.ir.data_root("h_a") == "h"
+    assert net.ir.diff_root("h_b") == "h"
+    assert report.after["layers"] == report.before["layers"] - 2
+    assert report.bytes_saved > 0
+    ip3 = net.ir.layer("ip3")
+    ip4 = net.ir.layer("ip4")
+    # One of the two consumers overwrites the shared diff, the other adds.
+    assert sorted([ip3.accumulate[0], ip4.accumulate[0]]) == [False, True]
+
+
+def test_identity_elimination_structure(mixed_net):
+    net = mixed_net
+    report = reports_by_name(net)["eliminate_identity"]
+    assert report.after["layers"] == report.before["layers"] - 3
+    assert net.ir.data_root("logits") == "z"
+    assert all(
+        kernel.layer_index
+        not in {net.ir.layer(n).index for n in ("grid", "flat", "rename")}
+        for kernel in net.kernels
+    )
+
+
+def test_inplace_structure(mixed_net):
+    net = mixed_net
+    report = reports_by_name(net)["fuse_inplace"]
+    # soft1 overwrites the logits (ip2 needs no output in backward), but soft2
+    # may not overwrite p1, which soft1's backward reads.
+    assert net.ir.data_root("p1") == "z"
+    assert net.ir.diff_root("p1") == "z"
+    assert net.ir.data_root("p2") == "p2"
+    assert len(report.changes) == 1
+
+
+def test_inplace_refused_when_producer_needs_output():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3))
+    target = rng.random(size=(2, 3))
+    layers = [
+        MemoryDataLayer(name="data", batch_size=2, tops=["x", "t"], data=[x, target]),
+        InnerProductLayer(
+            name="ip", output_dim=3, neuron=Neurons.ReLU(), bottoms=["x"], tops=["h"]
+        ),
+        SoftmaxLayer(name="soft", bottoms=["h"], tops=["p"]),
+        SquareLossLayer(name="loss", bottoms=["p", "t"]),
+    ]
+    net = Net("refused", CPUBackend(dtype=np.float64, seed=1), layers)
+    # The ReLU's derivative needs h after the softmax ran, so p gets its own storage.
+    assert net.ir.data_root("p") == "p"
+    assert reports_by_name(net)["fuse_inplace"].changes == []
+
+
+def test_neuron_fusion_removes_kernels():
+    backend = CPUBackend(dtype=np.float64, seed=1)
+    plain = Net("o0", backend, lenet_layers(np.random.default_rng(0)), opt_level=0)
+    backend = CPUBackend(dtype=np.float64, seed=1)
+    fused = Net("o1", backend, lenet_layers(np.random.default_rng(0)))
+    report = reports_by_name(fused)["fuse_neurons"]
+    # conv1 and ip1 lose a forward and a backward neuron kernel each.
+    assert report.before["kernels"] - report.after["kernels"] == 4
+    assert "_neuron_forward" in plain.source
+    assert "_neuron_forward" not in fused.source
+
+
+def test_plan_memory_shrinks_arena():
+    net = Net(
+        "plan",
+        CPUBackend(dtype=np.float64, seed=1),
+        lenet_layers(np.random.default_rng(0)),
+    )
+    plan = net.plan
+    assert plan.arena_bytes < plan.unplanned_bytes
+    assert plan.arena_bytes >= plan.peak_live_bytes
+    with pytest.raises(KeyError, match="keep="):
+        net.blobs["conv2"]
+
+
+def test_kept_blob_stays_readable():
+    layers = lenet_layers(np.random.default_rng(0))
+    reference = Net("all", CPUBackend(dtype=np.float64, seed=1), layers, opt_level=0)
+    planned = Net(
+        "kept", CPUBackend(dtype=np.float64, seed=1), layers, keep=["conv2", "pool1"]
+    )
+    reference.forward()
+    reference.backward()
+    planned.forward()
+    planned.backward()
+    np.testing.assert_allclose(
+        planned.blobs["conv2"], reference.blobs["conv2"], atol=1e-12
+    )
+    np.testing.assert_allclose(
+        planned.diffs["pool1"], reference.diffs["pool1"], atol=1e-12
+    )
+
+
+def test_unknown_pass_name():
+    with pytest.raises(ConfigError, match="fuse_everything"):
+        Net(
+            "bad",
+            CPUBackend(),
+            lenet_layers(np.random.default_rng(0)),
+            disable=["fuse_everything"],
+        )
+
+
+# --- random nets ---------------------------------------------------------------
+
+LAYER_KINDS = ["ip", "ip_relu", "identity", "reshape", "softmax", "split"]
+
+
+@st.composite
+def random_nets(draw):
+    """A chain of random layers from a 2-D input with side branches to losses."""
+    kinds = draw(st.lists(st.sampled_from(LAYER_KINDS), min_size=1, max_size=6))
+    seed = draw(st.integers(0, 1000))
+    loss_is_softmax = draw(st.booleans())
+
+    def factory(rng):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(3, 4))
+        target = rng.random(size=(3, 4))
+        label = rng.integers(0, 4, size=(3, 1)).astype(np.float64)
+        layers = [
+            MemoryDataLayer(
+                name="data",
+                batch_size=3,
+                tops=["x", "t", "label"],
+                data=[x, target, label],
+            )
+        ]
+        current = "x"
+        for index, kind in enumerate(kinds):
+            top = f"b{index}"
+            name = f"l{index}"
+            if kind in ("ip", "ip_relu"):
+                neuron = Neurons.ReLU() if kind == "ip_relu" else Neurons.Identity()
+                layers.append(
+                    InnerProductLayer(
+                        name=name,
+                        output_dim=4,
+                        neuron=neuron,
+                        bottoms=[current],
+                        tops=[top],
+                    )
+                )
+            elif kind == "identity":
+                layers.append(IdentityLayer(name=name, bottoms=[current], tops=[top]))
+            elif kind == "reshape":
+                layers.append(
+                    ReshapeLayer(name=name, shape=(2, 2), bottoms=[current], tops=[top])
+                )
+            elif kind == "softmax":
+                layers.append(SoftmaxLayer(name=name, bottoms=[current], tops=[top]))
+            else:
+                side = f"s{index}"
+                layers.append(
+                    SplitLayer(name=name, bottoms=[current], tops=[top, side])
+                )
+                layers.append(SquareLossLayer(name=f"side{index}", bottoms=[side, "t"]))
+            current = top
+        # A flat head keeps the loss's class axis valid after a reshape.
+        layers.append(
+            ReshapeLayer(name="head", shape=(4,), bottoms=[current], tops=["out"])
+        )
+        if loss_is_softmax:
+            layers.append(SoftmaxLossLayer(name="loss", bottoms=["out", "label"]))
+        else:
+            layers.append(SquareLossLayer(name="loss", bottoms=["out", "t"]))
+        # The input also feeds a second branch, so the net has a split to insert.
+        layers.append(
+            InnerProductLayer(name="extra", output_dim=4, bottoms=["x"], tops=["e"])
+        )
+        layers.append(SquareLossLayer(name="extra_loss", bottoms=["e", "t"]))
+        return layers
+
+    return factory
+
+
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(random_nets())
+def test_random_nets_match(factory):
+    expected = run(factory, 0, (), steps=3)
+    assert_same(expected, run(factory, 1, (), steps=3))
