@@ -6,12 +6,14 @@ mochac compile net.py [-o DIR]   one importable module per Net in net.py
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import runpy
 import sys
 from pathlib import Path
 
 from mochac.errors import MochacError
+from mochac.passes.pipeline import PASS_NAMES
 
 logger = logging.getLogger("mochac.cli")
 
@@ -34,6 +36,8 @@ def find_nets(path: Path):
 
 def compile_command(args) -> int:
     from mochac.codegen.module_writer import write_module
+    from mochac.report import format_report, net_report, net_to_dot
+    from mochac.runtime.net import Net
 
     path = Path(args.net_file)
     if not path.is_file():
@@ -48,9 +52,29 @@ def compile_command(args) -> int:
         )
         return 2
     out = Path(args.output)
-    for net in nets:
+    reports, dots = [], []
+    for found in nets:
+        # Rebuild with the command line's options; the cache makes an
+        # unchanged net cost no compile.
+        net = Net(
+            found.name,
+            found.backend,
+            found.layers,
+            force_backward=found.force_backward,
+            opt_level=args.opt_level,
+            disable=args.disable,
+            keep=found.keep,
+        )
         folder = write_module(net, out, path.name)
         print(f"net '{net.name}' -> {folder} (import {folder.name})")
+        reports.append(net_report(net))
+        dots.append(net_to_dot(net))
+        if args.report:
+            print(format_report(reports[-1]))
+    if args.report_json:
+        Path(args.report_json).write_text(json.dumps(reports, indent=1) + "\n")
+    if args.dot:
+        Path(args.dot).write_text("".join(dots))
     return 0
 
 
@@ -69,7 +93,36 @@ def build_parser() -> argparse.ArgumentParser:
     compile_parser.add_argument(
         "-o", "--output", default=".", help="folder for the modules (default: .)"
     )
-    compile_parser.set_defaults(run=compile_command)
+    level = compile_parser.add_mutually_exclusive_group()
+    level.add_argument(
+        "-O0", dest="opt_level", action="store_const", const=0, help="run no pass"
+    )
+    level.add_argument(
+        "-O1",
+        dest="opt_level",
+        action="store_const",
+        const=1,
+        help="run every pass (the default)",
+    )
+    compile_parser.add_argument(
+        "--disable",
+        action="append",
+        default=[],
+        metavar="PASS",
+        help=f"skip a pass; repeatable; one of: {', '.join(PASS_NAMES)}",
+    )
+    compile_parser.add_argument(
+        "--report", action="store_true", help="print what each pass changed per net"
+    )
+    compile_parser.add_argument(
+        "--report-json", metavar="FILE", help="write the reports as JSON to FILE"
+    )
+    compile_parser.add_argument(
+        "--dot",
+        metavar="FILE",
+        help="write each net's IR before and after the passes as Graphviz dot",
+    )
+    compile_parser.set_defaults(run=compile_command, opt_level=1)
     return parser
 
 

@@ -74,5 +74,7 @@ def fuse_inplace(ir, keep=frozenset()) -> PassReport:
             if blob.needs_diff and ir.blobs[bottom].needs_diff:
                 blob.diff_alias = bottom
                 report.bytes_saved += blob.size * itemsize
-            report.changes.append(f"'{info.name}' writes '{top}' over '{bottom}'")
+            report.changes.append(
+                f"layer '{info.name}' writes top '{top}' over bottom '{bottom}'"
+            )
     return report

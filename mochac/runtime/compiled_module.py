@@ -36,6 +36,9 @@ def load_net(folder, backend=None):
         backend,
         layers,
         force_backward=meta["force_backward"],
+        opt_level=meta["opt_level"],
+        disable=meta["disable"],
+        keep=meta["keep"],
         _prebuilt=extension,
     )
     if source_key(net.source) != meta["source_key"]:

@@ -20,6 +20,7 @@ from mochac.errors import ConfigError, DataError, NumericalError, ShapeError
 from mochac.ir import build_ir
 from mochac.passes.pipeline import enabled_passes, ir_counts, run_ir_passes
 from mochac.passes.plan_memory import plan_memory
+from mochac.report import ir_to_dot
 from mochac.runtime.data_sources import make_source
 
 logger = logging.getLogger(__name__)
@@ -106,11 +107,14 @@ class Net:
                 f"net '{name}': keep names unknown blob(s) {', '.join(unknown)}"
             )
         self.counts_before = ir_counts(self.ir)
+        self.dot_before = ir_to_dot(self.ir, "before", f"{name}: before passes")
         self.pass_reports = run_ir_passes(self.ir, opt_level, self.disable, self.keep)
+        self.counts_after = ir_counts(self.ir)
         self.source, self.slots, self.kernels = render_c(self.ir)
-        self.plan = None
-        if "plan_memory" in passes:
-            self.plan = plan_memory(self.slots, self.kernels, self._pinned_slots())
+        # The liveness numbers are reported at every level; only plan_memory
+        # uses the offsets.
+        self.memory = plan_memory(self.slots, self.kernels, self._pinned_slots())
+        self.plan = self.memory if "plan_memory" in passes else None
         if _prebuilt is not None:
             self.extension_path = Path(_prebuilt)
             module = load_extension(
