@@ -1,5 +1,6 @@
 """`mochac compile`: one importable module per net, loaded without compiling."""
 
+import json
 import os
 import runpy
 import subprocess
@@ -88,3 +89,47 @@ def test_compile_without_nets_fails(tmp_path, caplog):
 def test_compile_missing_file(tmp_path, caplog):
     assert main(["compile", str(tmp_path / "absent.py")]) == 2
     assert "file not found" in caplog.text
+
+
+def test_compile_report_and_dot(tmp_path, capsys):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    report_path = tmp_path / "report.json"
+    dot_path = tmp_path / "net.dot"
+    args = ["compile", str(net_file), "-o", str(tmp_path / "out"), "--report"]
+    args += ["--report-json", str(report_path), "--dot", str(dot_path)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "fuse_neurons: 1 change(s)" in printed
+
+    (report,) = json.loads(report_path.read_text())
+    assert report["name"] == "tiny-net"
+    assert report["kernels_per_iteration"] == {"before": 3, "after": 2}
+    assert report["arena_bytes"] <= report["unplanned_bytes"]
+    assert report["arena_bytes"] >= report["peak_live_bytes"]
+    assert [item["name"] for item in report["passes"]][-1] == "plan_memory"
+    dot = dot_path.read_text()
+    assert "cluster_before" in dot
+    assert "cluster_after" in dot
+    assert "+ ReLU" in dot
+
+
+def test_compile_at_o0_runs_no_pass(tmp_path):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    report_path = tmp_path / "report.json"
+    args = ["compile", str(net_file), "-o", str(tmp_path / "out"), "-O0"]
+    assert main([*args, "--report-json", str(report_path)]) == 0
+
+    (report,) = json.loads(report_path.read_text())
+    assert report["opt_level"] == 0
+    assert report["passes"] == []
+    assert report["arena_bytes"] == report["unplanned_bytes"]
+
+
+def test_compile_rejects_unknown_pass(tmp_path, caplog):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    args = ["compile", str(net_file), "-o", str(tmp_path / "out"), "--disable", "nope"]
+    assert main(args) == 1
+    assert "unknown pass name" in caplog.text
