@@ -8,7 +8,7 @@ Safe only when, for the bottom's whole storage (every blob aliased to it):
 the layer is marked inplace_capable, it is the storage's only reader in
 forward, no backward pass reads the storage's data (the producer's or the
 layer's own), the storage is not a data layer's output or a blob the user
-keeps, and shapes match. A refused candidate is logged at debug level.
+keeps, and shapes match. A rejected candidate is logged at debug level.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def fuse_inplace(ir, keep=frozenset()) -> PassReport:
         for bottom, top in zip(info.layer.bottoms, info.layer.tops):
             reason = _refusal(ir, info, bottom, top, keep)
             if reason:
-                logger.debug("in-place '%s' -> '%s' refused: %s", bottom, top, reason)
+                logger.debug("in-place '%s' -> '%s' rejected: %s", bottom, top, reason)
                 continue
             blob = ir.blobs[top]
             blob.data_alias = bottom

@@ -79,7 +79,7 @@ def peak_live_bytes(buffers: list[LiveBuffer], alignment: int = ALIGNMENT) -> in
 
 @dataclass
 class MemoryPlan:
-    """Where each planned slot lives in the arena, and what that saves.
+    """Arena offsets of the planned slots, and what the plan saves.
 
     ``offsets`` maps slot indices to byte offsets; ``unplanned_bytes`` is the
     memory of one buffer per slot, ``peak_live_bytes`` the lower bound.
