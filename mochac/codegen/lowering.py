@@ -7,6 +7,9 @@ registered by layer class.
 
 from __future__ import annotations
 
+import functools
+import importlib
+import pkgutil
 import re
 from dataclasses import dataclass
 from math import prod
@@ -60,18 +63,18 @@ def describe(info, ir) -> str:
     return f"{info.name}: {type(layer).__name__}; bottoms [{bottoms}]; tops [{tops}]"
 
 
-def _blob_slots(slots: SlotTable, blob: str) -> tuple[int, int | None]:
+def blob_slots(slots: SlotTable, blob: str) -> tuple[int, int | None]:
     diff = slots.find("diff", blob)
     return slots.get("data", blob).index, diff.index if diff else None
 
 
-def _pairs(info, slots):
+def pair_slots(info, slots):
     """Per bottom/top pair: data and diff slots of both, and propagate_down."""
     pairs = []
     seen_diff = False
     for position, (bottom, top) in enumerate(zip(info.layer.bottoms, info.layer.tops)):
-        x, dx = _blob_slots(slots, bottom)
-        y, dy = _blob_slots(slots, top)
+        x, dx = blob_slots(slots, bottom)
+        y, dy = blob_slots(slots, top)
         # Parameter gradients are overwritten by the first pair with a top diff
         # and accumulated by the others.
         beta = 1 if seen_diff else 0
@@ -80,7 +83,7 @@ def _pairs(info, slots):
             dict(
                 x=x,
                 dx=dx if info.propagate_down[position] else None,
-                acc=_accumulates(info, position),
+                acc=accumulates(info, position),
                 y=y,
                 dy=dy,
                 beta=beta,
@@ -89,12 +92,12 @@ def _pairs(info, slots):
     return pairs
 
 
-def _accumulates(info, position) -> bool:
+def accumulates(info, position) -> bool:
     """Whether backward adds into the bottom's diff (shared with other writers)."""
     return bool(info.accumulate) and info.accumulate[position]
 
 
-def _neuron(info):
+def neuron_values(info):
     """Template values of a layer's neuron: fused expressions or a separate kernel."""
     neuron = info.layer.neuron
     active = not neuron.is_identity
@@ -108,7 +111,7 @@ def _neuron(info):
     )
 
 
-def _param_slots(info, slots, names):
+def param_slots(info, slots, names):
     """Slot indices of each parameter and, when backward runs, its gradient."""
     out = {}
     for name in names:
@@ -160,16 +163,16 @@ def lower_convolution(info, ir, slots):
         tmp_back=back.index if back else None,
         pairs=[
             dict(pair, top_size=n * filters * out_h * out_w)
-            for pair in _pairs(info, slots)
+            for pair in pair_slots(info, slots)
         ],
-        **_neuron(info),
-        **_param_slots(info, slots, ["filter", "bias"]),
+        **neuron_values(info),
+        **param_slots(info, slots, ["filter", "bias"]),
     )
 
 
 def lower_inner_product(info, ir, slots):
     layer: InnerProductLayer = info.layer
-    pairs = _pairs(info, slots)
+    pairs = pair_slots(info, slots)
     for pair, shape in zip(pairs, info.bottom_shapes):
         pair["N"] = shape[0]
         pair["top_size"] = shape[0] * layer.output_dim
@@ -177,8 +180,8 @@ def lower_inner_product(info, ir, slots):
         D=prod(info.bottom_shapes[0][1:]),
         O=layer.output_dim,
         pairs=pairs,
-        **_neuron(info),
-        **_param_slots(info, slots, ["weight", "bias"]),
+        **neuron_values(info),
+        **param_slots(info, slots, ["weight", "bias"]),
     )
 
 
@@ -186,7 +189,7 @@ def lower_pooling(info, ir, slots):
     layer: PoolingLayer = info.layer
     (kh, kw), (sh, sw), (ph, pw) = layer.kernel_hw, layer.stride_hw, layer.pad_hw
     is_max = isinstance(layer.pooling, MaxPooling)
-    pairs = _pairs(info, slots)
+    pairs = pair_slots(info, slots)
     for position, (pair, bottom, top) in enumerate(
         zip(pairs, info.bottom_shapes, info.top_shapes)
     ):
@@ -199,23 +202,23 @@ def lower_pooling(info, ir, slots):
     return dict(KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw, is_max=is_max, pairs=pairs)
 
 
-def _class_split(layer, shape):
+def class_split(layer, shape):
     axis = channel_axis(layer, layer.dim, len(shape))
     return prod(shape[:axis]), shape[axis], prod(shape[axis + 1 :])
 
 
 def lower_softmax(info, ir, slots):
-    pairs = _pairs(info, slots)
+    pairs = pair_slots(info, slots)
     for pair, shape in zip(pairs, info.bottom_shapes):
-        pair["outer"], pair["C"], pair["inner"] = _class_split(info.layer, shape)
+        pair["outer"], pair["C"], pair["inner"] = class_split(info.layer, shape)
     return dict(pairs=pairs)
 
 
-def _label_context(info, ir, slots):
+def label_context(info, ir, slots):
     """Values shared by layers that read class labels."""
     layer = info.layer
-    outer, classes, inner = _class_split(layer, info.bottom_shapes[0])
-    x, dx = _blob_slots(slots, layer.bottoms[0])
+    outer, classes, inner = class_split(layer, info.bottom_shapes[0])
+    x, dx = blob_slots(slots, layer.bottoms[0])
     label = slots.get("data", layer.bottoms[1]).index
     batch = info.bottom_shapes[0][0]
     return dict(
@@ -224,7 +227,7 @@ def _label_context(info, ir, slots):
         inner=inner,
         x=x,
         dx=dx if info.propagate_down[0] else None,
-        acc=_accumulates(info, 0),
+        acc=accumulates(info, 0),
         label=label,
         per_sample=outer * inner // batch,
         layer_index=info.index,
@@ -236,20 +239,20 @@ def lower_softmax_loss(info, ir, slots):
     return dict(
         state=state.index,
         weight=float(info.layer.weight),
-        **_label_context(info, ir, slots),
+        **label_context(info, ir, slots),
     )
 
 
 def lower_accuracy(info, ir, slots):
     state = slots.add("state", info.name, "accuracy", np.float64, (2,))
-    return dict(state=state.index, **_label_context(info, ir, slots))
+    return dict(state=state.index, **label_context(info, ir, slots))
 
 
 def lower_square_loss(info, ir, slots):
     layer = info.layer
     state = slots.add("state", info.name, "loss", np.float64, (1,))
-    pred, dpred = _blob_slots(slots, layer.bottoms[0])
-    label, dlabel = _blob_slots(slots, layer.bottoms[1])
+    pred, dpred = blob_slots(slots, layer.bottoms[0])
+    label, dlabel = blob_slots(slots, layer.bottoms[1])
     return dict(
         state=state.index,
         weight=float(layer.weight),
@@ -259,14 +262,14 @@ def lower_square_loss(info, ir, slots):
         label=label,
         dpred=dpred if info.propagate_down[0] else None,
         dlabel=dlabel if info.propagate_down[1] else None,
-        acc_pred=_accumulates(info, 0),
-        acc_label=_accumulates(info, 1),
+        acc_pred=accumulates(info, 0),
+        acc_label=accumulates(info, 1),
     )
 
 
 def lower_copy(info, ir, slots):
     """Identity and Reshape: each top is a copy of the bottom at its index."""
-    pairs = _pairs(info, slots)
+    pairs = pair_slots(info, slots)
     for pair, shape in zip(pairs, info.bottom_shapes):
         pair["size"] = prod(shape)
     return dict(pairs=pairs)
@@ -274,12 +277,12 @@ def lower_copy(info, ir, slots):
 
 def lower_split(info, ir, slots):
     layer = info.layer
-    x, dx = _blob_slots(slots, layer.bottoms[0])
-    tops = [dict(zip(("y", "dy"), _blob_slots(slots, top))) for top in layer.tops]
+    x, dx = blob_slots(slots, layer.bottoms[0])
+    tops = [dict(zip(("y", "dy"), blob_slots(slots, top))) for top in layer.tops]
     return dict(
         x=x,
         dx=dx if info.propagate_down[0] else None,
-        acc=_accumulates(info, 0),
+        acc=accumulates(info, 0),
         tops=tops,
         size=prod(info.bottom_shapes[0]),
     )
@@ -297,6 +300,33 @@ LOWERINGS = {
     ReshapeLayer: ("copy", lower_copy),
     SplitLayer: ("split", lower_split),
 }
+
+
+def register_lowering(layer_class, template):
+    """Register a lowering function for ``layer_class``, rendered with
+    ``templates/c/<template>.c.j2``. Use as a decorator in a module of
+    mochac/codegen/kernels/, which find_lowering imports on first use.
+    """
+
+    def decorate(function):
+        LOWERINGS[layer_class] = (template, function)
+        return function
+
+    return decorate
+
+
+@functools.cache
+def _import_kernel_modules() -> None:
+    from mochac.codegen import kernels
+
+    for module in pkgutil.iter_modules(kernels.__path__):
+        importlib.import_module(f"{kernels.__name__}.{module.name}")
+
+
+def find_lowering(layer_class):
+    """Return (template, lowering function) of a layer class; raise KeyError."""
+    _import_kernel_modules()
+    return LOWERINGS[layer_class]
 
 
 def allocate_slots(ir) -> SlotTable:
@@ -371,7 +401,7 @@ def lower_net(ir) -> tuple[SlotTable, list[Kernel]]:
         if info.layer.is_source or info.eliminated:
             continue
         try:
-            family, lower = LOWERINGS[type(info.layer)]
+            family, lower = find_lowering(type(info.layer))
         except KeyError:
             raise NotImplementedError(
                 f"layer '{info.name}': the CPU backend has no kernel for "
