@@ -61,6 +61,7 @@ def compile_command(args) -> int:
             found.backend,
             found.layers,
             force_backward=found.force_backward,
+            phase=found.phase,
             opt_level=args.opt_level,
             disable=args.disable,
             keep=found.keep,

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from mochac.cli import main
 
@@ -133,3 +134,37 @@ def test_compile_rejects_unknown_pass(tmp_path, caplog):
     args = ["compile", str(net_file), "-o", str(tmp_path / "out"), "--disable", "nope"]
     assert main(args) == 1
     assert "unknown pass name" in caplog.text
+
+
+def test_compiled_module_needs_no_compiler(tmp_path):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    out = tmp_path / "build"
+    assert main(["compile", str(net_file), "-o", str(out)]) == 0
+    script = tmp_path / "check.py"
+    script.write_text(CHECK)
+    # No compiler on PATH and an empty cache: the import must still work.
+    env = dict(
+        os.environ, PATH="", CC="no-such-compiler", MOCHAC_CACHE_DIR=str(tmp_path / "c")
+    )
+    result_path = tmp_path / "prob.npy"
+    subprocess.run(
+        [sys.executable, str(script), str(out), str(result_path)], env=env, check=True
+    )
+    assert np.load(result_path).shape == (2, 3)
+
+
+def test_compiled_module_rejects_other_cpu(tmp_path):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    out = tmp_path / "build"
+    assert main(["compile", str(net_file), "-o", str(out)]) == 0
+    meta_path = out / "tiny_net" / "net.json"
+    meta = json.loads(meta_path.read_text())
+    meta["cpu"] = "another-cpu"
+    meta_path.write_text(json.dumps(meta))
+    from mochac.errors import CompileError
+    from mochac.runtime.compiled_module import load_net
+
+    with pytest.raises(CompileError, match="another CPU"):
+        load_net(out / "tiny_net")

@@ -104,9 +104,9 @@ def main():
     add_coffee_break(solver, validation, every_n_iter=1000)
 
     start = time.perf_counter()
-    first_iter = solver.state.iter
     state = solve(solver, net)
     elapsed = time.perf_counter() - start
+    first_iter = solver.start_iter
     final = validation.evaluate()["accuracy-accuracy"]
     logger.info(
         "trained %d iterations in %.1f s (%.1f iterations/s, %d threads); "

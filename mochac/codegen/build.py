@@ -13,6 +13,7 @@ import importlib.machinery
 import importlib.util
 import logging
 import os
+import platform
 import subprocess
 import sys
 import sysconfig
@@ -62,17 +63,46 @@ def blas_location() -> tuple[str, str, str]:
     )
 
 
+@functools.cache
+def cpu_signature() -> str:
+    """Return a short hash of this CPU's model and instruction-set flags.
+
+    The code is built with -march=native, so an extension is only safe on a
+    CPU with the same flags.
+    """
+    described = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags", "Features")):
+                described += line
+                if line.startswith(("flags", "Features")):
+                    break
+    except OSError:
+        described += platform.processor()
+    return hashlib.sha256(described.encode()).hexdigest()[:12]
+
+
+def source_digest(source: str) -> str:
+    """Return the hash of a generated source and its interface alone."""
+    digest = hashlib.sha256()
+    for part in (source, CDEF):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:20]
+
+
 def source_key(source: str) -> str:
-    """Return the cache key of a generated source."""
+    """Return the cache key of a generated source: the source and every input
+    of its build (flags, compiler, cffi, Python, BLAS, CPU)."""
     digest = hashlib.sha256()
     for part in (
-        source,
-        CDEF,
+        source_digest(source),
         " ".join(COMPILE_ARGS),
         compiler_version(),
         cffi.__version__,
         sys.version,
         blas_location()[1],
+        cpu_signature(),
     ):
         digest.update(part.encode())
         digest.update(b"\0")

@@ -14,7 +14,7 @@ import re
 import shutil
 from pathlib import Path
 
-from mochac.codegen.build import source_key
+from mochac.codegen.build import cpu_signature, source_digest
 from mochac.runtime.compiled_module import METADATA, PARAMS
 from mochac.runtime.snapshot import save_snapshot
 from mochac.serialize import to_json
@@ -65,11 +65,13 @@ def write_module(net, out_dir, origin: str) -> Path:
         "dtype": net.backend.dtype.name,
         "seed": net.backend.seed,
         "force_backward": net.force_backward,
+        "phase": net.phase,
         "opt_level": net.opt_level,
         "disable": list(net.disable),
         "keep": sorted(net.keep),
         "extension": extension,
-        "source_key": source_key(net.source),
+        "source_digest": source_digest(net.source),
+        "cpu": cpu_signature(),
         "layers": [to_json(layer) for layer in net.layers],
     }
     (folder / METADATA).write_text(json.dumps(meta, indent=1))

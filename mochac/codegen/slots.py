@@ -18,8 +18,9 @@ class Slot:
 
     ``kind`` is one of "data", "diff" (blob values and gradients), "param",
     "grad" (parameter values and gradients), "work" (scratch a layer keeps
-    between its forward and backward) and "state" (float64 accumulators
-    such as loss values and statistics).
+    between its forward and backward), "state" (float64 accumulators such as
+    loss values and statistics) and "rng" (uint64 random-stream states, saved
+    in snapshots).
     """
 
     index: int

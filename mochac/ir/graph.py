@@ -83,6 +83,8 @@ class NetIR:
     backward_order: list[int] = field(default_factory=list)
     dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
     inserted_splits: list[str] = field(default_factory=list)
+    # "train" or "test", set by the runtime; lowering reads it.
+    phase: str = "train"
 
     def data_root(self, blob: str) -> str:
         """Return the blob whose storage ``blob``'s data lives in."""
@@ -130,6 +132,19 @@ class NetIR:
         raise KeyError(f"net '{self.name}' has no layer named '{name}'")
 
 
+def check_layer_list(name: str, layers) -> list[Layer]:
+    """Return ``layers`` as a list; raise ConfigError unless it is a non-empty list."""
+    if isinstance(layers, Layer) or not hasattr(layers, "__iter__"):
+        raise ConfigError(
+            f"net '{name}': layers must be a list of layers, not a "
+            f"{type(layers).__name__}; wrap a single layer in [...]"
+        )
+    layers = list(layers)
+    if not layers:
+        raise ConfigError(f"net '{name}' has no layers; pass a list of layers")
+    return layers
+
+
 def _display_names(layers: list[Layer]) -> list[str]:
     """Give unnamed layers a name from their class and position; check duplicates."""
     names = []
@@ -171,7 +186,7 @@ def build_ir(
     top of such a layer, gets a diff, which the gradient checks use. Raises
     TopologyError, ShapeError or ConfigError naming the layer or blob at fault.
     """
-    layers = list(layers)
+    layers = check_layer_list(name, layers)
     names = _display_names(layers)
     graph = nx.DiGraph(name=name)
     producers: dict[str, int] = {}

@@ -98,8 +98,7 @@ class Layer:
 
     def _fail(self, field, value, expected):
         raise ConfigError(
-            f"{type(self).__name__} '{self.name}': invalid {field}={value!r}; "
-            f"expected {expected}."
+            f"{self.title}: invalid {field}={value!r}; expected {expected}."
         )
 
     def _check_count(self, field, value, bounds):
@@ -113,9 +112,15 @@ class Layer:
                 expected = f"between {low} and {high} blob names"
             self._fail(field, list(value), expected)
 
+    @property
+    def title(self) -> str:
+        """The class and name for messages, e.g. "ConvolutionLayer 'conv1'"."""
+        name = f"'{self.name}'" if self.name else "(unnamed)"
+        return f"{type(self).__name__} {name}"
+
     def shape_error(self, message) -> ShapeError:
         """Build a ShapeError that names this layer."""
-        return ShapeError(f"{type(self).__name__} '{self.label}': {message}")
+        return ShapeError(f"{self.title}: {message}")
 
     # --- what the IR asks of a layer -------------------------------------
 

@@ -110,7 +110,8 @@ class ConvolutionLayer(Layer):
         if out_h < 1 or out_w < 1:
             raise self.shape_error(
                 f"kernel (width, height)=({kw}, {kh}) does not fit the padded "
-                f"{width}x{height} input of bottom '{self.bottoms[0]}'"
+                f"{width}x{height} input of bottom '{self.bottoms[0]}'; use a smaller "
+                "kernel or more padding"
             )
         return [(n, self.n_filter, out_h, out_w)] * len(bottom_shapes)
 

@@ -98,7 +98,8 @@ class PoolingLayer(Layer):
             if height + 2 * ph < kh or width + 2 * pw < kw:
                 raise self.shape_error(
                     f"kernel (width, height)=({kw}, {kh}) is larger than the padded "
-                    f"{width}x{height} input of bottom '{self.bottoms[index]}'"
+                    f"{width}x{height} input of bottom '{self.bottoms[index]}'; use a "
+                    "smaller kernel or more padding"
                 )
             out_h = pool_output_size(height, kh, sh, ph)
             out_w = pool_output_size(width, kw, sw, pw)

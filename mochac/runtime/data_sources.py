@@ -69,6 +69,8 @@ class DataSource:
     def next_batch(self, outputs: list[np.ndarray]) -> int:
         """Copy the next batch into ``outputs`` (one array per top); return n_valid."""
         indices, valid = self._indices()
+        # Kept so that an error about a batch sample can name its data row.
+        self.last_indices = indices
         contiguous = self.order is None and indices[-1] - indices[0] == len(indices) - 1
         for array, out in zip(self.arrays, outputs):
             if contiguous:
@@ -193,12 +195,16 @@ def load_hdf5(layer: HDF5DataLayer, dtype) -> list[np.ndarray]:
             f"no samples (dataset '{layer.tops[0]}' has 0 rows)"
         )
     arrays = []
+    paths = read_source_list(layer)
     for top, parts in zip(layer.tops, per_top):
         shapes = {part.shape[1:] for part in parts}
         if len(shapes) > 1:
+            listing = ", ".join(
+                f"{path}: {part.shape[1:]}" for path, part in zip(paths, parts)
+            )
             raise DataError(
                 f"HDF5DataLayer '{layer.label}': dataset '{top}' has different sample "
-                f"shapes across files: {sorted(shapes)}"
+                f"shapes across files ({listing}); every file needs the same shape"
             )
         arrays.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
     return arrays

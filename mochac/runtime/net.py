@@ -14,10 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
-from mochac.codegen.build import build_extension, load_extension
+from mochac.codegen.build import build_extension, load_extension, source_digest
 from mochac.codegen.c_source import render_c
-from mochac.errors import ConfigError, DataError, NumericalError, ShapeError
+from mochac.errors import (
+    CompileError,
+    ConfigError,
+    DataError,
+    MochacError,
+    NumericalError,
+    ShapeError,
+)
 from mochac.ir import build_ir
+from mochac.ir.graph import check_layer_list
 from mochac.passes.pipeline import enabled_passes, ir_counts, run_ir_passes
 from mochac.passes.plan_memory import plan_memory
 from mochac.report import ir_to_dot
@@ -56,6 +64,8 @@ class Net:
         force_backward: run backward for every layer that can back-propagate,
             even without a loss: every top of such a layer and every blob it
             back-propagates into gets a diff (the gradient checks use this).
+        phase: "train" or "test"; layers such as dropout act only in training.
+            Default: "train" when the net has a loss layer, else "test".
         opt_level: 1 (default) runs every pass of mochac.passes, 0 none.
         disable: names of passes to skip, e.g. ("plan_memory",).
         keep: blob names whose data and diff must stay readable after each
@@ -74,14 +84,15 @@ class Net:
         layers,
         *,
         force_backward=False,
+        phase=None,
         opt_level=1,
         disable=(),
         keep=(),
-        _prebuilt: Path | None = None,
+        _prebuilt: tuple[Path, str] | None = None,
     ):
         self.name = name
         self.backend = backend
-        self.layers = list(layers)
+        self.layers = check_layer_list(name, layers)
         self.force_backward = force_backward
         self.opt_level = opt_level
         self.disable = tuple(disable)
@@ -101,6 +112,13 @@ class Net:
                 source_shapes[index] = source.shapes
 
         self.ir = build_ir(name, self.layers, source_shapes, dtype, force_backward)
+        if phase is None:
+            phase = "train" if any(i.layer.has_loss for i in self.ir.layers) else "test"
+        if phase not in ("train", "test"):
+            raise ConfigError(
+                f"net '{name}': invalid phase={phase!r}; expected 'train' or 'test'"
+            )
+        self.phase = self.ir.phase = phase
         unknown = sorted(self.keep - set(self.ir.blobs))
         if unknown:
             raise ConfigError(
@@ -116,7 +134,14 @@ class Net:
         self.memory = plan_memory(self.slots, self.kernels, self._pinned_slots())
         self.plan = self.memory if "plan_memory" in passes else None
         if _prebuilt is not None:
-            self.extension_path = Path(_prebuilt)
+            path, digest = _prebuilt
+            if source_digest(self.source) != digest:
+                raise CompileError(
+                    f"{path}: this mochac generates different code for net '{name}' "
+                    "than the compiled module holds; run `mochac compile` again",
+                    source_path=str(path),
+                )
+            self.extension_path = Path(path)
             module = load_extension(
                 self.extension_path, self.extension_path.name.split(".")[0]
             )
@@ -167,6 +192,7 @@ class Net:
         self.params: dict[str, dict[str, np.ndarray]] = {}
         self.grads: dict[str, dict[str, np.ndarray]] = {}
         self.states: dict[str, np.ndarray] = {}
+        self.rng_states: dict[str, np.ndarray] = {}
         specs = {
             (info.param_key, spec.name): (info, spec)
             for info in self.ir.layers
@@ -197,6 +223,11 @@ class Net:
                     self.grads.setdefault(slot.owner, {})[slot.name] = array
                 elif slot.kind == "state":
                     self.states[slot.owner] = array
+                elif slot.kind == "rng":
+                    # Random streams of layers such as dropout: a seed drawn
+                    # from the backend, advanced by the generated code.
+                    array[...] = self.backend.rng.integers(2**63, size=slot.shape)
+                    self.rng_states[f"{slot.owner}.{slot.name}"] = array
             self.arrays.append(array)
         self.pointers = self.ffi.new("void *[]", max(len(self.arrays), 1))
         for index, array in enumerate(self.arrays):
@@ -238,6 +269,10 @@ class Net:
 
     # --- running --------------------------------------------------------------
 
+    def _check_alive(self):
+        if getattr(self, "destroyed", False):
+            raise MochacError(f"net '{self.name}' was destroyed; build a new Net")
+
     def _check(self, rc):
         if rc == 0:
             return
@@ -252,13 +287,25 @@ class Net:
             prediction = self.ir.blobs[layer.bottoms[0]]
             classes = self.kernels_by_layer[status.layer].context["C"]
             per_sample = math.prod(prediction.shape) // classes // prediction.shape[0]
+            sample = status.index // per_sample
             raise DataError(
                 f"layer '{info.name}': label blob '{layer.bottoms[1]}' holds "
-                f"{status.value!r} at sample {status.index // per_sample} (element "
-                f"{status.index} of the batch); labels must be integers in "
-                f"0..{classes - 1}"
+                f"{status.value!r} at sample {sample} of the batch"
+                f"{self._data_row(layer.bottoms[1], sample)}; labels must be "
+                f"integers in 0..{classes - 1}"
             )
         raise RuntimeError(f"net '{self.name}': generated code returned error {rc}")
+
+    def _data_row(self, blob: str, sample: int) -> str:
+        """Return ", row R of data layer 'L'" for a sample a data layer served."""
+        root = self.ir.data_root(blob)
+        for index, source in self.sources.items():
+            tops = source.layer.tops
+            rows = getattr(source, "last_indices", None)
+            if root in tops and rows is not None and sample < len(rows):
+                name = self.ir.layers[index].name
+                return f", row {int(rows[sample])} of data layer '{name}'"
+        return ""
 
     @property
     def kernels_by_layer(self):
@@ -280,6 +327,7 @@ class Net:
         batch. Raises DataError on invalid labels and NumericalError when a
         loss is NaN or infinite.
         """
+        self._check_alive()
         n_valid = self.load_batch() if load_data else self._batch_size()
         self._check(self.lib.mochac_forward(self.pointers, self.status, n_valid))
         return self.objective()
@@ -303,6 +351,7 @@ class Net:
 
     def backward(self):
         """Run back-propagation from the losses of the last forward pass."""
+        self._check_alive()
         self._check(self.lib.mochac_backward(self.pointers, self.status))
 
     def forward_layer(self, name: str, n_valid: int | None = None):
@@ -350,6 +399,7 @@ class Net:
 
     def destroy(self):
         """Drop the buffers; the net cannot run afterwards."""
+        self.destroyed = True
         self.arrays = []
         self.blobs, self.diffs, self.grads, self.states = {}, {}, {}, {}
         self.pointers = None

@@ -51,12 +51,17 @@ def latest_snapshot(folder) -> Path | None:
 def write_atomically(path: Path, fill) -> None:
     """Create ``path`` as HDF5 by calling ``fill(h5file)`` on a temporary file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(temporary, "w") as handle:
             fill(handle)
         os.replace(temporary, path)
+    except OSError as error:
+        raise SnapshotError(
+            f"cannot write {path}: {error}; check that {path.parent} is a writable "
+            "folder"
+        ) from error
     finally:
         if temporary.exists():
             temporary.unlink()
@@ -82,6 +87,9 @@ def save_snapshot(path, net, solver_state=None, history=None) -> Path:
         buffers = group.create_group("history")
         for (layer, name), array in (history or {}).items():
             buffers.create_dataset(dataset_name(layer, name), data=array)
+        streams = handle.create_group("rng")
+        for key, array in net.rng_states.items():
+            streams.create_dataset(key, data=array)
         sources = handle.create_group("data_layers")
         for index, source in net.sources.items():
             state = source.state_dict()
@@ -129,8 +137,9 @@ def load_params(handle, net, path, allow_missing=False) -> None:
             array[...] = stored[()]
     if missing and not allow_missing:
         raise SnapshotError(
-            f"{path} lacks parameters {', '.join(missing)} of net '{net.name}'; pass "
-            "allow_missing=True to keep their initial values"
+            f"{path} lacks parameters {', '.join(missing)} of net '{net.name}'; to "
+            "keep their initial values, load it with load_snapshot(net, path, "
+            "allow_missing=True)"
         )
     if missing:
         logger.info("%s lacks %s; kept their initial values", path, ", ".join(missing))
@@ -156,6 +165,12 @@ def load_solver_state(handle, net, path):
     for key, dataset in group["history"].items():
         layer, _, name = key.rpartition("___")
         history[(layer, name)] = np.asarray(dataset[()])
+    streams = handle.get("rng")
+    for key, array in net.rng_states.items():
+        if streams is not None and key in streams:
+            array[...] = streams[key][()]
+        else:
+            logger.warning("%s has no state for random stream '%s'", path, key)
     sources = handle.get("data_layers")
     for index, source in net.sources.items():
         layer_name = net.ir.layers[index].name

@@ -229,8 +229,15 @@ class Solver:
     def solve(self, net):
         """Train ``net`` until ``max_iter`` iterations; return the solver state."""
         params = self.params
+        if not any(info.layer.has_loss for info in net.ir.layers):
+            raise ConfigError(
+                f"net '{net.name}' has no loss layer, so the solver has nothing to "
+                "minimize; add one such as SoftmaxLossLayer"
+            )
         self._restore(net)
         state = self.state
+        # The iteration this call started from, after any resume.
+        self.start_iter = state.iter
         lr_policy, mom_policy = params["lr_policy"], params["mom_policy"]
         regu_coef = float(params["regu_coef"])
 

@@ -1,0 +1,109 @@
+"""Errors a user meets when building, training or reusing a net."""
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from mochac import (
+    SGD,
+    ConfigError,
+    CPUBackend,
+    DataError,
+    InnerProductLayer,
+    MemoryDataLayer,
+    MochacError,
+    Net,
+    Snapshot,
+    SnapshotError,
+    SoftmaxLayer,
+    SoftmaxLossLayer,
+    Solver,
+    make_solver_parameters,
+)
+
+
+def classifier(labels):
+    x = np.arange(len(labels) * 2, dtype=np.float64).reshape(len(labels), 2)
+    y = np.asarray(labels, dtype=np.float64).reshape(-1, 1)
+    return [
+        MemoryDataLayer(name="data", batch_size=2, data=[x, y]),
+        InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["ip"]),
+        SoftmaxLossLayer(name="loss", bottoms=["ip", "label"]),
+    ]
+
+
+def test_empty_net():
+    with pytest.raises(ConfigError, match="has no layers"):
+        Net("empty", CPUBackend(), [])
+
+
+def test_single_layer_not_list():
+    layer = InnerProductLayer(name="ip", output_dim=3, bottoms=["x"], tops=["y"])
+    with pytest.raises(ConfigError, match=r"wrap a single layer in \[\.\.\.\]"):
+        Net("single", CPUBackend(), layer)
+
+
+def test_solve_without_loss():
+    x = np.zeros((4, 2))
+    layers = [
+        MemoryDataLayer(name="data", batch_size=2, tops=["data"], data=[x]),
+        InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["ip"]),
+        SoftmaxLayer(name="prob", bottoms=["ip"], tops=["prob"]),
+    ]
+    net = Net("no-loss", CPUBackend(dtype=np.float64), layers)
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=5))
+    with pytest.raises(ConfigError, match="no loss layer"):
+        solver.solve(net)
+
+
+def test_destroyed_net_raises():
+    net = Net("gone", CPUBackend(dtype=np.float64), classifier([0, 1, 2, 0]))
+    net.destroy()
+    with pytest.raises(MochacError, match="destroyed"):
+        net.forward()
+    with pytest.raises(MochacError, match="destroyed"):
+        net.backward()
+
+
+def test_bad_label_names_data_row():
+    # Batch 2: the second batch holds rows 2 and 3; row 3 has label 7.
+    net = Net("labels", CPUBackend(dtype=np.float64), classifier([0, 1, 2, 7]))
+    net.forward()
+    with pytest.raises(DataError) as caught:
+        net.forward()
+    message = str(caught.value)
+    assert "7.0" in message
+    assert "sample 1 of the batch" in message
+    assert "row 3 of data layer 'data'" in message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write read-only folders")
+def test_readonly_snapshot_folder(tmp_path):
+    folder = tmp_path / "snapshots"
+    folder.mkdir()
+    folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    net = Net("ro", CPUBackend(dtype=np.float64), classifier([0, 1, 2, 0]))
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=1))
+    solver.add_coffee_break(Snapshot(folder), every_n_iter=1)
+    with pytest.raises(SnapshotError, match="cannot write"):
+        solver.solve(net)
+
+
+def test_snapshot_folder_is_file(tmp_path):
+    blocker = tmp_path / "snapshots"
+    blocker.write_text("not a folder")
+    net = Net("file", CPUBackend(dtype=np.float64), classifier([0, 1, 2, 0]))
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=1))
+    solver.add_coffee_break(Snapshot(blocker), every_n_iter=1)
+    with pytest.raises(SnapshotError, match="cannot write"):
+        solver.solve(net)
+    assert blocker.read_text() == "not a folder"
+
+
+def test_unnamed_layer_message():
+    with pytest.raises(
+        ConfigError, match=r"MemoryDataLayer \(unnamed\): invalid batch_size"
+    ):
+        MemoryDataLayer(batch_size=0, data=[np.zeros((2, 2)), np.zeros((2, 1))])
