@@ -9,17 +9,30 @@ zero arrays for the caller to fill.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib
+import pkgutil
 
 import numpy as np
 
 from mochac import initializers, layers, neurons, regularizers
 from mochac.errors import ConfigError
-from mochac.layers import pooling
 
 
+@functools.cache
 def _known_classes() -> dict[str, type]:
+    """Return mochac's config dataclasses by name: every layer module's, and the
+    neurons, initializers, regularizers and constraints."""
+    modules = [neurons, initializers, regularizers]
+    for name in ("mochac.constraints", "mochac.transformers"):
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError:
+            pass
+    for info in pkgutil.iter_modules(layers.__path__):
+        modules.append(importlib.import_module(f"{layers.__name__}.{info.name}"))
     classes = {}
-    for module in (layers, neurons, initializers, regularizers, pooling):
+    for module in modules:
         for value in vars(module).values():
             if isinstance(value, type) and dataclasses.is_dataclass(value):
                 classes[value.__name__] = value
