@@ -1,0 +1,54 @@
+"""Lowering of LRNLayer (templates/c/lrn.c.j2)."""
+
+from __future__ import annotations
+
+from math import prod
+
+from mochac.codegen.lowering import accumulates, blob_slots, register_lowering
+from mochac.layers.normalization import LRNLayer, WithinChannelLRN
+
+
+@register_lowering(LRNLayer, "lrn")
+def lower_lrn(info, ir, slots):
+    layer: LRNLayer = info.layer
+    shape = info.bottom_shapes[0]
+    x, dx = blob_slots(slots, layer.bottoms[0])
+    y, dy = blob_slots(slots, layer.tops[0])
+    # The window around position i is [i - before, i + after]; backward sums
+    # over the mirrored window [j - after, j + before].
+    before = (layer.kernel - 1) // 2
+    after = layer.kernel - 1 - before
+    denominator = slots.add("work", info.name, "denominator", ir.dtype, shape)
+    ratio = None
+    if info.in_backward:
+        ratio = slots.add("work", info.name, "ratio", ir.dtype, shape, ("backward",))
+    within = isinstance(layer.mode, WithinChannelLRN)
+    return dict(
+        within=within,
+        N=shape[0],
+        C=shape[1],
+        # Across channels: positions per channel. Within: planes and their size.
+        inner=prod(shape[2:]),
+        planes=shape[0] * shape[1],
+        H=shape[2] if within else 1,
+        W=shape[3] if within else 1,
+        size=prod(shape),
+        before=before,
+        after=after,
+        shift=repr(float(layer.shift)),
+        scale_over_n=repr(float(layer.scale) / layer.window_size),
+        power=repr(float(layer.power)),
+        neg_power=f"({-float(layer.power)!r})",
+        neg_power_minus_one=f"({-float(layer.power) - 1.0!r})",
+        # d/dx_j of the denominator**(-power) terms: -2 * power * scale / n.
+        gradient_factor=repr(
+            2.0 * float(layer.power) * layer.scale / layer.window_size
+        ),
+        x=x,
+        y=y,
+        dy=dy,
+        dx=dx if info.propagate_down[0] else None,
+        acc=accumulates(info, 0),
+        denominator=denominator.index,
+        ratio=ratio.index if ratio else None,
+    )
