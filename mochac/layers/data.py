@@ -1,4 +1,4 @@
-"""Data layers: HDF5DataLayer and MemoryDataLayer.
+"""Data layers: HDF5DataLayer, AsyncHDF5DataLayer and MemoryDataLayer.
 
 A data layer is a source: it has no bottoms, and the runtime fills its tops
 with the next batch before each forward pass (see mochac.runtime.data_sources).
@@ -12,6 +12,31 @@ import numpy as np
 
 from mochac.layers._checks import check_int
 from mochac.layers.base import Layer
+from mochac.transformers import DataTransformer
+
+
+def check_transformers(layer):
+    """Normalize ``transformers`` to a tuple of (top, transformer) pairs, or fail."""
+    pairs = []
+    for entry in tuple(layer.transformers):
+        try:
+            top, transformer = entry
+        except (TypeError, ValueError):
+            layer._fail("transformers", entry, "(top name, transformer) pairs")
+        if top not in layer.tops:
+            layer._fail(
+                "transformers",
+                entry,
+                f"a top name among {list(layer.tops)} in each pair",
+            )
+        if not isinstance(transformer, DataTransformer):
+            layer._fail(
+                "transformers",
+                entry,
+                "a transformer such as DataTransformers.Scale(scale=0.5) in each pair",
+            )
+        pairs.append((top, transformer))
+    object.__setattr__(layer, "transformers", tuple(pairs))
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -25,6 +50,8 @@ class HDF5DataLayer(Layer):
         tops: blob names, default ["data", "label"]; each is also the name of
             the dataset read from every file.
         shuffle: default False; when True the samples are reshuffled every epoch.
+        transformers: default []; (top name, transformer) pairs applied in
+            order to each batch (see mochac.transformers).
 
     Datasets are (N, ...) arrays, samples along the first axis, stored as
     float32 or float64. Integer datasets are converted to floats, with a log
@@ -36,6 +63,7 @@ class HDF5DataLayer(Layer):
     batch_size: int = 0
     shuffle: bool = False
     tops: tuple[str, ...] = ("data", "label")
+    transformers: tuple = ()
 
     n_bottoms = (0, 0)
     tops_match_bottoms = False
@@ -47,6 +75,27 @@ class HDF5DataLayer(Layer):
         check_int(self, "batch_size")
         if not isinstance(self.shuffle, bool):
             self._fail("shuffle", self.shuffle, "True or False")
+        check_transformers(self)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class AsyncHDF5DataLayer(HDF5DataLayer):
+    """HDF5DataLayer that reads the next batches in a background thread.
+
+    Fields: those of HDF5DataLayer, plus
+        chunk_size: default 2**20; samples read from the files at a time and
+            cached in memory. It bears no relation to the HDF5 datasets' own
+            chunking.
+
+    For the same seed it serves exactly the batches HDF5DataLayer serves,
+    and its position saves to and restores from snapshots the same way.
+    """
+
+    chunk_size: int = 2**20
+
+    def validate(self):
+        super().validate()
+        check_int(self, "chunk_size")
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -59,11 +108,13 @@ class MemoryDataLayer(Layer):
             reads these arrays at each batch, so changing their contents in
             place changes what the net sees.
         tops: blob names, default ["data", "label"].
+        transformers: default []; see HDF5DataLayer.
     """
 
     batch_size: int = 0
     data: tuple = field(default_factory=tuple)
     tops: tuple[str, ...] = ("data", "label")
+    transformers: tuple = ()
 
     n_bottoms = (0, 0)
     tops_match_bottoms = False
@@ -87,3 +138,4 @@ class MemoryDataLayer(Layer):
                     f"a non-empty NumPy array for top '{top}'",
                 )
         object.__setattr__(self, "data", arrays)
+        check_transformers(self)

@@ -1,45 +1,45 @@
 """Runtime state of data layers: where the next batch comes from.
 
-Both sources serve (N, ...) arrays in order (or a per-epoch permutation),
+Every source serves (N, ...) arrays in order (or a per-epoch permutation),
 wrapping around at the end. ``next_batch`` reports how many samples of the
 batch came before the wrap, so that a validation pass counts each sample once.
+The layer's transformers then change the batch in place, top by top.
+
+HDF5DataLayer and MemoryDataLayer read from arrays in memory.
+AsyncHDF5DataLayer reads the next batches from the files in a background
+thread, through a cache of ``chunk_size`` samples, and serves the same batches.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import queue
+import threading
+import weakref
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from mochac.errors import ConfigError, DataError
-from mochac.layers import HDF5DataLayer, MemoryDataLayer
+from mochac.layers.data import AsyncHDF5DataLayer, HDF5DataLayer, MemoryDataLayer
 
 logger = logging.getLogger(__name__)
 
 
-class DataSource:
-    """Batches of a set of equally long arrays, one per top."""
+class BatchOrder:
+    """The sample order of a data source: in order, or a new permutation per epoch."""
 
-    def __init__(self, layer, arrays: list[np.ndarray], rng, shuffle: bool):
-        self.layer = layer
-        self.arrays = arrays
-        self.batch_size = layer.batch_size
+    def __init__(self, n_samples: int, batch_size: int, rng, shuffle: bool):
+        self.n_samples = n_samples
+        self.batch_size = batch_size
         self.shuffle = shuffle
         self.rng = rng
         self.position = 0
         self.epoch = 0
         self.order = self._new_order()
-
-    @property
-    def n_samples(self) -> int:
-        return len(self.arrays[0])
-
-    @property
-    def shapes(self) -> list[tuple[int, ...]]:
-        return [(self.batch_size,) + array.shape[1:] for array in self.arrays]
 
     def _new_order(self):
         return self.rng.permutation(self.n_samples) if self.shuffle else None
@@ -66,20 +66,6 @@ class DataSource:
             valid = self.batch_size
         return np.concatenate(picked), valid
 
-    def next_batch(self, outputs: list[np.ndarray]) -> int:
-        """Copy the next batch into ``outputs`` (one array per top); return n_valid."""
-        indices, valid = self._indices()
-        # Kept so that an error about a batch sample can name its data row.
-        self.last_indices = indices
-        contiguous = self.order is None and indices[-1] - indices[0] == len(indices) - 1
-        for array, out in zip(self.arrays, outputs):
-            if contiguous:
-                source = array[indices[0] : indices[-1] + 1]
-            else:
-                source = array[indices]
-            out[...] = source.reshape(out.shape)
-        return valid
-
     def rewind(self):
         """Start again at the first sample of a new epoch count (for validation)."""
         self.position = 0
@@ -103,6 +89,58 @@ class DataSource:
         self.rng.bit_generator.state = json.loads(state["rng"])
 
 
+def prepare_transformers(layer, shapes, dtype) -> list[list]:
+    """Return, per top, the functions that apply the layer's transformers in place.
+
+    ``shapes`` are the batch shapes of the tops. Raises DataError when a
+    transformer does not fit its top (a mean of the wrong shape).
+    """
+    per_top = [[] for _ in layer.tops]
+    for top, transformer in getattr(layer, "transformers", ()):
+        index = layer.tops.index(top)
+        where = f"{layer.title}: top '{top}'"
+        per_top[index].append(transformer.prepare(shapes[index][1:], dtype, where))
+    return per_top
+
+
+def apply_transformers(transforms: list[list], batches: list[np.ndarray]):
+    for functions, batch in zip(transforms, batches):
+        for function in functions:
+            function(batch)
+
+
+class DataSource(BatchOrder):
+    """Batches of a set of equally long arrays, one per top."""
+
+    def __init__(self, layer, arrays: list[np.ndarray], rng, shuffle: bool, dtype):
+        self.layer = layer
+        self.arrays = arrays
+        super().__init__(len(arrays[0]), layer.batch_size, rng, shuffle)
+        self.transforms = prepare_transformers(layer, self.shapes, np.dtype(dtype))
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        return [(self.batch_size,) + array.shape[1:] for array in self.arrays]
+
+    def next_batch(self, outputs: list[np.ndarray]) -> int:
+        """Copy the next batch into ``outputs`` (one array per top); return n_valid."""
+        indices, valid = self._indices()
+        # Kept so that an error about a batch sample can name its data row.
+        self.last_indices = indices
+        contiguous = self.order is None and indices[-1] - indices[0] == len(indices) - 1
+        for array, out in zip(self.arrays, outputs):
+            if contiguous:
+                source = array[indices[0] : indices[-1] + 1]
+            else:
+                source = array[indices]
+            out[...] = source.reshape(out.shape)
+        apply_transformers(self.transforms, outputs)
+        return valid
+
+    def close(self):
+        """Release what the source holds open; in-memory sources hold nothing."""
+
+
 def _check_float(array: np.ndarray, dtype, where: str):
     """Log a line when integer or bool values need converting to ``dtype``.
 
@@ -119,6 +157,10 @@ def _as_float(array: np.ndarray, dtype, where: str) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=dtype)
 
 
+def _who(layer) -> str:
+    return f"{type(layer).__name__} '{layer.label}'"
+
+
 def read_source_list(layer: HDF5DataLayer) -> list[Path]:
     """Return the HDF5 paths named in the layer's source list file."""
     list_path = Path(layer.source)
@@ -126,7 +168,7 @@ def read_source_list(layer: HDF5DataLayer) -> list[Path]:
         lines = list_path.read_text().splitlines()
     except OSError as error:
         raise DataError(
-            f"HDF5DataLayer '{layer.label}': cannot read source list {list_path}: "
+            f"{_who(layer)}: cannot read source list {list_path}: "
             f"{error.strerror}; pass a text file with one HDF5 path per line"
         ) from error
     paths = []
@@ -139,84 +181,112 @@ def read_source_list(layer: HDF5DataLayer) -> list[Path]:
             path = list_path.parent / path
         paths.append(path)
     if not paths:
-        raise DataError(
-            f"HDF5DataLayer '{layer.label}': source list {list_path} names no files"
-        )
+        raise DataError(f"{_who(layer)}: source list {list_path} names no files")
     return paths
+
+
+def _open_hdf5(layer, path: Path) -> h5py.File:
+    if not path.exists():
+        raise DataError(
+            f"{_who(layer)}: file {path}, listed in {layer.source}, does not exist"
+        )
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise DataError(
+            f"{_who(layer)}: cannot open {path} as HDF5: {error}"
+        ) from error
+
+
+def scan_hdf5(layer: HDF5DataLayer, dtype) -> tuple[list[tuple[Path, int]], list]:
+    """Check every listed file's datasets without reading their values.
+
+    Returns ([(path, rows), ...], sample shape per top); a 1-D dataset has
+    samples of shape (1,). Raises DataError naming the file and dataset when
+    one is missing, not numeric, a scalar, of another row count than the first
+    top's, or of another sample shape than in the other files; and when the
+    files hold no samples. Integer datasets are logged as converted to
+    ``dtype``.
+    """
+    files = []
+    shapes_per_file = []
+    for path in read_source_list(layer):
+        with _open_hdf5(layer, path) as handle:
+            rows = None
+            shapes = []
+            for top in layer.tops:
+                if isinstance(handle.get(top), h5py.Group):
+                    raise DataError(
+                        f"{_who(layer)}: in file {path}, '{top}' is a group, not a "
+                        "dataset; each top names a dataset"
+                    )
+                if top not in handle:
+                    raise DataError(
+                        f"{_who(layer)}: file {path} has no dataset '{top}' (it has: "
+                        f"{', '.join(handle.keys()) or 'none'}); each top names a "
+                        "dataset"
+                    )
+                dataset = handle[top]
+                _check_float(dataset, dtype, f"{path}:{top}")
+                if dataset.ndim == 0:
+                    raise DataError(
+                        f"{path}:{top} is a scalar; store an (N, ...) array"
+                    )
+                if rows is not None and dataset.shape[0] != rows:
+                    raise DataError(
+                        f"{_who(layer)}: in {path}, dataset '{top}' has "
+                        f"{dataset.shape[0]} rows but '{layer.tops[0]}' has {rows}"
+                    )
+                rows = dataset.shape[0]
+                shapes.append(dataset.shape[1:] if dataset.ndim > 1 else (1,))
+            files.append((path, rows))
+            shapes_per_file.append(shapes)
+    if not sum(rows for _, rows in files):
+        # An empty source would make the batch order loop forever looking for a
+        # sample.
+        raise DataError(
+            f"{_who(layer)}: the files listed in {layer.source} hold no samples "
+            f"(dataset '{layer.tops[0]}' has 0 rows)"
+        )
+    sample_shapes = []
+    for position, top in enumerate(layer.tops):
+        distinct = {shapes[position] for shapes in shapes_per_file}
+        if len(distinct) > 1:
+            listing = ", ".join(
+                f"{path}: {shapes[position]}"
+                for (path, _), shapes in zip(files, shapes_per_file)
+            )
+            raise DataError(
+                f"{_who(layer)}: dataset '{top}' has different sample shapes across "
+                f"files ({listing}); every file needs the same shape"
+            )
+        sample_shapes.append(shapes_per_file[0][position])
+    return files, sample_shapes
 
 
 def load_hdf5(layer: HDF5DataLayer, dtype) -> list[np.ndarray]:
     """Read every top's dataset from every listed file, concatenated along N."""
-    per_top: list[list[np.ndarray]] = [[] for _ in layer.tops]
-    for path in read_source_list(layer):
-        if not path.exists():
-            raise DataError(
-                f"HDF5DataLayer '{layer.label}': file {path}, listed in "
-                f"{layer.source}, does not exist"
-            )
-        try:
-            handle = h5py.File(path, "r")
-        except OSError as error:
-            raise DataError(
-                f"HDF5DataLayer '{layer.label}': cannot open {path} as HDF5: {error}"
-            ) from error
-        with handle:
-            rows = None
-            for position, top in enumerate(layer.tops):
-                if isinstance(handle.get(top), h5py.Group):
-                    raise DataError(
-                        f"HDF5DataLayer '{layer.label}': in file {path}, '{top}' is a "
-                        "group, not a dataset; each top names a dataset"
-                    )
-                if top not in handle:
-                    raise DataError(
-                        f"HDF5DataLayer '{layer.label}': file {path} has no dataset "
-                        f"'{top}' (it has: {', '.join(handle.keys()) or 'none'}); each "
-                        "top names a dataset"
-                    )
-                array = _as_float(handle[top][()], dtype, f"{path}:{top}")
-                if array.ndim == 0:
-                    raise DataError(
-                        f"{path}:{top} is a scalar; store an (N, ...) array"
-                    )
-                if array.ndim == 1:
-                    array = array.reshape(-1, 1)
-                if rows is not None and len(array) != rows:
-                    raise DataError(
-                        f"HDF5DataLayer '{layer.label}': in {path}, dataset '{top}' "
-                        f"has {len(array)} rows but '{layer.tops[0]}' has {rows}"
-                    )
-                rows = len(array)
-                per_top[position].append(array)
-    if not sum(len(part) for part in per_top[0]):
-        # An empty source would make DataSource loop forever looking for a sample.
-        raise DataError(
-            f"HDF5DataLayer '{layer.label}': the files listed in {layer.source} hold "
-            f"no samples (dataset '{layer.tops[0]}' has 0 rows)"
-        )
+    files, sample_shapes = scan_hdf5(layer, dtype)
     arrays = []
-    paths = read_source_list(layer)
-    for top, parts in zip(layer.tops, per_top):
-        shapes = {part.shape[1:] for part in parts}
-        if len(shapes) > 1:
-            listing = ", ".join(
-                f"{path}: {part.shape[1:]}" for path, part in zip(paths, parts)
-            )
-            raise DataError(
-                f"HDF5DataLayer '{layer.label}': dataset '{top}' has different sample "
-                f"shapes across files ({listing}); every file needs the same shape"
-            )
+    for top, shape in zip(layer.tops, sample_shapes):
+        parts = []
+        for path, rows in files:
+            with _open_hdf5(layer, path) as handle:
+                values = handle[top][()].reshape((rows,) + shape)
+            parts.append(np.ascontiguousarray(values, dtype=dtype))
         arrays.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
     return arrays
 
 
-def make_source(layer, dtype, rng) -> DataSource:
+def make_source(layer, dtype, rng):
     """Return the runtime data source of a data layer config."""
+    if isinstance(layer, AsyncHDF5DataLayer):
+        return AsyncHDF5Source(layer, np.dtype(dtype), rng)
     if isinstance(layer, HDF5DataLayer):
         # NOTE: the datasets are read into memory whole; data sets larger than
-        # memory need a chunked reader.
+        # memory need AsyncHDF5DataLayer, which caches chunk_size samples.
         arrays = load_hdf5(layer, np.dtype(dtype))
-        return DataSource(layer, arrays, rng, layer.shuffle)
+        return DataSource(layer, arrays, rng, layer.shuffle, dtype)
     if isinstance(layer, MemoryDataLayer):
         lengths = {len(array) for array in layer.data}
         if len(lengths) > 1:
@@ -238,4 +308,278 @@ class MemorySource(DataSource):
             _check_float(
                 array, np.dtype(dtype), f"MemoryDataLayer '{layer.label}': top '{top}'"
             )
-        super().__init__(layer, list(layer.data), rng, shuffle=False)
+        super().__init__(layer, list(layer.data), rng, shuffle=False, dtype=dtype)
+
+
+# --- AsyncHDF5DataLayer ---------------------------------------------------------
+
+
+class ChunkReader:
+    """Rows of the concatenated HDF5 datasets, read ``chunk_size`` samples at a time.
+
+    Sample i of the data set is row i of the files taken in list order. Chunk
+    c holds samples c * chunk_size up to the next chunk. The reader caches the
+    last CACHED_CHUNKS chunks it read, so in-order batches read each chunk once.
+    A batch that needs more chunks than that (shuffled data larger than one
+    chunk) is read row by row from the files instead, which bounds the memory
+    at CACHED_CHUNKS chunks.
+    """
+
+    CACHED_CHUNKS = 2
+
+    def __init__(self, layer, files, sample_shapes, dtype):
+        self.layer = layer
+        self.paths = [path for path, _ in files]
+        rows = np.array([rows for _, rows in files], dtype=np.int64)
+        # starts[f] is the first sample of file f; starts[-1] the sample count.
+        self.starts = np.concatenate([[0], np.cumsum(rows)])
+        self.sample_shapes = sample_shapes
+        self.dtype = dtype
+        self.chunk_size = layer.chunk_size
+        self.cache: collections.OrderedDict[int, list[np.ndarray]] = (
+            collections.OrderedDict()
+        )
+        self.handles: dict[int, h5py.File] = {}
+
+    def _handle(self, file_index: int) -> h5py.File:
+        handle = self.handles.get(file_index)
+        if handle is None:
+            handle = _open_hdf5(self.layer, self.paths[file_index])
+            self.handles[file_index] = handle
+        return handle
+
+    def _read_file_rows(self, file_index: int, rows) -> list[np.ndarray]:
+        """Return rows (a slice or increasing row numbers) of one file, per top."""
+        handle = self._handle(file_index)
+        arrays = []
+        for top, shape in zip(self.layer.tops, self.sample_shapes):
+            values = np.asarray(handle[top][rows])
+            arrays.append(values.reshape((-1,) + shape).astype(self.dtype, copy=False))
+        return arrays
+
+    def _read_range(self, start: int, stop: int) -> list[np.ndarray]:
+        """Return samples start..stop-1, which may span several files."""
+        parts = []
+        first = int(np.searchsorted(self.starts, start, side="right")) - 1
+        for file_index in range(first, len(self.paths)):
+            begin = max(start, self.starts[file_index]) - self.starts[file_index]
+            end = min(stop, self.starts[file_index + 1]) - self.starts[file_index]
+            if begin < end:
+                parts.append(self._read_file_rows(file_index, slice(begin, end)))
+            if self.starts[file_index + 1] >= stop:
+                break
+        return [np.concatenate(per_top) for per_top in zip(*parts)]
+
+    def _chunk(self, chunk: int) -> list[np.ndarray]:
+        arrays = self.cache.get(chunk)
+        if arrays is not None:
+            self.cache.move_to_end(chunk)
+            return arrays
+        start = chunk * self.chunk_size
+        stop = min(start + self.chunk_size, int(self.starts[-1]))
+        arrays = self._read_range(start, stop)
+        self.cache[chunk] = arrays
+        while len(self.cache) > self.CACHED_CHUNKS:
+            self.cache.popitem(last=False)
+        return arrays
+
+    def _read_rows(self, indices: np.ndarray) -> list[np.ndarray]:
+        """Read the samples ``indices`` straight from the files, bypassing the cache."""
+        unique, inverse = np.unique(indices, return_inverse=True)
+        files = np.searchsorted(self.starts, unique, side="right") - 1
+        parts = []
+        for file_index in np.unique(files):
+            local = unique[files == file_index] - self.starts[file_index]
+            # h5py takes increasing row numbers, which np.unique guarantees.
+            parts.append(self._read_file_rows(int(file_index), local.tolist()))
+        return [np.concatenate(per_top)[inverse] for per_top in zip(*parts)]
+
+    def read(self, indices: np.ndarray) -> list[np.ndarray]:
+        """Return the samples ``indices`` of every top, in that order."""
+        chunks = indices // self.chunk_size
+        needed = np.unique(chunks)
+        if len(needed) > self.CACHED_CHUNKS:
+            return self._read_rows(indices)
+        batches = [
+            np.empty((len(indices),) + shape, dtype=self.dtype)
+            for shape in self.sample_shapes
+        ]
+        for chunk in needed.tolist():
+            arrays = self._chunk(chunk)
+            mask = chunks == chunk
+            local = indices[mask] - chunk * self.chunk_size
+            for batch, array in zip(batches, arrays):
+                batch[mask] = array[local]
+        return batches
+
+    def close(self):
+        for handle in self.handles.values():
+            handle.close()
+        self.handles.clear()
+        self.cache.clear()
+
+
+class _Prefetcher:
+    """A background thread that puts the next batches into a bounded queue.
+
+    Each item is (batches, n_valid, indices, order state after the batch), or
+    an exception the thread raised. The thread owns ``order`` and ``reader``
+    until ``stop`` returns.
+    """
+
+    # Batches read ahead: one being copied into the net and one ready.
+    DEPTH = 2
+
+    def __init__(self, order: BatchOrder, reader: ChunkReader, transforms, name):
+        self.queue: queue.Queue = queue.Queue(maxsize=self.DEPTH)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(
+            target=self._run,
+            args=(order, reader, transforms),
+            name=f"mochac-prefetch-{name}",
+            daemon=True,
+        )
+        self.thread.start()
+
+    def _run(self, order, reader, transforms):
+        while not self.stopping.is_set():
+            try:
+                indices, n_valid = order._indices()
+                batches = reader.read(indices)
+                apply_transformers(transforms, batches)
+                item = (batches, n_valid, indices, order.state_dict())
+            except Exception as error:  # noqa: BLE001 (next_batch raises it)
+                self.queue.put(error)
+                return
+            self.queue.put(item)
+
+    def get(self):
+        """Return the next item, waiting for the thread to read it."""
+        while True:
+            try:
+                return self.queue.get(timeout=1.0)
+            except queue.Empty:
+                if not self.thread.is_alive() and self.queue.empty():
+                    raise DataError(
+                        f"{self.thread.name}: the prefetch thread ended without a batch"
+                    ) from None
+
+    def stop(self):
+        """End the thread and drop the batches it read ahead."""
+        self.stopping.set()
+        # Emptying the queue unblocks a pending put. The thread then sees the
+        # event before it reads again, so at most one more item arrives.
+        while self.thread.is_alive():
+            self._drain()
+            self.thread.join(timeout=0.1)
+        self._drain()
+
+    def _drain(self):
+        try:
+            while True:
+                self.queue.get_nowait()
+        except queue.Empty:
+            pass
+
+
+def _shut_down(state: dict, reader: ChunkReader):
+    """Stop the prefetch thread and close the files; safe to call twice."""
+    prefetcher = state.pop("prefetcher", None)
+    if prefetcher is not None:
+        prefetcher.stop()
+    reader.close()
+
+
+class AsyncHDF5Source:
+    """AsyncHDF5DataLayer's source: HDF5DataLayer's batches, read ahead in a thread.
+
+    ``position``, ``epoch``, ``order`` and ``state_dict()`` describe the
+    batches served so far, not those the thread has read ahead, so a snapshot
+    resumes exactly where the net stands. Loading a state or rewinding stops
+    the thread; the next batch starts it again. ``close()`` (also run by
+    ``Net.destroy`` and when the source is garbage collected) stops it for
+    good and closes the files.
+    """
+
+    def __init__(self, layer: AsyncHDF5DataLayer, dtype, rng):
+        self.layer = layer
+        self.batch_size = layer.batch_size
+        files, sample_shapes = scan_hdf5(layer, dtype)
+        self.shapes = [(self.batch_size,) + shape for shape in sample_shapes]
+        self.reader = ChunkReader(layer, files, sample_shapes, dtype)
+        self.n_samples = int(self.reader.starts[-1])
+        # Only the thread advances this order while it runs.
+        self._order = BatchOrder(self.n_samples, self.batch_size, rng, layer.shuffle)
+        self._served = self._order.state_dict()
+        self.transforms = prepare_transformers(layer, self.shapes, dtype)
+        # The thread and the finalizer share this dict, not the source, so an
+        # unreferenced source is collected and its thread stopped.
+        self._thread_state: dict = {}
+        self._finalizer = weakref.finalize(
+            self, _shut_down, self._thread_state, self.reader
+        )
+
+    @property
+    def position(self) -> int:
+        return int(self._served["position"])
+
+    @property
+    def epoch(self) -> int:
+        return int(self._served["epoch"])
+
+    @property
+    def order(self):
+        return self._served["order"]
+
+    def next_batch(self, outputs: list[np.ndarray]) -> int:
+        """Copy the next batch into ``outputs`` (one array per top); return n_valid."""
+        prefetcher = self._thread_state.get("prefetcher")
+        if prefetcher is None:
+            prefetcher = _Prefetcher(
+                self._order, self.reader, self.transforms, self.layer.label
+            )
+            self._thread_state["prefetcher"] = prefetcher
+        item = prefetcher.get()
+        if isinstance(item, Exception):
+            self._stop_thread()
+            if isinstance(item, DataError):
+                raise item
+            raise DataError(
+                f"{_who(self.layer)}: reading the next batch from "
+                f"{self.layer.source} failed: {item}"
+            ) from item
+        batches, n_valid, indices, served = item
+        for batch, out in zip(batches, outputs):
+            out[...] = batch.reshape(out.shape)
+        self.last_indices = indices
+        self._served = served
+        return n_valid
+
+    def _stop_thread(self):
+        prefetcher = self._thread_state.pop("prefetcher", None)
+        if prefetcher is not None:
+            prefetcher.stop()
+
+    def _take_back_order(self):
+        """Stop the thread and move the batch order back to the batches served."""
+        self._stop_thread()
+        self._order.load_state_dict(self._served)
+
+    def rewind(self):
+        """Start again at the first sample of a new epoch count (for validation)."""
+        self._take_back_order()
+        self._order.rewind()
+        self._served = self._order.state_dict()
+
+    def state_dict(self) -> dict:
+        """The position, epoch, order and generator state after the last batch served."""
+        return dict(self._served)
+
+    def load_state_dict(self, state: dict):
+        self._stop_thread()
+        self._order.load_state_dict(state)
+        self._served = self._order.state_dict()
+
+    def close(self):
+        """Stop the prefetch thread and close the HDF5 files."""
+        self._finalizer()

@@ -283,16 +283,17 @@ class Net:
             else None
         )
         if rc == BAD_LABEL and info is not None:
-            layer = info.layer
-            prediction = self.ir.blobs[layer.bottoms[0]]
-            classes = self.kernels_by_layer[status.layer].context["C"]
-            per_sample = math.prod(prediction.shape) // classes // prediction.shape[0]
-            sample = status.index // per_sample
+            # The kernel's context says which bottom it checked, how many of
+            # its elements make one sample and what a valid value is.
+            context = self.kernels_by_layer[status.layer].context
+            blob = info.layer.bottoms[context.get("checked_bottom", 1)]
+            role = context.get("checked_role", "label")
+            rule = context.get("valid_values") or f"integers in 0..{context['C'] - 1}"
+            sample = status.index // context["per_sample"]
             raise DataError(
-                f"layer '{info.name}': label blob '{layer.bottoms[1]}' holds "
+                f"layer '{info.name}': {role} blob '{blob}' holds "
                 f"{status.value!r} at sample {sample} of the batch"
-                f"{self._data_row(layer.bottoms[1], sample)}; labels must be "
-                f"integers in 0..{classes - 1}"
+                f"{self._data_row(blob, sample)}; {role}s must be {rule}"
             )
         raise RuntimeError(f"net '{self.name}': generated code returned error {rc}")
 
@@ -398,8 +399,10 @@ class Net:
         raise KeyError(f"net '{self.name}' has no data layer named '{layer_name}'")
 
     def destroy(self):
-        """Drop the buffers; the net cannot run afterwards."""
+        """Drop the buffers and close the data sources; the net cannot run afterwards."""
         self.destroyed = True
+        for source in self.sources.values():
+            source.close()
         self.arrays = []
         self.blobs, self.diffs, self.grads, self.states = {}, {}, {}, {}
         self.pointers = None

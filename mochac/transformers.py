@@ -1,0 +1,147 @@
+"""Data transformers: in-place changes a data layer applies to each batch.
+
+A data layer's ``transformers`` field lists (top name, transformer) pairs;
+the runtime applies them in that order to the batch of the named top after
+reading it and before the forward pass. A transformer never changes the shape
+of the blob. Use them as Mocha does:
+
+    HDF5DataLayer(source="train.txt", batch_size=64, transformers=[
+        ("data", DataTransformers.SubMean(mean_file="mean.hdf5")),
+        ("data", DataTransformers.Scale(scale=1 / 256)),
+    ])
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from mochac.errors import ConfigError, DataError
+
+
+class DataTransformer:
+    """Base of the data transformers.
+
+    ``prepare(sample_shape, dtype, where)`` is called once when the data
+    source opens and returns a function that transforms an (N, ...) batch in
+    place. ``where`` names the layer and top for error messages.
+    """
+
+    def prepare(self, sample_shape: tuple[int, ...], dtype, where: str):
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class SubMean(DataTransformer):
+    """Subtract a precomputed mean sample from every sample of the batch.
+
+    Fields (Mocha's defaults):
+        mean_blob: the mean as a NumPy array with the shape of one sample,
+            optionally with a leading axis of length 1; default None.
+        mean_file: when mean_blob is None, an HDF5 file whose dataset "mean"
+            holds the mean (Mocha's and Caffe's dump_mean_file layout);
+            default "".
+
+    The file is read when the data layer's source opens.
+    """
+
+    mean_blob: np.ndarray | None = None
+    mean_file: str = ""
+
+    def __post_init__(self):
+        if self.mean_blob is None:
+            if not isinstance(self.mean_file, str) or not self.mean_file:
+                raise ConfigError(
+                    "DataTransformers.SubMean: give mean_blob (an array) or "
+                    f"mean_file (an HDF5 path); got mean_file={self.mean_file!r}"
+                )
+            return
+        mean = np.asarray(self.mean_blob)
+        if not np.issubdtype(mean.dtype, np.number) or mean.ndim == 0:
+            raise ConfigError(
+                "DataTransformers.SubMean: invalid mean_blob of dtype "
+                f"{mean.dtype} and shape {mean.shape}; expected a numeric array "
+                "with the shape of one sample"
+            )
+        object.__setattr__(self, "mean_blob", mean)
+
+    def load_mean(self) -> np.ndarray:
+        """Return the mean: mean_blob, or the "mean" dataset of mean_file."""
+        if self.mean_blob is not None:
+            return self.mean_blob
+        path = Path(self.mean_file)
+        try:
+            handle = h5py.File(path, "r")
+        except OSError as error:
+            raise DataError(
+                f"DataTransformers.SubMean: cannot open mean_file {path} as HDF5: "
+                f"{error}"
+            ) from error
+        with handle:
+            dataset = handle.get("mean")
+            if not isinstance(dataset, h5py.Dataset):
+                raise DataError(
+                    f"DataTransformers.SubMean: mean_file {path} has no dataset "
+                    f"'mean' (it has: {', '.join(handle.keys()) or 'none'})"
+                )
+            return np.asarray(dataset[()])
+
+    def prepare(self, sample_shape, dtype, where):
+        mean = self.load_mean()
+        shape = mean.shape
+        if shape[:1] == (1,) and shape[1:] == tuple(sample_shape):
+            shape = shape[1:]
+        if shape != tuple(sample_shape):
+            source = "mean_blob" if self.mean_blob is not None else self.mean_file
+            raise DataError(
+                f"{where}: DataTransformers.SubMean mean from {source} has shape "
+                f"{mean.shape}, but one sample has shape {tuple(sample_shape)}; "
+                "store the mean of one sample"
+            )
+        mean = np.ascontiguousarray(mean.reshape(shape), dtype=dtype)
+
+        def subtract_mean(batch: np.ndarray):
+            batch -= mean
+
+        return subtract_mean
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Scale(DataTransformer):
+    """Multiply every element of the batch by ``scale`` (default 1.0)."""
+
+    scale: float = 1.0
+
+    def __post_init__(self):
+        value = self.scale
+        if (
+            not isinstance(value, (int, float, np.floating, np.integer))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+        ):
+            raise ConfigError(
+                f"DataTransformers.Scale: invalid scale={value!r}; expected a finite "
+                "number"
+            )
+
+    def prepare(self, sample_shape, dtype, where):
+        factor = np.dtype(dtype).type(self.scale)
+
+        def scale(batch: np.ndarray):
+            batch *= factor
+
+        return scale
+
+
+class DataTransformers:
+    """Mocha's namespace: ``DataTransformers.SubMean``, ``DataTransformers.Scale``."""
+
+    SubMean = SubMean
+    Scale = Scale
+
+
+__all__ = ["DataTransformer", "DataTransformers", "Scale", "SubMean"]
