@@ -201,12 +201,12 @@ def _open_hdf5(layer, path: Path) -> h5py.File:
 def scan_hdf5(layer: HDF5DataLayer, dtype) -> tuple[list[tuple[Path, int]], list]:
     """Check every listed file's datasets without reading their values.
 
-    Returns ([(path, rows), ...], sample shape per top); a 1-D dataset has
-    samples of shape (1,). Raises DataError naming the file and dataset when
-    one is missing, not numeric, a scalar, of another row count than the first
-    top's, or of another sample shape than in the other files; and when the
-    files hold no samples. Integer datasets are logged as converted to
-    ``dtype``.
+    Returns ([(path, rows), ...], sample shape per top). A 1-D dataset has
+    samples of shape (1,). Raises DataError naming the file and dataset when a
+    dataset is missing, not numeric or a scalar. It is also raised when a
+    dataset's row count differs from the first top's, when sample shapes
+    differ between files, and when the files contain no samples. Integer
+    datasets are logged as converted to ``dtype``.
     """
     files = []
     shapes_per_file = []
@@ -318,7 +318,7 @@ class ChunkReader:
     """Rows of the concatenated HDF5 datasets, read ``chunk_size`` samples at a time.
 
     Sample i of the data set is row i of the files taken in list order. Chunk
-    c holds samples c * chunk_size up to the next chunk. The reader caches the
+    c contains samples c * chunk_size up to the next chunk. The reader caches the
     last CACHED_CHUNKS chunks it read, so in-order batches read each chunk once.
     A batch that needs more chunks than that (shuffled data larger than one
     chunk) is read row by row from the files instead, which bounds the memory
@@ -467,7 +467,7 @@ class _Prefetcher:
     def stop(self):
         """End the thread and drop the batches it read ahead."""
         self.stopping.set()
-        # Emptying the queue unblocks a pending put. The thread then sees the
+        # Emptying the queue unblocks a pending put. The thread then checks the
         # event before it reads again, so at most one more item arrives.
         while self.thread.is_alive():
             self._drain()
@@ -495,7 +495,7 @@ class AsyncHDF5Source:
 
     ``position``, ``epoch``, ``order`` and ``state_dict()`` describe the
     batches served so far, not those the thread has read ahead, so a snapshot
-    resumes exactly where the net stands. Loading a state or rewinding stops
+    resumes after the net's last batch. Loading a state or rewinding stops
     the thread; the next batch starts it again. ``close()`` (also run by
     ``Net.destroy`` and when the source is garbage collected) stops it for
     good and closes the files.
