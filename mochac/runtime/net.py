@@ -286,10 +286,17 @@ class Net:
             # The kernel's context says which bottom it checked, how many of
             # its elements make one sample and what a valid value is.
             context = self.kernels_by_layer[status.layer].context
-            blob = info.layer.bottoms[context.get("checked_bottom", 1)]
+            position = context.get("checked_bottom", 1)
+            index, per_sample = status.index, context.get("per_sample")
+            # A layer that checks several bottoms (Index2Onehot) counts the
+            # index across them and lists (start, per_sample) for each bottom.
+            for number, (start, size) in enumerate(context.get("checked_bottoms", ())):
+                if start <= status.index:
+                    position, index, per_sample = number, status.index - start, size
+            blob = info.layer.bottoms[position]
             role = context.get("checked_role", "label")
             rule = context.get("valid_values") or f"integers in 0..{context['C'] - 1}"
-            sample = status.index // context["per_sample"]
+            sample = index // per_sample
             raise DataError(
                 f"layer '{info.name}': {role} blob '{blob}' holds "
                 f"{status.value!r} at sample {sample} of the batch"
