@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import threading
 from pathlib import Path
@@ -13,8 +14,8 @@ import pytest
 
 from mochac import (
     SGD,
-    CPUBackend,
     ConfigError,
+    CPUBackend,
     DataError,
     HDF5DataLayer,
     InnerProductLayer,
@@ -41,7 +42,7 @@ def write_files(folder: Path, n=N_SAMPLES, splits=(4, 7)) -> Path:
     label = (np.arange(n) % 3).astype(np.float32).reshape(n, 1)
     bounds = [0, *splits, n]
     names = []
-    for part, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+    for part, (start, stop) in enumerate(itertools.pairwise(bounds)):
         name = f"part{part}.hdf5"
         with h5py.File(folder / name, "w") as handle:
             handle["data"] = data[start:stop]

@@ -17,8 +17,12 @@ from mochac.transformers import DataTransformer
 
 def check_transformers(layer):
     """Normalize ``transformers`` to a tuple of (top, transformer) pairs, or fail."""
+    try:
+        entries = tuple(layer.transformers)
+    except TypeError:
+        layer._fail("transformers", layer.transformers, "a list of (top, transformer)")
     pairs = []
-    for entry in tuple(layer.transformers):
+    for entry in entries:
         try:
             top, transformer = entry
         except (TypeError, ValueError):
