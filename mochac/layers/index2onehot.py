@@ -10,7 +10,7 @@ from mochac.layers.base import Layer, channel_axis
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Index2OnehotLayer(Layer):
-    """Replace each class index j in 0..n_class-1 by a vector of n_class
+    """A layer that replaces each class index j in 0..n_class-1 by a vector of n_class
     zeros with a 1 at position j.
 
     Fields (Mocha's defaults):
