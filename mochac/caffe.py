@@ -1,0 +1,132 @@
+"""Import parameters trained by Caffe, exported to HDF5 as Mocha's tools do.
+
+Mocha's dump_network_hdf5 tool writes one flat HDF5 file with a dataset
+``<layer>___<param>`` per parameter, e.g. ``conv1___filter``, in Caffe's 4-D
+blob shape (num, channels, height, width). The memory layouts agree with
+mochac's, so only the shape is reconciled: a Caffe inner product weight of
+(1, 1, out, in) fills mochac's (out, in), and a bias of (1, 1, 1, out) fills
+(out,).
+
+Translate the net by hand with Caffe's layer names first, then:
+
+    net = Net("cifar10", backend, layers)
+    load_caffe_hdf5(net, "cifar10.hdf5")
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from mochac.errors import SnapshotError
+from mochac.runtime.snapshot import dataset_name, open_model
+
+logger = logging.getLogger(__name__)
+
+# Caffe's convolution and inner product layers may be exported without a bias.
+OPTIONAL_PARAMS = ("bias",)
+
+
+def _strip_leading_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
+    index = 0
+    while index < len(shape) - 1 and shape[index] == 1:
+        index += 1
+    return tuple(shape[index:])
+
+
+def shapes_match(stored: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    """Return whether a stored blob fills a parameter: equal up to leading 1s."""
+    return _strip_leading_ones(stored) == _strip_leading_ones(expected)
+
+
+def load_caffe_hdf5(net, path, allow_missing=False) -> dict[str, list[str]]:
+    """Copy the parameters of ``net`` from a Caffe model exported to HDF5.
+
+    Every parameter of every layer of ``net`` is looked up as the dataset
+    ``<layer>___<param>``. Datasets of layers the net lacks are ignored, so
+    the net may be a part of Caffe's. A missing bias keeps the value of its
+    initializer, with a warning. Any other missing parameter raises
+    SnapshotError, unless ``allow_missing``, in which case it is initialized
+    by its initializer and logged.
+
+    Nothing is changed when an error is raised. Raises SnapshotError naming
+    the layer, parameter, file and both shapes when a stored shape does not
+    fit, and when the file cannot be opened. Returns {"loaded": [...],
+    "initialized": [...]}, lists of dataset names.
+    """
+    path = Path(path)
+    with open_model(path) as handle:
+        return _load(handle, net, path, allow_missing)
+
+
+def load_network(file, net, die_if_not_found=True) -> dict[str, list[str]]:
+    """Mocha's name for load_caffe_hdf5; ``file`` is a path or an open h5py.File."""
+    if isinstance(file, h5py.File):
+        return _load(file, net, Path(file.filename), not die_if_not_found)
+    return load_caffe_hdf5(net, file, allow_missing=not die_if_not_found)
+
+
+def _load(handle, net, path: Path, allow_missing: bool) -> dict[str, list[str]]:
+    # Check everything first, so that a failed import leaves the net as it was.
+    copies = []
+    optional_missing = []
+    missing = []
+    for info in net.ir.layers:
+        for spec in info.params:
+            key = dataset_name(info.name, spec.name)
+            target = net.params[info.name][spec.name]
+            stored = handle.get(key)
+            if stored is None:
+                if spec.name in OPTIONAL_PARAMS:
+                    optional_missing.append((key, target, spec))
+                else:
+                    missing.append((key, target, spec))
+                continue
+            if not isinstance(stored, h5py.Dataset):
+                raise SnapshotError(
+                    f"layer '{info.name}': parameter '{spec.name}': {path} has a "
+                    f"group '{key}' where a dataset was expected"
+                )
+            if not shapes_match(stored.shape, target.shape):
+                raise SnapshotError(
+                    f"layer '{info.name}': parameter '{spec.name}' in {path} has shape "
+                    f"{stored.shape}, but the net expects {target.shape}; check that "
+                    "the translated layer has Caffe's geometry and number of outputs"
+                )
+            copies.append((key, target, stored))
+    if missing and not allow_missing:
+        raise SnapshotError(
+            f"{path} lacks parameters {', '.join(key for key, _, _ in missing)} of "
+            f"net '{net.name}'; check the layer names, or pass allow_missing=True to "
+            "initialize them with their initializers"
+        )
+
+    for key, target, stored in copies:
+        target[...] = np.asarray(stored[()], dtype=target.dtype).reshape(target.shape)
+    initialized = []
+    for key, target, spec in optional_missing + missing:
+        target[...] = spec.initializer.init(
+            target.shape, net.backend.rng, net.backend.dtype
+        )
+        initialized.append(key)
+    if optional_missing:
+        logger.warning(
+            "%s has no %s; initialized them with their initializers",
+            path,
+            ", ".join(key for key, _, _ in optional_missing),
+        )
+    if missing:
+        logger.info(
+            "%s lacks %s; initialized them with their initializers",
+            path,
+            ", ".join(key for key, _, _ in missing),
+        )
+    loaded = [key for key, _, _ in copies]
+    logger.info("net '%s': loaded %d parameters from %s", net.name, len(loaded), path)
+    return {"loaded": loaded, "initialized": initialized}
+
+
+__all__ = ["load_caffe_hdf5", "load_network", "shapes_match"]

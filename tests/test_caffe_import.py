@@ -1,0 +1,252 @@
+"""Importing Caffe parameters exported to HDF5 (Mocha's dump_network_hdf5 layout)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from mochac import (
+    ConstantInitializer,
+    ConvolutionLayer,
+    CPUBackend,
+    InnerProductLayer,
+    MemoryDataLayer,
+    Net,
+    SnapshotError,
+    SoftmaxLossLayer,
+)
+from mochac.caffe import load_caffe_hdf5, load_network, shapes_match
+
+RNG = np.random.default_rng(0)
+# (N, C, H, W) = (2, 3, 6, 6); conv1 has 4 filters of 3x3, so ip1 has 4*4*4 = 64 inputs.
+X = RNG.normal(size=(2, 3, 6, 6))
+Y = np.array([[0.0], [2.0]])
+
+
+def caffe_blobs(ip_outputs=5):
+    """Return parameters in the shapes Caffe's exporter writes (4-D everywhere)."""
+    rng = np.random.default_rng(1)
+    return {
+        "conv1___filter": rng.normal(size=(4, 3, 3, 3)),
+        "conv1___bias": rng.normal(size=(1, 1, 1, 4)),
+        "ip1___weight": rng.normal(size=(1, 1, ip_outputs, 64)),
+        "ip1___bias": rng.normal(size=(1, 1, 1, ip_outputs)),
+    }
+
+
+def write_model(path: Path, blobs: dict) -> Path:
+    with h5py.File(path, "w") as handle:
+        for key, value in blobs.items():
+            handle.create_dataset(key, data=value.astype(np.float32))
+    return path
+
+
+def build_net(ip_outputs=5, ip_bias=0.0):
+    layers = [
+        MemoryDataLayer(name="data", batch_size=2, data=[X, Y]),
+        ConvolutionLayer(
+            name="conv1", n_filter=4, kernel=(3, 3), bottoms=["data"], tops=["conv1"]
+        ),
+        InnerProductLayer(
+            name="ip1",
+            output_dim=ip_outputs,
+            bias_init=ConstantInitializer(ip_bias),
+            bottoms=["conv1"],
+            tops=["ip1"],
+        ),
+        SoftmaxLossLayer(name="loss", bottoms=["ip1", "label"]),
+    ]
+    return Net("caffe", CPUBackend(dtype=np.float64, seed=0), layers, keep=["ip1"])
+
+
+@pytest.fixture(scope="module")
+def net():
+    return build_net()
+
+
+def snapshot_params(net):
+    return {
+        layer: {name: array.copy() for name, array in params.items()}
+        for layer, params in net.params.items()
+    }
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def test_caffe_parameters_loaded(tmp_path, net):
+    blobs = caffe_blobs()
+    path = write_model(tmp_path / "model.hdf5", blobs)
+    result = load_caffe_hdf5(net, path)
+
+    assert sorted(result["loaded"]) == sorted(blobs)
+    assert result["initialized"] == []
+    for key, value in blobs.items():
+        layer, _, name = key.partition("___")
+        expected = value.astype(np.float32).astype(np.float64)
+        np.testing.assert_array_equal(
+            net.params[layer][name], expected.reshape(net.params[layer][name].shape)
+        )
+
+
+def test_caffe_forward_uses_loaded_weights(tmp_path, net):
+    blobs = caffe_blobs()
+    load_caffe_hdf5(net, write_model(tmp_path / "model.hdf5", blobs))
+    net.forward()
+
+    # Valid 3x3 cross-correlation, then the inner product, in NumPy.
+    weights = blobs["conv1___filter"].astype(np.float32).astype(np.float64)
+    conv_bias = blobs["conv1___bias"].astype(np.float32).ravel()
+    conv = np.zeros((2, 4, 4, 4))
+    for row in range(4):
+        for col in range(4):
+            patch = X[:, :, row : row + 3, col : col + 3]
+            conv[:, :, row, col] = np.einsum("nchw,fchw->nf", patch, weights)
+    conv += conv_bias.reshape(1, 4, 1, 1)
+    ip_weight = blobs["ip1___weight"].astype(np.float32).reshape(5, 64)
+    ip_bias = blobs["ip1___bias"].astype(np.float32).ravel()
+    expected = conv.reshape(2, 64) @ ip_weight.T + ip_bias
+
+    np.testing.assert_allclose(net.blobs["ip1"], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_caffe_extra_layers_ignored(tmp_path, net):
+    blobs = caffe_blobs()
+    blobs["ip2___weight"] = np.ones((1, 1, 10, 5))
+    result = load_caffe_hdf5(net, write_model(tmp_path / "model.hdf5", blobs))
+
+    assert "ip2___weight" not in result["loaded"]
+    assert len(result["loaded"]) == 4
+
+
+def test_caffe_exact_shapes_accepted(tmp_path, net):
+    blobs = caffe_blobs()
+    blobs["ip1___weight"] = blobs["ip1___weight"].reshape(5, 64)
+    blobs["ip1___bias"] = blobs["ip1___bias"].reshape(5)
+    load_caffe_hdf5(net, write_model(tmp_path / "model.hdf5", blobs))
+    np.testing.assert_array_equal(
+        net.params["ip1"]["bias"], blobs["ip1___bias"].astype(np.float32)
+    )
+
+
+def test_caffe_missing_bias_uses_initializer(tmp_path, caplog):
+    net = build_net(ip_bias=0.5)
+    net.params["ip1"]["bias"][...] = 7.0
+    blobs = caffe_blobs()
+    del blobs["ip1___bias"]
+    caplog.set_level(logging.WARNING, logger="mochac.caffe")
+    result = load_caffe_hdf5(net, write_model(tmp_path / "model.hdf5", blobs))
+
+    assert result["initialized"] == ["ip1___bias"]
+    np.testing.assert_array_equal(net.params["ip1"]["bias"], np.full(5, 0.5))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "ip1___bias" in warnings[0]
+
+
+def test_load_network_mocha_signature(tmp_path, net):
+    blobs = caffe_blobs()
+    del blobs["conv1___filter"]
+    path = write_model(tmp_path / "model.hdf5", blobs)
+    with h5py.File(path, "r") as handle:
+        with pytest.raises(SnapshotError, match="conv1___filter"):
+            load_network(handle, net)
+        result = load_network(handle, net, False)
+    assert "conv1___filter" in result["initialized"]
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+def test_caffe_wrong_shape_names_everything(tmp_path):
+    # Mocha's case: ip1 saved with 500 outputs, loaded into ip1 with 400.
+    net = build_net(ip_outputs=400)
+    before = snapshot_params(net)
+    path = write_model(tmp_path / "model.hdf5", caffe_blobs(ip_outputs=500))
+    with pytest.raises(SnapshotError) as raised:
+        load_caffe_hdf5(net, path)
+    message = str(raised.value)
+
+    assert "layer 'ip1'" in message
+    assert "parameter 'weight'" in message
+    assert str(path) in message
+    assert "(1, 1, 500, 64)" in message
+    assert "(400, 64)" in message
+    # conv1 came first in the file and fitted, but nothing was copied.
+    np.testing.assert_array_equal(
+        net.params["conv1"]["filter"], before["conv1"]["filter"]
+    )
+
+
+def test_caffe_missing_layer_raises(tmp_path, net):
+    before = snapshot_params(net)
+    blobs = caffe_blobs()
+    del blobs["ip1___weight"]
+    path = write_model(tmp_path / "model.hdf5", blobs)
+    with pytest.raises(SnapshotError) as raised:
+        load_caffe_hdf5(net, path)
+    message = str(raised.value)
+
+    assert "ip1___weight" in message
+    assert str(path) in message
+    assert "allow_missing=True" in message
+    np.testing.assert_array_equal(
+        net.params["conv1"]["filter"], before["conv1"]["filter"]
+    )
+
+
+def test_caffe_allow_missing_initializes(tmp_path, caplog):
+    net = build_net()
+    blobs = caffe_blobs()
+    del blobs["ip1___weight"]
+    caplog.set_level(logging.INFO, logger="mochac.caffe")
+    result = load_caffe_hdf5(
+        net, write_model(tmp_path / "model.hdf5", blobs), allow_missing=True
+    )
+
+    assert result["initialized"] == ["ip1___weight"]
+    # The default initializer is Xavier: uniform on +-sqrt(3 / fan_in).
+    weight = net.params["ip1"]["weight"]
+    assert np.abs(weight).max() <= np.sqrt(3 / 64)
+    assert np.abs(weight).max() > 0
+    infos = [r.getMessage() for r in caplog.records if "lacks" in r.getMessage()]
+    assert len(infos) == 1
+    assert "ip1___weight" in infos[0]
+
+
+def test_caffe_file_not_found(tmp_path, net):
+    with pytest.raises(SnapshotError) as raised:
+        load_caffe_hdf5(net, tmp_path / "absent.hdf5")
+    assert str(tmp_path / "absent.hdf5") in str(raised.value)
+
+
+def test_caffe_group_instead_of_dataset(tmp_path, net):
+    path = write_model(tmp_path / "model.hdf5", caffe_blobs())
+    with h5py.File(path, "a") as handle:
+        del handle["conv1___bias"]
+        handle.create_group("conv1___bias")
+    with pytest.raises(SnapshotError) as raised:
+        load_caffe_hdf5(net, path)
+    message = str(raised.value)
+    assert "layer 'conv1'" in message
+    assert "group 'conv1___bias'" in message
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected", "fits"),
+    [
+        ((1, 1, 5, 64), (5, 64), True),
+        ((1, 1, 1, 5), (5,), True),
+        ((4, 3, 3, 3), (4, 3, 3, 3), True),
+        ((1, 1, 1, 1), (1,), True),
+        ((5, 64), (64, 5), False),
+        ((1, 1, 1, 320), (5, 64), False),
+        ((2, 5), (5,), False),
+    ],
+)
+def test_shapes_match_table(stored, expected, fits):
+    assert shapes_match(stored, expected) is fits
