@@ -79,6 +79,47 @@ def compile_command(args) -> int:
     return 0
 
 
+def bench_command(args) -> int:
+    from mochac.bench.nets import BUILTIN
+    from mochac.bench.runner import bench, format_bench
+
+    if args.net in BUILTIN:
+        factory = BUILTIN[args.net]
+    else:
+        path = Path(args.net)
+        if not path.is_file():
+            logger.error(
+                "%s is neither a built-in net (%s) nor a file",
+                args.net,
+                ", ".join(BUILTIN),
+            )
+            return 2
+        nets = [net for net in find_nets(path) if net.ir.backward_order]
+        if not nets:
+            logger.error("%s defines no Net with a loss to train", path)
+            return 2
+        layers = nets[0].layers
+
+        def factory(batch):
+            return layers
+
+    report = bench(
+        factory,
+        batch=args.batch,
+        threads=args.threads,
+        iters=args.iters,
+        repeats=args.repeats,
+        opt_level=args.opt_level,
+        peer=not args.no_peer,
+        torch_compile=not args.no_torch_compile,
+    )
+    report["net"] = args.net
+    print(format_bench(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mochac", description="Compile Mocha-style nets."
@@ -124,6 +165,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="write each net's IR before and after the passes as Graphviz dot",
     )
     compile_parser.set_defaults(run=compile_command, opt_level=1)
+    bench_parser = commands.add_parser(
+        "bench", help="time a net's forward, backward and training iteration"
+    )
+    bench_parser.add_argument(
+        "net", help="a built-in net (lenet) or a Python file that defines a Net"
+    )
+    bench_parser.add_argument("--batch", type=int, default=64, help="batch size")
+    bench_parser.add_argument("--threads", type=int, default=1, help="CPU threads")
+    bench_parser.add_argument(
+        "--iters", type=int, default=20, help="iterations per timed round"
+    )
+    bench_parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
+    bench_parser.add_argument(
+        "-O0", dest="opt_level", action="store_const", const=0, help="run no pass"
+    )
+    bench_parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    bench_parser.add_argument(
+        "--no-peer", action="store_true", help="time mochac alone, without PyTorch"
+    )
+    bench_parser.add_argument(
+        "--no-torch-compile", action="store_true", help="skip the torch.compile peer"
+    )
+    bench_parser.set_defaults(run=bench_command, opt_level=1)
     return parser
 
 

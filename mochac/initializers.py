@@ -16,8 +16,14 @@ from mochac.errors import ConfigError
 
 
 def _check_number(owner, field, value, positive=False):
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise ConfigError(f"{owner}: invalid {field}={value!r}; expected a number.")
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+    ):
+        raise ConfigError(
+            f"{owner}: invalid {field}={value!r}; expected a finite number."
+        )
     if positive and value <= 0:
         raise ConfigError(f"{owner}: invalid {field}={value!r}; expected a value > 0.")
 
@@ -29,6 +35,22 @@ class Initializer:
     def init(self, shape, rng: np.random.Generator, dtype) -> np.ndarray:
         """Return a new array of ``shape`` and ``dtype`` filled from ``rng``."""
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class NullInitializer(Initializer):
+    """Leave the parameter's values as they are: here, zeros.
+
+    Mocha's NullInitializer writes nothing, so the parameter keeps whatever
+    its newly allocated blob contained, and the caller is expected to load
+    values afterwards (from a snapshot, or by writing ``net.params``).
+    mochac allocates a new array for every parameter, and here "writing
+    nothing" returns it zero-filled rather than uninitialized, which keeps
+    runs reproducible. It draws nothing from ``rng``.
+    """
+
+    def init(self, shape, rng, dtype):
+        return np.zeros(shape, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -71,3 +93,31 @@ class GaussianInitializer(Initializer):
 
     def init(self, shape, rng, dtype):
         return rng.normal(self.mean, self.std, size=shape).astype(dtype)
+
+
+@dataclass(frozen=True)
+class OrthogonalInitializer(Initializer):
+    """A random orthogonal matrix times ``gain`` (default 1; sqrt(2) suits ReLU).
+
+    The parameter is flattened to W of shape (fan_out, fan_in), the first axis
+    against every other one. The vectors along W's shorter side are
+    orthonormal times ``gain``: W W^T = gain^2 I when fan_out <= fan_in (each
+    output's weights), and W^T W = gain^2 I when fan_out > fan_in. A 1-D
+    parameter is a column, so it becomes a unit vector times ``gain``.
+    """
+
+    gain: float = 1.0
+
+    def __post_init__(self):
+        _check_number("OrthogonalInitializer", "gain", self.gain, positive=True)
+
+    def init(self, shape, rng, dtype):
+        rows = shape[0] if len(shape) else 1
+        cols = fan_in(shape)
+        tall, short = max(rows, cols), min(rows, cols)
+        # Q of a Gaussian matrix, with its column signs fixed by R's diagonal,
+        # is uniformly distributed over matrices with orthonormal columns.
+        q, r = np.linalg.qr(rng.standard_normal((tall, short)))
+        q *= np.where(np.diag(r) < 0, -1.0, 1.0)
+        matrix = q if rows >= cols else q.T
+        return (self.gain * matrix).reshape(shape).astype(dtype)

@@ -2,8 +2,13 @@
 
 Use them as Mocha does: ``from mochac import Neurons`` then ``Neurons.ReLU()``.
 The C code generator reads ``c_forward`` and ``c_backward`` to emit the
-activation and its derivative; both are expressions over ``y`` (the activated
-output) so that the backward pass needs no copy of the pre-activation value.
+activation and its derivative. ``c_forward`` is an expression over the input
+``x``. ``c_backward`` is an expression over the output ``y`` alone, because
+the layer keeps only its output and the backward pass has no copy of the
+pre-activation value.
+
+The expressions are C for either element type: ``real`` is float or double,
+math functions run in double, and the result is cast back to ``real``.
 """
 
 from __future__ import annotations
@@ -75,3 +80,56 @@ class ReLU(Neuron):
         # The output equals epsilon exactly where the input was at or below it.
         eps = repr(float(self.epsilon))
         return f"(({y}) > {eps} ? 1 : 0)"
+
+
+@dataclass(frozen=True)
+class LReLU(Neuron):
+    """Leaky ReLU: y = x for x > 0 and y = 0.01 x otherwise.
+
+    The derivative is 1 for x > 0 and 0.01 for x <= 0, so at exactly 0 it is
+    0.01, as Mocha defines it. Mocha's LReLU has no fields, so the slope is
+    fixed at ``SLOPE``.
+    """
+
+    SLOPE = 0.01
+
+    def c_forward(self, x):
+        return f"(({x}) > 0 ? ({x}) : (real){self.SLOPE!r} * ({x}))"
+
+    def c_backward(self, y):
+        # The slope is positive, so y > 0 exactly where x > 0.
+        return f"(({y}) > 0 ? (real)1 : (real){self.SLOPE!r})"
+
+
+@dataclass(frozen=True)
+class Sigmoid(Neuron):
+    """y = 1 / (1 + exp(-x)); dy/dx = y (1 - y)."""
+
+    def c_forward(self, x):
+        # exp(-x) overflows to inf for x < -709, which gives y = 0 as it should.
+        return f"(real)(1.0 / (1.0 + exp(-(double)({x}))))"
+
+    def c_backward(self, y):
+        return f"(({y}) * (1 - ({y})))"
+
+
+@dataclass(frozen=True)
+class Tanh(Neuron):
+    """y = tanh(x) = (1 - exp(-2x)) / (1 + exp(-2x)); dy/dx = 1 - y^2."""
+
+    def c_forward(self, x):
+        return f"(real)tanh((double)({x}))"
+
+    def c_backward(self, y):
+        return f"(1 - ({y}) * ({y}))"
+
+
+@dataclass(frozen=True)
+class Exponential(Neuron):
+    """y = exp(x); dy/dx = y."""
+
+    def c_forward(self, x):
+        return f"(real)exp((double)({x}))"
+
+    def c_backward(self, y):
+        return f"({y})"

@@ -20,7 +20,8 @@ class ParamSpec:
     """A learnable parameter a layer asks for.
 
     ``name`` is the parameter's name inside the layer ("filter", "bias"),
-    ``shape`` its NumPy shape, ``lr`` the local learning-rate factor.
+    ``shape`` its NumPy shape, ``lr`` the local learning-rate factor,
+    ``constraint`` its norm constraint (None for none).
     """
 
     name: str
@@ -28,6 +29,7 @@ class ParamSpec:
     initializer: object
     regularizer: object
     lr: float
+    constraint: object = None
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mochac.constraints import Constraint, NoCons
 from mochac.initializers import ConstantInitializer, Initializer, XavierInitializer
-from mochac.layers._checks import check_int, check_param_fields
+from mochac.layers._checks import check_instance, check_int, check_param_fields
 from mochac.layers.base import Layer, ParamSpec, to_pair
 from mochac.neurons import Identity, Neuron
 from mochac.regularizers import L2Regu, NoRegu, Regularizer
@@ -32,6 +33,8 @@ class ConvolutionLayer(Layer):
         filter_init: default XavierInitializer(); bias_init: default
             ConstantInitializer(0).
         filter_regu: default L2Regu(1); bias_regu: default NoRegu().
+        filter_cons: norm constraint, default NoCons(); bias_cons: default
+            NoCons().
         filter_lr: local learning-rate factor, default 1; bias_lr: default 2.
 
     Parameters: ``filter`` of shape (n_filter, C / n_group, kernel_h, kernel_w)
@@ -49,6 +52,8 @@ class ConvolutionLayer(Layer):
     bias_init: Initializer = field(default_factory=ConstantInitializer)
     filter_regu: Regularizer = field(default_factory=lambda: L2Regu(1.0))
     bias_regu: Regularizer = field(default_factory=NoRegu)
+    filter_cons: Constraint = field(default_factory=NoCons)
+    bias_cons: Constraint = field(default_factory=NoCons)
     filter_lr: float = 1.0
     bias_lr: float = 2.0
 
@@ -71,6 +76,10 @@ class ConvolutionLayer(Layer):
                 "n_group", self.n_group, f"a divisor of n_filter={self.n_filter}"
             )
         check_param_fields(self, "filter")
+        for name in ("filter_cons", "bias_cons"):
+            check_instance(
+                self, name, Constraint, "a norm constraint such as L2Cons(1.0)"
+            )
 
     @property
     def kernel_hw(self) -> tuple[int, int]:
@@ -126,8 +135,14 @@ class ConvolutionLayer(Layer):
                 self.filter_init,
                 self.filter_regu,
                 self.filter_lr,
+                self.filter_cons,
             ),
             ParamSpec(
-                "bias", (self.n_filter,), self.bias_init, self.bias_regu, self.bias_lr
+                "bias",
+                (self.n_filter,),
+                self.bias_init,
+                self.bias_regu,
+                self.bias_lr,
+                self.bias_cons,
             ),
         ]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from math import prod
 
+from mochac.constraints import Constraint, NoCons
 from mochac.initializers import ConstantInitializer, Initializer, XavierInitializer
-from mochac.layers._checks import check_int, check_param_fields
+from mochac.layers._checks import check_instance, check_int, check_param_fields
 from mochac.layers.base import Layer, ParamSpec
 from mochac.neurons import Identity, Neuron
 from mochac.regularizers import L2Regu, NoRegu, Regularizer
@@ -23,6 +24,8 @@ class InnerProductLayer(Layer):
         weight_init: default XavierInitializer(); bias_init: default
             ConstantInitializer(0).
         weight_regu: default L2Regu(1); bias_regu: default NoRegu().
+        weight_cons: norm constraint, default NoCons(); bias_cons: default
+            NoCons().
         weight_lr: default 1; bias_lr: default 2.
 
     Parameters: ``weight`` of shape (output_dim, features) and ``bias`` of shape
@@ -37,6 +40,8 @@ class InnerProductLayer(Layer):
     bias_init: Initializer = field(default_factory=ConstantInitializer)
     weight_regu: Regularizer = field(default_factory=lambda: L2Regu(1.0))
     bias_regu: Regularizer = field(default_factory=NoRegu)
+    weight_cons: Constraint = field(default_factory=NoCons)
+    bias_cons: Constraint = field(default_factory=NoCons)
     weight_lr: float = 1.0
     bias_lr: float = 2.0
 
@@ -51,6 +56,10 @@ class InnerProductLayer(Layer):
     def validate(self):
         check_int(self, "output_dim")
         check_param_fields(self, "weight")
+        for name in ("weight_cons", "bias_cons"):
+            check_instance(
+                self, name, Constraint, "a norm constraint such as L2Cons(1.0)"
+            )
 
     def infer_shapes(self, bottom_shapes):
         features = [prod(shape[1:]) for shape in bottom_shapes]
@@ -72,8 +81,14 @@ class InnerProductLayer(Layer):
                 self.weight_init,
                 self.weight_regu,
                 self.weight_lr,
+                self.weight_cons,
             ),
             ParamSpec(
-                "bias", (self.output_dim,), self.bias_init, self.bias_regu, self.bias_lr
+                "bias",
+                (self.output_dim,),
+                self.bias_init,
+                self.bias_regu,
+                self.bias_lr,
+                self.bias_cons,
             ),
         ]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mochac.constraints import apply_constraints
 from mochac.errors import ConfigError, SnapshotError
 from mochac.runtime.coffee_lounge import CoffeeLounge
 from mochac.runtime.lr_policy import LRPolicy
@@ -261,6 +262,7 @@ class Solver:
             net.backward()
             self.method.update(net, state.learning_rate, state.momentum, regu_coef)
             state.iter += 1
+            apply_constraints(net, state.iter)
             for coffee_break in self._due(last_epoch, self._epoch(net)):
                 coffee_break.enjoy(self, net)
             self.lounge.maybe_save(state.iter)

@@ -1,0 +1,102 @@
+"""Norm constraints: parameters shrunk in place after the solver's update.
+
+Unlike a regularizer, a constraint adds nothing to the gradient. Every
+``every_n_iter`` iterations the solver projects each constrained parameter
+back into its norm ball (``apply_constraints``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from mochac.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Base of every norm constraint."""
+
+    def is_due(self, iteration: int) -> bool:
+        """Return whether the constraint applies after update number ``iteration``."""
+        return False
+
+    def apply(self, param: np.ndarray):
+        """Shrink ``param`` in place."""
+
+
+@dataclass(frozen=True)
+class NoCons(Constraint):
+    """No constraint, the default for every parameter."""
+
+
+@dataclass(frozen=True)
+class L2Cons(Constraint):
+    """Limit the Euclidean norm of each output's weights to ``threshold``.
+
+    Fields:
+        threshold: the maximum norm (required, > 0).
+        every_n_iter: apply after every n-th update, default 1.
+
+    The parameter is flattened to (shape[0], rest), as the initializers see
+    it: for a convolution's filter each row is one filter, for an inner
+    product's weight the weights of one output, and for a bias one element.
+    A row whose norm exceeds ``threshold`` is scaled to norm ``threshold``;
+    the other rows stay unchanged.
+    """
+
+    threshold: float
+    every_n_iter: int = 1
+
+    def __post_init__(self):
+        value = self.threshold
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise ConfigError(
+                f"L2Cons: invalid threshold={value!r}; expected a finite number > 0."
+            )
+        every = self.every_n_iter
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ConfigError(
+                f"L2Cons: invalid every_n_iter={every!r}; expected an int >= 1 "
+                "(use NoCons() for no constraint)."
+            )
+
+    def is_due(self, iteration):
+        return iteration % self.every_n_iter == 0
+
+    def apply(self, param):
+        rows = param.reshape(param.shape[0] if param.ndim else 1, -1)
+        if not np.shares_memory(rows, param):
+            raise ValueError(
+                "L2Cons.apply: invalid parameter: not a contiguous array; pass "
+                "the array itself, such as net.params[layer][name]"
+            )
+        norms = np.sqrt(np.sum(np.square(rows, dtype=np.float64), axis=1))
+        over = norms > self.threshold
+        if np.any(over):
+            scale = self.threshold / norms[over]
+            rows[over] *= scale[:, np.newaxis].astype(param.dtype)
+
+
+def apply_constraints(net, iteration: int):
+    """Apply each parameter's constraint that is due after update ``iteration``.
+
+    ``iteration`` counts updates from 1, so with every_n_iter=n the
+    constraint runs after updates n, 2n, ... Parameters of every layer in
+    ``net`` are changed in place, shared ones included.
+    """
+    for info in net.ir.layers:
+        params = net.params.get(info.name)
+        if not params:
+            continue
+        for spec in info.params:
+            constraint = spec.constraint
+            if constraint is not None and constraint.is_due(iteration):
+                constraint.apply(params[spec.name])

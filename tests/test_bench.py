@@ -1,0 +1,48 @@
+"""mochac bench: report structure, and the PyTorch peer's equivalence."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mochac.bench.nets import lenet
+from mochac.bench.runner import bench, format_bench
+from mochac.cli import main
+
+
+def small_lenet(batch):
+    return lenet(batch)
+
+
+def test_bench_report_without_peer():
+    report = bench(small_lenet, batch=4, threads=1, iters=1, repeats=2, peer=False)
+    for measure in ("forward", "backward", "train"):
+        values = report["mochac"][measure]
+        assert values["rounds"] == 2
+        assert values["min_ms"] <= values["median_ms"] <= values["max_ms"]
+    assert report["mochac"]["forward"]["median_ms"] > 0
+    assert report["compile"]["cold_s"] > 0
+    assert report["compile"]["warm_s"] > 0
+    assert "train it/s" in format_bench(report)
+
+
+def test_bench_command_json(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["bench", "lenet", "--batch", "2", "--iters", "1", "--repeats", "1"]
+    assert main([*args, "--no-peer", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["net"] == "lenet"
+    assert report["batch"] == 2
+
+
+def test_torch_peer_matches_objective():
+    torch = pytest.importorskip("torch")
+    from mochac import CPUBackend, Net
+    from mochac.bench.torch_peer import TorchNet
+
+    net = Net("peer", CPUBackend(seed=0), lenet(8))
+    objective = net.forward()
+    peer = TorchNet(net)
+    with torch.no_grad():
+        loss = float(peer.loss(peer.x, peer.y))
+    np.testing.assert_allclose(loss, objective, rtol=1e-4)
