@@ -18,16 +18,13 @@ import numpy as np
 
 from mochac.codegen.slots import SlotTable
 from mochac.layers import (
-    AccuracyLayer,
     ConvolutionLayer,
     IdentityLayer,
     InnerProductLayer,
     PoolingLayer,
     ReshapeLayer,
     SoftmaxLayer,
-    SoftmaxLossLayer,
     SplitLayer,
-    SquareLossLayer,
 )
 from mochac.layers.base import channel_axis
 from mochac.layers.pooling import MaxPooling
@@ -234,39 +231,6 @@ def label_context(info, ir, slots):
     )
 
 
-def lower_softmax_loss(info, ir, slots):
-    state = slots.add("state", info.name, "loss", np.float64, (1,))
-    return dict(
-        state=state.index,
-        weight=float(info.layer.weight),
-        **label_context(info, ir, slots),
-    )
-
-
-def lower_accuracy(info, ir, slots):
-    state = slots.add("state", info.name, "accuracy", np.float64, (2,))
-    return dict(state=state.index, **label_context(info, ir, slots))
-
-
-def lower_square_loss(info, ir, slots):
-    layer = info.layer
-    state = slots.add("state", info.name, "loss", np.float64, (1,))
-    pred, dpred = blob_slots(slots, layer.bottoms[0])
-    label, dlabel = blob_slots(slots, layer.bottoms[1])
-    return dict(
-        state=state.index,
-        weight=float(layer.weight),
-        N=info.bottom_shapes[0][0],
-        size=prod(info.bottom_shapes[0]),
-        pred=pred,
-        label=label,
-        dpred=dpred if info.propagate_down[0] else None,
-        dlabel=dlabel if info.propagate_down[1] else None,
-        acc_pred=accumulates(info, 0),
-        acc_label=accumulates(info, 1),
-    )
-
-
 def lower_copy(info, ir, slots):
     """Identity and Reshape: each top is a copy of the bottom at its index."""
     pairs = pair_slots(info, slots)
@@ -293,9 +257,6 @@ LOWERINGS = {
     InnerProductLayer: ("inner_product", lower_inner_product),
     PoolingLayer: ("pooling", lower_pooling),
     SoftmaxLayer: ("softmax", lower_softmax),
-    SoftmaxLossLayer: ("softmax_loss", lower_softmax_loss),
-    SquareLossLayer: ("square_loss", lower_square_loss),
-    AccuracyLayer: ("accuracy", lower_accuracy),
     IdentityLayer: ("copy", lower_copy),
     ReshapeLayer: ("copy", lower_copy),
     SplitLayer: ("split", lower_split),
@@ -354,7 +315,9 @@ def allocate_slots(ir) -> SlotTable:
     for index in ir.forward_order:
         info = ir.layers[index]
         for spec in info.params:
-            slots.add("param", info.param_key, spec.name, ir.dtype, spec.shape)
+            # A parameter another layer owns (spec.key) resolves to its slot.
+            key = spec.key or info.param_key
+            slots.add("param", key, spec.name, ir.dtype, spec.shape)
             if info.in_backward:
                 slots.add("grad", info.name, spec.name, ir.dtype, spec.shape)
     return slots
