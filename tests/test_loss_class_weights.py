@@ -4,6 +4,7 @@ The three accepted shapes (one weight per class, per data-point element, per
 prediction element) and the three normalizations, against NumPy references.
 """
 
+import json
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ from gradcheck import build_net, check_gradients, preserved
 
 from mochac import ConfigError, ShapeError, SoftmaxLossLayer
 from mochac.layers.loss import MultinomialLogisticLossLayer
+from mochac.serialize import from_json, to_json
 
 LN3 = math.log(3.0)
 RNG = np.random.default_rng(31)
@@ -218,3 +220,15 @@ def test_class_weights_stored_as_tuples():
 def test_class_weights_invalid_field(layer_class, field, value):
     with pytest.raises(ConfigError, match=rf"'loss1'.*invalid {field}="):
         layer_class(name="loss1", bottoms=["pred", "label"], **{field: value})
+
+
+def test_class_weights_survive_json_round_trip():
+    layer = SoftmaxLossLayer(
+        name="loss1",
+        bottoms=["pred", "label"],
+        weights=np.array([[1.0, 2.0], [3.0, 4.5]]),
+        normalize="global",
+    )
+    copy = from_json(json.loads(json.dumps(to_json(layer))))
+    assert copy.weights == layer.weights
+    assert copy.normalize == "global"
