@@ -9,8 +9,9 @@
     solver.add_coffee_break(TrainingSummary(), every_n_iter=100)
     solver.solve(net)
 
-Each iteration runs forward (on the next batch), backward and the update, in
-that order, then the coffee breaks due at the new iteration count.
+Each iteration runs forward (on the next batch), backward, the update and the
+norm constraints due (mochac.constraints), in that order, then the coffee
+breaks due at the new iteration count.
 """
 
 from __future__ import annotations
@@ -76,21 +77,42 @@ class SGD:
     def update(self, net, learning_rate: float, momentum: float, regu_coef: float):
         # NOTE: the update runs in NumPy, one parameter at a time, outside the
         # compiled code.
-        for info in net.ir.layers:
-            grads = net.grads.get(info.name)
-            if not grads:
-                continue
-            for spec in info.params:
-                param = net.params[info.name][spec.name]
-                grad = grads[spec.name]
-                spec.regularizer.add_gradient(param, grad, regu_coef)
-                key = (info.name, spec.name)
-                history = self.history.get(key)
-                if history is None:
-                    history = self.history[key] = np.zeros_like(param)
-                history *= param.dtype.type(momentum)
-                history -= param.dtype.type(learning_rate * spec.lr) * grad
-                param += history
+        for info, spec, param, grad in summed_gradients(net):
+            spec.regularizer.add_gradient(param, grad, regu_coef)
+            key = (info.name, spec.name)
+            history = self.history.get(key)
+            if history is None:
+                history = self.history[key] = np.zeros_like(param)
+            history *= param.dtype.type(momentum)
+            history -= param.dtype.type(learning_rate * spec.lr) * grad
+            param += history
+
+
+def summed_gradients(net):
+    """Yield (layer info, spec, parameter, gradient) once per parameter array.
+
+    Layers that share one array (TiedInnerProductLayer uses its encoder's
+    weight) each write a gradient of their own. The first user's gradient
+    array receives the sum of all of them, so the array is updated once.
+    The owner (a spec without ``key``) comes first when it is in the net, so
+    its regularizer, lr and solver history apply.
+    """
+    users: dict[int, list] = {}
+    for info in net.ir.layers:
+        grads = net.grads.get(info.name)
+        if not grads:
+            continue
+        for spec in info.params:
+            param = net.params[info.name][spec.name]
+            users.setdefault(id(param), []).append(
+                (info, spec, param, grads[spec.name])
+            )
+    for members in users.values():
+        members.sort(key=lambda member: member[1].key is not None)
+        info, spec, param, grad = members[0]
+        for *_, other in members[1:]:
+            grad += other
+        yield info, spec, param, grad
 
 
 SOLVER_KEYS = ("max_iter", "regu_coef", "lr_policy", "mom_policy", "load_from")
