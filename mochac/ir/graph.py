@@ -177,6 +177,7 @@ def build_ir(
     source_shapes: dict[int, list[tuple[int, ...]]],
     dtype=np.float32,
     force_backward: bool = False,
+    param_shapes: dict[tuple[str, str], tuple[int, ...]] | None = None,
 ) -> NetIR:
     """Return the IR of a net made of ``layers``.
 
@@ -185,6 +186,8 @@ def build_ir(
     ``force_backward`` every blob a layer can back-propagate into, and every
     top of such a layer, gets a diff, which the gradient checks use. Raises
     TopologyError, ShapeError or ConfigError naming the layer or blob at fault.
+    ``param_shapes`` gives {(param key, name): shape} of parameters that nets
+    built earlier registered, for layers that use another layer's parameter.
     """
     layers = check_layer_list(name, layers)
     names = _display_names(layers)
@@ -243,16 +246,22 @@ def build_ir(
         LayerInfo(index, layer, names[index]) for index, layer in enumerate(layers)
     ]
     blobs: dict[str, BlobInfo] = {}
+    known_params = dict(param_shapes or {})
     for index in order:
         info, layer = infos[index], layers[index]
         info.bottom_shapes = [blobs[bottom].shape for bottom in layer.bottoms]
         if layer.is_source:
             top_shapes = [tuple(shape) for shape in source_shapes[index]]
         else:
+            extra = (known_params,) if layer.reads_param_shapes else ()
             top_shapes = [
-                tuple(shape) for shape in layer.infer_shapes(info.bottom_shapes)
+                tuple(shape) for shape in layer.infer_shapes(info.bottom_shapes, *extra)
             ]
-            info.params = layer.param_specs(info.bottom_shapes)
+            info.params = layer.param_specs(info.bottom_shapes, *extra)
+            for spec in info.params:
+                known_params.setdefault(
+                    (spec.key or info.param_key, spec.name), spec.shape
+                )
         info.top_shapes = top_shapes
         for top, shape in zip(layer.tops, top_shapes):
             blobs[top] = BlobInfo(top, shape, producer=index)
@@ -265,7 +274,9 @@ def build_ir(
     conflicts = derive_backward(ir, force_backward)
     if conflicts:
         layers = insert_splits(layers, names, conflicts)
-        return build_ir(name, layers, source_shapes, dtype, force_backward)
+        return build_ir(
+            name, layers, source_shapes, dtype, force_backward, param_shapes
+        )
     ir.inserted_splits = [info.name for info in infos if info.layer in _INSERTED]
     return ir
 

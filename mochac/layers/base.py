@@ -30,6 +30,10 @@ class ParamSpec:
     regularizer: object
     lr: float
     constraint: object = None
+    # Registry key of a parameter that another layer owns and this layer uses
+    # too (TiedInnerProductLayer's weight); None for the layer's own parameter,
+    # kept under the layer's param_key.
+    key: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -68,6 +72,9 @@ class Layer:
     # reads each bottom element only before writing the top element in its
     # place, and backward needs no bottom data.
     inplace_capable: ClassVar[bool] = False
+    # True when infer_shapes and param_specs take a second argument: the
+    # shapes of the parameters set up before this layer, {(key, name): shape}.
+    reads_param_shapes: ClassVar[bool] = False
 
     def __post_init__(self):
         if not isinstance(self.name, str):

@@ -111,7 +111,14 @@ class Net:
                 self.sources[index] = source
                 source_shapes[index] = source.shapes
 
-        self.ir = build_ir(name, self.layers, source_shapes, dtype, force_backward)
+        registered = {
+            (key, param): array.shape
+            for key, params in backend.registry.items()
+            for param, array in params.items()
+        }
+        self.ir = build_ir(
+            name, self.layers, source_shapes, dtype, force_backward, registered
+        )
         if phase is None:
             phase = "train" if any(i.layer.has_loss for i in self.ir.layers) else "test"
         if phase not in ("train", "test"):
@@ -193,11 +200,13 @@ class Net:
         self.grads: dict[str, dict[str, np.ndarray]] = {}
         self.states: dict[str, np.ndarray] = {}
         self.rng_states: dict[str, np.ndarray] = {}
-        specs = {
-            (info.param_key, spec.name): (info, spec)
-            for info in self.ir.layers
-            for spec in info.params
-        }
+        # Every (layer, spec) using each parameter slot; a layer that uses
+        # another layer's parameter (spec.key) shares the owner's array.
+        users: dict[tuple[str, str], list] = {}
+        for info in self.ir.layers:
+            for spec in info.params:
+                key = (spec.key or info.param_key, spec.name)
+                users.setdefault(key, []).append((info, spec))
         arena = None
         if self.plan is not None:
             # One aligned allocation; planned slots are views at their offsets.
@@ -207,9 +216,12 @@ class Net:
             self.arena = arena
         for slot in self.slots.slots:
             if slot.kind == "param":
-                info, spec = specs[(slot.owner, slot.name)]
-                array = self._shared_param(info, spec)
-                self.params.setdefault(info.name, {})[spec.name] = array
+                members = users[(slot.owner, slot.name)]
+                # The owner (a spec without a key) initializes the array.
+                info, spec = min(members, key=lambda member: member[1].key is not None)
+                array = self._shared_param(slot.owner, info, spec)
+                for info, spec in members:
+                    self.params.setdefault(info.name, {})[spec.name] = array
             elif arena is not None and slot.index in self.plan.offsets:
                 offset = self.plan.offsets[slot.index]
                 array = (
@@ -248,14 +260,14 @@ class Net:
                     continue
                 views[name] = self.arrays[slot.index].reshape(blob.shape)
 
-    def _shared_param(self, info, spec) -> np.ndarray:
-        registry = self.backend.registry.setdefault(info.param_key, {})
+    def _shared_param(self, key, info, spec) -> np.ndarray:
+        registry = self.backend.registry.setdefault(key, {})
         existing = registry.get(spec.name)
         if existing is not None:
             if existing.shape != spec.shape or existing.dtype != self.backend.dtype:
                 raise ShapeError(
                     f"layer '{info.name}': parameter '{spec.name}' is shared under key "
-                    f"'{info.param_key}' with shape {existing.shape}, but this net needs "
+                    f"'{key}' with shape {existing.shape}, but this net needs "
                     f"{spec.shape}; give the layer a different name or param_key"
                 )
             logger.debug("layer '%s': sharing parameter '%s'", info.name, spec.name)
