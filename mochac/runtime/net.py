@@ -26,10 +26,12 @@ from mochac.errors import (
 )
 from mochac.ir import build_ir
 from mochac.ir.graph import check_layer_list
+from mochac.layers.output import OutputLayer
 from mochac.passes.pipeline import enabled_passes, ir_counts, run_ir_passes
 from mochac.passes.plan_memory import plan_memory
 from mochac.report import ir_to_dot
 from mochac.runtime.data_sources import make_source
+from mochac.runtime.outputs import make_output_state
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +71,15 @@ class Net:
         opt_level: 1 (default) runs every pass of mochac.passes, 0 none.
         disable: names of passes to skip, e.g. ("plan_memory",).
         keep: blob names whose data and diff must stay readable after each
-            call. Data layer outputs and blobs no layer reads are always kept.
+            call. Data layer outputs, blobs no layer reads and the bottoms of
+            output layers are always kept.
 
     Views (NumPy arrays that alias the compiled net's memory):
         blobs[name], diffs[name], params[layer][param], grads[layer][param].
     After plan_memory, a blob that is not kept shares memory with others, so
     ``blobs`` and ``diffs`` leave it out.
+    ``output_states[layer]`` is the runtime state of each output layer, such
+    as a MemoryOutputLayer's ``outputs``.
     """
 
     def __init__(
@@ -131,6 +136,9 @@ class Net:
             raise ConfigError(
                 f"net '{name}': keep names unknown blob(s) {', '.join(unknown)}"
             )
+        # Output layers read their bottoms after the whole forward pass.
+        sinks = [info for info in self.ir.layers if isinstance(info.layer, OutputLayer)]
+        self.keep |= {bottom for info in sinks for bottom in info.layer.bottoms}
         self.counts_before = ir_counts(self.ir)
         self.dot_before = ir_to_dot(self.ir, "before", f"{name}: before passes")
         self.pass_reports = run_ir_passes(self.ir, opt_level, self.disable, self.keep)
@@ -159,6 +167,11 @@ class Net:
 
         self._allocate()
         self.status = self.ffi.new("struct mochac_status *")
+        # Output layers' states: in-memory lists or open HDF5 files.
+        self.output_states = {
+            info.name: make_output_state(info.layer, info.bottom_shapes, dtype)
+            for info in sinks
+        }
         param_count = sum(
             a.size for layer in self.params.values() for a in layer.values()
         )
@@ -350,6 +363,8 @@ class Net:
         self._check_alive()
         n_valid = self.load_batch() if load_data else self._batch_size()
         self._check(self.lib.mochac_forward(self.pointers, self.status, n_valid))
+        for state in self.output_states.values():
+            state.collect(self.blobs)
         return self.objective()
 
     def _batch_size(self) -> int:
@@ -422,6 +437,8 @@ class Net:
         self.destroyed = True
         for source in self.sources.values():
             source.close()
+        for state in self.output_states.values():
+            state.close()
         self.arrays = []
         self.blobs, self.diffs, self.grads, self.states = {}, {}, {}, {}
         self.pointers = None

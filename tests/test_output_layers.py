@@ -1,0 +1,175 @@
+"""MemoryOutputLayer and HDF5OutputLayer: collected batches, files and checks."""
+
+import h5py
+import numpy as np
+import pytest
+
+from mochac import (
+    ConfigError,
+    CPUBackend,
+    InnerProductLayer,
+    MemoryDataLayer,
+    MochacError,
+    Net,
+    SoftmaxLayer,
+)
+from mochac.layers.output import HDF5OutputLayer, MemoryOutputLayer
+
+RNG = np.random.default_rng(9)
+X = RNG.normal(size=(6, 3))
+BATCH = 4
+
+
+def feature_layers(*outputs):
+    """Return data (6 samples, batch 4) -> ip -> softmax, plus ``outputs``."""
+    return [
+        MemoryDataLayer(name="data", batch_size=BATCH, data=[X], tops=["x"]),
+        InnerProductLayer(name="ip", bottoms=["x"], tops=["features"], output_dim=2),
+        SoftmaxLayer(name="prob", bottoms=["features"], tops=["prob"]),
+        *outputs,
+    ]
+
+
+def build(outputs, opt_level=1):
+    backend = CPUBackend(dtype=np.float64, seed=0, threads=2)
+    return Net("features", backend, feature_layers(*outputs), opt_level=opt_level)
+
+
+def reference_batches(net, count):
+    """Return the (x, features, prob) of ``count`` batches computed in NumPy."""
+    weight = net.params["ip"]["weight"]
+    bias = net.params["ip"]["bias"]
+    batches = []
+    for step in range(count):
+        rows = [(step * BATCH + i) % len(X) for i in range(BATCH)]
+        x = X[rows]
+        features = x @ weight.T + bias
+        prob = np.exp(features) / np.exp(features).sum(axis=1, keepdims=True)
+        batches.append((x, features, prob))
+    return batches
+
+
+@pytest.mark.parametrize("opt_level", [0, 1])
+def test_memory_output_collects(opt_level):
+    layer = MemoryOutputLayer(name="out", bottoms=["features", "prob"])
+    net = build([layer], opt_level)
+    for _ in range(3):
+        net.forward()
+    outputs = net.output_states["out"].outputs
+    assert len(outputs) == 2
+    assert len(outputs[0]) == 3
+    assert len(outputs[1]) == 3
+    for step, (_, features, prob) in enumerate(reference_batches(net, 3)):
+        np.testing.assert_allclose(outputs[0][step], features, rtol=1e-12)
+        np.testing.assert_allclose(outputs[1][step], prob, rtol=1e-12)
+
+
+def test_memory_output_copies_each_batch():
+    net = build([MemoryOutputLayer(name="out", bottoms=["features"])])
+    net.forward()
+    net.forward()
+    first, second = net.output_states["out"].outputs[0]
+    assert not np.shares_memory(first, second)
+    assert not np.array_equal(first, second)
+
+
+def test_hdf5_output_appends(tmp_path):
+    path = tmp_path / "features.h5"
+    layer = HDF5OutputLayer(
+        name="save",
+        bottoms=["x", "prob"],
+        filename=str(path),
+        datasets=["inputs", "probabilities"],
+    )
+    net = build([layer])
+    for _ in range(2):
+        net.forward()
+    assert not path.exists()
+    net.destroy()
+    batches = reference_batches(net, 2)
+    with h5py.File(path, "r") as handle:
+        assert sorted(handle) == ["inputs", "probabilities"]
+        assert handle["inputs"].shape == (8, 3)
+        assert handle["probabilities"].dtype == np.float64
+        np.testing.assert_allclose(
+            handle["inputs"][()], np.concatenate([b[0] for b in batches])
+        )
+        np.testing.assert_allclose(
+            handle["probabilities"][()],
+            np.concatenate([b[2] for b in batches]),
+            rtol=1e-12,
+        )
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_hdf5_output_blob_names(tmp_path):
+    path = tmp_path / "out.h5"
+    net = build([HDF5OutputLayer(name="save", bottoms=["features"], filename=path)])
+    net.forward()
+    net.destroy()
+    with h5py.File(path, "r") as handle:
+        assert list(handle) == ["features"]
+        assert handle["features"].shape == (4, 2)
+
+
+def test_hdf5_output_rejects_existing_file(tmp_path):
+    path = tmp_path / "old.h5"
+    path.write_bytes(b"keep me")
+    layer = HDF5OutputLayer(name="save", bottoms=["prob"], filename=str(path))
+    with pytest.raises(ConfigError, match=rf"'save'.*{path.name} already exists"):
+        build([layer])
+    assert path.read_bytes() == b"keep me"
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_hdf5_output_force_overwrite(tmp_path):
+    path = tmp_path / "old.h5"
+    path.write_bytes(b"replace me")
+    layer = HDF5OutputLayer(
+        name="save", bottoms=["prob"], filename=str(path), force_overwrite=True
+    )
+    net = build([layer])
+    net.forward()
+    # The old file stays whole until the new one is complete.
+    assert path.read_bytes() == b"replace me"
+    net.destroy()
+    with h5py.File(path, "r") as handle:
+        assert handle["prob"].shape == (4, 2)
+
+
+def test_hdf5_output_failed_write_deletes(tmp_path):
+    path = tmp_path / "broken.h5"
+    net = build([HDF5OutputLayer(name="save", bottoms=["prob"], filename=str(path))])
+    state = net.output_states["save"]
+    # A dataset of the wrong shape makes the next append fail.
+    del state.file["prob"]
+    state.file.create_dataset("prob", shape=(0, 5), maxshape=(None, 5), dtype="f8")
+    with pytest.raises(MochacError, match=r"'save'.*writing .*broken\.h5 failed"):
+        net.forward()
+    net.destroy()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_layers_are_sinks():
+    layer = MemoryOutputLayer(name="out", bottoms=["a"])
+    assert layer.is_sink
+    assert not layer.can_do_bp
+    with pytest.raises(ConfigError, match=r"'out'.*invalid tops="):
+        MemoryOutputLayer(name="out", bottoms=["a"], tops=["b"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("filename", ""),
+        ("filename", 3),
+        ("force_overwrite", "yes"),
+        ("datasets", ["one"]),
+        ("datasets", ["same", "same"]),
+        ("datasets", ["ok", ""]),
+    ],
+)
+def test_hdf5_output_invalid_field(field, value):
+    fields = {"filename": "out.h5", field: value}
+    with pytest.raises(ConfigError, match=rf"'save'.*invalid {field}="):
+        HDF5OutputLayer(name="save", bottoms=["a", "b"], **fields)
