@@ -87,8 +87,9 @@ def test_tied_weight_is_one_storage(autoencoder):
     decoder = autoencoder.params["decoder"]["weight"]
     assert decoder is encoder
     assert autoencoder.backend.registry["code"]["weight"] is encoder
-    weight_slots = [s for s in autoencoder.slots.slots if s.kind == "param"]
-    assert len(weight_slots) == 3
+    # Encoder weight and bias, decoder bias: the decoder's weight has no slot.
+    param_slots = [slot for slot in autoencoder.slots.slots if slot.kind == "param"]
+    assert len(param_slots) == 3
     assert autoencoder.params["decoder"]["bias"].shape == (6,)
 
 

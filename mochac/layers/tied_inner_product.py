@@ -101,7 +101,8 @@ class TiedInnerProductLayer(Layer):
         shape = self.tied_shape(param_shapes)
         return [
             # The owner's initializer, regularizer and lr apply to the shared
-            # weight; these are used only when no owner is in the net.
+            # weight. This spec's NoRegu and lr 1 apply only when the owner
+            # is in another net.
             ParamSpec(TIED_WEIGHT, shape, None, NoRegu(), 1.0, key=self.tied_param_key),
             ParamSpec(
                 "bias", (shape[1],), self.bias_init, self.bias_regu, self.bias_lr
