@@ -113,14 +113,29 @@ def net(shared_net):
         yield shared_net
 
 
+@pytest.fixture(scope="module")
+def float32_net():
+    return build_net("channel-pooling-float32", LAYERS, INPUTS, dtype=np.float32)
+
+
 @pytest.mark.parametrize("name", LAYER_NAMES)
 def test_channel_pool_forward(net, name):
+    check_forward(net, name, tolerance=1e-14)
+
+
+@pytest.mark.parametrize("name", LAYER_NAMES)
+def test_channel_pool_forward_float32(float32_net, name):
+    assert float32_net.blobs["y_max"].dtype == np.float32
+    check_forward(float32_net, name, tolerance=1e-6)
+
+
+def check_forward(net, name, tolerance):
     layer = net.get_layer(name)
     net.forward_layer(name)
     is_max = layer.pooling == Pooling.Max()
     for bottom, top in zip(layer.bottoms, layer.tops):
         expected = reference_channel_pooling(
-            net.blobs[bottom],
+            net.blobs[bottom].astype(np.float64),
             AXES.get(name, 1),
             layer.kernel,
             layer.stride,
@@ -128,7 +143,9 @@ def test_channel_pool_forward(net, name):
             is_max,
         )
         assert net.blobs[top].shape == expected.shape
-        np.testing.assert_allclose(net.blobs[top], expected, rtol=1e-14, atol=1e-14)
+        np.testing.assert_allclose(
+            net.blobs[top], expected, rtol=tolerance, atol=tolerance
+        )
 
 
 @pytest.mark.parametrize("name", LAYER_NAMES)

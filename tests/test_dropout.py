@@ -17,7 +17,9 @@ SMALL = {
 }
 
 
-def build(name, layers, inputs, phase, *, threads=2, seed=0, opt_level=0):
+def build(
+    name, layers, inputs, phase, *, threads=2, seed=0, opt_level=0, dtype=np.float64
+):
     """Compile ``layers`` behind one MemoryDataLayer per input, in ``phase``."""
     feeds = [
         MemoryDataLayer(
@@ -25,7 +27,7 @@ def build(name, layers, inputs, phase, *, threads=2, seed=0, opt_level=0):
         )
         for blob, array in inputs.items()
     ]
-    backend = CPUBackend(dtype=np.float64, seed=seed, threads=threads)
+    backend = CPUBackend(dtype=dtype, seed=seed, threads=threads)
     net = Net(
         name,
         backend,
@@ -74,6 +76,17 @@ def small_net():
 def test_dropout_train_output(train_net):
     train_net.forward_layer("drop")
     y = train_net.blobs["y"]
+    assert set(np.unique(y)) <= {0.0, 2.0}
+    assert abs(y.mean() - 1.0) <= 0.1
+
+
+def test_dropout_train_output_float32():
+    net = build(
+        "dropout-float32", ones_layers(), {"x": ONES}, "train", dtype=np.float32
+    )
+    net.forward_layer("drop")
+    y = net.blobs["y"]
+    assert y.dtype == np.float32
     assert set(np.unique(y)) <= {0.0, 2.0}
     assert abs(y.mean() - 1.0) <= 0.1
 

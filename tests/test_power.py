@@ -71,15 +71,32 @@ def net(shared_net):
         yield shared_net
 
 
-@pytest.mark.parametrize("name", LAYER_NAMES)
-def test_power_forward(net, name):
+@pytest.fixture(scope="module")
+def float32_net():
+    return build_net("power-float32", LAYERS, INPUTS, dtype=np.float32)
+
+
+def check_forward(net, name, tolerance):
     layer = net.get_layer(name)
     net.forward_layer(name)
     for bottom, top in zip(layer.bottoms, layer.tops):
         expected = reference_power(
-            net.blobs[bottom], layer.power, layer.scale, layer.shift
+            net.blobs[bottom].astype(np.float64), layer.power, layer.scale, layer.shift
         )
-        np.testing.assert_allclose(net.blobs[top], expected, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            net.blobs[top], expected, rtol=tolerance, atol=tolerance
+        )
+
+
+@pytest.mark.parametrize("name", LAYER_NAMES)
+def test_power_forward(net, name):
+    check_forward(net, name, tolerance=1e-12)
+
+
+@pytest.mark.parametrize("name", LAYER_NAMES)
+def test_power_forward_float32(float32_net, name):
+    assert float32_net.blobs["y_root"].dtype == np.float32
+    check_forward(float32_net, name, tolerance=1e-5)
 
 
 @pytest.mark.parametrize("name", LAYER_NAMES)
