@@ -43,6 +43,8 @@ def class_weight_values(info):
     ("point", when every sample has the same weights) or by element
     ("element"); None when the layer has no weights.
     """
+    # NOTE: the table is printed into the generated C, so weights given per
+    # element of a large prediction make the source and compile time grow.
     pred_shape = info.bottom_shapes[0]
     table = class_weight_table(info.layer, pred_shape)
     if table is None:
