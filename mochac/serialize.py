@@ -59,6 +59,9 @@ def to_json(value):
         return [to_json(item) for item in value]
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
+    if isinstance(value, type) and issubclass(value, np.generic):
+        # A NumPy scalar type such as RandomNormalLayer's eltype.
+        return {"dtype": np.dtype(value).str}
     return value
 
 
@@ -71,6 +74,8 @@ def from_json(value):
     if isinstance(value, dict) and "array" in value:
         spec = value["array"]
         return np.zeros(spec["shape"], dtype=np.dtype(spec["dtype"]))
+    if isinstance(value, dict) and "dtype" in value:
+        return np.dtype(value["dtype"]).type
     if isinstance(value, list):
         return tuple(from_json(item) for item in value)
     return value

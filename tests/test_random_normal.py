@@ -1,10 +1,13 @@
 """RandomNormalLayer: shapes, sample statistics, reproducibility and config checks."""
 
+import json
+
 import numpy as np
 import pytest
 
 from mochac import ConfigError, CPUBackend, Net
 from mochac.layers.random_normal import RandomNormalLayer
+from mochac.serialize import from_json, to_json
 
 
 def noise_layer(eltype=np.float32):
@@ -119,3 +122,12 @@ def test_random_normal_takes_no_bottoms():
         RandomNormalLayer(
             name="noise1", bottoms=["x"], tops=["a"], output_dims=(3,), batch_sizes=[2]
         )
+
+
+def test_random_normal_serializes():
+    layer = noise_layer(np.float64)
+    stored = json.loads(json.dumps(to_json(layer)))
+    restored = from_json(stored)
+    assert restored.eltype is np.float64
+    assert restored.output_dims == layer.output_dims
+    assert restored.batch_sizes == layer.batch_sizes

@@ -239,6 +239,7 @@ def test_tied_defaults():
         ("bias_init", 0.5),
         ("bias_regu", "l2"),
         ("bias_lr", -1.0),
+        ("bias_cons", 1.0),
         ("neuron", "tanh"),
     ],
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from math import prod
 
+from mochac.constraints import Constraint, NoCons
 from mochac.initializers import ConstantInitializer, Initializer
 from mochac.layers._checks import check_instance, check_number
 from mochac.layers.base import Layer, ParamSpec
@@ -31,7 +32,7 @@ class TiedInnerProductLayer(Layer):
             uses the layer name.
         neuron: activation, default Neurons.Identity().
         bias_init: default ConstantInitializer(0); bias_regu: default NoRegu();
-            bias_lr: default 2.
+            bias_cons: norm constraint, default NoCons(); bias_lr: default 2.
 
     Parameters: ``weight`` is the encoder's array itself, not a copy, and
     ``bias`` of shape (features,) is this layer's own. Backward writes this
@@ -46,6 +47,7 @@ class TiedInnerProductLayer(Layer):
     neuron: Neuron = field(default_factory=Identity)
     bias_init: Initializer = field(default_factory=ConstantInitializer)
     bias_regu: Regularizer = field(default_factory=NoRegu)
+    bias_cons: Constraint = field(default_factory=NoCons)
     bias_lr: float = 2.0
 
     has_param = True
@@ -71,6 +73,9 @@ class TiedInnerProductLayer(Layer):
         check_instance(self, "bias_init", Initializer, "an initializer")
         check_instance(self, "bias_regu", Regularizer, "a regularizer")
         check_number(self, "bias_lr", minimum=0)
+        check_instance(
+            self, "bias_cons", Constraint, "a norm constraint such as L2Cons(1.0)"
+        )
         check_instance(self, "neuron", Neuron, "a neuron such as Neurons.ReLU()")
 
     def tied_shape(self, param_shapes) -> tuple[int, int]:
@@ -105,6 +110,11 @@ class TiedInnerProductLayer(Layer):
             # is in another net.
             ParamSpec(TIED_WEIGHT, shape, None, NoRegu(), 1.0, key=self.tied_param_key),
             ParamSpec(
-                "bias", (shape[1],), self.bias_init, self.bias_regu, self.bias_lr
+                "bias",
+                (shape[1],),
+                self.bias_init,
+                self.bias_regu,
+                self.bias_lr,
+                self.bias_cons,
             ),
         ]
