@@ -144,12 +144,7 @@ def test_elementwise_shapes_differ():
 
 
 def inplace_layers(rng):
-    """In-place candidates, each after an inner product, between data and a loss.
-
-    NOTE: fuse_inplace counts the readers of every blob that shares the
-    bottom's storage, so of two in-place layers in a row only the first is
-    fused. The inner products between them keep every candidate fusable.
-    """
+    """In-place candidates, each after an inner product, between data and a loss."""
     x = rng.normal(size=(4, 5))
     other = rng.normal(size=(4, 6))
     target = rng.normal(size=(4, 3))

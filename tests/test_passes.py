@@ -348,3 +348,23 @@ def random_nets(draw):
 def test_random_nets_match(factory):
     expected = run(factory, 0, (), steps=3)
     assert_same(expected, run(factory, 1, (), steps=3))
+
+
+def test_inplace_chain_fuses_every_layer():
+    from mochac.layers.power import PowerLayer
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3))
+    target = rng.normal(size=(2, 3))
+    layers = [
+        MemoryDataLayer(name="data", batch_size=2, tops=["x", "t"], data=[x, target]),
+        InnerProductLayer(name="ip", output_dim=3, bottoms=["x"], tops=["h"]),
+        PowerLayer(name="p1", scale=2.0, bottoms=["h"], tops=["h1"]),
+        PowerLayer(name="p2", shift=1.0, bottoms=["h1"], tops=["h2"]),
+        PowerLayer(name="p3", scale=0.5, bottoms=["h2"], tops=["h3"]),
+        SquareLossLayer(name="loss", bottoms=["h3", "t"]),
+    ]
+    optimized = run(lambda _: layers, 1, ())
+    assert optimized[0].ir.data_root("h3") == "h"
+    assert len(reports_by_name(optimized[0])["fuse_inplace"].changes) == 3
+    assert_same(run(lambda _: layers, 0, ()), optimized)

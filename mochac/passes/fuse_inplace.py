@@ -5,8 +5,8 @@ After: the top's data (and, when both have diffs, its diff) use the bottom's
 storage.
 
 Safe only when, for the bottom's whole storage (every blob aliased to it):
-the layer is marked inplace_capable, it is the storage's only reader in
-forward, no backward pass reads the storage's data (the producer's or the
+the layer is marked inplace_capable, no other layer reads the storage later
+in forward, no backward pass reads the storage's data (the producer's or the
 layer's own), the storage is not a data layer's output or a blob the user
 keeps, and shapes match. A rejected candidate is logged at debug level.
 """
@@ -35,14 +35,18 @@ def _refusal(ir, info, bottom, top, keep) -> str | None:
     producer = ir.layers[ir.blobs[root].producer]
     if producer.layer.is_source:
         return f"'{root}' is a data layer output"
-    readers = {
-        index
-        for name in group
-        for index in ir.blobs[name].consumers
-        if not ir.layers[index].eliminated
-    }
-    if readers != {info.index}:
-        return f"'{root}' has other readers"
+    # Readers that finished before this layer in forward are harmless unless
+    # their backward reads the storage again.
+    position = {index: step for step, index in enumerate(ir.forward_order)}
+    for name in group:
+        for index in ir.blobs[name].consumers:
+            reader = ir.layers[index]
+            if reader.eliminated or index == info.index:
+                continue
+            if position[index] > position[info.index]:
+                return f"'{reader.name}' reads '{name}' later"
+            if reader.in_backward and reader.layer.backward_reads_bottom_data():
+                return f"the backward of '{reader.name}' reads '{name}'"
     if info.layer.backward_reads_bottom_data():
         return "its backward reads the bottom"
     for name in group:
