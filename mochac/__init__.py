@@ -14,6 +14,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from mochac import neurons as Neurons
+from mochac.caffe import load_caffe_hdf5, load_network
+from mochac.constraints import L2Cons, NoCons
 from mochac.errors import (
     CompileError,
     ConfigError,
@@ -27,23 +29,12 @@ from mochac.errors import (
 from mochac.initializers import (
     ConstantInitializer,
     GaussianInitializer,
+    NullInitializer,
+    OrthogonalInitializer,
     XavierInitializer,
 )
-from mochac.layers import (
-    AccuracyLayer,
-    ConvolutionLayer,
-    HDF5DataLayer,
-    IdentityLayer,
-    InnerProductLayer,
-    MemoryDataLayer,
-    Pooling,
-    PoolingLayer,
-    ReshapeLayer,
-    SoftmaxLayer,
-    SoftmaxLossLayer,
-    SplitLayer,
-    SquareLossLayer,
-)
+from mochac.layers import *  # noqa: F403
+from mochac.layers import __all__ as _layer_names
 from mochac.mocha_api import (
     add_coffee_break,
     backward,
@@ -56,7 +47,7 @@ from mochac.mocha_api import (
     shutdown,
     solve,
 )
-from mochac.regularizers import L2Regu, NoRegu
+from mochac.regularizers import L1Regu, L2Regu, NoRegu
 from mochac.runtime.backend import CPUBackend
 from mochac.runtime.coffee_breaks import (
     Snapshot,
@@ -67,41 +58,36 @@ from mochac.runtime.lr_policy import LRPolicy
 from mochac.runtime.mom_policy import MomPolicy
 from mochac.runtime.net import Net
 from mochac.runtime.solver import SGD, Solver, make_solver_parameters
+from mochac.transformers import DataTransformers
 from mochac.version import __version__
 
 __all__ = [
-    "SGD",
-    "AccuracyLayer",
+    *_layer_names,
     "CPUBackend",
     "CompileError",
     "ConfigError",
     "ConstantInitializer",
-    "ConvolutionLayer",
     "DataError",
+    "DataTransformers",
     "GaussianInitializer",
-    "HDF5DataLayer",
-    "IdentityLayer",
-    "InnerProductLayer",
+    "L1Regu",
+    "L2Cons",
     "L2Regu",
     "LRPolicy",
-    "MemoryDataLayer",
     "MochacError",
     "MomPolicy",
     "Net",
     "Neurons",
+    "NoCons",
     "NoRegu",
+    "NullInitializer",
     "NumericalError",
-    "Pooling",
-    "PoolingLayer",
-    "ReshapeLayer",
+    "OrthogonalInitializer",
+    "SGD",
     "ShapeError",
     "Snapshot",
     "SnapshotError",
-    "SoftmaxLayer",
-    "SoftmaxLossLayer",
     "Solver",
-    "SplitLayer",
-    "SquareLossLayer",
     "TopologyError",
     "TrainingSummary",
     "ValidationPerformance",
@@ -112,6 +98,8 @@ __all__ = [
     "destroy",
     "forward",
     "init",
+    "load_caffe_hdf5",
+    "load_network",
     "load_snapshot",
     "log_to_console",
     "make_solver_parameters",
