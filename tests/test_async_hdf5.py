@@ -29,6 +29,7 @@ from mochac import (
 )
 from mochac.layers.data import AsyncHDF5DataLayer
 from mochac.runtime.data_sources import make_source
+from mochac.serialize import from_json, to_json
 
 N_SAMPLES = 10
 
@@ -306,3 +307,35 @@ def test_async_resume_is_exact(tmp_path):
         np.testing.assert_array_equal(
             resumed.params["ip"][name], straight.params["ip"][name]
         )
+
+
+def test_async_missing_dataset_and_file(tmp_path):
+    with h5py.File(tmp_path / "a.hdf5", "w") as handle:
+        handle["label"] = np.zeros((10, 1), np.float32)
+    (tmp_path / "list.txt").write_text("a.hdf5\n")
+    (tmp_path / "absent.txt").write_text("absent.hdf5\n")
+    cases = [
+        ("list.txt", "no dataset 'data'", tmp_path / "a.hdf5"),
+        ("absent.txt", "does not exist", tmp_path / "absent.hdf5"),
+    ]
+    for list_name, expected, path in cases:
+        layer = AsyncHDF5DataLayer(
+            name="train", source=str(tmp_path / list_name), batch_size=4
+        )
+        with pytest.raises(DataError) as raised:
+            make_source(layer, np.float32, np.random.default_rng(0))
+        message = str(raised.value)
+        assert expected in message, list_name
+        assert str(path) in message, list_name
+
+
+def test_async_layer_serializes():
+    layer = AsyncHDF5DataLayer(
+        name="train", source="list.txt", batch_size=4, shuffle=True, chunk_size=64
+    )
+    rebuilt = from_json(to_json(layer))
+
+    assert type(rebuilt) is AsyncHDF5DataLayer
+    assert rebuilt.chunk_size == 64
+    assert rebuilt.shuffle is True
+    assert rebuilt.source == "list.txt"
