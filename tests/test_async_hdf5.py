@@ -254,7 +254,7 @@ def test_async_label_rows_mismatch(tmp_path):
     assert "'label' has 9 rows" in message
 
 
-# --- through Net and Solver -------------------------------------------------------------
+# --- through Net and Solver ---------------------------------------------------
 
 
 def train(folder: Path, source: Path, layer_class, max_iter, seed, snapshot_every=None):

@@ -222,7 +222,7 @@ def test_transformers_serialize_round_trip():
     assert transformer.scale == 0.5
 
 
-# --- invalid configurations ------------------------------------------------------------
+# --- invalid configurations ---------------------------------------------------
 
 
 def test_submean_shape_mismatch_names_layer():

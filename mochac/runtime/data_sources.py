@@ -45,7 +45,7 @@ class BatchOrder:
         return self.rng.permutation(self.n_samples) if self.shuffle else None
 
     def _indices(self) -> tuple[np.ndarray, int]:
-        """Advance by one batch; return the sample indices and the count before a wrap."""
+        """Advance one batch; return its sample indices and the count before a wrap."""
         total = self.n_samples
         picked = []
         valid = None
@@ -572,7 +572,7 @@ class AsyncHDF5Source:
         self._served = self._order.state_dict()
 
     def state_dict(self) -> dict:
-        """The position, epoch, order and generator state after the last batch served."""
+        """Return the BatchOrder state after the last batch served, for snapshots."""
         return dict(self._served)
 
     def load_state_dict(self, state: dict):
