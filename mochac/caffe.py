@@ -98,10 +98,15 @@ def _load(handle, net, path: Path, allow_missing: bool) -> dict[str, list[str]]:
                 )
             copies.append((key, target, stored))
     if missing and not allow_missing:
+        listing = "; ".join(
+            f"layer '{key.rpartition('___')[0]}': parameter '{spec.name}' of shape "
+            f"{target.shape} (dataset {key})"
+            for key, target, spec in missing
+        )
         raise SnapshotError(
-            f"{path} lacks parameters {', '.join(key for key, _, _ in missing)} of "
-            f"net '{net.name}'; check the layer names, or pass allow_missing=True to "
-            "initialize them with their initializers"
+            f"{path} lacks parameters of net '{net.name}': {listing}. Check that the "
+            "layers have Caffe's names, or pass allow_missing=True to initialize "
+            "them with their initializers"
         )
 
     for key, target, stored in copies:

@@ -191,6 +191,7 @@ def test_caffe_missing_layer_raises(tmp_path, net):
         load_caffe_hdf5(net, path)
     message = str(raised.value)
 
+    assert "layer 'ip1': parameter 'weight' of shape (5, 64)" in message
     assert "ip1___weight" in message
     assert str(path) in message
     assert "allow_missing=True" in message
