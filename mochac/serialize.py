@@ -2,8 +2,9 @@
 
 Every config object (layer, neuron, initializer, regularizer, pooling
 function) is a dataclass, stored as {"class": name, "fields": {...}}.
-MemoryDataLayer arrays are stored by shape and dtype only and come back as
-zero arrays for the caller to fill.
+MemoryDataLayer's ``data`` arrays are stored by shape and dtype only and
+come back as zero arrays for the caller to fill; any other array (a mean
+image, say) is stored with its values.
 """
 
 from __future__ import annotations
@@ -39,8 +40,11 @@ def _known_classes() -> dict[str, type]:
     return classes
 
 
-def to_json(value):
-    """Return a JSON-ready form of a config value."""
+def to_json(value, shape_only=False):
+    """Return a JSON-ready form of a config value.
+
+    With ``shape_only``, arrays keep their shape and dtype but not their values.
+    """
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         name = type(value).__name__
         if _known_classes().get(name) is not type(value):
@@ -49,14 +53,20 @@ def to_json(value):
                 "neurons, initializers and regularizers can be stored"
             )
         fields = {
-            field.name: to_json(getattr(value, field.name))
+            field.name: to_json(
+                getattr(value, field.name),
+                shape_only=field.name == "data" and name == "MemoryDataLayer",
+            )
             for field in dataclasses.fields(value)
         }
         return {"class": name, "fields": fields}
     if isinstance(value, np.ndarray):
-        return {"array": {"shape": list(value.shape), "dtype": value.dtype.str}}
+        spec = {"shape": list(value.shape), "dtype": value.dtype.str}
+        if not shape_only:
+            spec["values"] = value.ravel().tolist()
+        return {"array": spec}
     if isinstance(value, (list, tuple)):
-        return [to_json(item) for item in value]
+        return [to_json(item, shape_only) for item in value]
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
     if isinstance(value, type) and issubclass(value, np.generic):
@@ -73,7 +83,10 @@ def from_json(value):
         return cls(**fields)
     if isinstance(value, dict) and "array" in value:
         spec = value["array"]
-        return np.zeros(spec["shape"], dtype=np.dtype(spec["dtype"]))
+        dtype = np.dtype(spec["dtype"])
+        if "values" in spec:
+            return np.array(spec["values"], dtype=dtype).reshape(spec["shape"])
+        return np.zeros(spec["shape"], dtype=dtype)
     if isinstance(value, dict) and "dtype" in value:
         return np.dtype(value["dtype"]).type
     if isinstance(value, list):

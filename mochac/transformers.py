@@ -47,10 +47,6 @@ class SubMean(DataTransformer):
             default "".
 
     The file is read when the data layer's source opens.
-
-    NOTE: compiled modules store arrays by shape only (mochac.serialize), so a
-    mean_blob comes back from one as zeros. Use mean_file in nets given to
-    ``mochac compile``.
     """
 
     mean_blob: np.ndarray | None = None

@@ -168,3 +168,22 @@ def test_compiled_module_rejects_other_cpu(tmp_path):
 
     with pytest.raises(CompileError, match="another CPU"):
         load_net(out / "tiny_net")
+
+
+def test_compiled_module_keeps_small_arrays():
+    from mochac.layers import MemoryDataLayer
+    from mochac.serialize import from_json, to_json
+    from mochac.transformers import DataTransformers
+
+    mean = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    layer = MemoryDataLayer(
+        name="data",
+        batch_size=1,
+        tops=["data"],
+        data=[np.ones((2, 2, 3), dtype=np.float32)],
+        transformers=[("data", DataTransformers.SubMean(mean_blob=mean))],
+    )
+    restored = from_json(json.loads(json.dumps(to_json(layer))))
+    # The data comes back as zeros of its shape, the mean with its values.
+    np.testing.assert_array_equal(restored.data[0], np.zeros((2, 2, 3)))
+    np.testing.assert_array_equal(restored.transformers[0][1].mean_blob, mean)

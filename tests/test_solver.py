@@ -264,3 +264,9 @@ def test_lounge_panics_on_existing_file(tmp_path):
     solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=0))
     with pytest.raises(mochac.ConfigError, match="exists"):
         solver.setup_coffee_lounge(save_into=stats, file_exists="panic")
+
+
+def test_load_from_new_folder_with_dot(tmp_path):
+    net, solver = train(tmp_path / "run0.001", 3, snapshot_every=3)
+    assert solver.state.iter == 3
+    assert (tmp_path / "run0.001" / "snapshot-000003.h5").exists()

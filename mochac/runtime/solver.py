@@ -115,6 +115,10 @@ def summed_gradients(net):
         yield info, spec, param, grad
 
 
+# A load_from path with one of these suffixes names a file; any other path
+# that does not exist yet is a snapshot folder to be created.
+MODEL_SUFFIXES = (".h5", ".hdf5", ".jld")
+
 SOLVER_KEYS = ("max_iter", "regu_coef", "lr_policy", "mom_policy", "load_from")
 
 
@@ -187,7 +191,7 @@ class Solver:
         if not load_from:
             return
         path = Path(load_from)
-        if not path.exists() and not path.suffix:
+        if not path.exists() and path.suffix not in MODEL_SUFFIXES:
             # The tutorial's first run names a snapshot folder that the
             # Snapshot coffee break has not created yet.
             logger.info(
