@@ -27,6 +27,7 @@ from mochac import (
     SquareLossLayer,
 )
 from mochac.errors import ConfigError
+from mochac.layers import DropoutLayer, ElementWiseLayer, PowerLayer
 from mochac.passes.pipeline import PASS_NAMES
 
 TOLERANCE = 1e-10
@@ -272,7 +273,18 @@ def test_unknown_pass_name():
 
 # --- random nets ---------------------------------------------------------------
 
-LAYER_KINDS = ["ip", "ip_relu", "identity", "reshape", "softmax", "split"]
+LAYER_KINDS = [
+    "ip",
+    "ip_relu",
+    "ip_tanh",
+    "identity",
+    "reshape",
+    "softmax",
+    "split",
+    "power",
+    "dropout",
+    "add",
+]
 
 
 @st.composite
@@ -299,8 +311,12 @@ def random_nets(draw):
         for index, kind in enumerate(kinds):
             top = f"b{index}"
             name = f"l{index}"
-            if kind in ("ip", "ip_relu"):
-                neuron = Neurons.ReLU() if kind == "ip_relu" else Neurons.Identity()
+            if kind in ("ip", "ip_relu", "ip_tanh"):
+                neuron = {
+                    "ip": Neurons.Identity(),
+                    "ip_relu": Neurons.ReLU(),
+                    "ip_tanh": Neurons.Tanh(),
+                }[kind]
                 layers.append(
                     InnerProductLayer(
                         name=name,
@@ -318,6 +334,31 @@ def random_nets(draw):
                 )
             elif kind == "softmax":
                 layers.append(SoftmaxLayer(name=name, bottoms=[current], tops=[top]))
+            elif kind == "power":
+                layers.append(
+                    PowerLayer(
+                        name=name,
+                        power=2,
+                        scale=0.5,
+                        shift=0.1,
+                        bottoms=[current],
+                        tops=[top],
+                    )
+                )
+            elif kind == "dropout":
+                layers.append(
+                    DropoutLayer(name=name, ratio=0.25, bottoms=[current], tops=[top])
+                )
+            elif kind == "add":
+                side = f"s{index}"
+                layers.append(
+                    InnerProductLayer(
+                        name=f"side{index}", output_dim=4, bottoms=["x"], tops=[side]
+                    )
+                )
+                layers.append(
+                    ElementWiseLayer(name=name, bottoms=[current, side], tops=[top])
+                )
             else:
                 side = f"s{index}"
                 layers.append(
@@ -343,7 +384,7 @@ def random_nets(draw):
     return factory
 
 
-@settings(max_examples=6, deadline=None, derandomize=True)
+@settings(max_examples=10, deadline=None, derandomize=True)
 @given(random_nets())
 def test_random_nets_match(factory):
     expected = run(factory, 0, (), steps=3)
@@ -351,7 +392,6 @@ def test_random_nets_match(factory):
 
 
 def test_inplace_chain_fuses_every_layer():
-    from mochac.layers.power import PowerLayer
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 3))
