@@ -408,3 +408,148 @@ def test_inplace_chain_fuses_every_layer():
     assert optimized[0].ir.data_root("h3") == "h"
     assert len(reports_by_name(optimized[0])["fuse_inplace"].changes) == 3
     assert_same(run(lambda _: layers, 0, ()), optimized)
+
+
+# --- random image nets -----------------------------------------------------------
+
+IMAGE_KINDS = [
+    "conv",
+    "conv_relu",
+    "max_pool",
+    "mean_pool",
+    "lrn",
+    "lrn_within",
+    "concat",
+    "channel_pool",
+    "power",
+    "dropout",
+    "add",
+    "softmax",
+    "identity",
+]
+
+
+@st.composite
+def random_image_nets(draw):
+    """A chain of random image layers on (2, 3, 6, 6) data ending in a loss."""
+    from mochac.layers import (
+        ChannelPoolingLayer,
+        ConcatLayer,
+        LRNLayer,
+        LRNMode,
+        Pooling,
+        PoolingLayer,
+    )
+
+    kinds = draw(st.lists(st.sampled_from(IMAGE_KINDS), min_size=1, max_size=5))
+    seed = draw(st.integers(0, 1000))
+
+    def factory(rng):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(2, 3, 6, 6))
+        label = rng.integers(0, 3, size=(2, 1)).astype(np.float64)
+        layers = [
+            MemoryDataLayer(
+                name="data", batch_size=2, tops=["x", "label"], data=[x, label]
+            )
+        ]
+        current = "x"
+        for index, kind in enumerate(kinds):
+            top, name = f"b{index}", f"l{index}"
+            if kind in ("conv", "conv_relu"):
+                neuron = Neurons.ReLU() if kind == "conv_relu" else Neurons.Identity()
+                layer = ConvolutionLayer(
+                    name=name,
+                    n_filter=3,
+                    kernel=(3, 3),
+                    pad=(1, 1),
+                    neuron=neuron,
+                    bottoms=[current],
+                    tops=[top],
+                )
+            elif kind in ("max_pool", "mean_pool"):
+                pooling = Pooling.Max() if kind == "max_pool" else Pooling.Mean()
+                layer = PoolingLayer(
+                    name=name,
+                    kernel=(3, 3),
+                    stride=(1, 1),
+                    pad=(1, 1),
+                    pooling=pooling,
+                    bottoms=[current],
+                    tops=[top],
+                )
+            elif kind in ("lrn", "lrn_within"):
+                mode = (
+                    LRNMode.AcrossChannel()
+                    if kind == "lrn"
+                    else LRNMode.WithinChannel()
+                )
+                layer = LRNLayer(
+                    name=name, kernel=3, mode=mode, bottoms=[current], tops=[top]
+                )
+            elif kind == "concat":
+                # Concatenate a 1x1 convolution of the input to a 1x1 projection,
+                # keeping 3 channels overall.
+                left, right = f"c{index}a", f"c{index}b"
+                for branch, filters in ((left, 2), (right, 1)):
+                    layers.append(
+                        ConvolutionLayer(
+                            name=f"{name}-{branch}",
+                            n_filter=filters,
+                            bottoms=[current],
+                            tops=[branch],
+                        )
+                    )
+                layer = ConcatLayer(name=name, bottoms=[left, right], tops=[top])
+            elif kind == "channel_pool":
+                layer = ChannelPoolingLayer(
+                    name=name,
+                    kernel=3,
+                    stride=1,
+                    pad=(1, 1),
+                    bottoms=[current],
+                    tops=[top],
+                )
+            elif kind == "power":
+                layer = PowerLayer(
+                    name=name,
+                    power=2,
+                    scale=0.5,
+                    shift=0.2,
+                    bottoms=[current],
+                    tops=[top],
+                )
+            elif kind == "dropout":
+                layer = DropoutLayer(
+                    name=name, ratio=0.3, bottoms=[current], tops=[top]
+                )
+            elif kind == "add":
+                side = f"s{index}"
+                layers.append(
+                    ConvolutionLayer(
+                        name=f"side{index}", n_filter=3, bottoms=["x"], tops=[side]
+                    )
+                )
+                layer = ElementWiseLayer(name=name, bottoms=[current, side], tops=[top])
+            elif kind == "softmax":
+                layer = SoftmaxLayer(name=name, bottoms=[current], tops=[top])
+            else:
+                layer = IdentityLayer(name=name, bottoms=[current], tops=[top])
+            layers.append(layer)
+            current = top
+        layers.append(
+            InnerProductLayer(
+                name="head", output_dim=3, bottoms=[current], tops=["out"]
+            )
+        )
+        layers.append(SoftmaxLossLayer(name="loss", bottoms=["out", "label"]))
+        return layers
+
+    return factory
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(random_image_nets())
+def test_random_image_nets_match(factory):
+    expected = run(factory, 0, (), steps=3)
+    assert_same(expected, run(factory, 1, (), steps=3))
