@@ -63,7 +63,7 @@ class Snapshot(CoffeeBreak):
 
     def enjoy(self, solver, net):
         path = snapshot_path(self.folder, solver.state.iter)
-        save_snapshot(path, net, solver.state, solver.method.history)
+        save_snapshot(path, net, solver.state, buffers=solver.method.buffers)
 
 
 class ValidationPerformance(CoffeeBreak):

@@ -3,8 +3,10 @@
 Layout (a superset of Mocha's model files, so Mocha-style tools read it):
     /<layer>___<param>      every parameter, e.g. conv1___filter
     /solver                 attrs: method, iter, obj_val, learning_rate,
-                            momentum; group history/ with one dataset per
-                            parameter, named as above
+                            momentum; one group per state buffer of the
+                            method (history/ for SGD and Nesterov,
+                            first_moment/ and second_moment/ for Adam), each
+                            with one dataset per parameter, named as above
     /data_layers/<layer>    attrs: position, epoch, rng; dataset order when
                             the layer shuffles
 
@@ -38,14 +40,23 @@ def snapshot_path(folder, iteration: int) -> Path:
     return Path(folder) / f"snapshot-{iteration:06d}.h5"
 
 
+def snapshot_iterations(folder) -> list[tuple[int, Path]]:
+    """Return (iteration, path) of every snapshot in ``folder``; [] if it is missing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in folder.iterdir():
+        match = SNAPSHOT_PATTERN.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry))
+    return found
+
+
 def latest_snapshot(folder) -> Path | None:
     """Return the snapshot with the highest iteration in ``folder``, or None."""
-    best, best_iter = None, -1
-    for entry in Path(folder).iterdir():
-        match = SNAPSHOT_PATTERN.match(entry.name)
-        if match and int(match.group(1)) > best_iter:
-            best, best_iter = entry, int(match.group(1))
-    return best
+    found = snapshot_iterations(folder)
+    return max(found)[1] if found else None
 
 
 def write_atomically(path: Path, fill) -> None:
@@ -67,11 +78,16 @@ def write_atomically(path: Path, fill) -> None:
             temporary.unlink()
 
 
-def save_snapshot(path, net, solver_state=None, history=None) -> Path:
+def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> Path:
     """Write the net's parameters and, when given, the solver state to ``path``.
 
-    ``history`` maps (layer, param) to the solver's per-parameter buffers.
+    ``buffers`` maps a buffer name to a dict from (layer, param) to the
+    method's array for that parameter. ``history`` is short for
+    ``buffers={"history": history}``, SGD's one buffer.
     """
+    buffers = dict(buffers or {})
+    if history is not None:
+        buffers["history"] = history
 
     def fill(handle):
         handle.attrs["mochac_version"] = __version__
@@ -84,9 +100,10 @@ def save_snapshot(path, net, solver_state=None, history=None) -> Path:
         group = handle.create_group("solver")
         for key, value in solver_state.to_attrs().items():
             group.attrs[key] = value
-        buffers = group.create_group("history")
-        for (layer, name), array in (history or {}).items():
-            buffers.create_dataset(dataset_name(layer, name), data=array)
+        for buffer_name, arrays in buffers.items():
+            buffer_group = group.create_group(buffer_name)
+            for (layer, name), array in arrays.items():
+                buffer_group.create_dataset(dataset_name(layer, name), data=array)
         streams = handle.create_group("rng")
         for key, array in net.rng_states.items():
             streams.create_dataset(key, data=array)
@@ -152,19 +169,29 @@ def load_snapshot(net, path, allow_missing=False) -> None:
     logger.info("net '%s': loaded parameters from %s", net.name, path)
 
 
-def load_solver_state(handle, net, path):
-    """Return (attrs, history) from a snapshot's /solver group and restore data layers.
+def read_solver_buffers(group) -> dict:
+    """Return {buffer name: {(layer, param): array}} from a /solver group."""
+    buffers = {}
+    for buffer_name, buffer_group in group.items():
+        arrays = buffers[buffer_name] = {}
+        for key, dataset in buffer_group.items():
+            layer, _, name = key.rpartition("___")
+            arrays[(layer, name)] = np.asarray(dataset[()])
+    return buffers
 
-    Returns None when the file holds no solver state (a model file).
+
+def load_solver_state(handle, net, path):
+    """Return (attrs, buffers) from a snapshot's /solver group and restore data layers.
+
+    ``buffers`` maps each buffer name under /solver to a dict from
+    (layer, param) to its array. Returns None when the file holds no solver
+    state (a model file).
     """
     if "solver" not in handle:
         return None
     group = handle["solver"]
     attrs = dict(group.attrs)
-    history = {}
-    for key, dataset in group["history"].items():
-        layer, _, name = key.rpartition("___")
-        history[(layer, name)] = np.asarray(dataset[()])
+    buffers = read_solver_buffers(group)
     streams = handle.get("rng")
     for key, array in net.rng_states.items():
         if streams is not None and key in streams:
@@ -186,4 +213,4 @@ def load_solver_state(handle, net, path):
                 "order": item["order"][()] if "order" in item else None,
             }
         )
-    return attrs, history
+    return attrs, buffers

@@ -1,4 +1,4 @@
-"""The solver loop and SGD with momentum.
+"""The solver loop; the methods (SGD, Nesterov, Adam) are in mochac.runtime.solvers.
 
     method = SGD()
     params = make_solver_parameters(method, max_iter=10000, regu_coef=0.0005,
@@ -21,19 +21,26 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from mochac.constraints import apply_constraints
 from mochac.errors import ConfigError, SnapshotError
 from mochac.runtime.coffee_lounge import CoffeeLounge
-from mochac.runtime.lr_policy import LRPolicy
-from mochac.runtime.mom_policy import MomPolicy
 from mochac.runtime.snapshot import (
     latest_snapshot,
     load_params,
     load_solver_state,
     open_model,
 )
+from mochac.runtime.solvers import SGD, Adam, Nesterov, summed_gradients
+
+__all__ = [
+    "SGD",
+    "Adam",
+    "Nesterov",
+    "Solver",
+    "SolverState",
+    "make_solver_parameters",
+    "summed_gradients",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,81 +65,29 @@ class SolverState:
         }
 
 
-class SGD:
-    """Stochastic gradient descent with momentum, Mocha's update rule.
-
-    For each parameter W with gradient g (regularization included) and local
-    learning-rate factor f: history = momentum * history - lr * f * g, then
-    W += history. ``history`` is saved in snapshots.
-    """
-
-    name = "SGD"
-
-    def __init__(self):
-        self.history: dict[tuple[str, str], np.ndarray] = {}
-
-    def default_parameters(self) -> dict:
-        return {"lr_policy": LRPolicy.Fixed(0.01), "mom_policy": MomPolicy.Fixed(0.0)}
-
-    def update(self, net, learning_rate: float, momentum: float, regu_coef: float):
-        # NOTE: the update runs in NumPy, one parameter at a time, outside the
-        # compiled code.
-        for info, spec, param, grad in summed_gradients(net):
-            spec.regularizer.add_gradient(param, grad, regu_coef)
-            key = (info.name, spec.name)
-            history = self.history.get(key)
-            if history is None:
-                history = self.history[key] = np.zeros_like(param)
-            history *= param.dtype.type(momentum)
-            history -= param.dtype.type(learning_rate * spec.lr) * grad
-            param += history
-
-
-def summed_gradients(net):
-    """Yield (layer info, spec, parameter, gradient) once per parameter array.
-
-    Layers that share one array (TiedInnerProductLayer uses its encoder's
-    weight) each write a gradient of their own. The first user's gradient
-    array receives the sum of all of them, so the array is updated once.
-    The owner (a spec without ``key``) comes first when it is in the net, so
-    its regularizer, lr and solver history apply.
-    """
-    users: dict[int, list] = {}
-    for info in net.ir.layers:
-        grads = net.grads.get(info.name)
-        if not grads:
-            continue
-        for spec in info.params:
-            param = net.params[info.name][spec.name]
-            users.setdefault(id(param), []).append(
-                (info, spec, param, grads[spec.name])
-            )
-    for members in users.values():
-        members.sort(key=lambda member: member[1].key is not None)
-        info, spec, param, grad = members[0]
-        for *_, other in members[1:]:
-            grad += other
-        yield info, spec, param, grad
-
-
 # A load_from path with one of these suffixes names a file; any other path
 # that does not exist yet is a snapshot folder to be created.
 MODEL_SUFFIXES = (".h5", ".hdf5", ".jld")
 
-SOLVER_KEYS = ("max_iter", "regu_coef", "lr_policy", "mom_policy", "load_from")
+# Keys every method accepts; each method adds its own parameter_names.
+SOLVER_KEYS = ("max_iter", "regu_coef", "lr_policy", "load_from")
 
 
 def make_solver_parameters(method, **kwargs) -> dict:
     """Return the solver parameters: the method's defaults overridden by ``kwargs``.
 
-    Keys: max_iter (required), regu_coef (default 0.0005), lr_policy,
-    mom_policy, load_from (a snapshot folder or file, default None).
+    Keys for every method: max_iter (required), regu_coef (default 0.0005),
+    lr_policy, load_from (a snapshot folder or file, default None). SGD and
+    Nesterov add mom_policy (default MomPolicy.Fixed(0.0)); Adam adds beta1
+    (0.9), beta2 (0.999) and epsilon (1e-8). Raises ConfigError naming an
+    unknown or invalid key.
     """
-    unknown = set(kwargs) - set(SOLVER_KEYS)
+    known = SOLVER_KEYS + method.parameter_names
+    unknown = set(kwargs) - set(known)
     if unknown:
         raise ConfigError(
-            f"make_solver_parameters: unknown parameter(s) {', '.join(sorted(unknown))}; "
-            f"known: {', '.join(SOLVER_KEYS)}"
+            f"make_solver_parameters({method.name}): unknown parameter(s) "
+            f"{', '.join(sorted(unknown))}; known: {', '.join(known)}"
         )
     params = {"regu_coef": 0.0005, "load_from": None, **method.default_parameters()}
     params.update(kwargs)
@@ -146,22 +101,29 @@ def make_solver_parameters(method, **kwargs) -> dict:
         raise ConfigError(
             f"make_solver_parameters: invalid regu_coef={regu!r}; expected a number >= 0"
         )
-    for key in ("lr_policy", "mom_policy"):
-        if not callable(params[key]):
+    examples = {
+        "lr_policy": "LRPolicy.Fixed(0.01)",
+        "mom_policy": "MomPolicy.Fixed(0.9)",
+    }
+    for key, example in examples.items():
+        if key in params and not callable(params[key]):
             raise ConfigError(
                 f"make_solver_parameters: invalid {key}={params[key]!r}; expected a "
-                f"policy such as {'LRPolicy.Fixed(0.01)' if key == 'lr_policy' else 'MomPolicy.Fixed(0.9)'}"
+                f"policy such as {example}"
             )
+    method.check_parameters(params)
     return params
 
 
 class Solver:
-    """Runs a method (SGD) with its parameters and coffee breaks on a net."""
+    """Runs a method (SGD, Nesterov, Adam) with its parameters and coffee breaks."""
 
     def __init__(self, method, params: dict):
         self.method = method
+        method.configure(params)
         self.params = params
         self.state = SolverState(method=method.name)
+        self.net = None
         self.breaks: list[tuple[object, int | None, int | None]] = []
         self.lounge = CoffeeLounge()
 
@@ -219,7 +181,7 @@ class Solver:
                 path,
             )
             return
-        attrs, history = restored
+        attrs, buffers = restored
         saved_method = str(attrs.get("method", ""))
         if saved_method != self.method.name:
             raise SnapshotError(
@@ -227,10 +189,10 @@ class Solver:
                 f"{self.method.name}; resume with {saved_method} or load the parameters "
                 "alone with load_snapshot"
             )
-        self.method.history = {
-            key: np.ascontiguousarray(value, dtype=net.backend.dtype)
-            for key, value in history.items()
-        }
+        self.method.load_buffers(buffers, net.backend.dtype)
+        restore_policy = getattr(self.params["lr_policy"], "restore", None)
+        if restore_policy is not None:
+            restore_policy(attrs)
         self.state.iter = int(attrs["iter"])
         self.state.obj_val = float(attrs["obj_val"])
         logger.info("resumed from %s at iteration %d", path, self.state.iter)
@@ -261,11 +223,15 @@ class Solver:
                 f"net '{net.name}' has no loss layer, so the solver has nothing to "
                 "minimize; add one such as SoftmaxLossLayer"
             )
+        # Listeners such as LRPolicy.DecayOnValidation reach the net here.
+        self.net = net
         self._restore(net)
         state = self.state
         # The iteration this call started from, after any resume.
         self.start_iter = state.iter
-        lr_policy, mom_policy = params["lr_policy"], params["mom_policy"]
+        lr_policy = params["lr_policy"]
+        # Adam has no momentum, so its state reports 0.
+        mom_policy = params.get("mom_policy", lambda state: 0.0)
         regu_coef = float(params["regu_coef"])
 
         if state.iter == 0:
@@ -286,7 +252,13 @@ class Solver:
             state.momentum = mom_policy(state)
             state.obj_val = net.forward()
             net.backward()
-            self.method.update(net, state.learning_rate, state.momentum, regu_coef)
+            self.method.update(
+                net,
+                state.learning_rate,
+                state.momentum,
+                regu_coef,
+                iteration=state.iter,
+            )
             state.iter += 1
             apply_constraints(net, state.iter)
             for coffee_break in self._due(last_epoch, self._epoch(net)):

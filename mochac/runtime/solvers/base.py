@@ -1,0 +1,102 @@
+"""The interface every solver method follows, and the gradient sum they share."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mochac.errors import ConfigError
+from mochac.runtime.freeze import frozen_layers
+from mochac.runtime.lr_policy import LRPolicy
+
+
+class SolverMethod:
+    """Base class of the solver methods (SGD, Nesterov, Adam).
+
+    A method keeps its per-parameter state in named buffers, each a dict from
+    (layer, param) to an array shaped like the parameter. ``buffers`` is what
+    snapshots save under /solver/<buffer name>/<layer>___<param>.
+    """
+
+    name = ""
+    # Names of the buffers, in the order they are created.
+    buffer_names: tuple[str, ...] = ()
+    # make_solver_parameters keys that only this method accepts, besides the
+    # keys every method accepts.
+    parameter_names: tuple[str, ...] = ()
+
+    def __init__(self):
+        self.buffers: dict[str, dict[tuple[str, str], np.ndarray]] = {
+            name: {} for name in self.buffer_names
+        }
+
+    def default_parameters(self) -> dict:
+        return {"lr_policy": LRPolicy.Fixed(0.01)}
+
+    def check_parameters(self, params: dict) -> None:
+        """Raise ConfigError for an invalid method-specific parameter."""
+
+    def configure(self, params: dict) -> None:
+        """Read the method-specific solver parameters before training."""
+
+    def buffer(self, name: str, key: tuple[str, str], param: np.ndarray):
+        """Return the buffer ``name`` of parameter ``key``, created as zeros."""
+        store = self.buffers[name]
+        array = store.get(key)
+        if array is None:
+            array = store[key] = np.zeros_like(param)
+        return array
+
+    def load_buffers(self, buffers: dict, dtype) -> None:
+        """Replace the state buffers with ``buffers`` read from a snapshot."""
+        for name in self.buffer_names:
+            self.buffers[name] = {
+                key: np.ascontiguousarray(value, dtype=dtype)
+                for key, value in buffers.get(name, {}).items()
+            }
+
+    def update(self, net, learning_rate, momentum, regu_coef, iteration=None):
+        raise NotImplementedError
+
+
+def check_fraction(method: str, key: str, value) -> None:
+    """Raise ConfigError unless ``value`` is a number in [0, 1)."""
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not 0 <= value < 1
+    ):
+        raise ConfigError(
+            f"make_solver_parameters({method}): invalid {key}={value!r}; expected a "
+            "number in [0, 1)"
+        )
+
+
+def summed_gradients(net):
+    """Yield (layer info, spec, parameter, gradient) once per trainable array.
+
+    Layers that share one array (TiedInnerProductLayer uses its encoder's
+    weight) each write a gradient of their own. The first user's gradient
+    array receives the sum of all of them, so the array is updated once.
+    The owner (a spec without ``key``) comes first when it is in the net, so
+    its regularizer, lr and solver buffers apply. An array is skipped when
+    any layer using it is frozen, so a frozen layer's parameters never change.
+    """
+    frozen = frozen_layers(net)
+    users: dict[int, list] = {}
+    for info in net.ir.layers:
+        grads = net.grads.get(info.name)
+        if not grads:
+            continue
+        for spec in info.params:
+            param = net.params[info.name][spec.name]
+            users.setdefault(id(param), []).append(
+                (info, spec, param, grads[spec.name])
+            )
+    for members in users.values():
+        if any(member[0].name in frozen for member in members):
+            continue
+        members.sort(key=lambda member: member[1].key is not None)
+        info, spec, param, grad = members[0]
+        for *_, other in members[1:]:
+            grad += other
+        yield info, spec, param, grad
