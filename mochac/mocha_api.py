@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from mochac.runtime.freeze import freeze, freeze_all, unfreeze
 from mochac.runtime.snapshot import load_snapshot
 
 
@@ -52,6 +53,14 @@ def solve(solver, net):
     return solver.solve(net)
 
 
+def setup(policy, validation, solver):
+    """Register ``policy`` (LRPolicy.DecayOnValidation) as a listener of ``validation``.
+
+    ``validation`` is the solver's ValidationPerformance coffee break.
+    """
+    policy.setup(validation, solver)
+
+
 def log_to_console(level=logging.INFO):
     """Show mochac's log (training summaries, validation) on stderr.
 
@@ -75,10 +84,14 @@ __all__ = [
     "backward",
     "destroy",
     "forward",
+    "freeze",
+    "freeze_all",
     "init",
     "load_snapshot",
     "log_to_console",
+    "setup",
     "setup_coffee_lounge",
     "shutdown",
     "solve",
+    "unfreeze",
 ]

@@ -6,10 +6,20 @@ called with the solver state and returns the rate for the coming update.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 from mochac.errors import ConfigError
+from mochac.runtime.coffee_breaks import Snapshot
+from mochac.runtime.snapshot import (
+    load_params,
+    open_model,
+    read_solver_buffers,
+    snapshot_iterations,
+)
+
+logger = logging.getLogger(__name__)
 
 
 def _check(policy, field, value, minimum=None, integer=False):
@@ -96,10 +106,12 @@ class Staged:
     one every iteration past the end. Each policy sees the global iteration.
     """
 
+    namespace = "LRPolicy"
+
     def __init__(self, *stages):
         if not stages:
             raise ConfigError(
-                "LRPolicy.Staged: give at least one (n_iter, policy) stage"
+                f"{self.namespace}.Staged: give at least one (n_iter, policy) stage"
             )
         for stage in stages:
             if (
@@ -110,7 +122,7 @@ class Staged:
                 or not callable(stage[1])
             ):
                 raise ConfigError(
-                    f"LRPolicy.Staged: invalid stage {stage!r}; expected "
+                    f"{self.namespace}.Staged: invalid stage {stage!r}; expected "
                     "(n_iter >= 1, policy)"
                 )
         self.stages = stages
@@ -124,7 +136,131 @@ class Staged:
         return self.stages[-1][1](state)
 
     def __repr__(self):
-        return f"Staged{self.stages!r}"
+        return f"{self.namespace}.Staged{self.stages!r}"
+
+
+class DecayOnValidation:
+    """A rate that decays each time the validation statistic gets worse.
+
+    ``DecayOnValidation(base_lr, key, ratio, higher_better=True)`` starts at
+    ``base_lr``. After ``setup(policy, validation, solver)`` it listens to a
+    ValidationPerformance coffee break. Each time the statistic ``key`` (for
+    example "accuracy-accuracy") is worse than the best value so far, the
+    rate is multiplied by ``ratio``. The parameters and solver buffers are
+    then reloaded from the newest snapshot that the solver's Snapshot coffee
+    break saved no later than the best validation. A value equal to the best
+    is not worse.
+
+    By default a higher statistic is better (``higher_better=True``), as for
+    accuracy. Mocha's code has the same default, although its documentation
+    says the opposite. Pass ``higher_better=False`` for a loss.
+
+    NOTE: the reload restores parameters and solver buffers only. The
+    iteration count, the data position and random streams go on, so a decay
+    never repeats iterations. A resumed run restores the decayed rate from
+    the snapshot but starts its best value afresh.
+    """
+
+    def __init__(self, base_lr, key, ratio, higher_better=True):
+        _check(self, "base_lr", base_lr, 0)
+        if not isinstance(key, str) or not key:
+            raise ConfigError(
+                f"LRPolicy.DecayOnValidation: invalid key={key!r}; expected the name "
+                "of a validation statistic such as 'accuracy-accuracy'"
+            )
+        _check(self, "ratio", ratio, 0)
+        if ratio >= 1:
+            raise ConfigError(
+                f"LRPolicy.DecayOnValidation: invalid ratio={ratio!r}; expected a "
+                "number in [0, 1)"
+            )
+        if not isinstance(higher_better, bool):
+            raise ConfigError(
+                "LRPolicy.DecayOnValidation: invalid "
+                f"higher_better={higher_better!r}; expected True or False"
+            )
+        self.base_lr = base_lr
+        self.key = key
+        self.ratio = ratio
+        self.higher_better = higher_better
+        self.learning_rate = float(base_lr)
+        self.best = None
+        self.best_iter = None
+
+    def __call__(self, state) -> float:
+        return self.learning_rate
+
+    def restore(self, attrs) -> None:
+        """Continue from the rate stored in a snapshot's solver attributes."""
+        self.learning_rate = float(attrs["learning_rate"])
+
+    def setup(self, validation, solver) -> None:
+        """Listen to ``validation`` (a ValidationPerformance) during ``solver``'s run."""
+        validation.listeners.append(self.on_validation)
+
+    def is_worse(self, value: float) -> bool:
+        if self.best is None:
+            return False
+        return value < self.best if self.higher_better else value > self.best
+
+    def on_validation(self, solver, statistics) -> None:
+        """Record the statistic, or decay the rate and reload the good snapshot."""
+        if self.key not in statistics:
+            raise ConfigError(
+                f"LRPolicy.DecayOnValidation: the validation net reports no statistic "
+                f"{self.key!r}; available: {', '.join(sorted(statistics))}"
+            )
+        value = float(statistics[self.key])
+        iteration = solver.state.iter
+        if not self.is_worse(value):
+            self.best, self.best_iter = value, iteration
+            return
+        self.learning_rate *= self.ratio
+        logger.info(
+            "%s = %g at iteration %d is worse than %g at iteration %d; learning "
+            "rate decayed to %g",
+            self.key,
+            value,
+            iteration,
+            self.best,
+            self.best_iter,
+            self.learning_rate,
+        )
+        self.reload_best_snapshot(solver)
+
+    def reload_best_snapshot(self, solver) -> None:
+        folders = [
+            coffee_break.folder
+            for coffee_break, _, _ in solver.breaks
+            if isinstance(coffee_break, Snapshot)
+        ]
+        if not folders:
+            raise ConfigError(
+                "LRPolicy.DecayOnValidation: the solver has no Snapshot coffee break "
+                "to reload from; add one with add_coffee_break(solver, "
+                "Snapshot(folder), ...)"
+            )
+        candidates = [
+            (iteration, path)
+            for folder in folders
+            for iteration, path in snapshot_iterations(folder)
+            if iteration <= self.best_iter
+        ]
+        if not candidates:
+            logger.warning(
+                "no snapshot saved by iteration %d in %s; kept the current parameters",
+                self.best_iter,
+                ", ".join(str(folder) for folder in folders),
+            )
+            return
+        _, path = max(candidates)
+        net = solver.net
+        with open_model(path) as handle:
+            load_params(handle, net, path)
+            if "solver" in handle:
+                buffers = read_solver_buffers(handle["solver"])
+                solver.method.load_buffers(buffers, net.backend.dtype)
+        logger.info("reloaded parameters and solver state from %s", path)
 
 
 class LRPolicy:
@@ -135,3 +271,4 @@ class LRPolicy:
     Exp = Exp
     Inv = Inv
     Staged = Staged
+    DecayOnValidation = DecayOnValidation

@@ -1,10 +1,34 @@
-"""Momentum policies: ``MomPolicy.Fixed(0.9)``."""
+"""Momentum policies: the momentum as a function of the iteration.
+
+Use them as Mocha does: ``MomPolicy.Step(0.5, 1.1, 1000, 0.9)``. Each policy
+is called with the solver state and returns the momentum for the coming
+update.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from mochac.errors import ConfigError
+from mochac.runtime.lr_policy import Staged as StagedPolicy
+
+
+def _check(policy, field, value, minimum=None, below=None, integer=False):
+    kinds = (int,) if integer else (int, float)
+    name = f"MomPolicy.{type(policy).__name__}"
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        raise ConfigError(
+            f"{name}: invalid {field}={value!r}; expected "
+            f"{'an int' if integer else 'a number'}"
+        )
+    if minimum is not None and value < minimum:
+        raise ConfigError(
+            f"{name}: invalid {field}={value!r}; expected a value >= {minimum}"
+        )
+    if below is not None and value >= below:
+        raise ConfigError(
+            f"{name}: invalid {field}={value!r}; expected a number in [0, {below})"
+        )
 
 
 @dataclass(frozen=True)
@@ -14,21 +38,67 @@ class Fixed:
     base_mom: float
 
     def __post_init__(self):
-        value = self.base_mom
-        if (
-            not isinstance(value, (int, float))
-            or isinstance(value, bool)
-            or not (0 <= value < 1)
-        ):
-            raise ConfigError(
-                f"MomPolicy.Fixed: invalid base_mom={value!r}; expected a number in [0, 1)"
-            )
+        _check(self, "base_mom", self.base_mom, 0, 1)
 
     def __call__(self, state) -> float:
         return float(self.base_mom)
+
+
+@dataclass(frozen=True)
+class Step:
+    """momentum = min(base_mom * gamma ** floor(iter / stepsize), max_mom)."""
+
+    base_mom: float
+    gamma: float
+    stepsize: int
+    max_mom: float
+
+    def __post_init__(self):
+        _check(self, "base_mom", self.base_mom, 0, 1)
+        _check(self, "gamma", self.gamma, 0)
+        _check(self, "stepsize", self.stepsize, 1, integer=True)
+        _check(self, "max_mom", self.max_mom, 0, 1)
+
+    def __call__(self, state) -> float:
+        grown = self.base_mom * self.gamma ** (state.iter // self.stepsize)
+        return float(min(grown, self.max_mom))
+
+
+@dataclass(frozen=True)
+class Linear:
+    """momentum = min(base_mom + floor(iter / stepsize) * gamma, max_mom)."""
+
+    base_mom: float
+    gamma: float
+    stepsize: int
+    max_mom: float
+
+    def __post_init__(self):
+        _check(self, "base_mom", self.base_mom, 0, 1)
+        _check(self, "gamma", self.gamma)
+        _check(self, "stepsize", self.stepsize, 1, integer=True)
+        _check(self, "max_mom", self.max_mom, 0, 1)
+
+    def __call__(self, state) -> float:
+        grown = self.base_mom + (state.iter // self.stepsize) * self.gamma
+        return float(min(grown, self.max_mom))
+
+
+class Staged(StagedPolicy):
+    """Other momentum policies in turn, each for a number of iterations.
+
+    ``Staged((5000, Fixed(0.5)), (3000, Fixed(0.9)))`` follows the rule of
+    LRPolicy.Staged: the first policy serves iterations up to 5000, the next
+    the 3000 after that, and the last one every iteration past the end.
+    """
+
+    namespace = "MomPolicy"
 
 
 class MomPolicy:
     """Mocha's namespace of momentum policies."""
 
     Fixed = Fixed
+    Step = Step
+    Linear = Linear
+    Staged = Staged

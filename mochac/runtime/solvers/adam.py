@@ -12,7 +12,7 @@ from mochac.runtime.solvers.base import SolverMethod, check_fraction, summed_gra
 
 
 class Adam(SolverMethod):
-    """Adam with bias correction, Algorithm 1 of the paper.
+    """Adam with bias correction, Algorithm 1 of Kingma and Ba.
 
     At the t-th update (t = solver iteration + 1), for each parameter W with
     gradient g (regularization included):
@@ -69,7 +69,9 @@ class Adam(SolverMethod):
         bias correction stays exact after a resume. ``momentum`` is unused.
         """
         if iteration is None:
-            raise ConfigError("Adam.update: give the iteration for bias correction")
+            raise ConfigError(
+                "Adam.update: missing iteration; pass the number of updates done so far"
+            )
         t = iteration + 1
         beta1, beta2 = self.beta1, self.beta2
         # ``step`` carries m's bias correction, and dividing sqrt(v) by

@@ -1,0 +1,51 @@
+"""Freezing layers: Mocha's freeze!, unfreeze! and freeze_all!.
+
+A frozen layer still runs forward and backward, but the solver leaves its
+parameters unchanged: no update, no regularization and no solver buffer.
+The set of frozen layer names is stored on the net as ``frozen_layers``.
+"""
+
+from __future__ import annotations
+
+from mochac.errors import ConfigError
+
+
+def _layer_names(net) -> set[str]:
+    names = {info.name for info in net.ir.layers}
+    names.update(layer.name for layer in net.layers if layer.name)
+    return names
+
+
+def _check_names(net, action: str, layer_names) -> None:
+    known = _layer_names(net)
+    unknown = [name for name in layer_names if name not in known]
+    if unknown:
+        raise ConfigError(
+            f"{action}: net '{net.name}' has no layer named "
+            f"{', '.join(map(repr, unknown))}; its layers: {', '.join(sorted(known))}"
+        )
+
+
+def frozen_layers(net) -> frozenset[str]:
+    """Return the names of the frozen layers of ``net``."""
+    return getattr(net, "frozen_layers", frozenset())
+
+
+def freeze(net, *layer_names) -> None:
+    """Freeze the named layers of ``net``; raise ConfigError for an unknown name."""
+    _check_names(net, "freeze", layer_names)
+    net.frozen_layers = frozen_layers(net) | frozenset(layer_names)
+
+
+def freeze_all(net) -> None:
+    """Freeze every layer of ``net``."""
+    net.frozen_layers = frozenset(_layer_names(net))
+
+
+def unfreeze(net, *layer_names) -> None:
+    """Unfreeze the named layers of ``net``, or every layer when none is named."""
+    if not layer_names:
+        net.frozen_layers = frozenset()
+        return
+    _check_names(net, "unfreeze", layer_names)
+    net.frozen_layers = frozen_layers(net) - frozenset(layer_names)

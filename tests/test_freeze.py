@@ -1,0 +1,127 @@
+"""freeze, freeze_all and unfreeze: frozen layers keep their parameters."""
+
+import numpy as np
+import pytest
+
+import mochac
+from mochac import (
+    SGD,
+    CPUBackend,
+    InnerProductLayer,
+    LRPolicy,
+    MemoryDataLayer,
+    MomPolicy,
+    Net,
+    Neurons,
+    SoftmaxLossLayer,
+    Solver,
+    make_solver_parameters,
+)
+from mochac.mocha_api import freeze, freeze_all, unfreeze
+from mochac.runtime.solver import Adam, Nesterov
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 5))
+    y = rng.integers(0, 3, size=(8, 1)).astype(np.float64)
+    return x, y
+
+
+def make_net(data, seed=4):
+    x, y = data
+    layers = [
+        MemoryDataLayer(batch_size=4, data=[x, y]),
+        InnerProductLayer(
+            name="ip1",
+            output_dim=6,
+            neuron=Neurons.ReLU(),
+            bottoms=["data"],
+            tops=["h"],
+        ),
+        InnerProductLayer(name="ip2", output_dim=3, bottoms=["h"], tops=["out"]),
+        SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+    ]
+    return Net("freeze", CPUBackend(dtype=np.float64, seed=seed), layers)
+
+
+def snapshot_params(net):
+    return {k: {n: a.copy() for n, a in v.items()} for k, v in net.params.items()}
+
+
+def train(net, method, max_iter=5):
+    kwargs = {"lr_policy": LRPolicy.Fixed(0.05)}
+    if not isinstance(method, Adam):
+        kwargs["mom_policy"] = MomPolicy.Fixed(0.9)
+    params = make_solver_parameters(method, max_iter=max_iter, **kwargs)
+    return Solver(method, params).solve(net)
+
+
+@pytest.mark.parametrize("method", [SGD, Nesterov, Adam])
+def test_frozen_layer_keeps_params(data, method):
+    net = make_net(data)
+    before = snapshot_params(net)
+    freeze(net, "ip1")
+    train(net, method())
+    for name in ("weight", "bias"):
+        np.testing.assert_array_equal(net.params["ip1"][name], before["ip1"][name])
+    assert np.abs(net.params["ip2"]["weight"] - before["ip2"]["weight"]).max() > 1e-6
+
+
+def test_freeze_all_then_unfreeze_one(data):
+    net = make_net(data)
+    before = snapshot_params(net)
+    freeze_all(net)
+    train(net, SGD())
+    for layer in ("ip1", "ip2"):
+        np.testing.assert_array_equal(
+            net.params[layer]["weight"], before[layer]["weight"]
+        )
+    unfreeze(net, "ip2")
+    assert net.frozen_layers >= {"ip1"}
+    assert "ip2" not in net.frozen_layers
+    train(net, SGD())
+    np.testing.assert_array_equal(net.params["ip1"]["weight"], before["ip1"]["weight"])
+    assert np.abs(net.params["ip2"]["weight"] - before["ip2"]["weight"]).max() > 1e-6
+
+
+def test_unfreeze_without_names_thaws_all(data):
+    net = make_net(data)
+    freeze(net, "ip1", "ip2")
+    unfreeze(net)
+    assert net.frozen_layers == frozenset()
+    before = snapshot_params(net)
+    train(net, SGD(), max_iter=2)
+    assert np.abs(net.params["ip1"]["weight"] - before["ip1"]["weight"]).max() > 1e-6
+
+
+def test_frozen_net_matches_partial_training(data):
+    # Freezing ip1 must leave ip2's updates exactly as if ip1 had lr 0.
+    frozen = make_net(data)
+    freeze(frozen, "ip1")
+    train(frozen, SGD())
+    reference = make_net(data)
+    reference.params["ip1"]["weight"][...] = frozen.params["ip1"]["weight"]
+    method = SGD()
+    for _ in range(5):
+        reference.forward()
+        reference.backward()
+        saved = snapshot_params(reference)["ip1"]
+        method.update(reference, 0.05, 0.9, 0.0005)
+        for name, array in saved.items():
+            reference.params["ip1"][name][...] = array
+    np.testing.assert_allclose(
+        frozen.params["ip2"]["weight"],
+        reference.params["ip2"]["weight"],
+        rtol=0,
+        atol=1e-12,
+    )
+
+
+def test_freeze_unknown_layer_fails(data):
+    net = make_net(data)
+    with pytest.raises(mochac.ConfigError, match="'ip9'.*ip1"):
+        freeze(net, "ip9")
+    with pytest.raises(mochac.ConfigError, match="unfreeze.*'ip9'"):
+        unfreeze(net, "ip9")

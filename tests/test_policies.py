@@ -1,0 +1,245 @@
+"""Momentum policies and LRPolicy.DecayOnValidation."""
+
+import math
+
+import h5py
+import numpy as np
+import pytest
+
+import mochac
+from mochac import (
+    SGD,
+    CPUBackend,
+    InnerProductLayer,
+    LRPolicy,
+    MemoryDataLayer,
+    MomPolicy,
+    Net,
+    Snapshot,
+    SoftmaxLossLayer,
+    Solver,
+    make_solver_parameters,
+)
+from mochac.mocha_api import setup
+from mochac.runtime.coffee_breaks import CoffeeBreak
+from mochac.runtime.solver import SolverState
+
+
+@pytest.mark.parametrize(
+    ("policy", "iteration", "expected"),
+    [
+        (MomPolicy.Fixed(0.9), 7, 0.9),
+        (MomPolicy.Step(0.5, 1.1, 10, 0.9), 0, 0.5),
+        (MomPolicy.Step(0.5, 1.1, 10, 0.9), 25, 0.5 * 1.1**2),
+        (MomPolicy.Step(0.5, 1.1, 10, 0.9), 100, 0.9),
+        (MomPolicy.Linear(0.5, 0.1, 10, 0.9), 9, 0.5),
+        (MomPolicy.Linear(0.5, 0.1, 10, 0.9), 25, 0.7),
+        (MomPolicy.Linear(0.5, 0.1, 10, 0.9), 100, 0.9),
+        (
+            MomPolicy.Staged((10, MomPolicy.Fixed(0.5)), (5, MomPolicy.Fixed(0.9))),
+            10,
+            0.5,
+        ),
+        (
+            MomPolicy.Staged((10, MomPolicy.Fixed(0.5)), (5, MomPolicy.Fixed(0.9))),
+            11,
+            0.9,
+        ),
+        (
+            MomPolicy.Staged((10, MomPolicy.Fixed(0.5)), (5, MomPolicy.Fixed(0.9))),
+            99,
+            0.9,
+        ),
+        (
+            MomPolicy.Staged(
+                (10, MomPolicy.Fixed(0.5)), (5, MomPolicy.Linear(0.5, 0.1, 4, 0.99))
+            ),
+            12,
+            0.5 + 3 * 0.1,
+        ),
+    ],
+)
+def test_mom_policies(policy, iteration, expected):
+    assert math.isclose(policy(SolverState(iter=iteration)), expected, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("make_policy", "match"),
+    [
+        (lambda: MomPolicy.Step(0.5, 1.1, 0, 0.9), "MomPolicy.Step.*stepsize"),
+        (lambda: MomPolicy.Step(0.5, -1.0, 10, 0.9), "MomPolicy.Step.*gamma"),
+        (lambda: MomPolicy.Step(0.5, 1.1, 10, 1.0), "MomPolicy.Step.*max_mom"),
+        (lambda: MomPolicy.Linear(1.2, 0.1, 10, 0.9), "MomPolicy.Linear.*base_mom"),
+        (lambda: MomPolicy.Linear(0.5, 0.1, 2.5, 0.9), "MomPolicy.Linear.*stepsize"),
+        (lambda: MomPolicy.Staged(), "MomPolicy.Staged"),
+        (lambda: MomPolicy.Staged((0, MomPolicy.Fixed(0.5))), "MomPolicy.Staged"),
+        (lambda: LRPolicy.DecayOnValidation(0.1, "", 0.5), "key"),
+        (lambda: LRPolicy.DecayOnValidation(0.1, "a", 1.5), "ratio"),
+        (lambda: LRPolicy.DecayOnValidation(-0.1, "a", 0.5), "base_lr"),
+        (
+            lambda: LRPolicy.DecayOnValidation(0.1, "a", 0.5, higher_better=1),
+            "higher_better",
+        ),
+    ],
+)
+def test_policy_fields_validated(make_policy, match):
+    with pytest.raises(mochac.ConfigError, match=match):
+        make_policy()
+
+
+def test_solver_uses_mom_policy():
+    x, y = toy_data()
+    net = Net("mom", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+    params = make_solver_parameters(
+        SGD(), max_iter=12, mom_policy=MomPolicy.Linear(0.5, 0.1, 5, 0.65)
+    )
+    solver = Solver(SGD(), params)
+    seen = MomentumLog()
+    solver.add_coffee_break(seen, every_n_iter=1)
+    solver.solve(net)
+    # The break at iteration i sees the momentum of the update that led to it.
+    assert seen.values[:2] == [0.5, 0.5]
+    assert seen.values[6] == pytest.approx(0.6)
+    assert seen.values[-1] == pytest.approx(0.65)
+
+
+class MomentumLog(CoffeeBreak):
+    def __init__(self):
+        self.values = []
+
+    def enjoy(self, solver, net):
+        self.values.append(solver.state.momentum)
+
+
+def classifier_layers(x, y):
+    data = MemoryDataLayer(batch_size=4, data=[x, y])
+    out = InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["ip"])
+    loss = SoftmaxLossLayer(name="loss", bottoms=["ip", "label"])
+    return [data, out, loss]
+
+
+def toy_data(n=8, features=4, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features))
+    y = rng.integers(0, 3, size=(n, 1)).astype(np.float64)
+    return x, y
+
+
+class ScriptedValidation(CoffeeBreak):
+    """Stands in for ValidationPerformance: reports the next scripted value."""
+
+    def __init__(self, key, values):
+        self.key = key
+        self.values = list(values)
+        self.listeners = []
+
+    def enjoy(self, solver, net):
+        stats = {self.key: self.values.pop(0)}
+        for listener in self.listeners:
+            listener(solver, stats)
+
+
+def decay_solver(folder, key, values, higher_better=None, max_iter=4):
+    """Return (net, solver, policy): snapshots and validation every 2 iterations."""
+    x, y = toy_data()
+    net = Net("decay", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))
+    if higher_better is None:
+        policy = LRPolicy.DecayOnValidation(0.1, key, 0.5)
+    else:
+        policy = LRPolicy.DecayOnValidation(0.1, key, 0.5, higher_better=higher_better)
+    params = make_solver_parameters(
+        SGD(), max_iter=max_iter, lr_policy=policy, mom_policy=MomPolicy.Fixed(0.9)
+    )
+    solver = Solver(SGD(), params)
+    # The snapshot comes first, so at a bad validation the newest snapshot
+    # is the bad one, and the policy must reach past it.
+    solver.add_coffee_break(Snapshot(folder), every_n_iter=2)
+    validation = ScriptedValidation(key, values)
+    solver.add_coffee_break(validation, every_n_iter=2)
+    setup(policy, validation, solver)
+    return net, solver, policy
+
+
+@pytest.mark.parametrize(
+    ("key", "values", "higher_better", "decays"),
+    [
+        ("accuracy-accuracy", [0.5, 0.90, 0.80], True, True),
+        ("loss", [0.7, 0.50, 0.60], False, True),
+        ("loss", [0.7, 0.50, 0.40], False, False),
+        ("accuracy-accuracy", [0.5, 0.90, 0.95], True, False),
+    ],
+)
+def test_decay_on_validation_direction(tmp_path, key, values, higher_better, decays):
+    # Validations at iterations 0, 2 and 4; the last one decides.
+    net, solver, policy = decay_solver(tmp_path, key, values, higher_better)
+    solver.solve(net)
+    expected_lr = 0.05 if decays else 0.1
+    assert policy(solver.state) == pytest.approx(expected_lr)
+    with h5py.File(tmp_path / "snapshot-000002.h5", "r") as handle:
+        good_weight = handle["ip___weight"][()]
+        good_history = handle["solver/history/ip___weight"][()]
+    if decays:
+        np.testing.assert_array_equal(net.params["ip"]["weight"], good_weight)
+        np.testing.assert_array_equal(
+            solver.method.history[("ip", "weight")], good_history
+        )
+    else:
+        assert np.abs(net.params["ip"]["weight"] - good_weight).max() > 0
+
+
+def test_decay_on_validation_defaults_to_higher_better(tmp_path):
+    net, solver, policy = decay_solver(tmp_path, "accuracy-accuracy", [0.5, 0.9, 0.8])
+    assert policy.higher_better is True
+    solver.solve(net)
+    assert policy(solver.state) == pytest.approx(0.05)
+
+
+def test_decayed_rate_drives_training(tmp_path):
+    net, solver, _ = decay_solver(
+        tmp_path, "loss", [0.5, 0.6, 0.6, 0.4], higher_better=False, max_iter=6
+    )
+    rates = []
+
+    class RateLog(CoffeeBreak):
+        def enjoy(self, solver, net):
+            rates.append(solver.state.learning_rate)
+
+    solver.add_coffee_break(RateLog(), every_n_iter=1)
+    solver.solve(net)
+    # Worse at iterations 2 and 4, so the rate halves twice; 0.4 is better.
+    assert rates[1:3] == [0.1, 0.1]
+    assert rates[3:5] == [pytest.approx(0.05)] * 2
+    assert rates[5:7] == [pytest.approx(0.025)] * 2
+
+
+def test_decay_on_validation_needs_snapshot(tmp_path):
+    x, y = toy_data()
+    net = Net("decay", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))
+    policy = LRPolicy.DecayOnValidation(0.1, "loss", 0.5, higher_better=False)
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=2, lr_policy=policy))
+    validation = ScriptedValidation("loss", [0.5, 0.6])
+    solver.add_coffee_break(validation, every_n_iter=2)
+    setup(policy, validation, solver)
+    with pytest.raises(mochac.ConfigError, match="Snapshot"):
+        solver.solve(net)
+
+
+def test_decay_on_validation_unknown_key(tmp_path):
+    net, solver, policy = decay_solver(tmp_path, "accuracy-accuracy", [0.5])
+    policy.key = "missing"
+    with pytest.raises(mochac.ConfigError, match="missing.*accuracy-accuracy"):
+        solver.solve(net)
+
+
+def test_resume_restores_decayed_rate(tmp_path):
+    net, solver, _ = decay_solver(tmp_path, "loss", [0.5, 0.6, 0.6], False, max_iter=4)
+    solver.solve(net)
+    x, y = toy_data()
+    fresh = Net("decay", CPUBackend(dtype=np.float64, seed=9), classifier_layers(x, y))
+    policy = LRPolicy.DecayOnValidation(0.1, "loss", 0.5, higher_better=False)
+    params = make_solver_parameters(
+        SGD(), max_iter=4, lr_policy=policy, load_from=str(tmp_path)
+    )
+    Solver(SGD(), params).solve(fresh)
+    # snapshot-000004 was saved after the decay at iteration 2.
+    assert policy.learning_rate == pytest.approx(0.05)
