@@ -27,7 +27,16 @@ from mochac import (
     SquareLossLayer,
 )
 from mochac.errors import ConfigError
-from mochac.layers import DropoutLayer, ElementWiseLayer, PowerLayer
+from mochac.layers import (
+    BinaryCrossEntropyLossLayer,
+    DropoutLayer,
+    ElementWiseLayer,
+    HingeLossLayer,
+    MultinomialLogisticLossLayer,
+    PowerLayer,
+    RandomMaskLayer,
+    TiedInnerProductLayer,
+)
 from mochac.passes.pipeline import PASS_NAMES
 
 TOLERANCE = 1e-10
@@ -283,31 +292,33 @@ LAYER_KINDS = [
     "split",
     "power",
     "dropout",
+    "random_mask",
     "add",
+    "tied",
 ]
+LOSS_KINDS = ["softmax_loss", "square", "logistic", "hinge", "cross_entropy"]
 
 
-@st.composite
-def random_nets(draw):
-    """A chain of random layers from a 2-D input with side branches to losses."""
-    kinds = draw(st.lists(st.sampled_from(LAYER_KINDS), min_size=1, max_size=6))
-    seed = draw(st.integers(0, 1000))
-    loss_is_softmax = draw(st.booleans())
+def chain_factory(kinds, seed, loss_kind):
+    """Return a layers factory: a chain of ``kinds`` from a 2-D input to a loss,
+    with side branches to extra losses."""
 
     def factory(rng):
         rng = np.random.default_rng(seed)
         x = rng.normal(size=(3, 4))
         target = rng.random(size=(3, 4))
         label = rng.integers(0, 4, size=(3, 1)).astype(np.float64)
+        sign = rng.choice([-1.0, 1.0], size=(3, 4))
         layers = [
             MemoryDataLayer(
                 name="data",
                 batch_size=3,
-                tops=["x", "t", "label"],
-                data=[x, target, label],
+                tops=["x", "t", "label", "sign"],
+                data=[x, target, label, sign],
             )
         ]
         current = "x"
+        grid = False  # whether the chain's blob is (3, 2, 2) after a reshape
         for index, kind in enumerate(kinds):
             top = f"b{index}"
             name = f"l{index}"
@@ -349,6 +360,28 @@ def random_nets(draw):
                 layers.append(
                     DropoutLayer(name=name, ratio=0.25, bottoms=[current], tops=[top])
                 )
+            elif kind == "random_mask":
+                layers.append(
+                    RandomMaskLayer(
+                        name=name, ratio=0.25, bottoms=[current], tops=[top]
+                    )
+                )
+            elif kind == "tied":
+                # An encoder and a decoder that uses its weight transposed.
+                code = f"code{index}"
+                layers.append(
+                    InnerProductLayer(
+                        name=f"enc{index}", output_dim=3, bottoms=[current], tops=[code]
+                    )
+                )
+                layers.append(
+                    TiedInnerProductLayer(
+                        name=name,
+                        tied_param_key=f"enc{index}",
+                        bottoms=[code],
+                        tops=[top],
+                    )
+                )
             elif kind == "add":
                 side = f"s{index}"
                 layers.append(
@@ -356,6 +389,17 @@ def random_nets(draw):
                         name=f"side{index}", output_dim=4, bottoms=["x"], tops=[side]
                     )
                 )
+                if grid:
+                    # Give the side input the (2, 2) shape of the chain.
+                    layers.append(
+                        ReshapeLayer(
+                            name=f"side-grid{index}",
+                            shape=(2, 2),
+                            bottoms=[side],
+                            tops=[side + "g"],
+                        )
+                    )
+                    side += "g"
                 layers.append(
                     ElementWiseLayer(name=name, bottoms=[current, side], tops=[top])
                 )
@@ -365,15 +409,29 @@ def random_nets(draw):
                     SplitLayer(name=name, bottoms=[current], tops=[top, side])
                 )
                 layers.append(SquareLossLayer(name=f"side{index}", bottoms=[side, "t"]))
+            if kind == "reshape":
+                grid = True
+            elif kind in ("ip", "ip_relu", "ip_tanh", "tied"):
+                grid = False
             current = top
         # A flat head keeps the loss's class axis valid after a reshape.
         layers.append(
             ReshapeLayer(name="head", shape=(4,), bottoms=[current], tops=["out"])
         )
-        if loss_is_softmax:
+        if loss_kind == "softmax_loss":
             layers.append(SoftmaxLossLayer(name="loss", bottoms=["out", "label"]))
-        else:
+        elif loss_kind == "square":
             layers.append(SquareLossLayer(name="loss", bottoms=["out", "t"]))
+        elif loss_kind == "logistic":
+            layers.append(SoftmaxLayer(name="prob", bottoms=["out"], tops=["p"]))
+            layers.append(
+                MultinomialLogisticLossLayer(name="loss", bottoms=["p", "label"])
+            )
+        elif loss_kind == "hinge":
+            layers.append(HingeLossLayer(name="loss", bottoms=["out", "sign"]))
+        else:
+            layers.append(SoftmaxLayer(name="prob", bottoms=["out"], tops=["p"]))
+            layers.append(BinaryCrossEntropyLossLayer(name="loss", bottoms=["p", "t"]))
         # The input also feeds a second branch, so the net has a split to insert.
         layers.append(
             InnerProductLayer(name="extra", output_dim=4, bottoms=["x"], tops=["e"])
@@ -382,6 +440,22 @@ def random_nets(draw):
         return layers
 
     return factory
+
+
+@st.composite
+def random_nets(draw):
+    """A chain of random layers from a 2-D input with side branches to losses."""
+    kinds = draw(st.lists(st.sampled_from(LAYER_KINDS), min_size=1, max_size=6))
+    seed = draw(st.integers(0, 1000))
+    loss_kind = draw(st.sampled_from(LOSS_KINDS))
+    return chain_factory(kinds, seed, loss_kind)
+
+
+@pytest.mark.parametrize("loss_kind", LOSS_KINDS)
+def test_every_kind_in_one_chain(loss_kind):
+    factory = chain_factory(LAYER_KINDS, 7, loss_kind)
+    expected = run(factory, 0, (), steps=3)
+    assert_same(expected, run(factory, 1, (), steps=3))
 
 
 @settings(max_examples=10, deadline=None, derandomize=True)
@@ -429,9 +503,8 @@ IMAGE_KINDS = [
 ]
 
 
-@st.composite
-def random_image_nets(draw):
-    """A chain of random image layers on (2, 3, 6, 6) data ending in a loss."""
+def image_chain_factory(kinds, seed):
+    """Return a layers factory: a chain of image ``kinds`` on (2, 3, 6, 6) data."""
     from mochac.layers import (
         ChannelPoolingLayer,
         ConcatLayer,
@@ -440,9 +513,6 @@ def random_image_nets(draw):
         Pooling,
         PoolingLayer,
     )
-
-    kinds = draw(st.lists(st.sampled_from(IMAGE_KINDS), min_size=1, max_size=5))
-    seed = draw(st.integers(0, 1000))
 
     def factory(rng):
         rng = np.random.default_rng(seed)
@@ -548,8 +618,50 @@ def random_image_nets(draw):
     return factory
 
 
+@st.composite
+def random_image_nets(draw):
+    """A chain of random image layers on (2, 3, 6, 6) data ending in a loss."""
+    kinds = draw(st.lists(st.sampled_from(IMAGE_KINDS), min_size=1, max_size=5))
+    seed = draw(st.integers(0, 1000))
+    return image_chain_factory(kinds, seed)
+
+
 @settings(max_examples=10, deadline=None, derandomize=True)
 @given(random_image_nets())
 def test_random_image_nets_match(factory):
     expected = run(factory, 0, (), steps=3)
     assert_same(expected, run(factory, 1, (), steps=3))
+
+
+def test_every_image_kind_in_one_chain():
+    factory = image_chain_factory(IMAGE_KINDS, 5)
+    expected = run(factory, 0, (), steps=3)
+    assert_same(expected, run(factory, 1, (), steps=3))
+
+
+def test_crop_and_argmax_match():
+    from mochac.layers import ArgmaxLayer, CropLayer
+
+    def factory(rng):
+        rng = np.random.default_rng(2)
+        x = rng.normal(size=(2, 3, 6, 6))
+        label = rng.integers(0, 3, size=(2, 1)).astype(np.float64)
+        return [
+            MemoryDataLayer(
+                name="data", batch_size=2, tops=["x", "label"], data=[x, label]
+            ),
+            CropLayer(name="crop", crop_size=(4, 4), bottoms=["x"], tops=["xc"]),
+            ConvolutionLayer(
+                name="conv", n_filter=2, kernel=(3, 3), bottoms=["xc"], tops=["c"]
+            ),
+            InnerProductLayer(name="ip", output_dim=3, bottoms=["c"], tops=["out"]),
+            ArgmaxLayer(name="argmax", bottoms=["out"], tops=["class"]),
+            SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+        ]
+
+    expected = run(factory, 0, (), steps=3)
+    optimized = run(factory, 1, (), steps=3)
+    assert_same(expected, optimized)
+    np.testing.assert_array_equal(
+        optimized[0].blobs["class"], expected[0].blobs["class"]
+    )
