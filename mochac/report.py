@@ -15,8 +15,10 @@ def net_report(net) -> dict:
             {
                 "name": "plan_memory",
                 "changes": [
-                    f"{len(net.plan.offsets)} buffers placed in one arena of "
-                    f"{net.plan.arena_bytes} bytes"
+                    (
+                        f"{len(net.plan.offsets)} buffers placed in one arena of "
+                        f"{net.plan.arena_bytes} bytes"
+                    )
                 ],
                 "bytes_saved": net.plan.unplanned_bytes - net.plan.arena_bytes,
             }

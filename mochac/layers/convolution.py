@@ -66,9 +66,8 @@ class ConvolutionLayer(Layer):
         return not self.neuron.is_identity
 
     def validate(self):
-        self.kernel_hw
-        self.stride_hw
-        self.pad_hw
+        # Each geometry property raises ConfigError on an invalid value.
+        _ = (self.kernel_hw, self.stride_hw, self.pad_hw)
         check_int(self, "n_filter")
         check_int(self, "n_group")
         if self.n_filter % self.n_group:

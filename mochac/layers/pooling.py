@@ -33,7 +33,7 @@ def pool_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
     window is dropped so that every window starts inside the input or its left
     pad. Mocha's pooling.jl drops it only when pad > 0, leaving an empty window.
     """
-    out = int(math.ceil((size + 2 * pad - kernel) / stride)) + 1
+    out = math.ceil((size + 2 * pad - kernel) / stride) + 1
     if (out - 1) * stride >= size + pad:
         out -= 1
     return out
