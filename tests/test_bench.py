@@ -24,6 +24,11 @@ def test_bench_report_without_peer():
     assert report["compile"]["cold_s"] > 0
     assert report["compile"]["warm_s"] > 0
     assert "train it/s" in format_bench(report)
+    # LeNet runs conv1 (forward, filter gradient), conv2 (three GEMMs) and two
+    # inner products (three each) per training iteration.
+    assert report["blas"]["gemms_per_iteration"] == 11
+    assert report["blas"]["gemm_ms"] > 0
+    assert report["blas"]["share_of_train"] > 0
 
 
 def test_bench_command_json(tmp_path):
@@ -46,3 +51,17 @@ def test_torch_peer_matches_objective():
     with torch.no_grad():
         loss = float(peer.loss(peer.x, peer.y))
     np.testing.assert_allclose(loss, objective, rtol=1e-4)
+
+
+def test_gemm_shapes_of_lenet():
+    from mochac import CPUBackend, Net
+    from mochac.bench.blas_share import gemm_shapes
+
+    net = Net("shapes", CPUBackend(seed=0), lenet(64))
+    shapes = gemm_shapes(net)
+    # conv2 forward: 50 filters x (64 * 8 * 8) columns x (20 * 5 * 5) taps.
+    assert (False, False, 50, 4096, 500) in shapes
+    # ip1 weight gradient: 500 outputs x 800 inputs over the batch of 64.
+    assert (True, False, 500, 800, 64) in shapes
+    # conv1's bottom is the data, which takes no gradient.
+    assert (True, False, 25, 36864, 20) not in shapes

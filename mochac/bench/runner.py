@@ -16,6 +16,7 @@ import statistics
 import tempfile
 import time
 
+from mochac.bench.blas_share import gemm_shapes, time_gemms
 from mochac.runtime.backend import CPUBackend
 from mochac.runtime.net import Net
 from mochac.runtime.solver import SGD
@@ -118,6 +119,14 @@ def bench(
         "compile": measure_compile(layers_factory, batch, threads, opt_level),
         "peers": {},
     }
+    shapes = gemm_shapes(net)
+    blas_ms = 1e3 * time_gemms(shapes, threads, net.backend.dtype)
+    net.lib.mochac_set_num_threads(threads)
+    report["blas"] = {
+        "gemms_per_iteration": len(shapes),
+        "gemm_ms": blas_ms,
+        "share_of_train": blas_ms / report["mochac"]["train"]["median_ms"],
+    }
     if peer:
         report["peers"] = bench_torch(net, threads, iters, repeats, torch_compile)
     for name, measures in report["peers"].items():
@@ -187,6 +196,12 @@ def format_bench(report: dict) -> str:
             f"{measures['forward']['speedup_of_mochac']:.2f}x, train "
             f"{measures['train']['speedup_of_mochac']:.2f}x"
         )
+    blas = report["blas"]
+    lines.append(
+        f"BLAS alone on the {blas['gemms_per_iteration']} GEMMs of an iteration: "
+        f"{blas['gemm_ms']:.2f} ms, {100 * blas['share_of_train']:.0f}% of mochac's "
+        "training iteration"
+    )
     compile_times = report["compile"]
     lines.append(
         f"compile: {compile_times['cold_s']:.2f} s cold, {compile_times['warm_s']:.2f} s warm"
