@@ -115,9 +115,39 @@ def bench_command(args) -> int:
     )
     report["net"] = args.net
     print(format_bench(report))
+    if args.profile:
+        print_profile(report, factory, args)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     return 0
+
+
+def print_profile(report, factory, args) -> None:
+    """Add per-layer times of mochac and, when installed, PyTorch to ``report``."""
+    from mochac.bench.profile import format_profile, profile_mochac, profile_torch
+    from mochac.runtime.backend import CPUBackend
+    from mochac.runtime.net import Net
+
+    net = Net(
+        "profile",
+        CPUBackend(threads=args.threads, seed=0),
+        factory(args.batch),
+        opt_level=args.opt_level,
+    )
+    ours = profile_mochac(net, args.iters, args.repeats)
+    theirs = {}
+    if not args.no_peer:
+        try:
+            import torch
+        except ImportError:
+            logger.warning("PyTorch is not installed; profiling mochac alone")
+        else:
+            from mochac.bench.torch_peer import TorchNet
+
+            torch.set_num_threads(args.threads)
+            theirs = profile_torch(TorchNet(net), args.iters, args.repeats)
+    report["profile"] = {"mochac": ours, "torch_eager": theirs}
+    print(format_profile(ours, theirs))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-O0", dest="opt_level", action="store_const", const=0, help="run no pass"
     )
     bench_parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    bench_parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also time each layer's forward and backward, mochac beside PyTorch",
+    )
     bench_parser.add_argument(
         "--no-peer", action="store_true", help="time mochac alone, without PyTorch"
     )

@@ -65,3 +65,13 @@ def test_gemm_shapes_of_lenet():
     assert (True, False, 500, 800, 64) in shapes
     # conv1's bottom is the data, which takes no gradient.
     assert (True, False, 25, 36864, 20) not in shapes
+
+
+def test_bench_profile_lists_layers(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["bench", "lenet", "--batch", "2", "--iters", "1", "--repeats", "1"]
+    assert main([*args, "--no-peer", "--profile", "--json", str(out)]) == 0
+    profile = json.loads(out.read_text())["profile"]["mochac"]
+    assert list(profile) == ["conv1", "pool1", "conv2", "pool2", "ip1", "ip2", "loss"]
+    assert profile["conv2"]["forward_ms"] > 0
+    assert profile["conv2"]["backward_ms"] > 0
