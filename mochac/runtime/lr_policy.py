@@ -152,8 +152,9 @@ class DecayOnValidation:
     is not worse.
 
     By default a higher statistic is better (``higher_better=True``), as for
-    accuracy. Mocha's code has the same default, although its documentation
-    says the opposite. Pass ``higher_better=False`` for a loss.
+    accuracy. Pass ``higher_better=False`` for a loss. Mocha's documentation
+    contradicts itself on this default: it calls a lower statistic better,
+    yet offers ``higher_better=false`` to change that.
 
     NOTE: the reload restores parameters and solver buffers only. The
     iteration count, the data position and random streams go on, so a decay
