@@ -76,12 +76,16 @@ from mochac.mocha_api import (
     backward,
     destroy,
     forward,
+    freeze,
+    freeze_all,
     init,
     load_snapshot,
     log_to_console,
+    setup,
     setup_coffee_lounge,
     shutdown,
     solve,
+    unfreeze,
 )
 from mochac.regularizers import L1Regu, L2Regu, NoRegu
 from mochac.runtime.backend import CPUBackend
@@ -93,13 +97,14 @@ from mochac.runtime.coffee_breaks import (
 from mochac.runtime.lr_policy import LRPolicy
 from mochac.runtime.mom_policy import MomPolicy
 from mochac.runtime.net import Net
-from mochac.runtime.solver import SGD, Solver, make_solver_parameters
+from mochac.runtime.solver import SGD, Adam, Nesterov, Solver, make_solver_parameters
 from mochac.transformers import DataTransformers
 from mochac.version import __version__
 
 __all__ = [
     "SGD",
     "AccuracyLayer",
+    "Adam",
     "ArgmaxLayer",
     "AsyncHDF5DataLayer",
     "BinaryAccuracyLayer",
@@ -136,6 +141,7 @@ __all__ = [
     "MochacError",
     "MomPolicy",
     "MultinomialLogisticLossLayer",
+    "Nesterov",
     "Net",
     "Neurons",
     "NoCons",
@@ -168,13 +174,17 @@ __all__ = [
     "backward",
     "destroy",
     "forward",
+    "freeze",
+    "freeze_all",
     "init",
     "load_caffe_hdf5",
     "load_network",
     "load_snapshot",
     "log_to_console",
     "make_solver_parameters",
+    "setup",
     "setup_coffee_lounge",
     "shutdown",
     "solve",
+    "unfreeze",
 ]
