@@ -150,6 +150,14 @@ def print_profile(report, factory, args) -> None:
     print(format_profile(ours, theirs))
 
 
+def plot_command(args) -> int:
+    from mochac.plot import plot_statistics
+
+    drawn = plot_statistics(args.statistics, args.output, args.stat or None)
+    print(f"{', '.join(drawn)} -> {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mochac", description="Compile Mocha-style nets."
@@ -223,6 +231,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-torch-compile", action="store_true", help="skip the torch.compile peer"
     )
     bench_parser.set_defaults(run=bench_command, opt_level=1)
+    plot_parser = commands.add_parser(
+        "plot", help="draw learning curves from a coffee lounge HDF5 file"
+    )
+    plot_parser.add_argument("statistics", help="the coffee lounge's statistics file")
+    plot_parser.add_argument(
+        "-o",
+        "--output",
+        default="curve.png",
+        help="image to write (default: curve.png)",
+    )
+    plot_parser.add_argument(
+        "--stat",
+        action="append",
+        default=[],
+        help="a statistic to draw, e.g. obj_val; repeatable (default: all)",
+    )
+    plot_parser.set_defaults(run=plot_command)
     return parser
 
 

@@ -270,3 +270,18 @@ def test_load_from_new_folder_with_dot(tmp_path):
     net, solver = train(tmp_path / "run0.001", 3, snapshot_every=3)
     assert solver.state.iter == 3
     assert (tmp_path / "run0.001" / "snapshot-000003.h5").exists()
+
+
+def test_progress_bar_counts_iterations(capsys):
+    x, y = toy_data()
+    net = Net("bar", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))
+    params = make_solver_parameters(SGD(), max_iter=7)
+    Solver(SGD(), params, progress=True).solve(net)
+    assert "7/7" in capsys.readouterr().err
+
+
+def test_progress_bar_off_without_terminal(capsys):
+    x, y = toy_data()
+    net = Net("quiet", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))
+    Solver(SGD(), make_solver_parameters(SGD(), max_iter=3)).solve(net)
+    assert "training" not in capsys.readouterr().err

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,7 +119,10 @@ def make_solver_parameters(method, **kwargs) -> dict:
 class Solver:
     """Runs a method (SGD, Nesterov, Adam) with its parameters and coffee breaks."""
 
-    def __init__(self, method, params: dict):
+    def __init__(self, method, params: dict, progress=None):
+        """``progress``: show a progress bar on stderr; None (default) shows it
+        only when stderr is a terminal."""
+        self.progress = progress
         self.method = method
         method.configure(params)
         self.params = params
@@ -246,6 +250,7 @@ class Solver:
                 coffee_break.enjoy(self, net)
             self.lounge.maybe_save(state.iter, force=True)
 
+        bar = self._progress_bar(state.iter, params["max_iter"])
         while state.iter < params["max_iter"]:
             last_epoch = self._epoch(net)
             state.learning_rate = lr_policy(state)
@@ -260,9 +265,23 @@ class Solver:
                 iteration=state.iter,
             )
             state.iter += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(obj_val=f"{state.obj_val:.4f}", refresh=False)
             apply_constraints(net, state.iter)
             for coffee_break in self._due(last_epoch, self._epoch(net)):
                 coffee_break.enjoy(self, net)
             self.lounge.maybe_save(state.iter)
+        if bar is not None:
+            bar.close()
         self.lounge.maybe_save(state.iter, force=True)
         return state
+
+    def _progress_bar(self, start: int, end: int):
+        """Return a tqdm bar over the remaining iterations, or None when off."""
+        show = self.progress if self.progress is not None else sys.stderr.isatty()
+        if not show or start >= end:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=end, initial=start, unit="it", desc="training")

@@ -1,0 +1,65 @@
+"""Learning curves from a coffee lounge file, drawn with matplotlib.
+
+    mochac plot snapshots/statistics.h5 -o curve.png
+
+Draws one panel per statistic the lounge recorded (objective, validation
+accuracy, learning rate, ...) against the iteration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mochac.errors import DataError
+from mochac.runtime.coffee_lounge import read_statistics
+
+LABELS = {
+    "obj_val": "training objective",
+    "learning_rate": "learning rate",
+    "momentum": "momentum",
+}
+
+
+def plot_statistics(stats_path, out_path, names=None) -> list[str]:
+    """Draw the statistics in ``stats_path`` into the image ``out_path``.
+
+    ``names`` picks statistics (default: all but the sample counts). Returns
+    the names drawn. Raises DataError when the file holds none of them.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    try:
+        stats = read_statistics(stats_path)
+    except OSError as error:
+        raise DataError(
+            f"cannot read coffee lounge file {stats_path}: {error}"
+        ) from error
+    available = [name for name in stats if not name.endswith("-count")]
+    chosen = list(names) if names else available
+    missing = [name for name in chosen if name not in stats]
+    if missing or not chosen:
+        raise DataError(
+            f"{stats_path} has no statistic {', '.join(missing) or '(none recorded)'}; "
+            f"it has: {', '.join(available) or 'nothing'}"
+        )
+    figure, axes = plt.subplots(
+        len(chosen), 1, figsize=(7, 2.6 * len(chosen)), squeeze=False
+    )
+    for axis, name in zip(axes[:, 0], chosen):
+        series = stats[name]
+        iterations = sorted(series)
+        axis.plot(
+            iterations,
+            [series[i] for i in iterations],
+            marker="." if len(series) < 50 else None,
+        )
+        axis.set_ylabel(LABELS.get(name, name))
+        axis.grid(True, alpha=0.3)
+    axes[-1, 0].set_xlabel("iteration")
+    figure.tight_layout()
+    figure.savefig(Path(out_path))
+    plt.close(figure)
+    return chosen

@@ -1,0 +1,46 @@
+"""mochac plot: learning curves from a coffee lounge file."""
+
+import numpy as np
+import pytest
+
+from mochac.cli import main
+from mochac.errors import DataError
+from mochac.plot import plot_statistics
+from mochac.runtime.coffee_lounge import CoffeeLounge
+
+
+def lounge_file(tmp_path):
+    lounge = CoffeeLounge(tmp_path / "statistics.h5")
+    for iteration in range(0, 50, 10):
+        lounge.update(iteration, "obj_val", 2.0 / (1 + iteration))
+        lounge.update(iteration, "accuracy-accuracy", iteration / 50)
+        lounge.update(iteration, "accuracy-count", 10)
+    lounge.save()
+    return tmp_path / "statistics.h5"
+
+
+def test_plot_writes_png(tmp_path):
+    out = tmp_path / "curve.png"
+    drawn = plot_statistics(lounge_file(tmp_path), out)
+    assert sorted(drawn) == ["accuracy-accuracy", "obj_val"]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_command_picks_statistic(tmp_path, capsys):
+    out = tmp_path / "objective.png"
+    args = ["plot", str(lounge_file(tmp_path)), "-o", str(out), "--stat", "obj_val"]
+    assert main(args) == 0
+    assert "obj_val ->" in capsys.readouterr().out
+    assert out.stat().st_size > 0
+
+
+def test_plot_unknown_statistic(tmp_path):
+    with pytest.raises(DataError, match="no statistic learning_rate"):
+        plot_statistics(lounge_file(tmp_path), tmp_path / "x.png", ["learning_rate"])
+
+
+def test_plot_unreadable_file(tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(np.zeros(8).tobytes())
+    with pytest.raises(DataError, match="cannot read"):
+        plot_statistics(bad, tmp_path / "x.png")
