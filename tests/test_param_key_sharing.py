@@ -1,0 +1,65 @@
+"""Layers with one param_key share one array, and its gradient sums over users."""
+
+import numpy as np
+
+from mochac import (
+    CPUBackend,
+    InnerProductLayer,
+    MemoryDataLayer,
+    Net,
+    SquareLossLayer,
+)
+from mochac.runtime.solvers.base import summed_gradients
+
+
+def shared_net(seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(3, 4))
+    b = rng.normal(size=(3, 4))
+    t = rng.normal(size=(3, 2))
+    layers = [
+        MemoryDataLayer(
+            name="data", batch_size=3, tops=["a", "b", "t"], data=[a, b, t]
+        ),
+        InnerProductLayer(
+            name="ip1", param_key="shared", output_dim=2, bottoms=["a"], tops=["h1"]
+        ),
+        InnerProductLayer(
+            name="ip2", param_key="shared", output_dim=2, bottoms=["b"], tops=["h2"]
+        ),
+        SquareLossLayer(name="l1", bottoms=["h1", "t"]),
+        SquareLossLayer(name="l2", bottoms=["h2", "t"], weight=0.5),
+    ]
+    return Net("shared", CPUBackend(dtype=np.float64, seed=seed), layers)
+
+
+def test_shared_key_is_one_storage():
+    net = shared_net()
+    assert net.params["ip1"]["weight"] is net.params["ip2"]["weight"]
+    assert net.params["ip1"]["bias"] is net.params["ip2"]["bias"]
+
+
+def test_shared_gradient_sums_users():
+    net = shared_net()
+    weight = net.params["ip1"]["weight"]
+    net.forward()
+    net.backward()
+    summed = {
+        (info.name, spec.name): grad.copy()
+        for info, spec, param, grad in summed_gradients(net)
+    }
+    # One entry per array: the shared weight and bias appear once each.
+    assert len(summed) == 2
+    analytic = next(grad for (layer, name), grad in summed.items() if name == "weight")
+
+    numeric = np.zeros_like(weight)
+    eps = 1e-6
+    for index in np.ndindex(weight.shape):
+        saved = weight[index]
+        weight[index] = saved + eps
+        up = net.forward()
+        weight[index] = saved - eps
+        down = net.forward()
+        weight[index] = saved
+        numeric[index] = (up - down) / (2 * eps)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
