@@ -1,6 +1,6 @@
 """Exceptions raised by mochac.
 
-Every error names the layer, blob, parameter or file it concerns and says what
+Every error names the layer, blob, parameter or file it concerns and states what
 to do about it. Catch MochacError to handle all of them.
 """
 
@@ -24,7 +24,7 @@ class ShapeError(MochacError):
 class CompileError(MochacError):
     """The C compiler failed on generated code.
 
-    ``output`` holds the compiler's messages and ``source_path`` the generated file.
+    ``output`` contains the compiler's messages and ``source_path`` the generated file.
     """
 
     def __init__(self, message, output="", source_path=None):

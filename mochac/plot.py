@@ -24,7 +24,7 @@ def plot_statistics(stats_path, out_path, names=None) -> list[str]:
     """Draw the statistics in ``stats_path`` into the image ``out_path``.
 
     ``names`` picks statistics (default: all but the sample counts). Returns
-    the names drawn. Raises DataError when the file holds none of them.
+    the names drawn. Raises DataError when the file contains none of them.
     """
     import matplotlib
 

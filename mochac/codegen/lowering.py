@@ -90,7 +90,7 @@ def pair_slots(info, slots):
 
 
 def accumulates(info, position) -> bool:
-    """Whether backward adds into the bottom's diff (shared with other writers)."""
+    """Return whether backward adds into the bottom's diff (shared with other writers)."""
     return bool(info.accumulate) and info.accumulate[position]
 
 

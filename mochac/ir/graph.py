@@ -289,7 +289,7 @@ def insert_splits(layers, names, conflicts) -> list[Layer]:
     """Return ``layers`` with a SplitLayer for each blob that several layers
     back-propagate into; each of those consumers reads its own copy.
 
-    Mocha asks users to write the split themselves. mochac inserts it and logs
+    Mocha requires users to write the split themselves. mochac inserts it and logs
     a warning that names the blob and its consumers.
     """
     layers = list(layers)

@@ -17,7 +17,7 @@ from mochac.errors import ConfigError, ShapeError
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """A learnable parameter a layer asks for.
+    """A learnable parameter that a layer declares.
 
     ``name`` is the parameter's name inside the layer ("filter", "bias"),
     ``shape`` its NumPy shape, ``lr`` the local learning-rate factor,
@@ -131,7 +131,7 @@ class Layer:
         """Build a ShapeError that names this layer."""
         return ShapeError(f"{self.title}: {message}")
 
-    # --- what the IR asks of a layer -------------------------------------
+    # --- what the IR queries from a layer -------------------------------------
 
     def infer_shapes(self, bottom_shapes: list[tuple[int, ...]]) -> list[tuple]:
         """Return the top shapes for the given bottom shapes, or raise ShapeError."""
@@ -142,15 +142,15 @@ class Layer:
         return []
 
     def backward_reads_bottom_data(self) -> bool:
-        """Whether backward reads the bottoms' data (memory planning asks)."""
+        """Return whether backward reads the bottoms' data (memory planning uses this)."""
         return True
 
     def backward_reads_top_data(self) -> bool:
-        """Whether backward reads the tops' data (memory planning asks)."""
+        """Return whether backward reads the tops' data (memory planning uses this)."""
         return True
 
     def bottom_takes_grad(self, index: int) -> bool:
-        """Whether back-propagation produces a diff for bottom ``index``."""
+        """Return whether back-propagation produces a diff for bottom ``index``."""
         return self.can_do_bp
 
     def replace(self, **changes) -> Layer:

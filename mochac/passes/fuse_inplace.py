@@ -24,7 +24,7 @@ def _storage_group(ir, root: str) -> list[str]:
     return [name for name in ir.blobs if ir.data_root(name) == root]
 
 
-def _refusal(ir, info, bottom, top, keep) -> str | None:
+def _rejection_reason(ir, info, bottom, top, keep) -> str | None:
     """Return why the top may not overwrite the bottom, or None when it may."""
     root = ir.data_root(bottom)
     group = _storage_group(ir, root)
@@ -68,7 +68,7 @@ def fuse_inplace(ir, keep=frozenset()) -> PassReport:
         if info.eliminated or not info.layer.inplace_capable:
             continue
         for bottom, top in zip(info.layer.bottoms, info.layer.tops):
-            reason = _refusal(ir, info, bottom, top, keep)
+            reason = _rejection_reason(ir, info, bottom, top, keep)
             if reason:
                 logger.debug("in-place '%s' -> '%s' rejected: %s", bottom, top, reason)
                 continue

@@ -3,7 +3,7 @@
 Stages: (1) each buffer comes with a live interval [start, end] of schedule
 steps; (2) buffers are placed largest first, each at the best-fitting gap
 among the already placed buffers whose intervals overlap its own (the
-smallest gap that holds it, else the end of the arena); (3) the arena size
+smallest gap that fits it, else the end of the arena); (3) the arena size
 is the highest end offset. ``peak_live_bytes`` is the lower bound: the most
 bytes live at any one step.
 

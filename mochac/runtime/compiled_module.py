@@ -1,6 +1,6 @@
 """Load a net from a folder written by ``mochac compile``, without compiling.
 
-The folder holds net.json (the layer configs and options), the compiled
+The folder contains net.json (the layer configs and options), the compiled
 extension and params.h5 (the parameters at compile time).
 """
 

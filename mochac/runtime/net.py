@@ -153,7 +153,7 @@ class Net:
             if source_digest(self.source) != digest:
                 raise CompileError(
                     f"{path}: this mochac generates different code for net '{name}' "
-                    "than the compiled module holds; run `mochac compile` again",
+                    "than the compiled module contains; run `mochac compile` again",
                     source_path=str(path),
                 )
             self.extension_path = Path(path)
@@ -308,7 +308,7 @@ class Net:
             else None
         )
         if rc == BAD_LABEL and info is not None:
-            # The kernel's context says which bottom it checked, how many of
+            # The kernel's context records which bottom it checked, how many of
             # its elements make one sample and what a valid value is.
             context = self.kernels_by_layer[status.layer].context
             position = context.get("checked_bottom", 1)
@@ -323,11 +323,13 @@ class Net:
             rule = context.get("valid_values") or f"integers in 0..{context['C'] - 1}"
             sample = index // per_sample
             raise DataError(
-                f"layer '{info.name}': {role} blob '{blob}' holds "
+                f"layer '{info.name}': {role} blob '{blob}' contains "
                 f"{status.value!r} at sample {sample} of the batch"
                 f"{self._data_row(blob, sample)}; {role}s must be {rule}"
             )
-        raise RuntimeError(f"net '{self.name}': generated code returned error {rc}")
+        raise MochacError(
+            f"net '{self.name}': generated code returned unknown error code {rc}"
+        )
 
     def _data_row(self, blob: str, sample: int) -> str:
         """Return ", row R of data layer 'L'" for a sample a data layer served."""

@@ -184,7 +184,7 @@ def load_solver_state(handle, net, path):
     """Return (attrs, buffers) from a snapshot's /solver group and restore data layers.
 
     ``buffers`` maps each buffer name under /solver to a dict from
-    (layer, param) to its array. Returns None when the file holds no solver
+    (layer, param) to its array. Returns None when the file contains no solver
     state (a model file).
     """
     if "solver" not in handle:

@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class SolverState:
-    """Where training stands: the iteration count and the last step's values."""
+    """Training progress: the iteration count and the last step's values."""
 
     iter: int = 0
     obj_val: float = math.nan
@@ -180,7 +180,7 @@ class Solver:
             restored = load_solver_state(handle, net, path)
         if restored is None:
             logger.info(
-                "%s holds no solver state: starting at iteration 0 from its parameters "
+                "%s contains no solver state: starting at iteration 0 from its parameters "
                 "(fine-tuning)",
                 path,
             )
