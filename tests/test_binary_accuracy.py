@@ -113,7 +113,7 @@ def test_binary_accuracy_invalid_label(net, value, shown):
     message = str(caught.value)
     assert "'acc_signs'" in message
     assert "label blob 'sign'" in message
-    assert re.search(rf"holds {shown}\b", message)
+    assert re.search(rf"contains {shown}\b", message)
     assert "at sample 1 " in message
     assert "-1, 0 or 1" in message
 

@@ -157,7 +157,7 @@ def test_hinge_label_not_sign(net, value, shown):
     net.blobs["sign"][2, 1] = value
     with pytest.raises(DataError) as caught:
         net.forward_layer("hinge")
-    parts = ["label blob 'sign'", rf"holds {shown}\b", "at sample 2 ", "-1 or 1"]
+    parts = ["label blob 'sign'", rf"contains {shown}\b", "at sample 2 ", "-1 or 1"]
     check_data_error(net, "hinge", parts, caught)
 
 
@@ -166,7 +166,7 @@ def test_bce_label_out_of_range(net, value, shown):
     net.blobs["target"][3, 0] = value
     with pytest.raises(DataError) as caught:
         net.forward_layer("bce")
-    parts = ["label blob 'target'", rf"holds {shown}\b", "at sample 3 ", r"in \[0, 1\]"]
+    parts = ["label blob 'target'", rf"contains {shown}\b", "at sample 3 ", r"in \[0, 1\]"]
     check_data_error(net, "bce", parts, caught)
 
 
@@ -175,7 +175,7 @@ def test_kl_sigma_not_positive(net, value, shown):
     net.blobs["sigma"][1, 3] = value
     with pytest.raises(DataError) as caught:
         net.forward_layer("kl")
-    parts = ["standard deviation blob 'sigma'", rf"holds {shown}\b", "at sample 1 "]
+    parts = ["standard deviation blob 'sigma'", rf"contains {shown}\b", "at sample 1 "]
     check_data_error(net, "kl", parts, caught)
 
 

@@ -75,7 +75,7 @@ def test_onehot_rejects_index(net, bottom, position, value, sample):
     net.load_batch()
     net.blobs[bottom][position] = value
     expected = (
-        rf"'onehot': class index blob '{bottom}' holds {value!r} at sample {sample}"
+        rf"'onehot': class index blob '{bottom}' contains {value!r} at sample {sample}"
         r".*integers in 0\.\.3"
     )
     with pytest.raises(DataError, match=expected):

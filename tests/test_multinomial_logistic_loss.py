@@ -106,7 +106,7 @@ def test_logistic_loss_label_out_of_range(net, labels, shown, sample):
     message = str(caught.value)
     assert "'loss_plain'" in message
     assert "label blob 'label'" in message
-    assert re.search(rf"holds {re.escape(shown)}(\.0)?\b", message)
+    assert re.search(rf"contains {re.escape(shown)}(\.0)?\b", message)
     assert f"at sample {sample} " in message
     assert "0..2" in message
 

@@ -124,7 +124,7 @@ def test_softlabel_entry_out_of_range(net, value, shown, element, sample):
     message = str(caught.value)
     assert "'soft_plain'" in message
     assert "label blob 'soft'" in message
-    assert re.search(rf"holds {re.escape(shown)}\b", message)
+    assert re.search(rf"contains {re.escape(shown)}\b", message)
     assert f"at sample {sample} " in message
     assert "probabilities in [0, 1]" in message
 

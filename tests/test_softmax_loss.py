@@ -125,7 +125,7 @@ def test_softmax_loss_label_out_of_range(net, labels, shown, sample):
     message = str(caught.value)
     assert "'loss_plain'" in message
     assert "label blob 'label'" in message
-    assert re.search(rf"holds {re.escape(shown)}(\.0)?\b", message)
+    assert re.search(rf"contains {re.escape(shown)}(\.0)?\b", message)
     assert f"at sample {sample} " in message
     assert "0..2" in message
 
@@ -133,7 +133,7 @@ def test_softmax_loss_label_out_of_range(net, labels, shown, sample):
 def test_softmax_loss_spatial_label_sample(net):
     # Four labels per sample, so element 6 belongs to sample 1.
     net.blobs["label_spatial"].reshape(-1)[6] = 5.0
-    with pytest.raises(DataError, match=r"'loss_spatial'.*holds 5.*at sample 1 "):
+    with pytest.raises(DataError, match=r"'loss_spatial'.*contains 5.*at sample 1 "):
         net.forward_layer("loss_spatial")
 
 
