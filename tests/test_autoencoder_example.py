@@ -1,0 +1,163 @@
+"""examples/autoencoder: stacked denoising auto-encoders, end to end on small data."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from mochac.runtime.coffee_lounge import read_statistics
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_DIR = REPO / "examples" / "autoencoder"
+N_TRAIN = 400
+N_TEST = 100
+PRETRAIN_ITER = 80
+FINETUNE_ITER = 60
+
+
+def load_train_module():
+    """Import train.py, putting its folder on sys.path for its own imports."""
+    if str(EXAMPLE_DIR) not in sys.path:
+        sys.path.insert(0, str(EXAMPLE_DIR))
+    spec = importlib.util.spec_from_file_location(
+        "autoencoder_train", EXAMPLE_DIR / "train.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_split(folder: Path, name: str, n: int, seed: int):
+    """Write n 8x8 images in [0, 1]: a random binary pattern per class plus noise."""
+    patterns = np.random.default_rng(0).random((10, 1, 8, 8)) > 0.5
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=n)
+    images = 0.8 * patterns[labels] + 0.2 * rng.random((n, 1, 8, 8))
+    with h5py.File(folder / f"{name}.hdf5", "w") as handle:
+        handle["data"] = images.astype(np.float32)
+        handle["label"] = labels.astype(np.float32)[:, None]
+    (folder / f"{name}.txt").write_text(f"{name}.hdf5\n")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Run train.py once on synthetic data; return (its result, output folder)."""
+    root = tmp_path_factory.mktemp("autoencoder")
+    data = root / "data"
+    data.mkdir()
+    write_split(data, "train", N_TRAIN, seed=1)
+    write_split(data, "test", N_TEST, seed=2)
+    out = root / "out"
+    train = load_train_module()
+    result = train.main(
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--hidden-units",
+            "24",
+            "--corruption",
+            "0.1,0.2",
+            "--batch-size",
+            "20",
+            "--pretrain-iter",
+            str(PRETRAIN_ITER),
+            "--pretrain-lr",
+            "0.01",
+            "--finetune-iter",
+            str(FINETUNE_ITER),
+            "--summary-every",
+            "1",
+            "--test-every",
+            "30",
+            "--threads",
+            "1",
+            "--seed",
+            "3",
+        ]
+    )
+    return result, out
+
+
+def test_reconstruction_loss_falls(run):
+    result, _ = run
+    assert [layer["layer"] for layer in result["pretrained"]] == ["ip-1", "ip-2"]
+    for layer in result["pretrained"]:
+        losses = [layer["loss"][key] for key in sorted(layer["loss"], key=int)]
+        assert len(losses) == PRETRAIN_ITER + 1, layer["layer"]
+        assert np.all(np.isfinite(losses)), layer["layer"]
+        first = np.mean(losses[:5])
+        last = np.mean(losses[-5:])
+        assert last < 0.5 * first, (layer["layer"], first, last)
+
+
+def test_finetune_starts_from_encoders(run):
+    """The DNN starts from the auto-encoders' weights: one registry entry."""
+    result, _ = run
+    initial = result["finetune"]["initial_weights"]
+    assert sorted(initial) == ["ip-1", "ip-2"]
+    for layer in result["pretrained"]:
+        np.testing.assert_array_equal(initial[layer["layer"]], layer["weight"])
+
+
+def test_lower_layer_frozen(run):
+    """Training auto-encoder 2 leaves ip-1 as auto-encoder 1 left it."""
+    result, out = run
+    with h5py.File(out / "pretrain-2" / f"snapshot-{PRETRAIN_ITER:06d}.h5") as handle:
+        names = list(handle)
+        saved = {name: handle[name][()] for name in names if name.endswith("weight")}
+    first = result["pretrained"][0]["weight"]
+    lower = [value for name, value in saved.items() if name.startswith("ip-1")]
+    assert len(lower) == 1, names
+    np.testing.assert_array_equal(lower[0], first)
+
+
+def test_randinit_starts_elsewhere(run):
+    result, _ = run
+    initial = result["randinit"]["initial_weights"]
+    for layer in result["pretrained"]:
+        weight = initial[layer["layer"]]
+        assert weight.shape == layer["weight"].shape
+        assert not np.allclose(weight, layer["weight"]), layer["layer"]
+
+
+def test_summary_contains_accuracies(run):
+    _, out = run
+    summary = json.loads((out / "summary.json").read_text())
+    for name in ("finetune", "randinit"):
+        assert 0.0 <= summary[name]["test_accuracy"] <= 1.0, name
+        assert summary[name]["test_images"] == N_TEST, name
+        assert summary[name]["iterations"] == FINETUNE_ITER, name
+    assert summary["threads"] == 1
+    assert summary["corruption"] == [0.1, 0.2]
+    assert "--pretrain-iter" in summary["command"]
+
+
+def test_statistics_files(run):
+    _, out = run
+    for name in ("finetune", "randinit"):
+        stats = read_statistics(out / name / "statistics.h5")
+        assert sorted(stats["test-accuracy-accuracy"]) == [0, 30, 60], name
+        assert len(stats["obj_val"]) == FINETUNE_ITER + 1, name
+    for index in (1, 2):
+        stats = read_statistics(out / f"pretrain-{index}" / "statistics.h5")
+        assert len(stats["obj_val"]) == PRETRAIN_ITER + 1, index
+
+
+def test_curves_written(run):
+    _, out = run
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_corruption_rates_rejected():
+    train = load_train_module()
+    with pytest.raises(argparse.ArgumentTypeError, match="invalid corruption rates"):
+        train.parse_rates("0.1,1.5")
