@@ -118,23 +118,81 @@ def param_slots(info, slots, names):
     return out
 
 
+# A convolution works on chunks of images whose im2col columns fill about
+# this many bytes, small enough to stay in a core's L2 cache between im2col
+# and the GEMM that reads them.
+CONV_CHUNK_BYTES = 128 * 1024
+# At most this many lanes (chunk sequences run one after another by one
+# thread, each with its own scratch and partial parameter gradients).
+CONV_MAX_LANES = 8
+
+
+def conv_chunking(n: int, bytes_per_image: int) -> tuple[int, int, int]:
+    """Return (images per chunk, chunks, lanes) for a batch of ``n`` images.
+
+    Chunks are dealt to lanes round-robin (chunk c goes to lane c % lanes),
+    and a lane's partial filter gradient is summed in chunk order, so the
+    result does not depend on how many threads run the lanes.
+    """
+    chunk = max(1, min(n, CONV_CHUNK_BYTES // max(bytes_per_image, 1)))
+    # Keep enough chunks to give every lane work.
+    chunk = min(chunk, max(1, -(-n // CONV_MAX_LANES)))
+    chunks = -(-n // chunk)
+    return chunk, chunks, min(chunks, CONV_MAX_LANES)
+
+
 def lower_convolution(info, ir, slots):
     layer: ConvolutionLayer = info.layer
     n, channels, height, width = info.bottom_shapes[0]
     _, filters, out_h, out_w = info.top_shapes[0]
     (kh, kw), (sh, sw), (ph, pw) = layer.kernel_hw, layer.stride_hw, layer.pad_hw
     group_k = channels // layer.n_group * kh * kw
-    columns = n * out_h * out_w
-    # The columns of the last bottom stay from forward to backward, which
-    # reuses them for the filter gradient when the layer has one bottom.
-    col = slots.add("work", info.name, "col", ir.dtype, (channels * kh * kw, columns))
-    tmp = slots.add(
-        "work", info.name, "gemm_out", ir.dtype, (filters, columns), ("forward",)
+    positions = out_h * out_w
+    rows = channels * kh * kw
+    chunk, chunks, lanes = conv_chunking(
+        n, rows * positions * np.dtype(ir.dtype).itemsize
     )
-    back = None
+    lane_cols = chunk * positions
+    # Every lane has its own im2col columns and GEMM output. Backward
+    # recomputes the columns of each chunk instead of keeping the whole
+    # batch's from forward, so no scratch lives from forward to backward.
+    col = slots.add(
+        "work", info.name, "col", ir.dtype, (lanes, rows, lane_cols), ("forward",)
+    )
+    tmp = slots.add(
+        "work",
+        info.name,
+        "gemm_out",
+        ir.dtype,
+        (lanes, filters, lane_cols),
+        ("forward",),
+    )
+    back = col_back = partial = None
     if info.in_backward:
+        col_back = slots.add(
+            "work",
+            info.name,
+            "col_back",
+            ir.dtype,
+            (lanes, rows, lane_cols),
+            ("backward",),
+        )
         back = slots.add(
-            "work", info.name, "gemm_diff", ir.dtype, (filters, columns), ("backward",)
+            "work",
+            info.name,
+            "gemm_diff",
+            ir.dtype,
+            (lanes, filters, lane_cols),
+            ("backward",),
+        )
+        # Per lane: a partial filter gradient and a partial bias gradient.
+        partial = slots.add(
+            "work",
+            info.name,
+            "partial_grad",
+            ir.dtype,
+            (lanes, filters * group_k + filters),
+            ("backward",),
         )
     return dict(
         N=n,
@@ -153,11 +211,18 @@ def lower_convolution(info, ir, slots):
         G=layer.n_group,
         K=group_k,
         FG=filters // layer.n_group,
-        P=out_h * out_w,
-        NP=columns,
+        P=positions,
+        NP=n * positions,
+        CHUNK=chunk,
+        CHUNKS=chunks,
+        LANES=lanes,
+        ROWS=rows,
+        LANE_COLS=lane_cols,
         col=col.index,
         tmp=tmp.index,
+        col_back=col_back.index if col_back else None,
         tmp_back=back.index if back else None,
+        partial=partial.index if partial else None,
         pairs=[
             dict(pair, top_size=n * filters * out_h * out_w)
             for pair in pair_slots(info, slots)
