@@ -36,10 +36,19 @@ class Regularizer:
     def add_gradient(self, param: np.ndarray, grad: np.ndarray, global_coef: float):
         """Add the penalty's gradient to ``grad`` in place."""
 
+    def native_terms(self, global_coef: float):
+        """Return (l2, l1) for the compiled update, which adds l2 * W + l1 * sign(W)
+        to the gradient, or None when the penalty has no native form (the
+        solver then updates in NumPy)."""
+        return None
+
 
 @dataclass(frozen=True)
 class NoRegu(Regularizer):
     """No penalty."""
+
+    def native_terms(self, global_coef):
+        return 0.0, 0.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +64,9 @@ class L2Regu(Regularizer):
         scale = 2.0 * self.coefficient * global_coef
         if scale != 0.0:
             grad += param.dtype.type(scale) * param
+
+    def native_terms(self, global_coef):
+        return 2.0 * self.coefficient * global_coef, 0.0
 
 
 @dataclass(frozen=True)
@@ -72,3 +84,6 @@ class L1Regu(Regularizer):
         scale = self.coefficient * global_coef
         if scale != 0.0:
             grad += param.dtype.type(scale) * np.sign(param)
+
+    def native_terms(self, global_coef):
+        return 0.0, self.coefficient * global_coef

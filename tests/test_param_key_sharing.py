@@ -1,12 +1,14 @@
 """Layers with one param_key share one array, and its gradient sums over users."""
 
 import numpy as np
+import pytest
 
 from mochac import (
     CPUBackend,
     InnerProductLayer,
     MemoryDataLayer,
     Net,
+    ShapeError,
     SquareLossLayer,
 )
 from mochac.runtime.solvers.base import summed_gradients
@@ -63,3 +65,23 @@ def test_shared_gradient_sums_users():
         weight[index] = saved
         numeric[index] = (up - down) / (2 * eps)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_shared_key_with_other_shape_is_refused():
+    layers = [
+        MemoryDataLayer(
+            name="data",
+            batch_size=2,
+            tops=["a", "t"],
+            data=[np.ones((2, 4)), np.ones((2, 2))],
+        ),
+        InnerProductLayer(
+            name="ip1", param_key="shared", output_dim=3, bottoms=["a"], tops=["h1"]
+        ),
+        InnerProductLayer(
+            name="ip2", param_key="shared", output_dim=2, bottoms=["h1"], tops=["h2"]
+        ),
+        SquareLossLayer(name="loss", bottoms=["h2", "t"]),
+    ]
+    with pytest.raises(ShapeError, match="layer 'ip2': parameter 'weight' is shared"):
+        Net("mismatch", CPUBackend(dtype=np.float64), layers)

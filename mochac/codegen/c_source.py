@@ -22,6 +22,35 @@ int mochac_backward(void **p, struct mochac_status *st);
 int mochac_layer_forward(int layer, void **p, struct mochac_status *st, int n_valid);
 int mochac_layer_backward(int layer, void **p, struct mochac_status *st);
 void mochac_set_num_threads(int n);
+struct mochac_param_update {
+    void *param;
+    void *grad;
+    void *state0;
+    void *state1;
+    long long size;
+    double lr_factor;
+    double l2;
+    double l1;
+};
+struct mochac_grad_sum {
+    void *into;
+    void *from;
+    long long size;
+};
+struct mochac_step {
+    int method;
+    double learning_rate;
+    double momentum;
+    double beta1, beta2, epsilon;
+    long long iteration;
+};
+int mochac_update(const struct mochac_param_update *updates, int n_updates,
+                  const struct mochac_grad_sum *sums, int n_sums,
+                  const struct mochac_step *step);
+int mochac_train_step(void **p, struct mochac_status *st, int n_valid,
+                      const struct mochac_param_update *updates, int n_updates,
+                      const struct mochac_grad_sum *sums, int n_sums,
+                      const struct mochac_step *step);
 """
 
 
@@ -59,6 +88,12 @@ def render_c(ir):
             for slot in slots.slots
         ],
         kernel_texts=kernel_texts,
+        loss_checks=[
+            {"state": slot.index, "layer": info.index}
+            for info in ir.layers
+            if info.layer.has_loss
+            and (slot := slots.find("state", info.name, "loss")) is not None
+        ],
         kernels=[kernel.context for kernel in kernels],
         backward_kernels=[
             by_layer[index].context for index in ir.backward_order if index in by_layer

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from mochac.errors import ConfigError, TopologyError
+from mochac.errors import ConfigError, ShapeError, TopologyError
 from mochac.ir.schedule import derive_backward
 from mochac.layers.base import Layer, ParamSpec
 from mochac.layers.utility import SplitLayer
@@ -259,9 +259,15 @@ def build_ir(
             ]
             info.params = layer.param_specs(info.bottom_shapes, *extra)
             for spec in info.params:
-                known_params.setdefault(
-                    (spec.key or info.param_key, spec.name), spec.shape
-                )
+                key = (spec.key or info.param_key, spec.name)
+                shape = known_params.setdefault(key, spec.shape)
+                if tuple(shape) != tuple(spec.shape):
+                    raise ShapeError(
+                        f"layer '{info.name}': parameter '{spec.name}' is shared "
+                        f"under key '{key[0]}' with shape {tuple(shape)}, but this "
+                        f"layer needs {tuple(spec.shape)}; give the layers "
+                        "different param_key values or matching shapes"
+                    )
         info.top_shapes = top_shapes
         for top, shape in zip(layer.tops, top_shapes):
             blobs[top] = BlobInfo(top, shape, producer=index)

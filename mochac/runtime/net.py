@@ -30,12 +30,15 @@ from mochac.layers.output import OutputLayer
 from mochac.passes.pipeline import enabled_passes, ir_counts, run_ir_passes
 from mochac.passes.plan_memory import plan_memory
 from mochac.report import ir_to_dot
+from mochac.runtime import native_update
 from mochac.runtime.data_sources import make_source
 from mochac.runtime.outputs import make_output_state
 
 logger = logging.getLogger(__name__)
 
+# Error codes of the generated code (templates/c/net.c.j2).
 BAD_LABEL = 1
+BAD_LOSS = 2
 
 
 class BlobViews(dict):
@@ -327,6 +330,12 @@ class Net:
                 f"{status.value!r} at sample {sample} of the batch"
                 f"{self._data_row(blob, sample)}; {role}s must be {rule}"
             )
+        if rc == BAD_LOSS and info is not None:
+            raise NumericalError(
+                f"net '{self.name}': loss layer '{info.name}' computed {status.value}; "
+                "check the learning rate and the input data for NaN or Inf (the "
+                "parameters were not updated)"
+            )
         raise MochacError(
             f"net '{self.name}': generated code returned unknown error code {rc}"
         )
@@ -390,6 +399,42 @@ class Net:
         """Run back-propagation from the losses of the last forward pass."""
         self._check_alive()
         self._check(self.lib.mochac_backward(self.pointers, self.status))
+
+    def train_step(self, method, learning_rate, momentum, regu_coef, iteration=None):
+        """Run one training iteration on the next batch; return the objective.
+
+        Forward, backward and the solver method's update run in one call
+        into the compiled code, which releases the GIL, when the method has
+        a native form (mochac.runtime.native_update); otherwise forward and
+        backward run compiled and the update in NumPy. A NaN or infinite loss
+        raises NumericalError before any parameter changes.
+        """
+        self._check_alive()
+        tables = native_update.tables_for(self, method, regu_coef)
+        if tables is None:
+            objective = self.forward()
+            self.backward()
+            method.update(self, learning_rate, momentum, regu_coef, iteration)
+            return objective
+        step = native_update.step_values(
+            self, method, learning_rate, momentum, iteration
+        )
+        n_valid = self.load_batch()
+        self._check(
+            self.lib.mochac_train_step(
+                self.pointers,
+                self.status,
+                n_valid,
+                tables.updates,
+                tables.n_updates,
+                tables.sums,
+                tables.n_sums,
+                step,
+            )
+        )
+        for state in self.output_states.values():
+            state.collect(self.blobs)
+        return self.objective()
 
     def forward_layer(self, name: str, n_valid: int | None = None):
         """Run one layer's forward pass on the current blob contents (for tests)."""

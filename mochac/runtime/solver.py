@@ -255,10 +255,8 @@ class Solver:
             last_epoch = self._epoch(net)
             state.learning_rate = lr_policy(state)
             state.momentum = mom_policy(state)
-            state.obj_val = net.forward()
-            net.backward()
-            self.method.update(
-                net,
+            state.obj_val = net.train_step(
+                self.method,
                 state.learning_rate,
                 state.momentum,
                 regu_coef,

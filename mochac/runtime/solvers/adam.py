@@ -30,6 +30,8 @@ class Adam(SolverMethod):
     name = "Adam"
     buffer_names = ("first_moment", "second_moment")
     parameter_names = ("beta1", "beta2", "epsilon")
+    native_code = 2
+    requires_iteration = True
 
     def __init__(self):
         super().__init__()
@@ -62,8 +64,8 @@ class Adam(SolverMethod):
         self.beta2 = float(params["beta2"])
         self.epsilon = float(params["epsilon"])
 
-    def update(self, net, learning_rate, momentum, regu_coef, iteration=None):
-        """Update every trainable parameter of ``net`` in place.
+    def numpy_update(self, net, learning_rate, momentum, regu_coef, iteration=None):
+        """The update in NumPy.
 
         ``iteration`` is the number of updates done before this one, so the
         bias correction stays exact after a resume. ``momentum`` is unused.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mochac.errors import ConfigError
+from mochac.runtime import native_update
 from mochac.runtime.freeze import frozen_layers
 from mochac.runtime.lr_policy import LRPolicy
 
@@ -23,6 +24,8 @@ class SolverMethod:
     # make_solver_parameters keys that only this method accepts, besides the
     # keys every method accepts.
     parameter_names: tuple[str, ...] = ()
+    # Whether update() needs the iteration count (Adam's bias correction).
+    requires_iteration = False
 
     def __init__(self):
         self.buffers: dict[str, dict[tuple[str, str], np.ndarray]] = {
@@ -55,6 +58,20 @@ class SolverMethod:
             }
 
     def update(self, net, learning_rate, momentum, regu_coef, iteration=None):
+        """Update every trainable parameter of ``net`` in place from its gradient.
+
+        Runs in the net's compiled code when the method and every regularizer
+        have a native form (mochac.runtime.native_update), otherwise in
+        NumPy; both give the same values. ``iteration`` is the number of
+        updates done before this one.
+        """
+        if not native_update.update(
+            net, self, learning_rate, momentum, regu_coef, iteration
+        ):
+            self.numpy_update(net, learning_rate, momentum, regu_coef, iteration)
+
+    def numpy_update(self, net, learning_rate, momentum, regu_coef, iteration=None):
+        """The update in NumPy: the reference the compiled update follows."""
         raise NotImplementedError
 
 

@@ -21,9 +21,10 @@ class Nesterov(SGD):
     """
 
     name = "Nesterov"
+    native_code = 1
 
-    def update(self, net, learning_rate, momentum, regu_coef, iteration=None):
-        """Update every trainable parameter of ``net`` in place; ``iteration`` is unused."""
+    def numpy_update(self, net, learning_rate, momentum, regu_coef, iteration=None):
+        """The update in NumPy; ``iteration`` is unused."""
         for info, spec, param, grad in summed_gradients(net):
             spec.regularizer.add_gradient(param, grad, regu_coef)
             history = self.buffer("history", (info.name, spec.name), param)

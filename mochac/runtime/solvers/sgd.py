@@ -18,6 +18,7 @@ class SGD(SolverMethod):
     name = "SGD"
     buffer_names = ("history",)
     parameter_names = ("mom_policy",)
+    native_code = 0
 
     @property
     def history(self):
@@ -30,14 +31,9 @@ class SGD(SolverMethod):
     def default_parameters(self) -> dict:
         return {"lr_policy": LRPolicy.Fixed(0.01), "mom_policy": MomPolicy.Fixed(0.0)}
 
-    def update(self, net, learning_rate, momentum, regu_coef, iteration=None):
-        """Update every trainable parameter of ``net`` in place from its gradient.
-
-        ``iteration`` is unused. The gradient arrays receive the
-        regularization term.
-        """
-        # NOTE: the update runs in NumPy, one parameter at a time, outside the
-        # compiled code.
+    def numpy_update(self, net, learning_rate, momentum, regu_coef, iteration=None):
+        """The update in NumPy; ``iteration`` is unused. The gradient arrays
+        receive the regularization term."""
         for info, spec, param, grad in summed_gradients(net):
             spec.regularizer.add_gradient(param, grad, regu_coef)
             history = self.buffer("history", (info.name, spec.name), param)
