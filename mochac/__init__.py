@@ -94,6 +94,7 @@ from mochac.runtime.coffee_breaks import (
     TrainingSummary,
     ValidationPerformance,
 )
+from mochac.runtime.gpu_backend import GPUBackend
 from mochac.runtime.lr_policy import LRPolicy
 from mochac.runtime.mom_policy import MomPolicy
 from mochac.runtime.net import Net
@@ -122,6 +123,7 @@ __all__ = [
     "DropoutLayer",
     "ElementWiseFunctors",
     "ElementWiseLayer",
+    "GPUBackend",
     "GaussianInitializer",
     "GaussianKLLossLayer",
     "HDF5DataLayer",

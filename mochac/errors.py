@@ -43,3 +43,7 @@ class NumericalError(MochacError):
 
 class SnapshotError(MochacError):
     """A snapshot or model file cannot be loaded into a net or solver."""
+
+
+class DeviceError(MochacError):
+    """The GPU backend cannot run: CuPy is missing or no CUDA device is usable."""

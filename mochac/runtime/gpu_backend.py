@@ -1,0 +1,92 @@
+"""GPUBackend: nets whose kernels run on one CUDA device through CuPy.
+
+CuPy is an optional dependency (``pip install 'mochac[cuda]'``), imported
+only when a GPUBackend is constructed, so ``import mochac`` never needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from mochac.errors import ConfigError, DeviceError
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'mochac[cuda]'"
+
+
+def import_cupy():
+    """Return the cupy module; raise DeviceError saying how to install it."""
+    try:
+        import cupy
+    except ImportError as error:
+        raise DeviceError(
+            f"GPUBackend needs CuPy, which is not installed: run `{INSTALL_HINT}` "
+            "(it installs the cupy-cuda13x wheel, built for the CUDA 13 toolkit); "
+            "use CPUBackend on machines without a CUDA device"
+        ) from error
+    return cupy
+
+
+class GPUBackend:
+    """The GPU backend: generated CUDA kernels, GEMM through cuBLAS (via CuPy).
+
+    Args:
+        device: index of the CUDA device to run on (default 0).
+        dtype: element type of blobs and parameters, np.float32 (default) or
+            np.float64.
+        seed: seed of the generator behind parameter initialization, data
+            shuffling and the random layers' streams; None draws one from
+            the operating system.
+
+    Raises DeviceError when CuPy is not installed or no CUDA device is
+    usable, and ConfigError for an invalid dtype or device index. The
+    registry maps a parameter key to CuPy arrays on the device, so nets
+    built on one backend share parameters as they do on the CPU backend.
+    """
+
+    def __init__(self, device: int = 0, dtype=np.float32, seed=None):
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ConfigError(
+                f"GPUBackend: invalid dtype={self.dtype}; expected np.float32 or "
+                "np.float64"
+            )
+        if not isinstance(device, int) or isinstance(device, bool) or device < 0:
+            raise ConfigError(
+                f"GPUBackend: invalid device={device!r}; expected an int >= 0"
+            )
+        self.cupy = import_cupy()
+        try:
+            count = self.cupy.cuda.runtime.getDeviceCount()
+        except self.cupy.cuda.runtime.CUDARuntimeError as error:
+            raise DeviceError(
+                f"GPUBackend: no usable CUDA device ({error}); check the driver with "
+                "nvidia-smi, or use CPUBackend"
+            ) from error
+        if device >= count:
+            raise DeviceError(
+                f"GPUBackend: invalid device={device}; this machine has {count} "
+                "CUDA device(s)"
+            )
+        self.device = device
+        # Code written for CPUBackend reads ``threads``; a GPU net sets no
+        # host threads.
+        self.threads = 1
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.registry: dict[str, dict[str, object]] = {}
+
+    def init(self):
+        """Prepare the backend; kept for Mocha's ``init(backend)`` call."""
+        logger.debug("GPUBackend ready: device %d, %s", self.device, self.dtype.name)
+
+    def shutdown(self):
+        """Release the parameter registry."""
+        self.registry_reset()
+
+    def registry_reset(self):
+        """Forget shared parameters, so the next net initializes its own."""
+        self.registry.clear()

@@ -1,0 +1,394 @@
+"""GPUNet: a net whose kernels run on a CUDA device through CuPy.
+
+Construction builds and optimizes the IR as Net does, renders CUDA
+(mochac.codegen.cuda), loads it with ``cupy.RawModule`` and places every
+data, diff and work slot in one device arena laid out by plan_memory.
+forward() and backward() execute the step lists on one stream: kernel
+launches, cuBLAS GEMMs through ``cupy.cublas.gemm``, memsets and copies. Data
+layers fill pinned host buffers that a second stream copies to the device.
+
+NOTE: this module has not run on a GPU yet: the machine it was written on
+has nvcc but no device. tests/test_cuda_device.py checks it against the CPU
+backend where a device exists.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import numpy as np
+
+from mochac.codegen.cuda import render_cuda
+from mochac.codegen.cuda.steps import Copy, Gemm, Launch, Zero
+from mochac.errors import ConfigError, ShapeError
+from mochac.ir import build_ir
+from mochac.ir.graph import check_layer_list
+from mochac.layers.output import OutputLayer
+from mochac.passes.pipeline import enabled_passes, run_ir_passes
+from mochac.passes.plan_memory import plan_memory
+from mochac.runtime.data_sources import make_source
+from mochac.runtime.net import BlobViews, Net
+from mochac.runtime.outputs import make_output_state
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_ir(net, backend, layers, force_backward, phase, opt_level, disable, keep):
+    """Open the data sources, build the IR and run the passes, as Net does.
+
+    Sets on ``net``: layers, sources, ir, phase, keep, pass_reports. Needs no
+    device, so tests use it to render CUDA without one.
+    """
+    net.layers = check_layer_list(net.name, layers)
+    net.opt_level, net.disable = opt_level, tuple(disable)
+    net.keep = frozenset(keep)
+    enabled_passes(opt_level, net.disable)
+    net.sources, source_shapes = {}, {}
+    for index, layer in enumerate(net.layers):
+        if getattr(layer, "is_source", False):
+            rng = np.random.default_rng(backend.rng.integers(2**63))
+            net.sources[index] = make_source(layer, backend.dtype, rng)
+            source_shapes[index] = net.sources[index].shapes
+    registered = {
+        (key, param): tuple(array.shape)
+        for key, params in backend.registry.items()
+        for param, array in params.items()
+    }
+    net.ir = build_ir(
+        net.name, net.layers, source_shapes, backend.dtype, force_backward, registered
+    )
+    if phase is None:
+        phase = "train" if any(i.layer.has_loss for i in net.ir.layers) else "test"
+    if phase not in ("train", "test"):
+        raise ConfigError(
+            f"net '{net.name}': invalid phase={phase!r}; expected 'train' or 'test'"
+        )
+    net.phase = net.ir.phase = phase
+    unknown = sorted(net.keep - set(net.ir.blobs))
+    if unknown:
+        raise ConfigError(
+            f"net '{net.name}': keep names unknown blob(s) {', '.join(unknown)}"
+        )
+    sinks = [info for info in net.ir.layers if isinstance(info.layer, OutputLayer)]
+    net.keep |= {bottom for info in sinks for bottom in info.layer.bottoms}
+    net.pass_reports = run_ir_passes(net.ir, opt_level, net.disable, net.keep)
+
+
+class GPUNet(Net):
+    """A net compiled for the GPU backend.
+
+    Takes Net's arguments, with a GPUBackend. ``blobs``, ``diffs``,
+    ``params`` and ``grads`` are CuPy arrays on the device (views of the
+    arena where plan_memory placed them); ``states`` are host copies of the
+    loss and statistics accumulators, refreshed after every forward pass.
+    Inherits Net's error reporting, statistics and objective.
+    """
+
+    def __init__(
+        self,
+        name,
+        backend,
+        layers,
+        *,
+        force_backward=False,
+        phase=None,
+        opt_level=1,
+        disable=(),
+        keep=(),
+    ):
+        self.name = name
+        self.backend = backend
+        self.force_backward = force_backward
+        prepare_ir(
+            self, backend, layers, force_backward, phase, opt_level, disable, keep
+        )
+        passes = enabled_passes(opt_level, self.disable)
+        self.program = render_cuda(self.ir)
+        self.source, self.slots = self.program.source, self.program.slots
+        self.kernels = self.program.kernels
+        self.memory = plan_memory(self.slots, self.kernels, self._pinned_slots())
+        self.plan = self.memory if "plan_memory" in passes else None
+
+        cupy = self.cupy = backend.cupy
+        with cupy.cuda.Device(backend.device):
+            self.module = cupy.RawModule(code=self.source)
+            # Kernels and GEMMs run on the default stream, so solver updates
+            # written with CuPy follow them without an explicit wait.
+            self.stream = cupy.cuda.Stream.null
+            self.copy_stream = cupy.cuda.Stream(non_blocking=True)
+            self._allocate()
+            self.forward_calls = [self._bind(step) for step in self.program.forward]
+            self.backward_calls = [self._bind(step) for step in self.program.backward]
+        sinks = [info for info in self.ir.layers if isinstance(info.layer, OutputLayer)]
+        self.output_states = {
+            info.name: make_output_state(info.layer, info.bottom_shapes, backend.dtype)
+            for info in sinks
+        }
+        logger.info(
+            "net '%s': %d layers on CUDA device %d, %d launches and GEMMs per "
+            "iteration; arena %.1f MB",
+            name,
+            len(self.ir.layers),
+            backend.device,
+            len(self.forward_calls) + len(self.backward_calls),
+            self.arena.nbytes / 1e6,
+        )
+
+    # --- construction ---------------------------------------------------------
+
+    def _allocate(self):
+        cupy, dtype = self.cupy, self.backend.dtype
+        users: dict[tuple[str, str], list] = {}
+        for info in self.ir.layers:
+            for spec in info.params:
+                users.setdefault((spec.key or info.param_key, spec.name), []).append(
+                    (info, spec)
+                )
+        planned = self.plan.offsets if self.plan is not None else {}
+        self.arena = cupy.zeros(self.plan.arena_bytes if self.plan else 0, np.uint8)
+        state_slots = [slot for slot in self.slots.slots if slot.kind == "state"]
+        state_size = sum(int(np.prod(slot.shape)) for slot in state_slots)
+        # All accumulators in one block, so one copy brings them to the host.
+        self.state_block = cupy.zeros(state_size, np.float64)
+        self.host_state_block = np.zeros(state_size, np.float64)
+        state_at = 0
+        self.arrays, self.params, self.grads = [], {}, {}
+        self.states, self.device_states, self.rng_states = {}, {}, {}
+        for slot in self.slots.slots:
+            size = int(np.prod(slot.shape))
+            if slot.kind == "param":
+                members = users[(slot.owner, slot.name)]
+                info, spec = min(members, key=lambda member: member[1].key is not None)
+                array = self._shared_param(slot.owner, info, spec)
+                for info, spec in members:
+                    self.params.setdefault(info.name, {})[spec.name] = array
+            elif slot.index in planned:
+                offset = planned[slot.index]
+                array = (
+                    self.arena[offset : offset + slot.nbytes]
+                    .view(slot.dtype)
+                    .reshape(slot.shape)
+                )
+            elif slot.kind == "state":
+                array = self.state_block[state_at : state_at + size].reshape(slot.shape)
+                self.device_states[slot.owner] = array
+                self.states[slot.owner] = self.host_state_block[
+                    state_at : state_at + size
+                ].reshape(slot.shape)
+                state_at += size
+            else:
+                array = cupy.zeros(slot.shape, slot.dtype)
+                if slot.kind == "grad":
+                    self.grads.setdefault(slot.owner, {})[slot.name] = array
+                elif slot.kind == "rng":
+                    seeds = self.backend.rng.integers(2**63, size=slot.shape)
+                    array[...] = cupy.asarray(seeds.astype(np.uint64))
+                    self.rng_states[f"{slot.owner}.{slot.name}"] = array
+            self.arrays.append(array)
+        self.pointers = cupy.asarray(
+            np.array([array.data.ptr for array in self.arrays] or [0], np.uint64)
+        )
+        # struct mochac_status: int code, int layer, long long index, double value.
+        self.status_block = cupy.zeros(3, np.int64)
+
+        pinned = self._pinned_slots()
+        self.blobs, self.diffs = BlobViews("data"), BlobViews("diff")
+        for name, blob in self.ir.blobs.items():
+            for kind, views in (("data", self.blobs), ("diff", self.diffs)):
+                slot = self.slots.find(kind, name)
+                if slot is None:
+                    continue
+                if self.plan is not None and slot.index not in pinned:
+                    views.hidden.add(name)
+                    continue
+                views[name] = self.arrays[slot.index].reshape(blob.shape)
+        # Pinned host buffers the data sources fill, one per data layer top.
+        from cupyx import empty_pinned
+
+        self.staging = {
+            index: [
+                empty_pinned(self.blobs[top].shape, dtype) for top in source.layer.tops
+            ]
+            for index, source in self.sources.items()
+        }
+        self.copy_done = None
+
+    def _shared_param(self, key, info, spec):
+        registry = self.backend.registry.setdefault(key, {})
+        existing = registry.get(spec.name)
+        if existing is not None:
+            if tuple(existing.shape) != tuple(spec.shape):
+                raise ShapeError(
+                    f"layer '{info.name}': parameter '{spec.name}' is shared under key "
+                    f"'{key}' with shape {tuple(existing.shape)}, but this net needs "
+                    f"{spec.shape}; give the layer a different name or param_key"
+                )
+            return existing
+        values = spec.initializer.init(spec.shape, self.backend.rng, self.backend.dtype)
+        array = self.cupy.asarray(np.ascontiguousarray(values))
+        registry[spec.name] = array
+        return array
+
+    def _bind(self, step):
+        """Return a function of n_valid that enqueues one step on the stream."""
+        from cupy import cublas
+
+        runtime = self.cupy.cuda.runtime
+        if isinstance(step, Launch):
+            kernel = self.module.get_function(step.kernel)
+            grid, block = (step.blocks,), (step.threads,)
+            pointers, status = self.pointers, self.status_block
+
+            def run_launch(n_valid):
+                kernel(grid, block, (pointers, np.int32(n_valid), status))
+
+            return run_launch
+        if isinstance(step, Gemm):
+            a, b, c = (self._matrix(operand) for operand in (step.a, step.b, step.c))
+            trans_a, trans_b = (
+                "T" if step.trans_a else "N",
+                "T" if step.trans_b else "N",
+            )
+
+            def run_gemm(n_valid):
+                cublas.gemm(
+                    trans_a, trans_b, a, b, out=c, alpha=step.alpha, beta=step.beta
+                )
+
+            return run_gemm
+        if isinstance(step, Zero):
+            target = self.arrays[step.slot]
+            nbytes = step.count * target.dtype.itemsize
+
+            def run_zero(n_valid):
+                runtime.memsetAsync(target.data.ptr, 0, nbytes, self.stream.ptr)
+
+            return run_zero
+        if isinstance(step, Copy):
+            source, target = self.arrays[step.source], self.arrays[step.target]
+            nbytes = step.count * target.dtype.itemsize
+
+            def run_copy(n_valid):
+                runtime.memcpyAsync(
+                    target.data.ptr,
+                    source.data.ptr,
+                    nbytes,
+                    runtime.memcpyDeviceToDevice,
+                    self.stream.ptr,
+                )
+
+            return run_copy
+        raise TypeError(f"unknown step {step!r}")
+
+    def _matrix(self, operand):
+        flat = self.arrays[operand.slot].reshape(-1)
+        end = operand.offset + operand.rows * operand.cols
+        return flat[operand.offset : end].reshape(operand.rows, operand.cols)
+
+    # --- running --------------------------------------------------------------
+
+    def load_batch(self) -> int:
+        """Fill the data layers' tops with their next batch; return n_valid.
+
+        The sources write pinned host buffers; the copy stream moves them to
+        the device once the work already queued has stopped reading them,
+        and the compute stream waits for the copies.
+        """
+        if self.copy_done is not None:
+            self.copy_done.synchronize()
+        n_valid = None
+        for index, source in self.sources.items():
+            valid = source.next_batch(self.staging[index])
+            n_valid = valid if n_valid is None else min(n_valid, valid)
+        if not self.sources:
+            return 0
+        self.copy_stream.wait_event(self.stream.record())
+        for index, source in self.sources.items():
+            for host, top in zip(self.staging[index], source.layer.tops):
+                self.blobs[top].set(host, stream=self.copy_stream)
+        self.copy_done = self.copy_stream.record()
+        self.stream.wait_event(self.copy_done)
+        return n_valid
+
+    def _run(self, calls, n_valid, wait=True):
+        """Enqueue ``calls``; with ``wait``, also wait for them, copy the
+        accumulators to the host and raise what a kernel reported."""
+        with self.cupy.cuda.Device(self.backend.device):
+            self.cupy.cuda.runtime.memsetAsync(
+                self.status_block.data.ptr, 0, self.status_block.nbytes, self.stream.ptr
+            )
+            for call in calls:
+                call(n_valid)
+            if not wait:
+                return
+            self.stream.synchronize()
+            self.state_block.get(out=self.host_state_block)
+            code, layer, index, value = self._read_status()
+        self.status = SimpleNamespace(code=code, layer=layer, index=index, value=value)
+        self._check(code)
+
+    def _read_status(self):
+        raw = self.status_block.get()
+        words = raw.view(np.int32)
+        return (
+            int(words[0]),
+            int(words[1]),
+            int(raw[1]),
+            float(raw[2:3].view(np.float64)[0]),
+        )
+
+    def forward(self, load_data: bool = True) -> float:
+        """Run one forward pass; return the objective (the sum of weighted losses).
+
+        Raises DataError on invalid labels and NumericalError when a loss is
+        NaN or infinite, as Net.forward does.
+        """
+        self._check_alive()
+        n_valid = self.load_batch() if load_data else self._batch_size()
+        self._run(self.forward_calls, n_valid)
+        if self.output_states:
+            host = {name: view.get() for name, view in self.blobs.items()}
+            for state in self.output_states.values():
+                state.collect(host)
+        return self.objective()
+
+    def backward(self):
+        """Enqueue back-propagation from the losses of the last forward pass.
+
+        Returns without waiting: CuPy work on the default stream, such as a
+        solver's update, runs after it.
+        """
+        self._check_alive()
+        self._run(self.backward_calls, self._batch_size(), wait=False)
+
+    def forward_layer(self, name: str, n_valid: int | None = None):
+        """Run one layer's forward steps on the current blob contents (for tests)."""
+        steps = self.program.layers[self.ir.layer(name).index].forward
+        n_valid = self._batch_size() if n_valid is None else n_valid
+        with self.cupy.cuda.Device(self.backend.device):
+            calls = [self._bind(step) for step in steps]
+        self._run(calls, n_valid)
+
+    def backward_layer(self, name: str):
+        """Run one layer's backward steps on the current diffs (for tests)."""
+        steps = self.program.layers[self.ir.layer(name).index].backward
+        with self.cupy.cuda.Device(self.backend.device):
+            calls = [self._bind(step) for step in steps]
+        self._run(calls, self._batch_size())
+
+    def synchronize(self):
+        """Wait until every step enqueued so far has finished (for timing)."""
+        self.stream.synchronize()
+
+    def reset_statistics(self):
+        for info in self.ir.layers:
+            if info.layer.has_stats:
+                self.states[info.name][...] = 0
+                self.device_states[info.name][...] = 0
+
+    def destroy(self):
+        """Drop the device memory and close the data sources."""
+        super().destroy()
+        self.arena = self.state_block = self.status_block = None
+        self.forward_calls = self.backward_calls = []

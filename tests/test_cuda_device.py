@@ -1,0 +1,127 @@
+"""The CUDA backend against the CPU backend, in float64, on a CUDA device.
+
+Every test skips without CuPy or a visible device. The nets of cuda_nets.py
+use every layer family; comparing every blob, diff and gradient of them
+checks each layer's forward and backward.
+"""
+
+import numpy as np
+import pytest
+from cuda_nets import NETS
+
+from mochac.bench.nets import lenet
+from mochac.errors import DataError, DeviceError
+from mochac.layers import InnerProductLayer, MemoryDataLayer, SoftmaxLossLayer
+from mochac.runtime.backend import CPUBackend
+from mochac.runtime.gpu_backend import GPUBackend
+from mochac.runtime.gpu_net import GPUNet
+from mochac.runtime.net import Net
+from mochac.runtime.solver import SGD
+
+RTOL, ATOL = 1e-10, 1e-12
+
+
+@pytest.fixture(scope="module")
+def cupy():
+    try:
+        backend = GPUBackend(dtype=np.float64, seed=0)
+    except DeviceError:
+        pytest.skip("no CUDA device")
+    return backend.cupy
+
+
+def twin_nets(layers_factory, dtype=np.float64, **options):
+    """Return a CPU net and a GPU net with the same layers and parameters."""
+    cpu = Net(
+        "cpu", CPUBackend(dtype=dtype, seed=5, threads=1), layers_factory(), **options
+    )
+    gpu = GPUNet("gpu", GPUBackend(dtype=dtype, seed=5), layers_factory(), **options)
+    for layer, params in cpu.params.items():
+        for name, array in params.items():
+            gpu.params[layer][name][...] = gpu.cupy.asarray(array)
+    for key, state in cpu.rng_states.items():
+        gpu.rng_states[key][...] = gpu.cupy.asarray(state)
+    return cpu, gpu
+
+
+def assert_same_views(cpu_views, gpu_views, what, rtol=RTOL, atol=ATOL):
+    assert set(cpu_views) == set(gpu_views)
+    for name, array in cpu_views.items():
+        np.testing.assert_allclose(
+            gpu_views[name].get(), array, rtol=rtol, atol=atol, err_msg=f"{what} {name}"
+        )
+
+
+def assert_same_grads(cpu, gpu, rtol=RTOL, atol=ATOL):
+    for layer, grads in cpu.grads.items():
+        for name, array in grads.items():
+            np.testing.assert_allclose(
+                gpu.grads[layer][name].get(),
+                array,
+                rtol=rtol,
+                atol=atol,
+                err_msg=f"gradient {layer}.{name}",
+            )
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_every_layer_matches_cpu(cupy, name):
+    factory, opt_level = NETS[name]
+    cpu, gpu = twin_nets(
+        lambda: factory(np.float64),
+        opt_level=opt_level,
+        disable=("plan_memory",),
+        force_backward=True,
+    )
+    for _ in range(2):
+        assert gpu.forward() == pytest.approx(cpu.forward(), rel=RTOL)
+        cpu.backward()
+        gpu.backward()
+        assert_same_views(cpu.blobs, gpu.blobs, "blob")
+        assert_same_views(cpu.diffs, gpu.diffs, "diff")
+        assert_same_grads(cpu, gpu)
+        assert gpu.statistics() == pytest.approx(cpu.statistics(), rel=RTOL)
+
+
+def test_vision_float32_close_to_cpu(cupy):
+    factory, opt_level = NETS["vision"]
+    cpu, gpu = twin_nets(
+        lambda: factory(np.float32), dtype=np.float32, opt_level=opt_level
+    )
+    assert gpu.forward() == pytest.approx(cpu.forward(), rel=1e-4)
+    cpu.backward()
+    gpu.backward()
+    assert_same_grads(cpu, gpu, rtol=1e-3, atol=1e-5)
+
+
+def test_lenet_iterations_match_cpu(cupy):
+    cpu, gpu = twin_nets(lambda: lenet(8))
+    cpu_method, gpu_method = SGD(), SGD()
+    for _ in range(3):
+        assert gpu.forward() == pytest.approx(cpu.forward(), rel=RTOL)
+        cpu.backward()
+        gpu.backward()
+        assert_same_grads(cpu, gpu)
+        cpu_method.update(cpu, 0.01, 0.9, 0.0005)
+        gpu_method.update(gpu, 0.01, 0.9, 0.0005)
+        for layer, params in cpu.params.items():
+            for name, array in params.items():
+                np.testing.assert_allclose(
+                    gpu.params[layer][name].get(), array, rtol=RTOL, atol=ATOL
+                )
+
+
+def test_bad_label_raises_data_error(cupy):
+    x = np.zeros((4, 3))
+    y = np.array([[0.0], [1.0], [7.0], [2.0]])
+
+    def layers():
+        return [
+            MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
+            InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["out"]),
+            SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+        ]
+
+    _, gpu = twin_nets(layers)
+    with pytest.raises(DataError, match=r"'loss'.*7\.0 at sample 2"):
+        gpu.forward()
