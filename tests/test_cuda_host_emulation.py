@@ -1,0 +1,159 @@
+"""The CUDA kernels and step lists, run on the host against the CPU backend.
+
+tests/cuda_emulator.py compiles the generated CUDA as C++ with one thread
+per block and executes the steps on NumPy arrays, so every kernel's
+indexing and every planner's GEMM shapes are checked in float64 here,
+without a GPU. tests/test_cuda_device.py repeats the comparison on a device.
+"""
+
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from cuda_emulator import HostRun, compile_for_host
+from cuda_nets import BATCH, NETS
+
+from mochac.bench.nets import lenet
+from mochac.codegen.cuda import build_cuda_program
+from mochac.layers import InnerProductLayer, MemoryDataLayer, SoftmaxLossLayer
+from mochac.passes.plan_memory import plan_memory
+from mochac.runtime.backend import CPUBackend
+from mochac.runtime.net import Net
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("g++") is None, reason="g++ is needed to compile kernels for the host"
+)
+RTOL, ATOL = 1e-10, 1e-12
+
+
+def twin(name, factory, tmp_path_factory, plan=False, **options):
+    """Return a CPU net and a host run of its CUDA program, sharing parameters
+    and random streams."""
+    cpu = Net(
+        name, CPUBackend(dtype=np.float64, seed=5, threads=1), factory(), **options
+    )
+    ir, program = build_cuda_program(name, factory(), dtype=np.float64, **options)
+    library = compile_for_host(program, tmp_path_factory.mktemp(name), name)
+    offsets, arena_bytes = None, 0
+    if plan:
+        pinned = Net._pinned_slots(
+            SimpleNamespace(ir=ir, keep=cpu.keep, slots=program.slots)
+        )
+        memory = plan_memory(program.slots, program.kernels, pinned)
+        offsets, arena_bytes = memory.offsets, memory.arena_bytes
+    run = HostRun(program, library, offsets, arena_bytes)
+    for slot in program.slots.slots:
+        if slot.kind == "param":
+            run.arrays[slot.index][...] = cpu.backend.registry[slot.owner][slot.name]
+        elif slot.kind == "rng":
+            run.arrays[slot.index][...] = cpu.rng_states[f"{slot.owner}.{slot.name}"]
+    return SimpleNamespace(cpu=cpu, ir=ir, program=program, run=run)
+
+
+def step_both(pair, n_valid=BATCH):
+    """Run one forward and backward on both; return the CPU objective."""
+    objective = pair.cpu.forward()
+    for source in pair.cpu.sources.values():
+        for top in source.layer.tops:
+            pair.run.array("data", top)[...] = pair.cpu.blobs[top]
+    status = pair.run.run(pair.program.forward, n_valid)
+    assert status.code == 0
+    pair.cpu.backward()
+    pair.run.run(pair.program.backward, n_valid)
+    return objective
+
+
+def assert_states_match(pair):
+    for info in pair.ir.layers:
+        if info.layer.has_loss or info.layer.has_stats:
+            kind = "loss" if info.layer.has_loss else "accuracy"
+            np.testing.assert_allclose(
+                pair.run.array("state", info.name, kind),
+                pair.cpu.states[info.name],
+                rtol=RTOL,
+                atol=ATOL,
+                err_msg=f"state of {info.name}",
+            )
+
+
+def assert_grads_match(pair):
+    for layer, grads in pair.cpu.grads.items():
+        for name, expected in grads.items():
+            np.testing.assert_allclose(
+                pair.run.array("grad", layer, name),
+                expected,
+                rtol=RTOL,
+                atol=ATOL,
+                err_msg=f"gradient {layer}.{name}",
+            )
+
+
+@pytest.fixture(scope="module", params=sorted(NETS))
+def every_blob_pair(request, tmp_path_factory):
+    factory, opt_level = NETS[request.param]
+    return twin(
+        request.param,
+        lambda: factory(np.float64),
+        tmp_path_factory,
+        opt_level=opt_level,
+        disable=("plan_memory",),
+        force_backward=True,
+    )
+
+
+def test_host_run_matches_every_blob(every_blob_pair):
+    pair = every_blob_pair
+    for _ in range(2):
+        step_both(pair)
+        assert_states_match(pair)
+        for kind, views in (("data", pair.cpu.blobs), ("diff", pair.cpu.diffs)):
+            for blob, expected in views.items():
+                np.testing.assert_allclose(
+                    pair.run.array(kind, blob).reshape(expected.shape),
+                    expected,
+                    rtol=RTOL,
+                    atol=ATOL,
+                    err_msg=f"{kind} of {blob}",
+                )
+        assert_grads_match(pair)
+
+
+def test_host_run_vision_fused(tmp_path_factory):
+    factory, _ = NETS["vision"]
+    pair = twin("fused", lambda: factory(np.float64), tmp_path_factory, opt_level=1)
+    for _ in range(2):
+        step_both(pair)
+        assert_states_match(pair)
+        assert_grads_match(pair)
+
+
+def test_host_run_lenet_in_planned_arena(tmp_path_factory):
+    pair = twin("lenet", lambda: lenet(BATCH), tmp_path_factory, plan=True)
+    assert pair.run.arena.nbytes > 0
+    for _ in range(2):
+        step_both(pair)
+        assert_states_match(pair)
+        assert_grads_match(pair)
+
+
+def test_host_run_reports_bad_label(tmp_path_factory):
+    x = np.zeros((4, 3))
+    y = np.array([[0.0], [1.0], [7.0], [9.0]])
+
+    def layers():
+        return [
+            MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
+            InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["out"]),
+            SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+        ]
+
+    _, program = build_cuda_program("labels", layers(), dtype=np.float64)
+    library = compile_for_host(program, tmp_path_factory.mktemp("labels"), "labels")
+    run = HostRun(program, library)
+    run.array("data", "label")[...] = y
+    status = run.run(program.forward, 4)
+    assert status.code == 1
+    assert status.layer == 2
+    assert status.index == 2
+    assert status.value == 7.0
