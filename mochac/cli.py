@@ -99,6 +99,13 @@ def bench_command(args) -> int:
             logger.error("%s defines no Net with a loss to train", path)
             return 2
         layers = nets[0].layers
+        if not args.no_inference:
+            logger.info(
+                "%s: inference is timed for built-in nets only, whose batch size "
+                "can change",
+                path,
+            )
+            args.no_inference = True
 
         def factory(batch):
             return layers
@@ -112,6 +119,7 @@ def bench_command(args) -> int:
         opt_level=args.opt_level,
         peer=not args.no_peer,
         torch_compile=not args.no_torch_compile,
+        inference=not args.no_inference,
     )
     report["net"] = args.net
     print(format_bench(report))
@@ -207,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="time a net's forward, backward and training iteration"
     )
     bench_parser.add_argument(
-        "net", help="a built-in net (lenet) or a Python file that defines a Net"
+        "net",
+        help="a built-in net (lenet, cifar10) or a Python file that defines a Net",
     )
     bench_parser.add_argument("--batch", type=int, default=64, help="batch size")
     bench_parser.add_argument("--threads", type=int, default=1, help="CPU threads")
@@ -229,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_parser.add_argument(
         "--no-torch-compile", action="store_true", help="skip the torch.compile peer"
+    )
+    bench_parser.add_argument(
+        "--no-inference",
+        action="store_true",
+        help="skip the inference timings (the net without its loss at the batch "
+        "size and at batch 1)",
     )
     bench_parser.set_defaults(run=bench_command, opt_level=1)
     plot_parser = commands.add_parser(

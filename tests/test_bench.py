@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from mochac.bench.nets import lenet
-from mochac.bench.runner import bench, format_bench
+from mochac.bench.nets import cifar10_full, lenet
+from mochac.bench.runner import bench, format_bench, inference_layers
 from mochac.cli import main
 
 
@@ -29,6 +29,9 @@ def test_bench_report_without_peer():
     assert report["blas"]["gemms_per_iteration"] == 11
     assert report["blas"]["gemm_ms"] > 0
     assert report["blas"]["share_of_train"] > 0
+    for measure in ("infer", "latency"):
+        assert report["mochac"][measure]["median_ms"] > 0
+    assert "latency, batch 1: mochac" in format_bench(report)
 
 
 def test_bench_command_json(tmp_path):
@@ -75,3 +78,32 @@ def test_bench_profile_lists_layers(tmp_path):
     assert list(profile) == ["conv1", "pool1", "conv2", "pool2", "ip1", "ip2", "loss"]
     assert profile["conv2"]["forward_ms"] > 0
     assert profile["conv2"]["backward_ms"] > 0
+
+
+def test_torch_peer_matches_cifar10_objective_and_scores():
+    torch = pytest.importorskip("torch")
+    from mochac import CPUBackend, Net
+    from mochac.bench.torch_peer import TorchNet
+
+    backend = CPUBackend(seed=0)
+    net = Net("peer-cifar", backend, cifar10_full(4))
+    objective = net.forward()
+    peer = TorchNet(net)
+    with torch.no_grad():
+        loss = float(peer.loss(peer.x, peer.y))
+        scores = peer.outputs(peer.x).numpy()
+    np.testing.assert_allclose(loss, objective, rtol=1e-4)
+    # The inference net (no loss) gives the same scores as the peer.
+    infer = Net(
+        "peer-cifar-infer", CPUBackend(seed=0), inference_layers(cifar10_full, 4)
+    )
+    infer.forward()
+    np.testing.assert_allclose(infer.blobs["ip1"], scores, rtol=1e-3, atol=1e-5)
+
+
+def test_cifar10_bench_net_builds():
+    from mochac import CPUBackend, Net
+
+    net = Net("cifar-shapes", CPUBackend(seed=0), cifar10_full(2))
+    assert net.ir.blobs["pool3"].shape == (2, 64, 4, 4)
+    assert np.isfinite(net.forward())

@@ -44,6 +44,19 @@ LAYERS = [
         scale=0.5,
         mode=LRNMode.WithinChannel(),
     ),
+    # Powers 0.75 (the default, above), 0.5 and 1 are computed without pow().
+    LRNLayer(
+        name="lrn_half", bottoms=["x_across"], tops=["y_half"], kernel=3, power=0.5
+    ),
+    LRNLayer(
+        name="lrn_one",
+        bottoms=["x_within"],
+        tops=["y_one"],
+        kernel=3,
+        scale=2.0,
+        power=1.0,
+        mode=LRNMode.WithinChannel(),
+    ),
 ]
 LAYER_NAMES = [layer.name for layer in LAYERS]
 
@@ -185,3 +198,17 @@ def test_lrn_within_channel_needs_4d():
     )
     with pytest.raises(ShapeError, match=r"'norm1'.*4-D.*\(2, 6\)"):
         build_ir("lrn-net", [data, layer], {0: [(2, 6)]})
+
+
+def test_lrn_forward_only_net():
+    # Without backward the layer keeps neither d nor d**(-p).
+    x = RNG.normal(size=(2, 3, 4, 4))
+    layer = LRNLayer(
+        name="lrn", bottoms=["x"], tops=["y"], kernel=3, mode=LRNMode.WithinChannel()
+    )
+    feed = MemoryDataLayer(name="data", batch_size=2, data=[x], tops=["x"])
+    net = Net("lrn-forward", CPUBackend(dtype=np.float64, seed=0), [feed, layer])
+    assert not net.ir.layer("lrn").in_backward
+    assert net.slots.find("work", "lrn", "denominator") is None
+    net.forward()
+    np.testing.assert_allclose(net.blobs["y"], reference_lrn(x, layer), rtol=1e-12)

@@ -11,6 +11,8 @@ from mochac.layers import (
     PoolingLayer,
     SoftmaxLossLayer,
 )
+from mochac.layers.normalization import LRNLayer, LRNMode
+from mochac.layers.pooling import Pooling
 from mochac.neurons import ReLU
 
 
@@ -54,4 +56,56 @@ def lenet(batch: int) -> list:
     ]
 
 
-BUILTIN = {"lenet": lenet}
+def cifar10_full(batch: int) -> list:
+    """Return the layers of the CIFAR-10 tutorial's full net on random 32x32 images.
+
+    The same geometry as examples/cifar10/full_net.py: three 5x5 convolutions
+    (32, 32, 64 filters, pad 2, ReLU), max then mean 3x3/2 pooling,
+    within-channel LRN after the first two pools, and a 10-way inner product.
+    """
+    layers = [random_data(batch, (3, 32, 32), 10)]
+    bottom = "data"
+    for number, filters in enumerate((32, 32, 64), start=1):
+        layers.append(
+            ConvolutionLayer(
+                name=f"conv{number}",
+                n_filter=filters,
+                kernel=(5, 5),
+                pad=(2, 2),
+                neuron=ReLU(),
+                bottoms=[bottom],
+                tops=[f"conv{number}"],
+            )
+        )
+        layers.append(
+            PoolingLayer(
+                name=f"pool{number}",
+                kernel=(3, 3),
+                stride=(2, 2),
+                pooling=Pooling.Max() if number == 1 else Pooling.Mean(),
+                bottoms=[f"conv{number}"],
+                tops=[f"pool{number}"],
+            )
+        )
+        bottom = f"pool{number}"
+        if number < 3:
+            layers.append(
+                LRNLayer(
+                    name=f"norm{number}",
+                    kernel=3,
+                    scale=5e-5,
+                    power=0.75,
+                    mode=LRNMode.WithinChannel(),
+                    bottoms=[bottom],
+                    tops=[f"norm{number}"],
+                )
+            )
+            bottom = f"norm{number}"
+    layers += [
+        InnerProductLayer(name="ip1", output_dim=10, bottoms=[bottom], tops=["ip1"]),
+        SoftmaxLossLayer(name="loss", bottoms=["ip1", "label"]),
+    ]
+    return layers
+
+
+BUILTIN = {"lenet": lenet, "cifar10": cifar10_full}

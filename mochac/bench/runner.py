@@ -2,8 +2,10 @@
 
 Each measure runs ``repeats`` rounds of ``iters`` iterations after a warm-up
 and reports the median, minimum, maximum and spread of the per-iteration
-time of the rounds. Measures: forward, backward, and a training iteration
-(data, forward, backward, SGD update). Backward is timed as forward plus
+time of the rounds. Measures: forward, backward, a training iteration
+(data, then forward, backward and the SGD update in one native call), and
+for inference the net without its loss: a forward pass at the batch size
+(throughput) and at batch 1 (latency). Backward is timed as forward plus
 backward minus forward for both frameworks, since a PyTorch backward needs
 a fresh graph each time.
 """
@@ -76,6 +78,11 @@ def measure_compile(layers_factory, batch: int, threads: int, opt_level: int) ->
     return {"cold_s": times[0], "warm_s": times[1]}
 
 
+def inference_layers(layers_factory, batch: int) -> list:
+    """Return the net's layers at ``batch`` without its loss layers."""
+    return [layer for layer in layers_factory(batch) if not layer.has_loss]
+
+
 def bench(
     layers_factory,
     batch=64,
@@ -85,20 +92,20 @@ def bench(
     opt_level=1,
     peer=True,
     torch_compile=True,
+    inference=True,
 ) -> dict:
-    """Time a net built by ``layers_factory(batch)`` and its peers; return a report."""
-    net = Net(
-        "bench",
-        CPUBackend(threads=threads, seed=0),
-        layers_factory(batch),
-        opt_level=opt_level,
-    )
+    """Time a net built by ``layers_factory(batch)`` and its peers; return a report.
+
+    With ``inference``, also times the net without its loss: a forward pass
+    at ``batch`` (throughput) and at batch 1 (latency).
+    """
+    backend = CPUBackend(threads=threads, seed=0)
+    net = Net("bench", backend, layers_factory(batch), opt_level=opt_level)
     method = SGD()
 
     def train():
-        net.forward()
-        net.backward()
-        method.update(net, 0.01, 0.9, 0.0005)
+        # One native call: forward, backward and the SGD update.
+        net.train_step(method, 0.01, 0.9, 0.0005, 0)
 
     def forward_backward():
         net.forward()
@@ -116,9 +123,26 @@ def bench(
             "backward": summary(_difference(both, forward)),
             "train": summary(rounds(train, iters, repeats)),
         },
-        "compile": measure_compile(layers_factory, batch, threads, opt_level),
         "peers": {},
     }
+    if inference:
+        infer_net = Net(
+            "bench-infer",
+            CPUBackend(threads=threads, seed=0),
+            inference_layers(layers_factory, batch),
+            opt_level=opt_level,
+        )
+        single_net = Net(
+            "bench-latency",
+            CPUBackend(threads=threads, seed=0),
+            inference_layers(layers_factory, 1),
+            opt_level=opt_level,
+        )
+        report["mochac"]["infer"] = summary(rounds(infer_net.forward, iters, repeats))
+        report["mochac"]["latency"] = summary(
+            rounds(single_net.forward, LATENCY_CALLS * iters, repeats)
+        )
+    report["compile"] = measure_compile(layers_factory, batch, threads, opt_level)
     shapes = gemm_shapes(net)
     blas_ms = 1e3 * time_gemms(shapes, threads, net.backend.dtype)
     net.lib.mochac_set_num_threads(threads)
@@ -128,8 +152,10 @@ def bench(
         "share_of_train": blas_ms / report["mochac"]["train"]["median_ms"],
     }
     if peer:
-        report["peers"] = bench_torch(net, threads, iters, repeats, torch_compile)
-    for name, measures in report["peers"].items():
+        report["peers"] = bench_torch(
+            net, threads, iters, repeats, torch_compile, inference
+        )
+    for measures in report["peers"].values():
         for measure, values in measures.items():
             if isinstance(values, dict) and measure in report["mochac"]:
                 ours = report["mochac"][measure]["median_ms"]
@@ -139,8 +165,16 @@ def bench(
     return report
 
 
-def bench_torch(net, threads, iters, repeats, torch_compile) -> dict:
-    """Time PyTorch eager (and torch.compile) on the same net; {} without torch."""
+# Batch-1 forward passes are short, so each round runs this many times more.
+LATENCY_CALLS = 10
+
+
+def bench_torch(net, threads, iters, repeats, torch_compile, inference=True) -> dict:
+    """Time PyTorch eager (and torch.compile) on the same net; {} without torch.
+
+    Inference (batch ``net``'s batch and batch 1) is timed for eager only,
+    under torch.inference_mode().
+    """
     try:
         import torch
     except ImportError:
@@ -163,16 +197,40 @@ def bench_torch(net, threads, iters, repeats, torch_compile) -> dict:
             start = time.perf_counter()
             peer.train_step(loss)
             compile_s = time.perf_counter() - start
-        forward = rounds(lambda: loss(peer.x, peer.y), iters, repeats)
-        both = rounds(lambda: loss(peer.x, peer.y).backward(), iters, repeats)
+
+        def forward(loss=loss, peer=peer):
+            loss(peer.x, peer.y)
+
+        def both(loss=loss, peer=peer):
+            loss(peer.x, peer.y).backward()
+
+        def train(loss=loss, peer=peer):
+            peer.train_step(loss)
+
+        forward_times = rounds(forward, iters, repeats)
         peers[name] = {
-            "forward": summary(forward),
-            "backward": summary(_difference(both, forward)),
-            "train": summary(rounds(lambda: peer.train_step(loss), iters, repeats)),
+            "forward": summary(forward_times),
+            "backward": summary(
+                _difference(rounds(both, iters, repeats), forward_times)
+            ),
+            "train": summary(rounds(train, iters, repeats)),
             "version": torch.__version__,
         }
         if mode == "compile":
             peers[name]["compile_s"] = compile_s
+        if inference and mode is None:
+            single = peer.x[:1].clone()
+            with torch.inference_mode():
+                peers[name]["infer"] = summary(
+                    rounds(lambda peer=peer: peer.outputs(peer.x), iters, repeats)
+                )
+                peers[name]["latency"] = summary(
+                    rounds(
+                        lambda peer=peer: peer.outputs(single),
+                        LATENCY_CALLS * iters,
+                        repeats,
+                    )
+                )
     return peers
 
 
@@ -196,6 +254,31 @@ def format_bench(report: dict) -> str:
             f"{measures['forward']['speedup_of_mochac']:.2f}x, train "
             f"{measures['train']['speedup_of_mochac']:.2f}x"
         )
+    mochac = report["mochac"]
+    if "infer" in mochac:
+        eager = report["peers"].get("torch_eager", {})
+        infer_ms, latency_ms = (
+            mochac["infer"]["median_ms"],
+            mochac["latency"]["median_ms"],
+        )
+        line = (
+            f"inference, batch {report['batch']}: mochac {infer_ms:.2f} ms "
+            f"({1e3 * report['batch'] / infer_ms:,.0f} images/s)"
+        )
+        if "infer" in eager:
+            line += (
+                f", torch_eager {eager['infer']['median_ms']:.2f} ms: "
+                f"{eager['infer']['speedup_of_mochac']:.2f}x"
+            )
+        lines.append(line)
+        line = f"latency, batch 1: mochac {latency_ms:.3f} ms"
+        if "latency" in eager:
+            eager_ms = eager["latency"]["median_ms"]
+            line += (
+                f", torch_eager {eager_ms:.3f} ms: mochac takes "
+                f"{latency_ms / eager_ms:.2f} of eager's time"
+            )
+        lines.append(line)
     blas = report["blas"]
     lines.append(
         f"BLAS alone on the {blas['gemms_per_iteration']} GEMMs of an iteration: "

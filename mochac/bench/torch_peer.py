@@ -21,7 +21,22 @@ from mochac.layers import (
     PoolingLayer,
     SoftmaxLossLayer,
 )
+from mochac.layers.normalization import LRNLayer, WithinChannelLRN
 from mochac.layers.pooling import MaxPooling
+
+
+def _within_channel_lrn(torch, layer):
+    """A module for LRN over the k x k positions around each value."""
+
+    class WithinChannelLRN(torch.nn.Module):
+        def forward(self, x):
+            # The mean of x**2 over the window, padding counted, is the sum / n.
+            mean = torch.nn.functional.avg_pool2d(
+                x * x, layer.kernel, stride=1, padding=layer.kernel // 2
+            )
+            return x * (layer.shift + layer.scale * mean) ** (-layer.power)
+
+    return WithinChannelLRN()
 
 
 def _activation(torch, neuron):
@@ -78,6 +93,14 @@ class TorchNet:
                     layer.kernel_hw, layer.stride_hw, layer.pad_hw, ceil_mode=True
                 )
                 weights = ()
+            elif isinstance(layer, LRNLayer) and layer.kernel % 2 == 1:
+                if isinstance(layer.mode, WithinChannelLRN):
+                    module = _within_channel_lrn(torch, layer)
+                else:
+                    module = torch.nn.LocalResponseNorm(
+                        layer.kernel, alpha=layer.scale, beta=layer.power, k=layer.shift
+                    )
+                weights = ()
             elif isinstance(layer, SoftmaxLossLayer):
                 module = None
                 weights = ()
@@ -121,14 +144,13 @@ class TorchNet:
         labels = data.arrays[1][: data.batch_size].reshape(-1)
         self.y = torch.from_numpy(labels.astype(np.int64))
 
-    def loss(self, x, y):
-        """Return the objective of one batch, as the mochac net computes it."""
-        torch = self.torch
+    def outputs(self, x):
+        """Return the input of the loss layer (the net's scores) for images ``x``."""
         blobs = {"data": x}
         for name, layer, bottom, top, activation in self.steps:
             value = blobs[bottom]
             if isinstance(layer, SoftmaxLossLayer):
-                return torch.nn.functional.cross_entropy(value.flatten(1), y)
+                return value.flatten(1)
             if isinstance(layer, InnerProductLayer):
                 value = value.flatten(1)
             value = self.model[name](value)
@@ -136,6 +158,10 @@ class TorchNet:
                 value = activation(value)
             blobs[top] = value
         raise ConfigError("the PyTorch peer needs a SoftmaxLossLayer at the end")
+
+    def loss(self, x, y):
+        """Return the objective of one batch, as the mochac net computes it."""
+        return self.torch.nn.functional.cross_entropy(self.outputs(x), y)
 
     def train_step(self, loss_function):
         self.optimizer.zero_grad(set_to_none=False)
