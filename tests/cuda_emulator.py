@@ -57,9 +57,12 @@ class Status(ctypes.Structure):
 
 def compile_for_host(program, folder: Path, stem: str) -> ctypes.CDLL:
     """Compile the program's CUDA source as a host shared library."""
-    source = program.source.replace(
-        "#define MOCHAC_BLOCK 256", "#define MOCHAC_BLOCK 1"
-    )
+    return compile_source_for_host(program.source, folder, stem)
+
+
+def compile_source_for_host(cuda_source: str, folder: Path, stem: str) -> ctypes.CDLL:
+    """Compile generated CUDA source as a host shared library."""
+    source = cuda_source.replace("#define MOCHAC_BLOCK 256", "#define MOCHAC_BLOCK 1")
     assert "#define MOCHAC_BLOCK 1\n" in source
     path = folder / f"{stem}.cpp"
     path.write_text(HOST_PRELUDE + source)

@@ -15,8 +15,15 @@ from mochac.layers import InnerProductLayer, MemoryDataLayer, SoftmaxLossLayer
 from mochac.runtime.backend import CPUBackend
 from mochac.runtime.gpu_backend import GPUBackend
 from mochac.runtime.gpu_net import GPUNet
+from mochac.runtime.lr_policy import LRPolicy
 from mochac.runtime.net import Net
-from mochac.runtime.solver import SGD
+from mochac.runtime.solver import (
+    SGD,
+    Adam,
+    Nesterov,
+    Solver,
+    make_solver_parameters,
+)
 
 RTOL, ATOL = 1e-10, 1e-12
 
@@ -111,6 +118,21 @@ def test_lenet_iterations_match_cpu(cupy):
                 np.testing.assert_allclose(
                     gpu.params[layer][name].get(), array, rtol=RTOL, atol=ATOL
                 )
+
+
+@pytest.mark.parametrize("method", [SGD, Nesterov, Adam])
+def test_solver_trains_like_cpu(cupy, method):
+    cpu, gpu = twin_nets(lambda: lenet(8))
+    for net in (cpu, gpu):
+        params = make_solver_parameters(
+            method(), max_iter=3, regu_coef=0.0005, lr_policy=LRPolicy.Fixed(0.01)
+        )
+        Solver(method(), params, progress=False).solve(net)
+    for layer, params in cpu.params.items():
+        for name, array in params.items():
+            np.testing.assert_allclose(
+                gpu.params[layer][name].get(), array, rtol=1e-9, atol=1e-12
+            )
 
 
 def test_bad_label_raises_data_error(cupy):

@@ -362,6 +362,19 @@ class GPUNet(Net):
         self._check_alive()
         self._run(self.backward_calls, self._batch_size(), wait=False)
 
+    def train_step(self, method, learning_rate, momentum, regu_coef, iteration=None):
+        """Run one training iteration on the next batch; return the objective.
+
+        The compiled update of the CPU backend is not in the CUDA module, so
+        the method's NumPy update runs on the CuPy arrays, on the device. A
+        NaN or infinite loss raises NumericalError before any parameter
+        changes.
+        """
+        objective = self.forward()
+        self.backward()
+        method.numpy_update(self, learning_rate, momentum, regu_coef, iteration)
+        return objective
+
     def forward_layer(self, name: str, n_valid: int | None = None):
         """Run one layer's forward steps on the current blob contents (for tests)."""
         steps = self.program.layers[self.ir.layer(name).index].forward

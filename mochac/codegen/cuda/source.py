@@ -16,7 +16,7 @@ import numpy as np
 
 from mochac.codegen.c_source import template_environment
 from mochac.codegen.cuda import gemm_plans  # noqa: F401  (registers its planners)
-from mochac.codegen.cuda.convolution import use_whole_batch_scratch
+from mochac.codegen.cuda.contexts import ADJUSTMENTS
 from mochac.codegen.cuda.plans import PLANNERS
 from mochac.codegen.cuda.steps import (
     BLOCK,
@@ -108,9 +108,9 @@ def render_cuda(ir) -> CudaProgram:
     """
     slots, kernels = lower_net(ir)
     for kernel in kernels:
-        if family_of(kernel) == "convolution":
-            info = ir.layers[kernel.layer_index]
-            use_whole_batch_scratch(kernel, info, ir, slots)
+        adjust = ADJUSTMENTS.get(family_of(kernel))
+        if adjust is not None:
+            adjust(kernel, ir.layers[kernel.layer_index], ir, slots)
     env = template_environment()
     texts, layers = [], {}
     for kernel in kernels:

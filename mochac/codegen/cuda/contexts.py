@@ -1,6 +1,9 @@
-"""Whole-batch scratch for the CUDA convolution.
+"""Additions to the C lowering contexts that the CUDA templates need.
 
-The C backend's convolution works through the batch in cache-sized chunks,
+Each function here adjusts one lowered layer's context in place before its
+CUDA template renders; render_cuda looks them up by family.
+
+Convolution: the C backend's convolution works through the batch in cache-sized chunks,
 and its lowering sizes the scratch slots for that. The CUDA backend runs one
 im2col over the whole batch and one GEMM per group instead, which makes a
 few large launches, so it adds scratch slots of its own and points the
@@ -42,3 +45,17 @@ def use_whole_batch_scratch(kernel, info, ir, slots) -> None:
     k["backward_touch"] = (
         sorted(touched_slots(info, slots, "backward")) if info.in_backward else []
     )
+
+
+def add_lrn_powers(kernel, info, ir, slots) -> None:
+    """Set the exponents the CUDA LRN kernels pass to pow().
+
+    The C lowering may print its powers in other forms, so the CUDA side
+    derives them from the layer itself.
+    """
+    power = float(info.layer.power)
+    kernel.context["cuda_neg_power"] = f"({-power!r})"
+    kernel.context["cuda_neg_power_minus_one"] = f"({-power - 1.0!r})"
+
+
+ADJUSTMENTS = {"convolution": use_whole_batch_scratch, "lrn": add_lrn_powers}

@@ -1,0 +1,135 @@
+"""A stand-in for CuPy that keeps "device" arrays in host memory.
+
+Tests install it in sys.modules, so GPUBackend and GPUNet run their real
+code on machines without a GPU. RawModule compiles the generated CUDA for
+the host (cuda_emulator.py). Arrays are NumPy arrays with CuPy's
+``data.ptr``, ``get`` and ``set``, and cuBLAS GEMMs run in NumPy. Streams
+and events do nothing, because every call finishes before it returns. It
+covers only the CuPy calls mochac makes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import tempfile
+import types
+from pathlib import Path
+
+import numpy as np
+from cuda_emulator import compile_source_for_host
+
+
+class DeviceArray(np.ndarray):
+    """A NumPy array with the CuPy methods mochac uses."""
+
+    @property
+    def data(self):
+        return types.SimpleNamespace(ptr=self.ctypes.data)
+
+    def get(self, stream=None, out=None):
+        if out is None:
+            return np.array(self, copy=True)
+        out[...] = self
+        return out
+
+    def set(self, array, stream=None):
+        self[...] = array
+
+
+def zeros(shape, dtype=float):
+    return np.zeros(shape, dtype).view(DeviceArray)
+
+
+def asarray(array):
+    return np.array(array, copy=True).view(DeviceArray)
+
+
+class Event:
+    def synchronize(self):
+        pass
+
+
+class Stream:
+    def __init__(self, non_blocking=False):
+        self.ptr = 0
+
+    def record(self):
+        return Event()
+
+    def wait_event(self, event):
+        pass
+
+    def synchronize(self):
+        pass
+
+
+Stream.null = Stream()
+
+
+class CUDARuntimeError(RuntimeError):
+    pass
+
+
+COUNTER = itertools.count()
+
+
+class RawModule:
+    """Generated CUDA compiled for the host; kernels run with one thread."""
+
+    def __init__(self, code):
+        folder = Path(tempfile.mkdtemp(prefix="mochac-host-cupy-"))
+        self.library = compile_source_for_host(code, folder, f"module{next(COUNTER)}")
+
+    def get_function(self, name):
+        function = getattr(self.library, name)
+        function.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+
+        def launch(grid, block, args):
+            pointers, n_valid, status = args
+            function(pointers.ctypes.data, int(n_valid), status.ctypes.data)
+
+        return launch
+
+
+def gemm(trans_a, trans_b, a, b, out=None, alpha=1.0, beta=0.0):
+    a = a.T if trans_a == "T" else a
+    b = b.T if trans_b == "T" else b
+    out[...] = alpha * (np.asarray(a) @ np.asarray(b)) + beta * out
+    return out
+
+
+runtime = types.SimpleNamespace(
+    getDeviceCount=lambda: 1,
+    CUDARuntimeError=CUDARuntimeError,
+    memcpyDeviceToDevice=3,
+    memsetAsync=lambda pointer, value, size, stream: ctypes.memset(
+        pointer, value, size
+    ),
+    memcpyAsync=lambda target, source, size, kind, stream: ctypes.memmove(
+        target, source, size
+    ),
+)
+
+
+def module() -> types.ModuleType:
+    """Return a module object that replaces ``cupy``."""
+    cupy = types.ModuleType("cupy")
+    cupy.zeros = zeros
+    cupy.asarray = asarray
+    cupy.RawModule = RawModule
+    cupy.cublas = types.SimpleNamespace(gemm=gemm)
+    cupy.cuda = types.SimpleNamespace(
+        runtime=runtime,
+        Stream=Stream,
+        Device=lambda index: contextlib.nullcontext(),
+    )
+    return cupy
+
+
+def cupyx_module() -> types.ModuleType:
+    """Return a module object that replaces ``cupyx``."""
+    cupyx = types.ModuleType("cupyx")
+    cupyx.empty_pinned = lambda shape, dtype=float: np.empty(shape, dtype)
+    return cupyx

@@ -1,0 +1,59 @@
+"""GPUNet's own code, run on the host with a stand-in for CuPy.
+
+tests/host_cupy.py replaces CuPy, so GPUBackend, GPUNet's allocation, step
+binding, data staging, status decoding and training step run here against
+the CPU backend. The same checks run on a real device in
+tests/test_cuda_device.py.
+"""
+
+import shutil
+import sys
+
+import host_cupy
+import numpy as np
+import pytest
+import test_cuda_device as device_tests
+from cuda_nets import NETS
+
+from mochac.bench.nets import lenet
+from mochac.runtime.gpu_backend import GPUBackend
+from mochac.runtime.gpu_net import GPUNet
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("g++") is None, reason="g++ is needed to compile kernels for the host"
+)
+
+
+@pytest.fixture
+def cupy(monkeypatch):
+    """Install the host stand-in for CuPy and return it."""
+    fake = host_cupy.module()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setitem(sys.modules, "cupyx", host_cupy.cupyx_module())
+    return fake
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_host_gpunet_every_layer(cupy, name):
+    device_tests.test_every_layer_matches_cpu(cupy, name)
+
+
+def test_host_gpunet_lenet_iterations(cupy):
+    device_tests.test_lenet_iterations_match_cpu(cupy)
+
+
+def test_host_gpunet_solver(cupy):
+    device_tests.test_solver_trains_like_cpu(cupy, device_tests.Adam)
+
+
+def test_host_gpunet_bad_label(cupy):
+    device_tests.test_bad_label_raises_data_error(cupy)
+
+
+def test_host_gpunet_arena_is_planned(cupy):
+    gpu = GPUNet("lenet", GPUBackend(seed=1), lenet(4))
+    assert gpu.plan is not None
+    assert gpu.arena.nbytes == gpu.plan.arena_bytes
+    assert "ip1" not in gpu.blobs
+    assert isinstance(gpu.params["ip1"]["weight"], host_cupy.DeviceArray)
+    assert np.all(gpu.states["loss"] == 0)
