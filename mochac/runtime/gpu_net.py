@@ -7,9 +7,9 @@ forward() and backward() execute the step lists on one stream: kernel
 launches, cuBLAS GEMMs through ``cupy.cublas.gemm``, memsets and copies. Data
 layers fill pinned host buffers that a second stream copies to the device.
 
-NOTE: this module has not run on a GPU yet: the machine it was written on
-has nvcc but no device. tests/test_cuda_device.py checks it against the CPU
-backend where a device exists.
+NOTE: unverified on a GPU. The CuPy calls, streams and pinned copies here
+have run only against the host stand-in of tests/host_cupy.py;
+tests/test_cuda_device.py checks them where a device exists.
 """
 
 from __future__ import annotations
