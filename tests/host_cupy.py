@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import itertools
+import subprocess
 import tempfile
 import types
 from pathlib import Path
@@ -75,14 +76,29 @@ class CUDARuntimeError(RuntimeError):
 COUNTER = itertools.count()
 
 
+class CompileException(Exception):
+    pass
+
+
 class RawModule:
-    """Generated CUDA compiled for the host; kernels run with one thread."""
+    """Generated CUDA compiled for the host; kernels run with one thread.
+
+    As in CuPy, the code compiles when the first kernel is looked up.
+    """
 
     def __init__(self, code):
-        folder = Path(tempfile.mkdtemp(prefix="mochac-host-cupy-"))
-        self.library = compile_source_for_host(code, folder, f"module{next(COUNTER)}")
+        self.code = code
+        self.library = None
 
     def get_function(self, name):
+        if self.library is None:
+            folder = Path(tempfile.mkdtemp(prefix="mochac-host-cupy-"))
+            try:
+                self.library = compile_source_for_host(
+                    self.code, folder, f"module{next(COUNTER)}"
+                )
+            except subprocess.CalledProcessError as error:
+                raise CompileException(error.stderr) from error
         function = getattr(self.library, name)
         function.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
 
@@ -122,6 +138,7 @@ def module() -> types.ModuleType:
     cupy.cublas = types.SimpleNamespace(gemm=gemm)
     cupy.cuda = types.SimpleNamespace(
         runtime=runtime,
+        compiler=types.SimpleNamespace(CompileException=CompileException),
         Stream=Stream,
         Device=lambda index: contextlib.nullcontext(),
     )

@@ -6,8 +6,10 @@ the CPU backend. The same checks run on a real device in
 tests/test_cuda_device.py.
 """
 
+import dataclasses
 import shutil
 import sys
+from pathlib import Path
 
 import host_cupy
 import numpy as np
@@ -16,6 +18,8 @@ import test_cuda_device as device_tests
 from cuda_nets import NETS
 
 from mochac.bench.nets import lenet
+from mochac.errors import CompileError
+from mochac.runtime import gpu_net
 from mochac.runtime.gpu_backend import GPUBackend
 from mochac.runtime.gpu_net import GPUNet
 
@@ -57,3 +61,21 @@ def test_host_gpunet_arena_is_planned(cupy):
     assert "ip1" not in gpu.blobs
     assert isinstance(gpu.params["ip1"]["weight"], host_cupy.DeviceArray)
     assert np.all(gpu.states["loss"] == 0)
+
+
+def test_host_gpunet_compile_error_keeps_source(cupy, monkeypatch, tmp_path):
+    monkeypatch.setenv("MOCHAC_CACHE_DIR", str(tmp_path))
+    render = gpu_net.render_cuda
+
+    def broken_render(ir):
+        program = render(ir)
+        source = program.source + "\n#error broken on purpose\n"
+        return dataclasses.replace(program, source=source)
+
+    monkeypatch.setattr(gpu_net, "render_cuda", broken_render)
+    with pytest.raises(CompileError, match="NVRTC failed") as caught:
+        GPUNet("lenet", GPUBackend(seed=1), lenet(4))
+    kept = Path(caught.value.source_path)
+    assert kept.parent == tmp_path
+    assert kept.read_text().endswith("#error broken on purpose\n")
+    assert "broken on purpose" in caught.value.output

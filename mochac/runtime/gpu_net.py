@@ -19,9 +19,10 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from mochac.codegen.build import cache_dir, source_digest
 from mochac.codegen.cuda import render_cuda
 from mochac.codegen.cuda.steps import Copy, Gemm, Launch, Zero
-from mochac.errors import ConfigError, ShapeError
+from mochac.errors import CompileError, ConfigError, ShapeError
 from mochac.ir import build_ir
 from mochac.ir.graph import check_layer_list
 from mochac.layers.output import OutputLayer
@@ -118,8 +119,7 @@ class GPUNet(Net):
             self.stream = cupy.cuda.Stream.null
             self.copy_stream = cupy.cuda.Stream(non_blocking=True)
             self._allocate()
-            self.forward_calls = [self._bind(step) for step in self.program.forward]
-            self.backward_calls = [self._bind(step) for step in self.program.backward]
+            self._bind_steps()
         sinks = [info for info in self.ir.layers if isinstance(info.layer, OutputLayer)]
         self.output_states = {
             info.name: make_output_state(info.layer, info.bottom_shapes, backend.dtype)
@@ -229,6 +229,25 @@ class GPUNet(Net):
         array = self.cupy.asarray(np.ascontiguousarray(values))
         registry[spec.name] = array
         return array
+
+    def _bind_steps(self):
+        """Bind every step; the first kernel looked up compiles the module."""
+        compiler = getattr(self.cupy.cuda, "compiler", None)
+        compile_errors = tuple(
+            error for error in (getattr(compiler, "CompileException", None),) if error
+        )
+        try:
+            self.forward_calls = [self._bind(step) for step in self.program.forward]
+            self.backward_calls = [self._bind(step) for step in self.program.backward]
+        except compile_errors as error:
+            kept = cache_dir() / f"mochac_cuda_{source_digest(self.source)}.failed.cu"
+            kept.write_text(self.source)
+            raise CompileError(
+                f"net '{self.name}': NVRTC failed on the generated CUDA; the source "
+                f"is kept at {kept}\n{error}",
+                output=str(error),
+                source_path=str(kept),
+            ) from error
 
     def _bind(self, step):
         """Return a function of n_valid that enqueues one step on the stream."""
