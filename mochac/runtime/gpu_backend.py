@@ -47,6 +47,9 @@ class GPUBackend:
     built on one backend share parameters as they do on the CPU backend.
     """
 
+    # Net construction checks this to build a GPUNet for this backend.
+    is_gpu = True
+
     def __init__(self, device: int = 0, dtype=np.float32, seed=None):
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
