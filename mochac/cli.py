@@ -52,6 +52,8 @@ def compile_command(args) -> int:
         )
         return 2
     out = Path(args.output)
+    if args.backend == "cuda":
+        return compile_cuda(nets, out, args)
     reports, dots = [], []
     for found in nets:
         # Rebuild with the command line's options; the cache makes an
@@ -76,6 +78,28 @@ def compile_command(args) -> int:
         Path(args.report_json).write_text(json.dumps(reports, indent=1) + "\n")
     if args.dot:
         Path(args.dot).write_text("".join(dots))
+    return 0
+
+
+def compile_cuda(nets, out: Path, args) -> int:
+    """Write each net's CUDA source and step list (no CuPy or device needed)."""
+    from mochac.codegen.cuda import build_cuda_program, write_cuda_files
+    from mochac.codegen.lowering import c_identifier
+
+    used: set[str] = set()
+    for found in nets:
+        _, program = build_cuda_program(
+            found.name,
+            found.layers,
+            dtype=found.backend.dtype,
+            opt_level=args.opt_level,
+            disable=args.disable,
+            keep=found.keep,
+            phase=found.phase,
+            force_backward=found.force_backward,
+        )
+        paths = write_cuda_files(program, out, c_identifier(found.name, used))
+        print(f"net '{found.name}' -> {', '.join(str(path) for path in paths)}")
     return 0
 
 
@@ -110,6 +134,22 @@ def bench_command(args) -> int:
         def factory(batch):
             return layers
 
+    if args.backend == "cuda":
+        from mochac.bench.gpu_runner import bench_gpu, format_gpu_bench
+
+        report = bench_gpu(
+            factory,
+            batch=args.batch,
+            iters=args.iters,
+            repeats=args.repeats,
+            opt_level=args.opt_level,
+            peer=not args.no_peer,
+        )
+        report["net"] = args.net
+        print(format_gpu_bench(report))
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        return 0
     report = bench(
         factory,
         batch=args.batch,
@@ -210,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write each net's IR before and after the passes as Graphviz dot",
     )
+    compile_parser.add_argument(
+        "--backend",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cpu (default): an importable module per net; cuda: each net's CUDA "
+        "source and step list, for GPUBackend",
+    )
     compile_parser.set_defaults(run=compile_command, opt_level=1)
     bench_parser = commands.add_parser(
         "bench", help="time a net's forward, backward and training iteration"
@@ -244,6 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the inference timings (the net without its loss at the batch "
         "size and at batch 1)",
+    )
+    bench_parser.add_argument(
+        "--backend",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cpu (default) against PyTorch on the CPU; cuda: GPUBackend against "
+        "PyTorch on the same GPU (needs CuPy and a CUDA device)",
     )
     bench_parser.set_defaults(run=bench_command, opt_level=1)
     plot_parser = commands.add_parser(

@@ -187,3 +187,29 @@ def test_compiled_module_keeps_small_arrays():
     # The data comes back as zeros of its shape, the mean with its values.
     np.testing.assert_array_equal(restored.data[0], np.zeros((2, 2, 3)))
     np.testing.assert_array_equal(restored.transformers[0][1].mean_blob, mean)
+
+
+def test_compile_cuda_backend_writes_source_and_steps(tmp_path, capsys):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    out = tmp_path / "cuda"
+    assert main(["compile", str(net_file), "-o", str(out), "--backend", "cuda"]) == 0
+    sources = sorted(out.glob("*.cu"))
+    assert sources
+    assert "__global__" in sources[0].read_text()
+    steps = json.loads(sources[0].with_suffix(".steps.json").read_text())
+    assert steps["forward"]
+    assert str(sources[0]) in capsys.readouterr().out
+
+
+def test_bench_cuda_backend_without_device_fails_clearly(caplog):
+    try:
+        import cupy
+
+        cupy.cuda.runtime.getDeviceCount()
+        pytest.skip("a CUDA device is usable here")
+    except Exception:
+        pass
+    args = ["bench", "lenet", "--backend", "cuda", "--iters", "1", "--repeats", "1"]
+    assert main(args) == 1
+    assert "mochac[cuda]" in caplog.text or "CUDA device" in caplog.text

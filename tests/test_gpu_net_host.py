@@ -79,3 +79,11 @@ def test_host_gpunet_compile_error_keeps_source(cupy, monkeypatch, tmp_path):
     assert kept.parent == tmp_path
     assert kept.read_text().endswith("#error broken on purpose\n")
     assert "broken on purpose" in caught.value.output
+
+
+def test_net_with_gpu_backend_builds_gpunet(cupy):
+    from mochac import Net
+
+    net = Net("lenet", GPUBackend(seed=1), lenet(4))
+    assert isinstance(net, GPUNet)
+    assert np.isfinite(net.forward())

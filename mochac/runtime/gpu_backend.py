@@ -47,8 +47,8 @@ class GPUBackend:
     built on one backend share parameters as they do on the CPU backend.
     """
 
-    # Identifies the GPU backend, so that Net can build a GPUNet for it (Net
-    # does not check it yet; build GPUNet directly until it does).
+    # Identifies the GPU backend: Net(name, GPUBackend(), layers) builds a
+    # GPUNet.
     is_gpu = True
 
     def __init__(self, device: int = 0, dtype=np.float32, seed=None):

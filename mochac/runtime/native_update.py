@@ -113,7 +113,8 @@ def build_tables(net, method, regu_coef) -> UpdateTables | None:
 def tables_for(net, method, regu_coef) -> UpdateTables | None:
     """Return the cached tables of ``net`` for ``method``, rebuilt when stale;
     None when the method must update in NumPy."""
-    if native_code(method) is None:
+    if native_code(method) is None or getattr(net, "ffi", None) is None:
+        # No native form, or a net without a compiled CPU module (GPUNet).
         return None
     cache = net.__dict__.setdefault("_update_tables", {})
     key = _cache_key(net, method, regu_coef)

@@ -85,6 +85,14 @@ class Net:
     as a MemoryOutputLayer's ``outputs``.
     """
 
+    def __new__(cls, name=None, backend=None, *args, **kwargs):
+        # Net(name, GPUBackend(), layers) builds the CUDA backend's GPUNet.
+        if cls is Net and getattr(backend, "is_gpu", False):
+            from mochac.runtime.gpu_net import GPUNet
+
+            cls = GPUNet
+        return super().__new__(cls)
+
     def __init__(
         self,
         name,

@@ -1,0 +1,151 @@
+"""Timing of a net on the CUDA backend and of its PyTorch peer on the same GPU.
+
+The measures follow mochac.bench.runner: forward, a training iteration
+(data, forward, backward, SGD update) and, for inference, the net without
+its loss at the batch size and at batch 1. Every timed call waits for the
+device before the clock stops.
+
+NOTE: no GPU was available where this was written: this runner has only been
+run to the point where GPUBackend reports that no device is usable.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mochac.bench.runner import LATENCY_CALLS, inference_layers, rounds, summary
+from mochac.runtime.gpu_backend import GPUBackend
+from mochac.runtime.net import Net
+from mochac.runtime.solver import SGD
+
+logger = logging.getLogger(__name__)
+
+
+def bench_gpu(layers_factory, batch=64, iters=20, repeats=5, opt_level=1, peer=True):
+    """Time a net built by ``layers_factory(batch)`` on the GPU; return a report.
+
+    Raises DeviceError when CuPy or a CUDA device is missing.
+    """
+    backend = GPUBackend(seed=0)
+    net = Net("bench-gpu", backend, layers_factory(batch), opt_level=opt_level)
+    method = SGD()
+
+    def forward():
+        net.forward()
+
+    def train():
+        net.train_step(method, 0.01, 0.9, 0.0005, 0)
+        net.synchronize()
+
+    infer_net = Net(
+        "bench-gpu-infer",
+        GPUBackend(seed=0),
+        inference_layers(layers_factory, batch),
+        opt_level=opt_level,
+    )
+    single_net = Net(
+        "bench-gpu-latency",
+        GPUBackend(seed=0),
+        inference_layers(layers_factory, 1),
+        opt_level=opt_level,
+    )
+
+    def infer(target):
+        def run():
+            target.forward()
+            target.synchronize()
+
+        return run
+
+    report = {
+        "backend": "cuda",
+        "batch": batch,
+        "iters": iters,
+        "opt_level": opt_level,
+        "mochac": {
+            "forward": summary(rounds(forward, iters, repeats)),
+            "train": summary(rounds(train, iters, repeats)),
+            "infer": summary(rounds(infer(infer_net), iters, repeats)),
+            "latency": summary(
+                rounds(infer(single_net), LATENCY_CALLS * iters, repeats)
+            ),
+        },
+        "peers": {},
+    }
+    if peer:
+        report["peers"] = bench_torch_cuda(net, iters, repeats)
+    for measures in report["peers"].values():
+        for measure, values in measures.items():
+            if isinstance(values, dict) and measure in report["mochac"]:
+                ours = report["mochac"][measure]["median_ms"]
+                values["speedup_of_mochac"] = values["median_ms"] / ours
+    return report
+
+
+def bench_torch_cuda(net, iters, repeats) -> dict:
+    """Time PyTorch eager on the GPU; {} without torch or without CUDA in it."""
+    try:
+        import torch
+    except ImportError:
+        logger.warning("PyTorch is not installed, so no peer is timed")
+        return {}
+    if not torch.cuda.is_available():
+        logger.warning("this PyTorch has no CUDA device, so no peer is timed")
+        return {}
+    from mochac.bench.torch_peer import TorchNet
+
+    peer = TorchNet(net)
+    peer.model.cuda()
+    peer.x, peer.y = peer.x.cuda(), peer.y.cuda()
+    single = peer.x[:1].clone()
+
+    def timed(function):
+        def run():
+            function()
+            torch.cuda.synchronize()
+
+        return run
+
+    measures = {
+        "forward": summary(
+            rounds(timed(lambda: peer.loss(peer.x, peer.y)), iters, repeats)
+        ),
+        "train": summary(
+            rounds(timed(lambda: peer.train_step(peer.loss)), iters, repeats)
+        ),
+        "version": torch.__version__,
+        "device": torch.cuda.get_device_name(),
+    }
+    with torch.inference_mode():
+        measures["infer"] = summary(
+            rounds(timed(lambda: peer.outputs(peer.x)), iters, repeats)
+        )
+        measures["latency"] = summary(
+            rounds(timed(lambda: peer.outputs(single)), LATENCY_CALLS * iters, repeats)
+        )
+    return {"torch_cuda": measures}
+
+
+def format_gpu_bench(report: dict) -> str:
+    """Return the GPU report as a table, one line per framework."""
+    lines = [
+        f"CUDA backend, batch {report['batch']}, median of "
+        f"{report['mochac']['train']['rounds']} rounds of {report['iters']} iterations",
+        f"{'':12} {'forward ms':>11} {'train ms':>9} {'train it/s':>11} "
+        f"{'infer ms':>9} {'batch-1 ms':>11}",
+    ]
+    rows = [("mochac", report["mochac"])] + list(report["peers"].items())
+    for name, measures in rows:
+        train = measures["train"]["median_ms"]
+        lines.append(
+            f"{name:12} {measures['forward']['median_ms']:11.3f} {train:9.3f} "
+            f"{1e3 / train:11.1f} {measures['infer']['median_ms']:9.3f} "
+            f"{measures['latency']['median_ms']:11.4f}"
+        )
+    for name, measures in report["peers"].items():
+        lines.append(
+            f"mochac speed-up over {name}: train "
+            f"{measures['train']['speedup_of_mochac']:.2f}x, inference "
+            f"{measures['infer']['speedup_of_mochac']:.2f}x"
+        )
+    return "\n".join(lines)
