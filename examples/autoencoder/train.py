@@ -254,9 +254,9 @@ def autoencoder_layers(i, ratio, data_layer, rename_layer, hidden):
 def make_solver(max_iter, learning_rate, folder: Path, summary_every):
     """Return an SGD solver with the tutorial's settings, saving into ``folder``.
 
-    No momentum and no weight decay. Statistics go to folder/statistics.h5,
-    a snapshot at the last iteration, and a rerun resumes from the newest
-    snapshot in ``folder``.
+    No momentum and no weight decay. Statistics go to folder/statistics.h5.
+    Snapshots are saved at iterations 0 and max_iter, and a rerun resumes
+    from the newest snapshot in ``folder``.
     """
     folder.mkdir(parents=True, exist_ok=True)
     method = SGD()
@@ -287,8 +287,10 @@ def pretrain(backend, args, data_layer, rename_layer, hidden) -> list[dict]:
     for i, ratio in enumerate(args.corruption, start=1):
         layers = autoencoder_layers(i, ratio, data_layer, rename_layer, hidden)
         da = Net(f"Denoising-Autoencoder-{i}", backend, layers)
-        # Only the encoder and decoder of this auto-encoder learn; the
+        # Only the encoder and decoder of this auto-encoder learn, so the
         # hidden layers below keep their pre-trained parameters.
+        # NOTE: the compiled backward pass still computes the gradients of
+        # the frozen layers, and the solver only skips their update.
         freeze_all(da)
         unfreeze(da, f"ip-{i}", f"tied-ip-{i}")
 
