@@ -12,6 +12,7 @@ from gradcheck import build_net, check_gradients
 from test_convolution import reference_convolution
 
 from mochac import ConvolutionLayer, GaussianInitializer, Neurons
+from mochac.codegen import c_source
 from mochac.codegen.lowering import CONV_MAX_LANES, conv_chunking
 
 RNG = np.random.default_rng(11)
@@ -46,13 +47,25 @@ LAYERS = [
 
 @pytest.fixture(scope="module")
 def nets():
-    """The same net with 1 and with 3 threads."""
-    return {
-        threads: build_net(
-            f"conv-chunks-{threads}", LAYERS, INPUTS, seed=5, threads=threads
-        )
-        for threads in (1, 3)
-    }
+    """The same net with 1 and with 3 threads.
+
+    These nets are far below the size at which generated code starts using
+    threads, so the threshold is lowered to make the lanes run in parallel.
+    """
+    saved = c_source.PARALLEL_MIN_FLOPS
+    c_source.PARALLEL_MIN_FLOPS = 0
+    try:
+        built = {
+            threads: build_net(
+                f"conv-chunks-{threads}", LAYERS, INPUTS, seed=5, threads=threads
+            )
+            for threads in (1, 3)
+        }
+    finally:
+        c_source.PARALLEL_MIN_FLOPS = saved
+    for net in built.values():
+        assert "mochac_parallel = 1;" in net.source
+    return built
 
 
 def test_chunking_of_test_batch(nets):

@@ -54,6 +54,25 @@ int mochac_train_step(void **p, struct mochac_status *st, int n_valid,
 """
 
 
+# A net whose forward pass takes at most this many floating-point operations
+# in its GEMMs runs single-threaded (net.c.j2's mochac_parallel).
+PARALLEL_MIN_FLOPS = 16e6
+
+
+def forward_gemm_flops(kernels) -> float:
+    """Return the floating-point operations of the forward pass's GEMMs."""
+    flops = 0.0
+    for kernel in kernels:
+        k = kernel.context
+        if kernel.template == "c/convolution.c.j2":
+            flops += 2.0 * k["F"] * k["K"] * k["NP"] * len(k["pairs"])
+        elif kernel.template in ("c/inner_product.c.j2", "c/tied_inner_product.c.j2"):
+            inputs = k.get("D", k.get("IN"))
+            outputs = k.get("O", k.get("OUT"))
+            flops += sum(2.0 * pair["N"] * inputs * outputs for pair in k["pairs"])
+    return flops
+
+
 @functools.cache
 def template_environment() -> jinja2.Environment:
     return jinja2.Environment(
@@ -88,6 +107,8 @@ def render_c(ir):
             for slot in slots.slots
         ],
         kernel_texts=kernel_texts,
+        forward_flops=forward_gemm_flops(kernels),
+        parallel_min_flops=PARALLEL_MIN_FLOPS,
         loss_checks=[
             {"state": slot.index, "layer": info.index}
             for info in ir.layers
