@@ -17,6 +17,8 @@ RNG = np.random.default_rng(5)
 
 INPUTS = {
     "x_flat": RNG.normal(size=(3, 5)),
+    "x_row": RNG.normal(size=(1, 7)),
+    "x_column": RNG.normal(size=(3, 5)),
     "x_image": RNG.normal(size=(2, 2, 3, 2)),
     # Bottoms may differ in batch size when their features per sample agree.
     "x_first": RNG.normal(size=(2, 6)),
@@ -43,6 +45,22 @@ LAYERS = [
         bottoms=["x_first", "x_second"],
         tops=["y_first", "y_second"],
         output_dim=4,
+        bias_init=RANDOM_BIAS,
+    ),
+    # One sample, and one output: products with one row or one column of
+    # the result run as matrix-vector products.
+    InnerProductLayer(
+        name="ip_row",
+        bottoms=["x_row"],
+        tops=["y_row"],
+        output_dim=4,
+        bias_init=RANDOM_BIAS,
+    ),
+    InnerProductLayer(
+        name="ip_column",
+        bottoms=["x_column"],
+        tops=["y_column"],
+        output_dim=1,
         bias_init=RANDOM_BIAS,
     ),
 ]
