@@ -2,7 +2,9 @@
 
 Each measure runs ``repeats`` rounds of ``iters`` iterations after a warm-up
 and reports the median, minimum, maximum and spread of the per-iteration
-time of the rounds. Measures: forward, backward, a training iteration
+time of the rounds. Rounds of mochac and of its peers alternate, so that
+drift in the machine's speed (on a shared 2-core machine, often 30 % within
+minutes) affects every framework alike. Measures: forward, backward, a training iteration
 (data, then forward, backward and the SGD update in one native call), and
 for inference the net without its loss: a forward pass at the batch size
 (throughput) and at batch 1 (latency). Backward is timed as forward plus
@@ -83,24 +85,33 @@ def inference_layers(layers_factory, batch: int) -> list:
     return [layer for layer in layers_factory(batch) if not layer.has_loss]
 
 
-def bench(
-    layers_factory,
-    batch=64,
-    threads=1,
-    iters=20,
-    repeats=5,
-    opt_level=1,
-    peer=True,
-    torch_compile=True,
-    inference=True,
-) -> dict:
-    """Time a net built by ``layers_factory(batch)`` and its peers; return a report.
+def interleaved_rounds(functions: dict, repeats: int) -> dict:
+    """Return {key: seconds per call in each round} for ``{key: (function, calls)}``.
 
-    With ``inference``, also times the net without its loss: a forward pass
-    at ``batch`` (throughput) and at batch 1 (latency).
+    Each function runs once as a warm-up. Then every round times each
+    function in turn, so a change in the machine's speed during the run
+    reaches mochac and its peers alike.
     """
-    backend = CPUBackend(threads=threads, seed=0)
-    net = Net("bench", backend, layers_factory(batch), opt_level=opt_level)
+    for function, _ in functions.values():
+        function()
+    samples = {key: [] for key in functions}
+    for _ in range(repeats):
+        for key, (function, calls) in functions.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                function()
+            samples[key].append((time.perf_counter() - start) / calls)
+    return samples
+
+
+def mochac_measures(layers_factory, batch, threads, iters, opt_level, inference):
+    """Return {measure: (function, calls)} for mochac, and the train net."""
+    net = Net(
+        "bench",
+        CPUBackend(threads=threads, seed=0),
+        layers_factory(batch),
+        opt_level=opt_level,
+    )
     method = SGD()
 
     def train():
@@ -111,19 +122,10 @@ def bench(
         net.forward()
         net.backward()
 
-    forward = rounds(net.forward, iters, repeats)
-    both = rounds(forward_backward, iters, repeats)
-    report = {
-        "batch": batch,
-        "threads": threads,
-        "iters": iters,
-        "opt_level": opt_level,
-        "mochac": {
-            "forward": summary(forward),
-            "backward": summary(_difference(both, forward)),
-            "train": summary(rounds(train, iters, repeats)),
-        },
-        "peers": {},
+    measures = {
+        "forward": (net.forward, iters),
+        "forward_backward": (forward_backward, iters),
+        "train": (train, iters),
     }
     if inference:
         infer_net = Net(
@@ -138,10 +140,64 @@ def bench(
             inference_layers(layers_factory, 1),
             opt_level=opt_level,
         )
-        report["mochac"]["infer"] = summary(rounds(infer_net.forward, iters, repeats))
-        report["mochac"]["latency"] = summary(
-            rounds(single_net.forward, LATENCY_CALLS * iters, repeats)
+        measures["infer"] = (infer_net.forward, iters)
+        measures["latency"] = (single_net.forward, LATENCY_CALLS * iters)
+    return measures, net
+
+
+def bench(
+    layers_factory,
+    batch=64,
+    threads=1,
+    iters=20,
+    repeats=5,
+    opt_level=1,
+    peer=True,
+    torch_compile=True,
+    inference=True,
+) -> dict:
+    """Time a net built by ``layers_factory(batch)`` and its peers; return a report.
+
+    With ``inference``, also times the net without its loss: a forward pass
+    at ``batch`` (throughput) and at batch 1 (latency). The rounds of
+    mochac and of its peers alternate (interleaved_rounds).
+    """
+    ours, net = mochac_measures(
+        layers_factory, batch, threads, iters, opt_level, inference
+    )
+    participants = {"mochac": ours}
+    versions, compile_seconds = {}, {}
+    if peer:
+        participants.update(
+            torch_measures(
+                net, threads, iters, torch_compile, inference, versions, compile_seconds
+            )
         )
+    net.lib.mochac_set_num_threads(threads)
+    functions = {
+        (name, measure): entry
+        for name, measures in participants.items()
+        for measure, entry in measures.items()
+    }
+    samples = interleaved_rounds(functions, repeats)
+    results = {}
+    for name, measures in participants.items():
+        times = {measure: samples[(name, measure)] for measure in measures}
+        both = times.pop("forward_backward")
+        times["backward"] = _difference(both, times["forward"])
+        results[name] = {measure: summary(values) for measure, values in times.items()}
+    report = {
+        "batch": batch,
+        "threads": threads,
+        "iters": iters,
+        "opt_level": opt_level,
+        "mochac": results.pop("mochac"),
+        "peers": results,
+    }
+    for name, peer_report in report["peers"].items():
+        peer_report["version"] = versions[name]
+        if name in compile_seconds:
+            peer_report["compile_s"] = compile_seconds[name]
     report["compile"] = measure_compile(layers_factory, batch, threads, opt_level)
     shapes = gemm_shapes(net)
     blas_ms = 1e3 * time_gemms(shapes, threads, net.backend.dtype)
@@ -151,16 +207,12 @@ def bench(
         "gemm_ms": blas_ms,
         "share_of_train": blas_ms / report["mochac"]["train"]["median_ms"],
     }
-    if peer:
-        report["peers"] = bench_torch(
-            net, threads, iters, repeats, torch_compile, inference
-        )
     for measures in report["peers"].values():
         for measure, values in measures.items():
             if isinstance(values, dict) and measure in report["mochac"]:
-                ours = report["mochac"][measure]["median_ms"]
+                ours_ms = report["mochac"][measure]["median_ms"]
                 values["speedup_of_mochac"] = (
-                    values["median_ms"] / ours if ours else None
+                    values["median_ms"] / ours_ms if ours_ms else None
                 )
     return report
 
@@ -169,11 +221,15 @@ def bench(
 LATENCY_CALLS = 10
 
 
-def bench_torch(net, threads, iters, repeats, torch_compile, inference=True) -> dict:
-    """Time PyTorch eager (and torch.compile) on the same net; {} without torch.
+def torch_measures(
+    net, threads, iters, torch_compile, inference, versions, compile_seconds
+) -> dict:
+    """Return {peer: {measure: (function, calls)}} for PyTorch eager (and
+    torch.compile), or {} without torch. Fills ``versions`` and, for
+    torch.compile, ``compile_seconds`` (the first training step).
 
-    Inference (batch ``net``'s batch and batch 1) is timed for eager only,
-    under torch.inference_mode().
+    Inference (the net's batch and batch 1) is timed for eager only, under
+    torch.inference_mode().
     """
     try:
         import torch
@@ -196,7 +252,8 @@ def bench_torch(net, threads, iters, repeats, torch_compile, inference=True) -> 
             loss = torch.compile(peer.loss)
             start = time.perf_counter()
             peer.train_step(loss)
-            compile_s = time.perf_counter() - start
+            compile_seconds[name] = time.perf_counter() - start
+        versions[name] = torch.__version__
 
         def forward(loss=loss, peer=peer):
             loss(peer.x, peer.y)
@@ -207,30 +264,25 @@ def bench_torch(net, threads, iters, repeats, torch_compile, inference=True) -> 
         def train(loss=loss, peer=peer):
             peer.train_step(loss)
 
-        forward_times = rounds(forward, iters, repeats)
-        peers[name] = {
-            "forward": summary(forward_times),
-            "backward": summary(
-                _difference(rounds(both, iters, repeats), forward_times)
-            ),
-            "train": summary(rounds(train, iters, repeats)),
-            "version": torch.__version__,
+        measures = {
+            "forward": (forward, iters),
+            "forward_backward": (both, iters),
+            "train": (train, iters),
         }
-        if mode == "compile":
-            peers[name]["compile_s"] = compile_s
         if inference and mode is None:
             single = peer.x[:1].clone()
-            with torch.inference_mode():
-                peers[name]["infer"] = summary(
-                    rounds(lambda peer=peer: peer.outputs(peer.x), iters, repeats)
-                )
-                peers[name]["latency"] = summary(
-                    rounds(
-                        lambda peer=peer: peer.outputs(single),
-                        LATENCY_CALLS * iters,
-                        repeats,
-                    )
-                )
+
+            def infer(peer=peer):
+                with torch.inference_mode():
+                    peer.outputs(peer.x)
+
+            def latency(peer=peer, single=single):
+                with torch.inference_mode():
+                    peer.outputs(single)
+
+            measures["infer"] = (infer, iters)
+            measures["latency"] = (latency, LATENCY_CALLS * iters)
+        peers[name] = measures
     return peers
 
 
