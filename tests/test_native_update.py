@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from mochac import (
+    ConfigError,
     ConvolutionLayer,
     CPUBackend,
     InnerProductLayer,
@@ -130,7 +131,7 @@ def test_native_step_matches_numpy(kind, dtype):
     )
 
 
-def test_shared_array_is_updated_once_from_summed_gradients():
+def test_shared_array_updated_once():
     net = make_net(np.float64)
     method = SGD()
     tables = native_update.tables_for(net, method, 0.0)
@@ -139,7 +140,7 @@ def test_shared_array_is_updated_once_from_summed_gradients():
     assert tables.n_sums == 2
 
 
-def test_frozen_layer_stays_and_matches_numpy():
+def test_frozen_layer_stays():
     native, reference, *_ = train_pair("sgd", np.float64, frozen=("conv",))
     start = make_net(np.float64)
     for net in (native, reference):
@@ -178,7 +179,7 @@ class HalfL2(Regularizer):
         grad += param.dtype.type(self.coefficient * global_coef) * param
 
 
-def test_regularizer_without_native_form_falls_back_to_numpy():
+def test_unknown_regularizer_uses_numpy():
     parts = layers()
     parts[2] = InnerProductLayer(
         name="ip", bottoms=["conv"], tops=["ip"], output_dim=3, weight_regu=HalfL2()
@@ -192,7 +193,7 @@ def test_regularizer_without_native_form_falls_back_to_numpy():
     assert not np.array_equal(before, net.params["ip"]["weight"])
 
 
-def test_nan_loss_raises_before_any_update():
+def test_nan_loss_stops_before_update():
     parts = layers()
     images = parts[0].data[0].copy()
     images[0, 0, 0, 0] = np.nan
@@ -214,7 +215,7 @@ def test_nan_loss_raises_before_any_update():
         assert np.array_equal(net.params[layer][name], values)
 
 
-def test_adam_without_iteration_is_refused():
+def test_adam_needs_iteration():
     net = make_net(np.float64)
-    with pytest.raises(Exception, match="missing iteration"):
+    with pytest.raises(ConfigError, match="missing iteration"):
         net.train_step(Adam(), 0.1, 0.0, 0.0)
