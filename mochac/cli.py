@@ -259,18 +259,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compile_parser.set_defaults(run=compile_command, opt_level=1)
     bench_parser = commands.add_parser(
-        "bench", help="time a net's forward, backward and training iteration"
+        "bench",
+        help="time a net's forward, backward and training iteration",
     )
     bench_parser.add_argument(
         "net",
         help="a built-in net (lenet, cifar10) or a Python file that defines a Net",
     )
-    bench_parser.add_argument("--batch", type=int, default=64, help="batch size")
-    bench_parser.add_argument("--threads", type=int, default=1, help="CPU threads")
     bench_parser.add_argument(
-        "--iters", type=int, default=20, help="iterations per timed round"
+        "--batch", type=int, default=64, help="batch size (default: 64)"
     )
-    bench_parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
+    bench_parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads (default: 1)"
+    )
+    bench_parser.add_argument(
+        "--iters", type=int, default=20, help="iterations per timed round (default: 20)"
+    )
+    bench_parser.add_argument(
+        "--repeats", type=int, default=5, help="timed rounds (default: 5)"
+    )
     bench_parser.add_argument(
         "-O0", dest="opt_level", action="store_const", const=0, help="run no pass"
     )

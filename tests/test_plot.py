@@ -44,3 +44,14 @@ def test_plot_unreadable_file(tmp_path):
     bad.write_bytes(np.zeros(8).tobytes())
     with pytest.raises(DataError, match="cannot read"):
         plot_statistics(bad, tmp_path / "x.png")
+
+
+def test_plot_of_a_snapshot_is_refused(tmp_path, caplog):
+    import h5py
+
+    snapshot = tmp_path / "snapshot-000010.h5"
+    with h5py.File(snapshot, "w") as handle:
+        handle["conv___filter"] = np.zeros((2, 2), dtype=np.float32)
+    assert main(["plot", str(snapshot), "-o", str(tmp_path / "curve.png")]) == 1
+    assert "is not a statistics series" in caplog.text
+    assert not (tmp_path / "curve.png").exists()

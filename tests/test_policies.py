@@ -243,3 +243,11 @@ def test_resume_restores_decayed_rate(tmp_path):
     Solver(SGD(), params).solve(fresh)
     # snapshot-000004 was saved after the decay at iteration 2.
     assert policy.learning_rate == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_policies_refuse_non_finite_values(value):
+    with pytest.raises(mochac.ConfigError, match="finite"):
+        LRPolicy.Fixed(value)
+    with pytest.raises(mochac.ConfigError, match="finite"):
+        MomPolicy.Fixed(value)

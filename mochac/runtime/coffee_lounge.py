@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mochac.errors import ConfigError
+from mochac.errors import ConfigError, DataError
 from mochac.runtime.snapshot import write_atomically
 
 logger = logging.getLogger(__name__)
@@ -78,10 +78,24 @@ class CoffeeLounge:
 
 
 def read_statistics(path) -> dict[str, dict[int, float]]:
-    """Return the series stored in a coffee lounge file."""
+    """Return the series stored in a coffee lounge file.
+
+    Raises DataError when the file holds anything but statistics series
+    (a snapshot, for instance).
+    """
     stats = {}
     with h5py.File(path, "r") as handle:
         for name, group in handle.items():
+            if (
+                not isinstance(group, h5py.Group)
+                or "iterations" not in group
+                or "values" not in group
+            ):
+                raise DataError(
+                    f"{path}: '{name}' is not a statistics series (a group with "
+                    "'iterations' and 'values'); give the statistics file the "
+                    "coffee lounge saved, not a snapshot"
+                )
             iterations = group["iterations"][()]
             values = group["values"][()]
             stats[name] = {int(i): float(v) for i, v in zip(iterations, values)}

@@ -14,7 +14,9 @@ from mochac.errors import ConfigError, DeviceError
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'mochac[cuda]'"
+INSTALL_HINT = (
+    "pip install 'mochac[cuda]' (in a clone of mochac: pip install '.[cuda]')"
+)
 
 
 def import_cupy():

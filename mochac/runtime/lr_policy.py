@@ -29,6 +29,11 @@ def _check(policy, field, value, minimum=None, integer=False):
             f"LRPolicy.{type(policy).__name__}: invalid {field}={value!r}; expected "
             f"{'an int' if integer else 'a number'}"
         )
+    if not math.isfinite(value):
+        raise ConfigError(
+            f"LRPolicy.{type(policy).__name__}: invalid {field}={value!r}; expected a "
+            "finite number"
+        )
     if minimum is not None and value < minimum:
         raise ConfigError(
             f"LRPolicy.{type(policy).__name__}: invalid {field}={value!r}; expected a "

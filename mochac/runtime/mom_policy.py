@@ -7,6 +7,8 @@ update.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 from mochac.errors import ConfigError
@@ -20,6 +22,10 @@ def _check(policy, field, value, minimum=None, below=None, integer=False):
         raise ConfigError(
             f"{name}: invalid {field}={value!r}; expected "
             f"{'an int' if integer else 'a number'}"
+        )
+    if not math.isfinite(value):
+        raise ConfigError(
+            f"{name}: invalid {field}={value!r}; expected a finite number"
         )
     if minimum is not None and value < minimum:
         raise ConfigError(

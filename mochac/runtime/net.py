@@ -341,8 +341,9 @@ class Net:
         if rc == BAD_LOSS and info is not None:
             raise NumericalError(
                 f"net '{self.name}': loss layer '{info.name}' computed {status.value}; "
-                "check the learning rate and the input data for NaN or Inf (the "
-                "parameters were not updated)"
+                "check the learning rate and the input data for NaN or Inf (this "
+                "step did not update the parameters; earlier steps may already have "
+                "made them huge)"
             )
         raise MochacError(
             f"net '{self.name}': generated code returned unknown error code {rc}"

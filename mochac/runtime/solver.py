@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mochac.constraints import apply_constraints
-from mochac.errors import ConfigError, SnapshotError
+from mochac.errors import ConfigError, NumericalError, SnapshotError
 from mochac.runtime.coffee_lounge import CoffeeLounge
 from mochac.runtime.snapshot import (
     latest_snapshot,
@@ -255,6 +255,14 @@ class Solver:
             last_epoch = self._epoch(net)
             state.learning_rate = lr_policy(state)
             state.momentum = mom_policy(state)
+            if not (
+                math.isfinite(state.learning_rate) and math.isfinite(state.momentum)
+            ):
+                raise NumericalError(
+                    f"iteration {state.iter}: the policies gave learning rate "
+                    f"{state.learning_rate} and momentum {state.momentum}; check "
+                    "lr_policy and mom_policy"
+                )
             state.obj_val = net.train_step(
                 self.method,
                 state.learning_rate,
