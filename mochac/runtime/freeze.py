@@ -49,3 +49,28 @@ def unfreeze(net, *layer_names) -> None:
         return
     _check_names(net, "unfreeze", layer_names)
     net.frozen_layers = frozen_layers(net) - frozenset(layer_names)
+
+
+def trainable_groups(net):
+    """Yield, per trainable array, the (layer info, spec, parameter, gradient)
+    of every layer that uses it, the owner (a spec without ``key``) first.
+
+    An array is left out when any layer using it is frozen, so a frozen
+    layer's parameters never change.
+    """
+    frozen = frozen_layers(net)
+    users: dict[int, list] = {}
+    for info in net.ir.layers:
+        grads = net.grads.get(info.name)
+        if not grads:
+            continue
+        for spec in info.params:
+            param = net.params[info.name][spec.name]
+            users.setdefault(id(param), []).append(
+                (info, spec, param, grads[spec.name])
+            )
+    for members in users.values():
+        if any(member[0].name in frozen for member in members):
+            continue
+        members.sort(key=lambda member: member[1].key is not None)
+        yield members

@@ -10,7 +10,7 @@ keeps them until the frozen layers, the method's buffers or the
 regularization coefficient change.
 
 A method uses this path when its class declares ``native_code`` itself and
-every regularizer has a native form; otherwise the solver runs the method's
+every regularizer has a native form. Otherwise the solver runs the method's
 NumPy update.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mochac.errors import ConfigError
-from mochac.runtime.freeze import frozen_layers
+from mochac.runtime.freeze import frozen_layers, trainable_groups
 
 
 @dataclass
@@ -47,32 +47,12 @@ def _cache_key(net, method, regu_coef) -> tuple:
     )
 
 
-def _groups(net):
-    """Yield the users of each trainable array, owner first (as summed_gradients)."""
-    frozen = frozen_layers(net)
-    users: dict[int, list] = {}
-    for info in net.ir.layers:
-        grads = net.grads.get(info.name)
-        if not grads:
-            continue
-        for spec in info.params:
-            param = net.params[info.name][spec.name]
-            users.setdefault(id(param), []).append(
-                (info, spec, param, grads[spec.name])
-            )
-    for members in users.values():
-        if any(member[0].name in frozen for member in members):
-            continue
-        members.sort(key=lambda member: member[1].key is not None)
-        yield members
-
-
 def build_tables(net, method, regu_coef) -> UpdateTables | None:
     """Return the update tables of ``net`` for ``method``, or None when some
     regularizer has no native form."""
     ffi = net.ffi
     entries, sums, arrays = [], [], []
-    for members in _groups(net):
+    for members in trainable_groups(net):
         info, spec, param, grad = members[0]
         terms = spec.regularizer.native_terms(regu_coef)
         if terms is None:
@@ -101,13 +81,7 @@ def build_tables(net, method, regu_coef) -> UpdateTables | None:
         entry.into = ffi.cast("void *", into.ctypes.data)
         setattr(entry, "from", ffi.cast("void *", source.ctypes.data))
         entry.size = into.size
-    return UpdateTables(
-        updates,
-        len(entries),
-        sum_table,
-        len(sums),
-        arrays,
-    )
+    return UpdateTables(updates, len(entries), sum_table, len(sums), arrays)
 
 
 def tables_for(net, method, regu_coef) -> UpdateTables | None:
@@ -119,9 +93,9 @@ def tables_for(net, method, regu_coef) -> UpdateTables | None:
     cache = net.__dict__.setdefault("_update_tables", {})
     key = _cache_key(net, method, regu_coef)
     cached = cache.get(id(method))
-    if cached is None or cached[0] is not method or cached[1] != key:
-        # The buffer dicts stay referenced, so their ids in the key cannot be
-        # reused by new dicts while the entry lives.
+    if cached is None or cached[1] != key:
+        # The entry keeps the method and its buffer dicts alive, so the ids
+        # in the cache and in the key cannot be reused by other objects.
         buffers = [method.buffers[name] for name in method.buffer_names]
         cached = (method, key, build_tables(net, method, regu_coef), buffers)
         cache[id(method)] = cached

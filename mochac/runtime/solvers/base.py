@@ -6,7 +6,7 @@ import numpy as np
 
 from mochac.errors import ConfigError
 from mochac.runtime import native_update
-from mochac.runtime.freeze import frozen_layers
+from mochac.runtime.freeze import trainable_groups
 from mochac.runtime.lr_policy import LRPolicy
 
 
@@ -94,25 +94,10 @@ def summed_gradients(net):
     Layers that share one array (TiedInnerProductLayer uses its encoder's
     weight) each write a gradient of their own. The first user's gradient
     array receives the sum of all of them, so the array is updated once.
-    The owner (a spec without ``key``) comes first when it is in the net, so
-    its regularizer, lr and solver buffers apply. An array is skipped when
-    any layer using it is frozen, so a frozen layer's parameters never change.
+    The owner comes first when it is in the net, so its regularizer, lr and
+    solver buffers apply. Arrays of frozen layers are left out.
     """
-    frozen = frozen_layers(net)
-    users: dict[int, list] = {}
-    for info in net.ir.layers:
-        grads = net.grads.get(info.name)
-        if not grads:
-            continue
-        for spec in info.params:
-            param = net.params[info.name][spec.name]
-            users.setdefault(id(param), []).append(
-                (info, spec, param, grads[spec.name])
-            )
-    for members in users.values():
-        if any(member[0].name in frozen for member in members):
-            continue
-        members.sort(key=lambda member: member[1].key is not None)
+    for members in trainable_groups(net):
         info, spec, param, grad = members[0]
         for *_, other in members[1:]:
             grad += other
