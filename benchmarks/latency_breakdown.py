@@ -1,4 +1,4 @@
-"""Where a batch-1 LeNet forward pass spends its time, layer by layer.
+"""Time a batch-1 LeNet forward pass, whole and layer by layer.
 
 python benchmarks/latency_breakdown.py --threads 1
 """

@@ -3,8 +3,8 @@
  *
  * Each element goes through 20 dependent multiply-adds, so the loop is
  * bound by the floating-point units, not by memory. On a machine with two
- * real cores the 2-thread time is about half the 1-thread time; a smaller
- * gain means the two CPUs share a core (or the host shares them).
+ * real cores the 2-thread time is about half the 1-thread time. A smaller
+ * gain means the two CPUs share a core, or the host shares them.
  *
  *   gcc -O2 -fopenmp benchmarks/thread_scaling.c -o /tmp/thread_scaling
  *   /tmp/thread_scaling

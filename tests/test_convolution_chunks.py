@@ -1,6 +1,6 @@
 """ConvolutionLayer over a batch split into chunks and lanes.
 
-A batch of 19 images runs as 7 chunks of 3 (the last holds 1) on 7 lanes, so
+A batch of 19 images runs as 7 chunks of 3 (the last contains 1) on 7 lanes, so
 these nets reach the partial last chunk, lanes with two chunks and the
 lane-order sum of partial gradients, which the 2-image nets of
 test_convolution.py do not.
@@ -77,7 +77,8 @@ def test_chunking_of_test_batch(nets):
 @pytest.mark.parametrize("bytes_per_image", [100, 60_000, 10_000_000])
 def test_chunking_covers_batch(n, bytes_per_image):
     chunk, chunks, lanes = conv_chunking(n, bytes_per_image)
-    assert chunk >= 1 and (chunks - 1) * chunk < n <= chunks * chunk
+    assert chunk >= 1
+    assert (chunks - 1) * chunk < n <= chunks * chunk
     assert 1 <= lanes <= min(chunks, CONV_MAX_LANES)
     # Every lane gets a chunk when the batch allows it.
     assert lanes == min(n, CONV_MAX_LANES) or chunks < CONV_MAX_LANES

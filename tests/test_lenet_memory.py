@@ -36,9 +36,9 @@ def nets():
 
 
 # The test net's unplanned bytes when every convolution kept the whole
-# batch's im2col columns (docs/passes.md). Issue 3 asked the planner to halve
-# them; convolutions now work in chunks with much smaller scratch, so the
-# target is kept in bytes rather than as a ratio of today's smaller total.
+# batch's im2col columns (docs/passes.md). The target was half of them.
+# Convolutions now work in chunks with much smaller scratch, so the target
+# is kept in bytes rather than as a ratio of today's smaller total.
 WHOLE_BATCH_TEST_UNPLANNED = 21_630_720
 
 

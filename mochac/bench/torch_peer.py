@@ -26,7 +26,7 @@ from mochac.layers.pooling import MaxPooling
 
 
 def _within_channel_lrn(torch, layer):
-    """A module for LRN over the k x k positions around each value."""
+    """Return a module for LRN over the k x k positions around each value."""
 
     class WithinChannelLRN(torch.nn.Module):
         def forward(self, x):

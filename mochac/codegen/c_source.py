@@ -66,10 +66,10 @@ def forward_gemm_flops(kernels) -> float:
         k = kernel.context
         if kernel.template == "c/convolution.c.j2":
             flops += 2.0 * k["F"] * k["K"] * k["NP"] * len(k["pairs"])
-        elif kernel.template in ("c/inner_product.c.j2", "c/tied_inner_product.c.j2"):
-            inputs = k.get("D", k.get("IN"))
-            outputs = k.get("O", k.get("OUT"))
-            flops += sum(2.0 * pair["N"] * inputs * outputs for pair in k["pairs"])
+        elif kernel.template == "c/inner_product.c.j2":
+            flops += sum(2.0 * pair["N"] * k["D"] * k["O"] for pair in k["pairs"])
+        elif kernel.template == "c/tied_inner_product.c.j2":
+            flops += sum(2.0 * pair["N"] * k["IN"] * k["OUT"] for pair in k["pairs"])
     return flops
 
 

@@ -80,7 +80,7 @@ class CoffeeLounge:
 def read_statistics(path) -> dict[str, dict[int, float]]:
     """Return the series stored in a coffee lounge file.
 
-    Raises DataError when the file holds anything but statistics series
+    Raises DataError when the file contains anything but statistics series
     (a snapshot, for instance).
     """
     stats = {}

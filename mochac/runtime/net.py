@@ -412,10 +412,9 @@ class Net:
     def train_step(self, method, learning_rate, momentum, regu_coef, iteration=None):
         """Run one training iteration on the next batch; return the objective.
 
-        Forward, backward and the solver method's update run in one call
-        into the compiled code, which releases the GIL, when the method has
-        a native form (mochac.runtime.native_update); otherwise forward and
-        backward run compiled and the update in NumPy. A NaN or infinite loss
+        When the method has a native form (mochac.runtime.native_update),
+        forward, backward and the update run in one call into the compiled
+        code, which releases the GIL. Otherwise the update runs in NumPy. A NaN or infinite loss
         raises NumericalError before any parameter changes.
         """
         self._check_alive()

@@ -65,7 +65,7 @@ class Adam(SolverMethod):
         self.epsilon = float(params["epsilon"])
 
     def numpy_update(self, net, learning_rate, momentum, regu_coef, iteration=None):
-        """The update in NumPy.
+        """Update the parameters in NumPy.
 
         ``iteration`` is the number of updates done before this one, so the
         bias correction stays exact after a resume. ``momentum`` is unused.

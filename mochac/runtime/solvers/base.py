@@ -71,7 +71,7 @@ class SolverMethod:
             self.numpy_update(net, learning_rate, momentum, regu_coef, iteration)
 
     def numpy_update(self, net, learning_rate, momentum, regu_coef, iteration=None):
-        """The update in NumPy: the reference the compiled update follows."""
+        """Update the parameters in NumPy, the reference for the compiled update."""
         raise NotImplementedError
 
 

@@ -24,7 +24,7 @@ class Nesterov(SGD):
     native_code = 1
 
     def numpy_update(self, net, learning_rate, momentum, regu_coef, iteration=None):
-        """The update in NumPy; ``iteration`` is unused."""
+        """Update the parameters in NumPy. ``iteration`` is unused."""
         for info, spec, param, grad in summed_gradients(net):
             spec.regularizer.add_gradient(param, grad, regu_coef)
             history = self.buffer("history", (info.name, spec.name), param)

@@ -32,8 +32,8 @@ class SGD(SolverMethod):
         return {"lr_policy": LRPolicy.Fixed(0.01), "mom_policy": MomPolicy.Fixed(0.0)}
 
     def numpy_update(self, net, learning_rate, momentum, regu_coef, iteration=None):
-        """The update in NumPy; ``iteration`` is unused. The gradient arrays
-        receive the regularization term."""
+        """Update the parameters in NumPy. ``iteration`` is unused, and the
+        gradient arrays receive the regularization term."""
         for info, spec, param, grad in summed_gradients(net):
             spec.regularizer.add_gradient(param, grad, regu_coef)
             history = self.buffer("history", (info.name, spec.name), param)
