@@ -41,7 +41,7 @@ def gemm_shapes(net) -> list[tuple[bool, bool, int, int, int]]:
     shapes = []
     for kernel in net.kernels:
         k = kernel.context
-        if kernel.template == "c/convolution.c.j2":
+        if kernel.family == "convolution":
             for pair in k["pairs"]:
                 shapes += [(False, False, k["FG"], k["NP"], k["K"])] * k["G"]
                 if not k["in_backward"] or pair["dy"] is None:
@@ -50,7 +50,7 @@ def gemm_shapes(net) -> list[tuple[bool, bool, int, int, int]]:
                     shapes += [(False, True, k["FG"], k["K"], k["NP"])] * k["G"]
                 if pair["dx"] is not None:
                     shapes += [(True, False, k["K"], k["NP"], k["FG"])] * k["G"]
-        elif kernel.template == "c/inner_product.c.j2":
+        elif kernel.family == "inner_product":
             for pair in k["pairs"]:
                 shapes.append((False, True, pair["N"], k["O"], k["D"]))
                 if not k["in_backward"] or pair["dy"] is None:

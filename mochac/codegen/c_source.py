@@ -64,11 +64,11 @@ def forward_gemm_flops(kernels) -> float:
     flops = 0.0
     for kernel in kernels:
         k = kernel.context
-        if kernel.template == "c/convolution.c.j2":
+        if kernel.family == "convolution":
             flops += 2.0 * k["F"] * k["K"] * k["NP"] * len(k["pairs"])
-        elif kernel.template == "c/inner_product.c.j2":
+        elif kernel.family == "inner_product":
             flops += sum(2.0 * pair["N"] * k["D"] * k["O"] for pair in k["pairs"])
-        elif kernel.template == "c/tied_inner_product.c.j2":
+        elif kernel.family == "tied_inner_product":
             flops += sum(2.0 * pair["N"] * k["IN"] * k["OUT"] for pair in k["pairs"])
     return flops
 

@@ -38,6 +38,9 @@ class Kernel:
     fn: str
     template: str
     context: dict
+    # The lowering family, e.g. "convolution"; the C template may be a
+    # variant of it (convolution_direct).
+    family: str
 
 
 def c_identifier(name: str, used: set[str]) -> str:
@@ -141,7 +144,41 @@ def conv_chunking(n: int, bytes_per_image: int) -> tuple[int, int, int]:
     return chunk, chunks, min(chunks, CONV_MAX_LANES)
 
 
+# Convolutions whose shapes allow it run as direct convolutions (see
+# direct_convolution_fits); tests turn this off to compare with im2col.
+DIRECT_CONVOLUTION = True
+# Filter and channel counts of a direct convolution are multiples of this:
+# two 64-byte vectors of float32, or two 32-byte vectors of float64.
+DIRECT_BLOCK = 16
+
+
+def direct_convolution_fits(info) -> bool:
+    """Return whether a convolution can run as generated direct code.
+
+    The direct kernels need stride 1, one group and filters in whole vector
+    blocks; the bottom diff, computed as a convolution of the padded top diff
+    with the turned filters, also needs the channels in whole blocks and
+    padding below the kernel size. Other convolutions use im2col and GEMM.
+    """
+    layer: ConvolutionLayer = info.layer
+    channels = info.bottom_shapes[0][1]
+    filters = info.top_shapes[0][1]
+    (kh, kw), (ph, pw) = layer.kernel_hw, layer.pad_hw
+    needs_dx = info.in_backward and any(info.propagate_down)
+    return (
+        DIRECT_CONVOLUTION
+        and layer.stride_hw == (1, 1)
+        and layer.n_group == 1
+        and filters % DIRECT_BLOCK == 0
+        and ph < kh
+        and pw < kw
+        and (not needs_dx or channels % DIRECT_BLOCK == 0)
+    )
+
+
 def lower_convolution(info, ir, slots):
+    if direct_convolution_fits(info):
+        return lower_direct_convolution(info, ir, slots)
     layer: ConvolutionLayer = info.layer
     n, channels, height, width = info.bottom_shapes[0]
     _, filters, out_h, out_w = info.top_shapes[0]
@@ -230,6 +267,84 @@ def lower_convolution(info, ir, slots):
         **neuron_values(info),
         **param_slots(info, slots, ["filter", "bias"]),
     )
+
+
+def lower_direct_convolution(info, ir, slots):
+    """Values of templates/c/convolution_direct.c.j2; the shape keys match the
+    im2col lowering's, so the CUDA backend can render either."""
+    layer: ConvolutionLayer = info.layer
+    n, channels, height, width = info.bottom_shapes[0]
+    _, filters, out_h, out_w = info.top_shapes[0]
+    (kh, kw), (ph, pw) = layer.kernel_hw, layer.pad_hw
+    lanes = min(n, CONV_MAX_LANES)
+    pad_h, pad_w = height + 2 * ph, width + 2 * pw
+    # The bottom diff convolves the top diff padded by kernel - 1 - pad.
+    qh, qw = kh - 1 - ph, kw - 1 - pw
+    diff_h, diff_w = out_h + 2 * qh, out_w + 2 * qw
+    k = channels * kh * kw
+    positions = out_h * out_w
+    pairs = [
+        dict(pair, top_size=n * filters * positions) for pair in pair_slots(info, slots)
+    ]
+    params = param_slots(info, slots, ["filter", "bias"])
+    dx_needed = info.in_backward and any(pair["dx"] is not None for pair in pairs)
+    dtype = ir.dtype
+
+    def work(name, shape, phase):
+        return slots.add("work", info.name, name, dtype, shape, (phase,)).index
+
+    context = dict(
+        template="c/convolution_direct.c.j2",
+        N=n,
+        C=channels,
+        H=height,
+        W=width,
+        F=filters,
+        OH=out_h,
+        OW=out_w,
+        KH=kh,
+        KW=kw,
+        SH=1,
+        SW=1,
+        PH=ph,
+        PW=pw,
+        G=1,
+        K=k,
+        FG=filters,
+        P=positions,
+        NP=n * positions,
+        HP=pad_h,
+        WP=pad_w,
+        QH=qh,
+        QW=qw,
+        HQ=diff_h,
+        WQ=diff_w,
+        LANES=lanes,
+        dx_needed=dx_needed,
+        packed=work("packed_filter", (filters * k,), "forward"),
+        padded=work("padded", (lanes, channels * pad_h * pad_w), "forward"),
+        tile=work("tile", (lanes, positions * filters), "forward"),
+        pairs=pairs,
+        **neuron_values(info),
+        **params,
+    )
+    if info.in_backward and params["filter_grad"] is not None:
+        context.update(
+            partial=work("partial_grad", (lanes, filters * k + filters), "backward"),
+            padded_back=work(
+                "padded_back", (lanes, channels * pad_h * pad_w), "backward"
+            ),
+            top_diff_t=work("top_diff_t", (lanes, positions * filters), "backward"),
+        )
+    if dx_needed:
+        context.update(
+            packed_back=work("packed_turned", (filters * k,), "backward"),
+            diff_padded=work(
+                "diff_padded", (lanes, filters * diff_h * diff_w), "backward"
+            ),
+            diff_tile=work("diff_tile", (lanes, height * width * channels), "backward"),
+        )
+    return context
 
 
 def lower_inner_product(info, ir, slots):
@@ -436,6 +551,7 @@ def lower_net(ir) -> tuple[SlotTable, list[Kernel]]:
                 f"{type(info.layer).__name__}"
             ) from None
         context = lower(info, ir, slots)
+        template = context.pop("template", f"c/{family}.c.j2")
         context.update(
             fn=c_identifier(info.name, used),
             comment=describe(info, ir),
@@ -443,7 +559,7 @@ def lower_net(ir) -> tuple[SlotTable, list[Kernel]]:
             index=index,
         )
         context.setdefault("neuron_kernel", False)
-        kernels.append(Kernel(index, context["fn"], f"c/{family}.c.j2", context))
+        kernels.append(Kernel(index, context["fn"], template, context, family))
     for kernel in kernels:
         info = ir.layers[kernel.layer_index]
         kernel.context["forward_touch"] = sorted(touched_slots(info, slots, "forward"))

@@ -71,7 +71,7 @@ class CudaProgram:
 
 def family_of(kernel: Kernel) -> str:
     """Return the family name of a lowered layer, e.g. "convolution"."""
-    return kernel.template.split("/")[-1].split(".")[0]
+    return kernel.family
 
 
 def layer_steps(kernel: Kernel, name: str) -> LayerSteps:
