@@ -147,8 +147,9 @@ def conv_chunking(n: int, bytes_per_image: int) -> tuple[int, int, int]:
 # Convolutions whose shapes allow it run as direct convolutions (see
 # direct_convolution_fits); tests turn this off to compare with im2col.
 DIRECT_CONVOLUTION = True
-# Filter and channel counts of a direct convolution are multiples of this:
-# two 64-byte vectors of float32, or two 32-byte vectors of float64.
+# Filter and channel counts of a direct convolution are multiples of this, so
+# they fill whole vectors: 16 values are one 64-byte vector of float32 and two
+# of float64 (and two or four 32-byte vectors without AVX-512).
 DIRECT_BLOCK = 16
 
 
@@ -156,9 +157,10 @@ def direct_convolution_fits(info) -> bool:
     """Return whether a convolution can run as generated direct code.
 
     The direct kernels need stride 1, one group and filters in whole vector
-    blocks; the bottom diff, computed as a convolution of the padded top diff
-    with the turned filters, also needs the channels in whole blocks and
-    padding below the kernel size. Other convolutions use im2col and GEMM.
+    blocks. The bottom diff is a convolution of the padded top diff with the
+    filters turned by 180 degrees, so it also needs the channels in whole
+    blocks and a padding below the kernel size. Other convolutions use im2col
+    and GEMM.
     """
     layer: ConvolutionLayer = info.layer
     channels = info.bottom_shapes[0][1]
