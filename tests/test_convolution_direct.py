@@ -67,7 +67,7 @@ LAYERS = [
 NAMES = [layer.name for layer in LAYERS]
 
 
-def image_layer(bottom="x_image"):
+def image_layer(bottom="x_image", neuron=None):
     """A first layer: three channels, but its bottom is data and takes no diff."""
     return ConvolutionLayer(
         name="conv_image",
@@ -76,6 +76,7 @@ def image_layer(bottom="x_image"):
         kernel=3,
         pad=1,
         n_filter=16,
+        neuron=neuron or Neurons.Identity(),
         bias_init=RANDOM_BIAS,
     )
 
@@ -313,7 +314,8 @@ def test_which_convolutions_run_direct():
     assert not fits(conv(pad=3), (2, 16, 6, 6))
 
 
-def test_image_layer_forward_and_filter_gradient():
+@pytest.mark.parametrize("neuron", [Neurons.Identity(), Neurons.ReLU()])
+def test_image_layer_forward_and_filter_gradient(neuron):
     net = build_net(
         "conv-direct-image",
         [image_layer()],
@@ -330,11 +332,11 @@ def test_image_layer_forward_and_filter_gradient():
             data=[INPUTS["x_image"], RNG.normal(size=(BATCH, 16, 6, 6))],
             tops=["x_image", "t"],
         ),
-        image_layer(),
+        image_layer(neuron=neuron),
         SquareLossLayer(name="loss", bottoms=["y_image", "t"]),
     ]
     direct = Net(
-        "conv-direct-image-loss",
+        f"conv-direct-image-loss-{type(neuron).__name__}",
         CPUBackend(dtype=np.float64, seed=4, threads=2),
         layers,
         keep=["y_image"],
@@ -346,6 +348,8 @@ def test_image_layer_forward_and_filter_gradient():
     expected = reference_convolution(
         direct.blobs["x_image"], params["filter"], params["bias"], image_layer()
     )
+    if not neuron.is_identity:
+        expected = np.maximum(expected, 0.0)
     np.testing.assert_allclose(
         direct.blobs["y_image"], expected, rtol=1e-12, atol=1e-12
     )

@@ -338,12 +338,16 @@ def lower_direct_convolution(info, ir, slots):
             ),
             top_diff_t=work("top_diff_t", (lanes, positions * filters), "backward"),
         )
+    # The top diff goes through padded planes when the bottom diff needs them
+    # or the neuron's derivative has to be applied before the transpose.
+    context["stage_diff"] = info.in_backward and (dx_needed or context["has_neuron"])
+    if context["stage_diff"]:
+        context["diff_padded"] = work(
+            "diff_padded", (lanes, filters * diff_h * diff_w), "backward"
+        )
     if dx_needed:
         context.update(
             packed_back=work("packed_turned", (filters * k,), "backward"),
-            diff_padded=work(
-                "diff_padded", (lanes, filters * diff_h * diff_w), "backward"
-            ),
             diff_tile=work("diff_tile", (lanes, height * width * channels), "backward"),
         )
     return context
