@@ -107,3 +107,18 @@ def test_cifar10_bench_net_builds():
     net = Net("cifar-shapes", CPUBackend(seed=0), cifar10_full(2))
     assert net.ir.blobs["pool3"].shape == (2, 64, 4, 4)
     assert np.isfinite(net.forward())
+
+
+def test_gemm_shapes_of_direct_convolutions():
+    from mochac import CPUBackend, Net
+    from mochac.bench.blas_share import gemm_shapes
+
+    net = Net("shapes-cifar", CPUBackend(seed=0), cifar10_full(64))
+    direct = gemm_shapes(net, direct=True)
+    # conv1 (forward, filter gradient), conv2 and conv3 (three GEMMs each).
+    assert len(direct) == 8
+    # conv2 forward as im2col would run it: 32 filters x (64 * 16 * 16) x 800.
+    assert (False, False, 32, 16384, 800) in direct
+    # ip1: forward, weight gradient and bottom diff stay BLAS calls.
+    assert len(gemm_shapes(net, direct=False)) == 3
+    assert len(gemm_shapes(net)) == 11

@@ -36,10 +36,18 @@ def _blas():
     return ffi, ffi.dlopen(os.path.join(lib_dir, f"lib{name}.so"))
 
 
-def gemm_shapes(net) -> list[tuple[bool, bool, int, int, int]]:
-    """Return (transpose A, transpose B, M, N, K) of every GEMM of one iteration."""
+def gemm_shapes(net, direct=None) -> list[tuple[bool, bool, int, int, int]]:
+    """Return (transpose A, transpose B, M, N, K) of every GEMM of one iteration.
+
+    A direct convolution counts with the GEMMs im2col would run for it. With
+    ``direct`` True or False, only the GEMMs of kernels that do or do not run
+    as direct convolution code are listed.
+    """
     shapes = []
     for kernel in net.kernels:
+        is_direct = kernel.template == "c/convolution_direct.c.j2"
+        if direct is not None and is_direct != direct:
+            continue
         k = kernel.context
         if kernel.family == "convolution":
             for pair in k["pairs"]:

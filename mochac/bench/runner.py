@@ -204,6 +204,7 @@ def bench(
     net.lib.mochac_set_num_threads(threads)
     report["blas"] = {
         "gemms_per_iteration": len(shapes),
+        "direct_convolution_gemms": len(gemm_shapes(net, direct=True)),
         "gemm_ms": blas_ms,
         "share_of_train": blas_ms / report["mochac"]["train"]["median_ms"],
     }
@@ -332,11 +333,17 @@ def format_bench(report: dict) -> str:
             )
         lines.append(line)
     blas = report["blas"]
-    lines.append(
+    line = (
         f"BLAS alone on the {blas['gemms_per_iteration']} GEMMs of an iteration: "
         f"{blas['gemm_ms']:.2f} ms, {100 * blas['share_of_train']:.0f}% of mochac's "
         "training iteration"
     )
+    if blas.get("direct_convolution_gemms"):
+        line += (
+            f" (mochac runs {blas['direct_convolution_gemms']} of them as direct "
+            "convolution code)"
+        )
+    lines.append(line)
     compile_times = report["compile"]
     lines.append(
         f"compile: {compile_times['cold_s']:.2f} s cold, {compile_times['warm_s']:.2f} s warm"
