@@ -354,3 +354,34 @@ def test_image_layer_forward_and_filter_gradient(neuron):
         direct.blobs["y_image"], expected, rtol=1e-12, atol=1e-12
     )
     assert check_net_gradients(direct) == ["conv_image.filter", "conv_image.bias"]
+
+
+def has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return " avx512f" in cpuinfo.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not has_avx512(), reason="this CPU already runs the 32-byte path")
+def test_32_byte_vector_path(monkeypatch):
+    """Without AVX-512 the kernels use 32-byte vectors and smaller blocks;
+    building with -mno-avx512f reaches that path on an AVX-512 machine."""
+    from mochac.codegen import build
+
+    monkeypatch.setattr(build, "COMPILE_ARGS", [*build.COMPILE_ARGS, "-mno-avx512f"])
+    net = data_net("conv-direct-avx2", np.float64, 2)
+    for name in NAMES:
+        assert kernel_of(net, name).template == "c/convolution_direct.c.j2"
+        net.forward_layer(name)
+        layer = net.get_layer(name)
+        params = net.params[name]
+        for bottom, top in zip(layer.bottoms, layer.tops):
+            expected = reference_convolution(
+                net.blobs[bottom], params["filter"], params["bias"], layer
+            )
+            if not layer.neuron.is_identity:
+                expected = np.maximum(expected, 0.0)
+            np.testing.assert_allclose(net.blobs[top], expected, rtol=1e-12, atol=1e-12)
+        assert check_gradients(net, name) == [*layer.bottoms, "filter", "bias"]
