@@ -14,7 +14,7 @@ import pytest
 from cuda_emulator import HostRun, compile_for_host
 from cuda_nets import BATCH, NETS
 
-from mochac.bench.nets import lenet
+from mochac.bench.nets import cifar10_full, lenet
 from mochac.codegen.cuda import build_cuda_program
 from mochac.layers import InnerProductLayer, MemoryDataLayer, SoftmaxLossLayer
 from mochac.passes.plan_memory import plan_memory
@@ -133,6 +133,22 @@ def test_host_run_lenet_in_planned_arena(tmp_path_factory):
     assert pair.run.arena.nbytes > 0
     for _ in range(2):
         step_both(pair)
+        assert_states_match(pair)
+        assert_grads_match(pair)
+
+
+def test_host_run_cifar10_from_direct_contexts(tmp_path_factory):
+    """The CIFAR-10 net's convolutions lower to the CPU's direct code; the
+    CUDA backend renders its im2col kernels from the same contexts."""
+    pair = twin("cifar", lambda: cifar10_full(2), tmp_path_factory, plan=True)
+    direct = [
+        kernel.context["fn"]
+        for kernel in pair.cpu.kernels
+        if kernel.template == "c/convolution_direct.c.j2"
+    ]
+    assert direct == ["conv1", "conv2", "conv3"]
+    for _ in range(2):
+        step_both(pair, n_valid=2)
         assert_states_match(pair)
         assert_grads_match(pair)
 
