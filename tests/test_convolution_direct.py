@@ -385,3 +385,14 @@ def test_32_byte_vector_path(monkeypatch):
                 expected = np.maximum(expected, 0.0)
             np.testing.assert_allclose(net.blobs[top], expected, rtol=1e-12, atol=1e-12)
         assert check_gradients(net, name) == [*layer.bottoms, "filter", "bias"]
+
+
+def test_single_image_net_stays_on_one_thread():
+    """A batch of one gives each direct convolution one lane, which one
+    thread runs, so the CIFAR-10 net at batch 1 does not start threads."""
+    from mochac.bench.nets import cifar10_full
+
+    single = Net("cifar-batch-1", CPUBackend(threads=2), cifar10_full(1))
+    batch = Net("cifar-batch-8", CPUBackend(threads=2), cifar10_full(8))
+    assert "mochac_parallel = 0;" in single.source
+    assert "mochac_parallel = 1;" in batch.source

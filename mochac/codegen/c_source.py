@@ -55,15 +55,23 @@ int mochac_train_step(void **p, struct mochac_status *st, int n_valid,
 
 
 # A net whose forward pass takes at most this many floating-point operations
-# in its GEMMs runs single-threaded (net.c.j2's mochac_parallel).
+# in work that threads can share runs single-threaded (net.c.j2's
+# mochac_parallel).
 PARALLEL_MIN_FLOPS = 16e6
 
 
 def forward_gemm_flops(kernels) -> float:
-    """Return the floating-point operations of the forward pass's GEMMs."""
+    """Return the floating-point operations of the forward pass's GEMMs and
+    convolutions that more than one thread can share.
+
+    A direct convolution shares its work between threads by images, so one
+    with a single lane (a batch of one) counts for nothing.
+    """
     flops = 0.0
     for kernel in kernels:
         k = kernel.context
+        if kernel.template == "c/convolution_direct.c.j2" and k["LANES"] == 1:
+            continue
         if kernel.family == "convolution":
             flops += 2.0 * k["F"] * k["K"] * k["NP"] * len(k["pairs"])
         elif kernel.family == "inner_product":
