@@ -36,6 +36,12 @@ static inline double __longlong_as_double(long long bits)
     memcpy(&value, &bits, sizeof value);
     return value;
 }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+static inline double __dmul_rn(double a, double b) { return a * b; }
+static inline double __dadd_rn(double a, double b) { return a + b; }
+static inline double __dsub_rn(double a, double b) { return a - b; }
 static inline int atomicCAS(int *address, int compare, int value)
 {
     int old = *address;

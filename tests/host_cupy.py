@@ -100,13 +100,24 @@ class RawModule:
             except subprocess.CalledProcessError as error:
                 raise CompileException(error.stderr) from error
         function = getattr(self.library, name)
-        function.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
 
         def launch(grid, block, args):
-            pointers, n_valid, status = args
-            function(pointers.ctypes.data, int(n_valid), status.ctypes.data)
+            function(*(kernel_argument(arg) for arg in args))
 
         return launch
+
+
+def kernel_argument(value):
+    """Return the ctypes value CuPy would pass for a kernel argument."""
+    if isinstance(value, np.ndarray):
+        return ctypes.c_void_p(value.ctypes.data)
+    if isinstance(value, np.int32):
+        return ctypes.c_int(int(value))
+    if isinstance(value, np.int64):
+        return ctypes.c_longlong(int(value))
+    if isinstance(value, np.float64):
+        return ctypes.c_double(float(value))
+    raise TypeError(f"kernel argument of type {type(value).__name__}")
 
 
 def gemm(trans_a, trans_b, a, b, out=None, alpha=1.0, beta=0.0):

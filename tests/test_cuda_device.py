@@ -10,9 +10,11 @@ import pytest
 from cuda_nets import NETS
 
 from mochac.bench.nets import lenet
-from mochac.errors import DataError, DeviceError
+from mochac.errors import DataError, DeviceError, NumericalError
 from mochac.layers import InnerProductLayer, MemoryDataLayer, SoftmaxLossLayer
+from mochac.runtime import gpu_update
 from mochac.runtime.backend import CPUBackend
+from mochac.runtime.freeze import freeze
 from mochac.runtime.gpu_backend import GPUBackend
 from mochac.runtime.gpu_net import GPUNet
 from mochac.runtime.lr_policy import LRPolicy
@@ -149,3 +151,55 @@ def test_bad_label_raises_data_error(cupy):
     _, gpu = twin_nets(layers)
     with pytest.raises(DataError, match=r"'loss'.*7\.0 at sample 2"):
         gpu.forward()
+
+
+@pytest.mark.parametrize("frozen", [(), ("conv",)])
+@pytest.mark.parametrize("kind", ["sgd", "nesterov", "adam"])
+def test_device_update_matches_cpu(cupy, kind, frozen):
+    """The device's update against the CPU backend's compiled one, with L1
+    and L2 terms, local learning rates, a shared array and a frozen layer."""
+    from test_native_update import layers, make_method
+
+    cpu, gpu = twin_nets(layers)
+    cpu_method, gpu_method = make_method(kind), make_method(kind)
+    for net in (cpu, gpu):
+        if frozen:
+            freeze(net, *frozen)
+    start = {name: array.copy() for name, array in cpu.params["conv"].items()}
+    for iteration in range(4):
+        lr = 0.05 / (1 + iteration)
+        expected = cpu.train_step(cpu_method, lr, 0.9, 0.01, iteration)
+        got = gpu.train_step(gpu_method, lr, 0.9, 0.01, iteration)
+        assert got == pytest.approx(expected, rel=RTOL)
+    assert gpu_update.tables_for(gpu, gpu_method, 0.01) is not None
+    for layer, params in cpu.params.items():
+        for name, array in params.items():
+            np.testing.assert_allclose(
+                gpu.params[layer][name].get(),
+                array,
+                rtol=1e-9,
+                atol=1e-12,
+                err_msg=f"{layer}.{name}",
+            )
+    for name, array in start.items():
+        moved = not np.array_equal(gpu.params["conv"][name].get(), array)
+        assert moved != bool(frozen), f"conv.{name}"
+
+
+def test_nan_loss_leaves_parameters(cupy):
+    x = np.ones((4, 3))
+    x[2, 1] = np.nan
+    y = np.zeros((4, 1))
+
+    def layers():
+        return [
+            MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
+            InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["out"]),
+            SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+        ]
+
+    _, gpu = twin_nets(layers)
+    before = gpu.params["ip"]["weight"].get()
+    with pytest.raises(NumericalError, match="'loss'"):
+        gpu.train_step(SGD(), 0.1, 0.9, 0.0, 0)
+    np.testing.assert_array_equal(gpu.params["ip"]["weight"].get(), before)

@@ -46,8 +46,21 @@ def test_host_gpunet_lenet_iterations(cupy):
     device_tests.test_lenet_iterations_match_cpu(cupy)
 
 
-def test_host_gpunet_solver(cupy):
-    device_tests.test_solver_trains_like_cpu(cupy, device_tests.Adam)
+@pytest.mark.parametrize(
+    "method", [device_tests.SGD, device_tests.Nesterov, device_tests.Adam]
+)
+def test_host_gpunet_solver(cupy, method):
+    device_tests.test_solver_trains_like_cpu(cupy, method)
+
+
+@pytest.mark.parametrize("frozen", [(), ("conv",)])
+@pytest.mark.parametrize("kind", ["sgd", "nesterov", "adam"])
+def test_host_gpunet_device_update(cupy, kind, frozen):
+    device_tests.test_device_update_matches_cpu(cupy, kind, frozen)
+
+
+def test_host_gpunet_nan_loss(cupy):
+    device_tests.test_nan_loss_leaves_parameters(cupy)
 
 
 def test_host_gpunet_bad_label(cupy):

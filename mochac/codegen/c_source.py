@@ -81,6 +81,17 @@ def forward_gemm_flops(kernels) -> float:
     return flops
 
 
+def loss_checks(ir, slots) -> list[dict]:
+    """Return the state slot and layer index of every loss, for the check
+    that stops a training step on a NaN or infinite loss."""
+    return [
+        {"state": slot.index, "layer": info.index}
+        for info in ir.layers
+        if info.layer.has_loss
+        and (slot := slots.find("state", info.name, "loss")) is not None
+    ]
+
+
 @functools.cache
 def template_environment() -> jinja2.Environment:
     return jinja2.Environment(
@@ -117,12 +128,7 @@ def render_c(ir):
         kernel_texts=kernel_texts,
         forward_flops=forward_gemm_flops(kernels),
         parallel_min_flops=PARALLEL_MIN_FLOPS,
-        loss_checks=[
-            {"state": slot.index, "layer": info.index}
-            for info in ir.layers
-            if info.layer.has_loss
-            and (slot := slots.find("state", info.name, "loss")) is not None
-        ],
+        loss_checks=loss_checks(ir, slots),
         kernels=[kernel.context for kernel in kernels],
         backward_kernels=[
             by_layer[index].context for index in ir.backward_order if index in by_layer

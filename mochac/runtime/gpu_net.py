@@ -28,6 +28,7 @@ from mochac.ir.graph import check_layer_list
 from mochac.layers.output import OutputLayer
 from mochac.passes.pipeline import enabled_passes, run_ir_passes
 from mochac.passes.plan_memory import plan_memory
+from mochac.runtime import gpu_update
 from mochac.runtime.data_sources import make_source
 from mochac.runtime.net import BlobViews, Net
 from mochac.runtime.outputs import make_output_state
@@ -191,6 +192,8 @@ class GPUNet(Net):
         )
         # struct mochac_status: int code, int layer, long long index, double value.
         self.status_block = cupy.zeros(3, np.int64)
+        # The doubles of the solver's update that change every iteration.
+        self.step_block = cupy.zeros(len(gpu_update.STEP_FIELDS), np.float64)
 
         pinned = self._pinned_slots()
         self.blobs, self.diffs = BlobViews("data"), BlobViews("diff")
@@ -239,6 +242,7 @@ class GPUNet(Net):
         try:
             self.forward_calls = [self._bind(step) for step in self.program.forward]
             self.backward_calls = [self._bind(step) for step in self.program.backward]
+            self.check_call = self._bind(Launch("mochac_check_losses", 1, 1))
         except compile_errors as error:
             kept = cache_dir() / f"mochac_cuda_{source_digest(self.source)}.failed.cu"
             kept.write_text(self.source)
@@ -366,11 +370,15 @@ class GPUNet(Net):
         self._check_alive()
         n_valid = self.load_batch() if load_data else self._batch_size()
         self._run(self.forward_calls, n_valid)
+        self._collect_outputs()
+        return self.objective()
+
+    def _collect_outputs(self):
+        """Hand the output layers' bottoms to their host-side states."""
         if self.output_states:
             host = {name: view.get() for name, view in self.blobs.items()}
             for state in self.output_states.values():
                 state.collect(host)
-        return self.objective()
 
     def backward(self):
         """Enqueue back-propagation from the losses of the last forward pass.
@@ -384,15 +392,33 @@ class GPUNet(Net):
     def train_step(self, method, learning_rate, momentum, regu_coef, iteration=None):
         """Run one training iteration on the next batch; return the objective.
 
-        The compiled update of the CPU backend is not in the CUDA module, so
-        the method's NumPy update runs on the CuPy arrays, on the device. A
-        NaN or infinite loss raises NumericalError before any parameter
-        changes.
+        Forward, the loss check, backward and the update (the module's
+        ``mochac_update``, see mochac.runtime.gpu_update) are enqueued at
+        once, and the host waits once, at the end. A method or regularizer
+        without a native form updates with its NumPy code on the CuPy
+        arrays instead. A NaN or infinite loss raises NumericalError, and
+        the update kernels then leave every parameter as it was.
         """
-        objective = self.forward()
-        self.backward()
-        method.numpy_update(self, learning_rate, momentum, regu_coef, iteration)
-        return objective
+        tables = gpu_update.tables_for(self, method, regu_coef)
+        if tables is None:
+            objective = self.forward()
+            self.backward()
+            method.numpy_update(self, learning_rate, momentum, regu_coef, iteration)
+            return objective
+        self._check_alive()
+        step = gpu_update.step_block(method, learning_rate, momentum, iteration)
+        n_valid = self.load_batch()
+        with self.cupy.cuda.Device(self.backend.device):
+            self.step_block.set(step, stream=self.stream)
+        calls = [
+            *self.forward_calls,
+            self.check_call,
+            *self.backward_calls,
+            *gpu_update.update_calls(self, tables),
+        ]
+        self._run(calls, n_valid)
+        self._collect_outputs()
+        return self.objective()
 
     def forward_layer(self, name: str, n_valid: int | None = None):
         """Run one layer's forward steps on the current blob contents (for tests)."""

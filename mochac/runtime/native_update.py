@@ -39,7 +39,7 @@ def native_code(method):
     return type(method).__dict__.get("native_code")
 
 
-def _cache_key(net, method, regu_coef) -> tuple:
+def cache_key(net, method, regu_coef) -> tuple:
     return (
         frozen_layers(net),
         float(regu_coef),
@@ -91,7 +91,7 @@ def tables_for(net, method, regu_coef) -> UpdateTables | None:
         # No native form, or a net without a compiled CPU module (GPUNet).
         return None
     cache = net.__dict__.setdefault("_update_tables", {})
-    key = _cache_key(net, method, regu_coef)
+    key = cache_key(net, method, regu_coef)
     cached = cache.get(id(method))
     if cached is None or cached[1] != key:
         # The entry keeps the method and its buffer dicts alive, so the ids

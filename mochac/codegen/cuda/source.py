@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mochac.codegen.c_source import template_environment
+from mochac.codegen.c_source import loss_checks, template_environment
 from mochac.codegen.cuda import gemm_plans  # noqa: F401  (registers its planners)
 from mochac.codegen.cuda.contexts import ADJUSTMENTS
 from mochac.codegen.cuda.plans import PLANNERS
@@ -152,6 +152,7 @@ def render_cuda(ir) -> CudaProgram:
         forward_lines=step_lines([k.layer_index for k in kernels], "forward"),
         backward_lines=step_lines(ir.backward_order, "backward"),
         kernel_texts=texts,
+        loss_checks=loss_checks(ir, slots),
     )
     program = CudaProgram(source, slots, kernels, layers, forward, backward)
     problems = program.problems()
