@@ -203,3 +203,39 @@ def test_nan_loss_leaves_parameters(cupy):
     with pytest.raises(NumericalError, match="'loss'"):
         gpu.train_step(SGD(), 0.1, 0.9, 0.0, 0)
     np.testing.assert_array_equal(gpu.params["ip"]["weight"].get(), before)
+
+
+def test_snapshot_resume_matches_cpu(cupy, tmp_path):
+    """Train two iterations, snapshot, resume in a new GPU net for two more:
+    the result equals four CPU iterations, and the restored solver buffers
+    live on the device."""
+    from mochac.runtime.coffee_breaks import Snapshot
+
+    cpu, gpu = twin_nets(lambda: lenet(8))
+
+    def solver(max_iter, load_from=None):
+        params = make_solver_parameters(
+            SGD(),
+            max_iter=max_iter,
+            regu_coef=0.0005,
+            lr_policy=LRPolicy.Fixed(0.01),
+            load_from=load_from,
+        )
+        return Solver(SGD(), params, progress=False)
+
+    solver(4).solve(cpu)
+    first = solver(2)
+    first.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    first.solve(gpu)
+    _, resumed_net = twin_nets(lambda: lenet(8))
+    second = solver(4, load_from=str(tmp_path))
+    second.solve(resumed_net)
+    assert second.state.iter == 4
+    device_type = type(gpu.cupy.zeros(1))
+    for array in second.method.buffers["history"].values():
+        assert type(array) is device_type
+    for layer, params in cpu.params.items():
+        for name, array in params.items():
+            np.testing.assert_allclose(
+                resumed_net.params[layer][name].get(), array, rtol=1e-9, atol=1e-12
+            )

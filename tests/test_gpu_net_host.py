@@ -100,3 +100,7 @@ def test_net_with_gpu_backend_builds_gpunet(cupy):
     net = Net("lenet", GPUBackend(seed=1), lenet(4))
     assert isinstance(net, GPUNet)
     assert np.isfinite(net.forward())
+
+
+def test_host_gpunet_snapshot_resume(cupy, tmp_path):
+    device_tests.test_snapshot_resume_matches_cpu(cupy, tmp_path)

@@ -159,7 +159,7 @@ def test_tables_follow_freeze_and_new_buffers():
     assert native_update.tables_for(net, method, 0.0) is first
     freeze(net, "ip")
     assert native_update.tables_for(net, method, 0.0).n_updates == 4
-    method.load_buffers({}, np.float64)
+    method.load_buffers({}, CPUBackend(dtype=np.float64))
     # The new (empty) buffers are filled and used, not the old arrays.
     assert native_update.tables_for(net, method, 0.0).n_updates == 4
     net.forward()

@@ -49,6 +49,15 @@ class CPUBackend:
         self.rng = np.random.default_rng(seed)
         self.registry: dict[str, dict[str, np.ndarray]] = {}
 
+    def to_host(self, array) -> np.ndarray:
+        """Return ``array`` as a NumPy array (it already is one here)."""
+        return np.asarray(array)
+
+    def to_device(self, array, dtype=None) -> np.ndarray:
+        """Return a host array as this backend's array, of ``dtype`` or else
+        the backend's."""
+        return np.ascontiguousarray(array, dtype=dtype or self.dtype)
+
     def init(self):
         """Prepare the backend; kept for Mocha's ``init(backend)`` call."""
         logger.debug("CPUBackend ready: %s, %d threads", self.dtype.name, self.threads)

@@ -85,6 +85,17 @@ class GPUBackend:
         self.rng = np.random.default_rng(seed)
         self.registry: dict[str, dict[str, object]] = {}
 
+    def to_host(self, array) -> np.ndarray:
+        """Return a NumPy copy of a device array (CuPy refuses implicit copies)."""
+        return array.get() if hasattr(array, "get") else np.asarray(array)
+
+    def to_device(self, array, dtype=None):
+        """Return a host array as a CuPy array, of ``dtype`` or else the
+        backend's."""
+        host = np.ascontiguousarray(array, dtype=dtype or self.dtype)
+        with self.cupy.cuda.Device(self.device):
+            return self.cupy.asarray(host)
+
     def init(self):
         """Prepare the backend; kept for Mocha's ``init(backend)`` call."""
         logger.debug("GPUBackend ready: device %d, %s", self.device, self.dtype.name)

@@ -265,7 +265,7 @@ class DecayOnValidation:
             load_params(handle, net, path)
             if "solver" in handle:
                 buffers = read_solver_buffers(handle["solver"])
-                solver.method.load_buffers(buffers, net.backend.dtype)
+                solver.method.load_buffers(buffers, net.backend)
         logger.info("reloaded parameters and solver state from %s", path)
 
 

@@ -89,12 +89,15 @@ def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> P
     if history is not None:
         buffers["history"] = history
 
+    # A GPU net's arrays are on the device; h5py writes host copies.
+    host = net.backend.to_host
+
     def fill(handle):
         handle.attrs["mochac_version"] = __version__
         handle.attrs["net"] = net.name
         for layer, params in net.params.items():
             for name, array in params.items():
-                handle.create_dataset(dataset_name(layer, name), data=array)
+                handle.create_dataset(dataset_name(layer, name), data=host(array))
         if solver_state is None:
             return
         group = handle.create_group("solver")
@@ -103,10 +106,10 @@ def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> P
         for buffer_name, arrays in buffers.items():
             buffer_group = group.create_group(buffer_name)
             for (layer, name), array in arrays.items():
-                buffer_group.create_dataset(dataset_name(layer, name), data=array)
+                buffer_group.create_dataset(dataset_name(layer, name), data=host(array))
         streams = handle.create_group("rng")
         for key, array in net.rng_states.items():
-            streams.create_dataset(key, data=array)
+            streams.create_dataset(key, data=host(array))
         sources = handle.create_group("data_layers")
         for index, source in net.sources.items():
             state = source.state_dict()
@@ -151,7 +154,7 @@ def load_params(handle, net, path, allow_missing=False) -> None:
                     f"{stored.shape}, but the net expects {array.shape}; the file "
                     "was saved from a different architecture"
                 )
-            array[...] = stored[()]
+            array[...] = net.backend.to_device(stored[()])
     if missing and not allow_missing:
         raise SnapshotError(
             f"{path} lacks parameters {', '.join(missing)} of net '{net.name}'; to "
@@ -195,7 +198,7 @@ def load_solver_state(handle, net, path):
     streams = handle.get("rng")
     for key, array in net.rng_states.items():
         if streams is not None and key in streams:
-            array[...] = streams[key][()]
+            array[...] = net.backend.to_device(streams[key][()], array.dtype)
         else:
             logger.warning("%s has no state for random stream '%s'", path, key)
     sources = handle.get("data_layers")

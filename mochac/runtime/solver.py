@@ -193,7 +193,7 @@ class Solver:
                 f"{self.method.name}; resume with {saved_method} or load the parameters "
                 "alone with load_snapshot"
             )
-        self.method.load_buffers(buffers, net.backend.dtype)
+        self.method.load_buffers(buffers, net.backend)
         restore_policy = getattr(self.params["lr_policy"], "restore", None)
         if restore_policy is not None:
             restore_policy(attrs)

@@ -49,11 +49,12 @@ class SolverMethod:
             array = store[key] = np.zeros_like(param)
         return array
 
-    def load_buffers(self, buffers: dict, dtype) -> None:
-        """Replace the state buffers with ``buffers`` read from a snapshot."""
+    def load_buffers(self, buffers: dict, backend) -> None:
+        """Replace the state buffers with ``buffers`` read from a snapshot, as
+        arrays of ``backend`` (on the device for a GPU backend)."""
         for name in self.buffer_names:
             self.buffers[name] = {
-                key: np.ascontiguousarray(value, dtype=dtype)
+                key: backend.to_device(value)
                 for key, value in buffers.get(name, {}).items()
             }
 
