@@ -4,8 +4,11 @@ Tests install it in sys.modules, so GPUBackend and GPUNet run their real
 code on machines without a GPU. RawModule compiles the generated CUDA for
 the host (cuda_emulator.py). Arrays are NumPy arrays with CuPy's
 ``data.ptr``, ``get`` and ``set``, and cuBLAS GEMMs run in NumPy. Streams
-and events do nothing, because every call finishes before it returns. It
-covers only the CuPy calls mochac makes.
+and events do nothing, because every call finishes before it returns,
+except stream capture: between ``begin_capture`` and ``end_capture``
+launches, GEMMs, memsets and copies are recorded with their arguments
+instead of run, and the Graph replays them in order. It covers only the
+CuPy calls mochac makes.
 """
 
 from __future__ import annotations
@@ -47,6 +50,27 @@ def asarray(array):
     return np.array(array, copy=True).view(DeviceArray)
 
 
+# The calls recorded while a stream captures, or None.
+CAPTURED = None
+
+
+def enqueue(call):
+    """Run ``call`` now, or record it while a stream captures."""
+    if CAPTURED is None:
+        call()
+    else:
+        CAPTURED.append(call)
+
+
+class Graph:
+    def __init__(self, calls):
+        self.calls = calls
+
+    def launch(self, stream=None):
+        for call in self.calls:
+            call()
+
+
 class Event:
     def synchronize(self):
         pass
@@ -64,6 +88,22 @@ class Stream:
 
     def synchronize(self):
         pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def begin_capture(self):
+        global CAPTURED
+        assert CAPTURED is None, "a stream is already capturing"
+        CAPTURED = []
+
+    def end_capture(self):
+        global CAPTURED
+        graph, CAPTURED = Graph(CAPTURED), None
+        return graph
 
 
 Stream.null = Stream()
@@ -102,7 +142,8 @@ class RawModule:
         function = getattr(self.library, name)
 
         def launch(grid, block, args):
-            function(*(kernel_argument(arg) for arg in args))
+            converted = [kernel_argument(arg) for arg in args]
+            enqueue(lambda: function(*converted))
 
         return launch
 
@@ -123,7 +164,11 @@ def kernel_argument(value):
 def gemm(trans_a, trans_b, a, b, out=None, alpha=1.0, beta=0.0):
     a = a.T if trans_a == "T" else a
     b = b.T if trans_b == "T" else b
-    out[...] = alpha * (np.asarray(a) @ np.asarray(b)) + beta * out
+
+    def run():
+        out[...] = alpha * (np.asarray(a) @ np.asarray(b)) + beta * out
+
+    enqueue(run)
     return out
 
 
@@ -131,11 +176,11 @@ runtime = types.SimpleNamespace(
     getDeviceCount=lambda: 1,
     CUDARuntimeError=CUDARuntimeError,
     memcpyDeviceToDevice=3,
-    memsetAsync=lambda pointer, value, size, stream: ctypes.memset(
-        pointer, value, size
+    memsetAsync=lambda pointer, value, size, stream: enqueue(
+        lambda: ctypes.memset(pointer, value, size)
     ),
-    memcpyAsync=lambda target, source, size, kind, stream: ctypes.memmove(
-        target, source, size
+    memcpyAsync=lambda target, source, size, kind, stream: enqueue(
+        lambda: ctypes.memmove(target, source, size)
     ),
 )
 

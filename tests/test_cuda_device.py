@@ -239,3 +239,62 @@ def test_snapshot_resume_matches_cpu(cupy, tmp_path):
             np.testing.assert_allclose(
                 resumed_net.params[layer][name].get(), array, rtol=1e-9, atol=1e-12
             )
+
+
+def test_graph_steps_match_step_by_step(cupy):
+    """Training steps replayed from CUDA graphs give the same bits as steps
+    launched one by one, across an epoch end where the batch is partial."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(10, 1, 28, 28))
+    y = rng.integers(0, 10, size=(10, 1)).astype(float)
+
+    def layers():
+        return [
+            MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
+            *lenet(4)[1:],
+        ]
+
+    _, graphed = twin_nets(layers)
+    eager = GPUNet(
+        "eager", GPUBackend(dtype=np.float64, seed=5, graphs=False), layers()
+    )
+    for layer, params in graphed.params.items():
+        for name, array in params.items():
+            eager.params[layer][name][...] = array
+    methods = {"graphed": Nesterov(), "eager": Nesterov()}
+    # Ten samples in batches of four: steps 3 and 8 are partial batches.
+    for iteration in range(10):
+        lr = 0.01 / (1 + iteration)
+        a = graphed.train_step(methods["graphed"], lr, 0.9, 0.0005, iteration)
+        b = eager.train_step(methods["eager"], lr, 0.9, 0.0005, iteration)
+        assert a == b
+    # Full batches and the partial one at each epoch end: two graphs.
+    assert graphed.graphs.enabled
+    assert len(graphed.graphs.graphs) == 2
+    assert not eager.graphs.graphs
+    for layer, params in eager.params.items():
+        for name, array in params.items():
+            assert np.array_equal(graphed.params[layer][name].get(), array.get())
+
+
+def test_nan_loss_in_graph_replay_leaves_parameters(cupy):
+    x = np.ones((12, 3))
+    x[9, 1] = np.nan
+    y = np.zeros((12, 1))
+
+    def layers():
+        return [
+            MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
+            InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["out"]),
+            SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+        ]
+
+    _, gpu = twin_nets(layers)
+    method = SGD()
+    gpu.train_step(method, 0.1, 0.9, 0.0, 0)
+    gpu.train_step(method, 0.1, 0.9, 0.0, 1)
+    assert gpu.graphs.graphs, "the second step should have been captured"
+    before = gpu.params["ip"]["weight"].get()
+    with pytest.raises(NumericalError, match="'loss'"):
+        gpu.train_step(method, 0.1, 0.9, 0.0, 2)
+    np.testing.assert_array_equal(gpu.params["ip"]["weight"].get(), before)

@@ -104,3 +104,34 @@ def test_net_with_gpu_backend_builds_gpunet(cupy):
 
 def test_host_gpunet_snapshot_resume(cupy, tmp_path):
     device_tests.test_snapshot_resume_matches_cpu(cupy, tmp_path)
+
+
+def test_host_gpunet_graphs(cupy):
+    device_tests.test_graph_steps_match_step_by_step(cupy)
+
+
+def test_host_gpunet_graph_nan_loss(cupy):
+    device_tests.test_nan_loss_in_graph_replay_leaves_parameters(cupy)
+
+
+def test_host_gpunet_capture_failure_falls_back(cupy, monkeypatch, caplog):
+    """A stream that cannot capture leaves graphs off and training correct."""
+
+    def refuse(self):
+        raise host_cupy.CUDARuntimeError("capture not permitted")
+
+    monkeypatch.setattr(host_cupy.Stream, "begin_capture", refuse)
+    device_tests.test_solver_trains_like_cpu(cupy, device_tests.SGD)
+    assert "without CUDA graphs (capture failed" in caplog.text
+
+
+def test_host_gpu_bench_report(cupy):
+    from mochac.bench.gpu_runner import bench_gpu, format_gpu_bench
+
+    report = bench_gpu(lenet, batch=2, iters=1, repeats=2, peer=False)
+    assert report["cuda_graphs"]
+    for measure in ("forward", "train", "infer", "latency"):
+        assert report["mochac"][measure]["median_ms"] > 0
+    text = format_gpu_bench(report)
+    assert "training steps with CUDA graphs" in text
+    assert text.splitlines()[2].startswith("mochac")

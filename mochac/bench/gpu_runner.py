@@ -71,6 +71,8 @@ def bench_gpu(layers_factory, batch=64, iters=20, repeats=5, opt_level=1, peer=T
             ),
         },
         "peers": {},
+        # Whether the timed training steps replayed CUDA graphs.
+        "cuda_graphs": bool(net.graphs.enabled and net.graphs.graphs),
     }
     if peer:
         report["peers"] = bench_torch_cuda(net, iters, repeats)
@@ -128,9 +130,11 @@ def bench_torch_cuda(net, iters, repeats) -> dict:
 
 def format_gpu_bench(report: dict) -> str:
     """Return the GPU report as a table, one line per framework."""
+    graphs = "with" if report.get("cuda_graphs") else "without"
     lines = [
         f"CUDA backend, batch {report['batch']}, median of "
-        f"{report['mochac']['train']['rounds']} rounds of {report['iters']} iterations",
+        f"{report['mochac']['train']['rounds']} rounds of {report['iters']} "
+        f"iterations, training steps {graphs} CUDA graphs",
         f"{'':12} {'forward ms':>11} {'train ms':>9} {'train it/s':>11} "
         f"{'infer ms':>9} {'batch-1 ms':>11}",
     ]

@@ -42,6 +42,8 @@ class GPUBackend:
         seed: seed of the generator behind parameter initialization, data
             shuffling and the random layers' streams; None draws one from
             the operating system.
+        graphs: capture each training step into a CUDA graph and replay it
+            (default True); False launches every kernel from Python.
 
     Raises DeviceError when CuPy is not installed or no CUDA device is
     usable, and ConfigError for an invalid dtype or device index. The
@@ -53,7 +55,7 @@ class GPUBackend:
     # GPUNet.
     is_gpu = True
 
-    def __init__(self, device: int = 0, dtype=np.float32, seed=None):
+    def __init__(self, device: int = 0, dtype=np.float32, seed=None, graphs=True):
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ConfigError(
@@ -78,6 +80,7 @@ class GPUBackend:
                 "CUDA device(s)"
             )
         self.device = device
+        self.graphs = bool(graphs)
         # Code written for CPUBackend reads ``threads``; a GPU net sets no
         # host threads.
         self.threads = 1

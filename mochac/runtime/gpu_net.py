@@ -30,6 +30,7 @@ from mochac.passes.pipeline import enabled_passes, run_ir_passes
 from mochac.passes.plan_memory import plan_memory
 from mochac.runtime import gpu_update
 from mochac.runtime.data_sources import make_source
+from mochac.runtime.gpu_graphs import StepGraphs
 from mochac.runtime.net import BlobViews, Net
 from mochac.runtime.outputs import make_output_state
 
@@ -115,12 +116,14 @@ class GPUNet(Net):
         cupy = self.cupy = backend.cupy
         with cupy.cuda.Device(backend.device):
             self.module = cupy.RawModule(code=self.source)
-            # Kernels and GEMMs run on the default stream, so solver updates
-            # written with CuPy follow them without an explicit wait.
-            self.stream = cupy.cuda.Stream.null
+            # Kernels and GEMMs run on a blocking stream: work on CuPy's
+            # default stream (a NumPy-coded solver update, a user's reads)
+            # stays ordered with it, and it can be captured into a graph.
+            self.stream = cupy.cuda.Stream(non_blocking=False)
             self.copy_stream = cupy.cuda.Stream(non_blocking=True)
             self._allocate()
             self._bind_steps()
+        self.graphs = StepGraphs(self, getattr(backend, "graphs", False))
         sinks = [info for info in self.ir.layers if isinstance(info.layer, OutputLayer)]
         self.output_states = {
             info.name: make_output_state(info.layer, info.bottom_shapes, backend.dtype)
@@ -337,14 +340,23 @@ class GPUNet(Net):
     def _run(self, calls, n_valid, wait=True):
         """Enqueue ``calls``; with ``wait``, also wait for them, copy the
         accumulators to the host and raise what a kernel reported."""
-        with self.cupy.cuda.Device(self.backend.device):
+        self._enqueue(calls, n_valid)
+        if wait:
+            self._finish()
+
+    def _enqueue(self, calls, n_valid):
+        """Reset the status and enqueue ``calls`` on the net's stream."""
+        with self.cupy.cuda.Device(self.backend.device), self.stream:
             self.cupy.cuda.runtime.memsetAsync(
                 self.status_block.data.ptr, 0, self.status_block.nbytes, self.stream.ptr
             )
             for call in calls:
                 call(n_valid)
-            if not wait:
-                return
+
+    def _finish(self):
+        """Wait for the stream, copy the accumulators to the host and raise
+        what a kernel reported."""
+        with self.cupy.cuda.Device(self.backend.device):
             self.stream.synchronize()
             self.state_block.get(out=self.host_state_block)
             code, layer, index, value = self._read_status()
@@ -394,7 +406,8 @@ class GPUNet(Net):
 
         Forward, the loss check, backward and the update (the module's
         ``mochac_update``, see mochac.runtime.gpu_update) are enqueued at
-        once, and the host waits once, at the end. A method or regularizer
+        once, replayed from a CUDA graph after the first step of their kind
+        (mochac.runtime.gpu_graphs), and the host waits once, at the end. A method or regularizer
         without a native form updates with its NumPy code on the CuPy
         arrays instead. A NaN or infinite loss raises NumericalError, and
         the update kernels then leave every parameter as it was.
@@ -403,7 +416,8 @@ class GPUNet(Net):
         if tables is None:
             objective = self.forward()
             self.backward()
-            method.numpy_update(self, learning_rate, momentum, regu_coef, iteration)
+            with self.cupy.cuda.Device(self.backend.device):
+                method.numpy_update(self, learning_rate, momentum, regu_coef, iteration)
             return objective
         self._check_alive()
         step = gpu_update.step_block(method, learning_rate, momentum, iteration)
@@ -416,7 +430,8 @@ class GPUNet(Net):
             *self.backward_calls,
             *gpu_update.update_calls(self, tables),
         ]
-        self._run(calls, n_valid)
+        self.graphs.run(tables, calls, n_valid)
+        self._finish()
         self._collect_outputs()
         return self.objective()
 
