@@ -32,6 +32,7 @@ INPUTS = {
     "x_relu": RNG.normal(size=(BATCH, 32, 4, 3)),
     "x_first": RNG.normal(size=(BATCH, 16, 3, 3)),
     "x_second": RNG.normal(size=(BATCH, 16, 3, 3)),
+    "x_round": RNG.normal(size=(BATCH, 24, 5, 4)),
     "x_image": RNG.normal(size=(BATCH, 3, 6, 6)),
 }
 # Geometry tuples are Mocha's (width, height).
@@ -60,7 +61,20 @@ LAYERS = [
         bottoms=["x_first", "x_second"],
         tops=["y_first", "y_second"],
         kernel=3,
+        pad=1,
         n_filter=16,
+        bias_init=RANDOM_BIAS,
+    ),
+    # 24 filters and channels: rounded up to 32, with zero filters and
+    # channels in the last vector block.
+    ConvolutionLayer(
+        name="conv_round",
+        bottoms=["x_round"],
+        tops=["y_round"],
+        kernel=3,
+        pad=1,
+        n_filter=24,
+        neuron=Neurons.ReLU(),
         bias_init=RANDOM_BIAS,
     ),
 ]
@@ -297,7 +311,7 @@ def fits(layer, shape, force_backward=True):
 
 
 def conv(**options):
-    values = dict(name="conv", bottoms=["x"], tops=["y"], kernel=3, n_filter=16)
+    values = dict(name="conv", bottoms=["x"], tops=["y"], kernel=3, pad=1, n_filter=16)
     values.update(options)
     return ConvolutionLayer(**values)
 
@@ -309,7 +323,13 @@ def test_which_convolutions_run_direct():
     assert fits(image_layer("x"), (2, 3, 6, 6), force_backward=False)
     assert not fits(conv(), (2, 3, 6, 6))
     assert not fits(conv(stride=2), (2, 16, 6, 6))
+    # 24 of 32 filters are real: enough; 20 of 32 are not.
+    assert fits(conv(n_filter=24), (2, 24, 6, 6))
     assert not fits(conv(n_filter=20), (2, 16, 6, 6))
+    # A small valid convolution: its bottom diff would compute 144 positions
+    # for 64 top positions.
+    assert not fits(conv(kernel=5, pad=0), (2, 16, 12, 12))
+    assert fits(conv(kernel=5, pad=0), (2, 16, 12, 12), force_backward=False)
     assert not fits(conv(n_filter=32, n_group=2), (2, 16, 6, 6))
     assert not fits(conv(pad=3), (2, 16, 6, 6))
 

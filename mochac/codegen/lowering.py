@@ -147,35 +147,53 @@ def conv_chunking(n: int, bytes_per_image: int) -> tuple[int, int, int]:
 # Convolutions whose shapes allow it run as direct convolutions (see
 # direct_convolution_fits); tests turn this off to compare with im2col.
 DIRECT_CONVOLUTION = True
-# Filter and channel counts of a direct convolution are multiples of this, so
-# they fill whole vectors: 16 values are one 64-byte vector of float32 and two
-# of float64 (and two or four 32-byte vectors without AVX-512).
+# A direct convolution rounds its filter count (and, for the bottom diff, its
+# channel count) up to a multiple of this, so they fill whole vectors: 16
+# values are one 64-byte vector of float32 and two of float64 (and two or
+# four 32-byte vectors without AVX-512).
 DIRECT_BLOCK = 16
+# The share of a direct convolution's multiply-adds that must be useful; the
+# rest are zeros from the rounding and, for the bottom diff, the padding.
+DIRECT_MIN_FILL = 0.75
 
 
 def direct_convolution_fits(info) -> bool:
-    """Return whether a convolution can run as generated direct code.
+    """Return whether a convolution should run as generated direct code.
 
-    The direct kernels need stride 1, one group and filters in whole vector
-    blocks. The bottom diff is a convolution of the padded top diff with the
-    filters turned by 180 degrees, so it also needs the channels in whole
-    blocks and a padding below the kernel size. Other convolutions use im2col
-    and GEMM.
+    The direct kernels need stride 1 and one group. They compute filters in
+    whole vector blocks, so at least DIRECT_MIN_FILL of the filter count
+    rounded up to DIRECT_BLOCK must be real filters. The bottom diff is the
+    forward kernel run over every bottom position on the top diff padded by
+    kernel - 1 - pad (which must not be negative), with channels rounded up
+    the same way. Its useful share, top positions times channels over bottom
+    positions times rounded channels, must also reach DIRECT_MIN_FILL: a
+    "same" convolution has all of it, while a small "valid" one such as
+    LeNet's conv2 (8 x 8 from 12 x 12, 20 channels) has 0.28 and stays with
+    im2col and GEMM, as do all other convolutions.
     """
     layer: ConvolutionLayer = info.layer
-    channels = info.bottom_shapes[0][1]
-    filters = info.top_shapes[0][1]
+    _, channels, height, width = info.bottom_shapes[0]
+    _, filters, out_h, out_w = info.top_shapes[0]
     (kh, kw), (ph, pw) = layer.kernel_hw, layer.pad_hw
-    needs_dx = info.in_backward and any(info.propagate_down)
-    return (
+    if not (
         DIRECT_CONVOLUTION
         and layer.stride_hw == (1, 1)
         and layer.n_group == 1
-        and filters % DIRECT_BLOCK == 0
         and ph < kh
         and pw < kw
-        and (not needs_dx or channels % DIRECT_BLOCK == 0)
-    )
+    ):
+        return False
+    if filters / round_up(filters, DIRECT_BLOCK) < DIRECT_MIN_FILL:
+        return False
+    if not (info.in_backward and any(info.propagate_down)):
+        return True
+    useful = out_h * out_w * channels
+    computed = height * width * round_up(channels, DIRECT_BLOCK)
+    return useful / computed >= DIRECT_MIN_FILL
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
 
 
 def lower_convolution(info, ir, slots):
@@ -279,6 +297,8 @@ def lower_direct_convolution(info, ir, slots):
     _, filters, out_h, out_w = info.top_shapes[0]
     (kh, kw), (ph, pw) = layer.kernel_hw, layer.pad_hw
     lanes = min(n, CONV_MAX_LANES)
+    # Filters, and the bottom diff's channels, rounded up to whole blocks.
+    padded_filters = round_up(filters, DIRECT_BLOCK)
     pad_h, pad_w = height + 2 * ph, width + 2 * pw
     # The bottom diff convolves the top diff padded by kernel - 1 - pad.
     qh, qw = kh - 1 - ph, kw - 1 - pw
@@ -290,6 +310,7 @@ def lower_direct_convolution(info, ir, slots):
     ]
     params = param_slots(info, slots, ["filter", "bias"])
     dx_needed = info.in_backward and any(pair["dx"] is not None for pair in pairs)
+    padded_channels = round_up(channels, DIRECT_BLOCK) if dx_needed else channels
     dtype = ir.dtype
 
     def work(name, shape, phase):
@@ -302,6 +323,8 @@ def lower_direct_convolution(info, ir, slots):
         H=height,
         W=width,
         F=filters,
+        FP=padded_filters,
+        CP=padded_channels,
         OH=out_h,
         OW=out_w,
         KH=kh,
@@ -323,20 +346,22 @@ def lower_direct_convolution(info, ir, slots):
         WQ=diff_w,
         LANES=lanes,
         dx_needed=dx_needed,
-        packed=work("packed_filter", (filters * k,), "forward"),
+        packed=work("packed_filter", (padded_filters * (k + 1),), "forward"),
         padded=work("padded", (lanes, channels * pad_h * pad_w), "forward"),
-        tile=work("tile", (lanes, positions * filters), "forward"),
+        tile=work("tile", (lanes, positions * padded_filters), "forward"),
         pairs=pairs,
         **neuron_values(info),
         **params,
     )
     if info.in_backward and params["filter_grad"] is not None:
         context.update(
-            partial=work("partial_grad", (lanes, filters * k + filters), "backward"),
+            partial=work("partial_grad", (lanes, padded_filters * (k + 1)), "backward"),
             padded_back=work(
                 "padded_back", (lanes, channels * pad_h * pad_w), "backward"
             ),
-            top_diff_t=work("top_diff_t", (lanes, positions * filters), "backward"),
+            top_diff_t=work(
+                "top_diff_t", (lanes, positions * padded_filters), "backward"
+            ),
         )
     # The top diff goes through padded planes when the bottom diff needs them
     # or the neuron's derivative has to be applied before the transpose.
@@ -347,8 +372,12 @@ def lower_direct_convolution(info, ir, slots):
         )
     if dx_needed:
         context.update(
-            packed_back=work("packed_turned", (filters * k,), "backward"),
-            diff_tile=work("diff_tile", (lanes, height * width * channels), "backward"),
+            packed_back=work(
+                "packed_turned", (filters * padded_channels * kh * kw,), "backward"
+            ),
+            diff_tile=work(
+                "diff_tile", (lanes, height * width * padded_channels), "backward"
+            ),
         )
     return context
 
