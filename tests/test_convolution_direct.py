@@ -416,3 +416,60 @@ def test_single_image_net_stays_on_one_thread():
     batch = Net("cifar-batch-8", CPUBackend(threads=2), cifar10_full(8))
     assert "mochac_parallel = 0;" in single.source
     assert "mochac_parallel = 1;" in batch.source
+
+
+def test_pair_without_top_diff_needs_no_bottom_diff_scratch():
+    """Two pairs share the filters: the one with a bottom diff has no top
+    diff (its top reaches no loss), so backward only zeroes that diff."""
+    rng = np.random.default_rng(1)
+    x1, x2 = rng.normal(size=(2, 16, 5, 5)), rng.normal(size=(2, 16, 5, 5))
+    t = rng.normal(size=(2, 16, 5, 5))
+
+    def build(direct):
+        saved = lowering.DIRECT_CONVOLUTION
+        lowering.DIRECT_CONVOLUTION = direct
+        try:
+            layers = [
+                MemoryDataLayer(
+                    name="data", batch_size=2, data=[x1, x2, t], tops=["x1", "x2", "t"]
+                ),
+                conv(name="pre", bottoms=["x1"], tops=["h1"]),
+                conv(name="shared", bottoms=["h1", "x2"], tops=["y1", "y2"]),
+                SquareLossLayer(name="loss", bottoms=["y2", "t"]),
+            ]
+            net = Net(
+                f"conv-direct-no-top-diff-{direct}",
+                CPUBackend(dtype=np.float64, seed=2),
+                layers,
+                opt_level=0,
+            )
+        finally:
+            lowering.DIRECT_CONVOLUTION = saved
+        net.load_batch()
+        return net
+
+    direct, im2col = build(True), build(False)
+    kernel = kernel_of(direct, "shared")
+    assert kernel.template == "c/convolution_direct.c.j2"
+    assert [(p["dx"] is None, p["dy"] is None) for p in kernel.context["pairs"]] == [
+        (False, True),
+        (True, False),
+    ]
+    assert not kernel.context["dx_needed"]
+    assert "diff_tile" not in kernel.context
+    for layer, params in direct.params.items():
+        for key, value in params.items():
+            im2col.params[layer][key][...] = value
+    assert direct.forward(load_data=False) == pytest.approx(
+        im2col.forward(load_data=False), rel=1e-12
+    )
+    direct.backward()
+    im2col.backward()
+    for layer in direct.grads:
+        for key in direct.grads[layer]:
+            np.testing.assert_allclose(
+                direct.grads[layer][key],
+                im2col.grads[layer][key],
+                rtol=1e-11,
+                atol=1e-12,
+            )

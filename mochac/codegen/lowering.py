@@ -309,7 +309,11 @@ def lower_direct_convolution(info, ir, slots):
         dict(pair, top_size=n * filters * positions) for pair in pair_slots(info, slots)
     ]
     params = param_slots(info, slots, ["filter", "bias"])
-    dx_needed = info.in_backward and any(pair["dx"] is not None for pair in pairs)
+    # A pair without a top diff only zeroes its bottom diff, which needs no
+    # scratch.
+    dx_needed = info.in_backward and any(
+        pair["dx"] is not None and pair["dy"] is not None for pair in pairs
+    )
     padded_channels = round_up(channels, DIRECT_BLOCK) if dx_needed else channels
     dtype = ir.dtype
 
