@@ -81,14 +81,14 @@ LAYERS = [
 NAMES = [layer.name for layer in LAYERS]
 
 
-def image_layer(bottom="x_image", neuron=None):
+def image_layer(bottom="x_image", neuron=None, pad=1):
     """A first layer: three channels, but its bottom is data and takes no diff."""
     return ConvolutionLayer(
         name="conv_image",
         bottoms=[bottom],
         tops=["y_image"],
         kernel=3,
-        pad=1,
+        pad=pad,
         n_filter=16,
         neuron=neuron or Neurons.Identity(),
         bias_init=RANDOM_BIAS,
@@ -331,11 +331,15 @@ def test_which_convolutions_run_direct():
     assert not fits(conv(kernel=5, pad=0), (2, 16, 12, 12))
     assert fits(conv(kernel=5, pad=0), (2, 16, 12, 12), force_backward=False)
     assert not fits(conv(n_filter=32, n_group=2), (2, 16, 6, 6))
+    # The bottom diff would need a negative padding; without one, it runs.
     assert not fits(conv(pad=3), (2, 16, 6, 6))
+    assert fits(conv(pad=3), (2, 16, 6, 6), force_backward=False)
 
 
+# Pad 3 with a 3 x 3 kernel gives border positions that see only padding.
+@pytest.mark.parametrize("pad", [1, 3])
 @pytest.mark.parametrize("neuron", [Neurons.Identity(), Neurons.ReLU()])
-def test_image_layer_forward_and_filter_gradient(neuron):
+def test_image_layer_forward_and_filter_gradient(neuron, pad):
     net = build_net(
         "conv-direct-image",
         [image_layer()],
@@ -345,18 +349,19 @@ def test_image_layer_forward_and_filter_gradient(neuron):
     # force_backward gives x_image a diff, so this layer computes it through
     # im2col; the same layer without a bottom diff runs direct (above).
     assert kernel_of(net, "conv_image").template == "c/convolution.c.j2"
+    side = 6 + 2 * pad - 2
     layers = [
         MemoryDataLayer(
             name="data",
             batch_size=BATCH,
-            data=[INPUTS["x_image"], RNG.normal(size=(BATCH, 16, 6, 6))],
+            data=[INPUTS["x_image"], RNG.normal(size=(BATCH, 16, side, side))],
             tops=["x_image", "t"],
         ),
-        image_layer(neuron=neuron),
+        image_layer(neuron=neuron, pad=pad),
         SquareLossLayer(name="loss", bottoms=["y_image", "t"]),
     ]
     direct = Net(
-        f"conv-direct-image-loss-{type(neuron).__name__}",
+        f"conv-direct-image-loss-{type(neuron).__name__}-{pad}",
         CPUBackend(dtype=np.float64, seed=4, threads=2),
         layers,
         keep=["y_image"],
@@ -366,7 +371,7 @@ def test_image_layer_forward_and_filter_gradient(neuron):
     direct.forward(load_data=False)
     params = direct.params["conv_image"]
     expected = reference_convolution(
-        direct.blobs["x_image"], params["filter"], params["bias"], image_layer()
+        direct.blobs["x_image"], params["filter"], params["bias"], image_layer(pad=pad)
     )
     if not neuron.is_identity:
         expected = np.maximum(expected, 0.0)

@@ -249,3 +249,26 @@ def test_float32_chain_matches_float64(chains):
         np.testing.assert_allclose(
             single.blobs[f"h_{name}"], plain.blobs[f"h_{name}"], rtol=1e-5, atol=1e-6
         )
+
+
+@pytest.mark.parametrize("order", ["owner first", "clash first"])
+def test_layer_named_like_neuron_kernel(order):
+    """A layer "a" whose neuron runs apart defines a_neuron_forward; a layer
+    named "a_neuron" gets another C name instead of a duplicate function."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 5))
+    owner = InnerProductLayer(
+        name="a", output_dim=3, neuron=Tanh(), bottoms=["x"], tops=["ya"]
+    )
+    clash = InnerProductLayer(name="a_neuron", output_dim=3, bottoms=["x"], tops=["yb"])
+    layers = [owner, clash] if order == "owner first" else [clash, owner]
+    net = build_net(f"neuron-name-{order.split()[0]}", layers, {"x": x})
+    names = [kernel.context["fn"] for kernel in net.kernels]
+    assert len(set(names)) == len(names)
+    for name in names:
+        assert f"{name}_neuron" not in names
+    net.forward(load_data=False)
+    weight, bias = net.params["a"]["weight"], net.params["a"]["bias"]
+    np.testing.assert_allclose(
+        net.blobs["ya"], np.tanh(x @ weight.T + bias), rtol=1e-12
+    )

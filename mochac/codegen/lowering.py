@@ -44,14 +44,19 @@ class Kernel:
 
 
 def c_identifier(name: str, used: set[str]) -> str:
-    """Return a C identifier derived from ``name``, unique within ``used``."""
+    """Return a C identifier derived from ``name``, unique within ``used``.
+
+    A layer ``x`` whose neuron runs apart defines ``x_neuron_forward``,
+    which a layer named ``x_neuron`` would define too, so ``x_neuron`` is
+    kept out of use along with ``x``.
+    """
     base = re.sub(r"[^0-9A-Za-z_]", "_", name).strip("_") or "layer"
     if base[0].isdigit():
         base = "l_" + base
     candidate, suffix = base, 2
-    while candidate in used:
+    while candidate in used or f"{candidate}_neuron" in used:
         candidate, suffix = f"{base}_{suffix}", suffix + 1
-    used.add(candidate)
+    used.update((candidate, f"{candidate}_neuron"))
     return candidate
 
 
@@ -175,18 +180,14 @@ def direct_convolution_fits(info) -> bool:
     _, channels, height, width = info.bottom_shapes[0]
     _, filters, out_h, out_w = info.top_shapes[0]
     (kh, kw), (ph, pw) = layer.kernel_hw, layer.pad_hw
-    if not (
-        DIRECT_CONVOLUTION
-        and layer.stride_hw == (1, 1)
-        and layer.n_group == 1
-        and ph < kh
-        and pw < kw
-    ):
+    if not (DIRECT_CONVOLUTION and layer.stride_hw == (1, 1) and layer.n_group == 1):
         return False
     if filters / round_up(filters, DIRECT_BLOCK) < DIRECT_MIN_FILL:
         return False
     if not (info.in_backward and any(info.propagate_down)):
         return True
+    if ph >= kh or pw >= kw:
+        return False
     useful = out_h * out_w * channels
     computed = height * width * round_up(channels, DIRECT_BLOCK)
     return useful / computed >= DIRECT_MIN_FILL
@@ -300,9 +301,6 @@ def lower_direct_convolution(info, ir, slots):
     # Filters, and the bottom diff's channels, rounded up to whole blocks.
     padded_filters = round_up(filters, DIRECT_BLOCK)
     pad_h, pad_w = height + 2 * ph, width + 2 * pw
-    # The bottom diff convolves the top diff padded by kernel - 1 - pad.
-    qh, qw = kh - 1 - ph, kw - 1 - pw
-    diff_h, diff_w = out_h + 2 * qh, out_w + 2 * qw
     k = channels * kh * kw
     positions = out_h * out_w
     pairs = [
@@ -315,6 +313,11 @@ def lower_direct_convolution(info, ir, slots):
         pair["dx"] is not None and pair["dy"] is not None for pair in pairs
     )
     padded_channels = round_up(channels, DIRECT_BLOCK) if dx_needed else channels
+    # The bottom diff convolves the top diff padded by kernel - 1 - pad
+    # (direct_convolution_fits keeps that at 0 or more). Without a bottom
+    # diff, the staged top diff needs no padding, and the pad may exceed it.
+    qh, qw = (kh - 1 - ph, kw - 1 - pw) if dx_needed else (0, 0)
+    diff_h, diff_w = out_h + 2 * qh, out_w + 2 * qw
     dtype = ir.dtype
 
     def work(name, shape, phase):
