@@ -200,6 +200,11 @@ def round_up(value: int, multiple: int) -> int:
 def lower_convolution(info, ir, slots):
     if direct_convolution_fits(info):
         return lower_direct_convolution(info, ir, slots)
+    return lower_im2col_convolution(info, ir, slots)
+
+
+def lower_im2col_convolution(info, ir, slots):
+    """Values of templates/c/convolution.c.j2: im2col and GEMM per chunk."""
     layer: ConvolutionLayer = info.layer
     n, channels, height, width = info.bottom_shapes[0]
     _, filters, out_h, out_w = info.top_shapes[0]
@@ -573,10 +578,12 @@ def touched_slots(info, slots, phase) -> set[int]:
     return touched
 
 
-def lower_net(ir) -> tuple[SlotTable, list[Kernel]]:
+def lower_net(ir, direct_convolutions=True) -> tuple[SlotTable, list[Kernel]]:
     """Return the slot table and one Kernel per layer that runs, in forward order.
 
     Data layers run in Python, and layers eliminated by a pass run nowhere.
+    With ``direct_convolutions`` False every convolution lowers to im2col,
+    as the CUDA backend needs.
     """
     slots = allocate_slots(ir)
     kernels = []
@@ -592,6 +599,8 @@ def lower_net(ir) -> tuple[SlotTable, list[Kernel]]:
                 f"layer '{info.name}': the CPU backend has no kernel for "
                 f"{type(info.layer).__name__}"
             ) from None
+        if lower is lower_convolution and not direct_convolutions:
+            lower = lower_im2col_convolution
         context = lower(info, ir, slots)
         template = context.pop("template", f"c/{family}.c.j2")
         context.update(

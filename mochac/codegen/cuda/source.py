@@ -106,7 +106,9 @@ def render_cuda(ir) -> CudaProgram:
     CompileError when the steps and the source disagree, which is a bug in
     a template or a planner.
     """
-    slots, kernels = lower_net(ir)
+    # The C backend's direct convolutions have no CUDA kernels; im2col's
+    # contexts keep their scratch slots out of the device arena.
+    slots, kernels = lower_net(ir, direct_convolutions=False)
     for kernel in kernels:
         adjust = ADJUSTMENTS.get(family_of(kernel))
         if adjust is not None:
