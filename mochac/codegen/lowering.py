@@ -153,9 +153,9 @@ def conv_chunking(n: int, bytes_per_image: int) -> tuple[int, int, int]:
 # direct_convolution_fits); tests turn this off to compare with im2col.
 DIRECT_CONVOLUTION = True
 # A direct convolution rounds its filter count (and, for the bottom diff, its
-# channel count) up to a multiple of this, so they fill whole vectors: 16
-# values are one 64-byte vector of float32 and two of float64 (and two or
-# four 32-byte vectors without AVX-512).
+# channel count) up to a multiple of this, so they fill whole vectors. 16
+# values are one 64-byte vector of float32 and two of float64, or two and
+# four 32-byte vectors without AVX-512.
 DIRECT_BLOCK = 16
 # The share of a direct convolution's multiply-adds that must be useful; the
 # rest are zeros from the rounding and, for the bottom diff, the padding.
@@ -170,11 +170,11 @@ def direct_convolution_fits(info) -> bool:
     rounded up to DIRECT_BLOCK must be real filters. The bottom diff is the
     forward kernel run over every bottom position on the top diff padded by
     kernel - 1 - pad (which must not be negative), with channels rounded up
-    the same way. Its useful share, top positions times channels over bottom
-    positions times rounded channels, must also reach DIRECT_MIN_FILL: a
-    "same" convolution has all of it, while a small "valid" one such as
-    LeNet's conv2 (8 x 8 from 12 x 12, 20 channels) has 0.28 and stays with
-    im2col and GEMM, as do all other convolutions.
+    the same way. Its useful share is top positions times channels over
+    bottom positions times rounded channels, and it must also reach
+    DIRECT_MIN_FILL. A "same" convolution has all of it. A small "valid"
+    one such as LeNet's conv2 (8 x 8 from 12 x 12, 20 channels) has 0.28
+    and stays with im2col and GEMM, as do all other convolutions.
     """
     layer: ConvolutionLayer = info.layer
     _, channels, height, width = info.bottom_shapes[0]
