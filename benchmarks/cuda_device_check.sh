@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The CUDA backend's checks on a GPU machine, as one prepared command.
+#
+# The device image has CuPy, PyTorch, numpy, h5py, networkx and jinja2 but
+# not cffi or scipy-openblas32, which the CPU reference nets need. Fetch
+# them as wheels for its Python 3.12 first, from the repository root:
+#
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       --implementation cp --platform manylinux_2_17_x86_64 \
+#       --platform manylinux2014_x86_64 -d .whl cffi pycparser scipy-openblas32
+#
+# then run `bash benchmarks/cuda_device_check.sh` there with `.whl` carried.
+# Results land in $OUT: gpu.txt, tests.log, bench.log and lenet-cuda.json.
+set -uo pipefail
+OUT=${OUT:-/tmp/mochac-device-out}
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --upgrade --target /tmp/mochac-site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/mochac-site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 MOCHAC_CACHE_DIR=/tmp/mochac-cache
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import cupy, torch; print('cupy', cupy.__version__, 'torch', torch.__version__)" \
+    | tee -a "$OUT/gpu.txt"
+# Equivalence with the CPU backend (float64), graphs, update, snapshots;
+# NVRTC compiles every family where CuPy brings its library.
+timeout 300 python3 -m pytest -q -rs tests/test_cuda_device.py tests/test_cuda_compile.py \
+    2>&1 | tee "$OUT/tests.log"
+# Speed against PyTorch eager on the same GPU, training steps as CUDA graphs.
+timeout 200 python3 -m mochac.cli bench lenet --backend cuda --iters 200 --repeats 5 \
+    --json "$OUT/lenet-cuda.json" 2>&1 | tee "$OUT/bench.log"
