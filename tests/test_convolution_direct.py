@@ -81,6 +81,16 @@ LAYERS = [
 NAMES = [layer.name for layer in LAYERS]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def small_nets_run_direct():
+    """These nets have far fewer output positions than direct code needs to
+    pay for packing its filters; lower the bound so they run it anyway."""
+    saved = lowering.DIRECT_MIN_POSITIONS
+    lowering.DIRECT_MIN_POSITIONS = 0
+    yield
+    lowering.DIRECT_MIN_POSITIONS = saved
+
+
 def image_layer(bottom="x_image", neuron=None, pad=1):
     """A first layer: three channels, but its bottom is data and takes no diff."""
     return ConvolutionLayer(
@@ -478,3 +488,11 @@ def test_pair_without_top_diff_needs_no_bottom_diff_scratch():
                 rtol=1e-11,
                 atol=1e-12,
             )
+
+
+def test_few_output_positions_stay_im2col(monkeypatch):
+    """Every call packs the filters, so direct code needs enough positions."""
+    monkeypatch.setattr(lowering, "DIRECT_MIN_POSITIONS", 256)
+    # 4 x 4 positions per image: 2 images are too few, 16 are enough.
+    assert not fits(conv(), (2, 16, 4, 4), force_backward=False)
+    assert fits(conv(), (16, 16, 4, 4), force_backward=False)

@@ -160,6 +160,12 @@ DIRECT_BLOCK = 16
 # The share of a direct convolution's multiply-adds that must be useful; the
 # rest are zeros from the rounding and, for the bottom diff, the padding.
 DIRECT_MIN_FILL = 0.75
+# Output positions over the batch below which im2col stays: every call packs
+# the filters again, and with few positions that copy costs as much as the
+# products. NOTE: chosen from batch-1 timings on the AVX-512 machine of
+# docs/benchmarks.md, where direct code lost at 64 positions (LeNet's conv2,
+# CIFAR-10's conv3) and won at 256 (CIFAR-10's conv2).
+DIRECT_MIN_POSITIONS = 256
 
 
 def direct_convolution_fits(info) -> bool:
@@ -183,6 +189,8 @@ def direct_convolution_fits(info) -> bool:
     if not (DIRECT_CONVOLUTION and layer.stride_hw == (1, 1) and layer.n_group == 1):
         return False
     if filters / round_up(filters, DIRECT_BLOCK) < DIRECT_MIN_FILL:
+        return False
+    if info.top_shapes[0][0] * out_h * out_w < DIRECT_MIN_POSITIONS:
         return False
     if not (info.in_backward and any(info.propagate_down)):
         return True
