@@ -107,3 +107,20 @@ def test_unnamed_layer_message():
         ConfigError, match=r"MemoryDataLayer \(unnamed\): invalid batch_size"
     ):
         MemoryDataLayer(batch_size=0, data=[np.zeros((2, 2)), np.zeros((2, 1))])
+
+
+def test_unknown_data_layer_lists_names():
+    x = np.zeros((4, 3), np.float32)
+    y = np.zeros((4, 1), np.float32)
+    net = Net(
+        "data-names",
+        CPUBackend(),
+        [
+            MemoryDataLayer(batch_size=2, data=[x, y]),
+            InnerProductLayer(name="ip", output_dim=2, bottoms=["data"], tops=["o"]),
+            SoftmaxLossLayer(name="loss", bottoms=["o", "label"]),
+        ],
+    )
+    with pytest.raises(KeyError, match="its data layers are: 'MemoryDataLayer-0'"):
+        net.data_source("")
+    assert net.data_source("MemoryDataLayer-0") is not None

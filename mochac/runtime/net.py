@@ -485,7 +485,12 @@ class Net:
         for index, source in self.sources.items():
             if self.ir.layers[index].name == layer_name:
                 return source
-        raise KeyError(f"net '{self.name}' has no data layer named '{layer_name}'")
+        names = ", ".join(repr(self.ir.layers[index].name) for index in self.sources)
+        raise KeyError(
+            f"net '{self.name}' has no data layer named {layer_name!r}; its data "
+            f"layers are: {names or 'none'} (a layer created without a name "
+            "gets one like 'MemoryDataLayer-0')"
+        )
 
     def destroy(self):
         """Drop the buffers and close the data sources; the net cannot run afterwards."""
