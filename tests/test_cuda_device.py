@@ -186,10 +186,12 @@ def test_device_update_matches_cpu(cupy, kind, frozen):
         assert moved != bool(frozen), f"conv.{name}"
 
 
-def test_nan_loss_leaves_parameters(cupy):
-    x = np.ones((4, 3))
-    x[2, 1] = np.nan
-    y = np.zeros((4, 1))
+def nan_row_layers(samples, nan_row):
+    """Return a factory of a softmax net over batches of 4 whose sample
+    ``nan_row`` contains a NaN."""
+    x = np.ones((samples, 3))
+    x[nan_row, 1] = np.nan
+    y = np.zeros((samples, 1))
 
     def layers():
         return [
@@ -198,7 +200,11 @@ def test_nan_loss_leaves_parameters(cupy):
             SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
         ]
 
-    _, gpu = twin_nets(layers)
+    return layers
+
+
+def test_nan_loss_leaves_parameters(cupy):
+    _, gpu = twin_nets(nan_row_layers(4, 2))
     before = gpu.params["ip"]["weight"].get()
     with pytest.raises(NumericalError, match="'loss'"):
         gpu.train_step(SGD(), 0.1, 0.9, 0.0, 0)
@@ -278,18 +284,8 @@ def test_graph_steps_match_step_by_step(cupy):
 
 
 def test_nan_loss_in_graph_replay_leaves_parameters(cupy):
-    x = np.ones((12, 3))
-    x[9, 1] = np.nan
-    y = np.zeros((12, 1))
-
-    def layers():
-        return [
-            MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
-            InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["out"]),
-            SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
-        ]
-
-    _, gpu = twin_nets(layers)
+    # The third batch of four contains the NaN.
+    _, gpu = twin_nets(nan_row_layers(12, 9))
     method = SGD()
     gpu.train_step(method, 0.1, 0.9, 0.0, 0)
     gpu.train_step(method, 0.1, 0.9, 0.0, 1)

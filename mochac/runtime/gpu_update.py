@@ -19,9 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mochac.errors import ConfigError
-from mochac.runtime.freeze import trainable_groups
-from mochac.runtime.native_update import cache_key, native_code
+from mochac.runtime.native_update import (
+    cached_tables,
+    native_code,
+    update_entries,
+    update_iteration,
+)
 
 # The layouts of struct mochac_param_update and struct mochac_grad_sum.
 UPDATE_DTYPE = np.dtype(
@@ -70,32 +73,24 @@ class DeviceTables:
 def build_tables(net, method, regu_coef) -> DeviceTables | None:
     """Return the device update tables of ``net`` for ``method``, or None when
     some regularizer has no native form."""
-    cupy = net.cupy
-    entries, sums, arrays = [], [], []
-    for members in trainable_groups(net):
-        info, spec, param, grad = members[0]
-        terms = spec.regularizer.native_terms(regu_coef)
-        if terms is None:
-            return None
-        states = [
-            method.buffer(name, (info.name, spec.name), param)
-            for name in method.buffer_names
-        ]
+    walked = update_entries(net, method, regu_coef)
+    if walked is None:
+        return None
+    entries, sums, arrays = walked
+    rows = []
+    for param, grad, states, lr_factor, terms in entries:
         pointers = [array.data.ptr for array in (param, grad, *states)]
         pointers += [0] * (4 - len(pointers))
-        entries.append((*pointers, param.size, spec.lr, *terms))
-        arrays += [param, grad, *states]
-        for *_, other in members[1:]:
-            sums.append((grad.data.ptr, other.data.ptr, grad.size))
-            arrays.append(other)
-    updates = np.array(entries, UPDATE_DTYPE) if entries else np.zeros(1, UPDATE_DTYPE)
-    sum_table = np.array(sums, SUM_DTYPE) if sums else np.zeros(1, SUM_DTYPE)
+        rows.append((*pointers, param.size, lr_factor, *terms))
+    updates = np.array(rows, UPDATE_DTYPE) if rows else np.zeros(1, UPDATE_DTYPE)
+    sum_rows = [(into.data.ptr, other.data.ptr, into.size) for into, other in sums]
+    sum_table = np.array(sum_rows, SUM_DTYPE) if sums else np.zeros(1, SUM_DTYPE)
     return DeviceTables(
-        cupy.asarray(updates.view(np.uint8)),
+        net.cupy.asarray(updates.view(np.uint8)),
         len(entries),
-        cupy.asarray(sum_table.view(np.uint8)),
+        net.cupy.asarray(sum_table.view(np.uint8)),
         len(sums),
-        max((entry[4] for entry in entries), default=0),
+        max((param.size for param, *_ in entries), default=0),
         arrays,
     )
 
@@ -105,14 +100,7 @@ def tables_for(net, method, regu_coef) -> DeviceTables | None:
     stale; None when the method must update with its NumPy code."""
     if native_code(method) is None:
         return None
-    cache = net.__dict__.setdefault("_device_update_tables", {})
-    key = cache_key(net, method, regu_coef)
-    cached = cache.get(id(method))
-    if cached is None or cached[1] != key:
-        buffers = [method.buffers[name] for name in method.buffer_names]
-        cached = (method, key, build_tables(net, method, regu_coef), buffers)
-        cache[id(method)] = cached
-    return cached[2]
+    return cached_tables(net, "_device_update_tables", build_tables, method, regu_coef)
 
 
 def step_block(method, learning_rate, momentum, iteration) -> np.ndarray:
@@ -121,13 +109,7 @@ def step_block(method, learning_rate, momentum, iteration) -> np.ndarray:
     Adam's corrections are computed here with the C library's pow and sqrt,
     as the CPU backend's update computes them, so both use the same values.
     """
-    if iteration is None:
-        if method.requires_iteration:
-            raise ConfigError(
-                f"{method.name}.update: missing iteration; pass the number of "
-                "updates done so far"
-            )
-        iteration = 0
+    iteration = update_iteration(method, iteration)
     values = dict.fromkeys(STEP_FIELDS, 0.0)
     values.update(
         method=float(native_code(method)),

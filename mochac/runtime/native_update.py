@@ -47,10 +47,15 @@ def cache_key(net, method, regu_coef) -> tuple:
     )
 
 
-def build_tables(net, method, regu_coef) -> UpdateTables | None:
-    """Return the update tables of ``net`` for ``method``, or None when some
-    regularizer has no native form."""
-    ffi = net.ffi
+def update_entries(net, method, regu_coef):
+    """Return (entries, sums, arrays) of the update, or None when some
+    regularizer has no native form.
+
+    An entry is (parameter, gradient, solver buffers, local learning-rate
+    factor, (l2, l1)); a sum is (gradient, extra gradient of a shared
+    array). ``arrays`` lists every array the two point into. Both backends
+    build their tables from these.
+    """
     entries, sums, arrays = [], [], []
     for members in trainable_groups(net):
         info, spec, param, grad = members[0]
@@ -66,6 +71,17 @@ def build_tables(net, method, regu_coef) -> UpdateTables | None:
         for *_, other in members[1:]:
             sums.append((grad, other))
             arrays.append(other)
+    return entries, sums, arrays
+
+
+def build_tables(net, method, regu_coef) -> UpdateTables | None:
+    """Return the update tables of ``net`` for ``method``, or None when some
+    regularizer has no native form."""
+    ffi = net.ffi
+    walked = update_entries(net, method, regu_coef)
+    if walked is None:
+        return None
+    entries, sums, arrays = walked
     updates = ffi.new("struct mochac_param_update[]", max(len(entries), 1))
     for entry, (param, grad, states, lr_factor, (l2, l1)) in zip(updates, entries):
         entry.param = ffi.cast("void *", param.ctypes.data)
@@ -84,22 +100,42 @@ def build_tables(net, method, regu_coef) -> UpdateTables | None:
     return UpdateTables(updates, len(entries), sum_table, len(sums), arrays)
 
 
-def tables_for(net, method, regu_coef) -> UpdateTables | None:
-    """Return the cached tables of ``net`` for ``method``, rebuilt when stale;
-    None when the method must update in NumPy."""
-    if native_code(method) is None or getattr(net, "ffi", None) is None:
-        # No native form, or a net without a compiled CPU module (GPUNet).
-        return None
-    cache = net.__dict__.setdefault("_update_tables", {})
+def cached_tables(net, cache_name, build, method, regu_coef):
+    """Return ``build(net, method, regu_coef)``, cached in ``net`` under
+    ``cache_name`` per method and rebuilt when the frozen layers, the
+    method's buffers or the regularization coefficient change."""
+    cache = net.__dict__.setdefault(cache_name, {})
     key = cache_key(net, method, regu_coef)
     cached = cache.get(id(method))
     if cached is None or cached[1] != key:
         # The entry keeps the method and its buffer dicts alive, so the ids
         # in the cache and in the key cannot be reused by other objects.
         buffers = [method.buffers[name] for name in method.buffer_names]
-        cached = (method, key, build_tables(net, method, regu_coef), buffers)
+        cached = (method, key, build(net, method, regu_coef), buffers)
         cache[id(method)] = cached
     return cached[2]
+
+
+def tables_for(net, method, regu_coef) -> UpdateTables | None:
+    """Return the cached tables of ``net`` for ``method``, rebuilt when stale;
+    None when the method must update in NumPy."""
+    if native_code(method) is None or getattr(net, "ffi", None) is None:
+        # No native form, or a net without a compiled CPU module (GPUNet).
+        return None
+    return cached_tables(net, "_update_tables", build_tables, method, regu_coef)
+
+
+def update_iteration(method, iteration) -> int:
+    """Return the number of updates done so far; raise ConfigError when the
+    method needs it and ``iteration`` is None."""
+    if iteration is not None:
+        return iteration
+    if method.requires_iteration:
+        raise ConfigError(
+            f"{method.name}.update: missing iteration; pass the number of "
+            "updates done so far"
+        )
+    return 0
 
 
 def step_values(net, method, learning_rate, momentum, iteration):
@@ -111,14 +147,7 @@ def step_values(net, method, learning_rate, momentum, iteration):
     step.beta1 = getattr(method, "beta1", 0.0)
     step.beta2 = getattr(method, "beta2", 0.0)
     step.epsilon = getattr(method, "epsilon", 0.0)
-    if iteration is None:
-        if method.requires_iteration:
-            raise ConfigError(
-                f"{method.name}.update: missing iteration; pass the number of "
-                "updates done so far"
-            )
-        iteration = 0
-    step.iteration = iteration
+    step.iteration = update_iteration(method, iteration)
     return step
 
 
