@@ -304,8 +304,9 @@ def lower_im2col_convolution(info, ir, slots):
 
 
 def lower_direct_convolution(info, ir, slots):
-    """Values of templates/c/convolution_direct.c.j2; the shape keys match the
-    im2col lowering's, so the CUDA backend can render either."""
+    """Return the values of templates/c/convolution_direct.c.j2. The shape
+    keys match the im2col lowering's, so the FLOP count of c_source.py and
+    the BLAS share of mochac bench read either."""
     layer: ConvolutionLayer = info.layer
     n, channels, height, width = info.bottom_shapes[0]
     _, filters, out_h, out_w = info.top_shapes[0]
