@@ -41,11 +41,11 @@ def conv_flops(kernel, phase: str) -> float:
     """Return the FLOPs of one pass: 2 per multiply-add, backward counting
     the filter gradient and, when computed, the bottom diff."""
     k = kernel.context
-    one = 2.0 * k["F"] * k["K"] * k["NP"]
+    product = 2.0 * k["F"] * k["K"] * k["NP"]
     if phase == "forward":
-        return one
+        return product
     has_dx = any(pair["dx"] is not None for pair in k["pairs"])
-    return one * (2 if has_dx else 1)
+    return product * (2 if has_dx else 1)
 
 
 def time_ms(function, iters: int) -> float:

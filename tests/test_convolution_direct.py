@@ -200,9 +200,9 @@ def run_layer(net, name, params, seed):
 @pytest.mark.parametrize("name", NAMES)
 def test_same_bits_for_any_thread_count(nets, dtype, name):
     params = nets[dtype, 1].params[name]
-    one = run_layer(nets[dtype, 1], name, params, seed=2)
+    single = run_layer(nets[dtype, 1], name, params, seed=2)
     three = run_layer(nets[dtype, 3], name, params, seed=2)
-    for a, b in zip(one, three):
+    for a, b in zip(single, three):
         assert np.array_equal(a, b)
 
 
@@ -433,7 +433,7 @@ def test_single_image_net_stays_on_one_thread():
     assert "mochac_parallel = 1;" in batch.source
 
 
-def test_pair_without_top_diff_needs_no_bottom_diff_scratch():
+def test_pair_without_top_diff():
     """Two pairs share the filters: the one with a bottom diff has no top
     diff (its top reaches no loss), so backward only zeroes that diff."""
     rng = np.random.default_rng(1)

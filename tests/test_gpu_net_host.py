@@ -117,10 +117,10 @@ def test_host_gpunet_graph_nan_loss(cupy):
 def test_host_gpunet_capture_failure_falls_back(cupy, monkeypatch, caplog):
     """A stream that cannot capture leaves graphs off and training correct."""
 
-    def refuse(self):
+    def reject_capture(self):
         raise host_cupy.CUDARuntimeError("capture not permitted")
 
-    monkeypatch.setattr(host_cupy.Stream, "begin_capture", refuse)
+    monkeypatch.setattr(host_cupy.Stream, "begin_capture", reject_capture)
     device_tests.test_solver_trains_like_cpu(cupy, device_tests.SGD)
     assert "without CUDA graphs (capture failed" in caplog.text
 
