@@ -3,12 +3,17 @@
 Tests install it in sys.modules, so GPUBackend and GPUNet run their real
 code on machines without a GPU. RawModule compiles the generated CUDA for
 the host (cuda_emulator.py). Arrays are NumPy arrays with CuPy's
-``data.ptr``, ``get`` and ``set``, and cuBLAS GEMMs run in NumPy. Streams
-and events do nothing, because every call finishes before it returns,
-except stream capture: between ``begin_capture`` and ``end_capture``
+``data.ptr``, ``get`` and ``set``, and cuBLAS GEMMs run in NumPy.
+
+Work on the null stream and on blocking streams runs when it is enqueued,
+except under stream capture: between ``begin_capture`` and ``end_capture``
 launches, GEMMs, memsets and copies are recorded with their arguments
-instead of run, and the Graph replays them in order. It covers only the
-CuPy calls mochac makes.
+instead of run, and the Graph replays them in order. Work on a
+non-blocking stream (GPUNet's copy stream) runs as late as CUDA allows: only
+when an event recorded after it is waited for, or the stream is
+synchronized. A copy from a host buffer reads the buffer then, as a copy
+from pinned memory does, so a missing wait shows up as wrong data. It
+covers only the CuPy calls mochac makes.
 """
 
 from __future__ import annotations
@@ -33,13 +38,21 @@ class DeviceArray(np.ndarray):
         return types.SimpleNamespace(ptr=self.ctypes.data)
 
     def get(self, stream=None, out=None):
+        if stream is not None:
+            stream.synchronize()
         if out is None:
             return np.array(self, copy=True)
         out[...] = self
         return out
 
     def set(self, array, stream=None):
-        self[...] = array
+        def copy():
+            self[...] = array
+
+        if stream is not None and stream.lazy:
+            stream.pending.append(copy)
+        else:
+            copy()
 
 
 def zeros(shape, dtype=float):
@@ -72,22 +85,53 @@ class Graph:
 
 
 class Event:
+    """The point of a stream's work at which the event was recorded."""
+
+    def __init__(self, stream, count):
+        self.stream, self.count = stream, count
+
     def synchronize(self):
-        pass
+        self.stream.run_until(self.count)
+
+
+# Streams by their ``ptr``, so that runtime calls can find theirs.
+STREAMS = {}
+STREAM_POINTERS = itertools.count(1)
 
 
 class Stream:
     def __init__(self, non_blocking=False):
-        self.ptr = 0
+        self.ptr = next(STREAM_POINTERS)
+        STREAMS[self.ptr] = self
+        # Only a non-blocking stream defers its work.
+        self.lazy = non_blocking
+        self.pending = []
+        self.done = 0
+
+    def submit(self, call):
+        """Run ``call`` on this stream: now, when captured, or deferred."""
+        if self.lazy:
+            self.pending.append(call)
+        else:
+            enqueue(call)
+
+    def run_until(self, count):
+        while self.done < count and self.pending:
+            call = self.pending.pop(0)
+            self.done += 1
+            call()
 
     def record(self):
-        return Event()
+        return Event(self, self.done + len(self.pending))
 
     def wait_event(self, event):
-        pass
+        if self.lazy:
+            self.pending.append(event.synchronize)
+        else:
+            event.synchronize()
 
     def synchronize(self):
-        pass
+        self.run_until(self.done + len(self.pending))
 
     def __enter__(self):
         return self
@@ -107,6 +151,8 @@ class Stream:
 
 
 Stream.null = Stream()
+Stream.null.ptr = 0
+STREAMS[0] = Stream.null
 
 
 class CUDARuntimeError(RuntimeError):
@@ -176,10 +222,10 @@ runtime = types.SimpleNamespace(
     getDeviceCount=lambda: 1,
     CUDARuntimeError=CUDARuntimeError,
     memcpyDeviceToDevice=3,
-    memsetAsync=lambda pointer, value, size, stream: enqueue(
+    memsetAsync=lambda pointer, value, size, stream: STREAMS[stream].submit(
         lambda: ctypes.memset(pointer, value, size)
     ),
-    memcpyAsync=lambda target, source, size, kind, stream: enqueue(
+    memcpyAsync=lambda target, source, size, kind, stream: STREAMS[stream].submit(
         lambda: ctypes.memmove(target, source, size)
     ),
 )

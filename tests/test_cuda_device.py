@@ -11,7 +11,13 @@ from cuda_nets import NETS
 
 from mochac.bench.nets import lenet
 from mochac.errors import DataError, DeviceError, NumericalError
-from mochac.layers import InnerProductLayer, MemoryDataLayer, SoftmaxLossLayer
+from mochac.layers import (
+    AccuracyLayer,
+    HDF5DataLayer,
+    InnerProductLayer,
+    MemoryDataLayer,
+    SoftmaxLossLayer,
+)
 from mochac.runtime import gpu_update
 from mochac.runtime.backend import CPUBackend
 from mochac.runtime.freeze import freeze
@@ -294,3 +300,152 @@ def test_nan_loss_in_graph_replay_leaves_parameters(cupy):
     with pytest.raises(NumericalError, match="'loss'"):
         gpu.train_step(method, 0.1, 0.9, 0.0, 2)
     np.testing.assert_array_equal(gpu.params["ip"]["weight"].get(), before)
+
+
+def shuffled_factory(folder):
+    """Return a factory of a softmax net reading ten shuffled samples from
+    an HDF5 file in batches of four: every epoch ends with a partial batch
+    and draws a new order."""
+    import h5py
+
+    rng = np.random.default_rng(11)
+    with h5py.File(folder / "samples.h5", "w") as handle:
+        handle["data"] = rng.normal(size=(10, 3))
+        handle["label"] = rng.integers(0, 3, size=(10, 1)).astype(float)
+    (folder / "samples.txt").write_text("samples.h5\n")
+
+    def layers():
+        return [
+            HDF5DataLayer(
+                name="data",
+                source=str(folder / "samples.txt"),
+                batch_size=4,
+                shuffle=True,
+            ),
+            InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["out"]),
+            SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+            AccuracyLayer(name="accuracy", bottoms=["out", "label"]),
+        ]
+
+    return layers
+
+
+def shuffled_twins(folder):
+    """CPU and GPU nets of shuffled_factory whose sources start alike."""
+    cpu, gpu = twin_nets(shuffled_factory(folder))
+    gpu.data_source("data").load_state_dict(cpu.data_source("data").state_dict())
+    return cpu, gpu
+
+
+def only_source(net):
+    (source,) = net.sources.values()
+    return source
+
+
+def assert_same_source_state(cpu, gpu):
+    expected, got = only_source(cpu).state_dict(), only_source(gpu).state_dict()
+    assert (got["position"], got["epoch"]) == (expected["position"], expected["epoch"])
+    assert got["rng"] == expected["rng"]
+    np.testing.assert_array_equal(got["order"], expected["order"])
+    np.testing.assert_array_equal(
+        only_source(gpu).last_indices, only_source(cpu).last_indices
+    )
+
+
+def test_read_ahead_serves_the_cpu_batches(cupy, tmp_path):
+    """train_step reads the next batch while the device runs: the batches,
+    and the source state the solver and snapshots see, stay the CPU's."""
+    cpu, gpu = shuffled_twins(tmp_path)
+    cpu_method, gpu_method = SGD(), SGD()
+    # Seven steps cross two epoch ends, each with a partial batch.
+    for iteration in range(7):
+        expected = cpu.train_step(cpu_method, 0.1, 0.9, 0.0, iteration)
+        got = gpu.train_step(gpu_method, 0.1, 0.9, 0.0, iteration)
+        assert got == pytest.approx(expected, rel=RTOL)
+        assert only_source(gpu).pending is not None, "no batch was read ahead"
+        np.testing.assert_array_equal(gpu.blobs["data"].get(), cpu.blobs["data"])
+        assert_same_source_state(cpu, gpu)
+    np.testing.assert_allclose(
+        gpu.params["ip"]["weight"].get(), cpu.params["ip"]["weight"], rtol=RTOL
+    )
+
+
+def test_epoch_breaks_and_validation_as_on_cpu(cupy, tmp_path):
+    """Coffee breaks every epoch fire at the CPU's iterations, and a
+    validation pass after a read-ahead step still covers one whole epoch."""
+    from mochac.runtime.coffee_breaks import CoffeeBreak, ValidationPerformance
+
+    class Record(CoffeeBreak):
+        def __init__(self):
+            self.seen = []
+
+        def enjoy(self, solver, net):
+            source = only_source(net)
+            self.seen.append((solver.state.iter, source.epoch, source.position))
+
+    cpu, gpu = shuffled_twins(tmp_path)
+    records = {}
+    for net in (cpu, gpu):
+        params = make_solver_parameters(
+            SGD(), max_iter=9, regu_coef=0.0, lr_policy=LRPolicy.Fixed(0.1)
+        )
+        solver = Solver(SGD(), params, progress=False)
+        records[net.name] = Record()
+        solver.add_coffee_break(records[net.name], every_n_epoch=1)
+        solver.solve(net)
+    assert records["gpu"].seen == records["cpu"].seen
+    assert len(records["gpu"].seen) >= 3
+    assert only_source(gpu).pending is not None
+    # The train nets validate themselves: one epoch of the ten samples.
+    statistics = {net.name: ValidationPerformance(net).evaluate() for net in (cpu, gpu)}
+    assert statistics["gpu"] == pytest.approx(statistics["cpu"], rel=RTOL)
+    assert statistics["gpu"]["accuracy-count"] == 10
+
+
+def test_changed_arrays_reach_the_next_step(cupy, tmp_path):
+    """Changing a data layer's arrays through data_source() drops the batch
+    read ahead, so the next step sees the change, as on the CPU."""
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(10, 3))
+    y = rng.integers(0, 3, size=(10, 1)).astype(float)
+
+    def layers():
+        return [
+            # Each net gets its own copy of the arrays.
+            MemoryDataLayer(name="data", batch_size=4, data=[x.copy(), y]),
+            *shuffled_factory(tmp_path)()[1:],
+        ]
+
+    cpu, gpu = twin_nets(layers)
+    cpu_method, gpu_method = SGD(), SGD()
+    for iteration in range(3):
+        if iteration == 2:
+            for net in (cpu, gpu):
+                net.data_source("data").arrays[0][...] *= -3.0
+        expected = cpu.train_step(cpu_method, 0.1, 0.9, 0.0, iteration)
+        got = gpu.train_step(gpu_method, 0.1, 0.9, 0.0, iteration)
+        assert got == pytest.approx(expected, rel=RTOL)
+        np.testing.assert_array_equal(gpu.blobs["data"].get(), cpu.blobs["data"])
+
+
+def test_failed_read_ahead_raises_at_its_own_step(cupy, tmp_path):
+    """A source that fails while reading ahead does not spoil the step that
+    is running; the error comes from the step that needs the batch."""
+    cpu, gpu = shuffled_twins(tmp_path)
+    inner = only_source(gpu).source
+    served = inner.next_batch
+    calls = []
+
+    def failing_after_first(outputs):
+        calls.append(len(calls))
+        if len(calls) > 1:
+            raise DataError("broken batch on purpose")
+        return served(outputs)
+
+    inner.next_batch = failing_after_first
+    expected = cpu.train_step(SGD(), 0.1, 0.9, 0.0, 0)
+    assert gpu.train_step(SGD(), 0.1, 0.9, 0.0, 0) == pytest.approx(expected, rel=RTOL)
+    assert only_source(gpu).pending is None
+    assert_same_source_state(cpu, gpu)
+    with pytest.raises(DataError, match="on purpose"):
+        gpu.train_step(SGD(), 0.1, 0.9, 0.0, 1)

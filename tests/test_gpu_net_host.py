@@ -102,6 +102,22 @@ def test_net_with_gpu_backend_builds_gpunet(cupy):
     assert np.isfinite(net.forward())
 
 
+def test_host_gpunet_read_ahead_batches(cupy, tmp_path):
+    device_tests.test_read_ahead_serves_the_cpu_batches(cupy, tmp_path)
+
+
+def test_host_gpunet_read_ahead_epochs(cupy, tmp_path):
+    device_tests.test_epoch_breaks_and_validation_as_on_cpu(cupy, tmp_path)
+
+
+def test_host_gpunet_read_ahead_changed_arrays(cupy, tmp_path):
+    device_tests.test_changed_arrays_reach_the_next_step(cupy, tmp_path)
+
+
+def test_host_gpunet_read_ahead_failure(cupy, tmp_path):
+    device_tests.test_failed_read_ahead_raises_at_its_own_step(cupy, tmp_path)
+
+
 def test_host_gpunet_snapshot_resume(cupy, tmp_path):
     device_tests.test_snapshot_resume_matches_cpu(cupy, tmp_path)
 

@@ -110,7 +110,10 @@ class MemoryDataLayer(Layer):
         batch_size: samples per batch (required).
         data: one array per top, samples along the first axis. The runtime
             reads these arrays at each batch, so changing their contents in
-            place changes what the net sees.
+            place changes what the net sees. A GPU net's train_step reads
+            the next batch during the current step: change the arrays
+            through net.data_source(), or call net.drop_read_ahead() after
+            changing them, for the next step to see the change.
         tops: blob names, default ["data", "label"].
         transformers: default []; see HDF5DataLayer.
     """

@@ -4,8 +4,16 @@ Construction builds and optimizes the IR as Net does, renders CUDA
 (mochac.codegen.cuda), loads it with ``cupy.RawModule`` and places every
 data, diff and work slot in one device arena laid out by plan_memory.
 forward() and backward() execute the step lists on one stream: kernel
-launches, cuBLAS GEMMs through ``cupy.cublas.gemm``, memsets and copies. Data
-layers fill pinned host buffers that a second stream copies to the device.
+launches, cuBLAS GEMMs through ``cupy.cublas.gemm``, memsets and copies.
+
+Training data reaches the device ahead of use. After train_step enqueues a
+step, and while the device runs it, the data sources fill pinned host
+buffers with the next batch, and a second stream copies them to device
+staging buffers. The next step starts with device-to-device copies from
+there into the data layers' tops. The sources are wrapped in ReadAhead
+(mochac.runtime.read_ahead), so their position, epoch and snapshot state
+stay those of the batches used. forward() reads no batch ahead, so arrays a
+caller changes in place between forward passes take effect at the next one.
 
 NOTE: unverified on a GPU. The CuPy calls, streams and pinned copies here
 have run only against the host stand-in of tests/host_cupy.py;
@@ -33,8 +41,13 @@ from mochac.runtime.data_sources import make_source
 from mochac.runtime.gpu_graphs import StepGraphs
 from mochac.runtime.net import BlobViews, Net
 from mochac.runtime.outputs import make_output_state
+from mochac.runtime.read_ahead import ReadAhead
 
 logger = logging.getLogger(__name__)
+
+# struct mochac_status (int code, int layer, long long index, double value)
+# is three 8-byte words at the start of the report block.
+STATUS_WORDS = 3
 
 
 def prepare_ir(net, backend, layers, force_backward, phase, opt_level, disable, keep):
@@ -51,7 +64,7 @@ def prepare_ir(net, backend, layers, force_backward, phase, opt_level, disable, 
     for index, layer in enumerate(net.layers):
         if getattr(layer, "is_source", False):
             rng = np.random.default_rng(backend.rng.integers(2**63))
-            net.sources[index] = make_source(layer, backend.dtype, rng)
+            net.sources[index] = ReadAhead(make_source(layer, backend.dtype, rng))
             source_shapes[index] = net.sources[index].shapes
     registered = {
         (key, param): tuple(array.shape)
@@ -153,9 +166,13 @@ class GPUNet(Net):
         self.arena = cupy.zeros(self.plan.arena_bytes if self.plan else 0, np.uint8)
         state_slots = [slot for slot in self.slots.slots if slot.kind == "state"]
         state_size = sum(int(np.prod(slot.shape)) for slot in state_slots)
-        # All accumulators in one block, so one copy brings them to the host.
-        self.state_block = cupy.zeros(state_size, np.float64)
-        self.host_state_block = np.zeros(state_size, np.float64)
+        # The status and all accumulators share one block, so one copy
+        # brings them to the host after a step.
+        self.report_block = cupy.zeros(STATUS_WORDS + state_size, np.float64)
+        self.host_report = np.zeros(STATUS_WORDS + state_size, np.float64)
+        self.status_block = self.report_block[:STATUS_WORDS].view(np.int64)
+        self.state_block = self.report_block[STATUS_WORDS:]
+        self.host_state_block = self.host_report[STATUS_WORDS:]
         state_at = 0
         self.arrays, self.params, self.grads = [], {}, {}
         self.states, self.device_states, self.rng_states = {}, {}, {}
@@ -193,8 +210,6 @@ class GPUNet(Net):
         self.pointers = cupy.asarray(
             np.array([array.data.ptr for array in self.arrays] or [0], np.uint64)
         )
-        # struct mochac_status: int code, int layer, long long index, double value.
-        self.status_block = cupy.zeros(3, np.int64)
         # The doubles of the solver's update that change every iteration.
         self.step_block = cupy.zeros(len(gpu_update.STEP_FIELDS), np.float64)
 
@@ -209,16 +224,18 @@ class GPUNet(Net):
                     views.hidden.add(name)
                     continue
                 views[name] = self.arrays[slot.index].reshape(blob.shape)
-        # Pinned host buffers the data sources fill, one per data layer top.
+        # Per data layer top: a pinned host buffer the source fills and a
+        # device buffer the copy stream fills from it, ahead of use.
         from cupyx import empty_pinned
 
-        self.staging = {
-            index: [
-                empty_pinned(self.blobs[top].shape, dtype) for top in source.layer.tops
-            ]
-            for index, source in self.sources.items()
-        }
-        self.copy_done = None
+        self.host_staging, self.device_staging = {}, {}
+        for index, source in self.sources.items():
+            tops = [self.blobs[top] for top in source.layer.tops]
+            self.host_staging[index] = [empty_pinned(top.shape, dtype) for top in tops]
+            self.device_staging[index] = [cupy.zeros(top.shape, dtype) for top in tops]
+        # The copy stream's last copies, and the compute stream's last moves
+        # out of the device staging buffers.
+        self.copy_done = self.staging_free = None
 
     def _shared_param(self, key, info, spec):
         registry = self.backend.registry.setdefault(key, {})
@@ -315,27 +332,100 @@ class GPUNet(Net):
     # --- running --------------------------------------------------------------
 
     def load_batch(self) -> int:
-        """Fill the data layers' tops with their next batch; return n_valid.
+        """Enqueue moving the next batch into the data layers' tops; return n_valid.
 
-        The sources write pinned host buffers; the copy stream moves them to
-        the device once the work already queued has stopped reading them,
-        and the compute stream waits for the copies.
+        Takes the batch read ahead during the previous step when every source
+        has one pending, and reads one now otherwise. The compute stream waits
+        for the copy stream, then copies the device staging buffers into the
+        tops.
         """
-        if self.copy_done is not None:
-            self.copy_done.synchronize()
-        n_valid = None
-        for index, source in self.sources.items():
-            valid = source.next_batch(self.staging[index])
-            n_valid = valid if n_valid is None else min(n_valid, valid)
         if not self.sources:
             return 0
-        self.copy_stream.wait_event(self.stream.record())
-        for index, source in self.sources.items():
-            for host, top in zip(self.staging[index], source.layer.tops):
-                self.blobs[top].set(host, stream=self.copy_stream)
-        self.copy_done = self.copy_stream.record()
-        self.stream.wait_event(self.copy_done)
+        sources = list(self.sources.values())
+        if any(source.pending is None for source in sources):
+            for source in sources:
+                source.drop()
+            self._read_into_staging()
+        n_valid = min(source.take() for source in sources)
+        runtime = self.cupy.cuda.runtime
+        with self.cupy.cuda.Device(self.backend.device):
+            self.stream.wait_event(self.copy_done)
+            for index in self.sources:
+                for staged, top in zip(
+                    self.device_staging[index], self._tops(index), strict=True
+                ):
+                    runtime.memcpyAsync(
+                        top.data.ptr,
+                        staged.data.ptr,
+                        top.nbytes,
+                        runtime.memcpyDeviceToDevice,
+                        self.stream.ptr,
+                    )
+            self.staging_free = self.stream.record()
         return n_valid
+
+    def _tops(self, index):
+        return [self.blobs[top] for top in self.sources[index].layer.tops]
+
+    def _read_into_staging(self):
+        """Have every source read its next batch into the pinned buffers and
+        enqueue the copies to the device staging buffers on the copy stream.
+
+        The batches stay pending in the sources until load_batch takes them.
+        """
+        with self.cupy.cuda.Device(self.backend.device):
+            if self.copy_done is not None:
+                # The last copies have read the pinned buffers.
+                self.copy_done.synchronize()
+            for index, source in self.sources.items():
+                source.read(self.host_staging[index])
+            if self.staging_free is not None:
+                self.copy_stream.wait_event(self.staging_free)
+            for index in self.sources:
+                for host, staged in zip(
+                    self.host_staging[index], self.device_staging[index], strict=True
+                ):
+                    staged.set(host, stream=self.copy_stream)
+            self.copy_done = self.copy_stream.record()
+
+    def _read_ahead(self):
+        """Read the next batch while the device runs the step just enqueued.
+
+        A source that fails here (a file that cannot be read, a transformer
+        error) is moved back. The next load_batch reads the batch again and
+        raises the error then, after the current step has finished.
+        """
+        if not self.sources:
+            return
+        try:
+            self._read_into_staging()
+        except Exception:
+            logger.debug(
+                "net '%s': reading ahead failed; the next step reads again",
+                self.name,
+                exc_info=True,
+            )
+            for source in self.sources.values():
+                source.drop()
+
+    def drop_read_ahead(self):
+        """Discard the batch train_step read ahead, moving the data sources
+        back before it.
+
+        Call it after changing a MemoryDataLayer's arrays in place between
+        training steps, so that the next step reads them again. data_source()
+        and the sources' rewind, load_state_dict and attribute assignment
+        drop the batch themselves.
+        """
+        for source in self.sources.values():
+            source.drop()
+
+    def data_source(self, layer_name: str):
+        """Return a data layer's source (see Net.data_source), with no batch
+        read ahead, so that changes to it reach the next step."""
+        source = super().data_source(layer_name)
+        self.drop_read_ahead()
+        return source
 
     def _run(self, calls, n_valid, wait=True):
         """Enqueue ``calls``; with ``wait``, also wait for them, copy the
@@ -358,20 +448,16 @@ class GPUNet(Net):
         what a kernel reported."""
         with self.cupy.cuda.Device(self.backend.device):
             self.stream.synchronize()
-            self.state_block.get(out=self.host_state_block)
-            code, layer, index, value = self._read_status()
-        self.status = SimpleNamespace(code=code, layer=layer, index=index, value=value)
-        self._check(code)
-
-    def _read_status(self):
-        raw = self.status_block.get()
-        words = raw.view(np.int32)
-        return (
-            int(words[0]),
-            int(words[1]),
-            int(raw[1]),
-            float(raw[2:3].view(np.float64)[0]),
+            self.report_block.get(out=self.host_report)
+        raw = self.host_report[:STATUS_WORDS]
+        words, wide = raw.view(np.int32), raw.view(np.int64)
+        self.status = SimpleNamespace(
+            code=int(words[0]),
+            layer=int(words[1]),
+            index=int(wide[1]),
+            value=float(raw[2]),
         )
+        self._check(self.status.code)
 
     def forward(self, load_data: bool = True) -> float:
         """Run one forward pass; return the objective (the sum of weighted losses).
@@ -431,6 +517,7 @@ class GPUNet(Net):
             *gpu_update.update_calls(self, tables),
         ]
         self.graphs.run(tables, calls, n_valid)
+        self._read_ahead()
         self._finish()
         self._collect_outputs()
         return self.objective()
@@ -463,5 +550,6 @@ class GPUNet(Net):
     def destroy(self):
         """Drop the device memory and close the data sources."""
         super().destroy()
-        self.arena = self.state_block = self.status_block = None
+        self.arena = self.report_block = None
+        self.state_block = self.status_block = None
         self.forward_calls = self.backward_calls = []

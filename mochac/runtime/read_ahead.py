@@ -1,0 +1,117 @@
+"""ReadAhead: a data source that a GPU net reads one batch early.
+
+GPUNet fills the next batch on the host and copies it to the device while
+the device still runs the current step. The wrapped source has then
+advanced one batch past what the net has used. Until the net takes that
+batch, ReadAhead reports the source's state from before it: position,
+epoch, ``state_dict()`` and the rows of the last batch served. Coffee
+breaks, validation loops, snapshots and error messages therefore see the
+batches the net used, as with the CPU backend.
+"""
+
+from __future__ import annotations
+
+# Attributes that live on the wrapper; every other one is the source's.
+OWN = frozenset({"source", "pending", "before", "served_rows"})
+
+
+class ReadAhead:
+    """Wraps a data source (mochac.runtime.data_sources) for GPUNet.
+
+    ``read(outputs)`` fills ``outputs`` with the source's next batch and
+    leaves it pending. ``take()`` marks the pending batch as served and
+    returns its n_valid. ``drop()`` discards it and moves the source back.
+    ``rewind()``, ``load_state_dict()`` and ``close()`` drop a pending batch
+    first. Any other attribute is the source's.
+    """
+
+    def __init__(self, source):
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "pending", None)
+        object.__setattr__(self, "before", None)
+        object.__setattr__(self, "served_rows", None)
+
+    def read(self, outputs) -> int:
+        """Put the source's next batch into ``outputs``; return its n_valid."""
+        if self.pending is not None:
+            raise RuntimeError("ReadAhead.read: a batch is already pending")
+        before = self.source.state_dict()
+        rows = getattr(self.source, "last_indices", None)
+        n_valid = self.source.next_batch(outputs)
+        object.__setattr__(self, "before", before)
+        object.__setattr__(self, "served_rows", rows)
+        object.__setattr__(self, "pending", n_valid)
+        return n_valid
+
+    def take(self) -> int:
+        """Mark the pending batch as served; return its n_valid."""
+        if self.pending is None:
+            raise RuntimeError("ReadAhead.take: no batch is pending")
+        n_valid = self.pending
+        for name in ("pending", "before", "served_rows"):
+            object.__setattr__(self, name, None)
+        return n_valid
+
+    def drop(self):
+        """Discard the pending batch, if any, and move the source back before it."""
+        if self.pending is None:
+            return
+        before = self.before
+        for name in ("pending", "before"):
+            object.__setattr__(self, name, None)
+        self.source.load_state_dict(before)
+        if self.served_rows is not None:
+            self.source.last_indices = self.served_rows
+        object.__setattr__(self, "served_rows", None)
+
+    # --- the state of the batches served ------------------------------------
+
+    @property
+    def position(self) -> int:
+        return self.source.position if self.pending is None else self.before["position"]
+
+    @property
+    def epoch(self) -> int:
+        return self.source.epoch if self.pending is None else self.before["epoch"]
+
+    @property
+    def last_indices(self):
+        if self.pending is None:
+            return getattr(self.source, "last_indices", None)
+        return self.served_rows
+
+    def state_dict(self) -> dict:
+        return self.source.state_dict() if self.pending is None else dict(self.before)
+
+    def load_state_dict(self, state: dict):
+        self.drop()
+        self.source.load_state_dict(state)
+
+    def rewind(self):
+        self.drop()
+        self.source.rewind()
+
+    def next_batch(self, outputs) -> int:
+        """Serve the next batch now, as an unwrapped source does."""
+        self.drop()
+        return self.source.next_batch(outputs)
+
+    def close(self):
+        self.drop()
+        self.source.close()
+
+    def __getattr__(self, name):
+        return getattr(self.source, name)
+
+    def __setattr__(self, name, value):
+        if name in OWN:
+            object.__setattr__(self, name, value)
+            return
+        # A caller changing the source (its arrays, its position) means the
+        # batch read ahead from the old state is stale.
+        self.drop()
+        setattr(self.source, name, value)
+
+    def __repr__(self):
+        state = "no batch pending" if self.pending is None else "a batch pending"
+        return f"ReadAhead({self.source!r}, {state})"

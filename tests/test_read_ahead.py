@@ -1,0 +1,106 @@
+"""ReadAhead, the wrapper GPUNet puts around data sources to read one batch
+early, on its own (the GPU net's use of it is in test_cuda_device.py)."""
+
+import h5py
+import numpy as np
+import pytest
+
+from mochac.layers import AsyncHDF5DataLayer, HDF5DataLayer
+from mochac.runtime.data_sources import make_source
+from mochac.runtime.read_ahead import ReadAhead
+
+
+@pytest.fixture(params=[HDF5DataLayer, AsyncHDF5DataLayer])
+def sources(request, tmp_path):
+    """A wrapped and a plain source of the same shuffled data and seed."""
+    with h5py.File(tmp_path / "rows.h5", "w") as handle:
+        handle["data"] = np.arange(7.0).reshape(7, 1)
+    (tmp_path / "rows.txt").write_text("rows.h5\n")
+    extra = {"chunk_size": 3} if request.param is AsyncHDF5DataLayer else {}
+    layer = request.param(
+        name="rows",
+        source=str(tmp_path / "rows.txt"),
+        batch_size=3,
+        shuffle=True,
+        tops=["data"],
+        **extra,
+    )
+
+    def source():
+        return make_source(layer, np.float64, np.random.default_rng(3))
+
+    wrapped, plain = ReadAhead(source()), source()
+    yield wrapped, plain
+    wrapped.close()
+    plain.close()
+
+
+def batch(source):
+    out = [np.empty((3, 1))]
+    n_valid = source.next_batch(out)
+    return out[0].ravel().tolist(), n_valid
+
+
+def read(wrapped):
+    out = [np.empty((3, 1))]
+    n_valid = wrapped.read(out)
+    return out[0].ravel().tolist(), n_valid
+
+
+def same_state(a, b):
+    assert (a["position"], a["epoch"], a["rng"]) == (
+        b["position"],
+        b["epoch"],
+        b["rng"],
+    )
+    np.testing.assert_array_equal(a["order"], b["order"])
+
+
+def test_pending_batch_reports_the_state_before_it(sources):
+    wrapped, plain = sources
+    # Seven rows in batches of three: the third batch wraps into epoch 1.
+    for _ in range(5):
+        expected = batch(plain)
+        assert read(wrapped) == expected
+        assert wrapped.pending == expected[1]
+        assert wrapped.state_dict()["position"] != plain.state_dict()["position"]
+        wrapped.take()
+        same_state(wrapped.state_dict(), plain.state_dict())
+        assert (wrapped.epoch, wrapped.position) == (plain.epoch, plain.position)
+
+
+def test_drop_serves_the_same_batch_again(sources):
+    wrapped, plain = sources
+    for _ in range(2):
+        batch(plain)
+        read(wrapped)
+        wrapped.take()
+    before = wrapped.state_dict()
+    first = read(wrapped)
+    wrapped.drop()
+    assert wrapped.pending is None
+    same_state(wrapped.state_dict(), before)
+    assert read(wrapped) == first == batch(plain)
+
+
+def test_rewind_and_load_drop_the_pending_batch(sources):
+    wrapped, plain = sources
+    start = plain.state_dict()
+    read(wrapped)
+    wrapped.rewind()
+    plain.rewind()
+    assert wrapped.pending is None
+    assert read(wrapped) == batch(plain)
+    wrapped.load_state_dict(start)
+    plain.load_state_dict(start)
+    assert wrapped.pending is None
+    assert batch(wrapped) == batch(plain)
+
+
+def test_take_and_read_check_the_pending_batch(sources):
+    wrapped, _ = sources
+    with pytest.raises(RuntimeError, match="no batch is pending"):
+        wrapped.take()
+    read(wrapped)
+    with pytest.raises(RuntimeError, match="already pending"):
+        read(wrapped)
