@@ -212,6 +212,8 @@ class GPUNet(Net):
         )
         # The doubles of the solver's update that change every iteration.
         self.step_block = cupy.zeros(len(gpu_update.STEP_FIELDS), np.float64)
+        # What the device's step block contains (NaN: not written yet).
+        self.host_step_block = np.full(len(gpu_update.STEP_FIELDS), np.nan)
 
         pinned = self._pinned_slots()
         self.blobs, self.diffs = BlobViews("data"), BlobViews("diff")
@@ -508,8 +510,12 @@ class GPUNet(Net):
         self._check_alive()
         step = gpu_update.step_block(method, learning_rate, momentum, iteration)
         n_valid = self.load_batch()
-        with self.cupy.cuda.Device(self.backend.device):
-            self.step_block.set(step, stream=self.stream)
+        # The block keeps its values between steps, so a step with the same
+        # learning rate and momentum as the last skips the copy.
+        if not np.array_equal(step, self.host_step_block):
+            with self.cupy.cuda.Device(self.backend.device):
+                self.step_block.set(step, stream=self.stream)
+            self.host_step_block = step
         calls = [
             *self.forward_calls,
             self.check_call,
