@@ -70,10 +70,15 @@ def test_gemm_shapes_of_lenet():
     assert (True, False, 25, 36864, 20) not in shapes
 
 
-def test_bench_profile_lists_layers(tmp_path):
+def test_bench_profile_lists_layers(tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = ["bench", "lenet", "--batch", "2", "--iters", "1", "--repeats", "1"]
     assert main([*args, "--no-peer", "--profile", "--json", str(out)]) == 0
+    # Without a peer, the table has no torch columns.
+    header = next(
+        line for line in capsys.readouterr().out.splitlines() if "mochac fwd" in line
+    )
+    assert header.split() == ["layer", "mochac", "fwd", "mochac", "bwd"]
     profile = json.loads(out.read_text())["profile"]["mochac"]
     assert list(profile) == ["conv1", "pool1", "conv2", "pool2", "ip1", "ip2", "loss"]
     assert profile["conv2"]["forward_ms"] > 0

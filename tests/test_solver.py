@@ -194,7 +194,9 @@ def test_load_missing_layer(tmp_path, caplog):
     with h5py.File(path, "w") as handle:
         handle["ip1___weight"] = np.ones((6, 5))
         handle["ip1___bias"] = np.ones(6)
-    with pytest.raises(mochac.SnapshotError, match="ip2___weight"):
+    with pytest.raises(
+        mochac.SnapshotError, match=r"ip2\.weight \(dataset ip2___weight\)"
+    ):
         mochac.load_snapshot(net, path)
     with caplog.at_level(logging.INFO, logger="mochac"):
         mochac.load_snapshot(net, path, allow_missing=True)

@@ -85,22 +85,26 @@ def profile_torch(peer, iters: int, repeats: int) -> dict[str, dict]:
 
 
 def format_profile(ours: dict, theirs: dict) -> str:
-    """Return a table of per-layer times, mochac beside the peer."""
-    lines = [
-        f"{'layer':12} {'mochac fwd':>11} {'torch fwd':>10} {'mochac bwd':>11} "
-        f"{'torch bwd':>10}"
-    ]
+    """Return a table of per-layer times, mochac beside the peer.
+
+    Without peer times (``--no-peer``, or no PyTorch) the peer columns are
+    left out.
+    """
+
+    def cell(value, width):
+        return f"{value:{width}.3f}" if value is not None else " " * (width - 1) + "-"
+
+    with_peer = bool(theirs)
+    header = f"{'layer':12} {'mochac fwd':>11} "
+    header += f"{'torch fwd':>10} {'mochac bwd':>11} " if with_peer else "mochac bwd"
+    lines = [header + (f"{'torch bwd':>10}" if with_peer else "")]
     for name, entry in ours.items():
         peer = theirs.get(name.replace(".", "_"), {})
-
-        def cell(value, width):
-            return (
-                f"{value:{width}.3f}" if value is not None else " " * (width - 1) + "-"
-            )
-
-        lines.append(
-            f"{name:12} {cell(entry['forward_ms'], 11)} "
-            f"{cell(peer.get('forward_ms'), 10)} {cell(entry.get('backward_ms'), 11)} "
-            f"{cell(peer.get('backward_ms'), 10)}"
-        )
+        row = f"{name:12} {cell(entry['forward_ms'], 11)} "
+        if with_peer:
+            row += f"{cell(peer.get('forward_ms'), 10)} "
+        row += cell(entry.get("backward_ms"), 11 if with_peer else 10)
+        if with_peer:
+            row += f" {cell(peer.get('backward_ms'), 10)}"
+        lines.append(row)
     return "\n".join(lines)

@@ -34,7 +34,7 @@ from mochac.errors import CompileError, ConfigError, ShapeError
 from mochac.ir import build_ir
 from mochac.ir.graph import check_layer_list
 from mochac.layers.output import OutputLayer
-from mochac.passes.pipeline import enabled_passes, run_ir_passes
+from mochac.passes.pipeline import enabled_passes, ir_counts, run_ir_passes
 from mochac.passes.plan_memory import plan_memory
 from mochac.runtime import gpu_update
 from mochac.runtime.data_sources import make_source
@@ -143,10 +143,10 @@ class GPUNet(Net):
             for info in sinks
         }
         logger.info(
-            "net '%s': %d layers on CUDA device %d, %d launches and GEMMs per "
-            "iteration; arena %.1f MB",
+            "net '%s': %d compiled layers on CUDA device %d, %d launches and GEMMs "
+            "per iteration; arena %.1f MB",
             name,
-            len(self.ir.layers),
+            ir_counts(self.ir)["layers"],
             backend.device,
             len(self.forward_calls) + len(self.backward_calls),
             self.arena.nbytes / 1e6,
@@ -495,9 +495,9 @@ class GPUNet(Net):
         Forward, the loss check, backward and the update (the module's
         ``mochac_update``, see mochac.runtime.gpu_update) are enqueued at
         once, replayed from a CUDA graph after the first step of their kind
-        (mochac.runtime.gpu_graphs), and the host waits once, at the end. A method or regularizer
-        without a native form updates with its NumPy code on the CuPy
-        arrays instead. A NaN or infinite loss raises NumericalError, and
+        (mochac.runtime.gpu_graphs). The next batch is then read ahead, and
+        the host waits once, at the end. A method or regularizer without a
+        native form updates with its NumPy code on the CuPy arrays instead. A NaN or infinite loss raises NumericalError, and
         the update kernels then leave every parameter as it was.
         """
         tables = gpu_update.tables_for(self, method, regu_coef)

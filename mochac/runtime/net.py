@@ -191,12 +191,13 @@ class Net:
             for slot in self.slots.slots
             if slot.kind in ("data", "diff", "work")
         )
+        counts = ir_counts(self.ir)
         logger.info(
-            "net '%s': %d layers, %d kernels per iteration, %d parameters; passes: %s; "
-            "blobs and scratch %.1f MB (%.1f MB unplanned)",
+            "net '%s': %d compiled layers, %d kernels per iteration, %d parameters; "
+            "passes: %s; blobs and scratch %.1f MB (%.1f MB unplanned)",
             name,
-            len(self.ir.layers),
-            ir_counts(self.ir)["kernels"],
+            counts["layers"],
+            counts["kernels"],
             param_count,
             ", ".join(passes) or "none",
             (self.plan.arena_bytes if self.plan else unplanned) / 1e6,

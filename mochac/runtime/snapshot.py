@@ -145,7 +145,7 @@ def load_params(handle, net, path, allow_missing=False) -> None:
         for name, array in params.items():
             key = dataset_name(layer, name)
             if key not in handle:
-                missing.append(key)
+                missing.append(f"{layer}.{name} (dataset {key})")
                 continue
             stored = handle[key]
             if stored.shape != array.shape:
