@@ -111,9 +111,9 @@ class MemoryDataLayer(Layer):
         data: one array per top, samples along the first axis. The runtime
             reads these arrays at each batch, so changing their contents in
             place changes what the net sees. A GPU net's train_step reads
-            the next batch during the current step: change the arrays
-            through net.data_source(), or call net.drop_read_ahead() after
-            changing them, for the next step to see the change.
+            the next batch during the current step: between steps, reach the
+            arrays through a new net.data_source() call each time, or call
+            net.drop_read_ahead() after changing them.
         tops: blob names, default ["data", "label"].
         transformers: default []; see HDF5DataLayer.
     """
