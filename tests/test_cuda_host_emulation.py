@@ -1,9 +1,12 @@
 """The CUDA kernels and step lists, run on the host against the CPU backend.
 
-tests/cuda_emulator.py compiles the generated CUDA as C++ with one thread
-per block and executes the steps on NumPy arrays, so every kernel's
-indexing and every planner's GEMM shapes are checked in float64 here,
-without a GPU. tests/test_cuda_device.py repeats the comparison on a device.
+tests/cuda_emulator.py compiles the generated CUDA as C++ and runs every
+launch with its real grid and 256 threads per block, with the other steps on
+NumPy arrays. So every kernel's indexing and every planner's GEMM shapes are
+checked in float64 here, without a GPU. Successive iterations run the
+threads in forward, reverse and shuffled order, and the emulator's race
+check runs where noted, so a missing barrier or a race between threads
+fails. tests/test_cuda_device.py repeats the comparison on a device.
 """
 
 import shutil
@@ -25,16 +28,19 @@ pytestmark = pytest.mark.skipif(
     shutil.which("g++") is None, reason="g++ is needed to compile kernels for the host"
 )
 RTOL, ATOL = 1e-10, 1e-12
+# The thread order of each iteration, in turn.
+ITERATION_ORDERS = ("forward", "reverse", "shuffle")
 
 
-def twin(name, factory, tmp_path_factory, plan=False, **options):
+def twin(name, factory, tmp_path_factory, plan=False, races=True, **options):
     """Return a CPU net and a host run of its CUDA program, sharing parameters
-    and random streams."""
+    and random streams. ``races`` turns on the emulator's race check."""
     cpu = Net(
         name, CPUBackend(dtype=np.float64, seed=5, threads=1), factory(), **options
     )
     ir, program = build_cuda_program(name, factory(), dtype=np.float64, **options)
-    library = compile_for_host(program, tmp_path_factory.mktemp(name), name)
+    folder = tmp_path_factory.mktemp(name)
+    library = compile_for_host(program, folder, name, races=races)
     offsets, arena_bytes = None, 0
     if plan:
         pinned = Net._pinned_slots(
@@ -51,8 +57,10 @@ def twin(name, factory, tmp_path_factory, plan=False, **options):
     return SimpleNamespace(cpu=cpu, ir=ir, program=program, run=run)
 
 
-def step_both(pair, n_valid=BATCH):
-    """Run one forward and backward on both; return the CPU objective."""
+def step_both(pair, order, n_valid=BATCH):
+    """Run one forward and backward on both, the host run's threads in
+    ``order``; return the CPU objective."""
+    pair.run.order = order
     objective = pair.cpu.forward()
     for source in pair.cpu.sources.values():
         for top in source.layer.tops:
@@ -104,8 +112,8 @@ def every_blob_pair(request, tmp_path_factory):
 
 def test_host_run_matches_every_blob(every_blob_pair):
     pair = every_blob_pair
-    for _ in range(2):
-        step_both(pair)
+    for order in ITERATION_ORDERS:
+        step_both(pair, order)
         assert_states_match(pair)
         for kind, views in (("data", pair.cpu.blobs), ("diff", pair.cpu.diffs)):
             for blob, expected in views.items():
@@ -122,8 +130,8 @@ def test_host_run_matches_every_blob(every_blob_pair):
 def test_host_run_vision_fused(tmp_path_factory):
     factory, _ = NETS["vision"]
     pair = twin("fused", lambda: factory(np.float64), tmp_path_factory, opt_level=1)
-    for _ in range(2):
-        step_both(pair)
+    for order in ITERATION_ORDERS:
+        step_both(pair, order)
         assert_states_match(pair)
         assert_grads_match(pair)
 
@@ -131,8 +139,8 @@ def test_host_run_vision_fused(tmp_path_factory):
 def test_host_run_lenet_in_planned_arena(tmp_path_factory):
     pair = twin("lenet", lambda: lenet(BATCH), tmp_path_factory, plan=True)
     assert pair.run.arena.nbytes > 0
-    for _ in range(2):
-        step_both(pair)
+    for order in ITERATION_ORDERS:
+        step_both(pair, order)
         assert_states_match(pair)
         assert_grads_match(pair)
 
@@ -140,8 +148,12 @@ def test_host_run_lenet_in_planned_arena(tmp_path_factory):
 def test_host_run_cifar10_against_direct_cpu(tmp_path_factory):
     """The CPU runs the CIFAR-10 net's convolutions as direct code; the CUDA
     program lowers them to im2col, without the direct code's scratch."""
-    # Batch 4: conv3's 4 x 8 x 8 positions are enough for direct code.
-    pair = twin("cifar", lambda: cifar10_full(4), tmp_path_factory, plan=True)
+    # Batch 4: conv3's 4 x 8 x 8 positions are enough for direct code. The
+    # race check would double the run time, and lenet and the vision net run
+    # every template of this net with it.
+    pair = twin(
+        "cifar", lambda: cifar10_full(4), tmp_path_factory, plan=True, races=False
+    )
     direct = [
         kernel.context["fn"]
         for kernel in pair.cpu.kernels
@@ -151,8 +163,8 @@ def test_host_run_cifar10_against_direct_cpu(tmp_path_factory):
     for kernel in pair.program.kernels:
         assert kernel.template != "c/convolution_direct.c.j2"
     assert not [slot for slot in pair.program.slots.slots if slot.name == "padded"]
-    for _ in range(2):
-        step_both(pair, n_valid=4)
+    for order in ITERATION_ORDERS:
+        step_both(pair, order, n_valid=4)
         assert_states_match(pair)
         assert_grads_match(pair)
 
@@ -172,8 +184,10 @@ def test_host_run_reports_bad_label(tmp_path_factory):
     library = compile_for_host(program, tmp_path_factory.mktemp("labels"), "labels")
     run = HostRun(program, library)
     run.array("data", "label")[...] = y
-    status = run.run(program.forward, 4)
-    assert status.code == 1
-    assert status.layer == 2
-    assert status.index == 2
-    assert status.value == 7.0
+    for order in ITERATION_ORDERS:
+        run.order = order
+        status = run.run(program.forward, 4)
+        assert status.code == 1, order
+        assert status.layer == 2, order
+        assert status.index == 2, order
+        assert status.value == 7.0, order
