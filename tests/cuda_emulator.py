@@ -120,11 +120,10 @@ def compile_source_for_host(
     """Compile generated CUDA source as a host shared library.
 
     ``races`` instruments the kernels for the race check, which about
-    doubled their run time in tests/test_cuda_host_emulation.py. The default of one thread per block keeps
-    tests/host_cupy.py, which calls the kernels without ``launch``, on its
-    single-thread runs. A kernel called directly runs one block of ``block``
-    threads in forward order and leaves any error where only
-    ``mochac_emu_error`` shows it.
+    doubled their run time in tests/test_cuda_host_emulation.py. A kernel
+    called directly, without ``launch``, runs one block of ``block`` threads
+    in forward order and leaves any error where only ``mochac_emu_error``
+    shows it.
     """
     path = folder / f"{stem}.cpp"
     path.write_text(emulated_source(cuda_source, block))

@@ -2,7 +2,8 @@
 
 Tests install it in sys.modules, so GPUBackend and GPUNet run their real
 code on machines without a GPU. RawModule compiles the generated CUDA for
-the host (cuda_emulator.py). Arrays are NumPy arrays with CuPy's
+the host, and each launch runs its real grid of blocks and threads on the
+emulator of cuda_emulator.py. Arrays are NumPy arrays with CuPy's
 ``data.ptr``, ``get`` and ``set``, and cuBLAS GEMMs run in NumPy.
 
 Work on the null stream and on blocking streams runs when it is enqueued,
@@ -27,7 +28,8 @@ import types
 from pathlib import Path
 
 import numpy as np
-from cuda_emulator import compile_source_for_host
+from cuda_emulator import EMULATED_BLOCK, compile_source_for_host
+from cuda_emulator import launch as emulated_launch
 
 
 class DeviceArray(np.ndarray):
@@ -167,7 +169,8 @@ class CompileException(Exception):
 
 
 class RawModule:
-    """Generated CUDA compiled for the host; kernels run with one thread.
+    """Generated CUDA compiled for the host; each launch runs its real grid
+    of blocks and threads on the emulator of cuda_emulator.py.
 
     As in CuPy, the code compiles when the first kernel is looked up.
     """
@@ -181,15 +184,21 @@ class RawModule:
             folder = Path(tempfile.mkdtemp(prefix="mochac-host-cupy-"))
             try:
                 self.library = compile_source_for_host(
-                    self.code, folder, f"module{next(COUNTER)}"
+                    self.code, folder, f"module{next(COUNTER)}", EMULATED_BLOCK
                 )
             except subprocess.CalledProcessError as error:
                 raise CompileException(error.stderr) from error
-        function = getattr(self.library, name)
+        library = self.library
+        # CuPy raises AttributeError too for a kernel the module lacks.
+        getattr(library, name)
 
         def launch(grid, block, args):
+            # The library's blocks have EMULATED_BLOCK threads. A kernel
+            # launched with one thread (mochac_check_losses) returns at once
+            # on every thread but thread 0, so it runs on a full block here.
+            assert block in ((EMULATED_BLOCK,), (1,)), f"{name}: block {block}"
             converted = [kernel_argument(arg) for arg in args]
-            enqueue(lambda: function(*converted))
+            enqueue(lambda: emulated_launch(library, name, grid[0], converted))
 
         return launch
 
