@@ -171,6 +171,10 @@ def test_device_update_matches_cpu(cupy, kind, frozen):
     for net in (cpu, gpu):
         if frozen:
             freeze(net, *frozen)
+            # The frozen conv has nothing trainable below it: training steps
+            # skip its backward pass, so its gradients stay NaN.
+            for array in net.grads["conv"].values():
+                array[...] = np.nan
     start = {name: array.copy() for name, array in cpu.params["conv"].items()}
     for iteration in range(4):
         lr = 0.05 / (1 + iteration)
@@ -190,6 +194,9 @@ def test_device_update_matches_cpu(cupy, kind, frozen):
     for name, array in start.items():
         moved = not np.array_equal(gpu.params["conv"][name].get(), array)
         assert moved != bool(frozen), f"conv.{name}"
+        skipped = np.isnan(gpu.grads["conv"][name].get()).all()
+        assert skipped == bool(frozen), f"conv.{name} gradient"
+        assert np.isnan(cpu.grads["conv"][name]).all() == bool(frozen)
 
 
 def nan_row_layers(samples, nan_row):

@@ -125,3 +125,93 @@ def test_freeze_unknown_layer_fails(data):
         freeze(net, "ip9")
     with pytest.raises(mochac.ConfigError, match="unfreeze.*'ip9'"):
         unfreeze(net, "ip9")
+
+
+def stack_net(data, seed=4, force_backward=False):
+    """Four inner products: h1 feeds ip2 and a side branch, which sum adds."""
+    x, y = data
+    layers = [
+        MemoryDataLayer(batch_size=4, data=[x, y]),
+        InnerProductLayer(name="ip1", output_dim=6, bottoms=["data"], tops=["h1"]),
+        InnerProductLayer(
+            name="ip2",
+            output_dim=6,
+            neuron=Neurons.ReLU(),
+            bottoms=["h1"],
+            tops=["h2"],
+        ),
+        InnerProductLayer(name="side", output_dim=6, bottoms=["h1"], tops=["h3"]),
+        mochac.ElementWiseLayer(
+            name="sum",
+            operation=mochac.ElementWiseFunctors.Add(),
+            bottoms=["h2", "h3"],
+            tops=["h"],
+        ),
+        InnerProductLayer(name="ip3", output_dim=3, bottoms=["h"], tops=["out"]),
+        SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+    ]
+    return Net(
+        "stack",
+        CPUBackend(dtype=np.float64, seed=seed),
+        layers,
+        force_backward=force_backward,
+    )
+
+
+def skipped_names(net):
+    from mochac.runtime.freeze import skipped_backward
+
+    return {net.ir.layers[index].name for index in skipped_backward(net)}
+
+
+def test_skipped_backward_frozen_bottom(data):
+    net = stack_net(data)
+    assert skipped_names(net) == set()
+    freeze(net, "ip1")
+    # The split that build_ir inserted for h1's two consumers goes with ip1.
+    assert skipped_names(net) == {"ip1", "h1-split"}
+    freeze(net, "ip2", "side")
+    # Nothing below sum trains, so only ip3 and the loss run backward.
+    assert skipped_names(net) == {"ip1", "h1-split", "ip2", "side", "sum"}
+    freeze_all(net)
+    assert "loss" in skipped_names(net)
+
+
+def test_skipped_backward_keeps_paths_to_trained(data):
+    net = stack_net(data)
+    # ip1 trains, so every layer between it and the loss passes its gradient.
+    freeze(net, "ip2", "side", "sum", "ip3")
+    assert skipped_names(net) == set()
+
+
+def test_skipped_backward_none_under_force_backward(data):
+    net = stack_net(data, force_backward=True)
+    freeze_all(net)
+    assert skipped_names(net) == set()
+
+
+@pytest.mark.parametrize("frozen", [("ip1",), ("ip1", "ip2", "side")])
+def test_train_step_skips_frozen_backward(data, frozen):
+    """A training step leaves the skipped layers' gradients alone and trains
+    the rest exactly as a full backward pass followed by the update does."""
+    skipping, full = stack_net(data), stack_net(data)
+    methods = {"skipping": SGD(), "full": SGD()}
+    for net in (skipping, full):
+        freeze(net, *frozen)
+    for grads in skipping.grads.values():
+        for array in grads.values():
+            array[...] = np.nan
+    for iteration in range(3):
+        expected = full.forward()
+        full.backward()
+        methods["full"].update(full, 0.05, 0.9, 0.001, iteration)
+        got = skipping.train_step(methods["skipping"], 0.05, 0.9, 0.001, iteration)
+        assert got == expected
+    for layer in skipped_names(skipping):
+        for name, array in skipping.grads.get(layer, {}).items():
+            assert np.isnan(array).all(), f"{layer}.{name} was computed"
+    for layer, params in full.params.items():
+        for name, array in params.items():
+            np.testing.assert_array_equal(
+                skipping.params[layer][name], array, err_msg=f"{layer}.{name}"
+            )

@@ -288,9 +288,8 @@ def pretrain(backend, args, data_layer, rename_layer, hidden) -> list[dict]:
         layers = autoencoder_layers(i, ratio, data_layer, rename_layer, hidden)
         da = Net(f"Denoising-Autoencoder-{i}", backend, layers)
         # Only the encoder and decoder of this auto-encoder learn, so the
-        # hidden layers below keep their pre-trained parameters.
-        # NOTE: the compiled backward pass still computes the gradients of
-        # the frozen layers, and the solver only skips their update.
+        # hidden layers below keep their pre-trained parameters, and
+        # training steps skip their backward passes.
         freeze_all(da)
         unfreeze(da, f"ip-{i}", f"tied-ip-{i}")
 

@@ -50,7 +50,7 @@ int mochac_update(const struct mochac_param_update *updates, int n_updates,
 int mochac_train_step(void **p, struct mochac_status *st, int n_valid,
                       const struct mochac_param_update *updates, int n_updates,
                       const struct mochac_grad_sum *sums, int n_sums,
-                      const struct mochac_step *step);
+                      const struct mochac_step *step, const unsigned char *skip);
 """
 
 

@@ -1,8 +1,12 @@
 """Freezing layers: Mocha's freeze!, unfreeze! and freeze_all!.
 
-A frozen layer still runs forward and backward, but the solver leaves its
-parameters unchanged: no update, no regularization and no solver buffer.
-The set of frozen layer names is stored on the net as ``frozen_layers``.
+The solver leaves a frozen layer's parameters unchanged: no update, no
+regularization and no solver buffer. A training step also skips the
+backward pass of every layer that neither trains a parameter nor passes a
+gradient down to one that does (skipped_backward), so the frozen bottom of
+a net costs only its forward pass. ``net.backward()`` still runs every
+layer. The set of frozen layer names is stored on the net as
+``frozen_layers``.
 """
 
 from __future__ import annotations
@@ -74,3 +78,34 @@ def trainable_groups(net):
             continue
         members.sort(key=lambda member: member[1].key is not None)
         yield members
+
+
+def skipped_backward(net) -> frozenset[int]:
+    """Return the indices of the layers whose backward pass a training step
+    can skip under the net's frozen layers.
+
+    A layer's backward pass is needed when the layer has a parameter and is
+    not frozen, or when it passes a gradient into a bottom whose producer's
+    backward pass is needed. Under ``force_backward`` nothing is skipped,
+    since the caller wants every diff.
+    """
+    frozen = frozen_layers(net)
+    if not frozen or net.force_backward:
+        return frozenset()
+    ir = net.ir
+    # Whether the producer of a blob needs the blob's diff.
+    diff_needed: dict[str, bool] = {}
+    skipped = set()
+    for index in ir.forward_order:
+        info = ir.layers[index]
+        trains = bool(info.params) and info.name not in frozen
+        feeds = any(
+            down and diff_needed.get(bottom, False)
+            for down, bottom in zip(info.propagate_down, info.layer.bottoms)
+        )
+        needed = info.in_backward and (trains or feeds)
+        for top in info.layer.tops:
+            diff_needed[top] = needed
+        if info.in_backward and not needed:
+            skipped.add(index)
+    return frozenset(skipped)

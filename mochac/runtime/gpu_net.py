@@ -263,7 +263,17 @@ class GPUNet(Net):
         )
         try:
             self.forward_calls = [self._bind(step) for step in self.program.forward]
-            self.backward_calls = [self._bind(step) for step in self.program.backward]
+            layers = self.program.layers
+            # Per layer in backward order, so that training steps can leave
+            # out the layers that skipped_backward names.
+            self.backward_by_layer = [
+                (index, [self._bind(step) for step in layers[index].backward])
+                for index in self.ir.backward_order
+                if index in layers
+            ]
+            self.backward_calls = [
+                call for _, calls in self.backward_by_layer for call in calls
+            ]
             self.check_call = self._bind(Launch("mochac_check_losses", 1, 1))
         except compile_errors as error:
             kept = cache_dir() / f"mochac_cuda_{source_digest(self.source)}.failed.cu"
@@ -516,10 +526,16 @@ class GPUNet(Net):
             with self.cupy.cuda.Device(self.backend.device):
                 self.step_block.set(step, stream=self.stream)
             self.host_step_block = step
+        backward = [
+            call
+            for index, calls in self.backward_by_layer
+            if index not in tables.skipped
+            for call in calls
+        ]
         calls = [
             *self.forward_calls,
             self.check_call,
-            *self.backward_calls,
+            *backward,
             *gpu_update.update_calls(self, tables),
         ]
         self.graphs.run(tables, calls, n_valid)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mochac.runtime.freeze import skipped_backward
 from mochac.runtime.native_update import (
     cached_tables,
     native_code,
@@ -68,6 +69,9 @@ class DeviceTables:
     largest: int
     # The arrays the tables point into, kept alive with the tables.
     arrays: list
+    # The layers whose backward pass a training step skips
+    # (mochac.runtime.freeze.skipped_backward).
+    skipped: frozenset = frozenset()
 
 
 def build_tables(net, method, regu_coef) -> DeviceTables | None:
@@ -92,6 +96,7 @@ def build_tables(net, method, regu_coef) -> DeviceTables | None:
         len(sums),
         max((param.size for param, *_ in entries), default=0),
         arrays,
+        skipped_backward(net),
     )
 
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from mochac.errors import ConfigError
-from mochac.runtime.freeze import frozen_layers, trainable_groups
+from mochac.runtime.freeze import frozen_layers, skipped_backward, trainable_groups
 
 
 @dataclass
@@ -32,6 +34,9 @@ class UpdateTables:
     n_sums: int
     # The arrays the tables point into, kept alive with the tables.
     arrays: list
+    # One byte per layer, set where a training step skips the layer's
+    # backward pass (mochac.runtime.freeze.skipped_backward), or NULL.
+    skip: object = None
 
 
 def native_code(method):
@@ -97,7 +102,15 @@ def build_tables(net, method, regu_coef) -> UpdateTables | None:
         entry.into = ffi.cast("void *", into.ctypes.data)
         setattr(entry, "from", ffi.cast("void *", source.ctypes.data))
         entry.size = into.size
-    return UpdateTables(updates, len(entries), sum_table, len(sums), arrays)
+    skipped = skipped_backward(net)
+    if skipped:
+        mask = np.zeros(len(net.ir.layers), np.uint8)
+        mask[sorted(skipped)] = 1
+        arrays.append(mask)
+        skip = ffi.cast("const unsigned char *", mask.ctypes.data)
+    else:
+        skip = ffi.NULL
+    return UpdateTables(updates, len(entries), sum_table, len(sums), arrays, skip)
 
 
 def cached_tables(net, cache_name, build, method, regu_coef):

@@ -439,6 +439,7 @@ class Net:
                 tables.sums,
                 tables.n_sums,
                 step,
+                tables.skip,
             )
         )
         for state in self.output_states.values():
