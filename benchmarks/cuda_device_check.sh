@@ -29,6 +29,7 @@ python3 -c "import cupy, torch; print('cupy', cupy.__version__, 'torch', torch._
 # NVRTC compiles every family where CuPy brings its library.
 timeout 300 python3 -m pytest -q -rs tests/test_cuda_device.py tests/test_cuda_compile.py \
     2>&1 | tee "$OUT/tests.log"
-# Speed against PyTorch eager on the same GPU, training steps as CUDA graphs.
+# Speed against PyTorch eager on the same GPU, training steps as CUDA graphs,
+# then each layer's device time, to show where a step's time goes.
 timeout 200 python3 -m mochac.cli bench lenet --backend cuda --iters 200 --repeats 5 \
-    --json "$OUT/lenet-cuda.json" 2>&1 | tee "$OUT/bench.log"
+    --profile --json "$OUT/lenet-cuda.json" 2>&1 | tee "$OUT/bench.log"

@@ -147,6 +147,8 @@ def bench_command(args) -> int:
         )
         report["net"] = args.net
         print(format_gpu_bench(report))
+        if args.profile:
+            print_gpu_profile(report, factory, args)
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
         return 0
@@ -168,6 +170,25 @@ def bench_command(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     return 0
+
+
+def print_gpu_profile(report, factory, args) -> None:
+    """Add per-layer device times of mochac on the GPU to ``report``.
+
+    PyTorch is not profiled per layer on the GPU, so the table has no peer
+    columns.
+    """
+    from mochac.bench.gpu_profile import profile_gpu
+    from mochac.bench.profile import format_profile
+    from mochac.runtime.gpu_backend import GPUBackend
+    from mochac.runtime.net import Net
+
+    net = Net(
+        "profile-gpu", GPUBackend(seed=0), factory(args.batch), opt_level=args.opt_level
+    )
+    ours = profile_gpu(net, args.iters, args.repeats)
+    report["profile"] = {"mochac": ours}
+    print(format_profile(ours, {}))
 
 
 def print_profile(report, factory, args) -> None:
@@ -285,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument(
         "--profile",
         action="store_true",
-        help="also time each layer's forward and backward, mochac beside PyTorch",
+        help="also time each layer's forward and backward, mochac beside PyTorch "
+        "(with --backend cuda: mochac's device times alone)",
     )
     bench_parser.add_argument(
         "--no-peer", action="store_true", help="time mochac alone, without PyTorch"

@@ -24,6 +24,7 @@ import ctypes
 import itertools
 import subprocess
 import tempfile
+import time
 import types
 from pathlib import Path
 
@@ -87,13 +88,26 @@ class Graph:
 
 
 class Event:
-    """The point of a stream's work at which the event was recorded."""
+    """The point of a stream's work at which the event was recorded, and the
+    host's clock then (for ``get_elapsed_time``)."""
 
-    def __init__(self, stream, count):
+    def __init__(self, stream=None, count=0):
         self.stream, self.count = stream, count
+        self.time = time.perf_counter()
+
+    def record(self, stream=None):
+        stream = stream or Stream.null
+        self.stream, self.count = stream, stream.done + len(stream.pending)
+        self.time = time.perf_counter()
 
     def synchronize(self):
-        self.stream.run_until(self.count)
+        if self.stream is not None:
+            self.stream.run_until(self.count)
+
+
+def get_elapsed_time(start, end):
+    """Return the milliseconds between two recorded events."""
+    return 1e3 * (end.time - start.time)
 
 
 # Streams by their ``ptr``, so that runtime calls can find theirs.
@@ -251,6 +265,8 @@ def module() -> types.ModuleType:
         runtime=runtime,
         compiler=types.SimpleNamespace(CompileException=CompileException),
         Stream=Stream,
+        Event=Event,
+        get_elapsed_time=get_elapsed_time,
         Device=lambda index: contextlib.nullcontext(),
     )
     return cupy

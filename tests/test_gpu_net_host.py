@@ -151,3 +151,31 @@ def test_host_gpu_bench_report(cupy):
     text = format_gpu_bench(report)
     assert "training steps with CUDA graphs" in text
     assert text.splitlines()[2].startswith("mochac")
+
+
+def test_host_gpu_profile_lists_layers(cupy):
+    from mochac.bench.gpu_profile import profile_gpu
+
+    net = GPUNet("lenet", GPUBackend(seed=1), lenet(2))
+    times = profile_gpu(net, iters=1, repeats=2)
+    assert list(times) == ["conv1", "pool1", "conv2", "pool2", "ip1", "ip2", "loss"]
+    for name, entry in times.items():
+        assert entry["forward_ms"] > 0, name
+        assert entry["backward_ms"] > 0, name
+
+
+def test_host_gpu_bench_profile_command(cupy, tmp_path, capsys):
+    import json
+
+    from mochac.cli import main
+
+    out = tmp_path / "bench.json"
+    args = ["bench", "lenet", "--backend", "cuda", "--batch", "2"]
+    args += ["--iters", "1", "--repeats", "1", "--no-peer", "--profile"]
+    assert main([*args, "--json", str(out)]) == 0
+    profile = json.loads(out.read_text())["profile"]["mochac"]
+    assert profile["conv2"]["backward_ms"] > 0
+    header = next(
+        line for line in capsys.readouterr().out.splitlines() if "mochac fwd" in line
+    )
+    assert "torch" not in header
