@@ -435,24 +435,107 @@ def test_changed_arrays_reach_the_next_step(cupy, tmp_path):
         np.testing.assert_array_equal(gpu.blobs["data"].get(), cpu.blobs["data"])
 
 
-def test_failed_read_ahead_raises_at_its_own_step(cupy, tmp_path):
-    """A source that fails while reading ahead does not spoil the step that
-    is running; the error comes from the step that needs the batch."""
-    cpu, gpu = shuffled_twins(tmp_path)
-    inner = only_source(gpu).source
-    served = inner.next_batch
+def break_batch(source, failing_call):
+    """Make a data source raise DataError on its ``failing_call``-th batch
+    (counting from 1), after moving past it as a failing transformer would."""
+    served = source.next_batch
     calls = []
 
-    def failing_after_first(outputs):
+    def next_batch(outputs):
         calls.append(len(calls))
-        if len(calls) > 1:
+        n_valid = served(outputs)
+        if len(calls) == failing_call:
             raise DataError("broken batch on purpose")
-        return served(outputs)
+        return n_valid
 
-    inner.next_batch = failing_after_first
-    expected = cpu.train_step(SGD(), 0.1, 0.9, 0.0, 0)
-    assert gpu.train_step(SGD(), 0.1, 0.9, 0.0, 0) == pytest.approx(expected, rel=RTOL)
-    assert only_source(gpu).pending is None
-    assert_same_source_state(cpu, gpu)
-    with pytest.raises(DataError, match="on purpose"):
-        gpu.train_step(SGD(), 0.1, 0.9, 0.0, 1)
+    source.next_batch = next_batch
+
+
+def test_failed_read_ahead_raises_at_its_own_step(cupy, tmp_path):
+    """A batch that fails while being read ahead does not spoil the running
+    step; the step that needs it raises, and the source ends where the CPU
+    net's does, so both go on with the same batches."""
+    cpu, gpu = shuffled_twins(tmp_path)
+    break_batch(only_source(cpu), 2)
+    break_batch(only_source(gpu).source, 2)
+    cpu_method, gpu_method = SGD(), SGD()
+    for iteration in range(5):
+        if iteration == 1:
+            for net, method in ((cpu, cpu_method), (gpu, gpu_method)):
+                with pytest.raises(DataError, match="on purpose"):
+                    net.train_step(method, 0.1, 0.9, 0.0, iteration)
+            assert_same_source_state(cpu, gpu)
+            continue
+        expected = cpu.train_step(cpu_method, 0.1, 0.9, 0.0, iteration)
+        got = gpu.train_step(gpu_method, 0.1, 0.9, 0.0, iteration)
+        assert got == pytest.approx(expected, rel=RTOL)
+        np.testing.assert_array_equal(gpu.blobs["data"].get(), cpu.blobs["data"])
+        assert_same_source_state(cpu, gpu)
+
+
+def source_named(net, name):
+    """Return the source of data layer ``name`` without dropping a batch
+    read ahead, as data_source() would."""
+    (source,) = [s for s in net.sources.values() if s.layer.name == name]
+    return source
+
+
+def test_failed_second_source_as_on_cpu(cupy):
+    """With two data layers, a failure of the second leaves the first one's
+    batch consumed, as the CPU backend's loop over the sources does."""
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(12, 3))
+    y = rng.integers(0, 3, size=(12, 1)).astype(float)
+
+    def layers():
+        return [
+            MemoryDataLayer(name="a", batch_size=4, data=[x], tops=["data"]),
+            MemoryDataLayer(name="b", batch_size=4, data=[y], tops=["label"]),
+            InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["out"]),
+            SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+        ]
+
+    cpu, gpu = twin_nets(layers)
+    break_batch(cpu.data_source("b"), 3)
+    break_batch(gpu.data_source("b").source, 3)
+    cpu_method, gpu_method = SGD(), SGD()
+    for iteration in range(6):
+        if iteration == 2:
+            for net, method in ((cpu, cpu_method), (gpu, gpu_method)):
+                with pytest.raises(DataError, match="on purpose"):
+                    net.train_step(method, 0.1, 0.9, 0.0, iteration)
+        else:
+            expected = cpu.train_step(cpu_method, 0.1, 0.9, 0.0, iteration)
+            got = gpu.train_step(gpu_method, 0.1, 0.9, 0.0, iteration)
+            assert got == pytest.approx(expected, rel=RTOL)
+        for name in ("a", "b"):
+            expected_source = source_named(cpu, name)
+            got_source = source_named(gpu, name)
+            assert got_source.position == expected_source.position, name
+            assert got_source.epoch == expected_source.epoch, name
+
+
+def test_forward_reads_changed_arrays_after_train_step(cupy, tmp_path):
+    """forward() after train_step reads its batch anew, so an in-place change
+    to the arrays made in between reaches it."""
+    rng = np.random.default_rng(14)
+    x = rng.normal(size=(8, 3))
+    y = rng.integers(0, 3, size=(8, 1)).astype(float)
+    arrays = {}
+
+    def layers():
+        data = [x.copy(), y]
+        arrays[len(arrays)] = data[0]
+        return [
+            MemoryDataLayer(name="data", batch_size=4, data=data),
+            *shuffled_factory(tmp_path)()[1:],
+        ]
+
+    cpu, gpu = twin_nets(layers)
+    cpu.train_step(SGD(), 0.1, 0.9, 0.0, 0)
+    gpu.train_step(SGD(), 0.1, 0.9, 0.0, 0)
+    for array in arrays.values():
+        array[...] = -1.0
+    assert gpu.forward() == pytest.approx(cpu.forward(), rel=RTOL)
+    np.testing.assert_array_equal(gpu.blobs["data"].get(), cpu.blobs["data"])
+    assert np.all(gpu.blobs["data"].get() == -1.0)

@@ -118,6 +118,14 @@ def test_host_gpunet_read_ahead_failure(cupy, tmp_path):
     device_tests.test_failed_read_ahead_raises_at_its_own_step(cupy, tmp_path)
 
 
+def test_host_gpunet_read_ahead_second_source_failure(cupy):
+    device_tests.test_failed_second_source_as_on_cpu(cupy)
+
+
+def test_host_gpunet_forward_after_train_step(cupy, tmp_path):
+    device_tests.test_forward_reads_changed_arrays_after_train_step(cupy, tmp_path)
+
+
 def test_host_gpunet_snapshot_resume(cupy, tmp_path):
     device_tests.test_snapshot_resume_matches_cpu(cupy, tmp_path)
 

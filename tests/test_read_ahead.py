@@ -104,3 +104,41 @@ def test_take_and_read_check_the_pending_batch(sources):
     read(wrapped)
     with pytest.raises(RuntimeError, match="already pending"):
         read(wrapped)
+
+
+def test_failed_read_raises_at_take(sources):
+    wrapped, plain = sources
+    inner = wrapped.source
+    served = inner.next_batch
+
+    def failing(outputs):
+        served(outputs)
+        raise ValueError("unreadable batch on purpose")
+
+    before = wrapped.state_dict()
+    inner.next_batch = failing
+    assert wrapped.read([np.empty((3, 1))]) is None
+    assert wrapped.pending is not None
+    same_state(wrapped.state_dict(), before)
+    with pytest.raises(ValueError, match="on purpose"):
+        wrapped.take()
+    # The failure moved the source past the batch, as it does unwrapped.
+    batch(plain)
+    same_state(wrapped.state_dict(), plain.state_dict())
+
+
+def test_drop_discards_a_failed_read(sources):
+    wrapped, plain = sources
+    inner = wrapped.source
+    served = inner.next_batch
+
+    def failing(outputs):
+        served(outputs)
+        raise ValueError("unreadable batch on purpose")
+
+    inner.next_batch = failing
+    wrapped.read([np.empty((3, 1))])
+    wrapped.drop()
+    inner.next_batch = served
+    assert wrapped.pending is None
+    assert read(wrapped) == batch(plain)

@@ -12,8 +12,8 @@ buffers with the next batch, and a second stream copies them to device
 staging buffers. The next step starts with device-to-device copies from
 there into the data layers' tops. The sources are wrapped in ReadAhead
 (mochac.runtime.read_ahead), so their position, epoch and snapshot state
-stay those of the batches used. forward() reads no batch ahead, so arrays a
-caller changes in place between forward passes take effect at the next one.
+stay those of the batches used. forward() drops a batch read ahead and
+reads its own, so arrays a caller changes in place before it take effect.
 
 NOTE: unverified on a GPU. The CuPy calls, streams and pinned copies here
 have run only against the host stand-in of tests/host_cupy.py;
@@ -404,8 +404,9 @@ class GPUNet(Net):
         """Read the next batch while the device runs the step just enqueued.
 
         A source that fails here (a file that cannot be read, a transformer
-        error) is moved back. The next load_batch reads the batch again and
-        raises the error then, after the current step has finished.
+        error) keeps its error pending, and the next load_batch raises it,
+        after the current step has finished. Should the staging itself fail,
+        the batch is dropped and the next load_batch reads it again.
         """
         if not self.sources:
             return
@@ -478,6 +479,10 @@ class GPUNet(Net):
         NaN or infinite, as Net.forward does.
         """
         self._check_alive()
+        if load_data:
+            # A batch train_step read ahead may predate changes to the
+            # arrays, so forward() reads its batch now.
+            self.drop_read_ahead()
         n_valid = self.load_batch() if load_data else self._batch_size()
         self._run(self.forward_calls, n_valid)
         self._collect_outputs()
@@ -507,8 +512,9 @@ class GPUNet(Net):
         once, replayed from a CUDA graph after the first step of their kind
         (mochac.runtime.gpu_graphs). The next batch is then read ahead, and
         the host waits once, at the end. A method or regularizer without a
-        native form updates with its NumPy code on the CuPy arrays instead. A NaN or infinite loss raises NumericalError, and
-        the update kernels then leave every parameter as it was.
+        native form updates with its NumPy code on the CuPy arrays instead.
+        A NaN or infinite loss raises NumericalError, and the update kernels
+        then leave every parameter as it was.
         """
         tables = gpu_update.tables_for(self, method, regu_coef)
         if tables is None:

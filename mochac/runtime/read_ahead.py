@@ -12,7 +12,7 @@ batches the net used, as with the CPU backend.
 from __future__ import annotations
 
 # Attributes that live on the wrapper; every other one is the source's.
-OWN = frozenset({"source", "pending", "before", "served_rows"})
+OWN = frozenset({"source", "pending", "before", "served_rows", "error"})
 
 
 class ReadAhead:
@@ -20,9 +20,12 @@ class ReadAhead:
 
     ``read(outputs)`` fills ``outputs`` with the source's next batch and
     leaves it pending. ``take()`` marks the pending batch as served and
-    returns its n_valid. ``drop()`` discards it and moves the source back.
-    ``rewind()``, ``load_state_dict()`` and ``close()`` drop a pending batch
-    first. Any other attribute is the source's.
+    returns its n_valid. A read that raised leaves a pending failure
+    instead, whose ``take()`` raises the same error, so the error comes
+    from the step that needs the batch, as with an unwrapped source.
+    ``drop()`` discards a pending batch or failure and moves the source
+    back. ``rewind()``, ``load_state_dict()`` and ``close()`` drop first.
+    Any other attribute is the source's.
     """
 
     def __init__(self, source):
@@ -30,39 +33,51 @@ class ReadAhead:
         object.__setattr__(self, "pending", None)
         object.__setattr__(self, "before", None)
         object.__setattr__(self, "served_rows", None)
+        object.__setattr__(self, "error", None)
 
-    def read(self, outputs) -> int:
-        """Put the source's next batch into ``outputs``; return its n_valid."""
+    def read(self, outputs) -> int | None:
+        """Put the source's next batch into ``outputs``; return its n_valid,
+        or None when the source raised (take() raises it then)."""
         if self.pending is not None:
             raise RuntimeError("ReadAhead.read: a batch is already pending")
         before = self.source.state_dict()
         rows = getattr(self.source, "last_indices", None)
-        n_valid = self.source.next_batch(outputs)
+        try:
+            n_valid = self.source.next_batch(outputs)
+        except Exception as error:  # noqa: BLE001 - take() raises it
+            n_valid, failure = None, error
+        else:
+            failure = None
         object.__setattr__(self, "before", before)
         object.__setattr__(self, "served_rows", rows)
-        object.__setattr__(self, "pending", n_valid)
+        object.__setattr__(self, "error", failure)
+        # A failed read is pending too: its take() raises.
+        object.__setattr__(self, "pending", -1 if failure else n_valid)
         return n_valid
 
     def take(self) -> int:
-        """Mark the pending batch as served; return its n_valid."""
+        """Mark the pending batch as served and return its n_valid; raise the
+        error of a failed read, leaving the source where the failure left it."""
         if self.pending is None:
             raise RuntimeError("ReadAhead.take: no batch is pending")
-        n_valid = self.pending
-        for name in ("pending", "before", "served_rows"):
+        n_valid, error = self.pending, self.error
+        for name in ("pending", "before", "served_rows", "error"):
             object.__setattr__(self, name, None)
+        if error is not None:
+            raise error
         return n_valid
 
     def drop(self):
-        """Discard the pending batch, if any, and move the source back before it."""
+        """Discard the pending batch or failure, if any, and move the source
+        back before it."""
         if self.pending is None:
             return
-        before = self.before
-        for name in ("pending", "before"):
+        before, rows = self.before, self.served_rows
+        for name in ("pending", "before", "served_rows", "error"):
             object.__setattr__(self, name, None)
         self.source.load_state_dict(before)
-        if self.served_rows is not None:
-            self.source.last_indices = self.served_rows
-        object.__setattr__(self, "served_rows", None)
+        if rows is not None:
+            self.source.last_indices = rows
 
     # --- the state of the batches served ------------------------------------
 
