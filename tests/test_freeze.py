@@ -119,6 +119,14 @@ def test_frozen_net_matches_partial_training(data):
     )
 
 
+def test_freeze_list_of_names_fails(data):
+    net = make_net(data)
+    with pytest.raises(mochac.ConfigError, match=r"separate string.*freeze\(net"):
+        freeze(net, ["ip1"])
+    with pytest.raises(mochac.ConfigError, match="unfreeze"):
+        unfreeze(net, ["ip1"])
+
+
 def test_freeze_unknown_layer_fails(data):
     net = make_net(data)
     with pytest.raises(mochac.ConfigError, match="'ip9'.*ip1"):

@@ -21,6 +21,12 @@ def _layer_names(net) -> set[str]:
 
 
 def _check_names(net, action: str, layer_names) -> None:
+    for name in layer_names:
+        if not isinstance(name, str):
+            raise ConfigError(
+                f"{action}: invalid layer name {name!r}; pass each name as a "
+                f"separate string, e.g. {action}(net, 'ip1', 'ip2')"
+            )
     known = _layer_names(net)
     unknown = [name for name in layer_names if name not in known]
     if unknown:
