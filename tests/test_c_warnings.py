@@ -1,9 +1,9 @@
 """The generated C compiles without warnings under -Wall -Wextra.
 
 Warnings in generated code reach every user, since the compiler prints them
-while a net builds. The nets of cuda_nets.py use every layer family; two
+while a net builds. The nets of cuda_nets.py use every layer family. Two
 more cover a power of 0 and a Gaussian KL loss whose mean takes no
-gradient, and the built-in LeNet and CIFAR-10 nets the direct convolutions.
+gradient, and the built-in LeNet and CIFAR-10 nets run direct convolutions.
 """
 
 import shutil
