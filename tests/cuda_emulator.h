@@ -67,7 +67,7 @@ static struct mochac_emu_thread mochac_emu_threads[MOCHAC_EMU_THREADS];
 static struct mochac_emu_thread *mochac_emu_current;
 static ucontext_t mochac_emu_scheduler, mochac_emu_fresh;
 static char *mochac_emu_stacks;
-static size_t mochac_emu_stacks_size, mochac_emu_page;
+static size_t mochac_emu_stacks_size;
 static void (*mochac_emu_body)(void *);
 static void *mochac_emu_closure;
 /* Barriers the running block has passed. */
@@ -326,29 +326,39 @@ static MOCHAC_EMU_UNTRACKED void mochac_emu_thread_main(void)
     mochac_emu_current->state = MOCHAC_EMU_RETURNED;
 }
 
-/* Map the stacks, each above a guard page, on the first launch. */
+/* The word at the bottom of every stack: a block that leaves it changed
+   has overflowed a stack. Canaries instead of guard pages keep the stacks
+   one mapping per library, so that many libraries in one process stay
+   under the kernel's limit on mappings (vm.max_map_count). */
+#define MOCHAC_EMU_CANARY 0x6D6F636861637374ULL
+
+/* Map the stacks, one region, on the first launch. */
 static MOCHAC_EMU_UNTRACKED int mochac_emu_map_stacks(void)
 {
     if (mochac_emu_stacks)
         return 1;
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    size_t size = (MOCHAC_EMU_STACK_BYTES + page) * MOCHAC_EMU_THREADS;
+    size_t size = (size_t)MOCHAC_EMU_STACK_BYTES * MOCHAC_EMU_THREADS;
     char *memory = (char *)mmap(NULL, size, PROT_READ | PROT_WRITE,
                                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (memory == MAP_FAILED)
         return 0;
-    for (unsigned i = 0; i < MOCHAC_EMU_THREADS; ++i)
-        if (mprotect(memory + i * (MOCHAC_EMU_STACK_BYTES + page), page, PROT_NONE) != 0) {
-            munmap(memory, size);
-            return 0;
-        }
     if (getcontext(&mochac_emu_fresh) != 0) {
         munmap(memory, size);
         return 0;
     }
     mochac_emu_stacks = memory;
     mochac_emu_stacks_size = size;
-    mochac_emu_page = page;
+    return 1;
+}
+
+/* Return whether every stack's canary word is unchanged. */
+static MOCHAC_EMU_UNTRACKED int mochac_emu_stacks_intact(void)
+{
+    for (unsigned i = 0; i < MOCHAC_EMU_THREADS; ++i) {
+        const char *bottom = mochac_emu_stacks + (size_t)i * MOCHAC_EMU_STACK_BYTES;
+        if (*(const unsigned long long *)bottom != MOCHAC_EMU_CANARY)
+            return 0;
+    }
     return 1;
 }
 
@@ -357,12 +367,15 @@ static MOCHAC_EMU_UNTRACKED int mochac_emu_map_stacks(void)
 static MOCHAC_EMU_UNTRACKED int mochac_emu_run_block(int order,
                                                      unsigned long long *random_state)
 {
-    size_t slot = MOCHAC_EMU_STACK_BYTES + mochac_emu_page;
+    /* Each stack starts above its canary word. */
+    const size_t canary = sizeof(unsigned long long);
     for (unsigned i = 0; i < MOCHAC_EMU_THREADS; ++i) {
         struct mochac_emu_thread *thread = &mochac_emu_threads[i];
+        char *bottom = mochac_emu_stacks + (size_t)i * MOCHAC_EMU_STACK_BYTES;
+        *(unsigned long long *)bottom = MOCHAC_EMU_CANARY;
         thread->context = mochac_emu_fresh;
-        thread->context.uc_stack.ss_sp = mochac_emu_stacks + i * slot + mochac_emu_page;
-        thread->context.uc_stack.ss_size = MOCHAC_EMU_STACK_BYTES;
+        thread->context.uc_stack.ss_sp = bottom + canary;
+        thread->context.uc_stack.ss_size = MOCHAC_EMU_STACK_BYTES - canary;
         thread->context.uc_link = &mochac_emu_scheduler;
         makecontext(&thread->context, mochac_emu_thread_main, 0);
         thread->state = MOCHAC_EMU_READY;
@@ -449,6 +462,11 @@ static MOCHAC_EMU_UNTRACKED void mochac_emu_launch(void (*body)(void *), void *c
                    (size_t)(__stop_mochac_emu_shared - __start_mochac_emu_shared));
         if (!mochac_emu_run_block(order, &random_state))
             break;
+        if (!mochac_emu_stacks_intact()) {
+            mochac_emu_fail("a thread of block %u overflowed its %d-byte stack",
+                            blockIdx.x, MOCHAC_EMU_STACK_BYTES);
+            break;
+        }
     }
     mochac_emu_tracking = 0;
     pthread_mutex_unlock(&mochac_emu_lock);

@@ -176,6 +176,8 @@ class CUDARuntimeError(RuntimeError):
 
 
 COUNTER = itertools.count()
+# The compiled modules of this process, removed when it exits.
+MODULES = tempfile.TemporaryDirectory(prefix="mochac-host-cupy-")
 
 
 class CompileException(Exception):
@@ -195,7 +197,7 @@ class RawModule:
 
     def get_function(self, name):
         if self.library is None:
-            folder = Path(tempfile.mkdtemp(prefix="mochac-host-cupy-"))
+            folder = Path(MODULES.name)
             try:
                 self.library = compile_source_for_host(
                     self.code, folder, f"module{next(COUNTER)}", EMULATED_BLOCK

@@ -120,6 +120,21 @@ MOCHAC_KERNEL(read_unstored_shared)
 }
 """
 
+# Thread 5 fills a local array larger than its stack. Threads 0 to 4 have
+# returned by then in forward order (no barrier), so the spill lands in
+# their dead stacks, but it covers thread 5's canary word.
+OVERFLOW_KERNEL = r"""
+MOCHAC_KERNEL(overflow_stack)
+{
+    (void)p;
+    if (threadIdx.x == 5) {
+        volatile char big[72 * 1024];
+        for (unsigned long i = 0; i < sizeof big; ++i)
+            big[i] = 1;
+    }
+}
+"""
+
 # Races that every order of the threads hides: all threads add to one cell,
 # and the blocks store to the same cells.
 RACY_KERNELS = r"""
@@ -185,6 +200,7 @@ SOURCE = render(
     [BROKEN_SUMS]
     + [SUM_KERNEL.format(name=name) for name in SUMS]
     + [RECORD_KERNEL, UNSTORED_SHARED_KERNEL, RACY_KERNELS, DIVERGENT_KERNELS]
+    + [OVERFLOW_KERNEL]
 )
 
 
@@ -410,6 +426,12 @@ def test_shared_memory_unset_in_each_block(library):
     assert np.isnan(out[0])
     # Block 0 stored 1.0, but block 1 gets fresh shared memory.
     assert np.isnan(out[1])
+
+
+def test_stack_overflow_raises(library):
+    arguments = (slot_table(np.zeros(1)), ctypes.c_int(0), ctypes.c_void_p())
+    with pytest.raises(EmulationError, match="overflowed its 65536-byte stack"):
+        launch(library, "overflow_stack", 1, arguments)
 
 
 def test_smaller_block(tmp_path):
