@@ -69,6 +69,15 @@ def find_nvrtc():
         candidates += sorted(glob.glob(f"{folder}/*/lib/libnvrtc.so*"))
     for candidate in candidates:
         if candidate and "builtins" not in candidate:
+            # NVRTC opens its builtins library by name when it compiles; one
+            # already loaded from the same folder is found without a search
+            # path (the wheel's folder is on none).
+            for builtins in sorted(glob.glob(f"{os.path.dirname(candidate)}/*")):
+                if "nvrtc-builtins.so" in builtins and ".alt." not in builtins:
+                    try:
+                        ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
+                    except OSError:
+                        pass
             try:
                 return ctypes.CDLL(candidate)
             except OSError:
