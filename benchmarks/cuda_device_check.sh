@@ -11,7 +11,9 @@
 #       --platform manylinux2014_x86_64 -d .whl cffi pycparser scipy-openblas32
 #
 # then run `bash benchmarks/cuda_device_check.sh` there with `.whl` carried.
-# Results land in $OUT: gpu.txt, tests.log, bench.log and lenet-cuda.json.
+# Results land in $OUT: gpu.txt, tests.log, bench.log, lenet-cuda.json,
+# memcheck.log and racecheck.log. The steps' time limits add up to 570 s,
+# inside one 600 s call.
 set -uo pipefail
 OUT=${OUT:-/tmp/mochac-device-out}
 mkdir -p "$OUT"
@@ -27,9 +29,17 @@ python3 -c "import cupy, torch; print('cupy', cupy.__version__, 'torch', torch._
     | tee -a "$OUT/gpu.txt"
 # Equivalence with the CPU backend (float64), graphs, update, snapshots;
 # NVRTC compiles every family where CuPy brings its library.
-timeout 300 python3 -m pytest -q -rs tests/test_cuda_device.py tests/test_cuda_compile.py \
+timeout 240 python3 -m pytest -q -rs tests/test_cuda_device.py tests/test_cuda_compile.py \
     2>&1 | tee "$OUT/tests.log"
 # Speed against PyTorch eager on the same GPU, training steps as CUDA graphs,
 # then each layer's device time, to show where a step's time goes.
-timeout 200 python3 -m mochac.cli bench lenet --backend cuda --iters 200 --repeats 5 \
+timeout 150 python3 -m mochac.cli bench lenet --backend cuda --iters 200 --repeats 5 \
     --profile --json "$OUT/lenet-cuda.json" 2>&1 | tee "$OUT/bench.log"
+# Out-of-bounds accesses and shared-memory races of the generated kernels,
+# on a short run of every layer family (compute-sanitizer refuses the device
+# on some machine runtimes; the log then says so).
+for tool in memcheck racecheck; do
+    timeout 90 compute-sanitizer --tool "$tool" --error-exitcode 1 \
+        python3 benchmarks/cuda_sanitizer_run.py > "$OUT/$tool.log" 2>&1
+    echo "compute-sanitizer --tool $tool: exit status $?" | tee -a "$OUT/$tool.log"
+done

@@ -187,3 +187,16 @@ def test_host_gpu_bench_profile_command(cupy, tmp_path, capsys):
         line for line in capsys.readouterr().out.splitlines() if "mochac fwd" in line
     )
     assert "torch" not in header
+
+
+def test_host_sanitizer_run_script(cupy, monkeypatch, capsys):
+    """benchmarks/cuda_sanitizer_run.py, the program compute-sanitizer runs
+    on a GPU machine, trains every test net on the stand-in."""
+    benchmarks = Path(__file__).resolve().parent.parent / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))
+    import cuda_sanitizer_run
+
+    cuda_sanitizer_run.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 * (len(NETS) + 1)
+    assert all("CUDA graphs True" in line for line in lines)
