@@ -5,10 +5,10 @@
     compute-sanitizer --tool racecheck --error-exitcode 1 \\
         python3 benchmarks/cuda_sanitizer_run.py
 
-Builds the test nets of tests/cuda_nets.py (which together use every layer
-family) and LeNet at batch 8 on the GPU backend, in float32 and float64,
-and runs a forward pass, a backward pass and three training steps of each
-(the third replayed from a CUDA graph). memcheck reports any out-of-bounds
+Builds the test nets of tests/cuda_nets.py, which together use every layer
+family, and LeNet at batch 8 on the GPU backend, in float32 and float64.
+Each runs a forward pass, a backward pass and three training steps, the
+third replayed from a CUDA graph. memcheck reports any out-of-bounds
 or misaligned access of the generated kernels, racecheck any shared-memory
 race. Prints one line per net; the sanitizer's exit status says whether it
 found an error.
