@@ -6,11 +6,14 @@ mochac compile net.py [-o DIR]   one importable module per Net in net.py
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import runpy
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from mochac.errors import MochacError
 from mochac.passes.pipeline import PASS_NAMES
@@ -18,13 +21,39 @@ from mochac.passes.pipeline import PASS_NAMES
 logger = logging.getLogger("mochac.cli")
 
 
+@contextlib.contextmanager
+def cpu_in_place_of_gpu():
+    """Make ``GPUBackend(...)`` build a CPUBackend of the same dtype and seed.
+
+    The nets of a file run by ``mochac compile`` then build without CuPy or
+    a device. The command renders them for the backend it is asked for.
+    """
+    import mochac
+    from mochac.runtime import gpu_backend
+    from mochac.runtime.backend import CPUBackend
+
+    def stand_in(device=0, dtype=np.float32, seed=None, graphs=True):
+        return CPUBackend(dtype=dtype, seed=seed)
+
+    saved = gpu_backend.GPUBackend
+    gpu_backend.GPUBackend = mochac.GPUBackend = stand_in
+    try:
+        yield
+    finally:
+        gpu_backend.GPUBackend = mochac.GPUBackend = saved
+
+
 def find_nets(path: Path):
-    """Import ``path`` (its ``__main__`` block does not run); return its Nets."""
+    """Import ``path`` (its ``__main__`` block does not run); return its Nets.
+
+    A GPUBackend in the file builds as a CPUBackend (cpu_in_place_of_gpu).
+    """
     from mochac.runtime.net import Net
 
     sys.path.insert(0, str(path.parent.resolve()))
     try:
-        namespace = runpy.run_path(str(path), run_name="__mochac_compile__")
+        with cpu_in_place_of_gpu():
+            namespace = runpy.run_path(str(path), run_name="__mochac_compile__")
     finally:
         sys.path.pop(0)
     nets = []
@@ -35,7 +64,7 @@ def find_nets(path: Path):
 
 
 def compile_command(args) -> int:
-    from mochac.codegen.module_writer import write_module
+    from mochac.codegen.module_writer import module_name, write_module
     from mochac.report import format_report, net_report, net_to_dot
     from mochac.runtime.net import Net
 
@@ -52,8 +81,24 @@ def compile_command(args) -> int:
         )
         return 2
     out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        logger.error("-o %s: exists and is not a folder; name a folder", out)
+        return 2
     if args.backend == "cuda":
         return compile_cuda(nets, out, args)
+    packages = {}
+    for found in nets:
+        package = module_name(found.name)
+        if package in packages:
+            logger.error(
+                "nets '%s' and '%s' would both be written as package %s; "
+                "rename one of them",
+                packages[package],
+                found.name,
+                package,
+            )
+            return 2
+        packages[package] = found.name
     reports, dots = [], []
     for found in nets:
         # Rebuild with the command line's options; the cache makes an
@@ -86,6 +131,22 @@ def compile_cuda(nets, out: Path, args) -> int:
     from mochac.codegen.cuda import build_cuda_program, write_cuda_files
     from mochac.codegen.lowering import c_identifier
 
+    ignored = [
+        option
+        for option, value in (
+            ("--report", args.report),
+            ("--report-json", args.report_json),
+            ("--dot", args.dot),
+        )
+        if value
+    ]
+    if ignored:
+        logger.error(
+            "%s: the pass reports come from the CPU build; run the same "
+            "command without --backend cuda for them (the passes are the same)",
+            ", ".join(ignored),
+        )
+        return 2
     used: set[str] = set()
     for found in nets:
         _, program = build_cuda_program(
@@ -276,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("cpu", "cuda"),
         default="cpu",
         help="cpu (default): an importable module per net; cuda: each net's CUDA "
-        "source and step list, for GPUBackend",
+        "source and step list, to read (GPUBackend renders its own)",
     )
     compile_parser.set_defaults(run=compile_command, opt_level=1)
     bench_parser = commands.add_parser(

@@ -213,3 +213,60 @@ def test_bench_cuda_backend_without_device_fails_clearly(caplog):
     args = ["bench", "lenet", "--backend", "cuda", "--iters", "1", "--repeats", "1"]
     assert main(args) == 1
     assert "mochac[cuda]" in caplog.text or "CUDA device" in caplog.text
+
+
+def test_compile_gpu_backend_file_without_device(tmp_path, capsys):
+    """A net file written for GPUBackend compiles for either backend on a
+    machine without CuPy or a device."""
+    net_file = tmp_path / "gpu_net.py"
+    net_file.write_text(
+        NET_FILE.replace(
+            "CPUBackend(dtype=np.float64, seed=4)", "GPUBackend(seed=4)"
+        ).replace("CPUBackend, InnerProductLayer", "GPUBackend, InnerProductLayer")
+    )
+    assert "GPUBackend(seed=4)" in net_file.read_text()
+    out = tmp_path / "cuda"
+    assert main(["compile", str(net_file), "-o", str(out), "--backend", "cuda"]) == 0
+    assert sorted(out.glob("*.cu"))
+    assert main(["compile", str(net_file), "-o", str(tmp_path / "cpu")]) == 0
+    assert (tmp_path / "cpu" / "tiny_net" / "__init__.py").is_file()
+    import mochac
+    from mochac.runtime import gpu_backend
+
+    assert mochac.GPUBackend is gpu_backend.GPUBackend
+    assert isinstance(mochac.GPUBackend, type)
+
+
+def test_compile_rejects_package_name_clash(tmp_path, caplog):
+    net_file = tmp_path / "nets.py"
+    net_file.write_text(
+        NET_FILE + '\nother = Net("Tiny Net", backend, [data, ip, prob])\n'
+    )
+    assert main(["compile", str(net_file), "-o", str(tmp_path / "out")]) == 2
+    assert "'tiny-net' and 'Tiny Net' would both be written as package" in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+def test_compile_rejects_output_file(tmp_path, caplog):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    assert main(["compile", str(net_file), "-o", str(taken)]) == 2
+    assert "is not a folder" in caplog.text
+
+
+def test_compile_cuda_rejects_report_options(tmp_path, caplog):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    args = ["compile", str(net_file), "-o", str(tmp_path / "cuda"), "--backend", "cuda"]
+    assert main([*args, "--report"]) == 2
+    assert "without --backend cuda" in caplog.text
+
+
+def test_package_name_of_keyword_net():
+    from mochac.codegen.module_writer import module_name
+
+    assert module_name("class") == "class_net"
+    assert module_name("My Net") == "my_net"
+    assert module_name("3layers") == "net_3layers"

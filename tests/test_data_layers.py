@@ -312,6 +312,16 @@ def test_hdf5_source_list_missing(tmp_path):
     assert str(tmp_path / "absent.txt") in str(raised.value)
 
 
+def test_hdf5_source_is_data_file(tmp_path):
+    data_file = write_hdf5(
+        tmp_path / "data.h5", data=np.zeros((4, 3)), label=np.zeros((4, 1))
+    )
+    layer = HDF5DataLayer(name="data", source=str(data_file), batch_size=2)
+    with pytest.raises(DataError, match="it is an HDF5 file itself") as raised:
+        open_source(layer)
+    assert str(data_file) in str(raised.value)
+
+
 def test_hdf5_source_list_empty(tmp_path):
     source_list = write_source_list(tmp_path / "list.txt", "# nothing yet", "")
     layer = HDF5DataLayer(name="data", source=str(source_list), batch_size=2)

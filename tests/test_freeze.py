@@ -119,6 +119,12 @@ def test_frozen_net_matches_partial_training(data):
     )
 
 
+def test_freeze_without_names_fails(data):
+    net = make_net(data)
+    with pytest.raises(mochac.ConfigError, match="freeze_all"):
+        freeze(net)
+
+
 def test_freeze_list_of_names_fails(data):
     net = make_net(data)
     with pytest.raises(mochac.ConfigError, match=r"separate string.*freeze\(net"):

@@ -287,3 +287,35 @@ def test_progress_bar_off_without_terminal(capsys):
     net = Net("quiet", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))
     Solver(SGD(), make_solver_parameters(SGD(), max_iter=3)).solve(net)
     assert "training" not in capsys.readouterr().err
+
+
+def test_load_rejects_nonfinite_parameters(tmp_path):
+    x, y = toy_data()
+    net = Net("a", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+    path = tmp_path / "model.h5"
+    with h5py.File(path, "w") as handle:
+        for layer, params in net.params.items():
+            for name, array in params.items():
+                values = array.copy()
+                if (layer, name) == ("ip2", "weight"):
+                    values[0, 0] = np.nan
+                handle[f"{layer}___{name}"] = values
+    with pytest.raises(mochac.SnapshotError, match=r"ip2.*weight.*NaN or infinite"):
+        mochac.load_snapshot(net, path)
+
+
+def test_load_snapshot_from_folder_fails_clearly(tmp_path):
+    x, y = toy_data()
+    net = Net("a", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+    with pytest.raises(mochac.SnapshotError, match="is a folder"):
+        mochac.load_snapshot(net, tmp_path)
+
+
+def test_truncated_snapshot_suggests_deleting(tmp_path):
+    x, y = toy_data()
+    net = Net("a", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+    path = tmp_path / "snapshot-000010.h5"
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(40))
+    with pytest.raises(mochac.SnapshotError, match="delete it to resume") as raised:
+        mochac.load_snapshot(net, path)
+    assert "\n" not in str(raised.value)

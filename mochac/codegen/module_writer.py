@@ -10,6 +10,7 @@ DIR/<module>/net.c         the generated source, for reading
 from __future__ import annotations
 
 import json
+import keyword
 import re
 import shutil
 from pathlib import Path
@@ -45,6 +46,9 @@ net = make_net()
 def module_name(net_name: str) -> str:
     """Return a Python module name derived from a net name."""
     name = re.sub(r"[^0-9A-Za-z_]", "_", net_name).strip("_").lower() or "net"
+    if keyword.iskeyword(name):
+        # "class" cannot follow an import statement.
+        return name + "_net"
     return "net_" + name if name[0].isdigit() else name
 
 

@@ -171,6 +171,16 @@ def read_source_list(layer: HDF5DataLayer) -> list[Path]:
             f"{_who(layer)}: cannot read source list {list_path}: "
             f"{error.strerror}; pass a text file with one HDF5 path per line"
         ) from error
+    except UnicodeDecodeError as error:
+        hint = (
+            "it is an HDF5 file itself; "
+            if h5py.is_hdf5(str(list_path))
+            else "it is not text; "
+        )
+        raise DataError(
+            f"{_who(layer)}: source {list_path} is not a source list: {hint}pass "
+            "a text file with one HDF5 path per line"
+        ) from error
     paths = []
     for line in lines:
         line = line.strip()

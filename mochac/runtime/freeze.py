@@ -42,7 +42,13 @@ def frozen_layers(net) -> frozenset[str]:
 
 
 def freeze(net, *layer_names) -> None:
-    """Freeze the named layers of ``net``; raise ConfigError for an unknown name."""
+    """Freeze the named layers of ``net``; raise ConfigError for an unknown name
+    or for no name at all."""
+    if not layer_names:
+        raise ConfigError(
+            f"freeze: no layer named for net '{net.name}'; name the layers, or "
+            "call freeze_all(net) to freeze every layer"
+        )
     _check_names(net, "freeze", layer_names)
     net.frozen_layers = frozen_layers(net) | frozenset(layer_names)
 

@@ -15,7 +15,7 @@ from mochac.errors import ConfigError, DeviceError
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = (
-    "pip install 'mochac[cuda]' (in a clone of mochac: pip install '.[cuda]')"
+    "`pip install 'mochac[cuda]'` (in a clone of mochac: `pip install '.[cuda]'`)"
 )
 
 
@@ -25,7 +25,7 @@ def import_cupy():
         import cupy
     except ImportError as error:
         raise DeviceError(
-            f"GPUBackend needs CuPy, which is not installed: run `{INSTALL_HINT}` "
+            f"GPUBackend needs CuPy, which is not installed: run {INSTALL_HINT} "
             "(it installs the cupy-cuda13x wheel, built for the CUDA 13 toolkit); "
             "use CPUBackend on machines without a CUDA device"
         ) from error

@@ -126,11 +126,20 @@ def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> P
 
 
 def open_model(path) -> h5py.File:
+    if Path(path).is_dir():
+        raise SnapshotError(
+            f"{path} is a folder; name a snapshot or model file in it (a solver's "
+            "load_from takes the folder and picks its newest snapshot)"
+        )
     try:
         return h5py.File(path, "r")
     except OSError as error:
+        # h5py's message continues with library internals after its first line.
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise SnapshotError(
-            f"cannot open snapshot or model file {path}: {error}"
+            f"cannot open snapshot or model file {path}: {reason}; if it is the "
+            "newest snapshot of an interrupted run, delete it to resume from the "
+            "one before"
         ) from error
 
 
@@ -154,7 +163,14 @@ def load_params(handle, net, path, allow_missing=False) -> None:
                     f"{stored.shape}, but the net expects {array.shape}; the file "
                     "was saved from a different architecture"
                 )
-            array[...] = net.backend.to_device(stored[()])
+            values = stored[()]
+            if not np.all(np.isfinite(values)):
+                raise SnapshotError(
+                    f"layer '{layer}': parameter '{name}' (dataset {key}) in {path} "
+                    "contains NaN or infinite values; the file is damaged or was "
+                    "saved after training diverged"
+                )
+            array[...] = net.backend.to_device(values)
     if missing and not allow_missing:
         raise SnapshotError(
             f"{path} lacks parameters {', '.join(missing)} of net '{net.name}'; to "
