@@ -319,3 +319,23 @@ def test_truncated_snapshot_suggests_deleting(tmp_path):
     with pytest.raises(mochac.SnapshotError, match="delete it to resume") as raised:
         mochac.load_snapshot(net, path)
     assert "\n" not in str(raised.value)
+
+
+def test_damaged_snapshot_bytes_fail_the_checksum(tmp_path):
+    """Parameters are stored with HDF5's Fletcher-32 checksum, so flipped
+    bytes inside a weight fail the load instead of loading wrong values."""
+    x, y = toy_data()
+    net = Net("a", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+    path = tmp_path / "model.h5"
+    mochac.runtime.snapshot.save_snapshot(path, net)
+    with h5py.File(path, "r") as handle:
+        dataset = handle["ip2___weight"]
+        assert dataset.fletcher32
+        start = dataset.id.get_chunk_info(0).byte_offset
+        assert dataset[()].flat[1] != 0.5
+    raw = bytearray(path.read_bytes())
+    # Change a weight to another finite value: only the checksum can tell.
+    raw[start + 8 : start + 16] = np.float64(0.5).tobytes()
+    path.write_bytes(bytes(raw))
+    with pytest.raises(mochac.SnapshotError, match=r"ip2___weight.*damaged"):
+        mochac.load_snapshot(net, path)

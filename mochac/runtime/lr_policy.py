@@ -264,7 +264,7 @@ class DecayOnValidation:
         with open_model(path) as handle:
             load_params(handle, net, path)
             if "solver" in handle:
-                buffers = read_solver_buffers(handle["solver"])
+                buffers = read_solver_buffers(handle["solver"], path)
                 solver.method.load_buffers(buffers, net.backend)
         logger.info("reloaded parameters and solver state from %s", path)
 

@@ -36,6 +36,27 @@ def dataset_name(layer: str, param: str) -> str:
     return f"{layer}___{param}"
 
 
+def write_dataset(group, name: str, data) -> None:
+    """Create dataset ``name`` in ``group``, with HDF5's Fletcher-32 checksum
+    on every chunk, so that damaged bytes fail the read instead of loading."""
+    data = np.asarray(data)
+    checked = data.ndim > 0 and data.size > 0
+    group.create_dataset(name, data=data, fletcher32=checked)
+
+
+def read_dataset(dataset, path) -> np.ndarray:
+    """Return the values of ``dataset``; raise SnapshotError naming the
+    dataset and the file when HDF5 cannot read it (a failed checksum)."""
+    try:
+        return np.asarray(dataset[()])
+    except OSError as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise SnapshotError(
+            f"{path}: dataset {dataset.name} cannot be read ({reason}); the file "
+            "is damaged: load an earlier snapshot"
+        ) from error
+
+
 def snapshot_path(folder, iteration: int) -> Path:
     return Path(folder) / f"snapshot-{iteration:06d}.h5"
 
@@ -97,7 +118,7 @@ def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> P
         handle.attrs["net"] = net.name
         for layer, params in net.params.items():
             for name, array in params.items():
-                handle.create_dataset(dataset_name(layer, name), data=host(array))
+                write_dataset(handle, dataset_name(layer, name), host(array))
         if solver_state is None:
             return
         group = handle.create_group("solver")
@@ -106,10 +127,10 @@ def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> P
         for buffer_name, arrays in buffers.items():
             buffer_group = group.create_group(buffer_name)
             for (layer, name), array in arrays.items():
-                buffer_group.create_dataset(dataset_name(layer, name), data=host(array))
+                write_dataset(buffer_group, dataset_name(layer, name), host(array))
         streams = handle.create_group("rng")
         for key, array in net.rng_states.items():
-            streams.create_dataset(key, data=host(array))
+            write_dataset(streams, key, host(array))
         sources = handle.create_group("data_layers")
         for index, source in net.sources.items():
             state = source.state_dict()
@@ -118,7 +139,7 @@ def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> P
             item.attrs["epoch"] = state["epoch"]
             item.attrs["rng"] = state["rng"]
             if state["order"] is not None:
-                item.create_dataset("order", data=state["order"])
+                write_dataset(item, "order", state["order"])
 
     write_atomically(path, fill)
     logger.info("saved snapshot %s", path)
@@ -163,7 +184,7 @@ def load_params(handle, net, path, allow_missing=False) -> None:
                     f"{stored.shape}, but the net expects {array.shape}; the file "
                     "was saved from a different architecture"
                 )
-            values = stored[()]
+            values = read_dataset(stored, path)
             if not np.all(np.isfinite(values)):
                 raise SnapshotError(
                     f"layer '{layer}': parameter '{name}' (dataset {key}) in {path} "
@@ -188,14 +209,14 @@ def load_snapshot(net, path, allow_missing=False) -> None:
     logger.info("net '%s': loaded parameters from %s", net.name, path)
 
 
-def read_solver_buffers(group) -> dict:
+def read_solver_buffers(group, path="the snapshot") -> dict:
     """Return {buffer name: {(layer, param): array}} from a /solver group."""
     buffers = {}
     for buffer_name, buffer_group in group.items():
         arrays = buffers[buffer_name] = {}
         for key, dataset in buffer_group.items():
             layer, _, name = key.rpartition("___")
-            arrays[(layer, name)] = np.asarray(dataset[()])
+            arrays[(layer, name)] = read_dataset(dataset, path)
     return buffers
 
 
@@ -210,11 +231,12 @@ def load_solver_state(handle, net, path):
         return None
     group = handle["solver"]
     attrs = dict(group.attrs)
-    buffers = read_solver_buffers(group)
+    buffers = read_solver_buffers(group, path)
     streams = handle.get("rng")
     for key, array in net.rng_states.items():
         if streams is not None and key in streams:
-            array[...] = net.backend.to_device(streams[key][()], array.dtype)
+            values = read_dataset(streams[key], path)
+            array[...] = net.backend.to_device(values, array.dtype)
         else:
             logger.warning("%s has no state for random stream '%s'", path, key)
     sources = handle.get("data_layers")
@@ -229,7 +251,7 @@ def load_solver_state(handle, net, path):
                 "position": item.attrs["position"],
                 "epoch": item.attrs["epoch"],
                 "rng": item.attrs["rng"],
-                "order": item["order"][()] if "order" in item else None,
+                "order": read_dataset(item["order"], path) if "order" in item else None,
             }
         )
     return attrs, buffers
