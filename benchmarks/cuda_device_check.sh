@@ -36,8 +36,8 @@ timeout 240 python3 -m pytest -q -rs tests/test_cuda_device.py tests/test_cuda_c
 timeout 150 python3 -m mochac.cli bench lenet --backend cuda --iters 200 --repeats 5 \
     --profile --json "$OUT/lenet-cuda.json" 2>&1 | tee "$OUT/bench.log"
 # Out-of-bounds accesses and shared-memory races of the generated kernels,
-# on a short run of every layer family (compute-sanitizer refuses the device
-# on some machine runtimes; the log then says so).
+# on a short run of every layer family. compute-sanitizer refuses the device
+# on some machine runtimes, and its log then shows the refusal.
 for tool in memcheck racecheck; do
     timeout 90 compute-sanitizer --tool "$tool" --error-exitcode 1 \
         python3 benchmarks/cuda_sanitizer_run.py > "$OUT/$tool.log" 2>&1

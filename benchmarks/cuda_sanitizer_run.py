@@ -10,8 +10,8 @@ family, and LeNet at batch 8 on the GPU backend, in float32 and float64.
 Each runs a forward pass, a backward pass and three training steps, the
 third replayed from a CUDA graph. memcheck reports any out-of-bounds
 or misaligned access of the generated kernels, racecheck any shared-memory
-race. Prints one line per net; the sanitizer's exit status says whether it
-found an error.
+race. Prints one line per net. The sanitizer's exit status is nonzero when
+it found an error.
 """
 
 from __future__ import annotations

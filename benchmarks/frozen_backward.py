@@ -5,8 +5,8 @@
 
 Builds the denoising auto-encoder of hidden layer ``--layer`` from
 examples/autoencoder (batch 100, 784 inputs, hidden layers of 1000 sigmoid
-units) on random data, freezes every layer but its encoder and decoder, as
-the example does, and times training steps two ways in one process,
+units) on random data. As the example does, it freezes every layer but the
+encoder and decoder. Then it times training steps two ways in one process,
 alternating round by round: as mochac runs them, skipping the backward
 passes of the frozen hidden layers below (mochac.runtime.freeze.
 skipped_backward), and with every backward pass run. Prints the median

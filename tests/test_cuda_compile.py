@@ -69,9 +69,9 @@ def find_nvrtc():
         candidates += sorted(glob.glob(f"{folder}/*/lib/libnvrtc.so*"))
     for candidate in candidates:
         if candidate and "builtins" not in candidate:
-            # NVRTC opens its builtins library by name when it compiles; one
-            # already loaded from the same folder is found without a search
-            # path (the wheel's folder is on none).
+            # NVRTC opens its builtins library by name when it compiles. The
+            # wheel's folder is on no search path, so load the one beside it
+            # first: a library already loaded is found by name.
             for builtins in sorted(glob.glob(f"{os.path.dirname(candidate)}/*")):
                 if "nvrtc-builtins.so" in builtins and ".alt." not in builtins:
                     try:

@@ -453,7 +453,7 @@ def break_batch(source, failing_call):
 
 def test_failed_read_ahead_raises_at_its_own_step(cupy, tmp_path):
     """A batch that fails while being read ahead does not spoil the running
-    step; the step that needs it raises, and the source ends where the CPU
+    step. The step that needs it raises, and the source ends where the CPU
     net's does, so both go on with the same batches."""
     cpu, gpu = shuffled_twins(tmp_path)
     break_batch(only_source(cpu), 2)
