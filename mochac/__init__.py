@@ -7,11 +7,8 @@ Define layers as in Mocha, build a Net on a backend, train it with a Solver:
     net = Net("train", backend, [data, conv, pool, ip, loss])
 """
 
-import os
-
-# OpenMP threads that spin after a parallel region steal the core OpenBLAS's
-# own threads need next; waiting passively keeps the two pools from fighting.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# mochac leaves OMP_WAIT_POLICY to the user: it is read by every OpenMP
+# runtime in the process, PyTorch's included.
 
 from mochac import neurons as Neurons
 from mochac.caffe import load_caffe_hdf5, load_network

@@ -422,15 +422,62 @@ def test_32_byte_vector_path(monkeypatch):
         assert check_gradients(net, name) == [*layer.bottoms, "filter", "bias"]
 
 
-def test_single_image_net_stays_on_one_thread():
-    """A batch of one gives each direct convolution one lane, which one
-    thread runs, so the CIFAR-10 net at batch 1 does not start threads."""
+def test_single_image_net_shares_rows():
+    """A batch of one gives each direct convolution one lane, so its forward
+    pass shares the image's row blocks between threads instead, and the
+    CIFAR-10 net at batch 1 runs on threads."""
     from mochac.bench.nets import cifar10_full
 
     single = Net("cifar-batch-1", CPUBackend(threads=2), cifar10_full(1))
-    batch = Net("cifar-batch-8", CPUBackend(threads=2), cifar10_full(8))
-    assert "mochac_parallel = 0;" in single.source
-    assert "mochac_parallel = 1;" in batch.source
+    assert "mochac_parallel = 1;" in single.source
+    assert "(filter block, row block) pairs" in single.source
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_single_image_same_bits_for_any_thread_count(dtype):
+    """Rows shared between threads: every output is still computed whole by
+    one thread, so 1 and 3 threads give the same bits."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(1, 16, 13, 11))
+    saved = c_source.PARALLEL_MIN_FLOPS
+    c_source.PARALLEL_MIN_FLOPS = 0
+    try:
+        outputs = []
+        for threads in (1, 3):
+            layers = [
+                MemoryDataLayer(name="data", batch_size=1, data=[x], tops=["x"]),
+                ConvolutionLayer(
+                    name="conv",
+                    bottoms=["x"],
+                    tops=["y"],
+                    kernel=3,
+                    pad=1,
+                    n_filter=48,
+                    neuron=Neurons.ReLU(),
+                    bias_init=RANDOM_BIAS,
+                ),
+            ]
+            net = Net(
+                f"one-image-{threads}",
+                CPUBackend(dtype=dtype, threads=threads, seed=3),
+                layers,
+            )
+            kernel = net.kernels_by_layer[1]
+            assert kernel.template == "c/convolution_direct.c.j2"
+            assert kernel.context["LANES"] == 1
+            assert "mochac_parallel = 1;" in net.source
+            net.forward()
+            outputs.append(net.blobs["y"].copy())
+    finally:
+        c_source.PARALLEL_MIN_FLOPS = saved
+    assert np.array_equal(outputs[0], outputs[1])
+    conv = net.get_layer("conv")
+    params = net.params["conv"]
+    expected = reference_convolution(x, params["filter"], params["bias"], conv)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(
+        outputs[0], np.maximum(expected, 0), rtol=tolerance, atol=tolerance
+    )
 
 
 def test_pair_without_top_diff():

@@ -64,14 +64,12 @@ def forward_gemm_flops(kernels) -> float:
     """Return the floating-point operations of the forward pass's GEMMs and
     convolutions that more than one thread can share.
 
-    A direct convolution shares its work between threads by images, so one
-    with a single lane (a batch of one) counts for nothing.
+    A direct convolution shares its work between threads by images, or with
+    a single lane (a batch of one) by its image's row blocks.
     """
     flops = 0.0
     for kernel in kernels:
         k = kernel.context
-        if kernel.template == "c/convolution_direct.c.j2" and k["LANES"] == 1:
-            continue
         if kernel.family == "convolution":
             flops += 2.0 * k["F"] * k["K"] * k["NP"] * len(k["pairs"])
         elif kernel.family == "inner_product":
