@@ -5,11 +5,12 @@
 
 A net whose forward GEMMs and convolutions come to at most
 PARALLEL_MIN_FLOPS (mochac/codegen/c_source.py) runs on the calling thread
-alone. This builds the net's inference form twice in one process, once
-with that rule and once with the bound at 0 (so its loops run on threads),
-and times each two ways: calls back to back (median microseconds of the
-best of 7 rounds of 500), and single calls after ``--idle-ms`` of sleep
-(median of 200), when OpenMP's threads have gone to sleep and must be woken.
+alone. This builds the net's inference form twice in one process: once
+with that rule, and once with the bound at 0, so that its loops run on
+threads. Each is timed two ways. Back to back: the best of 7 rounds of 500
+calls, per call. After idling: the median of 200 single calls, each after
+``--idle-ms`` of sleep, when OpenMP's threads have gone to sleep and must
+be woken.
 """
 
 from __future__ import annotations
