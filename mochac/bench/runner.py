@@ -189,6 +189,8 @@ def bench(
     report = {
         "batch": batch,
         "threads": threads,
+        # Read by every OpenMP runtime in the process, PyTorch's too.
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
         "iters": iters,
         "opt_level": opt_level,
         "mochac": results.pop("mochac"),
