@@ -433,44 +433,44 @@ def test_single_image_net_shares_rows():
     assert "(filter block, row block) pairs" in single.source
 
 
+def one_image_net(x, dtype, threads) -> Net:
+    """A direct convolution with a ReLU over one image of ``x``."""
+    layers = [
+        MemoryDataLayer(name="data", batch_size=1, data=[x], tops=["x"]),
+        ConvolutionLayer(
+            name="conv",
+            bottoms=["x"],
+            tops=["y"],
+            kernel=3,
+            pad=1,
+            n_filter=48,
+            neuron=Neurons.ReLU(),
+            bias_init=RANDOM_BIAS,
+        ),
+    ]
+    backend = CPUBackend(dtype=dtype, threads=threads, seed=3)
+    return Net(f"one-image-{threads}", backend, layers)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_single_image_same_bits_for_any_thread_count(dtype):
+def test_single_image_same_bits_for_any_thread_count(dtype, monkeypatch):
     """Rows shared between threads: every output is still computed whole by
     one thread, so 1 and 3 threads give the same bits."""
-    rng = np.random.default_rng(5)
-    x = rng.normal(size=(1, 16, 13, 11))
-    saved = c_source.PARALLEL_MIN_FLOPS
-    c_source.PARALLEL_MIN_FLOPS = 0
-    try:
-        outputs = []
-        for threads in (1, 3):
-            layers = [
-                MemoryDataLayer(name="data", batch_size=1, data=[x], tops=["x"]),
-                ConvolutionLayer(
-                    name="conv",
-                    bottoms=["x"],
-                    tops=["y"],
-                    kernel=3,
-                    pad=1,
-                    n_filter=48,
-                    neuron=Neurons.ReLU(),
-                    bias_init=RANDOM_BIAS,
-                ),
-            ]
-            net = Net(
-                f"one-image-{threads}",
-                CPUBackend(dtype=dtype, threads=threads, seed=3),
-                layers,
-            )
-            kernel = net.kernels_by_layer[1]
-            assert kernel.template == "c/convolution_direct.c.j2"
-            assert kernel.context["LANES"] == 1
-            assert "mochac_parallel = 1;" in net.source
-            net.forward()
-            outputs.append(net.blobs["y"].copy())
-    finally:
-        c_source.PARALLEL_MIN_FLOPS = saved
+    # The net is far below the size that runs on threads by default.
+    monkeypatch.setattr(c_source, "PARALLEL_MIN_FLOPS", 0)
+    x = np.random.default_rng(5).normal(size=(1, 16, 13, 11))
+    outputs = []
+    for threads in (1, 3):
+        net = one_image_net(x, dtype, threads)
+        kernel = net.kernels_by_layer[1]
+        assert kernel.template == "c/convolution_direct.c.j2"
+        assert kernel.context["LANES"] == 1
+        assert "mochac_parallel = 1;" in net.source
+        net.forward()
+        outputs.append(net.blobs["y"].copy())
+
     assert np.array_equal(outputs[0], outputs[1])
+
     conv = net.get_layer("conv")
     params = net.params["conv"]
     expected = reference_convolution(x, params["filter"], params["bias"], conv)

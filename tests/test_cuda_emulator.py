@@ -227,8 +227,8 @@ def block_total(library, sum_name, x, order, blocks=1):
     return out[0]
 
 
-def record_order(library, blocks, order, seed=0):
-    threads = blocks * BLOCK
+def record_order(library, blocks, order, seed=0, block=BLOCK):
+    threads = blocks * block
     next_entry = np.zeros(1, np.int32)
     sequence = np.full(threads, -1, np.int32)
     shape = np.zeros(2, np.int32)
@@ -438,18 +438,9 @@ def test_smaller_block(tmp_path):
     library = compile_source_for_host(SOURCE, tmp_path, "kernels32", block=32)
     total = block_total(library, "mochac_block_sum", VALUES, "reverse")
     assert total == VALUES.sum()
-    threads = 2 * 32
-    next_entry = np.zeros(1, np.int32)
-    sequence = np.full(threads, -1, np.int32)
-    shape = np.zeros(2, np.int32)
-    arguments = (
-        slot_table(next_entry, sequence, shape),
-        ctypes.c_int(0),
-        ctypes.c_void_p(),
-    )
-    launch(library, "record_order", 2, arguments)
+    sequence, shape = record_order(library, 2, "forward", block=32)
     assert shape.tolist() == [2, 32]
-    np.testing.assert_array_equal(sequence, np.arange(threads))
+    np.testing.assert_array_equal(sequence, np.arange(2 * 32))
 
 
 def test_block_must_be_power_of_two(tmp_path):

@@ -106,8 +106,9 @@ def test_take_and_read_check_the_pending_batch(sources):
         read(wrapped)
 
 
-def test_failed_read_raises_at_take(sources):
-    wrapped, plain = sources
+def break_source(wrapped):
+    """Make the wrapped source move past its next batch, then raise; return
+    its working next_batch."""
     inner = wrapped.source
     served = inner.next_batch
 
@@ -115,8 +116,14 @@ def test_failed_read_raises_at_take(sources):
         served(outputs)
         raise ValueError("unreadable batch on purpose")
 
-    before = wrapped.state_dict()
     inner.next_batch = failing
+    return served
+
+
+def test_failed_read_raises_at_take(sources):
+    wrapped, plain = sources
+    before = wrapped.state_dict()
+    break_source(wrapped)
     assert wrapped.read([np.empty((3, 1))]) is None
     assert wrapped.pending is not None
     same_state(wrapped.state_dict(), before)
@@ -129,16 +136,9 @@ def test_failed_read_raises_at_take(sources):
 
 def test_drop_discards_a_failed_read(sources):
     wrapped, plain = sources
-    inner = wrapped.source
-    served = inner.next_batch
-
-    def failing(outputs):
-        served(outputs)
-        raise ValueError("unreadable batch on purpose")
-
-    inner.next_batch = failing
+    served = break_source(wrapped)
     wrapped.read([np.empty((3, 1))])
     wrapped.drop()
-    inner.next_batch = served
+    wrapped.source.next_batch = served
     assert wrapped.pending is None
     assert read(wrapped) == batch(plain)

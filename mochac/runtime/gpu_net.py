@@ -275,6 +275,8 @@ class GPUNet(Net):
                 call for _, calls in self.backward_by_layer for call in calls
             ]
             self.check_call = self._bind(Launch("mochac_check_losses", 1, 1))
+            # (tables, calls) of the last training step (_training_calls).
+            self._training_cache = (None, [])
         except compile_errors as error:
             kept = cache_dir() / f"mochac_cuda_{source_digest(self.source)}.failed.cu"
             kept.write_text(self.source)
@@ -426,9 +428,9 @@ class GPUNet(Net):
         back before it.
 
         Call it after changing a MemoryDataLayer's arrays in place between
-        training steps, so that the next step reads them again. data_source()
-        and the sources' rewind, load_state_dict and attribute assignment
-        drop the batch themselves.
+        training steps, so that the next step reads them again. forward(),
+        data_source() and the sources' rewind, load_state_dict and attribute
+        assignment drop the batch themselves.
         """
         for source in self.sources.values():
             source.drop()
@@ -532,23 +534,31 @@ class GPUNet(Net):
             with self.cupy.cuda.Device(self.backend.device):
                 self.step_block.set(step, stream=self.stream)
             self.host_step_block = step
-        backward = [
-            call
-            for index, calls in self.backward_by_layer
-            if index not in tables.skipped
-            for call in calls
-        ]
-        calls = [
-            *self.forward_calls,
-            self.check_call,
-            *backward,
-            *gpu_update.update_calls(self, tables),
-        ]
-        self.graphs.run(tables, calls, n_valid)
+        self.graphs.run(tables, self._training_calls(tables), n_valid)
         self._read_ahead()
         self._finish()
         self._collect_outputs()
         return self.objective()
+
+    def _training_calls(self, tables):
+        """Return the calls of one training step with ``tables``, built once
+        per tables: forward, the loss check, backward without the layers
+        that tables.skipped names, and the update."""
+        if self._training_cache[0] is not tables:
+            backward = [
+                call
+                for index, calls in self.backward_by_layer
+                if index not in tables.skipped
+                for call in calls
+            ]
+            calls = [
+                *self.forward_calls,
+                self.check_call,
+                *backward,
+                *gpu_update.update_calls(self, tables),
+            ]
+            self._training_cache = (tables, calls)
+        return self._training_cache[1]
 
     def forward_layer(self, name: str, n_valid: int | None = None):
         """Run one layer's forward steps on the current blob contents (for tests)."""

@@ -44,16 +44,22 @@ def write_dataset(group, name: str, data) -> None:
     group.create_dataset(name, data=data, fletcher32=checked)
 
 
+def first_line(error: Exception) -> str:
+    """Return the first line of ``error``'s message; h5py's go on with
+    library internals."""
+    text = str(error)
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def read_dataset(dataset, path) -> np.ndarray:
     """Return the values of ``dataset``; raise SnapshotError naming the
     dataset and the file when HDF5 cannot read it (a failed checksum)."""
     try:
         return np.asarray(dataset[()])
     except OSError as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise SnapshotError(
-            f"{path}: dataset {dataset.name} cannot be read ({reason}); the file "
-            "is damaged: load an earlier snapshot"
+            f"{path}: dataset {dataset.name} cannot be read ({first_line(error)}); "
+            "the file is damaged: load an earlier snapshot"
         ) from error
 
 
@@ -155,12 +161,10 @@ def open_model(path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as error:
-        # h5py's message continues with library internals after its first line.
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise SnapshotError(
-            f"cannot open snapshot or model file {path}: {reason}; if it is the "
-            "newest snapshot of an interrupted run, delete it to resume from the "
-            "one before"
+            f"cannot open snapshot or model file {path}: {first_line(error)}; if it "
+            "is the newest snapshot of an interrupted run, delete it to resume "
+            "from the one before"
         ) from error
 
 
