@@ -250,9 +250,9 @@ def test_compile_rejects_package_name_clash(tmp_path, caplog):
 def test_compile_rejects_output_file(tmp_path, caplog):
     net_file = tmp_path / "net.py"
     net_file.write_text(NET_FILE)
-    taken = tmp_path / "taken"
-    taken.write_text("a file")
-    assert main(["compile", str(net_file), "-o", str(taken)]) == 2
+    existing_file = tmp_path / "existing"
+    existing_file.write_text("a file")
+    assert main(["compile", str(net_file), "-o", str(existing_file)]) == 2
     assert "is not a folder" in caplog.text
 
 

@@ -411,7 +411,7 @@ def test_epoch_breaks_and_validation_as_on_cpu(cupy, tmp_path):
 
 def test_changed_arrays_reach_the_next_step(cupy, tmp_path):
     """Changing a data layer's arrays through data_source() drops the batch
-    read ahead, so the next step sees the change, as on the CPU."""
+    read ahead, so the change reaches the next step, as on the CPU."""
     rng = np.random.default_rng(12)
     x = rng.normal(size=(10, 3))
     y = rng.integers(0, 3, size=(10, 1)).astype(float)
@@ -474,8 +474,8 @@ def test_failed_read_ahead_raises_at_its_own_step(cupy, tmp_path):
 
 
 def source_named(net, name):
-    """Return the source of data layer ``name`` without dropping a batch
-    read ahead, as data_source() would."""
+    """Return the source of data layer ``name`` and keep its batch read
+    ahead, which data_source() would drop."""
     (source,) = [s for s in net.sources.values() if s.layer.name == name]
     return source
 
