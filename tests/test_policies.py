@@ -37,12 +37,12 @@ from mochac.runtime.solver import SolverState
         (MomPolicy.Linear(0.5, 0.1, 10, 0.9), 100, 0.9),
         (
             MomPolicy.Staged((10, MomPolicy.Fixed(0.5)), (5, MomPolicy.Fixed(0.9))),
-            10,
+            9,
             0.5,
         ),
         (
             MomPolicy.Staged((10, MomPolicy.Fixed(0.5)), (5, MomPolicy.Fixed(0.9))),
-            11,
+            10,
             0.9,
         ),
         (
@@ -101,6 +101,37 @@ def test_solver_uses_mom_policy():
     assert seen.values[:2] == [0.5, 0.5]
     assert seen.values[6] == pytest.approx(0.6)
     assert seen.values[-1] == pytest.approx(0.65)
+
+
+def test_staged_stage_lengths():
+    # Stages of 6, 2 and 2 updates over max_iter=10, as Mocha's CIFAR-10
+    # schedule (60000, 5000, 5000 over 70000) scaled down.
+    policy = LRPolicy.Staged(
+        (6, LRPolicy.Fixed(1.0)), (2, LRPolicy.Fixed(0.5)), (2, LRPolicy.Fixed(0.25))
+    )
+    rates = [policy(SolverState(iter=i)) for i in range(10)]
+    assert rates == [1.0] * 6 + [0.5] * 2 + [0.25] * 2
+
+
+def test_solver_staged_rate_per_update():
+    x, y = toy_data()
+    net = Net("staged", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+    policy = LRPolicy.Staged((3, LRPolicy.Fixed(0.2)), (2, LRPolicy.Fixed(0.1)))
+    params = make_solver_parameters(SGD(), max_iter=5, lr_policy=policy)
+    solver = Solver(SGD(), params)
+    seen = RateLog()
+    solver.add_coffee_break(seen, every_n_iter=1)
+    solver.solve(net)
+    # The break at iteration i >= 1 sees the rate of the update that led to it.
+    assert seen.values[1:] == [0.2, 0.2, 0.2, 0.1, 0.1]
+
+
+class RateLog(CoffeeBreak):
+    def __init__(self):
+        self.values = []
+
+    def enjoy(self, solver, net):
+        self.values.append(solver.state.learning_rate)
 
 
 class MomentumLog(CoffeeBreak):

@@ -76,8 +76,8 @@ def test_sgd_matches_numpy_update():
         (LRPolicy.Step(0.1, 0.5, 10), 25, 0.1 * 0.25),
         (LRPolicy.Exp(0.1, 0.9), 3, 0.1 * 0.9**3),
         (LRPolicy.Inv(0.01, 0.0001, 0.75), 1000, 0.01 * (1 + 0.1) ** -0.75),
-        (LRPolicy.Staged((10, LRPolicy.Fixed(1.0)), (5, LRPolicy.Fixed(0.5))), 10, 1.0),
-        (LRPolicy.Staged((10, LRPolicy.Fixed(1.0)), (5, LRPolicy.Fixed(0.5))), 11, 0.5),
+        (LRPolicy.Staged((10, LRPolicy.Fixed(1.0)), (5, LRPolicy.Fixed(0.5))), 9, 1.0),
+        (LRPolicy.Staged((10, LRPolicy.Fixed(1.0)), (5, LRPolicy.Fixed(0.5))), 10, 0.5),
         (LRPolicy.Staged((10, LRPolicy.Fixed(1.0)), (5, LRPolicy.Fixed(0.5))), 99, 0.5),
     ],
 )
@@ -269,7 +269,7 @@ def test_lounge_panics_on_existing_file(tmp_path):
 
 
 def test_load_from_new_folder_with_dot(tmp_path):
-    net, solver = train(tmp_path / "run0.001", 3, snapshot_every=3)
+    _, solver = train(tmp_path / "run0.001", 3, snapshot_every=3)
     assert solver.state.iter == 3
     assert (tmp_path / "run0.001" / "snapshot-000003.h5").exists()
 

@@ -107,8 +107,9 @@ class Staged:
     """Other policies in turn, each for a number of iterations.
 
     ``Staged((5000, Fixed(0.1)), (3000, Fixed(0.01)), ...)``: the first policy
-    serves iterations up to 5000, the next the 3000 after that, and the last
-    one every iteration past the end. Each policy sees the global iteration.
+    serves 5000 updates (iterations 0 to 4999, as the solver's first update
+    uses iteration 0), the next the 3000 after that, and the last one every
+    iteration past the end. Each policy sees the global iteration.
     """
 
     namespace = "LRPolicy"
@@ -136,7 +137,7 @@ class Staged:
         end = 0
         for n_iter, policy in self.stages:
             end += n_iter
-            if state.iter <= end:
+            if state.iter < end:
                 return policy(state)
         return self.stages[-1][1](state)
 

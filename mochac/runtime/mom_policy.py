@@ -8,7 +8,6 @@ update.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 from mochac.errors import ConfigError
@@ -94,8 +93,9 @@ class Staged(StagedPolicy):
     """Other momentum policies in turn, each for a number of iterations.
 
     ``Staged((5000, Fixed(0.5)), (3000, Fixed(0.9)))`` follows the rule of
-    LRPolicy.Staged: the first policy serves iterations up to 5000, the next
-    the 3000 after that, and the last one every iteration past the end.
+    LRPolicy.Staged: the first policy serves 5000 updates (iterations 0 to
+    4999), the next the 3000 after that, and the last one every iteration
+    past the end.
     """
 
     namespace = "MomPolicy"
