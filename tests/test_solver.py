@@ -11,11 +11,13 @@ import mochac
 from mochac import (
     SGD,
     AccuracyLayer,
+    Adam,
     CPUBackend,
     InnerProductLayer,
     LRPolicy,
     MemoryDataLayer,
     MomPolicy,
+    Nesterov,
     Net,
     Neurons,
     Snapshot,
@@ -93,7 +95,21 @@ def test_policy_fields_validated():
     with pytest.raises(mochac.ConfigError, match="max_iter"):
         make_solver_parameters(SGD(), max_iter=-1)
     with pytest.raises(mochac.ConfigError, match="unknown"):
-        make_solver_parameters(SGD(), max_iter=1, momentum=0.9)
+        make_solver_parameters(Adam(), max_iter=1, momentum=0.9)
+    with pytest.raises(mochac.ConfigError, match="give one of them"):
+        make_solver_parameters(
+            SGD(), max_iter=1, momentum=0.9, mom_policy=MomPolicy.Fixed(0.5)
+        )
+    with pytest.raises(mochac.ConfigError, match="base_mom"):
+        make_solver_parameters(SGD(), max_iter=1, momentum=1.5)
+
+
+@pytest.mark.parametrize("method", [SGD(), Nesterov()])
+def test_momentum_keyword_sets_fixed_policy(method):
+    # Mocha's CIFAR-10 tutorial passes momentum=0.9 to its solver parameters.
+    params = make_solver_parameters(method, max_iter=1, momentum=0.9)
+    assert params["mom_policy"](SolverState(iter=7)) == 0.9
+    assert "momentum" not in params
 
 
 def train(folder, max_iter, snapshot_every=None, seed=5):

@@ -62,6 +62,9 @@ class Layer:
     is_inplace: ClassVar[bool] = False
     has_loss: ClassVar[bool] = False
     has_stats: ClassVar[bool] = False
+    # The kind in the name of the layer's statistic, "<layer name>-<kind>",
+    # for layers that report one (accuracy and loss layers).
+    statistic_name: ClassVar[str] = ""
 
     # Bounds on the number of bottoms and tops; None means unbounded.
     n_bottoms: ClassVar[tuple[int, int | None]] = (1, None)
@@ -144,6 +147,10 @@ class Layer:
     def backward_reads_bottom_data(self) -> bool:
         """Return whether backward reads the bottoms' data (memory planning uses this)."""
         return True
+
+    def depends_on_phase(self) -> bool:
+        """Return whether the layer computes differently in a "train"-phase net."""
+        return False
 
     def backward_reads_top_data(self) -> bool:
         """Return whether backward reads the tops' data (memory planning uses this)."""

@@ -36,6 +36,9 @@ class CropLayer(Layer):
             if not isinstance(getattr(self, field), bool):
                 self._fail(field, getattr(self, field), "True or False")
 
+    def depends_on_phase(self):
+        return self.random_crop or self.random_mirror
+
     @property
     def crop_hw(self) -> tuple[int, int]:
         return to_pair(self, "crop_size", self.crop_size, 1)

@@ -27,6 +27,9 @@ class _MaskingLayer(Layer):
     # neither the bottom nor the top.
     inplace_capable = True
 
+    def depends_on_phase(self):
+        return True
+
     def __post_init__(self):
         tops = (self.tops,) if isinstance(self.tops, str) else tuple(self.tops)
         if not tops:

@@ -60,6 +60,8 @@ class HingeLossLayer(ElementwiseLossLayer):
         weight: factor of this loss in the objective, default 1.
     """
 
+    statistic_name = "hinge-loss"
+
     # NOTE: Mocha also back-propagates into the label; the label here is
     # data checked to be -1 or 1, so it takes no gradient.
     def bottom_takes_grad(self, index):
@@ -86,6 +88,8 @@ class BinaryCrossEntropyLossLayer(ElementwiseLossLayer):
         weight: factor of this loss in the objective, default 1.
     """
 
+    statistic_name = "binary-cross-entropy-loss"
+
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class GaussianKLLossLayer(ElementwiseLossLayer):
@@ -104,3 +108,4 @@ class GaussianKLLossLayer(ElementwiseLossLayer):
     """
 
     roles = ("mu", "sigma")
+    statistic_name = "gaussian-kl-loss"

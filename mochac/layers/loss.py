@@ -183,6 +183,8 @@ class SoftmaxLossLayer(ClassLossLayer):
     weight * w_g * (softmax(x) - onehot(g)) / positions.
     """
 
+    statistic_name = "softmax-loss"
+
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class MultinomialLogisticLossLayer(ClassLossLayer):
@@ -202,6 +204,8 @@ class MultinomialLogisticLossLayer(ClassLossLayer):
     followed by it trains like SoftmaxLossLayer, though less accurately when
     a probability underflows.
     """
+
+    statistic_name = "multinomial-logistic-loss"
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -233,6 +237,7 @@ class SoftlabelSoftmaxLossLayer(Layer):
     has_loss = True
     can_do_bp = True
     is_sink = True
+    statistic_name = "softlabel-softmax-loss"
 
     def backward_reads_top_data(self):
         return False
@@ -275,6 +280,7 @@ class SquareLossLayer(Layer):
     has_loss = True
     can_do_bp = True
     is_sink = True
+    statistic_name = "square-loss"
 
     def backward_reads_top_data(self):
         return False

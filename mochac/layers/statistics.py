@@ -28,6 +28,7 @@ class AccuracyLayer(Layer):
     n_tops = (0, 0)
     tops_match_bottoms = False
     has_stats = True
+    statistic_name = "accuracy"
     is_sink = True
 
     def validate(self):
@@ -64,6 +65,7 @@ class BinaryAccuracyLayer(Layer):
     n_tops = (0, 0)
     tops_match_bottoms = False
     has_stats = True
+    statistic_name = "accuracy"
     is_sink = True
 
     def validate(self):

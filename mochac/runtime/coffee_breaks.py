@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from mochac.errors import ConfigError
+from mochac.runtime.net import statistic_key
 from mochac.runtime.snapshot import save_snapshot, snapshot_path
 
 logger = logging.getLogger(__name__)
@@ -70,12 +71,19 @@ class ValidationPerformance(CoffeeBreak):
     """Run exactly one epoch of ``test_net`` and report its statistics.
 
     The test net's data layers start from their first sample at each break,
-    and the statistics count each sample once even when the last batch wraps
-    around. Results are logged and recorded in the lounge; callables in
+    and accuracies count each sample once even when the last batch wraps
+    around. Accuracy and loss layers report statistics (Net.statistics).
+    Results are logged and recorded in the lounge; callables in
     ``listeners`` receive (solver, statistics) afterwards.
+
+    A net with a loss layer is built in the "train" phase unless it is
+    built with ``phase="test"``. When such a net also has a layer that acts only in training
+    (dropout, a random mask, a random crop), validating with it raises
+    ConfigError, because validation would see dropped activations.
     """
 
     def __init__(self, test_net):
+        check_test_phase(test_net)
         self.test_net = test_net
         self.listeners = []
         self.last = {}
@@ -100,14 +108,45 @@ class ValidationPerformance(CoffeeBreak):
         logger.info("")
         logger.info("## Performance on Validation Set after %d iterations", iteration)
         logger.info("---------------------------------------------------------")
-        for name, value in stats.items():
-            if name.endswith("-count"):
+        for info in self.test_net.ir.layers:
+            layer = info.layer
+            if not (layer.has_stats or layer.has_loss):
                 continue
-            count = int(stats[name.removesuffix("-accuracy") + "-count"])
-            logger.info("  Accuracy (avg over %d) = %.4f%%", count, 100 * value)
-            solver.lounge.update(iteration, name, value)
+            key = statistic_key(info)
+            value = stats[key]
+            count = int(stats[f"{info.name}-count"])
+            if layer.has_stats:
+                logger.info("  Accuracy (avg over %d) = %.4f%%", count, 100 * value)
+            else:
+                kind = key.removeprefix(f"{info.name}-").replace("-", " ")
+                logger.info(
+                    "  %s '%s' (avg over %d) = %.6f",
+                    kind.capitalize(),
+                    info.name,
+                    count,
+                    value,
+                )
+            solver.lounge.update(iteration, key, value)
         logger.info("---------------------------------------------------------")
         logger.info("")
         self.last = stats
         for listener in self.listeners:
             listener(solver, stats)
+
+
+def check_test_phase(net):
+    """Raise ConfigError when ``net`` would validate with training-only behaviour."""
+    if net.phase != "train":
+        return
+    acting = [info for info in net.ir.layers if info.layer.depends_on_phase()]
+    if not acting:
+        return
+    losses = [info.name for info in net.ir.layers if info.layer.has_loss]
+    reason = f"it has loss layer '{losses[0]}'" if losses else "it was built that way"
+    names = ", ".join(f"{type(info.layer).__name__} '{info.name}'" for info in acting)
+    raise ConfigError(
+        f"ValidationPerformance: net '{net.name}' is in the \"train\" phase "
+        f"({reason}), so {names} would act as in training during validation; "
+        f"build it with phase=\"test\", e.g. Net('{net.name}', backend, layers, "
+        'phase="test")'
+    )

@@ -488,7 +488,7 @@ class GPUNet(Net):
         n_valid = self.load_batch() if load_data else self._batch_size()
         self._run(self.forward_calls, n_valid)
         self._collect_outputs()
-        return self.objective()
+        return self._record_objective(n_valid)
 
     def _collect_outputs(self):
         """Hand the output layers' bottoms to their host-side states."""
@@ -538,7 +538,7 @@ class GPUNet(Net):
         self._read_ahead()
         self._finish()
         self._collect_outputs()
-        return self.objective()
+        return self._record_objective(n_valid)
 
     def _training_calls(self, tables):
         """Return the calls of one training step with ``tables``, built once
@@ -580,9 +580,9 @@ class GPUNet(Net):
         self.stream.synchronize()
 
     def reset_statistics(self):
+        super().reset_statistics()
         for info in self.ir.layers:
             if info.layer.has_stats:
-                self.states[info.name][...] = 0
                 self.device_states[info.name][...] = 0
 
     def destroy(self):

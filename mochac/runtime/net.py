@@ -41,6 +41,11 @@ BAD_LABEL = 1
 BAD_LOSS = 2
 
 
+def statistic_key(info) -> str:
+    """Return the name of a statistics or loss layer's statistic, "<name>-<kind>"."""
+    return f"{info.name}-{info.layer.statistic_name or 'loss'}"
+
+
 class BlobViews(dict):
     """Blob name -> NumPy view; explains why a planned-away blob is missing."""
 
@@ -386,7 +391,7 @@ class Net:
         self._check(self.lib.mochac_forward(self.pointers, self.status, n_valid))
         for state in self.output_states.values():
             state.collect(self.blobs)
-        return self.objective()
+        return self._record_objective(n_valid)
 
     def _batch_size(self) -> int:
         return max((blob.shape[0] for blob in self.ir.blobs.values()), default=0)
@@ -403,6 +408,22 @@ class Net:
                         "check the learning rate and the input data for NaN or Inf"
                     )
                 total += value
+        return total
+
+    def _record_objective(self, n_valid: int) -> float:
+        """Return the objective and add each loss to its statistic's running sum.
+
+        A loss is a mean over the whole batch, so it counts as ``n_valid``
+        samples of that mean.
+        """
+        total = self.objective()
+        sums = self.__dict__.setdefault("loss_sums", {})
+        for info in self.ir.layers:
+            if info.layer.has_loss:
+                value = float(self.states[info.name][0])
+                running = sums.setdefault(info.name, [0.0, 0])
+                running[0] += value * n_valid
+                running[1] += n_valid
         return total
 
     def backward(self):
@@ -444,7 +465,7 @@ class Net:
         )
         for state in self.output_states.values():
             state.collect(self.blobs)
-        return self.objective()
+        return self._record_objective(n_valid)
 
     def forward_layer(self, name: str, n_valid: int | None = None):
         """Run one layer's forward pass on the current blob contents (for tests)."""
@@ -466,12 +487,31 @@ class Net:
     # --- statistics -----------------------------------------------------------
 
     def statistics(self) -> dict[str, float]:
-        """Return accumulated statistics, e.g. {"accuracy-accuracy": 0.99}."""
+        """Return the statistics accumulated since the last reset.
+
+        An accuracy layer ``acc`` gives "acc-accuracy", the fraction of
+        valid samples that were right. A loss layer ``loss`` gives its
+        weighted loss averaged over the samples of every forward pass, under
+        a name that includes the loss kind ("loss-square-loss",
+        "loss-softmax-loss"). Each layer also gives "<name>-count", its
+        number of samples.
+
+        NOTE: a loss is the mean over a whole batch, so when the last batch
+        of a validation epoch wraps around to the first samples, those
+        samples count in that batch's mean. Accuracy counts only the valid
+        samples.
+        """
         stats = {}
+        sums = self.__dict__.get("loss_sums", {})
         for info in self.ir.layers:
-            if info.layer.has_stats:
+            layer = info.layer
+            if layer.has_stats:
                 right, count = self.states[info.name]
-                stats[f"{info.name}-accuracy"] = right / count if count else 0.0
+                stats[statistic_key(info)] = right / count if count else 0.0
+                stats[f"{info.name}-count"] = count
+            elif layer.has_loss:
+                total, count = sums.get(info.name, (0.0, 0))
+                stats[statistic_key(info)] = total / count if count else 0.0
                 stats[f"{info.name}-count"] = count
         return stats
 
@@ -479,6 +519,7 @@ class Net:
         for info in self.ir.layers:
             if info.layer.has_stats:
                 self.states[info.name][...] = 0
+        self.__dict__["loss_sums"] = {}
 
     # --- access ---------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from mochac.constraints import apply_constraints
 from mochac.errors import ConfigError, NumericalError, SnapshotError
 from mochac.runtime.coffee_lounge import CoffeeLounge
+from mochac.runtime.mom_policy import MomPolicy
 from mochac.runtime.snapshot import (
     latest_snapshot,
     load_params,
@@ -79,11 +80,19 @@ def make_solver_parameters(method, **kwargs) -> dict:
 
     Keys for every method: max_iter (required), regu_coef (default 0.0005),
     lr_policy, load_from (a snapshot folder or file, default None). SGD and
-    Nesterov add mom_policy (default MomPolicy.Fixed(0.0)); Adam adds beta1
-    (0.9), beta2 (0.999) and epsilon (1e-8). Raises ConfigError naming an
-    unknown or invalid key.
+    Nesterov add mom_policy (default MomPolicy.Fixed(0.0)), and accept
+    ``momentum=m`` for mom_policy=MomPolicy.Fixed(m), as Mocha's CIFAR-10
+    tutorial writes it. Adam adds beta1 (0.9), beta2 (0.999) and epsilon
+    (1e-8). Raises ConfigError naming an unknown or invalid key.
     """
     known = SOLVER_KEYS + method.parameter_names
+    if "momentum" in kwargs and "mom_policy" in known:
+        if "mom_policy" in kwargs:
+            raise ConfigError(
+                f"make_solver_parameters({method.name}): momentum and mom_policy "
+                "both set the momentum; give one of them"
+            )
+        kwargs["mom_policy"] = MomPolicy.Fixed(kwargs.pop("momentum"))
     unknown = set(kwargs) - set(known)
     if unknown:
         raise ConfigError(

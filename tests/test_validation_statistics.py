@@ -1,0 +1,204 @@
+"""ValidationPerformance: loss statistics and the phase of the validation net."""
+
+import logging
+
+import h5py
+import numpy as np
+import pytest
+
+import mochac
+from mochac import (
+    SGD,
+    CPUBackend,
+    DropoutLayer,
+    InnerProductLayer,
+    LRPolicy,
+    MemoryDataLayer,
+    MomPolicy,
+    Net,
+    Snapshot,
+    SoftmaxLossLayer,
+    Solver,
+    SquareLossLayer,
+    ValidationPerformance,
+    make_solver_parameters,
+)
+from mochac.mocha_api import setup
+
+
+def regression_data(n=10, features=3, outputs=2, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features))
+    y = rng.normal(size=(n, outputs))
+    return x, y
+
+
+def regression_layers(x, y, batch_size):
+    data = MemoryDataLayer(batch_size=batch_size, data=[x, y])
+    ip = InnerProductLayer(
+        name="ip", output_dim=y.shape[1], bottoms=["data"], tops=["pred"]
+    )
+    loss = SquareLossLayer(name="loss", bottoms=["pred", "label"])
+    return [data, ip, loss]
+
+
+def square_loss(x, y, weight, bias):
+    """Return sum((x W^T + b - y)^2) / (2 N) for a batch, in NumPy."""
+    pred = x @ weight.T + bias
+    return ((pred - y) ** 2).sum() / (2 * len(x))
+
+
+def net_weights(net):
+    weight = net.params["ip"]["weight"]
+    bias = net.params["ip"]["bias"].reshape(-1)
+    if weight.shape[0] != bias.size:
+        weight = weight.T
+    return weight, bias
+
+
+def test_square_loss_statistic_whole_batches():
+    x, y = regression_data(n=10)
+    net = Net("valid", CPUBackend(dtype=np.float64, seed=1), regression_layers(x, y, 5))
+    stats = ValidationPerformance(net).evaluate()
+    weight, bias = net_weights(net)
+    expected = square_loss(x, y, weight, bias)
+    assert stats["loss-square-loss"] == pytest.approx(expected, rel=1e-12)
+    assert stats["loss-count"] == 10
+
+
+def test_square_loss_statistic_wrapped_batch():
+    # Ten samples, batch 4: the last batch is samples 8, 9, 0, 1, and its
+    # mean counts as its two valid samples.
+    x, y = regression_data(n=10)
+    net = Net("valid", CPUBackend(dtype=np.float64, seed=1), regression_layers(x, y, 4))
+    stats = ValidationPerformance(net).evaluate()
+    weight, bias = net_weights(net)
+    last = [8, 9, 0, 1]
+    expected = (
+        4 * square_loss(x[:4], y[:4], weight, bias)
+        + 4 * square_loss(x[4:8], y[4:8], weight, bias)
+        + 2 * square_loss(x[last], y[last], weight, bias)
+    ) / 10
+    assert stats["loss-square-loss"] == pytest.approx(expected, rel=1e-12)
+    assert stats["loss-count"] == 10
+
+
+def test_softmax_loss_statistic_name():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, 4))
+    y = rng.integers(0, 3, size=(6, 1)).astype(np.float64)
+    data = MemoryDataLayer(batch_size=3, data=[x, y])
+    ip = InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["ip"])
+    loss = SoftmaxLossLayer(name="xent", bottoms=["ip", "label"])
+    net = Net("valid", CPUBackend(dtype=np.float64, seed=1), [data, ip, loss])
+    stats = ValidationPerformance(net).evaluate()
+    weight, bias = net_weights(net)
+    scores = x @ weight.T + bias
+    scores -= scores.max(axis=1, keepdims=True)
+    log_probs = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
+    expected = -log_probs[np.arange(6), y[:, 0].astype(int)].mean()
+    assert stats["xent-softmax-loss"] == pytest.approx(expected, rel=1e-12)
+    assert stats["xent-count"] == 6
+
+
+def test_statistics_reset_between_validations(caplog):
+    x, y = regression_data(n=10)
+    net = Net("valid", CPUBackend(dtype=np.float64, seed=1), regression_layers(x, y, 5))
+    validation = ValidationPerformance(net)
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=0))
+    with caplog.at_level(logging.INFO, logger="mochac"):
+        validation.enjoy(solver, net)
+        first = dict(validation.last)
+        validation.enjoy(solver, net)
+    assert validation.last == first
+    assert validation.last["loss-count"] == 10
+    assert "Square loss 'loss' (avg over 10) = " in caplog.text
+    assert solver.lounge.statistics["loss-square-loss"][0] == pytest.approx(
+        first["loss-square-loss"]
+    )
+
+
+def diverging_solver(folder, x, y):
+    """Return (net, solver, policy): a learning rate so large that SGD diverges."""
+    backend = CPUBackend(dtype=np.float64, seed=4)
+    train_layers = regression_layers(x, y, 5)
+    net = Net("train", backend, train_layers)
+    test_layers = [
+        MemoryDataLayer(batch_size=5, data=[x, y]),
+        *train_layers[1:],
+    ]
+    test_net = Net("test", backend, test_layers)
+    policy = LRPolicy.DecayOnValidation(5.0, "loss-square-loss", 0.5, False)
+    params = make_solver_parameters(
+        SGD(), max_iter=4, lr_policy=policy, mom_policy=MomPolicy.Fixed(0.0)
+    )
+    solver = Solver(SGD(), params)
+    solver.add_coffee_break(Snapshot(folder), every_n_iter=2)
+    validation = ValidationPerformance(test_net)
+    solver.add_coffee_break(validation, every_n_iter=2)
+    setup(policy, validation, solver)
+    return net, solver, policy
+
+
+def test_decay_on_validation_square_loss(tmp_path):
+    # A square loss that grows between validations decays the rate when
+    # lower is better, and the snapshot of the best validation comes back.
+    x, y = regression_data(n=10, features=4, seed=5)
+    x *= 3.0
+    net, solver, policy = diverging_solver(tmp_path, x, y)
+    solver.solve(net)
+    losses = solver.lounge.statistics["loss-square-loss"]
+    assert losses[2] > losses[0]
+    assert policy(solver.state) < 5.0
+    with h5py.File(tmp_path / "snapshot-000000.h5", "r") as handle:
+        best_weight = handle["ip___weight"][()]
+    np.testing.assert_array_equal(net.params["ip"]["weight"], best_weight)
+
+
+def dropout_layers(x, y, with_loss):
+    data = MemoryDataLayer(batch_size=5, data=[x, y])
+    drop = DropoutLayer(name="drop", ratio=0.5, bottoms=["data"], tops=["dropped"])
+    ip = InnerProductLayer(
+        name="ip", output_dim=y.shape[1], bottoms=["dropped"], tops=["pred"]
+    )
+    layers = [data, drop, ip]
+    if with_loss:
+        layers.append(SquareLossLayer(name="loss", bottoms=["pred", "label"]))
+    return layers
+
+
+def test_train_phase_dropout_net_rejected():
+    x, y = regression_data(n=10)
+    net = Net("valid", CPUBackend(dtype=np.float64), dropout_layers(x, y, True))
+    assert net.phase == "train"
+    with pytest.raises(mochac.ConfigError) as error:
+        ValidationPerformance(net)
+    message = str(error.value)
+    assert "DropoutLayer 'drop'" in message
+    assert "loss layer 'loss'" in message
+    assert 'phase="test"' in message
+
+
+def test_test_phase_dropout_net_copies():
+    x, y = regression_data(n=10)
+    net = Net(
+        "valid",
+        CPUBackend(dtype=np.float64, seed=1),
+        dropout_layers(x, y, True),
+        phase="test",
+        keep=["dropped"],
+    )
+    stats = ValidationPerformance(net).evaluate()
+    weight, bias = net_weights(net)
+    assert stats["loss-square-loss"] == pytest.approx(
+        square_loss(x, y, weight, bias), rel=1e-12
+    )
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["dropped"], net.blobs["data"])
+
+
+def test_loss_net_without_dropout_accepted():
+    x, y = regression_data(n=10)
+    net = Net("valid", CPUBackend(dtype=np.float64), regression_layers(x, y, 5))
+    assert net.phase == "train"
+    assert ValidationPerformance(net).test_net is net
