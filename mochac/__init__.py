@@ -69,6 +69,7 @@ from mochac.layers import (
     TiedInnerProductLayer,
 )
 from mochac.mocha_api import (
+    DefaultBackend,
     add_coffee_break,
     backward,
     destroy,
@@ -78,6 +79,8 @@ from mochac.mocha_api import (
     init,
     load_snapshot,
     log_to_console,
+    net2dot,
+    registry_reset,
     setup,
     setup_coffee_lounge,
     shutdown,
@@ -117,6 +120,7 @@ __all__ = [
     "CropLayer",
     "DataError",
     "DataTransformers",
+    "DefaultBackend",
     "DropoutLayer",
     "ElementWiseFunctors",
     "ElementWiseLayer",
@@ -181,6 +185,8 @@ __all__ = [
     "load_snapshot",
     "log_to_console",
     "make_solver_parameters",
+    "net2dot",
+    "registry_reset",
     "setup",
     "setup_coffee_lounge",
     "shutdown",

@@ -6,9 +6,58 @@ Each one calls the method of the same name on its first argument.
 from __future__ import annotations
 
 import logging
+import os
 
+from mochac.errors import ConfigError
+from mochac.report import ir_to_dot
+from mochac.runtime.backend import CPUBackend
 from mochac.runtime.freeze import freeze, freeze_all, unfreeze
 from mochac.runtime.snapshot import load_snapshot
+
+
+def DefaultBackend(dtype=None, seed=None):
+    """Return a GPUBackend when MOCHA_USE_CUDA is set to true, else a CPUBackend.
+
+    Mocha's scripts write ``backend = DefaultBackend()`` and switch to the GPU
+    with the same environment variable ("true" or "1"). ``dtype`` defaults
+    to float32.
+    """
+    kwargs = {"seed": seed}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    flag = os.environ.get("MOCHA_USE_CUDA", "").strip().lower()
+    if flag in ("true", "1"):
+        from mochac.runtime.gpu_backend import GPUBackend
+
+        return GPUBackend(**kwargs)
+    if flag not in ("", "false", "0"):
+        raise ConfigError(
+            f"DefaultBackend: invalid MOCHA_USE_CUDA={flag!r}; expected true, 1, "
+            "false, 0 or unset"
+        )
+    return CPUBackend(**kwargs)
+
+
+def registry_reset(backend):
+    """Forget ``backend``'s shared parameters, so the next net initializes its own."""
+    backend.registry_reset()
+
+
+def net2dot(out, net):
+    """Write ``net``'s layers and blobs, as built, to ``out`` in GraphViz's dot format.
+
+    ``out`` is a writable text file or a path. ``dot -Tpng net.dot -o
+    net.png`` draws it.
+    """
+    # A GPUNet keeps only the optimized IR, where eliminated layers are dashed.
+    cluster = getattr(net, "dot_before", None) or ir_to_dot(net.ir, "net", net.name)
+    lines = ["digraph net {", *cluster, "}", ""]
+    text = "\n".join(lines)
+    if hasattr(out, "write"):
+        out.write(text)
+        return
+    with open(out, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def init(backend):
@@ -80,6 +129,7 @@ def log_to_console(level=logging.INFO):
 
 
 __all__ = [
+    "DefaultBackend",
     "add_coffee_break",
     "backward",
     "destroy",
@@ -89,6 +139,8 @@ __all__ = [
     "init",
     "load_snapshot",
     "log_to_console",
+    "net2dot",
+    "registry_reset",
     "setup",
     "setup_coffee_lounge",
     "shutdown",

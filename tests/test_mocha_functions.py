@@ -1,0 +1,93 @@
+"""Mocha's free functions: DefaultBackend, registry_reset and net2dot."""
+
+import io
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import mochac
+from mochac import (
+    CPUBackend,
+    DefaultBackend,
+    InnerProductLayer,
+    MemoryDataLayer,
+    Net,
+    SoftmaxLossLayer,
+    net2dot,
+    registry_reset,
+)
+
+
+def layers():
+    x = np.zeros((4, 3))
+    y = np.zeros((4, 1))
+    data = MemoryDataLayer(batch_size=2, data=[x, y])
+    ip = InnerProductLayer(name="ip", output_dim=2, bottoms=["data"], tops=["ip"])
+    loss = SoftmaxLossLayer(name="loss", bottoms=["ip", "label"])
+    return [data, ip, loss]
+
+
+@pytest.mark.parametrize("flag", [None, "", "false", "0"])
+def test_default_backend_cpu(monkeypatch, flag):
+    if flag is None:
+        monkeypatch.delenv("MOCHA_USE_CUDA", raising=False)
+    else:
+        monkeypatch.setenv("MOCHA_USE_CUDA", flag)
+    backend = DefaultBackend(dtype=np.float64, seed=3)
+    assert isinstance(backend, CPUBackend)
+    assert backend.dtype == np.float64
+
+
+def test_default_backend_invalid_flag(monkeypatch):
+    monkeypatch.setenv("MOCHA_USE_CUDA", "yes please")
+    with pytest.raises(mochac.ConfigError, match="MOCHA_USE_CUDA"):
+        DefaultBackend()
+
+
+def test_default_backend_cuda_flag(monkeypatch):
+    # Without CuPy or a device, GPUBackend raises its own error; with them,
+    # the flag gives a GPUBackend.
+    monkeypatch.setenv("MOCHA_USE_CUDA", "true")
+    try:
+        backend = DefaultBackend()
+    except mochac.MochacError as error:
+        assert "GPUBackend" in str(error)
+    else:
+        assert isinstance(backend, mochac.GPUBackend)
+
+
+def test_registry_reset_forgets_parameters():
+    backend = CPUBackend(dtype=np.float64, seed=1)
+    first = Net("first", backend, layers())
+    first.params["ip"]["weight"][...] = 7.0
+    shared = Net("shared", backend, layers())
+    assert np.all(shared.params["ip"]["weight"] == 7.0)
+    registry_reset(backend)
+    fresh = Net("fresh", backend, layers())
+    assert not np.all(fresh.params["ip"]["weight"] == 7.0)
+
+
+def test_net2dot_file_object():
+    net = Net("drawn", CPUBackend(dtype=np.float64), layers())
+    out = io.StringIO()
+    net2dot(out, net)
+    text = out.getvalue()
+    assert text.startswith("digraph net {")
+    assert text.rstrip().endswith("}")
+    assert "InnerProductLayer" in text
+    assert "SoftmaxLossLayer" in text
+
+
+def test_net2dot_path(tmp_path):
+    net = Net("drawn", CPUBackend(dtype=np.float64), layers())
+    path = tmp_path / "net.dot"
+    net2dot(path, net)
+    text = path.read_text()
+    assert "InnerProductLayer" in text
+    if shutil.which("dot") is not None:
+        result = subprocess.run(
+            ["dot", "-Tsvg", str(path)], capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, result.stderr
