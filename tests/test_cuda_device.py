@@ -144,19 +144,32 @@ def test_solver_trains_like_cpu(cupy, method):
 
 
 def test_bad_label_raises_data_error(cupy):
+    """Labels above the range, negative, fractional or NaN raise the CPU
+    backend's DataError, word for word."""
     x = np.zeros((4, 3))
-    y = np.array([[0.0], [1.0], [7.0], [2.0]])
+    for bad in (7.0, -1.0, 1.5, float("nan")):
+        y = np.array([[0.0], [1.0], [bad], [2.0]])
 
-    def layers():
-        return [
-            MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
-            InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["out"]),
-            SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
-        ]
+        def layers(y=y):
+            return [
+                MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
+                InnerProductLayer(
+                    name="ip", output_dim=3, bottoms=["data"], tops=["out"]
+                ),
+                SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+            ]
 
-    _, gpu = twin_nets(layers)
-    with pytest.raises(DataError, match=r"'loss'.*7\.0 at sample 2"):
-        gpu.forward()
+        cpu, gpu = twin_nets(layers)
+        with pytest.raises(DataError) as cpu_error:
+            cpu.forward()
+        with pytest.raises(DataError) as gpu_error:
+            gpu.forward()
+        message = str(gpu_error.value)
+        assert message == str(cpu_error.value)
+        assert "'loss'" in message
+        assert "'label'" in message
+        assert "at sample 2" in message
+        assert "0..2" in message
 
 
 @pytest.mark.parametrize("frozen", [(), ("conv",)])
