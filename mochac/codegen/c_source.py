@@ -7,6 +7,7 @@ import functools
 import jinja2
 import numpy as np
 
+from mochac.codegen.comments import comment_text
 from mochac.codegen.lowering import lower_net
 from mochac.version import __version__
 
@@ -90,6 +91,13 @@ def loss_checks(ir, slots) -> list[dict]:
     ]
 
 
+def slot_line(slot) -> str:
+    """Return the line that lists a slot in the generated source's header."""
+    name = f".{slot.name}" if slot.name else ""
+    shape = list(slot.shape)
+    return f"p[{slot.index}] {slot.kind} {slot.owner}{name} {slot.dtype.name}{shape}"
+
+
 @functools.cache
 def template_environment() -> jinja2.Environment:
     return jinja2.Environment(
@@ -105,6 +113,8 @@ def render_c(ir):
     """Return (source, slots, kernels) for a net's IR."""
     slots, kernels = lower_net(ir)
     env = template_environment()
+    for kernel in kernels:
+        kernel.context["comment"] = comment_text(kernel.context["comment"])
     kernel_texts = [
         env.get_template(kernel.template).render(k=kernel.context).strip("\n")
         for kernel in kernels
@@ -113,16 +123,12 @@ def render_c(ir):
     by_layer = {kernel.layer_index: kernel for kernel in kernels}
     source = env.get_template("c/net.c.j2").render(
         version=__version__,
-        net_name=ir.name.replace("*/", "* /"),
+        net_name=comment_text(ir.name),
         dtype=ir.dtype.name,
         ctype="double" if is_double else "float",
         blas_prefix="d" if is_double else "s",
         n_layers=len(ir.layers),
-        slot_lines=[
-            f"p[{slot.index}] {slot.kind} {slot.owner}"
-            f"{'.' + slot.name if slot.name else ''} {slot.dtype.name}{list(slot.shape)}"
-            for slot in slots.slots
-        ],
+        slot_lines=[comment_text(slot_line(slot)) for slot in slots.slots],
         kernel_texts=kernel_texts,
         forward_flops=forward_gemm_flops(kernels),
         parallel_min_flops=PARALLEL_MIN_FLOPS,

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mochac.codegen.c_source import loss_checks, template_environment
+from mochac.codegen.c_source import loss_checks, slot_line, template_environment
+from mochac.codegen.comments import comment_text
 from mochac.codegen.cuda import gemm_plans  # noqa: F401  (registers its planners)
 from mochac.codegen.cuda.contexts import ADJUSTMENTS
 from mochac.codegen.cuda.plans import PLANNERS
@@ -110,6 +111,8 @@ def render_cuda(ir) -> CudaProgram:
     # contexts keep their scratch slots out of the device arena.
     slots, kernels = lower_net(ir, direct_convolutions=False)
     for kernel in kernels:
+        kernel.context["comment"] = comment_text(kernel.context["comment"])
+    for kernel in kernels:
         adjust = ADJUSTMENTS.get(family_of(kernel))
         if adjust is not None:
             adjust(kernel, ir.layers[kernel.layer_index], ir, slots)
@@ -136,21 +139,18 @@ def render_cuda(ir) -> CudaProgram:
         for index in order:
             if index in layers:
                 for step in getattr(layers[index], phase):
-                    lines.append(f"{layers[index].name}: {describe_step(step)}")
+                    line = f"{layers[index].name}: {describe_step(step)}"
+                    lines.append(comment_text(line))
         return lines or ["none"]
 
     source = env.get_template("cuda/net.cu.j2").render(
         version=__version__,
-        net_name=ir.name.replace("*/", "* /"),
+        net_name=comment_text(ir.name),
         dtype=ir.dtype.name,
         ctype="double" if ir.dtype == np.float64 else "float",
         n_layers=len(ir.layers),
         block=BLOCK,
-        slot_lines=[
-            f"p[{slot.index}] {slot.kind} {slot.owner}"
-            f"{'.' + slot.name if slot.name else ''} {slot.dtype.name}{list(slot.shape)}"
-            for slot in slots.slots
-        ],
+        slot_lines=[comment_text(slot_line(slot)) for slot in slots.slots],
         forward_lines=step_lines([k.layer_index for k in kernels], "forward"),
         backward_lines=step_lines(ir.backward_order, "backward"),
         kernel_texts=texts,
