@@ -50,8 +50,9 @@ BATCH = 4
 
 
 def vision_layers(dtype=np.float32):
-    """Convolutions, both poolings, both LRN modes, channel pooling, crop,
-    concat, dropout and the class losses, with the copy layers kept."""
+    """Convolutions, both poolings (each with a neuron), both LRN modes,
+    channel pooling, crop, concat, dropout and the class losses, with the
+    copy layers kept."""
     rng = np.random.default_rng(3)
     images = rng.standard_normal((BATCH * 2, 3, 10, 10)).astype(dtype)
     labels = rng.integers(0, 5, (BATCH * 2, 1)).astype(dtype)
@@ -94,7 +95,12 @@ def vision_layers(dtype=np.float32):
         ),
         SplitLayer(name="fork", bottoms=["within"], tops=["left", "right"]),
         PoolingLayer(
-            name="max_pool", kernel=(2, 2), stride=(1, 1), bottoms=["left"], tops=["mx"]
+            name="max_pool",
+            kernel=(2, 2),
+            stride=(1, 1),
+            neuron=ReLU(),
+            bottoms=["left"],
+            tops=["mx"],
         ),
         PoolingLayer(
             name="mean_pool",
@@ -102,6 +108,7 @@ def vision_layers(dtype=np.float32):
             stride=(2, 2),
             pad=(1, 1),
             pooling=MeanPooling(),
+            neuron=Sigmoid(),
             bottoms=["right"],
             tops=["mean"],
         ),

@@ -5,9 +5,8 @@ norm2 -> conv3 -> pool3 -> ip1, the layers the training and the test net
 share. Building both nets from the same layer objects on one backend makes
 them share parameters.
 
-Caffe applies ReLU after pool1; mochac's PoolingLayer has no neuron, so conv1
-carries the ReLU instead. Max pooling commutes with ReLU, which is monotonic,
-so pool1's output is the same.
+As in Caffe's net and Mocha's tutorial, pool1 carries the ReLU of the first
+stage (conv1 has none), while conv2 and conv3 apply theirs before pooling.
 """
 
 from mochac import (
@@ -47,12 +46,16 @@ def common_layers(filters=FULL_FILTERS, conv_init=None):
         pad=(2, 2),
         stride=(1, 1),
         filter_init=inits[0],
-        neuron=Neurons.ReLU(),
         bottoms=["data"],
         tops=["conv1"],
     )
     pool1 = PoolingLayer(
-        name="pool1", kernel=(3, 3), stride=(2, 2), bottoms=["conv1"], tops=["pool1"]
+        name="pool1",
+        kernel=(3, 3),
+        stride=(2, 2),
+        neuron=Neurons.ReLU(),
+        bottoms=["conv1"],
+        tops=["pool1"],
     )
     norm1 = LRNLayer(
         name="norm1",

@@ -427,12 +427,27 @@ def lower_pooling(info, ir, slots):
         zip(pairs, info.bottom_shapes, info.top_shapes)
     ):
         pair.update(
-            NC=bottom[0] * bottom[1], H=bottom[2], W=bottom[3], OH=top[2], OW=top[3]
+            NC=bottom[0] * bottom[1],
+            H=bottom[2],
+            W=bottom[3],
+            OH=top[2],
+            OW=top[3],
+            top_size=prod(top),
         )
         if is_max:
             mask = slots.add("work", info.name, f"argmax{position}", np.int32, top)
             pair["mask"] = mask.index
-    return dict(KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw, is_max=is_max, pairs=pairs)
+    return dict(
+        KH=kh,
+        KW=kw,
+        SH=sh,
+        SW=sw,
+        PH=ph,
+        PW=pw,
+        is_max=is_max,
+        pairs=pairs,
+        **neuron_values(info),
+    )
 
 
 def class_split(layer, shape):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from mochac.layers._checks import check_instance
 from mochac.layers.base import Layer, to_pair
+from mochac.neurons import Identity, Neuron
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class PoolingLayer(Layer):
         stride: (width, height) step, default (1, 1).
         pad: (width, height) padding on both sides, default (0, 0).
         pooling: Pooling.Max() (default) or Pooling.Mean().
+        neuron: activation of every top, applied after pooling, default
+            Neurons.Identity().
 
     Bottoms may have different shapes; each gives the top at its index.
     """
@@ -56,7 +60,9 @@ class PoolingLayer(Layer):
     stride: tuple[int, int] | int = (1, 1)
     pad: tuple[int, int] | int = (0, 0)
     pooling: MaxPooling | MeanPooling = field(default_factory=MaxPooling)
+    neuron: Neuron = field(default_factory=Identity)
 
+    has_neuron = True
     can_do_bp = True
 
     def backward_reads_bottom_data(self):
@@ -64,7 +70,8 @@ class PoolingLayer(Layer):
         return False
 
     def backward_reads_top_data(self):
-        return False
+        # The neuron's derivative is computed from the output.
+        return not self.neuron.is_identity
 
     def validate(self):
         (kh, kw), _, (ph, pw) = self.kernel_hw, self.stride_hw, self.pad_hw
@@ -72,6 +79,7 @@ class PoolingLayer(Layer):
             self._fail("pad", self.pad, f"values smaller than kernel={self.kernel}")
         if not isinstance(self.pooling, (MaxPooling, MeanPooling)):
             self._fail("pooling", self.pooling, "Pooling.Max() or Pooling.Mean()")
+        check_instance(self, "neuron", Neuron, "a neuron such as Neurons.ReLU()")
 
     @property
     def kernel_hw(self) -> tuple[int, int]:

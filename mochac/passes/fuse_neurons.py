@@ -1,11 +1,12 @@
 """fuse_neurons: a layer's neuron runs inside the layer's own kernel.
 
-Before: the convolution or inner product writes its output, then a neuron
-kernel passes over it again (y = f(y)); in backward a neuron kernel first
-scales the top diff by f'(y), then the layer's backward reads it.
-After: the neuron is applied where the output is written (the bias loop),
-and its derivative where the top diff is first read, saving one pass over
-the top in each direction.
+Before: the convolution, inner product or pooling writes its output, then a
+neuron kernel passes over it again (y = f(y)); in backward a neuron kernel
+first scales the top diff by f'(y), then the layer's backward reads it.
+After: the neuron is applied where the output is written (the bias loop, or
+pooling's window result), and its derivative where the top diff is first
+read, saving one pass over the top in each direction. Every layer with a
+``neuron`` field has templates that take both forms.
 """
 
 from __future__ import annotations
