@@ -116,13 +116,19 @@ def log_to_console(level=logging.INFO):
     The library itself never configures logging; this is the one call a
     training script makes to see Mocha-style progress lines.
     """
+    root = logging.getLogger("mochac")
+    # A second call replaces the first one's handler instead of printing
+    # every line twice.
+    for old in list(root.handlers):
+        if getattr(old, "mochac_console", False):
+            root.removeHandler(old)
     handler = logging.StreamHandler()
+    handler.mochac_console = True
     handler.setFormatter(
         logging.Formatter(
             "%(asctime)s:%(levelname)s:%(name)s:%(message)s", "%d-%b %H:%M:%S"
         )
     )
-    root = logging.getLogger("mochac")
     root.addHandler(handler)
     root.setLevel(level)
     return handler

@@ -202,13 +202,15 @@ def test_staged_lr_schedule():
     train = load_module("cifar10_train", "train.py")
     policy = train.staged_lr_policy(0.001)
     state = type("State", (), {})()
+    # The solver's k-th update reads iteration k - 1: 60000 updates at 1e-3,
+    # then 5000 at 1e-4 and 5000 at 1e-5.
     expected = {
-        1: 1e-3,
-        60000: 1e-3,
-        60001: 1e-4,
-        65000: 1e-4,
-        65001: 1e-5,
-        70000: 1e-5,
+        0: 1e-3,
+        59999: 1e-3,
+        60000: 1e-4,
+        64999: 1e-4,
+        65000: 1e-5,
+        69999: 1e-5,
     }
     for iteration, rate in expected.items():
         state.iter = iteration

@@ -91,3 +91,22 @@ def test_net2dot_path(tmp_path):
             ["dot", "-Tsvg", str(path)], capture_output=True, text=True, check=False
         )
         assert result.returncode == 0, result.stderr
+
+
+def test_log_to_console_twice_one_handler():
+    import logging
+
+    from mochac import log_to_console
+
+    root = logging.getLogger("mochac")
+    before = list(root.handlers)
+    try:
+        first = log_to_console()
+        second = log_to_console()
+        added = [handler for handler in root.handlers if handler not in before]
+        assert added == [second]
+        assert first not in root.handlers
+    finally:
+        for handler in list(root.handlers):
+            if handler not in before:
+                root.removeHandler(handler)

@@ -355,3 +355,14 @@ def test_damaged_snapshot_bytes_fail_the_checksum(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(mochac.SnapshotError, match=r"ip2___weight.*damaged"):
         mochac.load_snapshot(net, path)
+
+
+def test_resume_past_max_iter_logs(tmp_path, caplog):
+    train(tmp_path, 4, snapshot_every=2)
+    x, y = toy_data(n=10)
+    net = Net("resumed", CPUBackend(dtype=np.float64, seed=5), classifier_layers(x, y))
+    params = make_solver_parameters(SGD(), max_iter=2, load_from=str(tmp_path))
+    with caplog.at_level(logging.INFO, logger="mochac"):
+        state = Solver(SGD(), params).solve(net)
+    assert state.iter == 4
+    assert "already at iteration 4, max_iter=2" in caplog.text

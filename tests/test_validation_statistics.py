@@ -202,3 +202,26 @@ def test_loss_net_without_dropout_accepted():
     net = Net("valid", CPUBackend(dtype=np.float64), regression_layers(x, y, 5))
     assert net.phase == "train"
     assert ValidationPerformance(net).test_net is net
+
+
+def test_net_without_statistics_warns(caplog):
+    x, y = regression_data(n=10)
+    layers = regression_layers(x, y, 5)[:2]
+    net = Net("valid", CPUBackend(dtype=np.float64), layers)
+    with caplog.at_level(logging.WARNING, logger="mochac"):
+        ValidationPerformance(net)
+    assert "has no accuracy or loss layer" in caplog.text
+
+
+def test_unshared_validation_net_warns(caplog):
+    x, y = regression_data(n=10)
+    train_net = Net("train", CPUBackend(dtype=np.float64), regression_layers(x, y, 5))
+    other = Net("other", CPUBackend(dtype=np.float64), regression_layers(x, y, 5))
+    shared = Net("shared", train_net.backend, regression_layers(x, y, 5))
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=0))
+    with caplog.at_level(logging.WARNING, logger="mochac"):
+        ValidationPerformance(shared).enjoy(solver, train_net)
+    assert "shares no parameter" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="mochac"):
+        ValidationPerformance(other).enjoy(solver, train_net)
+    assert "net 'other' shares no parameter with net 'train'" in caplog.text

@@ -93,6 +93,7 @@ class TorchNet:
                     layer.kernel_hw, layer.stride_hw, layer.pad_hw, ceil_mode=True
                 )
                 weights = ()
+                activation = _activation(torch, layer.neuron)
             elif isinstance(layer, LRNLayer) and layer.kernel % 2 == 1:
                 if isinstance(layer.mode, WithinChannelLRN):
                     module = _within_channel_lrn(torch, layer)

@@ -12,13 +12,35 @@ from mochac.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
+def default_threads() -> int:
+    """Return OMP_NUM_THREADS when it is set, else the CPUs this process may use.
+
+    An OMP_NUM_THREADS list ("4,2" for nested levels) gives its first value.
+    A value that is not a positive int is logged and ignored.
+    """
+    setting = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if setting:
+        first = setting.split(",")[0].strip()
+        if first.isdigit() and int(first) >= 1:
+            return int(first)
+        logger.warning(
+            "ignoring OMP_NUM_THREADS=%r, which is not a positive int; using the "
+            "CPU count",
+            setting,
+        )
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class CPUBackend:
     """The CPU backend: generated C with OpenMP, GEMM through OpenBLAS.
 
     Args:
         dtype: element type of blobs and parameters, np.float32 (default) or
             np.float64 (the gradient checks use it).
-        threads: OpenMP and BLAS threads; default: the CPUs this process may use.
+        threads: OpenMP and BLAS threads; default: OMP_NUM_THREADS when it
+            is set, else the CPUs this process may use.
         seed: seed of the generator behind parameter initialization and data
             shuffling; None draws one from the operating system.
 
@@ -35,11 +57,7 @@ class CPUBackend:
                 "np.float64"
             )
         if threads is None:
-            threads = (
-                len(os.sched_getaffinity(0))
-                if hasattr(os, "sched_getaffinity")
-                else (os.cpu_count() or 1)
-            )
+            threads = default_threads()
         if not isinstance(threads, int) or threads < 1:
             raise ConfigError(
                 f"CPUBackend: invalid threads={threads!r}; expected an int >= 1"

@@ -84,9 +84,18 @@ class ValidationPerformance(CoffeeBreak):
 
     def __init__(self, test_net):
         check_test_phase(test_net)
+        if not any(
+            info.layer.has_stats or info.layer.has_loss for info in test_net.ir.layers
+        ):
+            logger.warning(
+                "ValidationPerformance: net '%s' has no accuracy or loss layer, so "
+                "its validations report nothing; add an AccuracyLayer",
+                test_net.name,
+            )
         self.test_net = test_net
         self.listeners = []
         self.last = {}
+        self.checked_sharing = False
 
     def evaluate(self) -> dict[str, float]:
         net = self.test_net
@@ -103,6 +112,9 @@ class ValidationPerformance(CoffeeBreak):
         return net.statistics()
 
     def enjoy(self, solver, net):
+        if not self.checked_sharing:
+            warn_unshared(self.test_net, net)
+            self.checked_sharing = True
         stats = self.evaluate()
         iteration = solver.state.iter
         logger.info("")
@@ -150,3 +162,22 @@ def check_test_phase(net):
         f"build it with phase=\"test\", e.g. Net('{net.name}', backend, layers, "
         'phase="test")'
     )
+
+
+def warn_unshared(test_net, net):
+    """Log a warning when ``test_net`` shares no parameter array with ``net``.
+
+    Nets share parameters when they are built on one backend from the same
+    layer objects (or param_keys). A validation net on another backend
+    tests its own initial parameters forever.
+    """
+    trained = {id(array) for params in net.params.values() for array in params.values()}
+    tested = [array for params in test_net.params.values() for array in params.values()]
+    if tested and not any(id(array) in trained for array in tested):
+        logger.warning(
+            "ValidationPerformance: net '%s' shares no parameter with net '%s', so "
+            "validation tests parameters that training never changes; build both "
+            "nets on one backend from the same layer objects",
+            test_net.name,
+            net.name,
+        )

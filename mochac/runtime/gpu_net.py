@@ -226,6 +226,7 @@ class GPUNet(Net):
                     views.hidden.add(name)
                     continue
                 views[name] = self.arrays[slot.index].reshape(blob.shape)
+        self.lock_views()
         # Per data layer top: a pinned host buffer the source fills and a
         # device buffer the copy stream fills from it, ahead of use.
         from cupyx import empty_pinned
@@ -504,6 +505,7 @@ class GPUNet(Net):
         solver's update, runs after it.
         """
         self._check_alive()
+        self._check_forward_done()
         self._run(self.backward_calls, self._batch_size(), wait=False)
 
     def train_step(self, method, learning_rate, momentum, regu_coef, iteration=None):

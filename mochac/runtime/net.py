@@ -46,11 +46,82 @@ def statistic_key(info) -> str:
     return f"{info.name}-{info.layer.statistic_name or 'loss'}"
 
 
-class BlobViews(dict):
+class ArrayViews(dict):
+    """Name -> one of the net's own arrays, which the compiled code reads.
+
+    Once locked, replacing or removing an entry raises ConfigError, because
+    the compiled code would go on using the old array while the new one
+    silently received nothing. Write into the array in place instead.
+    """
+
+    def __init__(self, label: str, entries=()):
+        super().__init__(entries)
+        self.label = label
+        self.locked = False
+
+    def lock(self):
+        """Reject replacements from now on, in nested views too."""
+        self.locked = True
+        for value in self.values():
+            if isinstance(value, ArrayViews):
+                value.lock()
+
+    def _reject(self, key):
+        if self.locked:
+            raise ConfigError(
+                f"{self.label}[{key!r}] is the net's own array, which the compiled "
+                f"code reads, so it cannot be replaced; write into it instead: "
+                f"{self.label}[{key!r}][...] = new_values"
+            )
+
+    def __setitem__(self, key, value):
+        self._reject(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self._reject(key)
+        super().__delitem__(key)
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self._reject(key)
+        return super().setdefault(key, default)
+
+    def update(self, *args, **kwargs):
+        for key in dict(*args, **kwargs):
+            self._reject(key)
+        super().update(*args, **kwargs)
+
+    def pop(self, key, *default):
+        self._reject(key)
+        return super().pop(key, *default)
+
+    def popitem(self):
+        self._reject("...")
+        return super().popitem()
+
+    def clear(self):
+        self._reject("...")
+        super().clear()
+
+
+def locked_views(label: str, mapping: dict) -> ArrayViews:
+    """Return ``mapping`` as locked ArrayViews; nested dicts become views too."""
+    views = ArrayViews(label)
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            value = locked_views(f"{label}[{key!r}]", value)
+        dict.__setitem__(views, key, value)
+    views.lock()
+    return views
+
+
+class BlobViews(ArrayViews):
     """Blob name -> NumPy view; explains why a planned-away blob is missing."""
 
     def __init__(self, kind):
-        super().__init__()
+        label = "net.blobs" if kind == "data" else "net.diffs"
+        super().__init__(label)
         self.kind = kind
         self.hidden: set[str] = set()
 
@@ -289,6 +360,14 @@ class Net:
                     views.hidden.add(name)
                     continue
                 views[name] = self.arrays[slot.index].reshape(blob.shape)
+        self.lock_views()
+
+    def lock_views(self):
+        """Make params, grads, blobs and diffs reject replaced arrays."""
+        self.params = locked_views("net.params", self.params)
+        self.grads = locked_views("net.grads", self.grads)
+        self.blobs.lock()
+        self.diffs.lock()
 
     def _shared_param(self, key, info, spec) -> np.ndarray:
         registry = self.backend.registry.setdefault(key, {})
@@ -417,6 +496,7 @@ class Net:
         samples of that mean.
         """
         total = self.objective()
+        self.forward_done = True
         sums = self.__dict__.setdefault("loss_sums", {})
         for info in self.ir.layers:
             if info.layer.has_loss:
@@ -429,7 +509,15 @@ class Net:
     def backward(self):
         """Run back-propagation from the losses of the last forward pass."""
         self._check_alive()
+        self._check_forward_done()
         self._check(self.lib.mochac_backward(self.pointers, self.status))
+
+    def _check_forward_done(self):
+        if not self.__dict__.get("forward_done", False):
+            raise ConfigError(
+                f"net '{self.name}': backward() back-propagates the losses of the "
+                "last forward pass, and none has run; call forward() first"
+            )
 
     def train_step(self, method, learning_rate, momentum, regu_coef, iteration=None):
         """Run one training iteration on the next batch; return the objective.

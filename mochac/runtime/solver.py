@@ -242,6 +242,14 @@ class Solver:
         state = self.state
         # The iteration this call started from, after any resume.
         self.start_iter = state.iter
+        if state.iter > 0 and state.iter >= params["max_iter"]:
+            logger.info(
+                "net '%s' is already at iteration %d, max_iter=%d; nothing to train "
+                "(raise max_iter to train on)",
+                net.name,
+                state.iter,
+                params["max_iter"],
+            )
         lr_policy = params["lr_policy"]
         # Adam has no momentum, so its state reports 0.
         mom_policy = params.get("mom_policy", lambda state: 0.0)
