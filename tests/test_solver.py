@@ -366,3 +366,17 @@ def test_resume_past_max_iter_logs(tmp_path, caplog):
         state = Solver(SGD(), params).solve(net)
     assert state.iter == 4
     assert "already at iteration 4, max_iter=2" in caplog.text
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89HDF\r\n\x1a\n" + bytes(40)])
+def test_lounge_damaged_file_named(tmp_path, content):
+    stats = tmp_path / "statistics.h5"
+    stats.write_bytes(content)
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=0))
+    with pytest.raises(mochac.DataError) as error:
+        solver.setup_coffee_lounge(save_into=stats)
+    message = str(error.value)
+    assert str(stats) in message
+    assert "file_exists='overwrite'" in message
+    solver.setup_coffee_lounge(save_into=stats, file_exists="overwrite")
+    assert solver.lounge.statistics == {}

@@ -80,23 +80,42 @@ class CoffeeLounge:
 def read_statistics(path) -> dict[str, dict[int, float]]:
     """Return the series stored in a coffee lounge file.
 
-    Raises DataError when the file contains anything but statistics series
-    (a snapshot, for instance).
+    Raises DataError when the file cannot be read as HDF5 (damaged or
+    truncated) or contains anything but statistics series (a snapshot, for
+    instance).
     """
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise DataError(
+            f"{path}: cannot read the statistics file ({error}); move it away, or "
+            "pass file_exists='overwrite' to start a new one"
+        ) from error
+    try:
+        return _read_series(path, handle)
+    except (OSError, KeyError, ValueError) as error:
+        raise DataError(
+            f"{path}: the statistics file is damaged ({error}); move it away, or "
+            "pass file_exists='overwrite' to start a new one"
+        ) from error
+    finally:
+        handle.close()
+
+
+def _read_series(path, handle) -> dict[str, dict[int, float]]:
     stats = {}
-    with h5py.File(path, "r") as handle:
-        for name, group in handle.items():
-            if (
-                not isinstance(group, h5py.Group)
-                or "iterations" not in group
-                or "values" not in group
-            ):
-                raise DataError(
-                    f"{path}: '{name}' is not a statistics series (a group with "
-                    "'iterations' and 'values'); give the statistics file the "
-                    "coffee lounge saved, not a snapshot"
-                )
-            iterations = group["iterations"][()]
-            values = group["values"][()]
-            stats[name] = {int(i): float(v) for i, v in zip(iterations, values)}
+    for name, group in handle.items():
+        if (
+            not isinstance(group, h5py.Group)
+            or "iterations" not in group
+            or "values" not in group
+        ):
+            raise DataError(
+                f"{path}: '{name}' is not a statistics series (a group with "
+                "'iterations' and 'values'); give the statistics file the "
+                "coffee lounge saved, not a snapshot"
+            )
+        iterations = group["iterations"][()]
+        values = group["values"][()]
+        stats[name] = {int(i): float(v) for i, v in zip(iterations, values)}
     return stats
