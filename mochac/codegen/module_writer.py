@@ -1,7 +1,8 @@
 """Write a compiled net as an importable Python package.
 
 DIR/<module>/__init__.py   builds ``net`` on import, compiling nothing
-DIR/<module>/net.json      layers and options
+DIR/<module>/net.json      layers and options; the top shapes of HDF5 data
+                           layers, which read their files at the first batch
 DIR/<module>/_mochac_<key>.<abi>.so  the compiled extension
 DIR/<module>/params.h5     the parameters at compile time
 DIR/<module>/net.c         the generated source, for reading
@@ -16,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from mochac.codegen.build import cpu_signature, source_digest
+from mochac.layers.data import HDF5DataLayer
 from mochac.runtime.compiled_module import METADATA, PARAMS
 from mochac.runtime.snapshot import save_snapshot
 from mochac.serialize import to_json
@@ -52,6 +54,24 @@ def module_name(net_name: str) -> str:
     return "net_" + name if name[0].isdigit() else name
 
 
+def deferred_sources(net) -> dict:
+    """Return, per index of an HDF5 data layer, its top shapes and the working folder.
+
+    load_net opens these layers at their first batch instead of on import
+    (compiled_module.DeferredSource), and needs the shapes to build the net
+    before that. The folder is the one their relative source lists were read
+    from, named in the message when a list is not found later.
+    """
+    entries = {}
+    for index, source in net.sources.items():
+        if isinstance(source.layer, HDF5DataLayer):
+            entries[str(index)] = {
+                "shapes": [list(shape) for shape in source.shapes],
+                "compiled_in": str(Path.cwd()),
+            }
+    return entries
+
+
 def write_module(net, out_dir, origin: str) -> Path:
     """Write ``net`` as a package under ``out_dir``; return the package folder."""
     folder = Path(out_dir) / module_name(net.name)
@@ -77,6 +97,7 @@ def write_module(net, out_dir, origin: str) -> Path:
         "source_digest": source_digest(net.source),
         "cpu": cpu_signature(),
         "layers": [to_json(layer) for layer in net.layers],
+        "deferred_sources": deferred_sources(net),
     }
     (folder / METADATA).write_text(json.dumps(meta, indent=1))
     (folder / "__init__.py").write_text(

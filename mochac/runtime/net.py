@@ -181,6 +181,7 @@ class Net:
         disable=(),
         keep=(),
         _prebuilt: tuple[Path, str] | None = None,
+        _open_source=None,
     ):
         self.name = name
         self.backend = backend
@@ -192,14 +193,18 @@ class Net:
         passes = enabled_passes(opt_level, self.disable)
         dtype = backend.dtype
 
-        # Data layers are opened first: only they know their top shapes.
+        # Data layers are opened first: only they know their top shapes. A
+        # compiled package passes _open_source(index, layer, dtype, rng) to
+        # defer reading files, because its net.json records the shapes.
         self.sources = {}
         source_shapes = {}
         for index, layer in enumerate(self.layers):
             if getattr(layer, "is_source", False):
-                source = make_source(
-                    layer, dtype, np.random.default_rng(backend.rng.integers(2**63))
-                )
+                rng = np.random.default_rng(backend.rng.integers(2**63))
+                if _open_source is None:
+                    source = make_source(layer, dtype, rng)
+                else:
+                    source = _open_source(index, layer, dtype, rng)
                 self.sources[index] = source
                 source_shapes[index] = source.shapes
 

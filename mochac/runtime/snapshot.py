@@ -158,13 +158,23 @@ def open_model(path) -> h5py.File:
             f"{path} is a folder; name a snapshot or model file in it (a solver's "
             "load_from takes the folder and picks its newest snapshot)"
         )
+    if not Path(path).exists():
+        raise SnapshotError(
+            f"snapshot or model file {path} does not exist; check the path"
+        )
     try:
         return h5py.File(path, "r")
     except OSError as error:
+        hint = ""
+        if latest_snapshot(Path(path).parent) == Path(path):
+            # A run resumed from this folder picks its newest snapshot, so
+            # deleting this file helps only there.
+            hint = (
+                "; if it is the newest snapshot of an interrupted run, delete it "
+                "to resume from the one before"
+            )
         raise SnapshotError(
-            f"cannot open snapshot or model file {path}: {first_line(error)}; if it "
-            "is the newest snapshot of an interrupted run, delete it to resume "
-            "from the one before"
+            f"cannot open snapshot or model file {path}: {first_line(error)}{hint}"
         ) from error
 
 

@@ -1,0 +1,244 @@
+"""Packages written by `mochac compile`: loading them, and their error messages."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+
+from mochac.cli import main
+from mochac.errors import CompileError, DataError, SnapshotError
+from mochac.runtime.compiled_module import load_net
+from mochac.runtime.snapshot import load_snapshot
+
+# A net whose data layer reads "train.txt" relative to the working directory,
+# as in Mocha's tutorials.
+HDF5_NET_FILE = textwrap.dedent(
+    """
+    import numpy as np
+
+    from mochac import (
+        CPUBackend, HDF5DataLayer, InnerProductLayer, Net, SoftmaxLossLayer,
+    )
+
+    data = HDF5DataLayer(name="train-data", source="train.txt", batch_size=4)
+    ip = InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["ip"])
+    loss = SoftmaxLossLayer(name="loss", bottoms=["ip", "label"])
+    net = Net("toy-h5", CPUBackend(dtype=np.float64, seed=1), [data, ip, loss])
+    """
+)
+
+MEMORY_NET_FILE = textwrap.dedent(
+    """
+    import numpy as np
+
+    from mochac import (
+        CPUBackend, InnerProductLayer, MemoryDataLayer, Net, SoftmaxLossLayer,
+    )
+
+    x = np.zeros((8, 2, 1, 1), np.float32)
+    y = np.zeros((8, 1), np.float32)
+    data = MemoryDataLayer(name="data", batch_size=4, data=[x, y])
+    ip = InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["ip"])
+    loss = SoftmaxLossLayer(name="loss", bottoms=["ip", "label"])
+    net = Net("tiny", CPUBackend(), [data, ip, loss])
+    """
+)
+
+
+def write_data(folder, rows=12, features=2):
+    """Write folder/train.h5 and the source list folder/train.txt naming it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    with h5py.File(folder / "train.h5", "w") as handle:
+        handle["data"] = rng.random((rows, features, 1, 1))
+        handle["label"] = rng.integers(0, 3, (rows, 1)).astype(np.float64)
+    (folder / "train.txt").write_text("train.h5\n")
+    return folder / "train.txt"
+
+
+@pytest.fixture
+def hdf5_package(tmp_path, monkeypatch):
+    """Compile HDF5_NET_FILE from the folder of its data; return the package."""
+    data_folder = tmp_path / "data"
+    write_data(data_folder)
+    net_file = data_folder / "net.py"
+    net_file.write_text(HDF5_NET_FILE)
+    monkeypatch.chdir(data_folder)
+    assert main(["compile", "net.py", "-o", str(tmp_path / "build")]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    return tmp_path / "build" / "toy_h5"
+
+
+def compile_memory_package(tmp_path):
+    net_file = tmp_path / "tiny.py"
+    net_file.write_text(MEMORY_NET_FILE)
+    assert main(["compile", str(net_file), "-o", str(tmp_path / "build")]) == 0
+    return tmp_path / "build" / "tiny"
+
+
+def test_hdf5_package_imports_from_another_folder(hdf5_package):
+    # The working directory has no train.txt: loading must not read it.
+    net = load_net(hdf5_package)
+    assert net.blobs["data"].shape == (4, 2, 1, 1)
+    assert not net.blobs["data"].any()
+
+
+def test_hdf5_package_import_in_fresh_interpreter(hdf5_package, tmp_path):
+    script = "import sys; sys.path.insert(0, sys.argv[1]); from toy_h5 import net"
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(hdf5_package.parent)],
+        cwd=tmp_path / "elsewhere",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_hdf5_package_forward_names_the_folder(hdf5_package, tmp_path):
+    net = load_net(hdf5_package)
+    with pytest.raises(DataError) as caught:
+        net.forward()
+    message = str(caught.value)
+    assert "cannot read source list train.txt" in message
+    assert f"run from {tmp_path / 'data'}, where it was compiled" in message
+    assert "net.data_source('train-data').open(" in message
+
+
+def test_hdf5_package_reads_at_first_batch(hdf5_package, tmp_path, monkeypatch):
+    net = load_net(hdf5_package)
+    monkeypatch.chdir(tmp_path / "data")
+    objective = net.forward()
+    assert np.isfinite(objective)
+    with h5py.File(tmp_path / "data" / "train.h5") as handle:
+        expected = handle["data"][:4]
+    np.testing.assert_array_equal(net.blobs["data"], expected)
+    assert net.data_source("train-data").position == 4
+
+
+def test_hdf5_package_open_other_source_list(hdf5_package, tmp_path):
+    other_list = write_data(tmp_path / "other", rows=6)
+    net = load_net(hdf5_package)
+    source = net.data_source("train-data")
+    source.open(other_list)
+    net.forward()
+    with h5py.File(tmp_path / "other" / "train.h5") as handle:
+        expected = handle["data"][:4]
+    np.testing.assert_array_equal(net.blobs["data"], expected)
+    assert source.layer.source == str(other_list)
+
+
+def test_hdf5_package_rejects_other_shapes(hdf5_package, tmp_path):
+    other_list = write_data(tmp_path / "wide", features=5)
+    net = load_net(hdf5_package)
+    with pytest.raises(DataError, match="built for") as caught:
+        net.data_source("train-data").open(other_list)
+    assert "(4, 5, 1, 1)" in str(caught.value)
+    assert "(4, 2, 1, 1)" in str(caught.value)
+
+
+def test_make_net_other_dtype_names_both(hdf5_package):
+    from mochac import CPUBackend
+
+    with pytest.raises(CompileError) as caught:
+        load_net(hdf5_package, CPUBackend(dtype=np.float32))
+    message = str(caught.value)
+    assert "compiled for float64" in message
+    assert "backend's dtype is float32" in message
+    assert "CPUBackend(dtype=np.float32)" in message
+    assert "generates different code" not in message
+
+
+def test_damaged_net_json_names_file(tmp_path):
+    package = compile_memory_package(tmp_path)
+    (package / "net.json").write_text("{")
+    with pytest.raises(CompileError) as caught:
+        load_net(package)
+    message = str(caught.value)
+    assert f"{package / 'net.json'} is not valid JSON" in message
+    assert "run `mochac compile` again" in message
+
+
+def test_net_json_without_field(tmp_path):
+    package = compile_memory_package(tmp_path)
+    meta = json.loads((package / "net.json").read_text())
+    del meta["layers"]
+    (package / "net.json").write_text(json.dumps(meta))
+    with pytest.raises(CompileError, match="lacks the field"):
+        load_net(package)
+
+
+def test_missing_extension_says_recompile(tmp_path):
+    package = compile_memory_package(tmp_path)
+    for extension in package.glob("_mochac_*"):
+        extension.unlink()
+    with pytest.raises(CompileError, match="is missing.*mochac compile"):
+        load_net(package)
+
+
+def test_missing_params_says_recompile(tmp_path):
+    package = compile_memory_package(tmp_path)
+    (package / "params.h5").unlink()
+    with pytest.raises(SnapshotError) as caught:
+        load_net(package)
+    message = str(caught.value)
+    assert "params.h5 is missing" in message
+    assert "run `mochac compile` again" in message
+    assert "interrupted run" not in message
+
+
+def test_damaged_params_says_recompile(tmp_path):
+    package = compile_memory_package(tmp_path)
+    (package / "params.h5").write_text("not HDF5")
+    with pytest.raises(SnapshotError) as caught:
+        load_net(package)
+    message = str(caught.value)
+    assert "the compiled package" in message
+    assert "run `mochac compile` again" in message
+    assert "interrupted run" not in message
+
+
+def test_damaged_newest_snapshot_hint(tmp_path):
+    package = compile_memory_package(tmp_path)
+    net = load_net(package)
+    folder = tmp_path / "snapshots"
+    folder.mkdir()
+    (folder / "snapshot-000100.h5").write_bytes((package / "params.h5").read_bytes())
+    (folder / "snapshot-000200.h5").write_text("cut short")
+    with pytest.raises(SnapshotError, match="newest snapshot of an interrupted run"):
+        load_snapshot(net, folder / "snapshot-000200.h5")
+
+
+def test_damaged_model_file_has_no_snapshot_hint(tmp_path):
+    net = load_net(compile_memory_package(tmp_path))
+    model = tmp_path / "model.h5"
+    model.write_text("")
+    with pytest.raises(SnapshotError) as caught:
+        load_snapshot(net, model)
+    assert "interrupted run" not in str(caught.value)
+    assert f"cannot open snapshot or model file {model}" in str(caught.value)
+
+
+def test_missing_model_file(tmp_path):
+    net = load_net(compile_memory_package(tmp_path))
+    with pytest.raises(SnapshotError, match="does not exist; check the path"):
+        load_snapshot(net, tmp_path / "absent.h5")
+
+
+def test_make_net_keeps_threads_option(tmp_path):
+    from mochac import CPUBackend
+
+    net = load_net(compile_memory_package(tmp_path), CPUBackend(threads=2))
+    assert np.isfinite(net.forward())
+
+
+def test_memory_package_has_no_deferred_sources(tmp_path):
+    package = compile_memory_package(tmp_path)
+    meta = json.loads((package / "net.json").read_text())
+    assert meta["deferred_sources"] == {}
