@@ -270,3 +270,23 @@ def test_package_name_of_keyword_net():
     assert module_name("class") == "class_net"
     assert module_name("My Net") == "my_net"
     assert module_name("3layers") == "net_3layers"
+
+
+def test_package_name_avoids_module_names():
+    from mochac.codegen.module_writer import module_name
+
+    assert module_name("mochac") == "mochac_net"
+    assert module_name("NumPy") == "numpy_net"
+    assert module_name("test") == "test_net"
+    assert module_name("json") == "json_net"
+    assert module_name("tiny-net") == "tiny_net"
+
+
+def test_compile_net_named_mochac(tmp_path, capsys):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE.replace('Net("tiny-net"', 'Net("mochac"'))
+    out = tmp_path / "build"
+    assert main(["compile", str(net_file), "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["mochac_net"]
+    assert "(import mochac_net)" in capsys.readouterr().out
+

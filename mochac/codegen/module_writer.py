@@ -10,10 +10,13 @@ DIR/<module>/net.c         the generated source, for reading
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import json
 import keyword
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from mochac.codegen.build import cpu_signature, source_digest
@@ -45,11 +48,30 @@ net = make_net()
 '''
 
 
+@functools.cache
+def taken_module_names() -> frozenset[str]:
+    """Return the lowercase top-level module names a compiled package must not use.
+
+    These are the standard library's and those of the installed
+    distributions (mochac, NumPy, h5py, ...). A package of the same name
+    would shadow that module for every script that imports from its folder.
+    """
+    names = set(sys.stdlib_module_names)
+    # sys.stdlib_module_names leaves out "test", CPython's regression tests.
+    names.add("test")
+    names.update(importlib.metadata.packages_distributions())
+    names.add("mochac")
+    return frozenset(name.lower() for name in names)
+
+
 def module_name(net_name: str) -> str:
-    """Return a Python module name derived from a net name."""
+    """Return a Python module name derived from a net name.
+
+    The name gets the suffix "_net" when it is a keyword ("class" cannot
+    follow an import statement) or a module name in taken_module_names().
+    """
     name = re.sub(r"[^0-9A-Za-z_]", "_", net_name).strip("_").lower() or "net"
-    if keyword.iskeyword(name):
-        # "class" cannot follow an import statement.
+    if keyword.iskeyword(name) or name in taken_module_names():
         return name + "_net"
     return "net_" + name if name[0].isdigit() else name
 
