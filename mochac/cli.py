@@ -17,8 +17,44 @@ import numpy as np
 
 from mochac.errors import MochacError
 from mochac.passes.pipeline import PASS_NAMES
+from mochac.version import __version__
 
 logger = logging.getLogger("mochac.cli")
+
+
+class UsageError(MochacError):
+    """A command-line argument names a file or value the command cannot use.
+
+    ``main`` logs the message and exits with status 2, as argparse does.
+    """
+
+
+def check_output_file(path, option: str) -> None:
+    """Raise UsageError unless ``path`` can be created as a file.
+
+    Commands call this before their work, so that a mistyped folder fails at
+    once instead of after a compile or a benchmark run.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a folder; name a file")
+    folder = path.parent
+    if not folder.is_dir():
+        raise UsageError(
+            f"{option} {path}: folder {folder} does not exist; create it or name "
+            "a file in an existing folder"
+        )
+
+
+def positive_int(text: str) -> int:
+    """Parse an option value that must be an integer >= 1 (for argparse)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 @contextlib.contextmanager
@@ -54,6 +90,13 @@ def find_nets(path: Path):
     try:
         with cpu_in_place_of_gpu():
             namespace = runpy.run_path(str(path), run_name="__mochac_compile__")
+    except SyntaxError as error:
+        # The file may import a module of its own that has the error, so the
+        # message names the error's file, not ``path``.
+        raise UsageError(
+            f"{error.filename or path}, line {error.lineno}: {type(error).__name__}: "
+            f"{error.msg}; fix the net file and run the command again"
+        ) from None
     finally:
         sys.path.pop(0)
     nets = []
@@ -72,6 +115,9 @@ def compile_command(args) -> int:
     if not path.is_file():
         logger.error("%s: file not found", path)
         return 2
+    for option, value in (("--report-json", args.report_json), ("--dot", args.dot)):
+        if value:
+            check_output_file(value, option)
     nets = find_nets(path)
     if not nets:
         logger.error(
@@ -168,6 +214,8 @@ def bench_command(args) -> int:
     from mochac.bench.nets import BUILTIN
     from mochac.bench.runner import bench, format_bench
 
+    if args.json:
+        check_output_file(args.json, "--json")
     if args.net in BUILTIN:
         factory = BUILTIN[args.net]
     else:
@@ -281,8 +329,18 @@ def print_profile(report, factory, args) -> None:
 
 
 def plot_command(args) -> int:
-    from mochac.plot import plot_statistics
+    from mochac.plot import image_formats, plot_statistics
 
+    check_output_file(args.output, "-o")
+    suffix = Path(args.output).suffix.lstrip(".").lower()
+    formats = image_formats()
+    # matplotlib writes a name without a suffix in rcParams["savefig.format"],
+    # PNG unless configured otherwise.
+    if suffix and suffix not in formats:
+        raise UsageError(
+            f"-o {args.output}: matplotlib cannot write .{suffix} images; end the "
+            f"name with one of: {', '.join('.' + name for name in formats)}"
+        )
     drawn = plot_statistics(args.statistics, args.output, args.stat or None)
     print(f"{', '.join(drawn)} -> {args.output}")
     return 0
@@ -294,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log debug messages"
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}"
     )
     commands = parser.add_subparsers(dest="command", required=True)
     compile_parser = commands.add_parser(
@@ -349,16 +410,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="a built-in net (lenet, cifar10) or a Python file that defines a Net",
     )
     bench_parser.add_argument(
-        "--batch", type=int, default=64, help="batch size (default: 64)"
+        "--batch", type=positive_int, default=64, help="batch size (default: 64)"
     )
     bench_parser.add_argument(
-        "--threads", type=int, default=1, help="CPU threads (default: 1)"
+        "--threads", type=positive_int, default=1, help="CPU threads (default: 1)"
     )
     bench_parser.add_argument(
-        "--iters", type=int, default=20, help="iterations per timed round (default: 20)"
+        "--iters",
+        type=positive_int,
+        default=20,
+        help="iterations per timed round (default: 20)",
     )
     bench_parser.add_argument(
-        "--repeats", type=int, default=5, help="timed rounds (default: 5)"
+        "--repeats", type=positive_int, default=5, help="timed rounds (default: 5)"
     )
     bench_parser.add_argument(
         "-O0", dest="opt_level", action="store_const", const=0, help="run no pass"
@@ -418,6 +482,9 @@ def main(argv=None) -> int:
     )
     try:
         return args.run(args)
+    except UsageError as error:
+        logger.error("%s", error)
+        return 2
     except MochacError as error:
         logger.error("%s", error)
         return 1

@@ -20,6 +20,13 @@ LABELS = {
 }
 
 
+def image_formats() -> list[str]:
+    """Return the file suffixes (without the dot) matplotlib can save, sorted."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(FigureCanvasBase.get_supported_filetypes())
+
+
 def plot_statistics(stats_path, out_path, names=None) -> list[str]:
     """Draw the statistics in ``stats_path`` into the image ``out_path``.
 

@@ -130,3 +130,17 @@ def test_gemm_shapes_of_direct_convolutions():
     # ip1: forward, weight gradient and bottom diff stay BLAS calls.
     assert len(gemm_shapes(net, direct=False)) == 3
     assert len(gemm_shapes(net)) == 11
+
+
+@pytest.mark.parametrize("option", ["--iters", "--repeats", "--batch", "--threads"])
+def test_bench_rejects_zero_counts(option, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["bench", "lenet", option, "0"])
+    assert caught.value.code == 2
+    assert f"argument {option}: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_bench_checks_json_folder_first(tmp_path, caplog):
+    out = tmp_path / "missing" / "bench.json"
+    assert main(["bench", "lenet", "--json", str(out)]) == 2
+    assert f"--json {out}: folder {out.parent} does not exist" in caplog.text

@@ -290,3 +290,38 @@ def test_compile_net_named_mochac(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["mochac_net"]
     assert "(import mochac_net)" in capsys.readouterr().out
 
+
+def test_version_option(capsys):
+    from mochac.version import __version__
+
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out.strip() == f"mochac {__version__}"
+
+
+def test_compile_syntax_error_names_line(tmp_path, caplog):
+    net_file = tmp_path / "broken.py"
+    net_file.write_text("from mochac import *\nnet = Net('x', CPUBackend(), [\n")
+    assert main(["compile", str(net_file), "-o", str(tmp_path / "out")]) == 2
+    assert f"{net_file}, line 2: SyntaxError: '[' was never closed" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+def test_compile_checks_dot_folder_first(tmp_path, caplog):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    out = tmp_path / "out"
+    dot = tmp_path / "missing" / "g.dot"
+    assert main(["compile", str(net_file), "-o", str(out), "--dot", str(dot)]) == 2
+    assert f"--dot {dot}: folder {dot.parent} does not exist" in caplog.text
+    # The check comes before any module is written.
+    assert not out.exists()
+
+
+def test_compile_rejects_report_json_folder(tmp_path, caplog):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    args = ["compile", str(net_file), "-o", str(tmp_path / "out")]
+    assert main([*args, "--report-json", str(tmp_path)]) == 2
+    assert f"--report-json {tmp_path}: is a folder; name a file" in caplog.text

@@ -55,3 +55,17 @@ def test_plot_of_a_snapshot_is_refused(tmp_path, caplog):
     assert main(["plot", str(snapshot), "-o", str(tmp_path / "curve.png")]) == 1
     assert "is not a statistics series" in caplog.text
     assert not (tmp_path / "curve.png").exists()
+
+
+def test_plot_into_missing_folder(tmp_path, caplog):
+    out = tmp_path / "no" / "such" / "curve.png"
+    assert main(["plot", str(lounge_file(tmp_path)), "-o", str(out)]) == 2
+    assert f"-o {out}: folder {out.parent} does not exist" in caplog.text
+
+
+def test_plot_unknown_image_format(tmp_path, caplog):
+    out = tmp_path / "curve.txt"
+    assert main(["plot", str(lounge_file(tmp_path)), "-o", str(out)]) == 2
+    assert "matplotlib cannot write .txt images" in caplog.text
+    assert ".png" in caplog.text
+    assert not out.exists()
