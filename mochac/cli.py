@@ -21,6 +21,9 @@ from mochac.version import __version__
 
 logger = logging.getLogger("mochac.cli")
 
+# The batch size of `mochac bench`'s built-in nets when --batch is not given.
+DEFAULT_BENCH_BATCH = 64
+
 
 class UsageError(MochacError):
     """A command-line argument names a file or value the command cannot use.
@@ -218,6 +221,8 @@ def bench_command(args) -> int:
         check_output_file(args.json, "--json")
     if args.net in BUILTIN:
         factory = BUILTIN[args.net]
+        if args.batch is None:
+            args.batch = DEFAULT_BENCH_BATCH
     else:
         path = Path(args.net)
         if not path.is_file():
@@ -231,17 +236,13 @@ def bench_command(args) -> int:
         if not nets:
             logger.error("%s defines no Net with a loss to train", path)
             return 2
-        layers = nets[0].layers
+        factory = file_net_factory(path, nets[0], args)
         if not args.no_inference:
             logger.info(
-                "%s: inference is timed for built-in nets only, whose batch size "
-                "can change",
+                "%s: inference is timed for built-in nets only; timing training alone",
                 path,
             )
             args.no_inference = True
-
-        def factory(batch):
-            return layers
 
     if args.backend == "cuda":
         from mochac.bench.gpu_runner import bench_gpu, format_gpu_bench
@@ -279,6 +280,43 @@ def bench_command(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     return 0
+
+
+def file_net_factory(path: Path, net, args):
+    """Return the layers factory that ``mochac bench`` times for a net file.
+
+    Sets ``args.batch`` to the batch the net runs at: the file's own batch
+    size, or ``--batch``, which then replaces the batch size of every input
+    layer. Raises UsageError when the net has no input layer that --batch
+    could change, or its input layers disagree and --batch is not given.
+    """
+    from mochac.bench.nets import batch_sizes, with_batch_size
+
+    layers = net.layers
+    sizes = batch_sizes(layers)
+    if not sizes:
+        raise UsageError(
+            f"{path}: net '{net.name}' has no input layer (a data layer or "
+            "RandomNormalLayer), so mochac bench cannot tell or set its batch size; "
+            "give it a data layer"
+        )
+    distinct = {size for per_layer in sizes.values() for size in per_layer}
+    if args.batch is None:
+        if len(distinct) > 1:
+            listing = ", ".join(
+                f"{name}: {'/'.join(map(str, per_layer))}"
+                for name, per_layer in sizes.items()
+            )
+            raise UsageError(
+                f"{path}: the input layers of net '{net.name}' have different "
+                f"batch sizes ({listing}); pass --batch N to run them all at N"
+            )
+        (args.batch,) = distinct
+
+    def factory(batch):
+        return with_batch_size(layers, batch)
+
+    return factory
 
 
 def print_gpu_profile(report, factory, args) -> None:
@@ -410,7 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a built-in net (lenet, cifar10) or a Python file that defines a Net",
     )
     bench_parser.add_argument(
-        "--batch", type=positive_int, default=64, help="batch size (default: 64)"
+        "--batch",
+        type=positive_int,
+        help=f"batch size (default: {DEFAULT_BENCH_BATCH} for a built-in net, the "
+        "data layers' batch_size for a file; for a file it replaces that "
+        "batch_size)",
     )
     bench_parser.add_argument(
         "--threads", type=positive_int, default=1, help="CPU threads (default: 1)"

@@ -132,6 +132,75 @@ def test_gemm_shapes_of_direct_convolutions():
     assert len(gemm_shapes(net)) == 11
 
 
+BATCH_8_NET_FILE = """
+import numpy as np
+from mochac import (
+    CPUBackend, InnerProductLayer, MemoryDataLayer, Net, SoftmaxLossLayer,
+)
+
+x = np.random.default_rng(0).random((32, 3, 4, 4), dtype=np.float32)
+y = np.zeros((32, 1), np.float32)
+data = MemoryDataLayer(name="data", batch_size=8, data=[x, y])
+ip = InnerProductLayer(name="ip", output_dim=4, bottoms=["data"], tops=["ip"])
+loss = SoftmaxLossLayer(name="loss", bottoms=["ip", "label"])
+net = Net("batch-8", CPUBackend(), [data, ip, loss])
+"""
+
+
+def bench_file(tmp_path, *options):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(BATCH_8_NET_FILE)
+    out = tmp_path / "bench.json"
+    args = ["bench", str(net_file), "--iters", "1", "--repeats", "1", "--no-peer"]
+    assert main([*args, "--json", str(out), *options]) == 0
+    return json.loads(out.read_text())
+
+
+def test_bench_file_reports_its_batch(tmp_path, capsys):
+    report = bench_file(tmp_path)
+    assert report["batch"] == 8
+    assert capsys.readouterr().out.startswith("batch 8,")
+
+
+def test_bench_file_batch_option_rebuilds(tmp_path, capsys, monkeypatch):
+    from mochac.bench import runner
+
+    built = []
+    original = runner.check_batch
+
+    def record(net, batch):
+        built.append(net.blobs["data"].shape[0])
+        original(net, batch)
+
+    monkeypatch.setattr(runner, "check_batch", record)
+    report = bench_file(tmp_path, "--batch", "16")
+    assert report["batch"] == 16
+    assert built == [16]
+    assert capsys.readouterr().out.startswith("batch 16,")
+
+
+def test_bench_rejects_factory_ignoring_batch():
+    from mochac.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="serve batches of 4"):
+        bench(lambda batch: lenet(4), batch=8, iters=1, repeats=1, peer=False)
+
+
+def test_with_batch_size_sets_input_layers():
+    from mochac.bench.nets import batch_sizes, with_batch_size
+    from mochac.layers.random_normal import RandomNormalLayer
+
+    noise = RandomNormalLayer(
+        name="noise", tops=["a", "b"], output_dims=(3,), batch_sizes=(2, 2)
+    )
+    layers = [*lenet(4), noise]
+    changed = with_batch_size(layers, 16)
+    assert batch_sizes(changed) == {"data": (16,), "noise": (16, 16)}
+    assert batch_sizes(layers)["data"] == (4,)
+    # Layers other than inputs stay the same objects.
+    assert changed[1] is layers[1]
+
+
 @pytest.mark.parametrize("option", ["--iters", "--repeats", "--batch", "--threads"])
 def test_bench_rejects_zero_counts(option, capsys):
     with pytest.raises(SystemExit) as caught:

@@ -13,7 +13,13 @@ from __future__ import annotations
 
 import logging
 
-from mochac.bench.runner import LATENCY_CALLS, inference_layers, rounds, summary
+from mochac.bench.runner import (
+    LATENCY_CALLS,
+    check_batch,
+    inference_layers,
+    rounds,
+    summary,
+)
 from mochac.runtime.gpu_backend import GPUBackend
 from mochac.runtime.net import Net
 from mochac.runtime.solver import SGD
@@ -28,6 +34,7 @@ def bench_gpu(layers_factory, batch=64, iters=20, repeats=5, opt_level=1, peer=T
     """
     backend = GPUBackend(seed=0)
     net = Net("bench-gpu", backend, layers_factory(batch), opt_level=opt_level)
+    check_batch(net, batch)
     method = SGD()
 
     def forward():

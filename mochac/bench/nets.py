@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from mochac.layers import (
@@ -109,3 +111,34 @@ def cifar10_full(batch: int) -> list:
 
 
 BUILTIN = {"lenet": lenet, "cifar10": cifar10_full}
+
+
+def batch_sizes(layers) -> dict[str, tuple[int, ...]]:
+    """Return the batch sizes that the input layers of ``layers`` set, by layer.
+
+    Input layers are the data layers (field ``batch_size``) and
+    RandomNormalLayer (field ``batch_sizes``, one per top).
+    """
+    found = {}
+    for layer in layers:
+        if hasattr(layer, "batch_sizes"):
+            found[layer.label] = tuple(layer.batch_sizes)
+        elif getattr(layer, "is_source", False) and hasattr(layer, "batch_size"):
+            found[layer.label] = (layer.batch_size,)
+    return found
+
+
+def with_batch_size(layers, batch: int) -> list:
+    """Return ``layers`` with every input layer set to produce ``batch`` samples.
+
+    The other layers are the same objects. See batch_sizes for the input layers.
+    """
+    changed = []
+    for layer in layers:
+        if hasattr(layer, "batch_sizes"):
+            sizes = (batch,) * len(layer.batch_sizes)
+            layer = dataclasses.replace(layer, batch_sizes=sizes)
+        elif getattr(layer, "is_source", False) and hasattr(layer, "batch_size"):
+            layer = dataclasses.replace(layer, batch_size=batch)
+        changed.append(layer)
+    return changed

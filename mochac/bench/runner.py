@@ -21,6 +21,7 @@ import tempfile
 import time
 
 from mochac.bench.blas_share import gemm_shapes, time_gemms
+from mochac.errors import ConfigError
 from mochac.runtime.backend import CPUBackend
 from mochac.runtime.net import Net
 from mochac.runtime.solver import SGD
@@ -104,6 +105,21 @@ def interleaved_rounds(functions: dict, repeats: int) -> dict:
     return samples
 
 
+def check_batch(net, batch: int) -> None:
+    """Raise ConfigError unless every data layer of ``net`` serves ``batch`` samples.
+
+    A report states ``batch``, so a factory that ignores it must fail
+    instead of timing a net of another batch size.
+    """
+    served = {shape[0] for source in net.sources.values() for shape in source.shapes}
+    if served - {batch}:
+        raise ConfigError(
+            f"net '{net.name}': the layers factory was called for batch {batch}, but "
+            f"the data layers serve batches of {', '.join(map(str, sorted(served)))}; "
+            "make the factory set the data layers' batch_size to its argument"
+        )
+
+
 def mochac_measures(layers_factory, batch, threads, iters, opt_level, inference):
     """Return {measure: (function, calls)} for mochac, and the train net."""
     net = Net(
@@ -112,6 +128,7 @@ def mochac_measures(layers_factory, batch, threads, iters, opt_level, inference)
         layers_factory(batch),
         opt_level=opt_level,
     )
+    check_batch(net, batch)
     method = SGD()
 
     def train():
