@@ -292,6 +292,30 @@ def test_hdf5_listed_file_missing(tmp_path):
     assert "does not exist" in message
 
 
+@pytest.mark.parametrize("beside_too", [False, True])
+def test_hdf5_list_relative_to_cwd(tmp_path, monkeypatch, beside_too):
+    # Mocha opens a listed path as given, relative to the current folder:
+    # data/list.txt naming data/train.hdf5 from the folder above data.
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_hdf5(folder / "train.hdf5", data=np.ones((3, 2)), label=np.zeros((3, 1)))
+    if beside_too:
+        # The list's own folder wins when it has the file as well.
+        (folder / "data").mkdir()
+        write_hdf5(
+            folder / "data" / "train.hdf5",
+            data=np.full((3, 2), 2.0),
+            label=np.zeros((3, 1)),
+        )
+    write_source_list(folder / "list.txt", "data/train.hdf5")
+    monkeypatch.chdir(tmp_path)
+    layer = HDF5DataLayer(name="data", source="data/list.txt", batch_size=3)
+    (data, _), n_valid = next_batch(open_source(layer))
+    assert n_valid == 3
+    expected = 2.0 if beside_too else 1.0
+    assert np.all(data == expected)
+
+
 def test_hdf5_non_hdf5_file(tmp_path):
     (tmp_path / "notes.hdf5").write_text("not an HDF5 file\n")
     source_list = write_source_list(tmp_path / "list.txt", "notes.hdf5")

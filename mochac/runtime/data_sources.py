@@ -162,7 +162,12 @@ def _who(layer) -> str:
 
 
 def read_source_list(layer: HDF5DataLayer) -> list[Path]:
-    """Return the HDF5 paths named in the layer's source list file."""
+    """Return the HDF5 paths named in the layer's source list file.
+
+    A relative path is taken beside the list file. When no file is there
+    but one is at the path relative to the current folder (Mocha's rule),
+    that one is taken.
+    """
     list_path = Path(layer.source)
     try:
         lines = list_path.read_text().splitlines()
@@ -188,7 +193,9 @@ def read_source_list(layer: HDF5DataLayer) -> list[Path]:
             continue
         path = Path(line)
         if not path.is_absolute():
-            path = list_path.parent / path
+            beside = list_path.parent / path
+            if beside.exists() or not path.exists():
+                path = beside
         paths.append(path)
     if not paths:
         raise DataError(f"{_who(layer)}: source list {list_path} names no files")
@@ -198,7 +205,9 @@ def read_source_list(layer: HDF5DataLayer) -> list[Path]:
 def _open_hdf5(layer, path: Path) -> h5py.File:
     if not path.exists():
         raise DataError(
-            f"{_who(layer)}: file {path}, listed in {layer.source}, does not exist"
+            f"{_who(layer)}: file {path}, listed in {layer.source}, does not exist "
+            "(a relative path is looked up beside the list file, then in the "
+            "current folder)"
         )
     try:
         return h5py.File(path, "r")
