@@ -316,6 +316,33 @@ def test_hdf5_list_relative_to_cwd(tmp_path, monkeypatch, beside_too):
     assert np.all(data == expected)
 
 
+@pytest.mark.parametrize("shape", [(2, 3), (6, 4), (6,)])
+def test_memory_array_replaced_other_shape(shape):
+    x = np.zeros((6, 3), dtype=np.float32)
+    y = np.zeros((6, 1), dtype=np.float32)
+    layer = MemoryDataLayer(name="mem", batch_size=4, data=[x, y])
+    source = open_source(layer)
+    source.arrays[0] = np.ones(shape, dtype=np.float32)
+    with pytest.raises(DataError) as raised:
+        next_batch(source)
+    message = str(raised.value)
+    assert "MemoryDataLayer 'mem'" in message
+    assert "top 'data'" in message
+    assert f"has shape {shape}" in message
+    assert "built for (6, 3)" in message
+
+
+def test_memory_array_replaced_same_shape():
+    x = np.zeros((6, 3), dtype=np.float32)
+    y = np.zeros((6, 1), dtype=np.float32)
+    layer = MemoryDataLayer(name="mem", batch_size=4, data=[x, y])
+    source = open_source(layer)
+    source.arrays[0] = np.full((6, 3), 5.0, dtype=np.float32)
+    (data, _), n_valid = next_batch(source)
+    assert n_valid == 4
+    assert np.all(data == 5.0)
+
+
 def test_hdf5_non_hdf5_file(tmp_path):
     (tmp_path / "notes.hdf5").write_text("not an HDF5 file\n")
     source_list = write_source_list(tmp_path / "list.txt", "notes.hdf5")

@@ -116,7 +116,19 @@ class DataSource(BatchOrder):
         self.layer = layer
         self.arrays = arrays
         super().__init__(len(arrays[0]), layer.batch_size, rng, shuffle)
+        self.array_shapes = [np.shape(array) for array in arrays]
         self.transforms = prepare_transformers(layer, self.shapes, np.dtype(dtype))
+
+    def _check_arrays(self):
+        """Raise DataError when an array was replaced by one of another shape."""
+        for top, array, shape in zip(self.layer.tops, self.arrays, self.array_shapes):
+            if np.shape(array) != shape:
+                raise DataError(
+                    f"{_who(self.layer)}: top '{top}' has shape {np.shape(array)}, but "
+                    f"the net was built for {shape}; write new values into the "
+                    "array in place (arrays[i][...] = values), or build a new Net "
+                    "for data of another shape"
+                )
 
     @property
     def shapes(self) -> list[tuple[int, ...]]:
@@ -124,6 +136,7 @@ class DataSource(BatchOrder):
 
     def next_batch(self, outputs: list[np.ndarray]) -> int:
         """Copy the next batch into ``outputs`` (one array per top); return n_valid."""
+        self._check_arrays()
         indices, valid = self._indices()
         # Kept so that an error about a batch sample can name its data row.
         self.last_indices = indices
