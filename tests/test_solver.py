@@ -220,6 +220,34 @@ def test_load_missing_layer(tmp_path, caplog):
     assert np.all(net.params["ip1"]["weight"] == 1)
 
 
+def test_stale_temporaries_removed(tmp_path):
+    import os
+    import subprocess
+
+    from mochac.runtime import snapshot
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    dead = finished.pid
+    hour_ago = os.path.getmtime(tmp_path) - 3600
+    files = {
+        "stale": tmp_path / f".snapshot-000010.h5.{dead}.tmp",
+        "recent": tmp_path / f".snapshot-000012.h5.{dead}.tmp",
+        "running": tmp_path / f".snapshot-000014.h5.{os.getppid()}.tmp",
+        "other": tmp_path / ".notes.tmp",
+    }
+    for name, path in files.items():
+        path.write_bytes(b"partial")
+        if name != "recent":
+            os.utime(path, (hour_ago, hour_ago))
+    snapshot._CLEANED_FOLDERS.discard(tmp_path.resolve())
+    train(tmp_path, 2, snapshot_every=2)
+    assert not files["stale"].exists()
+    assert files["recent"].exists()
+    assert files["running"].exists()
+    assert files["other"].exists()
+
+
 def test_snapshot_leaves_no_temporary(tmp_path):
     train(tmp_path, 4, snapshot_every=2)
     names = sorted(p.name for p in tmp_path.iterdir())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from pathlib import Path
 
 import h5py
@@ -86,6 +87,50 @@ def latest_snapshot(folder) -> Path | None:
     return max(found)[1] if found else None
 
 
+# The temporary name write_atomically uses: ".<name>.<process id>.tmp".
+TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+
+# A temporary file left by a process that no longer runs is removed once it
+# is this old, so that a writer on another host sharing the folder, whose
+# process id means nothing here, keeps a file it is still writing.
+STALE_TEMPORARY_SECONDS = 600
+
+# Folders this process has already cleaned; each is scanned once.
+_CLEANED_FOLDERS: set[Path] = set()
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporary files in ``folder`` left by killed writers.
+
+    A run killed while writing (kill -9, power loss) leaves its temporary
+    file behind; the finished file was never replaced, so nothing is lost.
+    Each folder is scanned on the first write of this process only.
+    """
+    folder = folder.resolve()
+    if folder in _CLEANED_FOLDERS:
+        return
+    _CLEANED_FOLDERS.add(folder)
+    now = time.time()
+    for entry in folder.iterdir():
+        match = TEMPORARY_NAME.match(entry.name)
+        if match is None or int(match["pid"]) == os.getpid():
+            continue
+        try:
+            os.kill(int(match["pid"]), 0)
+            continue
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue
+        try:
+            if now - entry.stat().st_mtime < STALE_TEMPORARY_SECONDS:
+                continue
+            entry.unlink()
+        except OSError:
+            continue
+        logger.info("removed %s, left by a writer that was killed", entry)
+
+
 def write_atomically(path: Path, fill) -> None:
     """Create ``path`` as HDF5 by calling ``fill(h5file)`` on a temporary file."""
     path = Path(path)
@@ -95,6 +140,7 @@ def write_atomically(path: Path, fill) -> None:
         with h5py.File(temporary, "w") as handle:
             fill(handle)
         os.replace(temporary, path)
+        remove_stale_temporaries(path.parent)
     except OSError as error:
         raise SnapshotError(
             f"cannot write {path}: {error}; check that {path.parent} is a writable "
