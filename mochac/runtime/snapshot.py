@@ -91,8 +91,8 @@ def latest_snapshot(folder) -> Path | None:
 TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
 
 # A temporary file left by a process that no longer runs is removed once it
-# is this old, so that a writer on another host sharing the folder, whose
-# process id means nothing here, keeps a file it is still writing.
+# is this old. A writer on another host that shares the folder has a process
+# id that means nothing here, and the age keeps its file while it writes.
 STALE_TEMPORARY_SECONDS = 600
 
 # Folders this process has already cleaned; each is scanned once.
