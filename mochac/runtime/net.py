@@ -482,6 +482,7 @@ class Net:
 
     def objective(self) -> float:
         """Return the sum of the loss layers' weighted values from the last forward."""
+        self._check_alive()
         total = 0.0
         for info in self.ir.layers:
             if info.layer.has_loss:
@@ -562,6 +563,7 @@ class Net:
 
     def forward_layer(self, name: str, n_valid: int | None = None):
         """Run one layer's forward pass on the current blob contents (for tests)."""
+        self._check_alive()
         info = self.ir.layer(name)
         n_valid = self._batch_size() if n_valid is None else n_valid
         self._check(
@@ -572,6 +574,7 @@ class Net:
 
     def backward_layer(self, name: str):
         """Run one layer's backward pass on the current diffs (for tests)."""
+        self._check_alive()
         info = self.ir.layer(name)
         self._check(
             self.lib.mochac_layer_backward(info.index, self.pointers, self.status)
