@@ -19,12 +19,14 @@ import queue
 import threading
 import weakref
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
 
-from mochac.errors import ConfigError, DataError
+from mochac.errors import ConfigError, DataError, SnapshotError
 from mochac.layers.data import AsyncHDF5DataLayer, HDF5DataLayer, MemoryDataLayer
+from mochac.runtime.snapshot import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +34,9 @@ logger = logging.getLogger(__name__)
 class BatchOrder:
     """The sample order of a data source: in order, or a new permutation per epoch."""
 
-    def __init__(self, n_samples: int, batch_size: int, rng, shuffle: bool):
+    def __init__(self, n_samples: int, batch_size: int, rng, shuffle: bool, owner: str):
+        # The layer named in errors, "HDF5DataLayer 'train'".
+        self.owner = owner
         self.n_samples = n_samples
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -82,11 +86,88 @@ class BatchOrder:
         }
 
     def load_state_dict(self, state: dict):
-        self.position = int(state["position"])
-        self.epoch = int(state["epoch"])
+        """Restore a state from state_dict(), which a snapshot stores.
+
+        Raises SnapshotError and changes nothing when the state does not fit
+        the current data. The checks reject a position that is not a sample
+        index, a negative epoch, an order that is not a permutation of the
+        sample indices and a generator state that numpy rejects. A saved order
+        is ignored when the layer does not shuffle.
+        """
+        position = self._whole_number(state, "position")
+        if not 0 <= position < self.n_samples:
+            self._reject_state(
+                f"position {position} is not a sample index (0..{self.n_samples - 1})"
+            )
+        epoch = self._whole_number(state, "epoch")
+        if epoch < 0:
+            self._reject_state(f"epoch {epoch} is negative")
         order = state.get("order")
-        self.order = None if order is None or not self.shuffle else np.asarray(order)
-        self.rng.bit_generator.state = json.loads(state["rng"])
+        order = (
+            None if order is None or not self.shuffle else self._checked_order(order)
+        )
+        self._restore_rng(state.get("rng"))
+        self.position = position
+        self.epoch = epoch
+        self.order = order
+
+    def _reject_state(self, problem: str):
+        raise SnapshotError(
+            f"{self.owner}: the saved data-layer state does not fit the current "
+            f"data of {self.n_samples} samples: {problem}. The data changed since "
+            "the state was saved, or the snapshot is damaged; resume from a "
+            "snapshot saved with this data, or load only the parameters with "
+            "load_snapshot(net, path) and train from iteration 0"
+        )
+
+    def _whole_number(self, state: dict, key: str) -> int:
+        value = state.get(key)
+        numeric = isinstance(value, (int, np.integer, float, np.floating))
+        if (
+            not numeric
+            or isinstance(value, (bool, np.bool_))
+            or not float(value).is_integer()
+        ):
+            self._reject_state(f"{key} is {value!r}, not a whole number")
+        return int(value)
+
+    def _checked_order(self, order) -> np.ndarray:
+        """Return ``order`` as int64 sample indices, or reject it."""
+        array = np.asarray(order)
+        if array.ndim != 1:
+            self._reject_state(f"the sample order has shape {array.shape}, not 1-D")
+        if len(array) != self.n_samples:
+            self._reject_state(
+                f"the sample order lists {len(array)} samples, but the data now "
+                f"have {self.n_samples}"
+            )
+        if array.dtype.kind not in "iu":
+            self._reject_state(
+                f"the sample order has dtype {array.dtype}; it must contain "
+                "integer sample indices"
+            )
+        if not np.array_equal(np.sort(array), np.arange(self.n_samples)):
+            self._reject_state(
+                f"the sample order (values {array.min()}..{array.max()}) is not a "
+                f"permutation of the sample indices 0..{self.n_samples - 1}"
+            )
+        return array.astype(np.int64)
+
+    def _restore_rng(self, text):
+        """Set the generator to the JSON state ``text``, or reject it unchanged."""
+        try:
+            rng_state = json.loads(text)
+        except (TypeError, ValueError) as error:
+            self._reject_state(f"the generator state is not valid JSON ({error})")
+        previous = self.rng.bit_generator.state
+        try:
+            self.rng.bit_generator.state = rng_state
+        except (TypeError, ValueError, KeyError) as error:
+            self.rng.bit_generator.state = previous
+            self._reject_state(
+                f"numpy rejects the generator state ({error}); it must be "
+                f"the state of a {type(self.rng.bit_generator).__name__} generator"
+            )
 
 
 def prepare_transformers(layer, shapes, dtype) -> list[list]:
@@ -115,7 +196,7 @@ class DataSource(BatchOrder):
     def __init__(self, layer, arrays: list[np.ndarray], rng, shuffle: bool, dtype):
         self.layer = layer
         self.arrays = arrays
-        super().__init__(len(arrays[0]), layer.batch_size, rng, shuffle)
+        super().__init__(len(arrays[0]), layer.batch_size, rng, shuffle, _who(layer))
         self.array_shapes = [np.shape(array) for array in arrays]
         self.transforms = prepare_transformers(layer, self.shapes, np.dtype(dtype))
 
@@ -222,18 +303,34 @@ def _open_hdf5(layer, path: Path) -> h5py.File:
             "(a relative path is looked up beside the list file, then in the "
             "current folder)"
         )
+    if path.is_dir():
+        raise DataError(
+            f"{_who(layer)}: {path}, listed in {layer.source}, is a folder; list "
+            "the HDF5 files in it, one path per line"
+        )
     try:
         return h5py.File(path, "r")
     except OSError as error:
+        # h5py's message goes on with HDF5's error stack (timestamps, addresses).
         raise DataError(
-            f"{_who(layer)}: cannot open {path} as HDF5: {error}"
+            f"{_who(layer)}: cannot open {path}, listed in {layer.source}, as "
+            f"HDF5: {first_line(error)}; check that it is a complete HDF5 file"
         ) from error
 
 
-def scan_hdf5(layer: HDF5DataLayer, dtype) -> tuple[list[tuple[Path, int]], list]:
+class ScannedFile(NamedTuple):
+    """A listed HDF5 file as scan_hdf5 found it."""
+
+    path: Path
+    rows: int
+    # Per top: the dataset's (shape, dtype).
+    layouts: tuple[tuple[tuple[int, ...], np.dtype], ...]
+
+
+def scan_hdf5(layer: HDF5DataLayer, dtype) -> tuple[list[ScannedFile], list]:
     """Check every listed file's datasets without reading their values.
 
-    Returns ([(path, rows), ...], sample shape per top). A 1-D dataset has
+    Returns ([ScannedFile, ...], sample shape per top). A 1-D dataset has
     samples of shape (1,). Raises DataError naming the file and dataset when a
     dataset is missing, not numeric or a scalar. It is also raised when a
     dataset's row count differs from the first top's, when sample shapes
@@ -246,6 +343,7 @@ def scan_hdf5(layer: HDF5DataLayer, dtype) -> tuple[list[tuple[Path, int]], list
         with _open_hdf5(layer, path) as handle:
             rows = None
             shapes = []
+            layouts = []
             for top in layer.tops:
                 if isinstance(handle.get(top), h5py.Group):
                     raise DataError(
@@ -271,9 +369,10 @@ def scan_hdf5(layer: HDF5DataLayer, dtype) -> tuple[list[tuple[Path, int]], list
                     )
                 rows = dataset.shape[0]
                 shapes.append(dataset.shape[1:] if dataset.ndim > 1 else (1,))
-            files.append((path, rows))
+                layouts.append((dataset.shape, dataset.dtype))
+            files.append(ScannedFile(path, rows, tuple(layouts)))
             shapes_per_file.append(shapes)
-    if not sum(rows for _, rows in files):
+    if not sum(scanned.rows for scanned in files):
         # An empty source would make the batch order loop forever looking for a
         # sample.
         raise DataError(
@@ -285,8 +384,8 @@ def scan_hdf5(layer: HDF5DataLayer, dtype) -> tuple[list[tuple[Path, int]], list
         distinct = {shapes[position] for shapes in shapes_per_file}
         if len(distinct) > 1:
             listing = ", ".join(
-                f"{path}: {shapes[position]}"
-                for (path, _), shapes in zip(files, shapes_per_file)
+                f"{scanned.path}: {shapes[position]}"
+                for scanned, shapes in zip(files, shapes_per_file)
             )
             raise DataError(
                 f"{_who(layer)}: dataset '{top}' has different sample shapes across "
@@ -296,15 +395,35 @@ def scan_hdf5(layer: HDF5DataLayer, dtype) -> tuple[list[tuple[Path, int]], list
     return files, sample_shapes
 
 
+def check_unchanged(layer, scanned: ScannedFile, handle: h5py.File) -> None:
+    """Raise DataError when a dataset of the open file ``handle`` has another
+    shape or kind of dtype than scan_hdf5 found, because the file was
+    replaced or rewritten after the net was built on it."""
+    for top, (shape, dtype) in zip(layer.tops, scanned.layouts):
+        dataset = handle.get(top)
+        if not isinstance(dataset, h5py.Dataset):
+            found = "no dataset"
+        elif dataset.shape != shape or dataset.dtype.kind != dtype.kind:
+            found = f"shape {dataset.shape} and dtype {dataset.dtype}"
+        else:
+            continue
+        raise DataError(
+            f"{_who(layer)}: {scanned.path} changed after the net was built on it: "
+            f"'{top}' now has {found}, but it had shape {shape} and dtype {dtype}; "
+            "restore the file, or build a new Net for the new data"
+        )
+
+
 def load_hdf5(layer: HDF5DataLayer, dtype) -> list[np.ndarray]:
     """Read every top's dataset from every listed file, concatenated along N."""
     files, sample_shapes = scan_hdf5(layer, dtype)
     arrays = []
     for top, shape in zip(layer.tops, sample_shapes):
         parts = []
-        for path, rows in files:
-            with _open_hdf5(layer, path) as handle:
-                values = handle[top][()].reshape((rows,) + shape)
+        for scanned in files:
+            with _open_hdf5(layer, scanned.path) as handle:
+                check_unchanged(layer, scanned, handle)
+                values = handle[top][()].reshape((scanned.rows,) + shape)
             parts.append(np.ascontiguousarray(values, dtype=dtype))
         arrays.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
     return arrays
@@ -346,6 +465,16 @@ class MemorySource(DataSource):
 # --- AsyncHDF5DataLayer ---------------------------------------------------------
 
 
+def _file_identity(path: Path) -> tuple | None:
+    """Return what changes when a file is replaced or rewritten: device, inode,
+    size and modification time; None when the file cannot be read."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+
 class ChunkReader:
     """Rows of the concatenated HDF5 datasets, read ``chunk_size`` samples at a time.
 
@@ -355,14 +484,19 @@ class ChunkReader:
     A batch that needs more chunks than that (shuffled data larger than one
     chunk) is read row by row from the files instead, which bounds the memory
     at CACHED_CHUNKS chunks.
+
+    Each read from a file first compares the file on disk with the one the
+    reader opened. A replaced or rewritten file is opened again, and its
+    datasets must keep the shapes and dtype kinds that scan_hdf5 found.
     """
 
     CACHED_CHUNKS = 2
 
-    def __init__(self, layer, files, sample_shapes, dtype):
+    def __init__(self, layer, files: list[ScannedFile], sample_shapes, dtype):
         self.layer = layer
-        self.paths = [path for path, _ in files]
-        rows = np.array([rows for _, rows in files], dtype=np.int64)
+        self.files = files
+        self.paths = [scanned.path for scanned in files]
+        rows = np.array([scanned.rows for scanned in files], dtype=np.int64)
         # starts[f] is the first sample of file f; starts[-1] the sample count.
         self.starts = np.concatenate([[0], np.cumsum(rows)])
         self.sample_shapes = sample_shapes
@@ -372,12 +506,33 @@ class ChunkReader:
             collections.OrderedDict()
         )
         self.handles: dict[int, h5py.File] = {}
+        # Per open file: its identity when it was opened, from _file_identity.
+        self.identities: dict[int, tuple | None] = {}
 
     def _handle(self, file_index: int) -> h5py.File:
+        """Return the open file ``file_index``, reopened and checked again when
+        the file on disk was replaced or rewritten since it was opened."""
+        path = self.paths[file_index]
+        identity = _file_identity(path)
         handle = self.handles.get(file_index)
-        if handle is None:
-            handle = _open_hdf5(self.layer, self.paths[file_index])
-            self.handles[file_index] = handle
+        if handle is not None and identity == self.identities[file_index]:
+            return handle
+        if handle is not None:
+            logger.info(
+                "%s: %s changed on disk; opening it again", _who(self.layer), path
+            )
+            handle.close()
+            del self.handles[file_index]
+            # Cached chunks may contain rows of the old file.
+            self.cache.clear()
+        handle = _open_hdf5(self.layer, path)
+        try:
+            check_unchanged(self.layer, self.files[file_index], handle)
+        except DataError:
+            handle.close()
+            raise
+        self.handles[file_index] = handle
+        self.identities[file_index] = identity
         return handle
 
     def _read_file_rows(self, file_index: int, rows) -> list[np.ndarray]:
@@ -541,7 +696,9 @@ class AsyncHDF5Source:
         self.reader = ChunkReader(layer, files, sample_shapes, dtype)
         self.n_samples = int(self.reader.starts[-1])
         # Only the thread advances this order while it runs.
-        self._order = BatchOrder(self.n_samples, self.batch_size, rng, layer.shuffle)
+        self._order = BatchOrder(
+            self.n_samples, self.batch_size, rng, layer.shuffle, _who(layer)
+        )
         self._served = self._order.state_dict()
         self.transforms = prepare_transformers(layer, self.shapes, dtype)
         # The thread and the finalizer share this dict, not the source, so an
@@ -608,7 +765,9 @@ class AsyncHDF5Source:
         return dict(self._served)
 
     def load_state_dict(self, state: dict):
-        self._stop_thread()
+        """Restore a state from state_dict(); raise SnapshotError, keeping the
+        batches served so far, when it does not fit the data."""
+        self._take_back_order()
         self._order.load_state_dict(state)
         self._served = self._order.state_dict()
 
