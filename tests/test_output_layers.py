@@ -1,5 +1,8 @@
 """MemoryOutputLayer and HDF5OutputLayer: collected batches, files and checks."""
 
+import gc
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -173,3 +176,155 @@ def test_hdf5_output_invalid_field(field, value):
     fields = {"filename": "out.h5", field: value}
     with pytest.raises(ConfigError, match=rf"'save'.*invalid {field}="):
         HDF5OutputLayer(name="save", bottoms=["a", "b"], **fields)
+
+
+def test_hdf5_output_same_filename(tmp_path, monkeypatch):
+    path = tmp_path / "out.h5"
+    path.write_bytes(b"keep me")
+    monkeypatch.chdir(tmp_path)
+    first = HDF5OutputLayer(
+        name="first", bottoms=["prob"], filename=str(path), force_overwrite=True
+    )
+    # A relative path to the same file counts as the same filename.
+    second = HDF5OutputLayer(
+        name="second", bottoms=["x"], filename="out.h5", force_overwrite=True
+    )
+    with pytest.raises(ConfigError) as raised:
+        build([first, second])
+    message = str(raised.value)
+    assert "HDF5OutputLayer 'second': file out.h5 is already the output" in message
+    assert "of HDF5OutputLayer 'first'" in message
+    assert "give each HDF5OutputLayer its own filename" in message
+    # The first layer's temporary file is gone and the old file is untouched.
+    assert list(tmp_path.iterdir()) == [path]
+    assert path.read_bytes() == b"keep me"
+
+
+def test_hdf5_output_same_file_two_nets(tmp_path):
+    path = tmp_path / "out.h5"
+    first = build([HDF5OutputLayer(name="save", bottoms=["prob"], filename=path)])
+    layer = HDF5OutputLayer(
+        name="again", bottoms=["prob"], filename=path, force_overwrite=True
+    )
+    with pytest.raises(ConfigError, match="call destroy\\(\\) on the other net"):
+        build([layer])
+    first.forward()
+    first.destroy()
+    second = build([layer])
+    second.destroy()
+    with h5py.File(path, "r") as handle:
+        assert handle["prob"].shape == (0, 2)
+
+
+def test_hdf5_output_dropped_net_frees_file(tmp_path):
+    path = tmp_path / "out.h5"
+    first = build([HDF5OutputLayer(name="save", bottoms=["prob"], filename=path)])
+    first.forward()
+    del first
+    # Building the second net collects the first, which moves its file into
+    # place because it wrote a batch.
+    layer = HDF5OutputLayer(
+        name="again", bottoms=["prob"], filename=path, force_overwrite=True
+    )
+    second = build([layer])
+    with h5py.File(path, "r") as handle:
+        assert handle["prob"].shape == (4, 2)
+    second.destroy()
+
+
+def test_hdf5_output_unused_net_leaves_nothing(tmp_path):
+    path = tmp_path / "out.h5"
+    path.write_bytes(b"keep me")
+    net = build(
+        [
+            HDF5OutputLayer(
+                name="save", bottoms=["prob"], filename=path, force_overwrite=True
+            )
+        ]
+    )
+    del net
+    gc.collect()
+    assert list(tmp_path.iterdir()) == [path]
+    assert path.read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize("suffix", ["", "/"])
+def test_hdf5_output_filename_is_folder(tmp_path, suffix):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    layer = HDF5OutputLayer(
+        name="save",
+        bottoms=["prob"],
+        filename=f"{folder}{suffix}",
+        force_overwrite=True,
+    )
+    with pytest.raises(ConfigError, match=r"'save': filename .*results is a folder"):
+        build([layer])
+    assert list(tmp_path.iterdir()) == [folder]
+
+
+def test_hdf5_output_slash_names_folder(tmp_path):
+    layer = HDF5OutputLayer(
+        name="save", bottoms=["prob"], filename=f"{tmp_path / 'missing'}/"
+    )
+    with pytest.raises(ConfigError, match="is a folder; name a file"):
+        build([layer])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hdf5_output_inside_file(tmp_path):
+    (tmp_path / "notes").write_text("a file")
+    layer = HDF5OutputLayer(
+        name="save", bottoms=["prob"], filename=tmp_path / "notes" / "sub" / "out.h5"
+    )
+    with pytest.raises(ConfigError, match=r"'save': .* is inside .*notes, which is"):
+        build([layer])
+
+
+def test_hdf5_output_creates_parents(tmp_path):
+    path = tmp_path / "a" / "b" / "out.h5"
+    net = build([HDF5OutputLayer(name="save", bottoms=["prob"], filename=path)])
+    net.forward()
+    net.destroy()
+    with h5py.File(path, "r") as handle:
+        assert handle["prob"].shape == (4, 2)
+
+
+def test_hdf5_output_move_failure_keeps_data(tmp_path):
+    path = tmp_path / "out.h5"
+    net = build([HDF5OutputLayer(name="save", bottoms=["prob"], filename=path)])
+    net.forward()
+    path.mkdir()
+    with pytest.raises(MochacError) as raised:
+        net.destroy()
+    message = str(raised.value)
+    assert "'save': moving the finished file" in message
+    assert "the data are in" in message
+    (temporary,) = tmp_path.glob(".out.h5.*.tmp")
+    with h5py.File(temporary, "r") as handle:
+        assert handle["prob"].shape == (4, 2)
+
+
+def test_hdf5_output_fsync_before_rename(tmp_path, monkeypatch):
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def record_fsync(descriptor):
+        calls.append(("fsync", os.path.realpath(f"/proc/self/fd/{descriptor}")))
+        real_fsync(descriptor)
+
+    def record_replace(source, target):
+        calls.append(("replace", str(target)))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", record_fsync)
+    monkeypatch.setattr(os, "replace", record_replace)
+    path = tmp_path / "out.h5"
+    net = build([HDF5OutputLayer(name="save", bottoms=["prob"], filename=path)])
+    net.forward()
+    net.destroy()
+    kinds = [kind for kind, _ in calls]
+    assert kinds == ["fsync", "replace", "fsync"]
+    assert calls[0][1].startswith(str(tmp_path / ".out.h5."))
+    assert calls[1][1] == str(path)
+    assert calls[2][1] == str(tmp_path)

@@ -42,7 +42,10 @@ class HDF5OutputLayer(OutputLayer):
     """A sink that appends its bottoms' data to HDF5 datasets after every forward pass.
 
     Fields (Mocha's defaults):
-        filename: the path of the HDF5 file (required).
+        filename: the path of the HDF5 file (required). Missing parent folders
+            are created. Building the net raises ConfigError when it names a
+            folder, or the file of another HDF5OutputLayer in this net or in
+            another net that was not destroyed.
         force_overwrite: default False. When the file already exists, building
             the net raises ConfigError unless this is True, in which case the
             file is replaced.
@@ -52,9 +55,11 @@ class HDF5OutputLayer(OutputLayer):
 
     Each dataset is (samples, ...) with the blob's per-sample shape and the
     backend's dtype. The data go to a temporary file in the same folder,
-    which replaces ``filename`` when the net is destroyed (or at interpreter
-    exit), so the file never contains a partly written batch. A failed write
-    deletes the temporary file.
+    which replaces ``filename`` when the net is destroyed, so the file never
+    contains a partly written batch. A net that is never destroyed moves its
+    file into place when it is garbage collected or at interpreter exit,
+    but only when it wrote at least one batch. A failed write deletes the
+    temporary file.
     """
 
     filename: str = ""

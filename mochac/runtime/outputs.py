@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import tempfile
@@ -12,6 +13,7 @@ import h5py
 import numpy as np
 
 from mochac.errors import ConfigError, MochacError
+from mochac.fsync import replace_durably
 from mochac.layers.output import HDF5OutputLayer, MemoryOutputLayer
 
 logger = logging.getLogger(__name__)
@@ -35,23 +37,108 @@ class MemoryOutput:
         """Keep the collected arrays; nothing to release."""
 
 
+# Resolved path -> title of the live HDF5Output writing it, in this process.
+_PATHS_IN_USE: dict[Path, str] = {}
+
+
+class PendingFile:
+    """An HDF5Output's temporary file, shared with the finalizer that moves it
+    to its filename."""
+
+    def __init__(self, title: str, file, temporary: Path, path: Path, key: Path):
+        self.title = title
+        self.file = file
+        self.temporary = temporary
+        self.path = path
+        # The resolved path, under which _PATHS_IN_USE lists the output.
+        self.key = key
+        self.batches = 0
+        # Set by HDF5Output.close(): the net was destroyed.
+        self.closing = False
+
+
+def finish_file(pending: PendingFile) -> None:
+    """Close the temporary file and move it to its filename.
+
+    A finalizer that runs before the net was destroyed (garbage collection
+    or interpreter exit) deletes a file without a batch instead, because its
+    net most likely failed to build and an empty file must not replace an
+    existing one. A failed move keeps the temporary file, which contains the
+    data, and raises MochacError from close(). A finalizer logs it instead.
+    """
+    _PATHS_IN_USE.pop(pending.key, None)
+    if pending.file.id.valid:
+        pending.file.close()
+    if not pending.temporary.exists():
+        return
+    if not pending.closing and pending.batches == 0:
+        pending.temporary.unlink()
+        return
+    try:
+        replace_durably(pending.temporary, pending.path)
+    except OSError as error:
+        message = (
+            f"{pending.title}: moving the finished file {pending.temporary} to "
+            f"{pending.path} failed ({error}); the data are in {pending.temporary}"
+        )
+        if pending.closing:
+            raise MochacError(message) from error
+        logger.error("%s", message)
+
+
+def _check_filename(layer: HDF5OutputLayer, path: Path, key: Path) -> None:
+    """Raise ConfigError when ``path`` cannot be the layer's output file."""
+    if path.is_dir() or layer.filename.endswith(("/", os.sep)):
+        raise ConfigError(
+            f"{layer.title}: filename {path} is a folder; name a file, such as "
+            f"{path / 'output.h5'}"
+        )
+    for folder in path.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(
+                    f"{layer.title}: filename {path} is inside {folder}, which is a "
+                    "file, not a folder; choose another filename"
+                )
+            break
+    if key in _PATHS_IN_USE:
+        # An unreferenced net that was never destroyed keeps its output until
+        # the garbage collector frees it, so collect such nets first. Their
+        # finalizers may move their files into place.
+        gc.collect()
+    other = _PATHS_IN_USE.get(key)
+    if other is not None:
+        raise ConfigError(
+            f"{layer.title}: file {path} is already the output file of {other}, in "
+            "this net or in another net that was not destroyed; give each "
+            "HDF5OutputLayer its own filename, or call destroy() on the other net "
+            "first"
+        )
+    if path.exists():
+        if not layer.force_overwrite:
+            raise ConfigError(
+                f"{layer.title}: file {path} already exists; pass "
+                "force_overwrite=True to replace it, or choose another filename"
+            )
+        logger.warning(
+            "%s: %s exists and will be replaced (force_overwrite)", layer.title, path
+        )
+
+
 class HDF5Output:
-    """An HDF5OutputLayer's file: written under a temporary name, renamed on close."""
+    """An HDF5OutputLayer's file: written under a temporary name, renamed on close.
+
+    Raises ConfigError when the filename is a folder, is inside a file,
+    exists without force_overwrite, or is the filename of another live
+    HDF5Output (compared after resolving links and relative paths).
+    Missing parent folders are created.
+    """
 
     def __init__(self, layer: HDF5OutputLayer, shapes, dtype):
         self.layer = layer
         self.path = Path(layer.filename)
-        if self.path.exists():
-            if not layer.force_overwrite:
-                raise ConfigError(
-                    f"{layer.title}: file {self.path} already exists; pass "
-                    "force_overwrite=True to replace it, or choose another filename"
-                )
-            logger.warning(
-                "%s: %s exists and will be replaced (force_overwrite)",
-                layer.title,
-                self.path,
-            )
+        key = self.path.resolve()
+        _check_filename(layer, self.path, key)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             handle, name = tempfile.mkstemp(
@@ -74,10 +161,13 @@ class HDF5Output:
                 f"{layer.title}: cannot create {self.path}: {error}; check that "
                 f"{self.path.parent} is a writable folder"
             ) from error
-        # Renames the file at interpreter exit when the net is never destroyed.
-        self._finalizer = weakref.finalize(
-            self, HDF5Output._finish, self.file, self.temporary, self.path
+        self._pending = PendingFile(
+            layer.title, self.file, self.temporary, self.path, key
         )
+        _PATHS_IN_USE[key] = layer.title
+        # Moves the file when the output is garbage collected or at interpreter
+        # exit, if the net is never destroyed.
+        self._finalizer = weakref.finalize(self, finish_file, self._pending)
 
     def collect(self, blobs) -> None:
         """Append each bottom's batch to its dataset; on failure delete the file."""
@@ -95,10 +185,12 @@ class HDF5Output:
                 f"{self.layer.title}: writing {self.path} failed: {error}; the "
                 "partial file was deleted"
             ) from error
+        self._pending.batches += 1
 
     def close(self) -> None:
         """Close the file and move it to ``filename``."""
         if self._finalizer.alive:
+            self._pending.closing = True
             self._finalizer()
             logger.info("%s: wrote %s", self.layer.title, self.path)
 
@@ -112,13 +204,7 @@ class HDF5Output:
         finalizer = getattr(self, "_finalizer", None)
         if finalizer is not None:
             finalizer.detach()
-
-    @staticmethod
-    def _finish(file, temporary: Path, path: Path) -> None:
-        if file.id.valid:
-            file.close()
-        if temporary.exists():
-            os.replace(temporary, path)
+            _PATHS_IN_USE.pop(self._pending.key, None)
 
 
 def make_output_state(layer, shapes, dtype):
