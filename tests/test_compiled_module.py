@@ -1,5 +1,6 @@
 """Packages written by `mochac compile`: loading them, and their error messages."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -242,3 +243,80 @@ def test_memory_package_has_no_deferred_sources(tmp_path):
     package = compile_memory_package(tmp_path)
     meta = json.loads((package / "net.json").read_text())
     assert meta["deferred_sources"] == {}
+
+
+# A child process loads a damaged package: an unchecked truncated extension
+# kills the process with SIGBUS, which must not take the test runner along.
+LOAD_IN_CHILD = textwrap.dedent(
+    """
+    import sys
+    from mochac.errors import CompileError
+    from mochac.runtime.compiled_module import load_net
+    try:
+        load_net(sys.argv[1])
+    except CompileError as error:
+        print("CompileError:", error)
+    else:
+        print("loaded")
+    """
+)
+
+
+def load_in_child(package) -> str:
+    """Return the output of load_net(package) in a fresh interpreter."""
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_IN_CHILD, str(package)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    return result.stdout.strip()
+
+
+def extension_of(package):
+    (extension,) = package.glob("_mochac_*")
+    return extension
+
+
+def test_net_json_records_extension_digest(tmp_path):
+    package = compile_memory_package(tmp_path)
+    meta = json.loads((package / "net.json").read_text())
+    data = extension_of(package).read_bytes()
+    assert meta["extension_size"] == len(data)
+    assert meta["extension_sha256"] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["digest", "no-digest"])
+def test_truncated_extension_says_recompile(tmp_path, recorded):
+    package = compile_memory_package(tmp_path)
+    if not recorded:
+        # Packages written before the digest was recorded lack these fields.
+        meta = json.loads((package / "net.json").read_text())
+        del meta["extension_size"], meta["extension_sha256"]
+        (package / "net.json").write_text(json.dumps(meta))
+    extension = extension_of(package)
+    with open(extension, "r+b") as handle:
+        handle.truncate(1000)
+    output = load_in_child(package)
+    assert output.startswith(f"CompileError: {extension} is damaged (")
+    assert "run `mochac compile` again" in output
+
+
+def test_changed_extension_says_recompile(tmp_path):
+    package = compile_memory_package(tmp_path)
+    extension = extension_of(package)
+    data = bytearray(extension.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    extension.write_bytes(bytes(data))
+    output = load_in_child(package)
+    assert "its SHA-256 differs from the one recorded" in output
+    assert "run `mochac compile` again" in output
+
+
+def test_package_without_digest_loads(tmp_path):
+    package = compile_memory_package(tmp_path)
+    meta = json.loads((package / "net.json").read_text())
+    del meta["extension_size"], meta["extension_sha256"]
+    (package / "net.json").write_text(json.dumps(meta))
+    assert load_in_child(package) == "loaded"

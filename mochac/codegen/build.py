@@ -3,6 +3,11 @@
 The key hashes the source, the compiler flags, the compiler's version and the
 cffi and Python versions, so a warm cache loads the extension without running
 the compiler. The cache folder is $MOCHAC_CACHE_DIR, or ~/.cache/mochac.
+
+Beside each extension, <module>.sha256 records its SHA-256 in sha256sum's
+format. A cached extension whose digest does not match (a truncated or
+damaged file) is compiled again rather than loaded, because loading a
+truncated shared library can kill the process with SIGBUS.
 """
 
 from __future__ import annotations
@@ -14,16 +19,20 @@ import importlib.util
 import logging
 import os
 import platform
+import shutil
+import struct
 import subprocess
 import sys
 import sysconfig
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import cffi
 
 from mochac.codegen.c_source import CDEF
 from mochac.errors import CompileError
+from mochac.fsync import fsync_file, fsync_folder
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +122,155 @@ def extension_suffix() -> str:
     return importlib.machinery.EXTENSION_SUFFIXES[0]
 
 
+def file_sha256(path: Path) -> str:
+    """Return the SHA-256 of the file at ``path`` as hex digits."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ElfLayout(NamedTuple):
+    """Byte offsets of the ELF fields elf_problem reads, from the System V ABI."""
+
+    word: str  # struct format of an address or offset
+    table_offset_at: int  # e_phoff; e_shoff follows it
+    entry_sizes_at: int  # e_phentsize; e_phnum, e_shentsize, e_shnum follow it
+    header_size: int  # the ELF header
+    entry_size: int  # one program header
+    segment_offset_at: int  # p_offset in a program header
+    segment_size_at: int  # p_filesz in a program header
+
+
+# Per EI_CLASS: 1 is 32-bit, 2 is 64-bit.
+ELF_LAYOUTS = {
+    1: ElfLayout("I", 0x1C, 0x2A, 52, 32, 4, 16),
+    2: ElfLayout("Q", 0x20, 0x36, 64, 56, 8, 32),
+}
+PT_LOAD = 1
+
+
+def elf_problem(path: Path) -> str | None:
+    """Return why the shared library at ``path`` is cut short, or None when its
+    program headers, loaded segments and section headers lie inside the file.
+
+    This cheap check catches a truncated extension without a recorded
+    digest. Loading one maps pages past the end of the file, which kills
+    the process with SIGBUS. Platforms other than Linux are not checked.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        header = handle.read(64)
+        layout = ELF_LAYOUTS.get(header[4]) if len(header) > 4 else None
+        if header[:4] != b"\x7fELF" or layout is None:
+            return f"it is not an ELF shared library ({size} bytes)"
+        if len(header) < layout.header_size:
+            return f"its ELF header ends past its {size} bytes"
+        order = "<" if header[5] == 1 else ">"
+        table_at, sections_at = struct.unpack_from(
+            f"{order}2{layout.word}", header, layout.table_offset_at
+        )
+        entry_size, entries, section_size, sections = struct.unpack_from(
+            f"{order}4H", header, layout.entry_sizes_at
+        )
+        if entries and entry_size < layout.entry_size:
+            return f"its program header size {entry_size} is invalid"
+        if table_at + entry_size * entries > size:
+            return f"its program headers end past its {size} bytes"
+        if sections_at + section_size * sections > size:
+            return f"its section headers end past its {size} bytes"
+        handle.seek(table_at)
+        table = handle.read(entry_size * entries)
+    for index in range(entries):
+        start = index * entry_size
+        kind = struct.unpack_from(f"{order}I", table, start)[0]
+        offset = struct.unpack_from(
+            f"{order}{layout.word}", table, start + layout.segment_offset_at
+        )[0]
+        file_size = struct.unpack_from(
+            f"{order}{layout.word}", table, start + layout.segment_size_at
+        )[0]
+        # Loading maps each PT_LOAD segment from the file.
+        if kind == PT_LOAD and offset + file_size > size:
+            return f"a loaded segment ends at byte {offset + file_size} of {size}"
+    return None
+
+
+def extension_problem(path: Path, size: int | None, sha256: str | None) -> str | None:
+    """Return why the extension at ``path`` is damaged, or None when it can be
+    loaded: its size and SHA-256 when they are known, else elf_problem."""
+    try:
+        actual = path.stat().st_size
+        if size is not None and actual != size:
+            return f"it has {actual} bytes instead of {size}"
+        if sha256 is not None:
+            if file_sha256(path) != sha256:
+                return "its SHA-256 differs from the one recorded when it was written"
+            return None
+        return elf_problem(path)
+    except OSError as error:
+        return f"it cannot be read ({error})"
+
+
+def digest_path(extension: Path) -> Path:
+    """Return the cache file that records the SHA-256 of ``extension``."""
+    return extension.with_name(extension.name.split(".")[0] + ".sha256")
+
+
+def recorded_sha256(extension: Path) -> str | None:
+    """Return the SHA-256 recorded beside a cached extension, or None when
+    there is no readable record (caches written before records existed)."""
+    try:
+        fields = digest_path(extension).read_text().split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if len(fields) != 2 or fields[1] != extension.name or len(fields[0]) != 64:
+        return None
+    return fields[0]
+
+
+def temporary_file(folder: Path, name: str) -> Path:
+    """Create an empty file with a unique name ".<name>.<random>.tmp" in ``folder``."""
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{name}.", suffix=".tmp", dir=folder
+    )
+    os.close(descriptor)
+    return Path(temporary)
+
+
+def publish_extension(built: Path, path: Path) -> None:
+    """Copy the built extension into the cache as ``path``, with its digest record.
+
+    The copy goes to a temporary name in the cache folder and is renamed,
+    because the build folder may be on another file system, where a rename
+    fails with EXDEV. Both files are fsynced before their rename, so a
+    power loss cannot leave a truncated extension under its final name.
+    """
+    folder = path.parent
+    record = digest_path(path)
+    staging = record_staging = None
+    try:
+        staging = temporary_file(folder, path.name)
+        record_staging = temporary_file(folder, record.name)
+        shutil.copyfile(built, staging)
+        shutil.copymode(built, staging)
+        fsync_file(staging)
+        record_staging.write_text(f"{file_sha256(staging)}  {path.name}\n")
+        fsync_file(record_staging)
+        # The record is renamed first, so a reader that finds the new
+        # extension also finds its record.
+        os.replace(record_staging, record)
+        os.replace(staging, path)
+        fsync_folder(folder)
+    finally:
+        for leftover in (staging, record_staging):
+            if leftover is not None:
+                leftover.unlink(missing_ok=True)
+
+
 def load_extension(path: Path, module_name: str):
     """Import a compiled cffi extension from ``path``."""
     spec = importlib.util.spec_from_file_location(module_name, path)
@@ -132,8 +290,16 @@ def build_extension(source: str, net_name: str):
     folder = cache_dir()
     path = folder / (module_name + extension_suffix())
     if path.exists():
-        logger.info("net '%s': compiled module cache hit (%s)", net_name, path.name)
-        return load_extension(path, module_name), path
+        problem = extension_problem(path, None, recorded_sha256(path))
+        if problem is None:
+            logger.info("net '%s': compiled module cache hit (%s)", net_name, path.name)
+            return load_extension(path, module_name), path
+        logger.warning(
+            "net '%s': cached extension %s is damaged (%s); compiling it again",
+            net_name,
+            path,
+            problem,
+        )
 
     logger.info("net '%s': compiling %s", net_name, path.name)
     include_dir, lib_dir, lib_name = blas_location()
@@ -163,9 +329,13 @@ def build_extension(source: str, net_name: str):
                 source_path=str(kept),
             ) from error
         logger.debug("net '%s': generated C at %s", net_name, c_path)
-        # Publish atomically so a concurrent build never loads a partial file.
-        staging = folder / f".{module_name}.{os.getpid()}.tmp"
-        os.replace(built, staging)
-        os.replace(staging, path)
+        try:
+            publish_extension(Path(built), path)
+        except OSError as error:
+            raise CompileError(
+                f"net '{net_name}': cannot store the compiled extension in the "
+                f"cache folder {folder}: {error}; check that it is a writable "
+                "folder with free space, or set MOCHAC_CACHE_DIR to another one"
+            ) from error
     (folder / f"{module_name}.c").write_text(source)
     return load_extension(path, module_name), path

@@ -2,7 +2,8 @@
 
 DIR/<module>/__init__.py   builds ``net`` on import, compiling nothing
 DIR/<module>/net.json      layers and options; the top shapes of HDF5 data
-                           layers, which read their files at the first batch
+                           layers, which read their files at the first batch;
+                           the extension's size and SHA-256
 DIR/<module>/_mochac_<key>.<abi>.so  the compiled extension
 DIR/<module>/params.h5     the parameters at compile time
 DIR/<module>/net.c         the generated source, for reading
@@ -19,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from mochac.codegen.build import cpu_signature, source_digest
+from mochac.codegen.build import cpu_signature, file_sha256, source_digest
 from mochac.layers.data import HDF5DataLayer
 from mochac.runtime.compiled_module import METADATA, PARAMS
 from mochac.runtime.snapshot import save_snapshot
@@ -116,6 +117,9 @@ def write_module(net, out_dir, origin: str) -> Path:
         "disable": list(net.disable),
         "keep": sorted(net.keep),
         "extension": extension,
+        # load_net checks these before loading the extension.
+        "extension_size": net.extension_path.stat().st_size,
+        "extension_sha256": file_sha256(net.extension_path),
         "source_digest": source_digest(net.source),
         "cpu": cpu_signature(),
         "layers": [to_json(layer) for layer in net.layers],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mochac.codegen.build import cpu_signature
+from mochac.codegen.build import cpu_signature, extension_problem
 from mochac.errors import CompileError, DataError, SnapshotError
 from mochac.runtime.backend import CPUBackend
 from mochac.runtime.data_sources import make_source
@@ -25,8 +25,9 @@ from mochac.serialize import from_json
 
 METADATA = "net.json"
 PARAMS = "params.h5"
-# The net.json fields load_net reads; "deferred_sources" is optional because
-# packages written before it existed lack it.
+# The net.json fields load_net reads. "deferred_sources", "extension_size"
+# and "extension_sha256" are optional because packages written before they
+# existed lack them.
 REQUIRED_FIELDS = (
     "name",
     "dtype",
@@ -100,7 +101,8 @@ def load_net(folder, backend=None):
     """Return the Net stored in ``folder``, compiling nothing and reading no data file.
 
     Raises CompileError when net.json is missing or damaged, when the
-    extension is missing, when the folder was built for another CPU, when
+    extension is missing or damaged (its size or SHA-256 differs from
+    net.json's, or it is cut short), when the folder was built for another CPU, when
     ``backend`` is a GPU backend or has another dtype than the compiled code,
     or when this mochac renders different C for the stored layers. Raises
     SnapshotError when params.h5 is missing or damaged. Each message states
@@ -115,6 +117,17 @@ def load_net(folder, backend=None):
         raise CompileError(
             f"{extension} is missing; the compiled package keeps the net's compiled "
             "code in it: run `mochac compile` again to rewrite the package",
+            source_path=str(extension),
+        )
+    # Loading a truncated shared library can kill the process with SIGBUS, so
+    # the file is checked before it is loaded.
+    problem = extension_problem(
+        extension, meta.get("extension_size"), meta.get("extension_sha256")
+    )
+    if problem is not None:
+        raise CompileError(
+            f"{extension} is damaged ({problem}), so the compiled package cannot "
+            "be loaded; run `mochac compile` again to rewrite the package",
             source_path=str(extension),
         )
     if meta["cpu"] != cpu_signature():

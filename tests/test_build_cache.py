@@ -1,0 +1,131 @@
+"""The compiled-extension cache: publishing across file systems, digest
+records, and damaged entries compiled again instead of loaded."""
+
+import errno
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mochac import CPUBackend, InnerProductLayer, MemoryDataLayer, Net
+from mochac.codegen.build import elf_problem, recorded_sha256
+
+X = np.arange(24, dtype=np.float32).reshape(8, 3)
+
+
+def cache_net(output_dim: int):
+    layers = [
+        MemoryDataLayer(name="d", batch_size=4, data=[X], tops=["x"]),
+        InnerProductLayer(name="ip", output_dim=output_dim, bottoms=["x"], tops=["y"]),
+    ]
+    return Net("cached", CPUBackend(threads=1, seed=0), layers)
+
+
+def cached_extension(cache) -> Path:
+    (extension,) = cache.glob("_mochac_*.so")
+    return extension
+
+
+def test_cache_on_other_file_system(tmp_path, monkeypatch, request):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MOCHAC_CACHE_DIR", str(cache))
+    # The build folder goes to /dev/shm, a tmpfs, where there is one. The
+    # patched os.replace also fails with EXDEV for any rename between
+    # folders, as a rename between file systems does, so the test needs no
+    # second file system.
+    shared_memory = Path("/dev/shm")
+    if shared_memory.is_dir() and os.access(shared_memory, os.W_OK):
+        build_root = tempfile.TemporaryDirectory(dir=shared_memory)
+        request.addfinalizer(build_root.cleanup)
+        monkeypatch.setattr(tempfile, "tempdir", build_root.name)
+    real_replace = os.replace
+
+    def replace_within_folder(source, target):
+        if Path(source).parent != Path(target).parent:
+            raise OSError(errno.EXDEV, "Invalid cross-device link", str(source))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace_within_folder)
+    net = cache_net(output_dim=7)
+    net.forward()
+    assert net.blobs["y"].shape == (4, 7)
+    extension = cached_extension(cache)
+    digest = hashlib.sha256(extension.read_bytes()).hexdigest()
+    assert recorded_sha256(extension) == digest
+    assert not list(cache.glob(".*.tmp"))
+    net.destroy()
+
+
+# Builds cache_net in a fresh interpreter, because a process that has loaded
+# an extension keeps using it, and a truncated one kills the process.
+BUILD_IN_CHILD = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    from test_build_cache import cache_net
+    net = cache_net(output_dim=5)
+    net.forward()
+    print(float(net.blobs["y"].sum()))
+    """
+)
+
+
+def build_in_child(cache) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-c", BUILD_IN_CHILD, str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "MOCHAC_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    return result
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["record", "no-record"])
+def test_truncated_cache_entry_rebuilt(tmp_path, recorded):
+    cache = tmp_path / "cache"
+    first = build_in_child(cache)
+    extension = cached_extension(cache)
+    if not recorded:
+        # Caches written before records existed have only the extension.
+        (cache / (extension.name.split(".")[0] + ".sha256")).unlink()
+    with open(extension, "r+b") as handle:
+        handle.truncate(1000)
+    second = build_in_child(cache)
+    assert second.stdout == first.stdout
+    assert "is damaged" in second.stderr
+    assert "compiling it again" in second.stderr
+    digest = hashlib.sha256(extension.read_bytes()).hexdigest()
+    assert recorded_sha256(extension) == digest
+
+
+def test_cache_entry_without_record_loads(tmp_path):
+    cache = tmp_path / "cache"
+    first = build_in_child(cache)
+    extension = cached_extension(cache)
+    (cache / (extension.name.split(".")[0] + ".sha256")).unlink()
+    modified = extension.stat().st_mtime_ns
+    second = build_in_child(cache)
+    assert second.stdout == first.stdout
+    assert "damaged" not in second.stderr
+    assert extension.stat().st_mtime_ns == modified
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ELF is Linux's")
+def test_elf_problem_finds_truncation(tmp_path):
+    cache = tmp_path / "cache"
+    build_in_child(cache)
+    data = cached_extension(cache).read_bytes()
+    copy = tmp_path / "copy.so"
+    copy.write_bytes(data)
+    assert elf_problem(copy) is None
+    for size in (0, 30, 64, 1000, len(data) // 2, len(data) - 1):
+        copy.write_bytes(data[:size])
+        assert elf_problem(copy) is not None, size
