@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mochac import CPUBackend, InnerProductLayer, MemoryDataLayer, Net
-from mochac.codegen.build import elf_problem, recorded_sha256
+from mochac.codegen.build import digest_path, elf_problem, recorded_sha256
 
 X = np.arange(24, dtype=np.float32).reshape(8, 3)
 
@@ -95,7 +95,7 @@ def test_truncated_cache_entry_rebuilt(tmp_path, recorded):
     extension = cached_extension(cache)
     if not recorded:
         # Caches written before records existed have only the extension.
-        (cache / (extension.name.split(".")[0] + ".sha256")).unlink()
+        digest_path(extension).unlink()
     with open(extension, "r+b") as handle:
         handle.truncate(1000)
     second = build_in_child(cache)
@@ -110,7 +110,7 @@ def test_cache_entry_without_record_loads(tmp_path):
     cache = tmp_path / "cache"
     first = build_in_child(cache)
     extension = cached_extension(cache)
-    (cache / (extension.name.split(".")[0] + ".sha256")).unlink()
+    digest_path(extension).unlink()
     modified = extension.stat().st_mtime_ns
     second = build_in_child(cache)
     assert second.stdout == first.stdout

@@ -4,8 +4,8 @@ The key hashes the source, the compiler flags, the compiler's version and the
 cffi and Python versions, so a warm cache loads the extension without running
 the compiler. The cache folder is $MOCHAC_CACHE_DIR, or ~/.cache/mochac.
 
-Beside each extension, <module>.sha256 records its SHA-256 in sha256sum's
-format. A cached extension whose digest does not match (a truncated or
+Beside each extension, <extension file name>.sha256 records its SHA-256 in
+sha256sum's format. A cached extension whose digest does not match (a truncated or
 damaged file) is compiled again rather than loaded, because loading a
 truncated shared library can kill the process with SIGBUS.
 """
@@ -217,7 +217,7 @@ def extension_problem(path: Path, size: int | None, sha256: str | None) -> str |
 
 def digest_path(extension: Path) -> Path:
     """Return the cache file that records the SHA-256 of ``extension``."""
-    return extension.with_name(extension.name.split(".")[0] + ".sha256")
+    return extension.with_name(extension.name + ".sha256")
 
 
 def recorded_sha256(extension: Path) -> str | None:
