@@ -8,29 +8,42 @@ import os
 import numpy as np
 
 from mochac.errors import ConfigError
+from mochac.values import as_int
 
 logger = logging.getLogger(__name__)
+
+# The largest thread count CPUBackend accepts. libgomp starts one OS thread
+# per thread of a team, and counts far above the hardware make thread creation
+# fail and the process crash: threads=200000 ended in a segfault in forward()
+# (GCC 12.2 libgomp, Linux x86-64). 4096 is above the hardware threads of
+# current servers, so the bound rejects only mistakes. A fixed bound, unlike
+# a multiple of the CPU count, accepts the same settings on every machine.
+MAX_THREADS = 4096
 
 
 def default_threads() -> int:
     """Return OMP_NUM_THREADS when it is set, else the CPUs this process may use.
 
     An OMP_NUM_THREADS list ("4,2" for nested levels) gives its first value.
-    A value that is not a positive int is logged and ignored.
+    A value that is not an int in 1..MAX_THREADS is logged and ignored. The
+    CPU count is capped at MAX_THREADS.
     """
     setting = os.environ.get("OMP_NUM_THREADS", "").strip()
     if setting:
         first = setting.split(",")[0].strip()
-        if first.isdigit() and int(first) >= 1:
+        if first.isdigit() and 1 <= int(first) <= MAX_THREADS:
             return int(first)
         logger.warning(
-            "ignoring OMP_NUM_THREADS=%r, which is not a positive int; using the "
+            "ignoring OMP_NUM_THREADS=%r, which is not an int in 1..%d; using the "
             "CPU count",
             setting,
+            MAX_THREADS,
         )
     if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+        count = len(os.sched_getaffinity(0))
+    else:
+        count = os.cpu_count() or 1
+    return min(count, MAX_THREADS)
 
 
 class CPUBackend:
@@ -39,8 +52,8 @@ class CPUBackend:
     Args:
         dtype: element type of blobs and parameters, np.float32 (default) or
             np.float64 (the gradient checks use it).
-        threads: OpenMP and BLAS threads; default: OMP_NUM_THREADS when it
-            is set, else the CPUs this process may use.
+        threads: OpenMP threads, an int in 1..MAX_THREADS (4096); default:
+            OMP_NUM_THREADS when it is set, else the CPUs this process may use.
         seed: seed of the generator behind parameter initialization and data
             shuffling; None draws one from the operating system.
 
@@ -58,11 +71,13 @@ class CPUBackend:
             )
         if threads is None:
             threads = default_threads()
-        if not isinstance(threads, int) or threads < 1:
+        count = as_int(threads)
+        if count is None or not 1 <= count <= MAX_THREADS:
             raise ConfigError(
-                f"CPUBackend: invalid threads={threads!r}; expected an int >= 1"
+                f"CPUBackend: invalid threads={threads!r}; expected an int in "
+                f"1..{MAX_THREADS}, such as the number of CPU cores"
             )
-        self.threads = threads
+        self.threads = count
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.registry: dict[str, dict[str, np.ndarray]] = {}
@@ -87,3 +102,13 @@ class CPUBackend:
     def registry_reset(self):
         """Forget shared parameters, so the next net initializes its own."""
         self.registry.clear()
+
+
+def check_backend(net_name, backend) -> None:
+    """Raise ConfigError unless ``backend`` is a CPUBackend or a GPU backend."""
+    if isinstance(backend, CPUBackend) or getattr(backend, "is_gpu", False) is True:
+        return
+    raise ConfigError(
+        f"net '{net_name}': invalid backend {backend!r}; expected a backend object "
+        "such as CPUBackend() or GPUBackend(), passed as Net(name, backend, layers)"
+    )
