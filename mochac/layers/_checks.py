@@ -7,25 +7,32 @@ import math
 from mochac.initializers import Initializer
 from mochac.neurons import Neuron
 from mochac.regularizers import Regularizer
+from mochac.values import as_int, as_real
 
 
-def check_int(layer, field, minimum=1):
-    value = getattr(layer, field)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        layer._fail(field, value, f"an int >= {minimum}")
+def check_int(layer, field, minimum=1, expected=None):
+    """Check that ``field`` is an integer >= ``minimum`` (None: any) and store it
+    as a Python int, so a NumPy integer works too."""
+    raw = getattr(layer, field)
+    value = as_int(raw)
+    if expected is None:
+        expected = "an int" if minimum is None else f"an int >= {minimum}"
+    if value is None or (minimum is not None and value < minimum):
+        layer._fail(field, raw, expected)
+    object.__setattr__(layer, field, value)
 
 
 def check_number(layer, field, minimum=None):
-    value = getattr(layer, field)
+    """Check that ``field`` is a finite real number >= ``minimum`` (None: any)
+    and store it as a Python int or float."""
+    raw = getattr(layer, field)
+    value = as_real(raw)
     # Generated C prints the value as a literal, and C has no literal for inf or nan.
-    if (
-        not isinstance(value, (int, float))
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-    ):
-        layer._fail(field, value, "a finite number")
+    if value is None or not math.isfinite(value):
+        layer._fail(field, raw, "a finite number")
     if minimum is not None and value < minimum:
-        layer._fail(field, value, f"a number >= {minimum}")
+        layer._fail(field, raw, f"a number >= {minimum}")
+    object.__setattr__(layer, field, value)
 
 
 def check_instance(layer, field, kind, what):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mochac.layers._checks import check_int
 from mochac.layers.base import Layer, channel_axis
 
 
@@ -23,8 +24,7 @@ class ArgmaxLayer(Layer):
     dim: int = -2
 
     def validate(self):
-        if not isinstance(self.dim, int) or isinstance(self.dim, bool):
-            self._fail("dim", self.dim, "an int")
+        check_int(self, "dim", minimum=None)
 
     def infer_shapes(self, bottom_shapes):
         tops = []

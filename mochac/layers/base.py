@@ -9,10 +9,12 @@ stride, pad) keep Mocha's documented (width, height) order.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass
 from typing import ClassVar
 
 from mochac.errors import ConfigError, ShapeError
+from mochac.values import as_int
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,24 @@ class Layer:
     # True when infer_shapes and param_specs take a second argument: the
     # shapes of the parameters set up before this layer, {(key, name): shape}.
     reads_param_shapes: ClassVar[bool] = False
+
+    def __new__(cls, *args, **kwargs):
+        # The dataclass __init__ raises a plain TypeError for an unknown
+        # keyword; a misspelled field gets a ConfigError with the closest name.
+        fields = [field.name for field in dataclasses.fields(cls) if field.init]
+        for key, value in kwargs.items():
+            if key in fields:
+                continue
+            name = kwargs.get("name")
+            title = f"{cls.__name__} '{name}'" if name else f"{cls.__name__} (unnamed)"
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = (
+                f"did you mean {close[0]}?"
+                if close
+                else f"the fields are {', '.join(fields)}"
+            )
+            raise ConfigError(f"{title}: unknown field {key}={value!r}; {hint}")
+        return super().__new__(cls)
 
     def __post_init__(self):
         if not isinstance(self.name, str):
@@ -171,19 +191,18 @@ def to_pair(layer: Layer, field: str, value, minimum: int) -> tuple[int, int]:
     An int means the same value in both directions. Raises ConfigError naming the
     layer and field when the value is not one or two ints >= ``minimum``.
     """
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
+    expected = f"an int or a (width, height) pair of ints >= {minimum}"
+    if as_int(value) is not None:
+        pair = (value, value)
+    else:
+        pair = value
     try:
-        width, height = value
+        width, height = (as_int(item) for item in pair)
     except (TypeError, ValueError):
-        layer._fail(
-            field, value, f"an int or a (width, height) pair of ints >= {minimum}"
-        )
+        layer._fail(field, value, expected)
     for item in (width, height):
-        if not isinstance(item, int) or isinstance(item, bool) or item < minimum:
-            layer._fail(
-                field, value, f"an int or a (width, height) pair of ints >= {minimum}"
-            )
+        if item is None or item < minimum:
+            layer._fail(field, value, expected)
     return (height, width)
 
 

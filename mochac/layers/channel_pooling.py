@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from mochac.layers._checks import check_int
 from mochac.layers.base import Layer, channel_axis
 from mochac.layers.pooling import MaxPooling, MeanPooling
+from mochac.values import as_int
 
 
 def channel_pool_output_size(size: int, kernel: int, stride: int, pad) -> int:
@@ -55,8 +56,7 @@ class ChannelPoolingLayer(Layer):
         return False
 
     def validate(self):
-        if not isinstance(self.channel_dim, int) or isinstance(self.channel_dim, bool):
-            self._fail("channel_dim", self.channel_dim, "an int")
+        check_int(self, "channel_dim", minimum=None)
         check_int(self, "kernel")
         check_int(self, "stride")
         front, back = self.pad_pair
@@ -69,15 +69,15 @@ class ChannelPoolingLayer(Layer):
     def pad_pair(self) -> tuple[int, int]:
         """The (front, back) padding."""
         pad = self.pad
-        if isinstance(pad, int) and not isinstance(pad, bool):
+        if as_int(pad) is not None:
             pad = (pad, pad)
         expected = "an int or a (front, back) pair of ints >= 0"
         if not isinstance(pad, (tuple, list)) or len(pad) != 2:
             self._fail("pad", self.pad, expected)
-        for item in pad:
-            if not isinstance(item, int) or isinstance(item, bool) or item < 0:
-                self._fail("pad", self.pad, expected)
-        return tuple(pad)
+        values = tuple(as_int(item) for item in pad)
+        if any(item is None or item < 0 for item in values):
+            self._fail("pad", self.pad, expected)
+        return values
 
     def axis(self, ndim: int) -> int:
         """Return the NumPy axis pooled for blobs of ``ndim`` dimensions."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mochac.layers._checks import check_int
 from mochac.layers.base import Layer, channel_axis
 
 
@@ -34,8 +35,7 @@ class ConcatLayer(Layer):
         return False
 
     def validate(self):
-        if not isinstance(self.dim, int) or isinstance(self.dim, bool):
-            self._fail("dim", self.dim, "an int")
+        check_int(self, "dim", minimum=None)
 
     def axis(self, ndim: int) -> int:
         """Return the NumPy axis of ``dim`` for blobs of ``ndim`` dimensions."""

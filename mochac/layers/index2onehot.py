@@ -28,8 +28,9 @@ class Index2OnehotLayer(Layer):
     n_class: int = 0
 
     def validate(self):
-        if not isinstance(self.dim, int) or isinstance(self.dim, bool):
-            self._fail("dim", self.dim, "an int such as -2 (the channel axis)")
+        check_int(
+            self, "dim", minimum=None, expected="an int such as -2 (the channel axis)"
+        )
         check_int(self, "n_class")
 
     def expanded_axis(self, shape) -> int:

@@ -14,7 +14,8 @@ from math import prod
 
 import numpy as np
 
-from mochac.layers._checks import check_number
+from mochac.errors import ConfigError
+from mochac.layers._checks import check_int, check_number
 from mochac.layers.base import Layer, channel_axis
 
 # Probabilities below this are raised to it before taking their log, as
@@ -45,8 +46,7 @@ def split_class_axis(layer, pred_shape, label_shape, dim):
 
 
 def check_dim(layer):
-    if not isinstance(layer.dim, int) or isinstance(layer.dim, bool):
-        layer._fail("dim", layer.dim, "an int")
+    check_int(layer, "dim", minimum=None)
 
 
 def check_class_weights(layer):
@@ -83,7 +83,8 @@ def class_weight_table(layer, pred_shape):
     ``normalize`` rescales them as Mocha does: "local" makes the weights at
     each position sum to the number of classes, "global" makes all of them sum
     to their count, "no" keeps them. Raises ShapeError naming the layer when
-    the shape fits none of the three forms or a sum to normalize is zero.
+    the shape fits none of the three forms or a sum to normalize is zero, and
+    ConfigError when a sum or a rescaled weight is not finite.
     """
     if layer.weights == ():
         return None
@@ -104,23 +105,46 @@ def class_weight_table(layer, pred_shape):
         )
     weights = np.broadcast_to(weights, pred_shape).copy()
 
-    if layer.normalize == "local":
-        sums = weights.sum(axis=axis, keepdims=True)
-        if np.any(sums == 0):
-            raise layer.shape_error(
-                "weights sum to 0 over the classes at some position, so "
-                "normalize='local' cannot rescale them; give each position a "
-                "positive weight or use normalize='no'"
-            )
-        weights *= classes / sums
-    elif layer.normalize == "global":
-        total = weights.sum()
-        if total == 0:
-            raise layer.shape_error(
-                "weights sum to 0, so normalize='global' cannot rescale them"
-            )
-        weights *= weights.size / total
+    # Sums and factors that overflow are checked below, so NumPy's warnings
+    # about them are silenced.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if layer.normalize == "local":
+            sums = weights.sum(axis=axis, keepdims=True)
+            if not np.all(np.isfinite(sums)):
+                raise _weights_overflow(layer, "over the classes at some position")
+            if np.any(sums == 0):
+                raise layer.shape_error(
+                    "weights sum to 0 over the classes at some position, so "
+                    "normalize='local' cannot rescale them; give each position a "
+                    "positive weight or use normalize='no'"
+                )
+            weights *= classes / sums
+        elif layer.normalize == "global":
+            total = weights.sum()
+            if not np.isfinite(total):
+                raise _weights_overflow(layer, "over the prediction")
+            if total == 0:
+                raise layer.shape_error(
+                    "weights sum to 0, so normalize='global' cannot rescale them"
+                )
+            weights *= weights.size / total
+    if not np.all(np.isfinite(weights)):
+        # Weights near the smallest float64 make the factor count / sum overflow.
+        raise ConfigError(
+            f"{layer.title}: weights rescaled by normalize='{layer.normalize}' are "
+            "not finite (the weights are too close to 0); multiply them by a "
+            "common factor such as 1 / max(weights)"
+        )
     return weights
+
+
+def _weights_overflow(layer, where) -> ConfigError:
+    return ConfigError(
+        f"{layer.title}: weights sum to more than the largest float64 {where}, so "
+        f"normalize='{layer.normalize}' cannot rescale them; divide the weights by "
+        "a common factor such as max(weights), which normalization makes no "
+        "difference to"
+    )
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

@@ -36,7 +36,8 @@ class LRNLayer(Layer):
     Fields (Mocha's defaults):
         kernel: neighbourhood size k, default 5. An even k reaches one element
             further after x than before it.
-        scale: default 1; shift: default 1; power: default 0.75.
+        scale: default 1, at least 0; shift: default 1, above 0, so the
+            base of the power is positive; power: default 0.75.
         mode: LRNMode.AcrossChannel() (default): the k channels around x, so
             n = k; any blob with a channel axis (NumPy axis 1) works.
             LRNMode.WithinChannel(): the k x k positions around x in its own
@@ -64,6 +65,13 @@ class LRNLayer(Layer):
         check_int(self, "kernel")
         for name in ("scale", "shift", "power"):
             check_number(self, name)
+        # shift > 0 and scale >= 0 keep the base of the power positive. A zero
+        # base (an all-zero neighbourhood, common after a ReLU, with shift=0)
+        # gives 0 / 0 = NaN, and a negative base to a fractional power is NaN.
+        if self.shift <= 0:
+            self._fail("shift", self.shift, "a number > 0 (Mocha's default is 1)")
+        if self.scale < 0:
+            self._fail("scale", self.scale, "a number >= 0 (Mocha's default is 1)")
         if not isinstance(self.mode, (AcrossChannelLRN, WithinChannelLRN)):
             self._fail(
                 "mode", self.mode, "LRNMode.AcrossChannel() or LRNMode.WithinChannel()"

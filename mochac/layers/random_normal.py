@@ -7,10 +7,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from mochac.layers.base import Layer
+from mochac.values import as_int
 
 
-def _is_positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+def _positive_ints(values) -> tuple[int, ...] | None:
+    """Return ``values`` as a tuple of Python ints, or None unless all are ints >= 1."""
+    converted = tuple(as_int(value) for value in values)
+    if any(value is None or value < 1 for value in converted):
+        return None
+    return converted
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -41,22 +46,24 @@ class RandomNormalLayer(Layer):
 
     def validate(self):
         dims = self.output_dims
-        if isinstance(dims, int):
+        if as_int(dims) is not None:
             dims = (dims,)
-        if (
-            not isinstance(dims, (tuple, list))
-            or not dims
-            or not all(_is_positive_int(d) for d in dims)
-        ):
+        if isinstance(dims, (tuple, list)) and dims:
+            dims = _positive_ints(dims)
+        else:
+            dims = None
+        if dims is None:
             self._fail("output_dims", self.output_dims, "a non-empty list of ints >= 1")
-        object.__setattr__(self, "output_dims", tuple(dims))
+        object.__setattr__(self, "output_dims", dims)
 
         sizes = self.batch_sizes
-        if isinstance(sizes, int):
+        if as_int(sizes) is not None:
             sizes = (sizes,)
-        if not isinstance(sizes, (tuple, list)) or not all(
-            _is_positive_int(size) for size in sizes
-        ):
+        if isinstance(sizes, (tuple, list)):
+            sizes = _positive_ints(sizes)
+        else:
+            sizes = None
+        if sizes is None:
             self._fail("batch_sizes", self.batch_sizes, "a list of ints >= 1")
         if len(sizes) != len(self.tops):
             self._fail(

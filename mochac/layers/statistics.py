@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mochac.layers._checks import check_number
+from mochac.layers._checks import check_int, check_number
 from mochac.layers.base import Layer
 from mochac.layers.loss import check_same_size, split_class_axis
 
@@ -32,8 +32,7 @@ class AccuracyLayer(Layer):
     is_sink = True
 
     def validate(self):
-        if not isinstance(self.dim, int) or isinstance(self.dim, bool):
-            self._fail("dim", self.dim, "an int")
+        check_int(self, "dim", minimum=None)
 
     def infer_shapes(self, bottom_shapes):
         split_class_axis(self, bottom_shapes[0], bottom_shapes[1], self.dim)

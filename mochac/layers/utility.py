@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from math import prod
 
 from mochac.layers.base import Layer
+from mochac.values import as_int
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -77,17 +78,14 @@ class ReshapeLayer(Layer):
 
     def validate(self):
         shape = self.shape
-        if isinstance(shape, int):
+        if as_int(shape) is not None:
             shape = (shape,)
-        if (
-            not isinstance(shape, (tuple, list))
-            or not shape
-            or not all(
-                isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape
-            )
-        ):
+        if not isinstance(shape, (tuple, list)) or not shape:
             self._fail("shape", self.shape, "a non-empty tuple of ints >= 1")
-        object.__setattr__(self, "shape", tuple(shape))
+        dims = tuple(as_int(d) for d in shape)
+        if any(d is None or d < 1 for d in dims):
+            self._fail("shape", self.shape, "a non-empty tuple of ints >= 1")
+        object.__setattr__(self, "shape", dims)
 
     def infer_shapes(self, bottom_shapes):
         per_sample = tuple(reversed(self.shape))

@@ -1,0 +1,155 @@
+"""Layer fields: NumPy numbers, misspelled names and values that give NaN."""
+
+import numpy as np
+import pytest
+
+from mochac import (
+    ChannelPoolingLayer,
+    ConfigError,
+    ConvolutionLayer,
+    CPUBackend,
+    InnerProductLayer,
+    LRNLayer,
+    MemoryDataLayer,
+    Net,
+    ReshapeLayer,
+    SoftmaxLayer,
+    SoftmaxLossLayer,
+)
+from mochac.ir.graph import build_ir
+
+
+def data_layer(x, y=None, batch_size=2):
+    arrays = [x] if y is None else [x, y]
+    tops = ["data"] if y is None else ["data", "label"]
+    return MemoryDataLayer(name="d", batch_size=batch_size, tops=tops, data=arrays)
+
+
+# --- NumPy integers in layer fields -------------------------------------------
+
+
+def test_layer_ints_accept_numpy_integers():
+    ip = InnerProductLayer(
+        name="ip", output_dim=np.int64(3), bottoms=["data"], tops=["ip"]
+    )
+    assert ip.output_dim == 3
+    assert type(ip.output_dim) is int
+    conv = ConvolutionLayer(
+        name="conv",
+        kernel=(np.int32(3), np.int64(2)),
+        stride=np.int64(1),
+        n_filter=np.uint8(4),
+        bottoms=["data"],
+        tops=["conv"],
+    )
+    assert conv.kernel_hw == (2, 3)
+    assert type(conv.n_filter) is int
+    reshape = ReshapeLayer(shape=(np.int64(4), np.int64(2)), bottoms=["a"], tops=["b"])
+    assert reshape.shape == (4, 2)
+    assert all(type(size) is int for size in reshape.shape)
+    softmax = SoftmaxLayer(dim=np.int64(-2), bottoms=["a"], tops=["b"])
+    assert type(softmax.dim) is int
+    pooling = ChannelPoolingLayer(
+        kernel=np.int64(3), pad=np.int64(1), bottoms=["a"], tops=["b"]
+    )
+    assert pooling.pad_pair == (1, 1)
+
+
+def test_layer_number_accepts_numpy_float():
+    lrn = LRNLayer(shift=np.float32(2.0), bottoms=["a"], tops=["b"])
+    assert type(lrn.shift) is float
+    assert lrn.shift == 2.0
+
+
+def test_layer_int_rejects_bool_and_float():
+    with pytest.raises(ConfigError, match="invalid output_dim=True"):
+        InnerProductLayer(name="ip", output_dim=True, bottoms=["a"], tops=["b"])
+    with pytest.raises(ConfigError, match=r"invalid output_dim=np.float64\(3.0\)"):
+        InnerProductLayer(
+            name="ip", output_dim=np.float64(3.0), bottoms=["a"], tops=["b"]
+        )
+
+
+def test_net_builds_from_numpy_integers():
+    x = np.ones((4, 3), np.float32)
+    net = Net(
+        "numpy-ints",
+        CPUBackend(threads=np.int64(1), seed=0),
+        [
+            data_layer(x, batch_size=np.int64(2)),
+            InnerProductLayer(
+                name="ip", output_dim=np.int64(2), bottoms=["data"], tops=["ip"]
+            ),
+        ],
+    )
+    net.forward()
+    assert net.blobs["ip"].shape == (2, 2)
+
+
+# --- misspelled fields --------------------------------------------------------
+
+
+def test_misspelled_field_suggests_closest():
+    with pytest.raises(ConfigError, match=r"ConvolutionLayer 'c'.*kernal=3.*kernel\?"):
+        ConvolutionLayer(name="c", kernal=3, bottoms=["data"], tops=["c"])
+
+
+def test_unknown_field_lists_fields():
+    with pytest.raises(ConfigError, match=r"unknown field zzz=1; the fields are name"):
+        InnerProductLayer(output_dim=3, zzz=1, bottoms=["data"], tops=["ip"])
+
+
+def test_replace_with_misspelled_field():
+    layer = InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["ip"])
+    assert layer.replace(output_dim=4).output_dim == 4
+    with pytest.raises(ConfigError, match="did you mean output_dim"):
+        layer.replace(outputdim=4)
+
+
+# --- LRN parameters that give NaN ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("shift", 0.0), ("shift", -5.0), ("scale", -1.0)]
+)
+def test_lrn_nan_parameters_rejected(field, value):
+    with pytest.raises(ConfigError, match=rf"'lrn': invalid {field}={value}"):
+        LRNLayer(name="lrn", bottoms=["data"], tops=["out"], **{field: value})
+
+
+# --- loss class weights -------------------------------------------------------
+
+
+def class_weight_layers(weights, normalize):
+    x = np.ones((4, 5), np.float32)
+    y = np.array([[0], [1], [2], [1]], np.float32)
+    return [
+        data_layer(x, y, batch_size=4),
+        InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["ip"]),
+        SoftmaxLossLayer(
+            name="loss",
+            weights=weights,
+            normalize=normalize,
+            bottoms=["ip", "label"],
+        ),
+    ]
+
+
+@pytest.mark.parametrize("normalize", ["local", "global"])
+def test_class_weights_sum_overflow(normalize):
+    layers = class_weight_layers([1e308] * 3, normalize)
+    with pytest.raises(ConfigError, match=r"'loss': weights sum to more than"):
+        build_ir("weights", layers, {0: [(4, 5), (4, 1)]})
+
+
+@pytest.mark.parametrize("normalize", ["local", "global"])
+def test_class_weights_rescale_overflow(normalize):
+    layers = class_weight_layers([1e-320] * 3, normalize)
+    with pytest.raises(ConfigError, match=r"'loss': weights rescaled .* not finite"):
+        build_ir("weights", layers, {0: [(4, 5), (4, 1)]})
+
+
+def test_class_weights_large_but_summable():
+    layers = class_weight_layers([1e300] * 3, "local")
+    ir = build_ir("weights", layers, {0: [(4, 5), (4, 1)]})
+    assert ir.layer("loss").layer.weights == (1e300, 1e300, 1e300)
