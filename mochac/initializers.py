@@ -12,20 +12,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mochac.errors import ConfigError
+from mochac.errors import ConfigError, ShapeError
+from mochac.values import as_real
 
 
-def _check_number(owner, field, value, positive=False):
-    if (
-        not isinstance(value, (int, float))
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-    ):
+def _check_number(initializer, field, positive=False):
+    """Check a field of a frozen initializer and store it as a Python number."""
+    owner = type(initializer).__name__
+    raw = getattr(initializer, field)
+    value = as_real(raw)
+    if value is None or not math.isfinite(value):
         raise ConfigError(
-            f"{owner}: invalid {field}={value!r}; expected a finite number."
+            f"{owner}: invalid {field}={raw!r}; expected a finite number."
         )
     if positive and value <= 0:
-        raise ConfigError(f"{owner}: invalid {field}={value!r}; expected a value > 0.")
+        raise ConfigError(f"{owner}: invalid {field}={raw!r}; expected a value > 0.")
+    object.__setattr__(initializer, field, value)
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class ConstantInitializer(Initializer):
     value: float = 0.0
 
     def __post_init__(self):
-        _check_number("ConstantInitializer", "value", self.value)
+        _check_number(self, "value")
 
     def init(self, shape, rng, dtype):
         return np.full(shape, self.value, dtype=dtype)
@@ -76,7 +78,14 @@ class XavierInitializer(Initializer):
     """Uniform on [-s, s] with s = sqrt(3 / fan_in), Mocha's Xavier (no fan-out)."""
 
     def init(self, shape, rng, dtype):
-        scale = math.sqrt(3.0 / fan_in(shape))
+        inputs = fan_in(shape)
+        if inputs < 1:
+            raise ShapeError(
+                f"XavierInitializer: a parameter of shape {tuple(shape)} has fan-in "
+                "0, so its scale sqrt(3 / fan_in) is undefined; give the layer a "
+                "bottom with at least one element per sample"
+            )
+        scale = math.sqrt(3.0 / inputs)
         return rng.uniform(-scale, scale, size=shape).astype(dtype)
 
 
@@ -88,8 +97,8 @@ class GaussianInitializer(Initializer):
     std: float = 1.0
 
     def __post_init__(self):
-        _check_number("GaussianInitializer", "mean", self.mean)
-        _check_number("GaussianInitializer", "std", self.std, positive=True)
+        _check_number(self, "mean")
+        _check_number(self, "std", positive=True)
 
     def init(self, shape, rng, dtype):
         return rng.normal(self.mean, self.std, size=shape).astype(dtype)
@@ -109,7 +118,7 @@ class OrthogonalInitializer(Initializer):
     gain: float = 1.0
 
     def __post_init__(self):
-        _check_number("OrthogonalInitializer", "gain", self.gain, positive=True)
+        _check_number(self, "gain", positive=True)
 
     def init(self, shape, rng, dtype):
         rows = shape[0] if len(shape) else 1

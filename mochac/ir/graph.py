@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import weakref
 from dataclasses import dataclass, field
+from math import prod
 
 import networkx as nx
 import numpy as np
@@ -133,7 +134,13 @@ class NetIR:
 
 
 def check_layer_list(name: str, layers) -> list[Layer]:
-    """Return ``layers`` as a list; raise ConfigError unless it is a non-empty list."""
+    """Return ``layers`` as a list; raise ConfigError unless it is a non-empty
+    list and ``name``, the net's name, is a non-empty string."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(
+            f"invalid net name {name!r}; expected a non-empty string such as "
+            'Net("train", backend, layers)'
+        )
     if isinstance(layers, Layer) or not hasattr(layers, "__iter__"):
         raise ConfigError(
             f"net '{name}': layers must be a list of layers, not a "
@@ -143,6 +150,33 @@ def check_layer_list(name: str, layers) -> list[Layer]:
     if not layers:
         raise ConfigError(f"net '{name}' has no layers; pass a list of layers")
     return layers
+
+
+# The generated C indexes blobs and parameters with int, whose maximum is
+# 2**31 - 1 on every platform that mochac builds for.
+MAX_ELEMENTS = 2**31 - 1
+
+
+def check_size(layer_name: str, layer: Layer, array_name: str, shape) -> None:
+    """Raise ShapeError unless every axis of ``shape`` is >= 1 and its element
+    count fits the generated code's int indices.
+
+    ``array_name`` names the array in the message, e.g. "top 'conv1'".
+    """
+    title = f"{type(layer).__name__} '{layer_name}'"
+    if any(size < 1 for size in shape):
+        raise ShapeError(
+            f"{title}: {array_name} has shape {tuple(shape)}, with an axis of size 0; "
+            "every axis needs at least one element, so check the data arrays or "
+            "datasets and the layer's sizes"
+        )
+    count = prod(shape)
+    if count > MAX_ELEMENTS:
+        raise ShapeError(
+            f"{title}: {array_name} has shape {tuple(shape)}, {count} elements; the "
+            f"generated code indexes arrays with C int, so at most {MAX_ELEMENTS} "
+            "elements fit; reduce the batch size or the layer's sizes"
+        )
 
 
 def _display_names(layers: list[Layer]) -> list[str]:
@@ -269,6 +303,10 @@ def build_ir(
                         "different param_key values or matching shapes"
                     )
         info.top_shapes = top_shapes
+        for top, shape in zip(layer.tops, top_shapes):
+            check_size(info.name, layer, f"top '{top}'", shape)
+        for spec in info.params:
+            check_size(info.name, layer, f"parameter '{spec.name}'", spec.shape)
         for top, shape in zip(layer.tops, top_shapes):
             blobs[top] = BlobInfo(top, shape, producer=index)
         for bottom in layer.bottoms:
