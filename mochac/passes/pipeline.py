@@ -27,11 +27,40 @@ IR_PASSES = {
 PASS_NAMES = (*IR_PASSES, "plan_memory")
 
 
+def pass_names(disable) -> tuple[str, ...]:
+    """Return ``disable`` as a tuple of pass names; a single string is one name.
+
+    Raises ConfigError when ``disable`` is neither a string nor a list of them.
+    """
+    if isinstance(disable, str):
+        return (disable,)
+    try:
+        names = tuple(disable)
+    except TypeError:
+        raise ConfigError(
+            f"invalid disable={disable!r}; expected a list of pass names such as "
+            "['plan_memory']"
+        ) from None
+    if not all(isinstance(name, str) for name in names):
+        raise ConfigError(
+            f"invalid disable={disable!r}; expected a list of pass names (strings) "
+            "such as ['plan_memory']"
+        )
+    return names
+
+
 def enabled_passes(opt_level: int, disable=()) -> list[str]:
     """Return the names of the passes that run; raise ConfigError on bad options."""
     if opt_level not in (0, 1):
         raise ConfigError(f"invalid opt_level={opt_level!r}; expected 0 or 1")
+    disable = pass_names(disable)
     unknown = [name for name in disable if name not in PASS_NAMES]
+    if unknown and len(disable) > 1 and all(len(name) == 1 for name in disable):
+        # tuple("plan_memory") splits a single name into letters.
+        raise ConfigError(
+            f"disable lists the letters of {''.join(disable)!r}; pass a list of "
+            f"pass names such as disable=['{''.join(disable)}']"
+        )
     if unknown:
         raise ConfigError(
             f"unknown pass name(s) {', '.join(unknown)}; known passes: "
@@ -93,4 +122,11 @@ def run_ir_passes(ir, opt_level: int = 1, disable=(), keep=frozenset()):
     return reports
 
 
-__all__ = ["PASS_NAMES", "PassReport", "enabled_passes", "ir_counts", "run_ir_passes"]
+__all__ = [
+    "PASS_NAMES",
+    "PassReport",
+    "enabled_passes",
+    "ir_counts",
+    "pass_names",
+    "run_ir_passes",
+]

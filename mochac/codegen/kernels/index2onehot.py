@@ -41,5 +41,6 @@ def lower_index2onehot(info, ir, slots):
         "pairs": pairs,
         "checked_bottoms": checked,
         "checked_role": "class index",
+        "checked_role_plural": "class indices",
         "valid_values": f"integers in 0..{layer.n_class - 1}",
     }
