@@ -282,3 +282,82 @@ def test_policies_refuse_non_finite_values(value):
         LRPolicy.Fixed(value)
     with pytest.raises(mochac.ConfigError, match="finite"):
         MomPolicy.Fixed(value)
+
+
+# --- policy values that overflow or are not numbers ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("policy", "iteration", "match"),
+    [
+        (LRPolicy.Step(1e-300, 1e300, 1), 2, r"Step\(.*\): at iteration 2 .*1e\+300"),
+        (LRPolicy.Exp(1e-300, 1e300), 2, r"Exp\(.*\): at iteration 2 .*1e\+300"),
+        (LRPolicy.Inv(1e-300, 1.0, -400.0), 5, r"Inv\(.*\): at iteration 5 .*400"),
+    ],
+)
+def test_lr_policy_overflow(policy, iteration, match):
+    with pytest.raises(mochac.NumericalError, match=match):
+        policy(SolverState(iter=iteration))
+
+
+def test_mom_step_overflow_stops_at_max():
+    policy = MomPolicy.Step(0.5, 1.1, 1, 0.9)
+    assert policy(SolverState(iter=10**6)) == 0.9
+
+
+def solve_with(max_iter=2, dtype=np.float64, **policies):
+    x, y = toy_data()
+    net = Net("policy", CPUBackend(dtype=dtype, seed=1), classifier_layers(x, y))
+    params = make_solver_parameters(SGD(), max_iter=max_iter, **policies)
+    return Solver(SGD(), params, progress=False).solve(net)
+
+
+def constant(value):
+    def policy(state):
+        return value
+
+    return policy
+
+
+@pytest.mark.parametrize("value", [None, "0.1", [0.1]])
+def test_policy_returning_non_number(value):
+    pattern = rf"lr_policy function constant.*policy returned {value!r} at iteration 0"
+    with pytest.raises(mochac.ConfigError, match=pattern.replace("[", r"\[")):
+        solve_with(lr_policy=constant(value))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_policy_returning_non_finite(value):
+    with pytest.raises(mochac.NumericalError, match="mom_policy .* at iteration 0"):
+        solve_with(mom_policy=constant(value))
+
+
+def test_policy_above_float32_max():
+    # 1e30 fits a float32, and the rate 1e60 at iteration 2 does not.
+    policy = LRPolicy.Exp(1.0, 1e30)
+    pattern = r"lr_policy Exp\(.*\) returned 1e\+60 at iteration 2, .*float32"
+    with pytest.raises(mochac.NumericalError, match=pattern):
+        solve_with(max_iter=3, dtype=np.float32, lr_policy=policy)
+
+
+def test_policy_failure_names_iteration():
+    def late_none(state):
+        return 0.1 if state.iter < 3 else None
+
+    with pytest.raises(mochac.ConfigError, match="returned None at iteration 3"):
+        solve_with(max_iter=5, lr_policy=late_none)
+
+
+def test_policies_accept_numpy_numbers():
+    step = LRPolicy.Step(np.float32(0.5), np.float64(0.5), np.int64(10))
+    assert type(step.stepsize) is int
+    assert type(step.base_lr) is float
+    assert step(SolverState(iter=20)) == pytest.approx(0.125)
+    staged = LRPolicy.Staged((np.int64(2), LRPolicy.Fixed(1.0)))
+    assert staged.stages[0][0] == 2
+    assert type(staged.stages[0][0]) is int
+    mom = MomPolicy.Linear(np.float64(0.5), 0.1, np.int32(5), 0.9)
+    assert type(mom.stepsize) is int
+    assert mom(SolverState(iter=10)) == pytest.approx(0.7)
+    with pytest.raises(mochac.ConfigError, match="stepsize=True"):
+        LRPolicy.Step(0.1, 0.5, True)

@@ -408,3 +408,159 @@ def test_lounge_damaged_file_named(tmp_path, content):
     assert "file_exists='overwrite'" in message
     solver.setup_coffee_lounge(save_into=stats, file_exists="overwrite")
     assert solver.lounge.statistics == {}
+
+
+# --- solver parameters and policies that would train silently wrong ----------
+
+
+@pytest.mark.parametrize("regu", [float("nan"), float("inf"), -1.0, "0.1"])
+def test_regu_coef_rejected(regu):
+    with pytest.raises(mochac.ConfigError, match="invalid regu_coef="):
+        make_solver_parameters(SGD(), max_iter=1, regu_coef=regu)
+
+
+def test_regu_coef_above_float32_rejected():
+    x, y = toy_data()
+    net = Net("f32", CPUBackend(seed=1), classifier_layers(x, y))
+    params = make_solver_parameters(SGD(), max_iter=1, regu_coef=1e39)
+    before = net.params["ip1"]["weight"].copy()
+    with pytest.raises(mochac.ConfigError, match=r"regu_coef=1e\+39 .*float32"):
+        Solver(SGD(), params, progress=False).solve(net)
+    np.testing.assert_array_equal(net.params["ip1"]["weight"], before)
+
+
+def diverging_solver(max_iter, folder=None):
+    """Return (net, solver) whose first update makes the parameters infinite.
+
+    With ``folder``, a Snapshot coffee break saves there every iteration.
+    """
+    x, y = toy_data()
+    net = Net("diverge", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+    params = make_solver_parameters(
+        SGD(),
+        max_iter=max_iter,
+        regu_coef=1e300,
+        lr_policy=LRPolicy.Fixed(1e300),
+    )
+    solver = Solver(SGD(), params, progress=False)
+    if folder is not None:
+        solver.add_coffee_break(Snapshot(folder), every_n_iter=1)
+    return net, solver
+
+
+def test_last_step_nonfinite_parameters_raise(tmp_path):
+    net, solver = diverging_solver(max_iter=1, folder=tmp_path)
+    pattern = (
+        r"last update \(iteration 1\), parameter 'weight' of layer 'ip1' has \d+ NaN"
+    )
+    with pytest.raises(mochac.NumericalError, match=pattern) as raised:
+        solver.solve(net)
+    assert "regu_coef 1e+300" in str(raised.value)
+    # The check runs before the last coffee breaks, so no snapshot keeps them.
+    assert (tmp_path / "snapshot-000000.h5").exists()
+    assert not (tmp_path / "snapshot-000001.h5").exists()
+
+
+def test_nan_loss_names_solver_settings():
+    net, solver = diverging_solver(max_iter=2)
+    with pytest.raises(mochac.NumericalError, match="loss layer 'loss'") as raised:
+        solver.solve(net)
+    message = str(raised.value)
+    assert "Solver settings at iteration 1" in message
+    assert "regu_coef 1e+300" in message
+    assert "class weights" in message
+
+
+def test_method_class_instead_of_instance():
+    with pytest.raises(mochac.ConfigError, match=r"got the class SGD; .*SGD\(\)"):
+        make_solver_parameters(SGD, max_iter=1)
+    params = make_solver_parameters(SGD(), max_iter=1)
+    with pytest.raises(mochac.ConfigError, match=r"Solver: got the class Adam"):
+        Solver(Adam, params)
+    with pytest.raises(mochac.ConfigError, match="invalid method 'sgd'"):
+        Solver("sgd", params)
+
+
+def test_solver_params_must_fit_method():
+    with pytest.raises(mochac.ConfigError, match=r"make_solver_parameters\(Adam\(\)"):
+        Solver(Adam(), make_solver_parameters(SGD(), max_iter=1))
+    with pytest.raises(mochac.ConfigError, match="invalid params"):
+        Solver(SGD(), {"max_iter": 1})
+
+
+@pytest.mark.parametrize("load_from", [5, ["snapshots"]])
+def test_load_from_must_be_path(load_from):
+    with pytest.raises(mochac.ConfigError, match=r"invalid load_from=.*str or Path"):
+        make_solver_parameters(SGD(), max_iter=1, load_from=load_from)
+
+
+def test_numpy_integers_in_solver():
+    params = make_solver_parameters(SGD(), max_iter=np.int64(3))
+    assert type(params["max_iter"]) is int
+    solver = Solver(SGD(), params, progress=False)
+    solver.add_coffee_break(TrainingSummary(), every_n_iter=np.int32(2))
+    assert solver.breaks[-1][1] == 2
+    assert type(solver.breaks[-1][1]) is int
+    solver.setup_coffee_lounge(every_n_iter=np.int64(2))
+    assert solver.lounge.every_n_iter == 2
+    with pytest.raises(mochac.ConfigError, match="max_iter=True"):
+        make_solver_parameters(SGD(), max_iter=True)
+
+
+# --- resuming from snapshots the solver cannot use ----------------------------
+
+
+def source_positions(net):
+    return {index: source.state_dict() for index, source in net.sources.items()}
+
+
+def test_method_mismatch_leaves_net_unchanged(tmp_path):
+    train(tmp_path, 10, snapshot_every=10)
+    x, y = toy_data(n=10)
+    net = Net("other", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+    net.forward()
+    params_before = {
+        layer: {name: array.copy() for name, array in arrays.items()}
+        for layer, arrays in net.params.items()
+    }
+    position_before = repr(source_positions(net))
+    params = make_solver_parameters(OtherSolver(), max_iter=20, load_from=str(tmp_path))
+    with pytest.raises(mochac.SnapshotError, match="SGD.*Nesterov"):
+        Solver(OtherSolver(), params).solve(net)
+    for layer, arrays in params_before.items():
+        for name, array in arrays.items():
+            np.testing.assert_array_equal(net.params[layer][name], array)
+    assert repr(source_positions(net)) == position_before
+
+
+def write_solver_snapshot(net, path, attrs):
+    """Write the parameters of ``net`` and a /solver group with ``attrs``."""
+    with h5py.File(path, "w") as handle:
+        for layer, params in net.params.items():
+            for name, array in params.items():
+                handle[f"{layer}___{name}"] = array
+        group = handle.create_group("solver")
+        for key, value in attrs.items():
+            group.attrs[key] = value
+
+
+@pytest.mark.parametrize(
+    ("attrs", "match"),
+    [
+        ({"method": "SGD"}, "no 'iter' attribute"),
+        ({"method": "SGD", "iter": -3}, "'iter' attribute is -3"),
+        ({"method": "SGD", "iter": "ten"}, "'iter' attribute is 'ten'"),
+    ],
+)
+def test_resume_invalid_iter(tmp_path, attrs, match):
+    x, y = toy_data()
+    source = Net("saved", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))
+    path = tmp_path / "model.h5"
+    write_solver_snapshot(source, path, attrs)
+    net = Net("resume", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+    before = net.params["ip1"]["weight"].copy()
+    params = make_solver_parameters(SGD(), max_iter=2, load_from=str(path))
+    with pytest.raises(mochac.SnapshotError, match=match) as raised:
+        Solver(SGD(), params, progress=False).solve(net)
+    assert str(path) in str(raised.value)
+    np.testing.assert_array_equal(net.params["ip1"]["weight"], before)

@@ -262,3 +262,30 @@ def test_nesterov_model_file_starts_at_zero(tmp_path, caplog):
     np.testing.assert_array_equal(
         tuned.params["ip1"]["weight"], trained.params["ip1"]["weight"]
     )
+
+
+@pytest.mark.parametrize("epsilon", [float("inf"), float("nan"), -1e-8, "1e-8"])
+def test_adam_epsilon_must_be_finite(epsilon):
+    with pytest.raises(mochac.ConfigError, match=r"Adam\): invalid epsilon="):
+        make_solver_parameters(Adam(), max_iter=1, epsilon=epsilon)
+
+
+@pytest.mark.parametrize("beta", [float("inf"), float("nan")])
+def test_adam_beta_must_be_finite(beta):
+    with pytest.raises(mochac.ConfigError, match=r"Adam\): invalid beta1="):
+        make_solver_parameters(Adam(), max_iter=1, beta1=beta)
+
+
+def test_adam_epsilon_above_float32_max():
+    x, y = toy_data()
+    net = Net("adam32", CPUBackend(seed=1), classifier_layers(x, y))
+    params = make_solver_parameters(Adam(), max_iter=1, epsilon=1e39)
+    with pytest.raises(mochac.ConfigError, match=r"epsilon=1e\+39 is infinite"):
+        Solver(Adam(), params, progress=False).solve(net)
+
+
+def test_adam_epsilon_numpy_float():
+    params = make_solver_parameters(Adam(), max_iter=1, epsilon=np.float32(1e-6))
+    method = Adam()
+    Solver(method, params, progress=False)
+    assert method.epsilon == pytest.approx(1e-6)

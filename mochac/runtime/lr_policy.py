@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from dataclasses import dataclass
 
-from mochac.errors import ConfigError
+from mochac.errors import ConfigError, NumericalError
 from mochac.runtime.coffee_breaks import Snapshot
 from mochac.runtime.snapshot import (
     load_params,
@@ -18,27 +19,53 @@ from mochac.runtime.snapshot import (
     read_solver_buffers,
     snapshot_iterations,
 )
+from mochac.values import as_int, as_real
 
 logger = logging.getLogger(__name__)
 
 
 def _check(policy, field, value, minimum=None, integer=False):
-    kinds = (int,) if integer else (int, float)
-    if not isinstance(value, kinds) or isinstance(value, bool):
+    """Check a policy parameter; return it as a Python int or float."""
+    number = as_int(value) if integer else as_real(value)
+    if number is None:
         raise ConfigError(
             f"LRPolicy.{type(policy).__name__}: invalid {field}={value!r}; expected "
             f"{'an int' if integer else 'a number'}"
         )
-    if not math.isfinite(value):
+    if not math.isfinite(number):
         raise ConfigError(
             f"LRPolicy.{type(policy).__name__}: invalid {field}={value!r}; expected a "
             "finite number"
         )
-    if minimum is not None and value < minimum:
+    if minimum is not None and number < minimum:
         raise ConfigError(
             f"LRPolicy.{type(policy).__name__}: invalid {field}={value!r}; expected a "
             f"value >= {minimum}"
         )
+    return number
+
+
+def _check_fields(policy, **rules) -> None:
+    """Check each field of a frozen policy and store it as a Python int or float.
+
+    ``rules`` maps a field name to the keyword arguments of ``_check``. A
+    field that is not an integer becomes a float, so that ``gamma ** n``
+    overflows with OverflowError instead of building a huge int.
+    """
+    for field, rule in rules.items():
+        number = _check(policy, field, getattr(policy, field), **rule)
+        if not rule.get("integer"):
+            number = float(number)
+        object.__setattr__(policy, field, number)
+
+
+def _overflow(policy, iteration, term) -> NumericalError:
+    """Return the error for a learning rate whose ``term`` overflowed a float."""
+    return NumericalError(
+        f"LRPolicy.{policy!r}: at iteration {iteration} the learning rate is "
+        f"infinite, because {term} exceeds the largest float ({sys.float_info.max:g}); "
+        "choose parameters that keep the rate finite up to max_iter"
+    )
 
 
 @dataclass(frozen=True)
@@ -48,7 +75,7 @@ class Fixed:
     base_lr: float
 
     def __post_init__(self):
-        _check(self, "base_lr", self.base_lr, 0)
+        _check_fields(self, base_lr={"minimum": 0})
 
     def __call__(self, state) -> float:
         return float(self.base_lr)
@@ -63,12 +90,19 @@ class Step:
     stepsize: int
 
     def __post_init__(self):
-        _check(self, "base_lr", self.base_lr, 0)
-        _check(self, "gamma", self.gamma, 0)
-        _check(self, "stepsize", self.stepsize, 1, integer=True)
+        _check_fields(
+            self,
+            base_lr={"minimum": 0},
+            gamma={"minimum": 0},
+            stepsize={"minimum": 1, "integer": True},
+        )
 
     def __call__(self, state) -> float:
-        return self.base_lr * self.gamma ** (state.iter // self.stepsize)
+        steps = state.iter // self.stepsize
+        try:
+            return self.base_lr * self.gamma**steps
+        except OverflowError:
+            raise _overflow(self, state.iter, f"{self.gamma:g} ** {steps}") from None
 
 
 @dataclass(frozen=True)
@@ -79,11 +113,15 @@ class Exp:
     gamma: float
 
     def __post_init__(self):
-        _check(self, "base_lr", self.base_lr, 0)
-        _check(self, "gamma", self.gamma, 0)
+        _check_fields(self, base_lr={"minimum": 0}, gamma={"minimum": 0})
 
     def __call__(self, state) -> float:
-        return self.base_lr * self.gamma**state.iter
+        try:
+            return self.base_lr * self.gamma**state.iter
+        except OverflowError:
+            raise _overflow(
+                self, state.iter, f"{self.gamma:g} ** {state.iter}"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -95,12 +133,18 @@ class Inv:
     power: float
 
     def __post_init__(self):
-        _check(self, "base_lr", self.base_lr, 0)
-        _check(self, "gamma", self.gamma, 0)
-        _check(self, "power", self.power)
+        _check_fields(self, base_lr={"minimum": 0}, gamma={"minimum": 0}, power={})
 
     def __call__(self, state) -> float:
-        return self.base_lr * math.pow(1.0 + self.gamma * state.iter, -self.power)
+        base = 1.0 + self.gamma * state.iter
+        try:
+            return self.base_lr * math.pow(base, -self.power)
+        except OverflowError:
+            raise _overflow(
+                self,
+                state.iter,
+                f"(1 + {self.gamma:g} * {state.iter}) ** {-self.power:g}",
+            ) from None
 
 
 class Staged:
@@ -119,19 +163,17 @@ class Staged:
             raise ConfigError(
                 f"{self.namespace}.Staged: give at least one (n_iter, policy) stage"
             )
+        checked = []
         for stage in stages:
-            if (
-                not isinstance(stage, tuple)
-                or len(stage) != 2
-                or not isinstance(stage[0], int)
-                or stage[0] < 1
-                or not callable(stage[1])
-            ):
+            pair = isinstance(stage, tuple) and len(stage) == 2
+            n_iter = as_int(stage[0]) if pair else None
+            if n_iter is None or n_iter < 1 or not callable(stage[1]):
                 raise ConfigError(
                     f"{self.namespace}.Staged: invalid stage {stage!r}; expected "
                     "(n_iter >= 1, policy)"
                 )
-        self.stages = stages
+            checked.append((n_iter, stage[1]))
+        self.stages = tuple(checked)
 
     def __call__(self, state) -> float:
         end = 0
@@ -169,13 +211,13 @@ class DecayOnValidation:
     """
 
     def __init__(self, base_lr, key, ratio, higher_better=True):
-        _check(self, "base_lr", base_lr, 0)
+        base_lr = _check(self, "base_lr", base_lr, 0)
         if not isinstance(key, str) or not key:
             raise ConfigError(
                 f"LRPolicy.DecayOnValidation: invalid key={key!r}; expected the name "
                 "of a validation statistic such as 'accuracy-accuracy'"
             )
-        _check(self, "ratio", ratio, 0)
+        ratio = _check(self, "ratio", ratio, 0)
         if ratio >= 1:
             raise ConfigError(
                 f"LRPolicy.DecayOnValidation: invalid ratio={ratio!r}; expected a "

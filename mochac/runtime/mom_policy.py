@@ -12,28 +12,34 @@ from dataclasses import dataclass
 
 from mochac.errors import ConfigError
 from mochac.runtime.lr_policy import Staged as StagedPolicy
+from mochac.values import as_int, as_real
 
 
-def _check(policy, field, value, minimum=None, below=None, integer=False):
-    kinds = (int,) if integer else (int, float)
+def _check(policy, field, minimum=None, below=None, integer=False):
+    """Check a field of a frozen policy and store it as a Python int or float."""
+    value = getattr(policy, field)
+    number = as_int(value) if integer else as_real(value)
     name = f"MomPolicy.{type(policy).__name__}"
-    if not isinstance(value, kinds) or isinstance(value, bool):
+    if number is None:
         raise ConfigError(
             f"{name}: invalid {field}={value!r}; expected "
             f"{'an int' if integer else 'a number'}"
         )
-    if not math.isfinite(value):
+    if not math.isfinite(number):
         raise ConfigError(
             f"{name}: invalid {field}={value!r}; expected a finite number"
         )
-    if minimum is not None and value < minimum:
+    if minimum is not None and number < minimum:
         raise ConfigError(
             f"{name}: invalid {field}={value!r}; expected a value >= {minimum}"
         )
-    if below is not None and value >= below:
+    if below is not None and number >= below:
         raise ConfigError(
             f"{name}: invalid {field}={value!r}; expected a number in [0, {below})"
         )
+    # A float gamma makes gamma ** n overflow with OverflowError instead of
+    # building a huge int.
+    object.__setattr__(policy, field, number if integer else float(number))
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ class Fixed:
     base_mom: float
 
     def __post_init__(self):
-        _check(self, "base_mom", self.base_mom, 0, 1)
+        _check(self, "base_mom", 0, 1)
 
     def __call__(self, state) -> float:
         return float(self.base_mom)
@@ -59,13 +65,17 @@ class Step:
     max_mom: float
 
     def __post_init__(self):
-        _check(self, "base_mom", self.base_mom, 0, 1)
-        _check(self, "gamma", self.gamma, 0)
-        _check(self, "stepsize", self.stepsize, 1, integer=True)
-        _check(self, "max_mom", self.max_mom, 0, 1)
+        _check(self, "base_mom", 0, 1)
+        _check(self, "gamma", 0)
+        _check(self, "stepsize", 1, integer=True)
+        _check(self, "max_mom", 0, 1)
 
     def __call__(self, state) -> float:
-        grown = self.base_mom * self.gamma ** (state.iter // self.stepsize)
+        try:
+            grown = self.base_mom * self.gamma ** (state.iter // self.stepsize)
+        except OverflowError:
+            # Only gamma > 1 overflows, and the momentum then stops at max_mom.
+            grown = math.inf
         return float(min(grown, self.max_mom))
 
 
@@ -79,10 +89,10 @@ class Linear:
     max_mom: float
 
     def __post_init__(self):
-        _check(self, "base_mom", self.base_mom, 0, 1)
-        _check(self, "gamma", self.gamma)
-        _check(self, "stepsize", self.stepsize, 1, integer=True)
-        _check(self, "max_mom", self.max_mom, 0, 1)
+        _check(self, "base_mom", 0, 1)
+        _check(self, "gamma")
+        _check(self, "stepsize", 1, integer=True)
+        _check(self, "max_mom", 0, 1)
 
     def __call__(self, state) -> float:
         grown = self.base_mom + (state.iter // self.stepsize) * self.gamma

@@ -16,11 +16,15 @@ breaks due at the new iteration count.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from mochac.constraints import apply_constraints
 from mochac.errors import ConfigError, NumericalError, SnapshotError
@@ -32,7 +36,14 @@ from mochac.runtime.snapshot import (
     load_solver_state,
     open_model,
 )
-from mochac.runtime.solvers import SGD, Adam, Nesterov, summed_gradients
+from mochac.runtime.solvers import (
+    SGD,
+    Adam,
+    Nesterov,
+    SolverMethod,
+    summed_gradients,
+)
+from mochac.values import as_int, as_real
 
 __all__ = [
     "SGD",
@@ -85,6 +96,7 @@ def make_solver_parameters(method, **kwargs) -> dict:
     tutorial writes it. Adam adds beta1 (0.9), beta2 (0.999) and epsilon
     (1e-8). Raises ConfigError naming an unknown or invalid key.
     """
+    check_method(method, "make_solver_parameters")
     known = SOLVER_KEYS + method.parameter_names
     if "momentum" in kwargs and "mom_policy" in known:
         if "mom_policy" in kwargs:
@@ -101,15 +113,25 @@ def make_solver_parameters(method, **kwargs) -> dict:
         )
     params = {"regu_coef": 0.0005, "load_from": None, **method.default_parameters()}
     params.update(kwargs)
-    max_iter = params.get("max_iter")
-    if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 0:
+    max_iter = as_int(params.get("max_iter"))
+    if max_iter is None or max_iter < 0:
         raise ConfigError(
-            f"make_solver_parameters: invalid max_iter={max_iter!r}; expected an int >= 0"
+            f"make_solver_parameters: invalid max_iter={params.get('max_iter')!r}; "
+            "expected an int >= 0"
         )
-    regu = params["regu_coef"]
-    if not isinstance(regu, (int, float)) or isinstance(regu, bool) or regu < 0:
+    params["max_iter"] = max_iter
+    regu = as_real(params["regu_coef"])
+    if regu is None or not math.isfinite(regu) or regu < 0:
         raise ConfigError(
-            f"make_solver_parameters: invalid regu_coef={regu!r}; expected a number >= 0"
+            f"make_solver_parameters: invalid regu_coef={params['regu_coef']!r}; "
+            "expected a finite number >= 0, such as 0.0005"
+        )
+    params["regu_coef"] = regu
+    load_from = params["load_from"]
+    if load_from is not None and not isinstance(load_from, (str, os.PathLike)):
+        raise ConfigError(
+            f"make_solver_parameters: invalid load_from={load_from!r}; expected "
+            "the path of a snapshot folder or file (a str or Path), or None"
         )
     examples = {
         "lr_policy": "LRPolicy.Fixed(0.01)",
@@ -125,12 +147,34 @@ def make_solver_parameters(method, **kwargs) -> dict:
     return params
 
 
+def check_method(method, caller: str) -> None:
+    """Raise ConfigError unless ``method`` is a solver method object such as SGD()."""
+    if isinstance(method, SolverMethod):
+        return
+    if isinstance(method, type) and issubclass(method, SolverMethod):
+        raise ConfigError(
+            f"{caller}: got the class {method.__name__}; pass an instance, "
+            f"{method.__name__}()"
+        )
+    raise ConfigError(
+        f"{caller}: invalid method {method!r}; expected a solver method such as "
+        "SGD(), Nesterov() or Adam()"
+    )
+
+
 class Solver:
     """Runs a method (SGD, Nesterov, Adam) with its parameters and coffee breaks."""
 
     def __init__(self, method, params: dict, progress=None):
         """``progress``: show a progress bar on stderr; None (default) shows it
         only when stderr is a terminal."""
+        check_method(method, "Solver")
+        required = ("max_iter", "regu_coef", "lr_policy", *method.parameter_names)
+        if not isinstance(params, dict) or not all(key in params for key in required):
+            raise ConfigError(
+                f"Solver({method.name}): invalid params; expected the dict that "
+                f"make_solver_parameters({method.name}(), max_iter=...) returns"
+            )
         self.progress = progress
         self.method = method
         method.configure(params)
@@ -147,16 +191,23 @@ class Solver:
                 f"add_coffee_break({type(coffee_break).__name__}): give exactly one of "
                 "every_n_iter and every_n_epoch"
             )
+        intervals = []
         for value in (every_n_iter, every_n_epoch):
-            if value is not None and (not isinstance(value, int) or value < 1):
+            interval = as_int(value)
+            if value is not None and (interval is None or interval < 1):
                 raise ConfigError(
                     f"add_coffee_break({type(coffee_break).__name__}): invalid interval "
                     f"{value!r}; expected an int >= 1"
                 )
-        self.breaks.append((coffee_break, every_n_iter, every_n_epoch))
+            intervals.append(interval)
+        self.breaks.append((coffee_break, *intervals))
 
     def setup_coffee_lounge(self, save_into=None, every_n_iter=1, file_exists="merge"):
         """Keep statistics in a CoffeeLounge saved to ``save_into`` (HDF5)."""
+        # A NumPy integer becomes an int here; CoffeeLounge checks the value.
+        interval = as_int(every_n_iter)
+        if interval is not None:
+            every_n_iter = interval
         self.lounge = CoffeeLounge(save_into, every_n_iter, file_exists)
 
     # --- resuming -------------------------------------------------------------
@@ -184,7 +235,15 @@ class Solver:
                 f"load_from={str(load_from)!r}: file not found; fix the path, or name "
                 "a snapshot folder"
             )
+        restore_policy = getattr(self.params["lr_policy"], "restore", None)
+        iteration = 0
         with open_model(path) as handle:
+            # The solver attributes are checked before anything reaches the
+            # net, so a snapshot this solver cannot resume leaves it unchanged.
+            if "solver" in handle:
+                iteration = self._check_solver_attrs(
+                    dict(handle["solver"].attrs), path, restore_policy is not None
+                )
             load_params(handle, net, path)
             restored = load_solver_state(handle, net, path)
         if restored is None:
@@ -195,6 +254,21 @@ class Solver:
             )
             return
         attrs, buffers = restored
+        self.method.load_buffers(buffers, net.backend)
+        if restore_policy is not None:
+            restore_policy(attrs)
+        self.state.iter = iteration
+        obj_val = as_real(attrs.get("obj_val"))
+        self.state.obj_val = math.nan if obj_val is None else float(obj_val)
+        logger.info("resumed from %s at iteration %d", path, self.state.iter)
+
+    def _check_solver_attrs(self, attrs: dict, path, needs_rate: bool) -> int:
+        """Return the iteration a snapshot's solver attributes record.
+
+        Raises SnapshotError when another method saved the snapshot or an
+        attribute the resume reads is missing or invalid. ``needs_rate``:
+        the learning-rate policy restores its rate from the snapshot.
+        """
         saved_method = str(attrs.get("method", ""))
         if saved_method != self.method.name:
             raise SnapshotError(
@@ -202,13 +276,31 @@ class Solver:
                 f"{self.method.name}; resume with {saved_method} or load the parameters "
                 "alone with load_snapshot"
             )
-        self.method.load_buffers(buffers, net.backend)
-        restore_policy = getattr(self.params["lr_policy"], "restore", None)
-        if restore_policy is not None:
-            restore_policy(attrs)
-        self.state.iter = int(attrs["iter"])
-        self.state.obj_val = float(attrs["obj_val"])
-        logger.info("resumed from %s at iteration %d", path, self.state.iter)
+        if "iter" not in attrs:
+            raise SnapshotError(
+                f"{path}: the solver state has no 'iter' attribute, so the iteration "
+                "to resume from is unknown; resume from another snapshot or load the "
+                "parameters alone with load_snapshot"
+            )
+        iteration = as_int(attrs["iter"])
+        if iteration is None or iteration < 0:
+            stored = attrs["iter"]
+            if isinstance(stored, np.generic):
+                stored = stored.item()
+            raise SnapshotError(
+                f"{path}: the solver state's 'iter' attribute is {stored!r}, "
+                "not an int >= 0; resume from another snapshot or load the "
+                "parameters alone with load_snapshot"
+            )
+        rate = as_real(attrs.get("learning_rate"))
+        if needs_rate and (rate is None or not math.isfinite(rate) or rate < 0):
+            raise SnapshotError(
+                f"{path}: the solver state's 'learning_rate' attribute is "
+                f"{attrs.get('learning_rate')!r}, not a finite number >= 0, and "
+                f"lr_policy {self.params['lr_policy']!r} restores its rate from it; "
+                "resume from another snapshot"
+            )
+        return iteration
 
     # --- the loop -------------------------------------------------------------
 
@@ -236,6 +328,7 @@ class Solver:
                 f"net '{net.name}' has no loss layer, so the solver has nothing to "
                 "minimize; add one such as SoftmaxLossLayer"
             )
+        self._check_value_range(net.backend.dtype)
         # Listeners such as LRPolicy.DecayOnValidation reach the net here.
         self.net = net
         self._restore(net)
@@ -250,9 +343,6 @@ class Solver:
                 state.iter,
                 params["max_iter"],
             )
-        lr_policy = params["lr_policy"]
-        # Adam has no momentum, so its state reports 0.
-        mom_policy = params.get("mom_policy", lambda state: 0.0)
         regu_coef = float(params["regu_coef"])
 
         if state.iter == 0:
@@ -261,8 +351,7 @@ class Solver:
             state.obj_val = net.forward()
             for index, source in net.sources.items():
                 source.load_state_dict(saved[index])
-            state.learning_rate = lr_policy(state)
-            state.momentum = mom_policy(state)
+            self._apply_policies(state, net.backend.dtype)
             for coffee_break in self._due(-1, -1):
                 coffee_break.enjoy(self, net)
             self.lounge.maybe_save(state.iter, force=True)
@@ -270,28 +359,33 @@ class Solver:
         bar = self._progress_bar(state.iter, params["max_iter"])
         while state.iter < params["max_iter"]:
             last_epoch = self._epoch(net)
-            state.learning_rate = lr_policy(state)
-            state.momentum = mom_policy(state)
-            if not (
-                math.isfinite(state.learning_rate) and math.isfinite(state.momentum)
-            ):
-                raise NumericalError(
-                    f"iteration {state.iter}: the policies gave learning rate "
-                    f"{state.learning_rate} and momentum {state.momentum}; check "
-                    "lr_policy and mom_policy"
+            self._apply_policies(state, net.backend.dtype)
+            try:
+                state.obj_val = net.train_step(
+                    self.method,
+                    state.learning_rate,
+                    state.momentum,
+                    regu_coef,
+                    iteration=state.iter,
                 )
-            state.obj_val = net.train_step(
-                self.method,
-                state.learning_rate,
-                state.momentum,
-                regu_coef,
-                iteration=state.iter,
-            )
+            except NumericalError as error:
+                raise NumericalError(
+                    f"{error}. Solver settings at iteration {state.iter}: learning "
+                    f"rate {state.learning_rate:g}, momentum {state.momentum:g}, "
+                    f"regu_coef {regu_coef:g}; a large regu_coef or large class "
+                    "weights in a loss layer can also make a loss NaN or infinite"
+                ) from error
             state.iter += 1
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(obj_val=f"{state.obj_val:.4f}", refresh=False)
             apply_constraints(net, state.iter)
+            if state.iter == params["max_iter"]:
+                # Each forward pass checks the losses, so an update that makes
+                # parameters NaN or infinite is caught by the next iteration,
+                # except after the last one. This check runs before the last
+                # coffee breaks, so no snapshot saves such parameters.
+                self._check_parameters(net, regu_coef)
             for coffee_break in self._due(last_epoch, self._epoch(net)):
                 coffee_break.enjoy(self, net)
             self.lounge.maybe_save(state.iter)
@@ -299,6 +393,76 @@ class Solver:
             bar.close()
         self.lounge.maybe_save(state.iter, force=True)
         return state
+
+    def _check_value_range(self, dtype) -> None:
+        """Raise ConfigError for a solver parameter that overflows ``dtype``.
+
+        make_solver_parameters checks the values in Python floats, but the
+        updates compute in the net's dtype, where 1e39 is infinite in float32.
+        """
+        limit = float(np.finfo(dtype).max)
+        for key in ("regu_coef", *self.method.parameter_names):
+            value = as_real(self.params[key])
+            if value is not None and abs(value) > limit:
+                raise ConfigError(
+                    f"Solver({self.method.name}): {key}={self.params[key]!r} is "
+                    f"infinite in the net's {np.dtype(dtype).name} (whose max is "
+                    f"{limit:g}); use a smaller value"
+                )
+
+    def _apply_policies(self, state: SolverState, dtype) -> None:
+        """Set the state's learning rate and momentum from the policies, or
+        raise naming the policy that gave an invalid value."""
+        state.learning_rate = self._policy_value("lr_policy", state, dtype)
+        if "mom_policy" in self.params:
+            state.momentum = self._policy_value("mom_policy", state, dtype)
+        else:
+            # Adam has no momentum, so its state reports 0.
+            state.momentum = 0.0
+
+    def _policy_value(self, key: str, state: SolverState, dtype) -> float:
+        policy = self.params[key]
+        value = policy(state)
+        number = as_real(value)
+        # A plain function's repr shows its address, so name it instead.
+        if inspect.isfunction(policy) or inspect.ismethod(policy):
+            described = f"function {policy.__qualname__}"
+        else:
+            described = repr(policy)
+        if number is None:
+            raise ConfigError(
+                f"{key} {described} returned {value!r} at iteration {state.iter}; a "
+                "policy must return a number, as LRPolicy.Fixed(0.01) does"
+            )
+        limit = float(np.finfo(dtype).max)
+        if not math.isfinite(number) or abs(number) > limit:
+            raise NumericalError(
+                f"{key} {described} returned {number:g} at iteration {state.iter}, "
+                f"which is not a finite {np.dtype(dtype).name}; check the "
+                "policy's parameters"
+            )
+        return float(number)
+
+    def _check_parameters(self, net, regu_coef: float) -> None:
+        """Raise NumericalError naming the first parameter with a NaN or
+        infinite value."""
+        state = self.state
+        for layer, arrays in net.params.items():
+            for name, array in arrays.items():
+                values = net.backend.to_host(array)
+                bad = int(np.count_nonzero(~np.isfinite(values)))
+                if bad == 0:
+                    continue
+                raise NumericalError(
+                    f"net '{net.name}': after the last update (iteration "
+                    f"{state.iter}), parameter '{name}' of layer '{layer}' has "
+                    f"{bad} NaN or infinite values of {values.size}. The update "
+                    f"used learning rate {state.learning_rate:g}, momentum "
+                    f"{state.momentum:g} and regu_coef {regu_coef:g}; lower the "
+                    "learning rate or regu_coef, "
+                    "check the loss layers' class weights and the input data, and "
+                    "train again from an earlier snapshot"
+                )
 
     def _progress_bar(self, start: int, end: int):
         """Return a tqdm bar over the remaining iterations, or None when off."""

@@ -9,6 +9,7 @@ import numpy as np
 from mochac.errors import ConfigError
 from mochac.runtime.lr_policy import LRPolicy
 from mochac.runtime.solvers.base import SolverMethod, check_fraction, summed_gradients
+from mochac.values import as_real
 
 
 class Adam(SolverMethod):
@@ -48,15 +49,13 @@ class Adam(SolverMethod):
     def check_parameters(self, params: dict) -> None:
         check_fraction(self.name, "beta1", params["beta1"])
         check_fraction(self.name, "beta2", params["beta2"])
-        epsilon = params["epsilon"]
-        if (
-            not isinstance(epsilon, (int, float))
-            or isinstance(epsilon, bool)
-            or not epsilon > 0
-        ):
+        epsilon = as_real(params["epsilon"])
+        # An infinite epsilon makes every step lr * m / inf = 0, so training
+        # would silently change nothing.
+        if epsilon is None or not math.isfinite(epsilon) or not epsilon > 0:
             raise ConfigError(
-                f"make_solver_parameters(Adam): invalid epsilon={epsilon!r}; expected "
-                "a number > 0"
+                f"make_solver_parameters(Adam): invalid epsilon={params['epsilon']!r}; "
+                "expected a finite number > 0, such as 1e-8"
             )
 
     def configure(self, params: dict) -> None:
