@@ -19,10 +19,10 @@ import logging
 from pathlib import Path
 
 import h5py
-import numpy as np
 
 from mochac.errors import SnapshotError
 from mochac.runtime.snapshot import dataset_name, open_model
+from mochac.runtime.snapshot_checks import check_float_dataset, parsing, read_finite
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +52,13 @@ def load_caffe_hdf5(net, path, allow_missing=False) -> dict[str, list[str]]:
     SnapshotError, unless ``allow_missing``, in which case it is initialized
     by its initializer and logged.
 
-    Nothing is changed when an error is raised. Raises SnapshotError naming
-    the layer, parameter, file and both shapes when a stored shape does not
-    fit, and when the file cannot be opened. Returns {"loaded": [...],
-    "initialized": [...]}, lists of dataset names.
+    Every dataset is read and checked before the first parameter changes,
+    so nothing is changed when an error is raised. Raises SnapshotError
+    naming the layer, parameter and file when a dataset is not IEEE float32
+    or float64, contains NaN or infinite values or fails its checksum, when
+    a stored shape does not fit (with both shapes), when the file's SHA-256
+    sidecar, if any, does not match, and when the file cannot be opened.
+    Returns {"loaded": [...], "initialized": [...]}, lists of dataset names.
     """
     path = Path(path)
     with open_model(path) as handle:
@@ -69,8 +72,9 @@ def load_network(file, net, die_if_not_found=True) -> dict[str, list[str]]:
     return load_caffe_hdf5(net, file, allow_missing=not die_if_not_found)
 
 
-def _load(handle, net, path: Path, allow_missing: bool) -> dict[str, list[str]]:
-    # Check everything first, so that a failed import leaves the net as it was.
+def _read_checked(handle, net, path: Path):
+    """Return (copies, optional_missing, missing): the values of every
+    parameter found, each checked, and the parameters the file lacks."""
     copies = []
     optional_missing = []
     missing = []
@@ -85,18 +89,22 @@ def _load(handle, net, path: Path, allow_missing: bool) -> dict[str, list[str]]:
                 else:
                     missing.append((key, target, spec))
                 continue
-            if not isinstance(stored, h5py.Dataset):
-                raise SnapshotError(
-                    f"layer '{info.name}': parameter '{spec.name}': {path} has a "
-                    f"group '{key}' where a dataset was expected"
-                )
+            label = f"layer '{info.name}': parameter '{spec.name}' (dataset {key})"
+            check_float_dataset(stored, path, label)
             if not shapes_match(stored.shape, target.shape):
                 raise SnapshotError(
                     f"layer '{info.name}': parameter '{spec.name}' in {path} has shape "
                     f"{stored.shape}, but the net expects {target.shape}; check that "
                     "the translated layer has Caffe's geometry and number of outputs"
                 )
-            copies.append((key, target, stored))
+            copies.append((key, target, read_finite(stored, path, label)))
+    return copies, optional_missing, missing
+
+
+def _load(handle, net, path: Path, allow_missing: bool) -> dict[str, list[str]]:
+    # Check everything first, so that a failed import leaves the net as it was.
+    with parsing(path):
+        copies, optional_missing, missing = _read_checked(handle, net, path)
     if missing and not allow_missing:
         listing = "; ".join(
             f"layer '{key.rpartition('___')[0]}': parameter '{spec.name}' of shape "
@@ -109,8 +117,8 @@ def _load(handle, net, path: Path, allow_missing: bool) -> dict[str, list[str]]:
             "them with their initializers"
         )
 
-    for key, target, stored in copies:
-        target[...] = np.asarray(stored[()], dtype=target.dtype).reshape(target.shape)
+    for key, target, values in copies:
+        target[...] = net.backend.to_device(values.reshape(target.shape), target.dtype)
     initialized = []
     for key, target, spec in optional_missing + missing:
         target[...] = spec.initializer.init(

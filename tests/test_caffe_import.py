@@ -234,7 +234,63 @@ def test_caffe_group_instead_of_dataset(tmp_path, net):
         load_caffe_hdf5(net, path)
     message = str(raised.value)
     assert "layer 'conv1'" in message
-    assert "group 'conv1___bias'" in message
+    assert "(dataset conv1___bias) is a group" in message
+
+
+def write_damaged_ip_weight(path: Path, weight) -> Path:
+    """Write Caffe's blobs with ``weight`` as ip1___weight, written last, so a
+    load that copied before checking would change conv1 first."""
+    blobs = caffe_blobs()
+    with h5py.File(path, "w") as handle:
+        for key in ("conv1___filter", "conv1___bias", "ip1___bias"):
+            handle.create_dataset(key, data=blobs[key].astype(np.float32))
+        handle.create_dataset("ip1___weight", data=weight, chunks=True, fletcher32=True)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("weight", "problem"),
+    [
+        (np.full((1, 1, 5, 64), np.nan, np.float32), "NaN or infinite"),
+        (np.full((1, 1, 5, 64), np.inf, np.float32), "NaN or infinite"),
+        (np.full((1, 1, 5, 64), b"a"), "datatype |S1"),
+        (np.ones((1, 1, 5, 64), np.int32), "datatype int32"),
+    ],
+)
+def test_caffe_invalid_values_change_nothing(tmp_path, weight, problem):
+    net = build_net()
+    before = snapshot_params(net)
+    path = write_damaged_ip_weight(tmp_path / "model.hdf5", weight)
+    with pytest.raises(SnapshotError) as raised:
+        load_caffe_hdf5(net, path)
+    message = str(raised.value)
+
+    assert problem in message
+    assert "layer 'ip1': parameter 'weight'" in message
+    assert str(path) in message
+    for layer, params in before.items():
+        for name, array in params.items():
+            np.testing.assert_array_equal(net.params[layer][name], array)
+
+
+def test_caffe_failed_checksum_changes_nothing(tmp_path):
+    net = build_net()
+    before = snapshot_params(net)
+    path = write_damaged_ip_weight(
+        tmp_path / "model.hdf5", np.ones((1, 1, 5, 64), np.float32)
+    )
+    with h5py.File(path, "r") as handle:
+        start = handle["ip1___weight"].id.get_chunk_info(0).byte_offset
+    raw = bytearray(path.read_bytes())
+    raw[start + 5] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(SnapshotError) as raised:
+        load_caffe_hdf5(net, path)
+
+    assert "ip1___weight cannot be read" in str(raised.value)
+    np.testing.assert_array_equal(
+        net.params["conv1"]["filter"], before["conv1"]["filter"]
+    )
 
 
 @pytest.mark.parametrize(
