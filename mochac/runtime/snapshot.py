@@ -7,11 +7,21 @@ Layout (a superset of Mocha's model files, so Mocha-style tools read it):
                             method (history/ for SGD and Nesterov,
                             first_moment/ and second_moment/ for Adam), each
                             with one dataset per parameter, named as above
+    /rng/<layer>.<name>     the state of each random stream (dropout)
     /data_layers/<layer>    attrs: position, epoch, rng; dataset order when
                             the layer shuffles
 
-A file without /solver is a model: loading it starts training at iteration 0.
-Files are written under a temporary name and renamed when complete.
+A file without /solver is a model: loading it starts training at iteration
+0. A file named like the Snapshot coffee break's (snapshot-000120.h5) must
+have /solver, because the coffee break always writes it. Files are written
+under a temporary name and renamed when complete. save_snapshot also writes
+the SHA-256 digest of the whole file beside it (snapshot-000120.h5.sha256,
+see file_digest), which open_model checks before h5py parses the file.
+
+Reading checks every value before it changes the net: each parameter and
+buffer must be an IEEE float32 or float64 dataset of finite values, shaped
+like its parameter. Any failure, including the errors h5py, NumPy and json
+raise on a damaged file, raises SnapshotError naming the file and the item.
 """
 
 from __future__ import annotations
@@ -25,12 +35,38 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mochac.errors import SnapshotError
+from mochac.errors import NumericalError, SnapshotError
+from mochac.runtime.file_digest import (
+    digest_path,
+    sync_folder,
+    verify_digest,
+    write_digest,
+)
+from mochac.runtime.snapshot_checks import (
+    SNAPSHOT_PATTERN,
+    check_float_dataset,
+    damage_advice,
+    damaged,
+    first_line,
+    parsing,
+    read_dataset,
+    read_finite,
+)
 from mochac.version import __version__
 
 logger = logging.getLogger(__name__)
 
-SNAPSHOT_PATTERN = re.compile(r"^snapshot-(\d+)\.h5$")
+# The attributes of /solver that resuming reads, with their Python types.
+SOLVER_ATTRIBUTES = {
+    "method": str,
+    "iter": int,
+    "obj_val": float,
+    "learning_rate": float,
+    "momentum": float,
+}
+
+# The attributes of each /data_layers/<layer> group.
+DATA_LAYER_ATTRIBUTES = ("position", "epoch", "rng")
 
 
 def dataset_name(layer: str, param: str) -> str:
@@ -45,31 +81,18 @@ def write_dataset(group, name: str, data) -> None:
     group.create_dataset(name, data=data, fletcher32=checked)
 
 
-def first_line(error: Exception) -> str:
-    """Return the first line of ``error``'s message; h5py's go on with
-    library internals."""
-    text = str(error)
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def read_dataset(dataset, path) -> np.ndarray:
-    """Return the values of ``dataset``; raise SnapshotError naming the
-    dataset and the file when HDF5 cannot read it (a failed checksum)."""
-    try:
-        return np.asarray(dataset[()])
-    except OSError as error:
-        raise SnapshotError(
-            f"{path}: dataset {dataset.name} cannot be read ({first_line(error)}); "
-            "the file is damaged: load an earlier snapshot"
-        ) from error
-
-
 def snapshot_path(folder, iteration: int) -> Path:
     return Path(folder) / f"snapshot-{iteration:06d}.h5"
 
 
 def snapshot_iterations(folder) -> list[tuple[int, Path]]:
-    """Return (iteration, path) of every snapshot in ``folder``; [] if it is missing."""
+    """Return (iteration, path) of every snapshot in ``folder``; [] if it is missing.
+
+    A snapshot appears only once complete, because write_atomically renames
+    it into place after writing it and after its digest sidecar. A sidecar
+    without its snapshot, left by a crash between the two renames, is not
+    listed.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -131,32 +154,81 @@ def remove_stale_temporaries(folder: Path) -> None:
         logger.info("removed %s, left by a writer that was killed", entry)
 
 
-def write_atomically(path: Path, fill) -> None:
-    """Create ``path`` as HDF5 by calling ``fill(h5file)`` on a temporary file."""
+def temporary_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def write_atomically(path: Path, fill, digest: bool = False) -> None:
+    """Create ``path`` as HDF5 by calling ``fill(h5file)`` on a temporary file.
+
+    The temporary file replaces ``path`` only when complete, and an error
+    in ``fill`` leaves no file. With ``digest``, the file and its SHA-256
+    sidecar (file_digest) are flushed to the disk, and the sidecar is
+    renamed into place first. So a crash between the renames leaves the new
+    sidecar without its file, never the file without its sidecar. Without
+    ``digest``, a sidecar of an earlier file at ``path`` is deleted.
+    """
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if path.is_dir():
+        raise SnapshotError(
+            f"cannot write {path}: the path is an existing folder, not a file; "
+            "choose a file name, or remove the folder"
+        )
+    temporary = temporary_path(path)
+    sidecar = digest_path(path)
+    sidecar_temporary = temporary_path(sidecar)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(temporary, "w") as handle:
             fill(handle)
+        if digest:
+            write_digest(temporary, sidecar_temporary, path.name)
+            # Deleting the old file first keeps the new sidecar from ever
+            # sitting beside it.
+            path.unlink(missing_ok=True)
+            os.replace(sidecar_temporary, sidecar)
+            sync_folder(path.parent)
+        else:
+            sidecar.unlink(missing_ok=True)
         os.replace(temporary, path)
+        if digest:
+            sync_folder(path.parent)
         remove_stale_temporaries(path.parent)
     except OSError as error:
         raise SnapshotError(
-            f"cannot write {path}: {error}; check that {path.parent} is a writable "
-            "folder"
+            f"cannot write {path}: {first_line(error)}; check that {path.parent} "
+            "is a writable folder with free space"
         ) from error
     finally:
-        if temporary.exists():
-            temporary.unlink()
+        for leftover in (temporary, sidecar_temporary):
+            if leftover.exists():
+                leftover.unlink()
+
+
+def host_finite(array, to_host, label: str, path) -> np.ndarray:
+    """Return the host copy of ``array``; raise NumericalError when it
+    contains NaN or infinite values, which loading the snapshot would reject."""
+    values = to_host(array)
+    finite = np.isfinite(values)
+    if not np.all(finite):
+        bad = values.size - int(np.count_nonzero(finite))
+        raise NumericalError(
+            f"{label} contains {bad} NaN or infinite values of {values.size}, so "
+            f"{path} was not written: training diverged. Lower the learning rate "
+            "or the regularization coefficient, or resume from an earlier snapshot"
+        )
+    return values
 
 
 def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> Path:
-    """Write the net's parameters and, when given, the solver state to ``path``.
+    """Write the net's parameters and, when given, the solver state to ``path``,
+    with the file's SHA-256 digest in ``<path>.sha256``.
 
     ``buffers`` maps a buffer name to a dict from (layer, param) to the
     method's array for that parameter. ``history`` is short for
-    ``buffers={"history": history}``, SGD's one buffer.
+    ``buffers={"history": history}``, SGD's one buffer. Raises
+    NumericalError, and writes nothing, when a parameter or buffer contains
+    NaN or infinite values.
     """
     buffers = dict(buffers or {})
     if history is not None:
@@ -164,22 +236,38 @@ def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> P
 
     # A GPU net's arrays are on the device; h5py writes host copies.
     host = net.backend.to_host
+    params = {}
+    for layer, arrays in net.params.items():
+        for name, array in arrays.items():
+            label = f"layer '{layer}': parameter '{name}'"
+            params[dataset_name(layer, name)] = host_finite(array, host, label, path)
+    solver_buffers = {}
+    if solver_state is not None:
+        for buffer_name, arrays in buffers.items():
+            stored = solver_buffers[buffer_name] = {}
+            for (layer, name), array in arrays.items():
+                label = (
+                    f"solver buffer '{buffer_name}' of layer '{layer}', parameter "
+                    f"'{name}'"
+                )
+                stored[dataset_name(layer, name)] = host_finite(
+                    array, host, label, path
+                )
 
     def fill(handle):
         handle.attrs["mochac_version"] = __version__
         handle.attrs["net"] = net.name
-        for layer, params in net.params.items():
-            for name, array in params.items():
-                write_dataset(handle, dataset_name(layer, name), host(array))
+        for key, values in params.items():
+            write_dataset(handle, key, values)
         if solver_state is None:
             return
         group = handle.create_group("solver")
         for key, value in solver_state.to_attrs().items():
             group.attrs[key] = value
-        for buffer_name, arrays in buffers.items():
+        for buffer_name, arrays in solver_buffers.items():
             buffer_group = group.create_group(buffer_name)
-            for (layer, name), array in arrays.items():
-                write_dataset(buffer_group, dataset_name(layer, name), host(array))
+            for key, values in arrays.items():
+                write_dataset(buffer_group, key, values)
         streams = handle.create_group("rng")
         for key, array in net.rng_states.items():
             write_dataset(streams, key, host(array))
@@ -193,12 +281,18 @@ def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> P
             if state["order"] is not None:
                 write_dataset(item, "order", state["order"])
 
-    write_atomically(path, fill)
+    write_atomically(path, fill, digest=True)
     logger.info("saved snapshot %s", path)
     return Path(path)
 
 
 def open_model(path) -> h5py.File:
+    """Open a snapshot or model file for reading.
+
+    The file's SHA-256 digest is checked first when it has a sidecar
+    (file_digest). Raises SnapshotError when the file is missing, damaged or
+    not HDF5.
+    """
     if Path(path).is_dir():
         raise SnapshotError(
             f"{path} is a folder; name a snapshot or model file in it (a solver's "
@@ -208,6 +302,8 @@ def open_model(path) -> h5py.File:
         raise SnapshotError(
             f"snapshot or model file {path} does not exist; check the path"
         )
+    # libhdf5 can crash on damaged metadata, so the digest goes first.
+    verify_digest(path, damage_advice(path))
     try:
         return h5py.File(path, "r")
     except OSError as error:
@@ -224,12 +320,11 @@ def open_model(path) -> h5py.File:
         ) from error
 
 
-def load_params(handle, net, path, allow_missing=False) -> None:
-    """Copy every parameter of ``net`` from an open file, checking shapes.
-
-    A parameter missing from the file raises SnapshotError, unless
-    ``allow_missing``, in which case it keeps its initial value and is logged.
-    """
+def read_params(handle, net, path) -> tuple[dict, list[str]]:
+    """Return ({(layer, param): values}, missing) for the parameters of ``net``
+    in an open file, every value checked; ``missing`` lists those the file
+    lacks."""
+    values = {}
     missing = []
     for layer, params in net.params.items():
         for name, array in params.items():
@@ -237,27 +332,35 @@ def load_params(handle, net, path, allow_missing=False) -> None:
             if key not in handle:
                 missing.append(f"{layer}.{name} (dataset {key})")
                 continue
-            stored = handle[key]
+            label = f"layer '{layer}': parameter '{name}' (dataset {key})"
+            stored = check_float_dataset(handle[key], path, label)
             if stored.shape != array.shape:
                 raise SnapshotError(
                     f"layer '{layer}': parameter '{name}' in {path} has shape "
                     f"{stored.shape}, but the net expects {array.shape}; the file "
                     "was saved from a different architecture"
                 )
-            values = read_dataset(stored, path)
-            if not np.all(np.isfinite(values)):
-                raise SnapshotError(
-                    f"layer '{layer}': parameter '{name}' (dataset {key}) in {path} "
-                    "contains NaN or infinite values; the file is damaged or was "
-                    "saved after training diverged"
-                )
-            array[...] = net.backend.to_device(values)
+            values[(layer, name)] = read_finite(stored, path, label)
+    return values, missing
+
+
+def load_params(handle, net, path, allow_missing=False) -> None:
+    """Copy every parameter of ``net`` from an open file, checking each first.
+
+    A parameter missing from the file raises SnapshotError, unless
+    ``allow_missing``, in which case it keeps its initial value and is logged.
+    The net is changed only when every parameter passes.
+    """
+    with parsing(path):
+        values, missing = read_params(handle, net, path)
     if missing and not allow_missing:
         raise SnapshotError(
             f"{path} lacks parameters {', '.join(missing)} of net '{net.name}'; to "
             "keep their initial values, load it with load_snapshot(net, path, "
             "allow_missing=True)"
         )
+    for (layer, name), stored in values.items():
+        net.params[layer][name][...] = net.backend.to_device(stored)
     if missing:
         logger.info("%s lacks %s; kept their initial values", path, ", ".join(missing))
 
@@ -269,49 +372,213 @@ def load_snapshot(net, path, allow_missing=False) -> None:
     logger.info("net '%s': loaded parameters from %s", net.name, path)
 
 
-def read_solver_buffers(group, path="the snapshot") -> dict:
-    """Return {buffer name: {(layer, param): array}} from a /solver group."""
-    buffers = {}
-    for buffer_name, buffer_group in group.items():
-        arrays = buffers[buffer_name] = {}
-        for key, dataset in buffer_group.items():
-            layer, _, name = key.rpartition("___")
-            arrays[(layer, name)] = read_dataset(dataset, path)
+def buffer_parameter_shape(group, key: str, layer: str, name: str, params):
+    """Return the shape that the solver buffer dataset ``key`` must have, or
+    None when it belongs to no parameter: the net's parameter in ``params``
+    (net.params), or without ``params`` the parameter dataset in the file."""
+    if params is not None:
+        array = params.get(layer, {}).get(name)
+        return None if array is None else tuple(array.shape)
+    stored = group.file.get(key)
+    return tuple(stored.shape) if isinstance(stored, h5py.Dataset) else None
+
+
+def read_solver_buffers(group, path="the snapshot", params=None) -> dict:
+    """Return {buffer name: {(layer, param): array}} from a /solver group.
+
+    Every buffer must be an IEEE float32 or float64 dataset of finite values,
+    shaped like its parameter: the net's when ``params`` (net.params) is
+    given, else the parameter dataset stored in the same file. With
+    ``params``, buffers of parameters the net lacks are left out. Raises
+    SnapshotError naming the buffer, layer, parameter, shapes and file.
+    """
+    with parsing(path):
+        if not isinstance(group, h5py.Group):
+            raise damaged(path, "/solver is a dataset where a group was expected")
+        buffers = {}
+        for buffer_name, buffer_group in group.items():
+            if not isinstance(buffer_group, h5py.Group):
+                raise damaged(
+                    path,
+                    f"solver buffer '{buffer_name}' is a dataset where a group of "
+                    "one dataset per parameter was expected",
+                )
+            arrays = buffers[buffer_name] = {}
+            for key, node in buffer_group.items():
+                layer, separator, name = key.rpartition("___")
+                if not separator:
+                    raise damaged(
+                        path,
+                        f"solver buffer dataset {node.name} is not named "
+                        "<layer>___<parameter>",
+                    )
+                label = (
+                    f"solver buffer '{buffer_name}' of layer '{layer}', parameter "
+                    f"'{name}' (dataset {node.name})"
+                )
+                expected = buffer_parameter_shape(group, key, layer, name, params)
+                if expected is None:
+                    if params is not None:
+                        continue
+                    raise damaged(path, f"{label} belongs to no parameter in the file")
+                stored = check_float_dataset(node, path, label)
+                if stored.shape != expected:
+                    raise damaged(
+                        path,
+                        f"{label} has shape {stored.shape}, but the parameter has "
+                        f"shape {expected}",
+                    )
+                arrays[(layer, name)] = read_finite(stored, path, label)
     return buffers
 
 
-def load_solver_state(handle, net, path):
-    """Return (attrs, buffers) from a snapshot's /solver group and restore data layers.
-
-    ``buffers`` maps each buffer name under /solver to a dict from
-    (layer, param) to its array. Returns None when the file contains no solver
-    state (a model file).
-    """
-    if "solver" not in handle:
-        return None
-    group = handle["solver"]
-    attrs = dict(group.attrs)
-    buffers = read_solver_buffers(group, path)
-    streams = handle.get("rng")
-    for key, array in net.rng_states.items():
-        if streams is not None and key in streams:
-            values = read_dataset(streams[key], path)
-            array[...] = net.backend.to_device(values, array.dtype)
+def read_solver_attributes(group, path) -> dict:
+    """Return the attributes of /solver, those in SOLVER_ATTRIBUTES converted
+    to their Python types; raise SnapshotError for one missing or invalid."""
+    attrs = {key: group.attrs[key] for key in group.attrs}
+    for key, kind in SOLVER_ATTRIBUTES.items():
+        if key not in attrs:
+            raise damaged(path, f"/solver lacks the attribute '{key}'")
+        value = attrs[key]
+        if kind is str:
+            if isinstance(value, bytes):
+                value = value.decode("utf-8")
+            valid = isinstance(value, str)
+        elif kind is int:
+            valid = isinstance(value, (int, np.integer)) and not isinstance(
+                value, (bool, np.bool_)
+            )
+            valid = valid and value >= 0
         else:
+            valid = isinstance(value, (int, float, np.integer, np.floating))
+            valid = valid and not isinstance(value, (bool, np.bool_))
+            # The objective is NaN before the first forward pass.
+            valid = valid and (key == "obj_val" or bool(np.isfinite(value)))
+        if not valid:
+            raise damaged(
+                path, f"/solver attribute '{key}' has the invalid value {value!r}"
+            )
+        attrs[key] = kind(value)
+    return attrs
+
+
+def read_random_streams(handle, net, path) -> dict:
+    """Return {stream key: values} of the net's random streams stored in the
+    file, each checked against the stream's shape; missing ones are logged."""
+    streams = handle.get("rng")
+    if streams is not None and not isinstance(streams, h5py.Group):
+        raise damaged(path, "/rng is a dataset where a group was expected")
+    values = {}
+    for key, array in net.rng_states.items():
+        if streams is None or key not in streams:
             logger.warning("%s has no state for random stream '%s'", path, key)
+            continue
+        node = streams[key]
+        label = f"random stream '{key}' (dataset {node.name})"
+        if not isinstance(node, h5py.Dataset) or node.dtype.kind not in "iu":
+            raise damaged(path, f"{label} is not a dataset of integers")
+        if node.shape != array.shape:
+            raise damaged(
+                path,
+                f"{label} has shape {node.shape}, but the stream has shape "
+                f"{array.shape}",
+            )
+        values[key] = read_dataset(node, path)
+    return values
+
+
+def read_data_layer_states(handle, net, path) -> dict:
+    """Return {layer index: state dict for load_state_dict} of the net's data
+    layers stored in the file; missing ones are logged.
+
+    This checks the layout only. Whether a state fits the layer's current
+    data is for the layer's load_state_dict to check.
+    """
     sources = handle.get("data_layers")
-    for index, source in net.sources.items():
+    if sources is not None and not isinstance(sources, h5py.Group):
+        raise damaged(path, "/data_layers is a dataset where a group was expected")
+    states = {}
+    for index in net.sources:
         layer_name = net.ir.layers[index].name
         if sources is None or layer_name not in sources:
             logger.warning("%s has no state for data layer '%s'", path, layer_name)
             continue
         item = sources[layer_name]
-        source.load_state_dict(
-            {
-                "position": item.attrs["position"],
-                "epoch": item.attrs["epoch"],
-                "rng": item.attrs["rng"],
-                "order": read_dataset(item["order"], path) if "order" in item else None,
-            }
-        )
+        if not isinstance(item, h5py.Group):
+            raise damaged(path, f"{item.name} is a dataset where a group was expected")
+        for key in DATA_LAYER_ATTRIBUTES:
+            if key not in item.attrs:
+                raise damaged(
+                    path, f"data layer '{layer_name}' lacks the attribute '{key}'"
+                )
+        rng = item.attrs["rng"]
+        if isinstance(rng, bytes):
+            rng = rng.decode("utf-8")
+        order = None
+        if "order" in item:
+            node = item["order"]
+            if not isinstance(node, h5py.Dataset) or node.dtype.kind not in "iu":
+                raise damaged(
+                    path, f"{item.name}/order is not a dataset of sample indices"
+                )
+            order = read_dataset(node, path)
+        states[index] = {
+            "position": item.attrs["position"],
+            "epoch": item.attrs["epoch"],
+            "rng": rng,
+            "order": order,
+        }
+    return states
+
+
+def restore_data_layer(source, state: dict, layer_name: str, path) -> None:
+    """Load ``state`` into a data layer's source; raise SnapshotError naming
+    the file when it does not fit the layer's current data."""
+    try:
+        source.load_state_dict(state)
+    except SnapshotError as error:
+        raise SnapshotError(f"{path}: {error}") from error
+    except (KeyError, TypeError, ValueError) as error:
+        raise SnapshotError(
+            f"{path}: data layer '{layer_name}': the saved state does not fit its "
+            f"current data ({first_line(error)}); resume from a snapshot saved "
+            "with this data, or load only the parameters with load_snapshot(net, "
+            "path) and train from iteration 0"
+        ) from error
+
+
+def load_solver_state(handle, net, path):
+    """Return (attrs, buffers) from a snapshot's /solver group and restore the
+    random streams and data layers.
+
+    ``buffers`` maps each buffer name under /solver to a dict from
+    (layer, param) to its array, checked against the net's parameters.
+    Returns None when the file contains no solver state (a model file).
+    Raises SnapshotError when a file named like a snapshot has none, and
+    for any damaged or invalid item, before changing the net.
+    """
+    with parsing(path):
+        if "solver" not in handle:
+            if SNAPSHOT_PATTERN.match(Path(path).name):
+                raise damaged(
+                    path,
+                    "it has no solver state (/solver), which the Snapshot coffee "
+                    "break always writes (a model file named like a snapshot "
+                    "loads as a model once renamed)",
+                )
+            return None
+        group = handle["solver"]
+        if not isinstance(group, h5py.Group):
+            raise damaged(path, "/solver is a dataset where a group was expected")
+        attrs = read_solver_attributes(group, path)
+        buffers = read_solver_buffers(group, path, net.params)
+        streams = read_random_streams(handle, net, path)
+        states = read_data_layer_states(handle, net, path)
+    # Every item has been read and checked; only now does the net change.
+    for key, values in streams.items():
+        array = net.rng_states[key]
+        array[...] = net.backend.to_device(values, array.dtype)
+    for index, state in states.items():
+        layer_name = net.ir.layers[index].name
+        restore_data_layer(net.sources[index], state, layer_name, path)
     return attrs, buffers

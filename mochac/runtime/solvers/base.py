@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mochac.errors import ConfigError
+from mochac.errors import ConfigError, SnapshotError
 from mochac.runtime import native_update
 from mochac.runtime.freeze import trainable_groups
 from mochac.runtime.lr_policy import LRPolicy
@@ -42,11 +42,25 @@ class SolverMethod:
         """Read the method-specific solver parameters before training."""
 
     def buffer(self, name: str, key: tuple[str, str], param: np.ndarray):
-        """Return the buffer ``name`` of parameter ``key``, created as zeros."""
+        """Return the buffer ``name`` of parameter ``key``, created as zeros.
+
+        Raises SnapshotError when a loaded buffer does not match the
+        parameter's shape and dtype: the compiled update reads and writes
+        ``param.size`` elements of the parameter's type through its pointer.
+        """
         store = self.buffers[name]
         array = store.get(key)
         if array is None:
             array = store[key] = np.zeros_like(param)
+        elif array.shape != param.shape or array.dtype != param.dtype:
+            layer, param_name = key
+            raise SnapshotError(
+                f"{self.name}: solver buffer '{name}' of layer '{layer}', parameter "
+                f"'{param_name}' has shape {array.shape} and dtype {array.dtype}, but "
+                f"the parameter has shape {param.shape} and dtype {param.dtype}; the "
+                "buffers were loaded from a snapshot of another net: resume from a "
+                "snapshot of this net"
+            )
         return array
 
     def load_buffers(self, buffers: dict, backend) -> None:

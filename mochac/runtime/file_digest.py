@@ -1,0 +1,128 @@
+"""SHA-256 digests of whole snapshot files, kept in sidecar files.
+
+HDF5's Fletcher-32 checksums cover only the chunks of datasets. A damaged
+byte in the metadata (attributes, a datatype or layout message) can make
+libhdf5 read other values without an error, or crash the process, and a
+chunk of zero bytes passes its checksum. So save_snapshot stores the SHA-256
+digest of the finished file in ``<file>.sha256``, in the format of
+``sha256sum`` (one line "<64 hex digits>  <file name>"), and open_model
+compares the file with it before h5py parses a byte. A file without a
+sidecar (snapshots of older mochac versions, Caffe exports, model files
+written by other tools) is opened without this check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from mochac.errors import SnapshotError
+
+DIGEST_SUFFIX = ".sha256"
+
+# Bytes hashed per read: large enough for full speed, small enough to keep
+# memory flat for snapshots of any size.
+READ_BYTES = 1 << 20
+
+# sha256sum's line: the digest, a space, " " (text) or "*" (binary), the name.
+DIGEST_LINE = re.compile(r"(?P<digest>[0-9a-fA-F]{64}) [ *](?P<name>[^\n]+)\n?")
+
+
+def digest_path(path) -> Path:
+    """Return the sidecar path of ``path``: ``snapshot-000120.h5.sha256``."""
+    path = Path(path)
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def file_sha256(path) -> str:
+    """Return the SHA-256 digest of the bytes of ``path`` as 64 hex digits."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(READ_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_digest(source: Path, sidecar: Path, name: str) -> None:
+    """Write the digest of ``source`` to ``sidecar`` as sha256sum's line for
+    the file ``name``, and flush both files to the disk."""
+    sync_file(source)
+    sidecar.write_text(f"{file_sha256(source)}  {name}\n", encoding="ascii")
+    sync_file(sidecar)
+
+
+def sync_file(path: Path) -> None:
+    """Flush the contents of ``path`` to the disk (fsync)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def sync_folder(folder: Path) -> None:
+    """Flush the entries of ``folder`` (renames, deletions) to the disk.
+
+    Some systems cannot open or fsync a folder (Windows, some network file
+    systems). There this does nothing, so the order of the renames is not
+    guaranteed after a power loss.
+    """
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def read_digest(sidecar: Path, advice: str) -> str:
+    """Return the hex digest stored in ``sidecar``, in lower case.
+
+    Raises SnapshotError, ending with ``advice``, when the sidecar cannot be
+    read or is not one line of sha256sum's format.
+    """
+    try:
+        text = sidecar.read_bytes().decode("ascii")
+    except (OSError, UnicodeDecodeError) as error:
+        raise SnapshotError(
+            f"cannot read the SHA-256 digest {sidecar}: {error}; {advice}"
+        ) from error
+    match = DIGEST_LINE.fullmatch(text)
+    if match is None:
+        raise SnapshotError(
+            f"{sidecar} is not a SHA-256 digest line ('<64 hex digits>  <file "
+            f"name>'): it is damaged; {advice}"
+        )
+    return match["digest"].lower()
+
+
+def verify_digest(path, advice: str) -> bool:
+    """Compare the bytes of ``path`` with the digest in its sidecar file.
+
+    Returns False when there is no sidecar, True when the digest matches.
+    Raises SnapshotError, ending with ``advice``, when it does not match or
+    the sidecar is damaged.
+    """
+    path = Path(path)
+    sidecar = digest_path(path)
+    if not sidecar.is_file():
+        return False
+    expected = read_digest(sidecar, advice)
+    try:
+        actual = file_sha256(path)
+    except OSError as error:
+        raise SnapshotError(f"cannot read {path}: {error}; {advice}") from error
+    if actual != expected:
+        raise SnapshotError(
+            f"{path} does not match its SHA-256 digest in {sidecar.name}: the file "
+            f"was damaged or changed after it was written; {advice}. If you "
+            f"changed the file on purpose, delete {sidecar.name} to load it "
+            "without the check"
+        )
+    return True

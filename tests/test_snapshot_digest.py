@@ -1,0 +1,192 @@
+"""The SHA-256 sidecar of each snapshot: written atomically, checked first."""
+
+import hashlib
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+import mochac
+from mochac import (
+    SGD,
+    CPUBackend,
+    InnerProductLayer,
+    MemoryDataLayer,
+    Net,
+    Snapshot,
+    SnapshotError,
+    SoftmaxLossLayer,
+    Solver,
+    make_solver_parameters,
+)
+from mochac.runtime import snapshot
+from mochac.runtime.file_digest import digest_path
+from mochac.runtime.snapshot import latest_snapshot, save_snapshot
+
+
+def make_net(seed=5):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 5))
+    y = rng.integers(0, 3, size=(10, 1)).astype(np.float64)
+    layers = [
+        MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
+        InnerProductLayer(name="ip1", output_dim=3, bottoms=["data"], tops=["ip1"]),
+        SoftmaxLossLayer(name="loss", bottoms=["ip1", "label"]),
+    ]
+    return Net("digest", CPUBackend(dtype=np.float64, seed=seed), layers)
+
+
+def train(folder, max_iter, snapshot_every=None):
+    net = make_net()
+    method = SGD()
+    params = make_solver_parameters(method, max_iter=max_iter, load_from=str(folder))
+    solver = Solver(method, params, progress=False)
+    if snapshot_every:
+        solver.add_coffee_break(Snapshot(folder), every_n_iter=snapshot_every)
+    solver.solve(net)
+    return net, solver
+
+
+def test_sidecar_has_sha256sum_format(tmp_path):
+    path = save_snapshot(tmp_path / "model.h5", make_net())
+    sidecar = tmp_path / "model.h5.sha256"
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sidecar.read_text() == f"{expected}  model.h5\n"
+
+
+def test_snapshot_folder_lists_pairs(tmp_path):
+    train(tmp_path, 4, snapshot_every=2)
+    names = sorted(entry.name for entry in tmp_path.iterdir())
+    assert names == [
+        "snapshot-000000.h5",
+        "snapshot-000000.h5.sha256",
+        "snapshot-000002.h5",
+        "snapshot-000002.h5.sha256",
+        "snapshot-000004.h5",
+        "snapshot-000004.h5.sha256",
+    ]
+
+
+def flip_byte(path, offset):
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def test_every_flipped_byte_detected(tmp_path):
+    """A flip anywhere, metadata included, fails the digest before h5py reads
+    the file; libhdf5 can crash on some of these bytes."""
+    train(tmp_path / "run", 2, snapshot_every=2)
+    original = (tmp_path / "run" / "snapshot-000002.h5").read_bytes()
+    sidecar = (tmp_path / "run" / "snapshot-000002.h5.sha256").read_bytes()
+    path = tmp_path / "snapshot-000002.h5"
+    digest_path(path).write_bytes(sidecar)
+    net = make_net()
+    for offset in range(0, len(original), 97):
+        path.write_bytes(original)
+        flip_byte(path, offset)
+        with pytest.raises(SnapshotError, match="does not match its SHA-256 digest"):
+            mochac.load_snapshot(net, path)
+
+
+def test_zeroed_chunk_detected(tmp_path):
+    """A chunk of zero bytes passes Fletcher-32, but not the digest."""
+    path = save_snapshot(tmp_path / "model.h5", make_net())
+    with h5py.File(path, "r") as handle:
+        chunk = handle["ip1___weight"].id.get_chunk_info(0)
+    raw = bytearray(path.read_bytes())
+    raw[chunk.byte_offset : chunk.byte_offset + chunk.size] = bytes(chunk.size)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(SnapshotError) as raised:
+        mochac.load_snapshot(make_net(), path)
+    message = str(raised.value)
+    assert str(path) in message
+    assert "delete model.h5.sha256" in message
+
+
+def test_mismatch_names_older_snapshot(tmp_path):
+    train(tmp_path, 4, snapshot_every=2)
+    flip_byte(tmp_path / "snapshot-000004.h5", 100)
+    with pytest.raises(SnapshotError) as raised:
+        train(tmp_path, 6)
+    message = str(raised.value)
+    assert str(tmp_path / "snapshot-000004.h5") in message
+    assert "resume from an older snapshot" in message
+
+
+def test_damaged_sidecar_rejected(tmp_path):
+    path = save_snapshot(tmp_path / "model.h5", make_net())
+    digest_path(path).write_text("not a digest\n")
+    with pytest.raises(SnapshotError, match="model.h5.sha256 is not a SHA-256"):
+        mochac.load_snapshot(make_net(), path)
+
+
+def test_file_without_sidecar_loads(tmp_path):
+    saved = make_net(seed=1)
+    path = save_snapshot(tmp_path / "model.h5", saved)
+    digest_path(path).unlink()
+    net = make_net(seed=2)
+    mochac.load_snapshot(net, path)
+    np.testing.assert_array_equal(
+        net.params["ip1"]["weight"], saved.params["ip1"]["weight"]
+    )
+
+
+def test_sidecar_renamed_before_file(tmp_path, monkeypatch):
+    renamed = []
+    real_replace = os.replace
+
+    def record(source, target):
+        renamed.append(os.path.basename(target))
+        real_replace(source, target)
+
+    monkeypatch.setattr(snapshot.os, "replace", record)
+    save_snapshot(tmp_path / "snapshot-000010.h5", make_net())
+    assert renamed == ["snapshot-000010.h5.sha256", "snapshot-000010.h5"]
+
+
+def test_crash_between_renames_resumes_before(tmp_path):
+    """A crash after the sidecar's rename leaves a sidecar without its
+    snapshot, which resuming passes over."""
+    train(tmp_path, 2, snapshot_every=2)
+    (tmp_path / "snapshot-000004.h5.sha256").write_text(f"{'0' * 64}  x\n")
+    assert latest_snapshot(tmp_path) == tmp_path / "snapshot-000002.h5"
+    _, solver = train(tmp_path, 3)
+    assert solver.state.iter == 3
+
+
+def test_overwrite_keeps_pair_consistent(tmp_path):
+    path = tmp_path / "snapshot-000002.h5"
+    save_snapshot(path, make_net(seed=1))
+    second = make_net(seed=2)
+    save_snapshot(path, second)
+    net = make_net(seed=3)
+    mochac.load_snapshot(net, path)
+    np.testing.assert_array_equal(
+        net.params["ip1"]["weight"], second.params["ip1"]["weight"]
+    )
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    net = make_net()
+
+    def fail(handle):
+        raise OSError("disk full")
+
+    with pytest.raises(SnapshotError, match="disk full"):
+        snapshot.write_atomically(tmp_path / "model.h5", fail, digest=True)
+    assert list(tmp_path.iterdir()) == []
+    save_snapshot(tmp_path / "model.h5", net)
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == [
+        "model.h5",
+        "model.h5.sha256",
+    ]
+
+
+def test_plain_write_removes_old_sidecar(tmp_path):
+    """A file rewritten without a digest (the coffee lounge's statistics)
+    must not keep the sidecar of the file it replaced."""
+    path = save_snapshot(tmp_path / "stats.h5", make_net())
+    snapshot.write_atomically(path, lambda handle: handle.create_group("x"))
+    assert not digest_path(path).exists()
