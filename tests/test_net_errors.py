@@ -124,3 +124,25 @@ def test_unknown_data_layer_lists_names():
     with pytest.raises(KeyError, match="its data layers are: 'MemoryDataLayer-0'"):
         net.data_source("")
     assert net.data_source("MemoryDataLayer-0") is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "backend", "match"),
+    [
+        (None, "cpu", "name"),
+        ("", "cpu", "name"),
+        ("n", None, "invalid backend None"),
+        ("n", "CPUBackend", "invalid backend 'CPUBackend'"),
+    ],
+)
+def test_net_arguments_checked(name, backend, match):
+    x = np.zeros((4, 3), np.float32)
+    y = np.zeros((4, 1), np.float32)
+    layers = [
+        MemoryDataLayer(batch_size=2, data=[x, y]),
+        InnerProductLayer(name="ip", output_dim=2, bottoms=["data"], tops=["ip"]),
+    ]
+    if backend == "cpu":
+        backend = CPUBackend(threads=1)
+    with pytest.raises(ConfigError, match=match):
+        Net(name, backend, layers)

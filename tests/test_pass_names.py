@@ -45,10 +45,6 @@ def test_disable_not_names(disable):
 # --- Index2Onehot message -----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="runtime/net.py still forms the plural as checked_role + 's'; it "
-    "passes once Net._check reads the kernel context's checked_role_plural"
-)
 def test_onehot_message_plural():
     x = np.zeros((4, 1), np.float32)
     y = np.full((4, 1), 6.0, np.float32)
@@ -62,3 +58,14 @@ def test_onehot_message_plural():
     )
     with pytest.raises(DataError, match="class indices must be integers in 0..2"):
         net.forward()
+
+
+def test_net_disable_single_name():
+    x = np.zeros((4, 1), np.float32)
+    y = np.zeros((4, 1), np.float32)
+    layers = [
+        data_layer(x, y),
+        Index2OnehotLayer(name="oh", n_class=3, bottoms=["label"], tops=["oh"]),
+    ]
+    net = Net("single", CPUBackend(threads=1), layers, disable="plan_memory")
+    assert net.disable == ("plan_memory",)

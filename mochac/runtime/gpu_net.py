@@ -34,7 +34,12 @@ from mochac.errors import CompileError, ConfigError, ShapeError
 from mochac.ir import build_ir
 from mochac.ir.graph import check_layer_list
 from mochac.layers.output import OutputLayer
-from mochac.passes.pipeline import enabled_passes, ir_counts, run_ir_passes
+from mochac.passes.pipeline import (
+    enabled_passes,
+    ir_counts,
+    pass_names,
+    run_ir_passes,
+)
 from mochac.passes.plan_memory import plan_memory
 from mochac.runtime import gpu_update
 from mochac.runtime.data_sources import make_source
@@ -57,7 +62,7 @@ def prepare_ir(net, backend, layers, force_backward, phase, opt_level, disable, 
     device, so tests use it to render CUDA without one.
     """
     net.layers = check_layer_list(net.name, layers)
-    net.opt_level, net.disable = opt_level, tuple(disable)
+    net.opt_level, net.disable = opt_level, pass_names(disable)
     net.keep = frozenset(keep)
     enabled_passes(opt_level, net.disable)
     net.sources, source_shapes = {}, {}

@@ -27,10 +27,16 @@ from mochac.errors import (
 from mochac.ir import build_ir
 from mochac.ir.graph import check_layer_list
 from mochac.layers.output import OutputLayer
-from mochac.passes.pipeline import enabled_passes, ir_counts, run_ir_passes
+from mochac.passes.pipeline import (
+    enabled_passes,
+    ir_counts,
+    pass_names,
+    run_ir_passes,
+)
 from mochac.passes.plan_memory import plan_memory
 from mochac.report import ir_to_dot
 from mochac.runtime import native_update
+from mochac.runtime.backend import check_backend
 from mochac.runtime.data_sources import make_source
 from mochac.runtime.outputs import make_output_state
 
@@ -186,9 +192,10 @@ class Net:
         self.name = name
         self.backend = backend
         self.layers = check_layer_list(name, layers)
+        check_backend(name, backend)
         self.force_backward = force_backward
         self.opt_level = opt_level
-        self.disable = tuple(disable)
+        self.disable = pass_names(disable)
         self.keep = frozenset(keep)
         passes = enabled_passes(opt_level, self.disable)
         dtype = backend.dtype
@@ -426,12 +433,14 @@ class Net:
             raise DataError(
                 f"layer '{info.name}': {role} blob '{blob}' contains "
                 f"{status.value!r} at sample {sample} of the batch"
-                f"{self._data_row(blob, sample)}; {role}s must be {rule}"
+                f"{self._data_row(blob, sample)}; "
+                f"{context.get('checked_role_plural', role + 's')} must be {rule}"
             )
         if rc == BAD_LOSS and info is not None:
             raise NumericalError(
                 f"net '{self.name}': loss layer '{info.name}' computed {status.value}; "
-                "check the learning rate and the input data for NaN or Inf (this "
+                "check the learning rate, regu_coef, the loss layers' class weights "
+                "and the input data for NaN or Inf (this "
                 "step did not update the parameters; earlier steps may already have "
                 "made them huge)"
             )
@@ -490,7 +499,8 @@ class Net:
                 if not math.isfinite(value):
                     raise NumericalError(
                         f"net '{self.name}': loss layer '{info.name}' computed {value}; "
-                        "check the learning rate and the input data for NaN or Inf"
+                        "check the learning rate, regu_coef, the loss layers' class "
+                        "weights and the input data for NaN or Inf"
                     )
                 total += value
         return total
