@@ -15,6 +15,7 @@ import mochac
 from mochac import (
     SGD,
     Adam,
+    ConfigError,
     CPUBackend,
     DropoutLayer,
     HDF5DataLayer,
@@ -167,6 +168,11 @@ def test_history_group_rejected(tmp_path):
     edit_snapshot(path, make_group)
     with pytest.raises(SnapshotError, match=r"ip1___weight\) is a group"):
         train(tmp_path, 4)
+    with (
+        h5py.File(path, "r") as handle,
+        pytest.raises(SnapshotError, match=r"ip1___weight\) is a group"),
+    ):
+        read_solver_buffers(handle["solver"], path)
 
 
 def test_float32_history_converted(tmp_path):
@@ -470,3 +476,80 @@ def test_snapshot_path_is_folder(tmp_path):
     message = str(raised.value)
     assert "is an existing folder, not a file" in message
     assert "writable" not in message
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("/ip", "'/' at either end"),
+        ("ip/", "'/' at either end"),
+        ("a//b", "empty or '.' part"),
+        ("a/./b", "empty or '.' part"),
+        (".", "current group"),
+        ("ip\0", "NUL"),
+        ("rng/x", "/rng group"),
+        ("solver/ip", "/solver group"),
+        ("data_layers/d", "/data_layers group"),
+    ],
+)
+def test_layer_name_hdf5_path_rejected(name, problem):
+    with pytest.raises(ConfigError) as raised:
+        InnerProductLayer(name=name, output_dim=3, bottoms=["data"], tops=["ip"])
+    message = str(raised.value)
+    assert message.startswith("InnerProductLayer")
+    assert f"invalid name={name!r}" in message
+    assert problem in message
+
+
+def test_layer_names_with_slashes_saved(tmp_path):
+    """Names with '/' (Caffe's "inception_3a/1x1"), '..' and C comment
+    ends save and resume as nested HDF5 groups."""
+    x, y = toy_data()
+    names = {"data": "in/..", "ip": "inception_3a/1x1 */ x", "out": "out"}
+    layers = [
+        MemoryDataLayer(name=names["data"], batch_size=4, data=[x, y]),
+        InnerProductLayer(name=names["ip"], output_dim=3, bottoms=["data"], tops=["a"]),
+        InnerProductLayer(name="ip", output_dim=3, bottoms=["a"], tops=["b"]),
+        SoftmaxLossLayer(name="loss", bottoms=["b", "label"]),
+    ]
+
+    def solve(max_iter, seed):
+        net = Net("slash", CPUBackend(dtype=np.float64, seed=seed), layers)
+        method = SGD()
+        params = make_solver_parameters(
+            method, max_iter=max_iter, load_from=str(tmp_path)
+        )
+        solver = Solver(method, params, progress=False)
+        solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+        solver.solve(net)
+        return net, solver
+
+    trained, _ = solve(2, seed=1)
+    with h5py.File(tmp_path / "snapshot-000002.h5", "r") as handle:
+        assert "inception_3a/1x1 */ x___weight" in handle
+        assert "solver/history/inception_3a/1x1 */ x___weight" in handle
+        assert "data_layers/in/.." in handle
+        buffers = read_solver_buffers(handle["solver"], "snapshot-000002.h5")
+    assert buffers["history"][(names["ip"], "weight")].shape == (3, 5)
+    resumed, solver = solve(2, seed=2)
+    assert solver.state.iter == 2
+    np.testing.assert_array_equal(
+        resumed.params[names["ip"]]["weight"], trained.params[names["ip"]]["weight"]
+    )
+    assert solver.method.history[(names["ip"], "weight")].shape == (3, 5)
+
+
+def test_clashing_layer_paths_rejected(tmp_path):
+    x, y = toy_data()
+    layers = [
+        MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
+        InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["a"]),
+        InnerProductLayer(
+            name="ip___weight/x", output_dim=3, bottoms=["a"], tops=["b"]
+        ),
+        SoftmaxLossLayer(name="loss", bottoms=["b", "label"]),
+    ]
+    net = Net("clash", CPUBackend(dtype=np.float64, seed=1), layers)
+    with pytest.raises(SnapshotError, match="rename one of the layers"):
+        save_snapshot(tmp_path / "model.h5", net)
+    assert list(tmp_path.iterdir()) == []

@@ -16,6 +16,34 @@ from typing import ClassVar
 from mochac.errors import ConfigError, ShapeError
 from mochac.values import as_int
 
+# The groups of a snapshot's root besides the parameters (runtime/snapshot.py).
+SNAPSHOT_GROUPS = ("solver", "rng", "data_layers")
+
+
+def hdf5_path_problem(name: str) -> str | None:
+    """Return why a layer name cannot name HDF5 datasets, or None when it can.
+
+    Snapshots store a layer's parameters as ``<name>___<param>`` and its
+    data-layer state as ``data_layers/<name>``. HDF5 reads '/' in such a
+    path as a group separator and '.' as the current group, and h5py ends a
+    name at NUL. So "/ip" would collide with "ip", and "rng/x" with the
+    random streams' group. Other names with '/' stay valid, since nets
+    translated from Caffe use them (GoogLeNet's "inception_3a/1x1").
+    """
+    if "\0" in name:
+        return "it contains a NUL character"
+    if "/" not in name:
+        return "it is '.', HDF5's name of the current group" if name == "." else None
+    parts = name.split("/")
+    if any(part in ("", ".") for part in parts):
+        return (
+            "it has an empty or '.' part between '/' separators or a '/' at "
+            "either end, which HDF5 drops from the path"
+        )
+    if parts[0] in SNAPSHOT_GROUPS:
+        return f"'{parts[0]}/' puts it inside the snapshot's /{parts[0]} group"
+    return None
+
 
 @dataclass(frozen=True)
 class ParamSpec:
@@ -102,6 +130,13 @@ class Layer:
     def __post_init__(self):
         if not isinstance(self.name, str):
             self._fail("name", self.name, "a string")
+        problem = hdf5_path_problem(self.name)
+        if problem:
+            self._fail(
+                "name",
+                self.name,
+                f"a name usable as an HDF5 path in snapshots, but {problem}",
+            )
         for field in ("bottoms", "tops"):
             value = getattr(self, field)
             if isinstance(value, str):

@@ -281,7 +281,16 @@ def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> P
             if state["order"] is not None:
                 write_dataset(item, "order", state["order"])
 
-    write_atomically(path, fill, digest=True)
+    try:
+        write_atomically(path, fill, digest=True)
+    except (TypeError, ValueError) as error:
+        # h5py raises one of these when a path exists already; the layer name
+        # checks (mochac.layers.base.hdf5_path_problem) leave only contrived
+        # clashes such as layers "ip" and "ip___weight/x".
+        raise SnapshotError(
+            f"cannot write {path}: {first_line(error)}; two layer names map to the "
+            "same HDF5 path: rename one of the layers"
+        ) from error
     logger.info("saved snapshot %s", path)
     return Path(path)
 
@@ -372,14 +381,42 @@ def load_snapshot(net, path, allow_missing=False) -> None:
     logger.info("net '%s': loaded parameters from %s", net.name, path)
 
 
-def buffer_parameter_shape(group, key: str, layer: str, name: str, params):
-    """Return the shape that the solver buffer dataset ``key`` must have, or
-    None when it belongs to no parameter: the net's parameter in ``params``
-    (net.params), or without ``params`` the parameter dataset in the file."""
+def buffer_datasets(buffer_group, path, params):
+    """Yield (layer, param, node) for each buffer dataset in ``buffer_group``.
+
+    With ``params`` (net.params), only the net's parameters are looked up.
+    Without it, the group is walked: a layer name with '/' makes nested
+    groups, and an empty group named like a dataset is yielded so that the
+    caller rejects it.
+    """
     if params is not None:
-        array = params.get(layer, {}).get(name)
-        return None if array is None else tuple(array.shape)
-    stored = group.file.get(key)
+        for layer, arrays in params.items():
+            for name in arrays:
+                key = dataset_name(layer, name)
+                if key in buffer_group:
+                    yield layer, name, buffer_group[key]
+        return
+    members = []
+    buffer_group.visititems(lambda relative, node: members.append((relative, node)))
+    for relative, node in members:
+        layer, separator, name = relative.rpartition("___")
+        if isinstance(node, h5py.Group) and (len(node) or not separator):
+            continue
+        if not separator:
+            raise damaged(
+                path,
+                f"solver buffer dataset {node.name} is not named <layer>___<parameter>",
+            )
+        yield layer, name, node
+
+
+def buffer_parameter_shape(group, layer: str, name: str, params) -> tuple:
+    """Return the shape of the parameter that a buffer belongs to: the net's
+    in ``params`` (net.params), or else the parameter dataset in the file;
+    None when the file has no such parameter."""
+    if params is not None:
+        return tuple(params[layer][name].shape)
+    stored = group.file.get(dataset_name(layer, name))
     return tuple(stored.shape) if isinstance(stored, h5py.Dataset) else None
 
 
@@ -404,22 +441,13 @@ def read_solver_buffers(group, path="the snapshot", params=None) -> dict:
                     "one dataset per parameter was expected",
                 )
             arrays = buffers[buffer_name] = {}
-            for key, node in buffer_group.items():
-                layer, separator, name = key.rpartition("___")
-                if not separator:
-                    raise damaged(
-                        path,
-                        f"solver buffer dataset {node.name} is not named "
-                        "<layer>___<parameter>",
-                    )
+            for layer, name, node in buffer_datasets(buffer_group, path, params):
                 label = (
                     f"solver buffer '{buffer_name}' of layer '{layer}', parameter "
                     f"'{name}' (dataset {node.name})"
                 )
-                expected = buffer_parameter_shape(group, key, layer, name, params)
+                expected = buffer_parameter_shape(group, layer, name, params)
                 if expected is None:
-                    if params is not None:
-                        continue
                     raise damaged(path, f"{label} belongs to no parameter in the file")
                 stored = check_float_dataset(node, path, label)
                 if stored.shape != expected:
