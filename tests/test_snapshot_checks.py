@@ -36,6 +36,7 @@ from mochac.runtime.file_digest import digest_path
 from mochac.runtime.snapshot import (
     load_solver_state,
     open_model,
+    read_solver_attributes,
     read_solver_buffers,
     save_snapshot,
 )
@@ -284,6 +285,22 @@ def test_damaged_layout_rejected(tmp_path, edit, problem):
     assert problem in message
     assert str(path) in message
     assert "older snapshot" in message
+
+
+def test_solver_attributes_read_checked(tmp_path):
+    path = snapshot_of_two_steps(tmp_path)
+    with open_model(path) as handle:
+        attrs = read_solver_attributes(handle, path)
+    assert attrs["method"] == "SGD"
+    assert attrs["iter"] == 2
+    assert type(attrs["iter"]) is int
+    model = save_snapshot(tmp_path / "model.h5", make_net())
+    with open_model(model) as handle:
+        assert read_solver_attributes(handle, model) is None
+    edit_snapshot(path, delete_attribute("solver", "method"))
+    with open_model(path) as handle, pytest.raises(SnapshotError) as raised:
+        read_solver_attributes(handle, path)
+    assert "/solver lacks the attribute 'method'" in str(raised.value)
 
 
 def test_resume_missing_iteration(tmp_path):

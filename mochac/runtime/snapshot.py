@@ -460,7 +460,7 @@ def read_solver_buffers(group, path="the snapshot", params=None) -> dict:
     return buffers
 
 
-def read_solver_attributes(group, path) -> dict:
+def check_solver_attributes(group, path) -> dict:
     """Return the attributes of /solver, those in SOLVER_ATTRIBUTES converted
     to their Python types; raise SnapshotError for one missing or invalid."""
     attrs = {key: group.attrs[key] for key in group.attrs}
@@ -575,6 +575,39 @@ def restore_data_layer(source, state: dict, layer_name: str, path) -> None:
         ) from error
 
 
+def solver_group(handle, path):
+    """Return the /solver group of an open file, or None for a model file.
+
+    Raises SnapshotError when a file named like a snapshot has none, since
+    the Snapshot coffee break always writes it, or when /solver is no group.
+    """
+    if "solver" not in handle:
+        if SNAPSHOT_PATTERN.match(Path(path).name):
+            raise damaged(
+                path,
+                "it has no solver state (/solver), which the Snapshot coffee "
+                "break always writes (a model file named like a snapshot "
+                "loads as a model once renamed)",
+            )
+        return None
+    group = handle["solver"]
+    if not isinstance(group, h5py.Group):
+        raise damaged(path, "/solver is a dataset where a group was expected")
+    return group
+
+
+def read_solver_attributes(handle, path) -> dict | None:
+    """Return the checked attributes of an open file's /solver group (see
+    SOLVER_ATTRIBUTES), or None for a model file; changes nothing.
+
+    Raises SnapshotError naming the file for a missing or invalid attribute
+    and for any error h5py raises while reading them.
+    """
+    with parsing(path):
+        group = solver_group(handle, path)
+        return None if group is None else check_solver_attributes(group, path)
+
+
 def load_solver_state(handle, net, path):
     """Return (attrs, buffers) from a snapshot's /solver group and restore the
     random streams and data layers.
@@ -586,19 +619,10 @@ def load_solver_state(handle, net, path):
     for any damaged or invalid item, before changing the net.
     """
     with parsing(path):
-        if "solver" not in handle:
-            if SNAPSHOT_PATTERN.match(Path(path).name):
-                raise damaged(
-                    path,
-                    "it has no solver state (/solver), which the Snapshot coffee "
-                    "break always writes (a model file named like a snapshot "
-                    "loads as a model once renamed)",
-                )
+        group = solver_group(handle, path)
+        if group is None:
             return None
-        group = handle["solver"]
-        if not isinstance(group, h5py.Group):
-            raise damaged(path, "/solver is a dataset where a group was expected")
-        attrs = read_solver_attributes(group, path)
+        attrs = check_solver_attributes(group, path)
         buffers = read_solver_buffers(group, path, net.params)
         streams = read_random_streams(handle, net, path)
         states = read_data_layer_states(handle, net, path)
