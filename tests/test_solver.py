@@ -550,9 +550,9 @@ def write_solver_snapshot(net, path, attrs):
 @pytest.mark.parametrize(
     ("attrs", "match"),
     [
-        ({"method": "SGD"}, "no 'iter' attribute"),
-        ({"method": "SGD", "iter": -3}, "'iter' attribute is -3"),
-        ({"method": "SGD", "iter": "ten"}, "'iter' attribute is 'ten'"),
+        ({"method": "SGD"}, "lacks the attribute 'iter'"),
+        ({"method": "SGD", "iter": -3}, "'iter' has the invalid value -3;"),
+        ({"method": "SGD", "iter": "ten"}, "'iter' has the invalid value 'ten'"),
     ],
 )
 def test_resume_invalid_iter(tmp_path, attrs, match):

@@ -16,6 +16,7 @@ from mochac.runtime.coffee_breaks import Snapshot
 from mochac.runtime.snapshot import (
     load_params,
     open_model,
+    read_solver_attributes,
     read_solver_buffers,
     snapshot_iterations,
 )
@@ -306,8 +307,8 @@ class DecayOnValidation:
         net = solver.net
         with open_model(path) as handle:
             load_params(handle, net, path)
-            if "solver" in handle:
-                buffers = read_solver_buffers(handle["solver"], path)
+            if read_solver_attributes(handle, path) is not None:
+                buffers = read_solver_buffers(handle["solver"], path, net.params)
                 solver.method.load_buffers(buffers, net.backend)
         logger.info("reloaded parameters and solver state from %s", path)
 

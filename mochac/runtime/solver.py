@@ -35,6 +35,7 @@ from mochac.runtime.snapshot import (
     load_params,
     load_solver_state,
     open_model,
+    read_solver_attributes,
 )
 from mochac.runtime.solvers import (
     SGD,
@@ -240,9 +241,10 @@ class Solver:
         with open_model(path) as handle:
             # The solver attributes are checked before anything reaches the
             # net, so a snapshot this solver cannot resume leaves it unchanged.
-            if "solver" in handle:
+            attrs = read_solver_attributes(handle, path)
+            if attrs is not None:
                 iteration = self._check_solver_attrs(
-                    dict(handle["solver"].attrs), path, restore_policy is not None
+                    attrs, path, restore_policy is not None
                 )
             load_params(handle, net, path)
             restored = load_solver_state(handle, net, path)
