@@ -1,4 +1,5 @@
-"""Flush written files to the disk before and after renaming them into place.
+"""Flush written files to the disk before and after renaming them into place,
+and hash their bytes.
 
 A file written under a temporary name and renamed is complete for readers
 at once. After a power loss or kernel crash, though, the rename can reach
@@ -9,6 +10,7 @@ folder after it, orders the two on disk.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -51,3 +53,15 @@ def replace_durably(temporary, path) -> None:
     fsync_file(temporary)
     os.replace(temporary, path)
     fsync_folder(Path(path).parent)
+
+
+def file_sha256(path) -> str:
+    """Return the SHA-256 digest of the bytes of ``path`` as 64 hex digits.
+
+    Reads 1 MiB at a time, so memory stays flat for files of any size.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

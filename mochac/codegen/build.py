@@ -32,7 +32,7 @@ import cffi
 
 from mochac.codegen.c_source import CDEF
 from mochac.errors import CompileError
-from mochac.fsync import fsync_file, fsync_folder
+from mochac.fsync import file_sha256, fsync_file, fsync_folder
 
 logger = logging.getLogger(__name__)
 
@@ -120,15 +120,6 @@ def source_key(source: str) -> str:
 
 def extension_suffix() -> str:
     return importlib.machinery.EXTENSION_SUFFIXES[0]
-
-
-def file_sha256(path: Path) -> str:
-    """Return the SHA-256 of the file at ``path`` as hex digits."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ElfLayout(NamedTuple):

@@ -20,7 +20,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from mochac.codegen.build import cpu_signature, file_sha256, source_digest
+from mochac.codegen.build import cpu_signature, source_digest
+from mochac.fsync import file_sha256
 from mochac.layers.data import HDF5DataLayer
 from mochac.runtime.compiled_module import METADATA, PARAMS
 from mochac.runtime.snapshot import save_snapshot

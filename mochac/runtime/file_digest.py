@@ -13,18 +13,13 @@ written by other tools) is opened without this check.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from pathlib import Path
 
 from mochac.errors import SnapshotError
+from mochac.fsync import file_sha256, fsync_file
 
 DIGEST_SUFFIX = ".sha256"
-
-# Bytes hashed per read: large enough for full speed, small enough to keep
-# memory flat for snapshots of any size.
-READ_BYTES = 1 << 20
 
 # sha256sum's line: the digest, a space, " " (text) or "*" (binary), the name.
 DIGEST_LINE = re.compile(r"(?P<digest>[0-9a-fA-F]{64}) [ *](?P<name>[^\n]+)\n?")
@@ -36,49 +31,12 @@ def digest_path(path) -> Path:
     return path.with_name(path.name + DIGEST_SUFFIX)
 
 
-def file_sha256(path) -> str:
-    """Return the SHA-256 digest of the bytes of ``path`` as 64 hex digits."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(READ_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_digest(source: Path, sidecar: Path, name: str) -> None:
     """Write the digest of ``source`` to ``sidecar`` as sha256sum's line for
     the file ``name``, and flush both files to the disk."""
-    sync_file(source)
+    fsync_file(source)
     sidecar.write_text(f"{file_sha256(source)}  {name}\n", encoding="ascii")
-    sync_file(sidecar)
-
-
-def sync_file(path: Path) -> None:
-    """Flush the contents of ``path`` to the disk (fsync)."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def sync_folder(folder: Path) -> None:
-    """Flush the entries of ``folder`` (renames, deletions) to the disk.
-
-    Some systems cannot open or fsync a folder (Windows, some network file
-    systems). There this does nothing, so the order of the renames is not
-    guaranteed after a power loss.
-    """
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+    fsync_file(sidecar)
 
 
 def read_digest(sidecar: Path, advice: str) -> str:

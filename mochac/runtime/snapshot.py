@@ -36,9 +36,9 @@ import h5py
 import numpy as np
 
 from mochac.errors import NumericalError, SnapshotError
+from mochac.fsync import fsync_folder
 from mochac.runtime.file_digest import (
     digest_path,
-    sync_folder,
     verify_digest,
     write_digest,
 )
@@ -187,12 +187,12 @@ def write_atomically(path: Path, fill, digest: bool = False) -> None:
             # sitting beside it.
             path.unlink(missing_ok=True)
             os.replace(sidecar_temporary, sidecar)
-            sync_folder(path.parent)
+            fsync_folder(path.parent)
         else:
             sidecar.unlink(missing_ok=True)
         os.replace(temporary, path)
         if digest:
-            sync_folder(path.parent)
+            fsync_folder(path.parent)
         remove_stale_temporaries(path.parent)
     except OSError as error:
         raise SnapshotError(
