@@ -5,7 +5,8 @@ DIR/<module>/net.json      layers and options; the top shapes of HDF5 data
                            layers, which read their files at the first batch;
                            the extension's size and SHA-256
 DIR/<module>/_mochac_<key>.<abi>.so  the compiled extension
-DIR/<module>/params.h5     the parameters at compile time
+DIR/<module>/params.h5     the parameters at compile time, with
+                           params.h5.sha256, its digest
 DIR/<module>/net.c         the generated source, for reading
 """
 
