@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mochac.errors import ConfigError
+from mochac.values import as_int, as_real
 
 
 @dataclass(frozen=True)
@@ -51,22 +52,20 @@ class L2Cons(Constraint):
     every_n_iter: int = 1
 
     def __post_init__(self):
-        value = self.threshold
-        if (
-            not isinstance(value, (int, float))
-            or isinstance(value, bool)
-            or not math.isfinite(value)
-            or value <= 0
-        ):
+        value = as_real(self.threshold)
+        if value is None or not math.isfinite(value) or value <= 0:
             raise ConfigError(
-                f"L2Cons: invalid threshold={value!r}; expected a finite number > 0."
+                f"L2Cons: invalid threshold={self.threshold!r}; expected a finite "
+                "number > 0."
             )
-        every = self.every_n_iter
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        every = as_int(self.every_n_iter)
+        if every is None or every < 1:
             raise ConfigError(
-                f"L2Cons: invalid every_n_iter={every!r}; expected an int >= 1 "
-                "(use NoCons() for no constraint)."
+                f"L2Cons: invalid every_n_iter={self.every_n_iter!r}; expected an int "
+                ">= 1 (use NoCons() for no constraint)."
             )
+        object.__setattr__(self, "threshold", value)
+        object.__setattr__(self, "every_n_iter", every)
 
     def is_due(self, iteration):
         return iteration % self.every_n_iter == 0

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 from mochac.errors import ConfigError
+from mochac.values import as_real
 
 
 @dataclass(frozen=True)
@@ -62,15 +63,13 @@ class ReLU(Neuron):
     epsilon: float = 0.0
 
     def __post_init__(self):
-        value = self.epsilon
-        if (
-            not isinstance(value, (int, float))
-            or isinstance(value, bool)
-            or not math.isfinite(value)
-        ):
+        value = as_real(self.epsilon)
+        if value is None or not math.isfinite(value):
             raise ConfigError(
-                f"Neurons.ReLU: invalid epsilon={value!r}; expected a finite number."
+                f"Neurons.ReLU: invalid epsilon={self.epsilon!r}; expected a finite "
+                "number."
             )
+        object.__setattr__(self, "epsilon", value)
 
     def c_forward(self, x):
         eps = repr(float(self.epsilon))

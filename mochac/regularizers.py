@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mochac.errors import ConfigError
+from mochac.values import as_real
 
 
 @dataclass(frozen=True)
@@ -21,17 +22,13 @@ class Regularizer:
     coefficient: float = 0.0
 
     def __post_init__(self):
-        value = self.coefficient
-        if (
-            not isinstance(value, (int, float))
-            or isinstance(value, bool)
-            or not math.isfinite(value)
-            or value < 0
-        ):
+        value = as_real(self.coefficient)
+        if value is None or not math.isfinite(value) or value < 0:
             raise ConfigError(
-                f"{type(self).__name__}: invalid coefficient={value!r}; "
+                f"{type(self).__name__}: invalid coefficient={self.coefficient!r}; "
                 "expected a finite number >= 0."
             )
+        object.__setattr__(self, "coefficient", value)
 
     def add_gradient(self, param: np.ndarray, grad: np.ndarray, global_coef: float):
         """Add the penalty's gradient to ``grad`` in place."""
@@ -40,7 +37,7 @@ class Regularizer:
         """Return (l2, l1) for the compiled update, which adds l2 * W + l1 * sign(W)
         to the gradient, or None when the penalty has no native form (the
         solver then updates in NumPy)."""
-        return None
+        return
 
 
 @dataclass(frozen=True)

@@ -153,3 +153,23 @@ def test_class_weights_large_but_summable():
     layers = class_weight_layers([1e300] * 3, "local")
     ir = build_ir("weights", layers, {0: [(4, 5), (4, 1)]})
     assert ir.layer("loss").layer.weights == (1e300, 1e300, 1e300)
+
+
+def test_numpy_numbers_in_helpers():
+    # Regularizers, constraints, neurons and Adam's betas take NumPy scalars
+    # as they take Python numbers, and store plain Python values.
+    import mochac
+
+    cons = mochac.L2Cons(np.float32(2.0), np.int64(3))
+    assert cons.threshold == 2.0
+    assert type(cons.every_n_iter) is int
+    regu = mochac.L2Regu(np.float32(0.5))
+    assert type(regu.coefficient) is float
+    relu = mochac.Neurons.ReLU(np.float64(0.1))
+    assert relu.epsilon == pytest.approx(0.1)
+    params = mochac.make_solver_parameters(
+        mochac.Adam(), max_iter=np.int64(3), beta1=np.float32(0.5)
+    )
+    assert params["beta1"] == 0.5
+    with pytest.raises(mochac.ConfigError, match="beta1"):
+        mochac.make_solver_parameters(mochac.Adam(), max_iter=1, beta1=np.bool_(True))

@@ -8,6 +8,7 @@ from mochac.errors import ConfigError, SnapshotError
 from mochac.runtime import native_update
 from mochac.runtime.freeze import trainable_groups
 from mochac.runtime.lr_policy import LRPolicy
+from mochac.values import as_real
 
 
 class SolverMethod:
@@ -92,11 +93,8 @@ class SolverMethod:
 
 def check_fraction(method: str, key: str, value) -> None:
     """Raise ConfigError unless ``value`` is a number in [0, 1)."""
-    if (
-        not isinstance(value, (int, float))
-        or isinstance(value, bool)
-        or not 0 <= value < 1
-    ):
+    real = as_real(value)
+    if real is None or not 0 <= real < 1:
         raise ConfigError(
             f"make_solver_parameters({method}): invalid {key}={value!r}; expected a "
             "number in [0, 1)"
