@@ -238,9 +238,11 @@ def test_decayed_rate_drives_training(tmp_path):
     solver.add_coffee_break(RateLog(), every_n_iter=1)
     solver.solve(net)
     # Worse at iterations 2 and 4, so the rate halves twice; 0.4 is better.
-    assert rates[1:3] == [0.1, 0.1]
-    assert rates[3:5] == [pytest.approx(0.05)] * 2
-    assert rates[5:7] == [pytest.approx(0.025)] * 2
+    # A break after the validation of a decay sees the decayed rate, which
+    # the next update uses.
+    assert rates[1] == 0.1
+    assert rates[2:4] == [pytest.approx(0.05)] * 2
+    assert rates[4:7] == [pytest.approx(0.025)] * 3
 
 
 def test_decay_on_validation_needs_snapshot(tmp_path):
@@ -251,8 +253,11 @@ def test_decay_on_validation_needs_snapshot(tmp_path):
     validation = ScriptedValidation("loss", [0.5, 0.6])
     solver.add_coffee_break(validation, every_n_iter=2)
     setup(policy, validation, solver)
+    before = net.params["ip"]["weight"].copy()
     with pytest.raises(mochac.ConfigError, match="Snapshot"):
         solver.solve(net)
+    # The check runs before training, not at the first decay.
+    np.testing.assert_array_equal(net.params["ip"]["weight"], before)
 
 
 def test_decay_on_validation_unknown_key(tmp_path):
@@ -271,9 +276,15 @@ def test_resume_restores_decayed_rate(tmp_path):
     params = make_solver_parameters(
         SGD(), max_iter=4, lr_policy=policy, load_from=str(tmp_path)
     )
-    Solver(SGD(), params).solve(fresh)
-    # snapshot-000004 was saved after the decay at iteration 2.
-    assert policy.learning_rate == pytest.approx(0.05)
+    resumed = Solver(SGD(), params)
+    resumed.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    validation = ScriptedValidation("loss", [])
+    resumed.add_coffee_break(validation, every_n_iter=2)
+    setup(policy, validation, resumed)
+    resumed.solve(fresh)
+    # The decays at iterations 2 and 4 left 0.025; the one at 4 rewrote
+    # snapshot-000004, saved just before it, with that rate.
+    assert policy.learning_rate == pytest.approx(0.025)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
@@ -361,3 +372,16 @@ def test_policies_accept_numpy_numbers():
     assert mom(SolverState(iter=10)) == pytest.approx(0.7)
     with pytest.raises(mochac.ConfigError, match="stepsize=True"):
         LRPolicy.Step(0.1, 0.5, True)
+
+
+def test_decay_on_validation_needs_setup(tmp_path):
+    x, y = toy_data()
+    net = Net("decay", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))
+    policy = LRPolicy.DecayOnValidation(0.1, "loss", 0.5, higher_better=False)
+    params = make_solver_parameters(SGD(), max_iter=2, lr_policy=policy)
+    solver = Solver(SGD(), params)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    solver.add_coffee_break(ScriptedValidation("loss", [0.5, 0.6]), every_n_iter=2)
+    with pytest.raises(mochac.ConfigError, match="call setup"):
+        solver.solve(net)
+    assert not list(tmp_path.iterdir())

@@ -225,3 +225,63 @@ def test_unshared_validation_net_warns(caplog):
     with caplog.at_level(logging.WARNING, logger="mochac"):
         ValidationPerformance(other).enjoy(solver, train_net)
     assert "net 'other' shares no parameter with net 'train'" in caplog.text
+
+
+def decay_run(folder, max_iter, order):
+    """Train a regression whose validation loss gets worse now and then.
+
+    Returns (net, policy, decay iterations). ``order`` puts the Snapshot
+    coffee break before or after the ValidationPerformance one.
+    """
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 10))
+    w = rng.standard_normal((10, 1))
+    valid_x = rng.standard_normal((50, 10))
+    backend = CPUBackend(dtype=np.float64, seed=1)
+    ip = InnerProductLayer(name="ip", output_dim=1, bottoms=["data"], tops=["pred"])
+    loss = SquareLossLayer(name="loss", bottoms=["pred", "label"])
+    data = MemoryDataLayer(name="d", batch_size=20, data=[x, x @ w])
+    valid_data = MemoryDataLayer(name="vd", batch_size=25, data=[valid_x, valid_x @ w])
+    net = Net("train", backend, [data, ip, loss])
+    test_net = Net("test", backend, [valid_data, ip, loss])
+    policy = LRPolicy.DecayOnValidation(0.1, "loss-square-loss", 0.5, False)
+    params = make_solver_parameters(
+        SGD(), max_iter=max_iter, lr_policy=policy, momentum=0.9, load_from=folder
+    )
+    solver = Solver(SGD(), params, progress=False)
+    validation = ValidationPerformance(test_net)
+    breaks = [Snapshot(folder), validation]
+    if order == "validation first":
+        breaks.reverse()
+    for coffee_break in breaks:
+        solver.add_coffee_break(coffee_break, every_n_iter=10)
+    setup(policy, validation, solver)
+    decays = []
+    rates = [policy.learning_rate]
+
+    def record(solver, stats):
+        if policy.learning_rate < rates[-1]:
+            decays.append(solver.state.iter)
+        rates.append(policy.learning_rate)
+
+    validation.listeners.append(record)
+    solver.solve(net)
+    return net, policy, decays
+
+
+@pytest.mark.parametrize("order", ["snapshot first", "validation first"])
+def test_resume_after_decay_at_snapshot(tmp_path, order):
+    # A run stopped right at a decay and resumed goes on as the uninterrupted
+    # run does until the next validation: the decayed rate and the reloaded
+    # parameters. (A resumed run starts its best value afresh, so later
+    # validations may differ.)
+    _, _, decays = decay_run(tmp_path / "probe", 80, order)
+    assert decays, "the validation loss never got worse; the test needs a decay"
+    stop = decays[0]
+    whole, whole_policy, _ = decay_run(tmp_path / "whole", stop + 5, order)
+    decay_run(tmp_path / "parts", stop, order)
+    resumed, resumed_policy, _ = decay_run(tmp_path / "parts", stop + 5, order)
+    assert resumed_policy.learning_rate == whole_policy.learning_rate
+    np.testing.assert_array_equal(
+        resumed.params["ip"]["weight"], whole.params["ip"]["weight"]
+    )

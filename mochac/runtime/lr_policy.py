@@ -18,7 +18,9 @@ from mochac.runtime.snapshot import (
     open_model,
     read_solver_attributes,
     read_solver_buffers,
+    save_snapshot,
     snapshot_iterations,
+    snapshot_path,
 )
 from mochac.values import as_int, as_real
 
@@ -205,10 +207,15 @@ class DecayOnValidation:
     contradicts itself on this default: it calls a lower statistic better,
     yet offers ``higher_better=false`` to change that.
 
+    A snapshot that the solver saved at the iteration of a decay, before
+    the validation ran, contains the rejected parameters; the decay rewrites
+    it with the reloaded parameters and the decayed rate. A snapshot saved
+    after the validation gets both anyway, so a run resumed from either one
+    continues with the decayed rate and the good parameters.
+
     NOTE: the reload restores parameters and solver buffers only. The
     iteration count, the data position and random streams go on, so a decay
-    never repeats iterations. A resumed run restores the decayed rate from
-    the snapshot but starts its best value afresh.
+    never repeats iterations. A resumed run starts its best value afresh.
     """
 
     def __init__(self, base_lr, key, ratio, higher_better=True):
@@ -248,6 +255,26 @@ class DecayOnValidation:
         """Listen to ``validation`` (a ValidationPerformance) during ``solver``'s run."""
         validation.listeners.append(self.on_validation)
 
+    def check_solver(self, solver) -> None:
+        """Raise ConfigError unless ``solver`` validates for this policy and
+        snapshots for it to reload; the solver calls this before training."""
+        listening = any(
+            self.on_validation in getattr(coffee_break, "listeners", ())
+            for coffee_break, _, _ in solver.breaks
+        )
+        if not listening:
+            raise ConfigError(
+                "LRPolicy.DecayOnValidation: no coffee break of the solver reports "
+                "to it, so it would never decay; add a ValidationPerformance "
+                "coffee break and call setup(policy, validation, solver)"
+            )
+        if not self.snapshot_folders(solver):
+            raise ConfigError(
+                "LRPolicy.DecayOnValidation: the solver has no Snapshot coffee break "
+                "to reload from; add one with add_coffee_break(solver, "
+                "Snapshot(folder), ...)"
+            )
+
     def is_worse(self, value: float) -> bool:
         if self.best is None:
             return False
@@ -266,6 +293,8 @@ class DecayOnValidation:
             self.best, self.best_iter = value, iteration
             return
         self.learning_rate *= self.ratio
+        # Snapshots store the state's rate; the next update would set it too.
+        solver.state.learning_rate = self.learning_rate
         logger.info(
             "%s = %g at iteration %d is worse than %g at iteration %d; learning "
             "rate decayed to %g",
@@ -277,13 +306,30 @@ class DecayOnValidation:
             self.learning_rate,
         )
         self.reload_best_snapshot(solver)
+        self.rewrite_current_snapshots(solver)
 
-    def reload_best_snapshot(self, solver) -> None:
-        folders = [
+    def snapshot_folders(self, solver) -> list:
+        return [
             coffee_break.folder
             for coffee_break, _, _ in solver.breaks
             if isinstance(coffee_break, Snapshot)
         ]
+
+    def rewrite_current_snapshots(self, solver) -> None:
+        """Save again the snapshots written at this iteration before the decay."""
+        iteration = solver.state.iter
+        for folder in self.snapshot_folders(solver):
+            path = snapshot_path(folder, iteration)
+            if path.exists():
+                save_snapshot(
+                    path, solver.net, solver.state, buffers=solver.method.buffers
+                )
+                logger.info(
+                    "rewrote %s with the reloaded parameters and the decayed rate", path
+                )
+
+    def reload_best_snapshot(self, solver) -> None:
+        folders = self.snapshot_folders(solver)
         if not folders:
             raise ConfigError(
                 "LRPolicy.DecayOnValidation: the solver has no Snapshot coffee break "

@@ -331,6 +331,9 @@ class Solver:
                 "minimize; add one such as SoftmaxLossLayer"
             )
         self._check_value_range(net.backend.dtype)
+        check_solver = getattr(params["lr_policy"], "check_solver", None)
+        if check_solver is not None:
+            check_solver(self)
         # Listeners such as LRPolicy.DecayOnValidation reach the net here.
         self.net = net
         self._restore(net)
