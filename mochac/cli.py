@@ -110,7 +110,11 @@ def find_nets(path: Path):
 
 
 def compile_command(args) -> int:
-    from mochac.codegen.module_writer import module_name, write_module
+    from mochac.codegen.module_writer import (
+        check_package_folder,
+        module_name,
+        write_module,
+    )
     from mochac.report import format_report, net_report, net_to_dot
     from mochac.runtime.net import Net
 
@@ -148,6 +152,10 @@ def compile_command(args) -> int:
             )
             return 2
         packages[package] = found.name
+    # Every package folder is checked before any is written.
+    for package in packages:
+        if (out / package).exists():
+            check_package_folder(out / package)
     reports, dots = [], []
     for found in nets:
         # Rebuild with the command line's options; the cache makes an
@@ -529,6 +537,14 @@ def main(argv=None) -> int:
         return 2
     except MochacError as error:
         logger.error("%s", error)
+        return 1
+    except OSError as error:
+        # A path the checks above could not foresee: a folder that cannot be
+        # created (under /proc, or below a file), a full disk, no permission.
+        where = f"{error.filename}: " if error.filename else ""
+        logger.error(
+            "%s%s; check the path and its permissions", where, error.strerror or error
+        )
         return 1
 
 

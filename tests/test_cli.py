@@ -325,3 +325,40 @@ def test_compile_rejects_report_json_folder(tmp_path, caplog):
     args = ["compile", str(net_file), "-o", str(tmp_path / "out")]
     assert main([*args, "--report-json", str(tmp_path)]) == 2
     assert f"--report-json {tmp_path}: is a folder; name a file" in caplog.text
+
+
+def test_compile_keeps_foreign_folder(tmp_path, caplog):
+    # A user's folder that happens to have the package's name is never
+    # deleted, with or without an earlier package in it.
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    out = tmp_path / "out"
+    user_folder = out / "tiny_net"
+    user_folder.mkdir(parents=True)
+    (user_folder / "labels.csv").write_text("0,1\n")
+    assert main(["compile", str(net_file), "-o", str(out)]) == 1
+    assert "is not a package mochac wrote" in caplog.text
+    assert (user_folder / "labels.csv").read_text() == "0,1\n"
+
+
+def test_compile_keeps_added_file(tmp_path, caplog):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    out = tmp_path / "out"
+    assert main(["compile", str(net_file), "-o", str(out)]) == 0
+    added = out / "tiny_net" / "mine.py"
+    added.write_text("x = 1\n")
+    assert main(["compile", str(net_file), "-o", str(out)]) == 1
+    assert "files mochac did not write (mine.py)" in caplog.text
+    assert added.exists()
+    added.unlink()
+    # An earlier package alone is replaced.
+    assert main(["compile", str(net_file), "-o", str(out)]) == 0
+
+
+def test_compile_output_below_file(tmp_path, caplog):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    (tmp_path / "afile").write_text("a file")
+    assert main(["compile", str(net_file), "-o", str(tmp_path / "afile" / "sub")]) == 1
+    assert "check the path and its permissions" in caplog.text

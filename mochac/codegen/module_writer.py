@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from mochac.codegen.build import cpu_signature, source_digest
+from mochac.errors import ConfigError
 from mochac.fsync import file_sha256
 from mochac.layers.data import HDF5DataLayer
 from mochac.runtime.compiled_module import METADATA, PARAMS
@@ -97,11 +98,54 @@ def deferred_sources(net) -> dict:
     return entries
 
 
+def is_written_file(name: str) -> bool:
+    """Return whether write_module writes a file of this name into a package."""
+    return (
+        name in ("__init__.py", "net.c", METADATA, PARAMS, "__pycache__")
+        or name.startswith(PARAMS)
+        or (name.startswith("_mochac_") and name.endswith(".so"))
+    )
+
+
+def check_package_folder(folder: Path) -> None:
+    """Raise ConfigError unless the existing ``folder`` holds an earlier
+    package and nothing else, so a compile never deletes a user's files."""
+    if not folder.is_dir():
+        raise ConfigError(
+            f"cannot write the package {folder}: a file of that name exists; move "
+            "it, or pass another output folder with -o"
+        )
+    names = sorted(entry.name for entry in folder.iterdir())
+    if names and METADATA not in names:
+        raise ConfigError(
+            f"cannot write the package {folder}: the folder exists and is not a "
+            f"package mochac wrote (it has no {METADATA}); move it, or pass "
+            "another output folder with -o"
+        )
+    foreign = [name for name in names if not is_written_file(name)]
+    if foreign:
+        raise ConfigError(
+            f"cannot write the package {folder}: the folder holds files mochac "
+            f"did not write ({', '.join(foreign[:5])}); move them, or pass another "
+            "output folder with -o"
+        )
+
+
+def clear_package_folder(folder: Path) -> None:
+    """Remove the earlier package in ``folder`` (see check_package_folder)."""
+    check_package_folder(folder)
+    shutil.rmtree(folder)
+
+
 def write_module(net, out_dir, origin: str) -> Path:
-    """Write ``net`` as a package under ``out_dir``; return the package folder."""
+    """Write ``net`` as a package under ``out_dir``; return the package folder.
+
+    An earlier package in that folder is replaced. A folder that holds
+    anything else raises ConfigError and is left alone.
+    """
     folder = Path(out_dir) / module_name(net.name)
     if folder.exists():
-        shutil.rmtree(folder)
+        clear_package_folder(folder)
     folder.mkdir(parents=True)
     # The file keeps its build name: the extension only imports under it.
     extension = net.extension_path.name
