@@ -21,25 +21,59 @@ def make_net():
 
 
 @pytest.mark.parametrize(
-    ("replace", "label"),
+    ("replace", "label", "advice"),
     [
-        (lambda net: net.params["ip"].__setitem__("weight", 0), "net.params['ip']"),
-        (lambda net: net.params.__setitem__("ip", {}), "net.params"),
-        (lambda net: net.grads["ip"].__setitem__("bias", 0), "net.grads['ip']"),
-        (lambda net: net.blobs.__setitem__("data", 0), "net.blobs"),
-        (lambda net: net.diffs.__setitem__("ip", 0), "net.diffs"),
-        (lambda net: net.params["ip"].pop("weight"), "net.params['ip']"),
-        (lambda net: net.params["ip"].update(weight=0), "net.params['ip']"),
-        (lambda net: net.blobs.clear(), "net.blobs"),
+        (
+            lambda net: net.params["ip"].__setitem__("weight", 0),
+            "net.params['ip']",
+            "net.params['ip']['weight'][...] = new_values",
+        ),
+        (
+            lambda net: net.params.__setitem__("ip", {}),
+            "net.params",
+            "net.params['ip']['weight'][...] = new_values",
+        ),
+        (
+            lambda net: net.grads["ip"].__setitem__("bias", 0),
+            "net.grads['ip']",
+            "net.grads['ip']['bias'][...] = new_values",
+        ),
+        (
+            lambda net: net.blobs.__setitem__("data", 0),
+            "net.blobs",
+            "net.blobs['data'][...] = new_values",
+        ),
+        (
+            # plan_memory shares the diffs' memory, so none has a view.
+            lambda net: net.diffs.__setitem__("ip", 0),
+            "net.diffs",
+            "has no entry 'ip'",
+        ),
+        (
+            lambda net: net.params["ip"].pop("weight"),
+            "net.params['ip']",
+            "net.params['ip']['weight'][...] = new_values",
+        ),
+        (
+            lambda net: net.params["ip"].update(weight=0),
+            "net.params['ip']",
+            "net.params['ip']['weight'][...] = new_values",
+        ),
+        (lambda net: net.blobs.clear(), "net.blobs", "entries cannot be removed"),
+        (
+            lambda net: net.blobs.setdefault("zz", 1),
+            "net.blobs",
+            "has no entry 'zz'",
+        ),
     ],
 )
-def test_replacing_array_raises(replace, label):
+def test_replacing_array_raises(replace, label, advice):
     net = make_net()
     with pytest.raises(mochac.ConfigError) as error:
         replace(net)
     message = str(error.value)
-    assert message.startswith(label)
-    assert "[...] = new_values" in message
+    assert message.startswith(f"{label} is read-only")
+    assert advice in message
 
 
 def test_deleting_blob_raises():

@@ -332,6 +332,19 @@ def test_memory_array_replaced_other_shape(shape):
     assert "built for (6, 3)" in message
 
 
+@pytest.mark.parametrize("count", [1, 3])
+def test_memory_arrays_list_replaced(count):
+    x = np.zeros((6, 3), dtype=np.float32)
+    y = np.zeros((6, 1), dtype=np.float32)
+    layer = MemoryDataLayer(name="mem", batch_size=4, data=[x, y])
+    source = open_source(layer)
+    source.arrays = [x] * count
+    with pytest.raises(DataError) as raised:
+        next_batch(source)
+    message = str(raised.value)
+    assert f"arrays has {count} array(s) for 2 top(s) (data, label)" in message
+
+
 def test_memory_array_replaced_same_shape():
     x = np.zeros((6, 3), dtype=np.float32)
     y = np.zeros((6, 1), dtype=np.float32)

@@ -201,7 +201,15 @@ class DataSource(BatchOrder):
         self.transforms = prepare_transformers(layer, self.shapes, np.dtype(dtype))
 
     def _check_arrays(self):
-        """Raise DataError when an array was replaced by one of another shape."""
+        """Raise DataError when an array was replaced by one of another shape,
+        or the list of arrays by one of another length."""
+        if len(self.arrays) != len(self.layer.tops):
+            raise DataError(
+                f"{_who(self.layer)}: arrays has {len(self.arrays)} array(s) for "
+                f"{len(self.layer.tops)} top(s) ({', '.join(self.layer.tops)}); "
+                "write new values into each array in place (arrays[i][...] = "
+                "values) instead of replacing the list"
+            )
         for top, array, shape in zip(self.layer.tops, self.arrays, self.array_shapes):
             if np.shape(array) != shape:
                 raise DataError(

@@ -72,13 +72,32 @@ class ArrayViews(dict):
             if isinstance(value, ArrayViews):
                 value.lock()
 
-    def _reject(self, key):
-        if self.locked:
+    def _reject(self, key=None):
+        """Raise ConfigError for a change to entry ``key`` (None: the whole dict)."""
+        if not self.locked:
+            return
+        read_only = (
+            f"{self.label} is read-only: its arrays are the net's own, which the "
+            "compiled code reads"
+        )
+        if key is None:
+            raise ConfigError(f"{read_only}, so entries cannot be removed")
+        if key not in self:
             raise ConfigError(
-                f"{self.label}[{key!r}] is the net's own array, which the compiled "
-                f"code reads, so it cannot be replaced; write into it instead: "
-                f"{self.label}[{key!r}][...] = new_values"
+                f"{read_only}, and it has no entry {key!r} to write; the entries "
+                f"are: {', '.join(map(repr, self)) or 'none'}"
             )
+        entry = f"{self.label}[{key!r}]"
+        if isinstance(dict.__getitem__(self, key), ArrayViews):
+            inner = next(iter(dict.__getitem__(self, key)), "name")
+            raise ConfigError(
+                f"{read_only}, so {entry} cannot be replaced; write into one of its "
+                f"arrays instead: {entry}[{inner!r}][...] = new_values"
+            )
+        raise ConfigError(
+            f"{read_only}, so {entry} cannot be replaced; write into it instead: "
+            f"{entry}[...] = new_values"
+        )
 
     def __setitem__(self, key, value):
         self._reject(key)
@@ -103,11 +122,11 @@ class ArrayViews(dict):
         return super().pop(key, *default)
 
     def popitem(self):
-        self._reject("...")
+        self._reject()
         return super().popitem()
 
     def clear(self):
-        self._reject("...")
+        self._reject()
         super().clear()
 
 
