@@ -38,12 +38,7 @@ def plot_statistics(stats_path, out_path, names=None) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    try:
-        stats = read_statistics(stats_path)
-    except OSError as error:
-        raise DataError(
-            f"cannot read coffee lounge file {stats_path}: {error}"
-        ) from error
+    stats = read_statistics(stats_path)
     available = [name for name in stats if not name.endswith("-count")]
     chosen = list(names) if names else available
     missing = [name for name in chosen if name not in stats]

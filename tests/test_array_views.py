@@ -104,3 +104,13 @@ def test_backward_before_forward_raises():
     net.forward()
     net.backward()
     assert np.abs(net.grads["ip"]["weight"]).max() > 0
+
+
+def test_backward_after_failed_forward_raises():
+    net = make_net()
+    net.forward()
+    net.data_source("data").arrays[1][...] = 7.0  # labels outside 0..3
+    with pytest.raises(mochac.DataError):
+        net.forward()
+    with pytest.raises(mochac.ConfigError, match="call forward\\(\\) first"):
+        net.backward()

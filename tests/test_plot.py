@@ -69,3 +69,16 @@ def test_plot_unknown_image_format(tmp_path, caplog):
     assert "matplotlib cannot write .txt images" in caplog.text
     assert ".png" in caplog.text
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder"])
+def test_plot_missing_file_message(tmp_path, kind):
+    path = tmp_path / "stats.h5"
+    if kind == "folder":
+        path.mkdir()
+    with pytest.raises(DataError) as raised:
+        plot_statistics(path, tmp_path / "x.png")
+    message = str(raised.value)
+    expected = "is a folder" if kind == "folder" else "does not exist"
+    assert expected in message
+    assert "file_exists" not in message

@@ -118,8 +118,11 @@ def test_mismatch_names_older_snapshot(tmp_path):
 def test_damaged_sidecar_rejected(tmp_path):
     path = save_snapshot(tmp_path / "model.h5", make_net())
     digest_path(path).write_text("not a digest\n")
-    with pytest.raises(SnapshotError, match="model.h5.sha256 is not a SHA-256"):
+    with pytest.raises(
+        SnapshotError, match="model.h5.sha256 is not a SHA-256"
+    ) as raised:
         mochac.load_snapshot(make_net(), path)
+    assert "delete only model.h5.sha256" in str(raised.value)
 
 
 def test_file_without_sidecar_loads(tmp_path):

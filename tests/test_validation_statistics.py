@@ -112,7 +112,7 @@ def test_statistics_reset_between_validations(caplog):
         validation.enjoy(solver, net)
     assert validation.last == first
     assert validation.last["loss-count"] == 10
-    assert "Square loss 'loss' (avg over 10) = " in caplog.text
+    assert "Square loss 'loss' (batch means weighted over 10 samples) = " in caplog.text
     assert solver.lounge.statistics["loss-square-loss"][0] == pytest.approx(
         first["loss-square-loss"]
     )

@@ -131,8 +131,10 @@ class ValidationPerformance(CoffeeBreak):
                 logger.info("  Accuracy (avg over %d) = %.4f%%", count, 100 * value)
             else:
                 kind = key.removeprefix(f"{info.name}-").replace("-", " ")
+                # A loss is a batch mean, so a wrapped last batch's mean
+                # counts for its valid samples (Net.statistics).
                 logger.info(
-                    "  %s '%s' (avg over %d) = %.6f",
+                    "  %s '%s' (batch means weighted over %d samples) = %.6f",
                     kind.capitalize(),
                     info.name,
                     count,

@@ -51,7 +51,7 @@ class CoffeeLounge:
                     "file_exists='merge' or 'overwrite'"
                 )
             if file_exists == "merge":
-                self.statistics = read_statistics(self.save_into)
+                self.statistics = read_statistics(self.save_into, LOUNGE_ADVICE)
 
     def update(self, iteration: int, name: str, value: float):
         self.statistics.setdefault(name, {})[int(iteration)] = float(value)
@@ -77,26 +77,34 @@ class CoffeeLounge:
         logger.debug("saved statistics to %s", self.save_into)
 
 
-def read_statistics(path) -> dict[str, dict[int, float]]:
+# What to do about a statistics file that setup_coffee_lounge cannot read.
+LOUNGE_ADVICE = "move it away, or pass file_exists='overwrite' to start a new one"
+
+
+def read_statistics(path, advice: str = "") -> dict[str, dict[int, float]]:
     """Return the series stored in a coffee lounge file.
 
-    Raises DataError when the file cannot be read as HDF5 (damaged or
-    truncated) or contains anything but statistics series (a snapshot, for
-    instance).
+    Raises DataError when the file does not exist, cannot be read as HDF5
+    (damaged or truncated) or contains anything but statistics series (a
+    snapshot, for instance). ``advice`` ends the messages of unreadable
+    files.
     """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise DataError(f"{path}: {what}; name a statistics file")
+    ending = f"; {advice}" if advice else ""
     try:
         handle = h5py.File(path, "r")
     except OSError as error:
         raise DataError(
-            f"{path}: cannot read the statistics file ({error}); move it away, or "
-            "pass file_exists='overwrite' to start a new one"
+            f"{path}: cannot read the statistics file ({error}){ending}"
         ) from error
     try:
         return _read_series(path, handle)
     except (OSError, KeyError, ValueError) as error:
         raise DataError(
-            f"{path}: the statistics file is damaged ({error}); move it away, or "
-            "pass file_exists='overwrite' to start a new one"
+            f"{path}: the statistics file is damaged ({error}){ending}"
         ) from error
     finally:
         handle.close()

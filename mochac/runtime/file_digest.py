@@ -45,17 +45,22 @@ def read_digest(sidecar: Path, advice: str) -> str:
     Raises SnapshotError, ending with ``advice``, when the sidecar cannot be
     read or is not one line of sha256sum's format.
     """
+    # The data file may be intact when only its digest file is damaged.
+    keep = (
+        f"; or, if the data file is intact, delete only {sidecar.name} to load it "
+        "without the check"
+    )
     try:
         text = sidecar.read_bytes().decode("ascii")
     except (OSError, UnicodeDecodeError) as error:
         raise SnapshotError(
-            f"cannot read the SHA-256 digest {sidecar}: {error}; {advice}"
+            f"cannot read the SHA-256 digest {sidecar}: {error}; {advice}{keep}"
         ) from error
     match = DIGEST_LINE.fullmatch(text)
     if match is None:
         raise SnapshotError(
             f"{sidecar} is not a SHA-256 digest line ('<64 hex digits>  <file "
-            f"name>'): it is damaged; {advice}"
+            f"name>'): it is damaged; {advice}{keep}"
         )
     return match["digest"].lower()
 

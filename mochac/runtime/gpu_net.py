@@ -487,6 +487,7 @@ class GPUNet(Net):
         NaN or infinite, as Net.forward does.
         """
         self._check_alive()
+        self.forward_done = False
         if load_data:
             # A batch train_step read ahead may predate changes to the
             # arrays, so forward() reads its batch now.

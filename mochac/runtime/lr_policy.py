@@ -285,7 +285,8 @@ class DecayOnValidation:
         if self.key not in statistics:
             raise ConfigError(
                 f"LRPolicy.DecayOnValidation: the validation net reports no statistic "
-                f"{self.key!r}; available: {', '.join(sorted(statistics))}"
+                f"{self.key!r}; available: "
+                f"{', '.join(sorted(k for k in statistics if not k.endswith('-count')))}"
             )
         value = float(statistics[self.key])
         iteration = solver.state.iter

@@ -499,6 +499,8 @@ class Net:
         loss is NaN or infinite.
         """
         self._check_alive()
+        # A forward pass that raises leaves nothing for backward().
+        self.forward_done = False
         n_valid = self.load_batch() if load_data else self._batch_size()
         self._check(self.lib.mochac_forward(self.pointers, self.status, n_valid))
         for state in self.output_states.values():
@@ -631,9 +633,9 @@ class Net:
         for info in self.ir.layers:
             layer = info.layer
             if layer.has_stats:
-                right, count = self.states[info.name]
+                right, count = (float(value) for value in self.states[info.name])
                 stats[statistic_key(info)] = right / count if count else 0.0
-                stats[f"{info.name}-count"] = count
+                stats[f"{info.name}-count"] = int(count)
             elif layer.has_loss:
                 total, count = sums.get(info.name, (0.0, 0))
                 stats[statistic_key(info)] = total / count if count else 0.0
