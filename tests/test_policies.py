@@ -238,7 +238,7 @@ def test_decayed_rate_drives_training(tmp_path):
     solver.add_coffee_break(RateLog(), every_n_iter=1)
     solver.solve(net)
     # Worse at iterations 2 and 4, so the rate halves twice; 0.4 is better.
-    # A break after the validation of a decay sees the decayed rate, which
+    # A break after the validation of a decay reads the decayed rate, which
     # the next update uses.
     assert rates[1] == 0.1
     assert rates[2:4] == [pytest.approx(0.05)] * 2

@@ -108,7 +108,7 @@ def is_written_file(name: str) -> bool:
 
 
 def check_package_folder(folder: Path) -> None:
-    """Raise ConfigError unless the existing ``folder`` holds an earlier
+    """Raise ConfigError unless the existing ``folder`` contains an earlier
     package and nothing else, so a compile never deletes a user's files."""
     if not folder.is_dir():
         raise ConfigError(
@@ -140,7 +140,7 @@ def clear_package_folder(folder: Path) -> None:
 def write_module(net, out_dir, origin: str) -> Path:
     """Write ``net`` as a package under ``out_dir``; return the package folder.
 
-    An earlier package in that folder is replaced. A folder that holds
+    An earlier package in that folder is replaced. A folder that contains
     anything else raises ConfigError and is left alone.
     """
     folder = Path(out_dir) / module_name(net.name)

@@ -208,9 +208,9 @@ class DecayOnValidation:
     yet offers ``higher_better=false`` to change that.
 
     A snapshot that the solver saved at the iteration of a decay, before
-    the validation ran, contains the rejected parameters; the decay rewrites
+    the validation ran, contains the rejected parameters. The decay rewrites
     it with the reloaded parameters and the decayed rate. A snapshot saved
-    after the validation gets both anyway, so a run resumed from either one
+    after the validation gets both anyway. So a run resumed from either one
     continues with the decayed rate and the good parameters.
 
     NOTE: the reload restores parameters and solver buffers only. The
