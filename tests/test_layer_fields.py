@@ -173,3 +173,14 @@ def test_numpy_numbers_in_helpers():
     assert params["beta1"] == 0.5
     with pytest.raises(mochac.ConfigError, match="beta1"):
         mochac.make_solver_parameters(mochac.Adam(), max_iter=1, beta1=np.bool_(True))
+
+
+def test_numpy_bool_fields():
+    import mochac
+
+    layer = mochac.HDF5DataLayer(source="x.txt", batch_size=2, shuffle=np.bool_(True))
+    assert layer.shuffle is True
+    drop = mochac.DropoutLayer(bottoms=["a"], tops=["b"], auto_scale=np.bool_(False))
+    assert drop.auto_scale is False
+    with pytest.raises(mochac.ConfigError, match="shuffle=1; expected True or False"):
+        mochac.HDF5DataLayer(source="x.txt", batch_size=2, shuffle=1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from mochac.initializers import Initializer
 from mochac.neurons import Neuron
 from mochac.regularizers import Regularizer
@@ -20,6 +22,15 @@ def check_int(layer, field, minimum=1, expected=None):
     if value is None or (minimum is not None and value < minimum):
         layer._fail(field, raw, expected)
     object.__setattr__(layer, field, value)
+
+
+def check_bool(layer, field):
+    """Check that ``field`` is True or False (NumPy's bools too) and store it
+    as a Python bool."""
+    raw = getattr(layer, field)
+    if not isinstance(raw, (bool, np.bool_)):
+        layer._fail(field, raw, "True or False")
+    object.__setattr__(layer, field, bool(raw))
 
 
 def check_number(layer, field, minimum=None):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mochac.layers._checks import check_bool
 from mochac.layers.base import Layer, to_pair
 
 
@@ -33,8 +34,7 @@ class CropLayer(Layer):
     def validate(self):
         to_pair(self, "crop_size", self.crop_size, 1)
         for field in ("random_crop", "random_mirror"):
-            if not isinstance(getattr(self, field), bool):
-                self._fail(field, getattr(self, field), "True or False")
+            check_bool(self, field)
 
     def depends_on_phase(self):
         return self.random_crop or self.random_mirror

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mochac.layers._checks import check_int
+from mochac.layers._checks import check_bool, check_int
 from mochac.layers.base import Layer
 from mochac.transformers import DataTransformer
 
@@ -77,8 +77,7 @@ class HDF5DataLayer(Layer):
         if not isinstance(self.source, str) or not self.source:
             self._fail("source", self.source, "the path of a source list file")
         check_int(self, "batch_size")
-        if not isinstance(self.shuffle, bool):
-            self._fail("shuffle", self.shuffle, "True or False")
+        check_bool(self, "shuffle")
         check_transformers(self)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mochac.layers._checks import check_number
+from mochac.layers._checks import check_bool, check_number
 from mochac.layers.base import Layer
 
 
@@ -88,8 +88,7 @@ class DropoutLayer(_MaskingLayer):
 
     def validate(self):
         super().validate()
-        if not isinstance(self.auto_scale, bool):
-            self._fail("auto_scale", self.auto_scale, "True or False")
+        check_bool(self, "auto_scale")
 
     @property
     def scale(self) -> float:

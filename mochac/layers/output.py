@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from mochac.layers._checks import check_bool
 from mochac.layers.base import Layer
 
 
@@ -71,8 +72,7 @@ class HDF5OutputLayer(OutputLayer):
             object.__setattr__(self, "filename", os.fspath(self.filename))
         if not isinstance(self.filename, str) or not self.filename:
             self._fail("filename", self.filename, "the path of an HDF5 file")
-        if not isinstance(self.force_overwrite, bool):
-            self._fail("force_overwrite", self.force_overwrite, "True or False")
+        check_bool(self, "force_overwrite")
         names = self.datasets
         if isinstance(names, str):
             names = (names,)

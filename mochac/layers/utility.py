@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import prod
 
+from mochac.layers._checks import check_bool
 from mochac.layers.base import Layer
 from mochac.values import as_int
 
@@ -32,8 +33,7 @@ class SplitLayer(Layer):
         return False
 
     def validate(self):
-        if not isinstance(self.no_copy, bool):
-            self._fail("no_copy", self.no_copy, "True or False")
+        check_bool(self, "no_copy")
 
     def infer_shapes(self, bottom_shapes):
         return [bottom_shapes[0]] * len(self.tops)
