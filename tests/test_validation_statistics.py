@@ -271,17 +271,31 @@ def decay_run(folder, max_iter, order):
 
 @pytest.mark.parametrize("order", ["snapshot first", "validation first"])
 def test_resume_after_decay_at_snapshot(tmp_path, order):
-    # A run stopped right at a decay and resumed goes on as the uninterrupted
-    # run does until the next validation: the decayed rate and the reloaded
-    # parameters. (A resumed run starts its best value afresh, so later
-    # validations may differ.)
-    _, _, decays = decay_run(tmp_path / "probe", 80, order)
-    assert decays, "the validation loss never got worse; the test needs a decay"
+    # A run stopped right at a decay and resumed ends as the uninterrupted
+    # run does: the same later decays, rate and parameters.
+    whole, whole_policy, decays = decay_run(tmp_path / "whole", 80, order)
+    assert len(decays) >= 2, "the test needs a decay before another one"
     stop = decays[0]
-    whole, whole_policy, _ = decay_run(tmp_path / "whole", stop + 5, order)
     decay_run(tmp_path / "parts", stop, order)
-    resumed, resumed_policy, _ = decay_run(tmp_path / "parts", stop + 5, order)
+    resumed, resumed_policy, resumed_decays = decay_run(tmp_path / "parts", 80, order)
+    assert resumed_decays == [i for i in decays if i > stop]
     assert resumed_policy.learning_rate == whole_policy.learning_rate
+    assert resumed_policy.best == whole_policy.best
+    np.testing.assert_array_equal(
+        resumed.params["ip"]["weight"], whole.params["ip"]["weight"]
+    )
+
+
+@pytest.mark.parametrize("order", ["snapshot first", "validation first"])
+def test_resume_between_validations(tmp_path, order):
+    # Stopped at the last validation before the first decay, the resumed run
+    # still knows the best value, so it decays where the whole run does.
+    whole, _, decays = decay_run(tmp_path / "whole", 80, order)
+    stop = decays[0] - 10
+    assert stop > 0
+    decay_run(tmp_path / "parts", stop, order)
+    resumed, _, resumed_decays = decay_run(tmp_path / "parts", 80, order)
+    assert resumed_decays == [i for i in decays if i > stop]
     np.testing.assert_array_equal(
         resumed.params["ip"]["weight"], whole.params["ip"]["weight"]
     )

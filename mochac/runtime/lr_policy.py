@@ -213,9 +213,12 @@ class DecayOnValidation:
     after the validation gets both anyway. So a run resumed from either one
     continues with the decayed rate and the good parameters.
 
+    Snapshots also store the best value and its iteration, so a resumed run
+    decays where the uninterrupted run would.
+
     NOTE: the reload restores parameters and solver buffers only. The
     iteration count, the data position and random streams go on, so a decay
-    never repeats iterations. A resumed run starts its best value afresh.
+    never repeats iterations.
     """
 
     def __init__(self, base_lr, key, ratio, higher_better=True):
@@ -247,9 +250,22 @@ class DecayOnValidation:
     def __call__(self, state) -> float:
         return self.learning_rate
 
+    # Names of the /solver attributes that keep the best validation.
+    BEST_ATTRIBUTES = ("decay_on_validation_best", "decay_on_validation_best_iter")
+
     def restore(self, attrs) -> None:
-        """Continue from the rate stored in a snapshot's solver attributes."""
+        """Continue from the rate and the best validation stored in a snapshot's
+        solver attributes (snapshots of older versions have no best)."""
         self.learning_rate = float(attrs["learning_rate"])
+        best_key, iter_key = self.BEST_ATTRIBUTES
+        best, best_iter = as_real(attrs.get(best_key)), as_int(attrs.get(iter_key))
+        if best is not None and best_iter is not None and math.isfinite(best):
+            self.best, self.best_iter = float(best), best_iter
+
+    def _record_best(self, solver) -> None:
+        """Put the best validation into the solver state that snapshots store."""
+        best_key, iter_key = self.BEST_ATTRIBUTES
+        solver.state.policy_attrs = {best_key: self.best, iter_key: self.best_iter}
 
     def setup(self, validation, solver) -> None:
         """Listen to ``validation`` (a ValidationPerformance) during ``solver``'s run."""
@@ -292,6 +308,10 @@ class DecayOnValidation:
         iteration = solver.state.iter
         if not self.is_worse(value):
             self.best, self.best_iter = value, iteration
+            self._record_best(solver)
+            # A snapshot saved at this iteration before the validation must
+            # carry the new best too.
+            self.rewrite_current_snapshots(solver)
             return
         self.learning_rate *= self.ratio
         # Snapshots store the state's rate; the next update would set it too.
@@ -307,6 +327,7 @@ class DecayOnValidation:
             self.learning_rate,
         )
         self.reload_best_snapshot(solver)
+        self._record_best(solver)
         self.rewrite_current_snapshots(solver)
 
     def snapshot_folders(self, solver) -> list:
@@ -317,7 +338,9 @@ class DecayOnValidation:
         ]
 
     def rewrite_current_snapshots(self, solver) -> None:
-        """Save again the snapshots written at this iteration before the decay."""
+        """Save again the snapshots written at this iteration before the
+        validation, so they hold its outcome: the best value, and after a decay
+        the reloaded parameters and the decayed rate."""
         iteration = solver.state.iter
         for folder in self.snapshot_folders(solver):
             path = snapshot_path(folder, iteration)
@@ -325,9 +348,7 @@ class DecayOnValidation:
                 save_snapshot(
                     path, solver.net, solver.state, buffers=solver.method.buffers
                 )
-                logger.info(
-                    "rewrote %s with the reloaded parameters and the decayed rate", path
-                )
+                logger.info("rewrote %s with the outcome of the validation", path)
 
     def reload_best_snapshot(self, solver) -> None:
         folders = self.snapshot_folders(solver)

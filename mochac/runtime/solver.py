@@ -21,7 +21,7 @@ import logging
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +68,9 @@ class SolverState:
     learning_rate: float = 0.0
     momentum: float = 0.0
     method: str = ""
+    # Extra /solver attributes of the learning-rate policy, which a resumed
+    # run hands back to the policy's restore() (DecayOnValidation's best).
+    policy_attrs: dict = field(default_factory=dict)
 
     def to_attrs(self) -> dict:
         return {
@@ -76,6 +79,7 @@ class SolverState:
             "obj_val": self.obj_val,
             "learning_rate": self.learning_rate,
             "momentum": self.momentum,
+            **self.policy_attrs,
         }
 
 
