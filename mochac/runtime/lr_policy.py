@@ -156,7 +156,7 @@ class Staged:
     ``Staged((5000, Fixed(0.1)), (3000, Fixed(0.01)), ...)``: the first policy
     serves 5000 updates (iterations 0 to 4999, as the solver's first update
     uses iteration 0), the next the 3000 after that, and the last one every
-    iteration past the end. Each policy sees the global iteration.
+    iteration past the end. Each policy receives the global iteration.
     """
 
     namespace = "LRPolicy"
