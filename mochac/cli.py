@@ -245,6 +245,13 @@ def bench_command(args) -> int:
             logger.error("%s defines no Net with a loss to train", path)
             return 2
         factory = file_net_factory(path, nets[0], args)
+        others = ", ".join(f"'{net.name}'" for net in nets[1:])
+        logger.info(
+            "%s: timing net '%s'%s",
+            path,
+            nets[0].name,
+            f" (the first with a loss; also defined: {others})" if others else "",
+        )
         if not args.no_inference:
             logger.info(
                 "%s: inference is timed for built-in nets only; timing training alone",

@@ -1,6 +1,7 @@
 """mochac bench: report structure, and the PyTorch peer's equivalence."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -156,10 +157,12 @@ def bench_file(tmp_path, *options):
     return json.loads(out.read_text())
 
 
-def test_bench_file_reports_its_batch(tmp_path, capsys):
-    report = bench_file(tmp_path)
+def test_bench_file_reports_its_batch(tmp_path, capsys, caplog):
+    with caplog.at_level(logging.INFO, logger="mochac"):
+        report = bench_file(tmp_path)
     assert report["batch"] == 8
     assert capsys.readouterr().out.startswith("batch 8,")
+    assert "timing net 'batch-8'" in caplog.text
 
 
 def test_bench_file_batch_option_rebuilds(tmp_path, capsys, monkeypatch):
