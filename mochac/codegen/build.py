@@ -31,8 +31,14 @@ from typing import NamedTuple
 import cffi
 
 from mochac.codegen.c_source import CDEF
+from mochac.durable_files import (
+    digest_path,
+    file_sha256,
+    fsync_folder,
+    parse_digest,
+    write_digest,
+)
 from mochac.errors import CompileError
-from mochac.fsync import file_sha256, fsync_file, fsync_folder
 
 logger = logging.getLogger(__name__)
 
@@ -206,21 +212,14 @@ def extension_problem(path: Path, size: int | None, sha256: str | None) -> str |
         return f"it cannot be read ({error})"
 
 
-def digest_path(extension: Path) -> Path:
-    """Return the cache file that records the SHA-256 of ``extension``."""
-    return extension.with_name(extension.name + ".sha256")
-
-
 def recorded_sha256(extension: Path) -> str | None:
     """Return the SHA-256 recorded beside a cached extension, or None when
     there is no readable record (caches written before records existed)."""
     try:
-        fields = digest_path(extension).read_text().split()
+        text = digest_path(extension).read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError):
         return None
-    if len(fields) != 2 or fields[1] != extension.name or len(fields[0]) != 64:
-        return None
-    return fields[0]
+    return parse_digest(text, extension.name)
 
 
 def temporary_file(folder: Path, name: str) -> Path:
@@ -248,9 +247,7 @@ def publish_extension(built: Path, path: Path) -> None:
         record_staging = temporary_file(folder, record.name)
         shutil.copyfile(built, staging)
         shutil.copymode(built, staging)
-        fsync_file(staging)
-        record_staging.write_text(f"{file_sha256(staging)}  {path.name}\n")
-        fsync_file(record_staging)
+        write_digest(staging, record_staging, path.name)
         # The record is renamed first, so a reader that finds the new
         # extension also finds its record.
         os.replace(record_staging, record)

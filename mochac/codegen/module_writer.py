@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 
 from mochac.codegen.build import cpu_signature, source_digest
+from mochac.durable_files import file_sha256
 from mochac.errors import ConfigError
-from mochac.fsync import file_sha256
 from mochac.layers.data import HDF5DataLayer
 from mochac.runtime.compiled_module import METADATA, PARAMS
 from mochac.runtime.snapshot import save_snapshot

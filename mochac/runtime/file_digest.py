@@ -13,30 +13,12 @@ written by other tools) is opened without this check.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+from mochac.durable_files import digest_path, file_sha256, parse_digest, write_digest
 from mochac.errors import SnapshotError
-from mochac.fsync import file_sha256, fsync_file
 
-DIGEST_SUFFIX = ".sha256"
-
-# sha256sum's line: the digest, a space, " " (text) or "*" (binary), the name.
-DIGEST_LINE = re.compile(r"(?P<digest>[0-9a-fA-F]{64}) [ *](?P<name>[^\n]+)\n?")
-
-
-def digest_path(path) -> Path:
-    """Return the sidecar path of ``path``: ``snapshot-000120.h5.sha256``."""
-    path = Path(path)
-    return path.with_name(path.name + DIGEST_SUFFIX)
-
-
-def write_digest(source: Path, sidecar: Path, name: str) -> None:
-    """Write the digest of ``source`` to ``sidecar`` as sha256sum's line for
-    the file ``name``, and flush both files to the disk."""
-    fsync_file(source)
-    sidecar.write_text(f"{file_sha256(source)}  {name}\n", encoding="ascii")
-    fsync_file(sidecar)
+__all__ = ["digest_path", "read_digest", "verify_digest", "write_digest"]
 
 
 def read_digest(sidecar: Path, advice: str) -> str:
@@ -56,13 +38,13 @@ def read_digest(sidecar: Path, advice: str) -> str:
         raise SnapshotError(
             f"cannot read the SHA-256 digest {sidecar}: {error}; {advice}{keep}"
         ) from error
-    match = DIGEST_LINE.fullmatch(text)
-    if match is None:
+    digest = parse_digest(text)
+    if digest is None:
         raise SnapshotError(
             f"{sidecar} is not a SHA-256 digest line ('<64 hex digits>  <file "
             f"name>'): it is damaged; {advice}{keep}"
         )
-    return match["digest"].lower()
+    return digest
 
 
 def verify_digest(path, advice: str) -> bool:

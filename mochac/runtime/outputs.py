@@ -12,8 +12,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from mochac.durable_files import replace_durably
 from mochac.errors import ConfigError, MochacError
-from mochac.fsync import replace_durably
 from mochac.layers.output import HDF5OutputLayer, MemoryOutputLayer
 
 logger = logging.getLogger(__name__)

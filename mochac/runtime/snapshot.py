@@ -35,8 +35,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from mochac.durable_files import fsync_folder
 from mochac.errors import NumericalError, SnapshotError
-from mochac.fsync import fsync_folder
 from mochac.runtime.file_digest import (
     digest_path,
     verify_digest,

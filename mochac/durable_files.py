@@ -1,5 +1,5 @@
-"""Flush written files to the disk before and after renaming them into place,
-and hash their bytes.
+"""Files written to survive a crash: flushed to the disk around their rename,
+and checked by a SHA-256 digest kept beside them.
 
 A file written under a temporary name and renamed is complete for readers
 at once. After a power loss or kernel crash, though, the rename can reach
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -65,3 +66,32 @@ def file_sha256(path) -> str:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+# A digest file is "<file>.sha256" with sha256sum's line: the digest, a
+# space, " " (text) or "*" (binary), and the file name.
+DIGEST_SUFFIX = ".sha256"
+DIGEST_LINE = re.compile(r"(?P<digest>[0-9a-fA-F]{64}) [ *](?P<name>[^\n]+)\n?")
+
+
+def digest_path(path) -> Path:
+    """Return the digest file of ``path``: ``snapshot-000120.h5.sha256``."""
+    path = Path(path)
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def parse_digest(text: str, name: str | None = None) -> str | None:
+    """Return the lower-case hex digest of a sha256sum line, or None when
+    ``text`` is not one such line, or not one for the file ``name`` (if given)."""
+    match = DIGEST_LINE.fullmatch(text)
+    if match is None or (name is not None and match["name"] != name):
+        return None
+    return match["digest"].lower()
+
+
+def write_digest(source: Path, sidecar: Path, name: str) -> None:
+    """Write the digest of ``source`` to ``sidecar`` as sha256sum's line for
+    the file ``name``, and flush both files to the disk."""
+    fsync_file(source)
+    sidecar.write_text(f"{file_sha256(source)}  {name}\n", encoding="ascii")
+    fsync_file(sidecar)
