@@ -147,6 +147,9 @@ class GPUNet(Net):
             info.name: make_output_state(info.layer, info.bottom_shapes, backend.dtype)
             for info in sinks
         }
+        # Loss statistics and the forward-before-backward check, as in Net.
+        self.loss_sums: dict[str, list] = {}
+        self.forward_done = False
         logger.info(
             "net '%s': %d compiled layers on CUDA device %d, %d launches and GEMMs "
             "per iteration; arena %.1f MB",

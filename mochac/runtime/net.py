@@ -290,6 +290,8 @@ class Net:
             info.name: make_output_state(info.layer, info.bottom_shapes, dtype)
             for info in sinks
         }
+        self.loss_sums: dict[str, list] = {}
+        self.forward_done = False
         param_count = sum(
             a.size for layer in self.params.values() for a in layer.values()
         )
@@ -534,7 +536,7 @@ class Net:
         """
         total = self.objective()
         self.forward_done = True
-        sums = self.__dict__.setdefault("loss_sums", {})
+        sums = self.loss_sums
         for info in self.ir.layers:
             if info.layer.has_loss:
                 value = float(self.states[info.name][0])
@@ -550,7 +552,7 @@ class Net:
         self._check(self.lib.mochac_backward(self.pointers, self.status))
 
     def _check_forward_done(self):
-        if not self.__dict__.get("forward_done", False):
+        if not self.forward_done:
             raise ConfigError(
                 f"net '{self.name}': backward() back-propagates the losses of the "
                 "last forward pass, and none has run; call forward() first"
@@ -629,7 +631,7 @@ class Net:
         samples.
         """
         stats = {}
-        sums = self.__dict__.get("loss_sums", {})
+        sums = self.loss_sums
         for info in self.ir.layers:
             layer = info.layer
             if layer.has_stats:
@@ -646,7 +648,7 @@ class Net:
         for info in self.ir.layers:
             if info.layer.has_stats:
                 self.states[info.name][...] = 0
-        self.__dict__["loss_sums"] = {}
+        self.loss_sums = {}
 
     # --- access ---------------------------------------------------------------
 
