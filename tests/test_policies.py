@@ -122,7 +122,7 @@ def test_solver_staged_rate_per_update():
     seen = RateLog()
     solver.add_coffee_break(seen, every_n_iter=1)
     solver.solve(net)
-    # The break at iteration i >= 1 sees the rate of the update that led to it.
+    # The break at iteration i >= 1 reads the rate of the update that led to it.
     assert seen.values[1:] == [0.2, 0.2, 0.2, 0.1, 0.1]
 
 

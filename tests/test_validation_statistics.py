@@ -289,7 +289,7 @@ def test_resume_after_decay_at_snapshot(tmp_path, order):
 @pytest.mark.parametrize("order", ["snapshot first", "validation first"])
 def test_resume_between_validations(tmp_path, order):
     # Stopped at the last validation before the first decay, the resumed run
-    # still knows the best value, so it decays where the whole run does.
+    # still has the best value, so it decays where the whole run does.
     whole, _, decays = decay_run(tmp_path / "whole", 80, order)
     stop = decays[0] - 10
     assert stop > 0

@@ -125,7 +125,7 @@ def check_package_folder(folder: Path) -> None:
     foreign = [name for name in names if not is_written_file(name)]
     if foreign:
         raise ConfigError(
-            f"cannot write the package {folder}: the folder holds files mochac "
+            f"cannot write the package {folder}: the folder contains files mochac "
             f"did not write ({', '.join(foreign[:5])}); move them, or pass another "
             "output folder with -o"
         )

@@ -77,7 +77,7 @@ class CoffeeLounge:
         logger.debug("saved statistics to %s", self.save_into)
 
 
-# What to do about a statistics file that setup_coffee_lounge cannot read.
+# Advice for a statistics file that setup_coffee_lounge cannot read.
 LOUNGE_ADVICE = "move it away, or pass file_exists='overwrite' to start a new one"
 
 

@@ -489,9 +489,9 @@ def check_solver_attributes(group, path) -> dict:
             valid = valid and (key == "obj_val" or bool(np.isfinite(value)))
         if not valid:
             # NumPy scalars print as plain numbers, not np.int64(-3).
-            shown = value.item() if isinstance(value, np.generic) else value
+            plain = value.item() if isinstance(value, np.generic) else value
             raise damaged(
-                path, f"/solver attribute '{key}' has the invalid value {shown!r}"
+                path, f"/solver attribute '{key}' has the invalid value {plain!r}"
             )
         attrs[key] = kind(value)
     return attrs
