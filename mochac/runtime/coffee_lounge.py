@@ -91,8 +91,8 @@ def read_statistics(path, advice: str = "") -> dict[str, dict[int, float]]:
     """
     path = Path(path)
     if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise DataError(f"{path}: {what}; name a statistics file")
+        problem = "is a folder" if path.is_dir() else "does not exist"
+        raise DataError(f"{path}: {problem}; name a statistics file")
     ending = f"; {advice}" if advice else ""
     try:
         handle = h5py.File(path, "r")
