@@ -312,6 +312,8 @@ def open_model(path) -> h5py.File:
             f"snapshot or model file {path} does not exist; check the path"
         )
     # libhdf5 can crash on damaged metadata, so the digest goes first.
+    # NOTE: a file without a digest file (snapshots of older versions, model
+    # files from other tools) is parsed unchecked and can still crash it.
     if not verify_digest(path, damage_advice(path)) and SNAPSHOT_PATTERN.match(
         Path(path).name
     ):
