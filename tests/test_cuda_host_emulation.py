@@ -127,6 +127,21 @@ def test_host_run_matches_every_blob(every_blob_pair):
         assert_grads_match(pair)
 
 
+def test_host_run_losses_valid_part(every_blob_pair):
+    """With two valid samples, each loss's second state value (the valid
+    samples' part) matches the CPU's, and differs from the batch value."""
+    pair = every_blob_pair
+    step_both(pair, "forward")
+    cpu = pair.cpu
+    cpu._check(cpu.lib.mochac_forward(cpu.pointers, cpu.status, 2))
+    assert pair.run.run(pair.program.forward, 2).code == 0
+    assert_states_match(pair)
+    losses = [info.name for info in pair.ir.layers if info.layer.has_loss]
+    for name in losses:
+        batch_value, valid_part = cpu.states[name]
+        assert valid_part != batch_value, name
+
+
 def test_host_run_vision_fused(tmp_path_factory):
     factory, _ = NETS["vision"]
     pair = twin("fused", lambda: factory(np.float64), tmp_path_factory, opt_level=1)

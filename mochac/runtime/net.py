@@ -531,18 +531,20 @@ class Net:
     def _record_objective(self, n_valid: int) -> float:
         """Return the objective and add each loss to its statistic's running sum.
 
-        A loss is a mean over the whole batch, so it counts as ``n_valid``
-        samples of that mean.
+        A loss kernel also writes the part of its batch mean that comes from
+        the first ``n_valid`` samples; times the batch size, that is their
+        summed loss, so the statistic leaves out wrapped-around samples.
         """
         total = self.objective()
         self.forward_done = True
         sums = self.loss_sums
         for info in self.ir.layers:
             if info.layer.has_loss:
-                value = float(self.states[info.name][0])
+                batch = info.bottom_shapes[0][0]
+                valid_part = float(self.states[info.name][1])
                 running = sums.setdefault(info.name, [0.0, 0])
-                running[0] += value * n_valid
-                running[1] += n_valid
+                running[0] += valid_part * batch
+                running[1] += min(n_valid, batch)
         return total
 
     def backward(self):
@@ -625,10 +627,9 @@ class Net:
         "loss-softmax-loss"). Each layer also gives "<name>-count", its
         number of samples.
 
-        NOTE: a loss is the mean over a whole batch, so when the last batch
-        of a validation epoch wraps around to the first samples, those
-        samples count in that batch's mean. Accuracy counts only the valid
-        samples.
+        Both count only the valid samples: in a validation epoch's last
+        batch, the samples that wrapped around to the start of the data are
+        left out.
         """
         stats = {}
         sums = self.loss_sums

@@ -1,8 +1,10 @@
 """Lowering of the loss layers and the statistics layers.
 
 Each function returns the plain values its template prints. Every loss
-writes its weighted value to a float64 state slot; every statistics layer
-adds (right, count) to one. Layers that check a bottom's values at run time
+writes two float64 state values: its weighted value over the whole batch,
+and the part of that value that comes from the first n_valid samples (the
+rest wrapped around to the start of the data in a validation epoch's last
+batch). Every statistics layer adds (right, count) to a state slot. Layers that check a bottom's values at run time
 also return which bottom, how many elements make one sample and what is
 valid, so that Net can name them in its DataError.
 """
@@ -65,7 +67,8 @@ def class_weight_values(info):
 
 
 def loss_state(info, slots):
-    return slots.add("state", info.name, "loss", np.float64, (1,)).index
+    """Add the loss's state slot: (batch value, value of the valid samples)."""
+    return slots.add("state", info.name, "loss", np.float64, (2,)).index
 
 
 def class_loss_context(info, ir, slots):
@@ -104,6 +107,7 @@ def lower_softlabel_softmax_loss(info, ir, slots):
         acc=accumulates(info, 0),
         label=slots.get("data", layer.bottoms[1]).index,
         per_sample=prod(info.bottom_shapes[1][1:]),
+        positions_per_sample=outer * inner // info.bottom_shapes[0][0],
         layer_index=info.index,
         valid_values="probabilities in [0, 1]",
     )
