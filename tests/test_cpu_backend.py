@@ -1,12 +1,21 @@
 """CPUBackend's thread count: the argument, else OMP_NUM_THREADS, else the CPUs."""
 
+import ctypes
+import ctypes.util
 import logging
 import os
 
+import numpy as np
 import pytest
 
 import mochac
-from mochac import CPUBackend
+from mochac import (
+    CPUBackend,
+    InnerProductLayer,
+    MemoryDataLayer,
+    Net,
+    SquareLossLayer,
+)
 
 
 def usable_cpus():
@@ -42,3 +51,35 @@ def test_invalid_environment_ignored(monkeypatch, caplog, setting):
 def test_invalid_threads_argument(threads):
     with pytest.raises(mochac.ConfigError, match="threads"):
         CPUBackend(threads=threads)
+
+
+def openmp_threads_of_this_thread():
+    """Return omp_get_max_threads() from the libgomp the compiled nets load."""
+    name = ctypes.util.find_library("gomp")
+    if name is None:
+        pytest.skip("libgomp not found")
+    return ctypes.CDLL(name).omp_get_max_threads()
+
+
+def small_net(name, threads):
+    x = np.ones((4, 3), np.float32)
+    y = np.ones((4, 2), np.float32)
+    layers = [
+        MemoryDataLayer(batch_size=4, data=[x, y]),
+        InnerProductLayer(name="ip", output_dim=2, bottoms=["data"], tops=["pred"]),
+        SquareLossLayer(name="loss", bottoms=["pred", "label"]),
+    ]
+    return Net(name, CPUBackend(threads=threads), layers)
+
+
+def test_each_net_runs_on_its_own_threads():
+    # The OpenMP setting is shared by the whole process, so a net built later
+    # with another count must not change the count of an earlier one.
+    two = small_net("two_threads", 2)
+    one = small_net("one_thread", 1)
+    two.forward()
+    assert openmp_threads_of_this_thread() == 2
+    one.forward()
+    assert openmp_threads_of_this_thread() == 1
+    two.backward()
+    assert openmp_threads_of_this_thread() == 2

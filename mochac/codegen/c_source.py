@@ -23,6 +23,7 @@ int mochac_backward(void **p, struct mochac_status *st);
 int mochac_layer_forward(int layer, void **p, struct mochac_status *st, int n_valid);
 int mochac_layer_backward(int layer, void **p, struct mochac_status *st);
 void mochac_set_num_threads(int n);
+void mochac_use_threads(int n);
 struct mochac_param_update {
     void *param;
     void *grad;

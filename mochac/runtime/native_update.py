@@ -171,6 +171,7 @@ def update(net, method, learning_rate, momentum, regu_coef, iteration) -> bool:
     if tables is None:
         return False
     step = step_values(net, method, learning_rate, momentum, iteration)
+    net._use_threads()
     net._check(
         net.lib.mochac_update(
             tables.updates, tables.n_updates, tables.sums, tables.n_sums, step

@@ -504,10 +504,19 @@ class Net:
         # A forward pass that raises leaves nothing for backward().
         self.forward_done = False
         n_valid = self.load_batch() if load_data else self._batch_size()
+        self._use_threads()
         self._check(self.lib.mochac_forward(self.pointers, self.status, n_valid))
         for state in self.output_states.values():
             state.collect(self.blobs)
         return self._record_objective(n_valid)
+
+    def _use_threads(self):
+        """Set OpenMP's thread count to this net's before calling into its code.
+
+        The count belongs to the calling thread and every net in the process
+        shares it, so the net built or run last would otherwise decide it.
+        """
+        self.lib.mochac_use_threads(self.backend.threads)
 
     def _batch_size(self) -> int:
         return max((blob.shape[0] for blob in self.ir.blobs.values()), default=0)
@@ -551,6 +560,7 @@ class Net:
         """Run back-propagation from the losses of the last forward pass."""
         self._check_alive()
         self._check_forward_done()
+        self._use_threads()
         self._check(self.lib.mochac_backward(self.pointers, self.status))
 
     def _check_forward_done(self):
@@ -579,6 +589,7 @@ class Net:
             self, method, learning_rate, momentum, iteration
         )
         n_valid = self.load_batch()
+        self._use_threads()
         self._check(
             self.lib.mochac_train_step(
                 self.pointers,
@@ -601,6 +612,7 @@ class Net:
         self._check_alive()
         info = self.ir.layer(name)
         n_valid = self._batch_size() if n_valid is None else n_valid
+        self._use_threads()
         self._check(
             self.lib.mochac_layer_forward(
                 info.index, self.pointers, self.status, n_valid
@@ -611,6 +623,7 @@ class Net:
         """Run one layer's backward pass on the current diffs (for tests)."""
         self._check_alive()
         info = self.ir.layer(name)
+        self._use_threads()
         self._check(
             self.lib.mochac_layer_backward(info.index, self.pointers, self.status)
         )
