@@ -91,6 +91,17 @@ def test_in_place_write_reaches_code():
     assert net.forward() == pytest.approx(math.log(4), rel=1e-12)
 
 
+def test_augmented_assignment_scales_once():
+    # Python runs ``views[key] *= 0.5`` as an in-place multiply, then stores
+    # the same array back.
+    net = make_net()
+    weight = net.params["ip"]["weight"]
+    before = weight.copy()
+    net.params["ip"]["weight"] *= 0.5
+    assert net.params["ip"]["weight"] is weight
+    np.testing.assert_array_equal(weight, before * 0.5)
+
+
 def test_missing_names_still_explained():
     net = make_net()
     with pytest.raises(KeyError, match="no blob named 'nothing'"):

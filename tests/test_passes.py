@@ -270,6 +270,92 @@ def test_kept_blob_stays_readable():
     )
 
 
+def backward_input_diffs(net):
+    """Return the tops whose diff storage their layer's backward rewrites: a
+    top written in place, or the top of a layer with a fused neuron."""
+    rewritten = set()
+    for name, blob in net.ir.blobs.items():
+        producer = net.ir.layers[blob.producer]
+        in_place = blob.diff_alias is not None and not producer.eliminated
+        if in_place or producer.fuse_neuron:
+            rewritten.add(name)
+    return rewritten
+
+
+@pytest.mark.parametrize(
+    "factory", [lenet_layers, mixed_layers], ids=["lenet", "mixed"]
+)
+@pytest.mark.parametrize(
+    "disable", [(), ("plan_memory",)], ids=["planned", "unplanned"]
+)
+def test_every_view_shows_its_own_blob(factory, disable):
+    """Each blob and diff that an optimized net shows equals the -O0 net's,
+    except the diffs that backward rewrites (mochac.ir.overwrites)."""
+    nets = []
+    for opt_level, skipped in ((0, ()), (1, disable)):
+        net = Net(
+            f"views_o{opt_level}",
+            CPUBackend(dtype=np.float64, seed=1),
+            factory(np.random.default_rng(0)),
+            opt_level=opt_level,
+            disable=skipped,
+        )
+        net.forward()
+        net.backward()
+        nets.append(net)
+    reference, optimized = nets
+    for name, view in optimized.blobs.items():
+        np.testing.assert_allclose(
+            view, reference.blobs[name], atol=1e-12, err_msg=name
+        )
+    rewritten = backward_input_diffs(optimized)
+    for name, view in optimized.diffs.items():
+        if name not in rewritten:
+            np.testing.assert_allclose(
+                view, reference.diffs[name], atol=1e-12, err_msg=name
+            )
+
+
+def test_inplace_bottom_view_explains_itself(mixed_net):
+    # soft1 writes p1 over the logits, which z, z_grid and z_flat share.
+    for name in ("z", "z_grid", "z_flat", "logits"):
+        with pytest.raises(
+            KeyError,
+            match="layer .soft1. writes its top over it in place .fuse_inplace.; pass keep=",
+        ):
+            mixed_net.blobs[name]
+    assert "p1" in mixed_net.blobs
+
+
+def test_split_top_diff_explains_itself(mixed_net):
+    with pytest.raises(KeyError, match="tops of split 'split' are summed"):
+        mixed_net.diffs["h_a"]
+
+
+def test_inplace_top_diff_seeds_backward():
+    """Writing an in-place top's diff before backward back-propagates from it."""
+    layers = mixed_layers(np.random.default_rng(0))
+    nets = [
+        Net(
+            f"seed_o{level}",
+            CPUBackend(dtype=np.float64, seed=1),
+            layers,
+            opt_level=level,
+            disable=("plan_memory",),
+        )
+        for level in (0, 1)
+    ]
+    seed = np.random.default_rng(5).normal(size=(3, 4))
+    for net in nets:
+        net.forward()
+        net.diffs["p1"][...] = seed
+        net.backward_layer("soft1")
+    reference, optimized = nets
+    np.testing.assert_allclose(
+        optimized.diffs["z_flat"], reference.diffs["logits"], atol=1e-12
+    )
+
+
 def test_unknown_pass_name():
     with pytest.raises(ConfigError, match="fuse_everything"):
         Net(

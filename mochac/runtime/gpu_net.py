@@ -42,9 +42,10 @@ from mochac.passes.pipeline import (
 )
 from mochac.passes.plan_memory import plan_memory
 from mochac.runtime import gpu_update
+from mochac.runtime.array_views import blob_views
 from mochac.runtime.data_sources import make_source
 from mochac.runtime.gpu_graphs import StepGraphs
-from mochac.runtime.net import BlobViews, Net
+from mochac.runtime.net import Net
 from mochac.runtime.outputs import make_output_state
 from mochac.runtime.read_ahead import ReadAhead
 
@@ -223,17 +224,7 @@ class GPUNet(Net):
         # What the device's step block contains (NaN: not written yet).
         self.host_step_block = np.full(len(gpu_update.STEP_FIELDS), np.nan)
 
-        pinned = self._pinned_slots()
-        self.blobs, self.diffs = BlobViews("data"), BlobViews("diff")
-        for name, blob in self.ir.blobs.items():
-            for kind, views in (("data", self.blobs), ("diff", self.diffs)):
-                slot = self.slots.find(kind, name)
-                if slot is None:
-                    continue
-                if self.plan is not None and slot.index not in pinned:
-                    views.hidden.add(name)
-                    continue
-                views[name] = self.arrays[slot.index].reshape(blob.shape)
+        self.blobs, self.diffs = blob_views(self, self._pinned_slots())
         self.lock_views()
         # Per data layer top: a pinned host buffer the source fills and a
         # device buffer the copy stream fills from it, ahead of use.

@@ -36,6 +36,7 @@ from mochac.passes.pipeline import (
 from mochac.passes.plan_memory import plan_memory
 from mochac.report import ir_to_dot
 from mochac.runtime import native_update
+from mochac.runtime.array_views import blob_views, locked_views
 from mochac.runtime.backend import check_backend
 from mochac.runtime.data_sources import make_source
 from mochac.runtime.outputs import make_output_state
@@ -50,114 +51,6 @@ BAD_LOSS = 2
 def statistic_key(info) -> str:
     """Return the name of a statistics or loss layer's statistic, "<name>-<kind>"."""
     return f"{info.name}-{info.layer.statistic_name or 'loss'}"
-
-
-class ArrayViews(dict):
-    """Name -> one of the net's own arrays, which the compiled code reads.
-
-    Once locked, replacing or removing an entry raises ConfigError, because
-    the compiled code would go on using the old array while the new one
-    silently received nothing. Write into the array in place instead.
-    """
-
-    def __init__(self, label: str, entries=()):
-        super().__init__(entries)
-        self.label = label
-        self.locked = False
-
-    def lock(self):
-        """Reject replacements from now on, in nested views too."""
-        self.locked = True
-        for value in self.values():
-            if isinstance(value, ArrayViews):
-                value.lock()
-
-    def _reject(self, key=None):
-        """Raise ConfigError for a change to entry ``key`` (None: the whole dict)."""
-        if not self.locked:
-            return
-        read_only = (
-            f"{self.label} is read-only: its arrays are the net's own, which the "
-            "compiled code reads"
-        )
-        if key is None:
-            raise ConfigError(f"{read_only}, so entries cannot be removed")
-        if key not in self:
-            raise ConfigError(
-                f"{read_only}, and it has no entry {key!r} to write; the entries "
-                f"are: {', '.join(map(repr, self)) or 'none'}"
-            )
-        entry = f"{self.label}[{key!r}]"
-        if isinstance(dict.__getitem__(self, key), ArrayViews):
-            inner = next(iter(dict.__getitem__(self, key)), "name")
-            raise ConfigError(
-                f"{read_only}, so {entry} cannot be replaced; write into one of its "
-                f"arrays instead: {entry}[{inner!r}][...] = new_values"
-            )
-        raise ConfigError(
-            f"{read_only}, so {entry} cannot be replaced; write into it instead: "
-            f"{entry}[...] = new_values"
-        )
-
-    def __setitem__(self, key, value):
-        self._reject(key)
-        super().__setitem__(key, value)
-
-    def __delitem__(self, key):
-        self._reject(key)
-        super().__delitem__(key)
-
-    def setdefault(self, key, default=None):
-        if key not in self:
-            self._reject(key)
-        return super().setdefault(key, default)
-
-    def update(self, *args, **kwargs):
-        for key in dict(*args, **kwargs):
-            self._reject(key)
-        super().update(*args, **kwargs)
-
-    def pop(self, key, *default):
-        self._reject(key)
-        return super().pop(key, *default)
-
-    def popitem(self):
-        self._reject()
-        return super().popitem()
-
-    def clear(self):
-        self._reject()
-        super().clear()
-
-
-def locked_views(label: str, mapping: dict) -> ArrayViews:
-    """Return ``mapping`` as locked ArrayViews; nested dicts become views too."""
-    views = ArrayViews(label)
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            value = locked_views(f"{label}[{key!r}]", value)
-        dict.__setitem__(views, key, value)
-    views.lock()
-    return views
-
-
-class BlobViews(ArrayViews):
-    """Blob name -> NumPy view; explains why a planned-away blob is missing."""
-
-    def __init__(self, kind):
-        label = "net.blobs" if kind == "data" else "net.diffs"
-        super().__init__(label)
-        self.kind = kind
-        self.hidden: set[str] = set()
-
-    def __missing__(self, name):
-        if name in self.hidden:
-            raise KeyError(
-                f"the {self.kind} of blob '{name}' shares memory with other blobs "
-                f"after plan_memory; pass keep=['{name}'] to Net, or "
-                "disable=('plan_memory',), to read it"
-            )
-        raise KeyError(f"no blob named '{name}' has {self.kind}")
 
 
 class Net:
@@ -379,20 +272,7 @@ class Net:
         for index, array in enumerate(self.arrays):
             self.pointers[index] = self.ffi.cast("void *", array.ctypes.data)
 
-        # Blob views, aliases included; planned blobs that are not pinned
-        # share memory and are left out.
-        pinned = self._pinned_slots()
-        self.blobs = BlobViews("data")
-        self.diffs = BlobViews("diff")
-        for name, blob in self.ir.blobs.items():
-            for kind, views in (("data", self.blobs), ("diff", self.diffs)):
-                slot = self.slots.find(kind, name)
-                if slot is None:
-                    continue
-                if self.plan is not None and slot.index not in pinned:
-                    views.hidden.add(name)
-                    continue
-                views[name] = self.arrays[slot.index].reshape(blob.shape)
+        self.blobs, self.diffs = blob_views(self, self._pinned_slots())
         self.lock_views()
 
     def lock_views(self):

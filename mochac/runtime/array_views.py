@@ -1,0 +1,161 @@
+"""The dicts through which users reach a net's arrays: params, grads, blobs, diffs.
+
+Each maps names to the net's own arrays, which the compiled code reads, so
+once locked they reject replaced entries. BlobViews also explain why a blob
+is missing: its storage is shared by the memory plan, or contains another
+blob's values after an in-place write or a split (mochac.ir.overwrites).
+"""
+
+from __future__ import annotations
+
+from mochac.errors import ConfigError
+from mochac.ir.overwrites import merged_diffs, overwritten_data
+
+
+class ArrayViews(dict):
+    """Name -> one of the net's own arrays, which the compiled code reads.
+
+    Once locked, replacing or removing an entry raises ConfigError, because
+    the compiled code would go on using the old array while the new one
+    silently received nothing. Write into the array in place instead.
+    """
+
+    def __init__(self, label: str, entries=()):
+        super().__init__(entries)
+        self.label = label
+        self.locked = False
+
+    def lock(self):
+        """Reject replacements from now on, in nested views too."""
+        self.locked = True
+        for value in self.values():
+            if isinstance(value, ArrayViews):
+                value.lock()
+
+    def _reject(self, key=None):
+        """Raise ConfigError for a change to entry ``key`` (None: the whole dict)."""
+        if not self.locked:
+            return
+        read_only = (
+            f"{self.label} is read-only: its arrays are the net's own, which the "
+            "compiled code reads"
+        )
+        if key is None:
+            raise ConfigError(f"{read_only}, so entries cannot be removed")
+        if key not in self:
+            raise ConfigError(
+                f"{read_only}, and it has no entry {key!r} to write; the entries "
+                f"are: {', '.join(map(repr, self)) or 'none'}"
+            )
+        entry = f"{self.label}[{key!r}]"
+        if isinstance(dict.__getitem__(self, key), ArrayViews):
+            inner = next(iter(dict.__getitem__(self, key)), "name")
+            raise ConfigError(
+                f"{read_only}, so {entry} cannot be replaced; write into one of its "
+                f"arrays instead: {entry}[{inner!r}][...] = new_values"
+            )
+        raise ConfigError(
+            f"{read_only}, so {entry} cannot be replaced; write into it instead: "
+            f"{entry}[...] = new_values"
+        )
+
+    def __setitem__(self, key, value):
+        # ``views[key] *= 2`` multiplies the array in place, then stores the
+        # same array back, which replaces nothing.
+        if key in self and dict.__getitem__(self, key) is value:
+            return
+        self._reject(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self._reject(key)
+        super().__delitem__(key)
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self._reject(key)
+        return super().setdefault(key, default)
+
+    def update(self, *args, **kwargs):
+        for key in dict(*args, **kwargs):
+            self._reject(key)
+        super().update(*args, **kwargs)
+
+    def pop(self, key, *default):
+        self._reject(key)
+        return super().pop(key, *default)
+
+    def popitem(self):
+        self._reject()
+        return super().popitem()
+
+    def clear(self):
+        self._reject()
+        super().clear()
+
+
+def locked_views(label: str, mapping: dict) -> ArrayViews:
+    """Return ``mapping`` as locked ArrayViews; nested dicts become views too."""
+    views = ArrayViews(label)
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            value = locked_views(f"{label}[{key!r}]", value)
+        dict.__setitem__(views, key, value)
+    views.lock()
+    return views
+
+
+class BlobViews(ArrayViews):
+    """Blob name -> NumPy view; explains why a blob left out is missing."""
+
+    def __init__(self, kind):
+        label = "net.blobs" if kind == "data" else "net.diffs"
+        super().__init__(label)
+        self.kind = kind
+        # Blob name -> why its view is left out and how to read it.
+        self.hidden: dict[str, str] = {}
+
+    def __missing__(self, name):
+        if name in self.hidden:
+            raise KeyError(
+                f"the {self.kind} of blob '{name}' cannot be read: {self.hidden[name]}"
+            )
+        raise KeyError(f"no blob named '{name}' has {self.kind}")
+
+
+def blob_views(net, pinned: set[int]) -> tuple[BlobViews, BlobViews]:
+    """Return the views of ``net``'s blob data and diffs, aliases included.
+
+    A blob is left out when the memory plan shares its storage (its slot is
+    not in ``pinned``), when an in-place layer wrote over its data, or when
+    its storage contains a diff other than its own.
+    """
+    ir = net.ir
+    overwritten = overwritten_data(ir)
+    merged = merged_diffs(ir)
+    blobs, diffs = BlobViews("data"), BlobViews("diff")
+    for name, blob in ir.blobs.items():
+        for kind, views in (("data", blobs), ("diff", diffs)):
+            slot = net.slots.find(kind, name)
+            if slot is None:
+                continue
+            shared = (overwritten if kind == "data" else merged).get(name)
+            if shared is not None:
+                reason, pass_name = shared
+                remedy = (
+                    f"keep=['{name}'] to Net, or "
+                    if pass_name == "fuse_inplace" and kind == "data"
+                    else ""
+                )
+                views.hidden[name] = (
+                    f"{reason} ({pass_name}); pass {remedy}"
+                    f"disable=('{pass_name}',) to Net to read it"
+                )
+            elif net.plan is not None and slot.index not in pinned:
+                views.hidden[name] = (
+                    "it shares memory with other blobs after plan_memory; pass "
+                    f"keep=['{name}'] to Net, or disable=('plan_memory',), to read it"
+                )
+            else:
+                views[name] = net.arrays[slot.index].reshape(blob.shape)
+    return blobs, diffs
