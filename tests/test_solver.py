@@ -485,10 +485,12 @@ def test_method_class_instead_of_instance():
 
 
 def test_solver_params_must_fit_method():
-    with pytest.raises(mochac.ConfigError, match=r"make_solver_parameters\(Adam\(\)"):
+    with pytest.raises(mochac.ConfigError, match=r"lack beta1, beta2, epsilon"):
         Solver(Adam(), make_solver_parameters(SGD(), max_iter=1))
-    with pytest.raises(mochac.ConfigError, match="invalid params"):
+    with pytest.raises(mochac.ConfigError, match="lack regu_coef, lr_policy"):
         Solver(SGD(), {"max_iter": 1})
+    with pytest.raises(mochac.ConfigError, match="invalid params"):
+        Solver(SGD(), [("max_iter", 1)])
 
 
 @pytest.mark.parametrize("load_from", [5, ["snapshots"]])
@@ -567,3 +569,31 @@ def test_resume_invalid_iter(tmp_path, attrs, match):
         Solver(SGD(), params, progress=False).solve(net)
     assert str(path) in str(raised.value)
     np.testing.assert_array_equal(net.params["ip1"]["weight"], before)
+
+
+@pytest.mark.parametrize(
+    ("method_class", "extra"),
+    [(SGD, {"momentum": 0.9}), (Nesterov, {"momentum": 0.9}), (Adam, {})],
+)
+def test_reused_method_starts_fresh(method_class, extra, caplog):
+    """Mocha's tutorials pass one method object to several solvers; each
+    solver must start from zero buffers, as a new object does."""
+    x, y = toy_data()
+
+    def solve(method, seed):
+        net = Net(
+            "reuse", CPUBackend(dtype=np.float64, seed=seed), classifier_layers(x, y)
+        )
+        params = make_solver_parameters(method, max_iter=5, regu_coef=0.0, **extra)
+        Solver(method, params, progress=False).solve(net)
+        return net
+
+    shared = method_class()
+    solve(shared, seed=1)
+    with caplog.at_level(logging.INFO, logger="mochac.runtime.solver"):
+        reused = solve(shared, seed=2)
+    assert "clearing the state buffers" in caplog.text
+    fresh = solve(method_class(), seed=2)
+    for layer, params in fresh.params.items():
+        for name, array in params.items():
+            np.testing.assert_array_equal(reused.params[layer][name], array)

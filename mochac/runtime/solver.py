@@ -175,13 +175,31 @@ class Solver:
         only when stderr is a terminal."""
         check_method(method, "Solver")
         required = ("max_iter", "regu_coef", "lr_policy", *method.parameter_names)
-        if not isinstance(params, dict) or not all(key in params for key in required):
+        expected = (
+            f"expected the dict that make_solver_parameters({method.name}(), "
+            "max_iter=...) returns"
+        )
+        if not isinstance(params, dict):
+            raise ConfigError(f"Solver({method.name}): invalid params; {expected}")
+        missing = [key for key in required if key not in params]
+        if missing:
+            # Parameters made for another method lack this method's keys.
             raise ConfigError(
-                f"Solver({method.name}): invalid params; expected the dict that "
-                f"make_solver_parameters({method.name}(), max_iter=...) returns"
+                f"Solver({method.name}): params lack {', '.join(missing)}; {expected}"
+                " (parameters made for another method do not fit)"
             )
         self.progress = progress
         self.method = method
+        if any(method.buffers.values()):
+            # Mocha's methods keep no state, so a script that passes one
+            # method object to several solvers expects each to start afresh.
+            logger.info(
+                "Solver(%s): clearing the state buffers the method object kept from "
+                "earlier training; a new Solver starts from zero buffers (resume "
+                "from a snapshot to continue a run)",
+                method.name,
+            )
+            method.reset_buffers()
         method.configure(params)
         self.params = params
         self.state = SolverState(method=method.name)

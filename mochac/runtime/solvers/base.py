@@ -33,6 +33,10 @@ class SolverMethod:
             name: {} for name in self.buffer_names
         }
 
+    def reset_buffers(self) -> None:
+        """Drop the state buffers, so the next update starts from zeros."""
+        self.buffers = {name: {} for name in self.buffer_names}
+
     def default_parameters(self) -> dict:
         return {"lr_policy": LRPolicy.Fixed(0.01)}
 
@@ -58,9 +62,10 @@ class SolverMethod:
             raise SnapshotError(
                 f"{self.name}: solver buffer '{name}' of layer '{layer}', parameter "
                 f"'{param_name}' has shape {array.shape} and dtype {array.dtype}, but "
-                f"the parameter has shape {param.shape} and dtype {param.dtype}; the "
-                "buffers were loaded from a snapshot of another net: resume from a "
-                "snapshot of this net"
+                f"the parameter has shape {param.shape} and dtype {param.dtype}: the "
+                "buffers belong to another net, loaded from its snapshot or left by "
+                "updating it with this method object; resume from a snapshot of this "
+                "net, or use a new method object for each net"
             )
         return array
 
