@@ -83,3 +83,9 @@ def test_each_net_runs_on_its_own_threads():
     assert openmp_threads_of_this_thread() == 1
     two.backward()
     assert openmp_threads_of_this_thread() == 2
+
+
+@pytest.mark.parametrize("seed", ["abc", -1, 1.5])
+def test_invalid_seed(seed):
+    with pytest.raises(mochac.ConfigError, match=r"CPUBackend: invalid seed="):
+        CPUBackend(seed=seed)

@@ -21,6 +21,17 @@ logger = logging.getLogger(__name__)
 MAX_THREADS = 4096
 
 
+def seeded_generator(backend: str, seed) -> np.random.Generator:
+    """Return NumPy's generator for ``seed``; raise ConfigError naming the
+    backend when NumPy rejects the seed."""
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(
+            f"{backend}: invalid seed={seed!r} ({error}); expected None or an int >= 0"
+        ) from None
+
+
 def default_threads() -> int:
     """Return OMP_NUM_THREADS when it is set, else the CPUs this process may use.
 
@@ -79,7 +90,7 @@ class CPUBackend:
             )
         self.threads = count
         self.seed = seed
-        self.rng = np.random.default_rng(seed)
+        self.rng = seeded_generator("CPUBackend", seed)
         self.registry: dict[str, dict[str, np.ndarray]] = {}
 
     def to_host(self, array) -> np.ndarray:

@@ -11,6 +11,7 @@ import logging
 import numpy as np
 
 from mochac.errors import ConfigError, DeviceError
+from mochac.runtime.backend import seeded_generator
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class GPUBackend:
         # host threads.
         self.threads = 1
         self.seed = seed
-        self.rng = np.random.default_rng(seed)
+        self.rng = seeded_generator("GPUBackend", seed)
         self.registry: dict[str, dict[str, object]] = {}
 
     def to_host(self, array) -> np.ndarray:
