@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import mochac
 from mochac import (
     ChannelPoolingLayer,
     ConfigError,
@@ -184,3 +185,25 @@ def test_numpy_bool_fields():
     assert drop.auto_scale is False
     with pytest.raises(mochac.ConfigError, match="shuffle=1; expected True or False"):
         mochac.HDF5DataLayer(source="x.txt", batch_size=2, shuffle=1)
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (
+            lambda: mochac.InnerProductLayer(name="ip", bottoms=["x"], tops=["y"]),
+            "output_dim",
+        ),
+        (
+            lambda: mochac.MemoryDataLayer(name="d", data=[np.zeros((2, 1))] * 2),
+            "batch_size",
+        ),
+        (
+            lambda: mochac.Index2OnehotLayer(name="o", bottoms=["x"], tops=["y"]),
+            "n_class",
+        ),
+    ],
+)
+def test_required_field_left_out(make, field):
+    with pytest.raises(mochac.ConfigError, match=f"missing {field}, which is required"):
+        make()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
+from mochac.errors import ConfigError
 from mochac.initializers import Initializer
 from mochac.neurons import Neuron
 from mochac.regularizers import Regularizer
@@ -20,8 +22,22 @@ def check_int(layer, field, minimum=1, expected=None):
     if expected is None:
         expected = "an int" if minimum is None else f"an int >= {minimum}"
     if value is None or (minimum is not None and value < minimum):
+        if value == 0 and minimum == 1 and _default(layer, field) == 0:
+            # A required field: 0 is its value when the caller leaves it out.
+            raise ConfigError(
+                f"{layer.title}: missing {field}, which is required; expected "
+                f"{expected} (0 is its value when not given)."
+            )
         layer._fail(field, raw, expected)
     object.__setattr__(layer, field, value)
+
+
+def _default(layer, field):
+    """Return the dataclass default of ``field``, or None when it has none."""
+    for entry in dataclasses.fields(layer):
+        if entry.name == field:
+            return entry.default
+    return None
 
 
 def check_bool(layer, field):
