@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 from gradcheck import build_net, check_gradients, preserved
 
-from mochac import ConfigError, DataError, ShapeError, SoftmaxLossLayer
+from mochac import (
+    ConfigError,
+    CPUBackend,
+    DataError,
+    MemoryDataLayer,
+    Net,
+    ShapeError,
+    SoftmaxLossLayer,
+)
 
 RNG = np.random.default_rng(17)
 
@@ -155,3 +163,12 @@ def test_softmax_loss_invalid_field(field, value):
 def test_softmax_loss_needs_two_bottoms():
     with pytest.raises(ConfigError, match=r"'loss1'.*invalid bottoms="):
         SoftmaxLossLayer(name="loss1", bottoms=["pred"])
+
+
+def test_swapped_bottoms_hint():
+    x = np.zeros((4, 3))
+    y = np.zeros((4, 1))
+    data = MemoryDataLayer(batch_size=4, data=[x, y], tops=["ip", "label"])
+    loss = SoftmaxLossLayer(name="loss", bottoms=["label", "ip"])
+    with pytest.raises(ShapeError, match=r"bottoms are \[prediction, label\]"):
+        Net("swapped", CPUBackend(dtype=np.float64), [data, loss])

@@ -36,11 +36,18 @@ def split_class_axis(layer, pred_shape, label_shape, dim):
     outer = prod(pred_shape[:axis])
     inner = prod(pred_shape[axis + 1 :])
     if label_shape[0] != pred_shape[0] or prod(label_shape) != outer * inner:
+        # Predictions with fewer elements than their labels suggest bottoms
+        # given in the wrong order.
+        swapped = (
+            "; the bottoms are [prediction, label], so check their order"
+            if prod(pred_shape) < prod(label_shape)
+            else ""
+        )
         raise layer.shape_error(
             f"label '{layer.bottoms[1]}' has shape {label_shape} but prediction "
             f"'{layer.bottoms[0]}' of shape {pred_shape} needs one label per sample "
             f"and position ({outer * inner} in all, e.g. shape "
-            f"{pred_shape[:axis] + (1,) + pred_shape[axis + 1 :]})"
+            f"{pred_shape[:axis] + (1,) + pred_shape[axis + 1 :]}){swapped}"
         )
     return outer, pred_shape[axis], inner
 
