@@ -216,7 +216,7 @@ def test_hdf5_integer_labels_converted(tmp_path, caplog):
     assert ":label" in conversions[0]
 
 
-def test_hdf5_float64_converted_silently(tmp_path, caplog):
+def test_hdf5_float64_conversion_logged(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger=DATA_SOURCES_LOGGER)
     layer = hdf5_layer(
         tmp_path,
@@ -227,7 +227,11 @@ def test_hdf5_float64_converted_silently(tmp_path, caplog):
     source = open_source(layer)
 
     assert [array.dtype for array in source.arrays] == [np.float32, np.float32]
-    assert not [r for r in caplog.records if "converting" in r.getMessage()]
+    messages = [
+        r.getMessage() for r in caplog.records if "converting" in r.getMessage()
+    ]
+    assert len(messages) == 2
+    assert all("float64 values to float32" in message for message in messages)
 
 
 def test_hdf5_string_dataset_rejected(tmp_path):

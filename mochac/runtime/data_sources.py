@@ -244,13 +244,22 @@ class DataSource(BatchOrder):
 
 
 def _check_float(array: np.ndarray, dtype, where: str):
-    """Log a line when integer or bool values need converting to ``dtype``.
+    """Log a line when values need converting to ``dtype``: integers, bools
+    and wider floats, which lose precision.
 
     Raises DataError for any other dtype that is not floating point.
     """
     if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
         logger.info("%s: converting %s values to %s", where, array.dtype, dtype.name)
-    elif not np.issubdtype(array.dtype, np.floating):
+    elif np.issubdtype(array.dtype, np.floating):
+        if array.dtype.itemsize > np.dtype(dtype).itemsize:
+            logger.info(
+                "%s: converting %s values to %s, the net's type, which rounds them",
+                where,
+                array.dtype,
+                np.dtype(dtype).name,
+            )
+    else:
         raise DataError(f"{where}: dtype {array.dtype} is not numeric; store floats")
 
 
