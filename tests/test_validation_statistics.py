@@ -107,7 +107,7 @@ def test_statistics_reset_between_validations(caplog):
         validation.enjoy(solver, net)
     assert validation.last == first
     assert validation.last["loss-count"] == 10
-    assert "Square loss 'loss' (batch means weighted over 10 samples) = " in caplog.text
+    assert "Square loss 'loss' (avg over 10) = " in caplog.text
     assert solver.lounge.statistics["loss-square-loss"][0] == pytest.approx(
         first["loss-square-loss"]
     )
@@ -148,6 +148,17 @@ def test_decay_on_validation_square_loss(tmp_path):
     with h5py.File(tmp_path / "snapshot-000000.h5", "r") as handle:
         best_weight = handle["ip___weight"][()]
     np.testing.assert_array_equal(net.params["ip"]["weight"], best_weight)
+
+
+def test_decay_on_validation_unknown_key_before_training(tmp_path):
+    x, y = regression_data(n=10, features=4, seed=5)
+    net, solver, policy = diverging_solver(tmp_path, x, y)
+    policy.key = "loss-squared-loss"
+    before = net.params["ip"]["weight"].copy()
+    with pytest.raises(mochac.ConfigError, match="available: loss-square-loss"):
+        solver.solve(net)
+    assert solver.state.iter == 0
+    np.testing.assert_array_equal(net.params["ip"]["weight"], before)
 
 
 def dropout_layers(x, y, with_loss):

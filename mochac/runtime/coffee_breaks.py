@@ -93,6 +93,12 @@ class ValidationPerformance(CoffeeBreak):
                 test_net.name,
             )
         self.test_net = test_net
+        # The statistics evaluate() reports, known before any validation runs.
+        self.statistic_names = [
+            statistic_key(info)
+            for info in test_net.ir.layers
+            if info.layer.has_stats or info.layer.has_loss
+        ]
         self.listeners = []
         self.last = {}
         self.checked_sharing = False
@@ -131,10 +137,8 @@ class ValidationPerformance(CoffeeBreak):
                 logger.info("  Accuracy (avg over %d) = %.4f%%", count, 100 * value)
             else:
                 kind = key.removeprefix(f"{info.name}-").replace("-", " ")
-                # A loss is a batch mean, so a wrapped last batch's mean
-                # counts for its valid samples (Net.statistics).
                 logger.info(
-                    "  %s '%s' (batch means weighted over %d samples) = %.6f",
+                    "  %s '%s' (avg over %d) = %.6f",
                     kind.capitalize(),
                     info.name,
                     count,

@@ -274,16 +274,25 @@ class DecayOnValidation:
     def check_solver(self, solver) -> None:
         """Raise ConfigError unless ``solver`` validates for this policy and
         snapshots for it to reload; the solver calls this before training."""
-        listening = any(
-            self.on_validation in getattr(coffee_break, "listeners", ())
+        listening = [
+            coffee_break
             for coffee_break, _, _ in solver.breaks
-        )
+            if self.on_validation in getattr(coffee_break, "listeners", ())
+        ]
         if not listening:
             raise ConfigError(
                 "LRPolicy.DecayOnValidation: no coffee break of the solver reports "
                 "to it, so it would never decay; add a ValidationPerformance "
                 "coffee break and call setup(policy, validation, solver)"
             )
+        for validation in listening:
+            names = getattr(validation, "statistic_names", None)
+            if names is not None and self.key not in names:
+                raise ConfigError(
+                    f"LRPolicy.DecayOnValidation: the validation net reports no "
+                    f"statistic {self.key!r}; available: "
+                    f"{', '.join(sorted(names)) or 'none'}"
+                )
         if not self.snapshot_folders(solver):
             raise ConfigError(
                 "LRPolicy.DecayOnValidation: the solver has no Snapshot coffee break "
