@@ -166,7 +166,12 @@ def test_bce_label_out_of_range(net, value, shown):
     net.blobs["target"][3, 0] = value
     with pytest.raises(DataError) as caught:
         net.forward_layer("bce")
-    parts = ["label blob 'target'", rf"contains {shown}\b", "at sample 3 ", r"in \[0, 1\]"]
+    parts = [
+        "label blob 'target'",
+        rf"contains {shown}\b",
+        "at sample 3 ",
+        r"in \[0, 1\]",
+    ]
     check_data_error(net, "bce", parts, caught)
 
 
