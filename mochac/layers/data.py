@@ -48,8 +48,10 @@ class HDF5DataLayer(Layer):
     """Reads mini-batches from HDF5 files named in a source list.
 
     Fields (Mocha's defaults):
-        source: path of a text file with one HDF5 file path per line; relative
-            paths are taken from the list file's folder.
+        source: path of a text file with one HDF5 file path per line. A
+            relative path is taken from the list file's folder. When no file
+            is there but one is at that path from the current folder
+            (Mocha's rule), that one is read.
         batch_size: samples per batch (required).
         tops: blob names, default ["data", "label"]; each is also the name of
             the dataset read from every file.

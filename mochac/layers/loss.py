@@ -206,8 +206,15 @@ class SoftmaxLossLayer(ClassLossLayer):
     stored as floats, one per sample and position; any other value raises DataError
     naming layer, blob and sample.
 
-    Fields: dim (-2), weight (1), weights (()) and normalize ("local"), as
-    ClassLossLayer describes them.
+    Fields:
+        dim: Mocha's class dimension; -2 (default) is the channel axis.
+        weight: factor of this loss in the objective, default 1.
+        weights: class weights, default () for all 1. A vector of C weights,
+            an array of one data point's shape or of the prediction's shape.
+        normalize: how ``weights`` are rescaled, so that equal weights give
+            the loss of no weights. "local" (default) makes them sum to C
+            over the classes at each position, "global" makes them sum to
+            their count over the whole array, and "no" keeps them.
 
     The loss is -w_g log(softmax(x)_g) averaged over the batch and spatial
     positions, with g the label; its gradient is
@@ -226,7 +233,7 @@ class MultinomialLogisticLossLayer(ClassLossLayer):
     0..C-1 as for SoftmaxLossLayer.
 
     Fields: dim (-2), weight (1), weights (()) and normalize ("local"), as
-    ClassLossLayer describes them.
+    for SoftmaxLossLayer.
 
     The loss is -w_g log(max(p_g, 1e-20)) averaged over positions (Mocha's
     clamp keeps a zero probability finite); the gradient is

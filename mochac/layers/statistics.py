@@ -51,8 +51,10 @@ class BinaryAccuracyLayer(Layer):
     statistic is "<name>-accuracy".
 
     Fields:
-        threshold: the prediction is positive above it, default 0 (Mocha's),
-            for scores such as a hinge loss trains; use 0.5 for probabilities.
+        threshold: the prediction is positive above it, default 0, for
+            scores such as a hinge loss trains; use 0.5 for probabilities.
+            Mocha's documentation does not list this field, but Mocha.jl's
+            source has it with default 0.
     """
 
     # NOTE: Mocha compares the label with the threshold too. Comparing it

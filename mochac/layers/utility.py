@@ -12,11 +12,12 @@ from mochac.values import as_int
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class SplitLayer(Layer):
-    """Copies one bottom to every top; backward sums the tops' diffs.
+    """Gives every top the bottom's values; backward sums the tops' diffs.
 
     Fields:
-        no_copy: default False. Kept for Mocha compatibility; the compiled
-            net gives each top its own data either way.
+        no_copy: default False, accepted for Mocha and ignored. At -O1 every
+            top shares the bottom's storage (eliminate_splits). At -O0, or
+            with that pass disabled, each top is a copy.
     """
 
     no_copy: bool = False
