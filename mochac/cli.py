@@ -1,6 +1,9 @@
 """The ``mochac`` command.
 
-mochac compile net.py [-o DIR]   one importable module per Net in net.py
+mochac compile net.py [-o DIR]        one importable module per Net in net.py
+mochac bench NET                      time a built-in net or a net file's Net
+                                      against PyTorch
+mochac plot statistics.h5 [-o PNG]    draw learning curves
 """
 
 from __future__ import annotations
@@ -401,7 +404,7 @@ def plot_command(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mochac", description="Compile Mocha-style nets."
+        prog="mochac", description="Compile, time and plot Mocha-style nets."
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log debug messages"
@@ -460,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_parser.add_argument(
         "net",
-        help="a built-in net (lenet, cifar10) or a Python file that defines a Net",
+        help="a built-in net (lenet, cifar10) or a Python file that defines a Net "
+        "with a loss",
     )
     bench_parser.add_argument(
         "--batch",

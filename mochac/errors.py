@@ -14,7 +14,11 @@ class ConfigError(MochacError, ValueError):
 
 
 class TopologyError(MochacError):
-    """The layers do not form a valid net (unknown bottom, duplicate top, cycle)."""
+    """The layers do not form a valid net.
+
+    Raised for an unknown bottom, a duplicate top, a duplicate layer name, a
+    bottom listed twice by one layer and a cycle.
+    """
 
 
 class ShapeError(MochacError):
@@ -22,7 +26,12 @@ class ShapeError(MochacError):
 
 
 class CompileError(MochacError):
-    """The C compiler failed on generated code.
+    """Generated code could not be compiled, stored or loaded.
+
+    Raised when the C compiler or NVRTC fails and when the cache folder cannot
+    be written. Also raised when a compiled package is damaged, was built for
+    another CPU or dtype, cannot run on the given backend or differs from the
+    C this mochac generates, and when CUDA steps do not match their source.
 
     ``output`` contains the compiler's messages and ``source_path`` the generated file.
     """
@@ -38,7 +47,9 @@ class DataError(MochacError):
 
 
 class NumericalError(MochacError):
-    """A loss or statistic became NaN or infinite."""
+    """A value became NaN or infinite: a loss or statistic, a parameter or
+    solver buffer after an update or before a snapshot, or a learning rate or
+    momentum a policy returned."""
 
 
 class SnapshotError(MochacError):

@@ -1,6 +1,8 @@
 """Mocha's free functions, so that training scripts read like Mocha's tutorials.
 
-Each one calls the method of the same name on its first argument.
+Most of them call the method of the same name on their first argument.
+DefaultBackend, net2dot, log_to_console, freeze, freeze_all, unfreeze and
+load_snapshot are not such wrappers; their docstrings describe them.
 """
 
 from __future__ import annotations
