@@ -30,6 +30,7 @@ from mochac.errors import ConfigError
 from mochac.layers import (
     BinaryCrossEntropyLossLayer,
     DropoutLayer,
+    ElementWiseFunctors,
     ElementWiseLayer,
     HingeLossLayer,
     MultinomialLogisticLossLayer,
@@ -354,6 +355,99 @@ def test_inplace_top_diff_seeds_backward():
     np.testing.assert_allclose(
         optimized.diffs["z_flat"], reference.diffs["logits"], atol=1e-12
     )
+
+
+def aliased_bottoms_layers(kind):
+    """Return a factory of a net whose layer ``kind`` reads one storage
+    through two bottoms: two split tops, or a blob and its reshape."""
+
+    def factory(rng):
+        x = rng.normal(size=(4, 3))
+        target = rng.normal(size=(4, 4))
+        layers = [
+            MemoryDataLayer(
+                name="data", batch_size=4, tops=["x", "t"], data=[x, target]
+            ),
+            InnerProductLayer(name="ip", output_dim=4, bottoms=["x"], tops=["h"]),
+            SplitLayer(name="split", bottoms=["h"], tops=["h1", "h2"]),
+            ReshapeLayer(name="grid", shape=(2, 2), bottoms=["h2"], tops=["h_grid"]),
+            ReshapeLayer(name="flat", shape=(4,), bottoms=["h_grid"], tops=["h_flat"]),
+        ]
+        if kind in ("add", "subtract"):
+            operation = (
+                ElementWiseFunctors.Add()
+                if kind == "add"
+                else ElementWiseFunctors.Subtract()
+            )
+            layers += [
+                ElementWiseLayer(
+                    name=kind, operation=operation, bottoms=["h1", "h_flat"], tops=["a"]
+                ),
+                SquareLossLayer(name="loss", bottoms=["a", "t"]),
+            ]
+        else:
+            layer_class = SoftmaxLayer if kind == "softmax" else PowerLayer
+            fields = {} if kind == "softmax" else {"scale": 2.0}
+            layers += [
+                layer_class(
+                    name=kind, bottoms=["h1", "h_flat"], tops=["s1", "s2"], **fields
+                ),
+                SquareLossLayer(name="loss1", bottoms=["s1", "t"]),
+                SquareLossLayer(name="loss2", bottoms=["s2", "t"]),
+            ]
+        return layers
+
+    return factory
+
+
+@pytest.mark.parametrize("kind", ["add", "subtract", "softmax", "power"])
+def test_inplace_rejected_for_aliased_bottoms(kind):
+    """A layer reading one storage through two bottoms keeps its tops apart,
+    so -O1 gives -O0's objectives and gradients."""
+    factory = aliased_bottoms_layers(kind)
+    assert_same(run(factory, 0, ()), run(factory, 1, ()))
+
+
+def test_kept_inplace_top_keeps_its_diff():
+    layers = mixed_layers(np.random.default_rng(0))
+    nets = []
+    for level in (0, 1):
+        net = Net(
+            f"kept_top_o{level}",
+            CPUBackend(dtype=np.float64, seed=1),
+            layers,
+            opt_level=level,
+            keep=["p1"],
+        )
+        net.forward()
+        net.backward()
+        nets.append(net)
+    reference, optimized = nets
+    assert optimized.ir.data_root("p1") == "p1"
+    np.testing.assert_allclose(optimized.diffs["p1"], reference.diffs["p1"], atol=1e-12)
+
+
+def test_kept_split_top_keeps_its_diff(mixed_net):
+    layers = mixed_layers(np.random.default_rng(0))
+    nets = []
+    for level in (0, 1):
+        net = Net(
+            f"kept_split_o{level}",
+            CPUBackend(dtype=np.float64, seed=1),
+            layers,
+            opt_level=level,
+            keep=["h_a"],
+        )
+        net.forward()
+        net.backward()
+        nets.append(net)
+    reference, optimized = nets
+    np.testing.assert_allclose(
+        optimized.diffs["h_a"], reference.diffs["h_a"], atol=1e-12
+    )
+    # Without keep, the split is gone and h_a's diff is summed with h_b's.
+    with pytest.raises(KeyError, match="summed"):
+        mixed_net.diffs["h_a"]
 
 
 def test_unknown_pass_name():

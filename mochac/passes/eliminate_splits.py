@@ -7,20 +7,31 @@ the consumers' backward passes add into the one shared diff (see
 NetIR.assign_diff_writers).
 
 A forward alias is only safe while nobody writes a top in place, which
-fuse_inplace checks on the shared storage.
+fuse_inplace checks on the shared storage. A split with a top the user
+keeps stays a kernel, so that top keeps a diff of its own.
 """
 
 from __future__ import annotations
 
+import logging
+
 from mochac.layers import SplitLayer
 from mochac.passes.report import PassReport
 
+logger = logging.getLogger(__name__)
 
-def eliminate_splits(ir) -> PassReport:
+
+def eliminate_splits(ir, keep=frozenset()) -> PassReport:
     report = PassReport("eliminate_splits")
     itemsize = ir.dtype.itemsize
     for info in ir.layers:
         if not isinstance(info.layer, SplitLayer) or info.eliminated:
+            continue
+        kept = [top for top in info.layer.tops if top in keep]
+        if kept:
+            # A kept top needs a diff of its own, which only the split's
+            # own backward (summing the tops' diffs) leaves readable.
+            logger.debug("split '%s' kept: the user keeps %s", info.name, kept)
             continue
         bottom = info.layer.bottoms[0]
         saved = 0

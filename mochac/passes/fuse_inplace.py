@@ -6,9 +6,10 @@ storage.
 
 Safe only when, for the bottom's whole storage (every blob aliased to it):
 the layer is marked inplace_capable, no other layer reads the storage later
-in forward, no backward pass reads the storage's data (the producer's or the
-layer's own), the storage is not a data layer's output or a blob the user
-keeps, and shapes match. A rejected candidate is logged at debug level.
+in forward, the layer reads it through no other bottom, no backward pass
+reads the storage's data (the producer's or the layer's own), the storage
+is not a data layer's output or a blob the user keeps, the top is not kept
+either, and shapes match. A rejected candidate is logged at debug level.
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ def _rejection_reason(ir, info, bottom, top, keep) -> str | None:
         return "shapes differ"
     if any(name in keep for name in group):
         return f"'{root}' is kept for the user"
+    if top in keep:
+        return f"the top '{top}' is kept for the user, with a diff of its own"
+    # The layer's other bottoms are read after this pair's top is written,
+    # and backward writes each bottom's diff: none may share the storage.
+    for name in info.layer.bottoms:
+        if name != bottom and ir.data_root(name) == root:
+            return f"the layer also reads '{root}' through its bottom '{name}'"
     producer = ir.layers[ir.blobs[root].producer]
     if producer.layer.is_source:
         return f"'{root}' is a data layer output"

@@ -113,7 +113,8 @@ def run_ir_passes(ir, opt_level: int = 1, disable=(), keep=frozenset()):
             continue
         before = ir_counts(ir)
         function = IR_PASSES[name]
-        report = function(ir, keep) if name == "fuse_inplace" else function(ir)
+        uses_keep = name in ("fuse_inplace", "eliminate_splits")
+        report = function(ir, keep) if uses_keep else function(ir)
         report.before, report.after = before, ir_counts(ir)
         for change in report.changes:
             logger.debug("%s: %s", name, change)
