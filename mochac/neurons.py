@@ -72,12 +72,15 @@ class ReLU(Neuron):
         object.__setattr__(self, "epsilon", value)
 
     def c_forward(self, x):
-        eps = repr(float(self.epsilon))
-        return f"(({x}) > {eps} ? ({x}) : {eps})"
+        # A NaN input fails the comparison and passes through, as in Julia's
+        # max, so that the loss check sees it. epsilon is rounded to the
+        # net's type in both directions, so the backward test matches.
+        eps = f"(real){float(self.epsilon)!r}"
+        return f"(({x}) <= {eps} ? {eps} : ({x}))"
 
     def c_backward(self, y):
         # The output equals epsilon exactly where the input was at or below it.
-        eps = repr(float(self.epsilon))
+        eps = f"(real){float(self.epsilon)!r}"
         return f"(({y}) > {eps} ? 1 : 0)"
 
 
