@@ -147,6 +147,14 @@ def test_sidecar_renamed_before_file(tmp_path, monkeypatch):
     monkeypatch.setattr(snapshot.os, "replace", record)
     save_snapshot(tmp_path / "snapshot-000010.h5", make_net())
     assert renamed == ["snapshot-000010.h5.sha256", "snapshot-000010.h5"]
+    # Over an older file, the sidecar is renamed again at the end.
+    renamed.clear()
+    save_snapshot(tmp_path / "snapshot-000010.h5", make_net())
+    assert renamed == [
+        "snapshot-000010.h5.sha256",
+        "snapshot-000010.h5",
+        "snapshot-000010.h5.sha256",
+    ]
 
 
 def test_crash_between_renames_resumes_before(tmp_path):
@@ -171,6 +179,59 @@ def test_overwrite_keeps_pair_consistent(tmp_path):
     )
 
 
+@pytest.mark.parametrize("interrupted_at", [0, 1, 2])
+@pytest.mark.parametrize("old_sidecar", [True, False])
+def test_interrupted_overwrite_keeps_a_loadable_file(
+    tmp_path, monkeypatch, interrupted_at, old_sidecar
+):
+    """Ctrl-C before any of the renames that replace a snapshot leaves a file
+    at the path that matches its sidecar: the old one or the new one."""
+    path = tmp_path / "snapshot-000002.h5"
+    old, new = make_net(seed=1), make_net(seed=2)
+    save_snapshot(path, old)
+    if not old_sidecar:
+        digest_path(path).unlink()
+    calls = []
+    real_replace = os.replace
+
+    def interrupt(source, target):
+        if len(calls) == interrupted_at:
+            raise KeyboardInterrupt
+        calls.append(target)
+        real_replace(source, target)
+
+    monkeypatch.setattr(snapshot.os, "replace", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        save_snapshot(path, new)
+    monkeypatch.setattr(snapshot.os, "replace", real_replace)
+    # An old file without a sidecar keeps none until the first rename.
+    assert snapshot.verify_digest(path, "") == (old_sidecar or interrupted_at > 0)
+    net = make_net(seed=3)
+    mochac.load_snapshot(net, path)
+    expected = old if interrupted_at < 2 else new
+    np.testing.assert_array_equal(
+        net.params["ip1"]["weight"], expected.params["ip1"]["weight"]
+    )
+
+
+def test_transitional_sidecar_lists_both_digests(tmp_path, monkeypatch):
+    path = tmp_path / "model.h5"
+    save_snapshot(path, make_net(seed=1))
+    old_digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    seen = []
+    real_replace = os.replace
+
+    def record(source, target):
+        real_replace(source, target)
+        seen.append(digest_path(path).read_text())
+
+    monkeypatch.setattr(snapshot.os, "replace", record)
+    save_snapshot(path, make_net(seed=2))
+    new_digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    both = f"{new_digest}  model.h5\n{old_digest}  model.h5\n"
+    assert seen == [both, both, f"{new_digest}  model.h5\n"]
+
+
 def test_failed_write_leaves_nothing(tmp_path):
     net = make_net()
 
@@ -193,3 +254,15 @@ def test_plain_write_removes_old_sidecar(tmp_path):
     path = save_snapshot(tmp_path / "stats.h5", make_net())
     snapshot.write_atomically(path, lambda handle: handle.create_group("x"))
     assert not digest_path(path).exists()
+
+
+def test_unlistable_folder_keeps_written_snapshot(tmp_path, monkeypatch):
+    """A folder that can be written but not listed: the snapshot is saved,
+    and the failed scan for leftovers is no error."""
+
+    def unlistable(folder):
+        raise PermissionError(13, "Permission denied", str(folder))
+
+    monkeypatch.setattr(snapshot, "remove_stale_temporaries", unlistable)
+    path = save_snapshot(tmp_path / "model.h5", make_net())
+    assert snapshot.verify_digest(path, "")

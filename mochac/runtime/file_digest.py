@@ -9,23 +9,34 @@ digest of the finished file in ``<file>.sha256``, in the format of
 compares the file with it before h5py parses a byte. A file without a
 sidecar (snapshots of older mochac versions, Caffe exports, model files
 written by other tools) is opened without this check.
+
+While a snapshot replaces an older file of the same name, the sidecar lists
+both digests, the new one first, so the file at the path matches it at
+every moment. A writer killed in that window leaves both lines; either
+file version loads (``sha256sum -c`` reports the other line as failed).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from mochac.durable_files import digest_path, file_sha256, parse_digest, write_digest
+from mochac.durable_files import (
+    DIGEST_LINE,
+    digest_path,
+    file_sha256,
+    parse_digest,
+    write_digest,
+)
 from mochac.errors import SnapshotError
 
-__all__ = ["digest_path", "read_digest", "verify_digest", "write_digest"]
+__all__ = ["digest_path", "read_digests", "verify_digest", "write_digest"]
 
 
-def read_digest(sidecar: Path, advice: str) -> str:
-    """Return the hex digest stored in ``sidecar``, in lower case.
+def read_digests(sidecar: Path, advice: str) -> list[str]:
+    """Return the hex digests stored in ``sidecar``, in lower case.
 
     Raises SnapshotError, ending with ``advice``, when the sidecar cannot be
-    read or is not one line of sha256sum's format.
+    read or its lines are not sha256sum's lines for one file.
     """
     # The data file may be intact when only its digest file is damaged.
     keep = (
@@ -38,13 +49,17 @@ def read_digest(sidecar: Path, advice: str) -> str:
         raise SnapshotError(
             f"cannot read the SHA-256 digest {sidecar}: {error}; {advice}{keep}"
         ) from error
-    digest = parse_digest(text)
-    if digest is None:
+    lines = text.splitlines(keepends=True)
+    digests = [parse_digest(line) for line in lines]
+    names = {
+        DIGEST_LINE.fullmatch(line)["name"] for line in lines if parse_digest(line)
+    }
+    if not 1 <= len(lines) <= 2 or None in digests or len(names) != 1:
         raise SnapshotError(
             f"{sidecar} is not a SHA-256 digest line ('<64 hex digits>  <file "
             f"name>'): it is damaged; {advice}{keep}"
         )
-    return digest
+    return digests
 
 
 def verify_digest(path, advice: str) -> bool:
@@ -58,12 +73,12 @@ def verify_digest(path, advice: str) -> bool:
     sidecar = digest_path(path)
     if not sidecar.is_file():
         return False
-    expected = read_digest(sidecar, advice)
+    expected = read_digests(sidecar, advice)
     try:
         actual = file_sha256(path)
     except OSError as error:
         raise SnapshotError(f"cannot read {path}: {error}; {advice}") from error
-    if actual != expected:
+    if actual not in expected:
         raise SnapshotError(
             f"{path} does not match its SHA-256 digest in {sidecar.name}: the file "
             f"was damaged or changed after it was written; {advice}. If you "

@@ -35,7 +35,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mochac.durable_files import fsync_folder
+from mochac.durable_files import file_sha256, fsync_file, fsync_folder, parse_digest
 from mochac.errors import NumericalError, SnapshotError
 from mochac.runtime.file_digest import (
     digest_path,
@@ -163,10 +163,11 @@ def write_atomically(path: Path, fill, digest: bool = False) -> None:
 
     The temporary file replaces ``path`` only when complete, and an error
     in ``fill`` leaves no file. With ``digest``, the file and its SHA-256
-    sidecar (file_digest) are flushed to the disk, and the sidecar is
-    renamed into place first. So a crash between the renames leaves the new
-    sidecar without its file, never the file without its sidecar. Without
-    ``digest``, a sidecar of an earlier file at ``path`` is deleted.
+    sidecar (file_digest) are flushed to the disk. Over an older file, the
+    sidecar first lists both digests, then the file is renamed into place,
+    then the sidecar keeps only the new digest: at every moment the file at
+    ``path`` matches its sidecar, and a kill never leaves it missing.
+    Without ``digest``, a sidecar of an earlier file at ``path`` is deleted.
     """
     path = Path(path)
     if path.is_dir():
@@ -183,9 +184,11 @@ def write_atomically(path: Path, fill, digest: bool = False) -> None:
             fill(handle)
         if digest:
             write_digest(temporary, sidecar_temporary, path.name)
-            # Deleting the old file first keeps the new sidecar from ever
-            # sitting beside it.
-            path.unlink(missing_ok=True)
+            new_line = sidecar_temporary.read_text(encoding="ascii")
+            old_line = _current_digest_line(path, sidecar)
+            if old_line is not None:
+                sidecar_temporary.write_text(new_line + old_line, encoding="ascii")
+                fsync_file(sidecar_temporary)
             os.replace(sidecar_temporary, sidecar)
             fsync_folder(path.parent)
         else:
@@ -193,7 +196,11 @@ def write_atomically(path: Path, fill, digest: bool = False) -> None:
         os.replace(temporary, path)
         if digest:
             fsync_folder(path.parent)
-        remove_stale_temporaries(path.parent)
+            if old_line is not None:
+                sidecar_temporary.write_text(new_line, encoding="ascii")
+                fsync_file(sidecar_temporary)
+                os.replace(sidecar_temporary, sidecar)
+                fsync_folder(path.parent)
     except OSError as error:
         raise SnapshotError(
             f"cannot write {path}: {first_line(error)}; check that {path.parent} "
@@ -203,6 +210,29 @@ def write_atomically(path: Path, fill, digest: bool = False) -> None:
         for leftover in (temporary, sidecar_temporary):
             if leftover.exists():
                 leftover.unlink()
+    try:
+        remove_stale_temporaries(path.parent)
+    except OSError as error:
+        # The file is written; a folder that cannot be listed keeps its
+        # leftovers.
+        logger.debug("could not scan %s for leftovers: %s", path.parent, error)
+
+
+def _current_digest_line(path: Path, sidecar: Path) -> str | None:
+    """Return the sha256sum line of the file now at ``path`` (None: no file).
+
+    The line comes from the sidecar when it has one valid line, so a damaged
+    file stays unmatched; else from hashing the file.
+    """
+    if not path.is_file():
+        return None
+    try:
+        text = sidecar.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    if parse_digest(text, path.name) is not None:
+        return text if text.endswith("\n") else text + "\n"
+    return f"{file_sha256(path)}  {path.name}\n"
 
 
 def host_finite(array, to_host, label: str, path) -> np.ndarray:
