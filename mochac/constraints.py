@@ -89,13 +89,24 @@ def apply_constraints(net, iteration: int):
 
     ``iteration`` counts updates from 1, so with every_n_iter=n the
     constraint runs after updates n, 2n, ... Parameters of every layer in
-    ``net`` are changed in place, shared ones included.
+    ``net`` are changed in place, shared ones included, except arrays that a
+    frozen layer uses (mochac.runtime.freeze), which the solver leaves
+    unchanged.
     """
+    frozen_names = getattr(net, "frozen_layers", frozenset())
+    frozen = {
+        id(array)
+        for name in frozen_names
+        for array in net.params.get(name, {}).values()
+    }
     for info in net.ir.layers:
         params = net.params.get(info.name)
         if not params:
             continue
         for spec in info.params:
             constraint = spec.constraint
+            array = params[spec.name]
+            if id(array) in frozen:
+                continue
             if constraint is not None and constraint.is_due(iteration):
-                constraint.apply(params[spec.name])
+                constraint.apply(array)

@@ -69,6 +69,35 @@ def test_frozen_layer_keeps_params(data, method):
     assert np.abs(net.params["ip2"]["weight"] - before["ip2"]["weight"]).max() > 1e-6
 
 
+def test_frozen_layer_skips_its_constraint(data):
+    x, y = data
+    layers = [
+        MemoryDataLayer(batch_size=4, data=[x, y]),
+        InnerProductLayer(
+            name="ip1",
+            output_dim=6,
+            weight_cons=mochac.L2Cons(0.1),
+            bottoms=["data"],
+            tops=["h"],
+        ),
+        InnerProductLayer(
+            name="ip2",
+            output_dim=3,
+            weight_cons=mochac.L2Cons(0.1),
+            bottoms=["h"],
+            tops=["out"],
+        ),
+        SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+    ]
+    net = Net("frozen_cons", CPUBackend(dtype=np.float64, seed=4), layers)
+    before = snapshot_params(net)
+    freeze(net, "ip1")
+    train(net, SGD(), max_iter=2)
+    np.testing.assert_array_equal(net.params["ip1"]["weight"], before["ip1"]["weight"])
+    norms = np.linalg.norm(net.params["ip2"]["weight"], axis=1)
+    assert norms.max() <= 0.1 + 1e-12
+
+
 def test_freeze_all_then_unfreeze_one(data):
     net = make_net(data)
     before = snapshot_params(net)
