@@ -362,3 +362,16 @@ def test_compile_output_below_file(tmp_path, caplog):
     (tmp_path / "afile").write_text("a file")
     assert main(["compile", str(net_file), "-o", str(tmp_path / "afile" / "sub")]) == 1
     assert "check the path and its permissions" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["models\\\\unet", 'say """hi"""'])
+def test_compiled_package_docstring_escapes_name(tmp_path, name):
+    import ast
+
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE.replace('Net("tiny-net"', f"Net({name!r}"))
+    out = tmp_path / "build"
+    assert main(["compile", str(net_file), "-o", str(out)]) == 0
+    (package,) = out.iterdir()
+    tree = ast.parse((package / "__init__.py").read_text(encoding="utf-8"))
+    assert f'net "{name}"' in ast.get_docstring(tree)

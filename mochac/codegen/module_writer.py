@@ -173,6 +173,25 @@ def write_module(net, out_dir, origin: str) -> Path:
     }
     (folder / METADATA).write_text(json.dumps(meta, indent=1))
     (folder / "__init__.py").write_text(
-        INIT_TEMPLATE.format(name=net.name, version=__version__, origin=origin)
+        INIT_TEMPLATE.format(
+            name=docstring_text(net.name),
+            version=__version__,
+            origin=docstring_text(str(origin)),
+        ),
+        encoding="utf-8",
     )
     return folder
+
+
+def docstring_text(text: str) -> str:
+    """Return ``text`` escaped to sit inside a triple-quoted docstring:
+    backslashes, double quotes and unprintable characters as escapes."""
+    pieces = []
+    for char in text:
+        if char == '"':
+            pieces.append('\\"')
+        elif char == "\\" or not char.isprintable():
+            pieces.append(repr(char)[1:-1])
+        else:
+            pieces.append(char)
+    return "".join(pieces)
