@@ -212,3 +212,8 @@ def test_lrn_forward_only_net():
     assert net.slots.find("work", "lrn", "denominator") is None
     net.forward()
     np.testing.assert_allclose(net.blobs["y"], reference_lrn(x, layer), rtol=1e-12)
+
+
+def test_lrn_power_times_scale_overflow_rejected():
+    with pytest.raises(ConfigError, match=r"'norm'.*product with power"):
+        LRNLayer(name="norm", power=1e300, scale=1e300, bottoms=["x"], tops=["y"])

@@ -133,3 +133,8 @@ def test_power_backward_reads_bottom():
 def test_power_invalid_field(field, value):
     with pytest.raises(ConfigError, match=rf"'pow1'.*invalid {field}="):
         PowerLayer(name="pow1", bottoms=["x"], tops=["y"], **{field: value})
+
+
+def test_power_times_scale_overflow_rejected():
+    with pytest.raises(ConfigError, match=r"'pow'.*overflows to infinity"):
+        PowerLayer(name="pow", power=1e200, scale=1e200, bottoms=["x"], tops=["y"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from mochac.layers._checks import check_int, check_number
@@ -72,6 +73,13 @@ class LRNLayer(Layer):
             self._fail("shift", self.shift, "a number > 0 (Mocha's default is 1)")
         if self.scale < 0:
             self._fail("scale", self.scale, "a number >= 0 (Mocha's default is 1)")
+        # The backward pass multiplies by 2 * power * scale, printed as a constant.
+        if not math.isfinite(2.0 * self.power * self.scale):
+            self._fail(
+                "scale",
+                self.scale,
+                f"a value whose product with power={self.power!r} is finite",
+            )
         if not isinstance(self.mode, (AcrossChannelLRN, WithinChannelLRN)):
             self._fail(
                 "mode", self.mode, "LRNMode.AcrossChannel() or LRNMode.WithinChannel()"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from mochac.errors import ConfigError
 from mochac.layers._checks import check_number
 from mochac.layers.base import Layer
 
@@ -39,6 +41,13 @@ class PowerLayer(Layer):
     def validate(self):
         for field in ("power", "scale", "shift"):
             check_number(self, field)
+        # The backward pass multiplies by power * scale, printed as a constant.
+        if not math.isfinite(self.power * self.scale):
+            raise ConfigError(
+                f"{self.title}: power={self.power!r} times scale={self.scale!r} "
+                "overflows to infinity, which the gradient multiplies by; use "
+                "smaller values"
+            )
 
     def infer_shapes(self, bottom_shapes):
         return list(bottom_shapes)
