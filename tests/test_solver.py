@@ -304,6 +304,21 @@ def test_training_summary_and_lounge(tmp_path, caplog):
     assert values[-1] < values[0]
 
 
+def test_lounge_round_trips_names_with_slash(tmp_path):
+    """Caffe's layer names contain '/', which HDF5 reads as a path."""
+    from mochac.runtime.coffee_lounge import CoffeeLounge, read_statistics
+
+    stats = tmp_path / "statistics.h5"
+    lounge = CoffeeLounge(save_into=stats)
+    lounge.update(0, "loss3/top-1-accuracy", 0.25)
+    lounge.update(0, "odd%2Fname", 0.5)
+    lounge.save()
+    expected = {"loss3/top-1-accuracy": {0: 0.25}, "odd%2Fname": {0: 0.5}}
+    assert read_statistics(stats) == expected
+    merged = CoffeeLounge(save_into=stats, file_exists="merge")
+    assert merged.statistics == expected
+
+
 def test_lounge_panics_on_existing_file(tmp_path):
     stats = tmp_path / "statistics.h5"
     stats.write_bytes(b"")

@@ -2,7 +2,8 @@
 
 Each statistic (obj_val, learning_rate, accuracy-accuracy, ...) is a series
 of (iteration, value) pairs. The file holds one group per statistic with the
-datasets ``iterations`` and ``values``.
+datasets ``iterations`` and ``values``, and the statistic's name in the
+attribute ``name`` (the group name escapes '/' as %2F and '%' as %25).
 """
 
 from __future__ import annotations
@@ -65,7 +66,13 @@ class CoffeeLounge:
     def save(self):
         def fill(handle):
             for name, series in self.statistics.items():
-                group = handle.create_group(name)
+                # HDF5 reads '/' as a path separator (Caffe layer names such
+                # as 'loss3/top-1' contain it), so the group name escapes it
+                # and an attribute keeps the statistic's name.
+                group = handle.create_group(
+                    name.replace("%", "%25").replace("/", "%2F")
+                )
+                group.attrs["name"] = name
                 iterations = np.array(sorted(series), dtype=np.int64)
                 group.create_dataset("iterations", data=iterations)
                 group.create_dataset(
@@ -125,5 +132,9 @@ def _read_series(path, handle) -> dict[str, dict[int, float]]:
             )
         iterations = group["iterations"][()]
         values = group["values"][()]
-        stats[name] = {int(i): float(v) for i, v in zip(iterations, values)}
+        # Files of earlier versions name the statistic by the group alone.
+        stored = group.attrs.get("name", name)
+        if isinstance(stored, bytes):
+            stored = stored.decode("utf-8")
+        stats[str(stored)] = {int(i): float(v) for i, v in zip(iterations, values)}
     return stats
