@@ -129,3 +129,13 @@ def test_elf_problem_finds_truncation(tmp_path):
     for size in (0, 30, 64, 1000, len(data) // 2, len(data) - 1):
         copy.write_bytes(data[:size])
         assert elf_problem(copy) is not None, size
+
+
+def test_cache_folder_that_is_a_file(tmp_path, monkeypatch):
+    from mochac.errors import CompileError
+
+    blocker = tmp_path / "cache"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("MOCHAC_CACHE_DIR", str(blocker))
+    with pytest.raises(CompileError, match=r"MOCHAC_CACHE_DIR.*writable folder"):
+        cache_net(3)

@@ -46,9 +46,18 @@ COMPILE_ARGS = ["-O3", "-march=native", "-fopenmp", "-std=c99", "-Wno-unused-fun
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("MOCHAC_CACHE_DIR") or Path.home() / ".cache" / "mochac"
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    """Return the build cache folder, created if needed; raise CompileError
+    naming it when it cannot be."""
+    setting = os.environ.get("MOCHAC_CACHE_DIR")
+    path = Path(setting or Path.home() / ".cache" / "mochac")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        source = "MOCHAC_CACHE_DIR" if setting else "the default cache folder"
+        raise CompileError(
+            f"cannot use {path} ({source}) as the build cache: {error.strerror}; "
+            "set MOCHAC_CACHE_DIR to a writable folder"
+        ) from error
     return path
 
 
@@ -308,11 +317,15 @@ def build_extension(source: str, net_name: str):
             built = ffi.compile(tmpdir=tmp, verbose=False)
         except Exception as error:  # cffi raises VerificationError and others
             kept = folder / f"{module_name}.failed.c"
-            kept.write_text(source)
+            try:
+                kept.write_text(source)
+                where = f"the source is kept at {kept}"
+            except OSError as write_error:
+                where = f"the source could not be kept at {kept} ({write_error})"
             output = str(error)
             raise CompileError(
-                f"net '{net_name}': the C compiler failed on generated code; the "
-                f"source is kept at {kept}\n{output}",
+                f"net '{net_name}': the C compiler failed on generated code; "
+                f"{where}\n{output}",
                 output=output,
                 source_path=str(kept),
             ) from error
