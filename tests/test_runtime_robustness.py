@@ -25,6 +25,7 @@ from mochac import (
 )
 from mochac.layers.data import AsyncHDF5DataLayer
 from mochac.runtime.data_sources import make_source
+from mochac.runtime.snapshot import save_snapshot
 
 RNG = np.random.default_rng(3)
 X = RNG.random((8, 1, 3, 3)).astype(np.float32)
@@ -52,8 +53,18 @@ def small_net(data_layer=None):
         lambda net: net.objective(),
         lambda net: net.forward_layer("ip"),
         lambda net: net.backward_layer("ip"),
+        lambda net: net.load_batch(),
+        lambda net: net.statistics(),
+        lambda net: save_snapshot("unused.h5", net),
     ],
-    ids=["objective", "forward_layer", "backward_layer"],
+    ids=[
+        "objective",
+        "forward_layer",
+        "backward_layer",
+        "load_batch",
+        "statistics",
+        "save_snapshot",
+    ],
 )
 def test_destroyed_net_rejects_calls(call):
     net = small_net()

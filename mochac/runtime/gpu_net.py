@@ -353,6 +353,7 @@ class GPUNet(Net):
         for the copy stream, then copies the device staging buffers into the
         tops.
         """
+        self._check_alive()
         if not self.sources:
             return 0
         sources = list(self.sources.values())

@@ -366,6 +366,7 @@ class Net:
 
     def load_batch(self) -> int:
         """Fill the data layers' tops with their next batch; return n_valid."""
+        self._check_alive()
         n_valid = None
         for source in self.sources.values():
             outputs = [self.blobs[top] for top in source.layer.tops]
@@ -524,6 +525,7 @@ class Net:
         batch, the samples that wrapped around to the start of the data are
         left out.
         """
+        self._check_alive()
         stats = {}
         sums = self.loss_sums
         for info in self.ir.layers:

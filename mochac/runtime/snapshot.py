@@ -260,6 +260,8 @@ def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> P
     NumericalError, and writes nothing, when a parameter or buffer contains
     NaN or infinite values.
     """
+    # A destroyed net's arrays are gone; saving it would write an empty model.
+    net._check_alive()
     buffers = dict(buffers or {})
     if history is not None:
         buffers["history"] = history
