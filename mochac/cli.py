@@ -118,6 +118,7 @@ def compile_command(args) -> int:
         module_name,
         write_module,
     )
+    from mochac.passes.pipeline import enabled_passes
     from mochac.report import format_report, net_report, net_to_dot
     from mochac.runtime.net import Net
 
@@ -128,6 +129,12 @@ def compile_command(args) -> int:
     for option, value in (("--report-json", args.report_json), ("--dot", args.dot)):
         if value:
             check_output_file(value, option)
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        logger.error("-o %s: exists and is not a folder; name a folder", out)
+        return 2
+    # The options are checked before the file runs and builds its nets.
+    enabled_passes(args.opt_level, args.disable)
     nets = find_nets(path)
     if not nets:
         logger.error(
@@ -135,10 +142,6 @@ def compile_command(args) -> int:
             'net = Net("name", CPUBackend(), layers)',
             path,
         )
-        return 2
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        logger.error("-o %s: exists and is not a folder; name a folder", out)
         return 2
     if args.backend == "cuda":
         return compile_cuda(nets, out, args)

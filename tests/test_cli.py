@@ -128,9 +128,14 @@ def test_compile_at_o0_runs_no_pass(tmp_path):
     assert report["arena_bytes"] == report["unplanned_bytes"]
 
 
-def test_compile_rejects_unknown_pass(tmp_path, caplog):
+def test_compile_rejects_unknown_pass(tmp_path, caplog, monkeypatch):
     net_file = tmp_path / "net.py"
     net_file.write_text(NET_FILE)
+
+    def run_file(path):
+        raise AssertionError("the options must be checked before the file runs")
+
+    monkeypatch.setattr("mochac.cli.find_nets", run_file)
     args = ["compile", str(net_file), "-o", str(tmp_path / "out"), "--disable", "nope"]
     assert main(args) == 1
     assert "unknown pass name" in caplog.text
@@ -247,9 +252,14 @@ def test_compile_rejects_package_name_clash(tmp_path, caplog):
     assert not (tmp_path / "out").exists()
 
 
-def test_compile_rejects_output_file(tmp_path, caplog):
+def test_compile_rejects_output_file(tmp_path, caplog, monkeypatch):
     net_file = tmp_path / "net.py"
     net_file.write_text(NET_FILE)
+
+    def run_file(path):
+        raise AssertionError("-o must be checked before the file runs")
+
+    monkeypatch.setattr("mochac.cli.find_nets", run_file)
     existing_file = tmp_path / "existing"
     existing_file.write_text("a file")
     assert main(["compile", str(net_file), "-o", str(existing_file)]) == 2
