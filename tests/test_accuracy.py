@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 from gradcheck import build_net, preserved
 
-from mochac import AccuracyLayer, ConfigError, DataError
+from mochac import (
+    AccuracyLayer,
+    ConcatLayer,
+    ConfigError,
+    CPUBackend,
+    DataError,
+    MemoryDataLayer,
+    Net,
+)
 
 RNG = np.random.default_rng(23)
 
@@ -129,3 +137,27 @@ def test_accuracy_label_out_of_range(net, labels, shown, sample):
 def test_accuracy_invalid_dim():
     with pytest.raises(ConfigError, match=r"'acc1'.*invalid dim="):
         AccuracyLayer(name="acc1", bottoms=["pred", "label"], dim=None)
+
+
+def test_accuracy_of_blob_joined_along_batch():
+    """n_valid counts the data layers' samples; a blob of another batch size
+    (two batches joined along the batch axis) is counted whole."""
+    pred = np.eye(3)[[0, 1, 2, 0, 1, 2, 0, 1]]
+    label = np.array([0, 1, 2, 0, 2, 0, 1, 2], dtype=np.float64)[:, None]
+    layers = [
+        MemoryDataLayer(
+            name="a", batch_size=4, data=[pred[:4], label[:4]], tops=["pa", "la"]
+        ),
+        MemoryDataLayer(
+            name="b", batch_size=4, data=[pred[4:], label[4:]], tops=["pb", "lb"]
+        ),
+        ConcatLayer(name="cp", dim=-1, bottoms=["pa", "pb"], tops=["p"]),
+        ConcatLayer(name="cl", dim=-1, bottoms=["la", "lb"], tops=["l"]),
+        AccuracyLayer(name="acc", bottoms=["p", "l"]),
+    ]
+    net = Net("joined", CPUBackend(dtype=np.float64), layers)
+    net.forward()
+    stats = net.statistics()
+    expected = np.mean(pred.argmax(axis=1) == label[:, 0])
+    assert stats["acc-count"] == 8
+    assert stats["acc-accuracy"] == pytest.approx(expected)

@@ -462,6 +462,24 @@ def lower_softmax(info, ir, slots):
     return dict(pairs=pairs)
 
 
+def valid_unit(ir, batch: int, elements: int) -> int:
+    """Return how many of ``elements`` one valid sample counts for.
+
+    n_valid counts samples of the data layers' batch. A blob with another
+    batch size (a concatenation along the batch axis, say) is counted whole:
+    the unit is then all its elements, and n_valid * unit covers them.
+    """
+    data_batches = {
+        shape[0]
+        for layer in ir.layers
+        if layer.layer.is_source
+        for shape in layer.top_shapes
+    }
+    if data_batches and batch not in data_batches:
+        return elements
+    return elements // batch
+
+
 def label_context(info, ir, slots):
     """Values shared by layers that read class labels."""
     layer = info.layer
@@ -478,6 +496,7 @@ def label_context(info, ir, slots):
         acc=accumulates(info, 0),
         label=label,
         per_sample=outer * inner // batch,
+        valid_unit=valid_unit(ir, batch, outer * inner),
         layer_index=info.index,
     )
 

@@ -21,6 +21,7 @@ from mochac.codegen.lowering import (
     class_split,
     label_context,
     register_lowering,
+    valid_unit,
 )
 from mochac.layers.elementwise_loss import (
     BinaryCrossEntropyLossLayer,
@@ -107,20 +108,22 @@ def lower_softlabel_softmax_loss(info, ir, slots):
         acc=accumulates(info, 0),
         label=slots.get("data", layer.bottoms[1]).index,
         per_sample=prod(info.bottom_shapes[1][1:]),
-        positions_per_sample=outer * inner // info.bottom_shapes[0][0],
+        valid_unit=valid_unit(ir, info.bottom_shapes[0][0], outer * inner),
         layer_index=info.index,
         valid_values="probabilities in [0, 1]",
     )
 
 
-def elementwise_context(info, slots):
+def elementwise_context(info, ir, slots):
     """Slots and sizes of a layer whose two bottoms pair up element by element."""
     layer = info.layer
     first, dfirst = blob_slots(slots, layer.bottoms[0])
     second, dsecond = blob_slots(slots, layer.bottoms[1])
+    size = prod(info.bottom_shapes[0])
     return dict(
         N=info.bottom_shapes[0][0],
-        size=prod(info.bottom_shapes[0]),
+        size=size,
+        valid_unit=valid_unit(ir, info.bottom_shapes[0][0], size),
         per_sample=prod(info.bottom_shapes[1][1:]),
         layer_index=info.index,
         first=first,
@@ -134,12 +137,13 @@ def elementwise_context(info, slots):
 
 @register_lowering(SquareLossLayer, "square_loss")
 def lower_square_loss(info, ir, slots):
-    context = elementwise_context(info, slots)
+    context = elementwise_context(info, ir, slots)
     return dict(
         state=loss_state(info, slots),
         weight=float(info.layer.weight),
         N=context["N"],
         size=context["size"],
+        valid_unit=context["valid_unit"],
         pred=context["first"],
         label=context["second"],
         dpred=context["dfirst"],
@@ -155,7 +159,7 @@ def lower_hinge_loss(info, ir, slots):
         state=loss_state(info, slots),
         weight=float(info.layer.weight),
         valid_values="-1 or 1",
-        **elementwise_context(info, slots),
+        **elementwise_context(info, ir, slots),
     )
 
 
@@ -166,7 +170,7 @@ def lower_binary_cross_entropy_loss(info, ir, slots):
         weight=float(info.layer.weight),
         log_threshold=repr(LOG_THRESHOLD),
         valid_values="in [0, 1]",
-        **elementwise_context(info, slots),
+        **elementwise_context(info, ir, slots),
     )
 
 
@@ -177,7 +181,7 @@ def lower_gaussian_kl_loss(info, ir, slots):
         weight=float(info.layer.weight),
         checked_role="standard deviation",
         valid_values="> 0",
-        **elementwise_context(info, slots),
+        **elementwise_context(info, ir, slots),
     )
 
 
@@ -194,5 +198,5 @@ def lower_binary_accuracy(info, ir, slots):
         state=state.index,
         threshold=repr(float(info.layer.threshold)),
         valid_values="-1, 0 or 1 (0/1 or -1/+1 labels)",
-        **elementwise_context(info, slots),
+        **elementwise_context(info, ir, slots),
     )
