@@ -80,6 +80,10 @@ def _read_checked(handle, net, path: Path):
     missing = []
     for info in net.ir.layers:
         for spec in info.params:
+            if spec.key is not None:
+                # Another layer's array (a tied decoder's weight is its
+                # encoder's): the owner's dataset fills it.
+                continue
             key = dataset_name(info.name, spec.name)
             target = net.params[info.name][spec.name]
             stored = handle.get(key)
@@ -117,13 +121,20 @@ def _load(handle, net, path: Path, allow_missing: bool) -> dict[str, list[str]]:
             "them with their initializers"
         )
 
+    # Draw the initial values before changing anything.
+    fresh = [
+        (
+            key,
+            target,
+            spec.initializer.init(target.shape, net.backend.rng, net.backend.dtype),
+        )
+        for key, target, spec in optional_missing + missing
+    ]
     for key, target, values in copies:
         target[...] = net.backend.to_device(values.reshape(target.shape), target.dtype)
     initialized = []
-    for key, target, spec in optional_missing + missing:
-        target[...] = spec.initializer.init(
-            target.shape, net.backend.rng, net.backend.dtype
-        )
+    for key, target, values in fresh:
+        target[...] = values
         initialized.append(key)
     if optional_missing:
         logger.warning(

@@ -307,3 +307,36 @@ def test_caffe_failed_checksum_changes_nothing(tmp_path):
 )
 def test_shapes_match_table(stored, expected, fits):
     assert shapes_match(stored, expected) is fits
+
+
+def tied_net():
+    from mochac import TiedInnerProductLayer
+
+    x = RNG.normal(size=(2, 4))
+    layers = [
+        MemoryDataLayer(name="data", batch_size=2, data=[x], tops=["x"]),
+        InnerProductLayer(name="enc", output_dim=3, bottoms=["x"], tops=["code"]),
+        TiedInnerProductLayer(
+            name="dec", tied_param_key="enc", bottoms=["code"], tops=["out"]
+        ),
+    ]
+    return Net("tied", CPUBackend(dtype=np.float64, seed=2), layers)
+
+
+@pytest.mark.parametrize("allow_missing", [False, True])
+def test_caffe_tied_decoder_uses_encoder_weight(tmp_path, allow_missing):
+    rng = np.random.default_rng(5)
+    blobs = {
+        "enc___weight": rng.normal(size=(3, 4)),
+        "enc___bias": rng.normal(size=(3,)),
+        "dec___bias": rng.normal(size=(4,)),
+    }
+    path = write_model(tmp_path / "tied.h5", blobs)
+    net = tied_net()
+    result = load_caffe_hdf5(net, path, allow_missing=allow_missing)
+    assert sorted(result["loaded"]) == sorted(blobs)
+    assert result["initialized"] == []
+    np.testing.assert_allclose(
+        net.params["enc"]["weight"], blobs["enc___weight"].astype(np.float32)
+    )
+    assert net.params["dec"]["weight"] is net.params["enc"]["weight"]
