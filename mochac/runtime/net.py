@@ -54,11 +54,12 @@ def statistic_key(info) -> str:
 
 
 class Net:
-    """A net compiled for the CPU backend.
+    """A compiled net. ``Net(name, GPUBackend(), layers)`` returns a GPUNet
+    (mochac.runtime.gpu_net), which runs the same IR as CUDA kernels.
 
     Args:
         name: the net's name, used in logs and generated code.
-        backend: a CPUBackend.
+        backend: a CPUBackend or a GPUBackend.
         layers: the layer configs; order does not matter beyond breaking ties.
         force_backward: run backward for every layer that can back-propagate,
             even without a loss: every top of such a layer and every blob it
