@@ -320,3 +320,30 @@ def test_package_without_digest_loads(tmp_path):
     del meta["extension_size"], meta["extension_sha256"]
     (package / "net.json").write_text(json.dumps(meta))
     assert load_in_child(package) == "loaded"
+
+
+def test_package_embeds_relative_mean_file(tmp_path, monkeypatch):
+    """A SubMean's mean_file is read at compile time, so importing the package
+    from another folder reads no file."""
+    source = tmp_path / "source"
+    source.mkdir()
+    mean = np.array([0.25, -0.5], np.float32).reshape(2, 1, 1)
+    with h5py.File(source / "mean.h5", "w") as handle:
+        handle["mean"] = mean
+    net_file = source / "tiny.py"
+    net_file.write_text(
+        MEMORY_NET_FILE.replace(
+            'MemoryDataLayer(name="data", batch_size=4, data=[x, y])',
+            'MemoryDataLayer(name="data", batch_size=4, data=[x, y], transformers='
+            '[("data", DataTransformers.SubMean(mean_file="mean.h5"))])',
+        ).replace("SoftmaxLossLayer,\n", "SoftmaxLossLayer, DataTransformers,\n")
+    )
+    monkeypatch.chdir(source)
+    assert main(["compile", "tiny.py", "-o", str(tmp_path / "build")]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    net = load_net(tmp_path / "build" / "tiny")
+    net.forward()
+    expected = np.broadcast_to(-mean, (4, 2, 1, 1))
+    np.testing.assert_allclose(net.blobs["data"], expected)
