@@ -99,6 +99,7 @@ from mochac.runtime.gpu_backend import GPUBackend
 from mochac.runtime.lr_policy import LRPolicy
 from mochac.runtime.mom_policy import MomPolicy
 from mochac.runtime.net import Net
+from mochac.runtime.snapshot import save_snapshot
 from mochac.runtime.solver import SGD, Adam, Nesterov, Solver, make_solver_parameters
 from mochac.transformers import DataTransformers
 from mochac.version import __version__
@@ -189,6 +190,7 @@ __all__ = [
     "make_solver_parameters",
     "net2dot",
     "registry_reset",
+    "save_snapshot",
     "setup",
     "setup_coffee_lounge",
     "shutdown",

@@ -110,3 +110,22 @@ def test_log_to_console_twice_one_handler():
         for handler in list(root.handlers):
             if handler not in before:
                 root.removeHandler(handler)
+
+
+def test_save_snapshot_exported(tmp_path):
+    import numpy as np
+
+    import mochac
+
+    x = np.zeros((4, 2))
+    layers = [
+        mochac.MemoryDataLayer(batch_size=2, data=[x], tops=["x"]),
+        mochac.InnerProductLayer(name="ip", output_dim=3, bottoms=["x"], tops=["y"]),
+    ]
+    saved = mochac.Net("saved", mochac.CPUBackend(dtype=np.float64, seed=1), layers)
+    path = mochac.save_snapshot(tmp_path / "model.h5", saved)
+    loaded = mochac.Net("loaded", mochac.CPUBackend(dtype=np.float64, seed=2), layers)
+    mochac.load_snapshot(loaded, path)
+    np.testing.assert_array_equal(
+        loaded.params["ip"]["weight"], saved.params["ip"]["weight"]
+    )
