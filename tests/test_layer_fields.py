@@ -205,5 +205,5 @@ def test_numpy_bool_fields():
     ],
 )
 def test_required_field_left_out(make, field):
-    with pytest.raises(mochac.ConfigError, match=f"missing {field}, which is required"):
+    with pytest.raises(mochac.ConfigError, match=f"invalid {field}=0; .* is required"):
         make()

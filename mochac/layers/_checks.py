@@ -25,8 +25,8 @@ def check_int(layer, field, minimum=1, expected=None):
         if value == 0 and minimum == 1 and _default(layer, field) == 0:
             # A required field: 0 is its value when the caller leaves it out.
             raise ConfigError(
-                f"{layer.title}: missing {field}, which is required; expected "
-                f"{expected} (0 is its value when not given)."
+                f"{layer.title}: invalid {field}=0; expected {expected}. The field "
+                "is required, and 0 is its value when it is not given."
             )
         layer._fail(field, raw, expected)
     object.__setattr__(layer, field, value)
