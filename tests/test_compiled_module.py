@@ -347,3 +347,44 @@ def test_package_embeds_relative_mean_file(tmp_path, monkeypatch):
     net.forward()
     expected = np.broadcast_to(-mean, (4, 2, 1, 1))
     np.testing.assert_allclose(net.blobs["data"], expected)
+
+
+TWO_NETS_FILE = textwrap.dedent(
+    """
+    import numpy as np
+
+    from mochac import (
+        CPUBackend, InnerProductLayer, MemoryDataLayer, Net, SoftmaxLossLayer,
+    )
+
+    x = np.zeros((8, 2, 1, 1), np.float32)
+    y = np.zeros((8, 1), np.float32)
+    ip = InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["ip"])
+    backend = CPUBackend()
+    train = Net("pair_train", backend, [
+        MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
+        ip,
+        SoftmaxLossLayer(name="loss", bottoms=["ip", "label"]),
+    ])
+    test = Net("pair_test", backend, [
+        MemoryDataLayer(name="data", batch_size=4, data=[x], tops=["data"]),
+        ip,
+    ])
+    """
+)
+
+
+def test_make_net_keeps_shared_trained_values(tmp_path):
+    """A package net built on a backend that already has its parameters (the
+    train net of the same file, trained since) shares them unchanged."""
+    from mochac import CPUBackend
+
+    net_file = tmp_path / "pair.py"
+    net_file.write_text(TWO_NETS_FILE)
+    assert main(["compile", str(net_file), "-o", str(tmp_path / "build")]) == 0
+    backend = CPUBackend()
+    train = load_net(tmp_path / "build" / "pair_train", backend)
+    train.params["ip"]["weight"][...] = 7.0
+    test = load_net(tmp_path / "build" / "pair_test", backend)
+    assert test.params["ip"]["weight"] is train.params["ip"]["weight"]
+    assert np.all(train.params["ip"]["weight"] == 7.0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ from mochac.runtime.backend import CPUBackend
 from mochac.runtime.data_sources import make_source
 from mochac.runtime.snapshot import load_snapshot
 from mochac.serialize import from_json
+
+logger = logging.getLogger(__name__)
 
 METADATA = "net.json"
 PARAMS = "params.h5"
@@ -147,6 +150,13 @@ def load_net(folder, backend=None):
             "in it: run `mochac compile` again to rewrite the package"
         )
     layers = [from_json(item) for item in meta["layers"]]
+    # Arrays already on the backend belong to nets built before this one
+    # (a train net whose test net this is), and may have trained since.
+    shared = {
+        (key, name): backend.to_host(array).copy()
+        for key, arrays in backend.registry.items()
+        for name, array in arrays.items()
+    }
     deferred = {
         int(index): entry for index, entry in meta.get("deferred_sources", {}).items()
     }
@@ -177,6 +187,20 @@ def load_net(folder, backend=None):
             f"{error}; the compiled package {folder} is damaged: run `mochac "
             "compile` again to rewrite it"
         ) from error
+    used = {id(array) for arrays in net.params.values() for array in arrays.values()}
+    kept = []
+    for (key, name), values in shared.items():
+        array = backend.registry[key][name]
+        if id(array) in used:
+            array[...] = backend.to_device(values, array.dtype)
+            kept.append(f"{key}.{name}")
+    if kept:
+        logger.info(
+            "net '%s': kept the values of %s, shared with nets built earlier on "
+            "this backend, instead of the package's",
+            net.name,
+            ", ".join(kept),
+        )
     return net
 
 
