@@ -28,7 +28,7 @@ class TrainingSummary(CoffeeBreak):
 
     ``TrainingSummary()`` logs iteration and obj_val; pass names to pick:
     ``TrainingSummary("iter", "obj_val", "learning_rate", "momentum")``.
-    Every named statistic is also recorded in the coffee lounge.
+    Every named statistic but "iter" is also recorded in the coffee lounge.
     """
 
     KNOWN = ("iter", "obj_val", "learning_rate", "momentum")
