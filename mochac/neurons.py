@@ -73,7 +73,7 @@ class ReLU(Neuron):
 
     def c_forward(self, x):
         # A NaN input fails the comparison and passes through, as in Julia's
-        # max, so that the loss check sees it. epsilon is rounded to the
+        # max, so that the loss check detects it. epsilon is rounded to the
         # net's type in both directions, so the backward test matches.
         eps = f"(real){float(self.epsilon)!r}"
         return f"(({x}) <= {eps} ? {eps} : ({x}))"

@@ -423,8 +423,8 @@ class Net:
         """Return the objective and add each loss to its statistic's running sum.
 
         A loss kernel also writes the part of its batch mean that comes from
-        the first ``n_valid`` samples; times the batch size, that is their
-        summed loss, so the statistic leaves out wrapped-around samples.
+        the first ``n_valid`` samples. Times the batch size, that part is
+        their summed loss, so the statistic leaves out wrapped-around samples.
         """
         total = self.objective()
         self.forward_done = True
