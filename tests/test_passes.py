@@ -408,40 +408,33 @@ def test_inplace_rejected_for_aliased_bottoms(kind):
     assert_same(run(factory, 0, ()), run(factory, 1, ()))
 
 
-def test_kept_inplace_top_keeps_its_diff():
+def kept_pair(blob):
+    """Return the mixed net at -O0 and -O1 with ``blob`` kept, after one
+    forward and backward."""
     layers = mixed_layers(np.random.default_rng(0))
     nets = []
     for level in (0, 1):
         net = Net(
-            f"kept_top_o{level}",
+            f"kept_{blob}_o{level}",
             CPUBackend(dtype=np.float64, seed=1),
             layers,
             opt_level=level,
-            keep=["p1"],
+            keep=[blob],
         )
         net.forward()
         net.backward()
         nets.append(net)
-    reference, optimized = nets
+    return nets
+
+
+def test_kept_inplace_top_keeps_its_diff():
+    reference, optimized = kept_pair("p1")
     assert optimized.ir.data_root("p1") == "p1"
     np.testing.assert_allclose(optimized.diffs["p1"], reference.diffs["p1"], atol=1e-12)
 
 
 def test_kept_split_top_keeps_its_diff(mixed_net):
-    layers = mixed_layers(np.random.default_rng(0))
-    nets = []
-    for level in (0, 1):
-        net = Net(
-            f"kept_split_o{level}",
-            CPUBackend(dtype=np.float64, seed=1),
-            layers,
-            opt_level=level,
-            keep=["h_a"],
-        )
-        net.forward()
-        net.backward()
-        nets.append(net)
-    reference, optimized = nets
+    reference, optimized = kept_pair("h_a")
     np.testing.assert_allclose(
         optimized.diffs["h_a"], reference.diffs["h_a"], atol=1e-12
     )
