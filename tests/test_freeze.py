@@ -29,7 +29,8 @@ def data():
     return x, y
 
 
-def make_net(data, seed=4):
+def make_net(data, seed=4, **fields):
+    """Return the two-layer net; ``fields`` go to both inner products."""
     x, y = data
     layers = [
         MemoryDataLayer(batch_size=4, data=[x, y]),
@@ -39,8 +40,11 @@ def make_net(data, seed=4):
             neuron=Neurons.ReLU(),
             bottoms=["data"],
             tops=["h"],
+            **fields,
         ),
-        InnerProductLayer(name="ip2", output_dim=3, bottoms=["h"], tops=["out"]),
+        InnerProductLayer(
+            name="ip2", output_dim=3, bottoms=["h"], tops=["out"], **fields
+        ),
         SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
     ]
     return Net("freeze", CPUBackend(dtype=np.float64, seed=seed), layers)
@@ -70,26 +74,7 @@ def test_frozen_layer_keeps_params(data, method):
 
 
 def test_frozen_layer_skips_its_constraint(data):
-    x, y = data
-    layers = [
-        MemoryDataLayer(batch_size=4, data=[x, y]),
-        InnerProductLayer(
-            name="ip1",
-            output_dim=6,
-            weight_cons=mochac.L2Cons(0.1),
-            bottoms=["data"],
-            tops=["h"],
-        ),
-        InnerProductLayer(
-            name="ip2",
-            output_dim=3,
-            weight_cons=mochac.L2Cons(0.1),
-            bottoms=["h"],
-            tops=["out"],
-        ),
-        SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
-    ]
-    net = Net("frozen_cons", CPUBackend(dtype=np.float64, seed=4), layers)
+    net = make_net(data, weight_cons=mochac.L2Cons(0.1))
     before = snapshot_params(net)
     freeze(net, "ip1")
     train(net, SGD(), max_iter=2)
