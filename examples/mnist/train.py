@@ -93,7 +93,8 @@ def main():
         solver, save_into=args.snapshots / "statistics.h5", every_n_iter=1000
     )
     add_coffee_break(solver, TrainingSummary(), every_n_iter=100)
-    add_coffee_break(solver, Snapshot(args.snapshots), every_n_iter=5000)
+    snapshots = Snapshot(args.snapshots)
+    add_coffee_break(solver, snapshots, every_n_iter=5000)
 
     test_data = HDF5DataLayer(
         name="test-data", source=str(args.data / "test.txt"), batch_size=100
@@ -106,6 +107,10 @@ def main():
     start = time.perf_counter()
     state = solve(solver, net)
     elapsed = time.perf_counter() - start
+    if state.iter % 5000:
+        # A run shorter than the snapshot interval (--max-iter 300) would
+        # leave predict.py only the untrained snapshot of iteration 0.
+        snapshots.enjoy(solver, net)
     first_iter = solver.start_iter
     final = validation.evaluate()["accuracy-accuracy"]
     logger.info(
