@@ -90,7 +90,16 @@ def test_accuracy_accumulates_until_reset(net):
     assert net.statistics()["acc-accuracy"] == 0.0
 
 
-def test_accuracy_counts_valid_samples(net):
+def single_net(index):
+    """Return a net of LAYERS[index] alone, whose data layers share one batch
+    size, so that n_valid applies to it (lowering.counts_whole)."""
+    layer = LAYERS[index]
+    inputs = {name: INPUTS[name] for name in layer.bottoms}
+    return build_net(f"accuracy_{index}", [layer], inputs)
+
+
+def test_accuracy_counts_valid_samples():
+    net = single_net(0)
     net.forward_layer("acc", n_valid=3)
     right, count = net.states["acc"]
     assert count == 3
@@ -98,7 +107,8 @@ def test_accuracy_counts_valid_samples(net):
     assert net.statistics()["acc-count"] == 3
 
 
-def test_accuracy_spatial_valid_samples(net):
+def test_accuracy_spatial_valid_samples():
+    net = single_net(1)
     net.forward_layer("acc_spatial", n_valid=1)
     right, count = net.states["acc_spatial"]
     expected = reference_right(net.blobs["pred_spatial"], net.blobs["label_spatial"], 1)

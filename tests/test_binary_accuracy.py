@@ -85,13 +85,23 @@ def test_binary_accuracy_accumulates_until_reset(net):
     assert net.statistics()["acc_signs-accuracy"] == 0.0
 
 
-def test_binary_accuracy_counts_valid_samples(net):
+def single_net(name):
+    """Return a net of the layer ``name`` alone, whose data layers share one
+    batch size, so that n_valid applies to it (lowering.counts_whole)."""
+    (layer,) = [layer for layer in LAYERS if layer.name == name]
+    inputs = {blob: INPUTS[blob] for blob in layer.bottoms}
+    return build_net(f"binary_{name}", [layer], inputs)
+
+
+def test_binary_accuracy_counts_valid_samples():
+    net = single_net("acc_signs")
     net.forward_layer("acc_signs", n_valid=2)
     assert list(net.states["acc_signs"]) == [3, 4]
     assert net.statistics()["acc_signs-count"] == 4
 
 
-def test_binary_accuracy_ignores_labels_past_valid(net):
+def test_binary_accuracy_ignores_labels_past_valid():
+    net = single_net("acc_bits")
     net.blobs["bit"][3, 0] = 7.0
     net.forward_layer("acc_bits", n_valid=3)
     assert list(net.states["acc_bits"]) == [2, 3]

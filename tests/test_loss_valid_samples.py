@@ -10,6 +10,7 @@ import pytest
 
 from mochac import (
     BinaryCrossEntropyLossLayer,
+    ConcatLayer,
     CPUBackend,
     GaussianKLLossLayer,
     HingeLossLayer,
@@ -132,3 +133,49 @@ def test_objective_keeps_the_whole_batch_mean():
     objective = net.forward()
     pred, label = (array[[8, 9, 0, 1]] for array in arrays)
     assert objective == pytest.approx(((pred - label) ** 2).sum() / 8, rel=1e-12)
+
+
+def test_statistic_of_blob_joined_along_batch():
+    """Two batches of 4 joined along the batch axis are counted whole: the
+    statistic is the mean over all 8 samples of each joined batch."""
+    pred, label = CASES["square"][0]
+    layers = [
+        MemoryDataLayer(
+            name="a", batch_size=4, data=[pred[:4], label[:4]], tops=["pa", "la"]
+        ),
+        MemoryDataLayer(
+            name="b", batch_size=4, data=[pred[4:8], label[4:8]], tops=["pb", "lb"]
+        ),
+        ConcatLayer(name="cp", dim=-1, bottoms=["pa", "pb"], tops=["p"]),
+        ConcatLayer(name="cl", dim=-1, bottoms=["la", "lb"], tops=["l"]),
+        SquareLossLayer(name="loss", bottoms=["p", "l"]),
+    ]
+    net = Net("joined", CPUBackend(dtype=np.float64), layers)
+    stats = ValidationPerformance(net).evaluate()
+    expected = ((pred[:8] - label[:8]) ** 2).sum() / (2 * 8)
+    assert stats["loss-count"] == 8
+    assert stats["loss-square-loss"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_statistic_with_two_data_batch_sizes():
+    """n_valid is ambiguous when data layers differ in batch size; each loss
+    then counts its whole batches (here one epoch of the smaller layer)."""
+    pred, label = CASES["square"][0]
+    layers = [
+        MemoryDataLayer(
+            name="big", batch_size=4, data=[pred[:8], label[:8]], tops=["p4", "l4"]
+        ),
+        MemoryDataLayer(
+            name="small", batch_size=2, data=[pred[:4], label[:4]], tops=["p2", "l2"]
+        ),
+        SquareLossLayer(name="loss_big", bottoms=["p4", "l4"]),
+        SquareLossLayer(name="loss_small", bottoms=["p2", "l2"]),
+    ]
+    net = Net("two_sizes", CPUBackend(dtype=np.float64), layers)
+    stats = ValidationPerformance(net).evaluate()
+    big = ((pred[:8] - label[:8]) ** 2).sum() / (2 * 8)
+    small = ((pred[:4] - label[:4]) ** 2).sum() / (2 * 4)
+    assert stats["loss_big-count"] == 8
+    assert stats["loss_big-square-loss"] == pytest.approx(big, rel=1e-12)
+    assert stats["loss_small-count"] == 4
+    assert stats["loss_small-square-loss"] == pytest.approx(small, rel=1e-12)

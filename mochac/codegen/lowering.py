@@ -462,12 +462,13 @@ def lower_softmax(info, ir, slots):
     return dict(pairs=pairs)
 
 
-def valid_unit(ir, batch: int, elements: int) -> int:
-    """Return how many of ``elements`` one valid sample counts for.
+def counts_whole(ir, batch: int) -> bool:
+    """Return whether a blob of ``batch`` samples is counted whole in statistics.
 
-    n_valid counts samples of the data layers' batch. A blob with another
-    batch size (a concatenation along the batch axis, say) is counted whole:
-    the unit is then all its elements, and n_valid * unit covers them.
+    n_valid counts samples of the data layers' batch. It says nothing about
+    a blob of another batch size (two batches joined along the batch axis),
+    nor about any blob when the data layers' batch sizes differ; such blobs
+    count every sample of every batch.
     """
     data_batches = {
         shape[0]
@@ -475,7 +476,14 @@ def valid_unit(ir, batch: int, elements: int) -> int:
         if layer.layer.is_source
         for shape in layer.top_shapes
     }
-    if data_batches and batch not in data_batches:
+    return bool(data_batches) and data_batches != {batch}
+
+
+def valid_unit(ir, batch: int, elements: int) -> int:
+    """Return how many of ``elements`` one valid sample counts for: all of
+    them for a blob counted whole (counts_whole), so n_valid * unit covers
+    the blob."""
+    if counts_whole(ir, batch):
         return elements
     return elements // batch
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from mochac.codegen.build import build_extension, load_extension, source_digest
 from mochac.codegen.c_source import render_c
+from mochac.codegen.lowering import counts_whole
 from mochac.errors import (
     CompileError,
     ConfigError,
@@ -435,7 +436,8 @@ class Net:
                 valid_part = float(self.states[info.name][1])
                 running = sums.setdefault(info.name, [0.0, 0])
                 running[0] += valid_part * batch
-                running[1] += min(n_valid, batch)
+                whole = counts_whole(self.ir, batch)
+                running[1] += batch if whole else min(n_valid, batch)
         return total
 
     def backward(self):
