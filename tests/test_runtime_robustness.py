@@ -55,6 +55,7 @@ def small_net(data_layer=None):
         lambda net: net.backward_layer("ip"),
         lambda net: net.load_batch(),
         lambda net: net.statistics(),
+        lambda net: net.reset_statistics(),
         lambda net: save_snapshot("unused.h5", net),
     ],
     ids=[
@@ -63,6 +64,7 @@ def small_net(data_layer=None):
         "backward_layer",
         "load_batch",
         "statistics",
+        "reset_statistics",
         "save_snapshot",
     ],
 )

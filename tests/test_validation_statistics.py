@@ -161,6 +161,14 @@ def test_decay_on_validation_unknown_key_before_training(tmp_path):
     np.testing.assert_array_equal(net.params["ip"]["weight"], before)
 
 
+def test_decay_on_validation_accepts_count_key(tmp_path):
+    x, y = regression_data(n=10, features=4, seed=5)
+    net, solver, policy = diverging_solver(tmp_path, x, y)
+    policy.key = "loss-count"
+    solver.solve(net)
+    assert solver.state.iter == 4
+
+
 def dropout_layers(x, y, with_loss):
     data = MemoryDataLayer(batch_size=5, data=[x, y])
     drop = DropoutLayer(name="drop", ratio=0.5, bottoms=["data"], tops=["dropped"])

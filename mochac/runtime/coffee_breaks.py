@@ -94,10 +94,14 @@ class ValidationPerformance(CoffeeBreak):
             )
         self.test_net = test_net
         # The statistics evaluate() reports, known before any validation runs.
-        self.statistic_names = [
-            statistic_key(info)
+        reporting = [
+            info.name
             for info in test_net.ir.layers
             if info.layer.has_stats or info.layer.has_loss
+        ]
+        self.statistic_names = [
+            *(statistic_key(test_net.ir.layer(name)) for name in reporting),
+            *(f"{name}-count" for name in reporting),
         ]
         self.listeners = []
         self.last = {}

@@ -544,6 +544,8 @@ class Net:
         return stats
 
     def reset_statistics(self):
+        """Zero the accuracy counters and loss sums before a validation epoch."""
+        self._check_alive()
         for info in self.ir.layers:
             if info.layer.has_stats:
                 self.states[info.name][...] = 0
