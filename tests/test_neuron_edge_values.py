@@ -90,3 +90,24 @@ def test_nan_input_stops_training_at_the_loss():
     net = Net("nan", CPUBackend(dtype=np.float64, seed=1), layers)
     with pytest.raises(NumericalError, match="'loss'"):
         net.forward()
+
+
+@pytest.mark.parametrize(
+    ("channels", "expected"),
+    [
+        ([1.0, np.nan, 2.0], np.nan),
+        ([np.nan, 1.0, 2.0], np.nan),
+        ([1.0, 3.0, 2.0], 3.0),
+    ],
+)
+def test_max_channel_pooling_passes_nan(channels, expected):
+    from mochac.layers.channel_pooling import ChannelPoolingLayer
+
+    x = np.array(channels).reshape(1, 3, 1, 1)
+    data = MemoryDataLayer(batch_size=1, data=[x], tops=["x"])
+    pool = ChannelPoolingLayer(
+        name="pool", kernel=3, stride=3, bottoms=["x"], tops=["y"]
+    )
+    net = Net("channel_pool", CPUBackend(dtype=np.float64), [data, pool])
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["y"].ravel(), [expected])
