@@ -76,10 +76,10 @@ def test_each_net_runs_on_its_own_threads():
     # The OpenMP setting is shared by the whole process, so a net built later
     # with another count must not change the count of an earlier one.
     two = small_net("two_threads", 2)
-    one = small_net("one_thread", 1)
+    single = small_net("one_thread", 1)
     two.forward()
     assert openmp_threads_of_this_thread() == 2
-    one.forward()
+    single.forward()
     assert openmp_threads_of_this_thread() == 1
     two.backward()
     assert openmp_threads_of_this_thread() == 2

@@ -42,8 +42,8 @@ def softmax_case():
     # Two positions per sample: the class axis is 1, then a spatial axis.
     scores = RNG.normal(size=(N, 3, 2))
     label = RNG.integers(0, 3, size=(N, 1, 2)).astype(np.float64)
-    logp = log_softmax(scores, axis=1)
-    picked = np.take_along_axis(logp, label.astype(int), axis=1)
+    log_probs = log_softmax(scores, axis=1)
+    picked = np.take_along_axis(log_probs, label.astype(int), axis=1)
     return [scores, label], SoftmaxLossLayer, -picked.mean()
 
 

@@ -465,10 +465,10 @@ def lower_softmax(info, ir, slots):
 def counts_whole(ir, batch: int) -> bool:
     """Return whether a blob of ``batch`` samples is counted whole in statistics.
 
-    n_valid counts samples of the data layers' batch. It says nothing about
+    n_valid counts samples of the data layers' batch. It does not describe
     a blob of another batch size (two batches joined along the batch axis),
-    nor about any blob when the data layers' batch sizes differ; such blobs
-    count every sample of every batch.
+    or any blob when the data layers' batch sizes differ. Such blobs count
+    every sample of every batch.
     """
     data_batches = {
         shape[0]

@@ -9,8 +9,8 @@ the same values, so each of them can still be read. Two cases differ:
 - eliminate_splits makes every top of a split add its diff into the
   bottom's, so no top's own diff is stored anywhere.
 
-Net leaves these blobs out of ``net.blobs`` and ``net.diffs`` and says why
-when they are read.
+Net leaves these blobs out of ``net.blobs`` and ``net.diffs``, and reading
+one raises KeyError with the reason.
 
 NOTE: a top's diff is also the input of its layer's backward, so users may
 write it before backward (to back-propagate from a chosen gradient), and it

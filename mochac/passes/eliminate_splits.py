@@ -27,11 +27,11 @@ def eliminate_splits(ir, keep=frozenset()) -> PassReport:
     for info in ir.layers:
         if not isinstance(info.layer, SplitLayer) or info.eliminated:
             continue
-        kept = [top for top in info.layer.tops if top in keep]
-        if kept:
+        kept_tops = [top for top in info.layer.tops if top in keep]
+        if kept_tops:
             # A kept top needs a diff of its own, which only the split's
             # own backward (summing the tops' diffs) leaves readable.
-            logger.debug("split '%s' kept: the user keeps %s", info.name, kept)
+            logger.debug("split '%s' stays: the user keeps %s", info.name, kept_tops)
             continue
         bottom = info.layer.bottoms[0]
         saved = 0

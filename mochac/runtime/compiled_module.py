@@ -188,18 +188,18 @@ def load_net(folder, backend=None):
             "compile` again to rewrite it"
         ) from error
     used = {id(array) for arrays in net.params.values() for array in arrays.values()}
-    kept = []
+    restored = []
     for (key, name), values in shared.items():
         array = backend.registry[key][name]
         if id(array) in used:
             array[...] = backend.to_device(values, array.dtype)
-            kept.append(f"{key}.{name}")
-    if kept:
+            restored.append(f"{key}.{name}")
+    if restored:
         logger.info(
             "net '%s': kept the values of %s, shared with nets built earlier on "
             "this backend, instead of the package's",
             net.name,
-            ", ".join(kept),
+            ", ".join(restored),
         )
     return net
 

@@ -288,10 +288,10 @@ class DecayOnValidation:
         for validation in listening:
             names = getattr(validation, "statistic_names", None)
             if names is not None and self.key not in names:
-                shown = sorted(name for name in names if not name.endswith("-count"))
+                values = sorted(name for name in names if not name.endswith("-count"))
                 raise ConfigError(
                     f"LRPolicy.DecayOnValidation: the validation net reports no "
-                    f"statistic {self.key!r}; available: {', '.join(shown) or 'none'}"
+                    f"statistic {self.key!r}; available: {', '.join(values) or 'none'}"
                 )
         if not self.snapshot_folders(solver):
             raise ConfigError(

@@ -8,6 +8,7 @@ how a test net shares the train net's parameters.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from pathlib import Path
@@ -430,15 +431,23 @@ class Net:
         total = self.objective()
         self.forward_done = True
         sums = self.loss_sums
+        for name, batch, whole in self._loss_batches:
+            valid_part = float(self.states[name][1])
+            running = sums.setdefault(name, [0.0, 0])
+            running[0] += valid_part * batch
+            running[1] += batch if whole else min(n_valid, batch)
+        return total
+
+    @functools.cached_property
+    def _loss_batches(self) -> list[tuple[str, int, bool]]:
+        """Return (name, batch size, counted whole) of each loss layer, so the
+        forward pass does not derive them again (lowering.counts_whole)."""
+        entries = []
         for info in self.ir.layers:
             if info.layer.has_loss:
                 batch = info.bottom_shapes[0][0]
-                valid_part = float(self.states[info.name][1])
-                running = sums.setdefault(info.name, [0.0, 0])
-                running[0] += valid_part * batch
-                whole = counts_whole(self.ir, batch)
-                running[1] += batch if whole else min(n_valid, batch)
-        return total
+                entries.append((info.name, batch, counts_whole(self.ir, batch)))
+        return entries
 
     def backward(self):
         """Run back-propagation from the losses of the last forward pass."""

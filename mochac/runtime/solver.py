@@ -384,13 +384,12 @@ class Solver:
             self.lounge.maybe_save(state.iter, force=True)
 
         bar = self._progress_bar(state.iter, params["max_iter"])
-        # NOTE: train_step's objective is the loss of its own forward pass,
-        # before its update, so obj_val at iteration k is the loss of the
-        # parameters after k - 1 updates on batch k - 1, and iteration 1
-        # repeats iteration 0. Mocha and Caffe report the loss after k
-        # updates on batch k there: the same curve one iteration earlier.
-        # The parameters are the same; matching the labels would split the
-        # fused native (and CUDA graph) step at the update.
+        # NOTE: train_step returns the loss of its forward pass, which runs
+        # before its update. So obj_val at iteration k is the loss after
+        # k - 1 updates, and iteration 1 repeats iteration 0. Mocha's solve
+        # loop reports the loss after k updates: the same curve, one
+        # iteration earlier. Matching it would split the fused native step
+        # (and the CUDA graph) at the update.
         while state.iter < params["max_iter"]:
             last_epoch = self._epoch(net)
             self._apply_policies(state, net.backend.dtype)
