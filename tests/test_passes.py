@@ -329,7 +329,9 @@ def test_inplace_bottom_view_explains_itself(mixed_net):
 
 
 def test_split_top_diff_explains_itself(mixed_net):
-    with pytest.raises(KeyError, match="tops of split 'split' are summed"):
+    with pytest.raises(
+        KeyError, match=r"tops of split 'split' are summed.*keep=\['h_a'\]"
+    ):
         mixed_net.diffs["h_a"]
 
 
@@ -408,10 +410,11 @@ def test_inplace_rejected_for_aliased_bottoms(kind):
     assert_same(run(factory, 0, ()), run(factory, 1, ()))
 
 
-def kept_pair(blob):
-    """Return the mixed net at -O0 and -O1 with ``blob`` kept, after one
-    forward and backward."""
-    layers = mixed_layers(np.random.default_rng(0))
+def kept_pair(blob, layers=None):
+    """Return a net at -O0 and -O1 with ``blob`` kept, after one forward and
+    backward; the net is the mixed one unless ``layers`` is given."""
+    if layers is None:
+        layers = mixed_layers(np.random.default_rng(0))
     nets = []
     for level in (0, 1):
         net = Net(
@@ -441,6 +444,159 @@ def test_kept_split_top_keeps_its_diff(mixed_net):
     # Without keep, the split is gone and h_a's diff is summed with h_b's.
     with pytest.raises(KeyError, match="summed"):
         mixed_net.diffs["h_a"]
+
+
+def neuron_top_layers(case):
+    """Return a net of ``case`` "conv_tanh_top" or "pool_tanh_top": a
+    convolution and a pooling, one of them with a tanh neuron."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 1, 6, 6))
+    target = rng.normal(size=(2, 3))
+    tanh = Neurons.Tanh()
+    return [
+        MemoryDataLayer(name="data", batch_size=2, tops=["x", "t"], data=[x, target]),
+        ConvolutionLayer(
+            name="conv",
+            n_filter=2,
+            kernel=(3, 3),
+            neuron=tanh if case == "conv_tanh_top" else Neurons.Identity(),
+            bottoms=["x"],
+            tops=["c"],
+        ),
+        PoolingLayer(
+            name="pool",
+            kernel=(2, 2),
+            stride=(2, 2),
+            neuron=tanh if case == "pool_tanh_top" else Neurons.Identity(),
+            bottoms=["c"],
+            tops=["pooled"],
+        ),
+        InnerProductLayer(name="ip2", output_dim=3, bottoms=["pooled"], tops=["y"]),
+        SquareLossLayer(name="loss", bottoms=["y", "t"]),
+    ]
+
+
+def alias_case_layers(case):
+    """Return the net of ``case`` in ALIAS_CASES. In the vector cases the
+    kept blob "kept" aliases a blob that a pass rewrites."""
+    if case in ("conv_tanh_top", "pool_tanh_top"):
+        return neuron_top_layers(case)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6))
+    target = rng.normal(size=(2, 6))
+    neuron = Neurons.Tanh() if case == "neuron_top_alias" else Neurons.Identity()
+    layers = [
+        MemoryDataLayer(name="data", batch_size=2, tops=["x", "t"], data=[x, target]),
+        InnerProductLayer(
+            name="ip", output_dim=6, neuron=neuron, bottoms=["x"], tops=["h"]
+        ),
+    ]
+
+    if case == "inplace_top_alias":
+        # Dropout writes d over h; its backward writes h's diff over d's.
+        layers += [
+            DropoutLayer(name="drop", bottoms=["h"], tops=["d"]),
+            ReshapeLayer(name="grid", shape=(3, 2), bottoms=["d"], tops=["kept"]),
+        ]
+    elif case == "inplace_top_identity":
+        layers += [
+            SoftmaxLayer(name="soft", bottoms=["h"], tops=["p"]),
+            IdentityLayer(name="rename", bottoms=["p"], tops=["kept"]),
+        ]
+    elif case == "inplace_bottom_alias":
+        return layers + [
+            ReshapeLayer(name="grid", shape=(3, 2), bottoms=["h"], tops=["kept"]),
+            DropoutLayer(name="drop", bottoms=["kept"], tops=["d"]),
+            SquareLossLayer(name="loss_d", bottoms=["d", "t"]),
+        ]
+    elif case == "split_top_alias":
+        layers += [
+            SplitLayer(name="split", bottoms=["h"], tops=["h_a", "h_b"]),
+            ReshapeLayer(name="grid", shape=(3, 2), bottoms=["h_a"], tops=["kept"]),
+            InnerProductLayer(name="ip3", output_dim=6, bottoms=["h_b"], tops=["z"]),
+            SquareLossLayer(name="loss_z", bottoms=["z", "t"]),
+        ]
+    elif case == "neuron_top_alias":
+        layers += [
+            ReshapeLayer(name="grid", shape=(3, 2), bottoms=["h"], tops=["kept"]),
+        ]
+
+    return layers + [
+        PowerLayer(name="square", power=2.0, bottoms=["kept"], tops=["q"]),
+        InnerProductLayer(name="ip2", output_dim=6, bottoms=["q"], tops=["y"]),
+        SquareLossLayer(name="loss", bottoms=["y", "t"]),
+    ]
+
+
+ALIAS_CASES = {
+    # case: the kept blob
+    "inplace_top_alias": "kept",
+    "inplace_top_identity": "kept",
+    "inplace_bottom_alias": "kept",
+    "split_top_alias": "kept",
+    "neuron_top_alias": "kept",
+    "conv_tanh_top": "c",
+    "pool_tanh_top": "pooled",
+}
+
+
+@pytest.mark.parametrize("case", list(ALIAS_CASES))
+def test_kept_alias_matches_unoptimized(case):
+    """A kept blob that shares storage with a blob a pass rewrites (an
+    in-place layer's bottom or top, a split top, a neuron's output) shows its
+    -O0 data and diff, not the other blob's."""
+    blob = ALIAS_CASES[case]
+    reference, optimized = kept_pair(blob, alias_case_layers(case))
+    np.testing.assert_allclose(
+        optimized.blobs[blob], reference.blobs[blob], rtol=0, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        optimized.diffs[blob], reference.diffs[blob], rtol=0, atol=1e-12
+    )
+
+
+def test_kept_alias_stays_an_alias():
+    """Keeping an alias blocks only the rewrite that would change its values:
+    the reshape still aliases its bottom, but dropout no longer writes over h
+    and the split stays a kernel. Over a neuron's output the reshape stays a
+    kernel, because the neuron rescales the bottom's diff."""
+    _, inplace = kept_pair("kept", alias_case_layers("inplace_top_alias"))
+    assert inplace.ir.layer("grid").eliminated
+    assert inplace.ir.data_root("kept") == "d"
+    _, split = kept_pair("kept", alias_case_layers("split_top_alias"))
+    assert split.ir.layer("grid").eliminated
+    assert not split.ir.layer("split").eliminated
+    _, neuron = kept_pair("kept", alias_case_layers("neuron_top_alias"))
+    assert not neuron.ir.layer("grid").eliminated
+
+
+def test_unread_alias_survives_inplace():
+    """A reshape top that no layer reads stays readable: dropout does not
+    write over the storage it shares."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6))
+    target = rng.normal(size=(2, 6))
+    layers = [
+        MemoryDataLayer(name="data", batch_size=2, tops=["x", "t"], data=[x, target]),
+        InnerProductLayer(name="ip", output_dim=6, bottoms=["x"], tops=["h"]),
+        ReshapeLayer(name="grid", shape=(3, 2), bottoms=["h"], tops=["h_grid"]),
+        DropoutLayer(name="drop", bottoms=["h"], tops=["d"]),
+        SquareLossLayer(name="loss", bottoms=["d", "t"]),
+    ]
+    nets = []
+    for level in (0, 1):
+        net = Net(
+            f"unread_o{level}",
+            CPUBackend(dtype=np.float64, seed=1),
+            layers,
+            opt_level=level,
+        )
+        net.forward()
+        nets.append(net)
+    reference, optimized = nets
+    np.testing.assert_allclose(
+        optimized.blobs["h_grid"], reference.blobs["h_grid"], rtol=0, atol=1e-12
+    )
 
 
 def test_unknown_pass_name():

@@ -7,9 +7,14 @@ storage.
 Safe only when, for the bottom's whole storage (every blob aliased to it):
 the layer is marked inplace_capable, no other layer reads the storage later
 in forward, the layer reads it through no other bottom, no backward pass
-reads the storage's data (the producer's or the layer's own), the storage
-is not a data layer's output or a blob the user keeps, the top is not kept
-either, and shapes match. A rejected candidate is logged at debug level.
+reads the storage's data (the producer's or the layer's own), no blob of
+the storage is a data layer's output, kept by the user or read by no layer
+(such blobs stay readable after forward), the top is not kept either, and
+shapes match. A rejected candidate is logged at debug level.
+
+The pipeline adds to ``keep`` the blobs that kept identity and reshape tops
+will alias, so keeping an alias of the bottom or of the top counts as
+keeping that blob.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ def _rejection_reason(ir, info, bottom, top, keep) -> str | None:
         return "shapes differ"
     if any(name in keep for name in group):
         return f"'{root}' is kept for the user"
+    # A blob that no layer reads stays readable after forward, as if kept.
+    unread = [name for name in group if not ir.blobs[name].consumers]
+    if unread:
+        return f"'{unread[0]}', which shares the storage, is read by no layer"
     if top in keep:
         return f"the top '{top}' is kept for the user, with a diff of its own"
     # The layer's other bottoms are read after this pair's top is written,

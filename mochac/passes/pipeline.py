@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 
 from mochac.errors import ConfigError
-from mochac.passes.eliminate_identity import eliminate_identity
+from mochac.passes.eliminate_identity import (
+    eliminate_identity,
+    keep_with_aliased_bottoms,
+)
 from mochac.passes.eliminate_splits import eliminate_splits
 from mochac.passes.fuse_inplace import fuse_inplace
 from mochac.passes.fuse_neurons import fuse_neurons
@@ -106,15 +109,19 @@ def run_ir_passes(ir, opt_level: int = 1, disable=(), keep=frozenset()):
     """Run the enabled IR passes on ``ir`` in place; return their reports.
 
     Each report carries ``before`` and ``after``: the ir_counts around it.
+    The passes leave the data and diff of every blob in ``keep`` as they are
+    at -O0. When eliminate_identity runs, ``keep`` first gains the bottoms
+    that kept identity and reshape tops will alias (keep_with_aliased_bottoms).
     """
+    enabled = enabled_passes(opt_level, disable)
+    if "eliminate_identity" in enabled:
+        keep = keep_with_aliased_bottoms(ir, keep)
     reports = []
-    for name in enabled_passes(opt_level, disable):
+    for name in enabled:
         if name not in IR_PASSES:
             continue
         before = ir_counts(ir)
-        function = IR_PASSES[name]
-        uses_keep = name in ("fuse_inplace", "eliminate_splits")
-        report = function(ir, keep) if uses_keep else function(ir)
+        report = IR_PASSES[name](ir, keep)
         report.before, report.after = before, ir_counts(ir)
         for change in report.changes:
             logger.debug("%s: %s", name, change)

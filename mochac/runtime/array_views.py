@@ -142,13 +142,10 @@ def blob_views(net, pinned: set[int]) -> tuple[BlobViews, BlobViews]:
             shared = (overwritten if kind == "data" else merged).get(name)
             if shared is not None:
                 reason, pass_name = shared
-                remedy = (
-                    f"keep=['{name}'] to Net, or "
-                    if pass_name == "fuse_inplace" and kind == "data"
-                    else ""
-                )
+                # Keeping the blob stops the in-place write or keeps the split
+                # (mochac.passes), so either view becomes readable.
                 views.hidden[name] = (
-                    f"{reason} ({pass_name}); pass {remedy}"
+                    f"{reason} ({pass_name}); pass keep=['{name}'] to Net, or "
                     f"disable=('{pass_name}',) to Net to read it"
                 )
             elif net.plan is not None and slot.index not in pinned:
