@@ -84,6 +84,15 @@ class L2Cons(Constraint):
             rows[over] *= scale[:, np.newaxis].astype(param.dtype)
 
 
+def constraints_due(net, iteration: int) -> bool:
+    """Return whether some parameter's constraint is due after update ``iteration``."""
+    return any(
+        spec.constraint is not None and spec.constraint.is_due(iteration)
+        for info in net.ir.layers
+        for spec in info.params
+    )
+
+
 def apply_constraints(net, iteration: int):
     """Apply each parameter's constraint that is due after update ``iteration``.
 

@@ -309,6 +309,44 @@ def test_graph_steps_match_step_by_step(cupy):
             assert np.array_equal(graphed.params[layer][name].get(), array.get())
 
 
+def test_solver_steps_match_cpu(cupy):
+    """The solver's order (update, then forward and backward), replayed from
+    CUDA graphs, with a separate update where constraints would run, gives
+    the CPU's objectives and parameters."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(10, 1, 28, 28))
+    y = rng.integers(0, 10, size=(10, 1)).astype(float)
+
+    def layers():
+        return [
+            MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
+            *lenet(4)[1:],
+        ]
+
+    cpu, gpu = twin_nets(layers)
+    methods = {cpu: Nesterov(), gpu: Nesterov()}
+    for net in (cpu, gpu):
+        objectives = [net.forward_backward(methods[net], 0.0005)]
+        for iteration in range(9):
+            lr = 0.01 / (1 + iteration)
+            if iteration == 4:
+                net.apply_update(methods[net], lr, 0.9, 0.0005, iteration)
+                objectives.append(net.forward_backward(methods[net], 0.0005))
+            else:
+                step = net.solver_step(methods[net], lr, 0.9, 0.0005, iteration)
+                objectives.append(step)
+        net.objectives = objectives
+    np.testing.assert_allclose(gpu.objectives, cpu.objectives, rtol=RTOL)
+    assert gpu.graphs.enabled
+    kinds = {key[0] for key in gpu.graphs.graphs}
+    assert "solver" in kinds
+    for layer, params in cpu.params.items():
+        for name, array in params.items():
+            np.testing.assert_allclose(
+                gpu.params[layer][name].get(), array, rtol=RTOL, atol=ATOL
+            )
+
+
 def test_nan_loss_in_graph_replay_leaves_parameters(cupy):
     # The third batch of four contains the NaN.
     _, gpu = twin_nets(nan_row_layers(12, 9))
@@ -415,6 +453,11 @@ def test_epoch_breaks_and_validation_as_on_cpu(cupy, tmp_path):
         solver.solve(net)
     assert records["gpu"].seen == records["cpu"].seen
     assert len(records["gpu"].seen) >= 3
+    # solve() ends before the batch that no update used, with nothing read
+    # ahead; one more step reads the next batch ahead.
+    assert only_source(gpu).pending is None
+    for net in (cpu, gpu):
+        net.train_step(SGD(), 0.1, 0.0, 0.0, 9)
     assert only_source(gpu).pending is not None
     # The train nets validate themselves: one epoch of the ten samples.
     statistics = {net.name: ValidationPerformance(net).evaluate() for net in (cpu, gpu)}

@@ -134,6 +134,10 @@ def test_host_gpunet_graphs(cupy):
     device_tests.test_graph_steps_match_step_by_step(cupy)
 
 
+def test_host_gpunet_solver_steps(cupy):
+    device_tests.test_solver_steps_match_cpu(cupy)
+
+
 def test_host_gpunet_graph_nan_loss(cupy):
     device_tests.test_nan_loss_in_graph_replay_leaves_parameters(cupy)
 

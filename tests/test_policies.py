@@ -21,6 +21,7 @@ from mochac import (
     make_solver_parameters,
 )
 from mochac.mocha_api import setup
+from mochac.runtime import resume_point
 from mochac.runtime.coffee_breaks import CoffeeBreak
 from mochac.runtime.solver import SolverState
 
@@ -243,6 +244,40 @@ def test_decayed_rate_drives_training(tmp_path):
     assert rates[1] == 0.1
     assert rates[2:4] == [pytest.approx(0.05)] * 2
     assert rates[4:7] == [pytest.approx(0.025)] * 3
+
+
+def test_decay_reload_recomputes_gradients(tmp_path):
+    net, solver, _ = decay_solver(
+        tmp_path, "loss", [0.5, 0.4, 0.6], higher_better=False, max_iter=4
+    )
+    checked = []
+
+    class GradientCheck(CoffeeBreak):
+        """After the decay at iteration 4: the gradients waiting for the
+        next update must be those of the reloaded parameters."""
+
+        def enjoy(self, solver, net):
+            if solver.state.iter != 4:
+                return
+            waiting = {
+                k: {n: g.copy() for n, g in v.items()} for k, v in net.grads.items()
+            }
+            with h5py.File(tmp_path / "snapshot-000002.h5") as reloaded:
+                for layer, params in net.params.items():
+                    for name, values in params.items():
+                        saved = reloaded[f"{layer}___{name}"][()]
+                        np.testing.assert_array_equal(values, saved)
+            # The same batch again, from the point before it was loaded.
+            resume_point.restore(net, net.resume_point)
+            net.forward_backward(solver.method, 0.0005)
+            for layer, grads in net.grads.items():
+                for name, grad in grads.items():
+                    np.testing.assert_array_equal(waiting[layer][name], grad)
+            checked.append(True)
+
+    solver.add_coffee_break(GradientCheck(), every_n_iter=2)
+    solver.solve(net)
+    assert checked == [True]
 
 
 def test_decay_on_validation_needs_snapshot(tmp_path):

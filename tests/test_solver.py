@@ -13,6 +13,7 @@ from mochac import (
     AccuracyLayer,
     Adam,
     CPUBackend,
+    DropoutLayer,
     InnerProductLayer,
     LRPolicy,
     MemoryDataLayer,
@@ -27,6 +28,7 @@ from mochac import (
     ValidationPerformance,
     make_solver_parameters,
 )
+from mochac.runtime.coffee_breaks import CoffeeBreak
 from mochac.runtime.solver import SolverState
 
 
@@ -144,6 +146,89 @@ def test_resume_is_exact(tmp_path):
             np.testing.assert_allclose(
                 resumed.params[layer][name], array, rtol=0, atol=1e-12
             )
+
+
+def test_obj_val_is_loss_after_update():
+    """Mocha's order: obj_val at iteration k is the loss after k updates, on
+    the batch whose gradients update k + 1 applies."""
+    x, y = toy_data()
+
+    def make_net():
+        backend = CPUBackend(dtype=np.float64, seed=4)
+        return Net("order", backend, classifier_layers(x, y))
+
+    # train_step j returns the loss of batch j on the parameters after
+    # j - 1 updates, which is obj_val at iteration j - 1.
+    reference, method = make_net(), SGD()
+    expected = [reference.train_step(method, 0.1, 0.9, 0.0005, j) for j in range(4)]
+    three_updates, method = make_net(), SGD()
+    for j in range(3):
+        three_updates.train_step(method, 0.1, 0.9, 0.0005, j)
+
+    net = make_net()
+    params = make_solver_parameters(
+        SGD(),
+        max_iter=3,
+        lr_policy=LRPolicy.Fixed(0.1),
+        mom_policy=MomPolicy.Fixed(0.9),
+    )
+    solver = Solver(SGD(), params, progress=False)
+    seen = []
+
+    class Record(CoffeeBreak):
+        def enjoy(self, solver, net):
+            seen.append((solver.state.iter, solver.state.obj_val))
+
+    solver.add_coffee_break(Record(), every_n_iter=1)
+    state = solver.solve(net)
+    assert [iteration for iteration, _ in seen] == [0, 1, 2, 3]
+    values = [value for _, value in seen]
+    np.testing.assert_allclose(values, expected, rtol=1e-12)
+    assert values[1] != values[0]
+    assert state.obj_val == values[-1]
+    for layer, arrays in three_updates.params.items():
+        for name, array in arrays.items():
+            np.testing.assert_allclose(net.params[layer][name], array, rtol=1e-12)
+    # The batch loaded after the last update waits for the next solve.
+    source = net.sources[0].state_dict()
+    assert source["position"] == three_updates.sources[0].state_dict()["position"]
+
+
+def dropout_train(folder, max_iter, snapshot_every=None, seed=5):
+    x, y = toy_data(n=10)
+    layers = [
+        MemoryDataLayer(batch_size=4, data=[x, y]),
+        InnerProductLayer(name="ip1", output_dim=6, bottoms=["data"], tops=["ip1"]),
+        DropoutLayer(name="drop", ratio=0.5, bottoms=["ip1"], tops=["dropped"]),
+        InnerProductLayer(name="ip2", output_dim=3, bottoms=["dropped"], tops=["ip2"]),
+        SoftmaxLossLayer(name="loss", bottoms=["ip2", "label"]),
+    ]
+    net = Net("dropout", CPUBackend(dtype=np.float64, seed=seed), layers)
+    params = make_solver_parameters(
+        SGD(),
+        max_iter=max_iter,
+        lr_policy=LRPolicy.Fixed(0.05),
+        mom_policy=MomPolicy.Fixed(0.9),
+        load_from=str(folder),
+    )
+    solver = Solver(SGD(), params, progress=False)
+    if snapshot_every:
+        solver.add_coffee_break(Snapshot(folder), every_n_iter=snapshot_every)
+    solver.solve(net)
+    return net
+
+
+@pytest.mark.parametrize("split", [3, 5])
+def test_resume_with_dropout_is_exact(tmp_path, split):
+    # A snapshot after 3 or 5 updates of batches of 4 from 10
+    # samples falls inside an epoch; the resumed run must load the same
+    # batches and draw the same dropout masks.
+    straight = dropout_train(tmp_path / "straight", 8)
+    dropout_train(tmp_path / "split", split, snapshot_every=split)
+    resumed = dropout_train(tmp_path / "split", 8, seed=99)
+    for layer, params in straight.params.items():
+        for name, array in params.items():
+            np.testing.assert_array_equal(resumed.params[layer][name], array)
 
 
 def test_resume_restores_momentum(tmp_path):
@@ -479,14 +564,32 @@ def test_last_step_nonfinite_parameters_raise(tmp_path):
     assert not (tmp_path / "snapshot-000001.h5").exists()
 
 
-def test_nan_loss_names_solver_settings():
+def test_diverged_update_names_parameter():
     net, solver = diverging_solver(max_iter=2)
+    pattern = r"last update \(iteration 1\), parameter 'weight' of layer 'ip1'"
+    with pytest.raises(mochac.NumericalError, match=pattern) as raised:
+        solver.solve(net)
+    assert "regu_coef 1e+300" in str(raised.value)
+    # The NaN loss of the forward pass after the update led to the check.
+    assert "loss layer 'loss'" in str(raised.value.__context__)
+
+
+def test_nan_loss_names_solver_settings():
+    x, y = toy_data()
+    # The second batch (samples 4 to 7) contains a NaN, which the forward
+    # pass after update 1 reads.
+    x[5, 2] = np.nan
+    net = Net("nan", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+    params = make_solver_parameters(SGD(), max_iter=3)
+    solver = Solver(SGD(), params, progress=False)
     with pytest.raises(mochac.NumericalError, match="loss layer 'loss'") as raised:
         solver.solve(net)
     message = str(raised.value)
+    assert "forward pass after this step's update" in message
     assert "Solver settings at iteration 1" in message
-    assert "regu_coef 1e+300" in message
+    assert "regu_coef 0.0005" in message
     assert "class weights" in message
+    assert np.isfinite(net.params["ip1"]["weight"]).all()
 
 
 def test_method_class_instead_of_instance():

@@ -49,10 +49,16 @@ struct mochac_step {
 int mochac_update(const struct mochac_param_update *updates, int n_updates,
                   const struct mochac_grad_sum *sums, int n_sums,
                   const struct mochac_step *step);
+int mochac_forward_backward(void **p, struct mochac_status *st, int n_valid,
+                            const unsigned char *skip);
 int mochac_train_step(void **p, struct mochac_status *st, int n_valid,
                       const struct mochac_param_update *updates, int n_updates,
                       const struct mochac_grad_sum *sums, int n_sums,
                       const struct mochac_step *step, const unsigned char *skip);
+int mochac_solver_step(void **p, struct mochac_status *st, int n_valid,
+                       const struct mochac_param_update *updates, int n_updates,
+                       const struct mochac_grad_sum *sums, int n_sums,
+                       const struct mochac_step *step, const unsigned char *skip);
 """
 
 

@@ -2,15 +2,16 @@
 
 A LeNet training step is about thirty kernel launches and GEMMs, each
 costing microseconds of Python and driver time. GPUNet captures the whole
-step (status reset, forward, loss check, backward, update) once into a
-CUDA graph with CuPy's stream capture, then replays it with one launch per
+step (status reset, forward, loss check, backward, and the update before
+or after them) once into a CUDA graph with CuPy's stream capture, then replays it with one launch per
 iteration. What changes between iterations stays out of the graph: the
 batch arrives by copies into the same device buffers, and the learning
 rate and momentum are written to the step block before each replay.
 
 A graph fixes the arguments of every launch, so there is one graph per
-number of valid samples in the batch (the last batch of an epoch may have
-fewer) and per set of update tables. The first step of each kind runs
+kind of step (train_step, solver_step, forward_backward), per number of
+valid samples in the batch (the last batch of an epoch may have fewer)
+and per set of update tables. The first step of each kind runs
 without a graph, so cuBLAS and CuPy allocate what they need outside the
 capture. If capturing fails (an older CuPy without stream capture, or a
 call that cannot be captured), the net logs the error once and launches
@@ -29,25 +30,25 @@ logger = logging.getLogger(__name__)
 
 
 class StepGraphs:
-    """The captured training steps of one GPUNet, keyed by (tables, n_valid)."""
+    """The captured steps of one GPUNet, keyed by (kind, tables, n_valid)."""
 
     def __init__(self, net, enabled: bool):
         self.net = net
         self.enabled = enabled
-        self.graphs: dict[tuple[int, int], object] = {}
+        self.graphs: dict[tuple[str, int, int], object] = {}
         self.tables = None
-        self.warm: set[tuple[int, int]] = set()
+        self.warm: set[tuple[str, int, int]] = set()
 
-    def run(self, tables, calls, n_valid: int) -> None:
-        """Enqueue one training step: a graph replay when one is captured or
-        can be, else the calls one by one."""
+    def run(self, tables, calls, n_valid: int, kind: str = "train") -> None:
+        """Enqueue one step of ``kind`` (GPUNet._step_calls): a graph replay
+        when one is captured or can be, else the calls one by one."""
         net = self.net
         if tables is not self.tables:
             # New tables point at other arrays: the old graphs are stale.
             self.graphs.clear()
             self.warm.clear()
             self.tables = tables
-        key = (id(tables), n_valid)
+        key = (kind, id(tables), n_valid)
         graph = self.graphs.get(key)
         if graph is None and self.enabled and key in self.warm:
             graph = self._capture(calls, n_valid)

@@ -45,7 +45,7 @@ from mochac.runtime import gpu_update
 from mochac.runtime.array_views import blob_views
 from mochac.runtime.data_sources import make_source
 from mochac.runtime.gpu_graphs import StepGraphs
-from mochac.runtime.net import Net
+from mochac.runtime.net import AFTER_UPDATE_NOTE, NO_UPDATE_NOTE, Net
 from mochac.runtime.outputs import make_output_state
 from mochac.runtime.read_ahead import ReadAhead
 
@@ -275,8 +275,9 @@ class GPUNet(Net):
                 call for _, calls in self.backward_by_layer for call in calls
             ]
             self.check_call = self._bind(Launch("mochac_check_losses", 1, 1))
-            # (tables, calls) of the last training step (_training_calls).
-            self._training_cache = (None, [])
+            # {kind: (tables, calls)} of the last step of each kind
+            # (_step_calls).
+            self._step_cache = {}
         except compile_errors as error:
             kept = cache_dir() / f"mochac_cuda_{source_digest(self.source)}.failed.cu"
             kept.write_text(self.source)
@@ -459,9 +460,9 @@ class GPUNet(Net):
             for call in calls:
                 call(n_valid)
 
-    def _finish(self):
+    def _finish(self, loss_note: str = ""):
         """Wait for the stream, copy the accumulators to the host and raise
-        what a kernel reported."""
+        what a kernel reported; ``loss_note`` as in Net._check."""
         with self.cupy.cuda.Device(self.backend.device):
             self.stream.synchronize()
             self.report_block.get(out=self.host_report)
@@ -473,7 +474,7 @@ class GPUNet(Net):
             index=int(wide[1]),
             value=float(raw[2]),
         )
-        self._check(self.status.code)
+        self._check(self.status.code, loss_note)
 
     def forward(self, load_data: bool = True) -> float:
         """Run one forward pass; return the objective (the sum of weighted losses).
@@ -525,43 +526,103 @@ class GPUNet(Net):
         if tables is None:
             objective = self.forward()
             self.backward()
-            with self.cupy.cuda.Device(self.backend.device):
-                method.numpy_update(self, learning_rate, momentum, regu_coef, iteration)
+            self._numpy_update(method, learning_rate, momentum, regu_coef, iteration)
             return objective
-        self._check_alive()
         step = gpu_update.step_block(method, learning_rate, momentum, iteration)
-        n_valid = self.load_batch()
+        return self._graph_step("train", tables, step, NO_UPDATE_NOTE)
+
+    def forward_backward(self, method, regu_coef) -> float:
+        """Run forward and backward on the next batch; return the objective.
+
+        As Net.forward_backward, with the steps enqueued at once (a CUDA
+        graph after the first) and the next batch read ahead.
+        """
+        tables = gpu_update.tables_for(self, method, regu_coef)
+        if tables is None:
+            objective = self.forward()
+            self.backward()
+            return objective
+        return self._graph_step("gradients", tables, None, "")
+
+    def apply_update(self, method, learning_rate, momentum, regu_coef, iteration=None):
+        """Update the parameters from the gradients of the last backward pass."""
+        self._check_alive()
+        tables = gpu_update.tables_for(self, method, regu_coef)
+        if tables is None:
+            self._numpy_update(method, learning_rate, momentum, regu_coef, iteration)
+            return
+        self._set_step_block(
+            gpu_update.step_block(method, learning_rate, momentum, iteration)
+        )
+        self._run(gpu_update.update_calls(self, tables), self._batch_size())
+
+    def solver_step(self, method, learning_rate, momentum, regu_coef, iteration=None):
+        """Run one solver iteration in Mocha's order; return the objective.
+
+        As Net.solver_step: the update from the last gradients, then forward
+        and backward on the next batch, enqueued at once as train_step's
+        steps are.
+        """
+        tables = gpu_update.tables_for(self, method, regu_coef)
+        if tables is None:
+            self._numpy_update(method, learning_rate, momentum, regu_coef, iteration)
+            objective = self.forward()
+            self.backward()
+            return objective
+        step = gpu_update.step_block(method, learning_rate, momentum, iteration)
+        return self._graph_step("solver", tables, step, AFTER_UPDATE_NOTE)
+
+    def _numpy_update(self, method, learning_rate, momentum, regu_coef, iteration):
+        with self.cupy.cuda.Device(self.backend.device):
+            method.numpy_update(self, learning_rate, momentum, regu_coef, iteration)
+
+    def _set_step_block(self, step) -> None:
         # The block keeps its values between steps, so a step with the same
         # learning rate and momentum as the last skips the copy.
         if not np.array_equal(step, self.host_step_block):
             with self.cupy.cuda.Device(self.backend.device):
                 self.step_block.set(step, stream=self.stream)
             self.host_step_block = step
-        self.graphs.run(tables, self._training_calls(tables), n_valid)
+
+    def _graph_step(self, kind: str, tables, step, loss_note: str) -> float:
+        """Load the next batch, enqueue the ``kind`` step's calls, read the
+        batch after it ahead and wait; return the objective. ``loss_note``
+        ends the message of a NaN loss."""
+        self._check_alive()
+        self.forward_done = False
+        n_valid = self.load_batch()
+        if step is not None:
+            self._set_step_block(step)
+        calls = self._step_calls(kind, tables)
+        self.graphs.run(tables, calls, n_valid, kind)
         self._read_ahead()
-        self._finish()
+        self._finish(loss_note)
         self._collect_outputs()
         return self._record_objective(n_valid)
 
-    def _training_calls(self, tables):
-        """Return the calls of one training step with ``tables``, built once
-        per tables: forward, the loss check, backward without the layers
-        that tables.skipped names, and the update."""
-        if self._training_cache[0] is not tables:
-            backward = [
-                call
-                for index, calls in self.backward_by_layer
-                if index not in tables.skipped
-                for call in calls
-            ]
-            calls = [
-                *self.forward_calls,
-                self.check_call,
-                *backward,
-                *gpu_update.update_calls(self, tables),
-            ]
-            self._training_cache = (tables, calls)
-        return self._training_cache[1]
+    def _step_calls(self, kind: str, tables):
+        """Return the calls of one step with ``tables``, built once per
+        tables: for "gradients" forward, the loss check and backward without
+        the layers that tables.skipped names; "train" adds the update after
+        them and "solver" before them."""
+        cached = self._step_cache.get(kind)
+        if cached is not None and cached[0] is tables:
+            return cached[1]
+        backward = [
+            call
+            for index, calls in self.backward_by_layer
+            if index not in tables.skipped
+            for call in calls
+        ]
+        gradients = [*self.forward_calls, self.check_call, *backward]
+        update = gpu_update.update_calls(self, tables)
+        calls = {
+            "gradients": gradients,
+            "train": [*gradients, *update],
+            "solver": [*update, *gradients],
+        }[kind]
+        self._step_cache[kind] = (tables, calls)
+        return calls
 
     def forward_layer(self, name: str, n_valid: int | None = None):
         """Run one layer's forward steps on the current blob contents (for tests)."""

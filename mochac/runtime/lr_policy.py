@@ -388,6 +388,9 @@ class DecayOnValidation:
                 buffers = read_solver_buffers(handle["solver"], path, net.params)
                 solver.method.load_buffers(buffers, net.backend)
         logger.info("reloaded parameters and solver state from %s", path)
+        # The gradients waiting for the next update came from the parameters
+        # just replaced.
+        solver.recompute_gradients()
 
 
 class LRPolicy:

@@ -55,6 +55,15 @@ def statistic_key(info) -> str:
     return f"{info.name}-{info.layer.statistic_name or 'loss'}"
 
 
+# Endings of the NaN-loss message of a training step: train_step checks the
+# loss before its update, solver_step after.
+NO_UPDATE_NOTE = (
+    " (this step did not update the parameters; earlier steps may already have "
+    "made them huge)"
+)
+AFTER_UPDATE_NOTE = " (the forward pass after this step's update)"
+
+
 class Net:
     """A compiled net. ``Net(name, GPUBackend(), layers)`` returns a GPUNet
     (mochac.runtime.gpu_net), which runs the same IR as CUDA kernels.
@@ -81,6 +90,11 @@ class Net:
     ``output_states[layer]`` is the runtime state of each output layer, such
     as a MemoryOutputLayer's ``outputs``.
     """
+
+    # Set by the solver while its coffee breaks run: the data position and
+    # random streams from before the batch already loaded, which snapshots
+    # record (mochac.runtime.resume_point).
+    resume_point = None
 
     def __new__(cls, name=None, backend=None, *args, **kwargs):
         # Net(name, GPUBackend(), layers) builds the CUDA backend's GPUNet.
@@ -310,7 +324,9 @@ class Net:
         if getattr(self, "destroyed", False):
             raise MochacError(f"net '{self.name}' was destroyed; build a new Net")
 
-    def _check(self, rc):
+    def _check(self, rc, loss_note: str = ""):
+        """Raise the error that return code ``rc`` reports; ``loss_note``
+        ends the message of a NaN or infinite loss."""
         if rc == 0:
             return
         status = self.status
@@ -344,9 +360,7 @@ class Net:
             raise NumericalError(
                 f"net '{self.name}': loss layer '{info.name}' computed {status.value}; "
                 "check the learning rate, regu_coef, the loss layers' class weights "
-                "and the input data for NaN or Inf (this "
-                "step did not update the parameters; earlier steps may already have "
-                "made them huge)"
+                f"and the input data for NaN or Inf{loss_note}"
             )
         raise MochacError(
             f"net '{self.name}': generated code returned unknown error code {rc}"
@@ -390,9 +404,7 @@ class Net:
         n_valid = self.load_batch() if load_data else self._batch_size()
         self._use_threads()
         self._check(self.lib.mochac_forward(self.pointers, self.status, n_valid))
-        for state in self.output_states.values():
-            state.collect(self.blobs)
-        return self._record_objective(n_valid)
+        return self._finish_forward(n_valid)
 
     def _use_threads(self):
         """Set OpenMP's thread count to this net's before calling into its code.
@@ -468,8 +480,9 @@ class Net:
 
         When the method has a native form (mochac.runtime.native_update),
         forward, backward and the update run in one call into the compiled
-        code, which releases the GIL. Otherwise the update runs in NumPy. A NaN or infinite loss
-        raises NumericalError before any parameter changes.
+        code, which releases the GIL. Otherwise the update runs in NumPy. A
+        NaN or infinite loss raises NumericalError before any parameter
+        changes.
         """
         self._check_alive()
         tables = native_update.tables_for(self, method, regu_coef)
@@ -481,10 +494,72 @@ class Net:
         step = native_update.step_values(
             self, method, learning_rate, momentum, iteration
         )
+        return self._native_step(
+            self.lib.mochac_train_step, tables, step, NO_UPDATE_NOTE
+        )
+
+    def forward_backward(self, method, regu_coef) -> float:
+        """Run forward and backward on the next batch; return the objective.
+
+        The backward pass leaves out the layers that only lead to frozen
+        ones, as train_step does. The gradients stay for the next
+        apply_update or solver_step. Raises NumericalError when a loss is NaN
+        or infinite.
+        """
+        self._check_alive()
+        tables = native_update.tables_for(self, method, regu_coef)
+        if tables is None:
+            objective = self.forward()
+            self.backward()
+            return objective
+        self.forward_done = False
         n_valid = self.load_batch()
         self._use_threads()
         self._check(
-            self.lib.mochac_train_step(
+            self.lib.mochac_forward_backward(
+                self.pointers, self.status, n_valid, tables.skip
+            )
+        )
+        return self._finish_forward(n_valid)
+
+    def apply_update(self, method, learning_rate, momentum, regu_coef, iteration=None):
+        """Update the parameters from the gradients of the last backward pass."""
+        self._check_alive()
+        method.update(self, learning_rate, momentum, regu_coef, iteration)
+
+    def solver_step(self, method, learning_rate, momentum, regu_coef, iteration=None):
+        """Run one solver iteration in Mocha's order; return the objective.
+
+        The update applies the gradients that the last forward_backward (or
+        solver_step) left, then forward and backward run on the next batch.
+        The objective is thus the loss after the update, which Mocha's
+        solver reports, and the new gradients wait for the next iteration.
+        With a native method the whole iteration is one call into the
+        compiled code.
+        """
+        self._check_alive()
+        tables = native_update.tables_for(self, method, regu_coef)
+        if tables is None:
+            method.update(self, learning_rate, momentum, regu_coef, iteration)
+            objective = self.forward()
+            self.backward()
+            return objective
+        step = native_update.step_values(
+            self, method, learning_rate, momentum, iteration
+        )
+        return self._native_step(
+            self.lib.mochac_solver_step, tables, step, AFTER_UPDATE_NOTE
+        )
+
+    def _native_step(self, entry, tables, step, loss_note: str) -> float:
+        """Load the next batch and run ``entry`` (mochac_train_step or
+        mochac_solver_step) on it with the update tables; return the
+        objective. ``loss_note`` ends the message of a NaN loss."""
+        self.forward_done = False
+        n_valid = self.load_batch()
+        self._use_threads()
+        self._check(
+            entry(
                 self.pointers,
                 self.status,
                 n_valid,
@@ -494,8 +569,12 @@ class Net:
                 tables.n_sums,
                 step,
                 tables.skip,
-            )
+            ),
+            loss_note,
         )
+        return self._finish_forward(n_valid)
+
+    def _finish_forward(self, n_valid: int) -> float:
         for state in self.output_states.values():
             state.collect(self.blobs)
         return self._record_objective(n_valid)

@@ -37,6 +37,7 @@ import numpy as np
 
 from mochac.durable_files import file_sha256, fsync_file, fsync_folder, parse_digest
 from mochac.errors import NumericalError, SnapshotError
+from mochac.runtime import resume_point
 from mochac.runtime.file_digest import (
     digest_path,
     verify_digest,
@@ -300,12 +301,14 @@ def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> P
             buffer_group = group.create_group(buffer_name)
             for key, values in arrays.items():
                 write_dataset(buffer_group, key, values)
+        # During the solver's coffee breaks the net has already loaded the
+        # next batch; the resume point is the state from before that load.
+        point = net.resume_point or resume_point.capture(net)
         streams = handle.create_group("rng")
-        for key, array in net.rng_states.items():
-            write_dataset(streams, key, host(array))
+        for key, values in point.streams.items():
+            write_dataset(streams, key, values)
         sources = handle.create_group("data_layers")
-        for index, source in net.sources.items():
-            state = source.state_dict()
+        for index, state in point.sources.items():
             item = sources.create_group(net.ir.layers[index].name)
             item.attrs["position"] = state["position"]
             item.attrs["epoch"] = state["epoch"]

@@ -9,9 +9,11 @@
     solver.add_coffee_break(TrainingSummary(), every_n_iter=100)
     solver.solve(net)
 
-Each iteration runs forward (on the next batch), backward, the update and the
-norm constraints due (mochac.constraints), in that order, then the coffee
-breaks due at the new iteration count.
+As in Mocha, forward and backward run once before the first iteration.
+Each iteration then runs the update, the norm constraints due
+(mochac.constraints), and forward and backward on the next batch, in that
+order, then the coffee breaks due at the new iteration count. So obj_val at
+iteration k is the loss after k updates.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mochac.constraints import apply_constraints
+from mochac.constraints import apply_constraints, constraints_due
 from mochac.errors import ConfigError, NumericalError, SnapshotError
+from mochac.runtime import resume_point
 from mochac.runtime.coffee_lounge import CoffeeLounge
 from mochac.runtime.mom_policy import MomPolicy
 from mochac.runtime.snapshot import (
@@ -328,18 +331,22 @@ class Solver:
 
     # --- the loop -------------------------------------------------------------
 
-    def _due(self, last_epoch: int, epoch: int):
-        for coffee_break, every_n_iter, every_n_epoch in self.breaks:
-            if (
-                every_n_iter is not None
-                and self.state.iter % every_n_iter == 0
-                or (
-                    every_n_epoch is not None
-                    and epoch != last_epoch
-                    and epoch % every_n_epoch == 0
-                )
-            ):
-                yield coffee_break
+    def _due(self, iteration: int, last_epoch: int, epoch: int) -> list:
+        """Return the coffee breaks due after update ``iteration``.
+
+        ``epoch`` and ``last_epoch`` are the data layers' epoch counts after
+        the batches that this update and the one before it applied.
+        """
+        return [
+            coffee_break
+            for coffee_break, every_n_iter, every_n_epoch in self.breaks
+            if (every_n_iter is not None and iteration % every_n_iter == 0)
+            or (
+                every_n_epoch is not None
+                and epoch != last_epoch
+                and epoch % every_n_epoch == 0
+            )
+        ]
 
     def _epoch(self, net) -> int:
         return min((source.epoch for source in net.sources.values()), default=0)
@@ -370,62 +377,121 @@ class Solver:
                 state.iter,
                 params["max_iter"],
             )
+            self.lounge.maybe_save(state.iter, force=True)
+            return state
         regu_coef = float(params["regu_coef"])
 
+        # Mocha's order: obj_val at iteration k is the loss after k updates,
+        # on the batch whose gradients update k + 1 applies. So forward and
+        # backward run once here, and each iteration then updates first and
+        # runs them on the next batch (Net.solver_step).
+        dtype = net.backend.dtype
+        epoch = self._epoch(net)
+        point = resume_point.capture(net)
+        state.obj_val = self._run_step(
+            lambda: net.forward_backward(self.method, regu_coef), regu_coef
+        )
         if state.iter == 0:
-            # Report the initial objective without using up a training batch.
-            saved = {i: s.state_dict() for i, s in net.sources.items()}
-            state.obj_val = net.forward()
-            for index, source in net.sources.items():
-                source.load_state_dict(saved[index])
-            self._apply_policies(state, net.backend.dtype)
-            for coffee_break in self._due(-1, -1):
-                coffee_break.enjoy(self, net)
+            self._apply_policies(state, dtype)
+            self._enjoy(self._due(0, -1, -1), net, point)
             self.lounge.maybe_save(state.iter, force=True)
 
         bar = self._progress_bar(state.iter, params["max_iter"])
-        # NOTE: train_step returns the loss of its forward pass, which runs
-        # before its update. So obj_val at iteration k is the loss after
-        # k - 1 updates, and iteration 1 repeats iteration 0. Mocha's solve
-        # loop reports the loss after k updates: the same curve, one
-        # iteration earlier. Matching it would split the fused native step
-        # (and the CUDA graph) at the update.
         while state.iter < params["max_iter"]:
-            last_epoch = self._epoch(net)
-            self._apply_policies(state, net.backend.dtype)
-            try:
-                state.obj_val = net.train_step(
-                    self.method,
-                    state.learning_rate,
-                    state.momentum,
-                    regu_coef,
-                    iteration=state.iter,
-                )
-            except NumericalError as error:
-                raise NumericalError(
-                    f"{error}. Solver settings at iteration {state.iter}: learning "
-                    f"rate {state.learning_rate:g}, momentum {state.momentum:g}, "
-                    f"regu_coef {regu_coef:g}; a large regu_coef or large class "
-                    "weights in a loss layer can also make a loss NaN or infinite"
-                ) from error
-            state.iter += 1
+            iteration = state.iter + 1
+            # The batches loaded so far are those whose gradients updates 1
+            # to ``iteration`` apply, so epoch breaks follow the updates.
+            last_epoch, epoch = epoch, self._epoch(net)
+            due = self._due(iteration, last_epoch, epoch)
+            self._apply_policies(state, dtype)
+            if due or iteration == params["max_iter"]:
+                point = resume_point.capture(net)
+            state.obj_val = self._iterate(net, iteration, regu_coef)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(obj_val=f"{state.obj_val:.4f}", refresh=False)
-            apply_constraints(net, state.iter)
             if state.iter == params["max_iter"]:
-                # Each forward pass checks the losses, so an update that makes
-                # parameters NaN or infinite is caught by the next iteration,
-                # except after the last one. This check runs before the last
-                # coffee breaks, so no snapshot saves such parameters.
+                # Each forward pass checks the losses, but a parameter that
+                # no loss depends on can still turn NaN. This check runs
+                # before the last coffee breaks, so no snapshot saves it.
                 self._check_parameters(net, regu_coef)
-            for coffee_break in self._due(last_epoch, self._epoch(net)):
-                coffee_break.enjoy(self, net)
+            self._enjoy(due, net, point)
             self.lounge.maybe_save(state.iter)
         if bar is not None:
             bar.close()
+        # The last forward pass loaded a batch that no update used; the next
+        # solve, or a resume from the final snapshot, loads it again.
+        resume_point.restore(net, point)
         self.lounge.maybe_save(state.iter, force=True)
         return state
+
+    def _iterate(self, net, iteration: int, regu_coef: float) -> float:
+        """Run update ``iteration``, the norm constraints due after it, then
+        forward and backward on the next batch; return the objective."""
+        state, method = self.state, self.method
+        values = (state.learning_rate, state.momentum, regu_coef, state.iter)
+        # From here on the parameters are those after update ``iteration``,
+        # which errors of the forward pass report.
+        state.iter = iteration
+        if not constraints_due(net, iteration):
+            return self._run_step(
+                lambda: net.solver_step(method, *values), regu_coef, net
+            )
+        # Constraints act on the updated parameters before the forward pass,
+        # so the update and the pass run as two calls.
+        net.apply_update(method, *values)
+        apply_constraints(net, iteration)
+        return self._run_step(
+            lambda: net.forward_backward(method, regu_coef), regu_coef, net
+        )
+
+    def _run_step(self, step, regu_coef: float, updated_net=None) -> float:
+        """Return step(), adding the solver settings to a NumericalError.
+
+        With ``updated_net`` (the step's update ran before its forward
+        pass), a parameter that the update made NaN or infinite is reported
+        in place of the loss it spoiled.
+        """
+        state = self.state
+        try:
+            return step()
+        except NumericalError as error:
+            if updated_net is not None:
+                self._check_parameters(updated_net, regu_coef)
+            raise NumericalError(
+                f"{error}. Solver settings at iteration {state.iter}: learning "
+                f"rate {state.learning_rate:g}, momentum {state.momentum:g}, "
+                f"regu_coef {regu_coef:g}; a large regu_coef or large class "
+                "weights in a loss layer can also make a loss NaN or infinite"
+            ) from error
+
+    def recompute_gradients(self) -> None:
+        """Run forward and backward again on the batch loaded last, for a
+        coffee break that changed the parameters (DecayOnValidation's
+        reload), so that the next update applies gradients of the current
+        parameters. Sets obj_val to the new loss."""
+        net = self.net
+        if net is None or net.resume_point is None:
+            raise ConfigError(
+                "Solver.recompute_gradients: no coffee break of a running solve; "
+                "call it from a coffee break's enjoy()"
+            )
+        regu_coef = float(self.params["regu_coef"])
+        resume_point.restore(net, net.resume_point)
+        self.state.obj_val = self._run_step(
+            lambda: net.forward_backward(self.method, regu_coef), regu_coef
+        )
+
+    def _enjoy(self, breaks: list, net, point) -> None:
+        """Run ``breaks`` with the net's resume point set to ``point``."""
+        if not breaks:
+            return
+        net.resume_point = point
+        try:
+            for coffee_break in breaks:
+                coffee_break.enjoy(self, net)
+        finally:
+            net.resume_point = None
 
     def _check_value_range(self, dtype) -> None:
         """Raise ConfigError for a solver parameter that overflows ``dtype``.

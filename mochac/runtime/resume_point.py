@@ -1,0 +1,47 @@
+"""The data position and random streams of a net before its latest batch.
+
+The solver follows Mocha's order (Solver.solve): once the update of
+iteration k is done, forward and backward already run on batch k + 1, whose
+gradients the update of iteration k + 1 applies. So a snapshot of
+iteration k records the data layers and random streams as they were before
+batch k + 1 was loaded. Resuming from it loads that batch again and draws
+the same dropout masks, as the uninterrupted run did. The solver captures
+the point before each step after which coffee breaks run, hands it to the
+net while they run (save_snapshot writes it), and moves the net back to it
+when training ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class ResumePoint:
+    """The state of each data layer (by layer index) and a host copy of each
+    random stream (by name), as save_snapshot writes them."""
+
+    sources: dict[int, dict]
+    streams: dict[str, np.ndarray]
+
+
+def capture(net) -> ResumePoint:
+    """Return the net's data layer states and random streams as they are now."""
+    return ResumePoint(
+        sources={index: source.state_dict() for index, source in net.sources.items()},
+        streams={
+            key: np.array(net.backend.to_host(array), copy=True)
+            for key, array in net.rng_states.items()
+        },
+    )
+
+
+def restore(net, point: ResumePoint) -> None:
+    """Move the net's data layers and random streams back to ``point``."""
+    for key, values in point.streams.items():
+        array = net.rng_states[key]
+        array[...] = net.backend.to_device(values, array.dtype)
+    for index, state in point.sources.items():
+        net.sources[index].load_state_dict(state)
