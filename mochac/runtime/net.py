@@ -80,8 +80,9 @@ class Net:
         opt_level: 1 (default) runs every pass of mochac.passes, 0 none.
         disable: names of passes to skip, e.g. ("plan_memory",).
         keep: blob names whose data and diff must stay readable after each
-            call. Data layer outputs, blobs no layer reads and the bottoms of
-            output layers are always kept.
+            call, with the values they have at opt_level 0 (identity and
+            reshape tops included). Data layer outputs, blobs no layer reads
+            and the bottoms of output layers are always kept.
 
     Views (NumPy arrays that alias the compiled net's memory):
         blobs[name], diffs[name], params[layer][param], grads[layer][param].
