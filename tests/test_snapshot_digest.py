@@ -195,7 +195,9 @@ def test_interrupted_overwrite_keeps_a_loadable_file(
     real_replace = os.replace
 
     def interrupt(source, target):
+        # One Ctrl-C: the renames after it run.
         if len(calls) == interrupted_at:
+            calls.append(None)
             raise KeyboardInterrupt
         calls.append(target)
         real_replace(source, target)
@@ -206,12 +208,35 @@ def test_interrupted_overwrite_keeps_a_loadable_file(
     monkeypatch.setattr(snapshot.os, "replace", real_replace)
     # An old file without a sidecar keeps none until the first rename.
     assert snapshot.verify_digest(path, "") == (old_sidecar or interrupted_at > 0)
+    if digest_path(path).exists():
+        # The sidecar lists only the digest of the file beside it, so
+        # sha256sum -c passes too.
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert digest_path(path).read_text() == f"{digest}  {path.name}\n"
+    assert not list(tmp_path.glob(".*.tmp"))
     net = make_net(seed=3)
     mochac.load_snapshot(net, path)
     expected = old if interrupted_at < 2 else new
     np.testing.assert_array_equal(
         net.params["ip1"]["weight"], expected.params["ip1"]["weight"]
     )
+
+
+def test_killed_overwrite_sidecar_repaired_on_load(tmp_path, caplog):
+    path = tmp_path / "snapshot-000002.h5"
+    save_snapshot(path, make_net(seed=1))
+    old_line = digest_path(path).read_text()
+    # A writer killed between the renames leaves the new file's digest first.
+    other = tmp_path / "other.h5"
+    save_snapshot(other, make_net(seed=2))
+    new_digest = hashlib.sha256(other.read_bytes()).hexdigest()
+    digest_path(path).write_text(f"{new_digest}  {path.name}\n{old_line}")
+    net = make_net(seed=3)
+    with caplog.at_level("INFO", logger="mochac"):
+        mochac.load_snapshot(net, path)
+    assert digest_path(path).read_text() == old_line
+    assert "left by a writer that was killed" in caplog.text
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_transitional_sidecar_lists_both_digests(tmp_path, monkeypatch):

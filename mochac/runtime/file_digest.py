@@ -12,24 +12,39 @@ written by other tools) is opened without this check.
 
 While a snapshot replaces an older file of the same name, the sidecar lists
 both digests, the new one first, so the file at the path matches it at
-every moment. A writer killed in that window leaves both lines; either
-file version loads (``sha256sum -c`` reports the other line as failed).
+every moment. A writer interrupted by an exception in that window (Ctrl-C)
+reduces the sidecar to the digest of the file at the path before it
+stops. One killed outright leaves both lines: either file version loads,
+and the first load keeps only the matching line, so that ``sha256sum -c``
+passes again.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 from mochac.durable_files import (
     DIGEST_LINE,
     digest_path,
     file_sha256,
+    fsync_file,
+    fsync_folder,
     parse_digest,
     write_digest,
 )
 from mochac.errors import SnapshotError
 
-__all__ = ["digest_path", "read_digests", "verify_digest", "write_digest"]
+__all__ = [
+    "digest_path",
+    "read_digests",
+    "rewrite_sidecar",
+    "verify_digest",
+    "write_digest",
+]
+
+logger = logging.getLogger(__name__)
 
 
 def read_digests(sidecar: Path, advice: str) -> list[str]:
@@ -78,6 +93,14 @@ def verify_digest(path, advice: str) -> bool:
         actual = file_sha256(path)
     except OSError as error:
         raise SnapshotError(f"cannot read {path}: {error}; {advice}") from error
+    if actual in expected and len(expected) > 1:
+        rewrite_sidecar(sidecar, f"{actual}  {path.name}\n")
+        logger.info(
+            "%s listed the digests of two versions of %s, left by a writer that "
+            "was killed; kept the digest of the file there",
+            sidecar,
+            path.name,
+        )
     if actual not in expected:
         raise SnapshotError(
             f"{path} does not match its SHA-256 digest in {sidecar.name}: the file "
@@ -86,3 +109,26 @@ def verify_digest(path, advice: str) -> bool:
             "without the check"
         )
     return True
+
+
+def rewrite_sidecar(sidecar: Path, line: str) -> None:
+    """Replace ``sidecar`` with the one digest ``line``.
+
+    A folder that rejects the write gets a warning and keeps the two-line
+    sidecar, which still loads.
+    """
+    # The name pattern of snapshot.temporary_path, so a leftover is removed.
+    temporary = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(line, encoding="ascii")
+        fsync_file(temporary)
+        os.replace(temporary, sidecar)
+        fsync_folder(sidecar.parent)
+    except OSError as error:
+        logger.warning(
+            "could not reduce %s to the digest of the file beside it: %s; "
+            "sha256sum -c reports its other line as failed",
+            sidecar,
+            error,
+        )
+        temporary.unlink(missing_ok=True)

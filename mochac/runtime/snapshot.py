@@ -40,6 +40,7 @@ from mochac.errors import NumericalError, SnapshotError
 from mochac.runtime import resume_point
 from mochac.runtime.file_digest import (
     digest_path,
+    rewrite_sidecar,
     verify_digest,
     write_digest,
 )
@@ -179,6 +180,8 @@ def write_atomically(path: Path, fill, digest: bool = False) -> None:
     temporary = temporary_path(path)
     sidecar = digest_path(path)
     sidecar_temporary = temporary_path(sidecar)
+    # The line of the file at ``path`` while the sidecar lists two digests.
+    matching_line = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(temporary, "w") as handle:
@@ -192,22 +195,29 @@ def write_atomically(path: Path, fill, digest: bool = False) -> None:
                 fsync_file(sidecar_temporary)
             os.replace(sidecar_temporary, sidecar)
             fsync_folder(path.parent)
+            matching_line = old_line
         else:
             sidecar.unlink(missing_ok=True)
         os.replace(temporary, path)
         if digest:
             fsync_folder(path.parent)
             if old_line is not None:
+                matching_line = new_line
                 sidecar_temporary.write_text(new_line, encoding="ascii")
                 fsync_file(sidecar_temporary)
                 os.replace(sidecar_temporary, sidecar)
                 fsync_folder(path.parent)
+            matching_line = None
     except OSError as error:
         raise SnapshotError(
             f"cannot write {path}: {first_line(error)}; check that {path.parent} "
             "is a writable folder with free space"
         ) from error
     finally:
+        if matching_line is not None:
+            # Interrupted while the sidecar lists both digests: keep the one
+            # of the file now at ``path``, so sha256sum -c passes.
+            rewrite_sidecar(sidecar, matching_line)
         for leftover in (temporary, sidecar_temporary):
             if leftover.exists():
                 leftover.unlink()
