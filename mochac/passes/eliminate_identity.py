@@ -3,6 +3,8 @@
 Before: the layer copies each bottom to its top, and each top diff back.
 After: each top's data and diff are its bottom's storage (a reshape keeps
 the bytes and changes only the shape); no kernel runs for the layer.
+DropoutLayer and RandomMaskLayer copy in a "test"-phase net, so there they
+become aliases too.
 
 A layer whose kept top would share the diff of a bottom that the bottom's
 producer may rewrite in backward (a neuron scales the diff by f'(y) in
@@ -13,12 +15,21 @@ from __future__ import annotations
 
 import logging
 
-from mochac.layers import IdentityLayer, ReshapeLayer
+from mochac.layers import DropoutLayer, IdentityLayer, RandomMaskLayer, ReshapeLayer
 from mochac.passes.report import PassReport
 
 logger = logging.getLogger(__name__)
 
 ALIAS_LAYERS = (IdentityLayer, ReshapeLayer)
+# Layers that copy their bottoms only in a "test"-phase net.
+TEST_PHASE_ALIAS_LAYERS = (DropoutLayer, RandomMaskLayer)
+
+
+def is_alias_layer(ir, info) -> bool:
+    """Return whether the layer's tops can alias its bottoms in this net."""
+    if isinstance(info.layer, ALIAS_LAYERS):
+        return True
+    return ir.phase == "test" and isinstance(info.layer, TEST_PHASE_ALIAS_LAYERS)
 
 
 def _reason_to_stay(ir, info, keep) -> str | None:
@@ -52,7 +63,7 @@ def keep_with_aliased_bottoms(ir, keep) -> frozenset[str]:
     while pending:
         name = pending.pop()
         info = ir.layers[ir.blobs[name].producer]
-        if not isinstance(info.layer, ALIAS_LAYERS) or info.eliminated:
+        if not is_alias_layer(ir, info) or info.eliminated:
             continue
         # A layer that stays a kernel gives its top storage of its own.
         if _reason_to_stay(ir, info, expanded) is not None:
@@ -68,7 +79,7 @@ def eliminate_identity(ir, keep=frozenset()) -> PassReport:
     report = PassReport("eliminate_identity")
     itemsize = ir.dtype.itemsize
     for info in ir.layers:
-        if not isinstance(info.layer, ALIAS_LAYERS) or info.eliminated:
+        if not is_alias_layer(ir, info) or info.eliminated:
             continue
         reason = _reason_to_stay(ir, info, keep)
         if reason is not None:
