@@ -18,6 +18,7 @@ from mochac import (
     make_solver_parameters,
 )
 from mochac.mocha_api import freeze, freeze_all, unfreeze
+from mochac.runtime.coffee_breaks import CoffeeBreak
 from mochac.runtime.solver import Adam, Nesterov
 
 
@@ -131,6 +132,44 @@ def test_frozen_net_matches_partial_training(data):
         rtol=0,
         atol=1e-12,
     )
+
+
+def test_unfreeze_in_coffee_break(data):
+    """The backward pass before the break skipped the frozen ip1, so the
+    solver must compute ip1's gradient again before the next update."""
+
+    class UnfreezeAtTwo(CoffeeBreak):
+        def enjoy(self, solver, net):
+            if solver.state.iter == 2:
+                unfreeze(net, "ip1")
+
+    net = make_net(data)
+    freeze(net, "ip1")
+    params = make_solver_parameters(
+        SGD(), max_iter=3, lr_policy=LRPolicy.Fixed(0.05), momentum=0.9
+    )
+    solver = Solver(SGD(), params, progress=False)
+    solver.add_coffee_break(UnfreezeAtTwo(), every_n_iter=1)
+    solver.solve(net)
+
+    # Updates 1 and 2 with ip1 frozen, then update 3 with it trainable, each
+    # from the gradients of its own batch.
+    reference = make_net(data)
+    freeze(reference, "ip1")
+    method = SGD()
+    for iteration in range(3):
+        if iteration == 2:
+            unfreeze(reference, "ip1")
+        reference.train_step(method, 0.05, 0.9, 0.0005, iteration)
+    for layer, arrays in reference.params.items():
+        for name, array in arrays.items():
+            np.testing.assert_allclose(
+                net.params[layer][name],
+                array,
+                rtol=0,
+                atol=1e-12,
+                err_msg=f"{layer}.{name}",
+            )
 
 
 def test_freeze_without_names_fails(data):

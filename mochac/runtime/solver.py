@@ -32,6 +32,7 @@ from mochac.constraints import apply_constraints, constraints_due
 from mochac.errors import ConfigError, NumericalError, SnapshotError
 from mochac.runtime import resume_point
 from mochac.runtime.coffee_lounge import CoffeeLounge
+from mochac.runtime.freeze import frozen_layers
 from mochac.runtime.mom_policy import MomPolicy
 from mochac.runtime.snapshot import (
     latest_snapshot,
@@ -468,8 +469,8 @@ class Solver:
     def recompute_gradients(self) -> None:
         """Run forward and backward again on the batch loaded last, for a
         coffee break that changed the parameters (DecayOnValidation's
-        reload), so that the next update applies gradients of the current
-        parameters. Sets obj_val to the new loss."""
+        reload) or unfroze layers, so that the next update applies gradients
+        of the current parameters. Sets obj_val to the new loss."""
         net = self.net
         if net is None or net.resume_point is None:
             raise ConfigError(
@@ -483,13 +484,20 @@ class Solver:
         )
 
     def _enjoy(self, breaks: list, net, point) -> None:
-        """Run ``breaks`` with the net's resume point set to ``point``."""
+        """Run ``breaks`` with the net's resume point set to ``point``, then
+        recompute the gradients when a break unfroze a layer."""
         if not breaks:
             return
+        frozen = frozen_layers(net)
         net.resume_point = point
         try:
             for coffee_break in breaks:
                 coffee_break.enjoy(self, net)
+            if frozen - frozen_layers(net):
+                # The last backward pass skipped the layers frozen then, so
+                # their gradients are stale or zero, and the next update
+                # would apply them.
+                self.recompute_gradients()
         finally:
             net.resume_point = None
 
