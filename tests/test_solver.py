@@ -363,6 +363,28 @@ def test_validation_counts_one_epoch(caplog):
     assert validation.last["accuracy-accuracy"] == pytest.approx(0.8)
 
 
+def test_validating_training_net_adds_no_epoch_break():
+    """A validation of the training net itself rewinds its data and runs an
+    epoch, which is not an epoch of training."""
+    x, y = toy_data(n=12)
+    net = Net("self", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))
+    params = make_solver_parameters(SGD(), max_iter=12)
+    solver = Solver(SGD(), params, progress=False)
+    seen = []
+
+    class Record(CoffeeBreak):
+        def enjoy(self, solver, net):
+            seen.append(solver.state.iter)
+
+    solver.add_coffee_break(ValidationPerformance(net), every_n_iter=4)
+    solver.add_coffee_break(Record(), every_n_epoch=1)
+    solver.solve(net)
+    # After each validation the data restart at sample 0, and the third
+    # batch of 4 from 12 samples ends an epoch. Updates 4, 8 and 12 apply
+    # such batches.
+    assert seen == [4, 8, 12]
+
+
 def test_training_summary_and_lounge(tmp_path, caplog):
     x, y = toy_data()
     net = Net("summary", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))

@@ -335,8 +335,8 @@ class Solver:
     def _due(self, iteration: int, last_epoch: int, epoch: int) -> list:
         """Return the coffee breaks due after update ``iteration``.
 
-        ``epoch`` and ``last_epoch`` are the data layers' epoch counts after
-        the batches that this update and the one before it applied.
+        ``last_epoch`` and ``epoch`` are the data layers' epoch counts before
+        and after loading the batch whose gradients this update applies.
         """
         return [
             coffee_break
@@ -387,11 +387,17 @@ class Solver:
         # backward run once here, and each iteration then updates first and
         # runs them on the next batch (Net.solver_step).
         dtype = net.backend.dtype
-        epoch = self._epoch(net)
         point = resume_point.capture(net)
+        # The epoch breaks due after update k are those for an epoch that
+        # loading batch k completed. The epoch counts are read just before and
+        # after the step that loads each batch, so a coffee break that moves
+        # the training net's data (such as a validation of the training net
+        # itself) completes no epoch.
+        before = self._epoch(net)
         state.obj_val = self._run_step(
             lambda: net.forward_backward(self.method, regu_coef), regu_coef
         )
+        loaded_epochs = (before, self._epoch(net))
         if state.iter == 0:
             self._apply_policies(state, dtype)
             self._enjoy(self._due(0, -1, -1), net, point)
@@ -400,14 +406,13 @@ class Solver:
         bar = self._progress_bar(state.iter, params["max_iter"])
         while state.iter < params["max_iter"]:
             iteration = state.iter + 1
-            # The batches loaded so far are those whose gradients updates 1
-            # to ``iteration`` apply, so epoch breaks follow the updates.
-            last_epoch, epoch = epoch, self._epoch(net)
-            due = self._due(iteration, last_epoch, epoch)
+            due = self._due(iteration, *loaded_epochs)
             self._apply_policies(state, dtype)
             if due or iteration == params["max_iter"]:
                 point = resume_point.capture(net)
+            before = self._epoch(net)
             state.obj_val = self._iterate(net, iteration, regu_coef)
+            loaded_epochs = (before, self._epoch(net))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(obj_val=f"{state.obj_val:.4f}", refresh=False)
