@@ -614,6 +614,22 @@ def test_nan_loss_names_solver_settings():
     assert np.isfinite(net.params["ip1"]["weight"]).all()
 
 
+def test_nan_loss_before_first_update():
+    x, y = toy_data()
+    # The first batch (samples 0 to 3) contains a NaN, which the forward
+    # pass before update 1 reads.
+    x[1, 2] = np.nan
+    net = Net("nan", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+    params = make_solver_parameters(SGD(), max_iter=3, lr_policy=LRPolicy.Fixed(0.1))
+    solver = Solver(SGD(), params, progress=False)
+    with pytest.raises(mochac.NumericalError, match="loss layer 'loss'") as raised:
+        solver.solve(net)
+    message = str(raised.value)
+    assert "iteration 0, and no update ran in this step" in message
+    # No policy has set the state's rate yet, so the message names none.
+    assert "learning rate 0" not in message
+
+
 def test_method_class_instead_of_instance():
     with pytest.raises(mochac.ConfigError, match=r"got the class SGD; .*SGD\(\)"):
         make_solver_parameters(SGD, max_iter=1)

@@ -452,18 +452,25 @@ class Solver:
         )
 
     def _run_step(self, step, regu_coef: float, updated_net=None) -> float:
-        """Return step(), adding the solver settings to a NumericalError.
+        """Return step(), adding the solver's iteration to a NumericalError.
 
         With ``updated_net`` (the step's update ran before its forward
-        pass), a parameter that the update made NaN or infinite is reported
-        in place of the loss it spoiled.
+        pass), the error also gives the update's settings, and a parameter
+        that the update made NaN or infinite is reported in place of the
+        loss it spoiled.
         """
         state = self.state
         try:
             return step()
         except NumericalError as error:
-            if updated_net is not None:
-                self._check_parameters(updated_net, regu_coef)
+            if updated_net is None:
+                # No update ran in this step, so no learning rate or momentum
+                # of the solver state explains the error.
+                raise NumericalError(
+                    f"{error}. The solver was at iteration {state.iter}, and no "
+                    "update ran in this step"
+                ) from error
+            self._check_parameters(updated_net, regu_coef)
             raise NumericalError(
                 f"{error}. Solver settings at iteration {state.iter}: learning "
                 f"rate {state.learning_rate:g}, momentum {state.momentum:g}, "
