@@ -363,26 +363,100 @@ def test_validation_counts_one_epoch(caplog):
     assert validation.last["accuracy-accuracy"] == pytest.approx(0.8)
 
 
-def test_validating_training_net_adds_no_epoch_break():
+def test_validating_training_net_changes_nothing():
     """A validation of the training net itself rewinds its data and runs an
-    epoch, which is not an epoch of training."""
+    epoch. Training then goes on from where it was, as without the
+    validation: the same epoch breaks and the same parameters."""
     x, y = toy_data(n=12)
-    net = Net("self", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))
-    params = make_solver_parameters(SGD(), max_iter=12)
+    results = {}
+    for validate in (False, True):
+        net = Net(
+            f"self-{validate}",
+            CPUBackend(dtype=np.float64, seed=2),
+            classifier_layers(x, y),
+        )
+        params = make_solver_parameters(SGD(), max_iter=12)
+        solver = Solver(SGD(), params, progress=False)
+        seen = []
+
+        class Record(CoffeeBreak):
+            def enjoy(self, solver, net):
+                seen.append(solver.state.iter)
+
+        if validate:
+            solver.add_coffee_break(ValidationPerformance(net), every_n_iter=4)
+        solver.add_coffee_break(Record(), every_n_epoch=1)
+        solver.solve(net)
+        results[validate] = (seen, net.params)
+    # Batches of 4 from 12 samples: updates 3, 6, 9 and 12 end epochs.
+    assert results[False][0] == [3, 6, 9, 12]
+    assert results[True][0] == [3, 6, 9, 12]
+    for layer, arrays in results[False][1].items():
+        for name, array in arrays.items():
+            np.testing.assert_array_equal(results[True][1][layer][name], array)
+
+
+class StopTraining(Exception):
+    """Raised by a test's coffee break or data layer to stop solve()."""
+
+
+def straight_params(x, y, max_iter):
+    net = Net("straight", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))
+    params = make_solver_parameters(SGD(), max_iter=max_iter, momentum=0.9)
+    Solver(SGD(), params, progress=False).solve(net)
+    return net.params
+
+
+def assert_same_params(actual, expected):
+    for layer, arrays in expected.items():
+        for name, array in arrays.items():
+            np.testing.assert_array_equal(actual[layer][name], array)
+
+
+def test_solve_after_break_error_continues_exactly():
+    x, y = toy_data()
+    net = Net("stopped", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))
+    params = make_solver_parameters(SGD(), max_iter=7, momentum=0.9)
     solver = Solver(SGD(), params, progress=False)
-    seen = []
 
-    class Record(CoffeeBreak):
+    class StopOnce(CoffeeBreak):
         def enjoy(self, solver, net):
-            seen.append(solver.state.iter)
+            if solver.state.iter == 3 and not getattr(self, "stopped", False):
+                self.stopped = True
+                raise StopTraining
 
-    solver.add_coffee_break(ValidationPerformance(net), every_n_iter=4)
-    solver.add_coffee_break(Record(), every_n_epoch=1)
+    solver.add_coffee_break(StopOnce(), every_n_iter=1)
+    with pytest.raises(StopTraining):
+        solver.solve(net)
+    assert solver.state.iter == 3
+    # The batch loaded after update 3 went into no update, so the second
+    # call loads it again.
     solver.solve(net)
-    # After each validation the data restart at sample 0, and the third
-    # batch of 4 from 12 samples ends an epoch. Updates 4, 8 and 12 apply
-    # such batches.
-    assert seen == [4, 8, 12]
+    assert_same_params(net.params, straight_params(x, y, 7))
+
+
+def test_failed_batch_load_counts_no_update():
+    x, y = toy_data()
+    net = Net("failing", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))
+    params = make_solver_parameters(SGD(), max_iter=7, momentum=0.9)
+    solver = Solver(SGD(), params, progress=False)
+    load_batch = net.load_batch
+    calls = []
+
+    def fail_fifth(*args):
+        calls.append(None)
+        if len(calls) == 5:
+            raise StopTraining
+        return load_batch(*args)
+
+    net.load_batch = fail_fifth
+    with pytest.raises(StopTraining):
+        solver.solve(net)
+    # The first load precedes update 1, so the fifth fails before update 4.
+    assert solver.state.iter == 3
+    assert_same_params(net.params, straight_params(x, y, 3))
+    solver.solve(net)
+    assert_same_params(net.params, straight_params(x, y, 7))
 
 
 def test_training_summary_and_lounge(tmp_path, caplog):

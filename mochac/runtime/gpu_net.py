@@ -547,14 +547,17 @@ class GPUNet(Net):
     def apply_update(self, method, learning_rate, momentum, regu_coef, iteration=None):
         """Update the parameters from the gradients of the last backward pass."""
         self._check_alive()
+        self.step_updated = False
         tables = gpu_update.tables_for(self, method, regu_coef)
         if tables is None:
             self._numpy_update(method, learning_rate, momentum, regu_coef, iteration)
+            self.step_updated = True
             return
         self._set_step_block(
             gpu_update.step_block(method, learning_rate, momentum, iteration)
         )
         self._run(gpu_update.update_calls(self, tables), self._batch_size())
+        self.step_updated = True
 
     def solver_step(self, method, learning_rate, momentum, regu_coef, iteration=None):
         """Run one solver iteration in Mocha's order; return the objective.
@@ -563,9 +566,11 @@ class GPUNet(Net):
         and backward on the next batch, enqueued at once as train_step's
         steps are.
         """
+        self.step_updated = False
         tables = gpu_update.tables_for(self, method, regu_coef)
         if tables is None:
             self._numpy_update(method, learning_rate, momentum, regu_coef, iteration)
+            self.step_updated = True
             objective = self.forward()
             self.backward()
             return objective
@@ -591,6 +596,8 @@ class GPUNet(Net):
         self._check_alive()
         self.forward_done = False
         n_valid = self.load_batch()
+        # The solver step's update is the first of its enqueued calls.
+        self.step_updated = kind == "solver"
         if step is not None:
             self._set_step_block(step)
         calls = self._step_calls(kind, tables)

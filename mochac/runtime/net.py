@@ -96,6 +96,9 @@ class Net:
     # random streams from before the batch already loaded, which snapshots
     # record (mochac.runtime.resume_point).
     resume_point = None
+    # Whether the last solver_step or apply_update ran its update. A
+    # solver_step whose batch fails to load leaves it False.
+    step_updated = False
 
     def __new__(cls, name=None, backend=None, *args, **kwargs):
         # Net(name, GPUBackend(), layers) builds the CUDA backend's GPUNet.
@@ -526,7 +529,9 @@ class Net:
     def apply_update(self, method, learning_rate, momentum, regu_coef, iteration=None):
         """Update the parameters from the gradients of the last backward pass."""
         self._check_alive()
+        self.step_updated = False
         method.update(self, learning_rate, momentum, regu_coef, iteration)
+        self.step_updated = True
 
     def solver_step(self, method, learning_rate, momentum, regu_coef, iteration=None):
         """Run one solver iteration in Mocha's order; return the objective.
@@ -539,9 +544,11 @@ class Net:
         compiled code.
         """
         self._check_alive()
+        self.step_updated = False
         tables = native_update.tables_for(self, method, regu_coef)
         if tables is None:
             method.update(self, learning_rate, momentum, regu_coef, iteration)
+            self.step_updated = True
             objective = self.forward()
             self.backward()
             return objective
@@ -549,15 +556,23 @@ class Net:
             self, method, learning_rate, momentum, iteration
         )
         return self._native_step(
-            self.lib.mochac_solver_step, tables, step, AFTER_UPDATE_NOTE
+            self.lib.mochac_solver_step,
+            tables,
+            step,
+            AFTER_UPDATE_NOTE,
+            updates_first=True,
         )
 
-    def _native_step(self, entry, tables, step, loss_note: str) -> float:
+    def _native_step(
+        self, entry, tables, step, loss_note: str, updates_first: bool = False
+    ) -> float:
         """Load the next batch and run ``entry`` (mochac_train_step or
         mochac_solver_step) on it with the update tables; return the
-        objective. ``loss_note`` ends the message of a NaN loss."""
+        objective. ``loss_note`` ends the message of a NaN loss, and
+        ``updates_first`` says that the entry updates before anything fails."""
         self.forward_done = False
         n_valid = self.load_batch()
+        self.step_updated = updates_first
         self._use_threads()
         self._check(
             entry(

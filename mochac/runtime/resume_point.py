@@ -45,3 +45,31 @@ def restore(net, point: ResumePoint) -> None:
         array[...] = net.backend.to_device(values, array.dtype)
     for index, state in point.sources.items():
         net.sources[index].load_state_dict(state)
+
+
+def same(first: ResumePoint, second: ResumePoint) -> bool:
+    """Return whether two captured points are the same data position and
+    random streams."""
+    if first.sources.keys() != second.sources.keys():
+        return False
+    if first.streams.keys() != second.streams.keys():
+        return False
+    for index, state in first.sources.items():
+        other = second.sources[index]
+        if state.keys() != other.keys():
+            return False
+        for key, value in state.items():
+            if not _equal(value, other[key]):
+                return False
+    return all(
+        np.array_equal(values, second.streams[key])
+        for key, values in first.streams.items()
+    )
+
+
+def _equal(first, second) -> bool:
+    if isinstance(first, np.ndarray) or isinstance(second, np.ndarray):
+        return (
+            first is not None and second is not None and np.array_equal(first, second)
+        )
+    return first == second

@@ -208,6 +208,9 @@ class Solver:
         self.params = params
         self.state = SolverState(method=method.name)
         self.net = None
+        # While solve() runs: the data position and random streams from
+        # before the batch loaded last (mochac.runtime.resume_point).
+        self.resume_point = None
         self.breaks: list[tuple[object, int | None, int | None]] = []
         self.lounge = CoffeeLounge()
 
@@ -384,10 +387,27 @@ class Solver:
 
         # Mocha's order: obj_val at iteration k is the loss after k updates,
         # on the batch whose gradients update k + 1 applies. So forward and
-        # backward run once here, and each iteration then updates first and
-        # runs them on the next batch (Net.solver_step).
+        # backward run once first, and each iteration then updates and runs
+        # them on the next batch (Net.solver_step).
+        self.resume_point = resume_point.capture(net)
+        try:
+            self._train(net, regu_coef)
+        except BaseException:
+            self._rewind_quietly(net)
+            raise
+        # The last forward pass loaded a batch that no update used; the next
+        # solve, or a resume from the final snapshot, loads it again.
+        resume_point.restore(net, self.resume_point)
+        self.lounge.maybe_save(state.iter, force=True)
+        return state
+
+    def _train(self, net, regu_coef: float) -> None:
+        """Run the first forward and backward passes, then the iterations up
+        to max_iter with their coffee breaks. ``self.resume_point`` is always
+        the data position and random streams from before the last batch
+        loaded."""
+        state, max_iter = self.state, self.params["max_iter"]
         dtype = net.backend.dtype
-        point = resume_point.capture(net)
         # The epoch breaks due after update k are those for an epoch that
         # loading batch k completed. The epoch counts are read just before and
         # after the step that loads each batch, so a coffee break that moves
@@ -400,36 +420,56 @@ class Solver:
         loaded_epochs = (before, self._epoch(net))
         if state.iter == 0:
             self._apply_policies(state, dtype)
-            self._enjoy(self._due(0, -1, -1), net, point)
+            self._enjoy(self._due(0, -1, -1), net)
             self.lounge.maybe_save(state.iter, force=True)
 
-        bar = self._progress_bar(state.iter, params["max_iter"])
-        while state.iter < params["max_iter"]:
+        bar = self._progress_bar(state.iter, max_iter)
+        while state.iter < max_iter:
             iteration = state.iter + 1
             due = self._due(iteration, *loaded_epochs)
             self._apply_policies(state, dtype)
-            if due or iteration == params["max_iter"]:
-                point = resume_point.capture(net)
+            previous, self.resume_point = self.resume_point, resume_point.capture(net)
             before = self._epoch(net)
-            state.obj_val = self._iterate(net, iteration, regu_coef)
+            net.step_updated = False
+            try:
+                state.obj_val = self._iterate(net, iteration, regu_coef)
+            except BaseException:
+                if not net.step_updated:
+                    # Loading the batch failed before the update ran, so the
+                    # gradients of the batch loaded before still wait.
+                    state.iter = iteration - 1
+                    self.resume_point = previous
+                raise
             loaded_epochs = (before, self._epoch(net))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(obj_val=f"{state.obj_val:.4f}", refresh=False)
-            if state.iter == params["max_iter"]:
+            if state.iter == max_iter:
                 # Each forward pass checks the losses, but a parameter that
                 # no loss depends on can still turn NaN. This check runs
                 # before the last coffee breaks, so no snapshot saves it.
                 self._check_parameters(net, regu_coef)
-            self._enjoy(due, net, point)
+            self._enjoy(due, net)
             self.lounge.maybe_save(state.iter)
         if bar is not None:
             bar.close()
-        # The last forward pass loaded a batch that no update used; the next
-        # solve, or a resume from the final snapshot, loads it again.
-        resume_point.restore(net, point)
-        self.lounge.maybe_save(state.iter, force=True)
-        return state
+
+    def _rewind_quietly(self, net) -> None:
+        """Move the net back before the batch that no update used, as a
+        finished solve does, while an error propagates.
+
+        A failure here is logged, so that it does not hide that error.
+        """
+        try:
+            resume_point.restore(net, self.resume_point)
+        except Exception as error:  # noqa: BLE001 - the first error matters more
+            logger.warning(
+                "net '%s': could not move the data layers back before the batch "
+                "loaded last (%s: %s); a later solve() skips that batch",
+                net.name,
+                type(error).__name__,
+                error,
+            )
 
     def _iterate(self, net, iteration: int, regu_coef: float) -> float:
         """Run update ``iteration``, the norm constraints due after it, then
@@ -482,7 +522,11 @@ class Solver:
         """Run forward and backward again on the batch loaded last, for a
         coffee break that changed the parameters (DecayOnValidation's
         reload) or unfroze layers, so that the next update applies gradients
-        of the current parameters. Sets obj_val to the new loss."""
+        of the current parameters. Sets obj_val to the new loss.
+
+        NOTE: the batch runs through the net a second time, so output layers
+        collect it twice and the loss statistics count it twice.
+        """
         net = self.net
         if net is None or net.resume_point is None:
             raise ConfigError(
@@ -495,13 +539,14 @@ class Solver:
             lambda: net.forward_backward(self.method, regu_coef), regu_coef
         )
 
-    def _enjoy(self, breaks: list, net, point) -> None:
-        """Run ``breaks`` with the net's resume point set to ``point``, then
-        recompute the gradients when a break unfroze a layer."""
+    def _enjoy(self, breaks: list, net) -> None:
+        """Run ``breaks`` with the net's resume point set, then recompute the
+        gradients when a break unfroze a layer or moved the net's data."""
         if not breaks:
             return
         frozen = frozen_layers(net)
-        net.resume_point = point
+        loaded = resume_point.capture(net)
+        net.resume_point = self.resume_point
         try:
             for coffee_break in breaks:
                 coffee_break.enjoy(self, net)
@@ -509,6 +554,11 @@ class Solver:
                 # The last backward pass skipped the layers frozen then, so
                 # their gradients are stale or zero, and the next update
                 # would apply them.
+                self.recompute_gradients()
+            elif not resume_point.same(loaded, resume_point.capture(net)):
+                # A break ran the training net itself (a validation of it,
+                # net.forward()). Training goes on from the resume point that
+                # its snapshots store, so a resume repeats it exactly.
                 self.recompute_gradients()
         finally:
             net.resume_point = None
