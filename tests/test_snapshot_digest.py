@@ -222,6 +222,40 @@ def test_interrupted_overwrite_keeps_a_loadable_file(
     )
 
 
+@pytest.mark.parametrize("interrupted_at", [1, 2, 3])
+def test_ctrl_c_after_rename_keeps_matching_digest(
+    tmp_path, monkeypatch, interrupted_at
+):
+    """Ctrl-C during the folder fsync after each rename of an overwrite: the
+    sidecar keeps the digest of the file at the path, not of the other."""
+    path = tmp_path / "snapshot-000002.h5"
+    old, new = make_net(seed=1), make_net(seed=2)
+    save_snapshot(path, old)
+    calls = []
+    real_fsync = snapshot.fsync_folder
+
+    def interrupt(folder):
+        real_fsync(folder)
+        calls.append(folder)
+        if len(calls) == interrupted_at:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(snapshot, "fsync_folder", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        save_snapshot(path, new)
+    monkeypatch.setattr(snapshot, "fsync_folder", real_fsync)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert digest_path(path).read_text() == f"{digest}  {path.name}\n"
+    assert not list(tmp_path.glob(".*.tmp"))
+    net = make_net(seed=3)
+    mochac.load_snapshot(net, path)
+    # The first fsync follows the sidecar's rename, the second the file's.
+    expected = old if interrupted_at == 1 else new
+    np.testing.assert_array_equal(
+        net.params["ip1"]["weight"], expected.params["ip1"]["weight"]
+    )
+
+
 def test_killed_overwrite_sidecar_repaired_on_load(tmp_path, caplog):
     path = tmp_path / "snapshot-000002.h5"
     save_snapshot(path, make_net(seed=1))

@@ -180,8 +180,9 @@ def write_atomically(path: Path, fill, digest: bool = False) -> None:
     temporary = temporary_path(path)
     sidecar = digest_path(path)
     sidecar_temporary = temporary_path(sidecar)
-    # The line of the file at ``path`` while the sidecar lists two digests.
-    matching_line = None
+    # The sha256sum lines of the new file and of the file it replaces, while
+    # an overwrite may leave the sidecar listing both.
+    new_line = old_line = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(temporary, "w") as handle:
@@ -195,29 +196,29 @@ def write_atomically(path: Path, fill, digest: bool = False) -> None:
                 fsync_file(sidecar_temporary)
             os.replace(sidecar_temporary, sidecar)
             fsync_folder(path.parent)
-            matching_line = old_line
         else:
             sidecar.unlink(missing_ok=True)
         os.replace(temporary, path)
         if digest:
             fsync_folder(path.parent)
             if old_line is not None:
-                matching_line = new_line
                 sidecar_temporary.write_text(new_line, encoding="ascii")
                 fsync_file(sidecar_temporary)
                 os.replace(sidecar_temporary, sidecar)
                 fsync_folder(path.parent)
-            matching_line = None
     except OSError as error:
         raise SnapshotError(
             f"cannot write {path}: {first_line(error)}; check that {path.parent} "
             "is a writable folder with free space"
         ) from error
     finally:
-        if matching_line is not None:
-            # Interrupted while the sidecar lists both digests: keep the one
-            # of the file now at ``path``, so sha256sum -c passes.
-            rewrite_sidecar(sidecar, matching_line)
+        if old_line is not None:
+            # An error or Ctrl-C may have stopped the overwrite while the
+            # sidecar lists both digests. Flags set after a rename can miss
+            # a Ctrl-C that arrives just after it, so the files show which
+            # renames ran. ``temporary`` is gone once the new file is at
+            # ``path``.
+            _reduce_sidecar(sidecar, old_line if temporary.exists() else new_line)
         for leftover in (temporary, sidecar_temporary):
             if leftover.exists():
                 leftover.unlink()
@@ -227,6 +228,17 @@ def write_atomically(path: Path, fill, digest: bool = False) -> None:
         # The file is written; a folder that cannot be listed keeps its
         # leftovers.
         logger.debug("could not scan %s for leftovers: %s", path.parent, error)
+
+
+def _reduce_sidecar(sidecar: Path, line: str) -> None:
+    """Replace ``sidecar`` with ``line`` when it lists two digests, so that
+    sha256sum -c passes. A sidecar of one line, or none, stays as it is."""
+    try:
+        lines = sidecar.read_text(encoding="ascii").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return
+    if len(lines) == 2:
+        rewrite_sidecar(sidecar, line)
 
 
 def _current_digest_line(path: Path, sidecar: Path) -> str | None:
