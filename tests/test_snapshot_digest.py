@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import threading
 
 import h5py
 import numpy as np
@@ -20,7 +21,7 @@ from mochac import (
     Solver,
     make_solver_parameters,
 )
-from mochac.runtime import snapshot
+from mochac.runtime import file_digest, snapshot
 from mochac.runtime.file_digest import digest_path
 from mochac.runtime.snapshot import latest_snapshot, save_snapshot
 
@@ -269,8 +270,80 @@ def test_killed_overwrite_sidecar_repaired_on_load(tmp_path, caplog):
     with caplog.at_level("INFO", logger="mochac"):
         mochac.load_snapshot(net, path)
     assert digest_path(path).read_text() == old_line
-    assert "left by a writer that was killed" in caplog.text
+    assert "left by an interrupted writer" in caplog.text
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def start_paused_overwrite(path, net, monkeypatch):
+    """Start save_snapshot(path, net) in a thread that pauses once its
+    sidecar lists both digests; return (thread, resume event)."""
+    two_digests, resume = threading.Event(), threading.Event()
+    real_replace = os.replace
+
+    def replace(source, target):
+        real_replace(source, target)
+        if threading.current_thread() is writer and not two_digests.is_set():
+            two_digests.set()
+            assert resume.wait(timeout=60)
+
+    monkeypatch.setattr(snapshot.os, "replace", replace)
+    writer = threading.Thread(target=save_snapshot, args=(path, net))
+    writer.start()
+    assert two_digests.wait(timeout=60)
+    return writer, resume
+
+
+def test_load_during_overwrite_keeps_both_digests(tmp_path, monkeypatch):
+    """A load while another writer is between its renames leaves the
+    two-digest sidecar to that writer."""
+    path = tmp_path / "model.h5"
+    old, new = make_net(seed=1), make_net(seed=2)
+    save_snapshot(path, old)
+    old_line = digest_path(path).read_text()
+    writer, resume = start_paused_overwrite(path, new, monkeypatch)
+    try:
+        mochac.load_snapshot(make_net(seed=3), path)
+        assert digest_path(path).read_text().endswith(old_line)
+        assert digest_path(path).read_text() != old_line
+    finally:
+        resume.set()
+        writer.join()
+    net = make_net(seed=4)
+    mochac.load_snapshot(net, path)
+    np.testing.assert_array_equal(
+        net.params["ip1"]["weight"], new.params["ip1"]["weight"]
+    )
+
+
+def test_overwrite_during_load_keeps_new_digest(tmp_path, monkeypatch):
+    """A writer that finishes while a load hashes the old file: the load
+    must not reduce the sidecar to the old file's digest afterwards."""
+    path = tmp_path / "model.h5"
+    new = make_net(seed=2)
+    save_snapshot(path, make_net(seed=1))
+    writer, resume = start_paused_overwrite(path, new, monkeypatch)
+    real_sha256 = file_digest.file_sha256
+
+    def hash_then_finish_writer(name):
+        digest = real_sha256(name)
+        resume.set()
+        writer.join()
+        return digest
+
+    monkeypatch.setattr(file_digest, "file_sha256", hash_then_finish_writer)
+    try:
+        mochac.load_snapshot(make_net(seed=3), path)
+    finally:
+        resume.set()
+        writer.join()
+    monkeypatch.setattr(file_digest, "file_sha256", real_sha256)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert digest_path(path).read_text() == f"{digest}  {path.name}\n"
+    net = make_net(seed=4)
+    mochac.load_snapshot(net, path)
+    np.testing.assert_array_equal(
+        net.params["ip1"]["weight"], new.params["ip1"]["weight"]
+    )
 
 
 def test_transitional_sidecar_lists_both_digests(tmp_path, monkeypatch):

@@ -16,13 +16,15 @@ every moment. A writer interrupted by an exception in that window (Ctrl-C)
 reduces the sidecar to the digest of the file at the path before it
 stops. One killed outright leaves both lines: either file version loads,
 and the first load keeps only the matching line, so that ``sha256sum -c``
-passes again.
+passes again. A load while a writer of this host is still replacing the
+file leaves both lines to that writer.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 from mochac.durable_files import (
@@ -90,17 +92,10 @@ def verify_digest(path, advice: str) -> bool:
         return False
     expected = read_digests(sidecar, advice)
     try:
+        identity = file_identity(path)
         actual = file_sha256(path)
     except OSError as error:
         raise SnapshotError(f"cannot read {path}: {error}; {advice}") from error
-    if actual in expected and len(expected) > 1:
-        rewrite_sidecar(sidecar, f"{actual}  {path.name}\n")
-        logger.info(
-            "%s listed the digests of two versions of %s, left by a writer that "
-            "was killed; kept the digest of the file there",
-            sidecar,
-            path.name,
-        )
     if actual not in expected:
         raise SnapshotError(
             f"{path} does not match its SHA-256 digest in {sidecar.name}: the file "
@@ -108,22 +103,98 @@ def verify_digest(path, advice: str) -> bool:
             f"changed the file on purpose, delete {sidecar.name} to load it "
             "without the check"
         )
+    if len(expected) > 1:
+        _reduce_after_load(path, sidecar, expected, identity, actual)
     return True
 
 
-def rewrite_sidecar(sidecar: Path, line: str) -> None:
-    """Replace ``sidecar`` with the one digest ``line``.
+def file_identity(path) -> tuple[int, int, int, int]:
+    """Return the device, inode, size and modification time of ``path``,
+    which a rename over it or a write to it changes."""
+    status = os.stat(path)
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
-    A folder that rejects the write gets a warning and keeps the two-line
-    sidecar, which still loads.
+
+def _reduce_after_load(path, sidecar, expected, identity, actual) -> None:
+    """Reduce a two-digest sidecar to ``actual``, the digest of the file that
+    was just read, unless a writer may still be replacing that file.
+
+    A writer lists the new digest first and renames the new file over the
+    old one next. Reducing the sidecar to the old digest before that rename
+    would leave the new file without its digest. So the old digest is kept
+    alone only when no writer of this host is running, and only while the
+    file at ``path`` is still the one that was read.
+    """
+    if actual != expected[0] and _writer_running(path):
+        logger.debug(
+            "%s lists two digests while a writer replaces %s, so it stays",
+            sidecar,
+            path.name,
+        )
+        return
+
+    def unchanged() -> bool:
+        try:
+            return file_identity(path) == identity and (
+                read_digests(sidecar, "") == expected
+            )
+        except (OSError, SnapshotError):
+            return False
+
+    # NOTE: a writer on another host sharing the folder has a process id that
+    # means nothing here, so only the check just before the rename guards
+    # against it.
+    if rewrite_sidecar(sidecar, f"{actual}  {path.name}\n", unchanged):
+        logger.info(
+            "%s listed the digests of two versions of %s, left by an interrupted "
+            "writer; kept the digest of the file there",
+            sidecar,
+            path.name,
+        )
+
+
+def _writer_running(path: Path) -> bool:
+    """Return whether a running process of this host has a temporary file
+    of ``path`` (snapshot.temporary_path), so it may still rename it."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?P<pid>\d+)\.tmp$")
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return True
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None:
+            continue
+        try:
+            os.kill(int(match["pid"]), 0)
+        except ProcessLookupError:
+            continue
+        except (PermissionError, OverflowError):
+            # The process exists under another user, or the number is no
+            # process id of this host. Either may be writing.
+            return True
+        return True
+    return False
+
+
+def rewrite_sidecar(sidecar: Path, line: str, still_valid=None) -> bool:
+    """Replace ``sidecar`` with the one digest ``line``; return whether it did.
+
+    ``still_valid``, when given, is called just before the rename, and a
+    False result leaves the sidecar as it is. A folder that rejects the
+    write gets a warning and keeps the two-line sidecar, which still loads.
     """
     # The name pattern of snapshot.temporary_path, so a leftover is removed.
     temporary = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
     try:
         temporary.write_text(line, encoding="ascii")
         fsync_file(temporary)
+        if still_valid is not None and not still_valid():
+            temporary.unlink()
+            return False
         os.replace(temporary, sidecar)
         fsync_folder(sidecar.parent)
+        return True
     except OSError as error:
         logger.warning(
             "could not reduce %s to the digest of the file beside it: %s; "
@@ -132,3 +203,4 @@ def rewrite_sidecar(sidecar: Path, line: str) -> None:
             error,
         )
         temporary.unlink(missing_ok=True)
+        return False
