@@ -28,7 +28,9 @@ from mochac import (
     ValidationPerformance,
     make_solver_parameters,
 )
+from mochac.runtime import resume_point
 from mochac.runtime.coffee_breaks import CoffeeBreak
+from mochac.runtime.resume_point import ResumePoint
 from mochac.runtime.solver import SolverState
 
 
@@ -433,6 +435,31 @@ def test_solve_after_break_error_continues_exactly():
     # call loads it again.
     solver.solve(net)
     assert_same_params(net.params, straight_params(x, y, 7))
+
+
+def test_unmoved_order_is_not_compared(monkeypatch):
+    """Coffee breaks compare the resume point before and after them. A
+    source that did not move returns the same order array, whose n_samples
+    elements need no comparison."""
+    order = np.random.default_rng(0).permutation(1000)
+
+    def point(order):
+        state = {"position": 3, "epoch": 1, "order": order, "rng": "{}"}
+        return ResumePoint(sources={0: state}, streams={})
+
+    compared = []
+    real_array_equal = np.array_equal
+
+    def counting_array_equal(first, second):
+        compared.append(first)
+        return real_array_equal(first, second)
+
+    monkeypatch.setattr(resume_point.np, "array_equal", counting_array_equal)
+    assert resume_point.same(point(order), point(order))
+    assert compared == []
+    assert resume_point.same(point(order), point(order.copy()))
+    assert len(compared) == 1
+    assert not resume_point.same(point(order), point(order[::-1].copy()))
 
 
 def test_failed_batch_load_counts_no_update():
