@@ -462,6 +462,34 @@ def test_unmoved_order_is_not_compared(monkeypatch):
     assert not resume_point.same(point(order), point(order[::-1].copy()))
 
 
+def test_second_solve_logs_its_start(tmp_path, caplog):
+    """With load_from naming a folder without snapshots, solve() called
+    again after an error goes on from the solver's iteration, and its log
+    line names that iteration instead of "training from scratch"."""
+    x, y = toy_data()
+    net = Net("again", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))
+    folder = tmp_path / "snapshots"
+    params = make_solver_parameters(SGD(), max_iter=6, load_from=str(folder))
+    solver = Solver(SGD(), params, progress=False)
+
+    class StopOnce(CoffeeBreak):
+        def enjoy(self, solver, net):
+            if solver.state.iter == 3 and not getattr(self, "stopped", False):
+                self.stopped = True
+                raise StopTraining
+
+    solver.add_coffee_break(StopOnce(), every_n_iter=1)
+    with caplog.at_level("INFO", logger="mochac.runtime.solver"):
+        with pytest.raises(StopTraining):
+            solver.solve(net)
+        assert "does not exist yet; training from scratch" in caplog.text
+        caplog.clear()
+        solver.solve(net)
+    assert solver.start_iter == 3
+    assert "does not exist yet; going on from iteration 3" in caplog.text
+    assert "training from scratch" not in caplog.text
+
+
 def test_failed_batch_load_counts_no_update():
     x, y = toy_data()
     net = Net("failing", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))

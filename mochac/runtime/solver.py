@@ -247,17 +247,21 @@ class Solver:
         if not load_from:
             return
         path = Path(load_from)
+        # A solve() called again after an error goes on from this solver's
+        # own iteration when there is no snapshot to resume.
+        if self.state.iter == 0:
+            start = "training from scratch"
+        else:
+            start = f"going on from iteration {self.state.iter}"
         if not path.exists() and path.suffix not in MODEL_SUFFIXES:
             # The tutorial's first run names a snapshot folder that the
             # Snapshot coffee break has not created yet.
-            logger.info(
-                "snapshot folder %s does not exist yet; training from scratch", path
-            )
+            logger.info("snapshot folder %s does not exist yet; %s", path, start)
             return
         if path.is_dir():
             found = latest_snapshot(path)
             if found is None:
-                logger.info("no snapshot in %s; training from scratch", path)
+                logger.info("no snapshot in %s; %s", path, start)
                 return
             path = found
         elif not path.exists():
