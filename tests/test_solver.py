@@ -2,6 +2,7 @@
 
 import logging
 import math
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -365,6 +366,16 @@ def test_validation_counts_one_epoch(caplog):
     assert validation.last["accuracy-accuracy"] == pytest.approx(0.8)
 
 
+class IterationLog(CoffeeBreak):
+    """Records the iteration of each break."""
+
+    def __init__(self):
+        self.seen = []
+
+    def enjoy(self, solver, net):
+        self.seen.append(solver.state.iter)
+
+
 def test_validating_training_net_changes_nothing():
     """A validation of the training net itself rewinds its data and runs an
     epoch. Training then goes on from where it was, as without the
@@ -379,17 +390,12 @@ def test_validating_training_net_changes_nothing():
         )
         params = make_solver_parameters(SGD(), max_iter=12)
         solver = Solver(SGD(), params, progress=False)
-        seen = []
-
-        class Record(CoffeeBreak):
-            def enjoy(self, solver, net):
-                seen.append(solver.state.iter)
-
+        record = IterationLog()
         if validate:
             solver.add_coffee_break(ValidationPerformance(net), every_n_iter=4)
-        solver.add_coffee_break(Record(), every_n_epoch=1)
+        solver.add_coffee_break(record, every_n_epoch=1)
         solver.solve(net)
-        results[validate] = (seen, net.params)
+        results[validate] = (record.seen, net.params)
     # Batches of 4 from 12 samples: updates 3, 6, 9 and 12 end epochs.
     assert results[False][0] == [3, 6, 9, 12]
     assert results[True][0] == [3, 6, 9, 12]
@@ -455,11 +461,12 @@ def test_unmoved_order_is_not_compared(monkeypatch):
         return real_array_equal(first, second)
 
     monkeypatch.setattr(resume_point.np, "array_equal", counting_array_equal)
-    assert resume_point.same(point(order), point(order))
+    net = SimpleNamespace(backend=CPUBackend())
+    assert resume_point.same(net, point(order), point(order))
     assert compared == []
-    assert resume_point.same(point(order), point(order.copy()))
+    assert resume_point.same(net, point(order), point(order.copy()))
     assert len(compared) == 1
-    assert not resume_point.same(point(order), point(order[::-1].copy()))
+    assert not resume_point.same(net, point(order), point(order[::-1].copy()))
 
 
 def test_second_solve_logs_its_start(tmp_path, caplog):

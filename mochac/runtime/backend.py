@@ -102,6 +102,10 @@ class CPUBackend:
         the backend's."""
         return np.ascontiguousarray(array, dtype=dtype or self.dtype)
 
+    def copy(self, array) -> np.ndarray:
+        """Return a copy of one of this backend's arrays."""
+        return np.array(array, copy=True)
+
     def init(self):
         """Prepare the backend; kept for Mocha's ``init(backend)`` call."""
         logger.debug("CPUBackend ready: %s, %d threads", self.dtype.name, self.threads)

@@ -100,6 +100,11 @@ class GPUBackend:
         with self.cupy.cuda.Device(self.device):
             return self.cupy.asarray(host)
 
+    def copy(self, array):
+        """Return a copy of a device array, on the device."""
+        with self.cupy.cuda.Device(self.device):
+            return array.copy()
+
     def init(self):
         """Prepare the backend; kept for Mocha's ``init(backend)`` call."""
         logger.debug("GPUBackend ready: device %d, %s", self.device, self.dtype.name)

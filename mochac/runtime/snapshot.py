@@ -328,7 +328,7 @@ def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> P
         point = net.resume_point or resume_point.capture(net)
         streams = handle.create_group("rng")
         for key, values in point.streams.items():
-            write_dataset(streams, key, values)
+            write_dataset(streams, key, host(values))
         sources = handle.create_group("data_layers")
         for index, state in point.sources.items():
             item = sources.create_group(net.ir.layers[index].name)

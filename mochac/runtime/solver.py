@@ -559,7 +559,7 @@ class Solver:
                 # their gradients are stale or zero, and the next update
                 # would apply them.
                 self.recompute_gradients()
-            elif not resume_point.same(loaded, resume_point.capture(net)):
+            elif not resume_point.same(net, loaded, resume_point.capture(net)):
                 # A break ran the training net itself (a validation of it,
                 # net.forward()). Training goes on from the resume point that
                 # its snapshots store, so a resume repeats it exactly.
