@@ -91,6 +91,7 @@ from mochac.mocha_api import (
 from mochac.regularizers import L1Regu, L2Regu, NoRegu
 from mochac.runtime.backend import CPUBackend
 from mochac.runtime.coffee_breaks import (
+    CoffeeBreak,
     Snapshot,
     TrainingSummary,
     ValidationPerformance,
@@ -117,6 +118,7 @@ __all__ = [
     "CompileError",
     "ConcatLayer",
     "ConfigError",
+    "CoffeeBreak",
     "ConstantInitializer",
     "ConvolutionLayer",
     "CropLayer",

@@ -176,6 +176,24 @@ def test_history_group_rejected(tmp_path):
         read_solver_buffers(handle["solver"], path)
 
 
+def test_missing_history_warns(tmp_path, caplog):
+    path = snapshot_of_two_steps(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="mochac"):
+        train(tmp_path, 3)
+    assert "no solver buffer" not in caplog.text
+    caplog.clear()
+    edit_snapshot(
+        path, lambda handle: handle.__delitem__("solver/history/ip1___weight")
+    )
+    with caplog.at_level(logging.WARNING, logger="mochac"):
+        train(tmp_path, 3)
+    assert (
+        "has no solver buffer 'history' for layer 'ip1', parameter 'weight'"
+        in caplog.text
+    )
+    assert "parameter 'bias'" not in caplog.text
+
+
 def test_float32_history_converted(tmp_path):
     path = snapshot_of_two_steps(tmp_path)
     with h5py.File(path, "r") as handle:

@@ -366,6 +366,45 @@ def test_validation_counts_one_epoch(caplog):
     assert validation.last["accuracy-accuracy"] == pytest.approx(0.8)
 
 
+@pytest.mark.parametrize(
+    ("coffee_break", "described"),
+    [
+        (lambda solver, net: None, "function <lambda>"),
+        ("summary", "'summary'"),
+    ],
+)
+def test_add_coffee_break_needs_enjoy(coffee_break, described):
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=1))
+    with pytest.raises(mochac.ConfigError) as raised:
+        solver.add_coffee_break(coffee_break, every_n_iter=1)
+    message = str(raised.value)
+    assert f"{described} has no enjoy(solver, net) method" in message
+    assert "CoffeeBreak subclass" in message
+
+
+def test_add_coffee_break_rejects_class():
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=1))
+    with pytest.raises(mochac.ConfigError, match=r"class TrainingSummary; .*\(\)"):
+        solver.add_coffee_break(TrainingSummary, every_n_iter=1)
+
+
+@pytest.mark.parametrize(
+    ("every_n_iter", "every_n_epoch", "problem"),
+    [
+        (None, None, "give exactly one of every_n_iter and every_n_epoch"),
+        (1, 1, "give exactly one of every_n_iter and every_n_epoch"),
+        (0, None, "invalid interval 0"),
+        (None, 1.5, "invalid interval 1.5"),
+    ],
+)
+def test_add_coffee_break_intervals(every_n_iter, every_n_epoch, problem):
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=1))
+    with pytest.raises(mochac.ConfigError, match=problem):
+        solver.add_coffee_break(
+            TrainingSummary(), every_n_iter=every_n_iter, every_n_epoch=every_n_epoch
+        )
+
+
 class IterationLog(CoffeeBreak):
     """Records the iteration of each break."""
 

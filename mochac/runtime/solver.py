@@ -32,7 +32,7 @@ from mochac.constraints import apply_constraints, constraints_due
 from mochac.errors import ConfigError, NumericalError, SnapshotError
 from mochac.runtime import resume_point
 from mochac.runtime.coffee_lounge import CoffeeLounge
-from mochac.runtime.freeze import frozen_layers
+from mochac.runtime.freeze import frozen_layers, trainable_groups
 from mochac.runtime.mom_policy import MomPolicy
 from mochac.runtime.snapshot import (
     latest_snapshot,
@@ -216,6 +216,22 @@ class Solver:
 
     def add_coffee_break(self, coffee_break, every_n_iter=None, every_n_epoch=None):
         """Schedule a coffee break every ``every_n_iter`` iterations or epochs."""
+        if isinstance(coffee_break, type):
+            raise ConfigError(
+                f"add_coffee_break: got the class {coffee_break.__name__}; pass an "
+                f"instance, e.g. {coffee_break.__name__}()"
+            )
+        if not callable(getattr(coffee_break, "enjoy", None)):
+            # A function's repr shows its address, so name it instead.
+            if inspect.isfunction(coffee_break):
+                described = f"function {coffee_break.__qualname__}"
+            else:
+                described = repr(coffee_break)
+            raise ConfigError(
+                f"add_coffee_break: {described} has no enjoy(solver, net) method; "
+                "pass a coffee break such as TrainingSummary(), or an instance of "
+                "a CoffeeBreak subclass that defines enjoy"
+            )
         if (every_n_iter is None) == (every_n_epoch is None):
             raise ConfigError(
                 f"add_coffee_break({type(coffee_break).__name__}): give exactly one of "
@@ -289,6 +305,8 @@ class Solver:
             )
             return
         attrs, buffers = restored
+        if iteration > 0:
+            self._warn_missing_buffers(net, buffers, path)
         self.method.load_buffers(buffers, net.backend)
         if restore_policy is not None:
             restore_policy(attrs)
@@ -296,6 +314,25 @@ class Solver:
         obj_val = as_real(attrs.get("obj_val"))
         self.state.obj_val = math.nan if obj_val is None else float(obj_val)
         logger.info("resumed from %s at iteration %d", path, self.state.iter)
+
+    def _warn_missing_buffers(self, net, buffers: dict, path) -> None:
+        """Log a warning for each trainable parameter whose method buffer
+        (momentum history, Adam's moments) the snapshot lacks: the resumed
+        run starts it from zeros, so it differs from an uninterrupted one."""
+        for members in trainable_groups(net):
+            info, spec = members[0][:2]
+            key = (info.name, spec.name)
+            for name in self.method.buffer_names:
+                if key not in buffers.get(name, {}):
+                    logger.warning(
+                        "%s has no solver buffer '%s' for layer '%s', parameter "
+                        "'%s'; it starts from zeros, so the resumed run differs "
+                        "from an uninterrupted one",
+                        path,
+                        name,
+                        info.name,
+                        spec.name,
+                    )
 
     def _check_solver_attrs(self, attrs: dict, path, needs_rate: bool) -> int:
         """Return the iteration a snapshot's solver attributes record.
