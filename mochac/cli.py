@@ -35,6 +35,11 @@ class UsageError(MochacError):
     """
 
 
+class NetFileError(MochacError):
+    """Building a net of the net file failed; the message starts with the
+    file's path. ``main`` exits with status 1."""
+
+
 def check_output_file(path, option: str) -> None:
     """Raise UsageError unless ``path`` can be created as a file.
 
@@ -103,6 +108,9 @@ def find_nets(path: Path):
             f"{error.filename or path}, line {error.lineno}: {type(error).__name__}: "
             f"{error.msg}; fix the net file and run the command again"
         ) from None
+    except MochacError as error:
+        # The error names the layer or blob; the path says which file it is in.
+        raise NetFileError(f"{path}: {error}") from error
     finally:
         sys.path.pop(0)
     nets = []

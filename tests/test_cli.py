@@ -337,6 +337,14 @@ def test_compile_rejects_report_json_folder(tmp_path, caplog):
     assert f"--report-json {tmp_path}: is a folder; name a file" in caplog.text
 
 
+def test_compile_names_file_of_bad_net(tmp_path, caplog):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE.replace('bottoms=["ip"]', 'bottoms=["ipp"]'))
+    assert main(["compile", str(net_file), "-o", str(tmp_path / "out")]) == 1
+    assert f"{net_file}: layer 'prob' reads bottom 'ipp'" in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
 def test_compile_keeps_foreign_folder(tmp_path, caplog):
     # A user's folder that happens to have the package's name is never
     # deleted, with or without an earlier package in it.
