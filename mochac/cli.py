@@ -109,7 +109,7 @@ def find_nets(path: Path):
             f"{error.msg}; fix the net file and run the command again"
         ) from None
     except MochacError as error:
-        # The error names the layer or blob; the path says which file it is in.
+        # The error names the layer or blob, and the prefix names the file.
         raise NetFileError(f"{path}: {error}") from error
     finally:
         sys.path.pop(0)
