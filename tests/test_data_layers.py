@@ -127,11 +127,13 @@ def test_hdf5_shuffle_2d_permutation(tmp_path):
     assert epochs == [0, 0, 1, 1, 2]
 
 
-def test_hdf5_batch_larger_than_data(tmp_path):
+def test_hdf5_batch_larger_than_data(tmp_path, caplog):
     layer = hdf5_layer(
         tmp_path, batch_size=7, data=numbered_images(3), label=numbered_labels(3)
     )
-    source = open_source(layer)
+    with caplog.at_level(logging.WARNING, logger="mochac"):
+        source = open_source(layer)
+    assert "batch_size 7 is larger than its 3 samples" in caplog.text
     (_, label), n_valid = next_batch(source)
 
     assert label.ravel().tolist() == [0, 1, 2, 0, 1, 2, 0]

@@ -44,6 +44,16 @@ class BatchOrder:
         self.position = 0
         self.epoch = 0
         self.order = self._new_order()
+        if batch_size > n_samples:
+            logger.warning(
+                "%s: batch_size %d is larger than its %d samples, so each batch "
+                "repeats samples and may end more than one epoch; use a batch_size "
+                "of at most %d",
+                owner,
+                batch_size,
+                n_samples,
+                n_samples,
+            )
 
     def _new_order(self):
         return self.rng.permutation(self.n_samples) if self.shuffle else None
