@@ -441,12 +441,24 @@ def test_resume_with_fewer_samples(tmp_path):
 )
 def test_data_layer_state_checked(tmp_path, edit, problem):
     folder = tmp_path / "snapshots"
-    path = snapshot_of_two_steps(folder, shuffle_in=tmp_path / "data")
+    path = snapshot_of_two_steps(folder, shuffle_in=tmp_path / "data", seed=5)
     edit_snapshot(path, edit)
+    # Another seed, so that parameters loaded from the snapshot would show.
+    net = make_net(shuffle_in=tmp_path / "data", seed=6)
+    before = net.params["ip1"]["weight"].copy()
+    source = net.sources[0].state_dict()
+    params = make_solver_parameters(
+        SGD(), max_iter=4, lr_policy=LRPolicy.Fixed(0.1), load_from=str(folder)
+    )
     with pytest.raises(SnapshotError) as raised:
-        train(folder, 4, shuffle_in=tmp_path / "data")
+        Solver(SGD(), params, progress=False).solve(net)
     assert problem in str(raised.value)
     assert str(path) in str(raised.value)
+    # The resume checks every part of the snapshot before it changes the net.
+    np.testing.assert_array_equal(net.params["ip1"]["weight"], before)
+    after = net.sources[0].state_dict()
+    assert after["position"] == source["position"]
+    assert after["rng"] == source["rng"]
 
 
 # --- snapshots without solver state ------------------------------------------------

@@ -104,6 +104,19 @@ class BatchOrder:
         sample indices and a generator state that numpy rejects. A saved order
         is ignored when the layer does not shuffle.
         """
+        position, epoch, order, rng_state = self._checked_state(state)
+        self.rng.bit_generator.state = rng_state
+        self.position = position
+        self.epoch = epoch
+        self.order = order
+
+    def check_state_dict(self, state: dict) -> None:
+        """Raise SnapshotError, as load_state_dict would, when ``state`` does
+        not fit the current data; change nothing either way."""
+        self._checked_state(state)
+
+    def _checked_state(self, state: dict) -> tuple:
+        """Return (position, epoch, order, generator state) of a checked state."""
         position = self._whole_number(state, "position")
         if not 0 <= position < self.n_samples:
             self._reject_state(
@@ -116,10 +129,7 @@ class BatchOrder:
         order = (
             None if order is None or not self.shuffle else self._checked_order(order)
         )
-        self._restore_rng(state.get("rng"))
-        self.position = position
-        self.epoch = epoch
-        self.order = order
+        return position, epoch, order, self._checked_rng(state.get("rng"))
 
     def _reject_state(self, problem: str):
         raise SnapshotError(
@@ -163,21 +173,25 @@ class BatchOrder:
             )
         return array.astype(np.int64)
 
-    def _restore_rng(self, text):
-        """Set the generator to the JSON state ``text``, or reject it unchanged."""
+    def _checked_rng(self, text) -> dict:
+        """Return the generator state in the JSON ``text``, or reject it.
+
+        A spare generator of the same kind tries the state, so the layer's
+        own generator stays unchanged until the whole state is checked.
+        """
         try:
             rng_state = json.loads(text)
         except (TypeError, ValueError) as error:
             self._reject_state(f"the generator state is not valid JSON ({error})")
-        previous = self.rng.bit_generator.state
+        spare = type(self.rng.bit_generator)()
         try:
-            self.rng.bit_generator.state = rng_state
+            spare.state = rng_state
         except (TypeError, ValueError, KeyError) as error:
-            self.rng.bit_generator.state = previous
             self._reject_state(
                 f"numpy rejects the generator state ({error}); it must be "
                 f"the state of a {type(self.rng.bit_generator).__name__} generator"
             )
+        return rng_state
 
 
 def prepare_transformers(layer, shapes, dtype) -> list[list]:
@@ -797,6 +811,10 @@ class AsyncHDF5Source:
         self._take_back_order()
         self._order.load_state_dict(state)
         self._served = self._order.state_dict()
+
+    def check_state_dict(self, state: dict) -> None:
+        """Raise SnapshotError when ``state`` does not fit the data; change nothing."""
+        self._order.check_state_dict(state)
 
     def close(self):
         """Stop the prefetch thread and close the HDF5 files."""

@@ -102,6 +102,9 @@ class ReadAhead:
         self.drop()
         self.source.load_state_dict(state)
 
+    def check_state_dict(self, state: dict) -> None:
+        self.source.check_state_dict(state)
+
     def rewind(self):
         self.drop()
         self.source.rewind()

@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -625,11 +626,17 @@ def read_data_layer_states(handle, net, path) -> dict:
     return states
 
 
-def restore_data_layer(source, state: dict, layer_name: str, path) -> None:
+def restore_data_layer(
+    source, state: dict, layer_name: str, path, check_only: bool = False
+) -> None:
     """Load ``state`` into a data layer's source; raise SnapshotError naming
-    the file when it does not fit the layer's current data."""
+    the file when it does not fit the layer's current data. With
+    ``check_only``, only check it."""
     try:
-        source.load_state_dict(state)
+        if check_only:
+            source.check_state_dict(state)
+        else:
+            source.load_state_dict(state)
     except SnapshotError as error:
         raise SnapshotError(f"{path}: {error}") from error
     except (KeyError, TypeError, ValueError) as error:
@@ -684,6 +691,30 @@ def load_solver_state(handle, net, path):
     Raises SnapshotError when a file named like a snapshot has none, and
     for any damaged or invalid item, before changing the net.
     """
+    state = read_solver_state(handle, net, path)
+    if state is None:
+        return None
+    apply_solver_state(net, state, path)
+    return state.attrs, state.buffers
+
+
+@dataclass
+class StoredSolverState:
+    """A snapshot's solver state, read and checked against a net."""
+
+    attrs: dict
+    buffers: dict
+    streams: dict
+    data_layers: dict
+
+
+def read_solver_state(handle, net, path) -> StoredSolverState | None:
+    """Read and check the solver state of a snapshot without changing the net.
+
+    Returns None for a file without solver state (a model file). Raises
+    SnapshotError for any damaged item, and for a data-layer state that
+    does not fit its layer's current data.
+    """
     with parsing(path):
         group = solver_group(handle, path)
         if group is None:
@@ -692,11 +723,18 @@ def load_solver_state(handle, net, path):
         buffers = read_solver_buffers(group, path, net.params)
         streams = read_random_streams(handle, net, path)
         states = read_data_layer_states(handle, net, path)
-    # Every item has been read and checked; only now does the net change.
-    for key, values in streams.items():
-        array = net.rng_states[key]
-        array[...] = net.backend.to_device(values, array.dtype)
     for index, state in states.items():
         layer_name = net.ir.layers[index].name
-        restore_data_layer(net.sources[index], state, layer_name, path)
-    return attrs, buffers
+        restore_data_layer(net.sources[index], state, layer_name, path, check_only=True)
+    return StoredSolverState(attrs, buffers, streams, states)
+
+
+def apply_solver_state(net, state: StoredSolverState, path) -> None:
+    """Restore the random streams and data layers of a state from
+    read_solver_state."""
+    for key, values in state.streams.items():
+        array = net.rng_states[key]
+        array[...] = net.backend.to_device(values, array.dtype)
+    for index, stored in state.data_layers.items():
+        layer_name = net.ir.layers[index].name
+        restore_data_layer(net.sources[index], stored, layer_name, path)

@@ -35,11 +35,12 @@ from mochac.runtime.coffee_lounge import CoffeeLounge
 from mochac.runtime.freeze import frozen_layers, trainable_groups
 from mochac.runtime.mom_policy import MomPolicy
 from mochac.runtime.snapshot import (
+    apply_solver_state,
     latest_snapshot,
     load_params,
-    load_solver_state,
     open_model,
     read_solver_attributes,
+    read_solver_state,
 )
 from mochac.runtime.solvers import (
     SGD,
@@ -288,23 +289,26 @@ class Solver:
         restore_policy = getattr(self.params["lr_policy"], "restore", None)
         iteration = 0
         with open_model(path) as handle:
-            # The solver attributes are checked before anything reaches the
-            # net, so a snapshot this solver cannot resume leaves it unchanged.
+            # Every part of the snapshot is read and checked before anything
+            # reaches the net, so a snapshot this solver cannot resume leaves
+            # it unchanged.
             attrs = read_solver_attributes(handle, path)
             if attrs is not None:
                 iteration = self._check_solver_attrs(
                     attrs, path, restore_policy is not None
                 )
+            stored = read_solver_state(handle, net, path)
             load_params(handle, net, path)
-            restored = load_solver_state(handle, net, path)
-        if restored is None:
+            if stored is not None:
+                apply_solver_state(net, stored, path)
+        if stored is None:
             logger.info(
                 "%s contains no solver state: starting at iteration 0 from its parameters "
                 "(fine-tuning)",
                 path,
             )
             return
-        attrs, buffers = restored
+        attrs, buffers = stored.attrs, stored.buffers
         if iteration > 0:
             self._warn_missing_buffers(net, buffers, path)
         self.method.load_buffers(buffers, net.backend)
