@@ -5,6 +5,7 @@ SHA-256 sidecar, as a snapshot of an older mochac version would lack it,
 so that the checks behind the digest are what rejects the file.
 """
 
+import json
 import logging
 
 import h5py
@@ -227,6 +228,23 @@ def test_decay_reload_checks_buffers(tmp_path):
         read_solver_buffers(handle["solver"], path)
 
 
+def test_decay_reload_changes_nothing_on_error(tmp_path):
+    """A damaged buffer stops the reload before the parameters change."""
+    net, solver = train(tmp_path, 2, snapshot_every=2)
+    path = tmp_path / "snapshot-000002.h5"
+    edit_snapshot(
+        path, lambda h: replace(h, "solver/history/ip1___weight", np.zeros(1))
+    )
+    net.params["ip1"]["weight"][...] = 7.0
+    history = solver.method.history[("ip1", "weight")].copy()
+    policy = LRPolicy.DecayOnValidation(0.1, "accuracy-accuracy", 0.5)
+    policy.best_iter = 2
+    with pytest.raises(SnapshotError, match="solver buffer 'history'"):
+        policy.reload_best_snapshot(solver)
+    np.testing.assert_array_equal(net.params["ip1"]["weight"], 7.0)
+    np.testing.assert_array_equal(solver.method.history[("ip1", "weight")], history)
+
+
 def test_buffer_without_parameter_rejected(tmp_path):
     path = snapshot_of_two_steps(tmp_path)
     edit_snapshot(path, lambda h: h.create_dataset("solver/history/x___w", data=[1.0]))
@@ -422,6 +440,15 @@ def test_resume_with_fewer_samples(tmp_path):
     assert "position 8" in message
 
 
+def negative_generator_state(handle):
+    """Set the PCG64 state in the data layer's generator state to -1, which
+    NumPy rejects with OverflowError."""
+    item = handle["data_layers/data"]
+    state = json.loads(item.attrs["rng"])
+    state["state"]["state"] = -1
+    item.attrs["rng"] = json.dumps(state)
+
+
 @pytest.mark.parametrize(
     ("edit", "problem"),
     [
@@ -429,6 +456,7 @@ def test_resume_with_fewer_samples(tmp_path):
         (set_attribute("data_layers/data", "position", -3), "position -3"),
         (set_attribute("data_layers/data", "epoch", -1), "epoch -1"),
         (set_attribute("data_layers/data", "rng", "x"), "not valid JSON"),
+        (negative_generator_state, "numpy rejects the generator state"),
         (
             lambda h: replace(h, "data_layers/data/order", np.zeros(10, np.int64)),
             "not a permutation",

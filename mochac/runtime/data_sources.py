@@ -186,7 +186,9 @@ class BatchOrder:
         spare = type(self.rng.bit_generator)()
         try:
             spare.state = rng_state
-        except (TypeError, ValueError, KeyError) as error:
+        # NumPy raises OverflowError for an integer outside the state's C type
+        # (a negative PCG64 state, for one).
+        except (TypeError, ValueError, KeyError, OverflowError) as error:
             self._reject_state(
                 f"numpy rejects the generator state ({error}); it must be "
                 f"the state of a {type(self.rng.bit_generator).__name__} generator"

@@ -382,11 +382,16 @@ class DecayOnValidation:
             return
         _, path = max(candidates)
         net = solver.net
+        buffers = None
         with open_model(path) as handle:
-            load_params(handle, net, path)
+            # The buffers are checked before load_params changes the net, so a
+            # damaged buffer leaves both the parameters and the buffers as
+            # they were.
             if read_solver_attributes(handle, path) is not None:
                 buffers = read_solver_buffers(handle["solver"], path, net.params)
-                solver.method.load_buffers(buffers, net.backend)
+            load_params(handle, net, path)
+        if buffers is not None:
+            solver.method.load_buffers(buffers, net.backend)
         logger.info("reloaded parameters and solver state from %s", path)
         # The gradients waiting for the next update came from the parameters
         # just replaced.
