@@ -370,6 +370,7 @@ def test_validation_counts_one_epoch(caplog):
     ("coffee_break", "described"),
     [
         (lambda solver, net: None, "function <lambda>"),
+        (TrainingSummary().enjoy, "method TrainingSummary.enjoy"),
         ("summary", "'summary'"),
     ],
 )

@@ -223,9 +223,12 @@ class Solver:
                 f"instance, e.g. {coffee_break.__name__}()"
             )
         if not callable(getattr(coffee_break, "enjoy", None)):
-            # A function's repr shows its address, so name it instead.
+            # The repr of a function or bound method shows an address, so
+            # name it instead.
             if inspect.isfunction(coffee_break):
                 described = f"function {coffee_break.__qualname__}"
+            elif inspect.ismethod(coffee_break):
+                described = f"method {coffee_break.__qualname__}"
             else:
                 described = repr(coffee_break)
             raise ConfigError(
