@@ -24,6 +24,7 @@ from mochac.runtime.freeze import freeze
 from mochac.runtime.gpu_backend import GPUBackend
 from mochac.runtime.gpu_net import GPUNet
 from mochac.runtime.lr_policy import LRPolicy
+from mochac.runtime.mom_policy import MomPolicy
 from mochac.runtime.net import Net
 from mochac.runtime.solver import (
     SGD,
@@ -271,6 +272,54 @@ def test_snapshot_resume_matches_cpu(cupy, tmp_path):
             np.testing.assert_allclose(
                 resumed_net.params[layer][name].get(), array, rtol=1e-9, atol=1e-12
             )
+
+
+def test_dropout_resume_after_extra_forward(cupy, tmp_path):
+    """A coffee break that runs the training net moves its dropout stream,
+    so the solver restores the stream from the device copy it captured
+    before the step, and the snapshot stores that copy. A run resumed from
+    it in a net of another seed equals the uninterrupted run."""
+    from mochac.layers import DropoutLayer
+    from mochac.runtime.coffee_breaks import CoffeeBreak, Snapshot
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(10, 5))
+    y = rng.integers(0, 3, size=(10, 1)).astype(float)
+
+    class ExtraForward(CoffeeBreak):
+        def enjoy(self, solver, net):
+            net.forward()
+
+    def train(max_iter, seed, folder=None):
+        layers = [
+            MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
+            InnerProductLayer(name="ip1", output_dim=6, bottoms=["data"], tops=["ip1"]),
+            DropoutLayer(name="drop", ratio=0.5, bottoms=["ip1"], tops=["dropped"]),
+            InnerProductLayer(
+                name="ip2", output_dim=3, bottoms=["dropped"], tops=["ip2"]
+            ),
+            SoftmaxLossLayer(name="loss", bottoms=["ip2", "label"]),
+        ]
+        net = GPUNet("gpu", GPUBackend(dtype=np.float64, seed=seed), layers)
+        params = make_solver_parameters(
+            SGD(),
+            max_iter=max_iter,
+            mom_policy=MomPolicy.Fixed(0.9),
+            lr_policy=LRPolicy.Fixed(0.1),
+            load_from=None if folder is None else str(folder),
+        )
+        solver = Solver(SGD(), params, progress=False)
+        if folder is not None:
+            solver.add_coffee_break(ExtraForward(), every_n_iter=2)
+            solver.add_coffee_break(Snapshot(folder), every_n_iter=3)
+        solver.solve(net)
+        return {name: array.get() for name, array in net.params["ip2"].items()}
+
+    straight = train(6, seed=5)
+    train(3, seed=5, folder=tmp_path)
+    resumed = train(6, seed=9, folder=tmp_path)
+    for name, array in straight.items():
+        np.testing.assert_array_equal(resumed[name], array, err_msg=name)
 
 
 def test_graph_steps_match_step_by_step(cupy):

@@ -130,6 +130,10 @@ def test_host_gpunet_snapshot_resume(cupy, tmp_path):
     device_tests.test_snapshot_resume_matches_cpu(cupy, tmp_path)
 
 
+def test_host_gpunet_dropout_resume(cupy, tmp_path):
+    device_tests.test_dropout_resume_after_extra_forward(cupy, tmp_path)
+
+
 def test_host_gpunet_graphs(cupy):
     device_tests.test_graph_steps_match_step_by_step(cupy)
 
