@@ -195,6 +195,23 @@ def test_hdf5_state_dict_resumes_order(tmp_path):
     assert resumed.epoch == source.epoch
 
 
+def test_unshuffled_state_into_shuffling_layer_warns(tmp_path, caplog):
+    data = np.arange(30, dtype=np.float32).reshape(10, 3)
+    plain = hdf5_layer(tmp_path, batch_size=4, data=data, label=numbered_labels(10))
+    source = open_source(plain)
+    next_batch(source)
+    state = source.state_dict()
+    assert state["order"] is None
+    shuffling = hdf5_layer(
+        tmp_path, batch_size=4, shuffle=True, data=data, label=numbered_labels(10)
+    )
+    resumed = open_source(shuffling, seed=3)
+    with caplog.at_level(logging.WARNING, logger=DATA_SOURCES_LOGGER):
+        resumed.load_state_dict(state)
+    assert "no sample order, but the layer shuffles now" in caplog.text
+    assert resumed.position == 4
+
+
 # --- HDF5DataLayer: dtypes ------------------------------------------------------
 
 

@@ -105,6 +105,12 @@ class BatchOrder:
         is ignored when the layer does not shuffle.
         """
         position, epoch, order, rng_state = self._checked_state(state)
+        if self.shuffle and state.get("order") is None:
+            logger.warning(
+                "%s: the saved state has no sample order, but the layer shuffles "
+                "now; the rest of this epoch reads the samples in file order",
+                self.owner,
+            )
         self.rng.bit_generator.state = rng_state
         self.position = position
         self.epoch = epoch
