@@ -376,9 +376,11 @@ def test_solver_steps_match_cpu(cupy):
     methods = {cpu: Nesterov(), gpu: Nesterov()}
     for net in (cpu, gpu):
         objectives = [net.forward_backward(methods[net], 0.0005)]
-        for iteration in range(9):
+        # Six batches of four from ten samples: the third and sixth are
+        # partial.
+        for iteration in range(5):
             lr = 0.01 / (1 + iteration)
-            if iteration == 4:
+            if iteration == 2:
                 net.apply_update(methods[net], lr, 0.9, 0.0005, iteration)
                 objectives.append(net.forward_backward(methods[net], 0.0005))
             else:
