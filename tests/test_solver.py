@@ -461,19 +461,25 @@ def assert_same_params(actual, expected):
             np.testing.assert_array_equal(actual[layer][name], array)
 
 
+class StopOnce(CoffeeBreak):
+    """Raises StopTraining at its first break at iteration ``at``."""
+
+    def __init__(self, at):
+        self.at = at
+        self.stopped = False
+
+    def enjoy(self, solver, net):
+        if solver.state.iter == self.at and not self.stopped:
+            self.stopped = True
+            raise StopTraining
+
+
 def test_solve_after_break_error_continues_exactly():
     x, y = toy_data()
     net = Net("stopped", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))
     params = make_solver_parameters(SGD(), max_iter=7, momentum=0.9)
     solver = Solver(SGD(), params, progress=False)
-
-    class StopOnce(CoffeeBreak):
-        def enjoy(self, solver, net):
-            if solver.state.iter == 3 and not getattr(self, "stopped", False):
-                self.stopped = True
-                raise StopTraining
-
-    solver.add_coffee_break(StopOnce(), every_n_iter=1)
+    solver.add_coffee_break(StopOnce(at=3), every_n_iter=1)
     with pytest.raises(StopTraining):
         solver.solve(net)
     assert solver.state.iter == 3
@@ -518,14 +524,7 @@ def test_second_solve_logs_its_start(tmp_path, caplog):
     folder = tmp_path / "snapshots"
     params = make_solver_parameters(SGD(), max_iter=6, load_from=str(folder))
     solver = Solver(SGD(), params, progress=False)
-
-    class StopOnce(CoffeeBreak):
-        def enjoy(self, solver, net):
-            if solver.state.iter == 3 and not getattr(self, "stopped", False):
-                self.stopped = True
-                raise StopTraining
-
-    solver.add_coffee_break(StopOnce(), every_n_iter=1)
+    solver.add_coffee_break(StopOnce(at=3), every_n_iter=1)
     with caplog.at_level("INFO", logger="mochac.runtime.solver"):
         with pytest.raises(StopTraining):
             solver.solve(net)
