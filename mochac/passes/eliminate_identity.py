@@ -51,8 +51,8 @@ def _reason_to_stay(ir, info, keep) -> str | None:
 
 
 def keep_with_aliased_bottoms(ir, keep) -> frozenset[str]:
-    """Return ``keep`` plus the bottoms whose storage kept tops of identity and
-    reshape layers will share once eliminate_identity runs, transitively.
+    """Return ``keep`` plus the bottoms whose storage kept tops of alias layers
+    (is_alias_layer) will share once eliminate_identity runs, transitively.
 
     The other passes then protect such a bottom as a kept blob. A split whose
     top it is stays a kernel, and no layer writes it in place, so the kept

@@ -6,11 +6,12 @@ data, diff and work slot in one device arena laid out by plan_memory.
 forward() and backward() execute the step lists on one stream: kernel
 launches, cuBLAS GEMMs through ``cupy.cublas.gemm``, memsets and copies.
 
-Training data reaches the device ahead of use. After train_step enqueues a
-step, and while the device runs it, the data sources fill pinned host
-buffers with the next batch, and a second stream copies them to device
-staging buffers. The next step starts with device-to-device copies from
-there into the data layers' tops. The sources are wrapped in ReadAhead
+Training data reaches the device ahead of use. After a training step
+(train_step, forward_backward or solver_step) is enqueued, and while the
+device runs it, the data sources fill pinned host buffers with the next
+batch, and a second stream copies them to device staging buffers. The
+next step starts with device-to-device copies from there into the data
+layers' tops. The sources are wrapped in ReadAhead
 (mochac.runtime.read_ahead), so their position, epoch and snapshot state
 stay those of the batches used. forward() drops a batch read ahead and
 reads its own, so arrays a caller changes in place before it take effect.
@@ -426,8 +427,8 @@ class GPUNet(Net):
                 source.drop()
 
     def drop_read_ahead(self):
-        """Discard the batch train_step read ahead, moving the data sources
-        back before it.
+        """Discard the batch the last training step read ahead, moving the
+        data sources back before it.
 
         Call it after changing a MemoryDataLayer's arrays in place between
         training steps, so that the next step reads them again. forward(),
@@ -485,7 +486,7 @@ class GPUNet(Net):
         self._check_alive()
         self.forward_done = False
         if load_data:
-            # A batch train_step read ahead may predate changes to the
+            # A batch a training step read ahead may predate changes to the
             # arrays, so forward() reads its batch now.
             self.drop_read_ahead()
         n_valid = self.load_batch() if load_data else self._batch_size()

@@ -6,8 +6,8 @@ gradients the update of iteration k + 1 applies. So a snapshot of
 iteration k records the data layers and random streams as they were before
 batch k + 1 was loaded. Resuming from it loads that batch again and draws
 the same dropout masks, as the uninterrupted run did. The solver captures
-the point before each step after which coffee breaks run, hands it to the
-net while they run (save_snapshot writes it), and moves the net back to it
+the point before each step that loads a batch, hands it to the net while
+coffee breaks run (save_snapshot writes it), and moves the net back to it
 when training ends.
 """
 

@@ -11,6 +11,10 @@ Layout (a superset of Mocha's model files, so Mocha-style tools read it):
     /data_layers/<layer>    attrs: position, epoch, rng; dataset order when
                             the layer shuffles
 
+/rng and /data_layers are written only with /solver. In a snapshot saved
+by a solver's coffee break they hold the state from before the batch the
+net loaded last (mochac.runtime.resume_point), so a resume loads that
+batch again.
 A file without /solver is a model: loading it starts training at iteration
 0. A file named like the Snapshot coffee break's (snapshot-000120.h5) must
 have /solver, because the coffee break always writes it. Files are written
