@@ -223,9 +223,9 @@ def dropout_train(folder, max_iter, snapshot_every=None, seed=5):
 
 @pytest.mark.parametrize("split", [3, 5])
 def test_resume_with_dropout_is_exact(tmp_path, split):
-    # A snapshot after 3 or 5 updates of batches of 4 from 10
-    # samples falls inside an epoch; the resumed run must load the same
-    # batches and draw the same dropout masks.
+    # A snapshot after 3 or 5 updates of batches of 4 from 10 samples falls
+    # inside an epoch. The resumed run must load the same batches and draw
+    # the same dropout masks.
     straight = dropout_train(tmp_path / "straight", 8)
     dropout_train(tmp_path / "split", split, snapshot_every=split)
     resumed = dropout_train(tmp_path / "split", 8, seed=99)

@@ -569,7 +569,7 @@ class Net:
         """Load the next batch and run ``entry`` (mochac_train_step or
         mochac_solver_step) on it with the update tables; return the
         objective. ``loss_note`` ends the message of a NaN loss, and
-        ``updates_first`` says that the entry updates before anything fails."""
+        ``updates_first`` marks an entry that updates before anything can fail."""
         self.forward_done = False
         n_valid = self.load_batch()
         self.step_updated = updates_first
