@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import zipfile
@@ -193,6 +194,25 @@ def test_hdf5_state_dict_resumes_order(tmp_path):
 
     assert served == expected
     assert resumed.epoch == source.epoch
+
+
+def test_state_dict_generator_follows_draws(tmp_path):
+    """state_dict caches the generator's JSON state between draws; each new
+    epoch's order must refresh it."""
+    data = np.arange(30, dtype=np.float32).reshape(10, 3)
+    layer = hdf5_layer(
+        tmp_path, batch_size=4, shuffle=True, data=data, label=numbered_labels(10)
+    )
+    source = open_source(layer, seed=3)
+    states = set()
+    for _ in range(8):
+        stored = source.state_dict()["rng"]
+        assert json.loads(stored) == source.rng.bit_generator.state
+        states.add(stored)
+        next_batch(source)
+    # The states seen after 0 to 7 batches of 4 from 10 samples span two
+    # epoch ends (in batches 3 and 5), so two more orders were drawn.
+    assert len(states) == 3
 
 
 def test_unshuffled_state_into_shuffling_layer_warns(tmp_path, caplog):

@@ -56,6 +56,9 @@ class BatchOrder:
             )
 
     def _new_order(self):
+        # Drawing an order advances the generator, so its cached JSON state
+        # (state_dict) is stale.
+        self._rng_json = None
         return self.rng.permutation(self.n_samples) if self.shuffle else None
 
     def _indices(self) -> tuple[np.ndarray, int]:
@@ -92,8 +95,15 @@ class BatchOrder:
             "position": self.position,
             "epoch": self.epoch,
             "order": self.order,
-            "rng": json.dumps(self.rng.bit_generator.state),
+            "rng": self._rng_state_json(),
         }
+
+    def _rng_state_json(self) -> str:
+        """Return the generator's state as JSON, cached between the draws:
+        the solver captures the state before every step."""
+        if self._rng_json is None:
+            self._rng_json = json.dumps(self.rng.bit_generator.state)
+        return self._rng_json
 
     def load_state_dict(self, state: dict):
         """Restore a state from state_dict(), which a snapshot stores.
@@ -112,6 +122,7 @@ class BatchOrder:
                 self.owner,
             )
         self.rng.bit_generator.state = rng_state
+        self._rng_json = None
         self.position = position
         self.epoch = epoch
         self.order = order
