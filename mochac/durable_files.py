@@ -18,6 +18,30 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+# A file being written is named ".<name>.<process id>.tmp" beside its final
+# name until it is complete (temporary_path).
+TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+
+
+def temporary_path(path: Path) -> Path:
+    """Return the name this process writes ``path`` under until it is complete."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def process_may_run(pid: int) -> bool:
+    """Return False only when no process ``pid`` runs on this host.
+
+    A process of another user, or a number that is no process id here (a
+    writer on another host sharing the folder), may still be writing.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
 
 def fsync_file(path) -> None:
     """Flush the data of the file at ``path`` to the disk; raise OSError on failure."""

@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 
 from mochac.durable_files import (
     DIGEST_LINE,
+    TEMPORARY_NAME,
     digest_path,
     file_sha256,
     fsync_file,
     fsync_folder,
     parse_digest,
+    process_may_run,
+    temporary_path,
     write_digest,
 )
 from mochac.errors import SnapshotError
@@ -154,26 +156,18 @@ def _reduce_after_load(path, sidecar, expected, identity, actual) -> None:
 
 
 def _writer_running(path: Path) -> bool:
-    """Return whether a running process of this host has a temporary file
-    of ``path`` (snapshot.temporary_path), so it may still rename it."""
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?P<pid>\d+)\.tmp$")
+    """Return whether a process that may still run has a temporary file of
+    ``path`` (durable_files.temporary_path), so it may still rename it."""
     try:
         entries = list(path.parent.iterdir())
     except OSError:
         return True
     for entry in entries:
-        match = pattern.match(entry.name)
-        if match is None:
+        match = TEMPORARY_NAME.match(entry.name)
+        if match is None or match["name"] != path.name:
             continue
-        try:
-            os.kill(int(match["pid"]), 0)
-        except ProcessLookupError:
-            continue
-        except (PermissionError, OverflowError):
-            # The process exists under another user, or the number is no
-            # process id of this host. Either may be writing.
+        if process_may_run(int(match["pid"])):
             return True
-        return True
     return False
 
 
@@ -184,8 +178,7 @@ def rewrite_sidecar(sidecar: Path, line: str, still_valid=None) -> bool:
     False result leaves the sidecar as it is. A folder that rejects the
     write gets a warning and keeps the two-line sidecar, which still loads.
     """
-    # The name pattern of snapshot.temporary_path, so a leftover is removed.
-    temporary = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
+    temporary = temporary_path(sidecar)
     try:
         temporary.write_text(line, encoding="ascii")
         fsync_file(temporary)

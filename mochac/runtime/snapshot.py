@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mochac.durable_files import file_sha256, fsync_file, fsync_folder, parse_digest
+from mochac.durable_files import (
+    TEMPORARY_NAME,
+    file_sha256,
+    fsync_file,
+    fsync_folder,
+    parse_digest,
+    process_may_run,
+    temporary_path,
+)
 from mochac.errors import NumericalError, SnapshotError
 from mochac.runtime import resume_point
 from mochac.runtime.file_digest import (
@@ -117,9 +124,6 @@ def latest_snapshot(folder) -> Path | None:
     return max(found)[1] if found else None
 
 
-# The temporary name write_atomically uses: ".<name>.<process id>.tmp".
-TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
-
 # A temporary file left by a process that no longer runs is removed once it
 # is this old. A writer on another host that shares the folder has a process
 # id that means nothing here, and the age keeps its file while it writes.
@@ -145,12 +149,7 @@ def remove_stale_temporaries(folder: Path) -> None:
         match = TEMPORARY_NAME.match(entry.name)
         if match is None or int(match["pid"]) == os.getpid():
             continue
-        try:
-            os.kill(int(match["pid"]), 0)
-            continue
-        except ProcessLookupError:
-            pass
-        except (PermissionError, OverflowError):
+        if process_may_run(int(match["pid"])):
             continue
         try:
             if now - entry.stat().st_mtime < STALE_TEMPORARY_SECONDS:
@@ -159,10 +158,6 @@ def remove_stale_temporaries(folder: Path) -> None:
         except OSError:
             continue
         logger.info("removed %s, left by a writer that was killed", entry)
-
-
-def temporary_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def write_atomically(path: Path, fill, digest: bool = False) -> None:
