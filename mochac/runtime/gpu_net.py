@@ -570,8 +570,7 @@ class GPUNet(Net):
         self.step_updated = False
         tables = gpu_update.tables_for(self, method, regu_coef)
         if tables is None:
-            self._numpy_update(method, learning_rate, momentum, regu_coef, iteration)
-            self.step_updated = True
+            self.apply_update(method, learning_rate, momentum, regu_coef, iteration)
             objective = self.forward()
             self.backward()
             return objective

@@ -547,8 +547,7 @@ class Net:
         self.step_updated = False
         tables = native_update.tables_for(self, method, regu_coef)
         if tables is None:
-            method.update(self, learning_rate, momentum, regu_coef, iteration)
-            self.step_updated = True
+            self.apply_update(method, learning_rate, momentum, regu_coef, iteration)
             objective = self.forward()
             self.backward()
             return objective

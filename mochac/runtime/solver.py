@@ -64,12 +64,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def describe_policy(policy) -> str:
-    """Return a policy's name for messages; a plain function's repr shows its
-    address, so a function is named by its qualified name instead."""
-    if inspect.isfunction(policy) or inspect.ismethod(policy):
-        return f"function {policy.__qualname__}"
-    return repr(policy)
+def describe(value) -> str:
+    """Return how messages name ``value``: the repr of a function or bound
+    method shows its address, so those are named by their qualified name."""
+    if inspect.isfunction(value):
+        return f"function {value.__qualname__}"
+    if inspect.ismethod(value):
+        return f"method {value.__qualname__}"
+    return repr(value)
 
 
 @dataclass
@@ -231,16 +233,9 @@ class Solver:
                 f"instance, e.g. {coffee_break.__name__}()"
             )
         if not callable(getattr(coffee_break, "enjoy", None)):
-            # The repr of a function or bound method shows an address, so
-            # name it instead.
-            if inspect.isfunction(coffee_break):
-                described = f"function {coffee_break.__qualname__}"
-            elif inspect.ismethod(coffee_break):
-                described = f"method {coffee_break.__qualname__}"
-            else:
-                described = repr(coffee_break)
             raise ConfigError(
-                f"add_coffee_break: {described} has no enjoy(solver, net) method; "
+                f"add_coffee_break: {describe(coffee_break)} has no enjoy(solver, "
+                "net) method; "
                 "pass a coffee break such as TrainingSummary(), or an instance of "
                 "a CoffeeBreak subclass that defines enjoy"
             )
@@ -537,20 +532,22 @@ class Solver:
         state.iter = iteration
         if not constraints_due(net, iteration):
             return self._run_step(
-                lambda: net.solver_step(method, *values), regu_coef, net
+                lambda: net.solver_step(method, *values), regu_coef, after_update=True
             )
         # Constraints act on the updated parameters before the forward pass,
         # so the update and the pass run as two calls.
         net.apply_update(method, *values)
         apply_constraints(net, iteration)
         return self._run_step(
-            lambda: net.forward_backward(method, regu_coef), regu_coef, net
+            lambda: net.forward_backward(method, regu_coef),
+            regu_coef,
+            after_update=True,
         )
 
-    def _run_step(self, step, regu_coef: float, updated_net=None) -> float:
+    def _run_step(self, step, regu_coef: float, after_update: bool = False) -> float:
         """Return step(), adding the solver's iteration to a NumericalError.
 
-        With ``updated_net`` (the step's update ran before its forward
+        With ``after_update`` (the step's update ran before its forward
         pass), the error also gives the update's settings, and a parameter
         that the update made NaN or infinite is reported in place of the
         loss it spoiled.
@@ -559,14 +556,14 @@ class Solver:
         try:
             return step()
         except NumericalError as error:
-            if updated_net is None:
+            if not after_update:
                 # No update ran in this step, so no learning rate or momentum
                 # of the solver state explains the error.
                 raise NumericalError(
                     f"{error}. The solver was at iteration {state.iter}, and no "
                     "update ran in this step"
                 ) from error
-            self._check_parameters(updated_net, regu_coef)
+            self._check_parameters(self.net, regu_coef)
             raise NumericalError(
                 f"{error}. Solver settings at iteration {state.iter}: learning "
                 f"rate {state.learning_rate:g}, momentum {state.momentum:g}, "
@@ -653,13 +650,13 @@ class Solver:
         number = value if type(value) is float else as_real(value)
         if number is None:
             raise ConfigError(
-                f"{key} {describe_policy(policy)} returned {value!r} at iteration "
+                f"{key} {describe(policy)} returned {value!r} at iteration "
                 f"{state.iter}; a policy must return a number, as "
                 "LRPolicy.Fixed(0.01) does"
             )
         if not math.isfinite(number) or abs(number) > float(np.finfo(dtype).max):
             raise NumericalError(
-                f"{key} {describe_policy(policy)} returned {number:g} at iteration "
+                f"{key} {describe(policy)} returned {number:g} at iteration "
                 f"{state.iter}, which is not a finite {np.dtype(dtype).name}; check "
                 "the policy's parameters"
             )
