@@ -84,13 +84,15 @@ class L2Cons(Constraint):
             rows[over] *= scale[:, np.newaxis].astype(param.dtype)
 
 
-def constraints_due(net, iteration: int) -> bool:
-    """Return whether some parameter's constraint is due after update ``iteration``."""
-    return any(
-        spec.constraint is not None and spec.constraint.is_due(iteration)
+def net_constraints(net) -> list:
+    """Return the constraint of each constrained parameter of ``net``; a
+    solver reads the list once and asks its ``is_due`` every iteration."""
+    return [
+        spec.constraint
         for info in net.ir.layers
         for spec in info.params
-    )
+        if spec.constraint is not None
+    ]
 
 
 def apply_constraints(net, iteration: int):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mochac.constraints import apply_constraints, constraints_due
+from mochac.constraints import apply_constraints, net_constraints
 from mochac.errors import ConfigError, NumericalError, SnapshotError
 from mochac.runtime import resume_point
 from mochac.runtime.coffee_lounge import CoffeeLounge
@@ -474,6 +474,7 @@ class Solver:
             self._enjoy(self._due(0, -1, -1), net)
             self.lounge.maybe_save(state.iter, force=True)
 
+        constraints = net_constraints(net)
         bar = self._progress_bar(state.iter, max_iter)
         while state.iter < max_iter:
             iteration = state.iter + 1
@@ -483,7 +484,7 @@ class Solver:
             before = self._epoch(net)
             net.step_updated = False
             try:
-                state.obj_val = self._iterate(net, iteration, regu_coef)
+                state.obj_val = self._iterate(net, iteration, regu_coef, constraints)
             except BaseException:
                 if not net.step_updated:
                     # Loading the batch failed before the update ran, so the
@@ -522,15 +523,16 @@ class Solver:
                 error,
             )
 
-    def _iterate(self, net, iteration: int, regu_coef: float) -> float:
-        """Run update ``iteration``, the norm constraints due after it, then
-        forward and backward on the next batch; return the objective."""
+    def _iterate(self, net, iteration: int, regu_coef: float, constraints) -> float:
+        """Run update ``iteration``, the norm constraints due after it (of
+        ``constraints``, net_constraints' list), then forward and backward on
+        the next batch; return the objective."""
         state, method = self.state, self.method
         values = (state.learning_rate, state.momentum, regu_coef, state.iter)
         # From here on the parameters are those after update ``iteration``,
         # which errors of the forward pass report.
         state.iter = iteration
-        if not constraints_due(net, iteration):
+        if not any(constraint.is_due(iteration) for constraint in constraints):
             return self._run_step(
                 lambda: net.solver_step(method, *values), regu_coef, after_update=True
             )
