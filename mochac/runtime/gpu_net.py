@@ -621,13 +621,10 @@ class GPUNet(Net):
             if index not in tables.skipped
             for call in calls
         ]
-        gradients = [*self.forward_calls, self.check_call, *backward]
-        update = gpu_update.update_calls(self, tables)
-        calls = {
-            "gradients": gradients,
-            "train": [*gradients, *update],
-            "solver": [*update, *gradients],
-        }[kind]
+        calls = [*self.forward_calls, self.check_call, *backward]
+        if kind != "gradients":
+            update = gpu_update.update_calls(self, tables)
+            calls = [*calls, *update] if kind == "train" else [*update, *calls]
         self._step_cache[kind] = (tables, calls)
         return calls
 
