@@ -9,7 +9,7 @@ NetIR.assign_diff_writers).
 A forward alias is only safe while nobody writes a top in place, which
 fuse_inplace checks on the shared storage. A split with a top the user
 keeps stays a kernel, so that top keeps a diff of its own. The pipeline
-adds to ``keep`` the blobs that kept identity and reshape tops will alias,
+adds to ``keep`` the blobs that kept alias tops (eliminate_identity) share,
 so keeping such an alias of a top counts as keeping the top.
 """
 

@@ -12,9 +12,9 @@ the storage is a data layer's output, kept by the user or read by no layer
 (such blobs stay readable after forward), the top is not kept either, and
 shapes match. A rejected candidate is logged at debug level.
 
-The pipeline adds to ``keep`` the blobs that kept identity and reshape tops
-will alias, so keeping an alias of the bottom or of the top counts as
-keeping that blob.
+The pipeline adds to ``keep`` the blobs that kept alias tops
+(eliminate_identity) share, so keeping an alias of the bottom or of the
+top counts as keeping that blob.
 """
 
 from __future__ import annotations

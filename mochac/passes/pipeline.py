@@ -111,7 +111,7 @@ def run_ir_passes(ir, opt_level: int = 1, disable=(), keep=frozenset()):
     Each report carries ``before`` and ``after``: the ir_counts around it.
     The passes leave the data and diff of every blob in ``keep`` as they are
     at -O0. When eliminate_identity runs, ``keep`` first gains the bottoms
-    that kept identity and reshape tops will alias (keep_with_aliased_bottoms).
+    that kept alias tops will share (keep_with_aliased_bottoms).
     """
     enabled = enabled_passes(opt_level, disable)
     if "eliminate_identity" in enabled:
