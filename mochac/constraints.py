@@ -85,8 +85,10 @@ class L2Cons(Constraint):
 
 
 def net_constraints(net) -> list:
-    """Return the constraint of each constrained parameter of ``net``; a
-    solver reads the list once and asks its ``is_due`` every iteration."""
+    """Return the constraint of each constrained parameter of ``net``.
+
+    A solver builds the list once and calls each ``is_due`` every iteration.
+    """
     return [
         spec.constraint
         for info in net.ir.layers

@@ -111,7 +111,7 @@ class MemoryDataLayer(Layer):
         batch_size: samples per batch (required).
         data: one array per top, samples along the first axis. The runtime
             reads these arrays at each batch, so changing their contents in
-            place changes what the net sees. A GPU net's training steps
+            place changes what the net reads. A GPU net's training steps
             (train_step, solver_step, forward_backward) read the next batch
             during the current step: between steps, reach the
             arrays through a new net.data_source() call each time, or call
