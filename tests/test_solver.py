@@ -406,6 +406,12 @@ def test_add_coffee_break_intervals(every_n_iter, every_n_epoch, problem):
         )
 
 
+def test_recompute_gradients_outside_break():
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=1))
+    with pytest.raises(mochac.ConfigError, match="called outside a coffee break"):
+        solver.recompute_gradients()
+
+
 class IterationLog(CoffeeBreak):
     """Records the iteration of each break."""
 

@@ -585,8 +585,8 @@ class Solver:
         net = self.net
         if net is None or net.resume_point is None:
             raise ConfigError(
-                "Solver.recompute_gradients: no coffee break of a running solve; "
-                "call it from a coffee break's enjoy()"
+                "Solver.recompute_gradients: called outside a coffee break of a "
+                "running solve; call it from a coffee break's enjoy()"
             )
         regu_coef = float(self.params["regu_coef"])
         resume_point.restore(net, net.resume_point)
