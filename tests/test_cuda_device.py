@@ -16,6 +16,7 @@ from mochac.layers import (
     HDF5DataLayer,
     InnerProductLayer,
     MemoryDataLayer,
+    MemoryOutputLayer,
     SoftmaxLossLayer,
 )
 from mochac.runtime import gpu_update
@@ -396,6 +397,43 @@ def test_solver_steps_match_cpu(cupy):
             np.testing.assert_allclose(
                 gpu.params[layer][name].get(), array, rtol=RTOL, atol=ATOL
             )
+
+
+def test_uncounted_pass_keeps_statistics(cupy):
+    """Net.uncounted, which the solver's gradient recompute uses, leaves the
+    device-side accuracy counters, the loss sums and the output layers as
+    they were, and the pass still computes the CPU's objective."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(8, 5))
+    y = rng.integers(0, 3, size=(8, 1)).astype(float)
+
+    def layers():
+        return [
+            MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
+            InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["out"]),
+            SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+            AccuracyLayer(name="acc", bottoms=["out", "label"]),
+            MemoryOutputLayer(name="keep", bottoms=["out"]),
+        ]
+
+    cpu, gpu = twin_nets(layers)
+    for net in (cpu, gpu):
+        # The methods keep solver state on their net's device.
+        method = SGD()
+        net.forward_backward(method, 0.0)
+        net.solver_step(method, 0.1, 0.9, 0.0, 0)
+        net.counted = net.statistics()
+        with net.uncounted():
+            net.recomputed = net.forward_backward(method, 0.0)
+        # A counted pass after the uncounted one adds to the counters again.
+        net.solver_step(method, 0.1, 0.9, 0.0, 1)
+    for net in (cpu, gpu):
+        assert net.counted["acc-count"] == 8
+        assert net.statistics()["acc-count"] == 12
+        assert len(net.output_states["keep"].outputs[0]) == 3
+    assert gpu.counted == pytest.approx(cpu.counted, rel=RTOL)
+    assert gpu.statistics() == pytest.approx(cpu.statistics(), rel=RTOL)
+    assert gpu.recomputed == pytest.approx(cpu.recomputed, rel=RTOL)
 
 
 def test_nan_loss_in_graph_replay_leaves_parameters(cupy):

@@ -6,10 +6,12 @@ import pytest
 import mochac
 from mochac import (
     SGD,
+    AccuracyLayer,
     CPUBackend,
     InnerProductLayer,
     LRPolicy,
     MemoryDataLayer,
+    MemoryOutputLayer,
     MomPolicy,
     Net,
     Neurons,
@@ -282,3 +284,68 @@ def test_train_step_skips_frozen_backward(data, frozen):
             np.testing.assert_array_equal(
                 skipping.params[layer][name], array, err_msg=f"{layer}.{name}"
             )
+
+
+def counted_net(data):
+    """make_net's layers with an accuracy layer and a memory output layer."""
+    x, y = data
+    layers = [
+        MemoryDataLayer(batch_size=4, data=[x, y]),
+        InnerProductLayer(
+            name="ip1",
+            output_dim=6,
+            neuron=Neurons.ReLU(),
+            bottoms=["data"],
+            tops=["h"],
+        ),
+        InnerProductLayer(name="ip2", output_dim=3, bottoms=["h"], tops=["out"]),
+        SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+        AccuracyLayer(name="acc", bottoms=["out", "label"]),
+        MemoryOutputLayer(name="keep", bottoms=["out"]),
+    ]
+    return Net("counted", CPUBackend(dtype=np.float64, seed=4), layers)
+
+
+def test_recomputed_batch_counted_once(data):
+    """The gradients recomputed after an unfreeze come from a batch that the
+    statistics and output layers already counted, so they count it once."""
+
+    class UnfreezeAtTwo(CoffeeBreak):
+        def enjoy(self, solver, net):
+            if solver.state.iter == 2:
+                unfreeze(net, "ip1")
+
+    net = counted_net(data)
+    freeze(net, "ip1")
+    params = make_solver_parameters(
+        SGD(), max_iter=3, lr_policy=LRPolicy.Fixed(0.05), momentum=0.9
+    )
+    solver = Solver(SGD(), params, progress=False)
+    solver.add_coffee_break(UnfreezeAtTwo(), every_n_iter=1)
+    solver.solve(net)
+
+    # The solver's forward passes: one before update 1, one after each update.
+    reference = counted_net(data)
+    freeze(reference, "ip1")
+    method = SGD()
+    for iteration in range(3):
+        if iteration == 2:
+            unfreeze(reference, "ip1")
+        reference.train_step(method, 0.05, 0.9, 0.0005, iteration)
+    reference.forward()
+
+    collected = net.output_states["keep"].outputs[0]
+    expected = reference.output_states["keep"].outputs[0]
+    assert len(collected) == len(expected) == 4
+    for batch, (actual, wanted) in enumerate(zip(collected, expected)):
+        np.testing.assert_allclose(
+            actual, wanted, rtol=0, atol=1e-12, err_msg=f"batch {batch}"
+        )
+    stats = net.statistics()
+    expected_stats = reference.statistics()
+    assert stats["acc-count"] == expected_stats["acc-count"] == 16
+    assert stats["loss-count"] == expected_stats["loss-count"] == 16
+    assert stats["acc-accuracy"] == pytest.approx(expected_stats["acc-accuracy"])
+    assert stats["loss-softmax-loss"] == pytest.approx(
+        expected_stats["loss-softmax-loss"], rel=1e-12
+    )

@@ -142,6 +142,10 @@ def test_host_gpunet_solver_steps(cupy):
     device_tests.test_solver_steps_match_cpu(cupy)
 
 
+def test_host_gpunet_uncounted_pass(cupy):
+    device_tests.test_uncounted_pass_keeps_statistics(cupy)
+
+
 def test_host_gpunet_graph_nan_loss(cupy):
     device_tests.test_nan_loss_in_graph_replay_leaves_parameters(cupy)
 

@@ -496,7 +496,7 @@ class GPUNet(Net):
 
     def _collect_outputs(self):
         """Hand the output layers' bottoms to their host-side states."""
-        if self.output_states:
+        if self.output_states and self.counting:
             host = {name: view.get() for name, view in self.blobs.items()}
             for state in self.output_states.values():
                 state.collect(host)
@@ -646,6 +646,15 @@ class GPUNet(Net):
     def synchronize(self):
         """Wait until every step enqueued so far has finished (for timing)."""
         self.stream.synchronize()
+
+    def _statistics_counters(self) -> list:
+        # The kernels count on the device, and statistics() reads the host
+        # copies that each step's report brings back.
+        return super()._statistics_counters() + [
+            self.device_states[info.name]
+            for info in self.ir.layers
+            if info.layer.has_stats
+        ]
 
     def reset_statistics(self):
         super().reset_statistics()

@@ -8,6 +8,7 @@ how a test net shares the train net's parameters.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -99,6 +100,9 @@ class Net:
     # Whether the last solver_step or apply_update ran its update. A
     # solver_step whose batch fails to load leaves it False.
     step_updated = False
+    # False inside uncounted(): forward passes then add nothing to the
+    # statistics or the output layers.
+    counting = True
 
     def __new__(cls, name=None, backend=None, *args, **kwargs):
         # Net(name, GPUBackend(), layers) builds the CUDA backend's GPUNet.
@@ -446,6 +450,8 @@ class Net:
         """
         total = self.objective()
         self.forward_done = True
+        if not self.counting:
+            return total
         sums = self.loss_sums
         for name, batch, whole in self._loss_batches:
             valid_part = float(self.states[name][1])
@@ -590,8 +596,9 @@ class Net:
         return self._finish_forward(n_valid)
 
     def _finish_forward(self, n_valid: int) -> float:
-        for state in self.output_states.values():
-            state.collect(self.blobs)
+        if self.counting:
+            for state in self.output_states.values():
+                state.collect(self.blobs)
         return self._record_objective(n_valid)
 
     def forward_layer(self, name: str, n_valid: int | None = None):
@@ -645,6 +652,32 @@ class Net:
                 stats[statistic_key(info)] = total / count if count else 0.0
                 stats[f"{info.name}-count"] = count
         return stats
+
+    @contextlib.contextmanager
+    def uncounted(self):
+        """Run the forward passes inside without counting them: the
+        statistics and the output layers end as they were before.
+
+        The solver recomputes gradients on a batch already counted this way.
+        """
+        self._check_alive()
+        saved = self._statistics_counters()
+        copies = [self.backend.copy(array) for array in saved]
+        sums = {name: list(running) for name, running in self.loss_sums.items()}
+        self.counting = False
+        try:
+            yield
+        finally:
+            self.counting = True
+            for array, copy in zip(saved, copies):
+                array[...] = copy
+            self.loss_sums = sums
+
+    def _statistics_counters(self) -> list:
+        """Return the arrays in which statistics layers count, for uncounted()."""
+        return [
+            self.states[info.name] for info in self.ir.layers if info.layer.has_stats
+        ]
 
     def reset_statistics(self):
         """Zero the accuracy counters and loss sums before a validation epoch."""

@@ -579,8 +579,8 @@ class Solver:
         reload) or unfroze layers, so that the next update applies gradients
         of the current parameters. Sets obj_val to the new loss.
 
-        NOTE: the batch runs through the net a second time, so output layers
-        collect it twice and the loss statistics count it twice.
+        The batch was counted when it was loaded, so this pass adds nothing to
+        the statistics or the output layers (Net.uncounted).
         """
         net = self.net
         if net is None or net.resume_point is None:
@@ -590,9 +590,10 @@ class Solver:
             )
         regu_coef = float(self.params["regu_coef"])
         resume_point.restore(net, net.resume_point)
-        self.state.obj_val = self._run_step(
-            lambda: net.forward_backward(self.method, regu_coef), regu_coef
-        )
+        with net.uncounted():
+            self.state.obj_val = self._run_step(
+                lambda: net.forward_backward(self.method, regu_coef), regu_coef
+            )
 
     def _enjoy(self, breaks: list, net) -> None:
         """Run ``breaks`` with the net's resume point set, then recompute the
