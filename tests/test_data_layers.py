@@ -14,12 +14,18 @@ import numpy as np
 import pytest
 
 from mochac import (
+    SGD,
     AccuracyLayer,
     CPUBackend,
     DataError,
     HDF5DataLayer,
+    InnerProductLayer,
     MemoryDataLayer,
     Net,
+    SoftmaxLossLayer,
+    Solver,
+    ValidationPerformance,
+    make_solver_parameters,
 )
 from mochac.runtime.data_sources import make_source
 
@@ -128,18 +134,58 @@ def test_hdf5_shuffle_2d_permutation(tmp_path):
     assert epochs == [0, 0, 1, 1, 2]
 
 
-def test_hdf5_batch_larger_than_data(tmp_path, caplog):
+def test_hdf5_batch_larger_than_data(tmp_path):
     layer = hdf5_layer(
         tmp_path, batch_size=7, data=numbered_images(3), label=numbered_labels(3)
     )
-    with caplog.at_level(logging.WARNING, logger="mochac"):
-        source = open_source(layer)
-    assert "batch_size 7 is larger than its 3 samples" in caplog.text
+    source = open_source(layer)
     (_, label), n_valid = next_batch(source)
 
     assert label.ravel().tolist() == [0, 1, 2, 0, 1, 2, 0]
     assert n_valid == 3
     assert source.epoch == 2
+
+
+def small_data_net(name, batch_size, backend=None):
+    """Return a classifier net over 3 samples."""
+    backend = backend or CPUBackend(dtype=np.float64, seed=1)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 4))
+    y = np.array([[0.0], [1.0], [0.0]])
+    layers = [
+        MemoryDataLayer(batch_size=batch_size, data=[x, y]),
+        InnerProductLayer(name="ip", output_dim=2, bottoms=["data"], tops=["out"]),
+        SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+    ]
+    return Net(name, backend, layers)
+
+
+def test_training_batch_larger_than_data_warns(caplog):
+    """Training on batches larger than the data set repeats samples, so the
+    solver warns. A validation of the same data does not."""
+    backend = CPUBackend(dtype=np.float64, seed=1)
+    train_net = small_data_net("train", batch_size=7, backend=backend)
+    test_net = small_data_net("test", batch_size=7, backend=backend)
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=2), progress=False)
+    solver.add_coffee_break(ValidationPerformance(test_net), every_n_iter=1)
+    with caplog.at_level(logging.WARNING, logger=DATA_SOURCES_LOGGER):
+        solver.solve(train_net)
+    warnings = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == DATA_SOURCES_LOGGER and record.levelno == logging.WARNING
+    ]
+    assert len(warnings) == 1
+    assert "net 'train': MemoryDataLayer" in warnings[0]
+    assert "batch_size 7, larger than its 3 samples" in warnings[0]
+
+
+def test_batch_within_data_does_not_warn(caplog):
+    net = small_data_net("train", batch_size=3)
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=2), progress=False)
+    with caplog.at_level(logging.WARNING, logger=DATA_SOURCES_LOGGER):
+        solver.solve(net)
+    assert "larger than its" not in caplog.text
 
 
 def test_hdf5_files_concatenate_in_order(tmp_path):

@@ -44,16 +44,6 @@ class BatchOrder:
         self.position = 0
         self.epoch = 0
         self.order = self._new_order()
-        if batch_size > n_samples:
-            logger.warning(
-                "%s: batch_size %d is larger than its %d samples, so each batch "
-                "repeats samples and may end more than one epoch; use a batch_size "
-                "of at most %d",
-                owner,
-                batch_size,
-                n_samples,
-                n_samples,
-            )
 
     def _new_order(self):
         # Drawing an order advances the generator, so its cached JSON state
@@ -487,6 +477,27 @@ def load_hdf5(layer: HDF5DataLayer, dtype) -> list[np.ndarray]:
             parts.append(np.ascontiguousarray(values, dtype=dtype))
         arrays.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
     return arrays
+
+
+def warn_batches_larger_than_data(net) -> None:
+    """Log a warning for each data layer of ``net`` whose batch is larger
+    than its data set.
+
+    The solver calls this for its training net only. A validation epoch
+    leaves out the samples that wrap around, so there the size only costs time.
+    """
+    for index, source in net.sources.items():
+        if source.batch_size > source.n_samples:
+            logger.warning(
+                "net '%s': %s has batch_size %d, larger than its %d samples, so "
+                "each training batch repeats samples and may end more than one "
+                "epoch; use a batch_size of at most %d",
+                net.name,
+                _who(net.layers[index]),
+                source.batch_size,
+                source.n_samples,
+                source.n_samples,
+            )
 
 
 def make_source(layer, dtype, rng):

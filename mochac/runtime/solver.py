@@ -32,6 +32,7 @@ from mochac.constraints import apply_constraints, net_constraints
 from mochac.errors import ConfigError, NumericalError, SnapshotError
 from mochac.runtime import resume_point
 from mochac.runtime.coffee_lounge import CoffeeLounge
+from mochac.runtime.data_sources import warn_batches_larger_than_data
 from mochac.runtime.freeze import frozen_layers, trainable_groups
 from mochac.runtime.mom_policy import MomPolicy
 from mochac.runtime.snapshot import (
@@ -415,6 +416,7 @@ class Solver:
                 "minimize; add one such as SoftmaxLossLayer"
             )
         self._check_value_range(net.backend.dtype)
+        warn_batches_larger_than_data(net)
         check_solver = getattr(params["lr_policy"], "check_solver", None)
         if check_solver is not None:
             check_solver(self)
