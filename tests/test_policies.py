@@ -280,6 +280,29 @@ def test_decay_reload_recomputes_gradients(tmp_path):
     assert checked == [True]
 
 
+def test_failed_reload_keeps_rate(tmp_path):
+    """A decay whose snapshot cannot be read raises, and leaves the rate
+    undecayed for a later solve()."""
+    net, solver, policy = decay_solver(
+        tmp_path, "loss", [0.5, 0.4, 0.6], higher_better=False, max_iter=4
+    )
+    validation = solver.breaks[1][0]
+    scripted_enjoy = validation.enjoy
+
+    def enjoy_after_damage(solver, net):
+        if solver.state.iter == 4:
+            # The reload reaches back to iteration 2, the best validation.
+            (tmp_path / "snapshot-000002.h5").write_bytes(b"not an HDF5 file")
+        scripted_enjoy(solver, net)
+
+    validation.enjoy = enjoy_after_damage
+    with pytest.raises(mochac.MochacError, match="snapshot-000002.h5"):
+        solver.solve(net)
+    assert policy.learning_rate == 0.1
+    assert solver.state.learning_rate == 0.1
+    assert policy(solver.state) == 0.1
+
+
 def test_decay_on_validation_needs_snapshot(tmp_path):
     x, y = toy_data()
     net = Net("decay", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))

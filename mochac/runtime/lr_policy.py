@@ -322,20 +322,23 @@ class DecayOnValidation:
             # carry the new best too.
             self.rewrite_current_snapshots(solver)
             return
-        self.learning_rate *= self.ratio
-        # Snapshots store the state's rate; the next update would set it too.
-        solver.state.learning_rate = self.learning_rate
+        decayed = self.learning_rate * self.ratio
         logger.info(
             "%s = %g at iteration %d is worse than %g at iteration %d; learning "
-            "rate decayed to %g",
+            "rate decays to %g",
             self.key,
             value,
             iteration,
             self.best,
             self.best_iter,
-            self.learning_rate,
+            decayed,
         )
+        # The rate decays only once the reload has worked, so an error in it
+        # leaves the policy as it was.
         self.reload_best_snapshot(solver)
+        self.learning_rate = decayed
+        # Snapshots store the state's rate; the next update would set it too.
+        solver.state.learning_rate = decayed
         self._record_best(solver)
         self.rewrite_current_snapshots(solver)
 
