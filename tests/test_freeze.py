@@ -1,5 +1,9 @@
 """freeze, freeze_all and unfreeze: frozen layers keep their parameters."""
 
+import json
+import logging
+
+import h5py
 import numpy as np
 import pytest
 
@@ -15,6 +19,7 @@ from mochac import (
     MomPolicy,
     Net,
     Neurons,
+    Snapshot,
     SoftmaxLossLayer,
     Solver,
     make_solver_parameters,
@@ -349,3 +354,65 @@ def test_recomputed_batch_counted_once(data):
     assert stats["loss-softmax-loss"] == pytest.approx(
         expected_stats["loss-softmax-loss"], rel=1e-12
     )
+
+
+def snapshot_solver(folder, max_iter):
+    params = make_solver_parameters(
+        SGD(),
+        max_iter=max_iter,
+        lr_policy=LRPolicy.Fixed(0.05),
+        momentum=0.9,
+        load_from=str(folder),
+    )
+    solver = Solver(SGD(), params, progress=False)
+    solver.add_coffee_break(Snapshot(str(folder)), every_n_iter=2)
+    return solver
+
+
+def test_snapshot_records_frozen_layers(data, tmp_path):
+    net = make_net(data)
+    freeze(net, "ip1")
+    snapshot_solver(tmp_path, max_iter=2).solve(net)
+    with h5py.File(tmp_path / "snapshot-000002.h5", "r") as handle:
+        assert json.loads(handle["solver"].attrs["frozen_layers"]) == ["ip1"]
+
+
+def test_resume_warns_of_other_frozen_layers(data, tmp_path, caplog):
+    net = make_net(data)
+    freeze(net, "ip1")
+    snapshot_solver(tmp_path, max_iter=2).solve(net)
+
+    resumed = make_net(data)
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
+        snapshot_solver(tmp_path, max_iter=4).solve(resumed)
+    warnings = [
+        r.getMessage() for r in caplog.records if "frozen layers" in r.getMessage()
+    ]
+    assert len(warnings) == 1
+    assert "saved with frozen layers ip1, but now none are frozen" in warnings[0]
+    assert "freeze(net, ...)" in warnings[0]
+
+
+def test_resume_with_same_frozen_layers_is_quiet(data, tmp_path, caplog):
+    net = make_net(data)
+    freeze(net, "ip1")
+    snapshot_solver(tmp_path, max_iter=2).solve(net)
+
+    resumed = make_net(data)
+    freeze(resumed, "ip1")
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
+        snapshot_solver(tmp_path, max_iter=4).solve(resumed)
+    assert "frozen layers" not in caplog.text
+
+
+@pytest.mark.parametrize("value", ["ip1", "[1, 2]", "{not json"])
+def test_invalid_frozen_layers_attribute(data, tmp_path, value):
+    net = make_net(data)
+    snapshot_solver(tmp_path, max_iter=2).solve(net)
+    path = tmp_path / "snapshot-000002.h5"
+    with h5py.File(path, "r+") as handle:
+        handle["solver"].attrs["frozen_layers"] = value
+    # The digest file would report the edit as damage before the attribute.
+    (tmp_path / "snapshot-000002.h5.sha256").unlink()
+    with pytest.raises(mochac.SnapshotError, match="'frozen_layers' has the invalid"):
+        snapshot_solver(tmp_path, max_iter=4).solve(make_net(data))

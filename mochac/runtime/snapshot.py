@@ -30,6 +30,7 @@ raise on a damaged file, raises SnapshotError naming the file and the item.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -56,6 +57,7 @@ from mochac.runtime.file_digest import (
     verify_digest,
     write_digest,
 )
+from mochac.runtime.freeze import frozen_layers
 from mochac.runtime.snapshot_checks import (
     SNAPSHOT_PATTERN,
     check_float_dataset,
@@ -69,6 +71,10 @@ from mochac.runtime.snapshot_checks import (
 from mochac.version import __version__
 
 logger = logging.getLogger(__name__)
+
+# The /solver attribute with the names of the layers frozen when the
+# snapshot was saved, a JSON list.
+FROZEN_LAYERS = "frozen_layers"
 
 # The attributes of /solver that resuming reads, with their Python types.
 SOLVER_ATTRIBUTES = {
@@ -319,6 +325,9 @@ def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> P
         group = handle.create_group("solver")
         for key, value in solver_state.to_attrs().items():
             group.attrs[key] = value
+        # A resume leaves freezing to the user's script and only warns when
+        # the frozen layers differ (Solver._warn_frozen_change).
+        group.attrs[FROZEN_LAYERS] = json.dumps(sorted(frozen_layers(net)))
         for buffer_name, arrays in solver_buffers.items():
             buffer_group = group.create_group(buffer_name)
             for key, values in arrays.items():
@@ -553,7 +562,27 @@ def check_solver_attributes(group, path) -> dict:
                 path, f"/solver attribute '{key}' has the invalid value {plain!r}"
             )
         attrs[key] = kind(value)
+    if FROZEN_LAYERS in attrs:
+        attrs[FROZEN_LAYERS] = parse_frozen_layers(attrs[FROZEN_LAYERS], path)
     return attrs
+
+
+def parse_frozen_layers(value, path) -> frozenset[str]:
+    """Return the layer names of a /solver 'frozen_layers' attribute, a JSON
+    list of strings; raise SnapshotError for any other value."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    try:
+        names = json.loads(value) if isinstance(value, str) else None
+    except json.JSONDecodeError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise damaged(
+            path,
+            f"/solver attribute '{FROZEN_LAYERS}' has the invalid value {value!r}; "
+            "expected a JSON list of layer names",
+        )
+    return frozenset(names)
 
 
 def read_random_streams(handle, net, path) -> dict:

@@ -36,6 +36,7 @@ from mochac.runtime.data_sources import warn_batches_larger_than_data
 from mochac.runtime.freeze import frozen_layers, trainable_groups
 from mochac.runtime.mom_policy import MomPolicy
 from mochac.runtime.snapshot import (
+    FROZEN_LAYERS,
     apply_solver_state,
     latest_snapshot,
     load_params,
@@ -318,6 +319,7 @@ class Solver:
         attrs, buffers = stored.attrs, stored.buffers
         if iteration > 0:
             self._warn_missing_buffers(net, buffers, path)
+            self._warn_frozen_change(net, attrs, path)
         self.method.load_buffers(buffers, net.backend)
         if restore_policy is not None:
             restore_policy(attrs)
@@ -325,6 +327,27 @@ class Solver:
         obj_val = as_real(attrs.get("obj_val"))
         self.state.obj_val = math.nan if obj_val is None else float(obj_val)
         logger.info("resumed from %s at iteration %d", path, self.state.iter)
+
+    def _warn_frozen_change(self, net, attrs: dict, path) -> None:
+        """Log a warning when the net's frozen layers differ from those at the
+        snapshot's save; snapshots of older versions record none."""
+        saved = attrs.get(FROZEN_LAYERS)
+        current = frozen_layers(net)
+        if saved is None or saved == current:
+            return
+
+        def listed(names) -> str:
+            return ", ".join(sorted(names)) or "none"
+
+        logger.warning(
+            "net '%s': %s was saved with frozen layers %s, but now %s are frozen; "
+            "training goes on with the current setting. Call freeze(net, ...) or "
+            "unfreeze(net, ...) before solve() to train as the saved run did",
+            net.name,
+            path,
+            listed(saved),
+            listed(current),
+        )
 
     def _warn_missing_buffers(self, net, buffers: dict, path) -> None:
         """Log a warning for each trainable parameter whose method buffer
