@@ -22,24 +22,17 @@ import h5py
 
 from mochac.errors import SnapshotError
 from mochac.runtime.snapshot import dataset_name, open_model
-from mochac.runtime.snapshot_checks import check_float_dataset, parsing, read_finite
+from mochac.runtime.snapshot_checks import (
+    check_float_dataset,
+    parsing,
+    read_finite,
+    shapes_match,
+)
 
 logger = logging.getLogger(__name__)
 
 # Caffe's convolution and inner product layers may be exported without a bias.
 OPTIONAL_PARAMS = ("bias",)
-
-
-def _strip_leading_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
-    index = 0
-    while index < len(shape) - 1 and shape[index] == 1:
-        index += 1
-    return tuple(shape[index:])
-
-
-def shapes_match(stored: tuple[int, ...], expected: tuple[int, ...]) -> bool:
-    """Return whether a stored blob fills a parameter: equal up to leading 1s."""
-    return _strip_leading_ones(stored) == _strip_leading_ones(expected)
 
 
 def load_caffe_hdf5(net, path, allow_missing=False) -> dict[str, list[str]]:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mochac import (
+    SGD,
     ConstantInitializer,
     ConvolutionLayer,
     CPUBackend,
@@ -18,8 +19,12 @@ from mochac import (
     Net,
     SnapshotError,
     SoftmaxLossLayer,
+    Solver,
+    load_snapshot,
+    make_solver_parameters,
 )
-from mochac.caffe import load_caffe_hdf5, load_network, shapes_match
+from mochac.caffe import load_caffe_hdf5, load_network
+from mochac.runtime.snapshot_checks import shapes_match
 
 RNG = np.random.default_rng(0)
 # (N, C, H, W) = (2, 3, 6, 6); conv1 has 4 filters of 3x3, so ip1 has 4*4*4 = 64 inputs.
@@ -340,3 +345,39 @@ def test_caffe_tied_decoder_uses_encoder_weight(tmp_path, allow_missing):
         net.params["enc"]["weight"], blobs["enc___weight"].astype(np.float32)
     )
     assert net.params["dec"]["weight"] is net.params["enc"]["weight"]
+
+
+# --- the solver's load_from and load_snapshot ------------------------------------------
+
+
+def assert_loaded(net, blobs):
+    for key, value in blobs.items():
+        layer, _, name = key.partition("___")
+        target = net.params[layer][name]
+        expected = value.astype(np.float32).astype(np.float64).reshape(target.shape)
+        np.testing.assert_array_equal(target, expected, err_msg=key)
+
+
+def test_load_snapshot_reads_4d_model(tmp_path):
+    """Mocha's HDF5 format stores each parameter as a 4-D tensor."""
+    blobs = caffe_blobs()
+    net = build_net()
+    load_snapshot(net, write_model(tmp_path / "model.hdf5", blobs))
+    assert_loaded(net, blobs)
+
+
+def test_load_from_fine_tunes_4d_model(tmp_path):
+    blobs = caffe_blobs()
+    path = write_model(tmp_path / "model.hdf5", blobs)
+    net = build_net()
+    params = make_solver_parameters(SGD(), max_iter=0, load_from=str(path))
+    state = Solver(SGD(), params, progress=False).solve(net)
+    assert state.iter == 0
+    assert_loaded(net, blobs)
+
+
+def test_load_snapshot_4d_model_wrong_size(tmp_path):
+    blobs = caffe_blobs(ip_outputs=6)
+    path = write_model(tmp_path / "model.hdf5", blobs)
+    with pytest.raises(SnapshotError, match=r"\(1, 1, 6, 64\), but the net expects"):
+        load_snapshot(build_net(), path)

@@ -67,6 +67,7 @@ from mochac.runtime.snapshot_checks import (
     parsing,
     read_dataset,
     read_finite,
+    shapes_match,
 )
 from mochac.version import __version__
 
@@ -416,13 +417,15 @@ def read_params(handle, net, path) -> tuple[dict, list[str]]:
                 continue
             label = f"layer '{layer}': parameter '{name}' (dataset {key})"
             stored = check_float_dataset(handle[key], path, label)
-            if stored.shape != array.shape:
+            if not shapes_match(stored.shape, array.shape):
                 raise SnapshotError(
                     f"layer '{layer}': parameter '{name}' in {path} has shape "
                     f"{stored.shape}, but the net expects {array.shape}; the file "
                     "was saved from a different architecture"
                 )
-            values[(layer, name)] = read_finite(stored, path, label)
+            values[(layer, name)] = read_finite(stored, path, label).reshape(
+                array.shape
+            )
     return values, missing
 
 

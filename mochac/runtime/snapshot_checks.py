@@ -136,3 +136,19 @@ def read_finite(node, path, label: str) -> np.ndarray:
             f"damaged or was saved after training diverged: {damage_advice(path)}"
         )
     return values
+
+
+def _strip_leading_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
+    index = 0
+    while index < len(shape) - 1 and shape[index] == 1:
+        index += 1
+    return tuple(shape[index:])
+
+
+def shapes_match(stored: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    """Return whether a stored array fills a parameter: equal up to leading 1s.
+
+    Mocha's HDF5 format and Caffe's exporter store every parameter as a 4-D
+    tensor, so an inner product weight (out, in) arrives as (1, 1, out, in).
+    """
+    return _strip_leading_ones(stored) == _strip_leading_ones(expected)
