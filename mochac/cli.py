@@ -79,7 +79,7 @@ def cpu_in_place_of_gpu():
     from mochac.runtime import gpu_backend
     from mochac.runtime.backend import CPUBackend
 
-    def stand_in(device=0, dtype=np.float32, seed=None, graphs=True):
+    def stand_in(device=None, dtype=np.float32, seed=None, graphs=True):
         return CPUBackend(dtype=dtype, seed=seed)
 
     saved = gpu_backend.GPUBackend

@@ -87,6 +87,22 @@ def backward(net):
     net.backward()
 
 
+def get_layer(net, name):
+    """Return the layer of ``net`` named ``name``.
+
+    Mocha returns the layer's state; mochac returns the layer itself. A
+    MemoryDataLayer's ``data`` arrays are those the net reads at each
+    forward pass, so ``get_layer(net, "data").data[0][...] = images``
+    changes the next batch, as in Mocha's prediction tutorial.
+    """
+    return net.get_layer(name)
+
+
+def reset_statistics(net):
+    """Zero ``net``'s accuracy counters and loss sums."""
+    net.reset_statistics()
+
+
 def add_coffee_break(solver, coffee_break, every_n_iter=None, every_n_epoch=None):
     """Schedule ``coffee_break`` on ``solver``."""
     solver.add_coffee_break(
@@ -144,11 +160,13 @@ __all__ = [
     "forward",
     "freeze",
     "freeze_all",
+    "get_layer",
     "init",
     "load_snapshot",
     "log_to_console",
     "net2dot",
     "registry_reset",
+    "reset_statistics",
     "setup",
     "setup_coffee_lounge",
     "shutdown",

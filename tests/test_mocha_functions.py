@@ -1,4 +1,5 @@
-"""Mocha's free functions: DefaultBackend, registry_reset and net2dot."""
+"""Mocha's free functions and names: DefaultBackend, registry_reset, net2dot,
+get_layer, reset_statistics, TrainingSummary's keyword and MOCHA_CUDA_DEVICE."""
 
 import io
 import shutil
@@ -15,8 +16,11 @@ from mochac import (
     MemoryDataLayer,
     Net,
     SoftmaxLossLayer,
+    TrainingSummary,
+    get_layer,
     net2dot,
     registry_reset,
+    reset_statistics,
 )
 
 
@@ -129,3 +133,95 @@ def test_save_snapshot_exported(tmp_path):
     np.testing.assert_array_equal(
         loaded.params["ip"]["weight"], saved.params["ip"]["weight"]
     )
+
+
+def test_get_layer_data_feeds_forward():
+    """As in Mocha's prediction tutorial: writing into the data layer's array
+    changes what the next forward pass reads."""
+    x = np.zeros((1, 3))
+    y = np.zeros((1, 1))
+    layers = [
+        MemoryDataLayer(name="data", batch_size=1, data=[x, y]),
+        InnerProductLayer(name="ip", output_dim=2, bottoms=["data"], tops=["ip"]),
+    ]
+    net = Net("predict", CPUBackend(dtype=np.float64, seed=1), layers)
+    get_layer(net, "data").data[0][0] = [1.0, 2.0, 3.0]
+    net.forward()
+    weight = net.params["ip"]["weight"]
+    bias = net.params["ip"]["bias"]
+    expected = weight @ np.array([1.0, 2.0, 3.0]) + bias
+    np.testing.assert_allclose(net.output_blobs["ip"][0], expected, rtol=1e-12)
+
+
+def test_get_layer_unknown_name():
+    net = Net("named", CPUBackend(dtype=np.float64), layers())
+    with pytest.raises(mochac.ConfigError, match="no layer named 'prob'; its layers"):
+        get_layer(net, "prob")
+
+
+def test_reset_statistics_function():
+    net = Net("stats", CPUBackend(dtype=np.float64), layers())
+    net.forward()
+    assert net.statistics()["loss-count"] == 2
+    reset_statistics(net)
+    assert net.statistics()["loss-count"] == 0
+
+
+def test_training_summary_keyword():
+    summary = TrainingSummary(statistic_names=["iter", "learning_rate"])
+    assert summary.statistic_names == ("iter", "learning_rate")
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "problem"),
+    [
+        (("iter",), {"statistic_names": ["obj_val"]}, "pass them one way"),
+        ((), {"statistic_names": "obj_val"}, "expected a list of names"),
+        ((), {"statistic_names": ["loss"]}, "unknown statistic 'loss'"),
+    ],
+)
+def test_training_summary_invalid_names(args, kwargs, problem):
+    with pytest.raises(mochac.ConfigError, match=problem):
+        TrainingSummary(*args, **kwargs)
+
+
+@pytest.fixture
+def host_cupy_module(monkeypatch):
+    """Install the host stand-in for CuPy, which reports one device."""
+    import sys
+
+    import host_cupy
+
+    monkeypatch.setitem(sys.modules, "cupy", host_cupy.module())
+    monkeypatch.setitem(sys.modules, "cupyx", host_cupy.cupyx_module())
+
+
+@pytest.mark.parametrize("value", [None, "", "0", " 0 "])
+def test_cuda_device_variable_picks_device_0(monkeypatch, host_cupy_module, value):
+    if value is None:
+        monkeypatch.delenv("MOCHA_CUDA_DEVICE", raising=False)
+    else:
+        monkeypatch.setenv("MOCHA_CUDA_DEVICE", value)
+    monkeypatch.setenv("MOCHA_USE_CUDA", "true")
+    backend = DefaultBackend()
+    assert isinstance(backend, mochac.GPUBackend)
+    assert backend.device == 0
+
+
+def test_cuda_device_variable_beyond_devices(monkeypatch, host_cupy_module):
+    monkeypatch.setenv("MOCHA_CUDA_DEVICE", "1")
+    with pytest.raises(mochac.DeviceError, match="device=1; this machine has 1"):
+        mochac.GPUBackend()
+
+
+@pytest.mark.parametrize("value", ["gpu1", "-1", "1.5"])
+def test_cuda_device_variable_invalid(monkeypatch, value):
+    # Checked before CuPy is imported, so this runs without it.
+    monkeypatch.setenv("MOCHA_CUDA_DEVICE", value)
+    with pytest.raises(mochac.ConfigError, match=f"MOCHA_CUDA_DEVICE='{value}'"):
+        mochac.GPUBackend()
+
+
+def test_cuda_device_argument_overrides_variable(monkeypatch, host_cupy_module):
+    monkeypatch.setenv("MOCHA_CUDA_DEVICE", "5")
+    assert mochac.GPUBackend(device=0).device == 0

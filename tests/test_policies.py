@@ -81,6 +81,9 @@ def test_mom_policies(policy, iteration, expected):
             lambda: LRPolicy.DecayOnValidation(0.1, "a", 0.5, higher_better=1),
             "higher_better",
         ),
+        (lambda: LRPolicy.DecayOnValidation(0.1, "a", 0.5, -1e-8), "min_lr"),
+        # higher_better is keyword-only, so a bool in min_lr's place fails.
+        (lambda: LRPolicy.DecayOnValidation(0.1, "a", 0.5, False), "min_lr"),
     ],
 )
 def test_policy_fields_validated(make_policy, match):
@@ -217,6 +220,35 @@ def test_decay_on_validation_direction(tmp_path, key, values, higher_better, dec
         )
     else:
         assert np.abs(net.params["ip"]["weight"] - good_weight).max() > 0
+
+
+def test_decay_on_validation_mocha_defaults():
+    policy = LRPolicy.DecayOnValidation(0.1, "accuracy-accuracy")
+    assert policy.ratio == 0.5
+    assert policy.min_lr == 1e-8
+
+
+def test_decay_stops_below_min_lr(tmp_path):
+    """Worse at iterations 2, 4 and 6: the rate halves from 0.1 to 0.05,
+    which is below min_lr=0.06, so the later worse values change nothing."""
+    net, solver, policy = decay_solver(
+        tmp_path, "loss", [0.5, 0.6, 0.7, 0.8], higher_better=False, max_iter=6
+    )
+    policy.min_lr = 0.06
+    solver.solve(net)
+    assert policy.learning_rate == pytest.approx(0.05)
+    assert solver.state.learning_rate == pytest.approx(0.05)
+
+
+def test_decay_compares_with_best(tmp_path):
+    """0.85 beats the rejected 0.80 but not the best 0.90, so it decays too."""
+    net, solver, policy = decay_solver(
+        tmp_path, "accuracy-accuracy", [0.9, 0.8, 0.85], max_iter=4
+    )
+    solver.solve(net)
+    assert policy.learning_rate == pytest.approx(0.025)
+    assert policy.best == 0.9
+    assert policy.best_iter == 0
 
 
 def test_decay_on_validation_defaults_to_higher_better(tmp_path):

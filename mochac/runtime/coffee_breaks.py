@@ -27,14 +27,28 @@ class TrainingSummary(CoffeeBreak):
     """Log the training objective and other solver statistics.
 
     ``TrainingSummary()`` logs iteration and obj_val; pass names to pick:
-    ``TrainingSummary("iter", "obj_val", "learning_rate", "momentum")``.
+    ``TrainingSummary("iter", "obj_val", "learning_rate", "momentum")``, or
+    as the keyword of Mocha's documentation,
+    ``TrainingSummary(statistic_names=["iter", "obj_val"])``.
     Every named statistic but "iter" is also recorded in the coffee lounge.
     """
 
     KNOWN = ("iter", "obj_val", "learning_rate", "momentum")
 
-    def __init__(self, *statistic_names):
-        names = statistic_names or ("iter", "obj_val")
+    def __init__(self, *names, statistic_names=None):
+        if statistic_names is not None:
+            if names:
+                raise ConfigError(
+                    "TrainingSummary: statistic names given both as arguments and "
+                    "as statistic_names; pass them one way"
+                )
+            if isinstance(statistic_names, str):
+                raise ConfigError(
+                    f"TrainingSummary: invalid statistic_names={statistic_names!r}; "
+                    "expected a list of names such as ['iter', 'obj_val']"
+                )
+            names = tuple(statistic_names)
+        names = names or ("iter", "obj_val")
         for name in names:
             if name not in self.KNOWN:
                 raise ConfigError(

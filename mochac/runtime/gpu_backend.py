@@ -7,6 +7,7 @@ only when a GPUBackend is constructed, so ``import mochac`` never needs it.
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 
@@ -14,6 +15,9 @@ from mochac.errors import ConfigError, DeviceError
 from mochac.runtime.backend import seeded_generator
 
 logger = logging.getLogger(__name__)
+
+# Mocha's environment variable for the CUDA device index.
+DEVICE_VARIABLE = "MOCHA_CUDA_DEVICE"
 
 INSTALL_HINT = (
     "`pip install 'mochac[cuda]'` (in a clone of mochac: `pip install '.[cuda]'`)"
@@ -33,11 +37,30 @@ def import_cupy():
     return cupy
 
 
+def device_from_environment() -> int:
+    """Return the device index in MOCHA_CUDA_DEVICE, or 0 when it is unset."""
+    text = os.environ.get(DEVICE_VARIABLE, "").strip()
+    if not text:
+        return 0
+    try:
+        device = int(text)
+    except ValueError:
+        device = -1
+    if device < 0:
+        raise ConfigError(
+            f"GPUBackend: invalid {DEVICE_VARIABLE}={text!r}; expected a device "
+            "index such as 0, or leave it unset for device 0"
+        )
+    return device
+
+
 class GPUBackend:
     """The GPU backend: generated CUDA kernels, GEMM through cuBLAS (via CuPy).
 
     Args:
-        device: index of the CUDA device to run on (default 0).
+        device: index of the CUDA device to run on. None (the default) reads
+            it from the environment variable MOCHA_CUDA_DEVICE, as Mocha
+            does, and uses 0 when that is unset.
         dtype: element type of blobs and parameters, np.float32 (default) or
             np.float64.
         seed: seed of the generator behind parameter initialization, data
@@ -56,7 +79,9 @@ class GPUBackend:
     # GPUNet.
     is_gpu = True
 
-    def __init__(self, device: int = 0, dtype=np.float32, seed=None, graphs=True):
+    def __init__(self, device=None, dtype=np.float32, seed=None, graphs=True):
+        if device is None:
+            device = device_from_environment()
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ConfigError(

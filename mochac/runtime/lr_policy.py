@@ -193,14 +193,22 @@ class Staged:
 class DecayOnValidation:
     """A rate that decays each time the validation statistic gets worse.
 
-    ``DecayOnValidation(base_lr, key, ratio, higher_better=True)`` starts at
-    ``base_lr``. After ``setup(policy, validation, solver)`` it listens to a
-    ValidationPerformance coffee break. Each time the statistic ``key`` (for
-    example "accuracy-accuracy") is worse than the best value so far, the
-    rate is multiplied by ``ratio``. The parameters and solver buffers are
-    then reloaded from the newest snapshot that the solver's Snapshot coffee
+    ``DecayOnValidation(base_lr, key, ratio=0.5, min_lr=1e-8,
+    higher_better=True)`` starts at ``base_lr``. After ``setup(policy,
+    validation, solver)`` it listens to a ValidationPerformance coffee
+    break. Each time the statistic ``key`` (for example
+    "accuracy-accuracy") is worse than the best value so far, the rate is
+    multiplied by ``ratio``. The parameters and solver buffers are then
+    reloaded from the newest snapshot that the solver's Snapshot coffee
     break saved no later than the best validation. A value equal to the best
-    is not worse.
+    is not worse. Once the rate is below ``min_lr``, a worse value changes
+    nothing. The defaults of ``ratio`` and ``min_lr`` are Mocha.jl's
+    (src/solvers/policies.jl).
+
+    Mocha compares each value with the previous one and reloads the newest
+    snapshot. Comparing with the best instead means that after a decay, a
+    value between the rejected one and the best still counts as worse, and
+    that the reload never picks the snapshot of the rejected parameters.
 
     By default a higher statistic is better (``higher_better=True``), as for
     accuracy. Pass ``higher_better=False`` for a loss. Mocha's documentation
@@ -221,8 +229,9 @@ class DecayOnValidation:
     never repeats iterations.
     """
 
-    def __init__(self, base_lr, key, ratio, higher_better=True):
+    def __init__(self, base_lr, key, ratio=0.5, min_lr=1e-8, *, higher_better=True):
         base_lr = _check(self, "base_lr", base_lr, 0)
+        min_lr = _check(self, "min_lr", min_lr, 0)
         if not isinstance(key, str) or not key:
             raise ConfigError(
                 f"LRPolicy.DecayOnValidation: invalid key={key!r}; expected the name "
@@ -242,6 +251,7 @@ class DecayOnValidation:
         self.base_lr = base_lr
         self.key = key
         self.ratio = ratio
+        self.min_lr = min_lr
         self.higher_better = higher_better
         self.learning_rate = float(base_lr)
         self.best = None
@@ -321,6 +331,19 @@ class DecayOnValidation:
             # A snapshot saved at this iteration before the validation must
             # carry the new best too.
             self.rewrite_current_snapshots(solver)
+            return
+        if self.learning_rate < self.min_lr:
+            logger.info(
+                "%s = %g at iteration %d is worse than %g at iteration %d, but the "
+                "learning rate %g is below min_lr=%g, so it stays",
+                self.key,
+                value,
+                iteration,
+                self.best,
+                self.best_iter,
+                self.learning_rate,
+                self.min_lr,
+            )
             return
         decayed = self.learning_rate * self.ratio
         logger.info(

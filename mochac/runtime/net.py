@@ -713,8 +713,20 @@ class Net:
         self.pointers = None
 
     def get_layer(self, name: str):
-        """Return the layer config named ``name``."""
-        return self.ir.layer(name).layer
+        """Return the layer config named ``name``; raise ConfigError when the
+        net has no such layer."""
+        try:
+            return self.ir.layer(name).layer
+        except KeyError:
+            names = ", ".join(info.name for info in self.ir.layers)
+            raise ConfigError(
+                f"net '{self.name}' has no layer named {name!r}; its layers: {names}"
+            ) from None
+
+    @property
+    def output_blobs(self) -> dict:
+        """Mocha's name for ``blobs``: the arrays of the kept blobs, by name."""
+        return self.blobs
 
     def __repr__(self):
         lines = [f"Net '{self.name}' ({self.backend.dtype.name})"]
