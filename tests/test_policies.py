@@ -83,7 +83,10 @@ def test_mom_policies(policy, iteration, expected):
         ),
         (lambda: LRPolicy.DecayOnValidation(0.1, "a", 0.5, -1e-8), "min_lr"),
         # higher_better is keyword-only, so a bool in min_lr's place fails.
-        (lambda: LRPolicy.DecayOnValidation(0.1, "a", 0.5, False), "min_lr"),
+        (
+            lambda: LRPolicy.DecayOnValidation(0.1, "a", 0.5, False),
+            "min_lr=False; pass the direction by keyword, higher_better=False",
+        ),
     ],
 )
 def test_policy_fields_validated(make_policy, match):

@@ -123,7 +123,9 @@ def diverging_solver(folder, x, y):
         *train_layers[1:],
     ]
     test_net = Net("test", backend, test_layers)
-    policy = LRPolicy.DecayOnValidation(5.0, "loss-square-loss", 0.5, False)
+    policy = LRPolicy.DecayOnValidation(
+        5.0, "loss-square-loss", 0.5, higher_better=False
+    )
     params = make_solver_parameters(
         SGD(), max_iter=4, lr_policy=policy, mom_policy=MomPolicy.Fixed(0.0)
     )
@@ -258,7 +260,9 @@ def decay_run(folder, max_iter, order):
     valid_data = MemoryDataLayer(name="vd", batch_size=25, data=[valid_x, valid_x @ w])
     net = Net("train", backend, [data, ip, loss])
     test_net = Net("test", backend, [valid_data, ip, loss])
-    policy = LRPolicy.DecayOnValidation(0.1, "loss-square-loss", 0.5, False)
+    policy = LRPolicy.DecayOnValidation(
+        0.1, "loss-square-loss", 0.5, higher_better=False
+    )
     params = make_solver_parameters(
         SGD(), max_iter=max_iter, lr_policy=policy, momentum=0.9, load_from=folder
     )

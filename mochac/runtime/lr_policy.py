@@ -231,6 +231,11 @@ class DecayOnValidation:
 
     def __init__(self, base_lr, key, ratio=0.5, min_lr=1e-8, *, higher_better=True):
         base_lr = _check(self, "base_lr", base_lr, 0)
+        if isinstance(min_lr, bool):
+            raise ConfigError(
+                f"LRPolicy.DecayOnValidation: invalid min_lr={min_lr!r}; pass the "
+                f"direction by keyword, higher_better={min_lr!r}"
+            )
         min_lr = _check(self, "min_lr", min_lr, 0)
         if not isinstance(key, str) or not key:
             raise ConfigError(
