@@ -119,3 +119,77 @@ def write_digest(source: Path, sidecar: Path, name: str) -> None:
     fsync_file(source)
     sidecar.write_text(f"{file_sha256(source)}  {name}\n", encoding="ascii")
     fsync_file(sidecar)
+
+
+def default_file_mode() -> int:
+    """Return the permission bits that open() gives a new file under the
+    process's umask (0o644 under the usual umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+class WriteGuard:
+    """A binary file for h5py's file-object driver that records the first
+    write error instead of raising it into HDF5.
+
+    After a write of its own fails (a full disk, an I/O error), HDF5 2.0
+    as bundled with h5py 3.16 crashes the process when the file is closed
+    or at exit. Through this object every write seems to succeed, so HDF5
+    stays consistent. The owner checks ``error`` after each h5py call and
+    discards the file when it is set.
+    """
+
+    def __init__(self, path: Path):
+        self.raw = open(path, "r+b", buffering=0)  # noqa: SIM115 - closed in close()
+        self.error: OSError | None = None
+
+    def _record(self, error: OSError) -> None:
+        if self.error is None:
+            self.error = error
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def readinto(self, buffer) -> int:
+        return self.raw.readinto(buffer)
+
+    def read(self, size: int = -1) -> bytes:
+        return self.raw.read(size)
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        start = self.raw.tell()
+        if self.error is None:
+            try:
+                written = 0
+                # An unbuffered write may store only part of the bytes.
+                while written < len(view):
+                    count = self.raw.write(view[written:])
+                    if not count:
+                        raise OSError(f"wrote 0 of {len(view) - written} bytes")
+                    written += count
+                return len(view)
+            except OSError as error:
+                self._record(error)
+        self.raw.seek(start + len(view))
+        return len(view)
+
+    def truncate(self, size: int | None = None) -> int:
+        try:
+            return self.raw.truncate(size)
+        except OSError as error:
+            self._record(error)
+            return self.raw.tell() if size is None else size
+
+    def flush(self) -> None:
+        try:
+            self.raw.flush()
+        except OSError as error:
+            self._record(error)
+
+    def close(self) -> None:
+        self.raw.close()

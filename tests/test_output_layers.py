@@ -105,6 +105,18 @@ def test_hdf5_output_appends(tmp_path):
     assert list(tmp_path.iterdir()) == [path]
 
 
+def test_hdf5_output_file_mode(tmp_path):
+    """The output file gets the permissions of any file the process creates,
+    not the owner-only ones of its temporary file."""
+    path = tmp_path / "features.h5"
+    net = build([HDF5OutputLayer(name="save", bottoms=["x"], filename=str(path))])
+    net.forward()
+    net.destroy()
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
 def test_hdf5_output_blob_names(tmp_path):
     path = tmp_path / "out.h5"
     net = build([HDF5OutputLayer(name="save", bottoms=["features"], filename=path)])

@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mochac.durable_files import replace_durably
+from mochac.durable_files import WriteGuard, default_file_mode, replace_durably
 from mochac.errors import ConfigError, MochacError
 from mochac.layers.output import HDF5OutputLayer, MemoryOutputLayer
 
@@ -45,9 +45,13 @@ class PendingFile:
     """An HDF5Output's temporary file, shared with the finalizer that moves it
     to its filename."""
 
-    def __init__(self, title: str, file, temporary: Path, path: Path, key: Path):
+    def __init__(
+        self, title: str, file, stream, temporary: Path, path: Path, key: Path
+    ):
         self.title = title
         self.file = file
+        # The WriteGuard under ``file``.
+        self.stream = stream
         self.temporary = temporary
         self.path = path
         # The resolved path, under which _PATHS_IN_USE lists the output.
@@ -69,7 +73,20 @@ def finish_file(pending: PendingFile) -> None:
     _PATHS_IN_USE.pop(pending.key, None)
     if pending.file.id.valid:
         pending.file.close()
+    pending.stream.close()
     if not pending.temporary.exists():
+        return
+    if pending.stream.error is not None:
+        # The last writes, at the close, failed: the file is incomplete.
+        pending.temporary.unlink()
+        message = (
+            f"{pending.title}: writing {pending.path} failed "
+            f"({pending.stream.error}); the partial file was deleted. Check that "
+            f"{pending.path.parent} has free space"
+        )
+        if pending.closing:
+            raise MochacError(message)
+        logger.error("%s", message)
         return
     if not pending.closing and pending.batches == 0:
         pending.temporary.unlink()
@@ -146,7 +163,10 @@ class HDF5Output:
             )
             os.close(handle)
             self.temporary = Path(name)
-            self.file = h5py.File(self.temporary, "w")
+            # mkstemp creates the file readable by its owner only.
+            os.chmod(self.temporary, default_file_mode())
+            self.stream = WriteGuard(self.temporary)
+            self.file = h5py.File(self.stream, "w")
             for dataset, shape in zip(layer.dataset_names, shapes):
                 self.file.create_dataset(
                     dataset,
@@ -155,14 +175,17 @@ class HDF5Output:
                     dtype=dtype,
                     chunks=True,
                 )
+            self.file.flush()
+            if self.stream.error is not None:
+                raise self.stream.error
         except OSError as error:
             self._discard()
             raise MochacError(
                 f"{layer.title}: cannot create {self.path}: {error}; check that "
-                f"{self.path.parent} is a writable folder"
+                f"{self.path.parent} is a writable folder with free space"
             ) from error
         self._pending = PendingFile(
-            layer.title, self.file, self.temporary, self.path, key
+            layer.title, self.file, self.stream, self.temporary, self.path, key
         )
         _PATHS_IN_USE[key] = layer.title
         # Moves the file when the output is garbage collected or at interpreter
@@ -179,11 +202,14 @@ class HDF5Output:
                 target.resize(start + len(data), axis=0)
                 target[start:] = data
             self.file.flush()
-        except (OSError, ValueError, TypeError) as error:
+            if self.stream.error is not None:
+                raise self.stream.error
+        except (OSError, RuntimeError, ValueError, TypeError) as error:
             self._discard()
             raise MochacError(
                 f"{self.layer.title}: writing {self.path} failed: {error}; the "
-                "partial file was deleted"
+                f"partial file was deleted. Check that {self.path.parent} has free "
+                "space"
             ) from error
         self._pending.batches += 1
 
@@ -198,6 +224,9 @@ class HDF5Output:
         file = getattr(self, "file", None)
         if file is not None and file.id.valid:
             file.close()
+        stream = getattr(self, "stream", None)
+        if stream is not None:
+            stream.close()
         temporary = getattr(self, "temporary", None)
         if temporary is not None and temporary.exists():
             temporary.unlink()

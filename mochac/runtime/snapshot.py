@@ -30,6 +30,7 @@ raise on a damaged file, raises SnapshotError naming the file and the item.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -167,6 +168,14 @@ def remove_stale_temporaries(folder: Path) -> None:
         logger.info("removed %s, left by a writer that was killed", entry)
 
 
+def hdf5_image(fill) -> bytes:
+    """Return the bytes of a new HDF5 file that ``fill(h5file)`` wrote."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as handle:
+        fill(handle)
+    return buffer.getvalue()
+
+
 def write_atomically(path: Path, fill, digest: bool = False) -> None:
     """Create ``path`` as HDF5 by calling ``fill(h5file)`` on a temporary file.
 
@@ -190,10 +199,16 @@ def write_atomically(path: Path, fill, digest: bool = False) -> None:
     # The sha256sum lines of the new file and of the file it replaces, while
     # an overwrite may leave the sidecar listing both.
     new_line = old_line = None
+    # HDF5 builds the file in memory and Python writes it out, so a full
+    # disk fails a Python write. After a failed write of its own, HDF5 2.0
+    # as bundled with h5py 3.16 crashes the process when the file object is
+    # freed or at exit (tests/test_full_disk.py).
     try:
+        image = hdf5_image(fill)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(temporary, "w") as handle:
-            fill(handle)
+        with open(temporary, "wb") as stream:
+            stream.write(image)
+        del image
         if digest:
             write_digest(temporary, sidecar_temporary, path.name)
             new_line = sidecar_temporary.read_text(encoding="ascii")
