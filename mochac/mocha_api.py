@@ -93,7 +93,9 @@ def get_layer(net, name):
     Mocha returns the layer's state; mochac returns the layer itself. A
     MemoryDataLayer's ``data`` arrays are those the net reads at each
     forward pass, so ``get_layer(net, "data").data[0][...] = images``
-    changes the next batch, as in Mocha's prediction tutorial.
+    changes the next batch, as in Mocha's prediction tutorial. A GPU net
+    reads the next batch during a training step, so code that keeps the
+    layer and writes into it after a step calls ``net.drop_read_ahead()``.
     """
     return net.get_layer(name)
 

@@ -19,6 +19,7 @@ from mochac.layers import (
     MemoryOutputLayer,
     SoftmaxLossLayer,
 )
+from mochac.mocha_api import get_layer
 from mochac.runtime import gpu_update
 from mochac.runtime.backend import CPUBackend
 from mochac.runtime.freeze import freeze
@@ -658,6 +659,31 @@ def test_failed_second_source_as_on_cpu(cupy):
             got_source = source_named(gpu, name)
             assert got_source.position == expected_source.position, name
             assert got_source.epoch == expected_source.epoch, name
+
+
+def test_get_layer_writes_reach_next_step(cupy, tmp_path):
+    """Writing through get_layer between training steps, as Mocha's scripts
+    do, reaches the next step although the GPU net read a batch ahead."""
+    rng = np.random.default_rng(15)
+    x = rng.normal(size=(8, 3))
+    y = rng.integers(0, 3, size=(8, 1)).astype(float)
+
+    def layers():
+        return [
+            MemoryDataLayer(name="data", batch_size=4, data=[x.copy(), y]),
+            *shuffled_factory(tmp_path)()[1:],
+        ]
+
+    cpu, gpu = twin_nets(layers)
+    methods = {cpu: SGD(), gpu: SGD()}
+    for net in (cpu, gpu):
+        net.train_step(methods[net], 0.1, 0.9, 0.0, 0)
+        get_layer(net, "data").data[0][...] = 7.0
+        net.objective_after_write = net.train_step(methods[net], 0.1, 0.9, 0.0, 1)
+    assert np.all(gpu.blobs["data"].get() == 7.0)
+    assert gpu.objective_after_write == pytest.approx(
+        cpu.objective_after_write, rel=RTOL
+    )
 
 
 def test_forward_reads_changed_arrays_after_train_step(cupy, tmp_path):

@@ -416,3 +416,53 @@ def test_invalid_frozen_layers_attribute(data, tmp_path, value):
     (tmp_path / "snapshot-000002.h5.sha256").unlink()
     with pytest.raises(mochac.SnapshotError, match="'frozen_layers' has the invalid"):
         snapshot_solver(tmp_path, max_iter=4).solve(make_net(data))
+
+
+def test_resume_from_iteration_0_warns_of_frozen_layers(data, tmp_path, caplog):
+    net = make_net(data)
+    freeze(net, "ip1")
+    snapshot_solver(tmp_path, max_iter=0).solve(net)
+    assert [p.name for p in tmp_path.glob("*.h5")] == ["snapshot-000000.h5"]
+
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
+        snapshot_solver(tmp_path, max_iter=2).solve(make_net(data))
+    assert "saved with frozen layers ip1, but now none are frozen" in caplog.text
+
+
+def test_unfrozen_layer_lacks_buffer_quietly(data, tmp_path, caplog):
+    """A layer frozen at the save has no momentum history, in the resumed
+    run and in an uninterrupted one alike, so no buffer warning."""
+    net = make_net(data)
+    freeze(net, "ip1")
+    snapshot_solver(tmp_path, max_iter=2).solve(net)
+
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
+        snapshot_solver(tmp_path, max_iter=4).solve(make_net(data))
+    assert "frozen layers ip1" in caplog.text
+    assert "has no solver buffer" not in caplog.text
+
+
+def test_missing_buffer_of_trained_layer_warns(data, tmp_path, caplog):
+    net = make_net(data)
+    snapshot_solver(tmp_path, max_iter=2).solve(net)
+    path = tmp_path / "snapshot-000002.h5"
+    with h5py.File(path, "r+") as handle:
+        del handle["solver/history/ip1___weight"]
+    (tmp_path / "snapshot-000002.h5.sha256").unlink()
+
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
+        snapshot_solver(tmp_path, max_iter=4).solve(make_net(data))
+    assert "has no solver buffer 'history' for layer 'ip1'" in caplog.text
+
+
+def test_nested_uncounted_keeps_counting_off(data):
+    net = counted_net(data)
+    net.forward()
+    with net.uncounted():
+        with net.uncounted():
+            net.forward()
+        assert net.counting is False
+        net.forward()
+    assert net.counting is True
+    assert len(net.output_states["keep"].outputs[0]) == 1
+    assert net.statistics()["acc-count"] == 4

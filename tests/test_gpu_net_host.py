@@ -126,6 +126,10 @@ def test_host_gpunet_forward_after_train_step(cupy, tmp_path):
     device_tests.test_forward_reads_changed_arrays_after_train_step(cupy, tmp_path)
 
 
+def test_host_gpunet_get_layer_write(cupy, tmp_path):
+    device_tests.test_get_layer_writes_reach_next_step(cupy, tmp_path)
+
+
 def test_host_gpunet_snapshot_resume(cupy, tmp_path):
     device_tests.test_snapshot_resume_matches_cpu(cupy, tmp_path)
 

@@ -42,16 +42,13 @@ def device_from_environment() -> int:
     text = os.environ.get(DEVICE_VARIABLE, "").strip()
     if not text:
         return 0
-    try:
-        device = int(text)
-    except ValueError:
-        device = -1
-    if device < 0:
+    # isdecimal rejects the signs and underscores that int() accepts.
+    if not (text.isascii() and text.isdecimal()):
         raise ConfigError(
             f"GPUBackend: invalid {DEVICE_VARIABLE}={text!r}; expected a device "
             "index such as 0, or leave it unset for device 0"
         )
-    return device
+    return int(text)
 
 
 class GPUBackend:
@@ -80,8 +77,11 @@ class GPUBackend:
     is_gpu = True
 
     def __init__(self, device=None, dtype=np.float32, seed=None, graphs=True):
+        # Errors about the device index name where it came from.
+        source = f"device={device!r}"
         if device is None:
             device = device_from_environment()
+            source = f"device={device} (from {DEVICE_VARIABLE})"
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ConfigError(
@@ -102,8 +102,8 @@ class GPUBackend:
             ) from error
         if device >= count:
             raise DeviceError(
-                f"GPUBackend: invalid device={device}; this machine has {count} "
-                "CUDA device(s)"
+                f"GPUBackend: invalid {source}; this machine has {count} CUDA "
+                f"device(s), numbered from 0"
             )
         self.device = device
         self.graphs = bool(graphs)

@@ -445,6 +445,15 @@ class GPUNet(Net):
         self.drop_read_ahead()
         return source
 
+    def get_layer(self, name: str):
+        """Return the layer config named ``name`` (see Net.get_layer). For a
+        data layer, first drop the batch read ahead, so that writes into its
+        ``data`` arrays reach the next step."""
+        layer = super().get_layer(name)
+        if getattr(layer, "is_source", False):
+            self.drop_read_ahead()
+        return layer
+
     def _run(self, calls, n_valid, wait=True):
         """Enqueue ``calls``; with ``wait``, also wait for them, copy the
         accumulators to the host and raise what a kernel reported."""

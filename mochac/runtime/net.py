@@ -664,11 +664,11 @@ class Net:
         saved = self._statistics_counters()
         copies = [self.backend.copy(array) for array in saved]
         sums = {name: list(running) for name, running in self.loss_sums.items()}
-        self.counting = False
+        counting, self.counting = self.counting, False
         try:
             yield
         finally:
-            self.counting = True
+            self.counting = counting
             for array, copy in zip(saved, copies):
                 array[...] = copy
             self.loss_sums = sums

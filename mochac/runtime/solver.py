@@ -318,8 +318,10 @@ class Solver:
             return
         attrs, buffers = stored.attrs, stored.buffers
         if iteration > 0:
-            self._warn_missing_buffers(net, buffers, path)
-            self._warn_frozen_change(net, attrs, path)
+            self._warn_missing_buffers(
+                net, buffers, path, attrs.get(FROZEN_LAYERS, frozenset())
+            )
+        self._warn_frozen_change(net, attrs, path)
         self.method.load_buffers(buffers, net.backend)
         if restore_policy is not None:
             restore_policy(attrs)
@@ -349,11 +351,19 @@ class Solver:
             listed(current),
         )
 
-    def _warn_missing_buffers(self, net, buffers: dict, path) -> None:
+    def _warn_missing_buffers(
+        self, net, buffers: dict, path, saved_frozen: frozenset
+    ) -> None:
         """Log a warning for each trainable parameter whose method buffer
         (momentum history, Adam's moments) the snapshot lacks: the resumed
-        run starts it from zeros, so it differs from an uninterrupted one."""
+        run starts it from zeros, so it differs from an uninterrupted one.
+
+        A parameter of a layer frozen at the save has no buffer in the
+        uninterrupted run either, so it gets no warning.
+        """
         for members in trainable_groups(net):
+            if any(member[0].name in saved_frozen for member in members):
+                continue
             info, spec = members[0][:2]
             key = (info.name, spec.name)
             for name in self.method.buffer_names:
