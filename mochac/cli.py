@@ -398,6 +398,13 @@ def print_profile(report, factory, args) -> None:
 def plot_command(args) -> int:
     from mochac.plot import image_formats, plot_statistics
 
+    try:
+        import matplotlib  # noqa: F401 - the check of an optional dependency
+    except ImportError as error:
+        raise UsageError(
+            "mochac plot needs matplotlib, which is not installed: run `pip "
+            "install 'mochac[plot]'` (in a clone of mochac: `pip install '.[plot]'`)"
+        ) from error
     check_output_file(args.output, "-o")
     suffix = Path(args.output).suffix.lstrip(".").lower()
     formats = image_formats()

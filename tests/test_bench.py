@@ -216,3 +216,57 @@ def test_bench_checks_json_folder_first(tmp_path, caplog):
     out = tmp_path / "missing" / "bench.json"
     assert main(["bench", "lenet", "--json", str(out)]) == 2
     assert f"--json {out}: folder {out.parent} does not exist" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "neuron",
+    ["Identity", "ReLU", "ReLU-epsilon", "LReLU", "Sigmoid", "Tanh", "Exponential"],
+)
+def test_torch_peer_neurons(neuron):
+    torch = pytest.importorskip("torch")
+    from mochac import CPUBackend, InnerProductLayer, Net, Neurons, SoftmaxLossLayer
+    from mochac.bench.torch_peer import TorchNet
+
+    if neuron == "ReLU-epsilon":
+        chosen = Neurons.ReLU(epsilon=0.1)
+    else:
+        chosen = getattr(Neurons, neuron)()
+    layers = [
+        *lenet(8)[:1],
+        InnerProductLayer(
+            name="hidden", output_dim=16, neuron=chosen, bottoms=["data"], tops=["h"]
+        ),
+        InnerProductLayer(name="scores", output_dim=10, bottoms=["h"], tops=["ip"]),
+        SoftmaxLossLayer(name="loss", bottoms=["ip", "label"]),
+    ]
+    net = Net("peer-neuron", CPUBackend(seed=0), layers)
+    objective = net.forward()
+    peer = TorchNet(net)
+    with torch.no_grad():
+        loss = float(peer.loss(peer.x, peer.y))
+    np.testing.assert_allclose(loss, objective, rtol=1e-4)
+
+
+def test_torch_peer_unknown_layer_suggests_no_peer():
+    pytest.importorskip("torch")
+    from mochac import (
+        ConfigError,
+        CPUBackend,
+        InnerProductLayer,
+        Net,
+        PowerLayer,
+        SoftmaxLossLayer,
+    )
+    from mochac.bench.torch_peer import TorchNet
+
+    layers = [
+        *lenet(8)[:1],
+        PowerLayer(name="square", power=2, bottoms=["data"], tops=["sq"]),
+        InnerProductLayer(name="scores", output_dim=10, bottoms=["sq"], tops=["ip"]),
+        SoftmaxLossLayer(name="loss", bottoms=["ip", "label"]),
+    ]
+    net = Net("peer-power", CPUBackend(seed=0), layers)
+    with pytest.raises(
+        ConfigError, match="PowerLayer; time mochac alone with --no-peer"
+    ):
+        TorchNet(net)

@@ -1,5 +1,7 @@
 """mochac plot: learning curves from a coffee lounge file."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -82,3 +84,14 @@ def test_plot_missing_file_message(tmp_path, kind):
     expected = "is a folder" if kind == "folder" else "does not exist"
     assert expected in message
     assert "file_exists" not in message
+
+
+def test_plot_without_matplotlib(tmp_path, caplog, monkeypatch):
+    """A fresh `pip install .` lacks the [plot] extra."""
+    stats = lounge_file(tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out = tmp_path / "curve.png"
+    assert main(["plot", str(stats), "-o", str(out)]) == 2
+    assert "mochac plot needs matplotlib, which is not installed" in caplog.text
+    assert "pip install 'mochac[plot]'" in caplog.text
+    assert not out.exists()

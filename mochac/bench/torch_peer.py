@@ -39,13 +39,36 @@ def _within_channel_lrn(torch, layer):
     return WithinChannelLRN()
 
 
+# Ends the errors of layers the peer cannot mirror.
+NO_PEER_HINT = "; time mochac alone with --no-peer"
+
+
 def _activation(torch, neuron):
+    """Return the PyTorch module of a mochac neuron, None for Identity."""
     name = type(neuron).__name__
     if name == "Identity":
         return None
-    if name == "ReLU" and neuron.epsilon == 0:
-        return torch.nn.ReLU()
-    raise ConfigError(f"the PyTorch peer has no equivalent of neuron {name}")
+    if name == "ReLU":
+        if neuron.epsilon == 0:
+            return torch.nn.ReLU()
+        # max(epsilon, x): x above the threshold, epsilon elsewhere.
+        return torch.nn.Threshold(neuron.epsilon, neuron.epsilon)
+    if name == "LReLU":
+        return torch.nn.LeakyReLU(neuron.SLOPE)
+    if name == "Sigmoid":
+        return torch.nn.Sigmoid()
+    if name == "Tanh":
+        return torch.nn.Tanh()
+    if name == "Exponential":
+
+        class Exponential(torch.nn.Module):
+            def forward(self, x):
+                return torch.exp(x)
+
+        return Exponential()
+    raise ConfigError(
+        f"the PyTorch peer has no equivalent of neuron {name}{NO_PEER_HINT}"
+    )
 
 
 class TorchNet:
@@ -108,7 +131,7 @@ class TorchNet:
             else:
                 raise ConfigError(
                     f"layer '{info.name}': the PyTorch peer has no equivalent of "
-                    f"{type(layer).__name__}"
+                    f"{type(layer).__name__}{NO_PEER_HINT}"
                 )
             if weights:
                 with torch.no_grad():
@@ -158,7 +181,9 @@ class TorchNet:
             if activation is not None:
                 value = activation(value)
             blobs[top] = value
-        raise ConfigError("the PyTorch peer needs a SoftmaxLossLayer at the end")
+        raise ConfigError(
+            f"the PyTorch peer needs a SoftmaxLossLayer at the end{NO_PEER_HINT}"
+        )
 
     def loss(self, x, y):
         """Return the objective of one batch, as the mochac net computes it."""
