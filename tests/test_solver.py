@@ -291,6 +291,32 @@ def test_load_wrong_shape_names_layer(tmp_path):
     assert "(6, 5)" in message
 
 
+def test_resume_other_architecture(tmp_path):
+    """A snapshot of a net with another layer size is a different
+    architecture, not a damaged file, although its momentum history does
+    not fit either."""
+    x, y = toy_data()
+    net = Net("a", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+    params = make_solver_parameters(SGD(), max_iter=2, momentum=0.9)
+    solver = Solver(SGD(), params, progress=False)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    solver.solve(net)
+
+    layers = classifier_layers(x, y)
+    layers[1] = layers[1].replace(output_dim=7)
+    wider = Net("b", CPUBackend(dtype=np.float64, seed=1), layers)
+    params = make_solver_parameters(
+        SGD(), max_iter=4, momentum=0.9, load_from=str(tmp_path)
+    )
+    with pytest.raises(mochac.SnapshotError) as error:
+        Solver(SGD(), params, progress=False).solve(wider)
+    message = str(error.value)
+    assert "layer 'ip1': parameter 'weight'" in message
+    assert "has shape (6, 5), but the net expects (7, 5)" in message
+    assert "different architecture" in message
+    assert "damaged" not in message
+
+
 def test_load_missing_layer(tmp_path, caplog):
     x, y = toy_data()
     net = Net("a", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))

@@ -432,16 +432,32 @@ def read_params(handle, net, path) -> tuple[dict, list[str]]:
                 continue
             label = f"layer '{layer}': parameter '{name}' (dataset {key})"
             stored = check_float_dataset(handle[key], path, label)
-            if not shapes_match(stored.shape, array.shape):
-                raise SnapshotError(
-                    f"layer '{layer}': parameter '{name}' in {path} has shape "
-                    f"{stored.shape}, but the net expects {array.shape}; the file "
-                    "was saved from a different architecture"
-                )
+            _check_param_shape(stored.shape, array.shape, layer, name, path)
             values[(layer, name)] = read_finite(stored, path, label).reshape(
                 array.shape
             )
     return values, missing
+
+
+def _check_param_shape(stored, expected, layer, name, path) -> None:
+    if not shapes_match(stored, expected):
+        raise SnapshotError(
+            f"layer '{layer}': parameter '{name}' in {path} has shape {stored}, but "
+            f"the net expects {expected}; the file was saved from a different "
+            "architecture"
+        )
+
+
+def check_param_shapes(handle, net, path) -> None:
+    """Raise SnapshotError for a parameter stored with another shape than the
+    net's, reading no values. Run before the solver state, whose buffers
+    would otherwise report the file as damaged."""
+    with parsing(path):
+        for layer, params in net.params.items():
+            for name, array in params.items():
+                stored = handle.get(dataset_name(layer, name))
+                if isinstance(stored, h5py.Dataset):
+                    _check_param_shape(stored.shape, array.shape, layer, name, path)
 
 
 def load_params(handle, net, path, allow_missing=False) -> None:

@@ -38,6 +38,7 @@ from mochac.runtime.mom_policy import MomPolicy
 from mochac.runtime.snapshot import (
     FROZEN_LAYERS,
     apply_solver_state,
+    check_param_shapes,
     latest_snapshot,
     load_params,
     open_model,
@@ -305,6 +306,7 @@ class Solver:
                 iteration = self._check_solver_attrs(
                     attrs, path, restore_policy is not None
                 )
+            check_param_shapes(handle, net, path)
             stored = read_solver_state(handle, net, path)
             load_params(handle, net, path)
             if stored is not None:
