@@ -156,6 +156,15 @@ def test_make_net_other_dtype_names_both(hdf5_package):
     assert "generates different code" not in message
 
 
+def test_make_net_rejects_non_backend(hdf5_package):
+    from mochac import ConfigError
+
+    with pytest.raises(ConfigError, match="make_net takes a backend") as caught:
+        load_net(hdf5_package, "cpu")
+    assert str(hdf5_package) in str(caught.value)
+    assert "'cpu'" in str(caught.value)
+
+
 def test_damaged_net_json_names_file(tmp_path):
     package = compile_memory_package(tmp_path)
     (package / "net.json").write_text("{")

