@@ -466,3 +466,24 @@ def test_nested_uncounted_keeps_counting_off(data):
     assert net.counting is True
     assert len(net.output_states["keep"].outputs[0]) == 1
     assert net.statistics()["acc-count"] == 4
+
+
+def test_solve_with_everything_frozen_warns(data, caplog):
+    net = make_net(data)
+    freeze_all(net)
+    before = snapshot_params(net)
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
+        train(net, SGD(), max_iter=2)
+    assert "every layer with parameters is frozen" in caplog.text
+    assert "unfreeze(net, ...)" in caplog.text
+    for layer, arrays in before.items():
+        for name, array in arrays.items():
+            np.testing.assert_array_equal(net.params[layer][name], array)
+
+
+def test_solve_with_one_layer_frozen_is_quiet(data, caplog):
+    net = make_net(data)
+    freeze(net, "ip1")
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
+        train(net, SGD(), max_iter=2)
+    assert "is frozen" not in caplog.text

@@ -452,6 +452,12 @@ class Solver:
             )
         self._check_value_range(net.backend.dtype)
         warn_batches_larger_than_data(net)
+        if net.params and not any(True for _ in trainable_groups(net)):
+            logger.warning(
+                "net '%s': every layer with parameters is frozen, so solve() "
+                "changes no parameter; call unfreeze(net, ...) on the layers to train",
+                net.name,
+            )
         check_solver = getattr(params["lr_policy"], "check_solver", None)
         if check_solver is not None:
             check_solver(self)
