@@ -339,3 +339,22 @@ def test_async_layer_serializes():
     assert rebuilt.chunk_size == 64
     assert rebuilt.shuffle is True
     assert rebuilt.source == "list.txt"
+
+
+@pytest.mark.parametrize("layer_type", [HDF5DataLayer, AsyncHDF5DataLayer])
+def test_non_finite_data_row_named(tmp_path, layer_type):
+    """Row 6 of the data set, in the second file, holds an infinite value:
+    the second batch of four fails and names it."""
+    source = write_files(tmp_path)
+    with h5py.File(tmp_path / "part1.hdf5", "r+") as handle:
+        handle["data"][2, 1] = np.inf
+    layer = layer_type(name="train", source=str(source), batch_size=4)
+    opened = make_source(layer, np.float32, np.random.default_rng(0))
+    outputs = [np.empty(shape, np.float32) for shape in opened.shapes]
+    opened.next_batch(outputs)
+    with pytest.raises(DataError) as caught:
+        opened.next_batch(outputs)
+    message = str(caught.value)
+    assert f"{layer_type.__name__} 'train': top 'data'" in message
+    assert "data row 6 (sample 2 of the batch)" in message
+    opened.close()

@@ -756,3 +756,22 @@ def test_hdf5_string_dataset_names_layer(tmp_path):
     message = str(caught.value)
     assert message.startswith("HDF5DataLayer 'data': ")
     assert "samples.hdf5:data: dtype |S3 is not numeric" in message
+
+
+def test_memory_data_nan_without_loss_layer():
+    """A deploy net has no loss that a NaN would reach, so the data layer
+    itself reports the row."""
+    x = np.zeros((8, 3))
+    x[5, 0] = np.nan
+    layers = [
+        MemoryDataLayer(name="data", tops=["data"], batch_size=4, data=[x]),
+        InnerProductLayer(name="ip", output_dim=2, bottoms=["data"], tops=["ip"]),
+    ]
+    net = Net("deploy", CPUBackend(dtype=np.float64), layers)
+    net.forward()
+    with pytest.raises(DataError, match=r"top 'data' has NaN .* data row 5"):
+        net.forward()
+    # Writing over the row repairs the data, and the next epoch runs.
+    x[5, 0] = 0.0
+    net.forward()
+    assert np.isfinite(net.blobs["ip"]).all()

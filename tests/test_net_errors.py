@@ -8,13 +8,18 @@ import pytest
 
 from mochac import (
     SGD,
+    AccuracyLayer,
     ConfigError,
     CPUBackend,
     DataError,
+    DropoutLayer,
     InnerProductLayer,
     MemoryDataLayer,
     MochacError,
     Net,
+    Neurons,
+    NumericalError,
+    PowerLayer,
     Snapshot,
     SnapshotError,
     SoftmaxLayer,
@@ -146,3 +151,62 @@ def test_net_arguments_checked(name, backend, match):
         backend = CPUBackend(threads=1)
     with pytest.raises(ConfigError, match=match):
         Net(name, backend, layers)
+
+
+def sqrt_net(opt_level, x, shift=-1.0):
+    """Dropout, a ReLU, then sqrt(h + shift), which is NaN where h + shift < 0."""
+    y = np.zeros((len(x), 1))
+    layers = [
+        MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
+        DropoutLayer(name="drop", ratio=0.5, bottoms=["data"], tops=["dropped"]),
+        InnerProductLayer(
+            name="ip1",
+            output_dim=3,
+            neuron=Neurons.ReLU(),
+            bottoms=["dropped"],
+            tops=["h"],
+        ),
+        PowerLayer(name="sqrt", power=0.5, shift=shift, bottoms=["h"], tops=["s"]),
+        InnerProductLayer(name="ip2", output_dim=2, bottoms=["s"], tops=["out"]),
+        AccuracyLayer(name="acc", bottoms=["out", "label"]),
+        SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+    ]
+    return Net(
+        f"sqrt-{opt_level}",
+        CPUBackend(dtype=np.float64, seed=3),
+        layers,
+        opt_level=opt_level,
+    )
+
+
+@pytest.mark.parametrize("opt_level", [0, 1])
+def test_nan_loss_names_first_layer(opt_level):
+    """sqrt(h - 1) is NaN where the ReLU output h is below 1."""
+    x = np.random.default_rng(0).normal(size=(8, 5))
+    net = sqrt_net(opt_level, x)
+    with pytest.raises(NumericalError) as caught:
+        net.forward()
+    message = str(caught.value)
+    assert "loss layer 'loss' computed nan" in message
+    assert "layer 'sqrt' (PowerLayer) is the first to output NaN" in message
+    assert "in its top 's'" in message
+
+
+def test_nan_origin_trace_changes_nothing():
+    x = np.random.default_rng(0).normal(size=(8, 5))
+    net = sqrt_net(1, x)
+    with pytest.raises(NumericalError):
+        net.forward()
+    streams = {key: array.copy() for key, array in net.rng_states.items()}
+    statistics = net.statistics()
+    assert "sqrt" in net._non_finite_origin()
+    for key, array in streams.items():
+        np.testing.assert_array_equal(net.rng_states[key], array)
+    assert net.statistics() == statistics
+
+
+def test_finite_net_has_no_nan_origin():
+    x = np.random.default_rng(0).normal(size=(8, 5))
+    net = sqrt_net(1, x, shift=1.0)
+    net.forward()
+    assert net._non_finite_origin() == ""

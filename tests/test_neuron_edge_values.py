@@ -5,6 +5,7 @@ import pytest
 
 from mochac import (
     CPUBackend,
+    DataError,
     InnerProductLayer,
     MemoryDataLayer,
     Net,
@@ -43,12 +44,19 @@ def test_relu_epsilon_clamps_gradient(dtype):
     np.testing.assert_array_equal(net.grads["ip"]["bias"].ravel(), [0, 0, 0, 1, 1])
 
 
+def forward_on(net, blob, values):
+    """Run the forward pass on ``values`` written into ``blob``, as a NaN
+    made by an earlier layer would reach it (data layers reject NaN)."""
+    net.blobs[blob][...] = values
+    net.forward(load_data=False)
+
+
 def test_relu_passes_nan():
     # The product with the identity spreads the NaN to every output (NaN * 0
     # is NaN), and the ReLU must not turn any of them into 0.
     x = np.array([[np.nan, -1.0, 2.0]])
-    net = relu_net(x, np.float64, epsilon=0.0)
-    net.forward()
+    net = relu_net(np.zeros_like(x), np.float64, epsilon=0.0)
+    forward_on(net, "x", x)
     assert np.isnan(net.blobs["y"]).all()
 
 
@@ -62,18 +70,16 @@ def test_relu_passes_nan():
 )
 def test_max_pooling_passes_nan(window, expected):
     x = np.array(window).reshape(1, 1, 2, 2)
-    data = MemoryDataLayer(batch_size=1, data=[x], tops=["x"])
+    data = MemoryDataLayer(batch_size=1, data=[np.zeros_like(x)], tops=["x"])
     pool = PoolingLayer(
         name="pool", kernel=(2, 2), stride=(2, 2), bottoms=["x"], tops=["y"]
     )
     net = Net("pool", CPUBackend(dtype=np.float64), [data, pool])
-    net.forward()
+    forward_on(net, "x", x)
     np.testing.assert_array_equal(net.blobs["y"].ravel(), [expected])
 
 
-def test_nan_input_stops_training_at_the_loss():
-    x = np.random.default_rng(0).normal(size=(4, 5))
-    x[1, 2] = np.nan
+def nan_test_net(x):
     y = np.zeros((4, 1))
     layers = [
         MemoryDataLayer(batch_size=4, data=[x, y]),
@@ -87,9 +93,24 @@ def test_nan_input_stops_training_at_the_loss():
         InnerProductLayer(name="ip2", output_dim=2, bottoms=["h"], tops=["out"]),
         SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
     ]
-    net = Net("nan", CPUBackend(dtype=np.float64, seed=1), layers)
-    with pytest.raises(NumericalError, match="'loss'"):
+    return Net("nan", CPUBackend(dtype=np.float64, seed=1), layers)
+
+
+def test_nan_input_stops_at_the_data_layer():
+    x = np.random.default_rng(0).normal(size=(4, 5))
+    x[1, 2] = np.nan
+    net = nan_test_net(x)
+    with pytest.raises(DataError, match="top 'data' has NaN .* data row 1"):
         net.forward()
+
+
+def test_nan_inside_net_stops_at_the_loss():
+    x = np.random.default_rng(0).normal(size=(4, 5))
+    net = nan_test_net(x)
+    net.forward()
+    x[1, 2] = np.nan
+    with pytest.raises(NumericalError, match="'loss'"):
+        forward_on(net, "data", x)
 
 
 @pytest.mark.parametrize(
@@ -104,10 +125,10 @@ def test_max_channel_pooling_passes_nan(channels, expected):
     from mochac.layers.channel_pooling import ChannelPoolingLayer
 
     x = np.array(channels).reshape(1, 3, 1, 1)
-    data = MemoryDataLayer(batch_size=1, data=[x], tops=["x"])
+    data = MemoryDataLayer(batch_size=1, data=[np.zeros_like(x)], tops=["x"])
     pool = ChannelPoolingLayer(
         name="pool", kernel=3, stride=3, bottoms=["x"], tops=["y"]
     )
     net = Net("channel_pool", CPUBackend(dtype=np.float64), [data, pool])
-    net.forward()
+    forward_on(net, "x", x)
     np.testing.assert_array_equal(net.blobs["y"].ravel(), [expected])

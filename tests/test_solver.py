@@ -803,12 +803,21 @@ def test_diverged_update_names_parameter():
     assert "loss layer 'loss'" in str(raised.value.__context__)
 
 
-def test_nan_loss_names_solver_settings():
+def overflowing_net(row):
+    """Return the classifier net whose sample ``row`` overflows ip1 to
+    infinity, so that the loss of its batch is NaN: data layers reject NaN
+    in the data, but a layer can still make one."""
     x, y = toy_data()
-    # The second batch (samples 4 to 7) contains a NaN, which the forward
-    # pass after update 1 reads.
-    x[5, 2] = np.nan
+    x[row] = 1e308
     net = Net("nan", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+    net.params["ip1"]["weight"][...] = 10.0
+    return net
+
+
+def test_nan_loss_names_solver_settings():
+    # The second batch (samples 4 to 7) overflows, which the forward pass
+    # after update 1 reads.
+    net = overflowing_net(5)
     params = make_solver_parameters(SGD(), max_iter=3)
     solver = Solver(SGD(), params, progress=False)
     with pytest.raises(mochac.NumericalError, match="loss layer 'loss'") as raised:
@@ -822,11 +831,9 @@ def test_nan_loss_names_solver_settings():
 
 
 def test_nan_loss_before_first_update():
-    x, y = toy_data()
-    # The first batch (samples 0 to 3) contains a NaN, which the forward
-    # pass before update 1 reads.
-    x[1, 2] = np.nan
-    net = Net("nan", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+    # The first batch (samples 0 to 3) overflows, which the forward pass
+    # before update 1 reads.
+    net = overflowing_net(1)
     params = make_solver_parameters(SGD(), max_iter=3, lr_policy=LRPolicy.Fixed(0.1))
     solver = Solver(SGD(), params, progress=False)
     with pytest.raises(mochac.NumericalError, match="loss layer 'loss'") as raised:

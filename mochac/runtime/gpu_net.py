@@ -445,6 +445,11 @@ class GPUNet(Net):
         self.drop_read_ahead()
         return source
 
+    def _non_finite_origin(self) -> str:
+        # TODO: trace the first layer that makes a NaN on the device too; the
+        # layer-by-layer rerun of Net._non_finite_origin calls the host library.
+        return ""
+
     def get_layer(self, name: str):
         """Return the layer config named ``name`` (see Net.get_layer). For a
         data layer, first drop the batch read ahead, so that writes into its

@@ -29,6 +29,7 @@ from mochac.errors import (
 )
 from mochac.ir import build_ir
 from mochac.ir.graph import check_layer_list
+from mochac.ir.overwrites import overwritten_data
 from mochac.layers.output import OutputLayer
 from mochac.passes.pipeline import (
     enabled_passes,
@@ -366,13 +367,59 @@ class Net:
             )
         if rc == BAD_LOSS and info is not None:
             raise NumericalError(
-                f"net '{self.name}': loss layer '{info.name}' computed {status.value}; "
-                "check the learning rate, regu_coef, the loss layers' class weights "
-                f"and the input data for NaN or Inf{loss_note}"
+                f"net '{self.name}': loss layer '{info.name}' computed {status.value}"
+                f"{self._non_finite_origin()}; check the learning rate, regu_coef, "
+                "the loss layers' class weights and the input data for NaN or Inf"
+                f"{loss_note}"
             )
         raise MochacError(
             f"net '{self.name}': generated code returned unknown error code {rc}"
         )
+
+    def _non_finite_origin(self) -> str:
+        """Return "; layer 'L' (Type) is the first to output NaN or infinite
+        values, in its top 'b'" for the first layer whose top holds a NaN or infinite value when the
+        batch in the data blobs runs through the net again, layer by layer.
+
+        Returns "" when no layer before the losses makes one, and when a
+        layer wrote over a data blob, which then no longer holds the batch.
+        The statistics and the random streams end as they were.
+        """
+        overwritten = overwritten_data(self.ir)
+        for info in self.ir.layers:
+            if info.layer.is_source and any(
+                top in overwritten for top in info.layer.tops
+            ):
+                return ""
+        streams = {key: array.copy() for key, array in self.rng_states.items()}
+        n_valid = self._batch_size()
+        try:
+            with self.uncounted():
+                for index in self.ir.forward_order:
+                    info = self.ir.layers[index]
+                    if info.eliminated or info.layer.is_source:
+                        continue
+                    if info.layer.has_loss:
+                        break
+                    # The return code is ignored; the tops are checked below.
+                    self.lib.mochac_layer_forward(
+                        info.index, self.pointers, self.status, n_valid
+                    )
+                    for top in info.layer.tops:
+                        slot = self.slots.find("data", top)
+                        if (
+                            slot is not None
+                            and not np.isfinite(self.arrays[slot.index]).all()
+                        ):
+                            return (
+                                f"; layer '{info.name}' ({type(info.layer).__name__}) "
+                                "is the first to output NaN or infinite values, in "
+                                f"its top '{top}'"
+                            )
+        finally:
+            for key, array in streams.items():
+                self.rng_states[key][...] = array
+        return ""
 
     def _data_row(self, blob: str, sample: int) -> str:
         """Return ", row R of data layer 'L'" for a sample a data layer served."""
@@ -434,9 +481,10 @@ class Net:
                 value = float(self.states[info.name][0])
                 if not math.isfinite(value):
                     raise NumericalError(
-                        f"net '{self.name}': loss layer '{info.name}' computed {value}; "
-                        "check the learning rate, regu_coef, the loss layers' class "
-                        "weights and the input data for NaN or Inf"
+                        f"net '{self.name}': loss layer '{info.name}' computed {value}"
+                        f"{self._non_finite_origin()}; check the learning rate, "
+                        "regu_coef, the loss layers' class weights and the input "
+                        "data for NaN or Inf"
                     )
                 total += value
         return total
