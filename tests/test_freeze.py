@@ -487,3 +487,51 @@ def test_solve_with_one_layer_frozen_is_quiet(data, caplog):
     with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
         train(net, SGD(), max_iter=2)
     assert "is frozen" not in caplog.text
+
+
+class StopAtTwo(CoffeeBreak):
+    """Raises KeyboardInterrupt once, at iteration 2, as a Ctrl-C would."""
+
+    fired = False
+
+    def enjoy(self, solver, net):
+        if solver.state.iter == 2 and not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+
+
+def counting_solver():
+    params = make_solver_parameters(SGD(), max_iter=4, lr_policy=LRPolicy.Fixed(0.05))
+    return Solver(SGD(), params, progress=False)
+
+
+def test_continued_solve_counts_batches_once(data):
+    """A solve() stopped and called again counts each batch as a straight
+    run does, although it loads the batch waiting at the stop again."""
+    straight = counted_net(data)
+    counting_solver().solve(straight)
+
+    stopped = counted_net(data)
+    solver = counting_solver()
+    solver.add_coffee_break(StopAtTwo(), every_n_iter=1)
+    with pytest.raises(KeyboardInterrupt):
+        solver.solve(stopped)
+    solver.solve(stopped)
+
+    for net in (straight, stopped):
+        assert net.statistics()["acc-count"] == 20
+        assert len(net.output_states["keep"].outputs[0]) == 5
+    assert stopped.statistics() == pytest.approx(straight.statistics(), rel=1e-12)
+
+
+def test_second_solve_on_moved_net_counts(data):
+    """Data read between two solves moves the net, so the second solve's
+    first batch is new and counts."""
+    net = counted_net(data)
+    solver = counting_solver()
+    solver.solve(net)
+    net.forward()
+    solver.params["max_iter"] = 5
+    solver.solve(net)
+    # 5 passes in the first solve, 1 by hand, then 2 in the second.
+    assert net.statistics()["acc-count"] == 32

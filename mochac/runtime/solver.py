@@ -18,6 +18,7 @@ iteration k is the loss after k updates.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -225,6 +226,10 @@ class Solver:
         # While solve() runs: the data position and random streams from
         # before the batch loaded last (mochac.runtime.resume_point).
         self.resume_point = None
+        # After solve() ends or stops: (net, point), where the net's next
+        # batch from ``point`` was counted already, in statistics and output
+        # layers, by the forward pass whose gradients no update applied.
+        self._counted_batch = None
         self.breaks: list[tuple[object, int | None, int | None]] = []
         self.lounge = CoffeeLounge()
 
@@ -484,22 +489,31 @@ class Solver:
         # backward run once first, and each iteration then updates and runs
         # them on the next batch (Net.solver_step).
         self.resume_point = resume_point.capture(net)
+        counted, self._counted_batch = self._counted_batch, None
+        recount = (
+            counted is not None
+            and counted[0] is net
+            and resume_point.same(net, counted[1], self.resume_point)
+        )
         try:
-            self._train(net, regu_coef)
+            self._train(net, regu_coef, recount)
         except BaseException:
-            self._rewind_quietly(net)
+            if self._rewind_quietly(net):
+                self._counted_batch = (net, self.resume_point)
             raise
         # The last forward pass loaded a batch that no update used; the next
         # solve, or a resume from the final snapshot, loads it again.
         resume_point.restore(net, self.resume_point)
+        self._counted_batch = (net, self.resume_point)
         self.lounge.maybe_save(state.iter, force=True)
         return state
 
-    def _train(self, net, regu_coef: float) -> None:
+    def _train(self, net, regu_coef: float, recount: bool = False) -> None:
         """Run the first forward and backward passes, then the iterations up
         to max_iter with their coffee breaks. ``self.resume_point`` is always
         the data position and random streams from before the last batch
-        loaded."""
+        loaded. With ``recount``, the first batch is one that the previous
+        solve() counted, and its pass counts nothing (Net.uncounted)."""
         state, max_iter = self.state, self.params["max_iter"]
         dtype = net.backend.dtype
         # The epoch breaks due after update k are those for an epoch that
@@ -508,9 +522,10 @@ class Solver:
         # the training net's data (such as a validation of the training net
         # itself) completes no epoch.
         before = self._epoch(net)
-        state.obj_val = self._run_step(
-            lambda: net.forward_backward(self.method, regu_coef), regu_coef
-        )
+        with net.uncounted() if recount else contextlib.nullcontext():
+            state.obj_val = self._run_step(
+                lambda: net.forward_backward(self.method, regu_coef), regu_coef
+            )
         loaded_epochs = (before, self._epoch(net))
         if state.iter == 0:
             self._apply_policies(state, dtype)
@@ -549,14 +564,16 @@ class Solver:
         if bar is not None:
             bar.close()
 
-    def _rewind_quietly(self, net) -> None:
+    def _rewind_quietly(self, net) -> bool:
         """Move the net back before the batch that no update used, as a
-        finished solve does, while an error propagates.
+        finished solve does, while an error propagates; return whether that
+        worked.
 
         A failure here is logged, so that it does not hide that error.
         """
         try:
             resume_point.restore(net, self.resume_point)
+            return True
         except Exception as error:  # noqa: BLE001 - the first error matters more
             logger.warning(
                 "net '%s': could not move the data layers back before the batch "
@@ -565,6 +582,7 @@ class Solver:
                 type(error).__name__,
                 error,
             )
+            return False
 
     def _iterate(self, net, iteration: int, regu_coef: float, constraints) -> float:
         """Run update ``iteration``, the norm constraints due after it (of
