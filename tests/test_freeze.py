@@ -535,3 +535,17 @@ def test_second_solve_on_moved_net_counts(data):
     solver.solve(net)
     # 5 passes in the first solve, 1 by hand, then 2 in the second.
     assert net.statistics()["acc-count"] == 32
+
+
+def test_freeze_all_resumed_with_parameter_layers_frozen(data, tmp_path, caplog):
+    """freeze_all also freezes the data and loss layers, which have no
+    parameters, so freezing ip1 and ip2 by name is the same setting."""
+    net = make_net(data)
+    freeze_all(net)
+    snapshot_solver(tmp_path, max_iter=2).solve(net)
+
+    resumed = make_net(data)
+    freeze(resumed, "ip1", "ip2")
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
+        snapshot_solver(tmp_path, max_iter=4).solve(resumed)
+    assert "frozen layers" not in caplog.text

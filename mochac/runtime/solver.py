@@ -341,8 +341,14 @@ class Solver:
         """Log a warning when the net's frozen layers differ from those at the
         snapshot's save; snapshots of older versions record none."""
         saved = attrs.get(FROZEN_LAYERS)
-        current = frozen_layers(net)
-        if saved is None or saved == current:
+        if saved is None:
+            return
+        # Freezing a layer without parameters changes nothing, so freeze_all
+        # and freeze() of the same parameter layers compare equal.
+        with_params = set(net.params)
+        saved = saved & with_params
+        current = frozen_layers(net) & with_params
+        if saved == current:
             return
 
         def listed(names) -> str:
