@@ -14,18 +14,41 @@ import hashlib
 import logging
 import os
 import re
+import socket
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-# A file being written is named ".<name>.<process id>.tmp" beside its final
-# name until it is complete (temporary_path).
-TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+# A file being written is named ".<name>.<host>-<process id>.tmp" beside its
+# final name until it is complete (temporary_path). Versions before the host
+# part wrote ".<name>.<process id>.tmp", which still matches, without a host.
+TEMPORARY_NAME = re.compile(
+    r"^\.(?P<name>.+)\.(?:(?P<host>[A-Za-z0-9_]+)-)?(?P<pid>\d+)\.tmp$"
+)
+
+
+def host_tag() -> str:
+    """Return this host's name as it appears in temporary names: letters,
+    digits and underscores only, at most 32 of them."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:32]
+    return name or "host"
 
 
 def temporary_path(path: Path) -> Path:
     """Return the name this process writes ``path`` under until it is complete."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    return path.with_name(f".{path.name}.{host_tag()}-{os.getpid()}.tmp")
+
+
+def writer_may_run(match: re.Match) -> bool:
+    """Return False only when the writer of a temporary file (a match of
+    TEMPORARY_NAME) ran on this host and no longer runs.
+
+    A writer on another host, or one of an older version that did not name
+    its host, may still be writing: its process id means nothing here.
+    """
+    if match["host"] != host_tag():
+        return True
+    return process_may_run(int(match["pid"]))
 
 
 def process_may_run(pid: int) -> bool:

@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import subprocess
 import threading
 
 import h5py
@@ -21,6 +22,7 @@ from mochac import (
     Solver,
     make_solver_parameters,
 )
+from mochac.durable_files import TEMPORARY_NAME, host_tag, temporary_path
 from mochac.runtime import file_digest, snapshot
 from mochac.runtime.file_digest import digest_path
 from mochac.runtime.snapshot import latest_snapshot, save_snapshot
@@ -272,6 +274,62 @@ def test_killed_overwrite_sidecar_repaired_on_load(tmp_path, caplog):
     assert digest_path(path).read_text() == old_line
     assert "left by an interrupted writer" in caplog.text
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def dead_process_id() -> int:
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    return finished.pid
+
+
+@pytest.mark.parametrize("host", ["own", "other", None])
+def test_killed_writer_of_host_repairs_on_load(tmp_path, caplog, host):
+    """A temporary file of a writer that ran on this host and no longer
+    runs does not stop the repair. One of another host, or of a version
+    that did not name its host, may belong to a live writer, so the
+    sidecar keeps both digests."""
+    path = tmp_path / "snapshot-000002.h5"
+    save_snapshot(path, make_net(seed=1))
+    old_line = digest_path(path).read_text()
+    other = tmp_path / "other.h5"
+    save_snapshot(other, make_net(seed=2))
+    new_digest = hashlib.sha256(other.read_bytes()).hexdigest()
+    both = f"{new_digest}  {path.name}\n{old_line}"
+    digest_path(path).write_text(both)
+    writer = {"own": f"{host_tag()}-", "other": "elsewhere-", None: ""}[host]
+    leftover = tmp_path / f".{path.name}.{writer}{dead_process_id()}.tmp"
+    leftover.write_bytes(b"partial")
+    mochac.load_snapshot(make_net(seed=3), path)
+    expected = old_line if host == "own" else both
+    assert digest_path(path).read_text() == expected
+
+
+def test_snapshot_removes_own_dead_writers_file_at_once(tmp_path):
+    """The age rule waits only for writers whose process id means nothing
+    here."""
+    snapshot._CLEANED_FOLDERS.discard(tmp_path.resolve())
+    dead = dead_process_id()
+    own = tmp_path / f".model.h5.{host_tag()}-{dead}.tmp"
+    other = tmp_path / f".model.h5.elsewhere-{dead}.tmp"
+    old_style = tmp_path / f".model.h5.{dead}.tmp"
+    for leftover in (own, other, old_style):
+        leftover.write_bytes(b"partial")
+    save_snapshot(tmp_path / "model.h5", make_net())
+    assert not own.exists()
+    assert other.exists()
+    assert old_style.exists()
+
+
+def test_temporary_name_parts(tmp_path):
+    name = temporary_path(tmp_path / "snapshot-000010.h5").name
+    match = TEMPORARY_NAME.match(name)
+    assert match["name"] == "snapshot-000010.h5"
+    assert match["host"] == host_tag()
+    assert int(match["pid"]) == os.getpid()
+    old_style = TEMPORARY_NAME.match(".snapshot-000010.h5.1234.tmp")
+    assert old_style["name"] == "snapshot-000010.h5"
+    assert old_style["host"] is None
+    assert old_style["pid"] == "1234"
 
 
 def start_paused_overwrite(path, net, monkeypatch):

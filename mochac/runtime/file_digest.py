@@ -34,9 +34,9 @@ from mochac.durable_files import (
     fsync_file,
     fsync_folder,
     parse_digest,
-    process_may_run,
     temporary_path,
     write_digest,
+    writer_may_run,
 )
 from mochac.errors import SnapshotError
 
@@ -124,8 +124,9 @@ def _reduce_after_load(path, sidecar, expected, identity, actual) -> None:
     A writer lists the new digest first and renames the new file over the
     old one next. Reducing the sidecar to the old digest before that rename
     would leave the new file without its digest. So the old digest is kept
-    alone only when no writer of this host is running, and only while the
-    file at ``path`` is still the one that was read.
+    alone only when no writer may be running (a temporary file of a writer
+    on another host counts as running), and only while the file at ``path``
+    is still the one that was read.
     """
     if actual != expected[0] and _writer_running(path):
         logger.debug(
@@ -143,9 +144,8 @@ def _reduce_after_load(path, sidecar, expected, identity, actual) -> None:
         except (OSError, SnapshotError):
             return False
 
-    # NOTE: a writer on another host sharing the folder has a process id that
-    # means nothing here, so only the check just before the rename guards
-    # against it.
+    # A writer that renamed its file after the scan above changes the file's
+    # identity, which the check just before the rename compares.
     if rewrite_sidecar(sidecar, f"{actual}  {path.name}\n", unchanged):
         logger.info(
             "%s listed the digests of two versions of %s, left by an interrupted "
@@ -166,7 +166,7 @@ def _writer_running(path: Path) -> bool:
         match = TEMPORARY_NAME.match(entry.name)
         if match is None or match["name"] != path.name:
             continue
-        if process_may_run(int(match["pid"])):
+        if writer_may_run(match):
             return True
     return False
 

@@ -49,6 +49,7 @@ from mochac.durable_files import (
     parse_digest,
     process_may_run,
     temporary_path,
+    writer_may_run,
 )
 from mochac.errors import NumericalError, SnapshotError
 from mochac.runtime import resume_point
@@ -157,10 +158,13 @@ def remove_stale_temporaries(folder: Path) -> None:
         match = TEMPORARY_NAME.match(entry.name)
         if match is None or int(match["pid"]) == os.getpid():
             continue
-        if process_may_run(int(match["pid"])):
+        # A writer of this host that no longer runs left the file, which
+        # goes at once; other files go once old enough.
+        finished = not writer_may_run(match)
+        if not finished and process_may_run(int(match["pid"])):
             continue
         try:
-            if now - entry.stat().st_mtime < STALE_TEMPORARY_SECONDS:
+            if not finished and now - entry.stat().st_mtime < STALE_TEMPORARY_SECONDS:
                 continue
             entry.unlink()
         except OSError:
