@@ -670,11 +670,15 @@ class GPUNet(Net):
             if info.layer.has_stats
         ]
 
+    def _on_device(self):
+        return self.cupy.cuda.Device(self.backend.device)
+
     def reset_statistics(self):
         super().reset_statistics()
-        for info in self.ir.layers:
-            if info.layer.has_stats:
-                self.device_states[info.name][...] = 0
+        with self._on_device():
+            for info in self.ir.layers:
+                if info.layer.has_stats:
+                    self.device_states[info.name][...] = 0
 
     def destroy(self):
         """Drop the device memory and close the data sources."""

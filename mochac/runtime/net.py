@@ -717,9 +717,15 @@ class Net:
             yield
         finally:
             self.counting = counting
-            for array, copy in zip(saved, copies):
-                array[...] = copy
+            with self._on_device():
+                for array, copy in zip(saved, copies):
+                    array[...] = copy
             self.loss_sums = sums
+
+    def _on_device(self):
+        """Return the context in which this net's arrays are written: none on
+        the CPU, the CUDA device on the GPU (GPUNet)."""
+        return contextlib.nullcontext()
 
     def _statistics_counters(self) -> list:
         """Return the arrays in which statistics layers count, for uncounted()."""
