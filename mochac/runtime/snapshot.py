@@ -78,6 +78,10 @@ logger = logging.getLogger(__name__)
 # The /solver attribute with the names of the layers frozen when the
 # snapshot was saved, a JSON list.
 FROZEN_LAYERS = "frozen_layers"
+# The /solver attribute with the coffee breaks due at the snapshot's
+# iteration that had not run when it was saved: a JSON list of their
+# indices in the order the solver added them (Solver._pending_breaks).
+PENDING_BREAKS = "pending_breaks"
 
 # The attributes of /solver that resuming reads, with their Python types.
 SOLVER_ATTRIBUTES = {
@@ -348,6 +352,8 @@ def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> P
         # A resume leaves freezing to the user's script and only warns when
         # the frozen layers differ (Solver._warn_frozen_change).
         group.attrs[FROZEN_LAYERS] = json.dumps(sorted(frozen_layers(net)))
+        pending = getattr(solver_state, "pending_breaks", [])
+        group.attrs[PENDING_BREAKS] = json.dumps([int(index) for index in pending])
         for buffer_name, arrays in solver_buffers.items():
             buffer_group = group.create_group(buffer_name)
             for key, values in arrays.items():
@@ -602,7 +608,30 @@ def check_solver_attributes(group, path) -> dict:
         attrs[key] = kind(value)
     if FROZEN_LAYERS in attrs:
         attrs[FROZEN_LAYERS] = parse_frozen_layers(attrs[FROZEN_LAYERS], path)
+    if PENDING_BREAKS in attrs:
+        attrs[PENDING_BREAKS] = parse_pending_breaks(attrs[PENDING_BREAKS], path)
     return attrs
+
+
+def parse_pending_breaks(value, path) -> list[int]:
+    """Return the indices of a /solver 'pending_breaks' attribute, a JSON list
+    of integers >= 0; raise SnapshotError for any other value."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    try:
+        indices = json.loads(value) if isinstance(value, str) else None
+    except json.JSONDecodeError:
+        indices = None
+    valid = isinstance(indices, list) and all(
+        type(index) is int and index >= 0 for index in indices
+    )
+    if not valid:
+        raise damaged(
+            path,
+            f"/solver attribute '{PENDING_BREAKS}' has the invalid value {value!r}; "
+            "expected a JSON list of coffee break indices",
+        )
+    return indices
 
 
 def parse_frozen_layers(value, path) -> frozenset[str]:

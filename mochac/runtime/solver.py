@@ -35,9 +35,11 @@ from mochac.runtime import resume_point
 from mochac.runtime.coffee_lounge import CoffeeLounge
 from mochac.runtime.data_sources import warn_batches_larger_than_data
 from mochac.runtime.freeze import frozen_layers, trainable_groups
+from mochac.runtime.interrupts import StepInterrupts
 from mochac.runtime.mom_policy import MomPolicy
 from mochac.runtime.snapshot import (
     FROZEN_LAYERS,
+    PENDING_BREAKS,
     apply_solver_state,
     check_param_shapes,
     latest_snapshot,
@@ -90,6 +92,10 @@ class SolverState:
     # Extra /solver attributes of the learning-rate policy, which a resumed
     # run hands back to the policy's restore() (DecayOnValidation's best).
     policy_attrs: dict = field(default_factory=dict)
+    # While a coffee break runs: the indices in Solver.breaks of the breaks
+    # due at this iteration that have not run yet. Snapshots store them, so
+    # a resume runs them (Solver._pending_breaks).
+    pending_breaks: list = field(default_factory=list)
 
     def to_attrs(self) -> dict:
         return {
@@ -230,6 +236,11 @@ class Solver:
         # batch from ``point`` was counted already, in statistics and output
         # layers, by the forward pass whose gradients no update applied.
         self._counted_batch = None
+        # (iteration, indices in self.breaks) of the coffee breaks due at
+        # that iteration that have not finished: those of a solve() that an
+        # error or Ctrl-C stopped, or those a resumed snapshot lists. The
+        # next solve() runs them before its first update.
+        self._pending_breaks = None
         self.breaks: list[tuple[object, int | None, int | None]] = []
         self.lounge = CoffeeLounge()
 
@@ -329,6 +340,7 @@ class Solver:
                 net, buffers, path, attrs.get(FROZEN_LAYERS, frozenset())
             )
         self._warn_frozen_change(net, attrs, path)
+        self._pending_breaks = self._stored_pending_breaks(attrs, iteration, path)
         self.method.load_buffers(buffers, net.backend)
         if restore_policy is not None:
             restore_policy(attrs)
@@ -336,6 +348,29 @@ class Solver:
         obj_val = as_real(attrs.get("obj_val"))
         self.state.obj_val = math.nan if obj_val is None else float(obj_val)
         logger.info("resumed from %s at iteration %d", path, self.state.iter)
+
+    def _stored_pending_breaks(self, attrs: dict, iteration: int, path):
+        """Return (iteration, indices) of the coffee breaks a snapshot lists as
+        not yet run at its iteration, or None when it lists none.
+
+        The Snapshot break that saved it ran, and so did those before it. A
+        break after it may have finished too, before a later stop, but the
+        file cannot tell, so the resume runs it again.
+        """
+        pending = attrs.get(PENDING_BREAKS) or []
+        unknown = [index for index in pending if index >= len(self.breaks)]
+        if unknown:
+            logger.warning(
+                "%s lists %d coffee breaks still to run at iteration %d, but this "
+                "solver has only %d; add the coffee breaks in the order of the "
+                "run that saved it. Skipped the missing ones",
+                path,
+                len(pending),
+                iteration,
+                len(self.breaks),
+            )
+            pending = [index for index in pending if index < len(self.breaks)]
+        return (iteration, pending) if pending else None
 
     def _warn_frozen_change(self, net, attrs: dict, path) -> None:
         """Log a warning when the net's frozen layers differ from those at the
@@ -433,15 +468,16 @@ class Solver:
 
     # --- the loop -------------------------------------------------------------
 
-    def _due(self, iteration: int, last_epoch: int, epoch: int) -> list:
-        """Return the coffee breaks due after update ``iteration``.
+    def _due(self, iteration: int, last_epoch: int, epoch: int) -> list[int]:
+        """Return the indices in ``breaks`` of the coffee breaks due after
+        update ``iteration``.
 
         ``last_epoch`` and ``epoch`` are the data layers' epoch counts before
         and after loading the batch whose gradients this update applies.
         """
         return [
-            coffee_break
-            for coffee_break, every_n_iter, every_n_epoch in self.breaks
+            index
+            for index, (_, every_n_iter, every_n_epoch) in enumerate(self.breaks)
             if (every_n_iter is not None and iteration % every_n_iter == 0)
             or (
                 every_n_epoch is not None
@@ -502,7 +538,8 @@ class Solver:
             and resume_point.same(net, counted[1], self.resume_point)
         )
         try:
-            self._train(net, regu_coef, recount)
+            with StepInterrupts(net.name) as interrupts:
+                self._train(net, regu_coef, interrupts, recount)
         except BaseException:
             if self._rewind_quietly(net):
                 self._counted_batch = (net, self.resume_point)
@@ -514,12 +551,16 @@ class Solver:
         self.lounge.maybe_save(state.iter, force=True)
         return state
 
-    def _train(self, net, regu_coef: float, recount: bool = False) -> None:
+    def _train(
+        self, net, regu_coef: float, interrupts: StepInterrupts, recount: bool
+    ) -> None:
         """Run the first forward and backward passes, then the iterations up
         to max_iter with their coffee breaks. ``self.resume_point`` is always
         the data position and random streams from before the last batch
-        loaded. With ``recount``, the first batch is one that the previous
-        solve() counted, and its pass counts nothing (Net.uncounted)."""
+        loaded. A Ctrl-C waits for the end of the step it arrives in
+        (``interrupts``). With ``recount``, the first batch is one that the
+        previous solve() counted, and its pass counts nothing
+        (Net.uncounted)."""
         state, max_iter = self.state, self.params["max_iter"]
         dtype = net.backend.dtype
         # The epoch breaks due after update k are those for an epoch that
@@ -527,48 +568,68 @@ class Solver:
         # after the step that loads each batch, so a coffee break that moves
         # the training net's data (such as a validation of the training net
         # itself) completes no epoch.
-        before = self._epoch(net)
-        with net.uncounted() if recount else contextlib.nullcontext():
-            state.obj_val = self._run_step(
-                lambda: net.forward_backward(self.method, regu_coef), regu_coef
-            )
-        loaded_epochs = (before, self._epoch(net))
+        with interrupts.step():
+            before = self._epoch(net)
+            with net.uncounted() if recount else contextlib.nullcontext():
+                state.obj_val = self._run_step(
+                    lambda: net.forward_backward(self.method, regu_coef), regu_coef
+                )
+            loaded_epochs = (before, self._epoch(net))
         if state.iter == 0:
             self._apply_policies(state, dtype)
             self._enjoy(self._due(0, -1, -1), net)
             self.lounge.maybe_save(state.iter, force=True)
+        elif self._pending_breaks is not None and self._pending_breaks[0] == state.iter:
+            # The breaks a stopped run left: the net is back at the batch
+            # that was waiting when they were due.
+            self._enjoy(self._pending_breaks[1], net)
+            self.lounge.maybe_save(state.iter)
+        self._pending_breaks = None
 
         constraints = net_constraints(net)
         bar = self._progress_bar(state.iter, max_iter)
         while state.iter < max_iter:
-            iteration = state.iter + 1
-            due = self._due(iteration, *loaded_epochs)
-            self._apply_policies(state, dtype)
-            previous, self.resume_point = self.resume_point, resume_point.capture(net)
-            before = self._epoch(net)
-            net.step_updated = False
-            try:
-                state.obj_val = self._iterate(net, iteration, regu_coef, constraints)
-            except BaseException:
-                if not net.step_updated:
-                    # Loading the batch failed before the update ran, so the
-                    # gradients of the batch loaded before still wait.
-                    state.iter = iteration - 1
-                    self.resume_point = previous
-                raise
-            loaded_epochs = (before, self._epoch(net))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(obj_val=f"{state.obj_val:.4f}", refresh=False)
-            if state.iter == max_iter:
-                # Each forward pass checks the losses, but a parameter that
-                # no loss depends on can still turn NaN. This check runs
-                # before the last coffee breaks, so no snapshot saves it.
-                self._check_parameters(net, regu_coef)
+            with interrupts.step():
+                due, loaded_epochs = self._step(
+                    net, regu_coef, constraints, loaded_epochs
+                )
+                # A Ctrl-C held back until the end of this step leaves them.
+                self._pending_breaks = (state.iter, due)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(obj_val=f"{state.obj_val:.4f}", refresh=False)
+                if state.iter == max_iter:
+                    # Each forward pass checks the losses, but a parameter
+                    # that no loss depends on can still turn NaN. This check
+                    # runs before the last coffee breaks, so no snapshot
+                    # saves it.
+                    self._check_parameters(net, regu_coef)
             self._enjoy(due, net)
             self.lounge.maybe_save(state.iter)
         if bar is not None:
             bar.close()
+
+    def _step(self, net, regu_coef: float, constraints, loaded_epochs) -> tuple:
+        """Run the next iteration's update and the forward and backward passes
+        after it. Return the indices of the coffee breaks due after it, and
+        the epoch counts before and after its batch."""
+        state = self.state
+        iteration = state.iter + 1
+        due = self._due(iteration, *loaded_epochs)
+        self._apply_policies(state, net.backend.dtype)
+        previous, self.resume_point = self.resume_point, resume_point.capture(net)
+        before = self._epoch(net)
+        net.step_updated = False
+        try:
+            state.obj_val = self._iterate(net, iteration, regu_coef, constraints)
+        except BaseException:
+            if not net.step_updated:
+                # Loading the batch failed before the update ran, so the
+                # gradients of the batch loaded before still wait.
+                state.iter = iteration - 1
+                self.resume_point = previous
+            raise
+        return due, (before, self._epoch(net))
 
     def _rewind_quietly(self, net) -> bool:
         """Move the net back before the batch that no update used, as a
@@ -662,17 +723,28 @@ class Solver:
                 lambda: net.forward_backward(self.method, regu_coef), regu_coef
             )
 
-    def _enjoy(self, breaks: list, net) -> None:
-        """Run ``breaks`` with the net's resume point set, then recompute the
-        gradients when a break unfroze a layer or moved the net's data."""
-        if not breaks:
+    def _enjoy(self, due: list[int], net) -> None:
+        """Run the coffee breaks ``due`` (indices in ``breaks``) with the net's
+        resume point set, then recompute the gradients when a break unfroze a
+        layer or moved the net's data.
+
+        A break that raises is left pending with those after it, so that the
+        next solve() runs them. While a break runs, the solver state lists
+        the breaks after it, which a snapshot saved then records.
+        """
+        if not due:
             return
         frozen = frozen_layers(net)
         loaded = resume_point.capture(net)
         net.resume_point = self.resume_point
+        state = self.state
         try:
-            for coffee_break in breaks:
-                coffee_break.enjoy(self, net)
+            for position, index in enumerate(due):
+                self._pending_breaks = (state.iter, due[position:])
+                state.pending_breaks = list(due[position + 1 :])
+                self.breaks[index][0].enjoy(self, net)
+            self._pending_breaks = None
+            state.pending_breaks = []
             if frozen - frozen_layers(net):
                 # The last backward pass skipped the layers frozen then, so
                 # their gradients are stale or zero, and the next update

@@ -1,0 +1,246 @@
+"""A solve() that Ctrl-C or an error stops, then continues or resumes.
+
+A Ctrl-C within a training step waits for the step's end, and the coffee
+breaks that a stop left unrun at its iteration run when training goes on,
+in the same process or in a resume from a snapshot.
+"""
+
+import json
+import logging
+import os
+import signal
+
+import h5py
+import numpy as np
+import pytest
+
+import mochac
+from mochac import (
+    SGD,
+    AccuracyLayer,
+    CPUBackend,
+    InnerProductLayer,
+    LRPolicy,
+    MemoryDataLayer,
+    Net,
+    Neurons,
+    Snapshot,
+    SoftmaxLossLayer,
+    Solver,
+    make_solver_parameters,
+)
+from mochac.runtime.coffee_breaks import CoffeeBreak
+from mochac.runtime.net import Net as NetClass
+
+
+def make_net(name="net", seed=2):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 5))
+    y = rng.integers(0, 3, size=(12, 1)).astype(np.float64)
+    layers = [
+        MemoryDataLayer(batch_size=4, data=[x, y]),
+        InnerProductLayer(
+            name="ip1",
+            output_dim=6,
+            neuron=Neurons.ReLU(),
+            bottoms=["data"],
+            tops=["h"],
+        ),
+        InnerProductLayer(name="ip2", output_dim=3, bottoms=["h"], tops=["out"]),
+        SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+        AccuracyLayer(name="acc", bottoms=["out", "label"]),
+    ]
+    return Net(name, CPUBackend(dtype=np.float64, seed=seed), layers)
+
+
+def make_solver(max_iter, folder=None):
+    params = make_solver_parameters(
+        SGD(), max_iter=max_iter, lr_policy=LRPolicy.Fixed(0.05), momentum=0.9
+    )
+    if folder is not None:
+        params["load_from"] = str(folder)
+    return Solver(SGD(), params, progress=False)
+
+
+class IterationLog(CoffeeBreak):
+    def __init__(self):
+        self.seen = []
+
+    def enjoy(self, solver, net):
+        self.seen.append(solver.state.iter)
+
+
+class InterruptOnce(CoffeeBreak):
+    """Raises KeyboardInterrupt at its first break at iteration ``at``."""
+
+    def __init__(self, at):
+        self.at = at
+        self.fired = False
+
+    def enjoy(self, solver, net):
+        if solver.state.iter == self.at and not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+
+
+def assert_same_params(actual, expected):
+    for layer, arrays in expected.params.items():
+        for name, array in arrays.items():
+            np.testing.assert_array_equal(actual.params[layer][name], array)
+
+
+def test_breaks_after_stopped_break_run_on_continue():
+    straight_net = make_net()
+    straight = make_solver(6)
+    before, after = IterationLog(), IterationLog()
+    straight.add_coffee_break(before, every_n_iter=2)
+    straight.add_coffee_break(after, every_n_iter=2)
+    straight.solve(straight_net)
+
+    net = make_net()
+    solver = make_solver(6)
+    first, last = IterationLog(), IterationLog()
+    solver.add_coffee_break(first, every_n_iter=2)
+    solver.add_coffee_break(InterruptOnce(at=4), every_n_iter=2)
+    solver.add_coffee_break(last, every_n_iter=2)
+    with pytest.raises(KeyboardInterrupt):
+        solver.solve(net)
+    assert last.seen == [0, 2]
+    solver.solve(net)
+    assert first.seen == [0, 2, 4, 6]
+    assert last.seen == [0, 2, 4, 6]
+    assert_same_params(net, straight_net)
+    assert net.statistics() == pytest.approx(straight_net.statistics(), rel=1e-12)
+
+
+def test_resume_runs_breaks_after_snapshot(tmp_path):
+    """The snapshot at iteration 4 was saved before the stop, so a resume
+    from it in a new solver runs the breaks that came after it."""
+    straight_net = make_net()
+    make_solver(6).solve(straight_net)
+
+    solver = make_solver(6, tmp_path)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    solver.add_coffee_break(InterruptOnce(at=4), every_n_iter=2)
+    solver.add_coffee_break(IterationLog(), every_n_iter=2)
+    with pytest.raises(KeyboardInterrupt):
+        solver.solve(make_net())
+    with h5py.File(tmp_path / "snapshot-000004.h5", "r") as handle:
+        assert json.loads(handle["solver"].attrs["pending_breaks"]) == [1, 2]
+
+    resumed = make_net(seed=99)
+    solver = make_solver(6, tmp_path)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    solver.add_coffee_break(IterationLog(), every_n_iter=2)
+    log = IterationLog()
+    solver.add_coffee_break(log, every_n_iter=2)
+    solver.solve(resumed)
+    assert log.seen == [4, 6]
+    assert_same_params(resumed, straight_net)
+
+
+def test_snapshot_of_finished_breaks_lists_none(tmp_path):
+    solver = make_solver(2)
+    solver.add_coffee_break(IterationLog(), every_n_iter=2)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    solver.solve(make_net())
+    with h5py.File(tmp_path / "snapshot-000002.h5", "r") as handle:
+        assert json.loads(handle["solver"].attrs["pending_breaks"]) == []
+
+
+def test_resume_with_fewer_breaks_warns(tmp_path, caplog):
+    solver = make_solver(4, tmp_path)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    solver.add_coffee_break(InterruptOnce(at=4), every_n_iter=2)
+    with pytest.raises(KeyboardInterrupt):
+        solver.solve(make_net())
+    solver = make_solver(6, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
+        solver.solve(make_net())
+    assert "lists 1 coffee breaks still to run at iteration 4" in caplog.text
+    assert "this solver has only 0" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["[1, -2]", "[1.5]", "{}", "not json"])
+def test_invalid_pending_breaks_attribute(tmp_path, value):
+    solver = make_solver(2)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    solver.solve(make_net())
+    path = tmp_path / "snapshot-000002.h5"
+    with h5py.File(path, "r+") as handle:
+        handle["solver"].attrs["pending_breaks"] = value
+    (tmp_path / "snapshot-000002.h5.sha256").unlink()
+    with pytest.raises(mochac.SnapshotError, match="'pending_breaks' has the invalid"):
+        make_solver(4, tmp_path).solve(make_net())
+
+
+@pytest.fixture
+def default_sigint():
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("another SIGINT handler is installed")
+
+
+def send_sigint_once(monkeypatch, at_call):
+    """Make the ``at_call``-th call of Net._use_threads, which every step
+    makes before its compiled code, send this process SIGINT."""
+    calls = []
+    real = NetClass._use_threads
+
+    def use_threads(net):
+        calls.append(None)
+        if len(calls) == at_call:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(net)
+
+    monkeypatch.setattr(NetClass, "_use_threads", use_threads)
+
+
+def test_ctrl_c_in_step_waits_for_its_end(default_sigint, monkeypatch, caplog):
+    straight_net = make_net()
+    make_solver(6).solve(straight_net)
+
+    net = make_net()
+    solver = make_solver(6)
+    log = IterationLog()
+    solver.add_coffee_break(log, every_n_iter=1)
+    # The first call is the forward pass before update 1, so the fourth is
+    # the step of update 3.
+    send_sigint_once(monkeypatch, at_call=4)
+    with (
+        caplog.at_level(logging.WARNING, logger="mochac.runtime.interrupts"),
+        pytest.raises(KeyboardInterrupt),
+    ):
+        solver.solve(net)
+    assert "training stops once this step is complete" in caplog.text
+    assert solver.state.iter == 3
+    assert log.seen == [0, 1, 2]
+    monkeypatch.undo()
+    solver.solve(net)
+    assert log.seen == [0, 1, 2, 3, 4, 5, 6]
+    assert_same_params(net, straight_net)
+    assert net.statistics() == pytest.approx(straight_net.statistics(), rel=1e-12)
+
+
+def test_solve_restores_sigint_handler(default_sigint):
+    make_solver(2).solve(make_net())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_in_break_stops_at_once(default_sigint):
+    class SignalInBreak(CoffeeBreak):
+        def __init__(self):
+            self.finished = False
+
+        def enjoy(self, solver, net):
+            if solver.state.iter == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+                # The handler raises before this line in a break.
+                self.finished = True
+
+    solver = make_solver(4)
+    signalling = SignalInBreak()
+    solver.add_coffee_break(signalling, every_n_iter=1)
+    with pytest.raises(KeyboardInterrupt):
+        solver.solve(make_net())
+    assert solver.state.iter == 2
+    assert not signalling.finished
