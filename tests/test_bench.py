@@ -270,3 +270,26 @@ def test_torch_peer_unknown_layer_suggests_no_peer():
         ConfigError, match="PowerLayer; time mochac alone with --no-peer"
     ):
         TorchNet(net)
+
+
+def test_torch_peer_named_data_top():
+    torch = pytest.importorskip("torch")
+    from mochac import CPUBackend, MemoryDataLayer, Net
+    from mochac.bench.torch_peer import TorchNet
+
+    source = lenet(8)[0]
+    images, labels = source.data
+    conv1, *rest = lenet(8)[1:]
+    layers = [
+        MemoryDataLayer(
+            name="digits", tops=["images", "label"], batch_size=8, data=[images, labels]
+        ),
+        conv1.replace(bottoms=["images"]),
+        *rest,
+    ]
+    net = Net("peer-named", CPUBackend(seed=0), layers)
+    objective = net.forward()
+    peer = TorchNet(net)
+    with torch.no_grad():
+        loss = float(peer.loss(peer.x, peer.y))
+    np.testing.assert_allclose(loss, objective, rtol=1e-4)

@@ -162,6 +162,9 @@ class TorchNet:
         self.model = torch.nn.ModuleDict(modules)
         self.optimizer = torch.optim.SGD(groups, lr=learning_rate, momentum=momentum)
         data = next(iter(net.sources.values()))
+        # The first top of the data layer carries the images, the second the
+        # labels, whatever their names.
+        self.input_blob = data.layer.tops[0]
         self.x = torch.from_numpy(
             np.ascontiguousarray(data.arrays[0][: data.batch_size])
         )
@@ -170,7 +173,7 @@ class TorchNet:
 
     def outputs(self, x):
         """Return the input of the loss layer (the net's scores) for images ``x``."""
-        blobs = {"data": x}
+        blobs = {self.input_blob: x}
         for name, layer, bottom, top, activation in self.steps:
             value = blobs[bottom]
             if isinstance(layer, SoftmaxLossLayer):
