@@ -356,5 +356,26 @@ def test_non_finite_data_row_named(tmp_path, layer_type):
         opened.next_batch(outputs)
     message = str(caught.value)
     assert f"{layer_type.__name__} 'train': top 'data'" in message
-    assert "data row 6 (sample 2 of the batch)" in message
+    part = tmp_path / "part1.hdf5"
+    assert f"data row 6 (row 2 of {part}), sample 2 of the batch" in message
     opened.close()
+
+
+@pytest.mark.parametrize("layer_type", [HDF5DataLayer, AsyncHDF5DataLayer])
+def test_bad_label_names_file_and_row(tmp_path, layer_type):
+    """Row 5 of the data set is row 1 of the second file."""
+    source = write_files(tmp_path)
+    with h5py.File(tmp_path / "part1.hdf5", "r+") as handle:
+        handle["label"][1, 0] = 7
+    layers = [
+        layer_type(name="train", source=str(source), batch_size=4),
+        InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["out"]),
+        SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+    ]
+    net = Net("labels", CPUBackend(dtype=np.float64), layers)
+    net.forward()
+    with pytest.raises(DataError) as caught:
+        net.forward()
+    part = tmp_path / "part1.hdf5"
+    assert f"data row 5 (row 1 of {part}) of data layer 'train'" in str(caught.value)
+    net.destroy()

@@ -232,6 +232,14 @@ class DataSource(BatchOrder):
         super().__init__(len(arrays[0]), layer.batch_size, rng, shuffle, _who(layer))
         self.array_shapes = [np.shape(array) for array in arrays]
         self.transforms = prepare_transformers(layer, self.shapes, np.dtype(dtype))
+        # For data read from files: (paths, starts), where starts[f] is the
+        # first data row of file f (describe_row).
+        self.files = None
+
+    def describe_row(self, row: int) -> str:
+        """Return how errors name data row ``row``: "data row R", and the
+        file and row in it for data read from files."""
+        return describe_row(self.files, row)
 
     def _check_arrays(self):
         """Raise DataError when an array was replaced by one of another shape,
@@ -270,14 +278,24 @@ class DataSource(BatchOrder):
                 source = array[indices]
             out[...] = source.reshape(out.shape)
         apply_transformers(self.transforms, outputs)
-        check_finite_batch(self.layer, outputs, indices)
+        check_finite_batch(self, outputs, indices)
         return valid
 
     def close(self):
         """Release what the source holds open; in-memory sources hold nothing."""
 
 
-def check_finite_batch(layer, outputs: list[np.ndarray], indices) -> None:
+def describe_row(files, row: int) -> str:
+    """Return "data row R", followed by "(row r of FILE)" when ``files`` is
+    (paths, starts) of the files the rows come from."""
+    if files is None:
+        return f"data row {row}"
+    paths, starts = files
+    index = int(np.searchsorted(starts, row, side="right")) - 1
+    return f"data row {row} (row {row - int(starts[index])} of {paths[index]})"
+
+
+def check_finite_batch(source, outputs: list[np.ndarray], indices) -> None:
     """Raise DataError naming the top and data row of the first NaN or
     infinite value in a batch.
 
@@ -287,15 +305,15 @@ def check_finite_batch(layer, outputs: list[np.ndarray], indices) -> None:
     10 us for LeNet's 64 MNIST images on the 2-core AMD EPYC, about 0.1 % of
     a training step.
     """
-    for top, out in zip(layer.tops, outputs):
+    for top, out in zip(source.layer.tops, outputs):
         if np.isfinite(out).all():
             continue
         samples = ~np.isfinite(out.reshape(len(out), -1)).all(axis=1)
         sample = int(np.argmax(samples))
-        row = int(indices[sample])
+        row = source.describe_row(int(indices[sample]))
         raise DataError(
-            f"{_who(layer)}: top '{top}' has NaN or infinite values in data row "
-            f"{row} (sample {sample} of the batch); remove or repair that row, or "
+            f"{_who(source.layer)}: top '{top}' has NaN or infinite values in "
+            f"{row}, sample {sample} of the batch; remove or repair that row, or "
             "check the layer's transformers"
         )
 
@@ -489,8 +507,12 @@ def check_unchanged(layer, scanned: ScannedFile, handle: h5py.File) -> None:
         )
 
 
-def load_hdf5(layer: HDF5DataLayer, dtype) -> list[np.ndarray]:
-    """Read every top's dataset from every listed file, concatenated along N."""
+def load_hdf5(layer: HDF5DataLayer, dtype) -> tuple[list[np.ndarray], tuple]:
+    """Read every top's dataset from every listed file, concatenated along N.
+
+    Returns the arrays and (paths, starts), where starts[f] is the first row
+    of file f.
+    """
     files, sample_shapes = scan_hdf5(layer, dtype)
     arrays = []
     for top, shape in zip(layer.tops, sample_shapes):
@@ -501,7 +523,8 @@ def load_hdf5(layer: HDF5DataLayer, dtype) -> list[np.ndarray]:
                 values = handle[top][()].reshape((scanned.rows,) + shape)
             parts.append(np.ascontiguousarray(values, dtype=dtype))
         arrays.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
-    return arrays
+    starts = np.concatenate([[0], np.cumsum([scanned.rows for scanned in files])])
+    return arrays, ([scanned.path for scanned in files], starts)
 
 
 def warn_batches_larger_than_data(net) -> None:
@@ -532,8 +555,10 @@ def make_source(layer, dtype, rng):
     if isinstance(layer, HDF5DataLayer):
         # NOTE: the datasets are read into memory whole; data sets larger than
         # memory need AsyncHDF5DataLayer, which caches chunk_size samples.
-        arrays = load_hdf5(layer, np.dtype(dtype))
-        return DataSource(layer, arrays, rng, layer.shuffle, dtype)
+        arrays, files = load_hdf5(layer, np.dtype(dtype))
+        source = DataSource(layer, arrays, rng, layer.shuffle, dtype)
+        source.files = files
+        return source
     if isinstance(layer, MemoryDataLayer):
         lengths = {len(array) for array in layer.data}
         if len(lengths) > 1:
@@ -810,6 +835,10 @@ class AsyncHDF5Source:
             self, _shut_down, self._thread_state, self.reader
         )
 
+    def describe_row(self, row: int) -> str:
+        """Return how errors name data row ``row``, with its file (DataSource)."""
+        return describe_row((self.reader.paths, self.reader.starts), row)
+
     @property
     def position(self) -> int:
         return int(self._served["position"])
@@ -844,7 +873,7 @@ class AsyncHDF5Source:
             out[...] = batch.reshape(out.shape)
         self.last_indices = indices
         self._served = served
-        check_finite_batch(self.layer, outputs, indices)
+        check_finite_batch(self, outputs, indices)
         return n_valid
 
     def _stop_thread(self):

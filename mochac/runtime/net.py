@@ -422,14 +422,16 @@ class Net:
         return ""
 
     def _data_row(self, blob: str, sample: int) -> str:
-        """Return ", row R of data layer 'L'" for a sample a data layer served."""
+        """Return ", data row R of data layer 'L'" for a sample a data layer
+        served, with the file and its row for data read from files."""
         root = self.ir.data_root(blob)
         for index, source in self.sources.items():
             tops = source.layer.tops
             rows = getattr(source, "last_indices", None)
             if root in tops and rows is not None and sample < len(rows):
                 name = self.ir.layers[index].name
-                return f", row {int(rows[sample])} of data layer '{name}'"
+                row = source.describe_row(int(rows[sample]))
+                return f", {row} of data layer '{name}'"
         return ""
 
     @property
