@@ -229,3 +229,22 @@ def test_cuda_device_variable_invalid(monkeypatch, value):
 def test_cuda_device_argument_overrides_variable(monkeypatch, host_cupy_module):
     monkeypatch.setenv("MOCHA_CUDA_DEVICE", "5")
     assert mochac.GPUBackend(device=0).device == 0
+
+
+def test_solver_parameters_read_as_attributes():
+    """Mocha's scripts write setup(params.lr_policy, ...) and
+    copy(params, load_from=...)."""
+    from mochac import SGD, LRPolicy, make_solver_parameters
+
+    policy = LRPolicy.Fixed(0.1)
+    params = make_solver_parameters(SGD(), max_iter=10, lr_policy=policy)
+    assert params.lr_policy is policy
+    assert params.max_iter == 10
+    resumed = params.copy(load_from="snapshots")
+    assert resumed.load_from == "snapshots"
+    assert params.load_from is None
+    assert dict(resumed) == {**params, "load_from": "snapshots"}
+    with pytest.raises(AttributeError, match="no 'lr'"):
+        _ = params.lr
+    with pytest.raises(mochac.ConfigError, match="unknown key.*max_iters"):
+        params.copy(max_iters=5)

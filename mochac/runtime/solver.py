@@ -116,7 +116,34 @@ MODEL_SUFFIXES = (".h5", ".hdf5", ".jld")
 SOLVER_KEYS = ("max_iter", "regu_coef", "lr_policy", "load_from")
 
 
-def make_solver_parameters(method, **kwargs) -> dict:
+class SolverParameters(dict):
+    """The dict that make_solver_parameters returns, whose keys also read as
+    attributes, as Mocha's scripts write them: ``params.lr_policy``.
+
+    ``copy(**changes)`` returns a copy with some values replaced, Mocha's
+    ``copy(params, load_from=folder)``; it raises ConfigError for a key the
+    parameters lack.
+    """
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(
+                f"solver parameters have no {name!r}; keys: {', '.join(self)}"
+            ) from None
+
+    def copy(self, **changes) -> SolverParameters:
+        unknown = sorted(set(changes) - set(self))
+        if unknown:
+            raise ConfigError(
+                f"solver parameters copy: unknown key(s) {', '.join(unknown)}; "
+                f"keys: {', '.join(self)}"
+            )
+        return SolverParameters({**self, **changes})
+
+
+def make_solver_parameters(method, **kwargs) -> SolverParameters:
     """Return the solver parameters: the method's defaults overridden by ``kwargs``.
 
     Keys for every method: max_iter (required), regu_coef (default 0.0005),
@@ -174,7 +201,7 @@ def make_solver_parameters(method, **kwargs) -> dict:
                 f"policy such as {example}"
             )
     method.check_parameters(params)
-    return params
+    return SolverParameters(params)
 
 
 def check_method(method, caller: str) -> None:
