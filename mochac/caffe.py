@@ -65,6 +65,13 @@ def load_network(file, net, die_if_not_found=True) -> dict[str, list[str]]:
     return load_caffe_hdf5(net, file, allow_missing=not die_if_not_found)
 
 
+def load_model_file(handle, net, path: Path) -> dict[str, list[str]]:
+    """Copy the parameters of ``net`` from an open model file, as
+    load_caffe_hdf5 does: a missing bias keeps its initializer, with a
+    warning, and any other missing parameter raises SnapshotError."""
+    return _load(handle, net, path, allow_missing=False)
+
+
 def _read_checked(handle, net, path: Path):
     """Return (copies, optional_missing, missing): the values of every
     parameter found, each checked, and the parameters the file lacks."""

@@ -381,3 +381,25 @@ def test_load_snapshot_4d_model_wrong_size(tmp_path):
     path = write_model(tmp_path / "model.hdf5", blobs)
     with pytest.raises(SnapshotError, match=r"\(1, 1, 6, 64\), but the net expects"):
         load_snapshot(build_net(), path)
+
+
+def test_load_from_model_without_biases(tmp_path, caplog):
+    """Caffe's exporter may leave biases out; load_from then keeps their
+    initial values, as load_network does."""
+    blobs = {key: value for key, value in caffe_blobs().items() if "bias" not in key}
+    path = write_model(tmp_path / "model.hdf5", blobs)
+    net = build_net(ip_bias=0.25)
+    params = make_solver_parameters(SGD(), max_iter=0, load_from=str(path))
+    with caplog.at_level(logging.WARNING, logger="mochac"):
+        Solver(SGD(), params, progress=False).solve(net)
+    assert_loaded(net, blobs)
+    np.testing.assert_array_equal(net.params["ip1"]["bias"], 0.25)
+    assert "has no conv1___bias, ip1___bias" in caplog.text
+
+
+def test_load_from_model_without_weight_fails(tmp_path):
+    blobs = {k: v for k, v in caffe_blobs().items() if k != "ip1___weight"}
+    path = write_model(tmp_path / "model.hdf5", blobs)
+    params = make_solver_parameters(SGD(), max_iter=0, load_from=str(path))
+    with pytest.raises(SnapshotError, match="ip1___weight"):
+        Solver(SGD(), params, progress=False).solve(build_net())

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mochac.caffe import load_model_file
 from mochac.constraints import apply_constraints, net_constraints
 from mochac.errors import ConfigError, NumericalError, SnapshotError
 from mochac.runtime import resume_point
@@ -351,8 +352,12 @@ class Solver:
                 )
             check_param_shapes(handle, net, path)
             stored = read_solver_state(handle, net, path)
-            load_params(handle, net, path)
-            if stored is not None:
+            if stored is None:
+                # A model file, perhaps exported from Caffe without biases,
+                # loads as load_network loads it.
+                load_model_file(handle, net, path)
+            else:
+                load_params(handle, net, path)
                 apply_solver_state(net, stored, path)
         if stored is None:
             logger.info(
