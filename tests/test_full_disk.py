@@ -115,3 +115,134 @@ def test_hdf5_output_on_full_disk(tmp_path):
     assert "the partial file was deleted" in result.stdout
     assert "exited normally" in result.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+# A Ctrl-C (SIGINT) that arrives inside HDF5's write of a batch: the batch is
+# written whole, then KeyboardInterrupt is raised, and the file stays usable.
+INTERRUPTED_OUTPUT = """
+import gc
+import os
+import signal
+import sys
+
+import h5py
+import numpy as np
+
+from mochac import *
+from mochac import durable_files
+
+folder = sys.argv[1]
+x = np.arange(8 * 16, dtype=np.float32).reshape(8, 16)
+layers = [
+    MemoryDataLayer(name="data", batch_size=4, data=[x], tops=["x"]),
+    HDF5OutputLayer(name="keep", bottoms=["x"], filename=f"{folder}/out.h5"),
+]
+net = Net("interrupted", CPUBackend(seed=1), layers)
+net.forward()
+real_write = durable_files.WriteGuard.write
+sent = []
+
+
+def write(self, data):
+    if not sent:
+        sent.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+    return real_write(self, data)
+
+
+durable_files.WriteGuard.write = write
+try:
+    net.forward()
+except KeyboardInterrupt:
+    print("interrupted after the batch")
+durable_files.WriteGuard.write = real_write
+net.destroy()
+with h5py.File(f"{folder}/out.h5", "r") as handle:
+    print("rows", handle["x"].shape[0], float(handle["x"][()].sum()))
+gc.collect()
+print("exited normally")
+"""
+
+
+def test_ctrl_c_inside_output_write(tmp_path):
+    result = run_child(INTERRUPTED_OUTPUT, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "interrupted after the batch" in result.stdout
+    # Both batches of four rows, whole: the sum of 0 .. 127.
+    assert "rows 8 8128.0" in result.stdout
+    assert "exited normally" in result.stdout
+    assert [path.name for path in tmp_path.iterdir()] == ["out.h5"]
+
+
+# An exception raised inside HDF5's write, as a MemoryError or a signal
+# handler of the program would: the file is discarded and the exception
+# reaches the caller, with no crash at exit.
+FAILED_INSIDE_WRITE = """
+import gc
+import sys
+
+import numpy as np
+
+from mochac import *
+from mochac import durable_files
+
+folder = sys.argv[1]
+x = np.zeros((8, 16), np.float32)
+layers = [
+    MemoryDataLayer(name="data", batch_size=4, data=[x], tops=["x"]),
+    HDF5OutputLayer(name="keep", bottoms=["x"], filename=f"{folder}/out.h5"),
+]
+net = Net("failing", CPUBackend(seed=1), layers)
+net.forward()
+
+
+class Stop(BaseException):
+    pass
+
+
+class StoppingFile:
+    # A file whose writes raise Stop, as a MemoryError would.
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def write(self, data):
+        raise Stop
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+
+stream = net.output_states["keep"].stream
+stream.raw = StoppingFile(stream.raw)
+try:
+    net.forward()
+except Stop:
+    print("raised Stop")
+real_init = durable_files.WriteGuard.__init__
+
+
+def init(self, path):
+    real_init(self, path)
+    self.raw = StoppingFile(self.raw)
+
+
+durable_files.WriteGuard.__init__ = init
+try:
+    save_snapshot(f"{folder}/model.h5", net)
+except Stop:
+    print("snapshot raised Stop")
+durable_files.WriteGuard.__init__ = real_init
+net.destroy()
+gc.collect()
+print("exited normally")
+"""
+
+
+def test_exception_inside_write_discards_file(tmp_path):
+    result = run_child(FAILED_INSIDE_WRITE, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "raised Stop" in result.stdout
+    assert "snapshot raised Stop" in result.stdout
+    assert "exited normally" in result.stdout
+    assert list(tmp_path.iterdir()) == []

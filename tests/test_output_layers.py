@@ -109,12 +109,15 @@ def test_hdf5_output_file_mode(tmp_path):
     """The output file gets the permissions of any file the process creates,
     not the owner-only ones of its temporary file."""
     path = tmp_path / "features.h5"
-    net = build([HDF5OutputLayer(name="save", bottoms=["x"], filename=str(path))])
-    net.forward()
-    net.destroy()
-    mask = os.umask(0)
-    os.umask(mask)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+    # Under umask 022, mkstemp's 0o600 differs from open()'s 0o644.
+    mask = os.umask(0o022)
+    try:
+        net = build([HDF5OutputLayer(name="save", bottoms=["x"], filename=str(path))])
+        net.forward()
+        net.destroy()
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 def test_hdf5_output_blob_names(tmp_path):

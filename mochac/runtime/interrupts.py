@@ -11,7 +11,7 @@ take long (a validation epoch), are interrupted at once.
 
 The handler is installed only in the main thread, where Python delivers
 SIGINT, and only over Python's default handler, so a program's own
-handler stays in charge.
+handler stays in charge. ``held_sigint`` does the same around HDF5 writes.
 """
 
 from __future__ import annotations
@@ -76,3 +76,29 @@ class StepInterrupts:
         if self.requested:
             self.requested = False
             raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def held_sigint():
+    """Hold a Ctrl-C back during the block and raise it after, unless the
+    block raised.
+
+    HDF5 calls Python file methods (durable_files.WriteGuard) in the middle
+    of its own writes, so a KeyboardInterrupt raised there would leave the
+    file half written. Outside the main thread, or under a handler other
+    than Python's default, the block runs as it is.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(1))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt

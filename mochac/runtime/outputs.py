@@ -12,9 +12,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mochac.durable_files import WriteGuard, default_file_mode, replace_durably
+from mochac.durable_files import (
+    WriteGuard,
+    close_quietly,
+    default_file_mode,
+    replace_durably,
+)
 from mochac.errors import ConfigError, MochacError
 from mochac.layers.output import HDF5OutputLayer, MemoryOutputLayer
+from mochac.runtime.interrupts import held_sigint
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +77,8 @@ def finish_file(pending: PendingFile) -> None:
     data, and raises MochacError from close(). A finalizer logs it instead.
     """
     _PATHS_IN_USE.pop(pending.key, None)
-    if pending.file.id.valid:
-        pending.file.close()
-    pending.stream.close()
+    with held_sigint():
+        close_quietly(pending.file, pending.stream)
     if not pending.temporary.exists():
         return
     if pending.stream.error is not None:
@@ -81,8 +86,8 @@ def finish_file(pending: PendingFile) -> None:
         pending.temporary.unlink()
         message = (
             f"{pending.title}: writing {pending.path} failed "
-            f"({pending.stream.error}); the partial file was deleted. Check that "
-            f"{pending.path.parent} has free space"
+            f"({pending.stream.error!r}); the partial file was deleted. Check "
+            f"that {pending.path.parent} has free space"
         )
         if pending.closing:
             raise MochacError(message)
@@ -193,24 +198,34 @@ class HDF5Output:
         self._finalizer = weakref.finalize(self, finish_file, self._pending)
 
     def collect(self, blobs) -> None:
-        """Append each bottom's batch to its dataset; on failure delete the file."""
-        try:
-            for dataset, bottom in zip(self.layer.dataset_names, self.layer.bottoms):
-                data = blobs[bottom]
-                target = self.file[dataset]
-                start = target.shape[0]
-                target.resize(start + len(data), axis=0)
-                target[start:] = data
-            self.file.flush()
-            if self.stream.error is not None:
-                raise self.stream.error
-        except (OSError, RuntimeError, ValueError, TypeError) as error:
-            self._discard()
-            raise MochacError(
-                f"{self.layer.title}: writing {self.path} failed: {error}; the "
-                f"partial file was deleted. Check that {self.path.parent} has free "
-                "space"
-            ) from error
+        """Append each bottom's batch to its dataset; on failure delete the file.
+
+        A Ctrl-C waits until the batch is written (held_sigint).
+        """
+        with held_sigint():
+            try:
+                for dataset, bottom in zip(
+                    self.layer.dataset_names, self.layer.bottoms
+                ):
+                    data = blobs[bottom]
+                    target = self.file[dataset]
+                    start = target.shape[0]
+                    target.resize(start + len(data), axis=0)
+                    target[start:] = data
+                self.file.flush()
+                failure = self.stream.error
+            except (OSError, RuntimeError, ValueError, TypeError) as error:
+                failure = self.stream.error or error
+            if failure is not None:
+                self._discard()
+                if not isinstance(failure, Exception):
+                    # A KeyboardInterrupt inside a write: stop as asked.
+                    raise failure
+                raise MochacError(
+                    f"{self.layer.title}: writing {self.path} failed: {failure}; "
+                    f"the partial file was deleted. Check that {self.path.parent} "
+                    "has free space"
+                ) from failure
         self._pending.batches += 1
 
     def close(self) -> None:
@@ -221,12 +236,9 @@ class HDF5Output:
             logger.info("%s: wrote %s", self.layer.title, self.path)
 
     def _discard(self) -> None:
-        file = getattr(self, "file", None)
-        if file is not None and file.id.valid:
-            file.close()
         stream = getattr(self, "stream", None)
         if stream is not None:
-            stream.close()
+            close_quietly(getattr(self, "file", None), stream)
         temporary = getattr(self, "temporary", None)
         if temporary is not None and temporary.exists():
             temporary.unlink()

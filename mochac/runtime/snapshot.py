@@ -30,7 +30,6 @@ raise on a damaged file, raises SnapshotError naming the file and the item.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -43,6 +42,8 @@ import numpy as np
 
 from mochac.durable_files import (
     TEMPORARY_NAME,
+    WriteGuard,
+    close_quietly,
     file_sha256,
     fsync_file,
     fsync_folder,
@@ -60,6 +61,7 @@ from mochac.runtime.file_digest import (
     write_digest,
 )
 from mochac.runtime.freeze import frozen_layers
+from mochac.runtime.interrupts import held_sigint
 from mochac.runtime.snapshot_checks import (
     SNAPSHOT_PATTERN,
     check_float_dataset,
@@ -176,12 +178,26 @@ def remove_stale_temporaries(folder: Path) -> None:
         logger.info("removed %s, left by a writer that was killed", entry)
 
 
-def hdf5_image(fill) -> bytes:
-    """Return the bytes of a new HDF5 file that ``fill(h5file)`` wrote."""
-    buffer = io.BytesIO()
-    with h5py.File(buffer, "w") as handle:
-        fill(handle)
-    return buffer.getvalue()
+def write_hdf5(path: Path, fill) -> None:
+    """Create the HDF5 file ``path`` and call ``fill(h5file)`` on it.
+
+    HDF5 writes through a WriteGuard, so a full disk or a MemoryError in a
+    write is raised here, after HDF5 closed the file. After a failed write of
+    its own, HDF5 2.0 as bundled with h5py 3.16 crashes the process when the
+    file object is freed or at exit (tests/test_full_disk.py). A Ctrl-C
+    waits until the file is closed.
+    """
+    with open(path, "wb"):
+        pass
+    stream = WriteGuard(path)
+    with held_sigint():
+        try:
+            with h5py.File(stream, "w") as handle:
+                fill(handle)
+        finally:
+            close_quietly(None, stream)
+    if stream.error is not None:
+        raise stream.error
 
 
 def write_atomically(path: Path, fill, digest: bool = False) -> None:
@@ -207,16 +223,9 @@ def write_atomically(path: Path, fill, digest: bool = False) -> None:
     # The sha256sum lines of the new file and of the file it replaces, while
     # an overwrite may leave the sidecar listing both.
     new_line = old_line = None
-    # HDF5 builds the file in memory and Python writes it out, so a full
-    # disk fails a Python write. After a failed write of its own, HDF5 2.0
-    # as bundled with h5py 3.16 crashes the process when the file object is
-    # freed or at exit (tests/test_full_disk.py).
     try:
-        image = hdf5_image(fill)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(temporary, "wb") as stream:
-            stream.write(image)
-        del image
+        write_hdf5(temporary, fill)
         if digest:
             write_digest(temporary, sidecar_temporary, path.name)
             new_line = sidecar_temporary.read_text(encoding="ascii")
