@@ -549,3 +549,39 @@ def test_freeze_all_resumed_with_parameter_layers_frozen(data, tmp_path, caplog)
     with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
         snapshot_solver(tmp_path, max_iter=4).solve(resumed)
     assert "frozen layers" not in caplog.text
+
+
+def test_failed_load_leaves_batch_uncounted(data):
+    """A batch whose load failed was never counted, so the next solve()
+    counts it."""
+    x, y = data
+    broken = x.copy()
+    broken[5, 0] = np.nan
+    layers = [
+        MemoryDataLayer(batch_size=4, data=[broken, y]),
+        InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["out"]),
+        SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+        AccuracyLayer(name="acc", bottoms=["out", "label"]),
+    ]
+    net = Net("repaired", CPUBackend(dtype=np.float64, seed=4), layers)
+    solver = counting_solver()
+    with pytest.raises(mochac.DataError, match="data row 5"):
+        solver.solve(net)
+    broken[5, 0] = x[5, 0]
+    solver.solve(net)
+    # Update 1 used the first batch; then batches for updates 2 to 4 and
+    # the one loaded last: five batches of four.
+    assert net.statistics()["acc-count"] == 20
+    assert net.statistics()["loss-count"] == 20
+
+
+def test_one_solver_two_nets_count_once(data):
+    first, second = counted_net(data), counted_net(data)
+    solver = counting_solver()
+    solver.solve(first)
+    solver.solve(second)
+    solver.params["max_iter"] = 5
+    solver.state.iter = 4
+    solver.solve(first)
+    # Five passes to iteration 4, then one more update and its pass.
+    assert first.statistics()["acc-count"] == 24

@@ -20,11 +20,13 @@ from mochac import (
     Neurons,
     NumericalError,
     PowerLayer,
+    RandomNormalLayer,
     Snapshot,
     SnapshotError,
     SoftmaxLayer,
     SoftmaxLossLayer,
     Solver,
+    SquareLossLayer,
     make_solver_parameters,
 )
 
@@ -210,3 +212,57 @@ def test_finite_net_has_no_nan_origin():
     net = sqrt_net(1, x, shift=1.0)
     net.forward()
     assert net._non_finite_origin() == ""
+
+
+@pytest.mark.parametrize("opt_level", [0, 1])
+def test_nan_origin_after_earlier_loss(opt_level):
+    """A loss on another branch comes first in forward order; the trace
+    goes on past it to the layer that made the NaN."""
+    x = np.random.default_rng(0).normal(size=(8, 5))
+    y = np.zeros((8, 1))
+    layers = [
+        MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
+        InnerProductLayer(name="side", output_dim=2, bottoms=["data"], tops=["a"]),
+        SoftmaxLossLayer(name="side-loss", bottoms=["a", "label"]),
+        InnerProductLayer(
+            name="ip1",
+            output_dim=3,
+            neuron=Neurons.ReLU(),
+            bottoms=["data"],
+            tops=["h"],
+        ),
+        PowerLayer(name="sqrt", power=0.5, shift=-1.0, bottoms=["h"], tops=["s"]),
+        InnerProductLayer(name="ip2", output_dim=2, bottoms=["s"], tops=["out"]),
+        SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+    ]
+    net = Net("two-losses", CPUBackend(dtype=np.float64, seed=3), layers)
+    with pytest.raises(NumericalError, match="layer 'sqrt' .* is the first"):
+        net.forward()
+
+
+def test_nan_origin_draws_same_noise():
+    """Whether sqrt(noise) is NaN depends on the one noise value drawn, so
+    the trace must draw the failed pass's value again."""
+    y = np.zeros((1, 1))
+    failures = 0
+    for seed in range(16):
+        layers = [
+            MemoryDataLayer(name="data", tops=["data"], batch_size=1, data=[y]),
+            RandomNormalLayer(
+                name="noise",
+                tops=["n"],
+                output_dims=(1,),
+                batch_sizes=(1,),
+                eltype=np.float64,
+            ),
+            PowerLayer(name="sqrt", power=0.5, bottoms=["n"], tops=["s"]),
+            SquareLossLayer(name="loss", bottoms=["s", "data"]),
+        ]
+        net = Net("noise", CPUBackend(dtype=np.float64, seed=seed), layers)
+        try:
+            net.forward()
+        except NumericalError as error:
+            failures += 1
+            assert "layer 'sqrt' (PowerLayer) is the first" in str(error)
+    # About half of the seeds draw a negative value.
+    assert 3 <= failures <= 13

@@ -376,6 +376,14 @@ class Net:
             f"net '{self.name}': generated code returned unknown error code {rc}"
         )
 
+    def _keep_streams(self) -> None:
+        """Copy the random streams before a forward pass, so that
+        _non_finite_origin can draw the pass's random numbers again."""
+        if self.rng_states:
+            self._streams_before_pass = {
+                key: array.copy() for key, array in self.rng_states.items()
+            }
+
     def _non_finite_origin(self) -> str:
         """Return "; layer 'L' (Type) is the first to output NaN or infinite
         values, in its top 'b'" for the first layer whose top holds a NaN or infinite value when the
@@ -392,15 +400,17 @@ class Net:
             ):
                 return ""
         streams = {key: array.copy() for key, array in self.rng_states.items()}
+        # The rerun draws the failed pass's random numbers (dropout masks,
+        # noise) again, then the streams go back to where the pass left them.
+        for key, array in getattr(self, "_streams_before_pass", {}).items():
+            self.rng_states[key][...] = array
         n_valid = self._batch_size()
         try:
             with self.uncounted():
                 for index in self.ir.forward_order:
                     info = self.ir.layers[index]
-                    if info.eliminated or info.layer.is_source:
+                    if info.eliminated or info.layer.is_source or info.layer.has_loss:
                         continue
-                    if info.layer.has_loss:
-                        break
                     # The return code is ignored; the tops are checked below.
                     self.lib.mochac_layer_forward(
                         info.index, self.pointers, self.status, n_valid
@@ -459,6 +469,7 @@ class Net:
         # A forward pass that raises leaves nothing for backward().
         self.forward_done = False
         n_valid = self.load_batch() if load_data else self._batch_size()
+        self._keep_streams()
         self._use_threads()
         self._check(self.lib.mochac_forward(self.pointers, self.status, n_valid))
         return self._finish_forward(n_valid)
@@ -574,6 +585,7 @@ class Net:
             return objective
         self.forward_done = False
         n_valid = self.load_batch()
+        self._keep_streams()
         self._use_threads()
         self._check(
             self.lib.mochac_forward_backward(
@@ -627,6 +639,7 @@ class Net:
         ``updates_first`` marks an entry that updates before anything can fail."""
         self.forward_done = False
         n_valid = self.load_batch()
+        self._keep_streams()
         self.step_updated = updates_first
         self._use_threads()
         self._check(

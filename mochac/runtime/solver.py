@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import sys
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -260,10 +261,11 @@ class Solver:
         # While solve() runs: the data position and random streams from
         # before the batch loaded last (mochac.runtime.resume_point).
         self.resume_point = None
-        # After solve() ends or stops: (net, point), where the net's next
+        # After solve() ends or stops: net -> point, where the net's next
         # batch from ``point`` was counted already, in statistics and output
         # layers, by the forward pass whose gradients no update applied.
-        self._counted_batch = None
+        self._counted_batches = weakref.WeakKeyDictionary()
+        self._resume_batch_counted = False
         # (iteration, indices in self.breaks) of the coffee breaks due at
         # that iteration that have not finished: those of a solve() that an
         # error or Ctrl-C stopped, or those a resumed snapshot lists. The
@@ -563,23 +565,22 @@ class Solver:
         # backward run once first, and each iteration then updates and runs
         # them on the next batch (Net.solver_step).
         self.resume_point = resume_point.capture(net)
-        counted, self._counted_batch = self._counted_batch, None
-        recount = (
-            counted is not None
-            and counted[0] is net
-            and resume_point.same(net, counted[1], self.resume_point)
+        counted = self._counted_batches.pop(net, None)
+        recount = counted is not None and resume_point.same(
+            net, counted, self.resume_point
         )
         try:
             with StepInterrupts(net.name) as interrupts:
                 self._train(net, regu_coef, interrupts, recount)
         except BaseException:
-            if self._rewind_quietly(net):
-                self._counted_batch = (net, self.resume_point)
+            # A batch whose forward pass failed was not counted.
+            if self._rewind_quietly(net) and self._resume_batch_counted:
+                self._counted_batches[net] = self.resume_point
             raise
         # The last forward pass loaded a batch that no update used; the next
         # solve, or a resume from the final snapshot, loads it again.
         resume_point.restore(net, self.resume_point)
-        self._counted_batch = (net, self.resume_point)
+        self._counted_batches[net] = self.resume_point
         self.lounge.maybe_save(state.iter, force=True)
         return state
 
@@ -602,10 +603,14 @@ class Solver:
         # itself) completes no epoch.
         with interrupts.step():
             before = self._epoch(net)
+            # Whether the forward pass of the batch after self.resume_point
+            # completed, so that its statistics and outputs count it.
+            self._resume_batch_counted = False
             with net.uncounted() if recount else contextlib.nullcontext():
                 state.obj_val = self._run_step(
                     lambda: net.forward_backward(self.method, regu_coef), regu_coef
                 )
+            self._resume_batch_counted = True
             loaded_epochs = (before, self._epoch(net))
         if state.iter == 0:
             self._apply_policies(state, dtype)
@@ -652,15 +657,19 @@ class Solver:
         previous, self.resume_point = self.resume_point, resume_point.capture(net)
         before = self._epoch(net)
         net.step_updated = False
+        self._resume_batch_counted = False
         try:
             state.obj_val = self._iterate(net, iteration, regu_coef, constraints)
         except BaseException:
             if not net.step_updated:
                 # Loading the batch failed before the update ran, so the
-                # gradients of the batch loaded before still wait.
+                # gradients of the batch loaded before, which its forward
+                # pass counted, still wait.
                 state.iter = iteration - 1
                 self.resume_point = previous
+                self._resume_batch_counted = True
             raise
+        self._resume_batch_counted = True
         return due, (before, self._epoch(net))
 
     def _rewind_quietly(self, net) -> bool:
