@@ -622,42 +622,47 @@ def check_solver_attributes(group, path) -> dict:
     return attrs
 
 
+def parse_json_list(value, path, name: str, valid_item, expected: str) -> list:
+    """Return the list in the JSON text of the /solver attribute ``name``;
+    raise SnapshotError unless it is a list whose items pass ``valid_item``."""
+    text = (
+        value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+    )
+    try:
+        items = json.loads(text) if isinstance(text, str) else None
+    except json.JSONDecodeError:
+        items = None
+    if not isinstance(items, list) or not all(valid_item(item) for item in items):
+        raise damaged(
+            path,
+            f"/solver attribute '{name}' has the invalid value {text!r}; expected "
+            f"{expected}",
+        )
+    return items
+
+
 def parse_pending_breaks(value, path) -> list[int]:
     """Return the indices of a /solver 'pending_breaks' attribute, a JSON list
     of integers >= 0; raise SnapshotError for any other value."""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    try:
-        indices = json.loads(value) if isinstance(value, str) else None
-    except json.JSONDecodeError:
-        indices = None
-    valid = isinstance(indices, list) and all(
-        type(index) is int and index >= 0 for index in indices
+    return parse_json_list(
+        value,
+        path,
+        PENDING_BREAKS,
+        lambda index: type(index) is int and index >= 0,
+        "a JSON list of coffee break indices",
     )
-    if not valid:
-        raise damaged(
-            path,
-            f"/solver attribute '{PENDING_BREAKS}' has the invalid value {value!r}; "
-            "expected a JSON list of coffee break indices",
-        )
-    return indices
 
 
 def parse_frozen_layers(value, path) -> frozenset[str]:
     """Return the layer names of a /solver 'frozen_layers' attribute, a JSON
     list of strings; raise SnapshotError for any other value."""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    try:
-        names = json.loads(value) if isinstance(value, str) else None
-    except json.JSONDecodeError:
-        names = None
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise damaged(
-            path,
-            f"/solver attribute '{FROZEN_LAYERS}' has the invalid value {value!r}; "
-            "expected a JSON list of layer names",
-        )
+    names = parse_json_list(
+        value,
+        path,
+        FROZEN_LAYERS,
+        lambda name: isinstance(name, str),
+        "a JSON list of layer names",
+    )
     return frozenset(names)
 
 
