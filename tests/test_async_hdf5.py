@@ -343,7 +343,7 @@ def test_async_layer_serializes():
 
 @pytest.mark.parametrize("layer_type", [HDF5DataLayer, AsyncHDF5DataLayer])
 def test_non_finite_data_row_named(tmp_path, layer_type):
-    """Row 6 of the data set, in the second file, holds an infinite value:
+    """Row 6 of the data set, in the second file, contains an infinite value:
     the second batch of four fails and names it."""
     source = write_files(tmp_path)
     with h5py.File(tmp_path / "part1.hdf5", "r+") as handle:
