@@ -386,10 +386,11 @@ class Net:
 
     def _non_finite_origin(self) -> str:
         """Return "; layer 'L' (Type) is the first to output NaN or infinite
-        values, in its top 'b'" for the first layer whose top contains a NaN or infinite value when the
-        batch in the data blobs runs through the net again, layer by layer.
+        values, in its top 'b'" for the first layer whose top contains a NaN
+        or infinite value when the batch in the data blobs runs through the
+        net again, layer by layer.
 
-        Returns "" when no layer before the losses makes one, and when a
+        Returns "" when no layer other than a loss makes one, and when a
         layer wrote over a data blob, which then no longer holds the batch.
         The statistics and the random streams end as they were.
         """
