@@ -244,3 +244,96 @@ def test_ctrl_c_in_break_stops_at_once(default_sigint):
         solver.solve(make_net())
     assert solver.state.iter == 2
     assert not signalling.finished
+
+
+def test_failed_pass_after_update_keeps_breaks():
+    """A bad label in the batch after update 2 stops the solve with update 2
+    applied; the breaks due at iteration 2 run when it goes on."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 5))
+    y = rng.integers(0, 3, size=(12, 1)).astype(np.float64)
+    bad = y.copy()
+    bad[9, 0] = 7
+    layers = [
+        MemoryDataLayer(batch_size=4, data=[x, bad]),
+        InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["out"]),
+        SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+    ]
+    net = Net("labels", CPUBackend(dtype=np.float64, seed=2), layers)
+    solver = make_solver(6)
+    log = IterationLog()
+    solver.add_coffee_break(log, every_n_iter=2)
+    with pytest.raises(mochac.DataError):
+        solver.solve(net)
+    assert solver.state.iter == 2
+    assert log.seen == [0]
+    bad[9, 0] = y[9, 0]
+    solver.solve(net)
+    assert log.seen == [0, 2, 4, 6]
+
+
+def test_stop_at_iteration_0_runs_only_unfinished_breaks():
+    solver = make_solver(2)
+    first, last = IterationLog(), IterationLog()
+    solver.add_coffee_break(first, every_n_iter=2)
+    solver.add_coffee_break(InterruptOnce(at=0), every_n_iter=2)
+    solver.add_coffee_break(last, every_n_iter=2)
+    net = make_net()
+    with pytest.raises(KeyboardInterrupt):
+        solver.solve(net)
+    solver.solve(net)
+    assert first.seen == [0, 2]
+    assert last.seen == [0, 2]
+
+
+def test_final_snapshot_lists_no_finished_breaks(tmp_path, caplog):
+    """The snapshot at max_iter was saved before the break after it ran;
+    once that break finished, the solver saves it again without it, so a
+    resume does not run it twice."""
+    solver = make_solver(4)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    log = IterationLog()
+    solver.add_coffee_break(log, every_n_iter=2)
+    net = make_net()
+    solver.solve(net)
+    with h5py.File(tmp_path / "snapshot-000002.h5", "r") as handle:
+        assert json.loads(handle["solver"].attrs["pending_breaks"]) == [1]
+    with h5py.File(tmp_path / "snapshot-000004.h5", "r") as handle:
+        assert json.loads(handle["solver"].attrs["pending_breaks"]) == []
+    resumed = make_net(seed=99)
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
+        make_solver(6, tmp_path).solve(resumed)
+    assert "still to run" not in caplog.text
+    straight = make_net()
+    make_solver(6).solve(straight)
+    assert_same_params(resumed, straight)
+
+
+def test_ctrl_c_in_snapshot_write_finishes_file(default_sigint, monkeypatch, tmp_path):
+    """A Ctrl-C inside HDF5's writes of a snapshot waits until the file is
+    written, then stops the solve."""
+    from mochac import durable_files
+
+    real_write = durable_files.WriteGuard.write
+    sent = []
+
+    def write(self, data):
+        if not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_write(self, data)
+
+    solver = make_solver(4)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    log = IterationLog()
+    solver.add_coffee_break(log, every_n_iter=2)
+    monkeypatch.setattr(durable_files.WriteGuard, "write", write)
+    net = make_net()
+    with pytest.raises(KeyboardInterrupt):
+        solver.solve(net)
+    monkeypatch.undo()
+    assert solver.state.iter == 0
+    assert log.seen == []
+    mochac.load_snapshot(make_net(seed=99), tmp_path / "snapshot-000000.h5")
+    solver.solve(net)
+    assert log.seen == [0, 2, 4]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mochac.errors import ConfigError
 from mochac.runtime.net import statistic_key
-from mochac.runtime.snapshot import save_snapshot, snapshot_path
+from mochac.runtime.snapshot import snapshot_path
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +77,7 @@ class Snapshot(CoffeeBreak):
         self.folder = Path(folder)
 
     def enjoy(self, solver, net):
-        path = snapshot_path(self.folder, solver.state.iter)
-        save_snapshot(path, net, solver.state, buffers=solver.method.buffers)
+        solver.save_snapshot(snapshot_path(self.folder, solver.state.iter))
 
 
 class ValidationPerformance(CoffeeBreak):

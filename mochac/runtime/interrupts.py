@@ -85,12 +85,15 @@ def held_sigint():
 
     HDF5 calls Python file methods (durable_files.WriteGuard) in the middle
     of its own writes, so a KeyboardInterrupt raised there would leave the
-    file half written. Outside the main thread, or under a handler other
-    than Python's default, the block runs as it is.
+    file half written. After the block, the Ctrl-C goes to the handler that
+    was in place: Python's default raises it, and a solver's StepInterrupts
+    holds it until its step ends. Outside the main thread, or under a
+    handler of the program's own, the block runs as it is.
     """
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    current = signal.getsignal(signal.SIGINT)
+    ours = isinstance(getattr(current, "__self__", None), StepInterrupts)
+    if threading.current_thread() is not threading.main_thread() or not (
+        current is signal.default_int_handler or ours
     ):
         yield
         return
@@ -101,4 +104,5 @@ def held_sigint():
     finally:
         signal.signal(signal.SIGINT, previous)
     if received:
-        raise KeyboardInterrupt
+        # Within a training step, the solver's handler holds it further.
+        previous(signal.SIGINT, None)

@@ -18,7 +18,6 @@ from mochac.runtime.snapshot import (
     open_model,
     read_solver_attributes,
     read_solver_buffers,
-    save_snapshot,
     snapshot_iterations,
     snapshot_path,
 )
@@ -385,9 +384,7 @@ class DecayOnValidation:
         for folder in self.snapshot_folders(solver):
             path = snapshot_path(folder, iteration)
             if path.exists():
-                save_snapshot(
-                    path, solver.net, solver.state, buffers=solver.method.buffers
-                )
+                solver.save_snapshot(path)
                 logger.info("rewrote %s with the outcome of the validation", path)
 
     def reload_best_snapshot(self, solver) -> None:

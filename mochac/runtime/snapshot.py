@@ -184,23 +184,28 @@ def write_hdf5(path: Path, fill) -> None:
     HDF5 writes through a WriteGuard, so a full disk or a MemoryError in a
     write is raised here, after HDF5 closed the file. After a failed write of
     its own, HDF5 2.0 as bundled with h5py 3.16 crashes the process when the
-    file object is freed or at exit (tests/test_full_disk.py). A Ctrl-C
-    waits until the file is closed.
+    file object is freed or at exit (tests/test_full_disk.py).
     """
     with open(path, "wb"):
         pass
     stream = WriteGuard(path)
-    with held_sigint():
-        try:
-            with h5py.File(stream, "w") as handle:
-                fill(handle)
-        finally:
-            close_quietly(None, stream)
+    try:
+        with h5py.File(stream, "w") as handle:
+            fill(handle)
+    finally:
+        close_quietly(None, stream)
     if stream.error is not None:
         raise stream.error
 
 
 def write_atomically(path: Path, fill, digest: bool = False) -> None:
+    """Create ``path`` as HDF5 by calling ``fill(h5file)`` on a temporary file
+    (_write_atomically). A Ctrl-C waits until the file is in place."""
+    with held_sigint():
+        _write_atomically(path, fill, digest)
+
+
+def _write_atomically(path: Path, fill, digest: bool) -> None:
     """Create ``path`` as HDF5 by calling ``fill(h5file)`` on a temporary file.
 
     The temporary file replaces ``path`` only when complete, and an error

@@ -49,6 +49,7 @@ from mochac.runtime.snapshot import (
     open_model,
     read_solver_attributes,
     read_solver_state,
+    save_snapshot,
 )
 from mochac.runtime.solvers import (
     SGD,
@@ -266,6 +267,9 @@ class Solver:
         # layers, by the forward pass whose gradients no update applied.
         self._counted_batches = weakref.WeakKeyDictionary()
         self._resume_batch_counted = False
+        # Snapshots saved while coffee breaks were still due after them:
+        # path -> iteration (save_snapshot).
+        self._snapshots_with_pending: dict[Path, int] = {}
         # (iteration, indices in self.breaks) of the coffee breaks due at
         # that iteration that have not finished: those of a solve() that an
         # error or Ctrl-C stopped, or those a resumed snapshot lists. The
@@ -577,6 +581,7 @@ class Solver:
             if self._rewind_quietly(net) and self._resume_batch_counted:
                 self._counted_batches[net] = self.resume_point
             raise
+        self._settle_final_snapshots(net)
         # The last forward pass loaded a batch that no update used; the next
         # solve, or a resume from the final snapshot, loads it again.
         resume_point.restore(net, self.resume_point)
@@ -612,14 +617,17 @@ class Solver:
                 )
             self._resume_batch_counted = True
             loaded_epochs = (before, self._epoch(net))
+        # The breaks a stopped run left at this iteration: the net is back at
+        # the batch that was waiting when they were due.
+        pending = self._pending_breaks
+        if pending is not None and pending[0] != state.iter:
+            pending = None
         if state.iter == 0:
             self._apply_policies(state, dtype)
-            self._enjoy(self._due(0, -1, -1), net)
+            self._enjoy(self._due(0, -1, -1) if pending is None else pending[1], net)
             self.lounge.maybe_save(state.iter, force=True)
-        elif self._pending_breaks is not None and self._pending_breaks[0] == state.iter:
-            # The breaks a stopped run left: the net is back at the batch
-            # that was waiting when they were due.
-            self._enjoy(self._pending_breaks[1], net)
+        elif pending is not None:
+            self._enjoy(pending[1], net)
             self.lounge.maybe_save(state.iter)
         self._pending_breaks = None
 
@@ -668,6 +676,10 @@ class Solver:
                 state.iter = iteration - 1
                 self.resume_point = previous
                 self._resume_batch_counted = True
+            else:
+                # The update ran and the pass after it failed, so the
+                # breaks of this iteration wait for the next solve().
+                self._pending_breaks = (iteration, due)
             raise
         self._resume_batch_counted = True
         return due, (before, self._epoch(net))
@@ -741,6 +753,33 @@ class Solver:
                 f"regu_coef {regu_coef:g}; a large regu_coef or large class "
                 "weights in a loss layer can also make a loss NaN or infinite"
             ) from error
+
+    def save_snapshot(self, path) -> None:
+        """Save the running net's parameters and this solver's state to
+        ``path``, as a coffee break does (Snapshot, DecayOnValidation)."""
+        path = Path(path)
+        save_snapshot(path, self.net, self.state, buffers=self.method.buffers)
+        if self.state.pending_breaks:
+            self._snapshots_with_pending[path] = self.state.iter
+        else:
+            self._snapshots_with_pending.pop(path, None)
+
+    def _settle_final_snapshots(self, net) -> None:
+        """Save again the snapshots of the final iteration that list coffee
+        breaks still due: those breaks have finished now, so a resume from
+        them must not run them again."""
+        final = [
+            path
+            for path, iteration in self._snapshots_with_pending.items()
+            if iteration == self.state.iter and path.exists()
+        ]
+        self._snapshots_with_pending.clear()
+        net.resume_point = self.resume_point
+        try:
+            for path in final:
+                self.save_snapshot(path)
+        finally:
+            net.resume_point = None
 
     def recompute_gradients(self) -> None:
         """Run forward and backward again on the batch loaded last, for a
