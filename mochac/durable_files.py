@@ -144,23 +144,6 @@ def write_digest(source: Path, sidecar: Path, name: str) -> None:
     fsync_file(sidecar)
 
 
-def default_file_mode() -> int:
-    """Return the permission bits that open() gives a new file under the
-    process's umask (0o644 under the usual umask 022)."""
-    # Linux reports the umask in /proc. Setting it to read it back would
-    # give files that other threads create meanwhile the mode 0o666.
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 class WriteGuard:
     """A binary file for h5py's file-object driver that records the first
     error of a write instead of raising it into HDF5.

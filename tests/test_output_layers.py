@@ -343,3 +343,24 @@ def test_hdf5_output_fsync_before_rename(tmp_path, monkeypatch):
     assert calls[0][1].startswith(str(tmp_path / ".out.h5."))
     assert calls[1][1] == str(path)
     assert calls[2][1] == str(tmp_path)
+
+
+def test_hdf5_output_removes_killed_writers_file(tmp_path):
+    """A process killed while writing its output leaves its temporary file,
+    which the next output in the folder removes."""
+    import subprocess
+
+    from mochac.durable_files import host_tag
+    from mochac.runtime import snapshot
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    leftover = tmp_path / f".features.h5.{host_tag()}-{finished.pid}.tmp"
+    leftover.write_bytes(b"partial")
+    snapshot._CLEANED_FOLDERS.discard(tmp_path.resolve())
+    path = tmp_path / "features.h5"
+    net = build([HDF5OutputLayer(name="save", bottoms=["x"], filename=str(path))])
+    assert not leftover.exists()
+    net.forward()
+    net.destroy()
+    assert [entry.name for entry in tmp_path.iterdir()] == ["features.h5"]

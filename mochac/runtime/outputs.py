@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import tempfile
 import weakref
 from pathlib import Path
 
@@ -15,12 +14,13 @@ import numpy as np
 from mochac.durable_files import (
     WriteGuard,
     close_quietly,
-    default_file_mode,
     replace_durably,
+    temporary_path,
 )
 from mochac.errors import ConfigError, MochacError
 from mochac.layers.output import HDF5OutputLayer, MemoryOutputLayer
 from mochac.runtime.interrupts import held_sigint
+from mochac.runtime.snapshot import remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -163,13 +163,13 @@ class HDF5Output:
         _check_filename(layer, self.path, key)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle, name = tempfile.mkstemp(
-                prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-            )
-            os.close(handle)
-            self.temporary = Path(name)
-            # mkstemp creates the file readable by its owner only.
-            os.chmod(self.temporary, default_file_mode())
+            # A name with this host and process, unique among the live
+            # outputs of this process (_PATHS_IN_USE), so that a later write
+            # into the folder can tell a killed writer's file.
+            self.temporary = temporary_path(self.path)
+            with open(self.temporary, "wb"):
+                pass
+            remove_stale_temporaries(self.path.parent)
             self.stream = WriteGuard(self.temporary)
             self.file = h5py.File(self.stream, "w")
             for dataset, shape in zip(layer.dataset_names, shapes):
