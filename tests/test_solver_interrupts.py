@@ -337,3 +337,59 @@ def test_ctrl_c_in_snapshot_write_finishes_file(default_sigint, monkeypatch, tmp
     mochac.load_snapshot(make_net(seed=99), tmp_path / "snapshot-000000.h5")
     solver.solve(net)
     assert log.seen == [0, 2, 4]
+
+
+def test_breaks_pending_at_max_iter_run(tmp_path):
+    solver = make_solver(4)
+    first, last = IterationLog(), IterationLog()
+    solver.add_coffee_break(first, every_n_iter=2)
+    solver.add_coffee_break(InterruptOnce(at=4), every_n_iter=2)
+    solver.add_coffee_break(last, every_n_iter=2)
+    net = make_net()
+    with pytest.raises(KeyboardInterrupt):
+        solver.solve(net)
+    assert solver.state.iter == 4
+    solver.solve(net)
+    assert first.seen == [0, 2, 4]
+    assert last.seen == [0, 2, 4]
+
+
+class StopAfterListeners(CoffeeBreak):
+    """Calls the validation listeners with scripted values, then raises
+    KeyboardInterrupt once at iteration ``at``, as a Ctrl-C right after the
+    decision would."""
+
+    def __init__(self, key, values, at):
+        self.key = key
+        self.values = dict(values)
+        self.at = at
+        self.fired = False
+        self.listeners = []
+
+    def enjoy(self, solver, net):
+        stats = {self.key: self.values[solver.state.iter]}
+        for listener in self.listeners:
+            listener(solver, stats)
+        if solver.state.iter == self.at and not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+
+
+def test_decay_decision_not_repeated_after_stop(tmp_path):
+    """The validation at iteration 4 decays the rate, then the solve stops
+    before its break ends. Running it again must not decay twice."""
+    policy = LRPolicy.DecayOnValidation(0.4, "loss", 0.5, higher_better=False)
+    params = make_solver_parameters(
+        SGD(), max_iter=6, lr_policy=policy, mom_policy=mochac.MomPolicy.Fixed(0.9)
+    )
+    solver = Solver(SGD(), params, progress=False)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    validation = StopAfterListeners("loss", {0: 0.5, 2: 0.4, 4: 0.6, 6: 0.3}, at=4)
+    solver.add_coffee_break(validation, every_n_iter=2)
+    mochac.setup(policy, validation, solver)
+    net = make_net()
+    with pytest.raises(KeyboardInterrupt):
+        solver.solve(net)
+    assert policy.learning_rate == pytest.approx(0.2)
+    solver.solve(net)
+    assert policy.learning_rate == pytest.approx(0.2)

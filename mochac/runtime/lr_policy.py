@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from mochac.errors import ConfigError, NumericalError
 from mochac.runtime.coffee_breaks import Snapshot
+from mochac.runtime.interrupts import held_sigint
 from mochac.runtime.snapshot import (
     load_params,
     open_model,
@@ -260,6 +261,8 @@ class DecayOnValidation:
         self.learning_rate = float(base_lr)
         self.best = None
         self.best_iter = None
+        # The iteration of the last validation decided on (on_validation).
+        self.decided_at = None
 
     def __call__(self, state) -> float:
         return self.learning_rate
@@ -270,6 +273,8 @@ class DecayOnValidation:
     def restore(self, attrs) -> None:
         """Continue from the rate and the best validation stored in a snapshot's
         solver attributes (snapshots of older versions have no best)."""
+        # The snapshot predates any decision made since it was saved.
+        self.decided_at = None
         self.learning_rate = float(attrs["learning_rate"])
         best_key, iter_key = self.BEST_ATTRIBUTES
         best, best_iter = as_real(attrs.get(best_key)), as_int(attrs.get(iter_key))
@@ -329,6 +334,24 @@ class DecayOnValidation:
             )
         value = float(statistics[self.key])
         iteration = solver.state.iter
+        if iteration == self.decided_at:
+            # A solve() stopped after this iteration's decision and runs the
+            # validation again, whose value must not decay the rate twice.
+            logger.info(
+                "%s at iteration %d was decided on already; kept the rate %g",
+                self.key,
+                iteration,
+                self.learning_rate,
+            )
+            return
+        # The decision, with its reload and snapshot rewrites, completes
+        # before a Ctrl-C takes effect.
+        with held_sigint():
+            self._decide(solver, value, iteration)
+            self.decided_at = iteration
+
+    def _decide(self, solver, value: float, iteration: int) -> None:
+        """Record ``value`` as the best, or decay the rate and reload."""
         if not self.is_worse(value):
             self.best, self.best_iter = value, iteration
             self._record_best(solver)

@@ -552,7 +552,10 @@ class Solver:
         state = self.state
         # The iteration this call started from, after any resume.
         self.start_iter = state.iter
-        if state.iter > 0 and state.iter >= params["max_iter"]:
+        pending_here = (
+            self._pending_breaks is not None and self._pending_breaks[0] == state.iter
+        )
+        if state.iter > 0 and state.iter >= params["max_iter"] and not pending_here:
             logger.info(
                 "net '%s' is already at iteration %d, max_iter=%d; nothing to train "
                 "(raise max_iter to train on)",
@@ -576,12 +579,12 @@ class Solver:
         try:
             with StepInterrupts(net.name) as interrupts:
                 self._train(net, regu_coef, interrupts, recount)
+                self._settle_final_snapshots(net)
         except BaseException:
             # A batch whose forward pass failed was not counted.
             if self._rewind_quietly(net) and self._resume_batch_counted:
                 self._counted_batches[net] = self.resume_point
             raise
-        self._settle_final_snapshots(net)
         # The last forward pass loaded a batch that no update used; the next
         # solve, or a resume from the final snapshot, loads it again.
         resume_point.restore(net, self.resume_point)
@@ -609,8 +612,9 @@ class Solver:
         with interrupts.step():
             before = self._epoch(net)
             # Whether the forward pass of the batch after self.resume_point
-            # completed, so that its statistics and outputs count it.
-            self._resume_batch_counted = False
+            # completed, so that its statistics and outputs count it. A batch
+            # the last solve() counted stays counted if this pass fails.
+            self._resume_batch_counted = recount
             with net.uncounted() if recount else contextlib.nullcontext():
                 state.obj_val = self._run_step(
                     lambda: net.forward_backward(self.method, regu_coef), regu_coef
