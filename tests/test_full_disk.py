@@ -246,3 +246,55 @@ def test_exception_inside_write_discards_file(tmp_path):
     assert "snapshot raised Stop" in result.stdout
     assert "exited normally" in result.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+# A program's SIGTERM handler that exits, called while HDF5 writes a batch:
+# the batch is written whole, then the program exits as the handler asks.
+TERMINATED_OUTPUT = """
+import os
+import signal
+import sys
+
+import numpy as np
+
+from mochac import *
+from mochac import durable_files
+
+folder = sys.argv[1]
+x = np.arange(8 * 16, dtype=np.float32).reshape(8, 16)
+layers = [
+    MemoryDataLayer(name="data", batch_size=4, data=[x], tops=["x"]),
+    HDF5OutputLayer(name="keep", bottoms=["x"], filename=f"{folder}/out.h5"),
+]
+net = Net("terminated", CPUBackend(seed=1), layers)
+net.forward()
+signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(3))
+real_write = durable_files.WriteGuard.write
+sent = []
+
+
+def write(self, data):
+    if not sent:
+        sent.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real_write(self, data)
+
+
+durable_files.WriteGuard.write = write
+try:
+    net.forward()
+finally:
+    durable_files.WriteGuard.write = real_write
+    net.destroy()
+    print("destroyed")
+"""
+
+
+def test_sigterm_handler_inside_output_write(tmp_path):
+    import h5py
+
+    result = run_child(TERMINATED_OUTPUT, tmp_path)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "destroyed" in result.stdout
+    with h5py.File(tmp_path / "out.h5", "r") as handle:
+        assert handle["x"].shape == (8, 16)

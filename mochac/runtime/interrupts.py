@@ -78,31 +78,56 @@ class StepInterrupts:
             raise KeyboardInterrupt
 
 
+# Signals whose Python handlers held_sigint holds back: those a program
+# commonly handles in Python. Looking up every valid signal would cost more
+# than the short HDF5 calls it guards.
+HELD_SIGNALS = tuple(
+    getattr(signal, name)
+    for name in (
+        "SIGINT",
+        "SIGTERM",
+        "SIGHUP",
+        "SIGQUIT",
+        "SIGALRM",
+        "SIGUSR1",
+        "SIGUSR2",
+        "SIGVTALRM",
+        "SIGPROF",
+    )
+    if hasattr(signal, name)
+)
+
+
 @contextlib.contextmanager
 def held_sigint():
-    """Hold a Ctrl-C back during the block and raise it after, unless the
-    block raised.
+    """Hold Ctrl-C and the other signals with Python handlers back during
+    the block, and pass them on after it.
 
     HDF5 calls Python file methods (durable_files.WriteGuard) in the middle
-    of its own writes, so a KeyboardInterrupt raised there would leave the
-    file half written. After the block, the Ctrl-C goes to the handler that
-    was in place: Python's default raises it, and a solver's StepInterrupts
-    holds it until its step ends. Outside the main thread, or under a
-    handler of the program's own, the block runs as it is.
+    of its own writes, so an exception that a handler raised there would
+    leave the file half written, and HDF5 crashes at close after it. After
+    the block, each signal goes to the handler that was in place: Python's
+    default raises KeyboardInterrupt, and a solver's StepInterrupts holds a
+    Ctrl-C until its step ends. Outside the main thread the block runs as
+    it is, since Python runs handlers in the main thread only.
     """
-    current = signal.getsignal(signal.SIGINT)
-    ours = isinstance(getattr(current, "__self__", None), StepInterrupts)
-    if threading.current_thread() is not threading.main_thread() or not (
-        current is signal.default_int_handler or ours
-    ):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
     received = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(1))
+    previous = {}
+    for signum in HELD_SIGNALS:
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            previous[signum] = signal.signal(
+                signum, lambda number, frame: received.append(number)
+            )
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        # Within a training step, the solver's handler holds it further.
-        previous(signal.SIGINT, None)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        # After an error of the block too: a SIGTERM must still end the
+        # program, whose error then chains the block's.
+        for signum in received:
+            previous[signum](signum, None)
