@@ -249,7 +249,7 @@ def test_exception_inside_write_discards_file(tmp_path):
 
 
 # A program's SIGTERM handler that exits, called while HDF5 writes a batch:
-# the batch is written whole, then the program exits as the handler asks.
+# the batch is written whole, then the handler ends the program.
 TERMINATED_OUTPUT = """
 import os
 import signal
