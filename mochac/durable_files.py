@@ -158,7 +158,7 @@ class WriteGuard:
     Python runs signal handlers when a function starts, before its ``try``,
     so an exception a handler raises there would still reach HDF5. The
     callers hold signals with Python handlers back around HDF5 calls
-    (interrupts.held_sigint). NOTE: that covers the signals in
+    (interrupts.held_signals). NOTE: that covers the signals in
     interrupts.HELD_SIGNALS only.
 
     NOTE: each HDF5 write is a Python call here, so appending a batch of
@@ -206,12 +206,12 @@ class WriteGuard:
     def write(self, data) -> int:
         # Nothing may raise into HDF5, the except clauses included.
         try:
-            size = memoryview(data).nbytes
+            view = memoryview(data).cast("B")
         except BaseException as error:  # noqa: BLE001 - see the class
             self.record(error)
             return 0
+        size = len(view)
         try:
-            view = memoryview(data).cast("B")
             start = self.raw.tell()
             if self.error is None:
                 written = 0

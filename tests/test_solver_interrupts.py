@@ -248,7 +248,7 @@ def test_ctrl_c_in_break_stops_at_once(default_sigint):
 
 def test_failed_pass_after_update_keeps_breaks():
     """A bad label in the batch after update 2 stops the solve with update 2
-    applied; the breaks due at iteration 2 run when it goes on."""
+    applied. The breaks due at iteration 2 run when it goes on."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(12, 5))
     y = rng.integers(0, 3, size=(12, 1)).astype(np.float64)
@@ -287,9 +287,9 @@ def test_stop_at_iteration_0_runs_only_unfinished_breaks():
 
 
 def test_final_snapshot_lists_no_finished_breaks(tmp_path, caplog):
-    """The snapshot at max_iter was saved before the break after it ran;
-    once that break finished, the solver saves it again without it, so a
-    resume does not run it twice."""
+    """The snapshot at max_iter was saved before the break after it ran.
+    Once that break has finished, the solver saves the snapshot again
+    without it, so a resume does not run the break twice."""
     solver = make_solver(4)
     solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
     log = IterationLog()

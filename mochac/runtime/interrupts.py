@@ -11,7 +11,9 @@ take long (a validation epoch), are interrupted at once.
 
 The handler is installed only in the main thread, where Python delivers
 SIGINT, and only over Python's default handler, so a program's own
-handler stays in charge. ``held_sigint`` does the same around HDF5 writes.
+handler stays in charge. Around HDF5 writes, ``held_signals`` holds back
+every signal in HELD_SIGNALS that has a Python handler, a program's own
+included, and passes it on after the write.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ class StepInterrupts:
             raise KeyboardInterrupt
 
 
-# Signals whose Python handlers held_sigint holds back: those a program
+# Signals whose Python handlers held_signals holds back: those a program
 # commonly handles in Python. Looking up every valid signal would cost more
 # than the short HDF5 calls it guards.
 HELD_SIGNALS = tuple(
@@ -99,7 +101,7 @@ HELD_SIGNALS = tuple(
 
 
 @contextlib.contextmanager
-def held_sigint():
+def held_signals():
     """Hold Ctrl-C and the other signals with Python handlers back during
     the block, and pass them on after it.
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from mochac.errors import ConfigError, NumericalError
 from mochac.runtime.coffee_breaks import Snapshot
-from mochac.runtime.interrupts import held_sigint
+from mochac.runtime.interrupts import held_signals
 from mochac.runtime.snapshot import (
     load_params,
     open_model,
@@ -346,7 +346,7 @@ class DecayOnValidation:
             return
         # The decision, with its reload and snapshot rewrites, completes
         # before a Ctrl-C takes effect.
-        with held_sigint():
+        with held_signals():
             self._decide(solver, value, iteration)
             self.decided_at = iteration
 

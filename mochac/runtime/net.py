@@ -391,7 +391,7 @@ class Net:
         net again, layer by layer.
 
         Returns "" when no layer other than a loss makes one, and when a
-        layer wrote over a data blob, which then no longer holds the batch.
+        layer wrote over a data blob, which then no longer contains the batch.
         The statistics and the random streams end as they were.
         """
         overwritten = overwritten_data(self.ir)

@@ -19,7 +19,7 @@ from mochac.durable_files import (
 )
 from mochac.errors import ConfigError, MochacError
 from mochac.layers.output import HDF5OutputLayer, MemoryOutputLayer
-from mochac.runtime.interrupts import held_sigint
+from mochac.runtime.interrupts import held_signals
 from mochac.runtime.snapshot import remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def finish_file(pending: PendingFile) -> None:
     data, and raises MochacError from close(). A finalizer logs it instead.
     """
     _PATHS_IN_USE.pop(pending.key, None)
-    with held_sigint():
+    with held_signals():
         close_quietly(pending.file, pending.stream)
     if not pending.temporary.exists():
         return
@@ -183,8 +183,10 @@ class HDF5Output:
             self.file.flush()
             if self.stream.error is not None:
                 raise self.stream.error
-        except OSError as error:
+        except BaseException as error:
             self._discard()
+            if not isinstance(error, OSError):
+                raise
             raise MochacError(
                 f"{layer.title}: cannot create {self.path}: {error}; check that "
                 f"{self.path.parent} is a writable folder with free space"
@@ -200,9 +202,9 @@ class HDF5Output:
     def collect(self, blobs) -> None:
         """Append each bottom's batch to its dataset; on failure delete the file.
 
-        A Ctrl-C waits until the batch is written (held_sigint).
+        A Ctrl-C waits until the batch is written (held_signals).
         """
-        with held_sigint():
+        with held_signals():
             try:
                 for dataset, bottom in zip(
                     self.layer.dataset_names, self.layer.bottoms
@@ -219,7 +221,7 @@ class HDF5Output:
             if failure is not None:
                 self._discard()
                 if not isinstance(failure, Exception):
-                    # A KeyboardInterrupt inside a write: stop as asked.
+                    # A KeyboardInterrupt or SystemExit inside a write.
                     raise failure
                 raise MochacError(
                     f"{self.layer.title}: writing {self.path} failed: {failure}; "

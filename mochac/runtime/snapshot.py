@@ -61,7 +61,7 @@ from mochac.runtime.file_digest import (
     write_digest,
 )
 from mochac.runtime.freeze import frozen_layers
-from mochac.runtime.interrupts import held_sigint
+from mochac.runtime.interrupts import held_signals
 from mochac.runtime.snapshot_checks import (
     SNAPSHOT_PATTERN,
     check_float_dataset,
@@ -201,7 +201,7 @@ def write_hdf5(path: Path, fill) -> None:
 def write_atomically(path: Path, fill, digest: bool = False) -> None:
     """Create ``path`` as HDF5 by calling ``fill(h5file)`` on a temporary file
     (_write_atomically). A Ctrl-C waits until the file is in place."""
-    with held_sigint():
+    with held_signals():
         _write_atomically(path, fill, digest)
 
 

@@ -552,10 +552,12 @@ class Solver:
         state = self.state
         # The iteration this call started from, after any resume.
         self.start_iter = state.iter
-        pending_here = (
-            self._pending_breaks is not None and self._pending_breaks[0] == state.iter
-        )
-        if state.iter > 0 and state.iter >= params["max_iter"] and not pending_here:
+        # The breaks a stopped run left at this iteration, which run even when
+        # max_iter is reached.
+        pending = self._pending_breaks
+        if pending is not None and pending[0] != state.iter:
+            pending = None
+        if state.iter > 0 and state.iter >= params["max_iter"] and pending is None:
             logger.info(
                 "net '%s' is already at iteration %d, max_iter=%d; nothing to train "
                 "(raise max_iter to train on)",
@@ -578,7 +580,7 @@ class Solver:
         )
         try:
             with StepInterrupts(net.name) as interrupts:
-                self._train(net, regu_coef, interrupts, recount)
+                self._train(net, regu_coef, interrupts, recount, pending)
                 self._settle_final_snapshots(net)
         except BaseException:
             # A batch whose forward pass failed was not counted.
@@ -593,7 +595,12 @@ class Solver:
         return state
 
     def _train(
-        self, net, regu_coef: float, interrupts: StepInterrupts, recount: bool
+        self,
+        net,
+        regu_coef: float,
+        interrupts: StepInterrupts,
+        recount: bool,
+        pending: tuple | None,
     ) -> None:
         """Run the first forward and backward passes, then the iterations up
         to max_iter with their coffee breaks. ``self.resume_point`` is always
@@ -601,7 +608,8 @@ class Solver:
         loaded. A Ctrl-C waits for the end of the step it arrives in
         (``interrupts``). With ``recount``, the first batch is one that the
         previous solve() counted, and its pass counts nothing
-        (Net.uncounted)."""
+        (Net.uncounted). ``pending`` is (iteration, indices) of the breaks a
+        stopped run left at the current iteration, or None."""
         state, max_iter = self.state, self.params["max_iter"]
         dtype = net.backend.dtype
         # The epoch breaks due after update k are those for an epoch that
@@ -621,11 +629,8 @@ class Solver:
                 )
             self._resume_batch_counted = True
             loaded_epochs = (before, self._epoch(net))
-        # The breaks a stopped run left at this iteration: the net is back at
-        # the batch that was waiting when they were due.
-        pending = self._pending_breaks
-        if pending is not None and pending[0] != state.iter:
-            pending = None
+        # The net is back at the batch that was waiting when the pending
+        # breaks were due.
         if state.iter == 0:
             self._apply_policies(state, dtype)
             self._enjoy(self._due(0, -1, -1) if pending is None else pending[1], net)
@@ -828,7 +833,6 @@ class Solver:
                 state.pending_breaks = list(due[position + 1 :])
                 self.breaks[index][0].enjoy(self, net)
             self._pending_breaks = None
-            state.pending_breaks = []
             if frozen - frozen_layers(net):
                 # The last backward pass skipped the layers frozen then, so
                 # their gradients are stale or zero, and the next update
@@ -840,6 +844,8 @@ class Solver:
                 # its snapshots store, so a resume repeats it exactly.
                 self.recompute_gradients()
         finally:
+            # A snapshot saved outside a break lists no pending breaks.
+            state.pending_breaks = []
             net.resume_point = None
 
     def _check_value_range(self, dtype) -> None:
