@@ -67,8 +67,8 @@ def load_network(file, net, die_if_not_found=True) -> dict[str, list[str]]:
 
 def load_model_file(handle, net, path: Path) -> dict[str, list[str]]:
     """Copy the parameters of ``net`` from an open model file, as
-    load_caffe_hdf5 does: a missing bias keeps its initializer, with a
-    warning, and any other missing parameter raises SnapshotError."""
+    load_caffe_hdf5 does. A missing bias is set again by its initializer,
+    with a warning, and any other missing parameter raises SnapshotError."""
     return _load(handle, net, path, allow_missing=False)
 
 
