@@ -9,14 +9,17 @@ import numpy as np
 import pytest
 from cuda_nets import NETS
 
+from mochac import neurons as Neurons
 from mochac.bench.nets import lenet
 from mochac.errors import DataError, DeviceError, NumericalError
 from mochac.layers import (
     AccuracyLayer,
+    DropoutLayer,
     HDF5DataLayer,
     InnerProductLayer,
     MemoryDataLayer,
     MemoryOutputLayer,
+    PowerLayer,
     SoftmaxLossLayer,
 )
 from mochac.mocha_api import get_layer
@@ -293,7 +296,6 @@ def test_dropout_resume_after_extra_forward(cupy, tmp_path):
     so the solver restores the stream from the device copy it captured
     before the step, and the snapshot stores that copy. A run resumed from
     it in a net of another seed equals the uninterrupted run."""
-    from mochac.layers import DropoutLayer
     from mochac.runtime.coffee_breaks import CoffeeBreak, Snapshot
 
     rng = np.random.default_rng(3)
@@ -460,6 +462,61 @@ def test_nan_loss_in_graph_replay_leaves_parameters(cupy):
     with pytest.raises(NumericalError, match="'loss'"):
         gpu.train_step(method, 0.1, 0.9, 0.0, 2)
     np.testing.assert_array_equal(gpu.params["ip"]["weight"].get(), before)
+
+
+def sqrt_factory():
+    """Dropout, a ReLU, then sqrt(h - 1), which is NaN where h is below 1:
+    whether a sample's loss is NaN depends on the dropout mask drawn."""
+    x = np.random.default_rng(0).normal(size=(8, 5))
+    y = np.zeros((8, 1))
+    return [
+        MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
+        DropoutLayer(name="drop", ratio=0.5, bottoms=["data"], tops=["dropped"]),
+        InnerProductLayer(
+            name="ip1",
+            output_dim=3,
+            neuron=Neurons.ReLU(),
+            bottoms=["dropped"],
+            tops=["h"],
+        ),
+        PowerLayer(name="sqrt", power=0.5, shift=-1.0, bottoms=["h"], tops=["s"]),
+        InnerProductLayer(name="ip2", output_dim=2, bottoms=["s"], tops=["out"]),
+        AccuracyLayer(name="acc", bottoms=["out", "label"]),
+        SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+    ]
+
+
+def test_nan_loss_names_first_layer(cupy):
+    """The GPU net names the layer that made the NaN, as the CPU net does,
+    and the trace leaves the random streams and statistics as they were."""
+    cpu, gpu = twin_nets(sqrt_factory)
+    messages = []
+    for net in (cpu, gpu):
+        with pytest.raises(NumericalError) as caught:
+            net.forward()
+        messages.append(str(caught.value).replace(f"net '{net.name}'", "net"))
+    assert "layer 'sqrt' (PowerLayer) is the first to output NaN" in messages[1]
+    assert messages[1] == messages[0]
+    streams = {key: array.get() for key, array in gpu.rng_states.items()}
+    statistics = gpu.statistics()
+    assert "layer 'sqrt'" in gpu._non_finite_origin()
+    for key, array in streams.items():
+        np.testing.assert_array_equal(gpu.rng_states[key].get(), array)
+        np.testing.assert_array_equal(cpu.rng_states[key], array)
+    assert gpu.statistics() == statistics
+
+
+def test_nan_loss_in_graph_replay_names_first_layer(cupy):
+    gpu = nan_row_gpu_net(12, 9)
+    method = SGD()
+    gpu.train_step(method, 0.1, 0.9, 0.0, 0)
+    gpu.train_step(method, 0.1, 0.9, 0.0, 1)
+    assert gpu.graphs.graphs, "the second step should have been captured"
+    with pytest.raises(NumericalError) as caught:
+        gpu.train_step(method, 0.1, 0.9, 0.0, 2)
+    assert "layer 'ip' (InnerProductLayer) is the first to output NaN" in str(
+        caught.value
+    )
 
 
 def shuffled_factory(folder):

@@ -445,10 +445,30 @@ class GPUNet(Net):
         self.drop_read_ahead()
         return source
 
+    def _keep_streams(self) -> None:
+        # On the net's stream, after the kernels that last drew from them.
+        with self._on_device(), self.stream:
+            super()._keep_streams()
+
     def _non_finite_origin(self) -> str:
-        # TODO: trace the first layer that makes a NaN on the device too; the
-        # layer-by-layer rerun of Net._non_finite_origin calls the host library.
-        return ""
+        # The random streams are copied back on the net's stream too.
+        with self._on_device(), self.stream:
+            return super()._non_finite_origin()
+
+    def _forward_one_layer(self, index: int, n_valid: int) -> None:
+        # Net._non_finite_origin's rerun: the layer's steps, enqueued alone
+        # on the net's stream, with the status they set ignored.
+        layer = self.program.layers.get(index)
+        if layer is None:
+            return
+        with self._on_device():
+            calls = [self._bind(step) for step in layer.forward]
+        self._enqueue(calls, n_valid)
+        self.stream.synchronize()
+
+    def _all_finite(self, array) -> bool:
+        with self._on_device():
+            return bool(np.isfinite(array.get(stream=self.stream)).all())
 
     def get_layer(self, name: str):
         """Return the layer config named ``name`` (see Net.get_layer). For a
@@ -504,6 +524,7 @@ class GPUNet(Net):
             # arrays, so forward() reads its batch now.
             self.drop_read_ahead()
         n_valid = self.load_batch() if load_data else self._batch_size()
+        self._keep_streams()
         self._run(self.forward_calls, n_valid)
         self._collect_outputs()
         return self._record_objective(n_valid)
@@ -610,6 +631,7 @@ class GPUNet(Net):
         self._check_alive()
         self.forward_done = False
         n_valid = self.load_batch()
+        self._keep_streams()
         # The solver step's update is the first of its enqueued calls.
         self.step_updated = kind == "solver"
         if step is not None:

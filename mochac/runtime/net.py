@@ -412,15 +412,11 @@ class Net:
                     info = self.ir.layers[index]
                     if info.eliminated or info.layer.is_source or info.layer.has_loss:
                         continue
-                    # The return code is ignored; the tops are checked below.
-                    self.lib.mochac_layer_forward(
-                        info.index, self.pointers, self.status, n_valid
-                    )
+                    self._forward_one_layer(info.index, n_valid)
                     for top in info.layer.tops:
                         slot = self.slots.find("data", top)
-                        if (
-                            slot is not None
-                            and not np.isfinite(self.arrays[slot.index]).all()
+                        if slot is not None and not self._all_finite(
+                            self.arrays[slot.index]
                         ):
                             return (
                                 f"; layer '{info.name}' ({type(info.layer).__name__}) "
@@ -431,6 +427,14 @@ class Net:
             for key, array in streams.items():
                 self.rng_states[key][...] = array
         return ""
+
+    def _forward_one_layer(self, index: int, n_valid: int) -> None:
+        """Run layer ``index``'s forward steps alone, ignoring the return
+        code (_non_finite_origin checks the tops itself)."""
+        self.lib.mochac_layer_forward(index, self.pointers, self.status, n_valid)
+
+    def _all_finite(self, array) -> bool:
+        return bool(np.isfinite(array).all())
 
     def _data_row(self, blob: str, sample: int) -> str:
         """Return ", data row R of data layer 'L'" for a sample a data layer
