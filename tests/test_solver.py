@@ -799,8 +799,36 @@ def test_diverged_update_names_parameter():
     with pytest.raises(mochac.NumericalError, match=pattern) as raised:
         solver.solve(net)
     assert "regu_coef 1e+300" in str(raised.value)
+    assert "gradient from the last backward pass is finite" in str(raised.value)
     # The NaN loss of the forward pass after the update led to the check.
     assert "loss layer 'loss'" in str(raised.value.__context__)
+
+
+def test_backward_nan_names_first_gradient():
+    """ip1 outputs exact zeros, whose square root is 0 but has an infinite
+    derivative: the forward pass is finite, the backward pass of 'sqrt'
+    fills ip1's gradients with NaN or infinities, and the update spreads
+    them to its parameters. ip2, nearer the loss, keeps finite gradients."""
+    x = np.random.default_rng(0).normal(size=(8, 3))
+    y = np.zeros((8, 1))
+    layers = [
+        MemoryDataLayer(batch_size=4, data=[x, y]),
+        InnerProductLayer(name="ip1", output_dim=3, bottoms=["data"], tops=["h"]),
+        mochac.PowerLayer(name="sqrt", power=0.5, bottoms=["h"], tops=["s"]),
+        InnerProductLayer(name="ip2", output_dim=2, bottoms=["s"], tops=["out"]),
+        SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+    ]
+    net = Net("sqrt0", CPUBackend(dtype=np.float64, seed=1), layers)
+    for array in net.params["ip1"].values():
+        array[...] = 0.0
+    params = make_solver_parameters(SGD(), max_iter=3, lr_policy=LRPolicy.Fixed(0.01))
+    with pytest.raises(mochac.NumericalError) as raised:
+        Solver(SGD(), params, progress=False).solve(net)
+    message = str(raised.value)
+    assert "parameter 'weight' of layer 'ip1'" in message
+    assert "Gradient 'weight' of layer 'ip1' has NaN or infinite values" in message
+    assert "between it and the losses" in message
+    assert np.isfinite(net.grads["ip2"]["weight"]).all()
 
 
 def overflowing_net(row):

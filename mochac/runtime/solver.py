@@ -896,7 +896,8 @@ class Solver:
 
     def _check_parameters(self, net, regu_coef: float) -> None:
         """Raise NumericalError naming the first parameter with a NaN or
-        infinite value."""
+        infinite value, and saying whether the gradients or the update's
+        step made it."""
         state = self.state
         for layer, arrays in net.params.items():
             for name, array in arrays.items():
@@ -909,7 +910,8 @@ class Solver:
                     f"{state.iter}), parameter '{name}' of layer '{layer}' has "
                     f"{bad} NaN or infinite values of {values.size}. The update "
                     f"used learning rate {state.learning_rate:g}, momentum "
-                    f"{state.momentum:g} and regu_coef {regu_coef:g}; lower the "
+                    f"{state.momentum:g} and regu_coef {regu_coef:g}"
+                    f"{gradient_origin(net, layer, name)}; lower the "
                     "learning rate or regu_coef, "
                     "check the loss layers' class weights and the input data, and "
                     "train again from an earlier snapshot"
@@ -923,3 +925,29 @@ class Solver:
         from tqdm import tqdm
 
         return tqdm(total=end, initial=start, unit="it", desc="training")
+
+
+def gradient_origin(net, layer: str, name: str) -> str:
+    """Return why parameter ``name`` of ``layer`` went NaN or infinite in
+    an update: the first layer in backward order whose gradients hold NaN
+    or infinite values, whose backward pass, or that of a layer between it
+    and the losses, made them; or, when the parameter's own gradient is
+    finite, the update's step."""
+    for index in net.ir.backward_order:
+        owner = net.ir.layers[index].name
+        for grad_name, grad in net.grads.get(owner, {}).items():
+            if not np.isfinite(net.backend.to_host(grad)).all():
+                return (
+                    f". Gradient '{grad_name}' of layer '{owner}' has NaN or "
+                    "infinite values, the first in backward order to have them: "
+                    "its backward pass or that of a layer between it and the "
+                    "losses made them (or the regularization term the update "
+                    "adds, with a huge regu_coef)"
+                )
+    own = net.grads.get(layer, {}).get(name)
+    if own is not None:
+        return (
+            ". Its gradient from the last backward pass is finite, so the "
+            "update's step made the values"
+        )
+    return ""
