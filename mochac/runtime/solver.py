@@ -929,10 +929,12 @@ class Solver:
 
 def gradient_origin(net, layer: str, name: str) -> str:
     """Return why parameter ``name`` of ``layer`` went NaN or infinite in
-    an update: the first layer in backward order whose gradients hold NaN
-    or infinite values, whose backward pass, or that of a layer between it
-    and the losses, made them; or, when the parameter's own gradient is
-    finite, the update's step."""
+    an update, for the solver's error.
+
+    The culprit is the first layer in backward order whose gradients hold
+    NaN or infinite values, or a layer between it and the losses. When the
+    parameter's own gradient is finite, the update's step is.
+    """
     for index in net.ir.backward_order:
         owner = net.ir.layers[index].name
         for grad_name, grad in net.grads.get(owner, {}).items():
