@@ -158,7 +158,8 @@ def test_resume_with_fewer_breaks_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
         solver.solve(make_net())
     assert "lists 1 coffee breaks still to run at iteration 4" in caplog.text
-    assert "this solver has only 0" in caplog.text
+    assert "this solver has []" in caplog.text
+    assert "skips InterruptOnce(every_n_iter=2) (index 1)" in caplog.text
 
 
 @pytest.mark.parametrize("value", ["[1, -2]", "[1.5]", "{}", "not json"])
@@ -393,3 +394,149 @@ def test_decay_decision_not_repeated_after_stop(tmp_path):
     assert policy.learning_rate == pytest.approx(0.2)
     solver.solve(net)
     assert policy.learning_rate == pytest.approx(0.2)
+
+
+class OrderLog(CoffeeBreak):
+    """Appends (class name, iteration) to a list that several breaks share."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def enjoy(self, solver, net):
+        self.calls.append((type(self).__name__, solver.state.iter))
+
+
+class SummaryLog(OrderLog):
+    pass
+
+
+class ValidationLog(OrderLog):
+    pass
+
+
+def stop_after_snapshot_at_4(folder, *extra_breaks):
+    """Train with Snapshot, InterruptOnce(at=4) and ``extra_breaks``, every 2
+    iterations in that order, until the Ctrl-C after snapshot-000004.h5."""
+    solver = make_solver(6, folder)
+    solver.add_coffee_break(Snapshot(folder), every_n_iter=2)
+    solver.add_coffee_break(InterruptOnce(at=4), every_n_iter=2)
+    for coffee_break in extra_breaks:
+        solver.add_coffee_break(coffee_break, every_n_iter=2)
+    with pytest.raises(KeyboardInterrupt):
+        solver.solve(make_net())
+    return folder / "snapshot-000004.h5"
+
+
+def test_snapshot_describes_coffee_breaks(tmp_path):
+    path = stop_after_snapshot_at_4(tmp_path, SummaryLog([]))
+    with h5py.File(path, "r") as handle:
+        saved = json.loads(handle["solver"].attrs["coffee_breaks"])
+    assert saved == [
+        "Snapshot(every_n_iter=2)",
+        "InterruptOnce(every_n_iter=2)",
+        "SummaryLog(every_n_iter=2)",
+    ]
+
+
+def test_resume_with_reordered_breaks(tmp_path, caplog):
+    """The resumed solver adds the same breaks in another order, so the
+    breaks still due run where they are now, in the saved order."""
+    stop_after_snapshot_at_4(tmp_path, SummaryLog([]), ValidationLog([]))
+
+    calls = []
+    solver = make_solver(6, tmp_path)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    solver.add_coffee_break(ValidationLog(calls), every_n_iter=2)
+    solver.add_coffee_break(SummaryLog(calls), every_n_iter=2)
+    solver.add_coffee_break(InterruptOnce(at=-1), every_n_iter=2)
+    resumed = make_net(seed=99)
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
+        solver.solve(resumed)
+
+    assert calls == [
+        ("SummaryLog", 4),
+        ("ValidationLog", 4),
+        ("ValidationLog", 6),
+        ("SummaryLog", 6),
+    ]
+    assert "lists 3 coffee breaks still to run at iteration 4" in caplog.text
+    assert (
+        "saved with the coffee breaks [Snapshot(every_n_iter=2), "
+        "InterruptOnce(every_n_iter=2), SummaryLog(every_n_iter=2), "
+        "ValidationLog(every_n_iter=2)]" in caplog.text
+    )
+    assert (
+        "this solver has [Snapshot(every_n_iter=2), ValidationLog(every_n_iter=2), "
+        "SummaryLog(every_n_iter=2), InterruptOnce(every_n_iter=2)]" in caplog.text
+    )
+    assert "SummaryLog(every_n_iter=2) (index 2, now 2)" in caplog.text
+    assert "ValidationLog(every_n_iter=2) (index 3, now 1)" in caplog.text
+
+    straight = make_net()
+    make_solver(6).solve(straight)
+    assert_same_params(resumed, straight)
+
+
+def test_resume_with_other_breaks_skips_missing(tmp_path, caplog):
+    """A break still due that the resumed solver lacks is skipped, and the
+    break now at its index does not run in its place."""
+    stop_after_snapshot_at_4(tmp_path, SummaryLog([]))
+    calls = []
+    solver = make_solver(6, tmp_path)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    solver.add_coffee_break(ValidationLog(calls), every_n_iter=2)
+    solver.add_coffee_break(SummaryLog(calls), every_n_iter=2)
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
+        solver.solve(make_net(seed=99))
+    assert calls == [("SummaryLog", 4), ("ValidationLog", 6), ("SummaryLog", 6)]
+    assert "skips InterruptOnce(every_n_iter=2) (index 1)" in caplog.text
+
+
+def test_resume_without_break_descriptions(tmp_path, caplog):
+    """Snapshots of older versions have no coffee_breaks attribute: the
+    breaks still due run by index, without a warning."""
+    path = stop_after_snapshot_at_4(tmp_path, SummaryLog([]))
+    with h5py.File(path, "r+") as handle:
+        del handle["solver"].attrs["coffee_breaks"]
+    (tmp_path / "snapshot-000004.h5.sha256").unlink()
+    calls = []
+    solver = make_solver(6, tmp_path)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    solver.add_coffee_break(ValidationLog(calls), every_n_iter=2)
+    solver.add_coffee_break(SummaryLog(calls), every_n_iter=2)
+    with caplog.at_level(logging.WARNING):
+        solver.solve(make_net(seed=99))
+    assert calls[:2] == [("ValidationLog", 4), ("SummaryLog", 4)]
+    assert caplog.records == []
+
+
+def test_old_snapshot_with_fewer_breaks_warns(tmp_path, caplog):
+    path = stop_after_snapshot_at_4(tmp_path)
+    with h5py.File(path, "r+") as handle:
+        del handle["solver"].attrs["coffee_breaks"]
+    (tmp_path / "snapshot-000004.h5.sha256").unlink()
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
+        make_solver(6, tmp_path).solve(make_net())
+    assert "lists 1 coffee breaks still to run at iteration 4" in caplog.text
+    assert "this solver has only 0" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "value", ['["Snapshot(every_n_iter=2)", 3]', '"Snapshot"', "{}", "not json"]
+)
+def test_invalid_coffee_breaks_attribute(tmp_path, value):
+    path = stop_after_snapshot_at_4(tmp_path)
+    with h5py.File(path, "r+") as handle:
+        handle["solver"].attrs["coffee_breaks"] = value
+    (tmp_path / "snapshot-000004.h5.sha256").unlink()
+    with pytest.raises(mochac.SnapshotError, match="'coffee_breaks' has the invalid"):
+        make_solver(6, tmp_path).solve(make_net())
+
+
+def test_pending_break_beyond_descriptions(tmp_path):
+    path = stop_after_snapshot_at_4(tmp_path)
+    with h5py.File(path, "r+") as handle:
+        handle["solver"].attrs["coffee_breaks"] = '["Snapshot(every_n_iter=2)"]'
+    (tmp_path / "snapshot-000004.h5.sha256").unlink()
+    with pytest.raises(mochac.SnapshotError, match="describes only 1"):
+        make_solver(6, tmp_path).solve(make_net())

@@ -84,6 +84,10 @@ FROZEN_LAYERS = "frozen_layers"
 # iteration that had not run when it was saved: a JSON list of their
 # indices in the order the solver added them (Solver._pending_breaks).
 PENDING_BREAKS = "pending_breaks"
+# The /solver attribute with a description of each coffee break of the
+# saving solver, in the order it added them (pending_breaks.describe_break),
+# a JSON list of strings. Snapshots of older versions lack it.
+COFFEE_BREAKS = "coffee_breaks"
 
 # The attributes of /solver that resuming reads, with their Python types.
 SOLVER_ATTRIBUTES = {
@@ -368,6 +372,8 @@ def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> P
         group.attrs[FROZEN_LAYERS] = json.dumps(sorted(frozen_layers(net)))
         pending = getattr(solver_state, "pending_breaks", [])
         group.attrs[PENDING_BREAKS] = json.dumps([int(index) for index in pending])
+        descriptions = getattr(solver_state, "coffee_breaks", [])
+        group.attrs[COFFEE_BREAKS] = json.dumps([str(item) for item in descriptions])
         for buffer_name, arrays in solver_buffers.items():
             buffer_group = group.create_group(buffer_name)
             for key, values in arrays.items():
@@ -624,6 +630,20 @@ def check_solver_attributes(group, path) -> dict:
         attrs[FROZEN_LAYERS] = parse_frozen_layers(attrs[FROZEN_LAYERS], path)
     if PENDING_BREAKS in attrs:
         attrs[PENDING_BREAKS] = parse_pending_breaks(attrs[PENDING_BREAKS], path)
+    if COFFEE_BREAKS in attrs:
+        attrs[COFFEE_BREAKS] = parse_coffee_breaks(attrs[COFFEE_BREAKS], path)
+        beyond = [
+            index
+            for index in attrs.get(PENDING_BREAKS, [])
+            if index >= len(attrs[COFFEE_BREAKS])
+        ]
+        if beyond:
+            raise damaged(
+                path,
+                f"/solver attribute '{PENDING_BREAKS}' lists coffee break index "
+                f"{beyond[0]}, but '{COFFEE_BREAKS}' describes only "
+                f"{len(attrs[COFFEE_BREAKS])} coffee breaks",
+            )
     return attrs
 
 
@@ -655,6 +675,18 @@ def parse_pending_breaks(value, path) -> list[int]:
         PENDING_BREAKS,
         lambda index: type(index) is int and index >= 0,
         "a JSON list of coffee break indices",
+    )
+
+
+def parse_coffee_breaks(value, path) -> list[str]:
+    """Return the descriptions of a /solver 'coffee_breaks' attribute, a JSON
+    list of strings; raise SnapshotError for any other value."""
+    return parse_json_list(
+        value,
+        path,
+        COFFEE_BREAKS,
+        lambda description: isinstance(description, str),
+        "a JSON list of coffee break descriptions such as 'Snapshot(every_n_iter=100)'",
     )
 
 

@@ -39,7 +39,9 @@ from mochac.runtime.data_sources import warn_batches_larger_than_data
 from mochac.runtime.freeze import frozen_layers, trainable_groups
 from mochac.runtime.interrupts import StepInterrupts
 from mochac.runtime.mom_policy import MomPolicy
+from mochac.runtime.pending_breaks import describe_break, match_pending_breaks
 from mochac.runtime.snapshot import (
+    COFFEE_BREAKS,
     FROZEN_LAYERS,
     PENDING_BREAKS,
     apply_solver_state,
@@ -99,6 +101,10 @@ class SolverState:
     # due at this iteration that have not run yet. Snapshots store them, so
     # a resume runs them (Solver._pending_breaks).
     pending_breaks: list = field(default_factory=list)
+    # The description of each coffee break in Solver.breaks
+    # (pending_breaks.describe_break), which snapshots store so that a
+    # resume can tell whether pending_breaks still name the same breaks.
+    coffee_breaks: list = field(default_factory=list)
 
     def to_attrs(self) -> dict:
         return {
@@ -307,6 +313,7 @@ class Solver:
                 )
             intervals.append(interval)
         self.breaks.append((coffee_break, *intervals))
+        self.state.coffee_breaks.append(describe_break(coffee_break, *intervals))
 
     def setup_coffee_lounge(self, save_into=None, every_n_iter=1, file_exists="merge"):
         """Keep statistics in a CoffeeLounge saved to ``save_into`` (HDF5)."""
@@ -393,9 +400,18 @@ class Solver:
 
         The Snapshot break that saved it ran, and so did those before it. A
         break after it may have finished too, before a later stop, but the
-        file cannot tell, so the resume runs it again.
+        file cannot tell, so the resume runs it again. When the snapshot
+        describes the saving solver's breaks and they differ from this
+        solver's, each pending break runs where it is now, or is skipped
+        (match_pending_breaks), with a warning.
         """
         pending = attrs.get(PENDING_BREAKS) or []
+        saved = attrs.get(COFFEE_BREAKS)
+        if saved is not None:
+            if pending and saved != self.state.coffee_breaks:
+                pending = self._match_changed_breaks(pending, saved, iteration, path)
+            return (iteration, pending) if pending else None
+        # Snapshots of older versions name the breaks by index alone.
         unknown = [index for index in pending if index >= len(self.breaks)]
         if unknown:
             logger.warning(
@@ -409,6 +425,46 @@ class Solver:
             )
             pending = [index for index in pending if index < len(self.breaks)]
         return (iteration, pending) if pending else None
+
+    def _match_changed_breaks(
+        self, pending: list[int], saved: list[str], iteration: int, path
+    ) -> list[int]:
+        """Return the indices in this solver's breaks of a snapshot's
+        ``pending`` breaks, and log a warning that names the breaks run and
+        skipped. ``saved`` describes the saving solver's breaks, which differ
+        from this solver's."""
+        matches = match_pending_breaks(pending, saved, self.state.coffee_breaks)
+        ran = [
+            f"{match.description} (index {match.saved_index}, now {match.index})"
+            for match in matches
+            if match.index is not None
+        ]
+        skipped = [
+            f"{match.description} (index {match.saved_index})"
+            for match in matches
+            if match.index is None
+        ]
+        if skipped:
+            advice = (
+                "; add the coffee breaks in the order of the run that saved it to "
+                "run them all"
+            )
+        else:
+            advice = ""
+        logger.warning(
+            "%s lists %d coffee breaks still to run at iteration %d, but it was "
+            "saved with the coffee breaks [%s] and this solver has [%s]. The "
+            "resume runs %s and skips %s%s",
+            path,
+            len(pending),
+            iteration,
+            ", ".join(saved),
+            ", ".join(self.state.coffee_breaks),
+            ", ".join(ran) or "none",
+            ", ".join(skipped) or "none",
+            advice,
+        )
+        return [match.index for match in matches if match.index is not None]
 
     def _warn_frozen_change(self, net, attrs: dict, path) -> None:
         """Log a warning when the net's frozen layers differ from those at the
