@@ -27,9 +27,11 @@ from mochac import (
     Snapshot,
     SoftmaxLossLayer,
     Solver,
+    TrainingSummary,
     make_solver_parameters,
 )
 from mochac.runtime.coffee_breaks import CoffeeBreak
+from mochac.runtime.coffee_lounge import read_statistics
 from mochac.runtime.net import Net as NetClass
 
 
@@ -540,3 +542,31 @@ def test_pending_break_beyond_descriptions(tmp_path):
     (tmp_path / "snapshot-000004.h5.sha256").unlink()
     with pytest.raises(mochac.SnapshotError, match="describes only 1"):
         make_solver(6, tmp_path).solve(make_net())
+
+
+def test_stop_after_snapshot_keeps_lounge_values(tmp_path):
+    """A Ctrl-C after the Snapshot break at iteration 4 stops the solve before
+    the lounge's own save at 4. The statistics file must still have the
+    value that TrainingSummary reported at 4 before the snapshot, because a
+    resume from the snapshot does not run that break again."""
+    straight = make_solver(6)
+    straight.add_coffee_break(TrainingSummary(), every_n_iter=2)
+    straight.solve(make_net())
+    expected = straight.lounge.statistics["obj_val"]
+
+    statistics = tmp_path / "statistics.h5"
+    for stop_at in (4, -1):
+        solver = make_solver(6, tmp_path)
+        solver.setup_coffee_lounge(save_into=statistics, every_n_iter=2)
+        solver.add_coffee_break(TrainingSummary(), every_n_iter=2)
+        solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+        solver.add_coffee_break(InterruptOnce(at=stop_at), every_n_iter=2)
+        if stop_at == 4:
+            with pytest.raises(KeyboardInterrupt):
+                solver.solve(make_net())
+        else:
+            solver.solve(make_net(seed=99))
+
+    saved = read_statistics(statistics)["obj_val"]
+    assert sorted(saved) == [0, 2, 4, 6]
+    assert saved == pytest.approx(expected, rel=1e-12)

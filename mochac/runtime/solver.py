@@ -821,8 +821,14 @@ class Solver:
 
     def save_snapshot(self, path) -> None:
         """Save the running net's parameters and this solver's state to
-        ``path``, as a coffee break does (Snapshot, DecayOnValidation)."""
+        ``path``, as a coffee break does (Snapshot, DecayOnValidation).
+
+        The coffee lounge's file is saved first. A resume from the snapshot
+        runs only the breaks that come after this save, so the file must
+        already hold the values that the breaks before it reported.
+        """
         path = Path(path)
+        self.lounge.maybe_save(self.state.iter, force=True)
         save_snapshot(path, self.net, self.state, buffers=self.method.buffers)
         if self.state.pending_breaks:
             self._snapshots_with_pending[path] = self.state.iter
