@@ -570,3 +570,72 @@ def test_stop_after_snapshot_keeps_lounge_values(tmp_path):
     saved = read_statistics(statistics)["obj_val"]
     assert sorted(saved) == [0, 2, 4, 6]
     assert saved == pytest.approx(expected, rel=1e-12)
+
+
+class TrainOnce(CoffeeBreak):
+    """Runs ``inner.solve(net)`` at its break at iteration 2, on ``net`` or
+    on the solver's own net when ``net`` is None."""
+
+    def __init__(self, inner, net=None):
+        self.inner = inner
+        self.net = net
+
+    def enjoy(self, solver, net):
+        if solver.state.iter == 2:
+            self.inner.solve(self.net if self.net is not None else net)
+
+
+def test_nested_solve_holds_ctrl_c(default_sigint, monkeypatch, caplog):
+    """A coffee break trains another net with another solver. A Ctrl-C in
+    one of that solve's steps waits for the step's end, as in any solve."""
+    inner = make_solver(4)
+    inner_net = make_net("inner")
+    outer = make_solver(4)
+    outer.add_coffee_break(TrainOnce(inner, inner_net), every_n_iter=2)
+    # Calls 1 to 3 are the outer net's first pass and updates 1 and 2. Call
+    # 4 is the inner net's first pass, so call 5 is the step of its update 1.
+    send_sigint_once(monkeypatch, at_call=5)
+    with (
+        caplog.at_level(logging.WARNING, logger="mochac.runtime.interrupts"),
+        pytest.raises(KeyboardInterrupt),
+    ):
+        outer.solve(make_net())
+    assert "net 'inner': Ctrl-C; training stops once this step" in caplog.text
+    assert inner.state.iter == 1
+    assert outer.state.iter == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_nested_solve_restores_outer_handler(default_sigint):
+    """After a nested solve() returns, a Ctrl-C in the outer solve's steps
+    still waits for the step's end."""
+    seen = []
+
+    class CheckHandler(CoffeeBreak):
+        def enjoy(self, solver, net):
+            seen.append(signal.getsignal(signal.SIGINT))
+
+    outer = make_solver(4)
+    outer.add_coffee_break(CheckHandler(), every_n_iter=2)
+    outer.add_coffee_break(TrainOnce(make_solver(2), make_net("inner")), every_n_iter=2)
+    outer.add_coffee_break(CheckHandler(), every_n_iter=2)
+    outer.solve(make_net())
+    assert len(seen) == 6
+    assert all(handler == seen[0] for handler in seen)
+    assert seen[0] is not signal.default_int_handler
+
+
+def test_nested_solve_of_same_solver_raises():
+    solver = make_solver(4)
+    solver.add_coffee_break(TrainOnce(solver), every_n_iter=2)
+    with pytest.raises(mochac.ConfigError, match="this solver's solve"):
+        solver.solve(make_net())
+    assert solver.state.iter == 2
+
+
+def test_nested_solve_of_same_net_raises():
+    solver = make_solver(4)
+    solver.add_coffee_break(TrainOnce(make_solver(2)), every_n_iter=2)
+    with pytest.raises(mochac.ConfigError, match="net 'net' is being trained"):
+        solver.solve(make_net())
+    assert solver.state.iter == 2

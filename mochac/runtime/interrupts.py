@@ -10,8 +10,9 @@ second Ctrl-C within the step raises at once. Coffee breaks, which may
 take long (a validation epoch), are interrupted at once.
 
 The handler is installed only in the main thread, where Python delivers
-SIGINT, and only over Python's default handler, so a program's own
-handler stays in charge. Around HDF5 writes, ``held_signals`` holds back
+SIGINT, and only over Python's default handler or the handler of a
+solve() whose coffee break runs this one, so a program's own handler
+stays in charge. Around HDF5 writes, ``held_signals`` holds back
 every signal in HELD_SIGNALS that has a Python handler, a program's own
 included, and passes it on after the write.
 """
@@ -41,9 +42,13 @@ class StepInterrupts:
         self._previous = None
 
     def __enter__(self) -> StepInterrupts:
-        if (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        current = signal.getsignal(signal.SIGINT)
+        # A solve() called from a coffee break runs under the handler of the
+        # solve() around it, which raises at once during breaks, so the
+        # inner one installs its own.
+        nested = isinstance(getattr(current, "__self__", None), StepInterrupts)
+        if threading.current_thread() is threading.main_thread() and (
+            current is signal.default_int_handler or nested
         ):
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self

@@ -74,6 +74,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# The nets that a solve() is training now, in any solver, so that a coffee
+# break cannot start a second solve() on one of them.
+_NETS_IN_TRAINING: weakref.WeakSet = weakref.WeakSet()
+
 
 def describe(value) -> str:
     """Return how messages name ``value``: the repr of a function or bound
@@ -281,6 +285,9 @@ class Solver:
         # error or Ctrl-C stopped, or those a resumed snapshot lists. The
         # next solve() runs them before its first update.
         self._pending_breaks = None
+        # Whether this solver's solve() is running, so that a coffee break
+        # cannot call it again.
+        self._running = False
         self.breaks: list[tuple[object, int | None, int | None]] = []
         self.lounge = CoffeeLounge()
 
@@ -584,7 +591,36 @@ class Solver:
         return min((source.epoch for source in net.sources.values()), default=0)
 
     def solve(self, net):
-        """Train ``net`` until ``max_iter`` iterations; return the solver state."""
+        """Train ``net`` until ``max_iter`` iterations; return the solver state.
+
+        A coffee break may call solve() of another solver on another net.
+        Raises ConfigError when this solver's solve() is running already,
+        or when another solve() is training ``net``: the running solve()
+        keeps its iteration count, pending coffee breaks and the net's
+        resume point across its breaks, which a second one would change.
+        """
+        if self._running:
+            raise ConfigError(
+                f"solve(net '{net.name}'): this solver's solve() is already "
+                "running, and one of its coffee breaks (or another thread) called "
+                "it again; a coffee break may train another net with another "
+                "Solver, or call solve() again after the running one returns"
+            )
+        if net in _NETS_IN_TRAINING:
+            raise ConfigError(
+                f"solve(net '{net.name}'): net '{net.name}' is being trained by "
+                "another solve(), one whose coffee break made this call or one in "
+                "another thread; a coffee break may train only other nets"
+            )
+        self._running = True
+        _NETS_IN_TRAINING.add(net)
+        try:
+            return self._solve(net)
+        finally:
+            self._running = False
+            _NETS_IN_TRAINING.discard(net)
+
+    def _solve(self, net):
         params = self.params
         if not any(info.layer.has_loss for info in net.ir.layers):
             raise ConfigError(
