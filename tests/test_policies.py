@@ -72,6 +72,7 @@ def test_mom_policies(policy, iteration, expected):
         (lambda: MomPolicy.Step(0.5, 1.1, 10, 1.0), "MomPolicy.Step.*max_mom"),
         (lambda: MomPolicy.Linear(1.2, 0.1, 10, 0.9), "MomPolicy.Linear.*base_mom"),
         (lambda: MomPolicy.Linear(0.5, 0.1, 2.5, 0.9), "MomPolicy.Linear.*stepsize"),
+        (lambda: MomPolicy.Linear(0.5, -0.3, 1, 0.9), "MomPolicy.Linear.*gamma"),
         (lambda: MomPolicy.Staged(), "MomPolicy.Staged"),
         (lambda: MomPolicy.Staged((0, MomPolicy.Fixed(0.5))), "MomPolicy.Staged"),
         (lambda: LRPolicy.DecayOnValidation(0.1, "", 0.5), "key"),
@@ -434,6 +435,38 @@ def test_policy_returning_non_number(value):
 def test_policy_returning_non_finite(value):
     with pytest.raises(mochac.NumericalError, match="mom_policy .* at iteration 0"):
         solve_with(mom_policy=constant(value))
+
+
+@pytest.mark.parametrize(
+    ("policies", "match"),
+    [
+        ({"lr_policy": constant(-0.1)}, r"returned -0\.1 at iteration 0; a learning"),
+        ({"mom_policy": constant(1.5)}, r"returned 1\.5 at iteration 0; a momentum"),
+        ({"mom_policy": constant(-0.5)}, r"returned -0\.5 at iteration 0; a momentum"),
+        ({"mom_policy": constant(1.0)}, r"returned 1 at iteration 0; a momentum"),
+    ],
+)
+def test_policy_value_out_of_range(policies, match):
+    with pytest.raises(mochac.ConfigError, match=match):
+        solve_with(**policies)
+
+
+def test_late_momentum_out_of_range_names_iteration():
+    def falling(state):
+        return 0.5 - 0.3 * state.iter
+
+    with pytest.raises(mochac.ConfigError, match="returned -0.1 at iteration 2"):
+        solve_with(max_iter=4, mom_policy=falling)
+
+
+@pytest.mark.parametrize(
+    "policies",
+    [{"lr_policy": MomPolicy.Fixed(0.5)}, {"mom_policy": LRPolicy.Fixed(0.5)}],
+)
+def test_policy_of_other_kind_rejected(policies):
+    key = next(iter(policies))
+    with pytest.raises(mochac.ConfigError, match=f"invalid {key}=.*expected a policy"):
+        make_solver_parameters(SGD(), max_iter=1, **policies)
 
 
 def test_policy_above_float32_max():

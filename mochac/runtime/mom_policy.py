@@ -90,7 +90,8 @@ class Linear:
 
     def __post_init__(self):
         _check(self, "base_mom", 0, 1)
-        _check(self, "gamma")
+        # min(..., max_mom) caps a growing momentum only.
+        _check(self, "gamma", 0)
         _check(self, "stepsize", 1, integer=True)
         _check(self, "max_mom", 0, 1)
 

@@ -207,8 +207,16 @@ def make_solver_parameters(method, **kwargs) -> SolverParameters:
         "lr_policy": "LRPolicy.Fixed(0.01)",
         "mom_policy": "MomPolicy.Fixed(0.9)",
     }
+    # A policy of the other kind returns numbers too, so only its module
+    # tells that a momentum policy was given as the learning rate's.
+    other_kind = {
+        "lr_policy": "mochac.runtime.mom_policy",
+        "mom_policy": "mochac.runtime.lr_policy",
+    }
     for key, example in examples.items():
-        if key in params and not callable(params[key]):
+        if key in params and (
+            not callable(params[key]) or type(params[key]).__module__ == other_kind[key]
+        ):
             raise ConfigError(
                 f"make_solver_parameters: invalid {key}={params[key]!r}; expected a "
                 f"policy such as {example}"
@@ -989,6 +997,18 @@ class Solver:
                 f"{key} {describe(policy)} returned {number:g} at iteration "
                 f"{state.iter}, which is not a finite {np.dtype(dtype).name}; check "
                 "the policy's parameters"
+            )
+        # A negative rate climbs the loss, and a momentum of 1 or more lets
+        # the steps grow without bound.
+        if key == "lr_policy" and number < 0:
+            raise ConfigError(
+                f"lr_policy {describe(policy)} returned {number:g} at iteration "
+                f"{state.iter}; a learning rate must be >= 0"
+            )
+        if key == "mom_policy" and not 0 <= number < 1:
+            raise ConfigError(
+                f"mom_policy {describe(policy)} returned {number:g} at iteration "
+                f"{state.iter}; a momentum must be in [0, 1)"
             )
         return float(number)
 
