@@ -516,7 +516,7 @@ def test_model_file_without_solver_loads(tmp_path, caplog):
 def test_nan_parameter_not_saved(tmp_path):
     net = make_net()
     net.params["ip1"]["bias"][1] = np.nan
-    path = tmp_path / "snapshot-000001.h5"
+    path = tmp_path / "model.h5"
     with pytest.raises(NumericalError) as raised:
         save_snapshot(path, net)
     assert "layer 'ip1': parameter 'bias'" in str(raised.value)
@@ -543,8 +543,17 @@ def test_snapshot_break_rejects_nan(tmp_path):
     assert not folder.exists()
 
 
+def test_snapshot_name_needs_solver_state(tmp_path):
+    """A resume reads snapshot-NNNNNN.h5 as a snapshot with a solver state,
+    so a model saved under that name would be rejected there."""
+    path = tmp_path / "snapshot-000005.h5"
+    with pytest.raises(mochac.ConfigError, match="no solver state was given"):
+        save_snapshot(path, make_net())
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_snapshot_path_is_folder(tmp_path):
-    path = tmp_path / "snapshot-000002.h5"
+    path = tmp_path / "model.h5"
     path.mkdir()
     with pytest.raises(SnapshotError) as raised:
         save_snapshot(path, make_net())

@@ -26,6 +26,7 @@ from mochac.durable_files import TEMPORARY_NAME, host_tag, temporary_path
 from mochac.runtime import file_digest, snapshot
 from mochac.runtime.file_digest import digest_path
 from mochac.runtime.snapshot import latest_snapshot, save_snapshot
+from mochac.runtime.solver import SolverState
 
 
 def make_net(seed=5):
@@ -148,15 +149,15 @@ def test_sidecar_renamed_before_file(tmp_path, monkeypatch):
         real_replace(source, target)
 
     monkeypatch.setattr(snapshot.os, "replace", record)
-    save_snapshot(tmp_path / "snapshot-000010.h5", make_net())
-    assert renamed == ["snapshot-000010.h5.sha256", "snapshot-000010.h5"]
+    save_snapshot(tmp_path / "model.h5", make_net())
+    assert renamed == ["model.h5.sha256", "model.h5"]
     # Over an older file, the sidecar is renamed again at the end.
     renamed.clear()
-    save_snapshot(tmp_path / "snapshot-000010.h5", make_net())
+    save_snapshot(tmp_path / "model.h5", make_net())
     assert renamed == [
-        "snapshot-000010.h5.sha256",
-        "snapshot-000010.h5",
-        "snapshot-000010.h5.sha256",
+        "model.h5.sha256",
+        "model.h5",
+        "model.h5.sha256",
     ]
 
 
@@ -172,9 +173,9 @@ def test_crash_between_renames_resumes_before(tmp_path):
 
 def test_overwrite_keeps_pair_consistent(tmp_path):
     path = tmp_path / "snapshot-000002.h5"
-    save_snapshot(path, make_net(seed=1))
+    save_snapshot(path, make_net(seed=1), SolverState())
     second = make_net(seed=2)
-    save_snapshot(path, second)
+    save_snapshot(path, second, SolverState())
     net = make_net(seed=3)
     mochac.load_snapshot(net, path)
     np.testing.assert_array_equal(
@@ -191,7 +192,7 @@ def test_interrupted_overwrite_keeps_a_loadable_file(
     at the path that matches its sidecar: the old one or the new one."""
     path = tmp_path / "snapshot-000002.h5"
     old, new = make_net(seed=1), make_net(seed=2)
-    save_snapshot(path, old)
+    save_snapshot(path, old, SolverState())
     if not old_sidecar:
         digest_path(path).unlink()
     calls = []
@@ -207,7 +208,7 @@ def test_interrupted_overwrite_keeps_a_loadable_file(
 
     monkeypatch.setattr(snapshot.os, "replace", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        save_snapshot(path, new)
+        save_snapshot(path, new, SolverState())
     monkeypatch.setattr(snapshot.os, "replace", real_replace)
     # An old file without a sidecar keeps none until the first rename.
     assert snapshot.verify_digest(path, "") == (old_sidecar or interrupted_at > 0)
@@ -233,7 +234,7 @@ def test_ctrl_c_after_rename_keeps_matching_digest(
     sidecar keeps the digest of the file at the path, not of the other."""
     path = tmp_path / "snapshot-000002.h5"
     old, new = make_net(seed=1), make_net(seed=2)
-    save_snapshot(path, old)
+    save_snapshot(path, old, SolverState())
     calls = []
     real_fsync = snapshot.fsync_folder
 
@@ -245,7 +246,7 @@ def test_ctrl_c_after_rename_keeps_matching_digest(
 
     monkeypatch.setattr(snapshot, "fsync_folder", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        save_snapshot(path, new)
+        save_snapshot(path, new, SolverState())
     monkeypatch.setattr(snapshot, "fsync_folder", real_fsync)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert digest_path(path).read_text() == f"{digest}  {path.name}\n"
@@ -261,11 +262,11 @@ def test_ctrl_c_after_rename_keeps_matching_digest(
 
 def test_killed_overwrite_sidecar_repaired_on_load(tmp_path, caplog):
     path = tmp_path / "snapshot-000002.h5"
-    save_snapshot(path, make_net(seed=1))
+    save_snapshot(path, make_net(seed=1), SolverState())
     old_line = digest_path(path).read_text()
     # A writer killed between the renames leaves the new file's digest first.
     other = tmp_path / "other.h5"
-    save_snapshot(other, make_net(seed=2))
+    save_snapshot(other, make_net(seed=2), SolverState())
     new_digest = hashlib.sha256(other.read_bytes()).hexdigest()
     digest_path(path).write_text(f"{new_digest}  {path.name}\n{old_line}")
     net = make_net(seed=3)
@@ -289,10 +290,10 @@ def test_killed_writer_of_host_repairs_on_load(tmp_path, caplog, host):
     that did not name its host, may belong to a live writer, so the
     sidecar keeps both digests."""
     path = tmp_path / "snapshot-000002.h5"
-    save_snapshot(path, make_net(seed=1))
+    save_snapshot(path, make_net(seed=1), SolverState())
     old_line = digest_path(path).read_text()
     other = tmp_path / "other.h5"
-    save_snapshot(other, make_net(seed=2))
+    save_snapshot(other, make_net(seed=2), SolverState())
     new_digest = hashlib.sha256(other.read_bytes()).hexdigest()
     both = f"{new_digest}  {path.name}\n{old_line}"
     digest_path(path).write_text(both)

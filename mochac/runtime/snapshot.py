@@ -52,7 +52,7 @@ from mochac.durable_files import (
     temporary_path,
     writer_may_run,
 )
-from mochac.errors import NumericalError, SnapshotError
+from mochac.errors import ConfigError, NumericalError, SnapshotError
 from mochac.runtime import resume_point
 from mochac.runtime.file_digest import (
     digest_path,
@@ -333,6 +333,13 @@ def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> P
     """
     # A destroyed net's arrays are gone; saving it would write an empty model.
     net._check_alive()
+    if solver_state is None and SNAPSHOT_PATTERN.match(Path(path).name):
+        raise ConfigError(
+            f"save_snapshot: {path} is named like the Snapshot coffee break's "
+            "files, which a resume reads as snapshots with a solver state, but "
+            "no solver state was given; pass solver.state, or save the model "
+            "under another name such as model.h5"
+        )
     buffers = dict(buffers or {})
     if history is not None:
         buffers["history"] = history
