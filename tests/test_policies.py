@@ -361,6 +361,17 @@ def test_decay_on_validation_unknown_key(tmp_path):
         solver.solve(net)
 
 
+def test_decay_on_validation_count_key(tmp_path):
+    net, solver, policy = decay_solver(tmp_path, "accuracy-accuracy", [0.5])
+    policy.key = "accuracy-count"
+    # The names a ValidationPerformance of an AccuracyLayer 'accuracy' lists.
+    for coffee_break, *_ in solver.breaks:
+        if isinstance(coffee_break, ScriptedValidation):
+            coffee_break.statistic_names = ["accuracy-accuracy", "accuracy-count"]
+    with pytest.raises(mochac.ConfigError, match="'accuracy-count' counts the"):
+        solver.solve(net)
+
+
 def test_resume_restores_decayed_rate(tmp_path):
     net, solver, _ = decay_solver(tmp_path, "loss", [0.5, 0.6, 0.6], False, max_iter=4)
     solver.solve(net)

@@ -306,11 +306,21 @@ class DecayOnValidation:
             )
         for validation in listening:
             names = getattr(validation, "statistic_names", None)
-            if names is not None and self.key not in names:
-                values = sorted(name for name in names if not name.endswith("-count"))
+            if names is None:
+                continue
+            values = sorted(name for name in names if not name.endswith("-count"))
+            if self.key not in names:
                 raise ConfigError(
                     f"LRPolicy.DecayOnValidation: the validation net reports no "
                     f"statistic {self.key!r}; available: {', '.join(values) or 'none'}"
+                )
+            if self.key not in values:
+                # The count of validation samples never changes, so the rate
+                # would never decay.
+                raise ConfigError(
+                    f"LRPolicy.DecayOnValidation: {self.key!r} counts the "
+                    "validation samples and never changes; follow a measure of "
+                    f"the net instead: {', '.join(values) or 'none'}"
                 )
         if not self.snapshot_folders(solver):
             raise ConfigError(
