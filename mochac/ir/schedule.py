@@ -85,3 +85,59 @@ def derive_backward(ir, force_backward: bool = False) -> dict:
 
     ir.backward_order = [i for i in reversed(ir.forward_order) if layers[i].in_backward]
     return conflicts
+
+
+def layers_without_gradient(ir) -> dict[str, str]:
+    """Return {layer name: why} for the layers with parameters that no
+    gradient reaches, so training leaves their parameters as they are.
+
+    The reason names the layers that stop the gradient: consumers on the way
+    to a loss that do not back-propagate into the blob they read (CropLayer,
+    ArgmaxLayer, a loss's label). A parameter that another layer shares and
+    trains is not listed. Call it after derive_backward.
+    """
+    layers = ir.layers
+    trained = {
+        (spec.key or info.param_key, spec.name)
+        for info in layers
+        if info.in_backward
+        for spec in info.params
+    }
+    # Does some loss read this blob, directly or through later layers?
+    leads_to_loss: dict[str, bool] = {}
+    for index in reversed(ir.forward_order):
+        layer = layers[index].layer
+        reaches = layer.has_loss or any(leads_to_loss.get(t) for t in layer.tops)
+        for bottom in layer.bottoms:
+            leads_to_loss[bottom] = leads_to_loss.get(bottom, False) or reaches
+    reasons = {}
+    for info in layers:
+        keys = {(spec.key or info.param_key, spec.name) for spec in info.params}
+        if not keys or info.in_backward or keys & trained:
+            continue
+        stops, seen, todo = [], set(), list(info.layer.tops)
+        while todo:
+            blob = todo.pop()
+            if blob in seen:
+                continue
+            seen.add(blob)
+            for consumer in ir.blobs[blob].consumers:
+                layer = layers[consumer].layer
+                positions = [p for p, b in enumerate(layer.bottoms) if b == blob]
+                if any(layer.bottom_takes_grad(p) for p in positions):
+                    todo.extend(layer.tops)
+                elif (
+                    layer.has_loss or any(leads_to_loss.get(t) for t in layer.tops)
+                ) and layers[consumer].name not in stops:
+                    stops.append(layers[consumer].name)
+        if stops:
+            named = ", ".join(
+                f"'{name}' ({type(ir.layer(name).layer).__name__})" for name in stops
+            )
+            reasons[info.name] = (
+                f"its outputs reach the losses only through layers that do not "
+                f"back-propagate into them: {named}"
+            )
+        else:
+            reasons[info.name] = "no loss layer reads its outputs"
+    return reasons

@@ -24,6 +24,16 @@ class ArrayViews(dict):
         super().__init__(entries)
         self.label = label
         self.locked = False
+        # Key -> why it has no entry, for the KeyError of a lookup.
+        self.missing: dict[str, str] = {}
+
+    def __missing__(self, key):
+        if key in self.missing:
+            raise KeyError(f"{self.label}[{key!r}]: {self.missing[key]}")
+        raise KeyError(
+            f"{self.label} has no entry {key!r}; the entries are: "
+            f"{', '.join(map(repr, self)) or 'none'}"
+        )
 
     def lock(self):
         """Reject replacements from now on, in nested views too."""

@@ -30,6 +30,7 @@ from mochac.errors import (
 from mochac.ir import build_ir
 from mochac.ir.graph import check_layer_list
 from mochac.ir.overwrites import overwritten_data
+from mochac.ir.schedule import layers_without_gradient
 from mochac.layers.output import OutputLayer
 from mochac.passes.pipeline import (
     enabled_passes,
@@ -168,6 +169,20 @@ class Net:
                 f"net '{name}': invalid phase={phase!r}; expected 'train' or 'test'"
             )
         self.phase = self.ir.phase = phase
+        # Layers whose parameters training leaves as they are, and why.
+        self.untrained = layers_without_gradient(self.ir)
+        if phase == "train":
+            for layer_name, reason in self.untrained.items():
+                if "back-propagate" in reason:
+                    logger.warning(
+                        "net '%s': no gradient reaches the parameters of layer "
+                        "'%s', so training leaves them as they are: %s; if it "
+                        "should train, connect it to a loss through layers that "
+                        "back-propagate",
+                        name,
+                        layer_name,
+                        reason,
+                    )
         unknown = sorted(self.keep - set(self.ir.blobs))
         if unknown:
             raise ConfigError(
@@ -305,6 +320,10 @@ class Net:
         """Make params, grads, blobs and diffs reject replaced arrays."""
         self.params = locked_views("net.params", self.params)
         self.grads = locked_views("net.grads", self.grads)
+        for layer_name, reason in getattr(self, "untrained", {}).items():
+            self.grads.missing[layer_name] = (
+                f"layer '{layer_name}' has no gradients: {reason}"
+            )
         self.blobs.lock()
         self.diffs.lock()
 
