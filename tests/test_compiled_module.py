@@ -123,6 +123,33 @@ def test_hdf5_package_reads_at_first_batch(hdf5_package, tmp_path, monkeypatch):
     assert net.data_source("train-data").position == 4
 
 
+def test_hdf5_package_open_missing_list_has_no_hint(hdf5_package, tmp_path):
+    """A list the user names in open() is missing: the message says so
+    without the hint about where the package was compiled."""
+    net = load_net(hdf5_package)
+    with pytest.raises(DataError) as caught:
+        net.data_source("train-data").open("other_list.txt")
+    message = str(caught.value)
+    assert "other_list.txt" in message
+    assert "where it was compiled" not in message
+    assert ".open(" not in message
+
+
+def test_hdf5_package_in_its_folder_has_no_run_from_hint(
+    hdf5_package, tmp_path, monkeypatch
+):
+    """Run from the folder it was compiled in, with the list gone: the
+    hint does not ask to run from there."""
+    net = load_net(hdf5_package)
+    monkeypatch.chdir(tmp_path / "data")
+    (tmp_path / "data" / "train.txt").unlink()
+    with pytest.raises(DataError) as caught:
+        net.forward()
+    message = str(caught.value)
+    assert "where it was compiled" not in message
+    assert "net.data_source('train-data').open(" in message
+
+
 def test_hdf5_package_open_other_source_list(hdf5_package, tmp_path):
     other_list = write_data(tmp_path / "other", rows=6)
     net = load_net(hdf5_package)

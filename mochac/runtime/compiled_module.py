@@ -247,7 +247,10 @@ class DeferredSource:
         try:
             source = make_source(layer, self._dtype, self._rng)
         except DataError as error:
-            raise DataError(f"{error}{self._where_hint(layer)}") from error
+            # A path the user gave to open() needs no hint about where the
+            # package was compiled.
+            hint = "" if source_list is not None else self._where_hint(layer)
+            raise DataError(f"{error}{hint}") from error
         found = [tuple(shape) for shape in source.shapes]
         if found != self.shapes:
             source.close()
@@ -271,7 +274,7 @@ class DeferredSource:
             f". This compiled package reads {path} relative to the working "
             f"directory {Path.cwd()}"
         )
-        if self._compiled_in:
+        if self._compiled_in and Path(self._compiled_in) != Path.cwd():
             hint += f"; run from {self._compiled_in}, where it was compiled,"
         return (
             f"{hint} or point the layer at its source list with "
