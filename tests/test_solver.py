@@ -995,3 +995,18 @@ def test_reused_method_starts_fresh(method_class, extra, caplog):
     for layer, params in fresh.params.items():
         for name, array in params.items():
             np.testing.assert_array_equal(reused.params[layer][name], array)
+
+
+def test_solve_rejects_what_is_not_a_net():
+    import types
+
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=1), progress=False)
+    with pytest.raises(mochac.ConfigError, match="expected a Net to train, got 'net'"):
+        solver.solve("net")
+    package = types.ModuleType("lenet_pkg")
+    package.net = object()
+    with pytest.raises(
+        mochac.ConfigError, match="pass the package's net, lenet_pkg.net"
+    ):
+        solver.solve(package)
+    assert not solver._running

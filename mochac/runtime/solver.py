@@ -607,6 +607,17 @@ class Solver:
         keeps its iteration count, pending coffee breaks and the net's
         resume point across its breaks, which a second one would change.
         """
+        if not hasattr(net, "ir") or not hasattr(net, "forward_backward"):
+            if inspect.ismodule(net) and hasattr(net, "net"):
+                advice = f"pass the package's net, {net.__name__}.net"
+            else:
+                advice = (
+                    "build one with Net(name, backend, layers), or import one "
+                    "from a package that `mochac compile` wrote"
+                )
+            raise ConfigError(
+                f"solve: expected a Net to train, got {describe(net)}; {advice}"
+            )
         if self._running:
             raise ConfigError(
                 f"solve(net '{net.name}'): this solver's solve() is already "
