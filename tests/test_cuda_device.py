@@ -519,6 +519,32 @@ def test_nan_loss_in_graph_replay_names_first_layer(cupy):
     )
 
 
+def test_diverged_update_message_leaves_out_overwritten_gradients(cupy):
+    """The GPU step runs its backward pass after a failed loss check, so the
+    solver's message names the parameter but not a gradient as the origin."""
+    x = np.random.default_rng(3).normal(size=(8, 3))
+    y = np.zeros((8, 1))
+
+    def layers():
+        return [
+            MemoryDataLayer(batch_size=4, data=[x, y]),
+            InnerProductLayer(name="ip1", output_dim=3, bottoms=["data"], tops=["h"]),
+            InnerProductLayer(name="ip2", output_dim=2, bottoms=["h"], tops=["out"]),
+            SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+        ]
+
+    _, gpu = twin_nets(layers)
+    params = make_solver_parameters(
+        SGD(), max_iter=2, regu_coef=1e300, lr_policy=LRPolicy.Fixed(1e300)
+    )
+    with pytest.raises(NumericalError) as raised:
+        Solver(SGD(), params, progress=False).solve(gpu)
+    message = str(raised.value)
+    assert "after the last update (iteration 1), parameter" in message
+    assert "backward pass" not in message
+    assert gpu.grads_overwritten
+
+
 def shuffled_factory(folder):
     """Return a factory of a softmax net reading ten shuffled samples from
     an HDF5 file in batches of four: every epoch ends with a partial batch

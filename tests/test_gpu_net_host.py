@@ -162,6 +162,10 @@ def test_host_gpunet_graph_nan_names_first_layer(cupy):
     device_tests.test_nan_loss_in_graph_replay_names_first_layer(cupy)
 
 
+def test_host_gpunet_diverged_update_message(cupy):
+    device_tests.test_diverged_update_message_leaves_out_overwritten_gradients(cupy)
+
+
 def test_host_gpunet_capture_failure_falls_back(cupy, monkeypatch, caplog):
     """A stream that cannot capture leaves graphs off and training correct."""
 

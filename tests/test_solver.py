@@ -997,6 +997,40 @@ def test_reused_method_starts_fresh(method_class, extra, caplog):
             np.testing.assert_array_equal(reused.params[layer][name], array)
 
 
+def test_finite_own_gradient_not_blamed_on_other_branch():
+    """ip_b's own gradient is finite and its huge rate factor steps it to
+    infinity, while another branch has NaN gradients (sqrt at 0): the
+    message blames ip_b's step, not the other branch."""
+    x = np.random.default_rng(0).normal(size=(8, 3))
+    y = np.zeros((8, 1))
+    layers = [
+        MemoryDataLayer(batch_size=4, data=[x, y]),
+        InnerProductLayer(
+            name="ip_b",
+            output_dim=2,
+            weight_lr=1e38,
+            bias_lr=1e38,
+            bottoms=["data"],
+            tops=["out_b"],
+        ),
+        SoftmaxLossLayer(name="loss_b", bottoms=["out_b", "label"]),
+        InnerProductLayer(name="ip1a", output_dim=3, bottoms=["data"], tops=["h"]),
+        mochac.PowerLayer(name="sqrt", power=0.5, bottoms=["h"], tops=["s"]),
+        InnerProductLayer(name="ip2a", output_dim=2, bottoms=["s"], tops=["out_a"]),
+        SoftmaxLossLayer(name="loss_a", bottoms=["out_a", "label"]),
+    ]
+    net = Net("branches", CPUBackend(dtype=np.float32, seed=1), layers)
+    for array in net.params["ip1a"].values():
+        array[...] = 0.0
+    params = make_solver_parameters(SGD(), max_iter=3, lr_policy=LRPolicy.Fixed(10.0))
+    with pytest.raises(mochac.NumericalError) as raised:
+        Solver(SGD(), params, progress=False).solve(net)
+    message = str(raised.value)
+    assert "of layer 'ip_b'" in message
+    assert "gradient from the last backward pass is finite" in message
+    assert "'ip1a'" not in message
+
+
 def test_solve_rejects_what_is_not_a_net():
     import types
 

@@ -434,7 +434,7 @@ def test_snapshot_describes_coffee_breaks(tmp_path):
     with h5py.File(path, "r") as handle:
         saved = json.loads(handle["solver"].attrs["coffee_breaks"])
     assert saved == [
-        "Snapshot(every_n_iter=2)",
+        f"Snapshot({tmp_path.name!r}, every_n_iter=2)",
         "InterruptOnce(every_n_iter=2)",
         "SummaryLog(every_n_iter=2)",
     ]
@@ -462,13 +462,14 @@ def test_resume_with_reordered_breaks(tmp_path, caplog):
         ("SummaryLog", 6),
     ]
     assert "lists 3 coffee breaks still to run at iteration 4" in caplog.text
+    snapshot = f"Snapshot({tmp_path.name!r}, every_n_iter=2)"
     assert (
-        "saved with the coffee breaks [Snapshot(every_n_iter=2), "
+        f"saved with the coffee breaks [{snapshot}, "
         "InterruptOnce(every_n_iter=2), SummaryLog(every_n_iter=2), "
         "ValidationLog(every_n_iter=2)]" in caplog.text
     )
     assert (
-        "this solver has [Snapshot(every_n_iter=2), ValidationLog(every_n_iter=2), "
+        f"this solver has [{snapshot}, ValidationLog(every_n_iter=2), "
         "SummaryLog(every_n_iter=2), InterruptOnce(every_n_iter=2)]" in caplog.text
     )
     assert "SummaryLog(every_n_iter=2) (index 2, now 2)" in caplog.text
@@ -639,3 +640,87 @@ def test_nested_solve_of_same_net_raises():
     with pytest.raises(mochac.ConfigError, match="net 'net' is being trained"):
         solver.solve(make_net())
     assert solver.state.iter == 2
+
+
+def shared_twins():
+    """Return two nets on one backend whose 'ip1' layers share parameters."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 5))
+    y = rng.integers(0, 3, size=(12, 1)).astype(np.float64)
+    backend = CPUBackend(dtype=np.float64, seed=4)
+
+    def layers(head):
+        return [
+            MemoryDataLayer(batch_size=4, data=[x, y]),
+            InnerProductLayer(name="ip1", output_dim=6, bottoms=["data"], tops=["h"]),
+            InnerProductLayer(name=head, output_dim=3, bottoms=["h"], tops=["out"]),
+            SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+        ]
+
+    return Net("main", backend, layers("ip2")), Net("side", backend, layers("side"))
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_nested_solve_of_sharing_net_recomputes_gradients(explicit):
+    """A break trains a net sharing ip1 with the main one. The main solve's
+    next update must use gradients of the new ip1: the result equals a run
+    whose break calls recompute_gradients() itself."""
+
+    def train(call_recompute):
+        main, side = shared_twins()
+
+        class TrainSide(CoffeeBreak):
+            def enjoy(self, solver, net):
+                make_solver(2).solve(side)
+                if call_recompute:
+                    solver.recompute_gradients()
+
+        outer = make_solver(4)
+        outer.add_coffee_break(TrainSide(), every_n_iter=2)
+        outer.solve(main)
+        return {
+            f"{layer}.{name}": array.copy()
+            for layer in ("ip1", "ip2")
+            for name, array in main.params[layer].items()
+        }
+
+    reference = train(call_recompute=True)
+    result = train(call_recompute=explicit)
+    for key, values in reference.items():
+        np.testing.assert_array_equal(result[key], values, err_msg=key)
+
+
+class NamedLog(CoffeeBreak):
+    """Records (name, iteration); its identity is its name."""
+
+    def __init__(self, name, calls):
+        self.name, self.calls = name, calls
+
+    def identity(self):
+        return self.name
+
+    def enjoy(self, solver, net):
+        self.calls.append((self.name, solver.state.iter))
+
+
+def test_resume_tells_same_class_breaks_apart_by_identity(tmp_path):
+    """Two breaks of one class and interval, swapped on resume: their
+    identities match each pending break to the right one."""
+    first = []
+    solver = make_solver(6)
+    solver.add_coffee_break(NamedLog("A", first), every_n_iter=2)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    solver.add_coffee_break(InterruptOnce(at=4), every_n_iter=2)
+    solver.add_coffee_break(NamedLog("B", first), every_n_iter=2)
+    with pytest.raises(KeyboardInterrupt):
+        solver.solve(make_net())
+    assert ("A", 4) in first and ("B", 4) not in first
+
+    calls = []
+    resumed = make_solver(6, tmp_path)
+    resumed.add_coffee_break(NamedLog("B", calls), every_n_iter=2)
+    resumed.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    resumed.add_coffee_break(InterruptOnce(at=-1), every_n_iter=2)
+    resumed.add_coffee_break(NamedLog("A", calls), every_n_iter=2)
+    resumed.solve(make_net(seed=99))
+    assert calls == [("B", 4), ("B", 6), ("A", 6)]

@@ -22,6 +22,15 @@ class CoffeeBreak:
     def enjoy(self, solver, net):
         raise NotImplementedError
 
+    def identity(self) -> str:
+        """Return a string that distinguishes this break from other breaks of
+        its class with the same interval, or "" when none does.
+
+        Snapshots store it with the breaks still due, so that a resume runs
+        the right ones.
+        """
+        return ""
+
 
 class TrainingSummary(CoffeeBreak):
     """Log the training objective and other solver statistics.
@@ -57,6 +66,9 @@ class TrainingSummary(CoffeeBreak):
                 )
         self.statistic_names = names
 
+    def identity(self) -> str:
+        return ",".join(self.statistic_names)
+
     def enjoy(self, solver, net):
         state = solver.state
         parts = []
@@ -75,6 +87,10 @@ class Snapshot(CoffeeBreak):
 
     def __init__(self, folder):
         self.folder = Path(folder)
+
+    def identity(self) -> str:
+        # The folder's name only, so that a run moved elsewhere still matches.
+        return self.folder.name
 
     def enjoy(self, solver, net):
         solver.save_snapshot(snapshot_path(self.folder, solver.state.iter))
@@ -119,6 +135,9 @@ class ValidationPerformance(CoffeeBreak):
         self.listeners = []
         self.last = {}
         self.checked_sharing = False
+
+    def identity(self) -> str:
+        return self.test_net.name
 
     def evaluate(self) -> dict[str, float]:
         net = self.test_net

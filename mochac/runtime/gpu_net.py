@@ -639,7 +639,11 @@ class GPUNet(Net):
         calls = self._step_calls(kind, tables)
         self.graphs.run(tables, calls, n_valid, kind)
         self._read_ahead()
+        # The backward steps run even after the loss check failed, and then
+        # leave gradients of the failed pass (solver.gradient_origin).
+        self.grads_overwritten = True
         self._finish(loss_note)
+        self.grads_overwritten = False
         self._collect_outputs()
         return self._record_objective(n_valid)
 

@@ -14,11 +14,15 @@ from dataclasses import dataclass
 
 def describe_break(coffee_break, every_n_iter, every_n_epoch) -> str:
     """Return the description that snapshots store for a scheduled coffee
-    break: its class name and interval, e.g. 'Snapshot(every_n_iter=100)'."""
+    break: its class name, identity (CoffeeBreak.identity) and interval,
+    e.g. "Snapshot('snapshots', every_n_iter=100)"."""
     name = type(coffee_break).__name__
+    identity = getattr(coffee_break, "identity", None)
+    label = identity() if callable(identity) else ""
+    prefix = f"{str(label)!r}, " if label else ""
     if every_n_iter is not None:
-        return f"{name}(every_n_iter={every_n_iter})"
-    return f"{name}(every_n_epoch={every_n_epoch})"
+        return f"{name}({prefix}every_n_iter={every_n_iter})"
+    return f"{name}({prefix}every_n_epoch={every_n_epoch})"
 
 
 @dataclass

@@ -74,9 +74,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The nets that a solve() is training now, in any solver, so that a coffee
-# break cannot start a second solve() on one of them.
-_NETS_IN_TRAINING: weakref.WeakSet = weakref.WeakSet()
+# The nets that a solve() is training now, in any solver, and that solver:
+# a coffee break cannot start a second solve() on one of them, and one that
+# trains a net sharing their parameters makes their solvers recompute the
+# gradients.
+_NETS_IN_TRAINING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def describe(value) -> str:
@@ -296,6 +298,9 @@ class Solver:
         # Whether this solver's solve() is running, so that a coffee break
         # cannot call it again.
         self._running = False
+        # Set when a coffee break trained another net that shares this
+        # solver's parameters (solve()).
+        self._params_changed = False
         self.breaks: list[tuple[object, int | None, int | None]] = []
         self.lounge = CoffeeLounge()
 
@@ -631,13 +636,19 @@ class Solver:
                 "another solve(), one whose coffee break made this call or one in "
                 "another thread; a coffee break may train only other nets"
             )
-        self._running = True
-        _NETS_IN_TRAINING.add(net)
         try:
+            self._running = True
+            _NETS_IN_TRAINING[net] = self
             return self._solve(net)
         finally:
             self._running = False
-            _NETS_IN_TRAINING.discard(net)
+            _NETS_IN_TRAINING.pop(net, None)
+            # A solve() inside a coffee break that trained parameters shared
+            # with a net in training: the gradients that wait for that net's
+            # next update belong to the old values.
+            for outer_net, outer in list(_NETS_IN_TRAINING.items()):
+                if shares_parameters(outer_net, net):
+                    outer._params_changed = True
 
     def _solve(self, net):
         params = self.params
@@ -767,8 +778,10 @@ class Solver:
                     # Each forward pass checks the losses, but a parameter
                     # that no loss depends on can still turn NaN. This check
                     # runs before the last coffee breaks, so no snapshot
-                    # saves it.
-                    self._check_parameters(net, regu_coef)
+                    # saves it. The gradients are those of the pass after
+                    # the update, so they cannot tell where the values came
+                    # from.
+                    self._check_parameters(net, regu_coef, grads_applied=False)
             self._enjoy(due, net)
             self.lounge.maybe_save(state.iter)
         if bar is not None:
@@ -932,7 +945,8 @@ class Solver:
     def _enjoy(self, due: list[int], net) -> None:
         """Run the coffee breaks ``due`` (indices in ``breaks``) with the net's
         resume point set, then recompute the gradients when a break unfroze a
-        layer or moved the net's data.
+        layer, moved the net's data or trained another net sharing its
+        parameters.
 
         A break that raises is left pending with those after it, so that the
         next solve() runs them. While a break runs, the solver state lists
@@ -944,13 +958,18 @@ class Solver:
         loaded = resume_point.capture(net)
         net.resume_point = self.resume_point
         state = self.state
+        self._params_changed = False
         try:
             for position, index in enumerate(due):
                 self._pending_breaks = (state.iter, due[position:])
                 state.pending_breaks = list(due[position + 1 :])
                 self.breaks[index][0].enjoy(self, net)
             self._pending_breaks = None
-            if frozen - frozen_layers(net):
+            if self._params_changed:
+                # A break trained a net that shares parameters with this one.
+                self._params_changed = False
+                self.recompute_gradients()
+            elif frozen - frozen_layers(net):
                 # The last backward pass skipped the layers frozen then, so
                 # their gradients are stale or zero, and the next update
                 # would apply them.
@@ -1023,10 +1042,16 @@ class Solver:
             )
         return float(number)
 
-    def _check_parameters(self, net, regu_coef: float) -> None:
+    def _check_parameters(
+        self, net, regu_coef: float, grads_applied: bool = True
+    ) -> None:
         """Raise NumericalError naming the first parameter with a NaN or
-        infinite value, and saying whether the gradients or the update's
-        step made it."""
+        infinite value.
+
+        With ``grads_applied`` (the net's gradients are still those the
+        update applied), the message also says whether they or the update's
+        step made the values.
+        """
         state = self.state
         for layer, arrays in net.params.items():
             for name, array in arrays.items():
@@ -1034,13 +1059,14 @@ class Solver:
                 bad = int(np.count_nonzero(~np.isfinite(values)))
                 if bad == 0:
                     continue
+                origin = gradient_origin(net, layer, name) if grads_applied else ""
                 raise NumericalError(
                     f"net '{net.name}': after the last update (iteration "
                     f"{state.iter}), parameter '{name}' of layer '{layer}' has "
                     f"{bad} NaN or infinite values of {values.size}. The update "
                     f"used learning rate {state.learning_rate:g}, momentum "
                     f"{state.momentum:g} and regu_coef {regu_coef:g}"
-                    f"{gradient_origin(net, layer, name)}; lower the "
+                    f"{origin}; lower the "
                     "learning rate or regu_coef, "
                     "check the loss layers' class weights and the input data, and "
                     "train again from an earlier snapshot"
@@ -1058,27 +1084,62 @@ class Solver:
 
 def gradient_origin(net, layer: str, name: str) -> str:
     """Return why parameter ``name`` of ``layer`` went NaN or infinite in
-    an update, for the solver's error.
+    an update, for the solver's error, from the gradients the update
+    applied.
 
-    The culprit is the first layer in backward order whose gradients hold
-    NaN or infinite values, or a layer between it and the losses. When the
-    parameter's own gradient is finite, the update's step is.
+    When the parameter's own gradient is finite, the update's step made the
+    values. Otherwise the culprit is the layer nearest the losses, among
+    ``layer`` and the layers after it, whose gradients hold NaN or infinite
+    values, or a layer between that one and the losses. Returns "" when the
+    net's gradients no longer are those the update applied (a GPU step
+    whose loss check failed still runs its backward pass).
     """
+    own = net.grads.get(layer, {}).get(name)
+    if own is None or getattr(net, "grads_overwritten", False):
+        return ""
+    if np.isfinite(net.backend.to_host(own)).all():
+        return (
+            ". Its gradient from the last backward pass is finite, so the "
+            "update's step made the values"
+        )
+    after = layers_after(net.ir, net.ir.layer(layer).index)
     for index in net.ir.backward_order:
+        if index not in after:
+            continue
         owner = net.ir.layers[index].name
         for grad_name, grad in net.grads.get(owner, {}).items():
             if not np.isfinite(net.backend.to_host(grad)).all():
                 return (
                     f". Gradient '{grad_name}' of layer '{owner}' has NaN or "
-                    "infinite values, the first in backward order to have them: "
+                    "infinite values, the nearest the losses to have them: "
                     "its backward pass or that of a layer between it and the "
                     "losses made them (or the regularization term the update "
                     "adds, with a huge regu_coef)"
                 )
-    own = net.grads.get(layer, {}).get(name)
-    if own is not None:
-        return (
-            ". Its gradient from the last backward pass is finite, so the "
-            "update's step made the values"
-        )
     return ""
+
+
+def shares_parameters(net, other) -> bool:
+    """Return whether ``net`` and ``other`` share a parameter array."""
+    own = {id(array) for arrays in net.params.values() for array in arrays.values()}
+    return any(
+        id(array) in own
+        for arrays in other.params.values()
+        for array in arrays.values()
+    )
+
+
+def layers_after(ir, index: int) -> set[int]:
+    """Return ``index`` and the indices of the layers that read its tops,
+    directly or through other layers."""
+    found, todo = {index}, list(ir.layers[index].layer.tops)
+    seen = set()
+    while todo:
+        blob = todo.pop()
+        if blob in seen:
+            continue
+        seen.add(blob)
+        for consumer in ir.blobs[blob].consumers:
+            found.add(consumer)
+            todo.extend(ir.layers[consumer].layer.tops)
+    return found
