@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import gc
 import json
 import logging
+import os
 import runpy
 import sys
+import sysconfig
+import traceback
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -90,16 +96,25 @@ def cpu_in_place_of_gpu():
         gpu_backend.GPUBackend = mochac.GPUBackend = saved
 
 
-def find_nets(path: Path):
+def find_nets(path: Path) -> dict[str, object]:
     """Import ``path`` (its ``__main__`` block does not run); return its Nets.
 
-    A GPUBackend in the file builds as a CPUBackend (cpu_in_place_of_gpu).
-    """
-    from mochac.runtime.net import Net
+    The result maps where each Net was found (``tiny``, ``nets[0]``,
+    ``models['lenet']``) to the Net, in the file's order. Nets are found in
+    module-level variables and in the lists, tuples and dict values they
+    hold, at any depth; a Net held twice is returned once. Nets built during
+    the import that are still alive but held elsewhere (an object's
+    attribute, a set) get a warning that names them, unless a module that
+    the file imported contains them. A GPUBackend in the file builds as a
+    CPUBackend (cpu_in_place_of_gpu).
 
+    Raises UsageError for a syntax error and NetFileError when the file
+    raises another exception or exits during import.
+    """
+    modules_before = set(sys.modules)
     sys.path.insert(0, str(path.parent.resolve()))
     try:
-        with cpu_in_place_of_gpu():
+        with cpu_in_place_of_gpu(), recording_built_nets() as built:
             namespace = runpy.run_path(str(path), run_name="__mochac_compile__")
     except SyntaxError as error:
         # The file may import a module of its own that has the error, so the
@@ -111,13 +126,179 @@ def find_nets(path: Path):
     except MochacError as error:
         # The error names the layer or blob, and the prefix names the file.
         raise NetFileError(f"{path}: {error}") from error
+    except SystemExit as error:
+        raise NetFileError(
+            f"{path}: the file exited during import with {exit_status(error)}, so "
+            "mochac cannot read its nets; move the code that exits, such as "
+            'argument parsing, under `if __name__ == "__main__":`\n'
+            f"{format_user_traceback(error, path)}"
+        ) from None
+    except Exception as error:
+        raise NetFileError(
+            f"{path}: the file raised {type(error).__name__} during import\n"
+            f"{format_user_traceback(error, path)}"
+        ) from error
     finally:
         sys.path.pop(0)
-    nets = []
-    for value in namespace.values():
-        if isinstance(value, Net) and all(value is not net for net in nets):
-            nets.append(value)
+    nets = collect_nets(namespace)
+    new_modules = [sys.modules[name] for name in set(sys.modules) - modules_before]
+    warn_unreachable_nets(path, built, nets.values(), new_modules)
     return nets
+
+
+@contextlib.contextmanager
+def recording_built_nets():
+    """Record a weak reference to each Net built inside the ``with`` block.
+
+    The references let find_nets name the nets that a file built but keeps
+    where collect_nets does not look, without keeping dropped nets alive.
+    """
+    from mochac.runtime.net import Net
+
+    built: list[weakref.ref] = []
+    original_init = Net.__init__
+
+    @functools.wraps(original_init)
+    def recording_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        built.append(weakref.ref(self))
+
+    Net.__init__ = recording_init
+    try:
+        yield built
+    finally:
+        Net.__init__ = original_init
+
+
+def collect_nets(namespace: dict) -> dict[str, object]:
+    """Return the Nets of a module namespace, keyed by where each was found.
+
+    Lists, tuples and dict values are searched at any depth, in order. A
+    Net or container reached again (an alias, a cycle) is skipped.
+    """
+    from mochac.runtime.net import Net
+
+    nets: dict[str, Net] = {}
+    seen: set[int] = set()
+
+    def visit(value, where: str) -> None:
+        if id(value) in seen:
+            return
+        if isinstance(value, Net):
+            seen.add(id(value))
+            nets[where] = value
+        elif isinstance(value, (list, tuple)):
+            seen.add(id(value))
+            for index, item in enumerate(value):
+                visit(item, f"{where}[{index}]")
+        elif isinstance(value, dict):
+            seen.add(id(value))
+            for key, item in value.items():
+                visit(item, f"{where}[{key!r}]")
+
+    for name, value in namespace.items():
+        if name != "__builtins__":
+            visit(value, name)
+    return nets
+
+
+def warn_unreachable_nets(path: Path, built: list, found, new_modules: list) -> None:
+    """Log a warning naming the nets built by ``path`` that collect_nets missed.
+
+    Nets in the namespace of a module that the file imported, such as
+    another net file, belong to that module and get no warning.
+    """
+    found_ids = {id(net) for net in found}
+    if any(id(reference()) not in found_ids for reference in built):
+        # A dropped net in a reference cycle lives until the collector runs.
+        gc.collect()
+    missed = [reference() for reference in built]
+    missed = [net for net in missed if net is not None and id(net) not in found_ids]
+    if not missed:
+        return
+    for module in new_modules:
+        # sys.modules may contain None, or objects other than modules.
+        module_namespace = getattr(module, "__dict__", None)
+        if isinstance(module_namespace, dict):
+            held_ids = {id(net) for net in collect_nets(module_namespace).values()}
+            missed = [net for net in missed if id(net) not in held_ids]
+    if missed:
+        logger.warning(
+            "%s: net(s) %s are built during import but not held in a "
+            "module-level variable, list, tuple or dict, so mochac skips them; "
+            "assign each to a module-level variable to use it",
+            path,
+            ", ".join(f"'{net.name}'" for net in missed),
+        )
+
+
+def exit_status(error: SystemExit) -> str:
+    """Describe the exit status that ``error`` gives the interpreter."""
+    if error.code is None:
+        return "status 0"
+    if isinstance(error.code, int):
+        return f"status {error.code}"
+    # sys.exit("text") prints the text and exits with status 1.
+    return f"status 1 (sys.exit({error.code!r}))"
+
+
+def library_folders() -> tuple[str, ...]:
+    """Return the folders of mochac, the standard library and installed packages."""
+    folders = {str(Path(__file__).resolve().parent)}
+    paths = sysconfig.get_paths()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        if key in paths:
+            folders.add(str(Path(paths[key]).resolve()))
+    return tuple(folder + os.sep for folder in sorted(folders))
+
+
+def format_user_traceback(error: BaseException, path: Path) -> str:
+    """Return the traceback of an error raised while importing ``path``.
+
+    With -v (debug logging) it is the full traceback. Otherwise it keeps the
+    frames of the user's files alone: the first frame of ``path`` and those
+    after it, less the frames in mochac, the standard library, installed
+    packages and frozen modules (runpy's).
+    """
+    if logger.isEnabledFor(logging.DEBUG):
+        return "".join(traceback.format_exception(error)).rstrip("\n")
+    frames = traceback.extract_tb(error.__traceback__)
+    net_file = str(path.resolve())
+    starts = [
+        index
+        for index, frame in enumerate(frames)
+        if str(Path(frame.filename).resolve()) == net_file
+    ]
+    libraries = library_folders()
+    user_frames = [
+        frame
+        for frame in frames[starts[0] if starts else len(frames) :]
+        if frame.filename == str(path)
+        or not (
+            frame.filename.startswith("<")
+            or str(Path(frame.filename).resolve()).startswith(libraries)
+        )
+    ]
+    lines = []
+    if user_frames:
+        lines.append(
+            "Traceback of the net file (run mochac with -v for the full one):\n"
+        )
+        lines += traceback.format_list(user_frames)
+    lines += traceback.format_exception_only(type(error), error)
+    return "".join(lines).rstrip("\n")
+
+
+def check_net_file(path: Path) -> None:
+    """Raise UsageError unless ``path`` is a file, naming a folder as such."""
+    if path.is_dir():
+        scripts = sorted(entry.name for entry in path.glob("*.py"))
+        hint = f" (Python files in it: {', '.join(scripts[:5])})" if scripts else ""
+        raise UsageError(
+            f"{path}: is a folder; pass the Python file that defines the nets{hint}"
+        )
+    if not path.is_file():
+        raise UsageError(f"{path}: file not found")
 
 
 def compile_command(args) -> int:
@@ -131,9 +312,7 @@ def compile_command(args) -> int:
     from mochac.runtime.net import Net
 
     path = Path(args.net_file)
-    if not path.is_file():
-        logger.error("%s: file not found", path)
-        return 2
+    check_net_file(path)
     for option, value in (("--report-json", args.report_json), ("--dot", args.dot)):
         if value:
             check_output_file(value, option)
@@ -143,29 +322,33 @@ def compile_command(args) -> int:
         return 2
     # The options are checked before the file runs and builds its nets.
     enabled_passes(args.opt_level, args.disable)
-    nets = find_nets(path)
-    if not nets:
+    found_nets = find_nets(path)
+    if not found_nets:
         logger.error(
-            "%s defines no Net at module level; build one, e.g. "
-            'net = Net("name", CPUBackend(), layers)',
+            "%s defines no Net at module level (in a variable, or a list, tuple "
+            'or dict); build one, e.g. net = Net("name", CPUBackend(), layers)',
             path,
         )
         return 2
+    nets = list(found_nets.values())
     if args.backend == "cuda":
         return compile_cuda(nets, out, args)
     packages = {}
-    for found in nets:
+    for where, found in found_nets.items():
         package = module_name(found.name)
         if package in packages:
+            other_where, other = packages[package]
             logger.error(
-                "nets '%s' and '%s' would both be written as package %s; "
-                "rename one of them",
-                packages[package],
+                "nets '%s' (%s) and '%s' (%s) would both be written as package "
+                "%s; rename one of them",
+                other.name,
+                other_where,
                 found.name,
+                where,
                 package,
             )
             return 2
-        packages[package] = found.name
+        packages[package] = (where, found)
     # Every package folder is checked before any is written.
     for package in packages:
         if (out / package).exists():
@@ -184,7 +367,7 @@ def compile_command(args) -> int:
             disable=args.disable,
             keep=found.keep,
         )
-        folder = write_module(net, out, path.name)
+        folder = write_module(net, out, path)
         print(f"net '{net.name}' -> {folder} (import {folder.name})")
         reports.append(net_report(net))
         dots.append(net_to_dot(net))
@@ -247,14 +430,15 @@ def bench_command(args) -> int:
             args.batch = DEFAULT_BENCH_BATCH
     else:
         path = Path(args.net)
-        if not path.is_file():
+        if not path.exists():
             logger.error(
                 "%s is neither a built-in net (%s) nor a file",
                 args.net,
                 ", ".join(BUILTIN),
             )
             return 2
-        nets = [net for net in find_nets(path) if net.ir.backward_order]
+        check_net_file(path)
+        nets = [net for net in find_nets(path).values() if net.ir.backward_order]
         if not nets:
             logger.error("%s defines no Net with a loss to train", path)
             return 2

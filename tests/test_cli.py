@@ -248,7 +248,8 @@ def test_compile_rejects_package_name_clash(tmp_path, caplog):
         NET_FILE + '\nother = Net("Tiny Net", backend, [data, ip, prob])\n'
     )
     assert main(["compile", str(net_file), "-o", str(tmp_path / "out")]) == 2
-    assert "'tiny-net' and 'Tiny Net' would both be written as package" in caplog.text
+    expected = "'tiny-net' (tiny) and 'Tiny Net' (other) would both be written as"
+    assert expected in caplog.text
     assert not (tmp_path / "out").exists()
 
 
@@ -393,3 +394,296 @@ def test_compiled_package_docstring_escapes_name(tmp_path, name):
     (package,) = out.iterdir()
     tree = ast.parse((package / "__init__.py").read_text(encoding="utf-8"))
     assert f'net "{name}"' in ast.get_docstring(tree)
+
+
+CONTAINER_NET_FILE = textwrap.dedent(
+    """
+    import numpy as np
+
+    from mochac import CPUBackend, InnerProductLayer, MemoryDataLayer, Net
+
+    x = np.linspace(-1, 1, 12, dtype=np.float32).reshape(2, 6)
+
+
+    def make(name):
+        data = MemoryDataLayer(name="data", tops=["data"], batch_size=2, data=[x])
+        ip = InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["ip"])
+        return Net(name, CPUBackend(seed=1), [data, ip])
+    """
+)
+
+
+def test_compile_writes_nets_in_containers(tmp_path, capsys):
+    net_file = tmp_path / "nets.py"
+    net_file.write_text(
+        CONTAINER_NET_FILE
+        + textwrap.dedent(
+            """
+            nets = [make("first"), make("second")]
+            pair = (make("third"),)
+            by_name = {"outer": {"inner": [make("fourth")]}}
+            extra = make("fifth")
+            again = [extra, nets]
+            """
+        )
+    )
+    out = tmp_path / "out"
+    assert main(["compile", str(net_file), "-o", str(out)]) == 0
+    written = sorted(path.name for path in out.iterdir())
+    assert written == ["fifth", "first", "fourth", "second", "third"]
+    printed = capsys.readouterr().out
+    assert printed.index("'first'") < printed.index("'second'")
+    assert printed.index("'second'") < printed.index("'third'")
+
+
+def test_compile_rejects_clash_in_list(tmp_path, caplog):
+    net_file = tmp_path / "nets.py"
+    net_file.write_text(
+        CONTAINER_NET_FILE + '\nnets = [make("a-b")]\nextra = make("a_b")\n'
+    )
+    assert main(["compile", str(net_file), "-o", str(tmp_path / "out")]) == 2
+    expected = (
+        "nets 'a-b' (nets[0]) and 'a_b' (extra) would both be written as package a_b"
+    )
+    assert expected in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+def test_compile_warns_about_unreachable_net(tmp_path, caplog):
+    net_file = tmp_path / "nets.py"
+    net_file.write_text(
+        CONTAINER_NET_FILE
+        + textwrap.dedent(
+            """
+            class Holder:
+                pass
+
+
+            holder = Holder()
+            holder.net = make("hidden")
+            make("dropped")
+            shown = make("shown")
+            """
+        )
+    )
+    out = tmp_path / "out"
+    assert main(["compile", str(net_file), "-o", str(out)]) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["shown"]
+    assert "net(s) 'hidden' are built during import but not held" in caplog.text
+    assert "'dropped'" not in caplog.text
+
+
+def test_compile_no_warning_for_imported_nets(tmp_path, caplog):
+    (tmp_path / "shared_nets.py").write_text(
+        CONTAINER_NET_FILE + '\nunused = make("unused")\n'
+    )
+    net_file = tmp_path / "nets.py"
+    net_file.write_text('from shared_nets import make\nmine = make("mine")\n')
+    assert main(["compile", str(net_file), "-o", str(tmp_path / "out")]) == 0
+    assert "built during import" not in caplog.text
+
+
+def test_compile_net_file_that_exits(tmp_path, caplog):
+    net_file = tmp_path / "exits.py"
+    net_file.write_text(NET_FILE + "\nimport sys\nsys.exit(0)\n")
+    out = tmp_path / "out"
+    assert main(["compile", str(net_file), "-o", str(out)]) == 1
+    assert f"{net_file}: the file exited during import with status 0" in caplog.text
+    assert "sys.exit(0)" in caplog.text
+    assert not out.exists()
+
+
+def test_compile_net_file_that_parses_arguments(tmp_path, caplog):
+    # argparse in the net file reads mochac's own arguments and exits.
+    net_file = tmp_path / "train.py"
+    net_file.write_text(
+        "import argparse\nparser = argparse.ArgumentParser()\nparser.parse_args()\n"
+    )
+    assert main(["compile", str(net_file), "-o", str(tmp_path / "out")]) == 1
+    assert "exited during import with status 2" in caplog.text
+    assert 'under `if __name__ == "__main__":`' in caplog.text
+
+
+def test_compile_folder_argument(tmp_path, caplog):
+    (tmp_path / "net.py").write_text(NET_FILE)
+    assert main(["compile", str(tmp_path), "-o", str(tmp_path / "out")]) == 2
+    assert f"{tmp_path}: is a folder; pass the Python file" in caplog.text
+    assert "(Python files in it: net.py)" in caplog.text
+    assert "file not found" not in caplog.text
+
+
+def test_bench_folder_argument(tmp_path, caplog):
+    assert main(["bench", str(tmp_path)]) == 2
+    assert f"{tmp_path}: is a folder; pass the Python file" in caplog.text
+
+
+RAISING_HELPER = textwrap.dedent(
+    """
+    def check_rows(rows):
+        raise ValueError(f"expected 6 rows, got {rows}")
+
+
+    check_rows(5)
+    """
+)
+
+
+def test_compile_error_shows_user_frames(tmp_path, caplog):
+    (tmp_path / "rows_helper.py").write_text(RAISING_HELPER)
+    net_file = tmp_path / "net.py"
+    net_file.write_text("import numpy\nimport rows_helper\n")
+    assert main(["compile", str(net_file), "-o", str(tmp_path / "out")]) == 1
+    text = "\n".join(caplog.messages)
+    assert f"{net_file}: the file raised ValueError during import" in text
+    assert f'File "{net_file}", line 2, in <module>' in text
+    assert 'rows_helper.py", line 6, in <module>' in text
+    assert 'rows_helper.py", line 3, in check_rows' in text
+    assert "ValueError: expected 6 rows, got 5" in text
+    assert "runpy" not in text
+    assert "cli.py" not in text
+    assert "Traceback (most recent call last)" not in text
+
+
+def test_compile_error_hides_mochac_frames(tmp_path, caplog):
+    # A layer given an argument of the wrong type fails inside mochac.
+    net_file = tmp_path / "net.py"
+    net_file.write_text(
+        "from mochac import InnerProductLayer\n"
+        "ip = InnerProductLayer(name='ip', output_dim=2, bottoms=7, tops=['ip'])\n"
+    )
+    assert main(["compile", str(net_file), "-o", str(tmp_path / "out")]) == 1
+    assert f'File "{net_file}", line 2, in <module>' in caplog.text
+    text = "\n".join(caplog.messages)
+    assert "mochac/" not in text.replace(str(tmp_path), "")
+
+
+def test_compile_error_verbose_shows_all_frames(tmp_path):
+    (tmp_path / "rows_helper.py").write_text(RAISING_HELPER)
+    net_file = tmp_path / "net.py"
+    net_file.write_text("import rows_helper\n")
+    command = [sys.executable, "-m", "mochac.cli"]
+    quiet = subprocess.run(
+        [*command, "compile", str(net_file), "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    verbose = subprocess.run(
+        [*command, "-v", "compile", str(net_file), "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert quiet.returncode == 1
+    assert verbose.returncode == 1
+    assert "cli.py" not in quiet.stderr
+    assert "Traceback (most recent call last)" in verbose.stderr
+    assert "cli.py" in verbose.stderr
+    assert "rows_helper.py" in verbose.stderr
+
+
+def test_concurrent_compiles_into_one_folder(tmp_path):
+    net_file = tmp_path / "nets5.py"
+    names = ["a_b", "c", "d", "e", "f"]
+    net_file.write_text(
+        CONTAINER_NET_FILE + "".join(f"net_{name} = make({name!r})\n" for name in names)
+    )
+    # A first run into another folder fills the compile cache, so that the
+    # parallel runs spend their time writing packages rather than compiling.
+    assert main(["compile", str(net_file), "-o", str(tmp_path / "warm")]) == 0
+    out = tmp_path / "c13"
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mochac.cli", "compile", str(net_file)]
+            + ["-o", str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    for run, output in zip(runs, outputs):
+        assert run.returncode == 0, output
+    assert sorted(path.name for path in out.iterdir()) == names
+
+    script = tmp_path / "check.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            sys.path.insert(0, sys.argv[1])
+            from a_b import net
+            net.forward()
+            print(net.blobs["ip"].shape)
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, str(script), str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(2, 3)"
+
+
+def test_package_rename_collision_names_folder(tmp_path, monkeypatch):
+    # Where the folder cannot be locked, a run that creates the package
+    # between the two renames of replace_package makes the second one fail.
+    from mochac.codegen import module_writer
+    from mochac.errors import ConfigError
+
+    folder = tmp_path / "out" / "a_b"
+    folder.mkdir(parents=True)
+    (folder / "net.json").write_text('{"name": "a_b", "source_file": "x.py"}')
+    staging = tmp_path / "out" / ".a_b.staging.tmp"
+    staging.mkdir()
+    (staging / "net.json").write_text('{"name": "a_b", "source_file": "x.py"}')
+    real_rename = os.rename
+
+    def rename_then_race(source, target):
+        real_rename(source, target)
+        if source == folder:
+            folder.mkdir()
+            (folder / "net.json").write_text("{}")
+
+    monkeypatch.setattr(module_writer.os, "rename", rename_then_race)
+    with pytest.raises(ConfigError, match="another run wrote a package of that name"):
+        module_writer.replace_package(staging, folder)
+    assert (folder / "net.json").read_text() == "{}"
+
+
+def test_compile_warns_replacing_other_net(tmp_path, caplog):
+    out = tmp_path / "out"
+    first = tmp_path / "first.py"
+    first.write_text(CONTAINER_NET_FILE + '\nnet = make("a-b")\n')
+    second = tmp_path / "second.py"
+    second.write_text(CONTAINER_NET_FILE + '\nnet = make("a_b")\n')
+    assert main(["compile", str(first), "-o", str(out)]) == 0
+    assert main(["compile", str(first), "-o", str(out)]) == 0
+    assert "replacing the package" not in caplog.text
+    assert main(["compile", str(second), "-o", str(out)]) == 0
+    assert (
+        f"{out / 'a_b'}: replacing the package of net 'a-b' (from {first}) with "
+        f"net 'a_b' (from {second})"
+    ) in caplog.text
+    meta = json.loads((out / "a_b" / "net.json").read_text())
+    assert meta["name"] == "a_b"
+    assert meta["source_file"] == str(second.resolve())
+
+
+def test_compile_removes_stale_staging(tmp_path):
+    from mochac.durable_files import host_tag
+
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    out = tmp_path / "out"
+    stale = out / f".tiny_net.{host_tag()}-{exited.pid}.tmp"
+    stale.mkdir(parents=True)
+    (stale / "net.c").write_text("partial")
+    assert main(["compile", str(net_file), "-o", str(out)]) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["tiny_net"]
