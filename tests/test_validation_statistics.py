@@ -163,12 +163,15 @@ def test_decay_on_validation_unknown_key_before_training(tmp_path):
     np.testing.assert_array_equal(net.params["ip"]["weight"], before)
 
 
-def test_decay_on_validation_accepts_count_key(tmp_path):
+def test_decay_on_validation_rejects_count_key(tmp_path):
+    """The number of validation samples never changes, so a policy that
+    followed it would never decay."""
     x, y = regression_data(n=10, features=4, seed=5)
     net, solver, policy = diverging_solver(tmp_path, x, y)
     policy.key = "loss-count"
-    solver.solve(net)
-    assert solver.state.iter == 4
+    with pytest.raises(mochac.ConfigError, match="'loss-count' counts the valid"):
+        solver.solve(net)
+    assert solver.state.iter == 0
 
 
 def dropout_layers(x, y, with_loss):
