@@ -139,3 +139,27 @@ def test_cache_folder_that_is_a_file(tmp_path, monkeypatch):
     monkeypatch.setenv("MOCHAC_CACHE_DIR", str(blocker))
     with pytest.raises(CompileError, match=r"MOCHAC_CACHE_DIR.*writable folder"):
         cache_net(3)
+
+
+def test_nets_differing_in_name_share_extension(tmp_path, monkeypatch):
+    """The net name appears only in a comment, so the cache key leaves it out."""
+    monkeypatch.setenv("MOCHAC_CACHE_DIR", str(tmp_path))
+
+    def named_net(name: str, output_dim: int):
+        layers = [
+            MemoryDataLayer(name="d", batch_size=4, data=[X], tops=["x"]),
+            InnerProductLayer(
+                name="ip", output_dim=output_dim, bottoms=["x"], tops=["y"]
+            ),
+        ]
+        return Net(name, CPUBackend(threads=1, seed=0), layers)
+
+    first = named_net("train", 3)
+    renamed = named_net('test "*/', 3)
+    wider = named_net("train", 4)
+    assert renamed.source != first.source
+    assert renamed.extension_path == first.extension_path
+    assert wider.extension_path != first.extension_path
+    assert len(list(tmp_path.glob("_mochac_*.so"))) == 2
+    renamed.forward()
+    assert renamed.blobs["y"].shape == (4, 3)
