@@ -143,6 +143,16 @@ def compile_source_for_host(
         ["g++", "-shared", "-Wl,-z,defs", str(objects), "-o", str(library)],
     ):
         subprocess.run(command, check=True, capture_output=True, text=True)
+    return load_host_library(library, path)
+
+
+def load_host_library(library: Path, emulated_source: Path) -> ctypes.CDLL:
+    """Load a library that compile_source_for_host built from
+    ``emulated_source``.
+
+    Each path loads once per process, so a copy of a library under a new
+    path has its own scheduler state and ``__shared__`` memory.
+    """
     compiled = ctypes.CDLL(str(library))
     compiled.mochac_emu_configure.argtypes = [
         ctypes.c_uint,
@@ -154,7 +164,7 @@ def compile_source_for_host(
     compiled.mochac_emu_error.restype = ctypes.c_char_p
     compiled.mochac_emu_race_address.argtypes = []
     compiled.mochac_emu_race_address.restype = ctypes.c_size_t
-    compiled.emulated_source = path
+    compiled.emulated_source = emulated_source
     return compiled
 
 

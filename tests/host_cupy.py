@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import itertools
+import shutil
 import subprocess
 import tempfile
 import time
@@ -29,7 +30,7 @@ import types
 from pathlib import Path
 
 import numpy as np
-from cuda_emulator import EMULATED_BLOCK, compile_source_for_host
+from cuda_emulator import EMULATED_BLOCK, compile_source_for_host, load_host_library
 from cuda_emulator import launch as emulated_launch
 
 
@@ -178,6 +179,11 @@ class CUDARuntimeError(RuntimeError):
 COUNTER = itertools.count()
 # The compiled modules of this process, removed when it exits.
 MODULES = tempfile.TemporaryDirectory(prefix="mochac-host-cupy-")
+# The library path and emulated source of each code compiled so far, by
+# code. A RawModule of code compiled before loads a copy of its library: the
+# copy skips the compiler but has its own state, as each module on a device
+# has.
+COMPILED = {}
 
 
 class CompileException(Exception):
@@ -195,15 +201,27 @@ class RawModule:
         self.code = code
         self.library = None
 
+    def _compile(self):
+        """Compile the code, or load a copy of the library compiled from the
+        same code earlier in this process."""
+        folder = Path(MODULES.name)
+        stem = f"module{next(COUNTER)}"
+        compiled = COMPILED.get(self.code)
+        if compiled is not None:
+            library, emulated_source = compiled
+            copy = folder / f"lib{stem}.so"
+            shutil.copyfile(library, copy)
+            return load_host_library(copy, emulated_source)
+        try:
+            library = compile_source_for_host(self.code, folder, stem, EMULATED_BLOCK)
+        except subprocess.CalledProcessError as error:
+            raise CompileException(error.stderr) from error
+        COMPILED[self.code] = (Path(library._name), library.emulated_source)
+        return library
+
     def get_function(self, name):
         if self.library is None:
-            folder = Path(MODULES.name)
-            try:
-                self.library = compile_source_for_host(
-                    self.code, folder, f"module{next(COUNTER)}", EMULATED_BLOCK
-                )
-            except subprocess.CalledProcessError as error:
-                raise CompileException(error.stderr) from error
+            self.library = self._compile()
         library = self.library
         # CuPy raises AttributeError too for a kernel the module lacks.
         getattr(library, name)
