@@ -4,7 +4,7 @@
  * tests/cuda_emulator.py passes this file to g++ with -include, defines
  * MOCHAC_EMU_THREADS (threads per block), and rewrites every kernel header
  * into a wrapper that calls mochac_emu_launch. Each CUDA thread is a
- * ucontext with its own stack, and all of them run on the calling OS thread.
+ * coroutine with its own stack, and all of them run on the calling OS thread.
  * Blocks run one after another. Within a block the scheduler resumes every
  * thread up to its next __syncthreads (a phase), then the next phase, until
  * all threads return.
@@ -57,15 +57,31 @@ extern char __stop_mochac_emu_shared[] __attribute__((weak, visibility("hidden")
 
 enum { MOCHAC_EMU_READY, MOCHAC_EMU_WAITING, MOCHAC_EMU_RETURNED };
 
+/* On x86-64 a thread is its saved stack pointer, and mochac_emu_switch
+   (below) switches threads without a system call. Elsewhere, or with
+   MOCHAC_EMU_UCONTEXT defined, it is a ucontext, and glibc's swapcontext
+   saves and restores the signal mask with a system call on every switch. */
+#if defined(__x86_64__) && !defined(MOCHAC_EMU_UCONTEXT)
+#define MOCHAC_EMU_OWN_SWITCH 1
+#endif
+
 struct mochac_emu_thread {
+#ifdef MOCHAC_EMU_OWN_SWITCH
+    void *stack_pointer;
+#else
     ucontext_t context;
+#endif
     int state;
     int line;  /* the line of the __syncthreads it waits at */
 };
 
 static struct mochac_emu_thread mochac_emu_threads[MOCHAC_EMU_THREADS];
 static struct mochac_emu_thread *mochac_emu_current;
+#ifdef MOCHAC_EMU_OWN_SWITCH
+static void *mochac_emu_scheduler;
+#else
 static ucontext_t mochac_emu_scheduler, mochac_emu_fresh;
+#endif
 static char *mochac_emu_stacks;
 static size_t mochac_emu_stacks_size;
 static void (*mochac_emu_body)(void *);
@@ -311,19 +327,111 @@ static MOCHAC_EMU_UNTRACKED void mochac_emu_order(unsigned *items, unsigned n, i
         }
 }
 
+/* ---- Thread switches ---- */
+
+#ifdef MOCHAC_EMU_OWN_SWITCH
+/* Save the registers that the System V x86-64 ABI makes callee-saved (rbp,
+   rbx, r12-r15, MXCSR and the x87 control word) on the current stack, and
+   store the stack pointer at *save. Then load ``load`` as the stack pointer
+   and restore the registers saved there. */
+extern "C" __attribute__((visibility("hidden"))) void mochac_emu_switch(void **save,
+                                                                        void *load);
+__asm__(".text\n"
+        ".globl mochac_emu_switch\n"
+        ".hidden mochac_emu_switch\n"
+        ".type mochac_emu_switch, @function\n"
+        "mochac_emu_switch:\n"
+        "    pushq %rbp\n"
+        "    pushq %rbx\n"
+        "    pushq %r12\n"
+        "    pushq %r13\n"
+        "    pushq %r14\n"
+        "    pushq %r15\n"
+        "    subq $8, %rsp\n"
+        "    stmxcsr (%rsp)\n"
+        "    fnstcw 4(%rsp)\n"
+        "    movq %rsp, (%rdi)\n"
+        "    movq %rsi, %rsp\n"
+        "    ldmxcsr (%rsp)\n"
+        "    fldcw 4(%rsp)\n"
+        "    addq $8, %rsp\n"
+        "    popq %r15\n"
+        "    popq %r14\n"
+        "    popq %r13\n"
+        "    popq %r12\n"
+        "    popq %rbx\n"
+        "    popq %rbp\n"
+        "    ret\n"
+        ".size mochac_emu_switch, .-mochac_emu_switch\n");
+#endif
+
+/* Switch from the running thread to the scheduler. */
+static MOCHAC_EMU_UNTRACKED void mochac_emu_yield(struct mochac_emu_thread *thread)
+{
+#ifdef MOCHAC_EMU_OWN_SWITCH
+    mochac_emu_switch(&thread->stack_pointer, mochac_emu_scheduler);
+#else
+    swapcontext(&thread->context, &mochac_emu_scheduler);
+#endif
+}
+
+/* Switch from the scheduler to ``thread``. */
+static MOCHAC_EMU_UNTRACKED void mochac_emu_resume(struct mochac_emu_thread *thread)
+{
+#ifdef MOCHAC_EMU_OWN_SWITCH
+    mochac_emu_switch(&mochac_emu_scheduler, thread->stack_pointer);
+#else
+    swapcontext(&mochac_emu_scheduler, &thread->context);
+#endif
+}
+
 extern "C" MOCHAC_EMU_UNTRACKED void mochac_emu_syncthreads(int line)
 {
     struct mochac_emu_thread *thread = mochac_emu_current;
     thread->state = MOCHAC_EMU_WAITING;
     thread->line = line;
-    swapcontext(&thread->context, &mochac_emu_scheduler);
+    mochac_emu_yield(thread);
 }
 
-/* A thread's entry point; when it returns, uc_link resumes the scheduler. */
+/* A thread's entry point. A returned thread is never resumed: the next
+   block starts every thread afresh. */
 static MOCHAC_EMU_UNTRACKED void mochac_emu_thread_main(void)
 {
     mochac_emu_body(mochac_emu_closure);
     mochac_emu_current->state = MOCHAC_EMU_RETURNED;
+    mochac_emu_yield(mochac_emu_current);
+    abort();
+}
+
+/* Make ``thread`` start at mochac_emu_thread_main on the stack of ``size``
+   bytes at ``low``. */
+static MOCHAC_EMU_UNTRACKED void mochac_emu_start(struct mochac_emu_thread *thread,
+                                                  char *low, size_t size)
+{
+#ifdef MOCHAC_EMU_OWN_SWITCH
+    /* The frame mochac_emu_switch restores, from the top of the stack down:
+       a null return address for mochac_emu_thread_main, then the address
+       the switch returns to, mochac_emu_thread_main. That slot is 16-byte
+       aligned, so the function starts with the stack aligned as after a
+       call. Below them lie six zero registers, and MXCSR and the x87
+       control word as the scheduler has them. */
+    uintptr_t top = ((uintptr_t)low + size) & ~(uintptr_t)15;
+    void **frame = (void **)(top - 9 * sizeof(void *));
+    memset(frame, 0, 9 * sizeof(void *));
+    frame[7] = (void *)mochac_emu_thread_main;
+    unsigned mxcsr = __builtin_ia32_stmxcsr();
+    unsigned short control;
+    __asm__ volatile("fnstcw %0" : "=m"(control));
+    memcpy(frame, &mxcsr, sizeof mxcsr);
+    memcpy((char *)frame + 4, &control, sizeof control);
+    thread->stack_pointer = frame;
+#else
+    thread->context = mochac_emu_fresh;
+    thread->context.uc_stack.ss_sp = low;
+    thread->context.uc_stack.ss_size = size;
+    thread->context.uc_link = &mochac_emu_scheduler;
+    makecontext(&thread->context, mochac_emu_thread_main, 0);
+#endif
 }
 
 /* The word at the bottom of every stack: a block that leaves it changed
@@ -342,10 +450,12 @@ static MOCHAC_EMU_UNTRACKED int mochac_emu_map_stacks(void)
                                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (memory == MAP_FAILED)
         return 0;
+#ifndef MOCHAC_EMU_OWN_SWITCH
     if (getcontext(&mochac_emu_fresh) != 0) {
         munmap(memory, size);
         return 0;
     }
+#endif
     mochac_emu_stacks = memory;
     mochac_emu_stacks_size = size;
     return 1;
@@ -373,11 +483,7 @@ static MOCHAC_EMU_UNTRACKED int mochac_emu_run_block(int order,
         struct mochac_emu_thread *thread = &mochac_emu_threads[i];
         char *bottom = mochac_emu_stacks + (size_t)i * MOCHAC_EMU_STACK_BYTES;
         *(unsigned long long *)bottom = MOCHAC_EMU_CANARY;
-        thread->context = mochac_emu_fresh;
-        thread->context.uc_stack.ss_sp = bottom + canary;
-        thread->context.uc_stack.ss_size = MOCHAC_EMU_STACK_BYTES - canary;
-        thread->context.uc_link = &mochac_emu_scheduler;
-        makecontext(&thread->context, mochac_emu_thread_main, 0);
+        mochac_emu_start(thread, bottom + canary, MOCHAC_EMU_STACK_BYTES - canary);
         thread->state = MOCHAC_EMU_READY;
     }
     unsigned sequence[MOCHAC_EMU_THREADS];
@@ -386,7 +492,7 @@ static MOCHAC_EMU_UNTRACKED int mochac_emu_run_block(int order,
         for (unsigned i = 0; i < MOCHAC_EMU_THREADS; ++i) {
             mochac_emu_current = &mochac_emu_threads[sequence[i]];
             threadIdx.x = sequence[i];
-            swapcontext(&mochac_emu_scheduler, &mochac_emu_current->context);
+            mochac_emu_resume(mochac_emu_current);
         }
         int waiting = -1, returned = -1;
         for (unsigned i = 0; i < MOCHAC_EMU_THREADS; ++i) {

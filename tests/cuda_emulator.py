@@ -115,12 +115,19 @@ def compile_for_host(
 
 
 def compile_source_for_host(
-    cuda_source: str, folder: Path, stem: str, block: int = 1, races=False
+    cuda_source: str,
+    folder: Path,
+    stem: str,
+    block: int = 1,
+    races=False,
+    ucontext=False,
 ) -> ctypes.CDLL:
     """Compile generated CUDA source as a host shared library.
 
     ``races`` instruments the kernels for the race check, which about
-    doubled their run time in tests/test_cuda_host_emulation.py. A kernel
+    doubled their run time in tests/test_cuda_host_emulation.py.
+    ``ucontext`` switches threads with glibc's swapcontext, as on machines
+    other than x86-64, instead of the emulator's own switch. A kernel
     called directly, without ``launch``, runs one block of ``block`` threads
     in forward order and leaves any error where only ``mochac_emu_error``
     shows it.
@@ -135,6 +142,8 @@ def compile_source_for_host(
     flags += ["-include", str(HEADER), f"-DMOCHAC_EMU_THREADS={block}"]
     if races:
         flags += ["-fsanitize=thread", "-DMOCHAC_EMU_RACES"]
+    if ucontext:
+        flags.append("-DMOCHAC_EMU_UCONTEXT")
     # Compiling and linking in two steps keeps libtsan out of the link. The
     # header defines the hooks that -fsanitize=thread calls, and -z defs
     # fails the link when one is missing.

@@ -216,6 +216,14 @@ def race_library(tmp_path_factory):
     return compile_source_for_host(SOURCE, folder, "kernels", block=BLOCK, races=True)
 
 
+@pytest.fixture(scope="module")
+def ucontext_library(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("emulator_ucontext")
+    return compile_source_for_host(
+        SOURCE, folder, "kernels", block=BLOCK, races=True, ucontext=True
+    )
+
+
 def slot_table(*arrays):
     return (ctypes.c_void_p * len(arrays))(*[array.ctypes.data for array in arrays])
 
@@ -432,6 +440,18 @@ def test_stack_overflow_raises(library):
     arguments = (slot_table(np.zeros(1)), ctypes.c_int(0), ctypes.c_void_p())
     with pytest.raises(EmulationError, match="overflowed its 65536-byte stack"):
         launch(library, "overflow_stack", 1, arguments)
+
+
+@pytest.mark.parametrize("order", sorted(ORDERS))
+def test_ucontext_switch_runs_barriers(ucontext_library, order):
+    """glibc's swapcontext, the switch off x86-64, runs the same barriers."""
+    total = block_total(ucontext_library, "mochac_block_sum", VALUES, order)
+    assert total == VALUES.sum()
+    with pytest.raises(EmulationError, match="with no barrier in between"):
+        block_total(ucontext_library, "sum_without_loop_barrier", VALUES, order)
+    arguments = (slot_table(), ctypes.c_int(0), ctypes.c_void_p())
+    with pytest.raises(EmulationError, match="divergent __syncthreads"):
+        launch(ucontext_library, "barrier_count_by_parity", 2, arguments, order)
 
 
 def test_smaller_block(tmp_path):
