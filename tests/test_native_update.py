@@ -224,3 +224,25 @@ def test_adam_needs_iteration():
     net = make_net(np.float64)
     with pytest.raises(ConfigError, match="missing iteration"):
         net.train_step(Adam(), 0.1, 0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ((-0.1, 0.9, 0.0), "learning_rate=-0.1"),
+        ((0.1, 1.5, 0.0), r"momentum=1.5 .*in \[0, 1\)"),
+        ((0.1, -0.2, 0.0), "momentum=-0.2"),
+        ((0.1, 0.9, -1.0), "regu_coef=-1.0"),
+        ((float("nan"), 0.9, 0.0), "learning_rate=nan"),
+    ],
+)
+@pytest.mark.parametrize("step", ["train_step", "apply_update", "solver_step"])
+def test_step_settings_out_of_range(step, settings, match):
+    """The net's own step methods reject what the solver rejects from its
+    policies, and leave the parameters as they were."""
+    net = make_net(np.float64)
+    net.forward_backward(SGD(), 0.0)
+    before = net.params["conv"]["filter"].copy()
+    with pytest.raises(ConfigError, match=match):
+        getattr(net, step)(SGD(), *settings, 0)
+    np.testing.assert_array_equal(net.params["conv"]["filter"], before)

@@ -522,3 +522,9 @@ def test_decay_on_validation_needs_setup(tmp_path):
     with pytest.raises(mochac.ConfigError, match="call setup"):
         solver.solve(net)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("base_mom", [-0.5, 1.0])
+def test_fixed_momentum_names_its_range(base_mom):
+    with pytest.raises(mochac.ConfigError, match=r"expected a number in \[0, 1\)"):
+        MomPolicy.Fixed(base_mom)

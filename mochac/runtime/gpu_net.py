@@ -49,6 +49,7 @@ from mochac.runtime.gpu_graphs import StepGraphs
 from mochac.runtime.net import AFTER_UPDATE_NOTE, NO_UPDATE_NOTE, Net
 from mochac.runtime.outputs import make_output_state
 from mochac.runtime.read_ahead import ReadAhead
+from mochac.runtime.step_settings import check_step_values
 
 logger = logging.getLogger(__name__)
 
@@ -558,6 +559,7 @@ class GPUNet(Net):
         A NaN or infinite loss raises NumericalError, and the update kernels
         then leave every parameter as it was.
         """
+        check_step_values(learning_rate, momentum, regu_coef)
         tables = gpu_update.tables_for(self, method, regu_coef)
         if tables is None:
             objective = self.forward()
@@ -582,6 +584,7 @@ class GPUNet(Net):
 
     def apply_update(self, method, learning_rate, momentum, regu_coef, iteration=None):
         """Update the parameters from the gradients of the last backward pass."""
+        check_step_values(learning_rate, momentum, regu_coef)
         self._check_alive()
         self.step_updated = False
         tables = gpu_update.tables_for(self, method, regu_coef)
@@ -602,6 +605,7 @@ class GPUNet(Net):
         and backward on the next batch, enqueued at once as train_step's
         steps are.
         """
+        check_step_values(learning_rate, momentum, regu_coef)
         self.step_updated = False
         tables = gpu_update.tables_for(self, method, regu_coef)
         if tables is None:

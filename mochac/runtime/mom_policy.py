@@ -29,13 +29,14 @@ def _check(policy, field, minimum=None, below=None, integer=False):
         raise ConfigError(
             f"{name}: invalid {field}={value!r}; expected a finite number"
         )
+    if below is not None and not (minimum or 0) <= number < below:
+        raise ConfigError(
+            f"{name}: invalid {field}={value!r}; expected a number in "
+            f"[{minimum or 0}, {below})"
+        )
     if minimum is not None and number < minimum:
         raise ConfigError(
             f"{name}: invalid {field}={value!r}; expected a value >= {minimum}"
-        )
-    if below is not None and number >= below:
-        raise ConfigError(
-            f"{name}: invalid {field}={value!r}; expected a number in [0, {below})"
         )
     # A float gamma makes gamma ** n overflow with OverflowError instead of
     # building a huge int.

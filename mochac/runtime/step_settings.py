@@ -1,0 +1,30 @@
+"""The settings of one training step that a net's own step methods check.
+
+Net.train_step, apply_update and solver_step (and GPUNet's) take the
+learning rate, momentum and regu_coef of the step directly, so they check
+them as the solver checks its policies' values.
+"""
+
+from __future__ import annotations
+
+import math
+
+from mochac.errors import ConfigError
+from mochac.values import as_real
+
+
+def check_step_values(learning_rate, momentum, regu_coef) -> None:
+    """Raise ConfigError for a learning rate below 0, a momentum outside
+    [0, 1) or a regu_coef below 0 given to a net's training step, as the
+    solver rejects them from its policies."""
+    for key, value, valid, rule in (
+        ("learning_rate", learning_rate, lambda v: v >= 0, ">= 0"),
+        ("momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("regu_coef", regu_coef, lambda v: v >= 0, ">= 0"),
+    ):
+        real = as_real(value)
+        if real is None or not math.isfinite(real) or not valid(real):
+            raise ConfigError(
+                f"invalid {key}={value!r} for a training step; expected a finite "
+                f"number {rule}"
+            )
