@@ -85,3 +85,31 @@ def test_shared_key_with_other_shape_is_refused():
     ]
     with pytest.raises(ShapeError, match="layer 'ip2': parameter 'weight' is shared"):
         Net("mismatch", CPUBackend(dtype=np.float64), layers)
+
+
+def test_clash_with_earlier_net_names_the_backend():
+    """Two nets on one backend with layers named 'ip' of other shapes: the
+    second net's error says the first gave the shape and how to part them."""
+    backend = CPUBackend(dtype=np.float64)
+
+    def net(name, output_dim):
+        layers = [
+            MemoryDataLayer(
+                name="data",
+                batch_size=2,
+                tops=["a", "t"],
+                data=[np.ones((2, 4)), np.ones((2, output_dim))],
+            ),
+            InnerProductLayer(
+                name="ip", output_dim=output_dim, bottoms=["a"], tops=["h"]
+            ),
+            SquareLossLayer(name="loss", bottoms=["h", "t"]),
+        ]
+        return Net(name, backend, layers)
+
+    net("first", 3)
+    with pytest.raises(ShapeError) as raised:
+        net("second", 2)
+    message = str(raised.value)
+    assert "which a net built earlier on this backend gave it" in message
+    assert "registry_reset(backend)" in message

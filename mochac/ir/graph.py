@@ -281,6 +281,8 @@ def build_ir(
     ]
     blobs: dict[str, BlobInfo] = {}
     known_params = dict(param_shapes or {})
+    # The keys this net's own layers have given a shape so far.
+    own_keys = set()
     for index in order:
         info, layer = infos[index], layers[index]
         info.bottom_shapes = [blobs[bottom].shape for bottom in layer.bottoms]
@@ -295,6 +297,18 @@ def build_ir(
             for spec in info.params:
                 key = (spec.key or info.param_key, spec.name)
                 shape = known_params.setdefault(key, spec.shape)
+                if tuple(shape) != tuple(spec.shape) and key not in own_keys:
+                    raise ShapeError(
+                        f"layer '{info.name}': parameter '{spec.name}' is shared "
+                        f"under key '{key[0]}' with shape {tuple(shape)}, which a "
+                        "net built earlier on this backend gave it, but this "
+                        f"layer needs {tuple(spec.shape)}. Nets on one backend "
+                        "share the parameters of layers of the same name (or "
+                        "param_key), as in Mocha; give this layer another name or "
+                        "param_key, build the net on a backend of its own, or "
+                        "call registry_reset(backend) to forget the earlier "
+                        "net's parameters"
+                    )
                 if tuple(shape) != tuple(spec.shape):
                     raise ShapeError(
                         f"layer '{info.name}': parameter '{spec.name}' is shared "
@@ -302,6 +316,7 @@ def build_ir(
                         f"layer needs {tuple(spec.shape)}; give the layers "
                         "different param_key values or matching shapes"
                     )
+                own_keys.add(key)
         info.top_shapes = top_shapes
         for top, shape in zip(layer.tops, top_shapes):
             check_size(info.name, layer, f"top '{top}'", shape)
