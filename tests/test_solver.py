@@ -1044,3 +1044,56 @@ def test_solve_rejects_what_is_not_a_net():
     ):
         solver.solve(package)
     assert not solver._running
+
+
+def test_run_from_scratch_warns_of_other_runs_files(tmp_path, caplog):
+    """A second run from scratch (load_from misspelled) into the first run's
+    snapshot folder and statistics file warns that it mixes with them."""
+    folder = tmp_path / "snaps"
+
+    def run(max_iter, load_from, seed):
+        x, y = toy_data()
+        net = Net(
+            "run", CPUBackend(dtype=np.float64, seed=seed), classifier_layers(x, y)
+        )
+        params = make_solver_parameters(
+            SGD(), max_iter=max_iter, load_from=str(load_from)
+        )
+        solver = Solver(SGD(), params, progress=False)
+        solver.setup_coffee_lounge(save_into=folder / "statistics.h5", every_n_iter=2)
+        solver.add_coffee_break(TrainingSummary(), every_n_iter=2)
+        solver.add_coffee_break(Snapshot(folder), every_n_iter=2)
+        solver.solve(net)
+
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
+        run(6, folder, seed=1)
+        assert "another run" not in caplog.text
+        # A resume of the finished run finds nothing later than its start.
+        run(8, folder, seed=1)
+        assert "another run" not in caplog.text
+        run(4, tmp_path / "snapz", seed=2)
+    assert f"Snapshot folder {folder} holds snapshots up to iteration 8" in caplog.text
+    assert "statistics file" in caplog.text
+    assert "holds values up to iteration 8 from another run" in caplog.text
+
+
+def test_missing_jld_names_h5_beside_it(tmp_path):
+    """A script ported from Mocha names snapshot-000002.jld; mochac wrote
+    snapshot-000002.h5."""
+    x, y = toy_data()
+    net = Net("jld", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+    first = Solver(SGD(), make_solver_parameters(SGD(), max_iter=2), progress=False)
+    first.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    first.solve(net)
+    jld = tmp_path / "snapshot-000002.jld"
+    params = make_solver_parameters(SGD(), max_iter=4, load_from=str(jld))
+    with pytest.raises(mochac.SnapshotError, match="HDF5 files: name .*000002.h5"):
+        Solver(SGD(), params, progress=False).solve(net)
+
+
+def test_coffee_lounge_is_mochas_name_for_the_lounge():
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=1), progress=False)
+    assert solver.coffee_lounge is solver.lounge
+    solver.setup_coffee_lounge(every_n_iter=2)
+    assert solver.coffee_lounge is solver.lounge
+    assert solver.coffee_lounge.every_n_iter == 2

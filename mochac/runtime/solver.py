@@ -34,6 +34,7 @@ from mochac.caffe import load_model_file
 from mochac.constraints import apply_constraints, net_constraints
 from mochac.errors import ConfigError, NumericalError, SnapshotError
 from mochac.runtime import resume_point
+from mochac.runtime.coffee_breaks import Snapshot
 from mochac.runtime.coffee_lounge import CoffeeLounge
 from mochac.runtime.data_sources import warn_batches_larger_than_data
 from mochac.runtime.freeze import frozen_layers, trainable_groups
@@ -52,6 +53,7 @@ from mochac.runtime.snapshot import (
     read_solver_attributes,
     read_solver_state,
     save_snapshot,
+    snapshot_iterations,
 )
 from mochac.runtime.solvers import (
     SGD,
@@ -335,6 +337,11 @@ class Solver:
         self.breaks.append((coffee_break, *intervals))
         self.state.coffee_breaks.append(describe_break(coffee_break, *intervals))
 
+    @property
+    def coffee_lounge(self) -> CoffeeLounge:
+        """The coffee lounge, under the name of Mocha's solver field."""
+        return self.lounge
+
     def setup_coffee_lounge(self, save_into=None, every_n_iter=1, file_exists="merge"):
         """Keep statistics in a CoffeeLounge saved to ``save_into`` (HDF5)."""
         # A NumPy integer becomes an int here; CoffeeLounge checks the value.
@@ -344,6 +351,45 @@ class Solver:
         self.lounge = CoffeeLounge(save_into, every_n_iter, file_exists)
 
     # --- resuming -------------------------------------------------------------
+
+    def _warn_of_later_files(self) -> None:
+        """Warn when this run's snapshot folders hold snapshots past its
+        first iteration, or a run from scratch merges into a statistics file
+        with values past iteration 0: both come from another run, whose
+        files this one would mix with its own."""
+        start = self.start_iter
+        folders = {
+            coffee_break.folder
+            for coffee_break, *_ in self.breaks
+            if isinstance(coffee_break, Snapshot)
+        }
+        for folder in sorted(folders):
+            later = [i for i, _ in snapshot_iterations(folder) if i > start]
+            if later:
+                logger.warning(
+                    "Snapshot folder %s holds snapshots up to iteration %d, past "
+                    "this run's start at iteration %d: another run wrote them. "
+                    "This run overwrites those of the iterations it reaches, and "
+                    "a resume from the folder would take the newest file, which "
+                    "may be the other run's; resume with load_from=%r, or snapshot "
+                    "into an empty folder",
+                    folder,
+                    max(later),
+                    start,
+                    str(folder),
+                )
+        lounge = self.lounge
+        reported = [i for series in lounge.statistics.values() for i in series]
+        if start == 0 and lounge.save_into is not None and max(reported, default=0):
+            logger.warning(
+                "the statistics file %s holds values up to iteration %d from "
+                "another run, and this run starts from scratch: under "
+                "file_exists='merge' the two runs' curves mix; pass "
+                "file_exists='overwrite' to setup_coffee_lounge for a new run, or "
+                "resume the other run with load_from",
+                lounge.save_into,
+                max(reported),
+            )
 
     def _restore(self, net):
         load_from = self.params.get("load_from")
@@ -368,9 +414,15 @@ class Solver:
                 return
             path = found
         elif not path.exists():
+            h5 = path.with_suffix(".h5")
+            # Mocha's snapshots end in .jld; a ported script may still name one.
+            advice = (
+                f"mochac's snapshots are HDF5 files: name {h5}"
+                if path.suffix == ".jld" and h5.exists()
+                else "fix the path, or name a snapshot folder"
+            )
             raise SnapshotError(
-                f"load_from={str(load_from)!r}: file not found; fix the path, or name "
-                "a snapshot folder"
+                f"load_from={str(load_from)!r}: file not found; {advice}"
             )
         restore_policy = getattr(self.params["lr_policy"], "restore", None)
         iteration = 0
@@ -674,6 +726,7 @@ class Solver:
         state = self.state
         # The iteration this call started from, after any resume.
         self.start_iter = state.iter
+        self._warn_of_later_files()
         # The breaks a stopped run left at this iteration, which run even when
         # max_iter is reached.
         pending = self._pending_breaks
