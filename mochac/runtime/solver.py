@@ -518,8 +518,8 @@ class Solver:
         ]
         if skipped:
             advice = (
-                "; add the coffee breaks in the order of the run that saved it to "
-                "run them all"
+                "; to run them all, add the same coffee breaks as the run that "
+                "saved it (in its order where breaks share a description)"
             )
         else:
             advice = ""
