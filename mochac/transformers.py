@@ -35,6 +35,19 @@ class DataTransformer:
         raise NotImplementedError
 
 
+def describe_non_finite(values: np.ndarray) -> str | None:
+    """Return how many values are NaN or infinite and where the first is,
+    or None when every value is finite."""
+    non_finite = ~np.isfinite(values)
+    if not non_finite.any():
+        return None
+    first = tuple(int(i) for i in np.argwhere(non_finite)[0])
+    return (
+        f"{int(non_finite.sum())} NaN or infinite value(s), the first "
+        f"({values[first]}) at index {first}"
+    )
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)
 class SubMean(DataTransformer):
     """Subtract a precomputed mean sample from every sample of the batch.
@@ -67,10 +80,20 @@ class SubMean(DataTransformer):
                 f"{mean.dtype} and shape {mean.shape}; expected a numeric array "
                 "with the shape of one sample"
             )
+        problem = describe_non_finite(mean)
+        if problem is not None:
+            raise ConfigError(
+                f"DataTransformers.SubMean: mean_blob has {problem}; pass a mean "
+                "computed from finite data"
+            )
         object.__setattr__(self, "mean_blob", mean)
 
     def load_mean(self) -> np.ndarray:
-        """Return the mean: mean_blob, or the "mean" dataset of mean_file."""
+        """Return the mean: mean_blob, or the "mean" dataset of mean_file.
+
+        Raises DataError when mean_file cannot be opened, has no "mean"
+        dataset, or its values are not numeric or not all finite.
+        """
         if self.mean_blob is not None:
             return self.mean_blob
         path = Path(self.mean_file)
@@ -88,7 +111,16 @@ class SubMean(DataTransformer):
                     f"DataTransformers.SubMean: mean_file {path} has no dataset "
                     f"'mean' (it has: {', '.join(handle.keys()) or 'none'})"
                 )
-            return np.asarray(dataset[()])
+            mean = np.asarray(dataset[()])
+        where = f"DataTransformers.SubMean: mean_file {path}, dataset 'mean',"
+        if not np.issubdtype(mean.dtype, np.number):
+            raise DataError(f"{where} has dtype {mean.dtype}; store a numeric mean")
+        problem = describe_non_finite(mean)
+        if problem is not None:
+            raise DataError(
+                f"{where} has {problem}; compute the mean again from finite data"
+            )
+        return mean
 
     def prepare(self, sample_shape, dtype, where):
         mean = self.load_mean()
@@ -102,7 +134,18 @@ class SubMean(DataTransformer):
                 f"{mean.shape}, but one sample has shape {tuple(sample_shape)}; "
                 "store the mean of one sample"
             )
-        mean = np.ascontiguousarray(mean.reshape(shape), dtype=dtype)
+        # NumPy warns about the overflow; the check below reports it instead.
+        with np.errstate(over="ignore"):
+            converted = np.ascontiguousarray(mean.reshape(shape), dtype=dtype)
+        if not np.isfinite(converted).all():
+            source = "mean_blob" if self.mean_blob is not None else self.mean_file
+            raise DataError(
+                f"{where}: DataTransformers.SubMean mean from {source} has values "
+                f"up to {np.max(np.abs(mean)):g} in magnitude, which overflow the "
+                f"net's dtype {np.dtype(dtype).name} (at most "
+                f"{np.finfo(dtype).max:g}); store a mean within that range"
+            )
+        mean = converted
 
         def subtract_mean(batch: np.ndarray):
             batch -= mean
@@ -118,23 +161,49 @@ class Scale(DataTransformer):
 
     def __post_init__(self):
         value = self.scale
-        if (
-            not isinstance(value, (int, float, np.floating, np.integer))
-            or isinstance(value, bool)
-            or not math.isfinite(value)
-        ):
+        numeric = isinstance(value, (int, float, np.floating, np.integer))
+        if not numeric or isinstance(value, bool) or not _is_finite(value):
             raise ConfigError(
                 f"DataTransformers.Scale: invalid scale={value!r}; expected a finite "
                 "number"
             )
 
     def prepare(self, sample_shape, dtype, where):
-        factor = np.dtype(dtype).type(self.scale)
+        """Return the scaling function.
+
+        Raises ConfigError when ``scale`` overflows ``dtype``, or when a
+        nonzero scale rounds to 0 in it.
+        """
+        dtype = np.dtype(dtype)
+        # NumPy warns about the overflow; the checks below report it instead.
+        with np.errstate(over="ignore", under="ignore"):
+            factor = dtype.type(self.scale)
+        if not np.isfinite(factor):
+            raise ConfigError(
+                f"{where}: DataTransformers.Scale: scale={self.scale!r} overflows "
+                f"the net's dtype {dtype.name}, whose maximum is "
+                f"{np.finfo(dtype).max:g}; use a smaller scale, or a float64 backend"
+            )
+        if factor == 0 and self.scale != 0:
+            raise ConfigError(
+                f"{where}: DataTransformers.Scale: scale={self.scale!r} rounds to 0 "
+                f"in the net's dtype {dtype.name}, which would set every value to "
+                f"0; use a scale of at least {np.finfo(dtype).smallest_subnormal:g} "
+                "in magnitude"
+            )
 
         def scale(batch: np.ndarray):
             batch *= factor
 
         return scale
+
+
+def _is_finite(value) -> bool:
+    # math.isfinite raises OverflowError for an int beyond the float range.
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 class DataTransformers:

@@ -316,3 +316,105 @@ def test_transformers_not_a_list():
             batch_size=2,
             transformers=DataTransformers.Scale(scale=2.0),
         )
+
+
+def test_submean_blob_non_finite():
+    mean = MEAN.copy()
+    mean[1, 2, 0] = np.nan
+    with pytest.raises(ConfigError) as raised:
+        DataTransformers.SubMean(mean_blob=mean)
+    message = str(raised.value)
+    assert "DataTransformers.SubMean: mean_blob has 1 NaN or infinite" in message
+    assert "(nan) at index (1, 2, 0)" in message
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_submean_file_non_finite(tmp_path, bad):
+    mean = MEAN.copy()
+    mean[0, 1, 2] = bad
+    mean[1, 0, 0] = bad
+    mean_file = write_mean(tmp_path / "mean.hdf5", mean=mean)
+    layer = HDF5DataLayer(
+        name="data",
+        source=str(write_source(tmp_path)),
+        batch_size=3,
+        transformers=[("data", DataTransformers.SubMean(mean_file=str(mean_file)))],
+    )
+    with pytest.raises(DataError) as raised:
+        make_source(layer, np.float32, np.random.default_rng(0))
+    message = str(raised.value)
+    assert f"mean_file {mean_file}, dataset 'mean', has 2 NaN or infinite" in message
+    assert f"({bad}) at index (0, 1, 2)" in message
+    assert "data row" not in message
+
+
+def test_submean_file_not_numeric(tmp_path):
+    mean_file = write_mean(tmp_path / "mean.hdf5", mean=np.array([b"a", b"b"]))
+    with pytest.raises(DataError) as raised:
+        DataTransformers.SubMean(mean_file=str(mean_file)).load_mean()
+    message = str(raised.value)
+    assert f"mean_file {mean_file}, dataset 'mean', has dtype |S1" in message
+
+
+def test_submean_mean_overflows_float32():
+    mean = MEAN.astype(np.float64)
+    mean[0, 0, 0] = 1e39
+    layer = MemoryDataLayer(
+        name="memory",
+        batch_size=3,
+        data=[DATA, LABEL],
+        transformers=[("data", DataTransformers.SubMean(mean_blob=mean))],
+    )
+    with pytest.raises(DataError) as raised:
+        make_source(layer, np.float32, np.random.default_rng(0))
+    message = str(raised.value)
+    assert "MemoryDataLayer 'memory': top 'data'" in message
+    assert "values up to 1e+39 in magnitude" in message
+    assert "overflow the net's dtype float32" in message
+
+
+@pytest.mark.parametrize("scale", [1e39, -1e39, 10**39])
+def test_scale_overflows_float32(scale):
+    layer = MemoryDataLayer(
+        name="memory",
+        batch_size=3,
+        data=[DATA, LABEL],
+        transformers=[("data", DataTransformers.Scale(scale=scale))],
+    )
+    with pytest.raises(ConfigError) as raised:
+        make_source(layer, np.float32, np.random.default_rng(0))
+    message = str(raised.value)
+    assert "MemoryDataLayer 'memory': top 'data'" in message
+    assert f"DataTransformers.Scale: scale={scale!r} overflows" in message
+    assert "net's dtype float32" in message
+
+
+def test_scale_fits_float64():
+    data = DATA.astype(np.float64)
+    layer = MemoryDataLayer(
+        name="memory",
+        batch_size=3,
+        data=[data, LABEL],
+        transformers=[("data", DataTransformers.Scale(scale=1e39))],
+    )
+    source = make_source(layer, np.float64, np.random.default_rng(0))
+    outputs = [np.zeros(shape, np.float64) for shape in source.shapes]
+    source.next_batch(outputs)
+    np.testing.assert_allclose(outputs[0], data[:3] * 1e39)
+
+
+def test_scale_underflows_to_zero():
+    layer = MemoryDataLayer(
+        name="memory",
+        batch_size=3,
+        data=[DATA, LABEL],
+        transformers=[("data", DataTransformers.Scale(scale=1e-50))],
+    )
+    with pytest.raises(ConfigError) as raised:
+        make_source(layer, np.float32, np.random.default_rng(0))
+    assert "scale=1e-50 rounds to 0 in the net's dtype float32" in str(raised.value)
+
+
+def test_scale_huge_int_rejected():
+    with pytest.raises(ConfigError, match="expected a finite number"):
+        DataTransformers.Scale(scale=10**400)
