@@ -1,13 +1,16 @@
 """GPUBackend: nets whose kernels run on one CUDA device through CuPy.
 
-CuPy is an optional dependency (``pip install 'mochac[cuda]'``), imported
-only when a GPUBackend is constructed, so ``import mochac`` never needs it.
+CuPy is an optional dependency (``pip install '.[cuda]'`` in a clone of
+mochac), imported only when a GPUBackend is constructed, so ``import mochac``
+never needs it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import sys
 
 import numpy as np
 
@@ -19,9 +22,14 @@ logger = logging.getLogger(__name__)
 # Mocha's environment variable for the CUDA device index.
 DEVICE_VARIABLE = "MOCHA_CUDA_DEVICE"
 
+# mochac is installed from a clone, not from PyPI; the cuda extra of
+# pyproject.toml is the CuPy wheel below.
 INSTALL_HINT = (
-    "`pip install 'mochac[cuda]'` (in a clone of mochac: `pip install '.[cuda]'`)"
+    "`pip install '.[cuda]'` in the mochac clone, or `pip install 'cupy-cuda13x[ctk]'`"
 )
+
+# The NVIDIA driver's library, which the CUDA runtime loads.
+DRIVER_LIBRARY = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
 
 
 def import_cupy():
@@ -30,11 +38,20 @@ def import_cupy():
         import cupy
     except ImportError as error:
         raise DeviceError(
-            f"GPUBackend needs CuPy, which is not installed: run {INSTALL_HINT} "
-            "(it installs the cupy-cuda13x wheel, built for the CUDA 13 toolkit); "
-            "use CPUBackend on machines without a CUDA device"
+            f"GPUBackend needs CuPy, which is not installed: run {INSTALL_HINT}, "
+            "either of which installs CuPy for the CUDA 13 toolkit. Use "
+            "CPUBackend on machines without a CUDA device"
         ) from error
     return cupy
+
+
+def driver_load_error() -> str | None:
+    """Return why the NVIDIA driver library cannot be loaded, or None when it loads."""
+    try:
+        ctypes.CDLL(DRIVER_LIBRARY)
+    except OSError as error:
+        return str(error)
+    return None
 
 
 def device_from_environment() -> int:
@@ -96,6 +113,15 @@ class GPUBackend:
         try:
             count = self.cupy.cuda.runtime.getDeviceCount()
         except self.cupy.cuda.runtime.CUDARuntimeError as error:
+            # The CUDA runtime reports cudaErrorInsufficientDriver also when
+            # no driver is installed, and that message suggests an update.
+            problem = driver_load_error()
+            if problem is not None:
+                raise DeviceError(
+                    f"GPUBackend: no NVIDIA driver was found: {DRIVER_LIBRARY} "
+                    f"cannot be loaded ({problem}). Install the NVIDIA driver on "
+                    "a machine with an NVIDIA GPU, or use CPUBackend"
+                ) from error
             raise DeviceError(
                 f"GPUBackend: no usable CUDA device ({error}); check the driver with "
                 "nvidia-smi, or use CPUBackend"
