@@ -424,3 +424,59 @@ def test_make_net_keeps_shared_trained_values(tmp_path):
     test = load_net(tmp_path / "build" / "pair_test", backend)
     assert test.params["ip"]["weight"] is train.params["ip"]["weight"]
     assert np.all(train.params["ip"]["weight"] == 7.0)
+
+
+# A net whose blob 'hidden' shares memory with other blobs after plan_memory.
+HIDDEN_BLOB_NET_FILE = textwrap.dedent(
+    """
+    import numpy as np
+
+    from mochac import CPUBackend, InnerProductLayer, MemoryDataLayer, Net
+
+    x = np.ones((4, 3), np.float32)
+    layers = [
+        MemoryDataLayer(name="data", batch_size=4, data=[x], tops=["data"]),
+        InnerProductLayer(name="ip1", output_dim=5, bottoms=["data"], tops=["hidden"]),
+        InnerProductLayer(name="ip2", output_dim=2, bottoms=["hidden"], tops=["out"]),
+    ]
+    net = Net("hidden_blob", CPUBackend(seed=1), layers)
+    """
+)
+
+
+def test_package_hidden_blob_advice(tmp_path):
+    net_file = tmp_path / "hidden.py"
+    net_file.write_text(HIDDEN_BLOB_NET_FILE)
+    assert main(["compile", str(net_file), "-o", str(tmp_path / "build")]) == 0
+    package = tmp_path / "build" / "hidden_blob"
+    net = load_net(package)
+    net.forward()
+    with pytest.raises(KeyError) as caught:
+        net.blobs["hidden"]
+    message = str(caught.value)
+    assert "shares memory with other blobs after plan_memory" in message
+    assert f"loaded from the compiled package {package}" in message
+    assert f"add keep=['hidden'] to the Net in {net_file}" in message
+    assert f"run `mochac compile {net_file} --disable plan_memory`" in message
+    assert "to Net, or disable=" not in message
+
+
+@pytest.mark.parametrize("fix", ["keep", "disable"])
+def test_package_hidden_blob_advice_works(tmp_path, fix):
+    """Each fix the advice names makes the blob readable in the package."""
+    net_file = tmp_path / "hidden.py"
+    arguments = ["compile", str(net_file), "-o", str(tmp_path / "build")]
+    if fix == "keep":
+        net_file.write_text(
+            HIDDEN_BLOB_NET_FILE.replace("layers)", "layers, keep=['hidden'])")
+        )
+    else:
+        net_file.write_text(HIDDEN_BLOB_NET_FILE)
+        arguments += ["--disable", "plan_memory"]
+    assert main(arguments) == 0
+    net = load_net(tmp_path / "build" / "hidden_blob")
+    net.forward()
+    weight = net.params["ip1"]["weight"]
+    bias = net.params["ip1"]["bias"]
+    expected = net.blobs["data"] @ weight.reshape(3, 5) + bias.reshape(5)
+    np.testing.assert_allclose(net.blobs["hidden"], expected, rtol=1e-5)

@@ -122,15 +122,44 @@ class BlobViews(ArrayViews):
         label = "net.blobs" if kind == "data" else "net.diffs"
         super().__init__(label)
         self.kind = kind
-        # Blob name -> why its view is left out and how to read it.
-        self.hidden: dict[str, str] = {}
+        # Blob name -> (why its view is left out, the pass that left it out).
+        self.hidden: dict[str, tuple[str, str]] = {}
+        # (package folder, net file) of a net loaded from a compiled package,
+        # whose user cannot pass keep= or disable= to Net; None otherwise.
+        self.package: tuple[str, str | None] | None = None
 
     def __missing__(self, name):
         if name in self.hidden:
+            reason, pass_name = self.hidden[name]
             raise KeyError(
-                f"the {self.kind} of blob '{name}' cannot be read: {self.hidden[name]}"
+                f"the {self.kind} of blob '{name}' cannot be read: {reason}; "
+                f"{self._advice(name, pass_name)}"
             )
         raise KeyError(f"no blob named '{name}' has {self.kind}")
+
+    def _advice(self, name: str, pass_name: str) -> str:
+        """Return how to make blob ``name`` readable, which ``pass_name`` hid."""
+        if self.package is None:
+            if pass_name == "plan_memory":
+                return (
+                    f"pass keep=['{name}'] to Net, or disable=('plan_memory',), "
+                    "to read it"
+                )
+            return (
+                f"pass keep=['{name}'] to Net, or disable=('{pass_name}',) to Net "
+                "to read it"
+            )
+        folder, net_file = self.package
+        if net_file is None:
+            net_file = "the net file"
+            command = "mochac compile NET_FILE"
+        else:
+            command = f"mochac compile {net_file}"
+        return (
+            f"the net was loaded from the compiled package {folder}, so to read "
+            f"it, add keep=['{name}'] to the Net in {net_file} and run `{command}` "
+            f"again, or run `{command} --disable {pass_name}`"
+        )
 
 
 def blob_views(net, pinned: set[int]) -> tuple[BlobViews, BlobViews]:
@@ -151,17 +180,14 @@ def blob_views(net, pinned: set[int]) -> tuple[BlobViews, BlobViews]:
                 continue
             shared = (overwritten if kind == "data" else merged).get(name)
             if shared is not None:
-                reason, pass_name = shared
                 # Keeping the blob stops the in-place write or keeps the split
                 # (mochac.passes), so either view becomes readable.
-                views.hidden[name] = (
-                    f"{reason} ({pass_name}); pass keep=['{name}'] to Net, or "
-                    f"disable=('{pass_name}',) to Net to read it"
-                )
+                reason, pass_name = shared
+                views.hidden[name] = (f"{reason} ({pass_name})", pass_name)
             elif net.plan is not None and slot.index not in pinned:
                 views.hidden[name] = (
-                    "it shares memory with other blobs after plan_memory; pass "
-                    f"keep=['{name}'] to Net, or disable=('plan_memory',), to read it"
+                    "it shares memory with other blobs after plan_memory",
+                    "plan_memory",
                 )
             else:
                 views[name] = net.arrays[slot.index].reshape(blob.shape)

@@ -193,6 +193,10 @@ def load_net(folder, backend=None):
             f"{error}; the compiled package {folder} is damaged: run `mochac "
             "compile` again to rewrite it"
         ) from error
+    # The advice for an unreadable blob names the net file to compile again,
+    # because a package's user builds no Net to pass keep= or disable= to.
+    for views in (net.blobs, net.diffs):
+        views.package = (str(folder), meta.get("source_file"))
     used = {id(array) for arrays in net.params.values() for array in arrays.values()}
     restored = []
     for (key, name), values in shared.items():
