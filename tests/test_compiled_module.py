@@ -426,6 +426,22 @@ def test_make_net_keeps_shared_trained_values(tmp_path):
     assert np.all(train.params["ip"]["weight"] == 7.0)
 
 
+def test_memory_package_reads_other_sample_count(tmp_path):
+    """A package's MemoryDataLayer takes new arrays of any sample count."""
+    net = load_net(compile_memory_package(tmp_path))
+    source = net.data_source("data")
+    images = np.arange(6 * 2, dtype=np.float32).reshape(6, 2, 1, 1)
+    labels = np.array([[0], [1], [2], [0], [1], [2]], dtype=np.float32)
+    source.arrays[0] = images
+    source.arrays[1] = labels
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["data"], images[:4])
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["data"], images[[4, 5, 0, 1]])
+    assert source.n_samples == 6
+    assert source.epoch == 1
+
+
 # A net whose blob 'hidden' shares memory with other blobs after plan_memory.
 HIDDEN_BLOB_NET_FILE = textwrap.dedent(
     """

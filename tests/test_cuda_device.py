@@ -676,6 +676,36 @@ def test_changed_arrays_reach_the_next_step(cupy, tmp_path):
         np.testing.assert_array_equal(gpu.blobs["data"].get(), cpu.blobs["data"])
 
 
+def test_replaced_arrays_other_count_reach_next_step(cupy, tmp_path):
+    """Arrays of another sample count, assigned through data_source(),
+    reach the next step after the read-ahead batch, as on the CPU."""
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(10, 3))
+    y = rng.integers(0, 3, size=(10, 1)).astype(float)
+    new_x = rng.normal(size=(6, 3))
+    new_y = rng.integers(0, 3, size=(6, 1)).astype(float)
+
+    def layers():
+        return [
+            MemoryDataLayer(name="data", batch_size=4, data=[x.copy(), y]),
+            *shuffled_factory(tmp_path)()[1:],
+        ]
+
+    cpu, gpu = twin_nets(layers)
+    cpu_method, gpu_method = SGD(), SGD()
+    for iteration in range(4):
+        if iteration == 2:
+            for net in (cpu, gpu):
+                net.data_source("data").arrays[0] = new_x.copy()
+                net.data_source("data").arrays[1] = new_y
+        expected = cpu.train_step(cpu_method, 0.1, 0.9, 0.0, iteration)
+        got = gpu.train_step(gpu_method, 0.1, 0.9, 0.0, iteration)
+        assert got == pytest.approx(expected, rel=RTOL)
+        np.testing.assert_array_equal(gpu.blobs["data"].get(), cpu.blobs["data"])
+    np.testing.assert_array_equal(cpu.blobs["data"], new_x[[4, 5, 0, 1]])
+    assert gpu.data_source("data").position == cpu.data_source("data").position
+
+
 def break_batch(source, failing_call):
     """Make a data source raise DataError on its ``failing_call``-th batch
     (counting from 1), after moving past it as a failing transformer would."""

@@ -406,8 +406,10 @@ def test_hdf5_list_relative_to_cwd(tmp_path, monkeypatch, beside_too):
     assert np.all(data == expected)
 
 
-@pytest.mark.parametrize("shape", [(2, 3), (6, 4), (6,)])
-def test_memory_array_replaced_other_shape(shape):
+@pytest.mark.parametrize(
+    ("shape", "wanted"), [((6, 4), "(N, 3)"), ((6,), "(N, 3)"), ((2, 3, 1), "(N, 3)")]
+)
+def test_memory_array_replaced_other_sample_shape(shape, wanted):
     x = np.zeros((6, 3), dtype=np.float32)
     y = np.zeros((6, 1), dtype=np.float32)
     layer = MemoryDataLayer(name="mem", batch_size=4, data=[x, y])
@@ -418,8 +420,109 @@ def test_memory_array_replaced_other_shape(shape):
     message = str(raised.value)
     assert "MemoryDataLayer 'mem'" in message
     assert "top 'data'" in message
-    assert f"has shape {shape}" in message
-    assert "built for (6, 3)" in message
+    assert f"array of shape {shape}" in message
+    assert "built for samples of shape (3,) (top shape (4, 3))" in message
+    assert f"Assign an array of shape {wanted} for any sample count N" in message
+
+
+@pytest.mark.parametrize("count", [2, 20])
+def test_memory_arrays_replaced_other_count(count):
+    x = np.zeros((6, 3), dtype=np.float32)
+    y = np.zeros((6, 1), dtype=np.float32)
+    layer = MemoryDataLayer(name="mem", batch_size=4, data=[x, y])
+    source = open_source(layer)
+    next_batch(source)
+    assert source.position == 4
+    new_x = np.arange(count * 3, dtype=np.float32).reshape(count, 3)
+    new_y = np.arange(count, dtype=np.float32).reshape(count, 1)
+    source.arrays[0] = new_x
+    source.arrays[1] = new_y
+    (data, label), n_valid = next_batch(source)
+    rows = np.arange(4) % count
+    np.testing.assert_array_equal(data, new_x[rows])
+    np.testing.assert_array_equal(label, new_y[rows])
+    assert n_valid == min(count, 4)
+    assert source.n_samples == count
+    assert source.position == 4 % count
+    assert source.shapes == [(4, 3), (4, 1)]
+
+
+def test_memory_array_resized_in_place():
+    x = np.zeros((6, 3), dtype=np.float32)
+    layer = MemoryDataLayer(name="mem", batch_size=4, tops=["data"], data=[x])
+    source = open_source(layer)
+    next_batch(source)
+    source.arrays[0].shape = (6, 3, 1)
+    with pytest.raises(DataError) as raised:
+        next_batch(source)
+    assert "array of shape (6, 3, 1)" in str(raised.value)
+
+
+def test_memory_array_replaced_count_mismatch():
+    x = np.zeros((6, 3), dtype=np.float32)
+    y = np.zeros((6, 1), dtype=np.float32)
+    layer = MemoryDataLayer(name="mem", batch_size=4, data=[x, y])
+    source = open_source(layer)
+    source.arrays[0] = np.zeros((10, 3), dtype=np.float32)
+    with pytest.raises(DataError) as raised:
+        next_batch(source)
+    message = str(raised.value)
+    assert "top 'data' has 10, top 'label' has 6" in message
+    assert "same sample count" in message
+
+
+@pytest.mark.parametrize(
+    ("array", "problem"),
+    [
+        (np.zeros((0, 3), dtype=np.float32), "which has no samples"),
+        (np.full((6, 3), "a"), "dtype <U1 is not numeric"),
+        ([[0.0, 1.0, 2.0]], "replaced by list of shape (1, 3)"),
+    ],
+)
+def test_memory_array_replaced_invalid(array, problem):
+    x = np.zeros((6, 3), dtype=np.float32)
+    layer = MemoryDataLayer(name="mem", batch_size=4, tops=["data"], data=[x])
+    source = open_source(layer)
+    source.arrays[0] = array
+    with pytest.raises(DataError) as raised:
+        next_batch(source)
+    message = str(raised.value)
+    assert "MemoryDataLayer 'mem': top 'data'" in message
+    assert problem in message
+
+
+def test_hdf5_arrays_replaced_shuffle_new_count(tmp_path):
+    """A shuffling source draws an order of the new sample count, and its
+    errors stop naming rows of the files it read."""
+    data = np.arange(30, dtype=np.float32).reshape(10, 3)
+    layer = hdf5_layer(
+        tmp_path, batch_size=4, shuffle=True, data=data, label=numbered_labels(10)
+    )
+    source = open_source(layer, seed=3)
+    next_batch(source)
+    source.arrays[0] = np.zeros((6, 3), dtype=np.float32)
+    source.arrays[1] = numbered_labels(6)
+    labels = [next_batch(source)[0][1].ravel() for _ in range(3)]
+    first_epoch = np.concatenate(labels)[:6]
+    assert sorted(first_epoch.tolist()) == list(range(6))
+    assert source.n_samples == 6
+    assert source.files is None
+    assert source.describe_row(2) == "data row 2"
+
+
+def test_memory_net_forward_other_count():
+    """A built net reads replaced arrays of another sample count."""
+    x = np.ones((8, 1, 4, 4), dtype=np.float32)
+    layer = MemoryDataLayer(name="in", tops=["data"], batch_size=4, data=[x])
+    ip = InnerProductLayer(name="ip", output_dim=2, bottoms=["data"], tops=["ip"])
+    net = Net("other-count", CPUBackend(seed=1), [layer, ip])
+    net.forward()
+    new = np.arange(20 * 16, dtype=np.float32).reshape(20, 1, 4, 4)
+    net.data_source("in").arrays[0] = new
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["data"], new[:4])
+    net.forward()
+    np.testing.assert_array_equal(net.blobs["data"], new[4:8])
 
 
 @pytest.mark.parametrize("count", [1, 3])

@@ -111,11 +111,13 @@ class MemoryDataLayer(Layer):
         batch_size: samples per batch (required).
         data: one array per top, samples along the first axis. The runtime
             reads these arrays at each batch, so changing their contents in
-            place changes what the net reads. A GPU net's training steps
-            (train_step, solver_step, forward_backward) read the next batch
-            during the current step: between steps, reach the
-            arrays through a new net.data_source() call each time, or call
-            net.drop_read_ahead() after changing them.
+            place changes what the net reads. ``net.data_source(name).arrays``
+            also takes new arrays of another sample count with the same
+            sample shape, and the next batch starts at their first sample.
+            A GPU net's training steps (train_step, solver_step,
+            forward_backward) read the next batch during the current step:
+            between steps, reach the arrays through a new net.data_source()
+            call each time, or call net.drop_read_ahead() after changing them.
         tops: blob names, default ["data", "label"].
         transformers: default []; see HDF5DataLayer.
     """

@@ -4,7 +4,8 @@ The folder contains net.json (the layer configs and options), the compiled
 extension and params.h5 (the parameters at compile time).
 
 Loading reads no data file. A MemoryDataLayer comes back with zero arrays of
-its compile-time shapes. An HDF5DataLayer reads its source list at its first
+its compile-time shapes, which ``net.data_source(name).arrays[i] = new`` replaces
+with arrays of any sample count. An HDF5DataLayer reads its source list at its first
 batch (DeferredSource), relative to the working directory at that time.
 """
 

@@ -224,14 +224,25 @@ def apply_transformers(transforms: list[list], batches: list[np.ndarray]):
 
 
 class DataSource(BatchOrder):
-    """Batches of a set of equally long arrays, one per top."""
+    """Batches of a set of equally long arrays, one per top.
+
+    ``arrays`` may be replaced, item by item, by arrays with another number of
+    samples but the same sample shapes, which the compiled code is fixed to.
+    The next batch then starts at the first sample of the new arrays.
+    """
 
     def __init__(self, layer, arrays: list[np.ndarray], rng, shuffle: bool, dtype):
         self.layer = layer
         self.arrays = arrays
         super().__init__(len(arrays[0]), layer.batch_size, rng, shuffle, _who(layer))
-        self.array_shapes = [np.shape(array) for array in arrays]
-        self.transforms = prepare_transformers(layer, self.shapes, np.dtype(dtype))
+        # The shape of one sample per top, without the sample axis.
+        self.sample_shapes = [np.shape(array)[1:] for array in arrays]
+        self.dtype = np.dtype(dtype)
+        # The arrays the last batch was read from and their shapes, to detect
+        # replaced or resized ones.
+        self._read_from = list(arrays)
+        self._read_shapes = [np.shape(array) for array in arrays]
+        self.transforms = prepare_transformers(layer, self.shapes, self.dtype)
         # For data read from files: (paths, starts), where starts[f] is the
         # first data row of file f (describe_row).
         self.files = None
@@ -242,8 +253,15 @@ class DataSource(BatchOrder):
         return describe_row(self.files, row)
 
     def _check_arrays(self):
-        """Raise DataError when an array was replaced by one of another shape,
-        or the list of arrays by one of another length."""
+        """Take in arrays replaced since the last batch.
+
+        A new sample count restarts the batch order at sample 0, in a new
+        permutation when the layer shuffles. Raises DataError when the list
+        of arrays was replaced by one of another length, or when an array is
+        not numeric or has another sample shape than the net was built for.
+        It is also raised when the arrays differ in their sample counts or
+        have no samples.
+        """
         if len(self.arrays) != len(self.layer.tops):
             raise DataError(
                 f"{_who(self.layer)}: arrays has {len(self.arrays)} array(s) for "
@@ -251,18 +269,74 @@ class DataSource(BatchOrder):
                 "write new values into each array in place (arrays[i][...] = "
                 "values) instead of replacing the list"
             )
-        for top, array, shape in zip(self.layer.tops, self.arrays, self.array_shapes):
-            if np.shape(array) != shape:
-                raise DataError(
-                    f"{_who(self.layer)}: top '{top}' has shape {np.shape(array)}, but "
-                    f"the net was built for {shape}; write new values into the "
-                    "array in place (arrays[i][...] = values), or build a new Net "
-                    "for data of another shape"
-                )
+        unchanged = all(
+            array is old and np.shape(array) == shape
+            for array, old, shape in zip(
+                self.arrays, self._read_from, self._read_shapes
+            )
+        )
+        if unchanged:
+            return
+        for top, array, sample_shape in zip(
+            self.layer.tops, self.arrays, self.sample_shapes
+        ):
+            self._check_replacement(top, array, sample_shape)
+        counts = [len(array) for array in self.arrays]
+        if len(set(counts)) > 1:
+            listing = ", ".join(
+                f"top '{top}' has {count}"
+                for top, count in zip(self.layer.tops, counts)
+            )
+            raise DataError(
+                f"{_who(self.layer)}: the arrays have different numbers of samples "
+                f"({listing}); replace every top's array with one of the same "
+                "sample count"
+            )
+        self._read_from = list(self.arrays)
+        self._read_shapes = [np.shape(array) for array in self.arrays]
+        # Rows of other arrays are not rows of the files the source read.
+        self.files = None
+        if counts[0] != self.n_samples:
+            logger.info(
+                "%s: the arrays now have %d samples instead of %d; the next batch "
+                "starts at sample 0",
+                self.owner,
+                counts[0],
+                self.n_samples,
+            )
+            self.n_samples = counts[0]
+            self.position = 0
+            self.order = self._new_order()
+
+    def _check_replacement(self, top: str, array, sample_shape: tuple):
+        """Raise DataError when ``array`` cannot replace top ``top``'s array."""
+        shape = np.shape(array)
+        dimensions = ", ".join(["N", *map(str, sample_shape)])
+        expected_shape = f"({dimensions})" if sample_shape else "(N,)"
+        if not isinstance(array, np.ndarray) or len(shape) < 1:
+            raise DataError(
+                f"{_who(self.layer)}: top '{top}' was replaced by "
+                f"{type(array).__name__} of shape {shape}; assign a NumPy array "
+                f"of shape {expected_shape}"
+            )
+        if shape[1:] != sample_shape:
+            raise DataError(
+                f"{_who(self.layer)}: top '{top}' was replaced by an array of "
+                f"shape {shape}, but the net was built for samples of shape "
+                f"{sample_shape} (top shape {(self.batch_size,) + sample_shape}). "
+                f"Assign an array of shape {expected_shape} for any sample "
+                "count N, or build a new Net for samples of another shape"
+            )
+        if not shape[0]:
+            raise DataError(
+                f"{_who(self.layer)}: top '{top}' was replaced by an array of "
+                f"shape {shape}, which has no samples; assign at least one sample"
+            )
+        _check_float(array, self.dtype, f"{_who(self.layer)}: top '{top}'")
 
     @property
     def shapes(self) -> list[tuple[int, ...]]:
-        return [(self.batch_size,) + array.shape[1:] for array in self.arrays]
+        return [(self.batch_size,) + shape for shape in self.sample_shapes]
 
     def next_batch(self, outputs: list[np.ndarray]) -> int:
         """Copy the next batch into ``outputs`` (one array per top); return n_valid."""
