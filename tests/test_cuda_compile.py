@@ -336,7 +336,7 @@ def test_written_steps_list_every_step(programs, tmp_path):
 
 def test_gpu_backend_without_cupy(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)
-    with pytest.raises(DeviceError, match=r"pip install 'mochac\[cuda\]'"):
+    with pytest.raises(DeviceError, match=r"pip install '\.\[cuda\]'` in the mochac"):
         GPUBackend()
 
 
