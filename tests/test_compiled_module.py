@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -473,8 +474,36 @@ def test_package_hidden_blob_advice(tmp_path):
     assert "shares memory with other blobs after plan_memory" in message
     assert f"loaded from the compiled package {package}" in message
     assert f"add keep=['hidden'] to the Net in {net_file}" in message
-    assert f"run `mochac compile {net_file} --disable plan_memory`" in message
+    build = tmp_path / "build"
+    assert (
+        f"run `mochac compile {net_file} -o {build} --disable plan_memory`" in message
+    )
     assert "to Net, or disable=" not in message
+
+
+def test_package_blob_advice_command_rewrites_that_package(tmp_path, monkeypatch):
+    """The command of the advice, run from another folder, rewrites the
+    package the net came from, with the passes it was compiled without."""
+    net_file = tmp_path / "hidden.py"
+    net_file.write_text(HIDDEN_BLOB_NET_FILE)
+    build = tmp_path / "build"
+    arguments = ["compile", str(net_file), "-o", str(build)]
+    assert main([*arguments, "--disable", "fuse_neurons"]) == 0
+    net = load_net(build / "hidden_blob")
+    with pytest.raises(KeyError) as caught:
+        net.blobs["hidden"]
+    command = str(caught.value).split("or run `")[1].split("`")[0]
+    words = shlex.split(command)
+    assert words[:2] == ["mochac", "compile"]
+    assert words.count("--disable") == 2 and "fuse_neurons" in words
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(words[1:]) == 0
+    assert list(elsewhere.iterdir()) == []
+    net = load_net(build / "hidden_blob")
+    net.forward()
+    assert net.blobs["hidden"].shape == (4, 5)
 
 
 @pytest.mark.parametrize("fix", ["keep", "disable"])

@@ -549,6 +549,54 @@ def test_memory_array_replaced_same_shape():
     assert np.all(data == 5.0)
 
 
+def test_memory_arrays_replaced_same_count_start_over():
+    """Chunks of equal length, assigned one after another, are each read
+    from their first sample, as the README's chunked inference does."""
+    x = np.zeros((10, 3), dtype=np.float32)
+    layer = MemoryDataLayer(name="mem", batch_size=4, tops=["data"], data=[x])
+    source = open_source(layer)
+    for chunk in (1, 2):
+        values = np.arange(10, dtype=np.float32)[:, None] + 100 * chunk
+        source.arrays[0] = np.repeat(values, 3, axis=1)
+        rows = np.concatenate([next_batch(source)[0][0][:, 0] for _ in range(3)])
+        np.testing.assert_array_equal(rows[:10], values.ravel())
+
+
+def test_memory_arrays_replaced_in_coffee_break():
+    """A coffee break gives the training net shorter arrays: training goes
+    on, the position the solver restores belongs to the new arrays, and a
+    state captured before them is not restored over them."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 5))
+    y = (x[:, :1] > 0).astype(np.float64)
+    layers = [
+        MemoryDataLayer(name="data", batch_size=8, data=[x, y]),
+        InnerProductLayer(name="ip", output_dim=2, bottoms=["data"], tops=["ip"]),
+        SoftmaxLossLayer(name="loss", bottoms=["ip", "label"]),
+    ]
+    net = Net("shrink", CPUBackend(dtype=np.float64, seed=1), layers)
+
+    class Shrink(mochac.CoffeeBreak):
+        def enjoy(self, solver, net):
+            if solver.state.iter == 3:
+                source = net.data_source("data")
+                source.arrays[0] = x[:16].copy()
+                source.arrays[1] = y[:16].copy()
+
+    params = mochac.make_solver_parameters(SGD(), max_iter=10)
+    solver = Solver(SGD(), params, progress=False)
+    solver.add_coffee_break(Shrink(), every_n_iter=1)
+    solver.solve(net)
+    source = net.data_source("data")
+    assert solver.state.iter == 10
+    assert source.n_samples == 16
+    before = source.state_dict()
+    source.arrays[0] = x[:16].copy()
+    source.arrays[1] = y[:16].copy()
+    source.load_state_dict({**before, "position": 8})
+    assert source.position == 0
+
+
 def test_hdf5_non_hdf5_file(tmp_path):
     (tmp_path / "notes.hdf5").write_text("not an HDF5 file\n")
     source_list = write_source_list(tmp_path / "list.txt", "notes.hdf5")

@@ -8,6 +8,9 @@ blob's values after an in-place write or a split (mochac.ir.overwrites).
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
+
 from mochac.errors import ConfigError
 from mochac.ir.overwrites import merged_diffs, overwritten_data
 
@@ -124,9 +127,10 @@ class BlobViews(ArrayViews):
         self.kind = kind
         # Blob name -> (why its view is left out, the pass that left it out).
         self.hidden: dict[str, tuple[str, str]] = {}
-        # (package folder, net file) of a net loaded from a compiled package,
-        # whose user cannot pass keep= or disable= to Net; None otherwise.
-        self.package: tuple[str, str | None] | None = None
+        # (package folder, net file, passes it was compiled without) of a net
+        # loaded from a compiled package, whose user cannot pass keep= or
+        # disable= to Net; None otherwise.
+        self.package: tuple[str, str | None, list[str]] | None = None
 
     def __missing__(self, name):
         if name in self.hidden:
@@ -149,12 +153,16 @@ class BlobViews(ArrayViews):
                 f"pass keep=['{name}'] to Net, or disable=('{pass_name}',) to Net "
                 "to read it"
             )
-        folder, net_file = self.package
+        folder, net_file, disabled = self.package
+        # The command writes the package where it is, with the passes it
+        # was compiled without.
+        output = shlex.quote(str(Path(folder).parent))
         if net_file is None:
             net_file = "the net file"
-            command = "mochac compile NET_FILE"
+            command = f"mochac compile NET_FILE -o {output}"
         else:
-            command = f"mochac compile {net_file}"
+            command = f"mochac compile {shlex.quote(net_file)} -o {output}"
+        command += "".join(f" --disable {other}" for other in disabled)
         return (
             f"the net was loaded from the compiled package {folder}, so to read "
             f"it, add keep=['{name}'] to the Net in {net_file} and run `{command}` "

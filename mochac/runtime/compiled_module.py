@@ -197,7 +197,11 @@ def load_net(folder, backend=None):
     # The advice for an unreadable blob names the net file to compile again,
     # because a package's user builds no Net to pass keep= or disable= to.
     for views in (net.blobs, net.diffs):
-        views.package = (str(folder), meta.get("source_file"))
+        views.package = (
+            str(folder),
+            meta.get("source_file"),
+            list(meta.get("disable") or []),
+        )
     used = {id(array) for arrays in net.params.values() for array in arrays.values()}
     restored = []
     for (key, name), values in shared.items():

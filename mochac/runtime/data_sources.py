@@ -226,9 +226,10 @@ def apply_transformers(transforms: list[list], batches: list[np.ndarray]):
 class DataSource(BatchOrder):
     """Batches of a set of equally long arrays, one per top.
 
-    ``arrays`` may be replaced, item by item, by arrays with another number of
+    ``arrays`` may be replaced, item by item, by arrays with any number of
     samples but the same sample shapes, which the compiled code is fixed to.
-    The next batch then starts at the first sample of the new arrays.
+    The next batch then starts at the first sample of the new arrays, and a
+    state captured before the replacement is not restored over them.
     """
 
     def __init__(self, layer, arrays: list[np.ndarray], rng, shuffle: bool, dtype):
@@ -242,6 +243,8 @@ class DataSource(BatchOrder):
         # replaced or resized ones.
         self._read_from = list(arrays)
         self._read_shapes = [np.shape(array) for array in arrays]
+        # Counts the replacements of the arrays; states carry it (state_dict).
+        self.arrays_version = 0
         self.transforms = prepare_transformers(layer, self.shapes, self.dtype)
         # For data read from files: (paths, starts), where starts[f] is the
         # first data row of file f (describe_row).
@@ -298,15 +301,46 @@ class DataSource(BatchOrder):
         self.files = None
         if counts[0] != self.n_samples:
             logger.info(
-                "%s: the arrays now have %d samples instead of %d; the next batch "
-                "starts at sample 0",
+                "%s: the arrays now have %d samples instead of %d",
                 self.owner,
                 counts[0],
                 self.n_samples,
             )
-            self.n_samples = counts[0]
-            self.position = 0
-            self.order = self._new_order()
+        # New arrays are new data, read from their first sample on whatever
+        # their count; states captured before them no longer apply.
+        self.n_samples = counts[0]
+        self.position = 0
+        self.order = self._new_order()
+        self.arrays_version += 1
+
+    def state_dict(self) -> dict:
+        """The state of BatchOrder.state_dict, after taking in replaced
+        arrays, with the version of the arrays it belongs to."""
+        self._check_arrays()
+        return {**super().state_dict(), "arrays_version": self.arrays_version}
+
+    def load_state_dict(self, state: dict):
+        """Restore a state (BatchOrder.load_state_dict), unless it belongs to
+        arrays replaced since: the source then goes on reading the new ones."""
+        if not self._stale(state):
+            super().load_state_dict(state)
+
+    def check_state_dict(self, state: dict) -> None:
+        if not self._stale(state):
+            super().check_state_dict(state)
+
+    def _stale(self, state: dict) -> bool:
+        """Return whether ``state`` belongs to arrays replaced since. Snapshots
+        store no version: their states belong to the arrays of the net."""
+        self._check_arrays()
+        version = state.get("arrays_version", self.arrays_version)
+        if version != self.arrays_version:
+            logger.debug(
+                "%s: a data position of arrays since replaced is not restored",
+                self.owner,
+            )
+            return True
+        return False
 
     def _check_replacement(self, top: str, array, sample_shape: tuple):
         """Raise DataError when ``array`` cannot replace top ``top``'s array."""
