@@ -356,7 +356,10 @@ def compile_command(args) -> int:
     reports, dots = [], []
     for found in nets:
         # Rebuild with the command line's options; the cache makes an
-        # unchanged net cost no compile.
+        # unchanged net cost no compile. The net of the import goes first,
+        # so that its output files and data sources are free for the new
+        # one; the shared parameters stay with the backend.
+        found.destroy()
         net = Net(
             found.name,
             found.backend,

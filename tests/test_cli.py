@@ -81,6 +81,36 @@ def test_compile_writes_importable_module(tmp_path):
     np.testing.assert_allclose(prob, expected, rtol=1e-12)
 
 
+def test_compile_net_with_hdf5_output(tmp_path, monkeypatch):
+    """The import's net holds its output file; compiling rebuilds the net,
+    which needs that file too."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs.py").write_text(
+        textwrap.dedent(
+            """
+            import numpy as np
+            from mochac import (
+                CPUBackend, HDF5OutputLayer, InnerProductLayer, MemoryDataLayer, Net,
+            )
+
+            x = np.zeros((8, 3), np.float32)
+            predict = Net("predict", CPUBackend(seed=1), [
+                MemoryDataLayer(name="data", batch_size=4, tops=["data"], data=[x]),
+                InnerProductLayer(
+                    name="ip", output_dim=2, bottoms=["data"], tops=["ip"]
+                ),
+                HDF5OutputLayer(
+                    name="out", filename="predictions.h5", force_overwrite=True,
+                    bottoms=["ip"],
+                ),
+            ])
+            """
+        )
+    )
+    assert main(["compile", "outputs.py", "-o", "out"]) == 0
+    assert (tmp_path / "out" / "predict" / "net.json").exists()
+
+
 def test_compile_without_nets_fails(tmp_path, caplog):
     net_file = tmp_path / "empty.py"
     net_file.write_text("x = 1\n")
