@@ -1097,3 +1097,52 @@ def test_coffee_lounge_is_mochas_name_for_the_lounge():
     solver.setup_coffee_lounge(every_n_iter=2)
     assert solver.coffee_lounge is solver.lounge
     assert solver.coffee_lounge.every_n_iter == 2
+
+
+def test_resume_from_iteration_zero_snapshot_keeps_quiet(tmp_path, caplog):
+    """A run stopped after its iteration-0 snapshot resumes at iteration 0
+    from it: the statistics file it merges into is its own."""
+    folder = tmp_path / "snaps"
+
+    class StopAt(mochac.CoffeeBreak):
+        def enjoy(self, solver, net):
+            if solver.state.iter == 3:
+                raise KeyboardInterrupt
+
+    def run(stop):
+        x, y = toy_data()
+        net = Net("run", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+        params = make_solver_parameters(SGD(), max_iter=8, load_from=str(folder))
+        solver = Solver(SGD(), params, progress=False)
+        solver.setup_coffee_lounge(save_into=folder / "statistics.h5", every_n_iter=2)
+        solver.add_coffee_break(TrainingSummary(), every_n_iter=2)
+        solver.add_coffee_break(Snapshot(folder), every_n_iter=5)
+        if stop:
+            solver.add_coffee_break(StopAt(), every_n_iter=1)
+        solver.solve(net)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(stop=True)
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
+        run(stop=False)
+    assert "another run" not in caplog.text
+
+
+def test_rollback_warning_names_the_resumed_snapshot(tmp_path, caplog):
+    folder = tmp_path / "snaps"
+    x, y = toy_data()
+
+    def run(max_iter, load_from=None):
+        net = Net("run", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+        params = make_solver_parameters(SGD(), max_iter=max_iter, load_from=load_from)
+        solver = Solver(SGD(), params, progress=False)
+        solver.add_coffee_break(Snapshot(folder), every_n_iter=2)
+        solver.solve(net)
+
+    run(6)
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
+        run(8, load_from=str(folder / "snapshot-000002.h5"))
+    assert "past iteration 2 of snapshot-000002.h5, which this run resumed" in (
+        caplog.text
+    )
+    assert "another run" not in caplog.text

@@ -297,6 +297,7 @@ class Solver:
         # error or Ctrl-C stopped, or those a resumed snapshot lists. The
         # next solve() runs them before its first update.
         self._pending_breaks = None
+        self._resumed_from = None
         # Whether this solver's solve() is running, so that a coffee break
         # cannot call it again.
         self._running = False
@@ -354,10 +355,12 @@ class Solver:
 
     def _warn_of_later_files(self) -> None:
         """Warn when this run's snapshot folders hold snapshots past its
-        first iteration, or a run from scratch merges into a statistics file
-        with values past iteration 0: both come from another run, whose
-        files this one would mix with its own."""
+        first iteration, or a run that resumed no snapshot merges into a
+        statistics file with values past iteration 0: this run would mix
+        its files with those of another run, or of its own run before a
+        rollback."""
         start = self.start_iter
+        resumed = self._resumed_from
         folders = {
             coffee_break.folder
             for coffee_break, *_ in self.breaks
@@ -365,14 +368,29 @@ class Solver:
         }
         for folder in sorted(folders):
             later = [i for i, _ in snapshot_iterations(folder) if i > start]
-            if later:
+            if not later:
+                continue
+            if resumed is not None and resumed.parent.resolve() == folder.resolve():
+                logger.warning(
+                    "Snapshot folder %s holds snapshots up to iteration %d, past "
+                    "iteration %d of %s, which this run resumed from. This run "
+                    "overwrites those of the iterations it reaches, and a resume "
+                    "from the folder takes the newest file, which may be from "
+                    "before this rollback; snapshot into an empty folder to keep "
+                    "the two apart",
+                    folder,
+                    max(later),
+                    start,
+                    resumed.name,
+                )
+            else:
                 logger.warning(
                     "Snapshot folder %s holds snapshots up to iteration %d, past "
                     "this run's start at iteration %d: another run wrote them. "
-                    "This run overwrites those of the iterations it reaches, and "
-                    "a resume from the folder would take the newest file, which "
-                    "may be the other run's; resume with load_from=%r, or snapshot "
-                    "into an empty folder",
+                    "This run overwrites those of the iterations it reaches, and a "
+                    "resume from the folder takes the newest file, which may be "
+                    "the other run's; resume with load_from=%r, or snapshot into "
+                    "an empty folder",
                     folder,
                     max(later),
                     start,
@@ -380,7 +398,12 @@ class Solver:
                 )
         lounge = self.lounge
         reported = [i for series in lounge.statistics.values() for i in series]
-        if start == 0 and lounge.save_into is not None and max(reported, default=0):
+        if (
+            resumed is None
+            and start == 0
+            and lounge.save_into is not None
+            and max(reported, default=0)
+        ):
             logger.warning(
                 "the statistics file %s holds values up to iteration %d from "
                 "another run, and this run starts from scratch: under "
@@ -392,6 +415,8 @@ class Solver:
             )
 
     def _restore(self, net):
+        # The snapshot this solve() resumed from, if any (_warn_of_later_files).
+        self._resumed_from = None
         load_from = self.params.get("load_from")
         if not load_from:
             return
@@ -464,6 +489,7 @@ class Solver:
         self.state.iter = iteration
         obj_val = as_real(attrs.get("obj_val"))
         self.state.obj_val = math.nan if obj_val is None else float(obj_val)
+        self._resumed_from = path
         logger.info("resumed from %s at iteration %d", path, self.state.iter)
 
     def _stored_pending_breaks(self, attrs: dict, iteration: int, path):
