@@ -246,3 +246,23 @@ def test_step_settings_out_of_range(step, settings, match):
     with pytest.raises(ConfigError, match=match):
         getattr(net, step)(SGD(), *settings, 0)
     np.testing.assert_array_equal(net.params["conv"]["filter"], before)
+
+
+@pytest.mark.parametrize("iteration", [-1, 2.5, "3"])
+@pytest.mark.parametrize("step", ["train_step", "apply_update", "solver_step"])
+def test_step_iteration_must_be_a_count(step, iteration):
+    """Adam's bias correction with iteration -1 divides by zero, and the
+    step made every parameter NaN."""
+    net = make_net(np.float64)
+    net.forward_backward(Adam(), 0.0)
+    before = net.params["conv"]["filter"].copy()
+    with pytest.raises(ConfigError, match=f"invalid iteration={iteration!r}"):
+        getattr(net, step)(Adam(), 0.001, 0.0, 0.0, iteration)
+    np.testing.assert_array_equal(net.params["conv"]["filter"], before)
+
+
+@pytest.mark.parametrize("regu_coef", [float("nan"), -1.0, "x"])
+def test_forward_backward_checks_regu_coef(regu_coef):
+    net = make_net(np.float64)
+    with pytest.raises(ConfigError, match="invalid regu_coef="):
+        net.forward_backward(SGD(), regu_coef)

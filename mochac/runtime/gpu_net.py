@@ -49,7 +49,7 @@ from mochac.runtime.gpu_graphs import StepGraphs
 from mochac.runtime.net import AFTER_UPDATE_NOTE, NO_UPDATE_NOTE, Net
 from mochac.runtime.outputs import make_output_state
 from mochac.runtime.read_ahead import ReadAhead
-from mochac.runtime.step_settings import check_step_values
+from mochac.runtime.step_settings import check_regu_coef, check_step_values
 
 logger = logging.getLogger(__name__)
 
@@ -559,7 +559,7 @@ class GPUNet(Net):
         A NaN or infinite loss raises NumericalError, and the update kernels
         then leave every parameter as it was.
         """
-        check_step_values(learning_rate, momentum, regu_coef)
+        check_step_values(learning_rate, momentum, regu_coef, iteration)
         tables = gpu_update.tables_for(self, method, regu_coef)
         if tables is None:
             objective = self.forward()
@@ -575,6 +575,7 @@ class GPUNet(Net):
         As Net.forward_backward, with the steps enqueued at once (a CUDA
         graph after the first) and the next batch read ahead.
         """
+        check_regu_coef(regu_coef)
         tables = gpu_update.tables_for(self, method, regu_coef)
         if tables is None:
             objective = self.forward()
@@ -584,7 +585,7 @@ class GPUNet(Net):
 
     def apply_update(self, method, learning_rate, momentum, regu_coef, iteration=None):
         """Update the parameters from the gradients of the last backward pass."""
-        check_step_values(learning_rate, momentum, regu_coef)
+        check_step_values(learning_rate, momentum, regu_coef, iteration)
         self._check_alive()
         self.step_updated = False
         tables = gpu_update.tables_for(self, method, regu_coef)
@@ -605,7 +606,7 @@ class GPUNet(Net):
         and backward on the next batch, enqueued at once as train_step's
         steps are.
         """
-        check_step_values(learning_rate, momentum, regu_coef)
+        check_step_values(learning_rate, momentum, regu_coef, iteration)
         self.step_updated = False
         tables = gpu_update.tables_for(self, method, regu_coef)
         if tables is None:

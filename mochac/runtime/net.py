@@ -45,7 +45,7 @@ from mochac.runtime.array_views import blob_views, locked_views
 from mochac.runtime.backend import check_backend
 from mochac.runtime.data_sources import make_source
 from mochac.runtime.outputs import make_output_state
-from mochac.runtime.step_settings import check_step_values
+from mochac.runtime.step_settings import check_regu_coef, check_step_values
 
 logger = logging.getLogger(__name__)
 
@@ -580,7 +580,7 @@ class Net:
         NaN or infinite loss raises NumericalError before any parameter
         changes.
         """
-        check_step_values(learning_rate, momentum, regu_coef)
+        check_step_values(learning_rate, momentum, regu_coef, iteration)
         self._check_alive()
         tables = native_update.tables_for(self, method, regu_coef)
         if tables is None:
@@ -603,6 +603,7 @@ class Net:
         apply_update or solver_step. Raises NumericalError when a loss is NaN
         or infinite.
         """
+        check_regu_coef(regu_coef)
         self._check_alive()
         tables = native_update.tables_for(self, method, regu_coef)
         if tables is None:
@@ -622,7 +623,7 @@ class Net:
 
     def apply_update(self, method, learning_rate, momentum, regu_coef, iteration=None):
         """Update the parameters from the gradients of the last backward pass."""
-        check_step_values(learning_rate, momentum, regu_coef)
+        check_step_values(learning_rate, momentum, regu_coef, iteration)
         self._check_alive()
         self.step_updated = False
         method.update(self, learning_rate, momentum, regu_coef, iteration)
@@ -638,7 +639,7 @@ class Net:
         With a native method the whole iteration is one call into the
         compiled code.
         """
-        check_step_values(learning_rate, momentum, regu_coef)
+        check_step_values(learning_rate, momentum, regu_coef, iteration)
         self._check_alive()
         self.step_updated = False
         tables = native_update.tables_for(self, method, regu_coef)

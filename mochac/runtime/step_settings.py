@@ -10,13 +10,21 @@ from __future__ import annotations
 import math
 
 from mochac.errors import ConfigError
-from mochac.values import as_real
+from mochac.values import as_int, as_real
 
 
-def check_step_values(learning_rate, momentum, regu_coef) -> None:
+def check_step_values(learning_rate, momentum, regu_coef, iteration=None) -> None:
     """Raise ConfigError for a learning rate below 0, a momentum outside
-    [0, 1) or a regu_coef below 0 given to a net's training step, as the
-    solver rejects them from its policies."""
+    [0, 1), a regu_coef below 0 or an iteration that is not an int >= 0
+    (None stands for none given) for a net's training step, as the solver
+    rejects them from its policies."""
+    if iteration is not None:
+        count = as_int(iteration)
+        if count is None or count < 0:
+            raise ConfigError(
+                f"invalid iteration={iteration!r} for a training step; expected "
+                "the number of updates done before, an int >= 0"
+            )
     for key, value, valid, rule in (
         ("learning_rate", learning_rate, lambda v: v >= 0, ">= 0"),
         ("momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -28,3 +36,8 @@ def check_step_values(learning_rate, momentum, regu_coef) -> None:
                 f"invalid {key}={value!r} for a training step; expected a finite "
                 f"number {rule}"
             )
+
+
+def check_regu_coef(regu_coef) -> None:
+    """Raise ConfigError unless ``regu_coef`` is a finite number >= 0."""
+    check_step_values(0.0, 0.0, regu_coef)
