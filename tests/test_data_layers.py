@@ -597,6 +597,53 @@ def test_memory_arrays_replaced_in_coffee_break():
     assert source.position == 0
 
 
+def test_snapshot_after_arrays_replaced_resumes_exactly(tmp_path):
+    """A break replaces the arrays before the Snapshot break of the same
+    iteration: the snapshot records the new arrays' state, and a run
+    resumed from it with the new arrays ends where the whole run ended."""
+
+    def data(n, seed):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((n, 5))
+        return x, (x[:, :1] > 0).astype(np.float64)
+
+    class Swap(mochac.CoffeeBreak):
+        def enjoy(self, solver, net):
+            if solver.state.iter == 4:
+                source = net.data_source("data")
+                source.arrays[0], source.arrays[1] = data(12, 5)
+
+    def run(folder, max_iter, swapped=False, load_from=None):
+        x, y = data(12, 5) if swapped else data(40, 0)
+        layers = [
+            MemoryDataLayer(name="data", batch_size=8, data=[x, y]),
+            InnerProductLayer(name="ip", output_dim=2, bottoms=["data"], tops=["ip"]),
+            SoftmaxLossLayer(name="loss", bottoms=["ip", "label"]),
+        ]
+        net = Net("swap", CPUBackend(dtype=np.float64, seed=1), layers)
+        params = mochac.make_solver_parameters(
+            SGD(), max_iter=max_iter, momentum=0.9, load_from=load_from
+        )
+        solver = Solver(SGD(), params, progress=False)
+        if not swapped:
+            solver.add_coffee_break(Swap(), every_n_iter=2)
+        solver.add_coffee_break(mochac.Snapshot(folder), every_n_iter=2)
+        solver.solve(net)
+        return net
+
+    whole = run(tmp_path / "whole", 8)
+    with h5py.File(tmp_path / "whole" / "snapshot-000004.h5", "r") as handle:
+        assert handle["data_layers"]["data"].attrs["position"] == 0
+    resumed = run(
+        tmp_path / "resumed",
+        8,
+        swapped=True,
+        load_from=str(tmp_path / "whole" / "snapshot-000004.h5"),
+    )
+    for name, values in whole.params["ip"].items():
+        np.testing.assert_array_equal(resumed.params["ip"][name], values)
+
+
 def test_hdf5_non_hdf5_file(tmp_path):
     (tmp_path / "notes.hdf5").write_text("not an HDF5 file\n")
     source_list = write_source_list(tmp_path / "list.txt", "notes.hdf5")

@@ -322,14 +322,14 @@ class DataSource(BatchOrder):
     def load_state_dict(self, state: dict):
         """Restore a state (BatchOrder.load_state_dict), unless it belongs to
         arrays replaced since: the source then goes on reading the new ones."""
-        if not self._stale(state):
+        if not self.is_stale(state):
             super().load_state_dict(state)
 
     def check_state_dict(self, state: dict) -> None:
-        if not self._stale(state):
+        if not self.is_stale(state):
             super().check_state_dict(state)
 
-    def _stale(self, state: dict) -> bool:
+    def is_stale(self, state: dict) -> bool:
         """Return whether ``state`` belongs to arrays replaced since. Snapshots
         store no version: their states belong to the arrays of the net."""
         self._check_arrays()

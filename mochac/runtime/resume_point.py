@@ -37,6 +37,23 @@ def capture(net) -> ResumePoint:
     )
 
 
+def source_states(net, point: ResumePoint) -> dict[int, dict]:
+    """Return the data layer states of ``point`` that a snapshot saves.
+
+    A coffee break may have replaced a source's arrays since the point was
+    captured. The run then goes on from the new arrays' current state
+    (DataSource.is_stale), which is the one to save.
+    """
+    states = {}
+    for index, state in point.sources.items():
+        source = net.sources[index]
+        is_stale = getattr(source, "is_stale", None)
+        states[index] = (
+            source.state_dict() if is_stale is not None and is_stale(state) else state
+        )
+    return states
+
+
 def restore(net, point: ResumePoint) -> None:
     """Move the net's data layers and random streams back to ``point``."""
     for key, values in point.streams.items():

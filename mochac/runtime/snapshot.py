@@ -392,7 +392,7 @@ def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> P
         for key, values in point.streams.items():
             write_dataset(streams, key, host(values))
         sources = handle.create_group("data_layers")
-        for index, state in point.sources.items():
+        for index, state in resume_point.source_states(net, point).items():
             item = sources.create_group(net.ir.layers[index].name)
             item.attrs["position"] = state["position"]
             item.attrs["epoch"] = state["epoch"]
