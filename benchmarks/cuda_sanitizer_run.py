@@ -16,6 +16,7 @@ it found an error.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -32,6 +33,10 @@ from mochac.runtime.solver import SGD  # noqa: E402
 
 
 def main():
+    argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="See the module docstring for how to run it.",
+    ).parse_args()
     cases = {name: (factory, level) for name, (factory, level) in NETS.items()}
     cases["lenet"] = (lambda dtype: lenet(8), 1)
     for dtype in (np.float32, np.float64):

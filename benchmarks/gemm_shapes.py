@@ -10,6 +10,7 @@ large one (the NOTE at warm_blas in mochac/templates/c/net.c.j2).
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
@@ -57,6 +58,10 @@ def best_seconds(call, calls=100, rounds=5) -> float:
 
 
 def main():
+    argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="See the module docstring for how to run it.",
+    ).parse_args()
     ffi, lib = _blas()
     lib.scipy_openblas_set_num_threads(1)
     for label in ("before a large GEMM", "after a 384^3 GEMM"):

@@ -327,7 +327,7 @@ def test_hdf5_string_dataset_rejected(tmp_path):
         data=numbered_images(2),
         label=np.array([b"zero", b"one"]),
     )
-    with pytest.raises(DataError, match="not numeric") as raised:
+    with pytest.raises(DataError, match="not a real number type") as raised:
         open_source(layer)
     assert "label" in str(raised.value)
 
@@ -475,7 +475,7 @@ def test_memory_array_replaced_count_mismatch():
     ("array", "problem"),
     [
         (np.zeros((0, 3), dtype=np.float32), "which has no samples"),
-        (np.full((6, 3), "a"), "dtype <U1 is not numeric"),
+        (np.full((6, 3), "a"), "dtype <U1 is not a real number type"),
         ([[0.0, 1.0, 2.0]], "replaced by list of shape (1, 3)"),
     ],
 )
@@ -752,7 +752,7 @@ def test_memory_string_array_rejected():
         batch_size=2,
         data=[np.ones((2, 3), np.float32), np.array(["a", "b"])],
     )
-    with pytest.raises(DataError, match="not numeric") as raised:
+    with pytest.raises(DataError, match="not a real number type") as raised:
         open_source(layer)
     assert "'label'" in str(raised.value)
 
@@ -953,7 +953,7 @@ def test_hdf5_string_dataset_names_layer(tmp_path):
         open_source(layer)
     message = str(caught.value)
     assert message.startswith("HDF5DataLayer 'data': ")
-    assert "samples.hdf5:data: dtype |S3 is not numeric" in message
+    assert "samples.hdf5:data: dtype |S3 is not a real number type" in message
 
 
 def test_memory_data_nan_without_loss_layer():

@@ -114,7 +114,7 @@ def main():
     first_iter = solver.start_iter
     final = validation.evaluate()["accuracy-accuracy"]
     logger.info(
-        "trained %d iterations in %.1f s (%.1f iterations/s, %d threads); "
+        "trained %d iterations in %.1f s (%.1f iterations/s, %d thread(s)); "
         "test accuracy %.2f%%",
         state.iter - first_iter,
         elapsed,

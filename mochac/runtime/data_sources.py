@@ -301,7 +301,7 @@ class DataSource(BatchOrder):
         self.files = None
         if counts[0] != self.n_samples:
             logger.info(
-                "%s: the arrays now have %d samples instead of %d",
+                "%s: the arrays now have %d sample(s) instead of %d",
                 self.owner,
                 counts[0],
                 self.n_samples,
@@ -443,7 +443,9 @@ def _check_float(array: np.ndarray, dtype, where: str):
                 np.dtype(dtype).name,
             )
     else:
-        raise DataError(f"{where}: dtype {array.dtype} is not numeric; store floats")
+        raise DataError(
+            f"{where}: dtype {array.dtype} is not a real number type; store floats"
+        )
 
 
 def _as_float(array: np.ndarray, dtype, where: str) -> np.ndarray:
