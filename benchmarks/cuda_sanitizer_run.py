@@ -33,10 +33,6 @@ from mochac.runtime.solver import SGD  # noqa: E402
 
 
 def main():
-    argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog="See the module docstring for how to run it.",
-    ).parse_args()
     cases = {name: (factory, level) for name, (factory, level) in NETS.items()}
     cases["lenet"] = (lambda dtype: lenet(8), 1)
     for dtype in (np.float32, np.float64):
@@ -62,4 +58,6 @@ def main():
 
 
 if __name__ == "__main__":
+    # Takes no options; --help shows the first line of the docstring.
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     main()

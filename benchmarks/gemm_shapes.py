@@ -58,10 +58,6 @@ def best_seconds(call, calls=100, rounds=5) -> float:
 
 
 def main():
-    argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog="See the module docstring for how to run it.",
-    ).parse_args()
     ffi, lib = _blas()
     lib.scipy_openblas_set_num_threads(1)
     for label in ("before a large GEMM", "after a 384^3 GEMM"):
@@ -79,4 +75,6 @@ def main():
 
 
 if __name__ == "__main__":
+    # Takes no options; --help shows the first line of the docstring.
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     main()
