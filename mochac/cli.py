@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mochac.errors import MochacError
+from mochac.layers.output import OutputLayer
 from mochac.passes.pipeline import PASS_NAMES
 from mochac.version import __version__
 
@@ -441,11 +442,16 @@ def bench_command(args) -> int:
             )
             return 2
         check_net_file(path)
-        nets = [net for net in find_nets(path).values() if net.ir.backward_order]
+        found = find_nets(path)
+        nets = [net for net in found.values() if net.ir.backward_order]
         if not nets:
             logger.error("%s defines no Net with a loss to train", path)
             return 2
         factory = file_net_factory(path, nets[0], args)
+        # The timed nets are built from the layers; the nets of the import
+        # would hold their output files and data sources meanwhile.
+        for net in found.values():
+            net.destroy()
         others = ", ".join(f"'{net.name}'" for net in nets[1:])
         logger.info(
             "%s: timing net '%s'%s",
@@ -528,6 +534,17 @@ def file_net_factory(path: Path, net, args):
                 f"batch sizes ({listing}); pass --batch N to run them all at N"
             )
         (args.batch,) = distinct
+
+    # The nets the bench builds at once would share an HDF5OutputLayer's
+    # file, and the peers write no outputs, so output layers are not timed.
+    outputs = [layer for layer in layers if isinstance(layer, OutputLayer)]
+    if outputs:
+        logger.info(
+            "%s: the output layers %s are left out of the timed net",
+            path,
+            ", ".join(f"'{layer.name}'" for layer in outputs),
+        )
+        layers = [layer for layer in layers if not isinstance(layer, OutputLayer)]
 
     def factory(batch):
         return with_batch_size(layers, batch)

@@ -182,6 +182,24 @@ def test_bench_file_batch_option_rebuilds(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().out.startswith("batch 16,")
 
 
+def test_bench_file_with_hdf5_output(tmp_path, monkeypatch, caplog):
+    """The import's net holds the output file, which each timed net needs."""
+    monkeypatch.chdir(tmp_path)
+    source = BATCH_8_NET_FILE.replace(
+        "Net, SoftmaxLossLayer,", "Net, SoftmaxLossLayer, HDF5OutputLayer,"
+    ).replace(
+        "[data, ip, loss]",
+        "[data, ip, loss, HDF5OutputLayer(name='out', filename='scores.h5', "
+        "force_overwrite=True, bottoms=['ip'])]",
+    )
+    (tmp_path / "net.py").write_text(source)
+    args = ["bench", "net.py", "--iters", "1", "--repeats", "1", "--no-peer"]
+    with caplog.at_level(logging.INFO, logger="mochac"):
+        assert main([*args, "--json", "bench.json"]) == 0
+    assert json.loads((tmp_path / "bench.json").read_text())["batch"] == 8
+    assert "the output layers 'out' are left out of the timed net" in caplog.text
+
+
 def test_bench_rejects_factory_ignoring_batch():
     from mochac.errors import ConfigError
 

@@ -151,6 +151,22 @@ def test_hdf5_package_in_its_folder_has_no_run_from_hint(
     assert "net.data_source('train-data').open(" in message
 
 
+def test_hdf5_package_open_makes_saved_position_stale(
+    hdf5_package, tmp_path, monkeypatch
+):
+    """A data position of the list read before open(path) is not restored
+    over the new list's data, as for replaced MemoryDataLayer arrays."""
+    net = load_net(hdf5_package)
+    monkeypatch.chdir(tmp_path / "data")
+    net.forward()
+    state = net.data_source("train-data").state_dict()
+    assert state["position"] == 4
+    net.data_source("train-data").open(write_data(tmp_path / "other", rows=6))
+    source = net.data_source("train-data")
+    source.load_state_dict(state)
+    assert source.position == 0
+
+
 def test_hdf5_package_open_other_source_list(hdf5_package, tmp_path):
     other_list = write_data(tmp_path / "other", rows=6)
     net = load_net(hdf5_package)

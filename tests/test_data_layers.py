@@ -644,6 +644,70 @@ def test_snapshot_after_arrays_replaced_resumes_exactly(tmp_path):
         np.testing.assert_array_equal(resumed.params["ip"][name], values)
 
 
+def test_arrays_replaced_at_last_iteration(tmp_path):
+    """The replacement happens in a break of the final iteration, and a
+    break after the Snapshot break makes the solver save that snapshot
+    again: it and the net's position after solve() belong to the new arrays,
+    so a resume and a second solve() both go on as one longer run does."""
+
+    def data(n, seed):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((n, 5))
+        return x, (x[:, :1] > 0).astype(np.float64)
+
+    class Swap(mochac.CoffeeBreak):
+        def enjoy(self, solver, net):
+            if solver.state.iter == 4 and net.data_source("data").n_samples == 40:
+                source = net.data_source("data")
+                source.arrays[0], source.arrays[1] = data(12, 5)
+
+    class Nothing(mochac.CoffeeBreak):
+        def enjoy(self, solver, net):
+            pass
+
+    def build(swapped=False):
+        x, y = data(12, 5) if swapped else data(40, 0)
+        layers = [
+            MemoryDataLayer(name="data", batch_size=8, data=[x, y]),
+            InnerProductLayer(name="ip", output_dim=2, bottoms=["data"], tops=["ip"]),
+            SoftmaxLossLayer(name="loss", bottoms=["ip", "label"]),
+        ]
+        return Net("swap", CPUBackend(dtype=np.float64, seed=1), layers)
+
+    def solve(net, folder, max_iter, load_from=None):
+        # No momentum, so that a second Solver's empty buffers change nothing.
+        params = mochac.make_solver_parameters(
+            SGD(), max_iter=max_iter, load_from=load_from
+        )
+        solver = Solver(SGD(), params, progress=False)
+        solver.add_coffee_break(Swap(), every_n_iter=2)
+        solver.add_coffee_break(mochac.Snapshot(folder), every_n_iter=2)
+        solver.add_coffee_break(Nothing(), every_n_iter=2)
+        solver.solve(net)
+        return solver
+
+    straight = build()
+    solve(straight, tmp_path / "straight", 8)
+    twice = build()
+    solver = solve(twice, tmp_path / "twice", 4)
+    with h5py.File(tmp_path / "twice" / "snapshot-000004.h5", "r") as handle:
+        assert handle["data_layers"]["data"].attrs["position"] == 0
+    assert twice.data_source("data").position == 0
+    # The same solver goes on to iteration 8.
+    solver.params["max_iter"] = 8
+    solver.solve(twice)
+    resumed = build(swapped=True)
+    solve(
+        resumed,
+        tmp_path / "resumed",
+        8,
+        load_from=str(tmp_path / "twice" / "snapshot-000004.h5"),
+    )
+    for name, values in straight.params["ip"].items():
+        np.testing.assert_array_equal(twice.params["ip"][name], values)
+        np.testing.assert_array_equal(resumed.params["ip"][name], values)
+
+
 def test_hdf5_non_hdf5_file(tmp_path):
     (tmp_path / "notes.hdf5").write_text("not an HDF5 file\n")
     source_list = write_source_list(tmp_path / "list.txt", "notes.hdf5")

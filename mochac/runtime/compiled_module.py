@@ -238,6 +238,8 @@ class DeferredSource:
         self._rng = rng
         self._compiled_in = compiled_in
         self._source = None
+        # How many sources open() has made.
+        self._opened = 0
 
     def open(self, source_list=None):
         """Open the layer's source list, or ``source_list`` in its place; return
@@ -269,6 +271,11 @@ class DeferredSource:
                 f"package was built for {self.shapes}; use data of the compiled "
                 "shapes, or run `mochac compile` again with the new data"
             )
+        if hasattr(source, "arrays_version"):
+            # A data position of the source opened before is stale for this
+            # one (DataSource.is_stale), so each opened source counts on.
+            source.arrays_version = self._opened
+        self._opened += 1
         self.layer = layer
         self._source = source
         return source

@@ -1016,6 +1016,13 @@ class Solver:
             )
         regu_coef = float(self.params["regu_coef"])
         resume_point.restore(net, net.resume_point)
+        # A data source whose arrays a break replaced skipped that restore
+        # and reads the new arrays from where they stand, so the point before
+        # this batch is captured again for snapshots and the end of solve().
+        point = resume_point.capture(net)
+        if net.resume_point is self.resume_point:
+            self.resume_point = point
+        net.resume_point = point
         with net.uncounted():
             self.state.obj_val = self._run_step(
                 lambda: net.forward_backward(self.method, regu_coef), regu_coef
