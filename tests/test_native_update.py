@@ -248,7 +248,7 @@ def test_step_settings_out_of_range(step, settings, match):
     np.testing.assert_array_equal(net.params["conv"]["filter"], before)
 
 
-@pytest.mark.parametrize("iteration", [-1, 2.5, "3"])
+@pytest.mark.parametrize("iteration", [-1, 2.5, "3", 2**63 - 1, 2**63])
 @pytest.mark.parametrize("step", ["train_step", "apply_update", "solver_step"])
 def test_step_iteration_must_be_a_count(step, iteration):
     """Adam's bias correction with iteration -1 divides by zero, and the

@@ -1146,3 +1146,22 @@ def test_rollback_warning_names_the_resumed_snapshot(tmp_path, caplog):
         caplog.text
     )
     assert "another run" not in caplog.text
+
+
+def test_folder_named_two_ways_warns_once(tmp_path, caplog, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    x, y = toy_data()
+
+    def run(max_iter, *folders):
+        net = Net("run", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+        solver = Solver(
+            SGD(), make_solver_parameters(SGD(), max_iter=max_iter), progress=False
+        )
+        for folder in folders:
+            solver.add_coffee_break(Snapshot(folder), every_n_iter=2)
+        solver.solve(net)
+
+    run(4, "snaps")
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
+        run(2, "snaps", tmp_path / "snaps")
+    assert caplog.text.count("holds snapshots up to iteration 4") == 1

@@ -361,12 +361,13 @@ class Solver:
         rollback."""
         start = self.start_iter
         resumed = self._resumed_from
+        # By resolved path, so that one folder named two ways warns once.
         folders = {
-            coffee_break.folder
+            coffee_break.folder.resolve(): coffee_break.folder
             for coffee_break, *_ in self.breaks
             if isinstance(coffee_break, Snapshot)
         }
-        for folder in sorted(folders):
+        for folder in sorted(folders.values()):
             later = [i for i, _ in snapshot_iterations(folder) if i > start]
             if not later:
                 continue

@@ -13,6 +13,10 @@ from mochac.errors import ConfigError
 from mochac.values import as_int, as_real
 
 
+# Iterations up to here are exact in a double, as Adam's correction needs.
+MAX_ITERATION = 2**53
+
+
 def check_step_values(learning_rate, momentum, regu_coef, iteration=None) -> None:
     """Raise ConfigError for a learning rate below 0, a momentum outside
     [0, 1), a regu_coef below 0 or an iteration that is not an int >= 0
@@ -20,10 +24,11 @@ def check_step_values(learning_rate, momentum, regu_coef, iteration=None) -> Non
     rejects them from its policies."""
     if iteration is not None:
         count = as_int(iteration)
-        if count is None or count < 0:
+        # The updates compute iteration + 1 in a C long long and in doubles.
+        if count is None or not 0 <= count < MAX_ITERATION:
             raise ConfigError(
                 f"invalid iteration={iteration!r} for a training step; expected "
-                "the number of updates done before, an int >= 0"
+                f"the number of updates done before, an int in 0..{MAX_ITERATION - 1}"
             )
     for key, value, valid, rule in (
         ("learning_rate", learning_rate, lambda v: v >= 0, ">= 0"),
