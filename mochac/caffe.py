@@ -53,6 +53,9 @@ def load_caffe_hdf5(net, path, allow_missing=False) -> dict[str, list[str]]:
     sidecar, if any, does not match, and when the file cannot be opened.
     Returns {"loaded": [...], "initialized": [...]}, lists of dataset names.
     """
+    # TODO: layers that share an array through param_key each read their own
+    # dataset, and the last one read wins; the owner's dataset alone should
+    # fill it, as for tied decoders, or conflicting values be rejected.
     path = Path(path)
     with open_model(path) as handle:
         return _load(handle, net, path, allow_missing)
@@ -138,13 +141,13 @@ def _load(handle, net, path: Path, allow_missing: bool) -> dict[str, list[str]]:
         initialized.append(key)
     if optional_missing:
         logger.warning(
-            "%s has no %s; initialized them with their initializers",
+            "%s has no %s; initialized from the layers' initializers",
             path,
             ", ".join(key for key, _, _ in optional_missing),
         )
     if missing:
         logger.info(
-            "%s lacks %s; initialized them with their initializers",
+            "%s lacks %s; initialized from the layers' initializers",
             path,
             ", ".join(key for key, _, _ in missing),
         )

@@ -613,14 +613,20 @@ def plot_command(args) -> int:
     suffix = Path(args.output).suffix.lstrip(".").lower()
     formats = image_formats()
     # matplotlib writes a name without a suffix in rcParams["savefig.format"],
-    # PNG unless configured otherwise.
+    # PNG unless configured otherwise, and adds that suffix to it.
     if suffix and suffix not in formats:
         raise UsageError(
             f"-o {args.output}: matplotlib cannot write .{suffix} images; end the "
             f"name with one of: {', '.join('.' + name for name in formats)}"
         )
+    output = args.output
+    if not suffix:
+        # matplotlib adds the suffix of that format to the name it writes.
+        import matplotlib
+
+        output = f"{output}.{matplotlib.rcParams['savefig.format']}"
     drawn = plot_statistics(args.statistics, args.output, args.stat or None)
-    print(f"{', '.join(drawn)} -> {args.output}")
+    print(f"{', '.join(drawn)} -> {output}")
     return 0
 
 

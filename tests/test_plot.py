@@ -36,6 +36,15 @@ def test_plot_command_picks_statistic(tmp_path, capsys):
     assert out.stat().st_size > 0
 
 
+def test_plot_command_names_the_file_it_wrote(tmp_path, capsys):
+    """matplotlib adds the suffix of its default format to a bare name."""
+    out = tmp_path / "curves"
+    assert main(["plot", str(lounge_file(tmp_path)), "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"-> {out}.png")
+    assert (tmp_path / "curves.png").exists()
+    assert not out.exists()
+
+
 def test_plot_unknown_statistic(tmp_path):
     with pytest.raises(DataError, match="no statistic learning_rate"):
         plot_statistics(lounge_file(tmp_path), tmp_path / "x.png", ["learning_rate"])

@@ -9,6 +9,7 @@ import pytest
 import mochac
 from mochac import (
     SGD,
+    AccuracyLayer,
     CPUBackend,
     DropoutLayer,
     InnerProductLayer,
@@ -319,4 +320,32 @@ def test_resume_between_validations(tmp_path, order):
     assert resumed_decays == [i for i in decays if i > stop]
     np.testing.assert_array_equal(
         resumed.params["ip"]["weight"], whole.params["ip"]["weight"]
+    )
+
+
+def test_two_validation_nets_with_same_layer_names_warn(caplog):
+    """Both test nets' AccuracyLayers are named 'accuracy', so their values
+    would share the coffee lounge's series 'accuracy-accuracy'."""
+    x, y = regression_data(n=8, features=4, seed=5)
+    labels = (y[:, :1] > 0).astype(np.float64)
+    backend = CPUBackend(dtype=np.float64, seed=1)
+    ip = InnerProductLayer(name="ip", output_dim=2, bottoms=["data"], tops=["ip"])
+
+    def net(name, with_loss):
+        last = (
+            SoftmaxLossLayer(name="loss", bottoms=["ip", "label"])
+            if with_loss
+            else AccuracyLayer(name="accuracy", bottoms=["ip", "label"])
+        )
+        data = MemoryDataLayer(batch_size=4, data=[x, labels])
+        return Net(name, backend, [data, ip, last])
+
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=2))
+    solver.add_coffee_break(ValidationPerformance(net("test-a", False)), every_n_iter=2)
+    solver.add_coffee_break(ValidationPerformance(net("test-b", False)), every_n_iter=2)
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
+        solver.solve(net("train", True))
+    assert (
+        "the validation nets 'test-a' and 'test-b' both report 'accuracy-accuracy'"
+        in caplog.text
     )

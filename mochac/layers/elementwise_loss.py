@@ -88,6 +88,9 @@ class BinaryCrossEntropyLossLayer(ElementwiseLossLayer):
         weight: factor of this loss in the objective, default 1.
     """
 
+    # TODO: predictions outside [0, 1] pass unchecked and give a negative or
+    # NaN loss; the kernel checks the labels only.
+
     statistic_name = "binary-cross-entropy-loss"
 
 

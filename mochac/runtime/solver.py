@@ -34,7 +34,7 @@ from mochac.caffe import load_model_file
 from mochac.constraints import apply_constraints, net_constraints
 from mochac.errors import ConfigError, NumericalError, SnapshotError
 from mochac.runtime import resume_point
-from mochac.runtime.coffee_breaks import Snapshot
+from mochac.runtime.coffee_breaks import Snapshot, ValidationPerformance
 from mochac.runtime.coffee_lounge import CoffeeLounge
 from mochac.runtime.data_sources import warn_batches_larger_than_data
 from mochac.runtime.freeze import frozen_layers, trainable_groups
@@ -415,6 +415,28 @@ class Solver:
                 max(reported),
             )
 
+    def _warn_of_shared_statistics(self) -> None:
+        """Warn when ValidationPerformance breaks of different test nets
+        report a statistic of the same name: their values would go into one
+        series of the coffee lounge."""
+        reporters: dict[str, str] = {}
+        for coffee_break, *_ in self.breaks:
+            if not isinstance(coffee_break, ValidationPerformance):
+                continue
+            name = coffee_break.test_net.name
+            for key in coffee_break.statistic_names:
+                other = reporters.setdefault(key, name)
+                if other != name:
+                    logger.warning(
+                        "the validation nets '%s' and '%s' both report '%s', so "
+                        "the coffee lounge keeps one series for both; give their "
+                        "accuracy and loss layers different names",
+                        other,
+                        name,
+                        key,
+                    )
+                    reporters[key] = name
+
     def _restore(self, net):
         # The snapshot this solve() resumed from, if any (_warn_of_later_files).
         self._resumed_from = None
@@ -754,6 +776,7 @@ class Solver:
         # The iteration this call started from, after any resume.
         self.start_iter = state.iter
         self._warn_of_later_files()
+        self._warn_of_shared_statistics()
         # The breaks a stopped run left at this iteration, which run even when
         # max_iter is reached.
         pending = self._pending_breaks
