@@ -12,12 +12,11 @@ keeps stays a kernel, so that top keeps a diff of its own. The pipeline
 adds to ``keep`` the blobs that kept alias tops (eliminate_identity) share,
 so keeping such an alias of a top counts as keeping the top.
 
-NOTE: the pass reports the bytes of the removed tops as saved, but the
-shared storage then lives as long as its longest user, and plan_memory's
-arena can grow: a conv -> split -> two inner products -> add net at batch
-16 needs 53,824 B with the pass and 50,240 B without it (mochac compile
---report-json). Keeping a split whose removal raises the planned peak is
-not done yet.
+NOTE: the pass reports the bytes of the removed tops as saved, yet
+plan_memory's arena can grow after it: a conv -> split -> two inner
+products -> add net at batch 16 plans 53,824 B with the pass and 50,240 B
+without it (`mochac compile --report-json`, arena_bytes). Why, and keeping
+a split whose removal raises the planned peak, are not done yet.
 """
 
 from __future__ import annotations
