@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from mochac.errors import SnapshotError
 from mochac.runtime.snapshot import dataset_name, open_model
@@ -43,7 +44,9 @@ def load_caffe_hdf5(net, path, allow_missing=False) -> dict[str, list[str]]:
     the net may be a part of Caffe's. A missing bias keeps the value of its
     initializer, with a warning. Any other missing parameter raises
     SnapshotError, unless ``allow_missing``, in which case it is initialized
-    by its initializer and logged.
+    by its initializer and logged. Layers that share one array through
+    param_key fill it from whichever of their datasets the file holds, which
+    must agree.
 
     Every dataset is read and checked before the first parameter changes,
     so nothing is changed when an error is raised. Raises SnapshotError
@@ -53,9 +56,6 @@ def load_caffe_hdf5(net, path, allow_missing=False) -> dict[str, list[str]]:
     sidecar, if any, does not match, and when the file cannot be opened.
     Returns {"loaded": [...], "initialized": [...]}, lists of dataset names.
     """
-    # TODO: layers that share an array through param_key each read their own
-    # dataset, and the last one read wins; the owner's dataset alone should
-    # fill it, as for tied decoders, or conflicting values be rejected.
     path = Path(path)
     with open_model(path) as handle:
         return _load(handle, net, path, allow_missing)
@@ -77,10 +77,15 @@ def load_model_file(handle, net, path: Path) -> dict[str, list[str]]:
 
 def _read_checked(handle, net, path: Path):
     """Return (copies, optional_missing, missing): the values of every
-    parameter found, each checked, and the parameters the file lacks."""
-    copies = []
-    optional_missing = []
-    missing = []
+    parameter found, each checked, and the parameters the file lacks.
+
+    Layers that share one array through param_key each look up their own
+    dataset; the datasets found fill the array and must agree, and the
+    array counts as missing only when all of them are.
+    """
+    # id(array) -> (array, [(key, values)] found, [(key, spec)] missing),
+    # in the order of the layers.
+    arrays = {}
     for info in net.ir.layers:
         for spec in info.params:
             if spec.key is not None:
@@ -89,12 +94,10 @@ def _read_checked(handle, net, path: Path):
                 continue
             key = dataset_name(info.name, spec.name)
             target = net.params[info.name][spec.name]
+            _, found, absent = arrays.setdefault(id(target), (target, [], []))
             stored = handle.get(key)
             if stored is None:
-                if spec.name in OPTIONAL_PARAMS:
-                    optional_missing.append((key, target, spec))
-                else:
-                    missing.append((key, target, spec))
+                absent.append((key, spec))
                 continue
             label = f"layer '{info.name}': parameter '{spec.name}' (dataset {key})"
             check_float_dataset(stored, path, label)
@@ -104,7 +107,29 @@ def _read_checked(handle, net, path: Path):
                     f"{stored.shape}, but the net expects {target.shape}; check that "
                     "the translated layer has Caffe's geometry and number of outputs"
                 )
-            copies.append((key, target, read_finite(stored, path, label)))
+            found.append((key, read_finite(stored, path, label)))
+    copies, optional_missing, missing = [], [], []
+    for target, found, absent in arrays.values():
+        if found:
+            key, values = found[0]
+            for other, other_values in found[1:]:
+                if not np.array_equal(
+                    np.reshape(other_values, target.shape),
+                    np.reshape(values, target.shape),
+                ):
+                    raise SnapshotError(
+                        f"{path}: datasets {key} and {other} hold different values "
+                        "for one array, which their layers share through "
+                        "param_key; give the layers different param_key values, "
+                        "or make the datasets equal"
+                    )
+            copies.append((key, target, values))
+            continue
+        key, spec = absent[0]
+        if spec.name in OPTIONAL_PARAMS:
+            optional_missing.append((key, target, spec))
+        else:
+            missing.append((key, target, spec))
     return copies, optional_missing, missing
 
 

@@ -403,3 +403,41 @@ def test_load_from_model_without_weight_fails(tmp_path):
     params = make_solver_parameters(SGD(), max_iter=0, load_from=str(path))
     with pytest.raises(SnapshotError, match="ip1___weight"):
         Solver(SGD(), params, progress=False).solve(build_net())
+
+
+def shared_key_net():
+    x = np.zeros((4, 1, 2, 2), np.float32)
+    layers = [
+        MemoryDataLayer(name="d", batch_size=4, data=[x], tops=["data"]),
+        InnerProductLayer(
+            name="a1", output_dim=3, param_key="s", bottoms=["data"], tops=["a1"]
+        ),
+        InnerProductLayer(
+            name="a2", output_dim=3, param_key="s", bottoms=["data"], tops=["a2"]
+        ),
+    ]
+    return Net("shared-key", CPUBackend(seed=1), layers)
+
+
+def test_param_key_sharing_layers_read_either_dataset(tmp_path):
+    """a1 and a2 share one array: a1's datasets fill it without a2's."""
+    net = shared_key_net()
+    path = tmp_path / "one.h5"
+    with h5py.File(path, "w") as handle:
+        handle["a1___weight"] = np.full((3, 4), 1.5, np.float32)
+        handle["a1___bias"] = np.zeros(3, np.float32)
+    load_caffe_hdf5(net, path)
+    assert np.all(net.params["a2"]["weight"] == 1.5)
+
+
+def test_param_key_sharing_layers_reject_different_values(tmp_path):
+    net = shared_key_net()
+    before = net.params["a1"]["weight"].copy()
+    path = tmp_path / "two.h5"
+    with h5py.File(path, "w") as handle:
+        handle["a1___weight"] = np.ones((3, 4), np.float32)
+        handle["a2___weight"] = np.full((3, 4), 2.0, np.float32)
+        handle["a1___bias"] = handle["a2___bias"] = np.zeros(3, np.float32)
+    with pytest.raises(SnapshotError, match="a1___weight and a2___weight hold"):
+        load_caffe_hdf5(net, path)
+    np.testing.assert_array_equal(net.params["a1"]["weight"], before)
