@@ -80,8 +80,8 @@ def _read_checked(handle, net, path: Path):
     parameter found, each checked, and the parameters the file lacks.
 
     Layers that share one array through param_key each look up their own
-    dataset; the datasets found fill the array and must agree, and the
-    array counts as missing only when all of them are.
+    dataset. The datasets found fill the array and must agree, so the array
+    counts as missing only when all of them are.
     """
     # id(array) -> (array, [(key, values)] found, [(key, spec)] missing),
     # in the order of the layers.

@@ -357,9 +357,9 @@ def compile_command(args) -> int:
     reports, dots = [], []
     for found in nets:
         # Rebuild with the command line's options; the cache makes an
-        # unchanged net cost no compile. The net of the import goes first,
-        # so that its output files and data sources are free for the new
-        # one; the shared parameters stay with the backend.
+        # unchanged net cost no compile. The net of the import is destroyed
+        # first, so that its output files and data sources are free for the
+        # new one. The shared parameters stay with the backend.
         found.destroy()
         net = Net(
             found.name,

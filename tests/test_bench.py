@@ -183,7 +183,8 @@ def test_bench_file_batch_option_rebuilds(tmp_path, capsys, monkeypatch):
 
 
 def test_bench_file_with_hdf5_output(tmp_path, monkeypatch, caplog):
-    """The import's net holds the output file, which each timed net needs."""
+    """The import's net keeps the output file open, which each timed net
+    needs."""
     monkeypatch.chdir(tmp_path)
     source = BATCH_8_NET_FILE.replace(
         "Net, SoftmaxLossLayer,", "Net, SoftmaxLossLayer, HDF5OutputLayer,"

@@ -82,8 +82,8 @@ def test_compile_writes_importable_module(tmp_path):
 
 
 def test_compile_net_with_hdf5_output(tmp_path, monkeypatch):
-    """The import's net holds its output file; compiling rebuilds the net,
-    which needs that file too."""
+    """The import's net keeps its output file open, and compiling rebuilds
+    the net, which needs that file too."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "outputs.py").write_text(
         textwrap.dedent(

@@ -125,7 +125,7 @@ def test_hdf5_package_reads_at_first_batch(hdf5_package, tmp_path, monkeypatch):
 
 
 def test_hdf5_package_open_missing_list_has_no_hint(hdf5_package, tmp_path):
-    """A list the user names in open() is missing: the message says so
+    """A list the user names in open() is missing: the message reports it
     without the hint about where the package was compiled."""
     net = load_net(hdf5_package)
     with pytest.raises(DataError) as caught:
@@ -136,9 +136,7 @@ def test_hdf5_package_open_missing_list_has_no_hint(hdf5_package, tmp_path):
     assert ".open(" not in message
 
 
-def test_hdf5_package_in_its_folder_has_no_run_from_hint(
-    hdf5_package, tmp_path, monkeypatch
-):
+def test_package_in_its_folder_no_hint(hdf5_package, tmp_path, monkeypatch):
     """Run from the folder it was compiled in, with the list gone: the
     hint does not ask to run from there."""
     net = load_net(hdf5_package)
@@ -511,7 +509,8 @@ def test_package_blob_advice_command_rewrites_that_package(tmp_path, monkeypatch
     command = str(caught.value).split("or run `")[1].split("`")[0]
     words = shlex.split(command)
     assert words[:2] == ["mochac", "compile"]
-    assert words.count("--disable") == 2 and "fuse_neurons" in words
+    assert words.count("--disable") == 2
+    assert "fuse_neurons" in words
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

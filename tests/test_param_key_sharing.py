@@ -89,7 +89,8 @@ def test_shared_key_with_other_shape_is_refused():
 
 def test_clash_with_earlier_net_names_the_backend():
     """Two nets on one backend with layers named 'ip' of other shapes: the
-    second net's error says the first gave the shape and how to part them."""
+    second net's error names the first as the origin of the shape and how
+    to part them."""
     backend = CPUBackend(dtype=np.float64)
 
     def net(name, output_dim):

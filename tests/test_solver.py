@@ -1072,9 +1072,11 @@ def test_run_from_scratch_warns_of_other_runs_files(tmp_path, caplog):
         run(8, folder, seed=1)
         assert "another run" not in caplog.text
         run(4, tmp_path / "snapz", seed=2)
-    assert f"Snapshot folder {folder} holds snapshots up to iteration 8" in caplog.text
+    assert (
+        f"Snapshot folder {folder} contains snapshots up to iteration 8" in caplog.text
+    )
     assert "statistics file" in caplog.text
-    assert "holds values up to iteration 8 from another run" in caplog.text
+    assert "contains values up to iteration 8 from another run" in caplog.text
 
 
 def test_missing_jld_names_h5_beside_it(tmp_path):
@@ -1164,4 +1166,4 @@ def test_folder_named_two_ways_warns_once(tmp_path, caplog, monkeypatch):
     run(4, "snaps")
     with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
         run(2, "snaps", tmp_path / "snaps")
-    assert caplog.text.count("holds snapshots up to iteration 4") == 1
+    assert caplog.text.count("contains snapshots up to iteration 4") == 1

@@ -129,7 +129,7 @@ class BlobViews(ArrayViews):
         self.hidden: dict[str, tuple[str, str]] = {}
         # (package folder, net file, passes it was compiled without) of a net
         # loaded from a compiled package, whose user cannot pass keep= or
-        # disable= to Net; None otherwise.
+        # disable= to Net, or None.
         self.package: tuple[str, str | None, list[str]] | None = None
 
     def __missing__(self, name):

@@ -243,7 +243,8 @@ class DataSource(BatchOrder):
         # replaced or resized ones.
         self._read_from = list(arrays)
         self._read_shapes = [np.shape(array) for array in arrays]
-        # Counts the replacements of the arrays; states carry it (state_dict).
+        # The number of times the arrays were replaced, which states carry
+        # (state_dict) so that stale ones are not restored.
         self.arrays_version = 0
         self.transforms = prepare_transformers(layer, self.shapes, self.dtype)
         # For data read from files: (paths, starts), where starts[f] is the
@@ -258,10 +259,11 @@ class DataSource(BatchOrder):
     def _check_arrays(self):
         """Take in arrays replaced since the last batch.
 
-        A new sample count restarts the batch order at sample 0, in a new
-        permutation when the layer shuffles. Raises DataError when the list
+        Replaced arrays, of any sample count, restart the batch order at
+        sample 0, in a new permutation when the layer shuffles. Raises DataError when the list
         of arrays was replaced by one of another length, or when an array is
-        not numeric or has another sample shape than the net was built for.
+        not of a real number type or has another sample shape than the net
+        was built for.
         It is also raised when the arrays differ in their sample counts or
         have no samples.
         """
@@ -314,14 +316,15 @@ class DataSource(BatchOrder):
         self.arrays_version += 1
 
     def state_dict(self) -> dict:
-        """The state of BatchOrder.state_dict, after taking in replaced
-        arrays, with the version of the arrays it belongs to."""
+        """Return BatchOrder.state_dict after taking in replaced arrays,
+        with the version of the arrays it belongs to."""
         self._check_arrays()
         return {**super().state_dict(), "arrays_version": self.arrays_version}
 
     def load_state_dict(self, state: dict):
         """Restore a state (BatchOrder.load_state_dict), unless it belongs to
-        arrays replaced since: the source then goes on reading the new ones."""
+        arrays replaced since, in which case the source goes on reading the
+        new ones."""
         if not self.is_stale(state):
             super().load_state_dict(state)
 

@@ -447,7 +447,8 @@ class GPUNet(Net):
         return source
 
     def _keep_streams(self) -> None:
-        # On the net's stream, after the kernels that last drew from them.
+        # The copies run on the net's stream, after the kernels that last
+        # drew from the streams.
         with self._on_device(), self.stream:
             super()._keep_streams()
 
@@ -457,8 +458,8 @@ class GPUNet(Net):
             return super()._non_finite_origin()
 
     def _forward_one_layer(self, index: int, n_valid: int) -> None:
-        # Net._non_finite_origin's rerun: the layer's steps, enqueued alone
-        # on the net's stream, with the status they set ignored.
+        # Enqueue the layer's steps alone on the net's stream for the rerun
+        # of Net._non_finite_origin, which ignores the status they set.
         layer = self.program.layers.get(index)
         if layer is None:
             return

@@ -28,6 +28,7 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import networkx as nx
 import numpy as np
 
 from mochac.caffe import load_model_file
@@ -76,10 +77,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The nets that a solve() is training now, in any solver, and that solver:
-# a coffee break cannot start a second solve() on one of them, and one that
-# trains a net sharing their parameters makes their solvers recompute the
-# gradients.
+# Net -> the solver whose solve() trains it now. A coffee break cannot start
+# a second solve() on such a net. A nested solve() of a net sharing its
+# parameters makes that solver recompute its gradients.
 _NETS_IN_TRAINING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -212,7 +212,7 @@ def make_solver_parameters(method, **kwargs) -> SolverParameters:
         "mom_policy": "MomPolicy.Fixed(0.9)",
     }
     # A policy of the other kind returns numbers too, so only its module
-    # tells that a momentum policy was given as the learning rate's.
+    # shows that a momentum policy was given as the learning rate's.
     other_kind = {
         "lr_policy": "mochac.runtime.mom_policy",
         "mom_policy": "mochac.runtime.lr_policy",
@@ -354,14 +354,17 @@ class Solver:
     # --- resuming -------------------------------------------------------------
 
     def _warn_of_later_files(self) -> None:
-        """Warn when this run's snapshot folders hold snapshots past its
-        first iteration, or a run that resumed no snapshot merges into a
-        statistics file with values past iteration 0: this run would mix
-        its files with those of another run, or of its own run before a
-        rollback."""
+        """Warn when this run would mix its files with those of another run,
+        or with its own files from before a rollback."""
+        self._warn_of_later_snapshots()
+        self._warn_of_merged_statistics()
+
+    def _warn_of_later_snapshots(self) -> None:
+        """Warn for each Snapshot folder that contains snapshots past this
+        run's first iteration."""
         start = self.start_iter
         resumed = self._resumed_from
-        # By resolved path, so that one folder named two ways warns once.
+        # Keyed by resolved path, so that one folder named two ways warns once.
         folders = {
             coffee_break.folder.resolve(): coffee_break.folder
             for coffee_break, *_ in self.breaks
@@ -371,14 +374,15 @@ class Solver:
             later = [i for i, _ in snapshot_iterations(folder) if i > start]
             if not later:
                 continue
+
             if resumed is not None and resumed.parent.resolve() == folder.resolve():
                 logger.warning(
-                    "Snapshot folder %s holds snapshots up to iteration %d, past "
-                    "iteration %d of %s, which this run resumed from. This run "
-                    "overwrites those of the iterations it reaches, and a resume "
-                    "from the folder takes the newest file, which may be from "
-                    "before this rollback; snapshot into an empty folder to keep "
-                    "the two apart",
+                    "Snapshot folder %s contains snapshots up to iteration %d, "
+                    "past iteration %d of %s, which this run resumed from. This "
+                    "run overwrites those of the iterations it reaches, and a "
+                    "resume from the folder takes the newest file, which may be "
+                    "from before this rollback. Snapshot into an empty folder to "
+                    "keep the two apart",
                     folder,
                     max(later),
                     start,
@@ -386,29 +390,32 @@ class Solver:
                 )
             else:
                 logger.warning(
-                    "Snapshot folder %s holds snapshots up to iteration %d, past "
-                    "this run's start at iteration %d: another run wrote them. "
-                    "This run overwrites those of the iterations it reaches, and a "
-                    "resume from the folder takes the newest file, which may be "
-                    "the other run's; resume with load_from=%r, or snapshot into "
-                    "an empty folder",
+                    "Snapshot folder %s contains snapshots up to iteration %d, "
+                    "past this run's start at iteration %d, so another run wrote "
+                    "them. This run overwrites those of the iterations it "
+                    "reaches, and a resume from the folder takes the newest "
+                    "file, which may be the other run's. Resume with "
+                    "load_from=%r, or snapshot into an empty folder",
                     folder,
                     max(later),
                     start,
                     str(folder),
                 )
+
+    def _warn_of_merged_statistics(self) -> None:
+        """Warn when a run that resumed no snapshot merges into a statistics
+        file with values past iteration 0."""
         lounge = self.lounge
+        if self._resumed_from is not None or self.start_iter != 0:
+            return
+        if lounge.save_into is None:
+            return
         reported = [i for series in lounge.statistics.values() for i in series]
-        if (
-            resumed is None
-            and start == 0
-            and lounge.save_into is not None
-            and max(reported, default=0)
-        ):
+        if max(reported, default=0):
             logger.warning(
-                "the statistics file %s holds values up to iteration %d from "
-                "another run, and this run starts from scratch: under "
-                "file_exists='merge' the two runs' curves mix; pass "
+                "the statistics file %s contains values up to iteration %d from "
+                "another run, and this run starts from scratch, so under "
+                "file_exists='merge' the two runs' curves mix. Pass "
                 "file_exists='overwrite' to setup_coffee_lounge for a new run, or "
                 "resume the other run with load_from",
                 lounge.save_into,
@@ -417,7 +424,7 @@ class Solver:
 
     def _warn_of_shared_statistics(self) -> None:
         """Warn when ValidationPerformance breaks of different test nets
-        report a statistic of the same name: their values would go into one
+        report a statistic of the same name, whose values would then share one
         series of the coffee lounge."""
         reporters: dict[str, str] = {}
         for coffee_break, *_ in self.breaks:
@@ -429,7 +436,7 @@ class Solver:
                 if other != name:
                     logger.warning(
                         "the validation nets '%s' and '%s' both report '%s', so "
-                        "the coffee lounge keeps one series for both; give their "
+                        "the coffee lounge keeps one series for both. Give their "
                         "accuracy and loss layers different names",
                         other,
                         name,
@@ -1159,8 +1166,8 @@ class Solver:
         infinite value.
 
         With ``grads_applied`` (the net's gradients are still those the
-        update applied), the message also says whether they or the update's
-        step made the values.
+        update applied), the message also states whether they or the
+        update's step made the values.
         """
         state = self.state
         for layer, arrays in net.params.items():
@@ -1242,14 +1249,5 @@ def shares_parameters(net, other) -> bool:
 def layers_after(ir, index: int) -> set[int]:
     """Return ``index`` and the indices of the layers that read its tops,
     directly or through other layers."""
-    found, todo = {index}, list(ir.layers[index].layer.tops)
-    seen = set()
-    while todo:
-        blob = todo.pop()
-        if blob in seen:
-            continue
-        seen.add(blob)
-        for consumer in ir.blobs[blob].consumers:
-            found.add(consumer)
-            todo.extend(ir.layers[consumer].layer.tops)
-    return found
+    reached = nx.descendants(ir.graph, ("layer", index))
+    return {index} | {node[1] for node in reached if node[0] == "layer"}
