@@ -19,7 +19,13 @@ from cuda_nets import BATCH, NETS
 
 from mochac.bench.nets import cifar10_full, lenet
 from mochac.codegen.cuda import build_cuda_program
-from mochac.layers import InnerProductLayer, MemoryDataLayer, SoftmaxLossLayer
+from mochac.layers import (
+    BinaryCrossEntropyLossLayer,
+    InnerProductLayer,
+    MemoryDataLayer,
+    MultinomialLogisticLossLayer,
+    SoftmaxLossLayer,
+)
 from mochac.passes.plan_memory import plan_memory
 from mochac.runtime.backend import CPUBackend
 from mochac.runtime.net import Net
@@ -206,3 +212,64 @@ def test_host_run_reports_bad_label(tmp_path_factory):
         assert status.layer == 2, order
         assert status.index == 2, order
         assert status.value == 7.0, order
+
+
+def probability_run(tmp_path_factory, loss, y):
+    def layers():
+        return [
+            MemoryDataLayer(name="data", batch_size=4, data=[np.zeros((4, 3)), y]),
+            loss(name="loss", bottoms=["data", "label"]),
+        ]
+
+    name = loss.__name__
+    _, program = build_cuda_program(name, layers(), dtype=np.float64)
+    library = compile_for_host(program, tmp_path_factory.mktemp(name), name)
+    run = HostRun(program, library)
+    run.array("data", "label")[...] = y
+    return program, run
+
+
+@pytest.mark.parametrize(
+    ("loss", "picked", "reported"),
+    # BinaryCrossEntropyLoss reports a prediction at its element index, and
+    # MultinomialLogisticLoss the probability a label picks at the label's
+    # position plus the number of positions (4).
+    [
+        (BinaryCrossEntropyLossLayer, (2, 1), 7),
+        (MultinomialLogisticLossLayer, (2, 2), 6),
+    ],
+)
+@pytest.mark.parametrize("value", [1.5, -0.5])
+def test_host_run_reports_bad_probability(
+    tmp_path_factory, loss, picked, reported, value
+):
+    y = np.array([[0.0], [1.0], [2.0], [1.0]])
+    if loss is BinaryCrossEntropyLossLayer:
+        y = np.full((4, 3), 0.5)
+    program, run = probability_run(tmp_path_factory, loss, y)
+    prob = np.full((4, 3), 0.25)
+    prob[picked] = value
+    run.array("data", "data")[...] = prob
+    for order in ITERATION_ORDERS:
+        run.order = order
+        status = run.run(program.forward, 4)
+        assert status.code == 1, order
+        assert status.layer == 1, order
+        assert status.index == reported, order
+        assert status.value == value, order
+
+
+@pytest.mark.parametrize(
+    "loss", [BinaryCrossEntropyLossLayer, MultinomialLogisticLossLayer]
+)
+def test_host_run_nan_probability_gives_nan(tmp_path_factory, loss):
+    y = np.array([[0.0], [1.0], [2.0], [1.0]])
+    if loss is BinaryCrossEntropyLossLayer:
+        y = np.full((4, 3), 0.5)
+    program, run = probability_run(tmp_path_factory, loss, y)
+    prob = np.full((4, 3), 0.25)
+    prob[1, 1] = np.nan
+    run.array("data", "data")[...] = prob
+    status = run.run(program.forward, 4)
+    assert status.code == 0
+    assert np.isnan(run.array("state", "loss", "loss")[0])

@@ -175,6 +175,32 @@ def test_bce_label_out_of_range(net, value, shown):
     check_data_error(net, "bce", parts, caught)
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"), [(1.5, r"1\.5"), (-0.5, r"-0\.5"), (-math.inf, "-inf")]
+)
+def test_bce_prediction_out_of_range(net, value, shown):
+    net.blobs["prob"][2, 4] = value
+    with pytest.raises(DataError) as caught:
+        net.forward_layer("bce")
+    parts = [
+        "prediction blob 'prob'",
+        rf"contains {shown}\b",
+        "at sample 2 ",
+        r"predictions must be in \[0, 1\]",
+        "Sigmoid",
+    ]
+    check_data_error(net, "bce", parts, caught)
+
+
+def test_bce_nan_prediction_gives_nan(net):
+    net.blobs["prob"][1, 3] = math.nan
+    net.forward_layer("bce")
+    net.backward_layer("bce")
+    assert math.isnan(net.states["bce"][0])
+    assert math.isnan(net.diffs["prob"][1, 3])
+    assert math.isnan(net.diffs["target"][1, 3])
+
+
 @pytest.mark.parametrize(("value", "shown"), [(0.0, r"0\.0"), (-0.5, r"-0\.5")])
 def test_kl_sigma_not_positive(net, value, shown):
     net.blobs["sigma"][1, 3] = value

@@ -111,6 +111,38 @@ def test_logistic_loss_label_out_of_range(net, labels, shown, sample):
     assert "0..2" in message
 
 
+@pytest.mark.parametrize(
+    ("position", "value", "shown"),
+    [((1, 2), -0.25, r"-0\.25"), ((2, 1), 1.5, r"1\.5"), ((3, 2), math.inf, "inf")],
+)
+def test_logistic_loss_probability_out_of_range(net, position, value, shown):
+    net.blobs["prob"][position] = value
+    with pytest.raises(DataError) as caught:
+        net.forward_layer("loss_plain")
+    message = str(caught.value)
+    assert "'loss_plain'" in message
+    assert "prediction blob 'prob'" in message
+    assert re.search(rf"contains {shown}\b", message)
+    assert f"at sample {position[0]} " in message
+    assert "probabilities in [0, 1]" in message
+    assert "SoftmaxLayer" in message
+
+
+def test_logistic_loss_checks_only_picked_probability(net):
+    # Sample 0 has label 0, so its class 2 never enters the loss.
+    net.blobs["prob"][0, 2] = -3.0
+    net.forward_layer("loss_plain")
+    assert math.isfinite(net.states["loss_plain"][0])
+
+
+def test_logistic_loss_nan_probability_gives_nan(net):
+    net.blobs["prob"][1, 2] = math.nan
+    net.forward_layer("loss_plain")
+    net.backward_layer("loss_plain")
+    assert math.isnan(net.states["loss_plain"][0])
+    assert math.isnan(net.diffs["prob"][1, 2])
+
+
 def test_logistic_loss_label_shape_mismatch():
     layer = MultinomialLogisticLossLayer(name="loss1", bottoms=["prob", "label"])
     with pytest.raises(ShapeError, match=r"'loss1'.*'label'.*\(4, 2\).*\(4, 3\)"):

@@ -9,6 +9,7 @@ import pytest
 from mochac import (
     SGD,
     AccuracyLayer,
+    BinaryCrossEntropyLossLayer,
     ConfigError,
     CPUBackend,
     DataError,
@@ -16,6 +17,7 @@ from mochac import (
     InnerProductLayer,
     MemoryDataLayer,
     MochacError,
+    MultinomialLogisticLossLayer,
     Net,
     Neurons,
     NumericalError,
@@ -192,6 +194,34 @@ def test_nan_loss_names_first_layer(opt_level):
     assert "loss layer 'loss' computed nan" in message
     assert "layer 'sqrt' (PowerLayer) is the first to output NaN" in message
     assert "in its top 's'" in message
+
+
+@pytest.mark.parametrize("loss", ["binary-cross-entropy", "multinomial-logistic"])
+def test_nan_probability_loss_names_first_layer(loss):
+    """A NaN probability must reach the loss: C's fmax(NaN, 1e-20) would
+    return 1e-20 and make the loss finite."""
+    x = np.linspace(0, 1, 12).reshape(4, 3)
+    y = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    if loss == "binary-cross-entropy":
+        head = [BinaryCrossEntropyLossLayer(name="loss", bottoms=["s", "label"])]
+    else:
+        y = y[:, :1]
+        head = [
+            SoftmaxLayer(name="softmax", bottoms=["s"], tops=["prob"]),
+            MultinomialLogisticLossLayer(name="loss", bottoms=["prob", "label"]),
+        ]
+    layers = [
+        MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
+        # sqrt(x - 0.5) is NaN for x below 0.5 and in [0, 1) elsewhere.
+        PowerLayer(name="sqrt", power=0.5, shift=-0.5, bottoms=["data"], tops=["s"]),
+        *head,
+    ]
+    net = Net(f"nan-{loss}", CPUBackend(dtype=np.float64), layers)
+    with pytest.raises(NumericalError) as caught:
+        net.forward()
+    message = str(caught.value)
+    assert "loss layer 'loss' computed nan" in message
+    assert "layer 'sqrt' (PowerLayer) is the first to output NaN" in message
 
 
 def test_nan_origin_trace_changes_nothing():

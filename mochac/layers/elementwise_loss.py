@@ -74,7 +74,9 @@ class BinaryCrossEntropyLossLayer(ElementwiseLossLayer):
 
     Bottoms: [prediction, label]. Predictions are probabilities of the
     positive class. Labels lie in [0, 1]: 0/1 labels, or soft targets such as
-    pixel intensities. A label outside raises DataError. Loss is
+    pixel intensities. A prediction or label outside [0, 1] raises DataError;
+    a NaN prediction makes the loss NaN, which the net reports with the
+    layer that made it. Loss is
     -weight * sum(y log(p) + (1 - y) log(1 - p)) / N, with p and 1 - p raised
     to 1e-20 before their logs, so a confident wrong prediction costs 46.05
     per element instead of Inf. A term whose factor y or 1 - y is 0 is left
@@ -87,9 +89,6 @@ class BinaryCrossEntropyLossLayer(ElementwiseLossLayer):
     Fields:
         weight: factor of this loss in the objective, default 1.
     """
-
-    # TODO: predictions outside [0, 1] pass unchecked and give a negative or
-    # NaN loss; the kernel checks the labels only.
 
     statistic_name = "binary-cross-entropy-loss"
 

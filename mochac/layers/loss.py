@@ -236,7 +236,8 @@ class MultinomialLogisticLossLayer(ClassLossLayer):
     for SoftmaxLossLayer.
 
     The loss is -w_g log(max(p_g, 1e-20)) averaged over positions (Mocha's
-    clamp keeps a zero probability finite); the gradient is
+    clamp keeps a zero probability finite, and a NaN stays NaN). A picked
+    probability outside [0, 1] raises DataError. The gradient is
     -weight * w_g / max(p_g, 1e-20) / positions at the label class and 0
     elsewhere. Unlike Mocha's, this layer back-propagates, so SoftmaxLayer
     followed by it trains like SoftmaxLossLayer, though less accurately when

@@ -368,22 +368,35 @@ class Net:
             # The kernel's context records which bottom it checked, how many of
             # its elements make one sample and what a valid value is.
             context = self.kernels_by_layer[status.layer].context
-            position = context.get("checked_bottom", 1)
-            index, per_sample = status.index, context.get("per_sample")
-            # A layer that checks several bottoms (Index2Onehot) counts the
-            # index across them and lists (start, per_sample) for each bottom.
-            for number, (start, size) in enumerate(context.get("checked_bottoms", ())):
-                if start <= status.index:
-                    position, index, per_sample = number, status.index - start, size
-            blob = info.layer.bottoms[position]
-            role = context.get("checked_role", "label")
-            rule = context.get("valid_values") or f"integers in 0..{context['C'] - 1}"
-            sample = index // per_sample
+            check = {
+                "position": context.get("checked_bottom", 1),
+                "start": 0,
+                "per_sample": context.get("per_sample"),
+                "role": context.get("checked_role", "label"),
+                "plural": context.get("checked_role_plural"),
+                "rule": context.get("valid_values")
+                or f"integers in 0..{context['C'] - 1}",
+                "hint": "",
+            }
+            selected = {}
+            # A layer that checks several bottoms counts the index across them
+            # and lists where each bottom starts in that count, with what
+            # differs from the layer's own keys above.
+            for other in context.get("checked_bottoms", ()):
+                if other["start"] <= status.index:
+                    selected = other
+            if "role" in selected and "plural" not in selected:
+                check["plural"] = None
+            check.update(selected)
+            role = check["role"]
+            blob = info.layer.bottoms[check["position"]]
+            sample = (status.index - check["start"]) // check["per_sample"]
             raise DataError(
                 f"layer '{info.name}': {role} blob '{blob}' contains "
                 f"{status.value!r} at sample {sample} of the batch"
                 f"{self._data_row(blob, sample)}; "
-                f"{context.get('checked_role_plural', role + 's')} must be {rule}"
+                f"{check['plural'] or role + 's'} must be {check['rule']}"
+                f"{check['hint']}"
             )
         if rc == BAD_LOSS and info is not None:
             raise NumericalError(

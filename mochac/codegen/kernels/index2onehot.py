@@ -32,8 +32,10 @@ def lower_index2onehot(info, ir, slots):
     # What Net needs to describe a rejected index: where each bottom starts in
     # that count and how many of its elements make one sample.
     checked = [
-        (pair["offset"], pair["size"] // shape[0])
-        for pair, shape in zip(pairs, info.bottom_shapes)
+        dict(
+            start=pair["offset"], position=position, per_sample=pair["size"] // shape[0]
+        )
+        for position, (pair, shape) in enumerate(zip(pairs, info.bottom_shapes))
     ]
     return {
         "C": layer.n_class,

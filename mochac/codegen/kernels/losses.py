@@ -89,7 +89,24 @@ def lower_softmax_loss(info, ir, slots):
 
 @register_lowering(MultinomialLogisticLossLayer, "multinomial_logistic_loss")
 def lower_multinomial_logistic_loss(info, ir, slots):
-    return class_loss_context(info, ir, slots)
+    context = class_loss_context(info, ir, slots)
+    # The kernel reports a label at its position and the probability the
+    # label picks at that position plus the number of positions.
+    positions = context["outer"] * context["inner"]
+    context["checked_bottoms"] = [
+        dict(start=0, position=1),
+        dict(
+            start=positions,
+            position=0,
+            role="prediction",
+            rule="probabilities in [0, 1]",
+            hint=(
+                "; give this layer a SoftmaxLayer's output, or give the scores to a "
+                "SoftmaxLossLayer instead"
+            ),
+        ),
+    ]
+    return context
 
 
 @register_lowering(SoftlabelSoftmaxLossLayer, "softlabel_softmax_loss")
@@ -165,12 +182,25 @@ def lower_hinge_loss(info, ir, slots):
 
 @register_lowering(BinaryCrossEntropyLossLayer, "binary_cross_entropy_loss")
 def lower_binary_cross_entropy_loss(info, ir, slots):
+    context = elementwise_context(info, ir, slots)
+    # The kernel reports a prediction at its index and a label at its index
+    # plus the size of the predictions.
+    context["checked_bottoms"] = [
+        dict(
+            start=0,
+            position=0,
+            per_sample=prod(info.bottom_shapes[0][1:]),
+            role="prediction",
+            hint="; a Sigmoid neuron on the layer that computes them keeps them there",
+        ),
+        dict(start=context["size"], position=1),
+    ]
     return dict(
         state=loss_state(info, slots),
         weight=float(info.layer.weight),
         log_threshold=repr(LOG_THRESHOLD),
         valid_values="in [0, 1]",
-        **elementwise_context(info, ir, slots),
+        **context,
     )
 
 
