@@ -706,6 +706,35 @@ def test_replaced_arrays_other_count_reach_next_step(cupy, tmp_path):
     assert gpu.data_source("data").position == cpu.data_source("data").position
 
 
+def test_arrays_replaced_through_kept_source(cupy, tmp_path):
+    """Arrays replaced in the list of a source kept from before the read
+    ahead reach the next step, as on the CPU: the batch read ahead from the
+    old arrays is dropped."""
+    rng = np.random.default_rng(14)
+    x = rng.normal(size=(10, 3))
+    y = rng.integers(0, 3, size=(10, 1)).astype(float)
+    new_x = rng.normal(size=(10, 3))
+
+    def layers():
+        return [
+            MemoryDataLayer(name="data", batch_size=4, data=[x.copy(), y]),
+            *shuffled_factory(tmp_path)()[1:],
+        ]
+
+    cpu, gpu = twin_nets(layers)
+    sources = {net.name: net.data_source("data") for net in (cpu, gpu)}
+    cpu_method, gpu_method = SGD(), SGD()
+    for iteration in range(4):
+        if iteration == 2:
+            for source in sources.values():
+                source.arrays[0] = new_x.copy()
+        expected = cpu.train_step(cpu_method, 0.1, 0.9, 0.0, iteration)
+        got = gpu.train_step(gpu_method, 0.1, 0.9, 0.0, iteration)
+        assert got == pytest.approx(expected, rel=RTOL)
+        np.testing.assert_array_equal(gpu.blobs["data"].get(), cpu.blobs["data"])
+    np.testing.assert_array_equal(cpu.blobs["data"], new_x[[4, 5, 6, 7]])
+
+
 def break_batch(source, failing_call):
     """Make a data source raise DataError on its ``failing_call``-th batch
     (counting from 1), after moving past it as a failing transformer would."""

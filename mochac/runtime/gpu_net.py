@@ -360,7 +360,9 @@ class GPUNet(Net):
         if not self.sources:
             return 0
         sources = list(self.sources.values())
-        if any(source.pending is None for source in sources):
+        # A source whose arrays were replaced since the read ahead (through a
+        # reference kept from before it) has a stale batch.
+        if any(source.pending is None or source.is_outdated() for source in sources):
             for source in sources:
                 source.drop()
             self._read_into_staging()
@@ -431,10 +433,11 @@ class GPUNet(Net):
         """Discard the batch the last training step read ahead, moving the
         data sources back before it.
 
-        Call it after changing a MemoryDataLayer's arrays in place between
-        training steps, so that the next step reads them again. forward(),
-        data_source() and the sources' rewind, load_state_dict and attribute
-        assignment drop the batch themselves.
+        Call it after writing into a MemoryDataLayer's arrays in place
+        between training steps, so that the next step reads them again.
+        forward(), data_source() and the sources' rewind, load_state_dict and
+        attribute assignment drop the batch themselves, and load_batch drops
+        it when an array in a source's list was replaced since the read.
         """
         for source in self.sources.values():
             source.drop()

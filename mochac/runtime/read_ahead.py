@@ -12,7 +12,7 @@ batches the net used, as with the CPU backend.
 from __future__ import annotations
 
 # Attributes that live on the wrapper; every other one is the source's.
-OWN = frozenset({"source", "pending", "before", "served_rows", "error"})
+OWN = frozenset({"source", "pending", "before", "served_rows", "error", "arrays_read"})
 
 
 class ReadAhead:
@@ -34,6 +34,7 @@ class ReadAhead:
         object.__setattr__(self, "before", None)
         object.__setattr__(self, "served_rows", None)
         object.__setattr__(self, "error", None)
+        object.__setattr__(self, "arrays_read", None)
 
     def read(self, outputs) -> int | None:
         """Put the source's next batch into ``outputs``; return its n_valid,
@@ -42,6 +43,7 @@ class ReadAhead:
             raise RuntimeError("ReadAhead.read: a batch is already pending")
         before = self.source.state_dict()
         rows = getattr(self.source, "last_indices", None)
+        object.__setattr__(self, "arrays_read", self._arrays_now())
         try:
             n_valid = self.source.next_batch(outputs)
         except Exception as error:  # noqa: BLE001 - take() raises it
@@ -55,13 +57,39 @@ class ReadAhead:
         object.__setattr__(self, "pending", -1 if failure else n_valid)
         return n_valid
 
+    def _arrays_now(self):
+        """Return the source's arrays (a MemoryDataLayer's) with their shapes,
+        or None for a source without arrays."""
+        arrays = getattr(self.source, "arrays", None)
+        if arrays is None:
+            return None
+        return [(array, getattr(array, "shape", None)) for array in arrays]
+
+    def is_outdated(self) -> bool:
+        """Return whether the pending batch was read from arrays that have
+        since been replaced in the source's list, such as through
+        ``source.arrays[0] = new`` on a reference kept from before the read.
+
+        Writes into an array in place leave it the same object, so they are
+        not seen here; drop() has to be called after them.
+        """
+        if self.pending is None or self.arrays_read is None:
+            return False
+        now = self._arrays_now()
+        if now is None or len(now) != len(self.arrays_read):
+            return True
+        return any(
+            array is not old or shape != old_shape
+            for (array, shape), (old, old_shape) in zip(now, self.arrays_read)
+        )
+
     def take(self) -> int:
         """Mark the pending batch as served and return its n_valid; raise the
         error of a failed read, leaving the source where the failure left it."""
         if self.pending is None:
             raise RuntimeError("ReadAhead.take: no batch is pending")
         n_valid, error = self.pending, self.error
-        for name in ("pending", "before", "served_rows", "error"):
+        for name in ("pending", "before", "served_rows", "error", "arrays_read"):
             object.__setattr__(self, name, None)
         if error is not None:
             raise error
@@ -73,7 +101,7 @@ class ReadAhead:
         if self.pending is None:
             return
         before, rows = self.before, self.served_rows
-        for name in ("pending", "before", "served_rows", "error"):
+        for name in ("pending", "before", "served_rows", "error", "arrays_read"):
             object.__setattr__(self, name, None)
         self.source.load_state_dict(before)
         if rows is not None:
