@@ -41,11 +41,13 @@ class L2Cons(Constraint):
         threshold: the maximum norm (required, > 0).
         every_n_iter: apply after every n-th update, default 1.
 
-    The parameter is flattened to (shape[0], rest), as the initializers see
-    it: for a convolution's filter each row is one filter, for an inner
-    product's weight the weights of one output, and for a bias one element.
-    A row whose norm exceeds ``threshold`` is scaled to norm ``threshold``;
-    the other rows stay unchanged.
+    A parameter of two or more axes is flattened to (shape[0], rest), as the
+    initializers see it: for a convolution's filter each row is one filter,
+    and for an inner product's weight the weights of one output. A 1-D
+    parameter such as a bias is one row, as in Mocha.jl's constrain!
+    (src/constraints.jl at pluskid/Mocha.jl commit 034ec22). A row whose
+    norm exceeds ``threshold`` is scaled to norm ``threshold``, and the
+    other rows stay unchanged.
     """
 
     threshold: float
@@ -71,7 +73,7 @@ class L2Cons(Constraint):
         return iteration % self.every_n_iter == 0
 
     def apply(self, param):
-        rows = param.reshape(param.shape[0] if param.ndim else 1, -1)
+        rows = param.reshape(param.shape[0] if param.ndim > 1 else 1, -1)
         if not np.shares_memory(rows, param):
             raise ValueError(
                 "L2Cons.apply: invalid parameter: not a contiguous array; pass "

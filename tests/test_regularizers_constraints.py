@@ -135,10 +135,23 @@ def test_l2_cons_each_filter():
     np.testing.assert_allclose(filters, expected, rtol=1e-6)
 
 
-def test_l2_cons_bias_elements():
+def test_l2_cons_bias_whole_vector():
+    # Mocha constrains a bias as one vector: norm 3.640 scaled to 1.
     bias = np.array([-3.0, 0.5, 2.0])
     L2Cons(1.0).apply(bias)
-    np.testing.assert_allclose(bias, [-1.0, 0.5, 1.0], rtol=1e-12)
+    expected = np.array([-3.0, 0.5, 2.0]) / math.sqrt(13.25)
+    np.testing.assert_allclose(bias, expected, rtol=1e-12)
+    assert np.linalg.norm(bias) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_l2_cons_bias_small_elements_shrink():
+    # Every element is below 1, but the norm is 1.5, so the vector shrinks.
+    values = np.array([-0.8, 0.6, 0.6, 0.8, 0.5])
+    bias = values.copy()
+    L2Cons(1.6).apply(bias)
+    np.testing.assert_array_equal(bias, values)
+    L2Cons(1.0).apply(bias)
+    np.testing.assert_allclose(bias, values / 1.5, rtol=1e-12)
 
 
 def test_l2_cons_against_numpy_projection():
