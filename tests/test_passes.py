@@ -113,6 +113,25 @@ def mixed_layers(rng):
     ]
 
 
+def split_branches_layers(rng):
+    """A convolution whose output a split feeds to two inner products, summed."""
+    x = rng.normal(size=(16, 1, 8, 8))
+    target = rng.normal(size=(16, 1))
+    return [
+        MemoryDataLayer(
+            name="data", batch_size=16, tops=["data", "target"], data=[x, target]
+        ),
+        ConvolutionLayer(
+            name="conv", n_filter=4, kernel=(3, 3), bottoms=["data"], tops=["conv"]
+        ),
+        SplitLayer(name="split", bottoms=["conv"], tops=["conv_a", "conv_b"]),
+        InnerProductLayer(name="ip_a", output_dim=1, bottoms=["conv_a"], tops=["a"]),
+        InnerProductLayer(name="ip_b", output_dim=1, bottoms=["conv_b"], tops=["b"]),
+        ElementWiseLayer(name="add", bottoms=["a", "b"], tops=["sum"]),
+        SquareLossLayer(name="loss", bottoms=["sum", "target"]),
+    ]
+
+
 def run(layers_factory, opt_level, disable, steps=10):
     """Return the net, its objective, gradients and parameters after SGD steps."""
     backend = CPUBackend(dtype=np.float64, seed=11)
@@ -150,7 +169,9 @@ def assert_same(reference, other):
 
 
 @pytest.fixture(
-    scope="module", params=[lenet_layers, mixed_layers], ids=["lenet", "mixed"]
+    scope="module",
+    params=[lenet_layers, mixed_layers, split_branches_layers],
+    ids=["lenet", "mixed", "split_branches"],
 )
 def reference(request):
     return request.param, run(request.param, 0, ())
@@ -253,6 +274,25 @@ def test_plan_memory_shrinks_arena():
         net.blobs["conv2"]
 
 
+def test_split_elimination_keeps_arena_small():
+    """Removing the split must not make the memory plan larger. The split's
+    bottom, read only through the aliased tops, lives like any other blob."""
+    nets = {
+        label: Net(
+            f"split_arena_{label}",
+            CPUBackend(dtype=np.float64, seed=1),
+            split_branches_layers(np.random.default_rng(0)),
+            disable=disable,
+        )
+        for label, disable in (("all", ()), ("without", ("eliminate_splits",)))
+    }
+    assert nets["all"].ir.layer("split").eliminated
+    assert not nets["without"].ir.layer("split").eliminated
+    with_pass, without_pass = nets["all"].plan, nets["without"].plan
+    assert with_pass.peak_live_bytes <= without_pass.peak_live_bytes
+    assert with_pass.arena_bytes <= without_pass.arena_bytes
+
+
 def test_kept_blob_stays_readable():
     layers = lenet_layers(np.random.default_rng(0))
     reference = Net("all", CPUBackend(dtype=np.float64, seed=1), layers, opt_level=0)
@@ -284,7 +324,9 @@ def backward_input_diffs(net):
 
 
 @pytest.mark.parametrize(
-    "factory", [lenet_layers, mixed_layers], ids=["lenet", "mixed"]
+    "factory",
+    [lenet_layers, mixed_layers, split_branches_layers],
+    ids=["lenet", "mixed", "split_branches"],
 )
 @pytest.mark.parametrize(
     "disable", [(), ("plan_memory",)], ids=["planned", "unplanned"]
@@ -325,7 +367,16 @@ def test_inplace_bottom_view_explains_itself(mixed_net):
             match="layer .soft1. writes its top over it in place .fuse_inplace.; pass keep=",
         ):
             mixed_net.blobs[name]
-    assert "p1" in mixed_net.blobs
+    # p1 contains its own values, so only plan_memory, which reuses its
+    # memory, leaves it out.
+    assert mixed_net.blobs.hidden["p1"][1] == "plan_memory"
+    unplanned = Net(
+        "mixed_unplanned",
+        CPUBackend(dtype=np.float64, seed=1),
+        mixed_layers(np.random.default_rng(0)),
+        disable=("plan_memory",),
+    )
+    assert "p1" in unplanned.blobs
 
 
 def test_split_top_diff_explains_itself(mixed_net):

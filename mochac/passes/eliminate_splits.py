@@ -12,11 +12,17 @@ keeps stays a kernel, so that top keeps a diff of its own. The pipeline
 adds to ``keep`` the blobs that kept alias tops (eliminate_identity) share,
 so keeping such an alias of a top counts as keeping the top.
 
-NOTE: the pass reports the bytes of the removed tops as saved, yet
-plan_memory's arena can grow after it: a conv -> split -> two inner
-products -> add net at batch 16 plans 53,824 B with the pass and 50,240 B
-without it (`mochac compile --report-json`, arena_bytes). Why, and keeping
-a split whose removal raises the planned peak, are not done yet.
+The merged storage is live at a step only where the bottom or a top was
+live before, so the aliases alone do not raise plan_memory's peak. The
+bottom still counts as read by the removed split, so Net does not pin it
+as a blob that no layer reads.
+
+NOTE: the arena can still come out larger than with this pass disabled,
+and nothing compares the two plans or keeps such a split. Best-fit
+placement can leave gaps above the peak, and larger ones for the merged
+buffers in some nets. Removing a split whose tops feed in-place capable
+layers (two SoftmaxLayers, say) stops fuse_inplace from writing each over
+its own copy, which in rare nets raises the peak itself.
 """
 
 from __future__ import annotations

@@ -255,8 +255,12 @@ class Net:
         pinned = set()
         for name, blob in self.ir.blobs.items():
             producer = self.ir.layers[blob.producer]
-            readers = [i for i in blob.consumers if not self.ir.layers[i].eliminated]
-            if producer.layer.is_source or not readers or name in self.keep:
+            # A blob that no layer reads stays readable after forward. An
+            # eliminated split or identity still counts as a reader, because
+            # its tops share this storage and are pinned on their own when no
+            # layer reads them. Pinning the bottom too would keep its data
+            # and diff live through every step.
+            if producer.layer.is_source or not blob.consumers or name in self.keep:
                 for kind in ("data", "diff"):
                     slot = self.slots.find(kind, name)
                     if slot is not None:
