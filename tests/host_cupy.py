@@ -19,7 +19,6 @@ covers only the CuPy calls mochac makes.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import itertools
 import shutil
@@ -33,9 +32,22 @@ import numpy as np
 from cuda_emulator import EMULATED_BLOCK, compile_source_for_host, load_host_library
 from cuda_emulator import launch as emulated_launch
 
+# The number of devices getDeviceCount reports; tests of a second device
+# raise it.
+DEVICE_COUNT = 1
+# The current device, which ``Device(index)`` sets within its block.
+CURRENT_DEVICE = 0
+
 
 class DeviceArray(np.ndarray):
-    """A NumPy array with the CuPy methods mochac uses."""
+    """A NumPy array with the CuPy methods mochac uses.
+
+    ``device_id`` is the device that was current when the array was
+    allocated, as in CuPy; views keep their base's.
+    """
+
+    def __array_finalize__(self, obj):
+        self.device_id = getattr(obj, "device_id", CURRENT_DEVICE)
 
     @property
     def data(self):
@@ -60,11 +72,35 @@ class DeviceArray(np.ndarray):
 
 
 def zeros(shape, dtype=float):
-    return np.zeros(shape, dtype).view(DeviceArray)
+    array = np.zeros(shape, dtype).view(DeviceArray)
+    array.device_id = CURRENT_DEVICE
+    return array
 
 
 def asarray(array):
-    return np.array(array, copy=True).view(DeviceArray)
+    copy = np.array(array, copy=True).view(DeviceArray)
+    copy.device_id = CURRENT_DEVICE
+    return copy
+
+
+class Device:
+    """Stand-in for cupy.cuda.Device: device ``index`` is current within its
+    ``with`` block."""
+
+    def __init__(self, index):
+        self.id = int(index)
+        self.outer = []
+
+    def __enter__(self):
+        global CURRENT_DEVICE
+        self.outer.append(CURRENT_DEVICE)
+        CURRENT_DEVICE = self.id
+        return self
+
+    def __exit__(self, *exc):
+        global CURRENT_DEVICE
+        CURRENT_DEVICE = self.outer.pop()
+        return False
 
 
 # The calls recorded while a stream captures, or None.
@@ -238,8 +274,19 @@ class RawModule:
 
 
 def kernel_argument(value):
-    """Return the ctypes value CuPy would pass for a kernel argument."""
+    """Return the ctypes value CuPy would pass for a kernel argument.
+
+    CuPy passes an array's pointer without checking its device. A kernel
+    that dereferences memory of another device, without peer access, fails
+    with an illegal address, so the stand-in raises at the launch instead.
+    """
     if isinstance(value, np.ndarray):
+        device = getattr(value, "device_id", CURRENT_DEVICE)
+        if device != CURRENT_DEVICE:
+            raise CUDARuntimeError(
+                f"cudaErrorIllegalAddress: kernel on device {CURRENT_DEVICE} was "
+                f"passed an array allocated on device {device}"
+            )
         return ctypes.c_void_p(value.ctypes.data)
     if isinstance(value, np.int32):
         return ctypes.c_int(int(value))
@@ -262,7 +309,7 @@ def gemm(trans_a, trans_b, a, b, out=None, alpha=1.0, beta=0.0):
 
 
 runtime = types.SimpleNamespace(
-    getDeviceCount=lambda: 1,
+    getDeviceCount=lambda: DEVICE_COUNT,
     CUDARuntimeError=CUDARuntimeError,
     memcpyDeviceToDevice=3,
     memsetAsync=lambda pointer, value, size, stream: STREAMS[stream].submit(
@@ -287,7 +334,7 @@ def module() -> types.ModuleType:
         Stream=Stream,
         Event=Event,
         get_elapsed_time=get_elapsed_time,
-        Device=lambda index: contextlib.nullcontext(),
+        Device=Device,
     )
     return cupy
 

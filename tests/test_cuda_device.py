@@ -338,6 +338,37 @@ def test_dropout_resume_after_extra_forward(cupy, tmp_path):
         np.testing.assert_array_equal(resumed[name], array, err_msg=name)
 
 
+def test_second_device_trains_like_first(cupy):
+    """A net on device 1 trains as one on device 0 while device 0 is the
+    current device: the update tables, solver buffers and kernels follow
+    the backend's device."""
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two CUDA devices")
+    nets = [
+        GPUNet(
+            f"device{device}",
+            GPUBackend(device=device, dtype=np.float64, seed=5),
+            lenet(8),
+        )
+        for device in (0, 1)
+    ]
+    for net in nets:
+        method = Nesterov()
+        for iteration in range(3):
+            net.train_step(method, 0.01, 0.9, 0.0005, iteration)
+        net.apply_update(method, 0.01, 0.9, 0.0005, 3)
+    first, second = nets
+    for layer, params in first.params.items():
+        for name, array in params.items():
+            np.testing.assert_allclose(
+                second.params[layer][name].get(),
+                array.get(),
+                rtol=RTOL,
+                atol=ATOL,
+                err_msg=f"{layer}.{name}",
+            )
+
+
 def test_graph_steps_match_step_by_step(cupy):
     """Training steps replayed from CUDA graphs give the same bits as steps
     launched one by one, across an epoch end where the batch is partial."""

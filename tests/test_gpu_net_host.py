@@ -146,6 +146,11 @@ def test_host_gpunet_dropout_resume(cupy, tmp_path):
     device_tests.test_dropout_resume_after_extra_forward(cupy, tmp_path)
 
 
+def test_host_gpunet_second_device(cupy, monkeypatch):
+    monkeypatch.setattr(host_cupy, "DEVICE_COUNT", 2)
+    device_tests.test_second_device_trains_like_first(cupy)
+
+
 def test_host_gpunet_graphs(cupy):
     device_tests.test_graph_steps_match_step_by_step(cupy)
 

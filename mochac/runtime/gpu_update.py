@@ -105,7 +105,12 @@ def tables_for(net, method, regu_coef) -> DeviceTables | None:
     stale; None when the method must update with its NumPy code."""
     if native_code(method) is None:
         return None
-    return cached_tables(net, "_device_update_tables", build_tables, method, regu_coef)
+    # CuPy allocates the tables and any new solver buffer on the current
+    # device, which need not be the net's.
+    with net.cupy.cuda.Device(net.backend.device):
+        return cached_tables(
+            net, "_device_update_tables", build_tables, method, regu_coef
+        )
 
 
 def step_block(method, learning_rate, momentum, iteration) -> np.ndarray:
@@ -134,8 +139,10 @@ def step_block(method, learning_rate, momentum, iteration) -> np.ndarray:
 def update_calls(net, tables: DeviceTables) -> list:
     """Return the two launches that sum the shared gradients and update the
     parameters, as functions of n_valid like GPUNet's bound steps."""
-    sums_kernel = net.module.get_function("mochac_grad_sums")
-    update_kernel = net.module.get_function("mochac_update")
+    # The lookup compiles and loads the module on the current device.
+    with net.cupy.cuda.Device(net.backend.device):
+        sums_kernel = net.module.get_function("mochac_grad_sums")
+        update_kernel = net.module.get_function("mochac_update")
     blocks = (max(1, min(MAX_BLOCKS, -(-tables.largest // THREADS))),)
     threads = (THREADS,)
     status, step = net.status_block, net.step_block
