@@ -297,7 +297,18 @@ def kernel_argument(value):
     raise TypeError(f"kernel argument of type {type(value).__name__}")
 
 
+# Whether a GEMM may be recorded under stream capture, as cuBLAS allows.
+# CuPy's cuBLAS wrapper (cupy_backends/cuda/libs/cublas.pyx) raises
+# NotImplementedError instead, from setStream on a capturing stream; tests
+# set this to False to run that path.
+CUBLAS_DURING_CAPTURE = True
+
+
 def gemm(trans_a, trans_b, a, b, out=None, alpha=1.0, beta=0.0):
+    if CAPTURED is not None and not CUBLAS_DURING_CAPTURE:
+        raise NotImplementedError(
+            "calling cuBLAS API during stream capture is currently unsupported"
+        )
     a = a.T if trans_a == "T" else a
     b = b.T if trans_b == "T" else b
 

@@ -190,6 +190,17 @@ def test_host_gpunet_capture_failure_falls_back(cupy, monkeypatch, caplog):
     assert "without CUDA graphs (capture failed" in caplog.text
 
 
+def test_host_gpunet_cublas_capture_rejected(cupy, monkeypatch, caplog):
+    """CuPy's cuBLAS wrapper raises during stream capture, at the first GEMM
+    after the status reset and the first kernels were recorded. The partial
+    graph is dropped, the step runs call by call, and training matches the
+    CPU."""
+    monkeypatch.setattr(host_cupy, "CUBLAS_DURING_CAPTURE", False)
+    device_tests.test_solver_trains_like_cpu(cupy, device_tests.SGD)
+    assert "capture failed: NotImplementedError" in caplog.text
+    assert caplog.text.count("without CUDA graphs") == 1
+
+
 def test_host_gpu_bench_report(cupy):
     from mochac.bench.gpu_runner import bench_gpu, format_gpu_bench
 
