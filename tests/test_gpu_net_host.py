@@ -94,6 +94,31 @@ def test_host_gpunet_compile_error_keeps_source(cupy, monkeypatch, tmp_path):
     assert "broken on purpose" in caught.value.output
 
 
+def test_host_gpunet_outputs_fetch_bottoms(cupy, monkeypatch):
+    """An output layer's step copies only its bottoms to the host."""
+    from mochac.layers import MemoryOutputLayer
+    from mochac.runtime.solver import SGD
+
+    fetched = []
+    get = host_cupy.DeviceArray.get
+
+    def recording_get(self, stream=None, out=None):
+        fetched.append(self)
+        return get(self, stream=stream, out=out)
+
+    monkeypatch.setattr(host_cupy.DeviceArray, "get", recording_get)
+    layers = [*lenet(4), MemoryOutputLayer(name="keep", bottoms=["ip2"])]
+    net = GPUNet("outputs", GPUBackend(seed=1), layers)
+    net.forward()
+    net.train_step(SGD(), 0.01, 0.9, 0.0, 0)
+    blob_ids = {id(view): name for name, view in net.blobs.items()}
+    fetched_blobs = [blob_ids[id(array)] for array in fetched if id(array) in blob_ids]
+    assert fetched_blobs == ["ip2", "ip2"]
+    collected = net.output_states["keep"].outputs[0]
+    assert len(collected) == 2
+    assert collected[0].shape == (4, 10)
+
+
 def test_net_with_gpu_backend_builds_gpunet(cupy):
     from mochac import Net
 

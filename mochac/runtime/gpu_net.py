@@ -537,7 +537,14 @@ class GPUNet(Net):
     def _collect_outputs(self):
         """Hand the output layers' bottoms to their host-side states."""
         if self.output_states and self.counting:
-            host = {name: view.get() for name, view in self.blobs.items()}
+            # Only the output layers' bottoms cross to the host, not every
+            # blob the net keeps (the data layers' tops among them).
+            bottoms = {
+                bottom
+                for state in self.output_states.values()
+                for bottom in state.layer.bottoms
+            }
+            host = {name: self.blobs[name].get() for name in bottoms}
             for state in self.output_states.values():
                 state.collect(host)
 
