@@ -140,6 +140,10 @@ class GPUNet(Net):
             # Kernels and GEMMs run on a blocking stream: work on CuPy's
             # default stream (a NumPy-coded solver update, a user's reads)
             # stays ordered with it, and it can be captured into a graph.
+            # NOTE: that ordering holds for the legacy default stream only.
+            # With CUPY_CUDA_PER_THREAD_DEFAULT_STREAM=1, CuPy's default
+            # stream is the per-thread one, which CUDA does not order with
+            # other streams, so those writes and reads can race the steps.
             self.stream = cupy.cuda.Stream(non_blocking=False)
             self.copy_stream = cupy.cuda.Stream(non_blocking=True)
             self._allocate()
