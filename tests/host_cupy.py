@@ -319,6 +319,46 @@ def gemm(trans_a, trans_b, a, b, out=None, alpha=1.0, beta=0.0):
     return out
 
 
+FAKE_CUBLAS_SOURCE = Path(__file__).with_name("fake_cublas.c")
+SUBMIT_GEMM = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_longlong)
+# (path, library, callback) of tests/fake_cublas.c once compiled.
+_FAKE_CUBLAS = None
+
+
+def fake_cublas_path() -> str:
+    """Return the path of tests/fake_cublas.c compiled for this process, with
+    its GEMMs running on the stand-in's streams (mochac.runtime.cublas_direct
+    loads it as the libcublas that CuPy uses)."""
+    global _FAKE_CUBLAS
+    if _FAKE_CUBLAS is None:
+        path = Path(MODULES.name) / "libfake_cublas.so"
+        command = ["gcc", "-std=c11", "-O1", "-fPIC", "-shared", "-Wall", "-Werror"]
+        subprocess.run(
+            [*command, str(FAKE_CUBLAS_SOURCE), "-o", str(path)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        library = ctypes.CDLL(str(path))
+        library.fake_cublas_run.argtypes = [ctypes.c_longlong]
+        library.fake_cublas_run.restype = None
+        library.fake_cublas_live_handles.restype = ctypes.c_int
+
+        def submit(stream, number):
+            STREAMS[stream or 0].submit(lambda: library.fake_cublas_run(number))
+
+        callback = SUBMIT_GEMM(submit)
+        library.fake_cublas_set_submit(callback)
+        _FAKE_CUBLAS = (str(path), library, callback)
+    return _FAKE_CUBLAS[0]
+
+
+def fake_cublas_live_handles() -> int:
+    """Return how many handles of tests/fake_cublas.c are not destroyed."""
+    fake_cublas_path()
+    return _FAKE_CUBLAS[1].fake_cublas_live_handles()
+
+
 runtime = types.SimpleNamespace(
     getDeviceCount=lambda: DEVICE_COUNT,
     CUDARuntimeError=CUDARuntimeError,

@@ -19,7 +19,7 @@ from cuda_nets import NETS
 
 from mochac.bench.nets import lenet
 from mochac.errors import CompileError
-from mochac.runtime import gpu_net
+from mochac.runtime import cublas_direct, gpu_net
 from mochac.runtime.gpu_backend import GPUBackend
 from mochac.runtime.gpu_net import GPUNet
 
@@ -30,10 +30,13 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def cupy(monkeypatch):
-    """Install the host stand-in for CuPy and return it."""
+    """Install the host stand-in for CuPy, with tests/fake_cublas.c as the
+    libcublas that GPUNet calls directly, and return it."""
     fake = host_cupy.module()
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setitem(sys.modules, "cupyx", host_cupy.cupyx_module())
+    path = host_cupy.fake_cublas_path()
+    monkeypatch.setattr(cublas_direct, "find_cublas", lambda cupy: path)
     return fake
 
 
@@ -216,10 +219,12 @@ def test_host_gpunet_capture_failure_falls_back(cupy, monkeypatch, caplog):
 
 
 def test_host_gpunet_cublas_capture_rejected(cupy, monkeypatch, caplog):
-    """CuPy's cuBLAS wrapper raises during stream capture, at the first GEMM
-    after the status reset and the first kernels were recorded. The partial
+    """Without libcublas to call directly, GEMMs go through CuPy's cuBLAS
+    wrapper, which raises during stream capture, at the first GEMM after
+    the status reset and the first kernels were recorded. The partial
     graph is dropped, the step runs call by call, and training matches the
     CPU."""
+    monkeypatch.setattr(cublas_direct, "find_cublas", lambda cupy: None)
     monkeypatch.setattr(host_cupy, "CUBLAS_DURING_CAPTURE", False)
     device_tests.test_solver_trains_like_cpu(cupy, device_tests.SGD)
     assert "capture failed: NotImplementedError" in caplog.text
@@ -277,3 +282,28 @@ def test_host_sanitizer_run_script(cupy, monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 * (len(NETS) + 1)
     assert all("CUDA graphs True" in line for line in lines)
+
+
+def test_host_gpunet_graphs_capture_direct_gemms(cupy, monkeypatch):
+    """GEMMs called on libcublas directly are captured into graphs even
+    where CuPy's cuBLAS wrapper rejects capture."""
+    monkeypatch.setattr(host_cupy, "CUBLAS_DURING_CAPTURE", False)
+    device_tests.test_graph_steps_match_step_by_step(cupy)
+
+
+def test_host_gpunet_without_direct_cublas(cupy, monkeypatch):
+    """Where libcublas cannot be found, GEMMs go through CuPy and every
+    layer still matches the CPU."""
+    monkeypatch.setattr(cublas_direct, "find_cublas", lambda cupy: None)
+    gpu = GPUNet("lenet", GPUBackend(seed=1), lenet(4))
+    assert gpu.cublas is None
+    device_tests.test_lenet_iterations_match_cpu(cupy)
+
+
+def test_host_gpunet_destroy_releases_cublas_handle(cupy):
+    before = host_cupy.fake_cublas_live_handles()
+    gpu = GPUNet("lenet", GPUBackend(seed=1), lenet(4))
+    assert host_cupy.fake_cublas_live_handles() == before + 1
+    gpu.destroy()
+    gpu.destroy()
+    assert host_cupy.fake_cublas_live_handles() == before

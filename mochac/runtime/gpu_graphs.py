@@ -21,13 +21,12 @@ NOTE: unverified on a GPU. The capture and replay have run only against
 the host stand-in of tests/host_cupy.py, which records the captured calls
 and replays them in order.
 
-NOTE: CuPy's cuBLAS wrapper (cupy_backends/cuda/libs/cublas.pyx) raises
-NotImplementedError for a call on a capturing stream, from the first CuPy
-with stream capture to at least a version with cuBLAS's 64-bit API. With
-such a CuPy, the capture of a step with a GEMM (any InnerProduct,
-TiedInnerProduct or Convolution layer) fails at its first GEMM, so the
-net logs the warning and trains step by step. Only nets without GEMMs get
-graphs there.
+CuPy's cuBLAS wrapper (cupy_backends/cuda/libs/cublas.pyx) raises
+NotImplementedError for a call on a capturing stream, so GPUNet calls
+libcublas directly (mochac.runtime.cublas_direct). Where it cannot, the
+capture of a step with a GEMM (any InnerProduct, TiedInnerProduct or
+Convolution layer) fails at its first GEMM, and the net logs the warning
+and trains step by step.
 """
 
 from __future__ import annotations

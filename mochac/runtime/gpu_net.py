@@ -4,7 +4,9 @@ Construction builds and optimizes the IR as Net does, renders CUDA
 (mochac.codegen.cuda), loads it with ``cupy.RawModule`` and places every
 data, diff and work slot in one device arena laid out by plan_memory.
 forward() and backward() execute the step lists on one stream: kernel
-launches, cuBLAS GEMMs through ``cupy.cublas.gemm``, memsets and copies.
+launches, cuBLAS GEMMs (mochac.runtime.cublas_direct, or
+``cupy.cublas.gemm`` where libcublas cannot be called directly), memsets
+and copies.
 
 Training data reaches the device ahead of use. After a training step
 (train_step, forward_backward or solver_step) is enqueued, and while the
@@ -42,7 +44,7 @@ from mochac.passes.pipeline import (
     run_ir_passes,
 )
 from mochac.passes.plan_memory import plan_memory
-from mochac.runtime import gpu_update
+from mochac.runtime import cublas_direct, gpu_update
 from mochac.runtime.array_views import blob_views
 from mochac.runtime.data_sources import make_source
 from mochac.runtime.gpu_graphs import StepGraphs
@@ -146,6 +148,9 @@ class GPUNet(Net):
             # other streams, so those writes and reads can race the steps.
             self.stream = cupy.cuda.Stream(non_blocking=False)
             self.copy_stream = cupy.cuda.Stream(non_blocking=True)
+            # GEMMs go to libcublas directly when it can be found, because
+            # CuPy's wrapper cannot run under the stream capture of graphs.
+            self.cublas = cublas_direct.open_handle(cupy, self.stream.ptr)
             self._allocate()
             self._bind_steps()
         self.graphs = StepGraphs(self, getattr(backend, "graphs", False))
@@ -314,6 +319,16 @@ class GPUNet(Net):
                 "T" if step.trans_a else "N",
                 "T" if step.trans_b else "N",
             )
+
+            if self.cublas is not None:
+                enqueue_gemm = self.cublas.gemm_call(
+                    step.trans_a, step.trans_b, a, b, c, step.alpha, step.beta
+                )
+
+                def run_direct_gemm(n_valid):
+                    enqueue_gemm()
+
+                return run_direct_gemm
 
             def run_gemm(n_valid):
                 cublas.gemm(
@@ -729,6 +744,9 @@ class GPUNet(Net):
     def destroy(self):
         """Drop the device memory and close the data sources."""
         super().destroy()
+        if self.cublas is not None:
+            with self._on_device():
+                self.cublas.close()
         self.arena = self.report_block = None
         self.state_block = self.status_block = None
         self.forward_calls = self.backward_calls = []
