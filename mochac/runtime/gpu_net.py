@@ -742,7 +742,22 @@ class GPUNet(Net):
                     self.device_states[info.name][...] = 0
 
     def destroy(self):
-        """Drop the device memory and close the data sources."""
+        """Wait for the net's streams, then drop the device memory and
+        close the data sources."""
+        # A copy of a batch read ahead may still be queued on the copy
+        # stream, which CuPy's default stream does not wait for. It must not
+        # write into memory that CuPy hands out again.
+        with self._on_device():
+            for stream in (self.copy_stream, self.stream):
+                try:
+                    stream.synchronize()
+                except self.cupy.cuda.runtime.CUDARuntimeError as error:
+                    logger.warning(
+                        "net '%s': waiting for a stream failed while destroying "
+                        "the net: %s",
+                        self.name,
+                        error,
+                    )
         super().destroy()
         if self.cublas is not None:
             with self._on_device():
