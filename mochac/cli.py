@@ -302,6 +302,22 @@ def check_net_file(path: Path) -> None:
         raise UsageError(f"{path}: file not found")
 
 
+def destroy_imported_net(net) -> None:
+    """Destroy a net that the net file built when it was imported.
+
+    The HDF5OutputLayer files that got no batch are deleted instead of moved
+    to their filenames. So compiling or timing a net file neither replaces an
+    existing output file with an empty one nor leaves one behind, which would
+    stop the rebuilt net of a layer without force_overwrite.
+    """
+    from mochac.runtime.outputs import HDF5Output
+
+    for state in net.output_states.values():
+        if isinstance(state, HDF5Output):
+            state.discard_if_empty()
+    net.destroy()
+
+
 def compile_command(args) -> int:
     from mochac.codegen.module_writer import (
         check_package_folder,
@@ -360,7 +376,7 @@ def compile_command(args) -> int:
         # unchanged net cost no compile. The net of the import is destroyed
         # first, so that its output files and data sources are free for the
         # new one. The shared parameters stay with the backend.
-        found.destroy()
+        destroy_imported_net(found)
         net = Net(
             found.name,
             found.backend,
@@ -451,7 +467,7 @@ def bench_command(args) -> int:
         # The timed nets are built from the layers; the nets of the import
         # would hold their output files and data sources meanwhile.
         for net in found.values():
-            net.destroy()
+            destroy_imported_net(net)
         others = ", ".join(f"'{net.name}'" for net in nets[1:])
         logger.info(
             "%s: timing net '%s'%s",

@@ -111,6 +111,59 @@ def test_compile_net_with_hdf5_output(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "predict" / "net.json").exists()
 
 
+OUTPUT_NET_FILE = textwrap.dedent(
+    """
+    import numpy as np
+    from mochac import (
+        CPUBackend, HDF5OutputLayer, InnerProductLayer, MemoryDataLayer, Net,
+        SoftmaxLossLayer,
+    )
+
+    x = np.zeros((8, 3), np.float32)
+    y = np.zeros((8, 1), np.float32)
+    predict = Net("predict", CPUBackend(seed=1), [
+        MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
+        InnerProductLayer(name="ip", output_dim=2, bottoms=["data"], tops=["ip"]),
+        HDF5OutputLayer(
+            name="out", filename="predictions.h5", bottoms=["ip"], FORCE
+        ),
+        SoftmaxLossLayer(name="loss", bottoms=["ip", "label"]),
+    ])
+    """
+)
+
+
+def test_compile_hdf5_output_writes_no_file(tmp_path, monkeypatch):
+    """With force_overwrite=False (the default), the rebuilt net must not
+    find an output file that the import's net left behind."""
+    monkeypatch.chdir(tmp_path)
+    source = OUTPUT_NET_FILE.replace("FORCE", "force_overwrite=False")
+    (tmp_path / "outputs.py").write_text(source)
+    assert main(["compile", "outputs.py", "-o", "out"]) == 0
+    assert (tmp_path / "out" / "predict" / "net.json").exists()
+    assert not (tmp_path / "predictions.h5").exists()
+
+
+@pytest.mark.parametrize("command", ["compile", "bench"])
+def test_hdf5_output_file_survives_command(command, tmp_path, monkeypatch):
+    """Compiling or timing a net file replaces no existing output file,
+    even when its HDF5OutputLayer has force_overwrite=True."""
+    import h5py
+
+    monkeypatch.chdir(tmp_path)
+    source = OUTPUT_NET_FILE.replace("FORCE", "force_overwrite=True")
+    (tmp_path / "outputs.py").write_text(source)
+    with h5py.File(tmp_path / "predictions.h5", "w") as file:
+        file["ip"] = np.ones((5, 2), np.float32)
+    if command == "compile":
+        args = ["compile", "outputs.py", "-o", "out"]
+    else:
+        args = ["bench", "outputs.py", "--iters", "1", "--repeats", "1", "--no-peer"]
+    assert main(args) == 0
+    with h5py.File(tmp_path / "predictions.h5", "r") as file:
+        assert file["ip"].shape == (5, 2)
+
+
 def test_compile_without_nets_fails(tmp_path, caplog):
     net_file = tmp_path / "empty.py"
     net_file.write_text("x = 1\n")

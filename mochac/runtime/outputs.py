@@ -237,6 +237,12 @@ class HDF5Output:
             self._finalizer()
             logger.info("%s: wrote %s", self.layer.title, self.path)
 
+    def discard_if_empty(self) -> None:
+        """Delete the temporary file when no batch was written to it, so that
+        ``filename`` stays as it was. A later close() then does nothing."""
+        if self._finalizer.alive and self._pending.batches == 0:
+            self._discard()
+
     def _discard(self) -> None:
         stream = getattr(self, "stream", None)
         if stream is not None:
