@@ -296,3 +296,17 @@ def test_nan_origin_draws_same_noise():
             assert "layer 'sqrt' (PowerLayer) is the first" in str(error)
     # About half of the seeds draw a negative value.
     assert 3 <= failures <= 13
+
+
+def test_keep_single_blob_name():
+    """keep="ip" names one blob, as disable="plan_memory" names one pass."""
+    net = Net("keep-one", CPUBackend(threads=1), classifier([0, 1]), keep="ip")
+    assert net.keep >= {"ip"}
+    net.forward()
+    assert net.blobs["ip"].shape == (2, 3)
+
+
+@pytest.mark.parametrize("keep", [5, ["ip", 5]])
+def test_keep_rejects_non_names(keep):
+    with pytest.raises(ConfigError, match="invalid keep="):
+        Net("keep-bad", CPUBackend(threads=1), classifier([0, 1]), keep=keep)

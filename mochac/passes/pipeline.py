@@ -52,6 +52,27 @@ def pass_names(disable) -> tuple[str, ...]:
     return names
 
 
+def kept_blob_names(keep) -> frozenset[str]:
+    """Return ``keep`` as a set of blob names; a single string is one name.
+
+    Raises ConfigError when ``keep`` is neither a string nor a list of them.
+    """
+    if isinstance(keep, str):
+        return frozenset((keep,))
+    try:
+        names = frozenset(keep)
+    except TypeError:
+        raise ConfigError(
+            f"invalid keep={keep!r}; expected a list of blob names such as ['ip1']"
+        ) from None
+    if not all(isinstance(name, str) for name in names):
+        raise ConfigError(
+            f"invalid keep={keep!r}; expected a list of blob names (strings) "
+            "such as ['ip1']"
+        )
+    return names
+
+
 def enabled_passes(opt_level: int, disable=()) -> list[str]:
     """Return the names of the passes that run; raise ConfigError on bad options."""
     if opt_level not in (0, 1):

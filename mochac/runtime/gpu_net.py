@@ -40,6 +40,7 @@ from mochac.layers.output import OutputLayer
 from mochac.passes.pipeline import (
     enabled_passes,
     ir_counts,
+    kept_blob_names,
     pass_names,
     run_ir_passes,
 )
@@ -68,7 +69,7 @@ def prepare_ir(net, backend, layers, force_backward, phase, opt_level, disable, 
     """
     net.layers = check_layer_list(net.name, layers)
     net.opt_level, net.disable = opt_level, pass_names(disable)
-    net.keep = frozenset(keep)
+    net.keep = kept_blob_names(keep)
     enabled_passes(opt_level, net.disable)
     net.sources, source_shapes = {}, {}
     for index, layer in enumerate(net.layers):

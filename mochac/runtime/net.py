@@ -35,6 +35,7 @@ from mochac.layers.output import OutputLayer
 from mochac.passes.pipeline import (
     enabled_passes,
     ir_counts,
+    kept_blob_names,
     pass_names,
     run_ir_passes,
 )
@@ -136,7 +137,7 @@ class Net:
         self.force_backward = force_backward
         self.opt_level = opt_level
         self.disable = pass_names(disable)
-        self.keep = frozenset(keep)
+        self.keep = kept_blob_names(keep)
         passes = enabled_passes(opt_level, self.disable)
         dtype = backend.dtype
 
