@@ -248,3 +248,41 @@ def test_solver_parameters_read_as_attributes():
         _ = params.lr
     with pytest.raises(mochac.ConfigError, match="unknown key.*max_iters"):
         params.copy(max_iters=5)
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"max_iter": -5}, "invalid max_iter=-5"),
+        ({"max_iter": 2.5}, "invalid max_iter=2.5"),
+        ({"regu_coef": -1.0}, "invalid regu_coef=-1.0"),
+        ({"lr_policy": 0.1}, "invalid lr_policy=0.1"),
+        ({"mom_policy": 0.9}, "invalid mom_policy=0.9"),
+        ({"load_from": 5}, "invalid load_from=5"),
+    ],
+)
+def test_solver_parameters_copy_checks_values(changes, match):
+    from mochac import SGD, make_solver_parameters
+
+    params = make_solver_parameters(SGD(), max_iter=10)
+    with pytest.raises(mochac.ConfigError, match=match):
+        params.copy(**changes)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("max_iter", -1, "invalid max_iter=-1"),
+        ("lr_policy", "abc", "invalid lr_policy='abc'"),
+        ("beta1", 1.5, "invalid beta1=1.5"),
+    ],
+)
+def test_solver_checks_changed_parameters(key, value, match):
+    """A value written into the dict after make_solver_parameters is checked
+    when the Solver is built, not deep inside solve()."""
+    from mochac import Adam, Solver, make_solver_parameters
+
+    params = make_solver_parameters(Adam(), max_iter=10)
+    params[key] = value
+    with pytest.raises(mochac.ConfigError, match=match):
+        Solver(Adam(), params)

@@ -157,7 +157,56 @@ class SolverParameters(dict):
                 f"solver parameters copy: unknown key(s) {', '.join(unknown)}; "
                 f"keys: {', '.join(self)}"
             )
-        return SolverParameters({**self, **changes})
+        changed = check_solver_values({**self, **changes}, "solver parameters copy")
+        return SolverParameters(changed)
+
+
+def check_solver_values(params: dict, caller: str) -> dict:
+    """Return a copy of ``params`` with max_iter as an int and regu_coef as a
+    float, after checking the values of the keys every method shares.
+
+    Raises ConfigError naming ``caller`` and the first invalid key.
+    """
+    params = dict(params)
+    max_iter = as_int(params.get("max_iter"))
+    if max_iter is None or max_iter < 0:
+        raise ConfigError(
+            f"{caller}: invalid max_iter={params.get('max_iter')!r}; "
+            "expected an int >= 0"
+        )
+    params["max_iter"] = max_iter
+    regu = as_real(params["regu_coef"])
+    if regu is None or not math.isfinite(regu) or regu < 0:
+        raise ConfigError(
+            f"{caller}: invalid regu_coef={params['regu_coef']!r}; "
+            "expected a finite number >= 0, such as 0.0005"
+        )
+    params["regu_coef"] = regu
+    load_from = params.get("load_from")
+    if load_from is not None and not isinstance(load_from, (str, os.PathLike)):
+        raise ConfigError(
+            f"{caller}: invalid load_from={load_from!r}; expected "
+            "the path of a snapshot folder or file (a str or Path), or None"
+        )
+    examples = {
+        "lr_policy": "LRPolicy.Fixed(0.01)",
+        "mom_policy": "MomPolicy.Fixed(0.9)",
+    }
+    # A policy of the other kind returns numbers too, so only its module
+    # shows that a momentum policy was given as the learning rate's.
+    other_kind = {
+        "lr_policy": "mochac.runtime.mom_policy",
+        "mom_policy": "mochac.runtime.lr_policy",
+    }
+    for key, example in examples.items():
+        if key in params and (
+            not callable(params[key]) or type(params[key]).__module__ == other_kind[key]
+        ):
+            raise ConfigError(
+                f"{caller}: invalid {key}={params[key]!r}; expected a "
+                f"policy such as {example}"
+            )
+    return params
 
 
 def make_solver_parameters(method, **kwargs) -> SolverParameters:
@@ -187,44 +236,7 @@ def make_solver_parameters(method, **kwargs) -> SolverParameters:
         )
     params = {"regu_coef": 0.0005, "load_from": None, **method.default_parameters()}
     params.update(kwargs)
-    max_iter = as_int(params.get("max_iter"))
-    if max_iter is None or max_iter < 0:
-        raise ConfigError(
-            f"make_solver_parameters: invalid max_iter={params.get('max_iter')!r}; "
-            "expected an int >= 0"
-        )
-    params["max_iter"] = max_iter
-    regu = as_real(params["regu_coef"])
-    if regu is None or not math.isfinite(regu) or regu < 0:
-        raise ConfigError(
-            f"make_solver_parameters: invalid regu_coef={params['regu_coef']!r}; "
-            "expected a finite number >= 0, such as 0.0005"
-        )
-    params["regu_coef"] = regu
-    load_from = params["load_from"]
-    if load_from is not None and not isinstance(load_from, (str, os.PathLike)):
-        raise ConfigError(
-            f"make_solver_parameters: invalid load_from={load_from!r}; expected "
-            "the path of a snapshot folder or file (a str or Path), or None"
-        )
-    examples = {
-        "lr_policy": "LRPolicy.Fixed(0.01)",
-        "mom_policy": "MomPolicy.Fixed(0.9)",
-    }
-    # A policy of the other kind returns numbers too, so only its module
-    # shows that a momentum policy was given as the learning rate's.
-    other_kind = {
-        "lr_policy": "mochac.runtime.mom_policy",
-        "mom_policy": "mochac.runtime.lr_policy",
-    }
-    for key, example in examples.items():
-        if key in params and (
-            not callable(params[key]) or type(params[key]).__module__ == other_kind[key]
-        ):
-            raise ConfigError(
-                f"make_solver_parameters: invalid {key}={params[key]!r}; expected a "
-                f"policy such as {example}"
-            )
+    params = check_solver_values(params, "make_solver_parameters")
     method.check_parameters(params)
     return SolverParameters(params)
 
@@ -265,6 +277,9 @@ class Solver:
                 f"Solver({method.name}): params lack {', '.join(missing)}; {expected}"
                 " (parameters made for another method do not fit)"
             )
+        # The dict may have changed since make_solver_parameters checked it.
+        check_solver_values(params, f"Solver({method.name})")
+        method.check_parameters(params)
         self.progress = progress
         self.method = method
         if any(method.buffers.values()):
