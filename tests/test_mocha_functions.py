@@ -286,3 +286,16 @@ def test_solver_checks_changed_parameters(key, value, match):
     params[key] = value
     with pytest.raises(mochac.ConfigError, match=match):
         Solver(Adam(), params)
+
+
+def test_solver_parameters_attribute_assignment():
+    """params.max_iter = n writes the key that Solver reads."""
+    from mochac import SGD, make_solver_parameters
+
+    params = make_solver_parameters(SGD(), max_iter=10)
+    params.max_iter = 20
+    assert params["max_iter"] == 20
+    assert params.max_iter == 20
+    with pytest.raises(AttributeError, match="no 'max_iters'"):
+        params.max_iters = 5
+    assert "max_iters" not in params

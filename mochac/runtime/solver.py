@@ -139,7 +139,7 @@ class SolverParameters(dict):
 
     ``copy(**changes)`` returns a copy with some values replaced, Mocha's
     ``copy(params, load_from=folder)``; it raises ConfigError for a key the
-    parameters lack.
+    parameters lack. Assigning an attribute writes its key, which must exist.
     """
 
     def __getattr__(self, name):
@@ -149,6 +149,15 @@ class SolverParameters(dict):
             raise AttributeError(
                 f"solver parameters have no {name!r}; keys: {', '.join(self)}"
             ) from None
+
+    def __setattr__(self, name, value):
+        # Without this, ``params.max_iter = n`` would set an instance
+        # attribute that reads back as n while Solver reads the old key.
+        if name not in self:
+            raise AttributeError(
+                f"solver parameters have no {name!r}; keys: {', '.join(self)}"
+            )
+        self[name] = value
 
     def copy(self, **changes) -> SolverParameters:
         unknown = sorted(set(changes) - set(self))
