@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from mochac.errors import SnapshotError
-from mochac.runtime.snapshot import dataset_name, open_model
+from mochac.runtime.snapshot import check_net_and_path, dataset_name, open_model
 from mochac.runtime.snapshot_checks import (
     check_float_dataset,
     parsing,
@@ -56,6 +56,7 @@ def load_caffe_hdf5(net, path, allow_missing=False) -> dict[str, list[str]]:
     sidecar, if any, does not match, and when the file cannot be opened.
     Returns {"loaded": [...], "initialized": [...]}, lists of dataset names.
     """
+    check_net_and_path("load_caffe_hdf5(net, path)", net, path, (net, path))
     path = Path(path)
     with open_model(path) as handle:
         return _load(handle, net, path, allow_missing)
@@ -64,7 +65,9 @@ def load_caffe_hdf5(net, path, allow_missing=False) -> dict[str, list[str]]:
 def load_network(file, net, die_if_not_found=True) -> dict[str, list[str]]:
     """Mocha's name for load_caffe_hdf5; ``file`` is a path or an open h5py.File."""
     if isinstance(file, h5py.File):
+        check_net_and_path("load_network(file, net)", net, file.filename, (file, net))
         return _load(file, net, Path(file.filename), not die_if_not_found)
+    check_net_and_path("load_network(file, net)", net, file, (file, net))
     return load_caffe_hdf5(net, file, allow_missing=not die_if_not_found)
 
 

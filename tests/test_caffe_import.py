@@ -11,6 +11,7 @@ import pytest
 
 from mochac import (
     SGD,
+    ConfigError,
     ConstantInitializer,
     ConvolutionLayer,
     CPUBackend,
@@ -24,6 +25,7 @@ from mochac import (
     make_solver_parameters,
 )
 from mochac.caffe import load_caffe_hdf5, load_network
+from mochac.runtime.snapshot import save_snapshot
 from mochac.runtime.snapshot_checks import shapes_match
 
 RNG = np.random.default_rng(0)
@@ -441,3 +443,34 @@ def test_param_key_sharing_layers_reject_different_values(tmp_path):
     with pytest.raises(SnapshotError, match="a1___weight and a2___weight hold"):
         load_caffe_hdf5(net, path)
     np.testing.assert_array_equal(net.params["a1"]["weight"], before)
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        (
+            lambda net, path: load_network(net, path),
+            r"\(Net, str\).*load_network\(file, net\)",
+        ),
+        (
+            lambda net, path: load_caffe_hdf5(path, net),
+            r"\(str, Net\).*load_caffe_hdf5\(net, path\)",
+        ),
+        (
+            lambda net, path: load_snapshot(path, net),
+            r"\(str, Net\).*load_snapshot\(net, path\)",
+        ),
+        (
+            lambda net, path: save_snapshot(net, path),
+            r"\(Net, str\).*save_snapshot\(path, net\)",
+        ),
+    ],
+)
+def test_swapped_arguments_name_order(tmp_path, net, call, expected):
+    path = str(write_model(tmp_path / "model.h5", caffe_blobs()))
+    before = snapshot_params(net)
+    with pytest.raises(ConfigError, match=expected):
+        call(net, path)
+    for layer, params in before.items():
+        for name, array in params.items():
+            np.testing.assert_array_equal(net.params[layer][name], array)

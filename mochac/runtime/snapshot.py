@@ -321,6 +321,17 @@ def host_finite(array, to_host, label: str, path) -> np.ndarray:
     return values
 
 
+def check_net_and_path(call: str, net, path, given: tuple) -> None:
+    """Raise ConfigError when ``net`` is not a net or ``path`` is not a path,
+    as when the two are swapped. ``call`` shows the expected order and
+    ``given`` holds the arguments in the order of the call."""
+    is_net = hasattr(net, "params") and hasattr(net, "ir")
+    if is_net and isinstance(path, (str, os.PathLike)):
+        return
+    types = ", ".join(type(value).__name__ for value in given)
+    raise ConfigError(f"invalid arguments ({types}); call it as {call}")
+
+
 def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> Path:
     """Write the net's parameters and, when given, the solver state to ``path``,
     with the file's SHA-256 digest in ``<path>.sha256``.
@@ -331,6 +342,7 @@ def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> P
     NumericalError, and writes nothing, when a parameter or buffer contains
     NaN or infinite values.
     """
+    check_net_and_path("save_snapshot(path, net)", net, path, (path, net))
     # A destroyed net's arrays are gone; saving it would write an empty model.
     net._check_alive()
     if solver_state is None and SNAPSHOT_PATTERN.match(Path(path).name):
@@ -520,6 +532,7 @@ def load_params(handle, net, path, allow_missing=False) -> None:
 
 def load_snapshot(net, path, allow_missing=False) -> None:
     """Load the parameters stored in ``path`` into ``net`` (Mocha's load_snapshot)."""
+    check_net_and_path("load_snapshot(net, path)", net, path, (net, path))
     with open_model(path) as handle:
         load_params(handle, net, path, allow_missing)
     logger.info("net '%s': loaded parameters from %s", net.name, path)
