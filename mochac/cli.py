@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mochac.errors import MochacError
+from mochac.errors import ConfigError, MochacError
 from mochac.layers.output import OutputLayer
 from mochac.passes.pipeline import PASS_NAMES
 from mochac.version import __version__
@@ -337,8 +337,16 @@ def compile_command(args) -> int:
     if out.exists() and not out.is_dir():
         logger.error("-o %s: exists and is not a folder; name a folder", out)
         return 2
+    for option, value in (("--report-json", args.report_json), ("--dot", args.dot)):
+        if value and Path(value).resolve() == out.resolve():
+            raise UsageError(
+                f"{option} {value}: is the -o folder; name a file instead"
+            )
     # The options are checked before the file runs and builds its nets.
-    enabled_passes(args.opt_level, args.disable)
+    try:
+        enabled_passes(args.opt_level, args.disable)
+    except ConfigError as error:
+        raise UsageError(str(error)) from None
     found_nets = find_nets(path)
     if not found_nets:
         logger.error(

@@ -221,7 +221,8 @@ def test_compile_rejects_unknown_pass(tmp_path, caplog, monkeypatch):
 
     monkeypatch.setattr("mochac.cli.find_nets", run_file)
     args = ["compile", str(net_file), "-o", str(tmp_path / "out"), "--disable", "nope"]
-    assert main(args) == 1
+    # A usage error, as for the other invalid options.
+    assert main(args) == 2
     assert "unknown pass name" in caplog.text
 
 
@@ -420,6 +421,16 @@ def test_compile_rejects_report_json_folder(tmp_path, caplog):
     args = ["compile", str(net_file), "-o", str(tmp_path / "out")]
     assert main([*args, "--report-json", str(tmp_path)]) == 2
     assert f"--report-json {tmp_path}: is a folder; name a file" in caplog.text
+
+
+@pytest.mark.parametrize("option", ["--report-json", "--dot"])
+def test_compile_rejects_report_in_place_of_output(tmp_path, caplog, option):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    out = tmp_path / "out"
+    assert main(["compile", str(net_file), "-o", str(out), option, str(out)]) == 2
+    assert f"{option} {out}: is the -o folder" in caplog.text
+    assert not out.exists()
 
 
 def test_compile_names_file_of_bad_net(tmp_path, caplog):
