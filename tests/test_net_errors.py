@@ -310,3 +310,9 @@ def test_keep_single_blob_name():
 def test_keep_rejects_non_names(keep):
     with pytest.raises(ConfigError, match="invalid keep="):
         Net("keep-bad", CPUBackend(threads=1), classifier([0, 1]), keep=keep)
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_force_backward_not_bool(value):
+    with pytest.raises(ConfigError, match=r"net 'flag': invalid force_backward="):
+        Net("flag", CPUBackend(), classifier([0, 1]), force_backward=value)

@@ -224,6 +224,11 @@ def build_ir(
     built earlier registered, for layers that use another layer's parameter.
     """
     layers = check_layer_list(name, layers)
+    if not isinstance(force_backward, (bool, np.bool_)):
+        raise ConfigError(
+            f"net '{name}': invalid force_backward={force_backward!r}; expected "
+            "True or False"
+        )
     names = _display_names(layers)
     graph = nx.DiGraph(name=name)
     producers: dict[str, int] = {}
