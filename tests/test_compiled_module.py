@@ -2,10 +2,12 @@
 
 import hashlib
 import json
+import os
 import shlex
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -540,3 +542,43 @@ def test_package_hidden_blob_advice_works(tmp_path, fix):
     bias = net.params["ip1"]["bias"]
     expected = net.blobs["data"] @ weight.reshape(3, 5) + bias.reshape(5)
     np.testing.assert_allclose(net.blobs["hidden"], expected, rtol=1e-5)
+
+
+def test_package_loads_after_build_blas_removed(tmp_path, monkeypatch):
+    # The extension's run path names the BLAS folder of the environment that
+    # compiled it. Here that folder is a link, removed before loading, as when
+    # the package moves to another virtual environment.
+    import mochac
+    from mochac.codegen import build
+
+    include_dir, lib_dir, lib_name = build.blas_location()
+    linked = tmp_path / "build-env-blas"
+    linked.symlink_to(lib_dir, target_is_directory=True)
+    monkeypatch.setattr(
+        build, "blas_location", lambda: (include_dir, str(linked), lib_name)
+    )
+    monkeypatch.setenv("MOCHAC_CACHE_DIR", str(tmp_path / "cache"))
+    package = compile_memory_package(tmp_path)
+    linked.unlink()
+
+    script = textwrap.dedent(
+        """
+        import sys
+        import numpy as np
+        from mochac.runtime.compiled_module import load_net
+        net = load_net(sys.argv[1])
+        data, label = net.data_source("data").arrays
+        data[...] = 1.0
+        print(net.forward())
+        """
+    )
+    repository = str(Path(mochac.__file__).resolve().parents[1])
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(package)],
+        env={**os.environ, "PYTHONPATH": repository},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert np.isfinite(float(result.stdout))

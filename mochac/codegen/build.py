@@ -288,10 +288,28 @@ def publish_extension(built: Path, path: Path) -> None:
 
 
 def load_extension(path: Path, module_name: str):
-    """Import a compiled cffi extension from ``path``."""
+    """Import a compiled cffi extension from ``path``.
+
+    The extension needs OpenBLAS by its soname, and its run path is the
+    library folder of the environment that built it. Importing
+    scipy_openblas32 loads this environment's OpenBLAS under that soname
+    first, so the dynamic linker reuses it. A compiled package then loads in
+    another environment, and after the one that built it is deleted.
+    Raises CompileError when the extension still cannot be loaded.
+    """
+    import scipy_openblas32  # noqa: F401  (loads its library with RTLD_GLOBAL)
+
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as error:
+        raise CompileError(
+            f"cannot load the compiled extension {path}: {error}. Compile it "
+            "again in this environment: run `mochac compile` again for a "
+            "compiled package, or delete the file from the cache folder",
+            source_path=str(path),
+        ) from error
     return module
 
 
