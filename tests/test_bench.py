@@ -38,6 +38,38 @@ def test_bench_report_without_peer(monkeypatch):
     assert "latency, batch 1: mochac" in format_bench(report)
 
 
+def test_bench_report_records_environment(monkeypatch):
+    from mochac.version import __version__
+
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.delenv("OPENBLAS_L2_SIZE", raising=False)
+    report = bench(small_lenet, batch=2, threads=1, iters=1, repeats=1, peer=False)
+    settings = report["environment"]
+    assert settings["mochac"] == __version__
+    assert settings["numpy"] == np.__version__
+    assert settings["cpu"]
+    assert settings["openblas_coretype"] == "Haswell"
+    assert settings["openblas_l2_size"] == "unset"
+    assert "OPENBLAS_CORETYPE Haswell" in format_bench(report)
+
+
+def test_bench_report_records_peer_threads():
+    torch = pytest.importorskip("torch")
+    report = bench(
+        small_lenet,
+        batch=2,
+        threads=1,
+        iters=1,
+        repeats=1,
+        torch_compile=False,
+        inference=False,
+    )
+    eager = report["peers"]["torch_eager"]
+    assert eager["version"] == torch.__version__
+    assert eager["threads"] == 1
+    assert f"torch_eager {torch.__version__} on 1 thread(s)" in format_bench(report)
+
+
 def test_bench_command_json(tmp_path):
     out = tmp_path / "bench.json"
     args = ["bench", "lenet", "--batch", "2", "--iters", "1", "--repeats", "1"]

@@ -14,17 +14,23 @@ a fresh graph each time.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
+import platform
 import statistics
 import tempfile
 import time
+from pathlib import Path
+
+import numpy as np
 
 from mochac.bench.blas_share import gemm_shapes, time_gemms
 from mochac.errors import ConfigError
 from mochac.runtime.backend import CPUBackend
 from mochac.runtime.net import Net
 from mochac.runtime.solver import SGD
+from mochac.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +85,39 @@ def measure_compile(layers_factory, batch: int, threads: int, opt_level: int) ->
             else:
                 os.environ["MOCHAC_CACHE_DIR"] = saved
     return {"cold_s": times[0], "warm_s": times[1]}
+
+
+def cpu_model() -> str:
+    """Return the CPU's model name from /proc/cpuinfo, or platform.processor()."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict:
+    """Return the versions, CPU and BLAS settings that a report's times depend on.
+
+    OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE change which kernels mochac's
+    OpenBLAS runs, so the report records them ("unset" when absent).
+    """
+    try:
+        openblas = importlib.metadata.version("scipy-openblas32")
+    except importlib.metadata.PackageNotFoundError:
+        openblas = "unknown"
+    return {
+        "mochac": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy_openblas32": openblas,
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "unset"),
+        "openblas_l2_size": os.environ.get("OPENBLAS_L2_SIZE", "unset"),
+    }
 
 
 def inference_layers(layers_factory, batch: int) -> list:
@@ -183,11 +222,18 @@ def bench(
         layers_factory, batch, threads, iters, opt_level, inference
     )
     participants = {"mochac": ours}
-    versions, compile_seconds = {}, {}
+    versions, compile_seconds, peer_threads = {}, {}, {}
     if peer:
         participants.update(
             torch_measures(
-                net, threads, iters, torch_compile, inference, versions, compile_seconds
+                net,
+                threads,
+                iters,
+                torch_compile,
+                inference,
+                versions,
+                compile_seconds,
+                peer_threads,
             )
         )
     net.lib.mochac_set_num_threads(threads)
@@ -210,11 +256,13 @@ def bench(
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
         "iters": iters,
         "opt_level": opt_level,
+        "environment": environment(),
         "mochac": results.pop("mochac"),
         "peers": results,
     }
     for name, peer_report in report["peers"].items():
         peer_report["version"] = versions[name]
+        peer_report["threads"] = peer_threads[name]
         if name in compile_seconds:
             peer_report["compile_s"] = compile_seconds[name]
     report["compile"] = measure_compile(layers_factory, batch, threads, opt_level)
@@ -242,10 +290,18 @@ LATENCY_CALLS = 10
 
 
 def torch_measures(
-    net, threads, iters, torch_compile, inference, versions, compile_seconds
+    net,
+    threads,
+    iters,
+    torch_compile,
+    inference,
+    versions,
+    compile_seconds,
+    peer_threads,
 ) -> dict:
     """Return {peer: {measure: (function, calls)}} for PyTorch eager (and
-    torch.compile), or {} without torch. Fills ``versions`` and, for
+    torch.compile), or {} without torch. Fills ``versions``, ``peer_threads``
+    (the intra-op thread count torch reports after set_num_threads) and, for
     torch.compile, ``compile_seconds`` (the first training step).
 
     Inference (the net's batch and batch 1) is timed for eager only, under
@@ -274,6 +330,7 @@ def torch_measures(
             peer.train_step(loss)
             compile_seconds[name] = time.perf_counter() - start
         versions[name] = torch.__version__
+        peer_threads[name] = torch.get_num_threads()
 
         def forward(loss=loss, peer=peer):
             loss(peer.x, peer.y)
@@ -313,6 +370,14 @@ def format_bench(report: dict) -> str:
         f"{report['mochac']['train']['rounds']} rounds of {report['iters']} iterations",
         f"{'':14} {'forward ms':>11} {'backward ms':>12} {'train ms':>9} {'train it/s':>11}",
     ]
+    settings = report["environment"]
+    line = f"mochac {settings['mochac']}"
+    for name, measures in report["peers"].items():
+        line += f", {name} {measures['version']} on {measures['threads']} thread(s)"
+    lines.append(
+        f"{line}; CPU {settings['cpu']}, OPENBLAS_CORETYPE "
+        f"{settings['openblas_coretype']}"
+    )
     rows = [("mochac", report["mochac"])] + list(report["peers"].items())
     for name, measures in rows:
         train = measures["train"]["median_ms"]
