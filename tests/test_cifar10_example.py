@@ -261,3 +261,35 @@ def test_train_loss_falls(prepared, tmp_path):
     assert validation.last["accuracy-count"] == N_TEST
     assert validation.last["accuracy-accuracy"] > 0.5
     assert (tmp_path / "snapshots" / "snapshot-000040.h5").exists()
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--test-every", "0"),
+        ("--summary-every", "-5"),
+        ("--snapshot-every", "0"),
+        ("--batch-size", "0"),
+        ("--max-iter", "-1"),
+        ("--base-lr", "-0.1"),
+        ("--base-lr", "nan"),
+    ],
+)
+def test_train_rejects_invalid_option(prepared, option, value, capsys):
+    _, out = prepared
+    train = load_module("cifar10_train", "train.py")
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(["--data", str(out), option, value])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert f"argument {option}: invalid value {value!r}" in message
+
+
+def test_train_names_missing_data(tmp_path, capsys):
+    train = load_module("cifar10_train", "train.py")
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(["--data", str(tmp_path)])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert f"{tmp_path} has no train.txt or test.txt" in message
+    assert "prepare_data.py --source DIR" in message

@@ -68,19 +68,45 @@ def parse_filters(text: str) -> tuple[int, int, int]:
     return values
 
 
+def positive_int(text: str) -> int:
+    """Parse a command-line value that must be an int >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}; expected an int >= 1"
+        )
+    return value
+
+
+def non_negative(kind):
+    """Return an argparse type that parses ``kind`` (int or float) and rejects values < 0."""
+
+    def parse(text: str):
+        value = kind(text)
+        if not value >= 0:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}; expected >= 0")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--data", type=Path, default=HERE / "data", help="prepared data folder"
     )
     parser.add_argument(
-        "--max-iter", type=int, default=70000, help="iterations to train"
+        "--max-iter", type=non_negative(int), default=70000, help="iterations to train"
     )
     parser.add_argument(
         "--snapshots", type=Path, default=HERE / "snapshots", help="snapshot folder"
     )
     parser.add_argument(
-        "--batch-size", type=int, default=100, help="samples per batch (default 100)"
+        "--batch-size",
+        type=positive_int,
+        default=100,
+        help="samples per batch (default 100)",
     )
     parser.add_argument(
         "--filters",
@@ -97,24 +123,44 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--base-lr",
-        type=float,
+        type=non_negative(float),
         default=0.001,
         help="learning rate of the first stage (default 0.001)",
     )
     parser.add_argument(
-        "--summary-every", type=int, default=200, help="iterations between summaries"
+        "--summary-every",
+        type=positive_int,
+        default=200,
+        help="iterations between summaries",
     )
     parser.add_argument(
-        "--test-every", type=int, default=1000, help="iterations between test runs"
+        "--test-every",
+        type=positive_int,
+        default=1000,
+        help="iterations between test runs",
     )
     parser.add_argument(
-        "--snapshot-every", type=int, default=5000, help="iterations between snapshots"
+        "--snapshot-every",
+        type=positive_int,
+        default=5000,
+        help="iterations between snapshots",
     )
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads")
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="CPU threads"
+    )
     parser.add_argument(
         "--seed", type=int, default=None, help="seed for init and shuffling"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    missing = [
+        name for name in ("train.txt", "test.txt") if not (args.data / name).is_file()
+    ]
+    if missing:
+        parser.error(
+            f"{args.data} has no {' or '.join(missing)}; convert CIFAR-10 there first: "
+            f"python examples/cifar10/prepare_data.py --source DIR --out {args.data}"
+        )
+    return args
 
 
 def main(argv=None):
