@@ -344,3 +344,28 @@ def test_torch_peer_named_data_top():
     with torch.no_grad():
         loss = float(peer.loss(peer.x, peer.y))
     np.testing.assert_allclose(loss, objective, rtol=1e-4)
+
+
+def test_interleaved_rounds_warm_up_untimed(monkeypatch):
+    """A whole round of calls runs before the clock is first read."""
+    from mochac.bench import runner
+
+    calls = []
+    clock_reads = []
+
+    def clock():
+        clock_reads.append(len(calls))
+        return float(len(clock_reads))
+
+    monkeypatch.setattr(runner.time, "perf_counter", clock)
+    samples = runner.interleaved_rounds({"f": (lambda: calls.append(None), 3)}, 2)
+    assert len(calls) == 9
+    # Start and end of each timed round, counted in calls made so far.
+    assert clock_reads == [3, 6, 6, 9]
+    assert len(samples["f"]) == 2
+
+
+def test_backward_difference_keeps_noise_below_zero():
+    from mochac.bench.runner import _difference
+
+    assert _difference([1.0, 2.0], [1.5, 0.5]) == [-0.5, 1.5]

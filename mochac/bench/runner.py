@@ -60,7 +60,9 @@ def summary(samples: list[float]) -> dict:
 
 
 def _difference(total: list[float], part: list[float]) -> list[float]:
-    return [max(a - b, 0.0) for a, b in zip(total, part)]
+    # Kept when negative: a backward shorter than the rounds' noise shows as
+    # a spread around 0 instead of a false 0.
+    return [a - b for a, b in zip(total, part)]
 
 
 def measure_compile(layers_factory, batch: int, threads: int, opt_level: int) -> dict:
@@ -128,12 +130,14 @@ def inference_layers(layers_factory, batch: int) -> list:
 def interleaved_rounds(functions: dict, repeats: int) -> dict:
     """Return {key: seconds per call in each round} for ``{key: (function, calls)}``.
 
-    Each function runs once as a warm-up. Then every round times each
-    function in turn, so a change in the machine's speed during the run
-    reaches mochac and its peers alike.
+    A first, untimed round warms up each function (caches, lazy
+    compilation such as torch.compile's, the OpenMP thread pool). Then every
+    round times each function in turn, so a change in the machine's speed
+    during the run reaches mochac and its peers alike.
     """
-    for function, _ in functions.values():
-        function()
+    for function, calls in functions.values():
+        for _ in range(calls):
+            function()
     samples = {key: [] for key in functions}
     for _ in range(repeats):
         for key, (function, calls) in functions.items():
