@@ -42,10 +42,24 @@ HERE = Path(__file__).resolve().parent
 logger = logging.getLogger("mnist")
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}; expected >= 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}; expected >= 1")
+    return value
+
+
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--max-iter", type=int, default=10000, help="iterations to train"
+        "--max-iter", type=non_negative_int, default=10000, help="iterations to train"
     )
     parser.add_argument(
         "--data", type=Path, default=HERE / "data", help="prepared data folder"
@@ -53,11 +67,22 @@ def parse_args():
     parser.add_argument(
         "--snapshots", type=Path, default=HERE / "snapshots", help="snapshot folder"
     )
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads")
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="CPU threads"
+    )
     parser.add_argument(
         "--seed", type=int, default=None, help="seed for init and shuffling"
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    missing = [
+        name for name in ("train.txt", "test.txt") if not (args.data / name).is_file()
+    ]
+    if missing:
+        parser.error(
+            f"--data {args.data}: {' and '.join(missing)} not found; prepare the "
+            f"data first: python {HERE / 'prepare_data.py'} --out {args.data}"
+        )
+    return args
 
 
 def main():
