@@ -4,6 +4,10 @@ Lists the GEMMs one training iteration of a compiled net runs (their shapes
 come from the lowered kernels), times them through the same OpenBLAS
 library with the same thread count, and compares that time with the net's
 whole iteration.
+
+NOTE: the share exceeds 100 % for LeNet on a 2-core AMD EPYC (111 % with
+1 thread), so the GEMMs timed alone here take longer than inside the net;
+why is not known, and the share is a rough bound only.
 """
 
 from __future__ import annotations
