@@ -769,6 +769,42 @@ def test_arrays_replaced_through_kept_source(cupy, tmp_path):
     np.testing.assert_array_equal(cpu.blobs["data"], new_x[[4, 5, 6, 7]])
 
 
+def test_snapshot_after_arrays_replaced(cupy, tmp_path):
+    """A snapshot taken after arrays were replaced through a kept source
+    stores the new arrays' position (their first row), as on the CPU, not
+    the position before the batch read ahead from the old arrays."""
+    import h5py
+
+    from mochac.runtime.snapshot import save_snapshot
+    from mochac.runtime.solver import SolverState
+
+    rng = np.random.default_rng(15)
+    x = rng.normal(size=(10, 3))
+    y = rng.integers(0, 3, size=(10, 1)).astype(float)
+
+    def layers():
+        return [
+            MemoryDataLayer(name="data", batch_size=4, data=[x.copy(), y]),
+            InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["out"]),
+            SoftmaxLossLayer(name="loss", bottoms=["out", "label"]),
+        ]
+
+    cpu, gpu = twin_nets(layers)
+    sources = {net.name: net.data_source("data") for net in (cpu, gpu)}
+    for net in (cpu, gpu):
+        method = SGD()
+        for iteration in range(2):
+            net.train_step(method, 0.1, 0.9, 0.0, iteration)
+        sources[net.name].arrays[0] = rng.normal(size=(10, 3))
+    positions = {}
+    for net in (cpu, gpu):
+        path = tmp_path / f"{net.name}.h5"
+        save_snapshot(path, net, SolverState(method="sgd"))
+        with h5py.File(path, "r") as handle:
+            positions[net.name] = int(handle["data_layers/data"].attrs["position"])
+    assert positions["gpu"] == positions["cpu"] == 0
+
+
 def break_batch(source, failing_call):
     """Make a data source raise DataError on its ``failing_call``-th batch
     (counting from 1), after moving past it as a failing transformer would."""

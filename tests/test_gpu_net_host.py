@@ -151,6 +151,10 @@ def test_host_gpunet_arrays_replaced_through_kept_source(cupy, tmp_path):
     device_tests.test_arrays_replaced_through_kept_source(cupy, tmp_path)
 
 
+def test_host_gpunet_snapshot_after_arrays_replaced(cupy, tmp_path):
+    device_tests.test_snapshot_after_arrays_replaced(cupy, tmp_path)
+
+
 def test_host_gpunet_read_ahead_failure(cupy, tmp_path):
     device_tests.test_failed_read_ahead_raises_at_its_own_step(cupy, tmp_path)
 

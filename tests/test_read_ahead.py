@@ -5,7 +5,7 @@ import h5py
 import numpy as np
 import pytest
 
-from mochac.layers import AsyncHDF5DataLayer, HDF5DataLayer
+from mochac.layers import AsyncHDF5DataLayer, HDF5DataLayer, MemoryDataLayer
 from mochac.runtime.data_sources import make_source
 from mochac.runtime.read_ahead import ReadAhead
 
@@ -142,3 +142,32 @@ def test_drop_discards_a_failed_read(sources):
     wrapped.source.next_batch = served
     assert wrapped.pending is None
     assert read(wrapped) == batch(plain)
+
+
+def test_state_after_arrays_replaced():
+    """Arrays replaced in the source's list after a read make the state from
+    before that read stale. The wrapped source then reports the new arrays'
+    state, as the plain one does, so a snapshot resumes from their first row."""
+    rows = np.arange(10.0).reshape(10, 1)
+    layer = MemoryDataLayer(name="rows", batch_size=4, data=[rows], tops=["data"])
+    wrapped, plain = (
+        ReadAhead(make_source(layer, np.float64, np.random.default_rng(3))),
+        make_source(layer, np.float64, np.random.default_rng(3)),
+    )
+    out = [np.empty((4, 1))]
+    for _ in range(2):
+        wrapped.read(out)
+        wrapped.take()
+        plain.next_batch(out)
+    wrapped.read(out)
+    plain.next_batch(out)
+    for source in (wrapped, plain):
+        source.arrays[0] = rows + 100
+    expected = plain.state_dict()
+    state = wrapped.state_dict()
+    assert state["position"] == expected["position"] == 0
+    assert state["arrays_version"] == expected["arrays_version"]
+    assert wrapped.pending is None
+    # The next batch comes from the first rows of the new arrays.
+    wrapped.read(out)
+    np.testing.assert_array_equal(out[0].ravel(), [100.0, 101.0, 102.0, 103.0])

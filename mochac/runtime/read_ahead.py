@@ -24,8 +24,9 @@ class ReadAhead:
     instead, whose ``take()`` raises the same error, so the error comes
     from the step that needs the batch, as with an unwrapped source.
     ``drop()`` discards a pending batch or failure and moves the source
-    back. ``rewind()``, ``load_state_dict()`` and ``close()`` drop first.
-    Any other attribute is the source's.
+    back. ``rewind()``, ``load_state_dict()`` and ``close()`` drop first,
+    and ``state_dict()`` drops a batch that ``is_outdated()``. Any other
+    attribute is the source's.
     """
 
     def __init__(self, source):
@@ -124,6 +125,12 @@ class ReadAhead:
         return self.served_rows
 
     def state_dict(self) -> dict:
+        # The state from before a read from arrays replaced since belongs to
+        # the old arrays. Dropping the batch lets the source take in the new
+        # ones and return their state, as an unwrapped source's state_dict()
+        # does (DataSource._check_arrays).
+        if self.is_outdated():
+            self.drop()
         return self.source.state_dict() if self.pending is None else dict(self.before)
 
     def load_state_dict(self, state: dict):
