@@ -86,6 +86,21 @@ def compile_memory_package(tmp_path):
     return tmp_path / "build" / "tiny"
 
 
+def test_package_of_numpy_bool_force_backward(tmp_path):
+    """Net accepts force_backward=np.True_, so compiling such a net works and
+    the package keeps the setting."""
+    net_file = tmp_path / "tiny.py"
+    net_file.write_text(
+        MEMORY_NET_FILE.replace(
+            "[data, ip, loss])", "[data, ip, loss], force_backward=np.True_)"
+        )
+    )
+    assert main(["compile", str(net_file), "-o", str(tmp_path / "build")]) == 0
+    package = tmp_path / "build" / "tiny"
+    assert json.loads((package / "net.json").read_text())["force_backward"] is True
+    assert load_net(package).force_backward is True
+
+
 def test_hdf5_package_imports_from_another_folder(hdf5_package):
     # The working directory has no train.txt: loading must not read it.
     net = load_net(hdf5_package)

@@ -200,7 +200,8 @@ def fill_package(folder: Path, net, source_file: Path) -> None:
         "mochac_version": __version__,
         "dtype": net.backend.dtype.name,
         "seed": net.backend.seed,
-        "force_backward": net.force_backward,
+        # Net also accepts NumPy's bool, which json cannot write.
+        "force_backward": bool(net.force_backward),
         "phase": net.phase,
         "opt_level": net.opt_level,
         "disable": list(net.disable),
