@@ -321,6 +321,20 @@ def test_host_gpunet_destroy_releases_cublas_handle(cupy):
     assert host_cupy.fake_cublas_live_handles() == before
 
 
+def test_host_gpunet_failed_build_releases_cublas_handle(cupy, monkeypatch):
+    """A net whose device memory cannot be allocated closes its handle."""
+    from mochac.errors import DeviceError
+
+    def failing_allocate(net):
+        raise DeviceError("out of device memory on purpose")
+
+    monkeypatch.setattr(GPUNet, "_allocate", failing_allocate)
+    before = host_cupy.fake_cublas_live_handles()
+    with pytest.raises(DeviceError, match="on purpose"):
+        GPUNet("failed", GPUBackend(seed=1), lenet(4))
+    assert host_cupy.fake_cublas_live_handles() == before
+
+
 def test_host_gpunet_destroy_waits_for_copies(cupy, tmp_path):
     """A batch read ahead is still being copied on the copy stream after a
     step; destroy waits for it before the memory goes."""

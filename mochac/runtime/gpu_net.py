@@ -152,8 +152,15 @@ class GPUNet(Net):
             # GEMMs go to libcublas directly when it can be found, because
             # CuPy's wrapper cannot run under the stream capture of graphs.
             self.cublas = cublas_direct.open_handle(cupy, self.stream.ptr)
-            self._allocate()
-            self._bind_steps()
+            try:
+                self._allocate()
+                self._bind_steps()
+            except BaseException:
+                # No net comes back to destroy, so the handle and the device
+                # memory cuBLAS keeps for it would stay until the process ends.
+                if self.cublas is not None:
+                    self.cublas.close()
+                raise
         self.graphs = StepGraphs(self, getattr(backend, "graphs", False))
         sinks = [info for info in self.ir.layers if isinstance(info.layer, OutputLayer)]
         self.output_states = {
