@@ -338,7 +338,7 @@ def test_host_gpunet_failed_build_releases_cublas_handle(cupy, monkeypatch):
 def test_host_gpunet_destroy_waits_for_copies(cupy, tmp_path):
     """A batch read ahead is still being copied on the copy stream after a
     step; destroy waits for it before the memory goes."""
-    cpu, gpu = device_tests.shuffled_twins(tmp_path)
+    _, gpu = device_tests.shuffled_twins(tmp_path)
     gpu.train_step(device_tests.SGD(), 0.1, 0.9, 0.0, 0)
     assert gpu.copy_stream.pending
     gpu.destroy()
