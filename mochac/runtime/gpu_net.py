@@ -683,7 +683,8 @@ class GPUNet(Net):
         self.graphs.run(tables, calls, n_valid, kind)
         self._read_ahead()
         # The backward steps run even after the loss check failed, and then
-        # leave gradients of the failed pass (solver.gradient_origin).
+        # leave gradients of the failed pass
+        # (non_finite_parameters.gradient_origin).
         self.grads_overwritten = True
         self._finish(loss_note)
         self.grads_overwritten = False

@@ -387,7 +387,7 @@ def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> P
         for key, value in solver_state.to_attrs().items():
             group.attrs[key] = value
         # A resume leaves freezing to the user's script and only warns when
-        # the frozen layers differ (Solver._warn_frozen_change).
+        # the frozen layers differ (snapshot_resume._warn_frozen_change).
         group.attrs[FROZEN_LAYERS] = json.dumps(sorted(frozen_layers(net)))
         pending = getattr(solver_state, "pending_breaks", [])
         group.attrs[PENDING_BREAKS] = json.dumps([int(index) for index in pending])

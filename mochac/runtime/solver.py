@@ -14,6 +14,11 @@ Each iteration then runs the update, the norm constraints due
 (mochac.constraints), and forward and backward on the next batch, in that
 order, then the coffee breaks due at the new iteration count. So obj_val at
 iteration k is the loss after k updates.
+
+The solver parameters are in mochac.runtime.solver_parameters, the resume
+from a snapshot in mochac.runtime.snapshot_resume, the warnings before
+training in mochac.runtime.mixed_output_warnings and the check for
+non-finite parameters in mochac.runtime.non_finite_parameters.
 """
 
 from __future__ import annotations
@@ -22,55 +27,60 @@ import contextlib
 import inspect
 import logging
 import math
-import os
 import sys
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import networkx as nx
 import numpy as np
 
-from mochac.caffe import load_model_file
 from mochac.constraints import apply_constraints, net_constraints
-from mochac.errors import ConfigError, NumericalError, SnapshotError
-from mochac.runtime import resume_point
-from mochac.runtime.coffee_breaks import Snapshot, ValidationPerformance
+from mochac.errors import ConfigError, NumericalError
+from mochac.runtime import resume_point, snapshot_resume
 from mochac.runtime.coffee_lounge import CoffeeLounge
 from mochac.runtime.data_sources import warn_batches_larger_than_data
 from mochac.runtime.freeze import frozen_layers, trainable_groups
 from mochac.runtime.interrupts import StepInterrupts
-from mochac.runtime.mom_policy import MomPolicy
-from mochac.runtime.pending_breaks import describe_break, match_pending_breaks
-from mochac.runtime.snapshot import (
-    COFFEE_BREAKS,
-    FROZEN_LAYERS,
-    PENDING_BREAKS,
-    apply_solver_state,
-    check_param_shapes,
-    latest_snapshot,
-    load_params,
-    open_model,
-    read_solver_attributes,
-    read_solver_state,
-    save_snapshot,
-    snapshot_iterations,
+from mochac.runtime.mixed_output_warnings import (
+    warn_of_later_files,
+    warn_of_shared_statistics,
+)
+from mochac.runtime.non_finite_parameters import (
+    check_parameters,
+    gradient_origin,
+    layers_after,
+)
+from mochac.runtime.pending_breaks import describe_break
+from mochac.runtime.snapshot import save_snapshot
+from mochac.runtime.snapshot_resume import MODEL_SUFFIXES
+from mochac.runtime.solver_parameters import (
+    SOLVER_KEYS,
+    SolverParameters,
+    check_method,
+    check_solver_values,
+    make_solver_parameters,
 )
 from mochac.runtime.solvers import (
     SGD,
     Adam,
     Nesterov,
-    SolverMethod,
     summed_gradients,
 )
 from mochac.values import as_int, as_real
 
+# MODEL_SUFFIXES, SOLVER_KEYS, SolverParameters, gradient_origin and
+# layers_after moved to other modules and stay importable from this one.
 __all__ = [
+    "MODEL_SUFFIXES",
     "SGD",
+    "SOLVER_KEYS",
     "Adam",
     "Nesterov",
     "Solver",
+    "SolverParameters",
     "SolverState",
+    "gradient_origin",
+    "layers_after",
     "make_solver_parameters",
     "summed_gradients",
 ]
@@ -123,146 +133,6 @@ class SolverState:
             "momentum": self.momentum,
             **self.policy_attrs,
         }
-
-
-# A load_from path with one of these suffixes names a file; any other path
-# that does not exist yet is a snapshot folder to be created.
-MODEL_SUFFIXES = (".h5", ".hdf5", ".jld")
-
-# Keys every method accepts; each method adds its own parameter_names.
-SOLVER_KEYS = ("max_iter", "regu_coef", "lr_policy", "load_from")
-
-
-class SolverParameters(dict):
-    """The dict that make_solver_parameters returns, whose keys also read as
-    attributes, as Mocha's scripts write them: ``params.lr_policy``.
-
-    ``copy(**changes)`` returns a copy with some values replaced, Mocha's
-    ``copy(params, load_from=folder)``; it raises ConfigError for a key the
-    parameters lack. Assigning an attribute writes its key, which must exist.
-    """
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(
-                f"solver parameters have no {name!r}; keys: {', '.join(self)}"
-            ) from None
-
-    def __setattr__(self, name, value):
-        # Without this, ``params.max_iter = n`` would set an instance
-        # attribute that reads back as n while Solver reads the old key.
-        if name not in self:
-            raise AttributeError(
-                f"solver parameters have no {name!r}; keys: {', '.join(self)}"
-            )
-        self[name] = value
-
-    def copy(self, **changes) -> SolverParameters:
-        unknown = sorted(set(changes) - set(self))
-        if unknown:
-            raise ConfigError(
-                f"solver parameters copy: unknown key(s) {', '.join(unknown)}; "
-                f"keys: {', '.join(self)}"
-            )
-        changed = check_solver_values({**self, **changes}, "solver parameters copy")
-        return SolverParameters(changed)
-
-
-def check_solver_values(params: dict, caller: str) -> dict:
-    """Return a copy of ``params`` with max_iter as an int and regu_coef as a
-    float, after checking the values of the keys every method shares.
-
-    Raises ConfigError naming ``caller`` and the first invalid key.
-    """
-    params = dict(params)
-    max_iter = as_int(params.get("max_iter"))
-    if max_iter is None or max_iter < 0:
-        raise ConfigError(
-            f"{caller}: invalid max_iter={params.get('max_iter')!r}; "
-            "expected an int >= 0"
-        )
-    params["max_iter"] = max_iter
-    regu = as_real(params["regu_coef"])
-    if regu is None or not math.isfinite(regu) or regu < 0:
-        raise ConfigError(
-            f"{caller}: invalid regu_coef={params['regu_coef']!r}; "
-            "expected a finite number >= 0, such as 0.0005"
-        )
-    params["regu_coef"] = regu
-    load_from = params.get("load_from")
-    if load_from is not None and not isinstance(load_from, (str, os.PathLike)):
-        raise ConfigError(
-            f"{caller}: invalid load_from={load_from!r}; expected "
-            "the path of a snapshot folder or file (a str or Path), or None"
-        )
-    examples = {
-        "lr_policy": "LRPolicy.Fixed(0.01)",
-        "mom_policy": "MomPolicy.Fixed(0.9)",
-    }
-    # A policy of the other kind returns numbers too, so only its module
-    # shows that a momentum policy was given as the learning rate's.
-    other_kind = {
-        "lr_policy": "mochac.runtime.mom_policy",
-        "mom_policy": "mochac.runtime.lr_policy",
-    }
-    for key, example in examples.items():
-        if key in params and (
-            not callable(params[key]) or type(params[key]).__module__ == other_kind[key]
-        ):
-            raise ConfigError(
-                f"{caller}: invalid {key}={params[key]!r}; expected a "
-                f"policy such as {example}"
-            )
-    return params
-
-
-def make_solver_parameters(method, **kwargs) -> SolverParameters:
-    """Return the solver parameters: the method's defaults overridden by ``kwargs``.
-
-    Keys for every method: max_iter (required), regu_coef (default 0.0005),
-    lr_policy, load_from (a snapshot folder or file, default None). SGD and
-    Nesterov add mom_policy (default MomPolicy.Fixed(0.0)), and accept
-    ``momentum=m`` for mom_policy=MomPolicy.Fixed(m), as Mocha's CIFAR-10
-    tutorial writes it. Adam adds beta1 (0.9), beta2 (0.999) and epsilon
-    (1e-8). Raises ConfigError naming an unknown or invalid key.
-    """
-    check_method(method, "make_solver_parameters")
-    known = SOLVER_KEYS + method.parameter_names
-    if "momentum" in kwargs and "mom_policy" in known:
-        if "mom_policy" in kwargs:
-            raise ConfigError(
-                f"make_solver_parameters({method.name}): momentum and mom_policy "
-                "both set the momentum; give one of them"
-            )
-        kwargs["mom_policy"] = MomPolicy.Fixed(kwargs.pop("momentum"))
-    unknown = set(kwargs) - set(known)
-    if unknown:
-        raise ConfigError(
-            f"make_solver_parameters({method.name}): unknown parameter(s) "
-            f"{', '.join(sorted(unknown))}; known: {', '.join(known)}"
-        )
-    params = {"regu_coef": 0.0005, "load_from": None, **method.default_parameters()}
-    params.update(kwargs)
-    params = check_solver_values(params, "make_solver_parameters")
-    method.check_parameters(params)
-    return SolverParameters(params)
-
-
-def check_method(method, caller: str) -> None:
-    """Raise ConfigError unless ``method`` is a solver method object such as SGD()."""
-    if isinstance(method, SolverMethod):
-        return
-    if isinstance(method, type) and issubclass(method, SolverMethod):
-        raise ConfigError(
-            f"{caller}: got the class {method.__name__}; pass an instance, "
-            f"{method.__name__}()"
-        )
-    raise ConfigError(
-        f"{caller}: invalid method {method!r}; expected a solver method such as "
-        "SGD(), Nesterov() or Adam()"
-    )
 
 
 class Solver:
@@ -375,343 +245,6 @@ class Solver:
             every_n_iter = interval
         self.lounge = CoffeeLounge(save_into, every_n_iter, file_exists)
 
-    # --- resuming -------------------------------------------------------------
-
-    def _warn_of_later_files(self) -> None:
-        """Warn when this run would mix its files with those of another run,
-        or with its own files from before a rollback."""
-        self._warn_of_later_snapshots()
-        self._warn_of_merged_statistics()
-
-    def _warn_of_later_snapshots(self) -> None:
-        """Warn for each Snapshot folder that contains snapshots past this
-        run's first iteration."""
-        start = self.start_iter
-        resumed = self._resumed_from
-        # Keyed by resolved path, so that one folder named two ways warns once.
-        folders = {
-            coffee_break.folder.resolve(): coffee_break.folder
-            for coffee_break, *_ in self.breaks
-            if isinstance(coffee_break, Snapshot)
-        }
-        for folder in sorted(folders.values()):
-            later = [i for i, _ in snapshot_iterations(folder) if i > start]
-            if not later:
-                continue
-
-            if resumed is not None and resumed.parent.resolve() == folder.resolve():
-                logger.warning(
-                    "Snapshot folder %s contains snapshots up to iteration %d, "
-                    "past iteration %d of %s, which this run resumed from. This "
-                    "run overwrites those of the iterations it reaches, and a "
-                    "resume from the folder takes the newest file, which may be "
-                    "from before this rollback. Snapshot into an empty folder to "
-                    "keep the two apart",
-                    folder,
-                    max(later),
-                    start,
-                    resumed.name,
-                )
-            else:
-                logger.warning(
-                    "Snapshot folder %s contains snapshots up to iteration %d, "
-                    "past this run's start at iteration %d, so another run wrote "
-                    "them. This run overwrites those of the iterations it "
-                    "reaches, and a resume from the folder takes the newest "
-                    "file, which may be the other run's. Resume with "
-                    "load_from=%r, or snapshot into an empty folder",
-                    folder,
-                    max(later),
-                    start,
-                    str(folder),
-                )
-
-    def _warn_of_merged_statistics(self) -> None:
-        """Warn when a run that resumed no snapshot merges into a statistics
-        file with values past iteration 0."""
-        lounge = self.lounge
-        if self._resumed_from is not None or self.start_iter != 0:
-            return
-        if lounge.save_into is None:
-            return
-        reported = [i for series in lounge.statistics.values() for i in series]
-        if max(reported, default=0):
-            logger.warning(
-                "the statistics file %s contains values up to iteration %d from "
-                "another run, and this run starts from scratch, so under "
-                "file_exists='merge' the two runs' curves mix. Pass "
-                "file_exists='overwrite' to setup_coffee_lounge for a new run, or "
-                "resume the other run with load_from",
-                lounge.save_into,
-                max(reported),
-            )
-
-    def _warn_of_shared_statistics(self) -> None:
-        """Warn when ValidationPerformance breaks of different test nets
-        report a statistic of the same name, whose values would then share one
-        series of the coffee lounge."""
-        reporters: dict[str, str] = {}
-        for coffee_break, *_ in self.breaks:
-            if not isinstance(coffee_break, ValidationPerformance):
-                continue
-            name = coffee_break.test_net.name
-            for key in coffee_break.statistic_names:
-                other = reporters.setdefault(key, name)
-                if other != name:
-                    logger.warning(
-                        "the validation nets '%s' and '%s' both report '%s', so "
-                        "the coffee lounge keeps one series for both. Give their "
-                        "accuracy and loss layers different names",
-                        other,
-                        name,
-                        key,
-                    )
-                    reporters[key] = name
-
-    def _restore(self, net):
-        # The snapshot this solve() resumed from, if any (_warn_of_later_files).
-        self._resumed_from = None
-        load_from = self.params.get("load_from")
-        if not load_from:
-            return
-        path = Path(load_from)
-        # A solve() called again after an error goes on from this solver's
-        # own iteration when there is no snapshot to resume.
-        if self.state.iter == 0:
-            start = "training from scratch"
-        else:
-            start = f"going on from iteration {self.state.iter}"
-        if not path.exists() and path.suffix not in MODEL_SUFFIXES:
-            # The tutorial's first run names a snapshot folder that the
-            # Snapshot coffee break has not created yet.
-            logger.info("snapshot folder %s does not exist yet; %s", path, start)
-            return
-        if path.is_dir():
-            found = latest_snapshot(path)
-            if found is None:
-                logger.info("no snapshot in %s; %s", path, start)
-                return
-            path = found
-        elif not path.exists():
-            h5 = path.with_suffix(".h5")
-            # Mocha's snapshots end in .jld; a ported script may still name one.
-            advice = (
-                f"mochac's snapshots are HDF5 files: name {h5}"
-                if path.suffix == ".jld" and h5.exists()
-                else "fix the path, or name a snapshot folder"
-            )
-            raise SnapshotError(
-                f"load_from={str(load_from)!r}: file not found; {advice}"
-            )
-        restore_policy = getattr(self.params["lr_policy"], "restore", None)
-        iteration = 0
-        with open_model(path) as handle:
-            # Every part of the snapshot is read and checked before anything
-            # reaches the net, so a snapshot this solver cannot resume leaves
-            # it unchanged.
-            attrs = read_solver_attributes(handle, path)
-            if attrs is not None:
-                iteration = self._check_solver_attrs(
-                    attrs, path, restore_policy is not None
-                )
-            check_param_shapes(handle, net, path)
-            stored = read_solver_state(handle, net, path)
-            if stored is None:
-                # A model file, perhaps exported from Caffe without biases,
-                # loads as load_network loads it.
-                load_model_file(handle, net, path)
-            else:
-                load_params(handle, net, path)
-                apply_solver_state(net, stored, path)
-        if stored is None:
-            logger.info(
-                "%s contains no solver state: starting at iteration 0 from its parameters "
-                "(fine-tuning)",
-                path,
-            )
-            return
-        attrs, buffers = stored.attrs, stored.buffers
-        if iteration > 0:
-            self._warn_missing_buffers(
-                net, buffers, path, attrs.get(FROZEN_LAYERS, frozenset())
-            )
-        self._warn_frozen_change(net, attrs, path)
-        self._pending_breaks = self._stored_pending_breaks(attrs, iteration, path)
-        self.method.load_buffers(buffers, net.backend)
-        if restore_policy is not None:
-            restore_policy(attrs)
-        self.state.iter = iteration
-        obj_val = as_real(attrs.get("obj_val"))
-        self.state.obj_val = math.nan if obj_val is None else float(obj_val)
-        self._resumed_from = path
-        logger.info("resumed from %s at iteration %d", path, self.state.iter)
-
-    def _stored_pending_breaks(self, attrs: dict, iteration: int, path):
-        """Return (iteration, indices) of the coffee breaks a snapshot lists as
-        not yet run at its iteration, or None when it lists none.
-
-        The Snapshot break that saved it ran, and so did those before it. A
-        break after it may have finished too, before a later stop, but the
-        file cannot tell, so the resume runs it again. When the snapshot
-        describes the saving solver's breaks and they differ from this
-        solver's, each pending break runs where it is now, or is skipped
-        (match_pending_breaks), with a warning.
-        """
-        pending = attrs.get(PENDING_BREAKS) or []
-        saved = attrs.get(COFFEE_BREAKS)
-        if saved is not None:
-            if pending and saved != self.state.coffee_breaks:
-                pending = self._match_changed_breaks(pending, saved, iteration, path)
-            return (iteration, pending) if pending else None
-        # Snapshots of older versions name the breaks by index alone.
-        unknown = [index for index in pending if index >= len(self.breaks)]
-        if unknown:
-            logger.warning(
-                "%s lists %d coffee breaks still to run at iteration %d, but this "
-                "solver has only %d; add the coffee breaks in the order of the "
-                "run that saved it. Skipped the missing ones",
-                path,
-                len(pending),
-                iteration,
-                len(self.breaks),
-            )
-            pending = [index for index in pending if index < len(self.breaks)]
-        return (iteration, pending) if pending else None
-
-    def _match_changed_breaks(
-        self, pending: list[int], saved: list[str], iteration: int, path
-    ) -> list[int]:
-        """Return the indices in this solver's breaks of a snapshot's
-        ``pending`` breaks, and log a warning that names the breaks run and
-        skipped. ``saved`` describes the saving solver's breaks, which differ
-        from this solver's."""
-        matches = match_pending_breaks(pending, saved, self.state.coffee_breaks)
-        ran = [
-            f"{match.description} (index {match.saved_index}, now {match.index})"
-            for match in matches
-            if match.index is not None
-        ]
-        skipped = [
-            f"{match.description} (index {match.saved_index})"
-            for match in matches
-            if match.index is None
-        ]
-        if skipped:
-            advice = (
-                "; to run them all, add the same coffee breaks as the run that "
-                "saved it (in its order where breaks share a description)"
-            )
-        else:
-            advice = ""
-        logger.warning(
-            "%s lists %d coffee breaks still to run at iteration %d, but it was "
-            "saved with the coffee breaks [%s] and this solver has [%s]. The "
-            "resume runs %s and skips %s%s",
-            path,
-            len(pending),
-            iteration,
-            ", ".join(saved),
-            ", ".join(self.state.coffee_breaks),
-            ", ".join(ran) or "none",
-            ", ".join(skipped) or "none",
-            advice,
-        )
-        return [match.index for match in matches if match.index is not None]
-
-    def _warn_frozen_change(self, net, attrs: dict, path) -> None:
-        """Log a warning when the net's frozen layers differ from those at the
-        snapshot's save; snapshots of older versions record none."""
-        saved = attrs.get(FROZEN_LAYERS)
-        if saved is None:
-            return
-        # Freezing a layer without parameters changes nothing, so freeze_all
-        # and freeze() of the same parameter layers compare equal.
-        with_params = set(net.params)
-        saved = saved & with_params
-        current = frozen_layers(net) & with_params
-        if saved == current:
-            return
-
-        def listed(names) -> str:
-            return ", ".join(sorted(names)) or "none"
-
-        logger.warning(
-            "net '%s': %s was saved with frozen layers %s, but now %s are frozen; "
-            "training goes on with the current setting. Call freeze(net, ...) or "
-            "unfreeze(net, ...) before solve() to train as the saved run did",
-            net.name,
-            path,
-            listed(saved),
-            listed(current),
-        )
-
-    def _warn_missing_buffers(
-        self, net, buffers: dict, path, saved_frozen: frozenset
-    ) -> None:
-        """Log a warning for each trainable parameter whose method buffer
-        (momentum history, Adam's moments) the snapshot lacks: the resumed
-        run starts it from zeros, so it differs from an uninterrupted one.
-
-        A parameter of a layer frozen at the save has no buffer in the
-        uninterrupted run either, so it gets no warning.
-        """
-        for members in trainable_groups(net):
-            if any(member[0].name in saved_frozen for member in members):
-                continue
-            info, spec = members[0][:2]
-            key = (info.name, spec.name)
-            for name in self.method.buffer_names:
-                if key not in buffers.get(name, {}):
-                    logger.warning(
-                        "%s has no solver buffer '%s' for layer '%s', parameter "
-                        "'%s'; it starts from zeros, so the resumed run differs "
-                        "from an uninterrupted one",
-                        path,
-                        name,
-                        info.name,
-                        spec.name,
-                    )
-
-    def _check_solver_attrs(self, attrs: dict, path, needs_rate: bool) -> int:
-        """Return the iteration a snapshot's solver attributes record.
-
-        Raises SnapshotError when another method saved the snapshot or an
-        attribute the resume reads is missing or invalid. ``needs_rate``:
-        the learning-rate policy restores its rate from the snapshot.
-        """
-        saved_method = str(attrs.get("method", ""))
-        if saved_method != self.method.name:
-            raise SnapshotError(
-                f"{path} was saved by solver {saved_method}, but this solver is "
-                f"{self.method.name}; resume with {saved_method} or load the parameters "
-                "alone with load_snapshot"
-            )
-        if "iter" not in attrs:
-            raise SnapshotError(
-                f"{path}: the solver state has no 'iter' attribute, so the iteration "
-                "to resume from is unknown; resume from another snapshot or load the "
-                "parameters alone with load_snapshot"
-            )
-        iteration = as_int(attrs["iter"])
-        if iteration is None or iteration < 0:
-            stored = attrs["iter"]
-            if isinstance(stored, np.generic):
-                stored = stored.item()
-            raise SnapshotError(
-                f"{path}: the solver state's 'iter' attribute is {stored!r}, "
-                "not an int >= 0; resume from another snapshot or load the "
-                "parameters alone with load_snapshot"
-            )
-        rate = as_real(attrs.get("learning_rate"))
-        if needs_rate and (rate is None or not math.isfinite(rate) or rate < 0):
-            raise SnapshotError(
-                f"{path}: the solver state's 'learning_rate' attribute is "
-                f"{attrs.get('learning_rate')!r}, not a finite number >= 0, and "
-                f"lr_policy {self.params['lr_policy']!r} restores its rate from it; "
-                "resume from another snapshot"
-            )
-        return iteration
-
     # --- the loop -------------------------------------------------------------
 
     def _due(self, iteration: int, last_epoch: int, epoch: int) -> list[int]:
@@ -802,12 +335,12 @@ class Solver:
             check_solver(self)
         # Listeners such as LRPolicy.DecayOnValidation reach the net here.
         self.net = net
-        self._restore(net)
+        snapshot_resume.restore(self, net)
         state = self.state
         # The iteration this call started from, after any resume.
         self.start_iter = state.iter
-        self._warn_of_later_files()
-        self._warn_of_shared_statistics()
+        warn_of_later_files(self)
+        warn_of_shared_statistics(self)
         # The breaks a stopped run left at this iteration, which run even when
         # max_iter is reached.
         pending = self._pending_breaks
@@ -915,7 +448,7 @@ class Solver:
                     # saves it. The gradients are those of the pass after
                     # the update, so they cannot tell where the values came
                     # from.
-                    self._check_parameters(net, regu_coef, grads_applied=False)
+                    check_parameters(self, net, regu_coef, grads_applied=False)
             self._enjoy(due, net)
             self.lounge.maybe_save(state.iter)
         if bar is not None:
@@ -1013,7 +546,7 @@ class Solver:
                     f"{error}. The solver was at iteration {state.iter}, and no "
                     "update ran in this step"
                 ) from error
-            self._check_parameters(self.net, regu_coef)
+            check_parameters(self, self.net, regu_coef)
             raise NumericalError(
                 f"{error}. Solver settings at iteration {state.iter}: learning "
                 f"rate {state.learning_rate:g}, momentum {state.momentum:g}, "
@@ -1183,36 +716,6 @@ class Solver:
             )
         return float(number)
 
-    def _check_parameters(
-        self, net, regu_coef: float, grads_applied: bool = True
-    ) -> None:
-        """Raise NumericalError naming the first parameter with a NaN or
-        infinite value.
-
-        With ``grads_applied`` (the net's gradients are still those the
-        update applied), the message also states whether they or the
-        update's step made the values.
-        """
-        state = self.state
-        for layer, arrays in net.params.items():
-            for name, array in arrays.items():
-                values = net.backend.to_host(array)
-                bad = int(np.count_nonzero(~np.isfinite(values)))
-                if bad == 0:
-                    continue
-                origin = gradient_origin(net, layer, name) if grads_applied else ""
-                raise NumericalError(
-                    f"net '{net.name}': after the last update (iteration "
-                    f"{state.iter}), parameter '{name}' of layer '{layer}' has "
-                    f"{bad} NaN or infinite values of {values.size}. The update "
-                    f"used learning rate {state.learning_rate:g}, momentum "
-                    f"{state.momentum:g} and regu_coef {regu_coef:g}"
-                    f"{origin}; lower the "
-                    "learning rate or regu_coef, "
-                    "check the loss layers' class weights and the input data, and "
-                    "train again from an earlier snapshot"
-                )
-
     def _progress_bar(self, start: int, end: int):
         """Return a tqdm bar over the remaining iterations, or None when off."""
         show = self.progress if self.progress is not None else sys.stderr.isatty()
@@ -1223,43 +726,6 @@ class Solver:
         return tqdm(total=end, initial=start, unit="it", desc="training")
 
 
-def gradient_origin(net, layer: str, name: str) -> str:
-    """Return why parameter ``name`` of ``layer`` went NaN or infinite in
-    an update, for the solver's error, from the gradients the update
-    applied.
-
-    When the parameter's own gradient is finite, the update's step made the
-    values. Otherwise the culprit is the layer nearest the losses, among
-    ``layer`` and the layers after it, whose gradients hold NaN or infinite
-    values, or a layer between that one and the losses. Returns "" when the
-    net's gradients no longer are those the update applied (a GPU step
-    whose loss check failed still runs its backward pass).
-    """
-    own = net.grads.get(layer, {}).get(name)
-    if own is None or getattr(net, "grads_overwritten", False):
-        return ""
-    if np.isfinite(net.backend.to_host(own)).all():
-        return (
-            ". Its gradient from the last backward pass is finite, so the "
-            "update's step made the values"
-        )
-    after = layers_after(net.ir, net.ir.layer(layer).index)
-    for index in net.ir.backward_order:
-        if index not in after:
-            continue
-        owner = net.ir.layers[index].name
-        for grad_name, grad in net.grads.get(owner, {}).items():
-            if not np.isfinite(net.backend.to_host(grad)).all():
-                return (
-                    f". Gradient '{grad_name}' of layer '{owner}' has NaN or "
-                    "infinite values, the nearest the losses to have them: "
-                    "its backward pass or that of a layer between it and the "
-                    "losses made them (or the regularization term the update "
-                    "adds, with a huge regu_coef)"
-                )
-    return ""
-
-
 def shares_parameters(net, other) -> bool:
     """Return whether ``net`` and ``other`` share a parameter array."""
     own = {id(array) for arrays in net.params.values() for array in arrays.values()}
@@ -1268,10 +734,3 @@ def shares_parameters(net, other) -> bool:
         for arrays in other.params.values()
         for array in arrays.values()
     )
-
-
-def layers_after(ir, index: int) -> set[int]:
-    """Return ``index`` and the indices of the layers that read its tops,
-    directly or through other layers."""
-    reached = nx.descendants(ir.graph, ("layer", index))
-    return {index} | {node[1] for node in reached if node[0] == "layer"}

@@ -1,0 +1,290 @@
+"""Resuming a solver from the snapshot or model file that load_from names.
+
+restore reads and checks every part of the file before it changes the net.
+Then it loads the parameters, the method's buffers, the learning-rate
+policy's state, the iteration count and the coffee breaks still due.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from mochac.caffe import load_model_file
+from mochac.errors import SnapshotError
+from mochac.runtime.freeze import frozen_layers, trainable_groups
+from mochac.runtime.pending_breaks import match_pending_breaks
+from mochac.runtime.snapshot import (
+    COFFEE_BREAKS,
+    FROZEN_LAYERS,
+    PENDING_BREAKS,
+    apply_solver_state,
+    check_param_shapes,
+    latest_snapshot,
+    load_params,
+    open_model,
+    read_solver_attributes,
+    read_solver_state,
+)
+from mochac.values import as_int, as_real
+
+# The solver's messages keep the solver module's logger name, so that a
+# level or filter set on it also covers the resume.
+logger = logging.getLogger("mochac.runtime.solver")
+
+# A load_from path with one of these suffixes names a file; any other path
+# that does not exist yet is a snapshot folder to be created.
+MODEL_SUFFIXES = (".h5", ".hdf5", ".jld")
+
+
+def restore(solver, net):
+    """Resume ``solver`` and ``net`` from the snapshot or model file that the
+    solver's load_from names, if it names one."""
+    # The snapshot this solve() resumed from, if any (warn_of_later_files).
+    solver._resumed_from = None
+    load_from = solver.params.get("load_from")
+    if not load_from:
+        return
+    path = Path(load_from)
+    # A solve() called again after an error goes on from this solver's
+    # own iteration when there is no snapshot to resume.
+    if solver.state.iter == 0:
+        start = "training from scratch"
+    else:
+        start = f"going on from iteration {solver.state.iter}"
+    if not path.exists() and path.suffix not in MODEL_SUFFIXES:
+        # The tutorial's first run names a snapshot folder that the
+        # Snapshot coffee break has not created yet.
+        logger.info("snapshot folder %s does not exist yet; %s", path, start)
+        return
+    if path.is_dir():
+        found = latest_snapshot(path)
+        if found is None:
+            logger.info("no snapshot in %s; %s", path, start)
+            return
+        path = found
+    elif not path.exists():
+        h5 = path.with_suffix(".h5")
+        # Mocha's snapshots end in .jld; a ported script may still name one.
+        advice = (
+            f"mochac's snapshots are HDF5 files: name {h5}"
+            if path.suffix == ".jld" and h5.exists()
+            else "fix the path, or name a snapshot folder"
+        )
+        raise SnapshotError(f"load_from={str(load_from)!r}: file not found; {advice}")
+    restore_policy = getattr(solver.params["lr_policy"], "restore", None)
+    iteration = 0
+    with open_model(path) as handle:
+        # Every part of the snapshot is read and checked before anything
+        # reaches the net, so a snapshot this solver cannot resume leaves
+        # it unchanged.
+        attrs = read_solver_attributes(handle, path)
+        if attrs is not None:
+            iteration = _check_solver_attrs(
+                solver, attrs, path, restore_policy is not None
+            )
+        check_param_shapes(handle, net, path)
+        stored = read_solver_state(handle, net, path)
+        if stored is None:
+            # A model file, perhaps exported from Caffe without biases,
+            # loads as load_network loads it.
+            load_model_file(handle, net, path)
+        else:
+            load_params(handle, net, path)
+            apply_solver_state(net, stored, path)
+    if stored is None:
+        logger.info(
+            "%s contains no solver state: starting at iteration 0 from its parameters "
+            "(fine-tuning)",
+            path,
+        )
+        return
+    attrs, buffers = stored.attrs, stored.buffers
+    if iteration > 0:
+        _warn_missing_buffers(
+            solver, net, buffers, path, attrs.get(FROZEN_LAYERS, frozenset())
+        )
+    _warn_frozen_change(solver, net, attrs, path)
+    solver._pending_breaks = _stored_pending_breaks(solver, attrs, iteration, path)
+    solver.method.load_buffers(buffers, net.backend)
+    if restore_policy is not None:
+        restore_policy(attrs)
+    solver.state.iter = iteration
+    obj_val = as_real(attrs.get("obj_val"))
+    solver.state.obj_val = math.nan if obj_val is None else float(obj_val)
+    solver._resumed_from = path
+    logger.info("resumed from %s at iteration %d", path, solver.state.iter)
+
+
+def _stored_pending_breaks(solver, attrs: dict, iteration: int, path):
+    """Return (iteration, indices) of the coffee breaks a snapshot lists as
+    not yet run at its iteration, or None when it lists none.
+
+    The Snapshot break that saved it ran, and so did those before it. A
+    break after it may have finished too, before a later stop, but the
+    file cannot tell, so the resume runs it again. When the snapshot
+    describes the saving solver's breaks and they differ from this
+    solver's, each pending break runs where it is now, or is skipped
+    (match_pending_breaks), with a warning.
+    """
+    pending = attrs.get(PENDING_BREAKS) or []
+    saved = attrs.get(COFFEE_BREAKS)
+    if saved is not None:
+        if pending and saved != solver.state.coffee_breaks:
+            pending = _match_changed_breaks(solver, pending, saved, iteration, path)
+        return (iteration, pending) if pending else None
+    # Snapshots of older versions name the breaks by index alone.
+    unknown = [index for index in pending if index >= len(solver.breaks)]
+    if unknown:
+        logger.warning(
+            "%s lists %d coffee breaks still to run at iteration %d, but this "
+            "solver has only %d; add the coffee breaks in the order of the "
+            "run that saved it. Skipped the missing ones",
+            path,
+            len(pending),
+            iteration,
+            len(solver.breaks),
+        )
+        pending = [index for index in pending if index < len(solver.breaks)]
+    return (iteration, pending) if pending else None
+
+
+def _match_changed_breaks(
+    solver, pending: list[int], saved: list[str], iteration: int, path
+) -> list[int]:
+    """Return the indices in this solver's breaks of a snapshot's
+    ``pending`` breaks, and log a warning that names the breaks run and
+    skipped. ``saved`` describes the saving solver's breaks, which differ
+    from this solver's."""
+    matches = match_pending_breaks(pending, saved, solver.state.coffee_breaks)
+    ran = [
+        f"{match.description} (index {match.saved_index}, now {match.index})"
+        for match in matches
+        if match.index is not None
+    ]
+    skipped = [
+        f"{match.description} (index {match.saved_index})"
+        for match in matches
+        if match.index is None
+    ]
+    if skipped:
+        advice = (
+            "; to run them all, add the same coffee breaks as the run that "
+            "saved it (in its order where breaks share a description)"
+        )
+    else:
+        advice = ""
+    logger.warning(
+        "%s lists %d coffee breaks still to run at iteration %d, but it was "
+        "saved with the coffee breaks [%s] and this solver has [%s]. The "
+        "resume runs %s and skips %s%s",
+        path,
+        len(pending),
+        iteration,
+        ", ".join(saved),
+        ", ".join(solver.state.coffee_breaks),
+        ", ".join(ran) or "none",
+        ", ".join(skipped) or "none",
+        advice,
+    )
+    return [match.index for match in matches if match.index is not None]
+
+
+def _warn_frozen_change(solver, net, attrs: dict, path) -> None:
+    """Log a warning when the net's frozen layers differ from those at the
+    snapshot's save; snapshots of older versions record none."""
+    saved = attrs.get(FROZEN_LAYERS)
+    if saved is None:
+        return
+    # Freezing a layer without parameters changes nothing, so freeze_all
+    # and freeze() of the same parameter layers compare equal.
+    with_params = set(net.params)
+    saved = saved & with_params
+    current = frozen_layers(net) & with_params
+    if saved == current:
+        return
+
+    def listed(names) -> str:
+        return ", ".join(sorted(names)) or "none"
+
+    logger.warning(
+        "net '%s': %s was saved with frozen layers %s, but now %s are frozen; "
+        "training goes on with the current setting. Call freeze(net, ...) or "
+        "unfreeze(net, ...) before solve() to train as the saved run did",
+        net.name,
+        path,
+        listed(saved),
+        listed(current),
+    )
+
+
+def _warn_missing_buffers(
+    solver, net, buffers: dict, path, saved_frozen: frozenset
+) -> None:
+    """Log a warning for each trainable parameter whose method buffer
+    (momentum history, Adam's moments) the snapshot lacks: the resumed
+    run starts it from zeros, so it differs from an uninterrupted one.
+
+    A parameter of a layer frozen at the save has no buffer in the
+    uninterrupted run either, so it gets no warning.
+    """
+    for members in trainable_groups(net):
+        if any(member[0].name in saved_frozen for member in members):
+            continue
+        info, spec = members[0][:2]
+        key = (info.name, spec.name)
+        for name in solver.method.buffer_names:
+            if key not in buffers.get(name, {}):
+                logger.warning(
+                    "%s has no solver buffer '%s' for layer '%s', parameter "
+                    "'%s'; it starts from zeros, so the resumed run differs "
+                    "from an uninterrupted one",
+                    path,
+                    name,
+                    info.name,
+                    spec.name,
+                )
+
+
+def _check_solver_attrs(solver, attrs: dict, path, needs_rate: bool) -> int:
+    """Return the iteration a snapshot's solver attributes record.
+
+    Raises SnapshotError when another method saved the snapshot or an
+    attribute the resume reads is missing or invalid. ``needs_rate``:
+    the learning-rate policy restores its rate from the snapshot.
+    """
+    saved_method = str(attrs.get("method", ""))
+    if saved_method != solver.method.name:
+        raise SnapshotError(
+            f"{path} was saved by solver {saved_method}, but this solver is "
+            f"{solver.method.name}; resume with {saved_method} or load the parameters "
+            "alone with load_snapshot"
+        )
+    if "iter" not in attrs:
+        raise SnapshotError(
+            f"{path}: the solver state has no 'iter' attribute, so the iteration "
+            "to resume from is unknown; resume from another snapshot or load the "
+            "parameters alone with load_snapshot"
+        )
+    iteration = as_int(attrs["iter"])
+    if iteration is None or iteration < 0:
+        stored = attrs["iter"]
+        if isinstance(stored, np.generic):
+            stored = stored.item()
+        raise SnapshotError(
+            f"{path}: the solver state's 'iter' attribute is {stored!r}, "
+            "not an int >= 0; resume from another snapshot or load the "
+            "parameters alone with load_snapshot"
+        )
+    rate = as_real(attrs.get("learning_rate"))
+    if needs_rate and (rate is None or not math.isfinite(rate) or rate < 0):
+        raise SnapshotError(
+            f"{path}: the solver state's 'learning_rate' attribute is "
+            f"{attrs.get('learning_rate')!r}, not a finite number >= 0, and "
+            f"lr_policy {solver.params['lr_policy']!r} restores its rate from it; "
+            "resume from another snapshot"
+        )
+    return iteration
