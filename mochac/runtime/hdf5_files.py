@@ -1,0 +1,195 @@
+"""The HDF5 files of HDF5DataLayer and AsyncHDF5DataLayer: the source list,
+the checks of their datasets and the reading of them into memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import h5py
+import numpy as np
+
+from mochac.errors import DataError
+from mochac.layers.data import HDF5DataLayer
+from mochac.runtime.batch_checks import _check_float, _who
+from mochac.runtime.snapshot import first_line
+
+
+def read_source_list(layer: HDF5DataLayer) -> list[Path]:
+    """Return the HDF5 paths named in the layer's source list file.
+
+    A relative path is taken beside the list file. When no file is there
+    but one is at the path relative to the current folder (Mocha's rule),
+    that one is taken.
+    """
+    list_path = Path(layer.source)
+    try:
+        lines = list_path.read_text().splitlines()
+    except OSError as error:
+        raise DataError(
+            f"{_who(layer)}: cannot read source list {list_path}: "
+            f"{error.strerror}; pass a text file with one HDF5 path per line"
+        ) from error
+    except UnicodeDecodeError as error:
+        hint = (
+            "it is an HDF5 file itself; "
+            if h5py.is_hdf5(str(list_path))
+            else "it is not text; "
+        )
+        raise DataError(
+            f"{_who(layer)}: source {list_path} is not a source list: {hint}pass "
+            "a text file with one HDF5 path per line"
+        ) from error
+    paths = []
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        path = Path(line)
+        if not path.is_absolute():
+            beside = list_path.parent / path
+            if beside.exists() or not path.exists():
+                path = beside
+        paths.append(path)
+    if not paths:
+        raise DataError(f"{_who(layer)}: source list {list_path} names no files")
+    return paths
+
+
+def _open_hdf5(layer, path: Path) -> h5py.File:
+    if not path.exists():
+        raise DataError(
+            f"{_who(layer)}: file {path}, listed in {layer.source}, does not exist "
+            "(a relative path is looked up beside the list file, then in the "
+            "current folder)"
+        )
+    if path.is_dir():
+        raise DataError(
+            f"{_who(layer)}: {path}, listed in {layer.source}, is a folder; list "
+            "the HDF5 files in it, one path per line"
+        )
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        # h5py's message goes on with HDF5's error stack (timestamps, addresses).
+        raise DataError(
+            f"{_who(layer)}: cannot open {path}, listed in {layer.source}, as "
+            f"HDF5: {first_line(error)}; check that it is a complete HDF5 file"
+        ) from error
+
+
+class ScannedFile(NamedTuple):
+    """A listed HDF5 file as scan_hdf5 found it."""
+
+    path: Path
+    rows: int
+    # Per top: the dataset's (shape, dtype).
+    layouts: tuple[tuple[tuple[int, ...], np.dtype], ...]
+
+
+def scan_hdf5(layer: HDF5DataLayer, dtype) -> tuple[list[ScannedFile], list]:
+    """Check every listed file's datasets without reading their values.
+
+    Returns ([ScannedFile, ...], sample shape per top). A 1-D dataset has
+    samples of shape (1,). Raises DataError naming the file and dataset when a
+    dataset is missing, not numeric or a scalar. It is also raised when a
+    dataset's row count differs from the first top's, when sample shapes
+    differ between files, and when the files contain no samples. Integer
+    datasets are logged as converted to ``dtype``.
+    """
+    files = []
+    shapes_per_file = []
+    for path in read_source_list(layer):
+        with _open_hdf5(layer, path) as handle:
+            rows = None
+            shapes = []
+            layouts = []
+            for top in layer.tops:
+                if isinstance(handle.get(top), h5py.Group):
+                    raise DataError(
+                        f"{_who(layer)}: in file {path}, '{top}' is a group, not a "
+                        "dataset; each top names a dataset"
+                    )
+                if top not in handle:
+                    raise DataError(
+                        f"{_who(layer)}: file {path} has no dataset '{top}' (it has: "
+                        f"{', '.join(handle.keys()) or 'none'}); each top names a "
+                        "dataset"
+                    )
+                dataset = handle[top]
+                _check_float(dataset, dtype, f"{_who(layer)}: {path}:{top}")
+                if dataset.ndim == 0:
+                    raise DataError(
+                        f"{_who(layer)}: {path}:{top} is a scalar; store an (N, ...) "
+                        "array"
+                    )
+                if rows is not None and dataset.shape[0] != rows:
+                    raise DataError(
+                        f"{_who(layer)}: in {path}, dataset '{top}' has "
+                        f"{dataset.shape[0]} rows but '{layer.tops[0]}' has {rows}"
+                    )
+                rows = dataset.shape[0]
+                shapes.append(dataset.shape[1:] if dataset.ndim > 1 else (1,))
+                layouts.append((dataset.shape, dataset.dtype))
+            files.append(ScannedFile(path, rows, tuple(layouts)))
+            shapes_per_file.append(shapes)
+    if not sum(scanned.rows for scanned in files):
+        # An empty source would make the batch order loop forever looking for a
+        # sample.
+        raise DataError(
+            f"{_who(layer)}: the files listed in {layer.source} hold no samples "
+            f"(dataset '{layer.tops[0]}' has 0 rows)"
+        )
+    sample_shapes = []
+    for position, top in enumerate(layer.tops):
+        distinct = {shapes[position] for shapes in shapes_per_file}
+        if len(distinct) > 1:
+            listing = ", ".join(
+                f"{scanned.path}: {shapes[position]}"
+                for scanned, shapes in zip(files, shapes_per_file)
+            )
+            raise DataError(
+                f"{_who(layer)}: dataset '{top}' has different sample shapes across "
+                f"files ({listing}); every file needs the same shape"
+            )
+        sample_shapes.append(shapes_per_file[0][position])
+    return files, sample_shapes
+
+
+def check_unchanged(layer, scanned: ScannedFile, handle: h5py.File) -> None:
+    """Raise DataError when a dataset of the open file ``handle`` has another
+    shape or kind of dtype than scan_hdf5 found, because the file was
+    replaced or rewritten after the net was built on it."""
+    for top, (shape, dtype) in zip(layer.tops, scanned.layouts):
+        dataset = handle.get(top)
+        if not isinstance(dataset, h5py.Dataset):
+            found = "no dataset"
+        elif dataset.shape != shape or dataset.dtype.kind != dtype.kind:
+            found = f"shape {dataset.shape} and dtype {dataset.dtype}"
+        else:
+            continue
+        raise DataError(
+            f"{_who(layer)}: {scanned.path} changed after the net was built on it: "
+            f"'{top}' now has {found}, but it had shape {shape} and dtype {dtype}; "
+            "restore the file, or build a new Net for the new data"
+        )
+
+
+def load_hdf5(layer: HDF5DataLayer, dtype) -> tuple[list[np.ndarray], tuple]:
+    """Read every top's dataset from every listed file, concatenated along N.
+
+    Returns the arrays and (paths, starts), where starts[f] is the first row
+    of file f.
+    """
+    files, sample_shapes = scan_hdf5(layer, dtype)
+    arrays = []
+    for top, shape in zip(layer.tops, sample_shapes):
+        parts = []
+        for scanned in files:
+            with _open_hdf5(layer, scanned.path) as handle:
+                check_unchanged(layer, scanned, handle)
+                values = handle[top][()].reshape((scanned.rows,) + shape)
+            parts.append(np.ascontiguousarray(values, dtype=dtype))
+        arrays.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
+    starts = np.concatenate([[0], np.cumsum([scanned.rows for scanned in files])])
+    return arrays, ([scanned.path for scanned in files], starts)
