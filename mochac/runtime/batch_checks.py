@@ -69,10 +69,5 @@ def _check_float(array: np.ndarray, dtype, where: str):
         )
 
 
-def _as_float(array: np.ndarray, dtype, where: str) -> np.ndarray:
-    _check_float(array, dtype, where)
-    return np.ascontiguousarray(array, dtype=dtype)
-
-
 def _who(layer) -> str:
     return f"{type(layer).__name__} '{layer.label}'"
