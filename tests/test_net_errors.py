@@ -316,3 +316,28 @@ def test_keep_rejects_non_names(keep):
 def test_force_backward_not_bool(value):
     with pytest.raises(ConfigError, match=r"net 'flag': invalid force_backward="):
         Net("flag", CPUBackend(), classifier([0, 1]), force_backward=value)
+
+
+@pytest.mark.parametrize(
+    ("loss", "hint"),
+    [
+        (BinaryCrossEntropyLossLayer, "a Sigmoid neuron on the layer that computes"),
+        (MultinomialLogisticLossLayer, "give this layer a SoftmaxLayer's output"),
+    ],
+)
+def test_computed_probability_out_of_range_hint(loss, hint):
+    """Probabilities that a layer computed out of [0, 1] get advice on the
+    layer to compute them with."""
+    x = np.full((2, 3), 0.5)
+    y = np.full((2, 3), 1.0) if loss is BinaryCrossEntropyLossLayer else np.ones((2, 1))
+    layers = [
+        MemoryDataLayer(name="data", batch_size=2, data=[x, y]),
+        PowerLayer(name="triple", scale=3.0, bottoms=["data"], tops=["p"]),
+        loss(name="loss", bottoms=["p", "label"]),
+    ]
+    net = Net(f"hint-{loss.__name__}", CPUBackend(dtype=np.float64), layers)
+    with pytest.raises(DataError) as caught:
+        net.forward()
+    message = str(caught.value)
+    assert "prediction blob 'p' contains 1.5 at sample 0 of the batch;" in message
+    assert hint in message

@@ -396,12 +396,14 @@ class Net:
             role = check["role"]
             blob = info.layer.bottoms[check["position"]]
             sample = (status.index - check["start"]) // check["per_sample"]
+            row = self._data_row(blob, sample)
+            # A hint names a layer to compute the values with, which does
+            # not apply to values a data layer read.
+            hint = "" if row else check["hint"]
             raise DataError(
                 f"layer '{info.name}': {role} blob '{blob}' contains "
-                f"{status.value!r} at sample {sample} of the batch"
-                f"{self._data_row(blob, sample)}; "
-                f"{check['plural'] or role + 's'} must be {check['rule']}"
-                f"{check['hint']}"
+                f"{status.value!r} at sample {sample} of the batch{row}; "
+                f"{check['plural'] or role + 's'} must be {check['rule']}{hint}"
             )
         if rc == BAD_LOSS and info is not None:
             raise NumericalError(
