@@ -323,8 +323,8 @@ def host_finite(array, to_host, label: str, path) -> np.ndarray:
 
 def check_net_and_path(call: str, net, path, given: tuple) -> None:
     """Raise ConfigError when ``net`` is not a net or ``path`` is not a path,
-    as when the two are swapped. ``call`` shows the expected order and
-    ``given`` holds the arguments in the order of the call."""
+    as when the two are swapped. ``call`` shows the expected order, and
+    ``given`` contains the arguments in the order of the call."""
     is_net = hasattr(net, "params") and hasattr(net, "ir")
     if is_net and isinstance(path, (str, os.PathLike)):
         return
