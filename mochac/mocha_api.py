@@ -1,8 +1,9 @@
 """Mocha's free functions, so that training scripts read like Mocha's tutorials.
 
 Most of them call the method of the same name on their first argument.
-DefaultBackend, net2dot, log_to_console, freeze, freeze_all, unfreeze and
-load_snapshot are not such wrappers; their docstrings describe them.
+DefaultBackend, net2dot, log_to_console, freeze, freeze_all, unfreeze,
+forward_epoch, show_statistics and load_snapshot are not such wrappers, and
+their docstrings describe them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from mochac.errors import ConfigError
 from mochac.report import ir_to_dot
 from mochac.runtime.backend import CPUBackend
 from mochac.runtime.freeze import freeze, freeze_all, unfreeze
+from mochac.runtime.net import statistic_key
 from mochac.runtime.snapshot import load_snapshot
 
 
@@ -105,6 +107,50 @@ def reset_statistics(net):
     net.reset_statistics()
 
 
+def forward_epoch(net):
+    """Run forward passes of ``net`` until one of its data layers ends an epoch.
+
+    As in Mocha, the passes start where the data layers are, without
+    rewinding them, and add to the statistics. Call reset_statistics first
+    to measure the epoch alone, or use ``ValidationPerformance(net).evaluate()``,
+    which rewinds and resets. Returns the objective of the last pass.
+    """
+    sources = list(net.sources.values())
+    if not sources:
+        raise ConfigError(
+            f"forward_epoch: net '{net.name}' has no data layer, so it has no "
+            "epoch to run; call forward(net) instead"
+        )
+    start = [source.epoch for source in sources]
+    objective = net.forward()
+    while all(source.epoch == epoch for source, epoch in zip(sources, start)):
+        objective = net.forward()
+    return objective
+
+
+def show_statistics(net, title="Network Statistics", file=None):
+    """Print ``net``'s statistics since the last reset; return them.
+
+    Prints one line per accuracy or loss layer, with its sample count, to
+    ``file`` (stdout by default). The dict is that of ``net.statistics()``.
+    """
+    stats = net.statistics()
+    rule = "-" * 57
+    lines = [f"## {title}", rule]
+    for info in net.ir.layers:
+        if not (info.layer.has_stats or info.layer.has_loss):
+            continue
+        key = statistic_key(info)
+        count = stats[f"{info.name}-count"]
+        if info.layer.has_stats:
+            lines.append(f"  {key} (avg over {count}) = {100 * stats[key]:.4f}%")
+        else:
+            lines.append(f"  {key} (avg over {count}) = {stats[key]:.6f}")
+    lines.append(rule)
+    print("\n".join(lines), file=file)
+    return stats
+
+
 def add_coffee_break(solver, coffee_break, every_n_iter=None, every_n_epoch=None):
     """Schedule ``coffee_break`` on ``solver``."""
     solver.add_coffee_break(
@@ -160,6 +206,7 @@ __all__ = [
     "backward",
     "destroy",
     "forward",
+    "forward_epoch",
     "freeze",
     "freeze_all",
     "get_layer",
@@ -171,6 +218,7 @@ __all__ = [
     "reset_statistics",
     "setup",
     "setup_coffee_lounge",
+    "show_statistics",
     "shutdown",
     "solve",
     "unfreeze",

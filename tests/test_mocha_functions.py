@@ -299,3 +299,35 @@ def test_solver_parameters_attribute_assignment():
     with pytest.raises(AttributeError, match="no 'max_iters'"):
         params.max_iters = 5
     assert "max_iters" not in params
+
+
+def test_forward_epoch_runs_one_epoch():
+    # 4 samples in batches of 2: the second pass ends the epoch.
+    net = Net("epoch", CPUBackend(dtype=np.float64), layers())
+    mochac.forward_epoch(net)
+    assert net.statistics()["loss-count"] == 4
+    # Mocha's forward_epoch starts where the data layer is and adds up.
+    mochac.forward_epoch(net)
+    assert net.statistics()["loss-count"] == 8
+
+
+def test_forward_epoch_without_data_layer():
+    # RandomNormalLayer is no data source, so no pass would end an epoch.
+    noise = mochac.RandomNormalLayer(
+        name="noise", tops=["x"], output_dims=(3,), batch_sizes=(2,), eltype=np.float64
+    )
+    ip = InnerProductLayer(name="ip", output_dim=2, bottoms=["x"], tops=["ip"])
+    net = Net("no-data", CPUBackend(dtype=np.float64), [noise, ip])
+    with pytest.raises(mochac.ConfigError, match="no data layer"):
+        mochac.forward_epoch(net)
+
+
+def test_show_statistics_prints_each_layer():
+    net = Net("show", CPUBackend(dtype=np.float64), layers())
+    mochac.forward_epoch(net)
+    out = io.StringIO()
+    stats = mochac.show_statistics(net, title="Test", file=out)
+    text = out.getvalue()
+    assert stats == net.statistics()
+    assert text.startswith("## Test\n")
+    assert "loss-softmax-loss (avg over 4) = " in text
