@@ -35,6 +35,19 @@ logger = logging.getLogger(__name__)
 # Caffe's convolution and inner product layers may be exported without a bias.
 OPTIONAL_PARAMS = ("bias",)
 
+# The end of the missing-parameter error, naming the caller's own option.
+CAFFE_MISSING_HINT = (
+    "pass allow_missing=True to initialize them with their initializers"
+)
+NETWORK_MISSING_HINT = (
+    "pass die_if_not_found=False to initialize them with their initializers"
+)
+# load_from has no such option, so the hint names the call that has one.
+MODEL_MISSING_HINT = (
+    "load the file with load_network(path, net, die_if_not_found=False) and "
+    "leave load_from unset, to initialize them with their initializers"
+)
+
 
 def load_caffe_hdf5(net, path, allow_missing=False) -> dict[str, list[str]]:
     """Copy the parameters of ``net`` from a Caffe model exported to HDF5.
@@ -66,16 +79,22 @@ def load_network(file, net, die_if_not_found=True) -> dict[str, list[str]]:
     """Mocha's name for load_caffe_hdf5; ``file`` is a path or an open h5py.File."""
     if isinstance(file, h5py.File):
         check_net_and_path("load_network(file, net)", net, file.filename, (file, net))
-        return _load(file, net, Path(file.filename), not die_if_not_found)
+        return _load(
+            file, net, Path(file.filename), not die_if_not_found, NETWORK_MISSING_HINT
+        )
     check_net_and_path("load_network(file, net)", net, file, (file, net))
-    return load_caffe_hdf5(net, file, allow_missing=not die_if_not_found)
+    path = Path(file)
+    with open_model(path) as handle:
+        return _load(handle, net, path, not die_if_not_found, NETWORK_MISSING_HINT)
 
 
 def load_model_file(handle, net, path: Path) -> dict[str, list[str]]:
     """Copy the parameters of ``net`` from an open model file, as
     load_caffe_hdf5 does. A missing bias is set again by its initializer,
     with a warning, and any other missing parameter raises SnapshotError."""
-    return _load(handle, net, path, allow_missing=False)
+    return _load(
+        handle, net, path, allow_missing=False, missing_hint=MODEL_MISSING_HINT
+    )
 
 
 def _read_checked(handle, net, path: Path):
@@ -136,7 +155,9 @@ def _read_checked(handle, net, path: Path):
     return copies, optional_missing, missing
 
 
-def _load(handle, net, path: Path, allow_missing: bool) -> dict[str, list[str]]:
+def _load(
+    handle, net, path: Path, allow_missing: bool, missing_hint: str = CAFFE_MISSING_HINT
+) -> dict[str, list[str]]:
     # Check everything first, so that a failed import leaves the net as it was.
     with parsing(path):
         copies, optional_missing, missing = _read_checked(handle, net, path)
@@ -148,8 +169,7 @@ def _load(handle, net, path: Path, allow_missing: bool) -> dict[str, list[str]]:
         )
         raise SnapshotError(
             f"{path} lacks parameters of net '{net.name}': {listing}. Check that the "
-            "layers have Caffe's names, or pass allow_missing=True to initialize "
-            "them with their initializers"
+            f"layers have Caffe's names, or {missing_hint}"
         )
 
     # Draw the initial values before changing anything.

@@ -16,6 +16,7 @@ from mochac import (
     ConvolutionLayer,
     CPUBackend,
     InnerProductLayer,
+    LRPolicy,
     MemoryDataLayer,
     Net,
     SnapshotError,
@@ -205,6 +206,40 @@ def test_caffe_missing_layer_raises(tmp_path, net):
     np.testing.assert_array_equal(
         net.params["conv1"]["filter"], before["conv1"]["filter"]
     )
+
+
+@pytest.mark.parametrize("opened", [False, True])
+def test_load_network_missing_names_its_option(tmp_path, net, opened):
+    blobs = caffe_blobs()
+    del blobs["ip1___weight"]
+    path = write_model(tmp_path / "model.hdf5", blobs)
+    with pytest.raises(SnapshotError) as raised:
+        if opened:
+            with h5py.File(path, "r") as handle:
+                load_network(handle, net)
+        else:
+            load_network(path, net)
+    message = str(raised.value)
+
+    # load_network has no allow_missing argument, so the error names its own.
+    assert "die_if_not_found=False" in message
+    assert "allow_missing" not in message
+
+
+def test_load_from_model_missing_names_load_network(tmp_path):
+    blobs = caffe_blobs()
+    del blobs["ip1___weight"]
+    path = write_model(tmp_path / "model.hdf5", blobs)
+    method = SGD()
+    params = make_solver_parameters(
+        method, max_iter=1, lr_policy=LRPolicy.Fixed(0.1), load_from=str(path)
+    )
+    with pytest.raises(SnapshotError) as raised:
+        Solver(method, params).solve(build_net())
+    message = str(raised.value)
+
+    assert "load_network(path, net, die_if_not_found=False)" in message
+    assert "allow_missing" not in message
 
 
 def test_caffe_allow_missing_initializes(tmp_path, caplog):
