@@ -339,9 +339,7 @@ def compile_command(args) -> int:
         return 2
     for option, value in (("--report-json", args.report_json), ("--dot", args.dot)):
         if value and Path(value).resolve() == out.resolve():
-            raise UsageError(
-                f"{option} {value}: is the -o folder; name a file instead"
-            )
+            raise UsageError(f"{option} {value}: is the -o folder; name a file instead")
     # The options are checked before the file runs and builds its nets.
     try:
         enabled_passes(args.opt_level, args.disable)
