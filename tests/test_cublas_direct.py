@@ -19,6 +19,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+NULL_STREAM = types.SimpleNamespace(ptr=0)
+
+
 @pytest.fixture(scope="module")
 def handle():
     library = cublas_direct.CublasLibrary(host_cupy.fake_cublas_path())
@@ -146,7 +149,7 @@ def test_find_without_cublas_handle(monkeypatch):
 def test_open_handle_not_found_logs(monkeypatch, caplog):
     monkeypatch.setattr(cublas_direct, "find_cublas", lambda cupy: None)
     with caplog.at_level(logging.INFO, logger="mochac.runtime.cublas_direct"):
-        assert cublas_direct.open_handle(None, 0) is None
+        assert cublas_direct.open_handle(None, NULL_STREAM) is None
     assert "GEMMs go through CuPy" in caplog.text
 
 
@@ -155,7 +158,34 @@ def test_open_handle_unloadable_library_warns(monkeypatch, caplog, tmp_path):
     bogus.write_text("not a library")
     monkeypatch.setattr(cublas_direct, "find_cublas", lambda cupy: str(bogus))
     with caplog.at_level(logging.WARNING, logger="mochac.runtime.cublas_direct"):
-        assert cublas_direct.open_handle(None, 0) is None
+        assert cublas_direct.open_handle(None, NULL_STREAM) is None
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1
     assert str(bogus) in warnings[0].getMessage()
+
+
+def test_host_check_passes_on_right_gemms(handle):
+    cupy = host_cupy.module()
+    assert cublas_direct.host_mismatch(handle, cupy, host_cupy.Stream()) is None
+
+
+def test_open_handle_rejects_wrong_gemms(monkeypatch, caplog):
+    """A handle whose GEMMs disagree with NumPy is closed, and GEMMs go
+    through CuPy instead."""
+    path = host_cupy.fake_cublas_path()
+    monkeypatch.setattr(cublas_direct, "find_cublas", lambda cupy: path)
+    # Swapping the operands of every call, as a wrong argument order would.
+    bound = cublas_direct.CublasHandle.gemm_call
+
+    def swapped(self, trans_a, trans_b, a, b, c, alpha, beta):
+        return bound(self, not trans_a, trans_b, a, b, c, alpha, beta)
+
+    monkeypatch.setattr(cublas_direct.CublasHandle, "gemm_call", swapped)
+    before = host_cupy.fake_cublas_live_handles()
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.cublas_direct"):
+        handle = cublas_direct.open_handle(host_cupy.module(), host_cupy.Stream())
+    assert handle is None
+    assert host_cupy.fake_cublas_live_handles() == before
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert "failed a check (float32 GEMM with trans_a=False" in warnings[0]

@@ -217,10 +217,46 @@ class CublasHandle:
 _LIBRARIES: dict[str, CublasLibrary] = {}
 
 
-def open_handle(cupy, stream_ptr: int) -> CublasHandle | None:
-    """Return a handle of the current device bound to ``stream_ptr``, or None
-    when the libcublas that CuPy uses cannot be found or called; GPUNet
-    then calls cuBLAS through CuPy, whose GEMMs cannot be captured."""
+def host_mismatch(handle: CublasHandle, cupy, stream) -> str | None:
+    """Run small GEMMs of every transpose combination and dtype on ``handle``
+    and return a description of the first result that differs from NumPy's,
+    or None when all agree.
+
+    A wrong prototype or argument order in this module would otherwise
+    corrupt every step of every net; this check costs a few milliseconds
+    per net.
+    """
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        for trans_a in (False, True):
+            for trans_b in (False, True):
+                a = rng.standard_normal((3, 2) if trans_a else (2, 3)).astype(dtype)
+                b = rng.standard_normal((4, 3) if trans_b else (3, 4)).astype(dtype)
+                c = rng.standard_normal((2, 4)).astype(dtype)
+                op_a = a.T if trans_a else a
+                op_b = b.T if trans_b else b
+                expected = 0.5 * (op_a @ op_b) + 2.0 * c
+                device_a, device_b, device_c = (cupy.asarray(x) for x in (a, b, c))
+                stream.synchronize()
+                handle.gemm_call(
+                    trans_a, trans_b, device_a, device_b, device_c, 0.5, 2.0
+                )()
+                stream.synchronize()
+                result = device_c.get()
+                if not np.allclose(result, expected, rtol=1e-4, atol=1e-5):
+                    return (
+                        f"{np.dtype(dtype).name} GEMM with trans_a={trans_a}, "
+                        f"trans_b={trans_b} gave {result.tolist()} instead of "
+                        f"{expected.tolist()}"
+                    )
+    return None
+
+
+def open_handle(cupy, stream) -> CublasHandle | None:
+    """Return a handle of the current device bound to ``stream``, or None
+    when the libcublas that CuPy uses cannot be found or called, or its
+    GEMMs differ from NumPy's (host_mismatch); GPUNet then calls cuBLAS
+    through CuPy, whose GEMMs cannot be captured."""
     path = find_cublas(cupy)
     if path is None:
         logger.info(
@@ -231,7 +267,7 @@ def open_handle(cupy, stream_ptr: int) -> CublasHandle | None:
     try:
         library = _LIBRARIES.get(path) or CublasLibrary(path)
         _LIBRARIES[path] = library
-        return CublasHandle(library, stream_ptr)
+        handle = CublasHandle(library, stream.ptr)
     except (OSError, AttributeError, MochacError) as error:
         logger.warning(
             "cannot call %s directly (%s); GEMMs go through CuPy, so steps "
@@ -240,3 +276,17 @@ def open_handle(cupy, stream_ptr: int) -> CublasHandle | None:
             error,
         )
         return None
+    try:
+        mismatch = host_mismatch(handle, cupy, stream)
+    except MochacError as error:
+        mismatch = str(error)
+    if mismatch is not None:
+        handle.close()
+        logger.warning(
+            "GEMMs called on %s directly failed a check (%s); GEMMs go through "
+            "CuPy, so steps with GEMMs run without CUDA graphs",
+            path,
+            mismatch,
+        )
+        return None
+    return handle

@@ -151,7 +151,7 @@ class GPUNet(Net):
             self.copy_stream = cupy.cuda.Stream(non_blocking=True)
             # GEMMs go to libcublas directly when it can be found, because
             # CuPy's wrapper cannot run under the stream capture of graphs.
-            self.cublas = cublas_direct.open_handle(cupy, self.stream.ptr)
+            self.cublas = cublas_direct.open_handle(cupy, self.stream)
             try:
                 self._allocate()
                 self._bind_steps()
