@@ -2,7 +2,8 @@
 
 Code generation turns each layer's forward and backward into a short list of
 steps. The runtime executes them in order on one stream: a ``Launch`` runs a
-kernel of the generated module, a ``Gemm`` calls cuBLAS through CuPy, and
+kernel of the generated module, a ``Gemm`` calls cuBLAS
+(mochac.runtime.cublas_direct, or CuPy's wrapper where that is unusable), and
 ``Zero`` and ``Copy`` are asynchronous memset and memcpy. Every step names
 buffers by slot index, as the C code's ``p[i]`` does, so a step list is plain
 data that tests can check without a GPU.
