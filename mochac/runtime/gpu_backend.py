@@ -69,7 +69,7 @@ def device_from_environment() -> int:
 
 
 class GPUBackend:
-    """The GPU backend: generated CUDA kernels, GEMM through cuBLAS (via CuPy).
+    """The GPU backend: generated CUDA kernels, GEMM through cuBLAS.
 
     Args:
         device: index of the CUDA device to run on. None (the default) reads
