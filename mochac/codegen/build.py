@@ -1,8 +1,9 @@
 """Compile generated C with cffi into a cache folder keyed by content.
 
-The key hashes the source, the compiler flags, the compiler's version and the
-cffi and Python versions, so a warm cache loads the extension without running
-the compiler. The cache folder is $MOCHAC_CACHE_DIR, or ~/.cache/mochac.
+The key hashes the source and its cffi interface, the compiler flags, the
+compiler's version, the cffi and Python versions, the BLAS library's folder
+and the CPU's model and flags, so a warm cache loads the extension without
+running the compiler. The cache folder is $MOCHAC_CACHE_DIR, or ~/.cache/mochac.
 The key leaves out the net name in the source's header comment, so nets that
 differ only in name (a train net and its test net of the same layers) share
 one extension, and the C file kept beside it names the net compiled first.
