@@ -1,4 +1,6 @@
-"""The CUDA backend against the CPU backend, in float64, on a CUDA device.
+"""The CUDA backend against the CPU backend on a CUDA device: in float64 to
+tight tolerances, and in float32, the dtype of the benchmark, to float32
+rounding.
 
 Every test skips without CuPy or a visible device. The nets of cuda_nets.py
 use every layer family; comparing every blob, diff and gradient of them
@@ -104,15 +106,93 @@ def test_every_layer_matches_cpu(cupy, name):
         assert gpu.statistics() == pytest.approx(cpu.statistics(), rel=RTOL)
 
 
-def test_vision_float32_close_to_cpu(cupy):
-    factory, opt_level = NETS["vision"]
-    cpu, gpu = twin_nets(
-        lambda: factory(np.float32), dtype=np.float32, opt_level=opt_level
+# Float32 nets against float32 CPU nets. Both round every layer's output to
+# float32 (unit roundoff 2**-24, about 6e-8), and their sums run in other
+# orders: a dot product of k terms may differ by about sqrt(k) roundings, and
+# by up to k in the worst case. cuBLAS sums in float32 in its own blocking,
+# and the CPU's BLAS in another. LeNet's longest sums have 800 terms and the
+# errors pass through several layers, so differences of about 1e-6 of an
+# array's largest value are expected (an estimate). F32_RTOL leaves a margin
+# of ten above that. It scales the absolute tolerance too: an element near
+# zero that is the difference of larger terms keeps only their error.
+# NOTE: tests/fake_cublas.c sums float32 GEMMs in double, so runs on the host
+# see less of cuBLAS's rounding than runs on a device: LeNet's steps differ
+# there by up to 6e-7 of the largest value.
+F32_RTOL = 1e-5
+
+
+def assert_close_float32(expected, got, name):
+    """Assert that float32 array ``got`` is within F32_RTOL of ``expected``,
+    element by element and relative to the largest magnitude in it.
+    ``name`` names the array in the failure message."""
+    scale = float(np.abs(expected).max(initial=0.0))
+    np.testing.assert_allclose(
+        got, expected, rtol=F32_RTOL, atol=F32_RTOL * scale, err_msg=name
     )
-    assert gpu.forward() == pytest.approx(cpu.forward(), rel=1e-4)
-    cpu.backward()
-    gpu.backward()
-    assert_same_grads(cpu, gpu, rtol=1e-3, atol=1e-5)
+
+
+def assert_same_draws(cpu_views, gpu_views, source, masked):
+    """Assert that a dropout or random mask layer zeroed the same elements on
+    both nets: ``masked`` is zero exactly where the mask dropped ``source``.
+    Only elements of ``source`` that are nonzero on both nets count, so a
+    value that rounds to zero on one of them cannot fail the check."""
+    cpu_in, gpu_in = cpu_views[source], gpu_views[source].get()
+    cpu_out, gpu_out = cpu_views[masked], gpu_views[masked].get()
+    nonzero = (cpu_in != 0) & (gpu_in != 0)
+    assert nonzero.any(), masked
+    np.testing.assert_array_equal(
+        gpu_out[nonzero] == 0, cpu_out[nonzero] == 0, err_msg=masked
+    )
+
+
+# The mask layers of the nets of cuda_nets.py as (views, source, masked) for
+# assert_same_draws. In "vectors", -O1 runs the mask in place, so its blobs
+# are gone and its diff shares a buffer with "root": the diff of "scores"
+# reaches that buffer through the mask, scaled by sigma and 1 / sigma.
+FLOAT32_MASKS = {
+    "vision": [("blobs", "joined", "dropped")],
+    "vectors": [("diffs", "scores", "root")],
+}
+# The tops of the nets' random normal layers.
+FLOAT32_NORMALS = {"vision": [], "vectors": ["noise"]}
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_every_layer_float32_close_to_cpu(cupy, name):
+    """Every blob, diff and gradient of a float32 net within float32
+    rounding of the CPU's, and the random layers draw the same numbers."""
+    factory, opt_level = NETS[name]
+    cpu, gpu = twin_nets(
+        lambda: factory(np.float32),
+        dtype=np.float32,
+        opt_level=opt_level,
+        disable=("plan_memory",),
+        force_backward=True,
+    )
+    for _ in range(2):
+        assert gpu.forward() == pytest.approx(cpu.forward(), rel=F32_RTOL)
+        cpu.backward()
+        gpu.backward()
+        for blob, array in cpu.blobs.items():
+            assert gpu.blobs[blob].dtype == np.float32, blob
+            assert_close_float32(array, gpu.blobs[blob].get(), f"blob {blob}")
+        for blob, array in cpu.diffs.items():
+            assert_close_float32(array, gpu.diffs[blob].get(), f"diff {blob}")
+        for layer, grads in cpu.grads.items():
+            for param, array in grads.items():
+                got = gpu.grads[layer][param].get()
+                assert_close_float32(array, got, f"gradient {layer}.{param}")
+        assert gpu.statistics() == pytest.approx(cpu.statistics(), rel=F32_RTOL)
+        for views, source, masked in FLOAT32_MASKS[name]:
+            assert_same_draws(getattr(cpu, views), getattr(gpu, views), source, masked)
+        for top in FLOAT32_NORMALS[name]:
+            # Both nets compute each sample in double from the same uniform
+            # numbers and round it to float32. CUDA's log and cos may differ
+            # from the C library's in the last bits of the double, which can
+            # move the float32 result by at most one unit in the last place.
+            np.testing.assert_array_max_ulp(
+                gpu.blobs[top].get(), cpu.blobs[top], maxulp=1
+            )
 
 
 def test_lenet_iterations_match_cpu(cupy):
@@ -132,6 +212,60 @@ def test_lenet_iterations_match_cpu(cupy):
                 np.testing.assert_allclose(
                     gpu.params[layer][name].get(), array, rtol=RTOL, atol=ATOL
                 )
+
+
+def test_lenet_float32_iterations_close_to_cpu(cupy):
+    """SGD steps of a float32 LeNet, with the device's update kernels, stay
+    within float32 rounding of the CPU's steps with its compiled update."""
+    cpu, gpu = twin_nets(lambda: lenet(8), dtype=np.float32)
+    cpu_method, gpu_method = SGD(), SGD()
+    for iteration in range(4):
+        expected = cpu.train_step(cpu_method, 0.01, 0.9, 0.0005, iteration)
+        got = gpu.train_step(gpu_method, 0.01, 0.9, 0.0005, iteration)
+        assert got == pytest.approx(expected, rel=F32_RTOL)
+        for layer, grads in cpu.grads.items():
+            for name, array in grads.items():
+                got_grad = gpu.grads[layer][name].get()
+                assert_close_float32(array, got_grad, f"gradient {layer}.{name}")
+        for layer, params in cpu.params.items():
+            for name, array in params.items():
+                got_param = gpu.params[layer][name].get()
+                assert got_param.dtype == np.float32, f"{layer}.{name}"
+                assert_close_float32(array, got_param, f"{layer}.{name}")
+    assert gpu_update.tables_for(gpu, gpu_method, 0.0005) is not None
+
+
+@pytest.mark.parametrize("kind", ["sgd", "nesterov", "adam"])
+def test_float32_update_equals_cpu_bits(cupy, kind):
+    """Fed the CPU's gradients, the device's float32 update gives the CPU's
+    parameters bit for bit, with L1 and L2 terms, local learning rates and a
+    shared array. Both run each element through the same float32
+    operations in the same order. The device's products and sums are
+    __fmul_rn and __fadd_rn, which the compiler never fuses into an FMA, and
+    NVRTC divides and takes square roots correctly rounded by default. The
+    CPU's C is compiled with -std=c99, where GCC fuses nothing either."""
+    from test_native_update import layers, make_method
+
+    cpu, gpu = twin_nets(layers, dtype=np.float32)
+    cpu_method, gpu_method = make_method(kind), make_method(kind)
+    for iteration in range(4):
+        lr = 0.05 / (1 + iteration)
+        for net in (cpu, gpu):
+            net.forward()
+            net.backward()
+        for layer, grads in cpu.grads.items():
+            for name, array in grads.items():
+                gpu.grads[layer][name][...] = gpu.cupy.asarray(array)
+        cpu.apply_update(cpu_method, lr, 0.9, 0.01, iteration)
+        gpu.apply_update(gpu_method, lr, 0.9, 0.01, iteration)
+        for layer, params in cpu.params.items():
+            for name, array in params.items():
+                np.testing.assert_array_equal(
+                    gpu.params[layer][name].get(),
+                    array,
+                    err_msg=f"{layer}.{name} after update {iteration}",
+                )
+    assert gpu_update.tables_for(gpu, gpu_method, 0.01) is not None
 
 
 @pytest.mark.parametrize("method", [SGD, Nesterov, Adam])

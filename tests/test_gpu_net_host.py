@@ -343,3 +343,17 @@ def test_host_gpunet_destroy_waits_for_copies(cupy, tmp_path):
     assert gpu.copy_stream.pending
     gpu.destroy()
     assert not gpu.copy_stream.pending
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_host_gpunet_every_layer_float32(cupy, name):
+    device_tests.test_every_layer_float32_close_to_cpu(cupy, name)
+
+
+def test_host_gpunet_lenet_float32_iterations(cupy):
+    device_tests.test_lenet_float32_iterations_close_to_cpu(cupy)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "nesterov", "adam"])
+def test_host_gpunet_float32_update(cupy, kind):
+    device_tests.test_float32_update_equals_cpu_bits(cupy, kind)
