@@ -190,6 +190,63 @@ def test_nvcc_compiles_net(compiled, programs, key):
     assert {"mochac_check_losses", "mochac_grad_sums", "mochac_update"} <= entries
 
 
+# A net file for ``mochac compile``: LeNet and the nets of cuda_nets.py in
+# float32, each on a backend of its own since their layer names overlap.
+FLOAT32_NET_FILE = f"""
+import sys
+
+import numpy as np
+
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from cuda_nets import NETS
+
+from mochac import CPUBackend, Net
+from mochac.bench.nets import lenet
+
+
+def backend():
+    return CPUBackend(dtype=np.float32, seed=4)
+
+
+lenet_net = Net("lenet", backend(), lenet({LENET_BATCH}))
+vision = Net("vision", backend(), NETS["vision"][0](np.float32), opt_level=0)
+vectors = Net("vectors", backend(), NETS["vectors"][0](np.float32))
+"""
+
+
+@needs_nvcc
+def test_compile_command_float32_builds_with_nvcc(tmp_path):
+    """The .cu files of ``mochac compile --backend cuda`` for float32 nets
+    compile to object files with nvcc, without a warning."""
+    from mochac.cli import main
+
+    net_file = tmp_path / "nets.py"
+    net_file.write_text(FLOAT32_NET_FILE)
+    out = tmp_path / "cuda"
+    assert main(["compile", str(net_file), "-o", str(out), "--backend", "cuda"]) == 0
+    sources = sorted(out.glob("*.cu"))
+    assert [source.stem for source in sources] == ["lenet", "vectors", "vision"]
+    for source in sources:
+        assert "typedef float real;" in source.read_text(), source.name
+        result = subprocess.run(
+            [
+                NVCC,
+                "-arch=sm_90",
+                "-c",
+                str(source),
+                "-o",
+                str(source.with_suffix(".o")),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output
+        assert "warning" not in output, output
+        assert source.with_suffix(".o").stat().st_size > 0, source.name
+
+
 @pytest.mark.skipif(
     NVRTC is None,
     reason="no NVRTC library found (set MOCHAC_NVRTC_LIBRARY, or install CuPy with "
