@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from mochac import (
+    ConfigError,
+    ConvolutionLayer,
     CPUBackend,
     InnerProductLayer,
     MemoryDataLayer,
@@ -114,3 +116,31 @@ def test_clash_with_earlier_net_names_the_backend():
     message = str(raised.value)
     assert "which a net built earlier on this backend gave it" in message
     assert "registry_reset(backend)" in message
+
+
+def test_shared_key_with_other_parameters_rejected():
+    """A convolution (filter, bias) and an inner product (weight, bias) under
+    one key would share only the bias."""
+    x = np.zeros((2, 1, 5, 5))
+    t = np.zeros((2, 3))
+    layers = [
+        MemoryDataLayer(name="data", batch_size=2, tops=["x", "t"], data=[x, t]),
+        ConvolutionLayer(
+            name="conv",
+            n_filter=3,
+            kernel=(3, 3),
+            param_key="k",
+            bottoms=["x"],
+            tops=["c"],
+        ),
+        InnerProductLayer(
+            name="ip", output_dim=3, param_key="k", bottoms=["c"], tops=["y"]
+        ),
+        SquareLossLayer(name="loss", bottoms=["y", "t"]),
+    ]
+    with pytest.raises(ConfigError) as caught:
+        Net("mixed-key", CPUBackend(), layers)
+    message = str(caught.value)
+    assert "layer 'ip' (InnerProductLayer, parameters bias, weight)" in message
+    assert "param_key 'k'" in message
+    assert "layer 'conv' (ConvolutionLayer, parameters bias, filter)" in message

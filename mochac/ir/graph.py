@@ -205,6 +205,32 @@ def _display_names(layers: list[Layer]) -> list[str]:
     return names
 
 
+def check_key_parameters(info, key_owners: dict) -> None:
+    """Raise ConfigError when ``info``'s layer shares its param_key with a
+    layer of this net that has other parameters.
+
+    Parameters are shared by (key, parameter name), so a ConvolutionLayer
+    (filter, bias) and an InnerProductLayer (weight, bias) under one key
+    would share the bias alone. Mocha shares a key's parameters as one
+    list and rejects such a pair. Parameters that name their own key (a
+    TiedInnerProductLayer's weight) are left out.
+    """
+    names = frozenset(spec.name for spec in info.params if not spec.key)
+    if not names:
+        return
+    owner = key_owners.setdefault(
+        info.param_key, (info.name, type(info.layer).__name__, names)
+    )
+    if owner[2] != names:
+        raise ConfigError(
+            f"layer '{info.name}' ({type(info.layer).__name__}, parameters "
+            f"{', '.join(sorted(names))}) shares param_key '{info.param_key}' with "
+            f"layer '{owner[0]}' ({owner[1]}, parameters {', '.join(sorted(owner[2]))}); "
+            "layers sharing a param_key must have the same parameters, so give "
+            "one of them another param_key"
+        )
+
+
 def build_ir(
     name: str,
     layers: list[Layer],
@@ -288,6 +314,8 @@ def build_ir(
     known_params = dict(param_shapes or {})
     # The keys this net's own layers have given a shape so far.
     own_keys = set()
+    # param_key -> (layer name, class, parameter names) of its first layer.
+    key_owners: dict[str, tuple[str, str, frozenset]] = {}
     for index in order:
         info, layer = infos[index], layers[index]
         info.bottom_shapes = [blobs[bottom].shape for bottom in layer.bottoms]
@@ -299,6 +327,7 @@ def build_ir(
                 tuple(shape) for shape in layer.infer_shapes(info.bottom_shapes, *extra)
             ]
             info.params = layer.param_specs(info.bottom_shapes, *extra)
+            check_key_parameters(info, key_owners)
             for spec in info.params:
                 key = (spec.key or info.param_key, spec.name)
                 shape = known_params.setdefault(key, spec.shape)
