@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,22 @@ NO_UPDATE_NOTE = (
 AFTER_UPDATE_NOTE = " (the forward pass after this step's update)"
 
 
+def holds_run_lock(method):
+    """Wrap a Net method so it runs under the net's run lock.
+
+    The compiled code releases the GIL, so without the lock a destroy() in
+    one thread frees the arrays that a forward pass in another thread is
+    still writing, and the process dies with SIGSEGV.
+    """
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._run_lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class Net:
     """A compiled net. ``Net(name, GPUBackend(), layers)`` returns a GPUNet
     (mochac.runtime.gpu_net), which runs the same IR as CUDA kernels.
@@ -114,7 +131,12 @@ class Net:
             from mochac.runtime.gpu_net import GPUNet
 
             cls = GPUNet
-        return super().__new__(cls)
+        net = super().__new__(cls)
+        # Held by Net's calls into the compiled code and by its destroy()
+        # (holds_run_lock). Reentrant because train_step calls forward().
+        # NOTE: GPUNet's own forward, backward and destroy do not take it.
+        net._run_lock = threading.RLock()
+        return net
 
     def __init__(
         self,
@@ -503,6 +525,7 @@ class Net:
             n_valid = valid if n_valid is None else min(n_valid, valid)
         return n_valid if n_valid is not None else 0
 
+    @holds_run_lock
     def forward(self, load_data: bool = True) -> float:
         """Run one forward pass; return the objective (the sum of weighted losses).
 
@@ -577,6 +600,7 @@ class Net:
                 entries.append((info.name, batch, counts_whole(self.ir, batch)))
         return entries
 
+    @holds_run_lock
     def backward(self):
         """Run back-propagation from the losses of the last forward pass."""
         self._check_alive()
@@ -591,6 +615,7 @@ class Net:
                 "last forward pass, and none has run; call forward() first"
             )
 
+    @holds_run_lock
     def train_step(self, method, learning_rate, momentum, regu_coef, iteration=None):
         """Run one training iteration on the next batch; return the objective.
 
@@ -615,6 +640,7 @@ class Net:
             self.lib.mochac_train_step, tables, step, NO_UPDATE_NOTE
         )
 
+    @holds_run_lock
     def forward_backward(self, method, regu_coef) -> float:
         """Run forward and backward on the next batch; return the objective.
 
@@ -641,6 +667,7 @@ class Net:
         )
         return self._finish_forward(n_valid)
 
+    @holds_run_lock
     def apply_update(self, method, learning_rate, momentum, regu_coef, iteration=None):
         """Update the parameters from the gradients of the last backward pass."""
         check_step_values(learning_rate, momentum, regu_coef, iteration)
@@ -649,6 +676,7 @@ class Net:
         method.update(self, learning_rate, momentum, regu_coef, iteration)
         self.step_updated = True
 
+    @holds_run_lock
     def solver_step(self, method, learning_rate, momentum, regu_coef, iteration=None):
         """Run one solver iteration in Mocha's order; return the objective.
 
@@ -713,6 +741,7 @@ class Net:
                 state.collect(self.blobs)
         return self._record_objective(n_valid)
 
+    @holds_run_lock
     def forward_layer(self, name: str, n_valid: int | None = None):
         """Run one layer's forward pass on the current blob contents (for tests)."""
         self._check_alive()
@@ -725,6 +754,7 @@ class Net:
             )
         )
 
+    @holds_run_lock
     def backward_layer(self, name: str):
         """Run one layer's backward pass on the current diffs (for tests)."""
         self._check_alive()
@@ -819,6 +849,7 @@ class Net:
             "gets one like 'MemoryDataLayer-0')"
         )
 
+    @holds_run_lock
     def destroy(self):
         """Drop the buffers and close the data sources; the net cannot run afterwards."""
         self.destroyed = True
