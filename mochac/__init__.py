@@ -14,6 +14,7 @@ from mochac import neurons as Neurons
 from mochac.caffe import load_caffe_hdf5, load_network
 from mochac.constraints import L2Cons, NoCons
 from mochac.errors import (
+    AllocationError,
     CompileError,
     ConfigError,
     DataError,
@@ -150,6 +151,7 @@ __all__ = [
     "LRPolicy",
     "MemoryDataLayer",
     "MemoryOutputLayer",
+    "AllocationError",
     "MochacError",
     "MomPolicy",
     "MultinomialLogisticLossLayer",

@@ -56,5 +56,10 @@ class SnapshotError(MochacError):
     """A snapshot or model file cannot be loaded into a net or solver."""
 
 
+class AllocationError(MochacError, MemoryError):
+    """The memory of a net's blobs, gradients and parameters cannot be
+    allocated. Also a MemoryError, so handlers of that still catch it."""
+
+
 class DeviceError(MochacError):
     """The GPU backend cannot run: CuPy is missing or no CUDA device is usable."""

@@ -21,6 +21,7 @@ from mochac.codegen.build import build_extension, load_extension, source_digest
 from mochac.codegen.c_source import render_c
 from mochac.codegen.lowering import counts_whole
 from mochac.errors import (
+    AllocationError,
     CompileError,
     ConfigError,
     DataError,
@@ -241,7 +242,14 @@ class Net:
         self.ffi, self.lib = module.ffi, module.lib
         self.lib.mochac_set_num_threads(backend.threads)
 
-        self._allocate()
+        try:
+            self._allocate()
+        except MemoryError as error:
+            raise AllocationError(
+                f"net '{name}': cannot allocate {self._needed_bytes() / 2**30:.2f} "
+                f"GiB for its blobs, gradients and parameters ({error}); reduce "
+                "the batch size or the layers' sizes, or free memory"
+            ) from error
         self.status = self.ffi.new("struct mochac_status *")
         # Output layers' states: in-memory lists or open HDF5 files.
         self.output_states = {
@@ -289,6 +297,15 @@ class Net:
                     if slot is not None:
                         pinned.add(slot.index)
         return pinned
+
+    def _needed_bytes(self) -> int:
+        """Return the bytes _allocate requests: the arena of the planned
+        slots and one array per other slot."""
+        planned = self.plan.offsets if self.plan is not None else {}
+        arena = self.plan.arena_bytes if self.plan is not None else 0
+        return arena + sum(
+            slot.nbytes for slot in self.slots.slots if slot.index not in planned
+        )
 
     def _allocate(self):
         self.arrays = []
