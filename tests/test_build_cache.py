@@ -163,3 +163,43 @@ def test_nets_differing_in_name_share_extension(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("_mochac_*.so"))) == 2
     renamed.forward()
     assert renamed.blobs["y"].shape == (4, 3)
+
+
+# Builds a net in a child process whose files may grow to 64 KiB, less than
+# the generated C file, with SIGXFSZ ignored so that writes fail with EFBIG.
+BUILD_WITH_SMALL_FILE_LIMIT = textwrap.dedent(
+    """
+    import resource
+    import signal
+
+    import numpy as np
+
+    from mochac import CompileError, CPUBackend, InnerProductLayer, MemoryDataLayer, Net
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+    x = np.zeros((4, 3), np.float32)
+    layers = [
+        MemoryDataLayer(name="data", tops=["data"], batch_size=2, data=[x]),
+        InnerProductLayer(name="ip", output_dim=7, bottoms=["data"], tops=["ip"]),
+    ]
+    try:
+        Net("small-files", CPUBackend(threads=1), layers)
+    except CompileError as error:
+        print(error)
+    """
+)
+
+
+def test_build_file_write_failure_message(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", BUILD_WITH_SMALL_FILE_LIMIT],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, MOCHAC_CACHE_DIR=str(tmp_path / "cache")),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "cannot write the build files" in result.stdout, result.stdout
+    assert "File too large" in result.stdout
+    assert "C compiler failed" not in result.stdout

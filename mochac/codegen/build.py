@@ -349,10 +349,25 @@ def build_extension(source: str, net_name: str):
         extra_compile_args=COMPILE_ARGS,
         extra_link_args=["-fopenmp", f"-Wl,-rpath,{lib_dir}"],
     )
-    with tempfile.TemporaryDirectory(prefix="mochac-build-") as tmp:
+    try:
+        build_folder = tempfile.TemporaryDirectory(prefix="mochac-build-")
+    except OSError as error:
+        raise CompileError(
+            f"net '{net_name}': cannot create a build folder in the temporary "
+            f"folder: {error}; check that it has free space, or set TMPDIR to "
+            "a writable folder"
+        ) from error
+    with build_folder as tmp:
         c_path = Path(tmp) / f"{module_name}.c"
         try:
             built = ffi.compile(tmpdir=tmp, verbose=False)
+        except OSError as error:
+            # cffi writes the C file itself, so this is no compiler failure.
+            raise CompileError(
+                f"net '{net_name}': cannot write the build files in {tmp}: "
+                f"{error}; check that the temporary folder has free space, or "
+                "set TMPDIR to another folder"
+            ) from error
         except Exception as error:  # cffi raises VerificationError and others
             kept = folder / f"{module_name}.failed.c"
             try:
