@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 import host_cupy
@@ -357,3 +358,39 @@ def test_host_gpunet_lenet_float32_iterations(cupy):
 @pytest.mark.parametrize("kind", ["sgd", "nesterov", "adam"])
 def test_host_gpunet_float32_update(cupy, kind):
     device_tests.test_float32_update_equals_cpu_bits(cupy, kind)
+
+
+@pytest.mark.parametrize("call", ["forward", "train_step", "destroy"])
+def test_host_gpunet_calls_hold_run_lock(cupy, monkeypatch, call):
+    """GPUNet's own calls hold the net's run lock, as Net's do, so that a
+    destroy() in another thread waits for them."""
+    gpu = GPUNet("lenet", GPUBackend(seed=1), lenet(4))
+    acquired_elsewhere = []
+
+    def try_lock():
+        got = gpu._run_lock.acquire(blocking=False)
+        if got:
+            gpu._run_lock.release()
+        acquired_elsewhere.append(got)
+
+    def probe(*args, **kwargs):
+        thread = threading.Thread(target=try_lock)
+        thread.start()
+        thread.join()
+
+    target = "_enqueue" if call != "destroy" else "_on_device"
+    original = getattr(GPUNet, target)
+
+    def probed(self, *args, **kwargs):
+        probe()
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GPUNet, target, probed)
+    if call == "forward":
+        gpu.forward()
+    elif call == "train_step":
+        gpu.train_step(device_tests.SGD(), 0.01, 0.9, 0.0, 0)
+    else:
+        gpu.destroy()
+    assert acquired_elsewhere
+    assert not any(acquired_elsewhere)

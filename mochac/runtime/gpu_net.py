@@ -49,7 +49,7 @@ from mochac.runtime import cublas_direct, gpu_update
 from mochac.runtime.array_views import blob_views
 from mochac.runtime.data_sources import make_source
 from mochac.runtime.gpu_graphs import StepGraphs
-from mochac.runtime.net import AFTER_UPDATE_NOTE, NO_UPDATE_NOTE, Net
+from mochac.runtime.net import AFTER_UPDATE_NOTE, NO_UPDATE_NOTE, Net, holds_run_lock
 from mochac.runtime.outputs import make_output_state
 from mochac.runtime.read_ahead import ReadAhead
 from mochac.runtime.step_settings import check_regu_coef, check_step_values
@@ -543,6 +543,7 @@ class GPUNet(Net):
         )
         self._check(self.status.code, loss_note)
 
+    @holds_run_lock
     def forward(self, load_data: bool = True) -> float:
         """Run one forward pass; return the objective (the sum of weighted losses).
 
@@ -575,6 +576,7 @@ class GPUNet(Net):
             for state in self.output_states.values():
                 state.collect(host)
 
+    @holds_run_lock
     def backward(self):
         """Enqueue back-propagation from the losses of the last forward pass.
 
@@ -585,6 +587,7 @@ class GPUNet(Net):
         self._check_forward_done()
         self._run(self.backward_calls, self._batch_size(), wait=False)
 
+    @holds_run_lock
     def train_step(self, method, learning_rate, momentum, regu_coef, iteration=None):
         """Run one training iteration on the next batch; return the objective.
 
@@ -607,6 +610,7 @@ class GPUNet(Net):
         step = gpu_update.step_block(method, learning_rate, momentum, iteration)
         return self._graph_step("train", tables, step, NO_UPDATE_NOTE)
 
+    @holds_run_lock
     def forward_backward(self, method, regu_coef) -> float:
         """Run forward and backward on the next batch; return the objective.
 
@@ -621,6 +625,7 @@ class GPUNet(Net):
             return objective
         return self._graph_step("gradients", tables, None, "")
 
+    @holds_run_lock
     def apply_update(self, method, learning_rate, momentum, regu_coef, iteration=None):
         """Update the parameters from the gradients of the last backward pass."""
         check_step_values(learning_rate, momentum, regu_coef, iteration)
@@ -637,6 +642,7 @@ class GPUNet(Net):
         self._run(gpu_update.update_calls(self, tables), self._batch_size())
         self.step_updated = True
 
+    @holds_run_lock
     def solver_step(self, method, learning_rate, momentum, regu_coef, iteration=None):
         """Run one solver iteration in Mocha's order; return the objective.
 
@@ -712,6 +718,7 @@ class GPUNet(Net):
         self._step_cache[kind] = (tables, calls)
         return calls
 
+    @holds_run_lock
     def forward_layer(self, name: str, n_valid: int | None = None):
         """Run one layer's forward steps on the current blob contents (for tests)."""
         steps = self.program.layers[self.ir.layer(name).index].forward
@@ -720,6 +727,7 @@ class GPUNet(Net):
             calls = [self._bind(step) for step in steps]
         self._run(calls, n_valid)
 
+    @holds_run_lock
     def backward_layer(self, name: str):
         """Run one layer's backward steps on the current diffs (for tests)."""
         steps = self.program.layers[self.ir.layer(name).index].backward
@@ -750,6 +758,7 @@ class GPUNet(Net):
                 if info.layer.has_stats:
                     self.device_states[info.name][...] = 0
 
+    @holds_run_lock
     def destroy(self):
         """Wait for the net's streams, then drop the device memory and
         close the data sources."""

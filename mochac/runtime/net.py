@@ -134,8 +134,8 @@ class Net:
             cls = GPUNet
         net = super().__new__(cls)
         # Held by Net's calls into the compiled code and by its destroy()
-        # (holds_run_lock). Reentrant because train_step calls forward().
-        # NOTE: GPUNet's own forward, backward and destroy do not take it.
+        # (holds_run_lock), GPUNet's too. Reentrant because train_step
+        # calls forward().
         net._run_lock = threading.RLock()
         return net
 
