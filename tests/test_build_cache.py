@@ -203,3 +203,30 @@ def test_build_file_write_failure_message(tmp_path):
     assert "cannot write the build files" in result.stdout, result.stdout
     assert "File too large" in result.stdout
     assert "C compiler failed" not in result.stdout
+
+
+def test_stale_build_folders_removed(tmp_path):
+    """Build folders a killed build left more than a day ago go; fresh ones,
+    other folders and files stay."""
+    from mochac.codegen.build import STALE_BUILD_SECONDS, remove_stale_build_folders
+
+    now = 1_000_000_000.0
+    old = now - STALE_BUILD_SECONDS - 60
+    paths = {
+        "stale": tmp_path / "mochac-build-stale",
+        "fresh": tmp_path / "mochac-build-fresh",
+        "other": tmp_path / "other-build-stale",
+    }
+    for path in paths.values():
+        (path / "sub").mkdir(parents=True)
+        (path / "sub" / "net.c").write_text("int x;")
+    plain_file = tmp_path / "mochac-build-file"
+    plain_file.write_text("")
+    for path in (paths["stale"], paths["other"], plain_file):
+        os.utime(path, (old, old))
+    os.utime(paths["fresh"], (now, now))
+    remove_stale_build_folders(tmp_path, now)
+    assert not paths["stale"].exists()
+    assert paths["fresh"].exists()
+    assert paths["other"].exists()
+    assert plain_file.exists()

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -314,6 +315,35 @@ def load_extension(path: Path, module_name: str):
     return module
 
 
+BUILD_FOLDER_PREFIX = "mochac-build-"
+# A build takes seconds, so a build folder this old belongs to a process
+# that was killed before it could remove it.
+STALE_BUILD_SECONDS = 24 * 3600
+
+
+def remove_stale_build_folders(folder: Path | None = None, now: float | None = None):
+    """Remove this user's build folders in the temporary folder that are
+    older than STALE_BUILD_SECONDS; a build killed with SIGKILL leaves its
+    folder behind."""
+    folder = Path(tempfile.gettempdir()) if folder is None else folder
+    now = time.time() if now is None else now
+    try:
+        candidates = list(folder.glob(f"{BUILD_FOLDER_PREFIX}*"))
+    except OSError:
+        return
+    for candidate in candidates:
+        try:
+            info = candidate.lstat()
+        except OSError:
+            continue
+        if not candidate.is_dir() or candidate.is_symlink():
+            continue
+        if info.st_uid != os.getuid() or now - info.st_mtime < STALE_BUILD_SECONDS:
+            continue
+        shutil.rmtree(candidate, ignore_errors=True)
+        logger.debug("removed the stale build folder %s", candidate)
+
+
 def build_extension(source: str, net_name: str):
     """Return (module, path) of the compiled extension for ``source``.
 
@@ -350,7 +380,8 @@ def build_extension(source: str, net_name: str):
         extra_link_args=["-fopenmp", f"-Wl,-rpath,{lib_dir}"],
     )
     try:
-        build_folder = tempfile.TemporaryDirectory(prefix="mochac-build-")
+        remove_stale_build_folders()
+        build_folder = tempfile.TemporaryDirectory(prefix=BUILD_FOLDER_PREFIX)
     except OSError as error:
         raise CompileError(
             f"net '{net_name}': cannot create a build folder in the temporary "
