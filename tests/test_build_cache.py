@@ -230,3 +230,17 @@ def test_stale_build_folders_removed(tmp_path):
     assert paths["fresh"].exists()
     assert paths["other"].exists()
     assert plain_file.exists()
+
+
+def test_cache_path_that_is_a_file(tmp_path, monkeypatch):
+    from mochac.codegen.build import cache_dir
+    from mochac.errors import CompileError
+
+    path = tmp_path / "cache"
+    path.write_text("")
+    monkeypatch.setenv("MOCHAC_CACHE_DIR", str(path))
+    with pytest.raises(CompileError) as caught:
+        cache_dir()
+    message = str(caught.value)
+    assert f"cannot use {path} (MOCHAC_CACHE_DIR)" in message
+    assert "it is a file, not a folder" in message

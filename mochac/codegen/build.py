@@ -56,10 +56,15 @@ def cache_dir() -> Path:
     naming it when it cannot be."""
     setting = os.environ.get("MOCHAC_CACHE_DIR")
     path = Path(setting or Path.home() / ".cache" / "mochac")
+    source = "MOCHAC_CACHE_DIR" if setting else "the default cache folder"
+    if path.exists() and not path.is_dir():
+        raise CompileError(
+            f"cannot use {path} ({source}) as the build cache: it is a file, not "
+            "a folder; set MOCHAC_CACHE_DIR to a writable folder"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        source = "MOCHAC_CACHE_DIR" if setting else "the default cache folder"
         raise CompileError(
             f"cannot use {path} ({source}) as the build cache: {error.strerror}; "
             "set MOCHAC_CACHE_DIR to a writable folder"
