@@ -27,6 +27,10 @@ export PYTHONUNBUFFERED=1 MOCHAC_CACHE_DIR=/tmp/mochac-cache
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import cupy, torch; print('cupy', cupy.__version__, 'torch', torch.__version__)" \
     | tee -a "$OUT/gpu.txt"
+# Which libcublas the nets call directly (None: GEMMs go through CuPy, and
+# steps with GEMMs run without CUDA graphs).
+python3 -c "import cupy; from mochac.runtime.cublas_direct import find_cublas; \
+print('direct libcublas:', find_cublas(cupy))" 2>&1 | tee -a "$OUT/gpu.txt"
 # Equivalence with the CPU backend (float64), graphs, update, snapshots;
 # NVRTC compiles every family where CuPy brings its library.
 timeout 240 python3 -m pytest -q -rs tests/test_cuda_device.py tests/test_cuda_compile.py \
