@@ -369,19 +369,17 @@ def torch_measures(
 
 def format_bench(report: dict) -> str:
     """Return the report as a table: one line per framework and measure."""
-    lines = [
-        f"batch {report['batch']}, {report['threads']} thread(s), median of "
-        f"{report['mochac']['train']['rounds']} rounds of {report['iters']} iterations",
-        f"{'':14} {'forward ms':>11} {'backward ms':>12} {'train ms':>9} {'train it/s':>11}",
-    ]
     settings = report["environment"]
     line = f"mochac {settings['mochac']}"
     for name, measures in report["peers"].items():
         line += f", {name} {measures['version']} on {measures['threads']} thread(s)"
-    lines.append(
+    lines = [
+        f"batch {report['batch']}, {report['threads']} thread(s), median of "
+        f"{report['mochac']['train']['rounds']} rounds of {report['iters']} iterations",
         f"{line}; CPU {settings['cpu']}, OPENBLAS_CORETYPE "
-        f"{settings['openblas_coretype']}"
-    )
+        f"{settings['openblas_coretype']}",
+        f"{'':14} {'forward ms':>11} {'backward ms':>12} {'train ms':>9} {'train it/s':>11}",
+    ]
     rows = [("mochac", report["mochac"])] + list(report["peers"].items())
     for name, measures in rows:
         train = measures["train"]["median_ms"]
