@@ -43,7 +43,9 @@ def test_gemm_matches_numpy(handle, dtype, trans_a, trans_b):
     a = device(rng.normal(size=(k, m) if trans_a else (m, k)).astype(dtype))
     b = device(rng.normal(size=(n, k) if trans_b else (k, n)).astype(dtype))
     c = device(rng.normal(size=(m, n)).astype(dtype))
-    expected = 0.5 * ((a.T if trans_a else a) @ (b.T if trans_b else b)) + 2 * c
+    op_a = a.T if trans_a else a
+    op_b = b.T if trans_b else b
+    expected = 0.5 * (op_a @ op_b) + 2 * c
     handle.gemm_call(trans_a, trans_b, a, b, c, 0.5, 2.0)()
     tolerance = 1e-12 if dtype == np.float64 else 1e-5
     np.testing.assert_allclose(np.asarray(c), expected, rtol=tolerance)

@@ -1,9 +1,9 @@
 """cuBLAS GEMMs called through ctypes, on a handle bound to a GPU net's stream.
 
 CuPy's cuBLAS wrapper raises NotImplementedError on a capturing stream
-(cupy_backends/cuda/libs/cublas.pyx; users report it for CuPy 13.6 and
-14.2), so a training step with a GEMM could not become a CUDA graph
-through it. cuBLAS itself supports stream capture. GPUNet therefore calls
+(cupy_backends/cuda/libs/cublas.pyx). Users report it for CuPy 13.6 and
+14.2. A training step with a GEMM therefore cannot become a CUDA graph
+through CuPy, although cuBLAS itself supports stream capture. GPUNet therefore calls
 ``cublasSgemm_v2`` and ``cublasDgemm_v2`` of the libcublas that CuPy
 loaded, with a handle of its own whose stream is the net's. Scalars are
 passed in host pointer mode, which cuBLAS reads during the call, so a
@@ -108,6 +108,7 @@ class CublasLibrary:
         self.destroy.argtypes = [handle_p]
         self.set_stream = library.cublasSetStream_v2
         self.set_stream.argtypes = [handle_p, ctypes.c_void_p]
+
         self.gemms = {}
         for dtype, name in GEMM_NAMES.items():
             function = getattr(library, name)
@@ -130,6 +131,7 @@ class CublasLibrary:
                 ctypes.c_int,
             ]
             self.gemms[dtype] = function
+
         for function in (
             self.create,
             self.destroy,
@@ -253,10 +255,12 @@ def host_mismatch(handle: CublasHandle, cupy, stream) -> str | None:
 
 
 def open_handle(cupy, stream) -> CublasHandle | None:
-    """Return a handle of the current device bound to ``stream``, or None
-    when the libcublas that CuPy uses cannot be found or called, or its
-    GEMMs differ from NumPy's (host_mismatch); GPUNet then calls cuBLAS
-    through CuPy, whose GEMMs cannot be captured."""
+    """Return a handle of the current device bound to ``stream``, or None.
+
+    None means that the libcublas CuPy uses cannot be found or called, or
+    that its GEMMs differ from NumPy's (host_mismatch). GPUNet then calls
+    cuBLAS through CuPy, whose GEMMs cannot be captured.
+    """
     path = find_cublas(cupy)
     if path is None:
         logger.info(

@@ -321,14 +321,14 @@ def host_finite(array, to_host, label: str, path) -> np.ndarray:
     return values
 
 
-def check_net_and_path(call: str, net, path, given: tuple) -> None:
+def check_net_and_path(call: str, net, path, arguments: tuple) -> None:
     """Raise ConfigError when ``net`` is not a net or ``path`` is not a path,
     as when the two are swapped. ``call`` shows the expected order, and
-    ``given`` contains the arguments in the order of the call."""
+    ``arguments`` are the values passed, in the order of the call."""
     is_net = hasattr(net, "params") and hasattr(net, "ir")
     if is_net and isinstance(path, (str, os.PathLike)):
         return
-    types = ", ".join(type(value).__name__ for value in given)
+    types = ", ".join(type(value).__name__ for value in arguments)
     raise ConfigError(f"invalid arguments ({types}); call it as {call}")
 
 
