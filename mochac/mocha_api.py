@@ -2,14 +2,16 @@
 
 Most of them call the method of the same name on their first argument.
 DefaultBackend, net2dot, log_to_console, freeze, freeze_all, unfreeze,
-forward_epoch, show_statistics and load_snapshot are not such wrappers, and
-their docstrings describe them.
+forward_epoch, show_statistics, dump_statistics and load_snapshot are not such
+wrappers, and their docstrings describe them.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from collections.abc import MutableMapping
 
 from mochac.errors import ConfigError
 from mochac.report import ir_to_dot
@@ -148,6 +150,46 @@ def show_statistics(net, title="Network Statistics", file=None):
             lines.append(f"  {key} (avg over {count}) = {stats[key]:.6f}")
     lines.append(rule)
     print("\n".join(lines), file=file)
+    return stats
+
+
+def dump_statistics(storage, net, show=False, iteration=None):
+    """Record ``net``'s statistics since the last reset in ``storage``; return them.
+
+    ``storage`` is a solver (its coffee lounge, at its current iteration), a
+    CoffeeLounge (at ``iteration``, which is then required) or a dict, which
+    receives each statistic's value under its name. The names are those
+    ValidationPerformance records: one per accuracy or loss layer, without
+    the sample counts. ``show=True`` also prints them as show_statistics does.
+    """
+    from mochac.runtime.coffee_lounge import CoffeeLounge
+    from mochac.runtime.solver import Solver
+
+    if isinstance(storage, Solver):
+        if iteration is None:
+            iteration = storage.state.iter
+        storage = storage.lounge
+    if isinstance(storage, CoffeeLounge):
+        if iteration is None:
+            raise ConfigError(
+                "dump_statistics: missing iteration for a CoffeeLounge, which "
+                "records each value at an iteration; pass iteration=N or the solver"
+            )
+        record = functools.partial(storage.update, iteration)
+    elif isinstance(storage, MutableMapping):
+        record = storage.__setitem__
+    else:
+        raise ConfigError(
+            f"dump_statistics: invalid storage type {type(storage).__name__}; "
+            "pass a solver, its coffee lounge or a dict"
+        )
+    stats = net.statistics()
+    for info in net.ir.layers:
+        if info.layer.has_stats or info.layer.has_loss:
+            key = statistic_key(info)
+            record(key, stats[key])
+    if show:
+        show_statistics(net)
     return stats
 
 

@@ -331,3 +331,49 @@ def test_show_statistics_prints_each_layer():
     assert stats == net.statistics()
     assert text.startswith("## Test\n")
     assert "loss-softmax-loss (avg over 4) = " in text
+
+
+def test_dump_statistics_into_dict():
+    # Zero inputs and a zero bias give uniform probabilities over 2 classes.
+    net = Net("dump", CPUBackend(dtype=np.float64), layers())
+    mochac.forward_epoch(net)
+    storage = {}
+    stats = mochac.dump_statistics(storage, net)
+    assert stats == net.statistics()
+    assert list(storage) == ["loss-softmax-loss"]
+    np.testing.assert_allclose(storage["loss-softmax-loss"], np.log(2), rtol=1e-12)
+
+
+def test_dump_statistics_into_solver_lounge(capsys):
+    from mochac import SGD, CoffeeBreak, LRPolicy, Solver, make_solver_parameters
+
+    class Dump(CoffeeBreak):
+        def enjoy(self, solver, net):
+            mochac.forward_epoch(net)
+            mochac.dump_statistics(solver, net, show=True)
+            net.reset_statistics()
+
+    net = Net("dump-solve", CPUBackend(dtype=np.float64), layers())
+    params = make_solver_parameters(SGD(), max_iter=4, lr_policy=LRPolicy.Fixed(0.0))
+    solver = Solver(SGD(), params, progress=False)
+    solver.add_coffee_break(Dump(), every_n_iter=2)
+    solver.solve(net)
+    series = solver.lounge.statistics["loss-softmax-loss"]
+    # Iteration 0 runs the breaks too; a zero learning rate keeps the loss.
+    assert sorted(series) == [0, 2, 4]
+    np.testing.assert_allclose(list(series.values()), np.log(2), rtol=1e-12)
+    assert capsys.readouterr().out.count("loss-softmax-loss (avg over") == 3
+
+
+def test_dump_statistics_lounge_needs_iteration():
+    from mochac.runtime.coffee_lounge import CoffeeLounge
+
+    net = Net("dump-lounge", CPUBackend(dtype=np.float64), layers())
+    mochac.forward_epoch(net)
+    lounge = CoffeeLounge()
+    with pytest.raises(mochac.ConfigError, match="missing iteration"):
+        mochac.dump_statistics(lounge, net)
+    mochac.dump_statistics(lounge, net, iteration=7)
+    assert list(lounge.statistics["loss-softmax-loss"]) == [7]
+    with pytest.raises(mochac.ConfigError, match="invalid storage type list"):
+        mochac.dump_statistics([], net)
