@@ -4,6 +4,8 @@ records, and damaged entries compiled again instead of loaded."""
 import errno
 import hashlib
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -244,3 +246,110 @@ def test_cache_path_that_is_a_file(tmp_path, monkeypatch):
     message = str(caught.value)
     assert f"cannot use {path} (MOCHAC_CACHE_DIR)" in message
     assert "it is a file, not a folder" in message
+
+
+def fake_compiler(folder: Path, message: str, then: str = "exit 1") -> Path:
+    """Write a compiler script that prints ``message`` to stderr, then runs
+    the shell command ``then``."""
+    script = folder / "fake-cc"
+    script.write_text(f"#!/bin/sh\necho '{message}' >&2\n{then}\n")
+    script.chmod(0o755)
+    return script
+
+
+def build_with_compiler(tmp_path, monkeypatch, compiler: Path):
+    from mochac.errors import CompileError
+
+    monkeypatch.setenv("MOCHAC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(compiler))
+    with pytest.raises(CompileError) as caught:
+        cache_net(output_dim=4)
+    return caught.value
+
+
+def test_compiler_on_full_disk(tmp_path, monkeypatch):
+    compiler = fake_compiler(
+        tmp_path, "cc1: fatal error: cannot write /tmp/cc1.s: No space left on device"
+    )
+    error = build_with_compiler(tmp_path, monkeypatch, compiler)
+    message = str(error)
+    assert "because the build folder" in message
+    assert f"{tempfile.gettempdir()}{os.sep}mochac-build-" in message
+    assert "is on a full disk" in message
+    assert "set TMPDIR" in message
+    assert "failed on generated code" not in message
+    assert "cannot write /tmp/cc1.s: No space left on device" in error.output
+    assert error.source_path is None
+    assert not list((tmp_path / "cache").glob("*.failed.c"))
+
+
+def test_compiler_failure_without_free_space(tmp_path, monkeypatch):
+    """A compiler whose messages are translated still gets the full-disk
+    message, from the free space of the build folder's disk."""
+    from mochac.codegen import compiler_output
+
+    real_disk_usage = shutil.disk_usage
+
+    def no_free_space(path):
+        usage = real_disk_usage(path)
+        return usage._replace(used=usage.total, free=0)
+
+    monkeypatch.setattr(compiler_output.shutil, "disk_usage", no_free_space)
+    compiler = fake_compiler(tmp_path, "cc1: Fehler: Kein Platz mehr")
+    message = str(build_with_compiler(tmp_path, monkeypatch, compiler))
+    assert "is on a full disk (0.0 MiB free)" in message
+    assert "cc1: Fehler: Kein Platz mehr" in message
+
+
+def test_compiler_failure_in_unwritable_folder(tmp_path, monkeypatch):
+    """The probe write after a failed build finds a build folder that is
+    not writable. It is patched, since root may write anywhere."""
+
+    def reject(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(tempfile, "mkstemp", reject)
+    compiler = fake_compiler(tmp_path, "cc1: error: cannot open output file")
+    message = str(build_with_compiler(tmp_path, monkeypatch, compiler))
+    assert "is not writable (Permission denied)" in message
+    assert "failed on generated code" not in message
+
+
+def test_compiler_failure_keeps_source(tmp_path, monkeypatch):
+    compiler = fake_compiler(tmp_path, "cc1: internal compiler error: Segmentation")
+    error = build_with_compiler(tmp_path, monkeypatch, compiler)
+    message = str(error)
+    assert "the C compiler failed on generated code" in message
+    assert "cc1: internal compiler error: Segmentation" in message
+    assert "disk" not in message
+    assert Path(error.source_path).read_text().startswith("/*")
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+def test_invalid_c_reports_compiler_errors(tmp_path, monkeypatch):
+    from mochac.codegen.build import build_extension
+    from mochac.errors import CompileError
+
+    monkeypatch.setenv("MOCHAC_CACHE_DIR", str(tmp_path / "cache"))
+    source = "int mochac_broken(void) { return undeclared_name; }\n"
+    with pytest.raises(CompileError) as caught:
+        build_extension(source, "broken")
+    message = str(caught.value)
+    assert "the C compiler failed on generated code" in message
+    # gcc quotes the name with the locale's quotation marks.
+    assert re.search(r"error: .undeclared_name. undeclared", caught.value.output)
+    assert re.search(r"error: .undeclared_name. undeclared", message)
+    assert "disk" not in message
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+def test_compiler_warnings_reach_stderr(tmp_path, monkeypatch, capfd):
+    """The compiler's output of a build that succeeds still reaches stderr."""
+    compiler = fake_compiler(tmp_path, "note from the compiler", 'exec gcc "$@"')
+    monkeypatch.setenv("MOCHAC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(compiler))
+    net = cache_net(output_dim=6)
+    net.forward()
+    assert net.blobs["y"].shape == (4, 6)
+    assert "note from the compiler" in capfd.readouterr().err
+    net.destroy()

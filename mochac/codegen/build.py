@@ -37,6 +37,12 @@ from typing import NamedTuple
 import cffi
 
 from mochac.codegen.c_source import CDEF
+from mochac.codegen.compiler_output import (
+    CompilerOutput,
+    build_folder_problem,
+    free_bytes,
+    same_file_system,
+)
 from mochac.durable_files import (
     digest_path,
     file_sha256,
@@ -349,6 +355,28 @@ def remove_stale_build_folders(folder: Path | None = None, now: float | None = N
         logger.debug("removed the stale build folder %s", candidate)
 
 
+def build_folder_message(
+    net_name: str, build_folder: Path, cache_folder: Path, problem: str, output: str
+) -> str:
+    """Return the error message of a build that failed because
+    ``build_folder`` ``problem`` (build_folder_problem), ending with the
+    compiler's ``output``."""
+    free = free_bytes(build_folder)
+    space = "" if free is None else f" ({free / 2**20:.1f} MiB free)"
+    message = (
+        f"net '{net_name}': the C compiler failed because the build folder "
+        f"{build_folder} {problem}{space}, not because of the generated code. "
+        "Free space there, or set TMPDIR to a writable folder on a disk with "
+        "free space"
+    )
+    if same_file_system(build_folder, cache_folder):
+        message += (
+            f". The cache folder {cache_folder} is on the same file system, so "
+            "set MOCHAC_CACHE_DIR to another folder as well"
+        )
+    return f"{message}\n{output}"
+
+
 def build_extension(source: str, net_name: str):
     """Return (module, path) of the compiled extension for ``source``.
 
@@ -396,7 +424,8 @@ def build_extension(source: str, net_name: str):
     with build_folder as tmp:
         c_path = Path(tmp) / f"{module_name}.c"
         try:
-            built = ffi.compile(tmpdir=tmp, verbose=False)
+            with CompilerOutput() as compiler_output:
+                built = ffi.compile(tmpdir=tmp, verbose=False)
         except OSError as error:
             # cffi writes the C file itself, so this is no compiler failure.
             raise CompileError(
@@ -405,19 +434,30 @@ def build_extension(source: str, net_name: str):
                 "set TMPDIR to another folder"
             ) from error
         except Exception as error:  # cffi raises VerificationError and others
+            output = "\n".join(
+                text for text in (compiler_output.text.rstrip(), str(error)) if text
+            )
+            problem = build_folder_problem(Path(tmp), output)
+            if problem is not None:
+                raise CompileError(
+                    build_folder_message(net_name, Path(tmp), folder, problem, output),
+                    output=output,
+                ) from error
             kept = folder / f"{module_name}.failed.c"
             try:
                 kept.write_text(source)
                 where = f"the source is kept at {kept}"
             except OSError as write_error:
                 where = f"the source could not be kept at {kept} ({write_error})"
-            output = str(error)
             raise CompileError(
                 f"net '{net_name}': the C compiler failed on generated code; "
                 f"{where}\n{output}",
                 output=output,
                 source_path=str(kept),
             ) from error
+        # The compiler's warnings reach the terminal as they did before the
+        # capture.
+        compiler_output.forward()
         logger.debug("net '%s': generated C at %s", net_name, c_path)
         try:
             publish_extension(Path(built), path)
