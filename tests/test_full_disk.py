@@ -298,3 +298,42 @@ def test_sigterm_handler_inside_output_write(tmp_path):
     assert "destroyed" in result.stdout
     with h5py.File(tmp_path / "out.h5", "r") as handle:
         assert handle["x"].shape == (8, 16)
+
+
+def test_held_signals_hold_other_signals():
+    """A real-time signal waits for the block's end as SIGINT does, and its
+    handler gets the frame."""
+    import os
+    import signal
+
+    from mochac.runtime.interrupts import held_signals
+
+    events = []
+
+    def handler(signum, frame):
+        events.append(("handler", signum, frame is not None))
+
+    def note(event):
+        # A Python call, at whose start Python runs pending handlers.
+        events.append(event)
+
+    previous = signal.signal(signal.SIGRTMIN, handler)
+    try:
+        with held_signals():
+            os.kill(os.getpid(), signal.SIGRTMIN)
+            note("written")
+        note("after")
+    finally:
+        signal.signal(signal.SIGRTMIN, previous)
+    assert events == ["written", ("handler", signal.SIGRTMIN, True), "after"]
+
+
+def test_fault_signals_not_held():
+    import signal
+
+    from mochac.runtime.interrupts import HELD_SIGNALS
+
+    for name in ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGKILL", "SIGSTOP"):
+        assert getattr(signal, name) not in HELD_SIGNALS, name
+    assert signal.SIGTERM in HELD_SIGNALS
+    assert signal.SIGINT in HELD_SIGNALS

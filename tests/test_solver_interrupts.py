@@ -726,3 +726,93 @@ def test_resume_tells_same_class_breaks_apart_by_identity(tmp_path):
     resumed.add_coffee_break(NamedLog("A", calls), every_n_iter=2)
     resumed.solve(make_net(seed=99))
     assert calls == [("B", 4), ("B", 6), ("A", 6)]
+
+
+@pytest.fixture
+def own_sigint_handler(default_sigint):
+    """Install a program's own SIGINT handler, which records each call with
+    the iteration count at that time, and restore the default after the test."""
+    calls = []
+    solvers = []
+
+    def handler(signum, frame):
+        iteration = solvers[0].state.iter if solvers else None
+        calls.append((signum, frame is not None, iteration))
+
+    signal.signal(signal.SIGINT, handler)
+    yield calls, solvers
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def warning_messages(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_own_handler_runs_after_step(own_sigint_handler, monkeypatch, caplog):
+    calls, solvers = own_sigint_handler
+    solver = make_solver(6)
+    solvers.append(solver)
+    # The fourth call is the step of update 3, which starts at iteration 2.
+    send_sigint_once(monkeypatch, at_call=4)
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.interrupts"):
+        solver.solve(make_net())
+    assert calls == [(signal.SIGINT, True, 3)]
+    assert solver.state.iter == 6
+    messages = warning_messages(caplog)
+    assert len(messages) == 1
+    assert "the program's SIGINT handler runs once this step" in messages[0]
+
+
+def test_own_handler_error_after_step(default_sigint, monkeypatch):
+    class StopTraining(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise StopTraining
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        solver = make_solver(6)
+        send_sigint_once(monkeypatch, at_call=4)
+        with pytest.raises(StopTraining):
+            solver.solve(make_net())
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    assert solver.state.iter == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_own_handler_second_ctrl_c(own_sigint_handler):
+    """A second Ctrl-C within a step passes both on at once, in order."""
+    from mochac.runtime.interrupts import StepInterrupts
+
+    calls, _ = own_sigint_handler
+    events = []
+
+    def note(event):
+        # A Python call, at whose start Python runs pending handlers.
+        events.append((event, len(calls)))
+
+    with StepInterrupts("unit") as interrupts, interrupts.step():
+        os.kill(os.getpid(), signal.SIGINT)
+        note("first sent")
+        os.kill(os.getpid(), signal.SIGINT)
+        note("second sent")
+    note("step done")
+    assert events == [("first sent", 0), ("second sent", 2), ("step done", 2)]
+    assert calls == [(signal.SIGINT, True, None), (signal.SIGINT, True, None)]
+
+
+def test_own_handler_gets_ctrl_c_of_failed_step(own_sigint_handler):
+    from mochac.runtime.interrupts import StepInterrupts
+
+    calls, _ = own_sigint_handler
+    with (
+        pytest.raises(ValueError, match="step failed"),
+        StepInterrupts("unit") as interrupts,
+        interrupts.step(),
+    ):
+        os.kill(os.getpid(), signal.SIGINT)
+        assert calls == []
+        raise ValueError("step failed")
+    assert calls == [(signal.SIGINT, True, None)]
