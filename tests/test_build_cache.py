@@ -353,3 +353,30 @@ def test_compiler_warnings_reach_stderr(tmp_path, monkeypatch, capfd):
     assert net.blobs["y"].shape == (4, 6)
     assert "note from the compiler" in capfd.readouterr().err
     net.destroy()
+
+
+def test_compiler_output_in_threads(capfd):
+    """Blocks in several threads each collect their own writes and leave
+    file descriptor 2 where it was."""
+    import threading
+
+    from mochac.codegen.compiler_output import REDIRECT_LOCK, CompilerOutput
+
+    before = os.fstat(2)
+    texts = {}
+
+    def build(index):
+        with CompilerOutput() as output:
+            assert REDIRECT_LOCK.locked()
+            os.write(2, f"thread {index}\n".encode())
+        texts[index] = output.text
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+    assert not REDIRECT_LOCK.locked()
+    assert texts == {i: f"thread {i}\n" for i in range(8)}

@@ -32,6 +32,10 @@ PROBE_BYTES = 4096
 # exited. A process that the compiler started and left running (a compiler
 # cache server) may keep the pipe open, and its output is not waited for.
 READER_JOIN_SECONDS = 1.0
+# File descriptor 2 is shared by the whole process, so builds in several
+# threads redirect it one at a time. Otherwise a later block would save an
+# earlier block's pipe as the descriptor to restore.
+REDIRECT_LOCK = threading.Lock()
 
 
 class CompilerOutput:
@@ -51,11 +55,18 @@ class CompilerOutput:
         self._reader: threading.Thread | None = None
 
     def __enter__(self) -> CompilerOutput:
+        REDIRECT_LOCK.acquire()
         try:
             saved = os.dup(2)
         except OSError:
+            REDIRECT_LOCK.release()
             return self
-        read_end, write_end = os.pipe()
+        try:
+            read_end, write_end = os.pipe()
+        except OSError:
+            os.close(saved)
+            REDIRECT_LOCK.release()
+            return self
         flush_stderr()
         os.dup2(write_end, 2)
         os.close(write_end)
@@ -85,6 +96,7 @@ class CompilerOutput:
         os.dup2(self._saved, 2)
         os.close(self._saved)
         self._saved = None
+        REDIRECT_LOCK.release()
         self._reader.join(READER_JOIN_SECONDS)
         self.text = b"".join(list(self._chunks)).decode(errors="replace")
 
