@@ -16,6 +16,10 @@ signal handlers, and only over a Python handler: a SIGINT that is ignored
 or left to the C default stays so. Around HDF5 writes, ``held_signals``
 holds back every signal in HELD_SIGNALS that has a Python handler and
 passes it on after the write.
+
+NOTE: steps hold SIGINT only. A program's handler of another signal (a
+SIGTERM handler that raises, say) can still stop a step between its update
+and its bookkeeping.
 """
 
 from __future__ import annotations
