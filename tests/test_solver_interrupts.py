@@ -289,10 +289,10 @@ def test_stop_at_iteration_0_runs_only_unfinished_breaks():
     assert last.seen == [0, 2]
 
 
-def test_final_snapshot_lists_no_finished_breaks(tmp_path, caplog):
-    """The snapshot at max_iter was saved before the break after it ran.
-    Once that break has finished, the solver saves the snapshot again
-    without it, so a resume does not run the break twice."""
+def test_snapshots_list_no_finished_breaks(tmp_path, caplog):
+    """Each snapshot was saved before the break after it ran. Once that
+    break has finished, the solver saves the snapshot again without it, so
+    a resume does not run the break twice."""
     solver = make_solver(4)
     solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
     log = IterationLog()
@@ -300,7 +300,7 @@ def test_final_snapshot_lists_no_finished_breaks(tmp_path, caplog):
     net = make_net()
     solver.solve(net)
     with h5py.File(tmp_path / "snapshot-000002.h5", "r") as handle:
-        assert json.loads(handle["solver"].attrs["pending_breaks"]) == [1]
+        assert json.loads(handle["solver"].attrs["pending_breaks"]) == []
     with h5py.File(tmp_path / "snapshot-000004.h5", "r") as handle:
         assert json.loads(handle["solver"].attrs["pending_breaks"]) == []
     resumed = make_net(seed=99)
@@ -816,3 +816,124 @@ def test_own_handler_gets_ctrl_c_of_failed_step(own_sigint_handler):
         assert calls == []
         raise ValueError("step failed")
     assert calls == [(signal.SIGINT, True, None)]
+
+
+class CountInLounge(CoffeeBreak):
+    """Records in the lounge how many runs of it the lounge holds, so a run
+    repeated at an iteration changes the series."""
+
+    def enjoy(self, solver, net):
+        series = solver.lounge.statistics.get("break-runs", {})
+        solver.lounge.update(solver.state.iter, "break-runs", len(series) + 1)
+
+
+def train_with_snapshots(folder, max_iter, stop_at=-1):
+    """Train with Snapshot, IterationLog, CountInLounge and TrainingSummary
+    every 2 iterations, in that order, and a Ctrl-C at the end of iteration
+    ``stop_at``. Resume from ``folder`` and keep statistics in it. Return the
+    IterationLog and the solver."""
+    solver = make_solver(max_iter, folder)
+    solver.setup_coffee_lounge(folder / "statistics.h5", every_n_iter=1)
+    log = IterationLog()
+    solver.add_coffee_break(Snapshot(folder), every_n_iter=2)
+    solver.add_coffee_break(log, every_n_iter=2)
+    solver.add_coffee_break(CountInLounge(), every_n_iter=2)
+    solver.add_coffee_break(TrainingSummary(), every_n_iter=2)
+    solver.add_coffee_break(InterruptOnce(at=stop_at), every_n_iter=1)
+    solver.solve(make_net())
+    return log, solver
+
+
+@pytest.mark.parametrize("stop", ["max_iter", "ctrl-c"])
+def test_resume_runs_finished_breaks_once(tmp_path, stop):
+    """The first run ends at iteration 5, after every break at iteration 4
+    finished, so the resume from snapshot-000004.h5 runs none of them again."""
+    whole_log, whole = train_with_snapshots(tmp_path / "whole", 8)
+
+    folder = tmp_path / "parts"
+    if stop == "max_iter":
+        first_log, _ = train_with_snapshots(folder, 5)
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            train_with_snapshots(folder, 8, stop_at=5)
+        first_log = None
+    resumed_log, resumed = train_with_snapshots(folder, 8)
+
+    if first_log is not None:
+        assert first_log.seen == [0, 2, 4]
+    assert resumed_log.seen == [6, 8]
+    assert whole_log.seen == [0, 2, 4, 6, 8]
+    assert resumed.lounge.statistics == whole.lounge.statistics
+    assert read_statistics(folder / "statistics.h5") == read_statistics(
+        tmp_path / "whole" / "statistics.h5"
+    )
+
+
+def test_second_resume_skips_breaks_the_first_ran(tmp_path):
+    """The first resume runs the breaks that snapshot-000004.h5 lists, then
+    stops at iteration 5, so a second resume from that file runs none."""
+    stop_after_snapshot_at_4(tmp_path, SummaryLog([]))
+    calls = []
+    solver = make_solver(5, tmp_path)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    solver.add_coffee_break(InterruptOnce(at=-1), every_n_iter=2)
+    solver.add_coffee_break(SummaryLog(calls), every_n_iter=2)
+    solver.solve(make_net(seed=99))
+    assert calls == [("SummaryLog", 4)]
+    with h5py.File(tmp_path / "snapshot-000004.h5", "r") as handle:
+        assert json.loads(handle["solver"].attrs["pending_breaks"]) == []
+
+    solver = make_solver(6, tmp_path)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    solver.add_coffee_break(InterruptOnce(at=-1), every_n_iter=2)
+    solver.add_coffee_break(SummaryLog(calls), every_n_iter=2)
+    solver.solve(make_net(seed=99))
+    assert calls == [("SummaryLog", 4), ("SummaryLog", 6)]
+
+
+def test_resume_leaves_file_outside_snapshot_folders(tmp_path):
+    """load_from names a copy outside the Snapshot break's folder, so the
+    resume runs the breaks it lists but does not write to it."""
+    path = stop_after_snapshot_at_4(tmp_path / "run", SummaryLog([]))
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for source in (path, path.with_name(path.name + ".sha256")):
+        (archive / source.name).write_bytes(source.read_bytes())
+    copy = archive / path.name
+    before = copy.read_bytes()
+
+    calls = []
+    solver = make_solver(5, copy)
+    solver.add_coffee_break(Snapshot(tmp_path / "new"), every_n_iter=2)
+    solver.add_coffee_break(InterruptOnce(at=-1), every_n_iter=2)
+    solver.add_coffee_break(SummaryLog(calls), every_n_iter=2)
+    solver.solve(make_net(seed=99))
+    assert calls == [("SummaryLog", 4)]
+    assert copy.read_bytes() == before
+
+
+def test_failed_second_save_warns_and_keeps_list(tmp_path, monkeypatch, caplog):
+    from mochac.runtime import solver as solver_module
+
+    real_save = solver_module.save_snapshot
+    saved = []
+
+    def save_once(path, *args, **kwargs):
+        if path in saved:
+            raise mochac.SnapshotError(f"cannot write {path}: disk full")
+        saved.append(path)
+        return real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(solver_module, "save_snapshot", save_once)
+    solver = make_solver(1)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    solver.add_coffee_break(IterationLog(), every_n_iter=2)
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
+        solver.solve(make_net())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    path = tmp_path / "snapshot-000000.h5"
+    assert len(warnings) == 1
+    assert f"could not save {path} again" in warnings[0]
+    assert "runs those breaks again" in warnings[0]
+    with h5py.File(path, "r") as handle:
+        assert json.loads(handle["solver"].attrs["pending_breaks"]) == [1]

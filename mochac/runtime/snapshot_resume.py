@@ -15,6 +15,7 @@ import numpy as np
 
 from mochac.caffe import load_model_file
 from mochac.errors import SnapshotError
+from mochac.runtime.coffee_breaks import Snapshot
 from mochac.runtime.freeze import frozen_layers, trainable_groups
 from mochac.runtime.pending_breaks import match_pending_breaks
 from mochac.runtime.snapshot import (
@@ -109,6 +110,11 @@ def restore(solver, net):
         )
     _warn_frozen_change(solver, net, attrs, path)
     solver._pending_breaks = _stored_pending_breaks(solver, attrs, iteration, path)
+    # Entries of the run before the resume name iterations this run repeats.
+    solver._snapshots_with_pending = {}
+    if solver._pending_breaks is not None and _in_snapshot_folder(solver, path):
+        # Saved again once the breaks it lists have run (Solver._settle_snapshots).
+        solver._snapshots_with_pending[path] = iteration
     solver.method.load_buffers(buffers, net.backend)
     if restore_policy is not None:
         restore_policy(attrs)
@@ -119,13 +125,25 @@ def restore(solver, net):
     logger.info("resumed from %s at iteration %d", path, solver.state.iter)
 
 
+def _in_snapshot_folder(solver, path: Path) -> bool:
+    """Return whether ``path`` is in the folder of one of the solver's
+    Snapshot coffee breaks. Those breaks write only there, so a file that
+    load_from names elsewhere stays as it is."""
+    folder = path.parent.resolve()
+    return any(
+        isinstance(coffee_break, Snapshot) and coffee_break.folder.resolve() == folder
+        for coffee_break, _, _ in solver.breaks
+    )
+
+
 def _stored_pending_breaks(solver, attrs: dict, iteration: int, path):
     """Return (iteration, indices) of the coffee breaks a snapshot lists as
     not yet run at its iteration, or None when it lists none.
 
-    The Snapshot break that saved it ran, and so did those before it. A
-    break after it may have finished too, before a later stop, but the
-    file cannot tell, so the resume runs it again. When the snapshot
+    The Snapshot break that saved it ran, and so did those before it. The
+    solver saves the snapshot again once the breaks after it finish
+    (Solver._settle_snapshots), so a listed break is one that had not
+    finished when the run stopped. When the snapshot
     describes the saving solver's breaks and they differ from this
     solver's, each pending break runs where it is now, or is skipped
     (match_pending_breaks), with a warning.

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from mochac.constraints import apply_constraints, net_constraints
-from mochac.errors import ConfigError, NumericalError
+from mochac.errors import ConfigError, NumericalError, SnapshotError
 from mochac.runtime import resume_point, snapshot_resume
 from mochac.runtime.coffee_lounge import CoffeeLounge
 from mochac.runtime.data_sources import warn_batches_larger_than_data
@@ -370,7 +370,6 @@ class Solver:
         try:
             with StepInterrupts(net.name) as interrupts:
                 self._train(net, regu_coef, interrupts, recount, pending)
-                self._settle_final_snapshots(net)
         except BaseException:
             # A batch whose forward pass failed was not counted.
             if self._rewind_quietly(net) and self._resume_batch_counted:
@@ -570,22 +569,41 @@ class Solver:
         else:
             self._snapshots_with_pending.pop(path, None)
 
-    def _settle_final_snapshots(self, net) -> None:
-        """Save again the snapshots of the final iteration that list coffee
-        breaks still due: those breaks have finished now, so a resume from
-        them must not run them again."""
-        final = [
+    def _settle_snapshots(self) -> None:
+        """Save again the snapshots of this iteration that list coffee breaks
+        still due, once every break of the iteration has finished, so that a
+        resume from them runs none of those breaks again.
+
+        The solver's pending breaks and the net's resume point must be
+        those after the breaks (_enjoy). A snapshot that cannot be written
+        again keeps its list, with a warning. Entries of earlier iterations
+        are dropped, because their breaks did not finish in this solver.
+        """
+        iteration = self.state.iter
+        saved = [
             path
-            for path, iteration in self._snapshots_with_pending.items()
-            if iteration == self.state.iter and path.exists()
+            for path, saved_at in self._snapshots_with_pending.items()
+            if saved_at == iteration
         ]
-        self._snapshots_with_pending.clear()
-        net.resume_point = self.resume_point
-        try:
-            for path in final:
+        self._snapshots_with_pending = {
+            path: saved_at
+            for path, saved_at in self._snapshots_with_pending.items()
+            if saved_at > iteration
+        }
+        for path in saved:
+            if not path.exists():
+                continue
+            try:
                 self.save_snapshot(path)
-        finally:
-            net.resume_point = None
+            except SnapshotError as error:
+                logger.warning(
+                    "could not save %s again without the coffee breaks that "
+                    "finished after it at iteration %d (%s); a resume from it "
+                    "runs those breaks again",
+                    path,
+                    iteration,
+                    error,
+                )
 
     def recompute_gradients(self) -> None:
         """Run forward and backward again on the batch loaded last, for a
@@ -624,7 +642,13 @@ class Solver:
 
         A break that raises is left pending with those after it, so that the
         next solve() runs them. While a break runs, the solver state lists
-        the breaks after it, which a snapshot saved then records.
+        the breaks after it, which a snapshot saved then records. Once all
+        have run, such snapshots are saved again without them
+        (_settle_snapshots).
+
+        NOTE: when a break raises, snapshots saved before it keep listing
+        the breaks between them and it, which finished, so a resume from one
+        of those files in a new process runs them again.
         """
         if not due:
             return
@@ -639,6 +663,7 @@ class Solver:
                 state.pending_breaks = list(due[position + 1 :])
                 self.breaks[index][0].enjoy(self, net)
             self._pending_breaks = None
+            state.pending_breaks = []
             if self._params_changed:
                 # A break trained a net that shares parameters with this one.
                 self._params_changed = False
@@ -653,6 +678,7 @@ class Solver:
                 # net.forward()). Training goes on from the resume point that
                 # its snapshots store, so a resume repeats it exactly.
                 self.recompute_gradients()
+            self._settle_snapshots()
         finally:
             # A snapshot saved outside a break lists no pending breaks.
             state.pending_breaks = []
