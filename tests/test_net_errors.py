@@ -9,11 +9,13 @@ import pytest
 from mochac import (
     SGD,
     AccuracyLayer,
+    AsyncHDF5DataLayer,
     BinaryCrossEntropyLossLayer,
     ConfigError,
     CPUBackend,
     DataError,
     DropoutLayer,
+    HDF5DataLayer,
     InnerProductLayer,
     MemoryDataLayer,
     MochacError,
@@ -341,3 +343,43 @@ def test_computed_probability_out_of_range_hint(loss, hint):
     message = str(caught.value)
     assert "prediction blob 'p' contains 1.5 at sample 0 of the batch;" in message
     assert hint in message
+
+
+def test_unnamed_data_layer_same_name_in_errors():
+    """The label check and the data source's own check name an unnamed data
+    layer by the name the net gives it, 'MemoryDataLayer-0'."""
+    x = np.zeros((4, 3))
+    y = np.array([[0.0], [7.0], [0.0], [1.0]])
+    data = MemoryDataLayer(batch_size=2, data=[x, y])
+    layers = [
+        data,
+        InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["ip"]),
+        SoftmaxLossLayer(name="loss", bottoms=["ip", "label"]),
+    ]
+    net = Net("unnamed-data", CPUBackend(dtype=np.float64), layers)
+    with pytest.raises(DataError) as label_error:
+        net.forward()
+    x[2, 0] = np.nan
+    with pytest.raises(DataError) as value_error:
+        net.forward()
+
+    label_message = str(label_error.value)
+    value_message = str(value_error.value)
+    assert "7.0" in label_message
+    assert "data layer 'MemoryDataLayer-0'" in label_message
+    assert "has NaN or infinite values" in value_message
+    assert value_message.startswith("MemoryDataLayer 'MemoryDataLayer-0': ")
+
+
+@pytest.mark.parametrize("layer_class", [HDF5DataLayer, AsyncHDF5DataLayer])
+def test_unnamed_hdf5_layer_error_uses_net_name(tmp_path, layer_class):
+    missing = tmp_path / "missing.txt"
+    layers = [
+        layer_class(source=str(missing), batch_size=2),
+        InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["ip"]),
+        SoftmaxLossLayer(name="loss", bottoms=["ip", "label"]),
+    ]
+    with pytest.raises(DataError) as caught:
+        Net("files", CPUBackend(dtype=np.float64), layers)
+    expected = f"{layer_class.__name__} '{layer_class.__name__}-0': "
+    assert str(caught.value).startswith(expected)

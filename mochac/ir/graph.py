@@ -179,6 +179,12 @@ def check_size(layer_name: str, layer: Layer, array_name: str, shape) -> None:
         )
 
 
+def layer_display_name(layer: Layer, index: int) -> str:
+    """Return the name a net gives the layer at ``index`` of its layer
+    list: the layer's own name, or its class and index when it has none."""
+    return layer.name or f"{type(layer).__name__}-{index}"
+
+
 def _display_names(layers: list[Layer]) -> list[str]:
     """Give unnamed layers a name from their class and position; check duplicates."""
     names = []
@@ -189,7 +195,7 @@ def _display_names(layers: list[Layer]) -> list[str]:
                 f"item {index} of the layer list is a {type(layer).__name__}, not a "
                 "layer; pass layer objects such as ConvolutionLayer(...)"
             )
-        name = layer.name or f"{type(layer).__name__}-{index}"
+        name = layer_display_name(layer, index)
         if name in seen:
             raise TopologyError(
                 f"layers {seen[name]} and {index} are both named '{name}'; layer names "

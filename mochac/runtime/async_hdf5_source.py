@@ -57,8 +57,12 @@ class ChunkReader:
 
     CACHED_CHUNKS = 2
 
-    def __init__(self, layer, files: list[ScannedFile], sample_shapes, dtype):
+    def __init__(
+        self, layer, files: list[ScannedFile], sample_shapes, dtype, name=None
+    ):
         self.layer = layer
+        # The net's name for the layer, which messages use.
+        self.name = name or layer.label
         self.files = files
         self.paths = [scanned.path for scanned in files]
         rows = np.array([scanned.rows for scanned in files], dtype=np.int64)
@@ -84,15 +88,17 @@ class ChunkReader:
             return handle
         if handle is not None:
             logger.info(
-                "%s: %s changed on disk; opening it again", _who(self.layer), path
+                "%s: %s changed on disk; opening it again",
+                _who(self.layer, self.name),
+                path,
             )
             handle.close()
             del self.handles[file_index]
             # Cached chunks may contain rows of the old file.
             self.cache.clear()
-        handle = _open_hdf5(self.layer, path)
+        handle = _open_hdf5(self.layer, path, self.name)
         try:
-            check_unchanged(self.layer, self.files[file_index], handle)
+            check_unchanged(self.layer, self.files[file_index], handle, self.name)
         except DataError:
             handle.close()
             raise
@@ -253,16 +259,19 @@ class AsyncHDF5Source:
     good and closes the files.
     """
 
-    def __init__(self, layer: AsyncHDF5DataLayer, dtype, rng):
+    def __init__(self, layer: AsyncHDF5DataLayer, dtype, rng, name=None):
         self.layer = layer
+        # The net's name for the layer (ir.graph.layer_display_name), which
+        # messages use.
+        self.name = name or layer.label
         self.batch_size = layer.batch_size
-        files, sample_shapes = scan_hdf5(layer, dtype)
+        files, sample_shapes = scan_hdf5(layer, dtype, self.name)
         self.shapes = [(self.batch_size,) + shape for shape in sample_shapes]
-        self.reader = ChunkReader(layer, files, sample_shapes, dtype)
+        self.reader = ChunkReader(layer, files, sample_shapes, dtype, self.name)
         self.n_samples = int(self.reader.starts[-1])
         # Only the thread advances this order while it runs.
         self._order = BatchOrder(
-            self.n_samples, self.batch_size, rng, layer.shuffle, _who(layer)
+            self.n_samples, self.batch_size, rng, layer.shuffle, _who(layer, self.name)
         )
         self._served = self._order.state_dict()
         self.transforms = prepare_transformers(layer, self.shapes, dtype)
@@ -294,7 +303,7 @@ class AsyncHDF5Source:
         prefetcher = self._thread_state.get("prefetcher")
         if prefetcher is None:
             prefetcher = _Prefetcher(
-                self._order, self.reader, self.transforms, self.layer.label
+                self._order, self.reader, self.transforms, self.name
             )
             self._thread_state["prefetcher"] = prefetcher
         item = prefetcher.get()
@@ -303,7 +312,7 @@ class AsyncHDF5Source:
             if isinstance(item, DataError):
                 raise item
             raise DataError(
-                f"{_who(self.layer)}: reading the next batch from "
+                f"{_who(self.layer, self.name)}: reading the next batch from "
                 f"{self.layer.source} failed: {item}"
             ) from item
         batches, n_valid, indices, served = item

@@ -40,8 +40,9 @@ def check_finite_batch(source, outputs: list[np.ndarray], indices) -> None:
         samples = ~np.isfinite(out.reshape(len(out), -1)).all(axis=1)
         sample = int(np.argmax(samples))
         row = source.describe_row(int(indices[sample]))
+        who = _who(source.layer, source.name)
         raise DataError(
-            f"{_who(source.layer)}: top '{top}' has NaN or infinite values in "
+            f"{who}: top '{top}' has NaN or infinite values in "
             f"{row}, sample {sample} of the batch; remove or repair that row, or "
             "check the layer's transformers"
         )
@@ -69,5 +70,8 @@ def _check_float(array: np.ndarray, dtype, where: str):
         )
 
 
-def _who(layer) -> str:
-    return f"{type(layer).__name__} '{layer.label}'"
+def _who(layer, name: str | None = None) -> str:
+    """Return how messages name a data layer: its class and ``name``, the
+    net's name for it (ir.graph.layer_display_name). Without ``name``, the
+    messages use the layer's own name, or its class when it has none."""
+    return f"{type(layer).__name__} '{name or layer.label}'"

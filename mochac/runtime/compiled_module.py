@@ -20,6 +20,7 @@ import numpy as np
 
 from mochac.codegen.build import cpu_signature, extension_problem
 from mochac.errors import CompileError, ConfigError, DataError, SnapshotError
+from mochac.ir.graph import layer_display_name
 from mochac.runtime.backend import CPUBackend
 from mochac.runtime.data_sources import make_source
 from mochac.runtime.snapshot import load_snapshot
@@ -169,11 +170,14 @@ def load_net(folder, backend=None):
     }
 
     def open_source(index, layer, dtype, rng):
+        layer_name = layer_display_name(layer, index)
         entry = deferred.get(index)
         if entry is None:
-            return make_source(layer, dtype, rng)
+            return make_source(layer, dtype, rng, layer_name)
         shapes = [tuple(shape) for shape in entry["shapes"]]
-        return DeferredSource(layer, dtype, rng, shapes, entry.get("compiled_in"))
+        return DeferredSource(
+            layer, dtype, rng, shapes, entry.get("compiled_in"), name=layer_name
+        )
 
     net = Net(
         meta["name"],
@@ -231,8 +235,11 @@ class DeferredSource:
     place. Opening raises DataError when the files give other shapes.
     """
 
-    def __init__(self, layer, dtype, rng, shapes, compiled_in=None):
+    def __init__(self, layer, dtype, rng, shapes, compiled_in=None, name=None):
         self.layer = layer
+        # The net's name for the layer (ir.graph.layer_display_name), which
+        # messages and net.data_source use.
+        self.name = name or layer.label
         self.shapes = shapes
         self._dtype = dtype
         self._rng = rng
@@ -256,7 +263,7 @@ class DeferredSource:
             self.close()
             self._source = None
         try:
-            source = make_source(layer, self._dtype, self._rng)
+            source = make_source(layer, self._dtype, self._rng, self.name)
         except DataError as error:
             # A path the user gave to open() needs no hint about where the
             # package was compiled.
@@ -266,7 +273,7 @@ class DeferredSource:
         if found != self.shapes:
             source.close()
             raise DataError(
-                f"{type(layer).__name__} '{layer.label}': the files in "
+                f"{type(layer).__name__} '{self.name}': the files in "
                 f"{layer.source} give tops of shapes {found}, but the compiled "
                 f"package was built for {self.shapes}; use data of the compiled "
                 "shapes, or run `mochac compile` again with the new data"
@@ -294,7 +301,7 @@ class DeferredSource:
             hint += f"; run from {self._compiled_in}, where it was compiled,"
         return (
             f"{hint} or point the layer at its source list with "
-            f"net.data_source({layer.label!r}).open('/path/to/list.txt')"
+            f"net.data_source({self.name!r}).open('/path/to/list.txt')"
         )
 
     def next_batch(self, outputs) -> int:

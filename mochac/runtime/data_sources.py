@@ -75,10 +75,17 @@ class DataSource(BatchOrder):
     state captured before the replacement is not restored over them.
     """
 
-    def __init__(self, layer, arrays: list[np.ndarray], rng, shuffle: bool, dtype):
+    def __init__(
+        self, layer, arrays: list[np.ndarray], rng, shuffle: bool, dtype, name=None
+    ):
         self.layer = layer
+        # The net's name for the layer (ir.graph.layer_display_name), which
+        # messages use.
+        self.name = name or layer.label
         self.arrays = arrays
-        super().__init__(len(arrays[0]), layer.batch_size, rng, shuffle, _who(layer))
+        super().__init__(
+            len(arrays[0]), layer.batch_size, rng, shuffle, _who(layer, self.name)
+        )
         # The shape of one sample per top, without the sample axis.
         self.sample_shapes = [np.shape(array)[1:] for array in arrays]
         self.dtype = np.dtype(dtype)
@@ -112,7 +119,7 @@ class DataSource(BatchOrder):
         """
         if len(self.arrays) != len(self.layer.tops):
             raise DataError(
-                f"{_who(self.layer)}: arrays has {len(self.arrays)} array(s) for "
+                f"{self.owner}: arrays has {len(self.arrays)} array(s) for "
                 f"{len(self.layer.tops)} top(s) ({', '.join(self.layer.tops)}); "
                 "write new values into each array in place (arrays[i][...] = "
                 "values) instead of replacing the list"
@@ -136,7 +143,7 @@ class DataSource(BatchOrder):
                 for top, count in zip(self.layer.tops, counts)
             )
             raise DataError(
-                f"{_who(self.layer)}: the arrays have different numbers of samples "
+                f"{self.owner}: the arrays have different numbers of samples "
                 f"({listing}); replace every top's array with one of the same "
                 "sample count"
             )
@@ -195,13 +202,13 @@ class DataSource(BatchOrder):
         expected_shape = f"({dimensions})" if sample_shape else "(N,)"
         if not isinstance(array, np.ndarray) or len(shape) < 1:
             raise DataError(
-                f"{_who(self.layer)}: top '{top}' was replaced by "
+                f"{self.owner}: top '{top}' was replaced by "
                 f"{type(array).__name__} of shape {shape}; assign a NumPy array "
                 f"of shape {expected_shape}"
             )
         if shape[1:] != sample_shape:
             raise DataError(
-                f"{_who(self.layer)}: top '{top}' was replaced by an array of "
+                f"{self.owner}: top '{top}' was replaced by an array of "
                 f"shape {shape}, but the net was built for samples of shape "
                 f"{sample_shape} (top shape {(self.batch_size,) + sample_shape}). "
                 f"Assign an array of shape {expected_shape} for any sample "
@@ -209,10 +216,10 @@ class DataSource(BatchOrder):
             )
         if not shape[0]:
             raise DataError(
-                f"{_who(self.layer)}: top '{top}' was replaced by an array of "
+                f"{self.owner}: top '{top}' was replaced by an array of "
                 f"shape {shape}, which has no samples; assign at least one sample"
             )
-        _check_float(array, self.dtype, f"{_who(self.layer)}: top '{top}'")
+        _check_float(array, self.dtype, f"{self.owner}: top '{top}'")
 
     @property
     def shapes(self) -> list[tuple[int, ...]]:
@@ -253,22 +260,25 @@ def warn_batches_larger_than_data(net) -> None:
                 "each training batch repeats samples and may end more than one "
                 "epoch; use a batch_size of at most %d",
                 net.name,
-                _who(net.layers[index]),
+                _who(net.layers[index], net.ir.layers[index].name),
                 source.batch_size,
                 source.n_samples,
                 source.n_samples,
             )
 
 
-def make_source(layer, dtype, rng):
-    """Return the runtime data source of a data layer config."""
+def make_source(layer, dtype, rng, name=None):
+    """Return the runtime data source of a data layer config. Its messages
+    name the layer ``name``, the net's name for it
+    (ir.graph.layer_display_name), or the layer's own label without one."""
+    name = name or layer.label
     if isinstance(layer, AsyncHDF5DataLayer):
-        return AsyncHDF5Source(layer, np.dtype(dtype), rng)
+        return AsyncHDF5Source(layer, np.dtype(dtype), rng, name)
     if isinstance(layer, HDF5DataLayer):
         # NOTE: the datasets are read into memory whole; data sets larger than
         # memory need AsyncHDF5DataLayer, which caches chunk_size samples.
-        arrays, files = load_hdf5(layer, np.dtype(dtype))
-        source = DataSource(layer, arrays, rng, layer.shuffle, dtype)
+        arrays, files = load_hdf5(layer, np.dtype(dtype), name)
+        source = DataSource(layer, arrays, rng, layer.shuffle, dtype, name)
         source.files = files
         return source
     if isinstance(layer, MemoryDataLayer):
@@ -279,23 +289,23 @@ def make_source(layer, dtype, rng):
                 for top, array in zip(layer.tops, layer.data)
             )
             raise ConfigError(
-                f"MemoryDataLayer '{layer.label}': the data arrays have different "
+                f"{_who(layer, name)}: the data arrays have different "
                 f"numbers of samples {[len(a) for a in layer.data]} along their "
                 f"first axis ({shapes}); give every array the samples on its first "
                 "axis, such as images (N, C, H, W) and labels (N, 1)"
             )
-        return MemorySource(layer, rng, dtype)
+        return MemorySource(layer, rng, dtype, name)
     raise NotImplementedError(f"no data source for {type(layer).__name__}")
 
 
 class MemorySource(DataSource):
     """Reads the layer's own arrays at every batch, so in-place edits show."""
 
-    def __init__(self, layer: MemoryDataLayer, rng, dtype):
+    def __init__(self, layer: MemoryDataLayer, rng, dtype, name=None):
         # The dtype is checked once here, and next_batch converts the values
         # while copying them into the blobs.
         for top, array in zip(layer.tops, layer.data):
-            _check_float(
-                array, np.dtype(dtype), f"MemoryDataLayer '{layer.label}': top '{top}'"
-            )
-        super().__init__(layer, list(layer.data), rng, shuffle=False, dtype=dtype)
+            _check_float(array, np.dtype(dtype), f"{_who(layer, name)}: top '{top}'")
+        super().__init__(
+            layer, list(layer.data), rng, shuffle=False, dtype=dtype, name=name
+        )

@@ -35,7 +35,7 @@ from mochac.codegen.cuda import render_cuda
 from mochac.codegen.cuda.steps import Copy, Gemm, Launch, Zero
 from mochac.errors import CompileError, ConfigError, ShapeError
 from mochac.ir import build_ir
-from mochac.ir.graph import check_layer_list
+from mochac.ir.graph import check_layer_list, layer_display_name
 from mochac.layers.output import OutputLayer
 from mochac.passes.pipeline import (
     enabled_passes,
@@ -75,7 +75,9 @@ def prepare_ir(net, backend, layers, force_backward, phase, opt_level, disable, 
     for index, layer in enumerate(net.layers):
         if getattr(layer, "is_source", False):
             rng = np.random.default_rng(backend.rng.integers(2**63))
-            net.sources[index] = ReadAhead(make_source(layer, backend.dtype, rng))
+            layer_name = layer_display_name(layer, index)
+            source = make_source(layer, backend.dtype, rng, layer_name)
+            net.sources[index] = ReadAhead(source)
             source_shapes[index] = net.sources[index].shapes
     registered = {
         (key, param): tuple(array.shape)

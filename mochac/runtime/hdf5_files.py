@@ -1,5 +1,9 @@
 """The HDF5 files of HDF5DataLayer and AsyncHDF5DataLayer: the source list,
-the checks of their datasets and the reading of them into memory."""
+the checks of their datasets and the reading of them into memory.
+
+The optional ``name`` of each function is the net's name for the layer
+(ir.graph.layer_display_name), which its messages use.
+"""
 
 from __future__ import annotations
 
@@ -15,19 +19,20 @@ from mochac.runtime.batch_checks import _check_float, _who
 from mochac.runtime.snapshot import first_line
 
 
-def read_source_list(layer: HDF5DataLayer) -> list[Path]:
+def read_source_list(layer: HDF5DataLayer, name: str | None = None) -> list[Path]:
     """Return the HDF5 paths named in the layer's source list file.
 
     A relative path is taken beside the list file. When no file is there
     but one is at the path relative to the current folder (Mocha's rule),
     that one is taken.
     """
+    who = _who(layer, name)
     list_path = Path(layer.source)
     try:
         lines = list_path.read_text().splitlines()
     except OSError as error:
         raise DataError(
-            f"{_who(layer)}: cannot read source list {list_path}: "
+            f"{who}: cannot read source list {list_path}: "
             f"{error.strerror}; pass a text file with one HDF5 path per line"
         ) from error
     except UnicodeDecodeError as error:
@@ -37,7 +42,7 @@ def read_source_list(layer: HDF5DataLayer) -> list[Path]:
             else "it is not text; "
         )
         raise DataError(
-            f"{_who(layer)}: source {list_path} is not a source list: {hint}pass "
+            f"{who}: source {list_path} is not a source list: {hint}pass "
             "a text file with one HDF5 path per line"
         ) from error
     paths = []
@@ -52,20 +57,21 @@ def read_source_list(layer: HDF5DataLayer) -> list[Path]:
                 path = beside
         paths.append(path)
     if not paths:
-        raise DataError(f"{_who(layer)}: source list {list_path} names no files")
+        raise DataError(f"{who}: source list {list_path} names no files")
     return paths
 
 
-def _open_hdf5(layer, path: Path) -> h5py.File:
+def _open_hdf5(layer, path: Path, name: str | None = None) -> h5py.File:
+    who = _who(layer, name)
     if not path.exists():
         raise DataError(
-            f"{_who(layer)}: file {path}, listed in {layer.source}, does not exist "
+            f"{who}: file {path}, listed in {layer.source}, does not exist "
             "(a relative path is looked up beside the list file, then in the "
             "current folder)"
         )
     if path.is_dir():
         raise DataError(
-            f"{_who(layer)}: {path}, listed in {layer.source}, is a folder; list "
+            f"{who}: {path}, listed in {layer.source}, is a folder; list "
             "the HDF5 files in it, one path per line"
         )
     try:
@@ -73,7 +79,7 @@ def _open_hdf5(layer, path: Path) -> h5py.File:
     except OSError as error:
         # h5py's message goes on with HDF5's error stack (timestamps, addresses).
         raise DataError(
-            f"{_who(layer)}: cannot open {path}, listed in {layer.source}, as "
+            f"{who}: cannot open {path}, listed in {layer.source}, as "
             f"HDF5: {first_line(error)}; check that it is a complete HDF5 file"
         ) from error
 
@@ -87,7 +93,9 @@ class ScannedFile(NamedTuple):
     layouts: tuple[tuple[tuple[int, ...], np.dtype], ...]
 
 
-def scan_hdf5(layer: HDF5DataLayer, dtype) -> tuple[list[ScannedFile], list]:
+def scan_hdf5(
+    layer: HDF5DataLayer, dtype, name: str | None = None
+) -> tuple[list[ScannedFile], list]:
     """Check every listed file's datasets without reading their values.
 
     Returns ([ScannedFile, ...], sample shape per top). A 1-D dataset has
@@ -97,35 +105,35 @@ def scan_hdf5(layer: HDF5DataLayer, dtype) -> tuple[list[ScannedFile], list]:
     differ between files, and when the files contain no samples. Integer
     datasets are logged as converted to ``dtype``.
     """
+    who = _who(layer, name)
     files = []
     shapes_per_file = []
-    for path in read_source_list(layer):
-        with _open_hdf5(layer, path) as handle:
+    for path in read_source_list(layer, name):
+        with _open_hdf5(layer, path, name) as handle:
             rows = None
             shapes = []
             layouts = []
             for top in layer.tops:
                 if isinstance(handle.get(top), h5py.Group):
                     raise DataError(
-                        f"{_who(layer)}: in file {path}, '{top}' is a group, not a "
+                        f"{who}: in file {path}, '{top}' is a group, not a "
                         "dataset; each top names a dataset"
                     )
                 if top not in handle:
                     raise DataError(
-                        f"{_who(layer)}: file {path} has no dataset '{top}' (it has: "
+                        f"{who}: file {path} has no dataset '{top}' (it has: "
                         f"{', '.join(handle.keys()) or 'none'}); each top names a "
                         "dataset"
                     )
                 dataset = handle[top]
-                _check_float(dataset, dtype, f"{_who(layer)}: {path}:{top}")
+                _check_float(dataset, dtype, f"{who}: {path}:{top}")
                 if dataset.ndim == 0:
                     raise DataError(
-                        f"{_who(layer)}: {path}:{top} is a scalar; store an (N, ...) "
-                        "array"
+                        f"{who}: {path}:{top} is a scalar; store an (N, ...) array"
                     )
                 if rows is not None and dataset.shape[0] != rows:
                     raise DataError(
-                        f"{_who(layer)}: in {path}, dataset '{top}' has "
+                        f"{who}: in {path}, dataset '{top}' has "
                         f"{dataset.shape[0]} rows but '{layer.tops[0]}' has {rows}"
                     )
                 rows = dataset.shape[0]
@@ -137,7 +145,7 @@ def scan_hdf5(layer: HDF5DataLayer, dtype) -> tuple[list[ScannedFile], list]:
         # An empty source would make the batch order loop forever looking for a
         # sample.
         raise DataError(
-            f"{_who(layer)}: the files listed in {layer.source} hold no samples "
+            f"{who}: the files listed in {layer.source} hold no samples "
             f"(dataset '{layer.tops[0]}' has 0 rows)"
         )
     sample_shapes = []
@@ -149,17 +157,20 @@ def scan_hdf5(layer: HDF5DataLayer, dtype) -> tuple[list[ScannedFile], list]:
                 for scanned, shapes in zip(files, shapes_per_file)
             )
             raise DataError(
-                f"{_who(layer)}: dataset '{top}' has different sample shapes across "
+                f"{who}: dataset '{top}' has different sample shapes across "
                 f"files ({listing}); every file needs the same shape"
             )
         sample_shapes.append(shapes_per_file[0][position])
     return files, sample_shapes
 
 
-def check_unchanged(layer, scanned: ScannedFile, handle: h5py.File) -> None:
+def check_unchanged(
+    layer, scanned: ScannedFile, handle: h5py.File, name: str | None = None
+) -> None:
     """Raise DataError when a dataset of the open file ``handle`` has another
     shape or kind of dtype than scan_hdf5 found, because the file was
     replaced or rewritten after the net was built on it."""
+    who = _who(layer, name)
     for top, (shape, dtype) in zip(layer.tops, scanned.layouts):
         dataset = handle.get(top)
         if not isinstance(dataset, h5py.Dataset):
@@ -169,25 +180,27 @@ def check_unchanged(layer, scanned: ScannedFile, handle: h5py.File) -> None:
         else:
             continue
         raise DataError(
-            f"{_who(layer)}: {scanned.path} changed after the net was built on it: "
+            f"{who}: {scanned.path} changed after the net was built on it: "
             f"'{top}' now has {found}, but it had shape {shape} and dtype {dtype}; "
             "restore the file, or build a new Net for the new data"
         )
 
 
-def load_hdf5(layer: HDF5DataLayer, dtype) -> tuple[list[np.ndarray], tuple]:
+def load_hdf5(
+    layer: HDF5DataLayer, dtype, name: str | None = None
+) -> tuple[list[np.ndarray], tuple]:
     """Read every top's dataset from every listed file, concatenated along N.
 
     Returns the arrays and (paths, starts), where starts[f] is the first row
     of file f.
     """
-    files, sample_shapes = scan_hdf5(layer, dtype)
+    files, sample_shapes = scan_hdf5(layer, dtype, name)
     arrays = []
     for top, shape in zip(layer.tops, sample_shapes):
         parts = []
         for scanned in files:
-            with _open_hdf5(layer, scanned.path) as handle:
-                check_unchanged(layer, scanned, handle)
+            with _open_hdf5(layer, scanned.path, name) as handle:
+                check_unchanged(layer, scanned, handle, name)
                 values = handle[top][()].reshape((scanned.rows,) + shape)
             parts.append(np.ascontiguousarray(values, dtype=dtype))
         arrays.append(parts[0] if len(parts) == 1 else np.concatenate(parts))

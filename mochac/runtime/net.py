@@ -30,7 +30,7 @@ from mochac.errors import (
     ShapeError,
 )
 from mochac.ir import build_ir
-from mochac.ir.graph import check_layer_list
+from mochac.ir.graph import check_layer_list, layer_display_name
 from mochac.ir.overwrites import overwritten_data
 from mochac.ir.schedule import layers_without_gradient
 from mochac.layers.output import OutputLayer
@@ -173,7 +173,8 @@ class Net:
             if getattr(layer, "is_source", False):
                 rng = np.random.default_rng(backend.rng.integers(2**63))
                 if _open_source is None:
-                    source = make_source(layer, dtype, rng)
+                    layer_name = layer_display_name(layer, index)
+                    source = make_source(layer, dtype, rng, layer_name)
                 else:
                     source = _open_source(index, layer, dtype, rng)
                 self.sources[index] = source
