@@ -193,6 +193,20 @@ def test_freeze_list_of_names_fails(data):
         unfreeze(net, ["ip1"])
 
 
+@pytest.mark.parametrize("function", [freeze, freeze_all, unfreeze])
+def test_freeze_rejects_non_net(function):
+    import types
+
+    package = types.ModuleType("toy_train")
+    package.net = object()
+    with pytest.raises(
+        mochac.ConfigError, match="pass the package's net, toy_train.net"
+    ):
+        function(package)
+    with pytest.raises(mochac.ConfigError, match="expected a Net, got 'net'"):
+        function("net")
+
+
 def test_freeze_unknown_layer_fails(data):
     net = make_net(data)
     with pytest.raises(mochac.ConfigError, match="'ip9'.*ip1"):

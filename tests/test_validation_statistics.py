@@ -349,3 +349,18 @@ def test_two_validation_nets_with_same_layer_names_warn(caplog):
         "the validation nets 'test-a' and 'test-b' both report 'accuracy-accuracy'"
         in caplog.text
     )
+
+
+def test_validation_rejects_non_net():
+    import types
+
+    with pytest.raises(
+        mochac.ConfigError, match="expected a Net to validate, got None"
+    ):
+        ValidationPerformance(None)
+    package = types.ModuleType("toy_test")
+    package.net = object()
+    with pytest.raises(
+        mochac.ConfigError, match="pass the package's net, toy_test.net"
+    ):
+        ValidationPerformance(package)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mochac.errors import ConfigError
 from mochac.runtime.net import statistic_key
+from mochac.runtime.net_checks import check_net
 from mochac.runtime.snapshot import snapshot_path
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class ValidationPerformance(CoffeeBreak):
     """
 
     def __init__(self, test_net):
+        check_net(test_net, "ValidationPerformance", "to validate")
         check_test_phase(test_net)
         if not any(
             info.layer.has_stats or info.layer.has_loss for info in test_net.ir.layers

@@ -12,6 +12,7 @@ layer. The set of frozen layer names is stored on the net as
 from __future__ import annotations
 
 from mochac.errors import ConfigError
+from mochac.runtime.net_checks import check_net
 
 
 def _layer_names(net) -> set[str]:
@@ -44,6 +45,7 @@ def frozen_layers(net) -> frozenset[str]:
 def freeze(net, *layer_names) -> None:
     """Freeze the named layers of ``net``; raise ConfigError for an unknown name
     or for no name at all."""
+    check_net(net, "freeze")
     if not layer_names:
         raise ConfigError(
             f"freeze: no layer named for net '{net.name}'; name the layers, or "
@@ -55,11 +57,13 @@ def freeze(net, *layer_names) -> None:
 
 def freeze_all(net) -> None:
     """Freeze every layer of ``net``."""
+    check_net(net, "freeze_all")
     net.frozen_layers = frozenset(_layer_names(net))
 
 
 def unfreeze(net, *layer_names) -> None:
     """Unfreeze the named layers of ``net``, or every layer when none is named."""
+    check_net(net, "unfreeze")
     if not layer_names:
         net.frozen_layers = frozenset()
         return

@@ -24,7 +24,6 @@ non-finite parameters in mochac.runtime.non_finite_parameters.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
 import sys
@@ -45,6 +44,7 @@ from mochac.runtime.mixed_output_warnings import (
     warn_of_later_files,
     warn_of_shared_statistics,
 )
+from mochac.runtime.net_checks import check_net, describe
 from mochac.runtime.non_finite_parameters import (
     check_parameters,
     gradient_origin,
@@ -91,16 +91,6 @@ logger = logging.getLogger(__name__)
 # a second solve() on such a net. A nested solve() of a net sharing its
 # parameters makes that solver recompute its gradients.
 _NETS_IN_TRAINING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def describe(value) -> str:
-    """Return how messages name ``value``: the repr of a function or bound
-    method shows its address, so those are named by their qualified name."""
-    if inspect.isfunction(value):
-        return f"function {value.__qualname__}"
-    if inspect.ismethod(value):
-        return f"method {value.__qualname__}"
-    return repr(value)
 
 
 @dataclass
@@ -277,17 +267,7 @@ class Solver:
         keeps its iteration count, pending coffee breaks and the net's
         resume point across its breaks, which a second one would change.
         """
-        if not hasattr(net, "ir") or not hasattr(net, "forward_backward"):
-            if inspect.ismodule(net) and hasattr(net, "net"):
-                advice = f"pass the package's net, {net.__name__}.net"
-            else:
-                advice = (
-                    "build one with Net(name, backend, layers), or import one "
-                    "from a package that `mochac compile` wrote"
-                )
-            raise ConfigError(
-                f"solve: expected a Net to train, got {describe(net)}; {advice}"
-            )
+        check_net(net, "solve", "to train")
         if self._running:
             raise ConfigError(
                 f"solve(net '{net.name}'): this solver's solve() is already "
