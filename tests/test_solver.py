@@ -641,6 +641,19 @@ def test_lounge_panics_on_existing_file(tmp_path):
         solver.setup_coffee_lounge(save_into=stats, file_exists="panic")
 
 
+@pytest.mark.parametrize("save_into", [123, ["stats.h5"]])
+def test_lounge_rejects_non_path(save_into):
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=0))
+    with pytest.raises(mochac.ConfigError, match="invalid save_into="):
+        solver.setup_coffee_lounge(save_into=save_into)
+
+
+@pytest.mark.parametrize("folder", [None, 123])
+def test_snapshot_rejects_non_path(folder):
+    with pytest.raises(mochac.ConfigError, match=r"Snapshot: invalid folder="):
+        Snapshot(folder)
+
+
 def test_load_from_new_folder_with_dot(tmp_path):
     _, solver = train(tmp_path / "run0.001", 3, snapshot_every=3)
     assert solver.state.iter == 3

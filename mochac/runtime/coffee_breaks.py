@@ -7,6 +7,7 @@ ValidationPerformance runs one epoch of a validation net.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from mochac.errors import ConfigError
@@ -87,6 +88,12 @@ class Snapshot(CoffeeBreak):
     """Save parameters and solver state to ``<folder>/snapshot-<iter>.h5``."""
 
     def __init__(self, folder):
+        if not isinstance(folder, (str, os.PathLike)):
+            raise ConfigError(
+                f"Snapshot: invalid folder={folder!r}; expected the path of the "
+                "folder to save snapshots into (a str or Path), such as "
+                "Snapshot('snapshots')"
+            )
         self.folder = Path(folder)
 
     def identity(self) -> str:

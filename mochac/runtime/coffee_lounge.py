@@ -9,6 +9,7 @@ attribute ``name`` (the group name escapes '/' as %2F and '%' as %25).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import h5py
@@ -41,6 +42,11 @@ class CoffeeLounge:
         if not isinstance(every_n_iter, int) or every_n_iter < 1:
             raise ConfigError(
                 f"coffee lounge: invalid every_n_iter={every_n_iter!r}; expected an int >= 1"
+            )
+        if save_into is not None and not isinstance(save_into, (str, os.PathLike)):
+            raise ConfigError(
+                f"coffee lounge: invalid save_into={save_into!r}; expected the path "
+                "of the HDF5 file to save statistics into (a str or Path), or None"
             )
         self.save_into = Path(save_into) if save_into else None
         self.every_n_iter = every_n_iter
