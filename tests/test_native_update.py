@@ -248,6 +248,26 @@ def test_step_settings_out_of_range(step, settings, match):
     np.testing.assert_array_equal(net.params["conv"]["filter"], before)
 
 
+@pytest.mark.parametrize(
+    ("method", "match"),
+    [
+        (SGD, r"got the class SGD; pass an instance, SGD\(\)"),
+        ("sgd", "invalid method 'sgd'"),
+    ],
+)
+@pytest.mark.parametrize(
+    "step", ["train_step", "apply_update", "solver_step", "forward_backward"]
+)
+def test_step_rejects_non_method(step, method, match):
+    """A method class or name passed for SGD() raised AttributeError."""
+    net = make_net(np.float64)
+    before = net.params["conv"]["filter"].copy()
+    settings = (0.0,) if step == "forward_backward" else (0.1, 0.9, 0.0, 0)
+    with pytest.raises(ConfigError, match=f"net.{step}: {match}"):
+        getattr(net, step)(method, *settings)
+    np.testing.assert_array_equal(net.params["conv"]["filter"], before)
+
+
 @pytest.mark.parametrize("iteration", [-1, 2.5, "3", 2**63 - 1, 2**63])
 @pytest.mark.parametrize("step", ["train_step", "apply_update", "solver_step"])
 def test_step_iteration_must_be_a_count(step, iteration):

@@ -50,6 +50,7 @@ from mochac.runtime.array_views import blob_views
 from mochac.runtime.data_sources import make_source
 from mochac.runtime.gpu_graphs import StepGraphs
 from mochac.runtime.net import AFTER_UPDATE_NOTE, NO_UPDATE_NOTE, Net, holds_run_lock
+from mochac.runtime.net_checks import check_step_method
 from mochac.runtime.outputs import make_output_state
 from mochac.runtime.read_ahead import ReadAhead
 from mochac.runtime.step_settings import check_regu_coef, check_step_values
@@ -602,6 +603,7 @@ class GPUNet(Net):
         A NaN or infinite loss raises NumericalError, and the update kernels
         then leave every parameter as it was.
         """
+        check_step_method(method, "net.train_step")
         check_step_values(learning_rate, momentum, regu_coef, iteration)
         tables = gpu_update.tables_for(self, method, regu_coef)
         if tables is None:
@@ -619,6 +621,7 @@ class GPUNet(Net):
         As Net.forward_backward, with the steps enqueued at once (a CUDA
         graph after the first) and the next batch read ahead.
         """
+        check_step_method(method, "net.forward_backward")
         check_regu_coef(regu_coef)
         tables = gpu_update.tables_for(self, method, regu_coef)
         if tables is None:
@@ -630,6 +633,7 @@ class GPUNet(Net):
     @holds_run_lock
     def apply_update(self, method, learning_rate, momentum, regu_coef, iteration=None):
         """Update the parameters from the gradients of the last backward pass."""
+        check_step_method(method, "net.apply_update")
         check_step_values(learning_rate, momentum, regu_coef, iteration)
         self._check_alive()
         self.step_updated = False
@@ -652,6 +656,7 @@ class GPUNet(Net):
         and backward on the next batch, enqueued at once as train_step's
         steps are.
         """
+        check_step_method(method, "net.solver_step")
         check_step_values(learning_rate, momentum, regu_coef, iteration)
         self.step_updated = False
         tables = gpu_update.tables_for(self, method, regu_coef)

@@ -47,6 +47,7 @@ from mochac.runtime import native_update
 from mochac.runtime.array_views import blob_views, locked_views
 from mochac.runtime.backend import check_backend
 from mochac.runtime.data_sources import make_source
+from mochac.runtime.net_checks import check_step_method
 from mochac.runtime.outputs import make_output_state
 from mochac.runtime.step_settings import check_regu_coef, check_step_values
 
@@ -643,6 +644,7 @@ class Net:
         NaN or infinite loss raises NumericalError before any parameter
         changes.
         """
+        check_step_method(method, "net.train_step")
         check_step_values(learning_rate, momentum, regu_coef, iteration)
         self._check_alive()
         tables = native_update.tables_for(self, method, regu_coef)
@@ -667,6 +669,7 @@ class Net:
         apply_update or solver_step. Raises NumericalError when a loss is NaN
         or infinite.
         """
+        check_step_method(method, "net.forward_backward")
         check_regu_coef(regu_coef)
         self._check_alive()
         tables = native_update.tables_for(self, method, regu_coef)
@@ -688,6 +691,7 @@ class Net:
     @holds_run_lock
     def apply_update(self, method, learning_rate, momentum, regu_coef, iteration=None):
         """Update the parameters from the gradients of the last backward pass."""
+        check_step_method(method, "net.apply_update")
         check_step_values(learning_rate, momentum, regu_coef, iteration)
         self._check_alive()
         self.step_updated = False
@@ -705,6 +709,7 @@ class Net:
         With a native method the whole iteration is one call into the
         compiled code.
         """
+        check_step_method(method, "net.solver_step")
         check_step_values(learning_rate, momentum, regu_coef, iteration)
         self._check_alive()
         self.step_updated = False

@@ -34,3 +34,11 @@ def check_net(value, caller: str, purpose: str = "") -> None:
         )
     expected = f"a Net {purpose}" if purpose else "a Net"
     raise ConfigError(f"{caller}: expected {expected}, got {describe(value)}; {advice}")
+
+
+def check_step_method(method, caller: str) -> None:
+    """Raise ConfigError unless ``method`` is a solver method object such as SGD()."""
+    # Imported here because the solver methods import modules that import Net.
+    from mochac.runtime.solver_parameters import check_method
+
+    check_method(method, caller)
