@@ -6,9 +6,11 @@ import pytest
 from mochac import (
     AccuracyLayer,
     ConfigError,
+    CPUBackend,
     IdentityLayer,
     InnerProductLayer,
     MemoryDataLayer,
+    Net,
     SoftmaxLossLayer,
     TopologyError,
 )
@@ -91,6 +93,18 @@ def test_unnamed_layer_with_parameters():
 def test_item_not_a_layer():
     with pytest.raises(ConfigError, match=r"item 1 of the layer list is a dict"):
         build_ir("net", [DATA, {"name": "ip1"}], SHAPES)
+
+
+@pytest.mark.parametrize("build", ["build_ir", "Net"])
+def test_item_is_layer_class(build):
+    """A layer class in the list reached the data layer setup and raised
+    NotImplementedError there."""
+    layers = [MemoryDataLayer]
+    with pytest.raises(ConfigError, match=r"item 0 .* class MemoryDataLayer, not a"):
+        if build == "Net":
+            Net("net", CPUBackend(), layers)
+        else:
+            build_ir("net", layers, SHAPES)
 
 
 def test_order_follows_data_flow():

@@ -149,7 +149,23 @@ def check_layer_list(name: str, layers) -> list[Layer]:
     layers = list(layers)
     if not layers:
         raise ConfigError(f"net '{name}' has no layers; pass a list of layers")
+    for index, layer in enumerate(layers):
+        check_layer_item(index, layer)
     return layers
+
+
+def check_layer_item(index: int, layer) -> None:
+    """Raise ConfigError unless item ``index`` of a layer list is a layer object."""
+    if isinstance(layer, type) and issubclass(layer, Layer):
+        raise ConfigError(
+            f"item {index} of the layer list is the class {layer.__name__}, not a "
+            f"layer; pass an instance such as {layer.__name__}(name=..., ...)"
+        )
+    if not isinstance(layer, Layer):
+        raise ConfigError(
+            f"item {index} of the layer list is a {type(layer).__name__}, not a "
+            "layer; pass layer objects such as ConvolutionLayer(...)"
+        )
 
 
 # The generated C indexes blobs and parameters with int, whose maximum is
@@ -190,11 +206,7 @@ def _display_names(layers: list[Layer]) -> list[str]:
     names = []
     seen: dict[str, int] = {}
     for index, layer in enumerate(layers):
-        if not isinstance(layer, Layer):
-            raise ConfigError(
-                f"item {index} of the layer list is a {type(layer).__name__}, not a "
-                "layer; pass layer objects such as ConvolutionLayer(...)"
-            )
+        check_layer_item(index, layer)
         name = layer_display_name(layer, index)
         if name in seen:
             raise TopologyError(
