@@ -107,6 +107,15 @@ def test_item_is_layer_class(build):
             build_ir("net", layers, SHAPES)
 
 
+@pytest.mark.parametrize("field", ["bottoms", "tops"])
+@pytest.mark.parametrize("value", [None, 5])
+def test_blob_list_not_iterable(field, value):
+    """bottoms=None raised TypeError from tuple()."""
+    fields = {"bottoms": ["data"], "tops": ["h"], field: value}
+    with pytest.raises(ConfigError, match=rf"'ip': invalid {field}={value!r}"):
+        InnerProductLayer(name="ip", output_dim=2, **fields)
+
+
 def test_order_follows_data_flow():
     # Listed in reverse: the sort must still put producers first.
     layers = [

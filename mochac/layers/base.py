@@ -141,6 +141,8 @@ class Layer:
             value = getattr(self, field)
             if isinstance(value, str):
                 value = (value,)
+            if not hasattr(value, "__iter__"):
+                self._fail(field, value, "a list of non-empty blob names (strings)")
             value = tuple(value)
             if not all(isinstance(blob, str) and blob for blob in value):
                 self._fail(field, value, "a list of non-empty blob names (strings)")
