@@ -645,11 +645,12 @@ def test_compile_error_shows_user_frames(tmp_path, caplog):
 
 
 def test_compile_error_hides_mochac_frames(tmp_path, caplog):
-    # A layer given an argument of the wrong type fails inside mochac.
+    # A bottoms generator that raises fails inside mochac, which iterates it.
     net_file = tmp_path / "net.py"
     net_file.write_text(
         "from mochac import InnerProductLayer\n"
-        "ip = InnerProductLayer(name='ip', output_dim=2, bottoms=7, tops=['ip'])\n"
+        "ip = InnerProductLayer(name='ip', output_dim=2, "
+        "bottoms=(int(b) for b in ['x']), tops=['ip'])\n"
     )
     assert main(["compile", str(net_file), "-o", str(tmp_path / "out")]) == 1
     assert f'File "{net_file}", line 2, in <module>' in caplog.text
@@ -787,3 +788,26 @@ def test_compile_removes_stale_staging(tmp_path):
     (stale / "net.c").write_text("partial")
     assert main(["compile", str(net_file), "-o", str(out)]) == 0
     assert sorted(path.name for path in out.iterdir()) == ["tiny_net"]
+
+
+def test_package_name_avoids_module_file(tmp_path):
+    """A package named like a module file beside it would shadow that file."""
+    from mochac.codegen.module_writer import module_name
+
+    assert module_name("helper", tmp_path) == "helper"
+    (tmp_path / "helper.py").write_text("VALUE = 1\n")
+    assert module_name("helper", tmp_path) == "helper_net"
+    assert module_name("other", tmp_path) == "other"
+    (tmp_path / "net_3layers.py").write_text("")
+    assert module_name("3layers", tmp_path) == "net_3layers_net"
+
+
+def test_compile_beside_module_file(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "helper.py").write_text("VALUE = 1\n")
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE.replace('"tiny-net"', '"helper"'))
+    assert main(["compile", str(net_file), "-o", str(out)]) == 0
+    assert (out / "helper_net" / "__init__.py").is_file()
+    assert not (out / "helper").exists()
