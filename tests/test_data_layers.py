@@ -1037,3 +1037,12 @@ def test_memory_data_nan_without_loss_layer():
     x[5, 0] = 0.0
     net.forward()
     assert np.isfinite(net.blobs["ip"]).all()
+
+
+def test_memory_data_bare_array_two_tops():
+    x = np.zeros((8, 1, 4, 4))
+    with pytest.raises(mochac.ConfigError) as caught:
+        MemoryDataLayer(name="d", batch_size=4, data=x)
+    message = str(caught.value)
+    assert "one array of shape (8, 1, 4, 4)" in message
+    assert "a list of arrays, one per top (2: data, label)" in message
