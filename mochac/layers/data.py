@@ -138,8 +138,16 @@ class MemoryDataLayer(Layer):
             arrays = (arrays,)
         arrays = tuple(arrays)
         if len(arrays) != len(self.tops):
+            tops = ", ".join(self.tops)
+            given = (
+                f"one array of shape {self.data.shape}"
+                if isinstance(self.data, np.ndarray)
+                else f"{len(arrays)} arrays"
+            )
             self._fail(
-                "data", f"{len(arrays)} arrays", f"one array per top ({len(self.tops)})"
+                "data",
+                given,
+                f"a list of arrays, one per top ({len(self.tops)}: {tops})",
             )
         for top, array in zip(self.tops, arrays):
             if not isinstance(array, np.ndarray) or array.ndim < 1 or not len(array):
