@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import socket
+import stat
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,28 @@ def host_tag() -> str:
     digits and underscores only, at most 32 of them."""
     name = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:32]
     return name or "host"
+
+
+def special_file_kind(path) -> str | None:
+    """Return what ``path`` is when it exists and is neither a regular file
+    nor a folder ("a character device", "a named pipe", ...), else None.
+
+    A finished file replaces its path by a rename, which would replace such
+    a file (/dev/null, say) with a regular file where the process may do so.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, kind in (
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return kind
+    return None
 
 
 def temporary_path(path: Path) -> Path:

@@ -20,6 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from mochac.durable_files import special_file_kind
 from mochac.errors import ConfigError, DataError
 
 
@@ -97,6 +98,12 @@ class SubMean(DataTransformer):
         if self.mean_blob is not None:
             return self.mean_blob
         path = Path(self.mean_file)
+        kind = special_file_kind(path)
+        if kind is not None:
+            raise DataError(
+                f"DataTransformers.SubMean: mean_file {path} is {kind}, not a "
+                "regular file; name an HDF5 file"
+            )
         try:
             handle = h5py.File(path, "r")
         except OSError as error:

@@ -15,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from mochac.durable_files import special_file_kind
 from mochac.errors import ConfigError, DataError
 from mochac.runtime.snapshot import write_atomically
 
@@ -49,6 +50,12 @@ class CoffeeLounge:
                 "of the HDF5 file to save statistics into (a str or Path), or None"
             )
         self.save_into = Path(save_into) if save_into else None
+        kind = special_file_kind(save_into) if save_into else None
+        if kind is not None:
+            raise ConfigError(
+                f"coffee lounge: save_into={str(save_into)!r} is {kind}, not a "
+                "regular file, and each save would replace it; name a file"
+            )
         self.every_n_iter = every_n_iter
         self.statistics: dict[str, dict[int, float]] = {}
         if self.save_into and self.save_into.exists():
@@ -104,7 +111,13 @@ def read_statistics(path, advice: str = "") -> dict[str, dict[int, float]]:
     """
     path = Path(path)
     if not path.is_file():
-        problem = "is a folder" if path.is_dir() else "does not exist"
+        kind = special_file_kind(path)
+        if kind is not None:
+            problem = f"is {kind}, not a regular file"
+        elif path.is_dir():
+            problem = "is a folder"
+        else:
+            problem = "does not exist"
         raise DataError(f"{path}: {problem}; name a statistics file")
     ending = f"; {advice}" if advice else ""
     try:

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import h5py
 import numpy as np
 
+from mochac.durable_files import special_file_kind
 from mochac.errors import DataError
 from mochac.layers.data import HDF5DataLayer
 from mochac.runtime.batch_checks import _check_float, _who
@@ -73,6 +74,12 @@ def _open_hdf5(layer, path: Path, name: str | None = None) -> h5py.File:
         raise DataError(
             f"{who}: {path}, listed in {layer.source}, is a folder; list "
             "the HDF5 files in it, one path per line"
+        )
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise DataError(
+            f"{who}: {path}, listed in {layer.source}, is {kind}, not a regular "
+            "file; list HDF5 files"
         )
     try:
         return h5py.File(path, "r")

@@ -15,6 +15,7 @@ from mochac.durable_files import (
     WriteGuard,
     close_quietly,
     replace_durably,
+    special_file_kind,
     temporary_path,
 )
 from mochac.errors import ConfigError, MochacError
@@ -114,6 +115,12 @@ def _check_filename(layer: HDF5OutputLayer, path: Path, key: Path) -> None:
         raise ConfigError(
             f"{layer.title}: filename {path} is a folder; name a file, such as "
             f"{path / 'output.h5'}"
+        )
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise ConfigError(
+            f"{layer.title}: filename {path} is {kind}, not a regular file, and the "
+            "finished file would replace it; choose another filename"
         )
     for folder in path.parents:
         if folder.exists():

@@ -49,6 +49,7 @@ from mochac.durable_files import (
     fsync_folder,
     parse_digest,
     process_may_run,
+    special_file_kind,
     temporary_path,
     writer_may_run,
 )
@@ -225,6 +226,12 @@ def _write_atomically(path: Path, fill, digest: bool) -> None:
         raise SnapshotError(
             f"cannot write {path}: the path is an existing folder, not a file; "
             "choose a file name, or remove the folder"
+        )
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise SnapshotError(
+            f"cannot write {path}: the path is {kind}, not a regular file; "
+            "choose a file name"
         )
     temporary = temporary_path(path)
     sidecar = digest_path(path)
@@ -441,6 +448,11 @@ def open_model(path) -> h5py.File:
     if not Path(path).exists():
         raise SnapshotError(
             f"snapshot or model file {path} does not exist; check the path"
+        )
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise SnapshotError(
+            f"{path} is {kind}, not a regular file; name a snapshot or model file"
         )
     # libhdf5 can crash on damaged metadata, so the digest goes first.
     # NOTE: a file without a digest file (snapshots of older versions, model
