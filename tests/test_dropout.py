@@ -237,3 +237,10 @@ def test_dropout_invalid_fields():
         DropoutLayer(name="d1", bottoms=["x"], tops=["y"], auto_scale=1)
     with pytest.raises(ConfigError, match=r"'d1'.*invalid bottoms="):
         DropoutLayer(name="d1", bottoms=["x", "z"], tops=["y", "w"])
+
+
+@pytest.mark.parametrize("field", ["bottoms", "tops"])
+def test_masking_blob_names_not_a_list(field):
+    blobs = {"bottoms": ["x"], "tops": ["y"], field: 2}
+    with pytest.raises(ConfigError, match=rf"'drop': invalid {field}=2"):
+        DropoutLayer(name="drop", **blobs)

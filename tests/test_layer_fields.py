@@ -207,3 +207,10 @@ def test_numpy_bool_fields():
 def test_required_field_left_out(make, field):
     with pytest.raises(mochac.ConfigError, match=f"invalid {field}=0; .* is required"):
         make()
+
+
+@pytest.mark.parametrize("field", ["bottoms", "tops"])
+@pytest.mark.parametrize("value", [True, None, 3, object()])
+def test_blob_names_not_a_list(field, value):
+    with pytest.raises(ConfigError, match=rf"'ip': invalid {field}=.*blob names"):
+        InnerProductLayer(name="ip", output_dim=2, **{field: value})

@@ -138,15 +138,7 @@ class Layer:
                 f"a name usable as an HDF5 path in snapshots, but {problem}",
             )
         for field in ("bottoms", "tops"):
-            value = getattr(self, field)
-            if isinstance(value, str):
-                value = (value,)
-            if not hasattr(value, "__iter__"):
-                self._fail(field, value, "a list of non-empty blob names (strings)")
-            value = tuple(value)
-            if not all(isinstance(blob, str) and blob for blob in value):
-                self._fail(field, value, "a list of non-empty blob names (strings)")
-            object.__setattr__(self, field, value)
+            object.__setattr__(self, field, self.blob_names(field))
         self._check_count("bottoms", self.bottoms, self.n_bottoms)
         self._check_count("tops", self.tops, self.n_tops)
         if self.tops_match_bottoms and len(self.tops) != len(self.bottoms):
@@ -156,6 +148,22 @@ class Layer:
                 f"one top per bottom ({len(self.bottoms)} bottoms given)",
             )
         self.validate()
+
+    def blob_names(self, field) -> tuple[str, ...]:
+        """Return ``field`` (bottoms or tops) as a tuple of blob names; a single
+        string is one name. Raises ConfigError unless each name is a non-empty str."""
+        value = getattr(self, field)
+        if isinstance(value, str):
+            value = (value,)
+        expected = "a list of non-empty blob names (strings)"
+        try:
+            names = tuple(value)
+        except TypeError:
+            # A bool, number or None has no blob names to list.
+            self._fail(field, value, expected)
+        if not all(isinstance(blob, str) and blob for blob in names):
+            self._fail(field, names, expected)
+        return names
 
     def validate(self):
         """Check the layer's own fields; subclasses raise through ``_fail``."""

@@ -31,7 +31,7 @@ class _MaskingLayer(Layer):
         return True
 
     def __post_init__(self):
-        tops = (self.tops,) if isinstance(self.tops, str) else tuple(self.tops)
+        tops = self.blob_names("tops")
         if not tops:
             self._fail(
                 "tops",
@@ -40,8 +40,8 @@ class _MaskingLayer(Layer):
                 "layer cannot overwrite the bottom it reads; read the top in later "
                 "layers (at -O1 it is stored over the bottom)",
             )
-        bottoms = (self.bottoms,) if isinstance(self.bottoms, str) else self.bottoms
-        reused = [top for top in tops if top in tuple(bottoms)]
+        bottoms = self.blob_names("bottoms")
+        reused = [top for top in tops if top in bottoms]
         if reused:
             self._fail(
                 "tops",
