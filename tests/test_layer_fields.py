@@ -214,3 +214,11 @@ def test_required_field_left_out(make, field):
 def test_blob_names_not_a_list(field, value):
     with pytest.raises(ConfigError, match=rf"'ip': invalid {field}=.*blob names"):
         InnerProductLayer(name="ip", output_dim=2, **{field: value})
+
+
+@pytest.mark.parametrize("name", [np.array(["a", "b"]), 3, None])
+def test_layer_name_not_a_string(name):
+    with pytest.raises(
+        ConfigError, match=r"InnerProductLayer \(unnamed\): invalid name="
+    ):
+        InnerProductLayer(name=name, output_dim=2, bottoms=["x"], tops=["y"])

@@ -192,7 +192,10 @@ class Layer:
     @property
     def title(self) -> str:
         """The class and name for messages, e.g. "ConvolutionLayer 'conv1'"."""
-        name = f"'{self.name}'" if self.name else "(unnamed)"
+        # A name that is not a str is reported by the name check itself, and
+        # an array's truth value would raise ValueError here.
+        named = isinstance(self.name, str) and self.name
+        name = f"'{self.name}'" if named else "(unnamed)"
         return f"{type(self).__name__} {name}"
 
     def shape_error(self, message) -> ShapeError:
