@@ -364,3 +364,9 @@ def test_validation_rejects_non_net():
         mochac.ConfigError, match="pass the package's net, toy_test.net"
     ):
         ValidationPerformance(package)
+
+
+@pytest.mark.parametrize("test_net", [None, 0.5, ["ip1", "loss"]])
+def test_validation_rejects_other_types(test_net):
+    with pytest.raises(mochac.ConfigError, match="expected a Net to validate"):
+        ValidationPerformance(test_net)
