@@ -89,3 +89,13 @@ def test_each_net_runs_on_its_own_threads():
 def test_invalid_seed(seed):
     with pytest.raises(mochac.ConfigError, match=r"CPUBackend: invalid seed="):
         CPUBackend(seed=seed)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shown"), [(1e-320, "1e-320"), ((), r"\(\)"), (np.int32, "int32")]
+)
+def test_invalid_dtype(dtype, shown):
+    with pytest.raises(
+        mochac.ConfigError, match=rf"CPUBackend: invalid dtype={shown};"
+    ):
+        CPUBackend(dtype=dtype)

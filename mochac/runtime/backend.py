@@ -32,6 +32,22 @@ def seeded_generator(backend: str, seed) -> np.random.Generator:
         ) from None
 
 
+def backend_dtype(backend: str, dtype) -> np.dtype:
+    """Return ``dtype`` as a NumPy dtype; raise ConfigError unless it is
+    float32 or float64."""
+    try:
+        value = np.dtype(dtype)
+    except TypeError:
+        # NumPy reads any object as a dtype or raises TypeError.
+        value = None
+    if value not in (np.float32, np.float64):
+        shown = repr(dtype) if value is None else value
+        raise ConfigError(
+            f"{backend}: invalid dtype={shown}; expected np.float32 or np.float64"
+        )
+    return value
+
+
 def default_threads() -> int:
     """Return OMP_NUM_THREADS when it is set, else the CPUs this process may use.
 
@@ -74,12 +90,7 @@ class CPUBackend:
     """
 
     def __init__(self, dtype=np.float32, threads: int | None = None, seed=None):
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise ConfigError(
-                f"CPUBackend: invalid dtype={self.dtype}; expected np.float32 or "
-                "np.float64"
-            )
+        self.dtype = backend_dtype("CPUBackend", dtype)
         if threads is None:
             threads = default_threads()
         count = as_int(threads)

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from mochac.errors import ConfigError, DeviceError
-from mochac.runtime.backend import seeded_generator
+from mochac.runtime.backend import backend_dtype, seeded_generator
 
 logger = logging.getLogger(__name__)
 
@@ -99,12 +99,7 @@ class GPUBackend:
         if device is None:
             device = device_from_environment()
             source = f"device={device} (from {DEVICE_VARIABLE})"
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise ConfigError(
-                f"GPUBackend: invalid dtype={self.dtype}; expected np.float32 or "
-                "np.float64"
-            )
+        self.dtype = backend_dtype("GPUBackend", dtype)
         if not isinstance(device, int) or isinstance(device, bool) or device < 0:
             raise ConfigError(
                 f"GPUBackend: invalid device={device!r}; expected an int >= 0"
