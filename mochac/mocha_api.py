@@ -62,6 +62,13 @@ def net2dot(out, net):
     if hasattr(out, "write"):
         out.write(text)
         return
+    # open() takes an int as a file descriptor and closes it afterwards, so
+    # net2dot(1, net) would close stdout.
+    if not isinstance(out, (str, os.PathLike)):
+        raise ConfigError(
+            f"net2dot: invalid out={out!r}; expected a path or a writable text "
+            "file, called as net2dot(out, net)"
+        )
     with open(out, "w", encoding="utf-8") as handle:
         handle.write(text)
 

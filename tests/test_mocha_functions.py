@@ -377,3 +377,10 @@ def test_dump_statistics_lounge_needs_iteration():
     assert list(lounge.statistics["loss-softmax-loss"]) == [7]
     with pytest.raises(mochac.ConfigError, match="invalid storage type list"):
         mochac.dump_statistics([], net)
+
+
+@pytest.mark.parametrize("out", [1, np.int8(-3), None])
+def test_net2dot_rejects_non_path(out):
+    net = Net("drawn", CPUBackend(dtype=np.float64), layers())
+    with pytest.raises(mochac.ConfigError, match=r"net2dot: invalid out="):
+        net2dot(out, net)
