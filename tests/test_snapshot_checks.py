@@ -637,3 +637,11 @@ def test_clashing_layer_paths_rejected(tmp_path):
     with pytest.raises(SnapshotError, match="rename one of the layers"):
         save_snapshot(tmp_path / "model.h5", net)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_save_snapshot_rejects_non_state(tmp_path):
+    net = make_net()
+    path = tmp_path / "model.h5"
+    with pytest.raises(ConfigError, match="save_snapshot: invalid solver_state='3'"):
+        save_snapshot(path, net, solver_state="3")
+    assert not path.exists()

@@ -359,6 +359,11 @@ def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> P
             "no solver state was given; pass solver.state, or save the model "
             "under another name such as model.h5"
         )
+    if solver_state is not None and not hasattr(solver_state, "to_attrs"):
+        raise ConfigError(
+            f"save_snapshot: invalid solver_state={solver_state!r}; expected a "
+            "solver's state, solver.state, or None to save only the parameters"
+        )
     buffers = dict(buffers or {})
     if history is not None:
         buffers["history"] = history
