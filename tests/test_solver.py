@@ -1180,3 +1180,14 @@ def test_folder_named_two_ways_warns_once(tmp_path, caplog, monkeypatch):
     with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
         run(2, "snaps", tmp_path / "snaps")
     assert caplog.text.count("contains snapshots up to iteration 4") == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("save_into", 1), ("save_into", 2.5), ("file_exists", np.array(["merge"] * 2))],
+)
+def test_lounge_rejects_odd_arguments(tmp_path, field, value):
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=1))
+    arguments = {"save_into": tmp_path / "stats.h5", field: value}
+    with pytest.raises(mochac.ConfigError, match=rf"coffee lounge: invalid {field}="):
+        solver.setup_coffee_lounge(**arguments)

@@ -35,7 +35,7 @@ class CoffeeLounge:
     """
 
     def __init__(self, save_into=None, every_n_iter=1, file_exists="merge"):
-        if file_exists not in FILE_EXISTS_MODES:
+        if not isinstance(file_exists, str) or file_exists not in FILE_EXISTS_MODES:
             raise ConfigError(
                 f"coffee lounge: invalid file_exists={file_exists!r}; expected one of "
                 f"{', '.join(FILE_EXISTS_MODES)}"
