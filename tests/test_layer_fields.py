@@ -222,3 +222,8 @@ def test_layer_name_not_a_string(name):
         ConfigError, match=r"InnerProductLayer \(unnamed\): invalid name="
     ):
         InnerProductLayer(name=name, output_dim=2, bottoms=["x"], tops=["y"])
+
+
+def test_loss_normalize_array_rejected():
+    with pytest.raises(ConfigError, match=r"'loss': invalid normalize="):
+        SoftmaxLossLayer(name="loss", bottoms=["p", "l"], normalize=np.array([1, 2]))

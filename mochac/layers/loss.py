@@ -62,7 +62,7 @@ def check_class_weights(layer):
     Nested tuples keep the layer immutable and survive the JSON round trip of
     compiled modules.
     """
-    if layer.normalize not in NORMALIZE_MODES:
+    if not isinstance(layer.normalize, str) or layer.normalize not in NORMALIZE_MODES:
         layer._fail("normalize", layer.normalize, "one of 'local', 'global', 'no'")
     try:
         values = np.asarray(layer.weights, dtype=np.float64)
