@@ -143,6 +143,11 @@ def show_statistics(net, title="Network Statistics", file=None):
     Prints one line per accuracy or loss layer, with its sample count, to
     ``file`` (stdout by default). The dict is that of ``net.statistics()``.
     """
+    if file is not None and not hasattr(file, "write"):
+        raise ConfigError(
+            f"show_statistics: invalid file={file!r}; expected a writable text "
+            "file such as sys.stderr, or None for stdout"
+        )
     stats = net.statistics()
     rule = "-" * 57
     lines = [f"## {title}", rule]

@@ -384,3 +384,11 @@ def test_net2dot_rejects_non_path(out):
     net = Net("drawn", CPUBackend(dtype=np.float64), layers())
     with pytest.raises(mochac.ConfigError, match=r"net2dot: invalid out="):
         net2dot(out, net)
+
+
+@pytest.mark.parametrize("file", ["stats.txt", 2.5])
+def test_show_statistics_rejects_non_file(file):
+    net = Net("shown", CPUBackend(dtype=np.float64), layers())
+    net.forward()
+    with pytest.raises(mochac.ConfigError, match="show_statistics: invalid file="):
+        mochac.show_statistics(net, file=file)
