@@ -132,6 +132,31 @@ def split_branches_layers(rng):
     ]
 
 
+def split_softmax_layers(rng):
+    """A split whose top h_b a softmax could overwrite if h_b had its own copy.
+
+    h_b also feeds an addition, so mochac inserts a second split for it.
+    Eliminating both splits puts h, h_a and h_b in one storage that head_a
+    reads after the softmax, so the softmax's top gets storage of its own
+    and the plan needs more memory than with the splits as kernels.
+    """
+    x = rng.normal(size=(4, 16))
+    target = rng.normal(size=(4, 3))
+    return [
+        MemoryDataLayer(name="data", batch_size=4, tops=["x", "t"], data=[x, target]),
+        InnerProductLayer(name="ip", output_dim=16, bottoms=["x"], tops=["h"]),
+        SplitLayer(name="split", bottoms=["h"], tops=["h_a", "h_b"]),
+        SoftmaxLayer(name="soft", bottoms=["h_b"], tops=["p"]),
+        ElementWiseLayer(name="add", bottoms=["h_b", "x"], tops=["s"]),
+        InnerProductLayer(name="head_a", output_dim=3, bottoms=["h_a"], tops=["y_a"]),
+        InnerProductLayer(name="head_p", output_dim=3, bottoms=["p"], tops=["y_p"]),
+        InnerProductLayer(name="head_s", output_dim=3, bottoms=["s"], tops=["y_s"]),
+        SquareLossLayer(name="loss_a", bottoms=["y_a", "t"]),
+        SquareLossLayer(name="loss_p", bottoms=["y_p", "t"]),
+        SquareLossLayer(name="loss_s", bottoms=["y_s", "t"]),
+    ]
+
+
 def run(layers_factory, opt_level, disable, steps=10):
     """Return the net, its objective, gradients and parameters after SGD steps."""
     backend = CPUBackend(dtype=np.float64, seed=11)
@@ -170,8 +195,8 @@ def assert_same(reference, other):
 
 @pytest.fixture(
     scope="module",
-    params=[lenet_layers, mixed_layers, split_branches_layers],
-    ids=["lenet", "mixed", "split_branches"],
+    params=[lenet_layers, mixed_layers, split_branches_layers, split_softmax_layers],
+    ids=["lenet", "mixed", "split_branches", "split_softmax"],
 )
 def reference(request):
     return request.param, run(request.param, 0, ())
@@ -291,6 +316,25 @@ def test_split_elimination_keeps_arena_small():
     with_pass, without_pass = nets["all"].plan, nets["without"].plan
     assert with_pass.peak_live_bytes <= without_pass.peak_live_bytes
     assert with_pass.arena_bytes <= without_pass.arena_bytes
+
+
+def test_split_kept_where_elimination_costs():
+    """A split stays a kernel where eliminating it would plan a higher peak
+    or a larger arena than keeping every split."""
+    nets = {
+        label: Net(
+            f"split_softmax_{label}",
+            CPUBackend(dtype=np.float64, seed=1),
+            split_softmax_layers(np.random.default_rng(0)),
+            disable=disable,
+        )
+        for label, disable in (("all", ()), ("without", ("eliminate_splits",)))
+    }
+    with_pass, without_pass = nets["all"].plan, nets["without"].plan
+    assert with_pass.peak_live_bytes <= without_pass.peak_live_bytes
+    assert with_pass.arena_bytes <= without_pass.arena_bytes
+    splits = [nets["all"].ir.layer(name) for name in ("split", "h_b-split")]
+    assert not all(info.eliminated for info in splits)
 
 
 def test_kept_blob_stays_readable():

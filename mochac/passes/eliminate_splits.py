@@ -17,12 +17,14 @@ live before, so the aliases alone do not raise plan_memory's peak. The
 bottom still counts as read by the removed split, so Net does not pin it
 as a blob that no layer reads.
 
-NOTE: the arena can still come out larger than with this pass disabled,
-and nothing compares the two plans or keeps such a split. Best-fit
-placement can leave gaps above the peak, and larger ones for the merged
-buffers in some nets. Removing a split whose tops feed in-place capable
-layers (two SoftmaxLayers, say) stops fuse_inplace from writing each over
-its own copy, which in rare nets raises the peak itself.
+The peak can still rise, because fuse_inplace may then write fewer tops
+in place. With the split, a consumer such as a SoftmaxLayer can write its
+top over its own copy, which dies there. The merged storage lives until the
+last consumer, so that consumer's top needs storage of its own. Best-fit
+placement can also pack the merged intervals into a larger arena. So when
+plan_memory runs, the pipeline keeps the splits named in ``kept_splits``:
+those whose elimination would plan a higher peak or a larger arena than
+keeping every split (pipeline.choose_kept_splits).
 """
 
 from __future__ import annotations
@@ -35,11 +37,22 @@ from mochac.passes.report import PassReport
 logger = logging.getLogger(__name__)
 
 
-def eliminate_splits(ir, keep=frozenset()) -> PassReport:
+def eliminate_splits(ir, keep=frozenset(), kept_splits=frozenset()) -> PassReport:
+    """Turn the tops of every split into aliases of its bottom.
+
+    Splits named in ``kept_splits`` stay kernels, and so does a split with a
+    top in ``keep``.
+    """
     report = PassReport("eliminate_splits")
     itemsize = ir.dtype.itemsize
     for info in ir.layers:
         if not isinstance(info.layer, SplitLayer) or info.eliminated:
+            continue
+        if info.name in kept_splits:
+            logger.debug(
+                "split '%s' stays: eliminating it would raise the planned memory",
+                info.name,
+            )
             continue
         kept_tops = [top for top in info.layer.tops if top in keep]
         if kept_tops:

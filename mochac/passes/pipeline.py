@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from mochac.errors import ConfigError
+from mochac.layers import SplitLayer
 from mochac.passes.eliminate_identity import (
     eliminate_identity,
     keep_with_aliased_bottoms,
@@ -126,23 +127,38 @@ def ir_counts(ir) -> dict:
     }
 
 
-def run_ir_passes(ir, opt_level: int = 1, disable=(), keep=frozenset()):
+def run_ir_passes(ir, opt_level: int = 1, disable=(), keep=frozenset(), measure=None):
     """Run the enabled IR passes on ``ir`` in place; return their reports.
 
     Each report carries ``before`` and ``after``: the ir_counts around it.
     The passes leave the data and diff of every blob in ``keep`` as they are
     at -O0. When eliminate_identity runs, ``keep`` first gains the bottoms
     that kept alias tops will share (keep_with_aliased_bottoms).
+
+    ``measure(ir)``, when given, returns the MemoryPlan of the IR as the
+    passes left it. Then split elimination never yields a higher
+    ``peak_live_bytes`` or ``arena_bytes`` than the same passes without it
+    (choose_kept_splits).
     """
     enabled = enabled_passes(opt_level, disable)
     if "eliminate_identity" in enabled:
         keep = keep_with_aliased_bottoms(ir, keep)
+    kept_splits = frozenset()
+    if measure is not None and "eliminate_splits" in enabled:
+        kept_splits = choose_kept_splits(ir, enabled, keep, measure)
+    return _run_passes(ir, enabled, keep, kept_splits)
+
+
+def _run_passes(ir, enabled, keep, kept_splits):
     reports = []
     for name in enabled:
         if name not in IR_PASSES:
             continue
         before = ir_counts(ir)
-        report = IR_PASSES[name](ir, keep)
+        if name == "eliminate_splits":
+            report = eliminate_splits(ir, keep, kept_splits)
+        else:
+            report = IR_PASSES[name](ir, keep)
         report.before, report.after = before, ir_counts(ir)
         for change in report.changes:
             logger.debug("%s: %s", name, change)
@@ -151,9 +167,85 @@ def run_ir_passes(ir, opt_level: int = 1, disable=(), keep=frozenset()):
     return reports
 
 
+def _pass_fields(ir):
+    """Return the IR fields that the passes set, to restore them later."""
+    blobs = {name: (b.data_alias, b.diff_alias) for name, b in ir.blobs.items()}
+    layers = [(info.eliminated, info.fuse_neuron) for info in ir.layers]
+    return blobs, layers
+
+
+def _restore_pass_fields(ir, fields) -> None:
+    blobs, layers = fields
+    for name, (data_alias, diff_alias) in blobs.items():
+        ir.blobs[name].data_alias = data_alias
+        ir.blobs[name].diff_alias = diff_alias
+    for info, (eliminated, fuse_neuron) in zip(ir.layers, layers):
+        info.eliminated, info.fuse_neuron = eliminated, fuse_neuron
+    ir.assign_diff_writers()
+
+
+def _fits_within(plan, bound) -> bool:
+    return (
+        plan.peak_live_bytes <= bound.peak_live_bytes
+        and plan.arena_bytes <= bound.arena_bytes
+    )
+
+
+def choose_kept_splits(ir, enabled, keep, measure) -> frozenset[str]:
+    """Return the splits that must stay kernels so that split elimination
+    raises neither the planned peak nor the arena; leave ``ir`` unchanged.
+
+    Eliminating a split can raise the peak: its consumers then read one
+    shared storage, which lives until the last of them, so fuse_inplace can
+    no longer write a consumer's top over that consumer's own copy. It can
+    also raise the arena, because best-fit placement is a heuristic and
+    other live intervals can pack worse. Neither follows from one split
+    alone, so the passes run again and ``measure`` plans each candidate.
+    First every split is eliminated, and if that plan is no larger than the
+    plan with every split kept, the result is the empty set. Otherwise,
+    starting from every split kept, each split in layer order is eliminated
+    only where the plan stays within the best one so far. So the result
+    never plans more than eliminate_splits disabled does, at the cost of
+    one planning per split in the nets where the first plan is larger.
+    """
+    fresh = _pass_fields(ir)
+    _run_passes(ir, enabled, keep, frozenset())
+    removed = [
+        info.name
+        for info in ir.layers
+        if isinstance(info.layer, SplitLayer) and info.eliminated
+    ]
+    if not removed:
+        _restore_pass_fields(ir, fresh)
+        return frozenset()
+    all_removed = measure(ir)
+    _restore_pass_fields(ir, fresh)
+    _run_passes(ir, enabled, keep, frozenset(removed))
+    best = measure(ir)
+    _restore_pass_fields(ir, fresh)
+    if _fits_within(all_removed, best):
+        return frozenset()
+    kept_splits = frozenset(removed)
+    for name in removed:
+        trial = kept_splits - {name}
+        _run_passes(ir, enabled, keep, trial)
+        plan = measure(ir)
+        _restore_pass_fields(ir, fresh)
+        if _fits_within(plan, best):
+            kept_splits, best = trial, plan
+    logger.debug(
+        "net '%s': splits %s stay, because eliminating them would raise the "
+        "planned peak or arena",
+        ir.name,
+        ", ".join(sorted(kept_splits)),
+    )
+    return kept_splits
+
+
 __all__ = [
     "PASS_NAMES",
     "PassReport",
+    "choose_kept_splits",
     "enabled_passes",
     "ir_counts",
     "pass_names",

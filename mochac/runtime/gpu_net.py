@@ -25,6 +25,7 @@ tests/test_cuda_device.py checks them where a device exists.
 
 from __future__ import annotations
 
+import functools
 import logging
 from types import SimpleNamespace
 
@@ -49,7 +50,13 @@ from mochac.runtime import cublas_direct, gpu_update
 from mochac.runtime.array_views import blob_views
 from mochac.runtime.data_sources import make_source
 from mochac.runtime.gpu_graphs import StepGraphs
-from mochac.runtime.net import AFTER_UPDATE_NOTE, NO_UPDATE_NOTE, Net, holds_run_lock
+from mochac.runtime.net import (
+    AFTER_UPDATE_NOTE,
+    NO_UPDATE_NOTE,
+    Net,
+    holds_run_lock,
+    pinned_slots,
+)
 from mochac.runtime.net_checks import check_step_method
 from mochac.runtime.outputs import make_output_state
 from mochac.runtime.read_ahead import ReadAhead
@@ -102,7 +109,20 @@ def prepare_ir(net, backend, layers, force_backward, phase, opt_level, disable, 
         )
     sinks = [info for info in net.ir.layers if isinstance(info.layer, OutputLayer)]
     net.keep |= {bottom for info in sinks for bottom in info.layer.bottoms}
-    net.pass_reports = run_ir_passes(net.ir, opt_level, net.disable, net.keep)
+    # With plan_memory on, splits stay where eliminating them would plan
+    # more memory.
+    measure = None
+    if "plan_memory" in enabled_passes(opt_level, net.disable):
+        measure = functools.partial(cuda_memory_plan, keep=net.keep)
+    net.pass_reports = run_ir_passes(net.ir, opt_level, net.disable, net.keep, measure)
+
+
+def cuda_memory_plan(ir, keep):
+    """Return the MemoryPlan of the CUDA program of ``ir`` as its passes left it."""
+    program = render_cuda(ir)
+    return plan_memory(
+        program.slots, program.kernels, pinned_slots(ir, program.slots, keep)
+    )
 
 
 class GPUNet(Net):

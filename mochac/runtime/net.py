@@ -19,7 +19,7 @@ import numpy as np
 
 from mochac.codegen.build import build_extension, load_extension, source_digest
 from mochac.codegen.c_source import render_c
-from mochac.codegen.lowering import counts_whole
+from mochac.codegen.lowering import counts_whole, lower_net
 from mochac.errors import (
     AllocationError,
     CompileError,
@@ -86,6 +86,30 @@ def holds_run_lock(method):
             return method(self, *args, **kwargs)
 
     return locked
+
+
+def pinned_slots(ir, slots, keep) -> set[int]:
+    """Return the slots memory planning must keep live: inputs, outputs, keep."""
+    pinned = set()
+    for name, blob in ir.blobs.items():
+        producer = ir.layers[blob.producer]
+        # A blob that no layer reads stays readable after forward. An
+        # eliminated split or identity still counts as a reader, because
+        # its tops share this storage and are pinned on their own when no
+        # layer reads them. Pinning the bottom too would keep its data
+        # and diff live through every step.
+        if producer.layer.is_source or not blob.consumers or name in keep:
+            for kind in ("data", "diff"):
+                slot = slots.find(kind, name)
+                if slot is not None:
+                    pinned.add(slot.index)
+    return pinned
+
+
+def c_memory_plan(ir, keep):
+    """Return the MemoryPlan of the C lowering of ``ir`` as its passes left it."""
+    slots, kernels = lower_net(ir)
+    return plan_memory(slots, kernels, pinned_slots(ir, slots, keep))
 
 
 class Net:
@@ -220,7 +244,14 @@ class Net:
         self.keep |= {bottom for info in sinks for bottom in info.layer.bottoms}
         self.counts_before = ir_counts(self.ir)
         self.dot_before = ir_to_dot(self.ir, "before", f"{name}: before passes")
-        self.pass_reports = run_ir_passes(self.ir, opt_level, self.disable, self.keep)
+        # With plan_memory on, splits stay where eliminating them would plan
+        # more memory.
+        measure = None
+        if "plan_memory" in passes:
+            measure = functools.partial(c_memory_plan, keep=self.keep)
+        self.pass_reports = run_ir_passes(
+            self.ir, opt_level, self.disable, self.keep, measure
+        )
         self.counts_after = ir_counts(self.ir)
         self.source, self.slots, self.kernels = render_c(self.ir)
         # The liveness numbers are reported at every level; only plan_memory
@@ -285,20 +316,7 @@ class Net:
 
     def _pinned_slots(self) -> set[int]:
         """Return the slots memory planning must keep live: inputs, outputs, keep."""
-        pinned = set()
-        for name, blob in self.ir.blobs.items():
-            producer = self.ir.layers[blob.producer]
-            # A blob that no layer reads stays readable after forward. An
-            # eliminated split or identity still counts as a reader, because
-            # its tops share this storage and are pinned on their own when no
-            # layer reads them. Pinning the bottom too would keep its data
-            # and diff live through every step.
-            if producer.layer.is_source or not blob.consumers or name in self.keep:
-                for kind in ("data", "diff"):
-                    slot = self.slots.find(kind, name)
-                    if slot is not None:
-                        pinned.add(slot.index)
-        return pinned
+        return pinned_slots(self.ir, self.slots, self.keep)
 
     def _needed_bytes(self) -> int:
         """Return the bytes _allocate requests: the arena of the planned
