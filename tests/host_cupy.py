@@ -15,12 +15,22 @@ when an event recorded after it is waited for, or the stream is
 synchronized. A copy from a host buffer reads the buffer then, as a copy
 from pinned memory does, so a missing wait shows up as wrong data. It
 covers only the CuPy calls mochac makes.
+
+Where the host could run what a device rejects, the stand-in raises as
+CuPy or CUDA would: a kernel argument whose type differs from the
+kernel's parameter, a grid or block beyond CUDA's limits, ``set`` and
+``get(out=...)`` with another shape or dtype, work on the legacy null
+stream while a blocking stream captures, and waiting for a capturing
+stream. Kernel launches and CuPy's GEMMs go to the current stream, the
+one of the innermost ``with stream:`` block, and a capture records only
+the work of the capturing stream.
 """
 
 from __future__ import annotations
 
 import ctypes
 import itertools
+import re
 import shutil
 import subprocess
 import tempfile
@@ -29,7 +39,12 @@ import types
 from pathlib import Path
 
 import numpy as np
-from cuda_emulator import EMULATED_BLOCK, compile_source_for_host, load_host_library
+from cuda_emulator import (
+    EMULATED_BLOCK,
+    KERNEL_HEADER,
+    compile_source_for_host,
+    load_host_library,
+)
 from cuda_emulator import launch as emulated_launch
 
 # The number of devices getDeviceCount reports; tests of a second device
@@ -58,10 +73,15 @@ class DeviceArray(np.ndarray):
             stream.synchronize()
         if out is None:
             return np.array(self, copy=True)
+        # CuPy copies the bytes, so it rejects an ``out`` that NumPy would
+        # cast or broadcast into.
+        check_host_copy("get", out, self.shape, self.dtype)
         out[...] = self
         return out
 
     def set(self, array, stream=None):
+        check_host_copy("set", array, self.shape, self.dtype)
+
         def copy():
             self[...] = array
 
@@ -69,6 +89,22 @@ class DeviceArray(np.ndarray):
             stream.pending.append(copy)
         else:
             copy()
+
+
+def check_host_copy(method, host, shape, dtype):
+    """Raise as CuPy's ndarray.set and ndarray.get(out=...) do for a host
+    array that is not a C-contiguous NumPy array of the device array's shape
+    and dtype."""
+    if not isinstance(host, np.ndarray):
+        raise TypeError(f"{method}: expected a numpy.ndarray, got {type(host)}")
+    if host.dtype != dtype:
+        raise TypeError(
+            f"{method}: host array of {host.dtype}, device array of {dtype}"
+        )
+    if host.shape != tuple(shape):
+        raise ValueError(f"{method}: host shape {host.shape}, device shape {shape}")
+    if method == "get" and not host.flags.c_contiguous:
+        raise ValueError(f"{method}: the output array must be C-contiguous")
 
 
 def zeros(shape, dtype=float):
@@ -103,16 +139,22 @@ class Device:
         return False
 
 
-# The calls recorded while a stream captures, or None.
+# The calls recorded while a stream captures, or None, and that stream.
 CAPTURED = None
+CAPTURING = None
+# The streams of the enclosing ``with stream:`` blocks, innermost last.
+CURRENT_STREAMS = []
+
+
+def current_stream():
+    """Return the stream of the innermost ``with stream:`` block, else the
+    null stream, as cupy.cuda.get_current_stream does."""
+    return CURRENT_STREAMS[-1] if CURRENT_STREAMS else Stream.null
 
 
 def enqueue(call):
-    """Run ``call`` now, or record it while a stream captures."""
-    if CAPTURED is None:
-        call()
-    else:
-        CAPTURED.append(call)
+    """Run ``call`` on the current stream."""
+    current_stream().submit(call)
 
 
 class Graph:
@@ -120,8 +162,9 @@ class Graph:
         self.calls = calls
 
     def launch(self, stream=None):
+        stream = stream or current_stream()
         for call in self.calls:
-            call()
+            stream.submit(call)
 
 
 class Event:
@@ -133,7 +176,7 @@ class Event:
         self.time = time.perf_counter()
 
     def record(self, stream=None):
-        stream = stream or Stream.null
+        stream = stream or current_stream()
         self.stream, self.count = stream, stream.done + len(stream.pending)
         self.time = time.perf_counter()
 
@@ -162,11 +205,23 @@ class Stream:
         self.done = 0
 
     def submit(self, call):
-        """Run ``call`` on this stream: now, when captured, or deferred."""
-        if self.lazy:
+        """Run ``call`` on this stream: now, when captured, or deferred.
+
+        While a blocking stream captures, CUDA rejects work on the legacy
+        null stream, which would have to wait for the capture
+        (cudaErrorStreamCaptureImplicit), and the capture is invalidated.
+        """
+        if self is CAPTURING:
+            CAPTURED.append(call)
+        elif self is Stream.null and CAPTURING is not None and not CAPTURING.lazy:
+            raise CUDARuntimeError(
+                "cudaErrorStreamCaptureImplicit: work on the legacy null stream "
+                "while a blocking stream captures"
+            )
+        elif self.lazy:
             self.pending.append(call)
         else:
-            enqueue(call)
+            call()
 
     def run_until(self, count):
         while self.done < count and self.pending:
@@ -184,22 +239,34 @@ class Stream:
             event.synchronize()
 
     def synchronize(self):
+        if self is CAPTURING:
+            raise CUDARuntimeError(
+                "cudaErrorStreamCaptureUnsupported: synchronizing a capturing stream"
+            )
         self.run_until(self.done + len(self.pending))
 
     def __enter__(self):
+        CURRENT_STREAMS.append(self)
         return self
 
     def __exit__(self, *exc):
+        CURRENT_STREAMS.pop()
         return False
 
-    def begin_capture(self):
-        global CAPTURED
+    def begin_capture(self, mode=None):
+        global CAPTURED, CAPTURING
+        if self is Stream.null:
+            raise RuntimeError("cannot capture on the default (legacy) stream")
         assert CAPTURED is None, "a stream is already capturing"
-        CAPTURED = []
+        CAPTURED, CAPTURING = [], self
 
     def end_capture(self):
-        global CAPTURED
-        graph, CAPTURED = Graph(CAPTURED), None
+        global CAPTURED, CAPTURING
+        if self is not CAPTURING:
+            raise CUDARuntimeError(
+                "cudaErrorIllegalState: end_capture on a stream that is not capturing"
+            )
+        graph, CAPTURED, CAPTURING = Graph(CAPTURED), None, None
         return graph
 
 
@@ -261,26 +328,125 @@ class RawModule:
         library = self.library
         # CuPy raises AttributeError too for a kernel the module lacks.
         getattr(library, name)
+        parameters = kernel_parameters(self.code, name)
 
         def launch(grid, block, args):
+            check_launch_shape(name, grid, block)
             # The library's blocks have EMULATED_BLOCK threads. A kernel
             # launched with one thread (mochac_check_losses) returns at once
             # on every thread but thread 0, so it runs on a full block here.
             assert block in ((EMULATED_BLOCK,), (1,)), f"{name}: block {block}"
-            converted = [kernel_argument(arg) for arg in args]
+            if len(args) != len(parameters):
+                raise TypeError(
+                    f"kernel {name} takes {len(parameters)} arguments "
+                    f"({', '.join(parameters)}), got {len(args)}"
+                )
+            converted = [
+                kernel_argument(arg, parameter, name)
+                for arg, parameter in zip(args, parameters, strict=True)
+            ]
             enqueue(lambda: emulated_launch(library, name, grid[0], converted))
 
         return launch
 
 
-def kernel_argument(value):
+# CUDA's launch limits, the common values of the device attributes
+# maxGridSize, maxThreadsDim and maxThreadsPerBlock: blocks per grid in x,
+# y and z, threads per block in x, y and z, and threads per block.
+# NOTE: a device with lower limits rejects launches that pass here.
+MAX_GRID = (2**31 - 1, 65535, 65535)
+MAX_BLOCK = (1024, 1024, 64)
+MAX_BLOCK_THREADS = 1024
+
+
+def check_launch_shape(name, grid, block):
+    """Raise as a launch with a grid or block beyond CUDA's limits fails
+    (CUDA_ERROR_INVALID_VALUE from cuLaunchKernel)."""
+    for label, shape, limits in (("grid", grid, MAX_GRID), ("block", block, MAX_BLOCK)):
+        if not isinstance(shape, tuple) or not 1 <= len(shape) <= 3:
+            raise TypeError(f"kernel {name}: {label} must be a tuple of 1 to 3 ints")
+        for size, limit in zip(shape, limits):
+            if not 1 <= int(size) <= limit:
+                raise CUDARuntimeError(
+                    f"CUDA_ERROR_INVALID_VALUE: kernel {name} launched with "
+                    f"{label} {shape}; each size must be in 1..{limit}"
+                )
+    if int(np.prod(block)) > MAX_BLOCK_THREADS:
+        raise CUDARuntimeError(
+            f"CUDA_ERROR_INVALID_VALUE: kernel {name} launched with block {block}, "
+            f"more than {MAX_BLOCK_THREADS} threads"
+        )
+
+
+# The NumPy scalar type whose width and kind match each scalar parameter
+# type the generated kernels use.
+PARAMETER_DTYPES = {
+    "int": np.dtype(np.int32),
+    "unsigned int": np.dtype(np.uint32),
+    "long long": np.dtype(np.int64),
+    "unsigned long long": np.dtype(np.uint64),
+    "float": np.dtype(np.float32),
+    "double": np.dtype(np.float64),
+}
+CTYPES = {
+    np.dtype(np.int32): ctypes.c_int32,
+    np.dtype(np.uint32): ctypes.c_uint32,
+    np.dtype(np.int64): ctypes.c_int64,
+    np.dtype(np.uint64): ctypes.c_uint64,
+    np.dtype(np.float32): ctypes.c_float,
+    np.dtype(np.float64): ctypes.c_double,
+}
+
+
+def kernel_parameters(code, name):
+    """Return the parameter declarations of kernel ``name`` in ``code``,
+    written out or through a macro such as MOCHAC_KERNEL(name)."""
+    for match in KERNEL_HEADER.finditer(code):
+        if match.group(1) == name:
+            return split_parameters(match.group(2))
+        # A header inside ``#define MACRO(name)`` declares every kernel
+        # that code writes as MACRO(kernel).
+        if match.group(1) != "name":
+            continue
+        define = re.search(r"#define (\w+)\(name\)\s*\\\s*$", code[: match.start()])
+        used = define and re.search(rf"\b{define.group(1)}\({re.escape(name)}\)", code)
+        if used:
+            return split_parameters(match.group(2))
+    raise AttributeError(f"no kernel header for {name} in the module's code")
+
+
+def split_parameters(text):
+    text = " ".join(text.split())
+    return [] if text in ("", "void") else [item.strip() for item in text.split(",")]
+
+
+def parameter_type(parameter):
+    """Return "pointer", or the scalar type of a declaration without its
+    name and qualifiers ("long long n" gives "long long")."""
+    words = parameter.replace("*", " * ").split()[:-1]
+    if "*" in words:
+        return "pointer"
+    return " ".join(word for word in words if word not in ("const", "volatile"))
+
+
+def kernel_argument(value, parameter, kernel):
     """Return the ctypes value CuPy would pass for a kernel argument.
+
+    CuPy passes a NumPy scalar with its own width and the kernel reads the
+    width of its parameter, so a scalar of another type than the
+    parameter's is rejected here, where the host would convert it.
 
     CuPy passes an array's pointer without checking its device. A kernel
     that dereferences memory of another device, without peer access, fails
     with an illegal address, so the stand-in raises at the launch instead.
     """
-    if isinstance(value, np.ndarray):
+    expected = parameter_type(parameter)
+    if expected == "pointer":
+        if not isinstance(value, np.ndarray):
+            raise TypeError(
+                f"kernel {kernel}: parameter '{parameter}' needs a device array, "
+                f"got {type(value).__name__}"
+            )
         device = getattr(value, "device_id", CURRENT_DEVICE)
         if device != CURRENT_DEVICE:
             raise CUDARuntimeError(
@@ -288,13 +454,15 @@ def kernel_argument(value):
                 f"passed an array allocated on device {device}"
             )
         return ctypes.c_void_p(value.ctypes.data)
-    if isinstance(value, np.int32):
-        return ctypes.c_int(int(value))
-    if isinstance(value, np.int64):
-        return ctypes.c_longlong(int(value))
-    if isinstance(value, np.float64):
-        return ctypes.c_double(float(value))
-    raise TypeError(f"kernel argument of type {type(value).__name__}")
+    dtype = PARAMETER_DTYPES.get(expected)
+    if dtype is None:
+        raise TypeError(f"kernel {kernel}: parameter '{parameter}' has an unknown type")
+    if not isinstance(value, np.generic) or value.dtype != dtype:
+        raise TypeError(
+            f"kernel {kernel}: parameter '{parameter}' needs a numpy.{dtype.name} "
+            f"scalar, got {type(value).__name__}"
+        )
+    return CTYPES[dtype](value.item())
 
 
 # Whether a GEMM may be recorded under stream capture, as cuBLAS allows.
@@ -305,7 +473,7 @@ CUBLAS_DURING_CAPTURE = True
 
 
 def gemm(trans_a, trans_b, a, b, out=None, alpha=1.0, beta=0.0):
-    if CAPTURED is not None and not CUBLAS_DURING_CAPTURE:
+    if current_stream() is CAPTURING and not CUBLAS_DURING_CAPTURE:
         raise NotImplementedError(
             "calling cuBLAS API during stream capture is currently unsupported"
         )
