@@ -85,15 +85,25 @@ def find_nvrtc():
     return None
 
 
-def nvrtc_compile(library, source: str) -> tuple[int, str]:
-    """Compile ``source`` with NVRTC, as cupy.RawModule does; return (status, log)."""
+# The language standards CuPy passes to NVRTC when the caller gives none
+# (assemble_cupy_compiler_options): --std=c++11 in one CuPy version, and
+# --std=c++14 in a later one that mentions ROCm 7.0. CuPy also appends
+# -ftz=true. NVRTC 13's own default is C++17, so passing no --std hides
+# C++17-only code such as hexadecimal floating literals.
+CUPY_STANDARDS = ("c++11", "c++14")
+
+
+def nvrtc_compile(library, source: str, standard: str = "c++11") -> tuple[int, str]:
+    """Compile ``source`` with NVRTC and the options cupy.RawModule adds;
+    return (status, log)."""
     program = ctypes.c_void_p()
     status = library.nvrtcCreateProgram(
         ctypes.byref(program), source.encode(), b"net.cu", 0, None, None
     )
     assert status == 0
-    options = (ctypes.c_char_p * 1)(b"-arch=compute_90")
-    status = library.nvrtcCompileProgram(program, 1, options)
+    flags = [b"-arch=compute_90", f"--std={standard}".encode(), b"-ftz=true"]
+    options = (ctypes.c_char_p * len(flags))(*flags)
+    status = library.nvrtcCompileProgram(program, len(flags), options)
     size = ctypes.c_size_t()
     library.nvrtcGetProgramLogSize(program, ctypes.byref(size))
     log = ctypes.create_string_buffer(size.value)
@@ -252,9 +262,10 @@ def test_compile_command_float32_builds_with_nvcc(tmp_path):
     reason="no NVRTC library found (set MOCHAC_NVRTC_LIBRARY, or install CuPy with "
     "the nvidia-cuda-nvrtc wheel); NVRTC is the compiler cupy.RawModule uses",
 )
+@pytest.mark.parametrize("standard", CUPY_STANDARDS)
 @pytest.mark.parametrize("key", KEYS, ids=["-".join(key) for key in KEYS])
-def test_nvrtc_compiles_net(programs, key):
-    status, log = nvrtc_compile(NVRTC, programs[key][1].source)
+def test_nvrtc_compiles_net(programs, key, standard):
+    status, log = nvrtc_compile(NVRTC, programs[key][1].source, standard)
     assert status == 0, log
     assert "warning" not in log, log
 
