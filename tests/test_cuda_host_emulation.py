@@ -24,6 +24,7 @@ from mochac.layers import (
     InnerProductLayer,
     MemoryDataLayer,
     MultinomialLogisticLossLayer,
+    SoftmaxLayer,
     SoftmaxLossLayer,
 )
 from mochac.passes.plan_memory import plan_memory
@@ -212,6 +213,58 @@ def test_host_run_reports_bad_label(tmp_path_factory):
         assert status.layer == 2, order
         assert status.index == 2, order
         assert status.value == 7.0, order
+
+
+def guard_slot(run, kind, owner, guard_elements=64):
+    """Move a slot of ``run`` to the front of a larger buffer and return the
+    buffer's tail, which contains a sentinel that a write past the slot
+    overwrites."""
+    slot = run.program.slots.get(kind, owner)
+    size = int(np.prod(slot.shape))
+    buffer = np.full(size + guard_elements, -12345.0)
+    buffer[:size] = 0
+    run.arrays[slot.index] = buffer[:size].reshape(slot.shape)
+    run.pointers[slot.index] = buffer.ctypes.data
+    return buffer[size:]
+
+
+@pytest.mark.parametrize("class_weights", [False, True])
+@pytest.mark.parametrize("loss", [SoftmaxLossLayer, MultinomialLogisticLossLayer])
+def test_bad_label_backward_in_bounds(tmp_path_factory, loss, class_weights):
+    """A training step enqueues forward and backward with one status, so the
+    backward of a loss runs after its forward rejected a label. It must not
+    index memory with that label: it returns and leaves the diff zero. The
+    guard shows a write past the diff, but not SoftmaxLoss's read past its
+    class weights, which the zero diff covers."""
+    x = np.ones((4, 3))
+    # With label 9 of 3 classes at the last sample, MultinomialLogisticLoss
+    # would write 6 elements past its bottom diff.
+    y = np.array([[0.0], [1.0], [2.0], [9.0]])
+    options = {"weights": np.array([1.0, 2.0, 3.0])} if class_weights else {}
+    scores = "prob" if loss is MultinomialLogisticLossLayer else "out"
+
+    def layers():
+        chain = [
+            MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
+            InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["out"]),
+        ]
+        if loss is MultinomialLogisticLossLayer:
+            chain.append(SoftmaxLayer(name="softmax", bottoms=["out"], tops=["prob"]))
+        chain.append(loss(name="loss", bottoms=[scores, "label"], **options))
+        return chain
+
+    name = f"{loss.__name__}_{class_weights}"
+    _, program = build_cuda_program(name, layers(), dtype=np.float64)
+    library = compile_for_host(program, tmp_path_factory.mktemp(name), name)
+    run = HostRun(program, library)
+    run.array("data", "data")[...] = x
+    run.array("data", "label")[...] = y
+    guard = guard_slot(run, "diff", scores)
+    status = run.run(program.forward + program.backward, 4)
+    assert status.code == 1
+    assert status.index == 3
+    assert np.all(guard == -12345.0)
+    assert np.all(run.array("diff", scores) == 0)
 
 
 def probability_run(tmp_path_factory, loss, y):
