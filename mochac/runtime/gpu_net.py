@@ -162,6 +162,11 @@ class GPUNet(Net):
 
         cupy = self.cupy = backend.cupy
         with cupy.cuda.Device(backend.device):
+            # NOTE: CuPy's compile appends -ftz=true after the caller's
+            # options, so float32 kernels flush subnormal values to zero on
+            # the device, where the CPU backend and the host emulator keep
+            # them. NVRTC's default --fmad=true also fuses a * b + c in the
+            # layer kernels, so float results can differ in the last bits.
             self.module = cupy.RawModule(code=self.source)
             # Kernels and GEMMs run on a blocking stream: work on CuPy's
             # default stream (a NumPy-coded solver update, a user's reads)
