@@ -21,7 +21,9 @@ from mochac.layers import (
     InnerProductLayer,
     MemoryDataLayer,
     MemoryOutputLayer,
+    MultinomialLogisticLossLayer,
     PowerLayer,
+    SoftmaxLayer,
     SoftmaxLossLayer,
 )
 from mochac.mocha_api import get_layer
@@ -314,6 +316,32 @@ def test_bad_label_raises_data_error(cupy):
             assert "'loss'" in message
             assert "at sample 2" in message
             assert "0..2" in message
+
+
+def test_bad_label_in_train_step_leaves_parameters(cupy):
+    """A label above the range in a training step, whose backward and update
+    are enqueued behind the label check, raises DataError and leaves every
+    parameter as it was. The loss's backward must not write at the label: at
+    label 1e9 that address lies gigabytes past its diff, where the write
+    faults on a device and on the host stand-in."""
+    x = np.ones((4, 3))
+    y = np.array([[0.0], [1.0], [2.0], [1e9]])
+
+    def layers():
+        return [
+            MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
+            InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["out"]),
+            SoftmaxLayer(name="softmax", bottoms=["out"], tops=["prob"]),
+            MultinomialLogisticLossLayer(name="loss", bottoms=["prob", "label"]),
+        ]
+
+    _, gpu = twin_nets(layers)
+    before = {name: array.get() for name, array in gpu.params["ip"].items()}
+    for _ in range(2):
+        with pytest.raises(DataError, match="'loss'"):
+            gpu.train_step(SGD(), 0.1, 0.9, 0.0, 0)
+    for name, array in gpu.params["ip"].items():
+        np.testing.assert_array_equal(array.get(), before[name], err_msg=name)
 
 
 @pytest.mark.parametrize("frozen", [(), ("conv",)])

@@ -72,6 +72,10 @@ def test_host_gpunet_bad_label(cupy):
     device_tests.test_bad_label_raises_data_error(cupy)
 
 
+def test_host_gpunet_bad_label_train_step(cupy):
+    device_tests.test_bad_label_in_train_step_leaves_parameters(cupy)
+
+
 def test_host_gpunet_arena_is_planned(cupy):
     gpu = GPUNet("lenet", GPUBackend(seed=1), lenet(4))
     assert gpu.plan is not None
