@@ -63,3 +63,14 @@ class AllocationError(MochacError, MemoryError):
 
 class DeviceError(MochacError):
     """The GPU backend cannot run: CuPy is missing or no CUDA device is usable."""
+
+
+class NotFoundError(MochacError, KeyError):
+    """No layer, blob or data layer of the looked-up name exists.
+
+    Also a KeyError, so handlers of dict lookups still catch it.
+    """
+
+    def __str__(self) -> str:
+        # KeyError's own str() quotes the message like a dict key.
+        return str(self.args[0]) if self.args else ""

@@ -22,6 +22,7 @@ from mochac import (
     MultinomialLogisticLossLayer,
     Net,
     Neurons,
+    NotFoundError,
     NumericalError,
     PowerLayer,
     RandomNormalLayer,
@@ -135,6 +136,14 @@ def test_unknown_data_layer_lists_names():
     with pytest.raises(KeyError, match="its data layers are: 'MemoryDataLayer-0'"):
         net.data_source("")
     assert net.data_source("MemoryDataLayer-0") is not None
+    # The same lookups as mochac errors, whose text is not quoted like a key.
+    with pytest.raises(NotFoundError) as caught:
+        net.data_source("ip")
+    assert str(caught.value).startswith("net 'data-names' has no data layer named")
+    with pytest.raises(MochacError, match="has no layer named 'conv'"):
+        net.ir.layer("conv")
+    with pytest.raises(MochacError, match="no blob named 'nothing'"):
+        net.blobs["nothing"]
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from math import prod
 import networkx as nx
 import numpy as np
 
-from mochac.errors import ConfigError, ShapeError, TopologyError
+from mochac.errors import ConfigError, NotFoundError, ShapeError, TopologyError
 from mochac.ir.schedule import derive_backward
 from mochac.layers.base import Layer, ParamSpec
 from mochac.layers.utility import SplitLayer
@@ -130,7 +130,7 @@ class NetIR:
         for info in self.layers:
             if info.name == name:
                 return info
-        raise KeyError(f"net '{self.name}' has no layer named '{name}'")
+        raise NotFoundError(f"net '{self.name}' has no layer named '{name}'")
 
 
 def check_layer_list(name: str, layers) -> list[Layer]:

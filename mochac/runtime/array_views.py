@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from mochac.errors import ConfigError
+from mochac.errors import ConfigError, NotFoundError
 from mochac.ir.overwrites import merged_diffs, overwritten_data
 
 
@@ -32,8 +32,8 @@ class ArrayViews(dict):
 
     def __missing__(self, key):
         if key in self.missing:
-            raise KeyError(f"{self.label}[{key!r}]: {self.missing[key]}")
-        raise KeyError(
+            raise NotFoundError(f"{self.label}[{key!r}]: {self.missing[key]}")
+        raise NotFoundError(
             f"{self.label} has no entry {key!r}; the entries are: "
             f"{', '.join(map(repr, self)) or 'none'}"
         )
@@ -135,11 +135,11 @@ class BlobViews(ArrayViews):
     def __missing__(self, name):
         if name in self.hidden:
             reason, pass_name = self.hidden[name]
-            raise KeyError(
+            raise NotFoundError(
                 f"the {self.kind} of blob '{name}' cannot be read: {reason}; "
                 f"{self._advice(name, pass_name)}"
             )
-        raise KeyError(f"no blob named '{name}' has {self.kind}")
+        raise NotFoundError(f"no blob named '{name}' has {self.kind}")
 
     def _advice(self, name: str, pass_name: str) -> str:
         """Return how to make blob ``name`` readable, which ``pass_name`` hid."""

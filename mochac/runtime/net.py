@@ -26,6 +26,7 @@ from mochac.errors import (
     ConfigError,
     DataError,
     MochacError,
+    NotFoundError,
     NumericalError,
     ShapeError,
 )
@@ -884,7 +885,7 @@ class Net:
             if self.ir.layers[index].name == layer_name:
                 return source
         names = ", ".join(repr(self.ir.layers[index].name) for index in self.sources)
-        raise KeyError(
+        raise NotFoundError(
             f"net '{self.name}' has no data layer named {layer_name!r}; its data "
             f"layers are: {names or 'none'} (a layer created without a name "
             "gets one like 'MemoryDataLayer-0')"
