@@ -919,6 +919,9 @@ def test_numpy_integers_in_solver():
     assert type(solver.breaks[-1][1]) is int
     solver.setup_coffee_lounge(every_n_iter=np.int64(2))
     assert solver.lounge.every_n_iter == 2
+    assert type(solver.lounge.every_n_iter) is int
+    with pytest.raises(mochac.ConfigError, match="every_n_iter=True"):
+        solver.setup_coffee_lounge(every_n_iter=True)
     with pytest.raises(mochac.ConfigError, match="max_iter=True"):
         make_solver_parameters(SGD(), max_iter=True)
 

@@ -18,6 +18,7 @@ import numpy as np
 from mochac.durable_files import special_file_kind
 from mochac.errors import ConfigError, DataError
 from mochac.runtime.snapshot import write_atomically
+from mochac.values import as_int
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +41,12 @@ class CoffeeLounge:
                 f"coffee lounge: invalid file_exists={file_exists!r}; expected one of "
                 f"{', '.join(FILE_EXISTS_MODES)}"
             )
-        if not isinstance(every_n_iter, int) or every_n_iter < 1:
+        interval = as_int(every_n_iter)
+        if interval is None or interval < 1:
             raise ConfigError(
                 f"coffee lounge: invalid every_n_iter={every_n_iter!r}; expected an int >= 1"
             )
+        every_n_iter = interval
         if save_into is not None and not isinstance(save_into, (str, os.PathLike)):
             raise ConfigError(
                 f"coffee lounge: invalid save_into={save_into!r}; expected the path "

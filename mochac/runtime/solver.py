@@ -229,10 +229,6 @@ class Solver:
 
     def setup_coffee_lounge(self, save_into=None, every_n_iter=1, file_exists="merge"):
         """Keep statistics in a CoffeeLounge saved to ``save_into`` (HDF5)."""
-        # A NumPy integer becomes an int here; CoffeeLounge checks the value.
-        interval = as_int(every_n_iter)
-        if interval is not None:
-            every_n_iter = interval
         self.lounge = CoffeeLounge(save_into, every_n_iter, file_exists)
 
     # --- the loop -------------------------------------------------------------
