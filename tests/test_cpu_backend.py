@@ -99,3 +99,8 @@ def test_invalid_dtype(dtype, shown):
         mochac.ConfigError, match=rf"CPUBackend: invalid dtype={shown};"
     ):
         CPUBackend(dtype=dtype)
+
+
+def test_dtype_none_is_default():
+    assert CPUBackend(dtype=None).dtype == np.float32
+    assert CPUBackend().dtype == np.float32

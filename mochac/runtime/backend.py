@@ -34,7 +34,10 @@ def seeded_generator(backend: str, seed) -> np.random.Generator:
 
 def backend_dtype(backend: str, dtype) -> np.dtype:
     """Return ``dtype`` as a NumPy dtype; raise ConfigError unless it is
-    float32 or float64."""
+    float32 or float64. None gives the default, float32, as it does for
+    DefaultBackend (np.dtype(None) would be float64)."""
+    if dtype is None:
+        return np.dtype(np.float32)
     try:
         value = np.dtype(dtype)
     except TypeError:
