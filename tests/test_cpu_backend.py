@@ -92,7 +92,14 @@ def test_invalid_seed(seed):
 
 
 @pytest.mark.parametrize(
-    ("dtype", "shown"), [(1e-320, "1e-320"), ((), r"\(\)"), (np.int32, "int32")]
+    ("dtype", "shown"),
+    [
+        (1e-320, "1e-320"),
+        ((), r"\(\)"),
+        (np.int32, "int32"),
+        # NumPy raises ValueError, not TypeError, for this malformed dtype.
+        (("f4", -1), r"\('f4', -1\)"),
+    ],
 )
 def test_invalid_dtype(dtype, shown):
     with pytest.raises(

@@ -40,8 +40,9 @@ def backend_dtype(backend: str, dtype) -> np.dtype:
         return np.dtype(np.float32)
     try:
         value = np.dtype(dtype)
-    except TypeError:
-        # NumPy reads any object as a dtype or raises TypeError.
+    except (TypeError, ValueError):
+        # NumPy raises TypeError for most objects it cannot read as a dtype,
+        # and ValueError for some malformed ones, such as ("f4", -1).
         value = None
     if value not in (np.float32, np.float64):
         shown = repr(dtype) if value is None else value
