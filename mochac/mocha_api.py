@@ -18,7 +18,9 @@ from mochac.report import ir_to_dot
 from mochac.runtime.backend import CPUBackend
 from mochac.runtime.freeze import freeze, freeze_all, unfreeze
 from mochac.runtime.net import statistic_key
+from mochac.runtime.net_checks import check_net
 from mochac.runtime.snapshot import load_snapshot
+from mochac.values import as_int
 
 
 def DefaultBackend(dtype=None, seed=None):
@@ -177,6 +179,12 @@ def dump_statistics(storage, net, show=False, iteration=None):
     from mochac.runtime.coffee_lounge import CoffeeLounge
     from mochac.runtime.solver import Solver
 
+    check_net(net, "dump_statistics", "to read statistics from")
+    if iteration is not None and (as_int(iteration) is None or iteration < 0):
+        raise ConfigError(
+            f"dump_statistics: invalid iteration={iteration!r}; expected an int "
+            ">= 0, or None for a solver's current iteration"
+        )
     if isinstance(storage, Solver):
         if iteration is None:
             iteration = storage.state.iter

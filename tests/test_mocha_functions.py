@@ -379,6 +379,24 @@ def test_dump_statistics_lounge_needs_iteration():
         mochac.dump_statistics([], net)
 
 
+def test_dump_statistics_rejects_non_net():
+    with pytest.raises(mochac.ConfigError, match="dump_statistics: expected a Net"):
+        mochac.dump_statistics({}, "net")
+
+
+@pytest.mark.parametrize("iteration", ["7", 1.5, True, -1])
+def test_dump_statistics_rejects_bad_iteration(iteration):
+    from mochac.runtime.coffee_lounge import CoffeeLounge
+
+    net = Net("dump-iteration", CPUBackend(dtype=np.float64), layers())
+    lounge = CoffeeLounge()
+    with pytest.raises(
+        mochac.ConfigError, match=r"dump_statistics: invalid iteration="
+    ):
+        mochac.dump_statistics(lounge, net, iteration=iteration)
+    assert lounge.statistics == {}
+
+
 @pytest.mark.parametrize("out", [1, np.int8(-3), None])
 def test_net2dot_rejects_non_path(out):
     net = Net("drawn", CPUBackend(dtype=np.float64), layers())
