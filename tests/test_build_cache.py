@@ -364,10 +364,13 @@ def test_compiler_output_in_threads(capfd):
 
     before = os.fstat(2)
     texts = {}
+    locked = {}
 
     def build(index):
+        # An assert inside a thread would not fail the test, so the thread
+        # records what it saw and the checks run after the join.
         with CompilerOutput() as output:
-            assert REDIRECT_LOCK.locked()
+            locked[index] = REDIRECT_LOCK.locked()
             os.write(2, f"thread {index}\n".encode())
         texts[index] = output.text
 
@@ -379,4 +382,6 @@ def test_compiler_output_in_threads(capfd):
     after = os.fstat(2)
     assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
     assert not REDIRECT_LOCK.locked()
+    assert locked == {index: True for index in range(8)}
+    assert texts == {index: f"thread {index}\n" for index in range(8)}
     assert texts == {i: f"thread {i}\n" for i in range(8)}
