@@ -337,6 +337,76 @@ def test_split_kept_where_elimination_costs():
     assert not all(info.eliminated for info in splits)
 
 
+def split_softmax_chain(blocks, rng):
+    """``blocks`` copies of split_softmax_layers' motif in a row, where each
+    block's heads and sum add up to the next block's input."""
+    x = rng.normal(size=(4, 16))
+    label = rng.integers(0, 3, size=(4, 1)).astype(float)
+    layers = [
+        MemoryDataLayer(name="data", batch_size=4, tops=["v", "label"], data=[x, label])
+    ]
+    previous = "v"
+    for k in range(blocks):
+        h, a, b, p, s = (f"{name}{k}" for name in ("h", "a", "b", "p", "s"))
+        ya, yp, u, v = f"ya{k}", f"yp{k}", f"u{k}", f"v{k}"
+        layers += [
+            InnerProductLayer(
+                name=f"ip{k}", output_dim=16, bottoms=[previous], tops=[h]
+            ),
+            SplitLayer(name=f"split{k}", bottoms=[h], tops=[a, b]),
+            SoftmaxLayer(name=f"soft{k}", bottoms=[b], tops=[p]),
+            ElementWiseLayer(name=f"add{k}", bottoms=[b, previous], tops=[s]),
+            InnerProductLayer(name=f"head_a{k}", output_dim=16, bottoms=[a], tops=[ya]),
+            InnerProductLayer(name=f"head_p{k}", output_dim=16, bottoms=[p], tops=[yp]),
+            ElementWiseLayer(name=f"heads{k}", bottoms=[ya, yp], tops=[u]),
+            ElementWiseLayer(name=f"next{k}", bottoms=[u, s], tops=[v]),
+        ]
+        previous = v
+    layers += [
+        InnerProductLayer(name="out", output_dim=3, bottoms=[previous], tops=["y"]),
+        SoftmaxLossLayer(name="loss", bottoms=["y", "label"]),
+    ]
+    return layers
+
+
+class PlanRecorded(Exception):
+    """Raised in place of compiling a net, once its memory plan is made."""
+
+
+def test_split_trials_capped(monkeypatch):
+    """A net with many splits plans a bounded number of candidates, and
+    still no more memory than with every split kept. The nets are built up
+    to their memory plans only, without compiling C."""
+    import mochac.runtime.net as net_module
+    from mochac.passes.pipeline import MAX_SPLIT_TRIALS
+
+    plans = []
+    planner = net_module.plan_memory
+
+    def recording(slots, kernels, pinned):
+        plans.append(planner(slots, kernels, pinned))
+        return plans[-1]
+
+    def stop(source, name):
+        raise PlanRecorded
+
+    monkeypatch.setattr(net_module, "plan_memory", recording)
+    monkeypatch.setattr(net_module, "build_extension", stop)
+    layers = split_softmax_chain(12, np.random.default_rng(0))
+    final = {}
+    for label, disable in (("with", ()), ("without", ("eliminate_splits",))):
+        plans.clear()
+        with pytest.raises(PlanRecorded):
+            Net(label, CPUBackend(dtype=np.float64), layers, disable=disable)
+        final[label] = plans[-1]
+        if label == "with":
+            # Every split eliminated, every split kept, one per trial, and
+            # the net's own plan.
+            assert len(plans) == 3 + MAX_SPLIT_TRIALS
+    assert final["with"].peak_live_bytes <= final["without"].peak_live_bytes
+    assert final["with"].arena_bytes <= final["without"].arena_bytes
+
+
 def test_kept_blob_stays_readable():
     layers = lenet_layers(np.random.default_rng(0))
     reference = Net("all", CPUBackend(dtype=np.float64, seed=1), layers, opt_level=0)

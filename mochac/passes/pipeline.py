@@ -29,6 +29,10 @@ IR_PASSES = {
     "fuse_neurons": fuse_neurons,
 }
 PASS_NAMES = (*IR_PASSES, "plan_memory")
+# Each trial of choose_kept_splits runs every pass and a memory planning over
+# the whole net, so trying every split one at a time would make building a
+# net with many splits take time quadratic in its size.
+MAX_SPLIT_TRIALS = 8
 
 
 def pass_names(disable) -> tuple[str, ...]:
@@ -149,7 +153,7 @@ def run_ir_passes(ir, opt_level: int = 1, disable=(), keep=frozenset(), measure=
     return _run_passes(ir, enabled, keep, kept_splits)
 
 
-def _run_passes(ir, enabled, keep, kept_splits):
+def _run_passes(ir, enabled, keep, kept_splits, log=True):
     reports = []
     for name in enabled:
         if name not in IR_PASSES:
@@ -160,8 +164,9 @@ def _run_passes(ir, enabled, keep, kept_splits):
         else:
             report = IR_PASSES[name](ir, keep)
         report.before, report.after = before, ir_counts(ir)
-        for change in report.changes:
-            logger.debug("%s: %s", name, change)
+        if log:
+            for change in report.changes:
+                logger.debug("%s: %s", name, change)
         reports.append(report)
     ir.assign_diff_writers()
     return reports
@@ -204,12 +209,14 @@ def choose_kept_splits(ir, enabled, keep, measure) -> frozenset[str]:
     First every split is eliminated, and if that plan is no larger than the
     plan with every split kept, the result is the empty set. Otherwise,
     starting from every split kept, each split in layer order is eliminated
-    only where the plan stays within the best one so far. So the result
-    never plans more than eliminate_splits disabled does, at the cost of
-    one planning per split in the nets where the first plan is larger.
+    only where the plan stays within the best one so far, for the first
+    MAX_SPLIT_TRIALS splits, and the later ones stay. So the result never
+    plans more than eliminate_splits disabled does, at the cost of up to
+    MAX_SPLIT_TRIALS more plannings in the nets where the first plan is
+    larger.
     """
     fresh = _pass_fields(ir)
-    _run_passes(ir, enabled, keep, frozenset())
+    _run_passes(ir, enabled, keep, frozenset(), log=False)
     removed = [
         info.name
         for info in ir.layers
@@ -220,15 +227,22 @@ def choose_kept_splits(ir, enabled, keep, measure) -> frozenset[str]:
         return frozenset()
     all_removed = measure(ir)
     _restore_pass_fields(ir, fresh)
-    _run_passes(ir, enabled, keep, frozenset(removed))
+    _run_passes(ir, enabled, keep, frozenset(removed), log=False)
     best = measure(ir)
     _restore_pass_fields(ir, fresh)
     if _fits_within(all_removed, best):
         return frozenset()
     kept_splits = frozenset(removed)
-    for name in removed:
+    if len(removed) > MAX_SPLIT_TRIALS:
+        logger.debug(
+            "net '%s': %d splits, so only the first %d are tried one at a time",
+            ir.name,
+            len(removed),
+            MAX_SPLIT_TRIALS,
+        )
+    for name in removed[:MAX_SPLIT_TRIALS]:
         trial = kept_splits - {name}
-        _run_passes(ir, enabled, keep, trial)
+        _run_passes(ir, enabled, keep, trial, log=False)
         plan = measure(ir)
         _restore_pass_fields(ir, fresh)
         if _fits_within(plan, best):
