@@ -358,7 +358,7 @@ def compile_command(args) -> int:
         return compile_cuda(nets, out, args)
     packages = {}
     for where, found in found_nets.items():
-        package = module_name(found.name, out)
+        package = module_name(found.name, out, path)
         if package in packages:
             other_where, other = packages[package]
             logger.error(

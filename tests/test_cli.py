@@ -811,3 +811,13 @@ def test_compile_beside_module_file(tmp_path):
     assert main(["compile", str(net_file), "-o", str(out)]) == 0
     assert (out / "helper_net" / "__init__.py").is_file()
     assert not (out / "helper").exists()
+
+
+def test_compile_beside_own_net_file(tmp_path):
+    """The net file itself keeps the package's plain name: importing the
+    net's name from that folder is meant to give the compiled package."""
+    net_file = tmp_path / "tiny.py"
+    net_file.write_text(NET_FILE.replace('"tiny-net"', '"tiny"'))
+    assert main(["compile", str(net_file), "-o", str(tmp_path)]) == 0
+    assert (tmp_path / "tiny" / "__init__.py").is_file()
+    assert not (tmp_path / "tiny_net").exists()

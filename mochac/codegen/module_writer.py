@@ -92,32 +92,40 @@ def taken_module_names() -> frozenset[str]:
     return frozenset(name.lower() for name in names)
 
 
-def module_name(net_name: str, out_dir: Path | None = None) -> str:
+def module_name(
+    net_name: str, out_dir: Path | None = None, net_file: Path | None = None
+) -> str:
     """Return a Python module name derived from a net name.
 
     The name gets the suffix "_net" when it is a keyword ("class" cannot
     follow an import statement), a module name in taken_module_names(), or
-    the name of a module file in ``out_dir``. Python imports a package
-    before a module file of the same name, so the package would shadow
-    that module (a helper the net file imports, say).
+    the name of a module file in ``out_dir`` other than ``net_file``.
+    Python imports a package before a module file of the same name, so the
+    package would shadow that module (a helper the net file imports, say).
+    The net file itself is not such a module: ``import lenet`` beside
+    lenet.py is meant to give the compiled package.
     """
     name = re.sub(r"[^0-9A-Za-z_]", "_", net_name).strip("_").lower() or "net"
     if keyword.iskeyword(name) or name in taken_module_names():
         return name + "_net"
     if name[0].isdigit():
         name = "net_" + name
-    if out_dir is not None and has_module_file(Path(out_dir), name):
+    if out_dir is not None and has_module_file(Path(out_dir), name, net_file):
         return name + "_net"
     return name
 
 
-def has_module_file(folder: Path, name: str) -> bool:
+def has_module_file(folder: Path, name: str, net_file: Path | None = None) -> bool:
     """Return whether ``folder`` has a module file (.py, .pyc, an extension)
-    that ``import name`` would load."""
-    return any(
-        (folder / f"{name}{suffix}").is_file()
-        for suffix in importlib.machinery.all_suffixes()
-    )
+    that ``import name`` would load, other than ``net_file``."""
+    for suffix in importlib.machinery.all_suffixes():
+        candidate = folder / f"{name}{suffix}"
+        if not candidate.is_file():
+            continue
+        if net_file is not None and candidate.resolve() == Path(net_file).resolve():
+            continue
+        return True
+    return False
 
 
 def deferred_sources(net) -> dict:
@@ -186,7 +194,7 @@ def write_module(net, out_dir, source_file) -> Path:
     ConfigError and is left alone.
     """
     out_dir = Path(out_dir)
-    folder = out_dir / module_name(net.name, out_dir)
+    folder = out_dir / module_name(net.name, out_dir, Path(source_file))
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out_dir, folder.name)
     staging = temporary_path(folder)
