@@ -385,3 +385,23 @@ def test_compiler_output_in_threads(capfd):
     assert locked == {index: True for index in range(8)}
     assert texts == {index: f"thread {index}\n" for index in range(8)}
     assert texts == {i: f"thread {i}\n" for i in range(8)}
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, PermissionError])
+def test_compiler_output_of_interrupted_build(tmp_path, monkeypatch, capfd, raised):
+    """What the compiler wrote before a Ctrl-C, or before the build files
+    could not be written, still reaches stderr."""
+    import cffi
+
+    from mochac.errors import CompileError
+
+    def compile_and_stop(self, *args, **kwargs):
+        os.write(2, b"output before the stop\n")
+        raise raised("stopped")
+
+    monkeypatch.setenv("MOCHAC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cffi.FFI, "compile", compile_and_stop)
+    expected = CompileError if raised is PermissionError else KeyboardInterrupt
+    with pytest.raises(expected):
+        cache_net(output_dim=5)
+    assert "output before the stop" in capfd.readouterr().err

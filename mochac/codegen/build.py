@@ -428,6 +428,7 @@ def build_extension(source: str, net_name: str):
                 built = ffi.compile(tmpdir=tmp, verbose=False)
         except OSError as error:
             # cffi writes the C file itself, so this is no compiler failure.
+            compiler_output.forward()
             raise CompileError(
                 f"net '{net_name}': cannot write the build files in {tmp}: "
                 f"{error}; check that the temporary folder has free space, or "
@@ -455,6 +456,10 @@ def build_extension(source: str, net_name: str):
                 output=output,
                 source_path=str(kept),
             ) from error
+        except BaseException:
+            # A Ctrl-C: what the compiler wrote still reaches the terminal.
+            compiler_output.forward()
+            raise
         # The compiler's warnings reach the terminal as they did before the
         # capture.
         compiler_output.forward()

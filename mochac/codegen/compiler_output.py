@@ -34,7 +34,8 @@ PROBE_BYTES = 4096
 READER_JOIN_SECONDS = 1.0
 # File descriptor 2 is shared by the whole process, so builds in several
 # threads redirect it one at a time. Otherwise a later block would save an
-# earlier block's pipe as the descriptor to restore.
+# earlier block's pipe as the descriptor to restore. NOTE: so nets built in
+# several threads of one process compile one at a time.
 REDIRECT_LOCK = threading.Lock()
 
 
