@@ -409,6 +409,7 @@ def compile_command(args) -> int:
 def compile_cuda(nets, out: Path, args) -> int:
     """Write each net's CUDA source and step list (no CuPy or device needed)."""
     from mochac.codegen.cuda import build_cuda_program, write_cuda_files
+    from mochac.codegen.cuda.export import check_cuda_files
     from mochac.codegen.lowering import c_identifier
 
     ignored = [
@@ -428,7 +429,11 @@ def compile_cuda(nets, out: Path, args) -> int:
         )
         return 2
     used: set[str] = set()
-    for found in nets:
+    stems = [c_identifier(found.name, used) for found in nets]
+    # Every file is checked before any is written.
+    for stem in stems:
+        check_cuda_files(out, stem)
+    for found, stem in zip(nets, stems):
         _, program = build_cuda_program(
             found.name,
             found.layers,
@@ -439,7 +444,7 @@ def compile_cuda(nets, out: Path, args) -> int:
             phase=found.phase,
             force_backward=found.force_backward,
         )
-        paths = write_cuda_files(program, out, c_identifier(found.name, used))
+        paths = write_cuda_files(program, out, stem)
         print(f"net '{found.name}' -> {', '.join(str(path) for path in paths)}")
     return 0
 

@@ -292,6 +292,29 @@ def test_compile_cuda_backend_writes_source_and_steps(tmp_path, capsys):
     assert str(sources[0]) in capsys.readouterr().out
 
 
+def test_compile_cuda_keeps_user_files(tmp_path, caplog):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    out = tmp_path / "cuda"
+    args = ["compile", str(net_file), "-o", str(out), "--backend", "cuda"]
+    assert main(args) == 0
+    # Files that an earlier compile wrote are replaced.
+    assert main(args) == 0
+
+    source = out / "tiny_net.cu"
+    source.write_text("// a kernel of the user's own\n")
+    assert main(args) == 1
+    assert source.read_text() == "// a kernel of the user's own\n"
+    assert f"cannot write {source}" in caplog.text
+
+    source.unlink()
+    steps = out / "tiny_net.steps.json"
+    steps.write_text('{"notes": "the user\'s"}\n')
+    assert main(args) == 1
+    assert not source.exists()
+    assert steps.read_text() == '{"notes": "the user\'s"}\n'
+
+
 def test_bench_cuda_backend_without_device_fails_clearly(caplog):
     try:
         import cupy
