@@ -181,25 +181,29 @@ def collect_nets(namespace: dict) -> dict[str, object]:
 
     nets: dict[str, Net] = {}
     seen: set[int] = set()
-
-    def visit(value, where: str) -> None:
+    # A stack in place of recursion, so that containers nested deeper than
+    # Python's recursion limit are searched too. Items are pushed in reverse
+    # so that they are visited in order.
+    pending = [
+        (value, name)
+        for name, value in reversed(namespace.items())
+        if name != "__builtins__"
+    ]
+    while pending:
+        value, where = pending.pop()
         if id(value) in seen:
-            return
+            continue
         if isinstance(value, Net):
             seen.add(id(value))
             nets[where] = value
         elif isinstance(value, (list, tuple)):
             seen.add(id(value))
-            for index, item in enumerate(value):
-                visit(item, f"{where}[{index}]")
+            items = [(item, f"{where}[{index}]") for index, item in enumerate(value)]
+            pending.extend(reversed(items))
         elif isinstance(value, dict):
             seen.add(id(value))
-            for key, item in value.items():
-                visit(item, f"{where}[{key!r}]")
-
-    for name, value in namespace.items():
-        if name != "__builtins__":
-            visit(value, name)
+            items = [(item, f"{where}[{key!r}]") for key, item in value.items()]
+            pending.extend(reversed(items))
     return nets
 
 

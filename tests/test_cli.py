@@ -554,6 +554,30 @@ def test_compile_writes_nets_in_containers(tmp_path, capsys):
     assert printed.index("'second'") < printed.index("'third'")
 
 
+def test_compile_finds_deeply_nested_net(tmp_path, capsys):
+    net_file = tmp_path / "nets.py"
+    net_file.write_text(
+        CONTAINER_NET_FILE
+        + textwrap.dedent(
+            """
+            import sys
+
+            deep = make("deep")
+            for _ in range(sys.getrecursionlimit() + 100):
+                deep = [deep]
+            loop = [make("looped")]
+            loop.append(loop)
+            """
+        )
+    )
+    out = tmp_path / "out"
+    assert main(["compile", str(net_file), "-o", str(out)]) == 0
+    written = sorted(path.name for path in out.iterdir())
+    assert written == ["deep", "looped"]
+    printed = capsys.readouterr().out
+    assert printed.index("'deep'") < printed.index("'looped'")
+
+
 def test_compile_rejects_clash_in_list(tmp_path, caplog):
     net_file = tmp_path / "nets.py"
     net_file.write_text(
