@@ -194,6 +194,27 @@ def test_hdf5_package_open_other_source_list(hdf5_package, tmp_path):
     assert source.layer.source == str(other_list)
 
 
+def test_hdf5_package_failed_open_keeps_source(hdf5_package, tmp_path):
+    other_list = write_data(tmp_path / "other", rows=12)
+    wide_list = write_data(tmp_path / "wide", features=5)
+    net = load_net(hdf5_package)
+    source = net.data_source("train-data")
+    source.open(other_list)
+    net.forward()
+    with pytest.raises(DataError):
+        source.open(tmp_path / "missing.txt")
+    with pytest.raises(DataError):
+        source.open(wide_list)
+
+    # The list opened before goes on at its second batch.
+    net.forward()
+    with h5py.File(tmp_path / "other" / "train.h5") as handle:
+        expected = handle["data"][4:8]
+    np.testing.assert_array_equal(net.blobs["data"], expected)
+    assert source.position == 8
+    assert source.layer.source == str(other_list)
+
+
 def test_hdf5_package_rejects_other_shapes(hdf5_package, tmp_path):
     other_list = write_data(tmp_path / "wide", features=5)
     net = load_net(hdf5_package)

@@ -253,15 +253,14 @@ class DeferredSource:
         the real data source.
 
         Without ``source_list`` a source opened before is returned as it is.
-        With it, a source opened before is closed first.
+        With it, a source opened before is closed once the new one is open.
+        When the new one fails, the source opened before stays in use.
         """
         if source_list is None and self._source is not None:
             return self._source
         layer = self.layer
         if source_list is not None:
             layer = dataclasses.replace(layer, source=str(source_list))
-            self.close()
-            self._source = None
         try:
             source = make_source(layer, self._dtype, self._rng, self.name)
         except DataError as error:
@@ -278,6 +277,7 @@ class DeferredSource:
                 f"package was built for {self.shapes}; use data of the compiled "
                 "shapes, or run `mochac compile` again with the new data"
             )
+        self.close()
         if hasattr(source, "arrays_version"):
             # A data position of the source opened before is stale for this
             # one (DataSource.is_stale), so each opened source counts on.
