@@ -633,6 +633,28 @@ def test_lounge_round_trips_names_with_slash(tmp_path):
     assert merged.statistics == expected
 
 
+@pytest.mark.parametrize(
+    ("iterations", "values"),
+    [([0, 10, 20], [0.5, 0.4]), ([0, 10], [0.5, 0.4, 0.3]), ([[0, 10]], [[0.5, 0.4]])],
+)
+def test_lounge_rejects_mismatched_series(tmp_path, iterations, values):
+    from mochac.runtime.coffee_lounge import read_statistics
+
+    stats = tmp_path / "statistics.h5"
+    with h5py.File(stats, "w") as handle:
+        handle["obj_val/iterations"] = np.array(iterations, dtype=np.int64)
+        handle["obj_val/values"] = np.array(values, dtype=np.float64)
+    with pytest.raises(mochac.DataError) as error:
+        read_statistics(stats)
+    message = str(error.value)
+    assert str(stats) in message
+    assert "statistic 'obj_val' has iterations of shape" in message
+
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=0))
+    with pytest.raises(mochac.DataError, match="file_exists='overwrite'"):
+        solver.setup_coffee_lounge(save_into=stats)
+
+
 def test_lounge_panics_on_existing_file(tmp_path):
     stats = tmp_path / "statistics.h5"
     stats.write_bytes(b"")

@@ -108,8 +108,9 @@ def read_statistics(path, advice: str = "") -> dict[str, dict[int, float]]:
     """Return the series stored in a coffee lounge file.
 
     Raises DataError when the file does not exist, cannot be read as HDF5
-    (damaged or truncated) or contains anything but statistics series (a
-    snapshot, for instance). ``advice`` ends the messages of unreadable
+    (damaged or truncated), contains anything but statistics series (a
+    snapshot, for instance) or has a series whose iterations and values are
+    not 1-D datasets of one length. ``advice`` ends the messages of unreadable
     files.
     """
     path = Path(path)
@@ -158,5 +159,17 @@ def _read_series(path, handle) -> dict[str, dict[int, float]]:
         stored = group.attrs.get("name", name)
         if isinstance(stored, bytes):
             stored = stored.decode("utf-8")
+        # zip() would drop the values past the shorter dataset without a word.
+        # read_statistics reports the ValueError as a damaged file.
+        if (
+            np.ndim(iterations) != 1
+            or np.ndim(values) != 1
+            or len(iterations) != len(values)
+        ):
+            raise ValueError(
+                f"statistic '{stored}' has iterations of shape "
+                f"{np.shape(iterations)} and values of shape {np.shape(values)}, "
+                "where two 1-D datasets of one length were expected"
+            )
         stats[str(stored)] = {int(i): float(v) for i, v in zip(iterations, values)}
     return stats
