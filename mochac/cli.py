@@ -344,6 +344,12 @@ def compile_command(args) -> int:
     for option, value in (("--report-json", args.report_json), ("--dot", args.dot)):
         if value and Path(value).resolve() == out.resolve():
             raise UsageError(f"{option} {value}: is the -o folder; name a file instead")
+    # The net file may change the working directory while it runs, so the
+    # files are written to absolute paths and named as given.
+    out_dir = out.absolute()
+    source_file = path.absolute()
+    report_json = Path(args.report_json).absolute() if args.report_json else None
+    dot = Path(args.dot).absolute() if args.dot else None
     # The options are checked before the file runs and builds its nets.
     try:
         enabled_passes(args.opt_level, args.disable)
@@ -359,10 +365,10 @@ def compile_command(args) -> int:
         return 2
     nets = list(found_nets.values())
     if args.backend == "cuda":
-        return compile_cuda(nets, out, args)
+        return compile_cuda(nets, out, out_dir, args)
     packages = {}
     for where, found in found_nets.items():
-        package = module_name(found.name, out, path)
+        package = module_name(found.name, out_dir, source_file)
         if package in packages:
             other_where, other = packages[package]
             logger.error(
@@ -378,8 +384,8 @@ def compile_command(args) -> int:
         packages[package] = (where, found)
     # Every package folder is checked before any is written.
     for package in packages:
-        if (out / package).exists():
-            check_package_folder(out / package)
+        if (out_dir / package).exists():
+            check_package_folder(out_dir / package)
     reports, dots = [], []
     for found in nets:
         # Rebuild with the command line's options; the cache makes an
@@ -397,21 +403,22 @@ def compile_command(args) -> int:
             disable=args.disable,
             keep=found.keep,
         )
-        folder = write_module(net, out, path)
-        print(f"net '{net.name}' -> {folder} (import {folder.name})")
+        folder = write_module(net, out_dir, source_file)
+        print(f"net '{net.name}' -> {out / folder.name} (import {folder.name})")
         reports.append(net_report(net))
         dots.append(net_to_dot(net))
         if args.report:
             print(format_report(reports[-1]))
-    if args.report_json:
-        Path(args.report_json).write_text(json.dumps(reports, indent=1) + "\n")
-    if args.dot:
-        Path(args.dot).write_text("".join(dots))
+    if report_json:
+        report_json.write_text(json.dumps(reports, indent=1) + "\n")
+    if dot:
+        dot.write_text("".join(dots))
     return 0
 
 
-def compile_cuda(nets, out: Path, args) -> int:
-    """Write each net's CUDA source and step list (no CuPy or device needed)."""
+def compile_cuda(nets, out: Path, out_dir: Path, args) -> int:
+    """Write each net's CUDA source and step list (no CuPy or device needed)
+    into ``out_dir``, the absolute path of the -o folder ``out``."""
     from mochac.codegen.cuda import build_cuda_program, write_cuda_files
     from mochac.codegen.cuda.export import check_cuda_files
     from mochac.codegen.lowering import c_identifier
@@ -436,7 +443,7 @@ def compile_cuda(nets, out: Path, args) -> int:
     stems = [c_identifier(found.name, used) for found in nets]
     # Every file is checked before any is written.
     for stem in stems:
-        check_cuda_files(out, stem)
+        check_cuda_files(out_dir, stem)
     for found, stem in zip(nets, stems):
         _, program = build_cuda_program(
             found.name,
@@ -448,8 +455,9 @@ def compile_cuda(nets, out: Path, args) -> int:
             phase=found.phase,
             force_backward=found.force_backward,
         )
-        paths = write_cuda_files(program, out, stem)
-        print(f"net '{found.name}' -> {', '.join(str(path) for path in paths)}")
+        paths = write_cuda_files(program, out_dir, stem)
+        shown = ", ".join(str(out / path.name) for path in paths)
+        print(f"net '{found.name}' -> {shown}")
     return 0
 
 
@@ -459,6 +467,8 @@ def bench_command(args) -> int:
 
     if args.json:
         check_output_file(args.json, "--json")
+        # A net file may change the working directory while it runs.
+        args.json = str(Path(args.json).absolute())
     if args.net in BUILTIN:
         factory = BUILTIN[args.net]
         if args.batch is None:

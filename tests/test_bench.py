@@ -369,3 +369,17 @@ def test_backward_difference_keeps_noise_below_zero():
     from mochac.bench.runner import _difference
 
     assert _difference([1.0, 2.0], [1.5, 0.5]) == [-0.5, 1.5]
+
+
+def test_bench_json_of_net_file_changing_directory(tmp_path, monkeypatch):
+    """--json names a file in the directory the command started in, also
+    when the net file changes directory."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "net.py").write_text(
+        BATCH_8_NET_FILE + '\nimport os\nos.chdir("elsewhere")\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    args = ["bench", "net.py", "--iters", "1", "--repeats", "1", "--no-peer"]
+    assert main([*args, "--json", "bench.json"]) == 0
+    assert json.loads((tmp_path / "bench.json").read_text())["batch"] == 8
+    assert not (tmp_path / "elsewhere" / "bench.json").exists()

@@ -578,6 +578,33 @@ def test_compile_finds_deeply_nested_net(tmp_path, capsys):
     assert printed.index("'deep'") < printed.index("'looped'")
 
 
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_compile_net_file_changing_directory(tmp_path, monkeypatch, capsys, backend):
+    """Relative paths of the command line name files in the directory the
+    command started in, also when the net file changes directory."""
+    (tmp_path / "elsewhere").mkdir()
+    net_file = tmp_path / "nets.py"
+    net_file.write_text(
+        CONTAINER_NET_FILE + '\nimport os\nos.chdir("elsewhere")\nnet = make("moved")\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    args = ["compile", "nets.py", "-o", "out", "--backend", backend]
+    if backend == "cpu":
+        args += ["--report-json", "report.json", "--dot", "nets.dot"]
+    assert main(args) == 0
+    assert not (tmp_path / "elsewhere" / "out").exists()
+    printed = capsys.readouterr().out
+    if backend == "cuda":
+        assert (tmp_path / "out" / "moved.cu").is_file()
+        assert "out/moved.cu" in printed
+        return
+    assert "-> out/moved (import moved)" in printed
+    meta = json.loads((tmp_path / "out" / "moved" / "net.json").read_text())
+    assert meta["source_file"] == str(net_file)
+    assert (tmp_path / "report.json").is_file()
+    assert (tmp_path / "nets.dot").is_file()
+
+
 def test_compile_rejects_clash_in_list(tmp_path, caplog):
     net_file = tmp_path / "nets.py"
     net_file.write_text(
