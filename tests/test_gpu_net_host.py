@@ -12,6 +12,7 @@ import shutil
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import host_cupy
 import numpy as np
@@ -258,6 +259,33 @@ def test_host_gpu_bench_report(cupy):
     text = format_gpu_bench(report)
     assert "training steps with CUDA graphs" in text
     assert text.splitlines()[2].startswith("mochac")
+
+
+def test_host_gpu_bench_captures_untimed(cupy, monkeypatch):
+    """The training step's CUDA graph is captured once, in the untimed
+    calls before the rounds, so no timed round pays for the capture."""
+    from mochac.bench import gpu_runner, runner
+    from mochac.runtime.gpu_graphs import StepGraphs
+
+    # rounds() reads the clock once as a round starts and once as it ends.
+    clock = {"reads": 0}
+
+    def fake_perf_counter():
+        clock["reads"] += 1
+        return float(clock["reads"])
+
+    monkeypatch.setattr(runner, "time", SimpleNamespace(perf_counter=fake_perf_counter))
+    captured_in_round = []
+    capture = StepGraphs._capture
+
+    def recording_capture(self, calls, n_valid):
+        captured_in_round.append(clock["reads"] % 2 == 1)
+        return capture(self, calls, n_valid)
+
+    monkeypatch.setattr(StepGraphs, "_capture", recording_capture)
+    report = gpu_runner.bench_gpu(lenet, batch=2, iters=2, repeats=2, peer=False)
+    assert report["cuda_graphs"]
+    assert captured_in_round == [False]
 
 
 def test_host_gpu_profile_lists_layers(cupy):

@@ -20,6 +20,22 @@ from mochac.bench.runner import (
     rounds,
     summary,
 )
+
+# Untimed calls before each measure's rounds. A net's first training step
+# runs call by call and its second captures the CUDA graph that later steps
+# replay (mochac.runtime.gpu_graphs), and PyTorch's first steps create the
+# optimizer's momentum buffers and pick cuDNN's algorithms. None of that
+# belongs in the timed rounds.
+WARMUP_CALLS = 3
+
+
+def warm_rounds(function, iters: int, repeats: int) -> list[float]:
+    """Call ``function`` WARMUP_CALLS times, then return rounds()'s samples."""
+    for _ in range(WARMUP_CALLS):
+        function()
+    return rounds(function, iters, repeats)
+
+
 from mochac.runtime.gpu_backend import GPUBackend
 from mochac.runtime.net import Net
 from mochac.runtime.solver import SGD
@@ -70,11 +86,11 @@ def bench_gpu(layers_factory, batch=64, iters=20, repeats=5, opt_level=1, peer=T
         "iters": iters,
         "opt_level": opt_level,
         "mochac": {
-            "forward": summary(rounds(forward, iters, repeats)),
-            "train": summary(rounds(train, iters, repeats)),
-            "infer": summary(rounds(infer(infer_net), iters, repeats)),
+            "forward": summary(warm_rounds(forward, iters, repeats)),
+            "train": summary(warm_rounds(train, iters, repeats)),
+            "infer": summary(warm_rounds(infer(infer_net), iters, repeats)),
             "latency": summary(
-                rounds(infer(single_net), LATENCY_CALLS * iters, repeats)
+                warm_rounds(infer(single_net), LATENCY_CALLS * iters, repeats)
             ),
         },
         "peers": {},
@@ -117,20 +133,22 @@ def bench_torch_cuda(net, iters, repeats) -> dict:
 
     measures = {
         "forward": summary(
-            rounds(timed(lambda: peer.loss(peer.x, peer.y)), iters, repeats)
+            warm_rounds(timed(lambda: peer.loss(peer.x, peer.y)), iters, repeats)
         ),
         "train": summary(
-            rounds(timed(lambda: peer.train_step(peer.loss)), iters, repeats)
+            warm_rounds(timed(lambda: peer.train_step(peer.loss)), iters, repeats)
         ),
         "version": torch.__version__,
         "device": torch.cuda.get_device_name(),
     }
     with torch.inference_mode():
         measures["infer"] = summary(
-            rounds(timed(lambda: peer.outputs(peer.x)), iters, repeats)
+            warm_rounds(timed(lambda: peer.outputs(peer.x)), iters, repeats)
         )
         measures["latency"] = summary(
-            rounds(timed(lambda: peer.outputs(single)), LATENCY_CALLS * iters, repeats)
+            warm_rounds(
+                timed(lambda: peer.outputs(single)), LATENCY_CALLS * iters, repeats
+            )
         )
     return {"torch_cuda": measures}
 
