@@ -520,10 +520,12 @@ def bench_command(args) -> int:
         )
         report["net"] = args.net
         print(format_gpu_bench(report))
+        # Written before the profile too, so that a profile that fails or
+        # outruns a time limit leaves the timings in the file.
+        write_json_report(report, args.json)
         if args.profile:
             print_gpu_profile(report, factory, args)
-        if args.json:
-            Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+            write_json_report(report, args.json)
         return 0
     report = bench(
         factory,
@@ -538,11 +540,17 @@ def bench_command(args) -> int:
     )
     report["net"] = args.net
     print(format_bench(report))
+    write_json_report(report, args.json)
     if args.profile:
         print_profile(report, factory, args)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        write_json_report(report, args.json)
     return 0
+
+
+def write_json_report(report: dict, path: str | None) -> None:
+    """Write ``report`` as JSON to ``path`` (the --json option), if given."""
+    if path:
+        Path(path).write_text(json.dumps(report, indent=1) + "\n")
 
 
 def file_net_factory(path: Path, net, args):

@@ -316,6 +316,27 @@ def test_host_gpu_bench_profile_command(cupy, tmp_path, capsys):
     assert "torch" not in header
 
 
+def test_host_gpu_bench_json_before_profile(cupy, tmp_path, monkeypatch):
+    """A profile that fails still leaves the bench's timings in --json."""
+    import json
+
+    from mochac.bench import gpu_profile
+    from mochac.cli import main
+    from mochac.errors import DeviceError
+
+    def failing_profile(net, iters, repeats):
+        raise DeviceError("the profile failed on purpose")
+
+    monkeypatch.setattr(gpu_profile, "profile_gpu", failing_profile)
+    out = tmp_path / "bench.json"
+    args = ["bench", "lenet", "--backend", "cuda", "--batch", "2"]
+    args += ["--iters", "1", "--repeats", "1", "--no-peer", "--profile"]
+    assert main([*args, "--json", str(out)]) == 1
+    report = json.loads(out.read_text())
+    assert report["mochac"]["train"]["median_ms"] > 0
+    assert "profile" not in report
+
+
 def test_host_sanitizer_run_script(cupy, monkeypatch, capsys):
     """benchmarks/cuda_sanitizer_run.py, the program compute-sanitizer runs
     on a GPU machine, trains every test net on the stand-in."""
