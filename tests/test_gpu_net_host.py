@@ -337,6 +337,63 @@ def test_host_gpu_bench_json_before_profile(cupy, tmp_path, monkeypatch):
     assert "profile" not in report
 
 
+@pytest.fixture
+def torch_as_cuda(monkeypatch):
+    """Return PyTorch made to pass for a CUDA build whose device is the CPU.
+
+    Like the real one, its from_numpy rejects any array but a NumPy
+    ndarray, such as a CuPy array (the host stand-in's arrays subclass
+    ndarray, which the real from_numpy would take).
+    """
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "host")
+    monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, device=None: self)
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *args, **kwargs: self)
+    from_numpy = torch.from_numpy
+
+    def strict_from_numpy(array):
+        if type(array) is not np.ndarray:
+            raise TypeError(f"expected np.ndarray (got {type(array).__name__})")
+        return from_numpy(array)
+
+    monkeypatch.setattr(torch, "from_numpy", strict_from_numpy)
+    return torch
+
+
+def test_host_gpu_bench_command_with_peer(cupy, torch_as_cuda, tmp_path, capsys):
+    """mochac bench --backend cuda times mochac and the PyTorch peer, writes
+    both with the speed-up to --json and prints them as a table."""
+    import json
+
+    from mochac.cli import main
+
+    out = tmp_path / "bench.json"
+    args = ["bench", "lenet", "--backend", "cuda", "--batch", "2"]
+    args += ["--iters", "2", "--repeats", "2", "--json", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["net"] == "lenet"
+    assert report["batch"] == 2
+    assert report["cuda_graphs"] is True
+    peer = report["peers"]["torch_cuda"]
+    for measure in ("forward", "train", "infer", "latency"):
+        assert report["mochac"][measure]["rounds"] == 2, measure
+        assert peer[measure]["median_ms"] > 0, measure
+        expected = peer[measure]["median_ms"] / report["mochac"][measure]["median_ms"]
+        assert peer[measure]["speedup_of_mochac"] == pytest.approx(expected), measure
+    assert peer["device"] == "host"
+
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[2:4]}
+    assert set(rows) == {"mochac", "torch_cuda"}
+    mochac_it_s = 1e3 / report["mochac"]["train"]["median_ms"]
+    assert float(rows["mochac"][3]) == pytest.approx(mochac_it_s, rel=1e-3, abs=0.1)
+    speedup = peer["train"]["speedup_of_mochac"]
+    assert lines[4].startswith(f"mochac speed-up over torch_cuda: train {speedup:.2f}x")
+
+
 def test_host_sanitizer_run_script(cupy, monkeypatch, capsys):
     """benchmarks/cuda_sanitizer_run.py, the program compute-sanitizer runs
     on a GPU machine, trains every test net on the stand-in."""

@@ -39,6 +39,13 @@ def _within_channel_lrn(torch, layer):
     return WithinChannelLRN()
 
 
+def _host_copy(array) -> np.ndarray:
+    """Return ``array`` as a NumPy array, copied to the host when it is a
+    CuPy array (a GPUNet's parameter), which torch.from_numpy rejects."""
+    get = getattr(array, "get", None)
+    return array if get is None else get()
+
+
 # Ends the errors of layers the peer cannot mirror.
 NO_PEER_HINT = "; time mochac alone with --no-peer"
 
@@ -136,10 +143,10 @@ class TorchNet:
             if weights:
                 with torch.no_grad():
                     module.weight.copy_(
-                        torch.from_numpy(net.params[info.name][weights[0]])
+                        torch.from_numpy(_host_copy(net.params[info.name][weights[0]]))
                     )
                     module.bias.copy_(
-                        torch.from_numpy(net.params[info.name][weights[1]])
+                        torch.from_numpy(_host_copy(net.params[info.name][weights[1]]))
                     )
                 weight_spec, bias_spec = info.params
                 for parameter, spec in (
