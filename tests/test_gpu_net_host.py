@@ -384,14 +384,16 @@ def test_host_gpu_bench_command_with_peer(cupy, torch_as_cuda, tmp_path, capsys)
         expected = peer[measure]["median_ms"] / report["mochac"][measure]["median_ms"]
         assert peer[measure]["speedup_of_mochac"] == pytest.approx(expected), measure
     assert peer["device"] == "host"
+    assert peer["settings"]["cudnn_benchmark"] is False
 
     lines = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line.split() for line in lines[2:4]}
     assert set(rows) == {"mochac", "torch_cuda"}
     mochac_it_s = 1e3 / report["mochac"]["train"]["median_ms"]
     assert float(rows["mochac"][3]) == pytest.approx(mochac_it_s, rel=1e-3, abs=0.1)
+    assert "cudnn.benchmark off" in lines[4]
     speedup = peer["train"]["speedup_of_mochac"]
-    assert lines[4].startswith(f"mochac speed-up over torch_cuda: train {speedup:.2f}x")
+    assert lines[5].startswith(f"mochac speed-up over torch_cuda: train {speedup:.2f}x")
 
 
 def test_host_sanitizer_run_script(cupy, monkeypatch, capsys):

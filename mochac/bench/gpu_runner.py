@@ -140,6 +140,7 @@ def bench_torch_cuda(net, iters, repeats) -> dict:
         ),
         "version": torch.__version__,
         "device": torch.cuda.get_device_name(),
+        "settings": torch_cuda_settings(torch),
     }
     with torch.inference_mode():
         measures["infer"] = summary(
@@ -151,6 +152,40 @@ def bench_torch_cuda(net, iters, repeats) -> dict:
             )
         )
     return {"torch_cuda": measures}
+
+
+def torch_cuda_settings(torch) -> dict:
+    """Return the PyTorch settings that change its float32 speed on the GPU.
+
+    The bench leaves them as the process found them. PyTorch's defaults
+    (read in 2.13) let cuDNN run float32 convolutions in TF32 on Ampere and
+    newer GPUs, keep matrix products in full float32 and leave
+    cudnn.benchmark off. mochac's GEMMs stay full float32, because they call
+    cublasSgemm in cuBLAS's default math mode.
+    """
+    backends = torch.backends
+    return {
+        "cudnn_allow_tf32": bool(backends.cudnn.allow_tf32),
+        "matmul_allow_tf32": bool(backends.cuda.matmul.allow_tf32),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cudnn_benchmark": bool(backends.cudnn.benchmark),
+        "cudnn_deterministic": bool(backends.cudnn.deterministic),
+    }
+
+
+def format_torch_settings(name: str, measures: dict) -> str:
+    """Return one line naming a GPU peer's version, device and TF32 settings."""
+    settings = measures["settings"]
+
+    def on_off(flag):
+        return "on" if flag else "off"
+
+    return (
+        f"{name}: PyTorch {measures['version']} on {measures['device']}, TF32 "
+        f"convolutions {on_off(settings['cudnn_allow_tf32'])}, TF32 matmuls "
+        f"{on_off(settings['matmul_allow_tf32'])}, cudnn.benchmark "
+        f"{on_off(settings['cudnn_benchmark'])}"
+    )
 
 
 def format_gpu_bench(report: dict) -> str:
@@ -172,6 +207,7 @@ def format_gpu_bench(report: dict) -> str:
             f"{measures['latency']['median_ms']:11.4f}"
         )
     for name, measures in report["peers"].items():
+        lines.append(format_torch_settings(name, measures))
         lines.append(
             f"mochac speed-up over {name}: train "
             f"{measures['train']['speedup_of_mochac']:.2f}x, inference "
