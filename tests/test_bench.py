@@ -2,6 +2,8 @@
 
 import json
 import logging
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -383,3 +385,27 @@ def test_bench_json_of_net_file_changing_directory(tmp_path, monkeypatch):
     assert main([*args, "--json", "bench.json"]) == 0
     assert json.loads((tmp_path / "bench.json").read_text())["batch"] == 8
     assert not (tmp_path / "elsewhere" / "bench.json").exists()
+
+
+DEVICE_CHECK = (
+    Path(__file__).resolve().parent.parent / "benchmarks/cuda_device_check.sh"
+)
+
+
+def test_device_check_fits_one_call():
+    """benchmarks/cuda_device_check.sh runs as one 600 s call of the device
+    tool, which returns at most 8 files from $OUT, named with letters,
+    digits, '.', '_' and '-' alone. Its bounded steps leave 40 s of the
+    call for the wheel install and the version checks, which have none."""
+    script = DEVICE_CHECK.read_text()
+    limits = re.findall(r"timeout (?:-k (\d+) )?(\d+) ", script)
+    assert len(limits) == 3
+    # The compute-sanitizer step runs once per tool, memcheck and racecheck.
+    pytest_s, bench_s, sanitizer_s = (int(kill or 0) + int(s) for kill, s in limits)
+    assert pytest_s + bench_s + 2 * sanitizer_s <= 560
+    outputs = set(re.findall(r'"\$OUT/([^"]+)"', script))
+    outputs |= {f"{tool}.log" for tool in ("memcheck", "racecheck")}
+    outputs.discard("$tool.log")
+    assert len(outputs) <= 8
+    for name in outputs:
+        assert re.fullmatch(r"[A-Za-z0-9._-]+", name), name
