@@ -351,6 +351,7 @@ def torch_as_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "host")
     monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, device=None: self)
     monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *args, **kwargs: self)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, device=None: self)
     from_numpy = torch.from_numpy
 
     def strict_from_numpy(array):
@@ -394,6 +395,37 @@ def test_host_gpu_bench_command_with_peer(cupy, torch_as_cuda, tmp_path, capsys)
     assert "cudnn.benchmark off" in lines[4]
     speedup = peer["train"]["speedup_of_mochac"]
     assert lines[5].startswith(f"mochac speed-up over torch_cuda: train {speedup:.2f}x")
+
+
+def test_host_gpu_peer_copies_batches(cupy, torch_as_cuda, monkeypatch):
+    """Each timed call of the PyTorch peer copies its next batch from the
+    host, in turn through the data layer's four batches, as mochac's nets
+    read each batch from their data layer."""
+    from mochac.bench import gpu_runner
+
+    torch = torch_as_cuda
+    copy = torch.Tensor.copy_
+    image_sources = []
+    copies = {"count": 0}
+
+    def recording_copy(self, source, non_blocking=False):
+        if non_blocking:
+            copies["count"] += 1
+            if source.dim() == 4 and len(source) == 2:
+                image_sources.append(source.data_ptr())
+        return copy(self, source, non_blocking)
+
+    monkeypatch.setattr(torch.Tensor, "copy_", recording_copy)
+    iters, repeats = 2, 2
+    gpu_runner.bench_gpu(lenet, batch=2, iters=iters, repeats=repeats)
+    # warm_rounds: WARMUP_CALLS calls, the warm-up call of rounds(), then
+    # the rounds. Forward, train and infer copy images and labels, and
+    # latency the first image of a batch.
+    untimed = gpu_runner.WARMUP_CALLS + 1
+    batch_calls = untimed + iters * repeats
+    latency_calls = untimed + gpu_runner.LATENCY_CALLS * iters * repeats
+    assert copies["count"] == 3 * 2 * batch_calls + latency_calls
+    assert len(set(image_sources)) == 4
 
 
 def test_host_sanitizer_run_script(cupy, monkeypatch, capsys):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from mochac.bench.runner import (
     LATENCY_CALLS,
     check_batch,
@@ -123,6 +125,7 @@ def bench_torch_cuda(net, iters, repeats) -> dict:
     peer.model.cuda()
     peer.x, peer.y = peer.x.cuda(), peer.y.cuda()
     single = peer.x[:1].clone()
+    feed = HostBatches(torch, net, peer.x, peer.y, single)
 
     def timed(function):
         def run():
@@ -131,27 +134,74 @@ def bench_torch_cuda(net, iters, repeats) -> dict:
 
         return run
 
+    def forward():
+        feed.next_batch()
+        peer.loss(peer.x, peer.y)
+
+    def train():
+        feed.next_batch()
+        peer.train_step(peer.loss)
+
+    def infer():
+        feed.next_batch()
+        peer.outputs(peer.x)
+
+    def latency():
+        feed.next_sample()
+        peer.outputs(single)
+
     measures = {
-        "forward": summary(
-            warm_rounds(timed(lambda: peer.loss(peer.x, peer.y)), iters, repeats)
-        ),
-        "train": summary(
-            warm_rounds(timed(lambda: peer.train_step(peer.loss)), iters, repeats)
-        ),
+        "forward": summary(warm_rounds(timed(forward), iters, repeats)),
+        "train": summary(warm_rounds(timed(train), iters, repeats)),
         "version": torch.__version__,
         "device": torch.cuda.get_device_name(),
         "settings": torch_cuda_settings(torch),
     }
     with torch.inference_mode():
-        measures["infer"] = summary(
-            warm_rounds(timed(lambda: peer.outputs(peer.x)), iters, repeats)
-        )
+        measures["infer"] = summary(warm_rounds(timed(infer), iters, repeats))
         measures["latency"] = summary(
-            warm_rounds(
-                timed(lambda: peer.outputs(single)), LATENCY_CALLS * iters, repeats
-            )
+            warm_rounds(timed(latency), LATENCY_CALLS * iters, repeats)
         )
     return {"torch_cuda": measures}
+
+
+class HostBatches:
+    """The net's data in pinned host memory, copied into the peer's input
+    tensors one batch per call.
+
+    mochac's nets read every batch from their data layer on the host and
+    copy it to the device, so each timed call of the peer copies its batch
+    too, as a PyTorch loader with pin_memory=True feeds a GPU model.
+    """
+
+    def __init__(self, torch, net, images, labels, single):
+        source = next(iter(net.sources.values()))
+        self.images = torch.from_numpy(np.ascontiguousarray(source.arrays[0]))
+        self.images = self.images.pin_memory()
+        labels_host = source.arrays[1].reshape(-1).astype(np.int64)
+        self.labels = torch.from_numpy(labels_host).pin_memory()
+        self.batch = len(images)
+        # With fewer samples than one batch, every call copies them all.
+        self.batch_count = max(1, len(self.images) // self.batch)
+        self.position = 0
+        self.targets = (images, labels, single)
+
+    def _start(self) -> int:
+        start = self.position * self.batch
+        self.position = (self.position + 1) % self.batch_count
+        return start
+
+    def next_batch(self) -> None:
+        """Enqueue copying the next batch into the images and labels."""
+        images, labels, _ = self.targets
+        start = self._start()
+        images.copy_(self.images[start : start + self.batch], non_blocking=True)
+        labels.copy_(self.labels[start : start + self.batch], non_blocking=True)
+
+    def next_sample(self) -> None:
+        """Enqueue copying the first image of the next batch into ``single``."""
+        start = self._start()
+        self.targets[2].copy_(self.images[start : start + 1], non_blocking=True)
 
 
 def torch_cuda_settings(torch) -> dict:
