@@ -113,7 +113,8 @@ def find_nets(path: Path) -> dict[str, object]:
     raises another exception or exits during import.
     """
     modules_before = set(sys.modules)
-    sys.path.insert(0, str(path.parent.resolve()))
+    folder_entry = str(path.parent.resolve())
+    sys.path.insert(0, folder_entry)
     try:
         with cpu_in_place_of_gpu(), recording_built_nets() as built:
             namespace = runpy.run_path(str(path), run_name="__mochac_compile__")
@@ -140,11 +141,24 @@ def find_nets(path: Path) -> dict[str, object]:
             f"{format_user_traceback(error, path)}"
         ) from error
     finally:
-        sys.path.pop(0)
+        remove_path_entry(folder_entry)
     nets = collect_nets(namespace)
     new_modules = [sys.modules[name] for name in set(sys.modules) - modules_before]
     warn_unreachable_nets(path, built, nets.values(), new_modules)
     return nets
+
+
+def remove_path_entry(entry: str) -> None:
+    """Remove ``entry`` itself from sys.path, wherever the net file moved it.
+
+    The net file may insert, remove or reorder entries, and may add an equal
+    string of its own, so the entry is found by identity. Nothing is removed
+    when the file already removed it.
+    """
+    for index, item in enumerate(sys.path):
+        if item is entry:
+            del sys.path[index]
+            return
 
 
 @contextlib.contextmanager

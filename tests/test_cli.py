@@ -605,6 +605,22 @@ def test_compile_net_file_changing_directory(tmp_path, monkeypatch, capsys, back
     assert (tmp_path / "nets.dot").is_file()
 
 
+def test_find_nets_keeps_file_path_entries(tmp_path, monkeypatch):
+    """find_nets removes only the sys.path entry it added, also when the net
+    file inserted entries of its own in front of it."""
+    from mochac.cli import find_nets
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    own_entry = str(tmp_path / "own-modules")
+    net_file = tmp_path / "nets.py"
+    net_file.write_text(f"import sys\nsys.path.insert(0, {own_entry!r})\n")
+    paths_before = list(sys.path)
+    assert find_nets(net_file) == {}
+    assert sys.path[0] == own_entry
+    assert str(tmp_path) not in sys.path
+    assert sys.path[1:] == paths_before
+
+
 def test_compile_rejects_clash_in_list(tmp_path, caplog):
     net_file = tmp_path / "nets.py"
     net_file.write_text(
