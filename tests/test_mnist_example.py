@@ -1,13 +1,17 @@
-"""examples/mnist/train.py: invalid options and a missing data folder end in
-a one-line usage error before any net is built."""
+"""examples/mnist/train.py and predict.py: invalid options and a missing data
+folder end in a one-line usage error before any net is built."""
 
 import subprocess
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
-TRAIN = Path(__file__).resolve().parents[1] / "examples" / "mnist" / "train.py"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mnist"
+TRAIN = EXAMPLE / "train.py"
+PREDICT = EXAMPLE / "predict.py"
 
 
 def run_train(*options):
@@ -34,3 +38,23 @@ def test_invalid_count_rejected(tmp_path, option, value):
     result = run_train("--data", str(tmp_path), option, value)
     assert result.returncode == 2
     assert f"argument {option}: invalid value '{value}'" in result.stderr
+
+
+@pytest.mark.parametrize("index", ["3", "-4"])
+def test_predict_index_out_of_range(tmp_path, index):
+    with h5py.File(tmp_path / "test.hdf5", "w") as handle:
+        handle["data"] = np.zeros((3, 1, 28, 28), dtype=np.float32)
+        handle["label"] = np.zeros((3, 1), dtype=np.float32)
+    # The index is checked before the snapshot is read, so none is needed.
+    result = subprocess.run(
+        [sys.executable, str(PREDICT), "--data", str(tmp_path), "--index", index]
+        + ["--snapshot", str(tmp_path / "missing.hdf5")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert f"--index {index}:" in result.stderr
+    assert "has 3 images, so the index must be from 0 to 2" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -33,17 +33,25 @@ def main():
         parser.error("no snapshot found; run train.py first or pass --snapshot")
 
     image = np.zeros((1, 1, 28, 28), dtype=np.float32)
+    with h5py.File(args.data / "test.hdf5", "r") as handle:
+        count = len(handle["data"])
+        if count == 0:
+            parser.error(f"{args.data / 'test.hdf5'} contains no images")
+        # Negative indexes count from the end, as in Python.
+        if not -count <= args.index < count:
+            parser.error(
+                f"--index {args.index}: {args.data / 'test.hdf5'} has {count} "
+                f"images, so the index must be from 0 to {count - 1}"
+            )
+        image[0] = handle["data"][args.index]
+        label = int(handle["label"][args.index, 0])
+
     data_layer = MemoryDataLayer(name="data", tops=["data"], batch_size=1, data=[image])
     softmax = SoftmaxLayer(name="prob", tops=["prob"], bottoms=["ip2"])
     net = Net(
         "MNIST-deploy", CPUBackend(threads=1), [data_layer, *common_layers(), softmax]
     )
     load_snapshot(net, snapshot)
-
-    with h5py.File(args.data / "test.hdf5", "r") as handle:
-        # The data layer reads its array at every forward pass.
-        image[0] = handle["data"][args.index]
-        label = int(handle["label"][args.index, 0])
     net.forward()
     probabilities = net.blobs["prob"][0]
     print(f"Snapshot: {snapshot}")
