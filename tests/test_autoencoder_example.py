@@ -161,3 +161,31 @@ def test_corruption_rates_rejected():
     train = load_train_module()
     with pytest.raises(argparse.ArgumentTypeError, match="invalid corruption rates"):
         train.parse_rates("0.1,1.5")
+
+
+def test_rerun_other_units_exits_with_advice(tmp_path):
+    """A rerun whose nets differ from the snapshots in --out stops with the
+    snapshot error and what to do, instead of a traceback."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_split(data, "train", 40, seed=1)
+    write_split(data, "test", 20, seed=2)
+    out = tmp_path / "out"
+    train = load_train_module()
+
+    def run_with_units(units):
+        return train.main(
+            ["--data", str(data), "--out", str(out), "--hidden-units", units]
+            + ["--corruption", "0.1", "--batch-size", "20", "--threads", "1"]
+            + ["--pretrain-iter", "1", "--finetune-iter", "1", "--test-every", "1"]
+        )
+
+    run_with_units("4")
+    with pytest.raises(SystemExit) as raised:
+        run_with_units("5")
+    # A string exit code is printed to stderr, and the exit status is 1.
+    message = raised.value.code
+    assert isinstance(message, str)
+    assert f"cannot resume from the snapshots in {out}" in message
+    assert "has shape (4, 64), but the net expects (5, 64)" in message
+    assert f"Delete {out} to start over, or choose another --out." in message

@@ -37,7 +37,8 @@ Output, in --out (default: output/ next to this script):
     curves.png                   fine-tuning curves of both DNNs
 
 A rerun resumes each phase from the newest snapshot in its folder; delete
-the folder to start over.
+the folder to start over. A rerun with other net settings, such as
+--hidden-units, into the same --out stops with a message to do so.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ from mochac import (
     Neurons,
     RandomMaskLayer,
     Snapshot,
+    SnapshotError,
     SoftmaxLossLayer,
     Solver,
     SplitLayer,
@@ -402,6 +404,12 @@ def write_summary(args, argv, pretrained, finetuned, randinit, seconds) -> dict:
     return summary
 
 
+def remove_console_handler(handler) -> None:
+    """Detach the console handler that main added to mochac's and this script's log."""
+    logging.getLogger("mochac").removeHandler(handler)
+    logger.removeHandler(handler)
+
+
 def main(argv=None) -> dict:
     """Run pre-training, fine-tuning and the comparison; return the results.
 
@@ -442,13 +450,23 @@ def main(argv=None) -> dict:
     train_layers = [data_layer, rename_layer, *hidden, pred_layer, loss_layer]
     test_layers = [test_data_layer, rename_layer, *hidden, pred_layer, accuracy_layer]
 
-    pretrained = pretrain(backend, args, data_layer, rename_layer, hidden)
-    finetuned = finetune(backend, args, "finetune", train_layers, test_layers)
+    try:
+        pretrained = pretrain(backend, args, data_layer, rename_layer, hidden)
+        finetuned = finetune(backend, args, "finetune", train_layers, test_layers)
 
-    # The comparison: forget every parameter, so the same layers start
-    # from their initializers.
-    backend.registry_reset()
-    randinit = finetune(backend, args, "randinit", train_layers, test_layers)
+        # The comparison: forget every parameter, so the same layers start
+        # from their initializers.
+        backend.registry_reset()
+        randinit = finetune(backend, args, "randinit", train_layers, test_layers)
+    except SnapshotError as error:
+        # Each phase resumes from the snapshots in its folder, which fail to
+        # load when an earlier run used other settings, such as --hidden-units.
+        shutdown(backend)
+        remove_console_handler(handler)
+        raise SystemExit(
+            f"cannot resume from the snapshots in {args.out}: {error}\n"
+            f"Delete {args.out} to start over, or choose another --out."
+        ) from None
     shutdown(backend)
 
     plot_comparison(
@@ -466,8 +484,7 @@ def main(argv=None) -> dict:
         100 * randinit["test_accuracy"],
         seconds,
     )
-    logging.getLogger("mochac").removeHandler(handler)
-    logger.removeHandler(handler)
+    remove_console_handler(handler)
     return {
         "summary": summary,
         "pretrained": pretrained,
