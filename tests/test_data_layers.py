@@ -6,6 +6,7 @@ import importlib.util
 import json
 import logging
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -1037,6 +1038,41 @@ def test_memory_data_nan_without_loss_layer():
     x[5, 0] = 0.0
     net.forward()
     assert np.isfinite(net.blobs["ip"]).all()
+
+
+def test_memory_data_out_of_float32_range():
+    """A float64 value too large for a float32 net is named as out of range,
+    not as NaN or infinite, and the cast emits no overflow warning."""
+    x = np.ones((4, 3))
+    x[2, 1] = -1e39
+    layer = MemoryDataLayer(name="data", tops=["data"], batch_size=4, data=[x])
+    source = make_source(layer, np.float32, np.random.default_rng(0))
+    outputs = [np.empty(shape, np.float32) for shape in source.shapes]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError) as caught:
+            source.next_batch(outputs)
+    message = str(caught.value)
+    assert "MemoryDataLayer 'data': top 'data' has the value -1e+39" in message
+    assert "in data row 2, sample 2 of the batch" in message
+    assert "outside the range of float32" in message
+    assert "build the net with a float64 backend" in message
+    assert "NaN" not in message
+
+
+def test_memory_data_infinity_not_out_of_range():
+    """An infinite input value keeps the message about NaN or infinite values."""
+    x = np.ones((4, 3))
+    x[1, 0] = np.inf
+    x[1, 1] = 1e39
+    layer = MemoryDataLayer(name="data", tops=["data"], batch_size=4, data=[x])
+    source = make_source(layer, np.float32, np.random.default_rng(0))
+    outputs = [np.empty(shape, np.float32) for shape in source.shapes]
+    with pytest.raises(DataError) as caught:
+        source.next_batch(outputs)
+    message = str(caught.value)
+    assert "top 'data' has NaN or infinite values in data row 1" in message
+    assert "outside the range" not in message
 
 
 def test_memory_data_bare_array_two_tops():

@@ -237,7 +237,10 @@ class DataSource(BatchOrder):
                 source = array[indices[0] : indices[-1] + 1]
             else:
                 source = array[indices]
-            out[...] = source.reshape(out.shape)
+            # Values too large for the net's dtype become infinite here, and
+            # check_finite_batch raises an error that names them.
+            with np.errstate(over="ignore"):
+                out[...] = source.reshape(out.shape)
         apply_transformers(self.transforms, outputs)
         check_finite_batch(self, outputs, indices)
         return valid
