@@ -122,6 +122,7 @@ def _read_checked(handle, net, path: Path):
                 absent.append((key, spec))
                 continue
             label = f"layer '{info.name}': parameter '{spec.name}' (dataset {key})"
+            check_integer_dataset(stored, path, label)
             check_float_dataset(stored, path, label)
             if not shapes_match(stored.shape, target.shape):
                 raise SnapshotError(
@@ -153,6 +154,24 @@ def _read_checked(handle, net, path: Path):
         else:
             missing.append((key, target, spec))
     return copies, optional_missing, missing
+
+
+def check_integer_dataset(node, path: Path, label: str) -> None:
+    """Raise SnapshotError when ``node`` is a dataset of an integer dtype.
+
+    A file that a user wrote with integer values is intact, so the message
+    requests floats instead of calling the file damaged, as
+    check_float_dataset does for other dtypes.
+    """
+    if not isinstance(node, h5py.Dataset):
+        return
+    if not isinstance(node.id.get_type(), h5py.h5t.TypeIntegerID):
+        return
+    raise SnapshotError(
+        f"{path}: {label} has the integer dtype {node.dtype}, but a float dtype "
+        "(float32 or float64) is expected; write the parameter's values as "
+        "floats, such as with values.astype(np.float32)"
+    )
 
 
 def _load(

@@ -296,7 +296,7 @@ def write_damaged_ip_weight(path: Path, weight) -> Path:
         (np.full((1, 1, 5, 64), np.nan, np.float32), "NaN or infinite"),
         (np.full((1, 1, 5, 64), np.inf, np.float32), "NaN or infinite"),
         (np.full((1, 1, 5, 64), b"a"), "datatype |S1"),
-        (np.ones((1, 1, 5, 64), np.int32), "datatype int32"),
+        (np.ones((1, 1, 5, 64), np.int32), "has the integer dtype int32"),
     ],
 )
 def test_caffe_invalid_values_change_nothing(tmp_path, weight, problem):
@@ -313,6 +313,22 @@ def test_caffe_invalid_values_change_nothing(tmp_path, weight, problem):
     for layer, params in before.items():
         for name, array in params.items():
             np.testing.assert_array_equal(net.params[layer][name], array)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint8])
+def test_caffe_integer_dataset_not_damaged(tmp_path, dtype):
+    """An integer dataset is a valid file of the wrong dtype, not a damaged one."""
+    path = write_damaged_ip_weight(
+        tmp_path / "model.hdf5", np.ones((1, 1, 5, 64), dtype)
+    )
+    with pytest.raises(SnapshotError) as raised:
+        load_caffe_hdf5(build_net(), path)
+    message = str(raised.value)
+
+    assert f"has the integer dtype {np.dtype(dtype).name}" in message
+    assert "a float dtype (float32 or float64) is expected" in message
+    assert "values.astype(np.float32)" in message
+    assert "damaged" not in message
 
 
 def test_caffe_failed_checksum_changes_nothing(tmp_path):
