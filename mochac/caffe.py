@@ -21,7 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mochac.errors import SnapshotError
+from mochac.errors import ConfigError, SnapshotError
 from mochac.runtime.snapshot import check_net_and_path, dataset_name, open_model
 from mochac.runtime.snapshot_checks import (
     check_float_dataset,
@@ -76,8 +76,18 @@ def load_caffe_hdf5(net, path, allow_missing=False) -> dict[str, list[str]]:
 
 
 def load_network(file, net, die_if_not_found=True) -> dict[str, list[str]]:
-    """Mocha's name for load_caffe_hdf5; ``file`` is a path or an open h5py.File."""
+    """Mocha's name for load_caffe_hdf5; ``file`` is a path or an open h5py.File.
+
+    Raises ConfigError when ``file`` is an h5py.File that is already closed.
+    """
     if isinstance(file, h5py.File):
+        # A closed File is false, and reading even its filename raises
+        # h5py's ValueError.
+        if not file:
+            raise ConfigError(
+                "load_network(file, net): the h5py.File passed as file is closed; "
+                "pass an open h5py.File or the path of the file"
+            )
         check_net_and_path("load_network(file, net)", net, file.filename, (file, net))
         return _load(
             file, net, Path(file.filename), not die_if_not_found, NETWORK_MISSING_HINT

@@ -226,6 +226,18 @@ def test_load_network_missing_names_its_option(tmp_path, net, opened):
     assert "allow_missing" not in message
 
 
+def test_load_network_closed_file(tmp_path, net):
+    path = write_model(tmp_path / "model.hdf5", caffe_blobs())
+    handle = h5py.File(path, "r")
+    handle.close()
+    with pytest.raises(ConfigError) as raised:
+        load_network(handle, net)
+    message = str(raised.value)
+
+    assert "the h5py.File passed as file is closed" in message
+    assert "pass an open h5py.File or the path of the file" in message
+
+
 def test_load_from_model_missing_names_load_network(tmp_path):
     blobs = caffe_blobs()
     del blobs["ip1___weight"]
