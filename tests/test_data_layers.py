@@ -537,6 +537,39 @@ def test_memory_arrays_list_replaced(count):
         next_batch(source)
     message = str(raised.value)
     assert f"arrays has {count} array(s) for 2 top(s) (data, label)" in message
+    # Replacing the whole list is allowed, so the message names it too.
+    assert "assign a list of 2 array(s), one per top (arrays = [...])" in message
+    assert "replace one top's array (arrays[i] = new_array)" in message
+    assert "(arrays[i][...] = values)" in message
+    assert "instead of replacing the list" not in message
+
+
+def test_memory_arrays_replaced_by_bare_array():
+    x = np.zeros((6, 3), dtype=np.float32)
+    y = np.zeros((6, 1), dtype=np.float32)
+    layer = MemoryDataLayer(name="mem", batch_size=4, data=[x, y])
+    source = open_source(layer)
+    source.arrays = np.ones((2, 3), dtype=np.float32)
+    with pytest.raises(DataError) as raised:
+        next_batch(source)
+    message = str(raised.value)
+    assert "arrays was replaced by one array of shape (2, 3)" in message
+    assert "the layer has 2 top(s) (data, label)" in message
+    assert "assign a list of 2 array(s), one per top" in message
+
+
+def test_memory_arrays_whole_list_replaced():
+    x = np.zeros((6, 3), dtype=np.float32)
+    y = np.zeros((6, 1), dtype=np.float32)
+    layer = MemoryDataLayer(name="mem", batch_size=2, data=[x, y])
+    source = open_source(layer)
+    new_x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    new_y = np.ones((2, 1), dtype=np.float32)
+    source.arrays = [new_x, new_y]
+    outputs, n_valid = next_batch(source)
+    assert n_valid == 2
+    np.testing.assert_array_equal(outputs[0], new_x)
+    np.testing.assert_array_equal(outputs[1], new_y)
 
 
 def test_memory_array_replaced_same_shape():

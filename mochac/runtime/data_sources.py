@@ -117,13 +117,7 @@ class DataSource(BatchOrder):
         It is also raised when the arrays differ in their sample counts or
         have no samples.
         """
-        if len(self.arrays) != len(self.layer.tops):
-            raise DataError(
-                f"{self.owner}: arrays has {len(self.arrays)} array(s) for "
-                f"{len(self.layer.tops)} top(s) ({', '.join(self.layer.tops)}); "
-                "write new values into each array in place (arrays[i][...] = "
-                "values) instead of replacing the list"
-            )
+        self._check_array_count()
         unchanged = all(
             array is old and np.shape(array) == shape
             for array, old, shape in zip(
@@ -194,6 +188,27 @@ class DataSource(BatchOrder):
             )
             return True
         return False
+
+    def _check_array_count(self):
+        """Raise DataError when ``arrays`` was replaced by a bare array or by a
+        list with another number of arrays than the layer has tops."""
+        tops = f"{len(self.layer.tops)} top(s) ({', '.join(self.layer.tops)})"
+        ways = (
+            f"assign a list of {len(self.layer.tops)} array(s), one per top "
+            "(arrays = [...]), replace one top's array (arrays[i] = new_array), "
+            "or write new values into an array in place (arrays[i][...] = values)"
+        )
+        # len() of a bare array counts its samples, not arrays.
+        if isinstance(self.arrays, np.ndarray):
+            raise DataError(
+                f"{self.owner}: arrays was replaced by one array of shape "
+                f"{self.arrays.shape}, but the layer has {tops}; {ways}"
+            )
+        if len(self.arrays) != len(self.layer.tops):
+            raise DataError(
+                f"{self.owner}: arrays has {len(self.arrays)} array(s) for "
+                f"{tops}; {ways}"
+            )
 
     def _check_replacement(self, top: str, array, sample_shape: tuple):
         """Raise DataError when ``array`` cannot replace top ``top``'s array."""
