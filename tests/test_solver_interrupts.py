@@ -937,3 +937,168 @@ def test_failed_second_save_warns_and_keeps_list(tmp_path, monkeypatch, caplog):
     assert "runs those breaks again" in warnings[0]
     with h5py.File(path, "r") as handle:
         assert json.loads(handle["solver"].attrs["pending_breaks"]) == [1]
+
+
+class RaiseOnce(CoffeeBreak):
+    """Records each iteration it runs at, and stops the run at its first
+    break at iteration ``at``: with ValueError, or with ``ctrl_c`` by
+    sending this process SIGINT."""
+
+    def __init__(self, at, ctrl_c=False):
+        self.at = at
+        self.ctrl_c = ctrl_c
+        self.fired = False
+        self.seen = []
+
+    def enjoy(self, solver, net):
+        self.seen.append(solver.state.iter)
+        if solver.state.iter != self.at or self.fired:
+            return
+        self.fired = True
+        if self.ctrl_c:
+            # Python's default handler raises KeyboardInterrupt right here.
+            os.kill(os.getpid(), signal.SIGINT)
+        raise ValueError("break failed")
+
+
+def train_with_failing_break(folder, max_iter, failing):
+    """Return a solver with Snapshot, IterationLog, CountInLounge,
+    ``failing``, TrainingSummary and IterationLog every 2 iterations, in
+    that order, which resumes from ``folder`` and keeps statistics in it,
+    and the IterationLogs before and after ``failing``."""
+    solver = make_solver(max_iter, folder)
+    solver.setup_coffee_lounge(folder / "statistics.h5", every_n_iter=1)
+    before, after = IterationLog(), IterationLog()
+    solver.add_coffee_break(Snapshot(folder), every_n_iter=2)
+    solver.add_coffee_break(before, every_n_iter=2)
+    solver.add_coffee_break(CountInLounge(), every_n_iter=2)
+    solver.add_coffee_break(failing, every_n_iter=2)
+    solver.add_coffee_break(TrainingSummary(), every_n_iter=2)
+    solver.add_coffee_break(after, every_n_iter=2)
+    return solver, before, after
+
+
+@pytest.mark.parametrize("stop", ["error", "ctrl-c"])
+def test_resume_after_failed_break(default_sigint, tmp_path, stop):
+    """A break after IterationLog and CountInLounge stops the run at
+    iteration 4, after snapshot-000004.h5. The snapshot is saved again
+    listing the failed break and those after it, so a resume in a new
+    solver runs each break at 4 once over both runs."""
+    whole, _, _ = train_with_failing_break(tmp_path / "whole", 8, RaiseOnce(at=-1))
+    whole_net = make_net()
+    whole.solve(whole_net)
+
+    folder = tmp_path / "parts"
+    ctrl_c = stop == "ctrl-c"
+    first, _, _ = train_with_failing_break(folder, 8, RaiseOnce(at=4, ctrl_c=ctrl_c))
+    with pytest.raises(KeyboardInterrupt if ctrl_c else ValueError):
+        first.solve(make_net())
+    with h5py.File(folder / "snapshot-000004.h5", "r") as handle:
+        assert json.loads(handle["solver"].attrs["pending_breaks"]) == [3, 4, 5]
+
+    failing = RaiseOnce(at=-1)
+    resumed, before, after = train_with_failing_break(folder, 8, failing)
+    net = make_net(seed=99)
+    resumed.solve(net)
+    assert before.seen == [6, 8]
+    assert failing.seen == [4, 6, 8]
+    assert after.seen == [4, 6, 8]
+    assert resumed.lounge.statistics == whole.lounge.statistics
+    assert read_statistics(folder / "statistics.h5") == read_statistics(
+        tmp_path / "whole" / "statistics.h5"
+    )
+    assert_same_params(net, whole_net)
+
+
+def test_retry_after_failed_break_reloads_list(tmp_path):
+    """With load_from set, solve() called again after a break failed at
+    iteration 4 resumes from snapshot-000004.h5, so the file must list the
+    same breaks that this solver still has to run."""
+    failing = RaiseOnce(at=4)
+    solver, before, after = train_with_failing_break(tmp_path, 6, failing)
+    net = make_net()
+    with pytest.raises(ValueError, match="break failed"):
+        solver.solve(net)
+    solver.solve(net)
+    assert before.seen == [0, 2, 4, 6]
+    assert failing.seen == [0, 2, 4, 4, 6]
+    assert after.seen == [0, 2, 4, 6]
+    with h5py.File(tmp_path / "snapshot-000004.h5", "r") as handle:
+        assert json.loads(handle["solver"].attrs["pending_breaks"]) == []
+
+
+def test_failed_save_after_break_error(tmp_path, monkeypatch, caplog):
+    """The save after a failed break fails too: it logs a warning, keeps the
+    file as the Snapshot break wrote it, and the break's own error
+    propagates."""
+    from mochac.runtime import snapshot as snapshot_module
+
+    def full_disk(path, fill):
+        raise OSError(28, "No space left on device")
+
+    error = ValueError("break failed")
+
+    class FillDiskThenFail(CoffeeBreak):
+        def enjoy(self, solver, net):
+            monkeypatch.setattr(snapshot_module, "write_hdf5", full_disk)
+            raise error
+
+    solver = make_solver(2)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    solver.add_coffee_break(IterationLog(), every_n_iter=2)
+    solver.add_coffee_break(FillDiskThenFail(), every_n_iter=2)
+    with (
+        caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"),
+        pytest.raises(ValueError) as raised,
+    ):
+        solver.solve(make_net())
+    monkeypatch.undo()
+
+    assert raised.value is error
+    assert raised.value.__context__ is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    path = tmp_path / "snapshot-000000.h5"
+    assert len(warnings) == 1
+    assert f"could not save {path} again" in warnings[0]
+    assert "No space left on device" in warnings[0]
+    assert "runs again the breaks that finished" in warnings[0]
+    assert sorted(os.listdir(tmp_path)) == [path.name, path.name + ".sha256"]
+    with mochac.runtime.snapshot.open_model(path) as handle:
+        assert json.loads(handle["solver"].attrs["pending_breaks"]) == [1, 2]
+
+
+def test_ctrl_c_in_save_after_break_error(default_sigint, monkeypatch, tmp_path):
+    """A Ctrl-C during the save after a failed break takes effect once the
+    file is in place, and the break's error is the KeyboardInterrupt's
+    context."""
+    from mochac import durable_files
+
+    real_write = durable_files.WriteGuard.write
+    sent = []
+
+    def write(self, data):
+        if not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_write(self, data)
+
+    error = ValueError("break failed")
+
+    class InterruptSaveThenFail(CoffeeBreak):
+        def enjoy(self, solver, net):
+            monkeypatch.setattr(durable_files.WriteGuard, "write", write)
+            raise error
+
+    solver = make_solver(2)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    solver.add_coffee_break(IterationLog(), every_n_iter=2)
+    solver.add_coffee_break(InterruptSaveThenFail(), every_n_iter=2)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        solver.solve(make_net())
+    monkeypatch.undo()
+
+    assert sent == [1]
+    assert raised.value.__context__ is error
+    path = tmp_path / "snapshot-000000.h5"
+    with mochac.runtime.snapshot.open_model(path) as handle:
+        assert json.loads(handle["solver"].attrs["pending_breaks"]) == [2]

@@ -114,7 +114,8 @@ def restore(solver, net):
     solver._snapshots_with_pending = {}
     if solver._pending_breaks is not None and _in_snapshot_folder(solver, path):
         # Saved again once the breaks it lists have run (Solver._settle_snapshots).
-        solver._snapshots_with_pending[path] = iteration
+        listed = list(solver._pending_breaks[1])
+        solver._snapshots_with_pending[path] = (iteration, listed)
     solver.method.load_buffers(buffers, net.backend)
     if restore_policy is not None:
         restore_policy(attrs)

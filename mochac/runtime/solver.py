@@ -174,8 +174,9 @@ class Solver:
         self._counted_batches = weakref.WeakKeyDictionary()
         self._resume_batch_counted = False
         # Snapshots saved while coffee breaks were still due after them:
-        # path -> iteration (save_snapshot).
-        self._snapshots_with_pending: dict[Path, int] = {}
+        # path -> (iteration, the breaks the file lists as indices in
+        # self.breaks).
+        self._snapshots_with_pending: dict[Path, tuple[int, list[int]]] = {}
         # (iteration, indices in self.breaks) of the coffee breaks due at
         # that iteration that have not finished: those of a solve() that an
         # error or Ctrl-C stopped, or those a resumed snapshot lists. The
@@ -541,7 +542,8 @@ class Solver:
         self.lounge.maybe_save(self.state.iter, force=True)
         save_snapshot(path, self.net, self.state, buffers=self.method.buffers)
         if self.state.pending_breaks:
-            self._snapshots_with_pending[path] = self.state.iter
+            listed = list(self.state.pending_breaks)
+            self._snapshots_with_pending[path] = (self.state.iter, listed)
         else:
             self._snapshots_with_pending.pop(path, None)
 
@@ -556,19 +558,13 @@ class Solver:
         are dropped, because their breaks did not finish in this solver.
         """
         iteration = self.state.iter
-        saved = [
-            path
-            for path, saved_at in self._snapshots_with_pending.items()
-            if saved_at == iteration
-        ]
+        saved = self._snapshots_listing_breaks()
         self._snapshots_with_pending = {
-            path: saved_at
-            for path, saved_at in self._snapshots_with_pending.items()
-            if saved_at > iteration
+            path: entry
+            for path, entry in self._snapshots_with_pending.items()
+            if entry[0] > iteration
         }
         for path in saved:
-            if not path.exists():
-                continue
             try:
                 self.save_snapshot(path)
             except SnapshotError as error:
@@ -580,6 +576,48 @@ class Solver:
                     iteration,
                     error,
                 )
+
+    def _save_unfinished_breaks(self) -> None:
+        """Save again, after an exception in the coffee breaks of this
+        iteration, the snapshots whose list of breaks still due differs from
+        the unfinished breaks (self._pending_breaks). A resume from them then
+        runs the same breaks as a solve() called again in this process.
+
+        A failed save is logged, because the propagating exception matters
+        more, and leaves the file as it was. Its list is then longer than
+        the unfinished breaks, never shorter, so a resume runs them all and
+        some finished ones again.
+        """
+        state = self.state
+        pending = self._pending_breaks
+        unfinished = []
+        if pending is not None and pending[0] == state.iter:
+            unfinished = list(pending[1])
+        state.pending_breaks = unfinished
+        for path in self._snapshots_listing_breaks():
+            if self._snapshots_with_pending[path][1] == unfinished:
+                continue
+            try:
+                self.save_snapshot(path)
+            except Exception as error:  # noqa: BLE001 - the break's error matters more
+                logger.warning(
+                    "could not save %s again after the coffee breaks of iteration "
+                    "%d stopped (%s: %s); a resume from it runs again the breaks "
+                    "that finished after the snapshot",
+                    path,
+                    state.iter,
+                    type(error).__name__,
+                    error,
+                )
+
+    def _snapshots_listing_breaks(self) -> list[Path]:
+        """Return the existing snapshots saved at this iteration that list
+        coffee breaks still due."""
+        return [
+            path
+            for path, (saved_at, _) in self._snapshots_with_pending.items()
+            if saved_at == self.state.iter and path.exists()
+        ]
 
     def recompute_gradients(self) -> None:
         """Run forward and backward again on the batch loaded last, for a
@@ -620,11 +658,9 @@ class Solver:
         next solve() runs them. While a break runs, the solver state lists
         the breaks after it, which a snapshot saved then records. Once all
         have run, such snapshots are saved again without them
-        (_settle_snapshots).
-
-        NOTE: when a break raises, snapshots saved before it keep listing
-        the breaks between them and it, which finished, so a resume from one
-        of those files in a new process runs them again.
+        (_settle_snapshots). When a break raises, including a Ctrl-C, they
+        are saved again listing it and those after it
+        (_save_unfinished_breaks), and the exception propagates unchanged.
         """
         if not due:
             return
@@ -655,6 +691,9 @@ class Solver:
                 # its snapshots store, so a resume repeats it exactly.
                 self.recompute_gradients()
             self._settle_snapshots()
+        except BaseException:
+            self._save_unfinished_breaks()
+            raise
         finally:
             # A snapshot saved outside a break lists no pending breaks.
             state.pending_breaks = []
