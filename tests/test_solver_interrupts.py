@@ -1102,3 +1102,37 @@ def test_ctrl_c_in_save_after_break_error(default_sigint, monkeypatch, tmp_path)
     path = tmp_path / "snapshot-000000.h5"
     with mochac.runtime.snapshot.open_model(path) as handle:
         assert json.loads(handle["solver"].attrs["pending_breaks"]) == [2]
+
+
+def test_ctrl_c_in_second_save_settles_all(default_sigint, monkeypatch, tmp_path):
+    """A Ctrl-C during the second save of the first of two snapshots, once
+    every break at iteration 0 finished, still leaves both listing no
+    breaks."""
+    from mochac import durable_files
+
+    real_write = durable_files.WriteGuard.write
+    sent = []
+
+    def write(self, data):
+        if not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_write(self, data)
+
+    class InterruptNextWrite(CoffeeBreak):
+        def enjoy(self, solver, net):
+            monkeypatch.setattr(durable_files.WriteGuard, "write", write)
+
+    solver = make_solver(2)
+    solver.add_coffee_break(Snapshot(tmp_path / "a"), every_n_iter=2)
+    solver.add_coffee_break(Snapshot(tmp_path / "b"), every_n_iter=2)
+    solver.add_coffee_break(InterruptNextWrite(), every_n_iter=2)
+    with pytest.raises(KeyboardInterrupt):
+        solver.solve(make_net())
+    monkeypatch.undo()
+
+    assert sent == [1]
+    for folder in ("a", "b"):
+        path = tmp_path / folder / "snapshot-000000.h5"
+        with mochac.runtime.snapshot.open_model(path) as handle:
+            assert json.loads(handle["solver"].attrs["pending_breaks"]) == []

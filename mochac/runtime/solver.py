@@ -562,12 +562,15 @@ class Solver:
         self._snapshots_with_pending = {
             path: entry
             for path, entry in self._snapshots_with_pending.items()
-            if entry[0] > iteration
+            if entry[0] >= iteration
         }
+        # Each save drops its entry, so entries that a Ctrl-C during these
+        # saves leaves are saved again by _save_unfinished_breaks.
         for path in saved:
             try:
                 self.save_snapshot(path)
             except SnapshotError as error:
+                self._snapshots_with_pending.pop(path, None)
                 logger.warning(
                     "could not save %s again without the coffee breaks that "
                     "finished after it at iteration %d (%s); a resume from it "
