@@ -69,6 +69,7 @@ def test_bench_report_records_peer_threads():
     eager = report["peers"]["torch_eager"]
     assert eager["version"] == torch.__version__
     assert eager["threads"] == 1
+    assert eager["zero_grad_set_to_none"] is True
     assert f"torch_eager {torch.__version__} on 1 thread(s)" in format_bench(report)
 
 
@@ -365,6 +366,34 @@ def test_interleaved_rounds_warm_up_untimed(monkeypatch):
     # Start and end of each timed round, counted in calls made so far.
     assert clock_reads == [3, 6, 6, 9]
     assert len(samples["f"]) == 2
+
+
+def test_torch_peer_zero_grad_sets_none():
+    """The peer's training step clears gradients as PyTorch's zero_grad()
+    does by default, dropping them instead of zeroing them in place."""
+    import inspect
+
+    torch = pytest.importorskip("torch")
+    from mochac import CPUBackend, Net
+    from mochac.bench import torch_peer
+
+    net = Net("peer", CPUBackend(seed=0), lenet(4))
+    peer = torch_peer.TorchNet(net)
+    parameters = list(peer.model.parameters())
+    gradients_at_loss = []
+
+    def loss(x, y):
+        gradients_at_loss.append([parameter.grad for parameter in parameters])
+        return peer.loss(x, y)
+
+    peer.train_step(loss)
+    peer.train_step(loss)
+    # The first step's backward left gradients, and the second step's
+    # zero_grad dropped them before its forward pass.
+    assert all(gradient is None for gradient in gradients_at_loss[1])
+    assert all(parameter.grad is not None for parameter in parameters)
+    default = inspect.signature(torch.optim.Optimizer.zero_grad).parameters
+    assert torch_peer.ZERO_GRAD_SET_TO_NONE is default["set_to_none"].default
 
 
 def test_backward_difference_keeps_noise_below_zero():

@@ -228,6 +228,8 @@ def bench(
     participants = {"mochac": ours}
     versions, compile_seconds, peer_threads = {}, {}, {}
     if peer:
+        from mochac.bench.torch_peer import ZERO_GRAD_SET_TO_NONE
+
         participants.update(
             torch_measures(
                 net,
@@ -267,6 +269,7 @@ def bench(
     for name, peer_report in report["peers"].items():
         peer_report["version"] = versions[name]
         peer_report["threads"] = peer_threads[name]
+        peer_report["zero_grad_set_to_none"] = ZERO_GRAD_SET_TO_NONE
         if name in compile_seconds:
             peer_report["compile_s"] = compile_seconds[name]
     report["compile"] = measure_compile(layers_factory, batch, threads, opt_level)

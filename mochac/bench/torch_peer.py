@@ -46,6 +46,12 @@ def _host_copy(array) -> np.ndarray:
     return array if get is None else get()
 
 
+# The set_to_none argument of train_step's zero_grad(). True is
+# Optimizer.zero_grad's default (read in PyTorch 2.13), so backward writes
+# fresh gradient tensors instead of adding into zeroed ones, as a plain
+# PyTorch training loop does.
+ZERO_GRAD_SET_TO_NONE = True
+
 # Ends the errors of layers the peer cannot mirror.
 NO_PEER_HINT = "; time mochac alone with --no-peer"
 
@@ -200,7 +206,7 @@ class TorchNet:
         return self.torch.nn.functional.cross_entropy(self.outputs(x), y)
 
     def train_step(self, loss_function):
-        self.optimizer.zero_grad(set_to_none=False)
+        self.optimizer.zero_grad(set_to_none=ZERO_GRAD_SET_TO_NONE)
         loss = loss_function(self.x, self.y)
         loss.backward()
         self.optimizer.step()
