@@ -368,6 +368,38 @@ def test_interleaved_rounds_warm_up_untimed(monkeypatch):
     assert len(samples["f"]) == 2
 
 
+def test_interleaved_rounds_context_and_warmup(monkeypatch):
+    """An entry's context is entered around its warm-up and each of its
+    rounds, outside the clock, and ``warmup_calls`` sets the untimed calls."""
+    import contextlib
+
+    from mochac.bench import runner
+
+    events = []
+
+    def clock():
+        events.append("clock")
+        return float(len(events))
+
+    @contextlib.contextmanager
+    def context():
+        events.append("enter")
+        yield
+        events.append("exit")
+
+    monkeypatch.setattr(runner.time, "perf_counter", clock)
+    functions = {
+        "f": (lambda: events.append("f"), 2, context),
+        "g": (lambda: events.append("g"), 1),
+    }
+    samples = runner.interleaved_rounds(functions, 2, warmup_calls=3)
+    warmup = ["enter", "f", "f", "f", "exit", "g", "g", "g"]
+    one_round = ["enter", "clock", "f", "f", "clock", "exit", "clock", "g", "clock"]
+    assert events == warmup + one_round + one_round
+    assert len(samples["f"]) == 2
+    assert len(samples["g"]) == 2
+
+
 def test_torch_peer_zero_grad_sets_none():
     """The peer's training step clears gradients as PyTorch's zero_grad()
     does by default, dropping them instead of zeroing them in place."""

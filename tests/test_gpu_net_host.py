@@ -267,7 +267,8 @@ def test_host_gpu_bench_captures_untimed(cupy, monkeypatch):
     from mochac.bench import gpu_runner, runner
     from mochac.runtime.gpu_graphs import StepGraphs
 
-    # rounds() reads the clock once as a round starts and once as it ends.
+    # interleaved_rounds() reads the clock once as a round starts and once
+    # as it ends.
     clock = {"reads": 0}
 
     def fake_perf_counter():
@@ -386,15 +387,84 @@ def test_host_gpu_bench_command_with_peer(cupy, torch_as_cuda, tmp_path, capsys)
         assert peer[measure]["speedup_of_mochac"] == pytest.approx(expected), measure
     assert peer["device"] == "host"
     assert peer["settings"]["cudnn_benchmark"] is False
+    assert peer["grad_modes"] == {
+        "forward": "enable_grad",
+        "train": "enable_grad",
+        "infer": "inference_mode",
+        "latency": "inference_mode",
+    }
+    assert peer["zero_grad_set_to_none"] is True
+    assert peer["batches_from_pinned_host_memory"] is True
+    assert report["warmup_calls"] == 3
+    assert report["interleaved_rounds"] is True
 
     lines = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line.split() for line in lines[2:4]}
     assert set(rows) == {"mochac", "torch_cuda"}
     mochac_it_s = 1e3 / report["mochac"]["train"]["median_ms"]
     assert float(rows["mochac"][3]) == pytest.approx(mochac_it_s, rel=1e-3, abs=0.1)
+    assert "2 interleaved rounds of 2 iterations after 3 untimed calls" in lines[0]
     assert "cudnn.benchmark off" in lines[4]
+    assert "forward under torch.enable_grad()" in lines[5]
+    assert "zero_grad(set_to_none=True)" in lines[5]
+    assert "batch-1 under torch.inference_mode()" in lines[5]
     speedup = peer["train"]["speedup_of_mochac"]
-    assert lines[5].startswith(f"mochac speed-up over torch_cuda: train {speedup:.2f}x")
+    assert lines[6].startswith(f"mochac speed-up over torch_cuda: train {speedup:.2f}x")
+
+
+def test_host_gpu_bench_interleaves_rounds(cupy, torch_as_cuda, monkeypatch):
+    """Round k of mochac and round k of the PyTorch peer run one after the
+    other, measure by measure, and every untimed call comes first."""
+    from mochac.bench import gpu_runner, runner
+
+    events = []
+
+    def fake_perf_counter():
+        events.append("clock")
+        return float(len(events))
+
+    monkeypatch.setattr(runner, "time", SimpleNamespace(perf_counter=fake_perf_counter))
+    for method in ("forward", "train_step"):
+        original = getattr(GPUNet, method)
+
+        def recording(self, *args, original=original, **kwargs):
+            events.append(("mochac", self.name))
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(GPUNet, method, recording)
+    # Every timed call of the peer ends by waiting for the device.
+    monkeypatch.setattr(
+        torch_as_cuda.cuda, "synchronize", lambda device=None: events.append("torch")
+    )
+    repeats = 2
+    gpu_runner.bench_gpu(lenet, batch=2, iters=1, repeats=repeats)
+
+    first_read = events.index("clock")
+    untimed = [event for event in events[:first_read] if event != "clock"]
+    warmup = gpu_runner.WARMUP_CALLS
+    assert untimed.count("torch") == 4 * warmup
+    assert untimed.count(("mochac", "bench-gpu-latency")) == warmup
+    rounds = []
+    timed = events[first_read:]
+    while timed:
+        end = timed.index("clock", 1)
+        rounds.append(timed[1:end])
+        timed = timed[end + 1 :]
+    assert len(rounds) == repeats * 4 * 2
+    expected_mochac = [
+        ("mochac", "bench-gpu"),
+        ("mochac", "bench-gpu"),
+        ("mochac", "bench-gpu-infer"),
+        ("mochac", "bench-gpu-latency"),
+    ]
+    for index, calls in enumerate(rounds):
+        measure = index // 2 % 4
+        if index % 2 == 0:
+            assert set(calls) == {expected_mochac[measure]}, index
+        else:
+            assert set(calls) == {"torch"}, index
+    latency_calls = gpu_runner.LATENCY_CALLS
+    assert [len(calls) for calls in rounds[:8]] == [1] * 6 + [latency_calls] * 2
 
 
 def test_host_gpu_peer_copies_batches(cupy, torch_as_cuda, monkeypatch):
@@ -418,10 +488,10 @@ def test_host_gpu_peer_copies_batches(cupy, torch_as_cuda, monkeypatch):
     monkeypatch.setattr(torch.Tensor, "copy_", recording_copy)
     iters, repeats = 2, 2
     gpu_runner.bench_gpu(lenet, batch=2, iters=iters, repeats=repeats)
-    # warm_rounds: WARMUP_CALLS calls, the warm-up call of rounds(), then
-    # the rounds. Forward, train and infer copy images and labels, and
-    # latency the first image of a batch.
-    untimed = gpu_runner.WARMUP_CALLS + 1
+    # WARMUP_CALLS untimed calls of each measure, then the rounds. Forward,
+    # train and infer copy images and labels, and latency the first image
+    # of a batch.
+    untimed = gpu_runner.WARMUP_CALLS
     batch_calls = untimed + iters * repeats
     latency_calls = untimed + gpu_runner.LATENCY_CALLS * iters * repeats
     assert copies["count"] == 3 * 2 * batch_calls + latency_calls

@@ -3,7 +3,10 @@
 The measures follow mochac.bench.runner: forward, a training iteration
 (data, forward, backward, SGD update) and, for inference, the net without
 its loss at the batch size and at batch 1. Every timed call waits for the
-device before the clock stops.
+device before the clock stops. After the untimed calls, the rounds
+alternate measure by measure: round k of mochac, then round k of the peer
+(runner.interleaved_rounds), so a change in the GPU's clocks during the run
+reaches both.
 
 NOTE: no GPU was available where this was written: this runner has only been
 run to the point where GPUBackend reports that no device is usable.
@@ -19,30 +22,32 @@ from mochac.bench.runner import (
     LATENCY_CALLS,
     check_batch,
     inference_layers,
-    rounds,
+    interleaved_rounds,
     summary,
 )
-
-# Untimed calls before each measure's rounds. A net's first training step
-# runs call by call and its second captures the CUDA graph that later steps
-# replay (mochac.runtime.gpu_graphs), and PyTorch's first steps create the
-# optimizer's momentum buffers and pick cuDNN's algorithms. None of that
-# belongs in the timed rounds.
-WARMUP_CALLS = 3
-
-
-def warm_rounds(function, iters: int, repeats: int) -> list[float]:
-    """Call ``function`` WARMUP_CALLS times, then return rounds()'s samples."""
-    for _ in range(WARMUP_CALLS):
-        function()
-    return rounds(function, iters, repeats)
-
-
 from mochac.runtime.gpu_backend import GPUBackend
 from mochac.runtime.net import Net
 from mochac.runtime.solver import SGD
 
 logger = logging.getLogger(__name__)
+
+# Untimed calls of each measure before the rounds. A net's first training
+# step runs call by call and its second captures the CUDA graph that later
+# steps replay (mochac.runtime.gpu_graphs), and PyTorch's first steps create
+# the optimizer's momentum buffers and pick cuDNN's algorithms. None of that
+# belongs in the timed rounds.
+WARMUP_CALLS = 3
+
+MEASURES = ("forward", "train", "infer", "latency")
+
+# The autograd mode of each of the peer's measures. Its inference runs under
+# inference_mode, as on the CPU bench.
+PEER_GRAD_MODES = {
+    "forward": "enable_grad",
+    "train": "enable_grad",
+    "infer": "inference_mode",
+    "latency": "inference_mode",
+}
 
 
 def bench_gpu(layers_factory, batch=64, iters=20, repeats=5, opt_level=1, peer=True):
@@ -50,6 +55,49 @@ def bench_gpu(layers_factory, batch=64, iters=20, repeats=5, opt_level=1, peer=T
 
     Raises DeviceError when CuPy or a CUDA device is missing.
     """
+    ours, net = mochac_gpu_measures(layers_factory, batch, iters, opt_level)
+    participants = {"mochac": ours}
+    peer_details = {}
+    if peer:
+        peer_measures, peer_details = torch_cuda_measures(net, iters)
+        participants.update(peer_measures)
+    # Measure by measure, each participant's round in turn.
+    functions = {
+        (name, measure): participants[name][measure]
+        for measure in MEASURES
+        for name in participants
+    }
+    samples = interleaved_rounds(functions, repeats, warmup_calls=WARMUP_CALLS)
+    results = {
+        name: {measure: summary(samples[(name, measure)]) for measure in MEASURES}
+        for name in participants
+    }
+    report = {
+        "backend": "cuda",
+        "batch": batch,
+        "iters": iters,
+        "opt_level": opt_level,
+        "warmup_calls": WARMUP_CALLS,
+        # Round k of mochac and of the peer run one after the other.
+        "interleaved_rounds": True,
+        "mochac": results.pop("mochac"),
+        "peers": results,
+        # Whether the timed training steps replayed CUDA graphs.
+        "cuda_graphs": bool(net.graphs.enabled and net.graphs.graphs),
+    }
+    for name, details in peer_details.items():
+        report["peers"][name].update(details)
+    for measures in report["peers"].values():
+        for measure in MEASURES:
+            ours_ms = report["mochac"][measure]["median_ms"]
+            measures[measure]["speedup_of_mochac"] = (
+                measures[measure]["median_ms"] / ours_ms
+            )
+    return report
+
+
+def mochac_gpu_measures(layers_factory, batch, iters, opt_level):
+    """Return {measure: (function, calls)} for mochac on the GPU, and the train net."""
     backend = GPUBackend(seed=0)
     net = Net("bench-gpu", backend, layers_factory(batch), opt_level=opt_level)
     check_batch(net, batch)
@@ -82,44 +130,31 @@ def bench_gpu(layers_factory, batch=64, iters=20, repeats=5, opt_level=1, peer=T
 
         return run
 
-    report = {
-        "backend": "cuda",
-        "batch": batch,
-        "iters": iters,
-        "opt_level": opt_level,
-        "mochac": {
-            "forward": summary(warm_rounds(forward, iters, repeats)),
-            "train": summary(warm_rounds(train, iters, repeats)),
-            "infer": summary(warm_rounds(infer(infer_net), iters, repeats)),
-            "latency": summary(
-                warm_rounds(infer(single_net), LATENCY_CALLS * iters, repeats)
-            ),
-        },
-        "peers": {},
-        # Whether the timed training steps replayed CUDA graphs.
-        "cuda_graphs": bool(net.graphs.enabled and net.graphs.graphs),
+    measures = {
+        "forward": (forward, iters),
+        "train": (train, iters),
+        "infer": (infer(infer_net), iters),
+        "latency": (infer(single_net), LATENCY_CALLS * iters),
     }
-    if peer:
-        report["peers"] = bench_torch_cuda(net, iters, repeats)
-    for measures in report["peers"].values():
-        for measure, values in measures.items():
-            if isinstance(values, dict) and measure in report["mochac"]:
-                ours = report["mochac"][measure]["median_ms"]
-                values["speedup_of_mochac"] = values["median_ms"] / ours
-    return report
+    return measures, net
 
 
-def bench_torch_cuda(net, iters, repeats) -> dict:
-    """Time PyTorch eager on the GPU; {} without torch or without CUDA in it."""
+def torch_cuda_measures(net, iters) -> tuple[dict, dict]:
+    """Return the measures and the details of PyTorch eager on the GPU.
+
+    The measures are {"torch_cuda": {measure: (function, calls, context)}}
+    and the details {"torch_cuda": {...}}: version, device and settings.
+    Both are {} without torch or without CUDA in it.
+    """
     try:
         import torch
     except ImportError:
         logger.warning("PyTorch is not installed, so no peer is timed")
-        return {}
+        return {}, {}
     if not torch.cuda.is_available():
         logger.warning("this PyTorch has no CUDA device, so no peer is timed")
-        return {}
-    from mochac.bench.torch_peer import TorchNet
+        return {}, {}
+    from mochac.bench.torch_peer import ZERO_GRAD_SET_TO_NONE, TorchNet
 
     peer = TorchNet(net)
     peer.model.cuda()
@@ -150,19 +185,30 @@ def bench_torch_cuda(net, iters, repeats) -> dict:
         feed.next_sample()
         peer.outputs(single)
 
+    contexts = {
+        "no_grad": torch.no_grad,
+        "enable_grad": torch.enable_grad,
+        "inference_mode": torch.inference_mode,
+    }
+    functions = {
+        "forward": (forward, iters),
+        "train": (train, iters),
+        "infer": (infer, iters),
+        "latency": (latency, LATENCY_CALLS * iters),
+    }
     measures = {
-        "forward": summary(warm_rounds(timed(forward), iters, repeats)),
-        "train": summary(warm_rounds(timed(train), iters, repeats)),
+        measure: (timed(function), calls, contexts[PEER_GRAD_MODES[measure]])
+        for measure, (function, calls) in functions.items()
+    }
+    details = {
         "version": torch.__version__,
         "device": torch.cuda.get_device_name(),
         "settings": torch_cuda_settings(torch),
+        "grad_modes": dict(PEER_GRAD_MODES),
+        "zero_grad_set_to_none": ZERO_GRAD_SET_TO_NONE,
+        "batches_from_pinned_host_memory": True,
     }
-    with torch.inference_mode():
-        measures["infer"] = summary(warm_rounds(timed(infer), iters, repeats))
-        measures["latency"] = summary(
-            warm_rounds(timed(latency), LATENCY_CALLS * iters, repeats)
-        )
-    return {"torch_cuda": measures}
+    return {"torch_cuda": measures}, {"torch_cuda": details}
 
 
 class HostBatches:
@@ -223,30 +269,45 @@ def torch_cuda_settings(torch) -> dict:
     }
 
 
-def format_torch_settings(name: str, measures: dict) -> str:
-    """Return one line naming a GPU peer's version, device and TF32 settings."""
+def format_torch_settings(name: str, measures: dict) -> list[str]:
+    """Return the lines naming a GPU peer's version, device, TF32 settings,
+    autograd modes and gradient clearing."""
     settings = measures["settings"]
+    modes = measures["grad_modes"]
 
     def on_off(flag):
         return "on" if flag else "off"
 
-    return (
-        f"{name}: PyTorch {measures['version']} on {measures['device']}, TF32 "
-        f"convolutions {on_off(settings['cudnn_allow_tf32'])}, TF32 matmuls "
-        f"{on_off(settings['matmul_allow_tf32'])}, cudnn.benchmark "
-        f"{on_off(settings['cudnn_benchmark'])}"
-    )
+    clearing = "set_to_none=True" if measures["zero_grad_set_to_none"] else "in place"
+    return [
+        (
+            f"{name}: PyTorch {measures['version']} on {measures['device']}, TF32 "
+            f"convolutions {on_off(settings['cudnn_allow_tf32'])}, TF32 matmuls "
+            f"{on_off(settings['matmul_allow_tf32'])}, cudnn.benchmark "
+            f"{on_off(settings['cudnn_benchmark'])}"
+        ),
+        (
+            f"{name}: forward under torch.{modes['forward']}(), train under "
+            f"torch.{modes['train']}() with zero_grad({clearing}), infer and batch-1 "
+            f"under torch.{modes['infer']}(), batches copied from pinned host memory"
+        ),
+    ]
 
 
 def format_gpu_bench(report: dict) -> str:
     """Return the GPU report as a table, one line per framework."""
     graphs = "with" if report.get("cuda_graphs") else "without"
     lines = [
-        f"CUDA backend, batch {report['batch']}, median of "
-        f"{report['mochac']['train']['rounds']} rounds of {report['iters']} "
-        f"iterations, training steps {graphs} CUDA graphs",
-        f"{'':12} {'forward ms':>11} {'train ms':>9} {'train it/s':>11} "
-        f"{'infer ms':>9} {'batch-1 ms':>11}",
+        (
+            f"CUDA backend, batch {report['batch']}, median of "
+            f"{report['mochac']['train']['rounds']} interleaved rounds of "
+            f"{report['iters']} iterations after {report['warmup_calls']} untimed "
+            f"calls, training steps {graphs} CUDA graphs"
+        ),
+        (
+            f"{'':12} {'forward ms':>11} {'train ms':>9} {'train it/s':>11} "
+            f"{'infer ms':>9} {'batch-1 ms':>11}"
+        ),
     ]
     rows = [("mochac", report["mochac"])] + list(report["peers"].items())
     for name, measures in rows:
@@ -257,7 +318,7 @@ def format_gpu_bench(report: dict) -> str:
             f"{measures['latency']['median_ms']:11.4f}"
         )
     for name, measures in report["peers"].items():
-        lines.append(format_torch_settings(name, measures))
+        lines.extend(format_torch_settings(name, measures))
         lines.append(
             f"mochac speed-up over {name}: train "
             f"{measures['train']['speedup_of_mochac']:.2f}x, inference "

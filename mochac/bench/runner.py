@@ -14,6 +14,7 @@ a fresh graph each time.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import os
@@ -33,18 +34,6 @@ from mochac.runtime.solver import SGD
 from mochac.version import __version__
 
 logger = logging.getLogger(__name__)
-
-
-def rounds(function, iters: int, repeats: int) -> list[float]:
-    """Return the seconds per call of ``function`` for each of ``repeats`` rounds."""
-    function()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(iters):
-            function()
-        samples.append((time.perf_counter() - start) / iters)
-    return samples
 
 
 def summary(samples: list[float]) -> dict:
@@ -127,24 +116,37 @@ def inference_layers(layers_factory, batch: int) -> list:
     return [layer for layer in layers_factory(batch) if not layer.has_loss]
 
 
-def interleaved_rounds(functions: dict, repeats: int) -> dict:
+def interleaved_rounds(
+    functions: dict, repeats: int, warmup_calls: int | None = None
+) -> dict:
     """Return {key: seconds per call in each round} for ``{key: (function, calls)}``.
 
-    A first, untimed round warms up each function (caches, lazy
-    compilation such as torch.compile's, the OpenMP thread pool). Then every
-    round times each function in turn, so a change in the machine's speed
-    during the run reaches mochac and its peers alike.
+    An entry may have a third item, a callable that returns a context
+    manager (torch.no_grad, for one). It is entered around the function's
+    warm-up calls and around each of its rounds, outside the clock.
+
+    First, untimed, each function is called ``warmup_calls`` times, or
+    ``calls`` times when that is None, to warm caches, lazy compilation such
+    as torch.compile's and the OpenMP thread pool. Then every round times
+    each function in turn, in the order of ``functions``, so a change in the
+    machine's speed during the run reaches mochac and its peers alike.
     """
-    for function, calls in functions.values():
-        for _ in range(calls):
-            function()
-    samples = {key: [] for key in functions}
-    for _ in range(repeats):
-        for key, (function, calls) in functions.items():
-            start = time.perf_counter()
-            for _ in range(calls):
+    entries = {}
+    for key, entry in functions.items():
+        function, calls, *rest = entry
+        entries[key] = (function, calls, rest[0] if rest else contextlib.nullcontext)
+    for function, calls, context in entries.values():
+        with context():
+            for _ in range(calls if warmup_calls is None else warmup_calls):
                 function()
-            samples[key].append((time.perf_counter() - start) / calls)
+    samples = {key: [] for key in entries}
+    for _ in range(repeats):
+        for key, (function, calls, context) in entries.items():
+            with context():
+                start = time.perf_counter()
+                for _ in range(calls):
+                    function()
+                samples[key].append((time.perf_counter() - start) / calls)
     return samples
 
 
@@ -339,6 +341,9 @@ def torch_measures(
         versions[name] = torch.__version__
         peer_threads[name] = torch.get_num_threads()
 
+        # This forward keeps autograd on, unlike the GPU bench's. The
+        # backward measure is forward_backward minus forward, so a forward
+        # under no_grad would move building autograd's graph into backward.
         def forward(loss=loss, peer=peer):
             loss(peer.x, peer.y)
 
