@@ -388,7 +388,7 @@ def test_host_gpu_bench_command_with_peer(cupy, torch_as_cuda, tmp_path, capsys)
     assert peer["device"] == "host"
     assert peer["settings"]["cudnn_benchmark"] is False
     assert peer["grad_modes"] == {
-        "forward": "enable_grad",
+        "forward": "no_grad",
         "train": "enable_grad",
         "infer": "inference_mode",
         "latency": "inference_mode",
@@ -405,7 +405,7 @@ def test_host_gpu_bench_command_with_peer(cupy, torch_as_cuda, tmp_path, capsys)
     assert float(rows["mochac"][3]) == pytest.approx(mochac_it_s, rel=1e-3, abs=0.1)
     assert "2 interleaved rounds of 2 iterations after 3 untimed calls" in lines[0]
     assert "cudnn.benchmark off" in lines[4]
-    assert "forward under torch.enable_grad()" in lines[5]
+    assert "forward under torch.no_grad()" in lines[5]
     assert "zero_grad(set_to_none=True)" in lines[5]
     assert "batch-1 under torch.inference_mode()" in lines[5]
     speedup = peer["train"]["speedup_of_mochac"]
@@ -465,6 +465,55 @@ def test_host_gpu_bench_interleaves_rounds(cupy, torch_as_cuda, monkeypatch):
             assert set(calls) == {"torch"}, index
     latency_calls = gpu_runner.LATENCY_CALLS
     assert [len(calls) for calls in rounds[:8]] == [1] * 6 + [latency_calls] * 2
+
+
+def test_host_gpu_peer_grad_modes(cupy, torch_as_cuda, monkeypatch):
+    """The peer's forward runs under torch.no_grad(), its training step
+    with autograd on and its inference under torch.inference_mode()."""
+    from mochac.bench import gpu_runner
+    from mochac.bench.torch_peer import TorchNet
+
+    torch = torch_as_cuda
+    state = {"in_train": False, "in_loss": False}
+    modes = {"loss": set(), "train": set(), "outputs": set()}
+
+    def mode():
+        return (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+
+    loss, outputs, train_step = TorchNet.loss, TorchNet.outputs, TorchNet.train_step
+
+    def recording_loss(self, x, y):
+        if not state["in_train"]:
+            modes["loss"].add(mode())
+        state["in_loss"] = True
+        try:
+            return loss(self, x, y)
+        finally:
+            state["in_loss"] = False
+
+    def recording_outputs(self, x):
+        if not state["in_train"] and not state["in_loss"]:
+            modes["outputs"].add((len(x), *mode()))
+        return outputs(self, x)
+
+    def recording_train_step(self, loss_function):
+        modes["train"].add(mode())
+        state["in_train"] = True
+        try:
+            return train_step(self, loss_function)
+        finally:
+            state["in_train"] = False
+
+    monkeypatch.setattr(TorchNet, "loss", recording_loss)
+    monkeypatch.setattr(TorchNet, "outputs", recording_outputs)
+    monkeypatch.setattr(TorchNet, "train_step", recording_train_step)
+    gpu_runner.bench_gpu(lenet, batch=2, iters=1, repeats=1)
+    # (batch, grad enabled, inference mode enabled), for inference at the
+    # batch size and at batch 1.
+    assert modes["outputs"] == {(2, False, True), (1, False, True)}
+    # (grad enabled, inference mode enabled)
+    assert modes["loss"] == {(False, False)}
+    assert modes["train"] == {(True, False)}
 
 
 def test_host_gpu_peer_copies_batches(cupy, torch_as_cuda, monkeypatch):

@@ -40,10 +40,12 @@ WARMUP_CALLS = 3
 
 MEASURES = ("forward", "train", "infer", "latency")
 
-# The autograd mode of each of the peer's measures. Its inference runs under
+# The autograd mode of each of the peer's measures. mochac's forward pass
+# builds no autograd graph, because its backward pass is compiled ahead, so
+# the peer's forward runs under no_grad. Its inference runs under
 # inference_mode, as on the CPU bench.
 PEER_GRAD_MODES = {
-    "forward": "enable_grad",
+    "forward": "no_grad",
     "train": "enable_grad",
     "infer": "inference_mode",
     "latency": "inference_mode",
