@@ -3,8 +3,9 @@
 Tests install it in sys.modules, so GPUBackend and GPUNet run their real
 code on machines without a GPU. RawModule compiles the generated CUDA for
 the host, and each launch runs its real grid of blocks and threads on the
-emulator of cuda_emulator.py. Arrays are NumPy arrays with CuPy's
-``data.ptr``, ``get`` and ``set``, and cuBLAS GEMMs run in NumPy.
+emulator of cuda_emulator.py. Arrays keep their data in NumPy buffers
+but, like CuPy's, are not NumPy arrays and never convert to one implicitly
+(see DeviceArray), and cuBLAS GEMMs run in NumPy.
 
 Work on the null stream and on blocking streams runs when it is enqueued,
 except under stream capture: between ``begin_capture`` and ``end_capture``
@@ -54,41 +55,268 @@ DEVICE_COUNT = 1
 CURRENT_DEVICE = 0
 
 
-class DeviceArray(np.ndarray):
-    """A NumPy array with the CuPy methods mochac uses.
+# The TypeError that cupy.ndarray.__array__ raises when NumPy asks for the
+# array's data (CuPy 8 and later). The wording is that of CuPy 12.
+IMPLICIT_CONVERSION = (
+    "Implicit conversion to a NumPy array is not allowed. "
+    "Please use `.get()` to construct a NumPy array explicitly."
+)
 
+# The ndarray methods that CuPy's ndarray has too and whose results stay on
+# the device: the stand-in runs them on the host buffer and wraps arrays
+# and NumPy scalars in the result as device arrays.
+DEVICE_METHODS = frozenset(
+    (
+        "all",
+        "any",
+        "argmax",
+        "argmin",
+        "astype",
+        "clip",
+        "copy",
+        "cumsum",
+        "diagonal",
+        "dot",
+        "fill",
+        "flatten",
+        "max",
+        "mean",
+        "min",
+        "nonzero",
+        "prod",
+        "ravel",
+        "repeat",
+        "reshape",
+        "round",
+        "squeeze",
+        "std",
+        "sum",
+        "swapaxes",
+        "take",
+        "trace",
+        "transpose",
+        "var",
+        "view",
+    )
+)
+
+
+class DeviceArray(np.lib.mixins.NDArrayOperatorsMixin):
+    """A device array kept in a host buffer, with the CuPy methods mochac
+    uses.
+
+    As with cupy.ndarray, it is not a numpy.ndarray: NumPy cannot read it
+    implicitly (``numpy.asarray``, ``torch.from_numpy``), arithmetic and
+    NumPy functions reject a NumPy array mixed with it, and ``get`` or
+    ``asnumpy`` copy it to the host. Indexing returns device arrays, and
+    ``float`` or ``int`` of a one-element array return a Python number.
     ``device_id`` is the device that was current when the array was
-    allocated, as in CuPy; views keep their base's.
+    allocated, as in CuPy, and views keep their base's.
     """
 
-    def __array_finalize__(self, obj):
-        self.device_id = getattr(obj, "device_id", CURRENT_DEVICE)
+    __slots__ = ("_host", "device_id")
+
+    def __init__(self, host, device_id=None):
+        if not isinstance(host, np.ndarray):
+            raise TypeError(f"DeviceArray wraps a numpy.ndarray, got {type(host)}")
+        self._host = host
+        self.device_id = CURRENT_DEVICE if device_id is None else device_id
+
+    def _wrap(self, value):
+        """Return ``value`` with host arrays and NumPy scalars as device
+        arrays on this array's device, as CuPy returns them."""
+        if isinstance(value, np.ndarray):
+            return DeviceArray(value, self.device_id)
+        if isinstance(value, np.generic):
+            return DeviceArray(np.asarray(value), self.device_id)
+        if isinstance(value, tuple):
+            return tuple(self._wrap(item) for item in value)
+        return value
+
+    # NumPy's protocols: device data never mixes with host data implicitly.
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError(IMPLICIT_CONVERSION)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        inputs = tuple(device_operand(item) for item in inputs)
+        out = kwargs.get("out")
+        if out is not None:
+            kwargs["out"] = tuple(device_operand(item) for item in out)
+        result = getattr(ufunc, method)(*inputs, **kwargs)
+        if out is not None:
+            return out[0] if len(out) == 1 else out
+        return self._wrap(result)
+
+    def __array_function__(self, func, types, args, kwargs):
+        # NOTE: CuPy runs its own function of the same name and raises
+        # TypeError where it has none; the stand-in runs every NumPy function.
+        args = unwrap_device_arrays(args)
+        kwargs = unwrap_device_arrays(kwargs)
+        return self._wrap(func(*args, **kwargs))
+
+    # CuPy's ndarray interface.
+
+    @property
+    def shape(self):
+        return self._host.shape
+
+    @property
+    def dtype(self):
+        return self._host.dtype
+
+    @property
+    def size(self):
+        return self._host.size
+
+    @property
+    def ndim(self):
+        return self._host.ndim
+
+    @property
+    def nbytes(self):
+        return self._host.nbytes
+
+    @property
+    def itemsize(self):
+        return self._host.itemsize
+
+    @property
+    def strides(self):
+        return self._host.strides
+
+    @property
+    def flags(self):
+        return self._host.flags
+
+    @property
+    def T(self):
+        return self._wrap(self._host.T)
 
     @property
     def data(self):
-        return types.SimpleNamespace(ptr=self.ctypes.data)
+        return types.SimpleNamespace(
+            ptr=self._host.ctypes.data, device_id=self.device_id
+        )
+
+    def __getattr__(self, name):
+        if name not in DEVICE_METHODS:
+            raise AttributeError(f"'DeviceArray' object has no attribute '{name}'")
+        method = getattr(self._host, name)
+
+        def call(*args, **kwargs):
+            args = unwrap_device_arrays(args)
+            kwargs = unwrap_device_arrays(kwargs)
+            return self._wrap(method(*args, **kwargs))
+
+        return call
+
+    def __getitem__(self, key):
+        key = unwrap_device_arrays(key)
+        value = self._host[key]
+        if isinstance(value, np.generic):
+            # CuPy returns a 0-d view where NumPy returns a scalar.
+            value = self._host[(*key, ...) if isinstance(key, tuple) else (key, ...)]
+        return self._wrap(value)
+
+    def __setitem__(self, key, value):
+        self._host[unwrap_device_arrays(key)] = device_operand(value, assigned=True)
+
+    def __len__(self):
+        return len(self._host)
+
+    def __iter__(self):
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d array")
+        return (self[index] for index in range(len(self)))
+
+    # Converting one element synchronizes and copies it, as CuPy does.
+
+    def __float__(self):
+        return float(self._host)
+
+    def __int__(self):
+        return int(self._host)
+
+    def __complex__(self):
+        return complex(self._host)
+
+    def __bool__(self):
+        return bool(self._host)
+
+    def __format__(self, spec):
+        return format(self._host, spec)
+
+    def __repr__(self):
+        return repr(self._host)
+
+    def __str__(self):
+        return str(self._host)
+
+    def item(self):
+        return self._host.item()
+
+    def tolist(self):
+        return self._host.tolist()
 
     def get(self, stream=None, out=None):
         if stream is not None:
             stream.synchronize()
         if out is None:
-            return np.array(self, copy=True)
+            return np.array(self._host, copy=True)
         # CuPy copies the bytes, so it rejects an ``out`` that NumPy would
         # cast or broadcast into.
         check_host_copy("get", out, self.shape, self.dtype)
-        out[...] = self
+        out[...] = self._host
         return out
 
     def set(self, array, stream=None):
         check_host_copy("set", array, self.shape, self.dtype)
 
         def copy():
-            self[...] = array
+            self._host[...] = array
 
         if stream is not None and stream.lazy:
             stream.pending.append(copy)
         else:
             copy()
+
+
+def device_operand(value, assigned=False):
+    """Return the host buffer of a device array, or a scalar unchanged, for
+    an operand of a device array's arithmetic.
+
+    CuPy's ufuncs and kernels reject NumPy arrays, lists and other objects
+    with TypeError. Assigning into a device array takes a 0-d NumPy array
+    as a scalar but rejects a larger one with ValueError, as
+    ``cupy.ndarray.fill`` does (without CUPY_EXPERIMENTAL_SLICE_COPY).
+    """
+    if isinstance(value, DeviceArray):
+        return value._host
+    if isinstance(value, (bool, int, float, complex, np.generic)):
+        return value
+    if assigned and isinstance(value, np.ndarray):
+        if value.ndim == 0:
+            return value.item()
+        raise ValueError("non-scalar numpy.ndarray cannot be used for fill")
+    raise TypeError(f"Unsupported type {type(value)}")
+
+
+def unwrap_device_arrays(value):
+    """Return ``value`` (an argument, or a list, tuple or dict of them) with
+    device arrays replaced by their host buffers.
+
+    A NumPy array raises TypeError, as CuPy's functions do for host arrays.
+    """
+    if isinstance(value, DeviceArray):
+        return value._host
+    if isinstance(value, np.ndarray):
+        raise TypeError(f"Unsupported type {type(value)}")
+    if isinstance(value, (list, tuple)):
+        return type(value)(unwrap_device_arrays(item) for item in value)
+    if isinstance(value, dict):
+        return {key: unwrap_device_arrays(item) for key, item in value.items()}
+    return value
 
 
 def check_host_copy(method, host, shape, dtype):
@@ -108,15 +336,28 @@ def check_host_copy(method, host, shape, dtype):
 
 
 def zeros(shape, dtype=float):
-    array = np.zeros(shape, dtype).view(DeviceArray)
-    array.device_id = CURRENT_DEVICE
-    return array
+    return DeviceArray(np.zeros(shape, dtype))
 
 
-def asarray(array):
-    copy = np.array(array, copy=True).view(DeviceArray)
-    copy.device_id = CURRENT_DEVICE
-    return copy
+def asarray(array, dtype=None):
+    """Copy a host array to the current device, as cupy.asarray does.
+
+    A device array comes back as it is, unless ``dtype`` asks for another
+    type."""
+    if isinstance(array, DeviceArray):
+        return array if dtype is None else array.astype(dtype, copy=False)
+    return DeviceArray(np.array(array, dtype, copy=True))
+
+
+def asnumpy(array, stream=None, out=None):
+    """Return a host copy of a device array, or a host array unchanged, as
+    cupy.asnumpy does."""
+    if isinstance(array, DeviceArray):
+        return array.get(stream=stream, out=out)
+    if out is not None:
+        out[...] = array
+        return out
+    return np.asarray(array)
 
 
 class Device:
@@ -442,7 +683,8 @@ def kernel_argument(value, parameter, kernel):
     """
     expected = parameter_type(parameter)
     if expected == "pointer":
-        if not isinstance(value, np.ndarray):
+        if not isinstance(value, DeviceArray):
+            # CuPy raises "Unsupported type" for a NumPy array too.
             raise TypeError(
                 f"kernel {kernel}: parameter '{parameter}' needs a device array, "
                 f"got {type(value).__name__}"
@@ -453,7 +695,7 @@ def kernel_argument(value, parameter, kernel):
                 f"cudaErrorIllegalAddress: kernel on device {CURRENT_DEVICE} was "
                 f"passed an array allocated on device {device}"
             )
-        return ctypes.c_void_p(value.ctypes.data)
+        return ctypes.c_void_p(value.data.ptr)
     dtype = PARAMETER_DTYPES.get(expected)
     if dtype is None:
         raise TypeError(f"kernel {kernel}: parameter '{parameter}' has an unknown type")
@@ -477,11 +719,17 @@ def gemm(trans_a, trans_b, a, b, out=None, alpha=1.0, beta=0.0):
         raise NotImplementedError(
             "calling cuBLAS API during stream capture is currently unsupported"
         )
+    for operand in (a, b) if out is None else (a, b, out):
+        # cupy.cublas.gemm takes device arrays only.
+        if not isinstance(operand, DeviceArray):
+            raise TypeError(f"gemm: expected a device array, got {type(operand)}")
     a = a.T if trans_a == "T" else a
     b = b.T if trans_b == "T" else b
+    if out is None:
+        out = zeros((a.shape[0], b.shape[1]), a.dtype)
 
     def run():
-        out[...] = alpha * (np.asarray(a) @ np.asarray(b)) + beta * out
+        out[...] = alpha * (a @ b) + beta * out
 
     enqueue(run)
     return out
@@ -545,6 +793,8 @@ def module() -> types.ModuleType:
     cupy = types.ModuleType("cupy")
     cupy.zeros = zeros
     cupy.asarray = asarray
+    cupy.asnumpy = asnumpy
+    cupy.ndarray = DeviceArray
     cupy.RawModule = RawModule
     cupy.cublas = types.SimpleNamespace(gemm=gemm)
     cupy.cuda = types.SimpleNamespace(

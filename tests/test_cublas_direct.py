@@ -31,7 +31,7 @@ def handle():
 
 
 def device(array):
-    return np.ascontiguousarray(array).view(host_cupy.DeviceArray)
+    return host_cupy.asarray(np.ascontiguousarray(array))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -45,10 +45,10 @@ def test_gemm_matches_numpy(handle, dtype, trans_a, trans_b):
     c = device(rng.normal(size=(m, n)).astype(dtype))
     op_a = a.T if trans_a else a
     op_b = b.T if trans_b else b
-    expected = 0.5 * (op_a @ op_b) + 2 * c
+    expected = (0.5 * (op_a @ op_b) + 2 * c).get()
     handle.gemm_call(trans_a, trans_b, a, b, c, 0.5, 2.0)()
     tolerance = 1e-12 if dtype == np.float64 else 1e-5
-    np.testing.assert_allclose(np.asarray(c), expected, rtol=tolerance)
+    np.testing.assert_allclose(c.get(), expected, rtol=tolerance)
 
 
 def test_gemm_on_views_of_one_buffer(handle):
@@ -57,12 +57,12 @@ def test_gemm_on_views_of_one_buffer(handle):
     a = arena[0:6].reshape(2, 3)
     b = arena[8:20].reshape(3, 4)
     c = arena[24:32].reshape(2, 4)
-    a[...] = np.arange(6).reshape(2, 3)
-    b[...] = np.arange(12).reshape(3, 4)
+    a[...] = device(np.arange(6.0).reshape(2, 3))
+    b[...] = device(np.arange(12.0).reshape(3, 4))
     handle.gemm_call(False, False, a, b, c, 1.0, 0.0)()
-    np.testing.assert_array_equal(c, np.asarray(a) @ np.asarray(b))
-    assert np.all(arena[32:] == 0)
-    assert np.all(arena[20:24] == 0)
+    np.testing.assert_array_equal(c.get(), a.get() @ b.get())
+    assert np.all(arena[32:].get() == 0)
+    assert np.all(arena[20:24].get() == 0)
 
 
 def test_gemm_scalars_outlive_the_call(handle):
@@ -76,7 +76,7 @@ def test_gemm_scalars_outlive_the_call(handle):
     garbage = [float(value) * 1.5 for value in range(100_000)]
     run()
     assert len(garbage) == 100_000
-    np.testing.assert_array_equal(c, np.full((2, 2), 0.25 * 2 + 3.0))
+    np.testing.assert_array_equal(c.get(), np.full((2, 2), 0.25 * 2 + 3.0))
 
 
 def test_gemm_rejects_strided_operand(handle):

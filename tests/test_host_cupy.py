@@ -166,3 +166,128 @@ def test_capturing_stream_cannot_synchronize():
 def test_null_stream_capture_rejected():
     with pytest.raises(RuntimeError, match="legacy"):
         host_cupy.Stream.null.begin_capture()
+
+
+# The stand-in's arrays, like cupy.ndarray, are not NumPy arrays, so host
+# code must copy them with ``get`` or ``cupy.asnumpy``.
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [np.asarray, np.array, np.ascontiguousarray, lambda x: np.zeros(3) + x],
+    ids=["asarray", "array", "ascontiguousarray", "host_plus_device"],
+)
+def test_implicit_host_conversion_rejected(convert):
+    device = host_cupy.asarray(np.arange(3.0))
+    with pytest.raises(TypeError):
+        convert(device)
+
+
+def test_asarray_names_explicit_get():
+    device = host_cupy.asarray(np.arange(3.0))
+    with pytest.raises(TypeError, match=r"Please use `\.get\(\)`"):
+        np.asarray(device)
+
+
+def test_torch_from_numpy_rejects_device_array():
+    torch = pytest.importorskip("torch")
+    device = host_cupy.asarray(np.arange(3.0))
+    with pytest.raises(TypeError):
+        torch.from_numpy(device)
+
+
+@pytest.mark.parametrize(
+    "combine",
+    [
+        lambda x, host: x + host,
+        lambda x, host: host * x,
+        lambda x, host: np.add(x, host),
+        lambda x, host: np.concatenate([x, host]),
+        lambda x, host: np.isfinite(x, out=host),
+    ],
+    ids=["add", "multiply", "ufunc", "function", "host_out"],
+)
+def test_mixing_with_host_array_rejected(combine):
+    device = host_cupy.asarray(np.arange(3.0))
+    with pytest.raises(TypeError, match="Unsupported type"):
+        combine(device, np.ones(3))
+
+
+def test_in_place_with_host_array_rejected():
+    device = host_cupy.asarray(np.arange(3.0))
+    with pytest.raises(TypeError, match="Unsupported type"):
+        device += np.ones(3)
+    assert device.get().tolist() == [0.0, 1.0, 2.0]
+
+
+def test_assigning_host_array_rejected():
+    device = host_cupy.zeros(3, np.float64)
+    with pytest.raises(ValueError, match="non-scalar numpy.ndarray"):
+        device[...] = np.ones(3)
+    with pytest.raises(TypeError, match="Unsupported type"):
+        device[...] = [1.0, 2.0, 3.0]
+    assert device.get().tolist() == [0.0, 0.0, 0.0]
+
+
+def test_assigning_scalars_and_device_arrays():
+    device = host_cupy.zeros(3, np.float64)
+    device[0] = 1.5
+    device[1] = np.float64(2.5)
+    # CuPy reads a 0-d NumPy array as a scalar.
+    device[2] = np.array(3.5)
+    assert device.get().tolist() == [1.5, 2.5, 3.5]
+    device[...] = host_cupy.asarray(np.full(3, 4.0))
+    assert device.get().tolist() == [4.0, 4.0, 4.0]
+
+
+def test_host_array_for_pointer_rejected(module):
+    with pytest.raises(TypeError, match="needs a device array"):
+        module.get_function("add_count")((1,), (256,), (np.zeros(4), np.int32(4)))
+
+
+def test_gemm_rejects_host_operand():
+    a = host_cupy.asarray(np.ones((2, 2)))
+    out = host_cupy.zeros((2, 2), np.float64)
+    with pytest.raises(TypeError, match="expected a device array"):
+        host_cupy.gemm("N", "N", a, np.ones((2, 2)), out=out)
+
+
+def test_explicit_copies_return_numpy():
+    device = host_cupy.asarray(np.arange(6.0).reshape(2, 3))
+    cupy = host_cupy.module()
+    for host in (device.get(), cupy.asnumpy(device)):
+        assert type(host) is np.ndarray
+        assert host.tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    assert cupy.asarray(device) is device
+
+
+def test_device_array_interface():
+    device = host_cupy.asarray(np.arange(6.0).reshape(2, 3))
+    assert len(device) == 2
+    assert device.shape == (2, 3)
+    assert device.dtype == np.float64
+    row = device[1]
+    assert isinstance(row, host_cupy.DeviceArray)
+    # Indexing one element gives a 0-d device array, which float() copies.
+    element = device[1, 2]
+    assert isinstance(element, host_cupy.DeviceArray)
+    assert element.shape == ()
+    assert float(element) == 5.0
+    assert int(device[0, 1]) == 1
+    # Views write through to their base, as on the device.
+    row[...] = 0.0
+    assert device.get().tolist() == [[0.0, 1.0, 2.0], [0.0, 0.0, 0.0]]
+
+
+def test_device_arithmetic_stays_on_device():
+    device = host_cupy.asarray(np.arange(3.0))
+    for result in (
+        device * 2 + 1.0,
+        np.sqrt(device),
+        np.isfinite(device),
+        device.sum(),
+    ):
+        assert isinstance(result, host_cupy.DeviceArray)
+    assert (device * 2 + 1.0).get().tolist() == [1.0, 3.0, 5.0]
+    assert bool(np.isfinite(device).all())
+    assert float(device.sum()) == 3.0
