@@ -214,7 +214,9 @@ def _load(
         target[...] = net.backend.to_device(values.reshape(target.shape), target.dtype)
     initialized = []
     for key, target, values in fresh:
-        target[...] = values
+        # A GPU net's array is a CuPy array, which takes no NumPy array in
+        # an assignment.
+        target[...] = net.backend.to_device(values, target.dtype)
         initialized.append(key)
     if optional_missing:
         logger.warning(

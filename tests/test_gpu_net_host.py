@@ -137,6 +137,36 @@ def test_net_with_gpu_backend_builds_gpunet(cupy):
     assert np.isfinite(net.forward())
 
 
+def test_host_gpunet_caffe_import_initializes_missing(cupy, tmp_path):
+    """A Caffe model without a bias leaves it to the layer's initializer,
+    whose host values reach the device array through the backend."""
+    from test_caffe_import import caffe_blobs, write_model
+
+    from mochac import ConstantInitializer, InnerProductLayer, MemoryDataLayer
+    from mochac.caffe import load_caffe_hdf5
+
+    x = np.ones((2, 64))
+    layers = [
+        MemoryDataLayer(name="data", batch_size=2, data=[x, np.zeros((2, 1))]),
+        InnerProductLayer(
+            name="ip1",
+            output_dim=5,
+            bias_init=ConstantInitializer(0.5),
+            bottoms=["data"],
+            tops=["ip1"],
+        ),
+    ]
+    gpu = GPUNet("caffe", GPUBackend(seed=1), layers)
+    gpu.params["ip1"]["bias"][...] = 7.0
+    blobs = caffe_blobs()
+    del blobs["ip1___bias"], blobs["conv1___filter"], blobs["conv1___bias"]
+    result = load_caffe_hdf5(gpu, write_model(tmp_path / "model.hdf5", blobs))
+    assert result["initialized"] == ["ip1___bias"]
+    np.testing.assert_array_equal(gpu.params["ip1"]["bias"].get(), np.full(5, 0.5))
+    weight = blobs["ip1___weight"].astype(np.float32).reshape(5, 64)
+    np.testing.assert_array_equal(gpu.params["ip1"]["weight"].get(), weight)
+
+
 def test_host_gpunet_read_ahead_batches(cupy, tmp_path):
     device_tests.test_read_ahead_serves_the_cpu_batches(cupy, tmp_path)
 
