@@ -58,3 +58,17 @@ def test_predict_index_out_of_range(tmp_path, index):
     assert f"--index {index}:" in result.stderr
     assert "has 3 images, so the index must be from 0 to 2" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_predict_without_test_file(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(PREDICT), "--data", str(tmp_path)]
+        + ["--snapshot", str(tmp_path / "missing.hdf5")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert f"{tmp_path / 'test.hdf5'} not found; run prepare_data.py" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -33,7 +33,10 @@ def main():
         parser.error("no snapshot found; run train.py first or pass --snapshot")
 
     image = np.zeros((1, 1, 28, 28), dtype=np.float32)
-    with h5py.File(args.data / "test.hdf5", "r") as handle:
+    test_file = args.data / "test.hdf5"
+    if not test_file.is_file():
+        parser.error(f"{test_file} not found; run prepare_data.py first or pass --data")
+    with h5py.File(test_file, "r") as handle:
         count = len(handle["data"])
         if count == 0:
             parser.error(f"{args.data / 'test.hdf5'} contains no images")
