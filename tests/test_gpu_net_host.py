@@ -7,6 +7,7 @@ tests/test_cuda_device.py.
 """
 
 import dataclasses
+import gc
 import logging
 import shutil
 import sys
@@ -21,7 +22,8 @@ import test_cuda_device as device_tests
 from cuda_nets import NETS
 
 from mochac.bench.nets import lenet
-from mochac.errors import CompileError
+from mochac.errors import CompileError, ConfigError
+from mochac.layers.output import HDF5OutputLayer
 from mochac.runtime import cublas_direct, gpu_net
 from mochac.runtime.gpu_backend import GPUBackend
 from mochac.runtime.gpu_net import GPUNet
@@ -618,6 +620,34 @@ def test_host_gpunet_failed_build_releases_cublas_handle(cupy, monkeypatch):
     with pytest.raises(DeviceError, match="on purpose"):
         GPUNet("failed", GPUBackend(seed=1), lenet(4))
     assert host_cupy.fake_cublas_live_handles() == before
+
+
+def test_host_gpunet_collected_releases_cublas_handle(cupy):
+    """A net dropped without destroy() releases its handle when collected."""
+    # Nets of earlier tests that only the garbage collector frees would
+    # otherwise release their handles during this test.
+    gc.collect()
+    before = host_cupy.fake_cublas_live_handles()
+    gpu = GPUNet("dropped", GPUBackend(seed=1), lenet(4))
+    gpu.forward()
+    del gpu
+    gc.collect()
+    assert host_cupy.fake_cublas_live_handles() == before
+
+
+def test_host_gpunet_output_error_releases_cublas_handle(cupy, tmp_path):
+    """A build that fails at its HDF5OutputLayer, after the handle was
+    opened, releases the handle."""
+    existing = tmp_path / "scores.h5"
+    existing.write_bytes(b"keep")
+    save = HDF5OutputLayer(name="save", bottoms=["ip2"], filename=str(existing))
+    gc.collect()
+    before = host_cupy.fake_cublas_live_handles()
+    with pytest.raises(ConfigError, match="already exists"):
+        GPUNet("failed", GPUBackend(seed=1), [*lenet(4), save])
+    gc.collect()
+    assert host_cupy.fake_cublas_live_handles() == before
+    assert existing.read_bytes() == b"keep"
 
 
 def test_host_gpunet_destroy_waits_for_copies(cupy, tmp_path):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import weakref
 from types import SimpleNamespace
 
 import numpy as np
@@ -67,6 +68,15 @@ logger = logging.getLogger(__name__)
 # struct mochac_status (int code, int layer, long long index, double value)
 # is three 8-byte words at the start of the report block.
 STATUS_WORDS = 3
+
+
+def close_cublas_handle(cupy, device: int, handle) -> None:
+    """Destroy a GPUNet's cuBLAS handle with the net's device current.
+
+    Does nothing for a handle that GPUNet.destroy() already closed.
+    """
+    with cupy.cuda.Device(device):
+        handle.close()
 
 
 def prepare_ir(net, backend, layers, force_backward, phase, opt_level, disable, keep):
@@ -180,6 +190,17 @@ class GPUNet(Net):
             # GEMMs go to libcublas directly when it can be found, because
             # CuPy's wrapper cannot run under the stream capture of graphs.
             self.cublas = cublas_direct.open_handle(cupy, self.stream)
+            if self.cublas is not None:
+                # A net that is garbage collected without destroy(), or whose
+                # build fails after this point, still releases the handle and
+                # the device memory cuBLAS keeps for it. Interpreter exit
+                # skips the release, because CUDA may be shut down by then and
+                # the end of the process frees the device memory anyway.
+                # NOTE: run against tests/fake_cublas.c only, not on a device.
+                release = weakref.finalize(
+                    self, close_cublas_handle, cupy, backend.device, self.cublas
+                )
+                release.atexit = False
             try:
                 self._allocate()
                 self._bind_steps()
