@@ -1136,3 +1136,42 @@ def test_ctrl_c_in_second_save_settles_all(default_sigint, monkeypatch, tmp_path
         path = tmp_path / folder / "snapshot-000000.h5"
         with mochac.runtime.snapshot.open_model(path) as handle:
             assert json.loads(handle["solver"].attrs["pending_breaks"]) == []
+
+
+def test_break_error_ctrl_c_saves_both(default_sigint, monkeypatch, tmp_path):
+    """A Ctrl-C during the save of the first of two snapshots after a failed
+    break waits until the second is saved too, so neither lists the
+    IterationLog that finished before the failed break."""
+    from mochac import durable_files
+
+    real_write = durable_files.WriteGuard.write
+    sent = []
+
+    def write(self, data):
+        if not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_write(self, data)
+
+    error = ValueError("break failed")
+
+    class InterruptSaveThenFail(CoffeeBreak):
+        def enjoy(self, solver, net):
+            monkeypatch.setattr(durable_files.WriteGuard, "write", write)
+            raise error
+
+    solver = make_solver(2)
+    solver.add_coffee_break(Snapshot(tmp_path / "a"), every_n_iter=2)
+    solver.add_coffee_break(Snapshot(tmp_path / "b"), every_n_iter=2)
+    solver.add_coffee_break(IterationLog(), every_n_iter=2)
+    solver.add_coffee_break(InterruptSaveThenFail(), every_n_iter=2)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        solver.solve(make_net())
+    monkeypatch.undo()
+
+    assert sent == [1]
+    assert raised.value.__context__ is error
+    for folder in ("a", "b"):
+        path = tmp_path / folder / "snapshot-000000.h5"
+        with mochac.runtime.snapshot.open_model(path) as handle:
+            assert json.loads(handle["solver"].attrs["pending_breaks"]) == [3], folder

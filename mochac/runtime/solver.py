@@ -589,7 +589,8 @@ class Solver:
         A failed save is logged, because the propagating exception matters
         more, and leaves the file as it was. Its list is then longer than
         the unfinished breaks, never shorter, so a resume runs them all and
-        some finished ones again.
+        some finished ones again. A Ctrl-C during a save is raised once
+        every snapshot has been saved.
         """
         state = self.state
         pending = self._pending_breaks
@@ -597,11 +598,17 @@ class Solver:
         if pending is not None and pending[0] == state.iter:
             unfinished = list(pending[1])
         state.pending_breaks = unfinished
+        interrupt = None
         for path in self._snapshots_listing_breaks():
             if self._snapshots_with_pending[path][1] == unfinished:
                 continue
             try:
                 self.save_snapshot(path)
+            except KeyboardInterrupt as stop:
+                # Stopping here would leave the later snapshots listing
+                # breaks that finished, so the first Ctrl-C waits.
+                if interrupt is None:
+                    interrupt = stop
             except Exception as error:  # noqa: BLE001 - the break's error matters more
                 logger.warning(
                     "could not save %s again after the coffee breaks of iteration "
@@ -612,6 +619,8 @@ class Solver:
                     type(error).__name__,
                     error,
                 )
+        if interrupt is not None:
+            raise interrupt
 
     def _snapshots_listing_breaks(self) -> list[Path]:
         """Return the existing snapshots saved at this iteration that list
