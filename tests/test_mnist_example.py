@@ -56,7 +56,8 @@ def test_predict_index_out_of_range(tmp_path, index):
     )
     assert result.returncode == 2
     assert f"--index {index}:" in result.stderr
-    assert "has 3 images, so the index must be from 0 to 2" in result.stderr
+    # Negative indexes count from the end, so -3 is valid too.
+    assert "has 3 images, so the index must be from -3 to 2" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -44,7 +44,7 @@ def main():
         if not -count <= args.index < count:
             parser.error(
                 f"--index {args.index}: {args.data / 'test.hdf5'} has {count} "
-                f"images, so the index must be from 0 to {count - 1}"
+                f"images, so the index must be from {-count} to {count - 1}"
             )
         image[0] = handle["data"][args.index]
         label = int(handle["label"][args.index, 0])
