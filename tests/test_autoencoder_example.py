@@ -186,6 +186,6 @@ def test_rerun_other_units_exits_with_advice(tmp_path):
     # A string exit code is printed to stderr, and the exit status is 1.
     message = raised.value.code
     assert isinstance(message, str)
-    assert f"cannot resume from the snapshots in {out}" in message
+    assert f"a snapshot in {out} failed" in message
     assert "has shape (4, 64), but the net expects (5, 64)" in message
-    assert f"Delete {out} to start over, or choose another --out." in message
+    assert f"delete {out} to start over or choose another --out." in message

@@ -461,11 +461,13 @@ def main(argv=None) -> dict:
     except SnapshotError as error:
         # Each phase resumes from the snapshots in its folder, which fail to
         # load when an earlier run used other settings, such as --hidden-units.
+        # A snapshot that cannot be written (a full disk) raises this too.
         shutdown(backend)
         remove_console_handler(handler)
         raise SystemExit(
-            f"cannot resume from the snapshots in {args.out}: {error}\n"
-            f"Delete {args.out} to start over, or choose another --out."
+            f"a snapshot in {args.out} failed: {error}\n"
+            f"If an earlier run into {args.out} used other settings, delete "
+            f"{args.out} to start over or choose another --out."
         ) from None
     shutdown(backend)
 
