@@ -475,7 +475,7 @@ def test_host_gpu_bench_interleaves_rounds(cupy, torch_as_cuda, monkeypatch):
         timed = timed[end + 1 :]
     assert len(rounds) == repeats * 4 * 2
     expected_mochac = [
-        ("mochac", "bench-gpu"),
+        ("mochac", "bench-gpu-forward"),
         ("mochac", "bench-gpu"),
         ("mochac", "bench-gpu-infer"),
         ("mochac", "bench-gpu-latency"),
