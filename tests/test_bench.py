@@ -428,6 +428,33 @@ def test_torch_peer_zero_grad_sets_none():
     assert torch_peer.ZERO_GRAD_SET_TO_NONE is default["set_to_none"].default
 
 
+def test_torch_peer_backward_writes_gradients(monkeypatch):
+    """The peer's forward-and-backward measure clears the gradients first,
+    so repeated calls leave one pass's gradients, not their sum."""
+    torch = pytest.importorskip("torch")
+    from mochac import CPUBackend, Net
+    from mochac.bench import runner, torch_peer
+
+    peers = []
+
+    class RecordedNet(torch_peer.TorchNet):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            peers.append(self)
+
+    monkeypatch.setattr(torch_peer, "TorchNet", RecordedNet)
+    net = Net("peer-backward", CPUBackend(seed=0), lenet(4))
+    measures = runner.torch_measures(net, 1, 1, False, False, {}, {}, {})
+    both = measures["torch_eager"]["forward_backward"][0]
+    peer = peers[0]
+    peer.loss(peer.x, peer.y).backward()
+    once = [parameter.grad.clone() for parameter in peer.model.parameters()]
+    both()
+    both()
+    for parameter, expected in zip(peer.model.parameters(), once):
+        torch.testing.assert_close(parameter.grad, expected)
+
+
 def test_backward_difference_keeps_noise_below_zero():
     from mochac.bench.runner import _difference
 

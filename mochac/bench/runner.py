@@ -323,7 +323,7 @@ def torch_measures(
             "PyTorch is not installed, so no peer is timed; pip install torch"
         )
         return {}
-    from mochac.bench.torch_peer import TorchNet
+    from mochac.bench.torch_peer import ZERO_GRAD_SET_TO_NONE, TorchNet
 
     torch.set_num_threads(threads)
     peers = {}
@@ -347,7 +347,10 @@ def torch_measures(
         def forward(loss=loss, peer=peer):
             loss(peer.x, peer.y)
 
+        # Gradients are cleared as in the training step, so backward writes
+        # them afresh, as mochac's backward pass does, instead of adding.
         def both(loss=loss, peer=peer):
+            peer.optimizer.zero_grad(set_to_none=ZERO_GRAD_SET_TO_NONE)
             loss(peer.x, peer.y).backward()
 
         def train(loss=loss, peer=peer):
