@@ -1067,37 +1067,57 @@ def test_failed_save_after_break_error(tmp_path, monkeypatch, caplog):
         assert json.loads(handle["solver"].attrs["pending_breaks"]) == [1, 2]
 
 
+class InterruptNextWrite(CoffeeBreak):
+    """Makes the next snapshot write send this process a SIGINT; ``sent``
+    records that it did."""
+
+    def __init__(self, monkeypatch):
+        self.monkeypatch = monkeypatch
+        self.sent = []
+
+    def enjoy(self, solver, net):
+        from mochac import durable_files
+
+        real_write = durable_files.WriteGuard.write
+        sent = self.sent
+
+        def write(guard, data):
+            if not sent:
+                sent.append(1)
+                os.kill(os.getpid(), signal.SIGINT)
+            return real_write(guard, data)
+
+        self.monkeypatch.setattr(durable_files.WriteGuard, "write", write)
+
+
+class InterruptSaveThenFail(InterruptNextWrite):
+    """Makes the next snapshot write send a SIGINT, then raises ``error``."""
+
+    def __init__(self, monkeypatch, error):
+        super().__init__(monkeypatch)
+        self.error = error
+
+    def enjoy(self, solver, net):
+        super().enjoy(solver, net)
+        raise self.error
+
+
 def test_ctrl_c_in_save_after_break_error(default_sigint, monkeypatch, tmp_path):
     """A Ctrl-C during the save after a failed break takes effect once the
     file is in place, and the break's error is the KeyboardInterrupt's
     context."""
-    from mochac import durable_files
-
-    real_write = durable_files.WriteGuard.write
-    sent = []
-
-    def write(self, data):
-        if not sent:
-            sent.append(1)
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_write(self, data)
-
     error = ValueError("break failed")
-
-    class InterruptSaveThenFail(CoffeeBreak):
-        def enjoy(self, solver, net):
-            monkeypatch.setattr(durable_files.WriteGuard, "write", write)
-            raise error
+    failing = InterruptSaveThenFail(monkeypatch, error)
 
     solver = make_solver(2)
     solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
     solver.add_coffee_break(IterationLog(), every_n_iter=2)
-    solver.add_coffee_break(InterruptSaveThenFail(), every_n_iter=2)
+    solver.add_coffee_break(failing, every_n_iter=2)
     with pytest.raises(KeyboardInterrupt) as raised:
         solver.solve(make_net())
     monkeypatch.undo()
 
-    assert sent == [1]
+    assert failing.sent == [1]
     assert raised.value.__context__ is error
     path = tmp_path / "snapshot-000000.h5"
     with mochac.runtime.snapshot.open_model(path) as handle:
@@ -1108,30 +1128,17 @@ def test_ctrl_c_in_second_save_settles_all(default_sigint, monkeypatch, tmp_path
     """A Ctrl-C during the second save of the first of two snapshots, once
     every break at iteration 0 finished, still leaves both listing no
     breaks."""
-    from mochac import durable_files
-
-    real_write = durable_files.WriteGuard.write
-    sent = []
-
-    def write(self, data):
-        if not sent:
-            sent.append(1)
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_write(self, data)
-
-    class InterruptNextWrite(CoffeeBreak):
-        def enjoy(self, solver, net):
-            monkeypatch.setattr(durable_files.WriteGuard, "write", write)
+    interrupting = InterruptNextWrite(monkeypatch)
 
     solver = make_solver(2)
     solver.add_coffee_break(Snapshot(tmp_path / "a"), every_n_iter=2)
     solver.add_coffee_break(Snapshot(tmp_path / "b"), every_n_iter=2)
-    solver.add_coffee_break(InterruptNextWrite(), every_n_iter=2)
+    solver.add_coffee_break(interrupting, every_n_iter=2)
     with pytest.raises(KeyboardInterrupt):
         solver.solve(make_net())
     monkeypatch.undo()
 
-    assert sent == [1]
+    assert interrupting.sent == [1]
     for folder in ("a", "b"):
         path = tmp_path / folder / "snapshot-000000.h5"
         with mochac.runtime.snapshot.open_model(path) as handle:
@@ -1142,34 +1149,19 @@ def test_break_error_ctrl_c_saves_both(default_sigint, monkeypatch, tmp_path):
     """A Ctrl-C during the save of the first of two snapshots after a failed
     break waits until the second is saved too, so neither lists the
     IterationLog that finished before the failed break."""
-    from mochac import durable_files
-
-    real_write = durable_files.WriteGuard.write
-    sent = []
-
-    def write(self, data):
-        if not sent:
-            sent.append(1)
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_write(self, data)
-
     error = ValueError("break failed")
-
-    class InterruptSaveThenFail(CoffeeBreak):
-        def enjoy(self, solver, net):
-            monkeypatch.setattr(durable_files.WriteGuard, "write", write)
-            raise error
+    failing = InterruptSaveThenFail(monkeypatch, error)
 
     solver = make_solver(2)
     solver.add_coffee_break(Snapshot(tmp_path / "a"), every_n_iter=2)
     solver.add_coffee_break(Snapshot(tmp_path / "b"), every_n_iter=2)
     solver.add_coffee_break(IterationLog(), every_n_iter=2)
-    solver.add_coffee_break(InterruptSaveThenFail(), every_n_iter=2)
+    solver.add_coffee_break(failing, every_n_iter=2)
     with pytest.raises(KeyboardInterrupt) as raised:
         solver.solve(make_net())
     monkeypatch.undo()
 
-    assert sent == [1]
+    assert failing.sent == [1]
     assert raised.value.__context__ is error
     for folder in ("a", "b"):
         path = tmp_path / folder / "snapshot-000000.h5"
