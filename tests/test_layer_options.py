@@ -87,7 +87,7 @@ def normalized_class_weights(weights, normalize, n_positions):
     """Return one weight per class after Mocha's normalization.
 
     With one weight per class every position has the same weights, so "local"
-    (per position) and "global" (over the whole prediction) rescale alike.
+    (per position) and "global" (per sample) rescale alike.
     """
     weights = np.asarray(weights, dtype=np.float64)
     if normalize == "local":

@@ -88,7 +88,8 @@ def reference_weights(weights, normalize, shape):
     if normalize == "local":
         table = table * shape[1] / table.sum(axis=1, keepdims=True)
     elif normalize == "global":
-        table = table * table.size / table.sum()
+        for sample in table:
+            sample *= sample.size / sample.sum()
     return table
 
 
@@ -194,6 +195,41 @@ def test_local_weights_zero_at_position():
     )
     with pytest.raises(ShapeError, match=r"'loss1'.*sum to 0.*normalize='no'"):
         layer.infer_shapes([(4, 3), (4, 1)])
+
+
+def test_global_weights_per_sample():
+    # The two samples' element weights sum to 1 * 6 and 3 * 6. "global"
+    # rescales each sample to sum to its 3 classes times 2 positions, so both
+    # samples get all-1 weights and the loss of no weights. Each layer reads
+    # logits of its own, so that no split joins their diffs.
+    weights = np.stack([np.ones((3, 2)), 3 * np.ones((3, 2))])
+    logits = RNG.normal(size=SPATIAL_SHAPE)
+    layers = [
+        SoftmaxLossLayer(
+            name="global",
+            bottoms=["logits_global", "labels"],
+            weights=weights,
+            normalize="global",
+        ),
+        SoftmaxLossLayer(name="plain", bottoms=["logits_plain", "labels"]),
+    ]
+    inputs = {"logits_global": logits, "logits_plain": logits, "labels": LABELS}
+    net = build_net("class-weights-per-sample", layers, inputs)
+    net.forward_layer("global")
+    net.forward_layer("plain")
+    expected = reference_loss(logits, LABELS, np.ones(SPATIAL_SHAPE), "softmax")
+    assert net.states["plain"][0] == pytest.approx(expected, rel=1e-12)
+    assert net.states["global"][0] == pytest.approx(expected, rel=1e-12)
+    assert check_gradients(net, "global") == ["logits_global"]
+
+
+def test_global_weights_zero_sample():
+    weights = np.stack([np.ones((3, 2)), np.zeros((3, 2))])
+    layer = SoftmaxLossLayer(
+        name="loss1", bottoms=["pred", "label"], weights=weights, normalize="global"
+    )
+    with pytest.raises(ShapeError, match=r"'loss1'.*sum to 0 over some sample"):
+        layer.infer_shapes([SPATIAL_SHAPE, (2, 1, 2)])
 
 
 def test_class_weights_stored_as_tuples():

@@ -88,10 +88,11 @@ def class_weight_table(layer, pred_shape):
     ``weights`` may be a vector of one weight per class, an array of one data
     point's shape (``pred_shape[1:]``) or an array of the prediction's shape.
     ``normalize`` rescales them as Mocha does: "local" makes the weights at
-    each position sum to the number of classes, "global" makes all of them sum
-    to their count, "no" keeps them. Raises ShapeError naming the layer when
-    the shape fits none of the three forms or a sum to normalize is zero, and
-    ConfigError when a sum or a rescaled weight is not finite.
+    each position sum to the number of classes, "global" makes each sample's
+    weights sum to their count in one sample, "no" keeps them. Raises
+    ShapeError naming the layer when the shape fits none of the three forms
+    or a sum to normalize is zero, and ConfigError when a sum or a rescaled
+    weight is not finite.
     """
     if layer.weights == ():
         return None
@@ -127,14 +128,20 @@ def class_weight_table(layer, pred_shape):
                 )
             weights *= classes / sums
         elif layer.normalize == "global":
-            total = weights.sum()
-            if not np.isfinite(total):
-                raise _weights_overflow(layer, "over the prediction")
-            if total == 0:
+            # Mocha's documentation scales the weights to sum to the size of
+            # one data point, so weights of the prediction's shape are
+            # rescaled sample by sample.
+            sample_axes = tuple(range(1, weights.ndim))
+            totals = weights.sum(axis=sample_axes, keepdims=True)
+            if not np.all(np.isfinite(totals)):
+                raise _weights_overflow(layer, "over a sample")
+            if np.any(totals == 0):
                 raise layer.shape_error(
-                    "weights sum to 0, so normalize='global' cannot rescale them"
+                    "weights sum to 0 over some sample, so normalize='global' "
+                    "cannot rescale them; give each sample a positive weight or "
+                    "use normalize='no'"
                 )
-            weights *= weights.size / total
+            weights *= (weights.size // weights.shape[0]) / totals
     if not np.all(np.isfinite(weights)):
         # Weights near the smallest float64 make the factor count / sum overflow.
         raise ConfigError(
@@ -165,8 +172,9 @@ class ClassLossLayer(Layer):
             an array of one data point's shape or of the prediction's shape.
         normalize: how ``weights`` are rescaled, so that equal weights give
             the loss of no weights. "local" (default) makes them sum to C over
-            the classes at each position, "global" makes them sum to their
-            count over the whole array, and "no" keeps them.
+            the classes at each position, "global" makes each sample's
+            weights sum to their count in one sample (classes times
+            positions), and "no" keeps them.
     """
 
     dim: int = -2
@@ -213,8 +221,9 @@ class SoftmaxLossLayer(ClassLossLayer):
             an array of one data point's shape or of the prediction's shape.
         normalize: how ``weights`` are rescaled, so that equal weights give
             the loss of no weights. "local" (default) makes them sum to C
-            over the classes at each position, "global" makes them sum to
-            their count over the whole array, and "no" keeps them.
+            over the classes at each position, "global" makes each sample's
+            weights sum to their count in one sample (classes times
+            positions), and "no" keeps them.
 
     The loss is -w_g log(softmax(x)_g) averaged over the batch and spatial
     positions, with g the label; its gradient is
