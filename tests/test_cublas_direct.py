@@ -183,6 +183,8 @@ def test_open_handle_rejects_wrong_gemms(monkeypatch, caplog):
         return bound(self, not trans_a, trans_b, a, b, c, alpha, beta)
 
     monkeypatch.setattr(cublas_direct.CublasHandle, "gemm_call", swapped)
+    # GPU nets of earlier tests release their handles when collected.
+    gc.collect()
     before = host_cupy.fake_cublas_live_handles()
     with caplog.at_level(logging.WARNING, logger="mochac.runtime.cublas_direct"):
         handle = cublas_direct.open_handle(host_cupy.module(), host_cupy.Stream())

@@ -600,6 +600,9 @@ def test_host_gpunet_without_direct_cublas(cupy, monkeypatch):
 
 
 def test_host_gpunet_destroy_releases_cublas_handle(cupy):
+    # Nets of earlier tests that only the garbage collector frees would
+    # otherwise release their handles during this test.
+    gc.collect()
     before = host_cupy.fake_cublas_live_handles()
     gpu = GPUNet("lenet", GPUBackend(seed=1), lenet(4))
     assert host_cupy.fake_cublas_live_handles() == before + 1
@@ -616,6 +619,7 @@ def test_host_gpunet_failed_build_releases_cublas_handle(cupy, monkeypatch):
         raise DeviceError("out of device memory on purpose")
 
     monkeypatch.setattr(GPUNet, "_allocate", failing_allocate)
+    gc.collect()
     before = host_cupy.fake_cublas_live_handles()
     with pytest.raises(DeviceError, match="on purpose"):
         GPUNet("failed", GPUBackend(seed=1), lenet(4))
