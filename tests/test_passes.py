@@ -1159,3 +1159,63 @@ def test_crop_and_argmax_match():
     np.testing.assert_array_equal(
         optimized[0].blobs["class"], expected[0].blobs["class"]
     )
+
+
+def rewritten_bottom_alias_layers(case):
+    """Return a net whose identity top "r" aliases a blob "h" whose diff
+    storage backward changes: the output of a tanh inner product in the
+    "neuron" case, a dropout top written in place in the "inplace" case."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6))
+    target = rng.normal(size=(2, 6))
+    layers = [
+        MemoryDataLayer(name="data", batch_size=2, tops=["x", "t"], data=[x, target])
+    ]
+    if case == "neuron":
+        layers.append(
+            InnerProductLayer(
+                name="ip",
+                output_dim=6,
+                neuron=Neurons.Tanh(),
+                bottoms=["x"],
+                tops=["h"],
+            )
+        )
+    else:
+        layers += [
+            InnerProductLayer(name="ip", output_dim=6, bottoms=["x"], tops=["h0"]),
+            DropoutLayer(name="drop", bottoms=["h0"], tops=["h"]),
+        ]
+    return layers + [
+        IdentityLayer(name="rename", bottoms=["h"], tops=["r"]),
+        PowerLayer(name="square", power=2.0, bottoms=["r"], tops=["q"]),
+        SquareLossLayer(name="loss", bottoms=["q", "t"]),
+    ]
+
+
+@pytest.mark.parametrize("case", ["neuron", "inplace"])
+def test_alias_of_rewritten_diff_hidden(case):
+    """An unkept alias top's diff view is left out when its bottom's layer
+    changes the shared diff storage in backward, and keeping it shows its
+    -O0 diff."""
+    layers = rewritten_bottom_alias_layers(case)
+    nets = {}
+    for label, opt_level, keep in (("o0", 0, ()), ("o1", 1, ()), ("kept", 1, ["r"])):
+        net = Net(
+            f"rewritten_alias_{case}_{label}",
+            CPUBackend(dtype=np.float64, seed=1),
+            layers,
+            opt_level=opt_level,
+            disable=("plan_memory",),
+            keep=keep,
+        )
+        net.forward()
+        net.backward()
+        nets[label] = net
+    assert nets["o1"].ir.layer("rename").eliminated
+    assert "r" in nets["o1"].blobs
+    with pytest.raises(KeyError, match="shares the diff of 'h'"):
+        nets["o1"].diffs["r"]
+    np.testing.assert_allclose(
+        nets["kept"].diffs["r"], nets["o0"].diffs["r"], rtol=0, atol=1e-12
+    )

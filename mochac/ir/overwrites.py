@@ -1,13 +1,18 @@
 """Which blobs' views would show another blob's values once passes share storage.
 
 eliminate_splits and eliminate_identity give several blobs one storage with
-the same values, so each of them can still be read. Two cases differ:
+the same values, so each of them can still be read. Three cases differ:
 
 - fuse_inplace lets a layer write its top over its bottom. After forward the
   storage contains the last such top, so the blobs written before it no longer
   contain their own data.
 - eliminate_splits makes every top of a split add its diff into the
   bottom's, so no top's own diff is stored anywhere.
+- An identity or reshape top that eliminate_identity makes an alias shares
+  its bottom's diff storage, which the bottom's layer changes in backward
+  when it has a neuron (scaling by the derivative) or was written in place
+  (writing its own bottom's diff). After backward the storage no longer
+  contains the alias top's diff.
 
 Net leaves these blobs out of ``net.blobs`` and ``net.diffs``, and reading
 one raises KeyError with the reason.
@@ -64,6 +69,27 @@ def overwritten_data(ir) -> dict[str, tuple[str, str]]:
     return overwritten
 
 
+def _rewritten_in_backward(ir, name: str) -> str | None:
+    """Return why backward changes the diff storage of blob ``name`` after an
+    alias top has read it, or None when it stays as written."""
+    blob = ir.blobs[name]
+    producer = ir.layers[blob.producer]
+    if producer.eliminated:
+        return None
+    neuron = getattr(producer.layer, "neuron", None)
+    if neuron is not None and not neuron.is_identity:
+        return (
+            f"it shares the diff of '{name}', which the neuron of "
+            f"'{producer.name}' may scale by its derivative in backward"
+        )
+    if blob.diff_alias is not None:
+        return (
+            f"it shares the diff of '{name}', which layer '{producer.name}' "
+            "overwrites with its bottom's diff in backward"
+        )
+    return None
+
+
 def merged_diffs(ir) -> dict[str, tuple[str, str]]:
     """Return blob -> (why its storage lacks its diff, the pass to disable)."""
     merged: dict[str, tuple[str, str]] = {}
@@ -81,7 +107,11 @@ def merged_diffs(ir) -> dict[str, tuple[str, str]]:
                 "one storage",
                 "eliminate_splits",
             )
-        # An identity or reshape top has its bottom's diff.
+        # An identity or reshape top has its bottom's diff, which that
+        # bottom's own layer may change in backward.
+        rewritten = _rewritten_in_backward(ir, blob.diff_alias)
+        if rewritten is not None:
+            return (rewritten, "eliminate_identity")
         return reason(blob.diff_alias)
 
     for name in ir.blobs:
