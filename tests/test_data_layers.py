@@ -1115,3 +1115,20 @@ def test_memory_data_bare_array_two_tops():
     message = str(caught.value)
     assert "one array of shape (8, 1, 4, 4)" in message
     assert "a list of arrays, one per top (2: data, label)" in message
+
+
+def test_hdf5_data_out_of_float32_range(tmp_path):
+    """An HDF5 float64 value too large for a float32 net is named as out of
+    range when the file is read, not as NaN or infinite in a batch."""
+    x = np.ones((4, 3))
+    x[3, 2] = 5e40
+    layer = hdf5_layer(tmp_path, 2, data=x, label=np.zeros((4, 1)))
+    with pytest.raises(DataError) as caught:
+        make_source(layer, np.float32, np.random.default_rng(0))
+    message = str(caught.value)
+    assert "samples.hdf5:data: value 5e+40 in sample 3" in message
+    assert "outside the range of float32" in message
+    assert "NaN" not in message
+    # A float64 net takes the same file.
+    source = make_source(layer, np.float64, np.random.default_rng(0))
+    assert source.n_samples == 4

@@ -193,6 +193,27 @@ def check_unchanged(
         )
 
 
+def check_in_range(layer, values: np.ndarray, dtype, where: str, name=None) -> None:
+    """Raise DataError when a finite value of ``values`` (one dataset, samples
+    along the first axis) is too large for ``dtype``, so converting it would
+    give an infinity that the batch checks would report as such."""
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(values.dtype, np.floating):
+        return
+    if values.dtype.itemsize <= dtype.itemsize or values.size == 0:
+        return
+    limit = np.finfo(dtype).max
+    outside = np.isfinite(values) & (np.abs(values) > limit)
+    if not outside.any():
+        return
+    index = np.unravel_index(int(np.argmax(outside)), values.shape)
+    raise DataError(
+        f"{_who(layer, name)}: {where}: value {values[index]:.6g} in sample "
+        f"{index[0]} is outside the range of {dtype.name} (magnitude at most "
+        f"{limit:.6g}); scale the data, or build the net with a float64 backend"
+    )
+
+
 def load_hdf5(
     layer: HDF5DataLayer, dtype, name: str | None = None
 ) -> tuple[list[np.ndarray], tuple]:
@@ -209,6 +230,7 @@ def load_hdf5(
             with _open_hdf5(layer, scanned.path, name) as handle:
                 check_unchanged(layer, scanned, handle, name)
                 values = handle[top][()].reshape((scanned.rows,) + shape)
+            check_in_range(layer, values, dtype, f"{scanned.path}:{top}", name)
             parts.append(np.ascontiguousarray(values, dtype=dtype))
         arrays.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
     starts = np.concatenate([[0], np.cumsum([scanned.rows for scanned in files])])
