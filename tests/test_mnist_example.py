@@ -40,20 +40,25 @@ def test_invalid_count_rejected(tmp_path, option, value):
     assert f"argument {option}: invalid value '{value}'" in result.stderr
 
 
+def run_predict(data_folder, *arguments):
+    """Run predict.py on ``data_folder`` with a snapshot path that does not exist."""
+    return subprocess.run(
+        [sys.executable, str(PREDICT), "--data", str(data_folder), *arguments]
+        + ["--snapshot", str(data_folder / "missing.hdf5")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 @pytest.mark.parametrize("index", ["3", "-4"])
 def test_predict_index_out_of_range(tmp_path, index):
     with h5py.File(tmp_path / "test.hdf5", "w") as handle:
         handle["data"] = np.zeros((3, 1, 28, 28), dtype=np.float32)
         handle["label"] = np.zeros((3, 1), dtype=np.float32)
     # The index is checked before the snapshot is read, so none is needed.
-    result = subprocess.run(
-        [sys.executable, str(PREDICT), "--data", str(tmp_path), "--index", index]
-        + ["--snapshot", str(tmp_path / "missing.hdf5")],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_predict(tmp_path, "--index", index)
     assert result.returncode == 2
     assert f"--index {index}:" in result.stderr
     # Negative indexes count from the end, so -3 is valid too.
@@ -62,14 +67,7 @@ def test_predict_index_out_of_range(tmp_path, index):
 
 
 def test_predict_without_test_file(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(PREDICT), "--data", str(tmp_path)]
-        + ["--snapshot", str(tmp_path / "missing.hdf5")],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_predict(tmp_path)
     assert result.returncode == 2
     assert f"{tmp_path / 'test.hdf5'} not found; run prepare_data.py" in result.stderr
     assert "Traceback" not in result.stderr
