@@ -13,9 +13,9 @@
 # then run `bash benchmarks/cuda_device_check.sh` there with `.whl` carried.
 # Results land in $OUT: gpu.txt, tests.log, bench.log, lenet-cuda.json,
 # memcheck.log and racecheck.log. The time limits of the tests, the bench
-# and compute-sanitizer add up to 560 s (each compute-sanitizer run gets
-# 5 s more to stop after its 80 s), leaving 40 s of one 600 s call for the
-# wheel install and the version checks.
+# and compute-sanitizer add up to 560 s, where each compute-sanitizer run
+# gets 5 s more to stop after its 80 s. That leaves 40 s of one 600 s call
+# for the wheel install and the version checks.
 set -uo pipefail
 OUT=${OUT:-/tmp/mochac-device-out}
 mkdir -p "$OUT"

@@ -55,8 +55,8 @@ DEVICE_COUNT = 1
 CURRENT_DEVICE = 0
 
 
-# The TypeError that cupy.ndarray.__array__ raises when NumPy asks for the
-# array's data (CuPy 8 and later). The wording is that of CuPy 12.
+# The TypeError message of cupy.ndarray.__array__, raised when NumPy requests
+# the array's data (CuPy 8 and later). The wording is that of CuPy 12.
 IMPLICIT_CONVERSION = (
     "Implicit conversion to a NumPy array is not allowed. "
     "Please use `.get()` to construct a NumPy array explicitly."
@@ -342,8 +342,7 @@ def zeros(shape, dtype=float):
 def asarray(array, dtype=None):
     """Copy a host array to the current device, as cupy.asarray does.
 
-    A device array comes back as it is, unless ``dtype`` asks for another
-    type."""
+    A device array is returned as it is, unless ``dtype`` is another type."""
     if isinstance(array, DeviceArray):
         return array if dtype is None else array.astype(dtype, copy=False)
     return DeviceArray(np.array(array, dtype, copy=True))

@@ -17,8 +17,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-# Why a folder takes no files, by errno value. The compiler's output is
-# searched for the values' strerror messages as the C locale prints them.
+# The reason a folder takes no files, by errno value. The compiler's output
+# is searched for the values' strerror messages as the C locale prints them.
 FOLDER_PROBLEMS = {
     errno.ENOSPC: "is on a full disk",
     errno.EROFS: "is on a read-only file system",
