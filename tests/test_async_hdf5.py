@@ -238,6 +238,39 @@ def test_async_read_error_names_file(tmp_path):
     asynchronous.close()
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_async_out_of_float32_range(tmp_path, shuffle):
+    """A float64 value too large for a float32 net is named as out of range,
+    with its file and row there, not as NaN or infinite in a batch. In order,
+    the source reads chunks as slices. Shuffled, a batch spans more chunks
+    than the cache keeps, so the source reads its rows by number."""
+    data = np.ones((10, 3))
+    data[5, 1] = -3e39
+    with h5py.File(tmp_path / "a.hdf5", "w") as handle:
+        handle["data"] = data[:4]
+        handle["label"] = np.zeros((4, 1))
+    with h5py.File(tmp_path / "b.hdf5", "w") as handle:
+        handle["data"] = data[4:]
+        handle["label"] = np.zeros((6, 1))
+    (tmp_path / "list.txt").write_text("a.hdf5\nb.hdf5\n")
+    layer = AsyncHDF5DataLayer(
+        name="data",
+        source=str(tmp_path / "list.txt"),
+        batch_size=10,
+        chunk_size=2,
+        shuffle=shuffle,
+    )
+    source = make_source(layer, np.float32, np.random.default_rng(0))
+    with pytest.raises(DataError) as raised:
+        next_batch(source)
+    message = str(raised.value)
+    assert "AsyncHDF5DataLayer 'data'" in message
+    assert f"{tmp_path / 'b.hdf5'}:data: value -3e+39 in sample 1" in message
+    assert "outside the range of float32" in message
+    assert "NaN" not in message
+    source.close()
+
+
 def test_async_label_rows_mismatch(tmp_path):
     with h5py.File(tmp_path / "a.hdf5", "w") as handle:
         handle["data"] = np.zeros((10, 1, 28, 28), np.float32)

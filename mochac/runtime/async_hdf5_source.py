@@ -21,6 +21,7 @@ from mochac.runtime.batch_transforms import apply_transformers, prepare_transfor
 from mochac.runtime.hdf5_files import (
     ScannedFile,
     _open_hdf5,
+    check_in_range,
     check_unchanged,
     scan_hdf5,
 )
@@ -109,10 +110,13 @@ class ChunkReader:
     def _read_file_rows(self, file_index: int, rows) -> list[np.ndarray]:
         """Return rows (a slice or increasing row numbers) of one file, per top."""
         handle = self._handle(file_index)
+        numbers = np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
         arrays = []
         for top, shape in zip(self.layer.tops, self.sample_shapes):
-            values = np.asarray(handle[top][rows])
-            arrays.append(values.reshape((-1,) + shape).astype(self.dtype, copy=False))
+            values = np.asarray(handle[top][rows]).reshape((-1,) + shape)
+            where = f"{self.paths[file_index]}:{top}"
+            check_in_range(self.layer, values, self.dtype, where, self.name, numbers)
+            arrays.append(values.astype(self.dtype, copy=False))
         return arrays
 
     def _read_range(self, start: int, stop: int) -> list[np.ndarray]:

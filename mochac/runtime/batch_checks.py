@@ -65,11 +65,9 @@ def _out_of_range_value(source, position: int, data_row: int, dtype):
 
     Such a value turns infinite when the source converts it to the net's dtype.
     """
-    # NOTE: only sources that keep the arrays as given (DataSource, which
-    # MemoryDataLayer uses) are checked here. HDF5DataLayer checks the range
-    # when it reads its files (hdf5_files.check_in_range), but
-    # AsyncHDF5DataLayer converts chunks as it reads them, so a value out of
-    # range there gets the message about NaN or infinite values.
+    # Only sources that keep the arrays as given (DataSource, which
+    # MemoryDataLayer uses) are checked here. The HDF5 sources check the range
+    # as they read their files (hdf5_files.check_in_range), before converting.
     arrays = getattr(source, "arrays", None)
     if arrays is None:
         return None

@@ -193,10 +193,16 @@ def check_unchanged(
         )
 
 
-def check_in_range(layer, values: np.ndarray, dtype, where: str, name=None) -> None:
+def check_in_range(
+    layer, values: np.ndarray, dtype, where: str, name=None, rows=None
+) -> None:
     """Raise DataError when a finite value of ``values`` (one dataset, samples
     along the first axis) is too large for ``dtype``, so converting it would
-    give an infinity that the batch checks would report as such."""
+    give an infinity that the batch checks would report as such.
+
+    ``rows`` gives the file's row number of each sample of ``values`` when
+    they are not rows 0, 1, ... of the file (a chunk or a batch of rows).
+    """
     dtype = np.dtype(dtype)
     if not np.issubdtype(values.dtype, np.floating):
         return
@@ -207,9 +213,10 @@ def check_in_range(layer, values: np.ndarray, dtype, where: str, name=None) -> N
     if not outside.any():
         return
     index = np.unravel_index(int(np.argmax(outside)), values.shape)
+    row = index[0] if rows is None else int(rows[index[0]])
     raise DataError(
         f"{_who(layer, name)}: {where}: value {values[index]:.6g} in sample "
-        f"{index[0]} is outside the range of {dtype.name} (magnitude at most "
+        f"{row} is outside the range of {dtype.name} (magnitude at most "
         f"{limit:.6g}); scale the data, or build the net with a float64 backend"
     )
 
