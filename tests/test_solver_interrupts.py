@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import signal
+from collections import Counter
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -396,6 +398,125 @@ def test_decay_decision_not_repeated_after_stop(tmp_path):
     assert policy.learning_rate == pytest.approx(0.2)
     solver.solve(net)
     assert policy.learning_rate == pytest.approx(0.2)
+
+
+def count_snapshot_writes(monkeypatch) -> Counter:
+    """Count the snapshot files the solver writes, by file name."""
+    from mochac.runtime import solver as solver_module
+
+    real_save = solver_module.save_snapshot
+    writes = Counter()
+
+    def counting_save(path, *args, **kwargs):
+        writes[Path(path).name] += 1
+        return real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(solver_module, "save_snapshot", counting_save)
+    return writes
+
+
+def train_with_decay(load_from, folder, max_iter, stop_at=-1):
+    """Return a solver with Snapshot, a scripted validation that
+    LRPolicy.DecayOnValidation follows, and IterationLog every 2 iterations,
+    in that order, and the policy. The validation's loss is best at 2,
+    worse at 4 (a decay and a reload of snapshot-000002.h5) and best again
+    at 6. It raises KeyboardInterrupt after its decision at ``stop_at``."""
+    policy = LRPolicy.DecayOnValidation(0.4, "loss", 0.5, higher_better=False)
+    params = make_solver_parameters(
+        SGD(),
+        max_iter=max_iter,
+        lr_policy=policy,
+        mom_policy=mochac.MomPolicy.Fixed(0.9),
+    )
+    params["load_from"] = str(load_from)
+    solver = Solver(SGD(), params, progress=False)
+    solver.add_coffee_break(Snapshot(folder), every_n_iter=2)
+    losses = {0: 0.5, 2: 0.4, 4: 0.6, 6: 0.3}
+    validation = StopAfterListeners("loss", losses, at=stop_at)
+    solver.add_coffee_break(validation, every_n_iter=2)
+    solver.add_coffee_break(IterationLog(), every_n_iter=2)
+    mochac.setup(policy, validation, solver)
+    return solver, policy
+
+
+def test_snapshot_in_place_during_later_breaks(tmp_path, monkeypatch):
+    """The Snapshot break's file is complete before the breaks after it run,
+    so a kill during them leaves a snapshot of the iteration. Once they
+    finish, the file is written once more without them."""
+    listed = []
+
+    class ReadSnapshot(CoffeeBreak):
+        def enjoy(self, solver, net):
+            path = tmp_path / f"snapshot-{solver.state.iter:06d}.h5"
+            with mochac.runtime.snapshot.open_model(path) as handle:
+                listed.append(json.loads(handle["solver"].attrs["pending_breaks"]))
+
+    writes = count_snapshot_writes(monkeypatch)
+    solver = make_solver(2)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    solver.add_coffee_break(ReadSnapshot(), every_n_iter=2)
+    solver.solve(make_net())
+
+    assert listed == [[1], [1]]
+    assert writes == {"snapshot-000000.h5": 2, "snapshot-000002.h5": 2}
+    with h5py.File(tmp_path / "snapshot-000002.h5", "r") as handle:
+        assert json.loads(handle["solver"].attrs["pending_breaks"]) == []
+
+
+def test_last_snapshot_break_writes_once(tmp_path, monkeypatch):
+    writes = count_snapshot_writes(monkeypatch)
+    solver = make_solver(2)
+    solver.add_coffee_break(IterationLog(), every_n_iter=2)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    solver.solve(make_net())
+    assert writes == {"snapshot-000000.h5": 1, "snapshot-000002.h5": 1}
+
+
+def test_validation_decision_adds_no_snapshot_write(tmp_path, monkeypatch):
+    """DecayOnValidation leaves each snapshot to the solver's save after the
+    IterationLog break, so each file is written twice, not three times, and
+    still contains the decision."""
+    writes = count_snapshot_writes(monkeypatch)
+    solver, policy = train_with_decay(tmp_path, tmp_path, 6)
+    net = make_net()
+    solver.solve(net)
+    monkeypatch.undo()
+
+    assert policy.learning_rate == pytest.approx(0.2)
+    assert writes == {f"snapshot-{i:06d}.h5": 2 for i in (0, 2, 4, 6)}
+    path = tmp_path / "snapshot-000004.h5"
+    with h5py.File(path, "r") as handle:
+        attrs = handle["solver"].attrs
+        assert json.loads(attrs["pending_breaks"]) == []
+        assert attrs["learning_rate"] == pytest.approx(0.2)
+        assert attrs["decay_on_validation_best_iter"] == 2
+
+    resumed, resumed_policy = train_with_decay(path, tmp_path / "resumed", 6)
+    resumed_net = make_net(seed=99)
+    resumed.solve(resumed_net)
+    assert resumed_policy.learning_rate == pytest.approx(0.2)
+    assert_same_params(resumed_net, net)
+
+
+def test_resume_after_stop_in_decision_decays_once(tmp_path):
+    """A Ctrl-C right after the decay at iteration 4, with a break still due
+    after the validation: a resume from snapshot-000004.h5 decays the rate
+    once, as a second solve() in the same process does."""
+    whole, whole_policy = train_with_decay(tmp_path / "whole", tmp_path / "whole", 6)
+    whole_net = make_net()
+    whole.solve(whole_net)
+
+    folder = tmp_path / "parts"
+    first, _ = train_with_decay(folder, folder, 6, stop_at=4)
+    with pytest.raises(KeyboardInterrupt):
+        first.solve(make_net())
+    resumed, policy = train_with_decay(folder, folder, 6)
+    net = make_net(seed=99)
+    resumed.solve(net)
+
+    assert whole_policy.learning_rate == pytest.approx(0.2)
+    assert policy.learning_rate == pytest.approx(0.2)
+    assert_same_params(net, whole_net)
 
 
 class OrderLog(CoffeeBreak):

@@ -412,11 +412,19 @@ class DecayOnValidation:
     def rewrite_current_snapshots(self, solver) -> None:
         """Save again the snapshots written at this iteration before the
         validation, so they hold its outcome: the best value, and after a decay
-        the reloaded parameters and the decayed rate."""
+        the reloaded parameters and the decayed rate.
+
+        A snapshot that the solver saves again after the breaks due after
+        this validation is left to that save. Until then it lists this
+        validation as still due, so a resume from it decides again from the
+        state before the decision.
+        """
         iteration = solver.state.iter
         for folder in self.snapshot_folders(solver):
             path = snapshot_path(folder, iteration)
-            if path.exists():
+            if solver.saves_again_after_breaks(path):
+                logger.debug("%s is saved again after the coffee breaks", path)
+            elif path.exists():
                 solver.save_snapshot(path)
                 logger.info("rewrote %s with the outcome of the validation", path)
 

@@ -547,6 +547,22 @@ class Solver:
         else:
             self._snapshots_with_pending.pop(path, None)
 
+    def saves_again_after_breaks(self, path) -> bool:
+        """Return whether the solver saves the snapshot ``path`` again after
+        the running coffee break, once the breaks due after it have finished
+        or one of them has stopped.
+
+        Such a file lists the running break as still due, so a break that
+        changes what the file contains (DecayOnValidation) need not save it:
+        until the solver does, a resume from the file runs that break again.
+        """
+        entry = self._snapshots_with_pending.get(Path(path))
+        return (
+            entry is not None
+            and entry[0] == self.state.iter
+            and bool(self.state.pending_breaks)
+        )
+
     def _settle_snapshots(self) -> None:
         """Save again the snapshots of this iteration that list coffee breaks
         still due, once every break of the iteration has finished, so that a
@@ -556,6 +572,16 @@ class Solver:
         those after the breaks (_enjoy). A snapshot that cannot be written
         again keeps its list, with a warning. Entries of earlier iterations
         are dropped, because their breaks did not finish in this solver.
+
+        NOTE: a snapshot followed by other breaks at its iteration is thus
+        written twice. Saving it only here would lose the snapshot of the
+        iteration when those breaks fill the disk or the process dies during
+        them (SIGKILL, a SIGTERM without a handler, the OOM killer, a crash
+        in native code). Training would then resume from the snapshot
+        before, and a break after the Snapshot break could not read the
+        file. The first save lists the later breaks, so a resume from it
+        runs them again and continues the run exactly. A Snapshot break
+        added after the other breaks of its iteration writes its file once.
         """
         iteration = self.state.iter
         saved = self._snapshots_listing_breaks()
