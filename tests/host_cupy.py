@@ -14,8 +14,13 @@ instead of run, and the Graph replays them in order. Work on a
 non-blocking stream (GPUNet's copy stream) runs as late as CUDA allows: only
 when an event recorded after it is waited for, or the stream is
 synchronized. A copy from a host buffer reads the buffer then, as a copy
-from pinned memory does, so a missing wait shows up as wrong data. It
-covers only the CuPy calls mochac makes.
+from pinned memory does, so a missing wait shows up as wrong data.
+``zeros`` fills new memory with NaN bytes and defers its memset on the null
+stream. The memset runs before the next work on the null stream or a
+blocking stream, before a host read of any array, and before a wait for an
+event recorded after it. A non-blocking stream does not wait for it, as on a
+device, so work there can run before the memset. It covers only the CuPy
+calls mochac makes.
 
 Where the host could run what a device rejects, the stand-in raises as
 CuPy or CUDA would: a kernel argument whose type differs from the
@@ -101,6 +106,11 @@ DEVICE_METHODS = frozenset(
 )
 
 
+# The DEVICE_METHODS that return a view of the array's memory: CuPy enqueues
+# no work for them.
+VIEW_METHODS = frozenset(("reshape", "squeeze", "swapaxes", "transpose", "view"))
+
+
 class DeviceArray(np.lib.mixins.NDArrayOperatorsMixin):
     """A device array kept in a host buffer, with the CuPy methods mochac
     uses.
@@ -114,13 +124,21 @@ class DeviceArray(np.lib.mixins.NDArrayOperatorsMixin):
     allocated, as in CuPy, and views keep their base's.
     """
 
-    __slots__ = ("_host", "device_id")
+    __slots__ = ("_buffer", "device_id")
 
     def __init__(self, host, device_id=None):
         if not isinstance(host, np.ndarray):
             raise TypeError(f"DeviceArray wraps a numpy.ndarray, got {type(host)}")
-        self._host = host
+        self._buffer = host
         self.device_id = CURRENT_DEVICE if device_id is None else device_id
+
+    @property
+    def _host(self):
+        """The host buffer, once the memsets that ``zeros`` left on the null
+        stream have run, because reading or writing the values waits for
+        them on a device. Shapes, views and pointers use ``_buffer``."""
+        Stream.null.run_pending()
+        return self._buffer
 
     def _wrap(self, value):
         """Return ``value`` with host arrays and NumPy scalars as device
@@ -159,50 +177,52 @@ class DeviceArray(np.lib.mixins.NDArrayOperatorsMixin):
 
     @property
     def shape(self):
-        return self._host.shape
+        return self._buffer.shape
 
     @property
     def dtype(self):
-        return self._host.dtype
+        return self._buffer.dtype
 
     @property
     def size(self):
-        return self._host.size
+        return self._buffer.size
 
     @property
     def ndim(self):
-        return self._host.ndim
+        return self._buffer.ndim
 
     @property
     def nbytes(self):
-        return self._host.nbytes
+        return self._buffer.nbytes
 
     @property
     def itemsize(self):
-        return self._host.itemsize
+        return self._buffer.itemsize
 
     @property
     def strides(self):
-        return self._host.strides
+        return self._buffer.strides
 
     @property
     def flags(self):
-        return self._host.flags
+        return self._buffer.flags
 
     @property
     def T(self):
-        return self._wrap(self._host.T)
+        return self._wrap(self._buffer.T)
 
     @property
     def data(self):
         return types.SimpleNamespace(
-            ptr=self._host.ctypes.data, device_id=self.device_id
+            ptr=self._buffer.ctypes.data, device_id=self.device_id
         )
 
     def __getattr__(self, name):
         if name not in DEVICE_METHODS:
             raise AttributeError(f"'DeviceArray' object has no attribute '{name}'")
-        method = getattr(self._host, name)
+        # A new view enqueues no work, so it does not wait for a memset.
+        buffer = self._buffer if name in VIEW_METHODS else self._host
+        method = getattr(buffer, name)
 
         def call(*args, **kwargs):
             args = unwrap_device_arrays(args)
@@ -213,10 +233,10 @@ class DeviceArray(np.lib.mixins.NDArrayOperatorsMixin):
 
     def __getitem__(self, key):
         key = unwrap_device_arrays(key)
-        value = self._host[key]
+        value = self._buffer[key]
         if isinstance(value, np.generic):
             # CuPy returns a 0-d view where NumPy returns a scalar.
-            value = self._host[(*key, ...) if isinstance(key, tuple) else (key, ...)]
+            value = self._buffer[(*key, ...) if isinstance(key, tuple) else (key, ...)]
         return self._wrap(value)
 
     def __setitem__(self, key, value):
@@ -274,12 +294,11 @@ class DeviceArray(np.lib.mixins.NDArrayOperatorsMixin):
         check_host_copy("set", array, self.shape, self.dtype)
 
         def copy():
-            self._host[...] = array
+            # The copy waits for the null stream's memsets only where the
+            # stream it runs on does.
+            self._buffer[...] = array
 
-        if stream is not None and stream.lazy:
-            stream.pending.append(copy)
-        else:
-            copy()
+        (stream or current_stream()).submit(copy)
 
 
 def device_operand(value, assigned=False):
@@ -336,7 +355,21 @@ def check_host_copy(method, host, shape, dtype):
 
 
 def zeros(shape, dtype=float):
-    return DeviceArray(np.zeros(shape, dtype))
+    """Return a new array with its memset enqueued on the current stream, as
+    cupy.zeros does. Until the memset runs, the memory contains NaN bytes."""
+    host = np.empty(shape, dtype)
+    host.view(np.uint8)[...] = 0xFF
+    array = DeviceArray(host)
+
+    def memset():
+        host.view(np.uint8)[...] = 0
+
+    stream = current_stream()
+    if stream is Stream.null and CAPTURING is None:
+        stream.pending.append(memset)
+    else:
+        stream.submit(memset)
+    return array
 
 
 def asarray(array, dtype=None):
@@ -461,7 +494,14 @@ class Stream:
         elif self.lazy:
             self.pending.append(call)
         else:
+            # Work on the null stream or a blocking stream starts after the
+            # null stream's earlier work.
+            Stream.null.run_pending()
             call()
+
+    def run_pending(self):
+        """Run the work this stream has deferred."""
+        self.run_until(self.done + len(self.pending))
 
     def run_until(self, count):
         while self.done < count and self.pending:
@@ -483,7 +523,7 @@ class Stream:
             raise CUDARuntimeError(
                 "cudaErrorStreamCaptureUnsupported: synchronizing a capturing stream"
             )
-        self.run_until(self.done + len(self.pending))
+        self.run_pending()
 
     def __enter__(self):
         CURRENT_STREAMS.append(self)
@@ -803,6 +843,7 @@ def module() -> types.ModuleType:
         Event=Event,
         get_elapsed_time=get_elapsed_time,
         Device=Device,
+        get_current_stream=current_stream,
     )
     return cupy
 

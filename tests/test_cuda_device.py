@@ -809,6 +809,23 @@ def test_read_ahead_serves_the_cpu_batches(cupy, tmp_path):
     )
 
 
+def test_first_batch_reaches_data_top(cupy):
+    """The first batch reaches the data layer's tops although the copy
+    stream, which does not wait for CuPy's default stream, writes the
+    staging buffers that cupy.zeros cleared there."""
+    data = np.arange(1.0, 25.0).reshape(4, 6)
+    labels = np.arange(4.0).reshape(4, 1)
+    layers = [
+        MemoryDataLayer(
+            name="data", batch_size=2, data=[data, labels], tops=["data", "label"]
+        )
+    ]
+    gpu = GPUNet("first_batch", GPUBackend(seed=1), layers)
+    gpu.forward()
+    np.testing.assert_array_equal(gpu.blobs["data"].get(), data[:2])
+    np.testing.assert_array_equal(gpu.blobs["label"].get(), labels[:2])
+
+
 def test_epoch_breaks_and_validation_as_on_cpu(cupy, tmp_path):
     """Coffee breaks every epoch fire at the CPU's iterations, and a
     validation pass after a read-ahead step still covers one whole epoch."""

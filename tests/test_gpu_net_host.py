@@ -173,6 +173,10 @@ def test_host_gpunet_read_ahead_batches(cupy, tmp_path):
     device_tests.test_read_ahead_serves_the_cpu_batches(cupy, tmp_path)
 
 
+def test_host_gpunet_first_batch(cupy):
+    device_tests.test_first_batch_reaches_data_top(cupy)
+
+
 def test_host_gpunet_read_ahead_epochs(cupy, tmp_path):
     device_tests.test_epoch_breaks_and_validation_as_on_cpu(cupy, tmp_path)
 

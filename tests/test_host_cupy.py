@@ -145,12 +145,39 @@ def test_null_stream_during_capture_rejected(module):
 def test_non_blocking_stream_runs_during_capture():
     capturing, other = host_cupy.Stream(), host_cupy.Stream(non_blocking=True)
     x = host_cupy.zeros(4, np.float64)
+    # The copy on ``other`` must not run before the memset of zeros.
+    other.wait_event(host_cupy.Stream.null.record())
     capturing.begin_capture()
     x.set(np.ones(4), stream=other)
     other.synchronize()
     graph = capturing.end_capture()
     assert graph.calls == []
     assert x.tolist() == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_non_blocking_copy_precedes_zeros_memset():
+    """A non-blocking stream does not wait for the null stream's memset of
+    cupy.zeros, so the memset can land after its copy."""
+    other = host_cupy.Stream(non_blocking=True)
+    x = host_cupy.zeros(4, np.float64)
+    x.set(np.ones(4), stream=other)
+    other.synchronize()
+    assert x.tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_event_orders_zeros_memset_first():
+    other = host_cupy.Stream(non_blocking=True)
+    x = host_cupy.zeros(4, np.float64)
+    other.wait_event(host_cupy.Stream.null.record())
+    x.set(np.ones(4), stream=other)
+    other.synchronize()
+    assert x.tolist() == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_zeros_memory_is_nan_until_memset():
+    x = host_cupy.zeros(2, np.float64)
+    assert np.isnan(x._buffer).all()
+    assert x.tolist() == [0.0, 0.0]
 
 
 def test_capturing_stream_cannot_synchronize():

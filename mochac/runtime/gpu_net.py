@@ -303,6 +303,10 @@ class GPUNet(Net):
             tops = [self.blobs[top] for top in source.layer.tops]
             self.host_staging[index] = [empty_pinned(top.shape, dtype) for top in tops]
             self.device_staging[index] = [cupy.zeros(top.shape, dtype) for top in tops]
+        # cupy.zeros enqueues its memset on the current stream, which the
+        # non-blocking copy stream does not wait for by itself. Without this
+        # wait, a late memset could overwrite the first batch copied in.
+        self.copy_stream.wait_event(cupy.cuda.get_current_stream().record())
         # The copy stream's last copies, and the compute stream's last moves
         # out of the device staging buffers.
         self.copy_done = self.staging_free = None
