@@ -86,11 +86,12 @@ def find_nvrtc():
 
 
 # The language standards CuPy passes to NVRTC when the caller gives none
-# (assemble_cupy_compiler_options): --std=c++11 in one CuPy version, and
-# --std=c++14 in a later one that mentions ROCm 7.0. CuPy also appends
-# -ftz=true. NVRTC 13's own default is C++17, so passing no --std hides
-# C++17-only code such as hexadecimal floating literals.
-CUPY_STANDARDS = ("c++11", "c++14")
+# (assemble_cupy_compiler_options): --std=c++11 in one CuPy 13 version,
+# --std=c++14 in a later one that mentions ROCm 7.0, and --std=c++17 from
+# CuPy 14.0 (its RawModule docstring). CuPy also appends -ftz=true. NVRTC
+# 13's own default is C++17, so passing no --std hides C++17-only code such
+# as hexadecimal floating literals.
+CUPY_STANDARDS = ("c++11", "c++14", "c++17")
 
 
 def nvrtc_compile(library, source: str, standard: str = "c++11") -> tuple[int, str]:
