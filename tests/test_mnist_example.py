@@ -1,6 +1,7 @@
 """examples/mnist/train.py and predict.py: invalid options and a missing data
 folder end in a one-line usage error before any net is built."""
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,44 @@ def test_invalid_count_rejected(tmp_path, option, value):
     result = run_train("--data", str(tmp_path), option, value)
     assert result.returncode == 2
     assert f"argument {option}: invalid value '{value}'" in result.stderr
+
+
+def write_tiny_mnist(folder):
+    """Write train and test source lists over 100 zero images of class 0."""
+    with h5py.File(folder / "tiny.hdf5", "w") as handle:
+        handle["data"] = np.zeros((100, 1, 28, 28), dtype=np.float32)
+        handle["label"] = np.zeros((100, 1), dtype=np.float32)
+    for name in ("train.txt", "test.txt"):
+        (folder / name).write_text(f"{folder / 'tiny.hdf5'}\n")
+
+
+def test_ctrl_c_names_resume_snapshot(tmp_path):
+    write_tiny_mnist(tmp_path)
+    snapshots = tmp_path / "snapshots"
+    command = [sys.executable, str(TRAIN), "--data", str(tmp_path)]
+    command += ["--snapshots", str(snapshots), "--max-iter", "1000000000"]
+    # A shell that starts jobs in the background makes them ignore SIGINT,
+    # so the child gets Python's default handler back.
+    process = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        # Iteration 100 comes after the snapshot of iteration 0.
+        if "000100 :: TRAIN" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    rest = process.communicate(timeout=120)[1]
+    stderr = "".join(lines) + rest
+    assert process.returncode == 130
+    assert "training stopped by Ctrl-C at iteration" in stderr
+    resume = f"resumes from {snapshots / 'snapshot-000000.h5'} (iteration 0)"
+    assert resume in stderr
+    assert "Traceback" not in stderr
 
 
 def run_predict(data_folder, *arguments):
