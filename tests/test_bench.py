@@ -40,6 +40,22 @@ def test_bench_report_without_peer(monkeypatch):
     assert "latency, batch 1: mochac" in format_bench(report)
 
 
+def test_bench_table_notes_noisy_rounds():
+    report = bench(small_lenet, batch=2, threads=1, iters=1, repeats=2, peer=False)
+    for values in report["mochac"].values():
+        if isinstance(values, dict) and "spread_ms" in values:
+            values["spread_ms"] = 0.0
+    assert "note:" not in format_bench(report)
+
+    # A backward pass shorter than the noise of the forward rounds comes out
+    # negative, because it is the forward and backward time minus the forward.
+    report["mochac"]["backward"]["median_ms"] = -14.3
+    report["mochac"]["train"]["spread_ms"] = 2 * report["mochac"]["train"]["median_ms"]
+    table = format_bench(report)
+    assert "note: the rounds of mochac backward, mochac train vary" in table
+    assert "--iters and --repeats" in table
+
+
 def test_bench_report_records_environment(monkeypatch):
     from mochac.version import __version__
 

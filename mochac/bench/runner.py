@@ -378,6 +378,19 @@ def torch_measures(
     return peers
 
 
+def noisy_timings(rows: list[tuple[str, dict]]) -> list[str]:
+    """Return the timings whose median is not positive or is below their spread."""
+    noisy = []
+    for name, measures in rows:
+        for measure in ("forward", "backward", "train", "infer", "latency"):
+            values = measures.get(measure)
+            if values is None:
+                continue
+            if values["median_ms"] <= 0 or values["spread_ms"] > values["median_ms"]:
+                noisy.append(f"{name} {measure}")
+    return noisy
+
+
 def format_bench(report: dict) -> str:
     """Return the report as a table: one line per framework and measure."""
     settings = report["environment"]
@@ -397,6 +410,14 @@ def format_bench(report: dict) -> str:
         lines.append(
             f"{name:14} {measures['forward']['median_ms']:11.2f} "
             f"{measures['backward']['median_ms']:12.2f} {train:9.2f} {1e3 / train:11.1f}"
+        )
+    noisy = noisy_timings(rows)
+    if noisy:
+        lines.append(
+            f"note: the rounds of {', '.join(noisy)} vary by more than their median, "
+            "so these times are mostly noise (a negative backward time is such "
+            "noise); rerun with more --iters and --repeats on cores that no other "
+            "program uses"
         )
     for name, measures in report["peers"].items():
         lines.append(
