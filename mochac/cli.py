@@ -337,11 +337,7 @@ def destroy_imported_net(net) -> None:
 
 
 def compile_command(args) -> int:
-    from mochac.codegen.module_writer import (
-        check_package_folder,
-        module_name,
-        write_module,
-    )
+    from mochac.codegen.module_writer import check_package_folder, write_module
     from mochac.passes.pipeline import enabled_passes
     from mochac.report import format_report, net_report, net_to_dot
     from mochac.runtime.net import Net
@@ -377,31 +373,17 @@ def compile_command(args) -> int:
             path,
         )
         return 2
-    nets = list(found_nets.values())
     if args.backend == "cuda":
-        return compile_cuda(nets, out, out_dir, args)
-    packages = {}
-    for where, found in found_nets.items():
-        package = module_name(found.name, out_dir, source_file)
-        if package in packages:
-            other_where, other = packages[package]
-            logger.error(
-                "nets '%s' (%s) and '%s' (%s) would both be written as package "
-                "%s; rename one of them",
-                other.name,
-                other_where,
-                found.name,
-                where,
-                package,
-            )
-            return 2
-        packages[package] = (where, found)
+        return compile_cuda(found_nets, out, out_dir, source_file, args)
+    packages = output_names(found_nets, out_dir, source_file, "package {name}")
+    if packages is None:
+        return 2
     # Every package folder is checked before any is written.
-    for package in packages:
+    for package in packages.values():
         if (out_dir / package).exists():
             check_package_folder(out_dir / package)
     reports, dots = [], []
-    for found in nets:
+    for found in found_nets.values():
         # Rebuild with the command line's options; the cache makes an
         # unchanged net cost no compile. The net of the import is destroyed
         # first, so that its output files and data sources are free for the
@@ -430,12 +412,47 @@ def compile_command(args) -> int:
     return 0
 
 
-def compile_cuda(nets, out: Path, out_dir: Path, args) -> int:
+def output_names(
+    found_nets: dict, out_dir: Path, source_file: Path, output: str
+) -> dict[str, str] | None:
+    """Return the name of each net's output by where find_nets found the net.
+
+    Both backends name their output as module_name does: a package for the
+    CPU, and the stem of the .cu and .steps.json files for CUDA. ``output``
+    names that output in the error, with ``{name}`` in place of the name.
+    Logs an error and returns None when two nets would get the same name.
+    """
+    from mochac.codegen.module_writer import module_name
+
+    names: dict[str, str] = {}
+    owners: dict[str, str] = {}
+    for where, found in found_nets.items():
+        name = module_name(found.name, out_dir, source_file)
+        if name in owners:
+            other_where = owners[name]
+            logger.error(
+                "nets '%s' (%s) and '%s' (%s) would both be written as %s; "
+                "rename one of them",
+                found_nets[other_where].name,
+                other_where,
+                found.name,
+                where,
+                output.format(name=name),
+            )
+            return None
+        names[where] = name
+        owners[name] = where
+    return names
+
+
+def compile_cuda(found_nets: dict, out: Path, out_dir: Path, source_file, args) -> int:
     """Write each net's CUDA source and step list (no CuPy or device needed)
-    into ``out_dir``, the absolute path of the -o folder ``out``."""
+    into ``out_dir``, the absolute path of the -o folder ``out``.
+
+    The files are named as the CPU backend names its packages (output_names).
+    """
     from mochac.codegen.cuda import build_cuda_program, write_cuda_files
     from mochac.codegen.cuda.export import check_cuda_files
-    from mochac.codegen.lowering import c_identifier
 
     ignored = [
         option
@@ -453,12 +470,16 @@ def compile_cuda(nets, out: Path, out_dir: Path, args) -> int:
             ", ".join(ignored),
         )
         return 2
-    used: set[str] = set()
-    stems = [c_identifier(found.name, used) for found in nets]
+    stems = output_names(
+        found_nets, out_dir, source_file, "{name}.cu and {name}.steps.json"
+    )
+    if stems is None:
+        return 2
     # Every file is checked before any is written.
-    for stem in stems:
+    for stem in stems.values():
         check_cuda_files(out_dir, stem)
-    for found, stem in zip(nets, stems):
+    for where, found in found_nets.items():
+        stem = stems[where]
         _, program = build_cuda_program(
             found.name,
             found.layers,

@@ -4,6 +4,8 @@ Every error names the layer, blob, parameter or file it concerns and states what
 to do about it. Catch MochacError to handle all of them.
 """
 
+import difflib
+
 
 class MochacError(Exception):
     """Base class of every error mochac raises on purpose."""
@@ -65,12 +67,39 @@ class DeviceError(MochacError):
     """The GPU backend cannot run: CuPy is missing or no CUDA device is usable."""
 
 
-class NotFoundError(MochacError, KeyError):
-    """No layer, blob or data layer of the looked-up name exists.
+class NotFoundError(ConfigError, KeyError):
+    """No layer, blob, parameter or data layer of the looked-up name exists.
 
-    Also a KeyError, so handlers of dict lookups still catch it.
+    Also a KeyError, so handlers of dict lookups still catch it. Also a
+    ConfigError (and so a ValueError), so handlers written when get_layer,
+    freeze, unfreeze and Net's keep= raised ConfigError for an unknown name
+    still catch it.
     """
 
     def __str__(self) -> str:
         # KeyError's own str() quotes the message like a dict key.
         return str(self.args[0]) if self.args else ""
+
+
+def name_not_found(
+    lookup: str, names, known, known_label: str, fix: str
+) -> NotFoundError:
+    """Return a NotFoundError for a lookup of ``names`` among ``known``.
+
+    ``lookup`` states the failed lookup with the names ("net 'lenet' has no
+    layer named 'conv3'"), ``known_label`` introduces the list of ``known``
+    ("its layers") and ``fix``, the advice, ends the message. Close
+    spellings of ``names`` from ``known`` follow the lookup, then every
+    name of ``known`` in its order.
+    """
+    known = list(known)
+    close = []
+    for name in names:
+        for match in difflib.get_close_matches(str(name), known, n=3):
+            if match not in close:
+                close.append(match)
+    message = lookup
+    if close:
+        message += f" (close matches: {', '.join(map(repr, close))})"
+    listed = ", ".join(map(repr, known)) or "none"
+    return NotFoundError(f"{message}; {known_label} are: {listed}; {fix}")

@@ -350,15 +350,77 @@ def test_compile_gpu_backend_file_without_device(tmp_path, capsys):
     assert isinstance(mochac.GPUBackend, type)
 
 
-def test_compile_rejects_package_name_clash(tmp_path, caplog):
+@pytest.mark.parametrize(
+    ("backend", "output"),
+    [("cpu", "package tiny_net"), ("cuda", "tiny_net.cu and tiny_net.steps.json")],
+)
+def test_compile_rejects_output_name_clash(tmp_path, caplog, backend, output):
     net_file = tmp_path / "nets.py"
     net_file.write_text(
         NET_FILE + '\nother = Net("Tiny Net", backend, [data, ip, prob])\n'
     )
-    assert main(["compile", str(net_file), "-o", str(tmp_path / "out")]) == 2
-    expected = "'tiny-net' (tiny) and 'Tiny Net' (other) would both be written as"
+    args = ["compile", str(net_file), "-o", str(tmp_path / "out")]
+    assert main([*args, "--backend", backend]) == 2
+    expected = (
+        f"'tiny-net' (tiny) and 'Tiny Net' (other) would both be written as {output}; "
+        "rename one of them"
+    )
     assert expected in caplog.text
     assert not (tmp_path / "out").exists()
+
+
+# Nets whose names the compile lowercases or gives the suffix "_net": a
+# module of the standard library, a module beside the net file in the
+# output folder, and a keyword. The net named as the net file keeps its name.
+RENAMED_NET_FILE = (
+    NET_FILE
+    + """
+import naming_helper
+
+upper = Net("Upper-Case", backend, [data, ip, prob])
+library = Net("JSON", backend, [data, ip, prob])
+helper = Net("naming_helper", backend, [data, ip, prob])
+keyword = Net("class", backend, [data, ip, prob])
+own = Net("nets", backend, [data, ip, prob])
+"""
+)
+RENAMED_OUTPUTS = [
+    "class_net",
+    "json_net",
+    "naming_helper_net",
+    "nets",
+    "tiny_net",
+    "upper_case",
+]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_compile_output_names_match_backends(tmp_path, backend, capsys):
+    """Both backends name a net's output by the same rules: the package for
+    the CPU, the .cu and .steps.json files for CUDA."""
+    (tmp_path / "naming_helper.py").write_text("SIZE = 3\n")
+    net_file = tmp_path / "nets.py"
+    net_file.write_text(RENAMED_NET_FILE)
+    args = ["compile", str(net_file), "-o", str(tmp_path), "--backend", backend]
+    try:
+        assert main(args) == 0
+    finally:
+        # The net file imported the helper, which another test's folder lacks.
+        sys.modules.pop("naming_helper", None)
+    printed = capsys.readouterr().out
+    if backend == "cpu":
+        packages = sorted(path.parent.name for path in tmp_path.glob("*/__init__.py"))
+        assert packages == RENAMED_OUTPUTS
+        assert "net 'Upper-Case' -> " in printed
+        assert "(import upper_case)" in printed
+        return
+    sources = sorted(path.name.removesuffix(".cu") for path in tmp_path.glob("*.cu"))
+    assert sources == RENAMED_OUTPUTS
+    steps = sorted(
+        path.name.removesuffix(".steps.json") for path in tmp_path.glob("*.steps.json")
+    )
+    assert steps == RENAMED_OUTPUTS
+    assert f"net 'Upper-Case' -> {tmp_path / 'upper_case.cu'}" in printed
 
 
 def test_compile_rejects_output_file(tmp_path, caplog, monkeypatch):

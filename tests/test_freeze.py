@@ -209,9 +209,15 @@ def test_freeze_rejects_non_net(function):
 
 def test_freeze_unknown_layer_fails(data):
     net = make_net(data)
-    with pytest.raises(mochac.ConfigError, match="'ip9'.*ip1"):
-        freeze(net, "ip9")
-    with pytest.raises(mochac.ConfigError, match="unfreeze.*'ip9'"):
+    with pytest.raises(mochac.NotFoundError) as caught:
+        freeze(net, "ip9", "ip1", "los")
+    message = str(caught.value)
+    assert message.startswith("freeze: net 'freeze' has no layer named 'ip9', 'los'")
+    assert "(close matches: 'ip2', 'ip1', 'loss')" in message
+    assert "its layers are: 'MemoryDataLayer-0', 'ip1', 'ip2', 'loss'" in message
+    assert isinstance(caught.value, mochac.ConfigError)
+    assert not getattr(net, "frozen_layers", None)
+    with pytest.raises(mochac.NotFoundError, match="unfreeze.*'ip9'"):
         unfreeze(net, "ip9")
 
 

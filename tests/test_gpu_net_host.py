@@ -22,7 +22,7 @@ import test_cuda_device as device_tests
 from cuda_nets import NETS
 
 from mochac.bench.nets import lenet
-from mochac.errors import CompileError, ConfigError
+from mochac.errors import CompileError, ConfigError, NotFoundError
 from mochac.layers.output import HDF5OutputLayer
 from mochac.runtime import cublas_direct, gpu_net
 from mochac.runtime.gpu_backend import GPUBackend
@@ -86,6 +86,29 @@ def test_host_gpunet_arena_is_planned(cupy):
     assert "ip1" not in gpu.blobs
     assert isinstance(gpu.params["ip1"]["weight"], host_cupy.DeviceArray)
     assert np.all(gpu.states["loss"] == 0)
+
+
+def test_host_gpunet_unknown_names_not_found(cupy):
+    from mochac.mocha_api import freeze, get_layer, unfreeze
+
+    with pytest.raises(NotFoundError, match="keep= names unknown blob.s. 'conv3'"):
+        GPUNet("lenet", GPUBackend(seed=1), lenet(4), keep=["conv3"])
+    net = GPUNet("lenet", GPUBackend(seed=1), lenet(4))
+    lookups = [
+        lambda name: get_layer(net, name),
+        net.get_layer,
+        lambda name: freeze(net, name),
+        lambda name: unfreeze(net, name),
+        net.forward_layer,
+        net.data_source,
+    ]
+    for lookup in lookups:
+        with pytest.raises(NotFoundError, match="layer named 'conv3'"):
+            lookup("conv3")
+    with pytest.raises(NotFoundError) as caught:
+        net.get_layer("conv3")
+    assert "'conv3' (close matches: 'conv2', 'conv1')" in str(caught.value)
+    assert not getattr(net, "frozen_layers", None)
 
 
 def test_host_gpunet_compile_error_keeps_source(cupy, monkeypatch, tmp_path):

@@ -156,8 +156,18 @@ def test_get_layer_data_feeds_forward():
 
 def test_get_layer_unknown_name():
     net = Net("named", CPUBackend(dtype=np.float64), layers())
-    with pytest.raises(mochac.ConfigError, match="no layer named 'prob'; its layers"):
-        get_layer(net, "prob")
+    with pytest.raises(mochac.NotFoundError) as caught:
+        get_layer(net, "ipp")
+    message = str(caught.value)
+    assert message.startswith("net 'named' has no layer named 'ipp'")
+    assert "(close matches: 'ip')" in message
+    assert "its layers are: 'MemoryDataLayer-0', 'ip', 'loss'" in message
+    assert "pass one of these names" in message
+    # Handlers of the ConfigError it raised before, and of KeyError, catch it.
+    assert isinstance(caught.value, mochac.ConfigError)
+    assert isinstance(caught.value, KeyError)
+    with pytest.raises(mochac.NotFoundError, match="no layer named 'prob'"):
+        net.get_layer("prob")
 
 
 def test_reset_statistics_function():

@@ -317,6 +317,29 @@ def test_keep_single_blob_name():
     assert net.blobs["ip"].shape == (2, 3)
 
 
+def test_keep_unknown_blob_not_found():
+    with pytest.raises(NotFoundError) as caught:
+        Net("keep-unknown", CPUBackend(threads=1), classifier([0, 1]), keep=["ipp"])
+    message = str(caught.value)
+    assert message.startswith("net 'keep-unknown': keep= names unknown blob(s) 'ipp'")
+    assert "(close matches: 'ip')" in message
+    assert "its blobs are: 'data', 'label', 'ip'" in message
+    # Handlers of the ConfigError it raised before still catch it.
+    assert isinstance(caught.value, ConfigError)
+
+
+def test_layer_lookups_not_found():
+    net = Net("lookups", CPUBackend(threads=1), classifier([0, 1]))
+    for lookup in (net.get_layer, net.forward_layer, net.backward_layer):
+        with pytest.raises(NotFoundError, match="no layer named 'IP'") as caught:
+            lookup("IP")
+        assert "its layers are: 'data', 'ip', 'loss'" in str(caught.value)
+    with pytest.raises(NotFoundError, match=r"no entry 'ip1' \(close matches: 'ip'\)"):
+        net.params["ip1"]
+    with pytest.raises(NotFoundError, match="the blobs in net.blobs are: 'data'"):
+        net.blobs["nothing"]
+
+
 @pytest.mark.parametrize("keep", [5, ["ip", 5]])
 def test_keep_rejects_non_names(keep):
     with pytest.raises(ConfigError, match="invalid keep="):

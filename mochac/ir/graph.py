@@ -19,7 +19,7 @@ from math import prod
 import networkx as nx
 import numpy as np
 
-from mochac.errors import ConfigError, NotFoundError, ShapeError, TopologyError
+from mochac.errors import ConfigError, ShapeError, TopologyError, name_not_found
 from mochac.ir.schedule import derive_backward
 from mochac.layers.base import Layer, ParamSpec
 from mochac.layers.utility import SplitLayer
@@ -127,10 +127,18 @@ class NetIR:
                 written.add(root)
 
     def layer(self, name: str) -> LayerInfo:
+        """Return the layer named ``name``; raise NotFoundError when the net
+        has none."""
         for info in self.layers:
             if info.name == name:
                 return info
-        raise NotFoundError(f"net '{self.name}' has no layer named '{name}'")
+        raise name_not_found(
+            f"net '{self.name}' has no layer named {name!r}",
+            [name],
+            [info.name for info in self.layers],
+            "its layers",
+            LAYER_NAME_FIX,
+        )
 
 
 def check_layer_list(name: str, layers) -> list[Layer]:
@@ -193,6 +201,13 @@ def check_size(layer_name: str, layer: Layer, array_name: str, shape) -> None:
             f"generated code indexes arrays with C int, so at most {MAX_ELEMENTS} "
             "elements fit; reduce the batch size or the layer's sizes"
         )
+
+
+# The advice that ends the error for an unknown layer name.
+LAYER_NAME_FIX = (
+    "pass one of these names (a layer created without a name gets its class "
+    "and list index, like 'MemoryDataLayer-0')"
+)
 
 
 def layer_display_name(layer: Layer, index: int) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from mochac.errors import ConfigError, NotFoundError
+from mochac.errors import ConfigError, NotFoundError, name_not_found
 from mochac.ir.overwrites import merged_diffs, overwritten_data
 
 
@@ -33,9 +33,12 @@ class ArrayViews(dict):
     def __missing__(self, key):
         if key in self.missing:
             raise NotFoundError(f"{self.label}[{key!r}]: {self.missing[key]}")
-        raise NotFoundError(
-            f"{self.label} has no entry {key!r}; the entries are: "
-            f"{', '.join(map(repr, self)) or 'none'}"
+        raise name_not_found(
+            f"{self.label} has no entry {key!r}",
+            [key],
+            self,
+            "the entries",
+            "pass one of these names",
         )
 
     def lock(self):
@@ -139,7 +142,13 @@ class BlobViews(ArrayViews):
                 f"the {self.kind} of blob '{name}' cannot be read: {reason}; "
                 f"{self._advice(name, pass_name)}"
             )
-        raise NotFoundError(f"no blob named '{name}' has {self.kind}")
+        raise name_not_found(
+            f"no blob named {name!r} has {self.kind}",
+            [name],
+            self,
+            f"the blobs in {self.label}",
+            "pass one of these names",
+        )
 
     def _advice(self, name: str, pass_name: str) -> str:
         """Return how to make blob ``name`` readable, which ``pass_name`` hid."""

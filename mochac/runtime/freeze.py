@@ -11,13 +11,16 @@ layer. The set of frozen layer names is stored on the net as
 
 from __future__ import annotations
 
-from mochac.errors import ConfigError
+from mochac.errors import ConfigError, name_not_found
+from mochac.ir.graph import LAYER_NAME_FIX
 from mochac.runtime.net_checks import check_net
 
 
-def _layer_names(net) -> set[str]:
-    names = {info.name for info in net.ir.layers}
-    names.update(layer.name for layer in net.layers if layer.name)
+def _layer_names(net) -> list[str]:
+    names = [info.name for info in net.ir.layers]
+    names += [
+        layer.name for layer in net.layers if layer.name and layer.name not in names
+    ]
     return names
 
 
@@ -31,9 +34,13 @@ def _check_names(net, action: str, layer_names) -> None:
     known = _layer_names(net)
     unknown = [name for name in layer_names if name not in known]
     if unknown:
-        raise ConfigError(
+        raise name_not_found(
             f"{action}: net '{net.name}' has no layer named "
-            f"{', '.join(map(repr, unknown))}; its layers: {', '.join(sorted(known))}"
+            f"{', '.join(map(repr, unknown))}",
+            unknown,
+            known,
+            "its layers",
+            LAYER_NAME_FIX,
         )
 
 
@@ -43,8 +50,8 @@ def frozen_layers(net) -> frozenset[str]:
 
 
 def freeze(net, *layer_names) -> None:
-    """Freeze the named layers of ``net``; raise ConfigError for an unknown name
-    or for no name at all."""
+    """Freeze the named layers of ``net``; raise NotFoundError for an unknown
+    name and ConfigError for no name at all."""
     check_net(net, "freeze")
     if not layer_names:
         raise ConfigError(
@@ -62,7 +69,8 @@ def freeze_all(net) -> None:
 
 
 def unfreeze(net, *layer_names) -> None:
-    """Unfreeze the named layers of ``net``, or every layer when none is named."""
+    """Unfreeze the named layers of ``net``, or every layer when none is named;
+    raise NotFoundError for an unknown name."""
     check_net(net, "unfreeze")
     if not layer_names:
         net.frozen_layers = frozenset()

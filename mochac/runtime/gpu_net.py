@@ -58,7 +58,7 @@ from mochac.runtime.net import (
     holds_run_lock,
     pinned_slots,
 )
-from mochac.runtime.net_checks import check_step_method
+from mochac.runtime.net_checks import check_kept_blobs, check_step_method
 from mochac.runtime.outputs import make_output_state
 from mochac.runtime.read_ahead import ReadAhead
 from mochac.runtime.step_settings import check_regu_coef, check_step_values
@@ -112,11 +112,7 @@ def prepare_ir(net, backend, layers, force_backward, phase, opt_level, disable, 
             f"net '{net.name}': invalid phase={phase!r}; expected 'train' or 'test'"
         )
     net.phase = net.ir.phase = phase
-    unknown = sorted(net.keep - set(net.ir.blobs))
-    if unknown:
-        raise ConfigError(
-            f"net '{net.name}': keep names unknown blob(s) {', '.join(unknown)}"
-        )
+    check_kept_blobs(net)
     sinks = [info for info in net.ir.layers if isinstance(info.layer, OutputLayer)]
     net.keep |= {bottom for info in sinks for bottom in info.layer.bottoms}
     # With plan_memory on, splits stay where eliminating them would plan

@@ -26,12 +26,12 @@ from mochac.errors import (
     ConfigError,
     DataError,
     MochacError,
-    NotFoundError,
     NumericalError,
     ShapeError,
+    name_not_found,
 )
 from mochac.ir import build_ir
-from mochac.ir.graph import check_layer_list, layer_display_name
+from mochac.ir.graph import LAYER_NAME_FIX, check_layer_list, layer_display_name
 from mochac.ir.overwrites import overwritten_data
 from mochac.ir.schedule import layers_without_gradient
 from mochac.layers.output import OutputLayer
@@ -48,7 +48,7 @@ from mochac.runtime import native_update
 from mochac.runtime.array_views import blob_views, locked_views
 from mochac.runtime.backend import check_backend
 from mochac.runtime.data_sources import make_source
-from mochac.runtime.net_checks import check_step_method
+from mochac.runtime.net_checks import check_kept_blobs, check_step_method
 from mochac.runtime.outputs import make_output_state
 from mochac.runtime.step_settings import check_regu_coef, check_step_values
 
@@ -235,11 +235,7 @@ class Net:
                         layer_name,
                         reason,
                     )
-        unknown = sorted(self.keep - set(self.ir.blobs))
-        if unknown:
-            raise ConfigError(
-                f"net '{name}': keep names unknown blob(s) {', '.join(unknown)}"
-            )
+        check_kept_blobs(self)
         # Output layers read their bottoms after the whole forward pass.
         sinks = [info for info in self.ir.layers if isinstance(info.layer, OutputLayer)]
         self.keep |= {bottom for info in sinks for bottom in info.layer.bottoms}
@@ -884,11 +880,12 @@ class Net:
         for index, source in self.sources.items():
             if self.ir.layers[index].name == layer_name:
                 return source
-        names = ", ".join(repr(self.ir.layers[index].name) for index in self.sources)
-        raise NotFoundError(
-            f"net '{self.name}' has no data layer named {layer_name!r}; its data "
-            f"layers are: {names or 'none'} (a layer created without a name "
-            "gets one like 'MemoryDataLayer-0')"
+        raise name_not_found(
+            f"net '{self.name}' has no data layer named {layer_name!r}",
+            [layer_name],
+            [self.ir.layers[index].name for index in self.sources],
+            "its data layers",
+            LAYER_NAME_FIX,
         )
 
     @holds_run_lock
@@ -904,15 +901,9 @@ class Net:
         self.pointers = None
 
     def get_layer(self, name: str):
-        """Return the layer config named ``name``; raise ConfigError when the
+        """Return the layer config named ``name``; raise NotFoundError when the
         net has no such layer."""
-        try:
-            return self.ir.layer(name).layer
-        except KeyError:
-            names = ", ".join(info.name for info in self.ir.layers)
-            raise ConfigError(
-                f"net '{self.name}' has no layer named {name!r}; its layers: {names}"
-            ) from None
+        return self.ir.layer(name).layer
 
     @property
     def output_blobs(self) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 
-from mochac.errors import ConfigError
+from mochac.errors import ConfigError, name_not_found
 
 
 def describe(value) -> str:
@@ -42,3 +42,17 @@ def check_step_method(method, caller: str) -> None:
     from mochac.runtime.solver_parameters import check_method
 
     check_method(method, caller)
+
+
+def check_kept_blobs(net) -> None:
+    """Raise NotFoundError when ``net.keep`` names a blob that ``net.ir`` lacks."""
+    unknown = sorted(net.keep - set(net.ir.blobs))
+    if unknown:
+        raise name_not_found(
+            f"net '{net.name}': keep= names unknown blob(s) "
+            f"{', '.join(map(repr, unknown))}",
+            unknown,
+            net.ir.blobs,
+            "its blobs",
+            "keep only the tops of the net's layers",
+        )
