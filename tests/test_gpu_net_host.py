@@ -739,3 +739,39 @@ def test_host_gpunet_calls_hold_run_lock(cupy, monkeypatch, call):
         gpu.destroy()
     assert acquired_elsewhere
     assert not any(acquired_elsewhere)
+
+
+def test_host_gpunet_failed_copy_keeps_copy_event(cupy, tmp_path, monkeypatch):
+    """A read ahead whose second copy fails still records the copy event
+    after the first copy, so the next read waits for that copy before it
+    overwrites the pinned buffers. The step's own batch takes the first two
+    copies (data and label), the read ahead the next two."""
+    _, gpu = device_tests.shuffled_twins(tmp_path)
+    original_set = host_cupy.DeviceArray.set
+    calls = []
+
+    def set_failing_second(array, host, stream=None):
+        calls.append(array)
+        if len(calls) == 4:
+            raise host_cupy.CUDARuntimeError("copy failed on purpose")
+        original_set(array, host, stream=stream)
+
+    monkeypatch.setattr(host_cupy.DeviceArray, "set", set_failing_second)
+    gpu.train_step(device_tests.SGD(), 0.1, 0.9, 0.0, 0)
+    assert len(calls) == 4
+    assert gpu.copy_stream.pending
+    gpu.copy_done.synchronize()
+    assert not gpu.copy_stream.pending
+    gpu.destroy()
+
+
+def test_host_gpunet_collected_waits_for_copies(cupy, tmp_path):
+    """A net dropped without destroy() waits, when collected, for the copy
+    of a batch read ahead."""
+    _, gpu = device_tests.shuffled_twins(tmp_path)
+    gpu.train_step(device_tests.SGD(), 0.1, 0.9, 0.0, 0)
+    copy_stream = gpu.copy_stream
+    assert copy_stream.pending
+    del gpu
+    gc.collect()
+    assert not copy_stream.pending

@@ -79,6 +79,16 @@ def close_cublas_handle(cupy, device: int, handle) -> None:
         handle.close()
 
 
+def wait_for_stream(cupy, device: int, stream) -> None:
+    """Wait for the work on a collected GPUNet's ``stream``, logging a
+    failure instead of raising it from the garbage collector."""
+    try:
+        with cupy.cuda.Device(device):
+            stream.synchronize()
+    except cupy.cuda.runtime.CUDARuntimeError as error:
+        logger.warning("waiting for a collected net's copy stream failed: %s", error)
+
+
 def prepare_ir(net, backend, layers, force_backward, phase, opt_level, disable, keep):
     """Open the data sources, build the IR and run the passes, as Net does.
 
@@ -183,6 +193,14 @@ class GPUNet(Net):
             # other streams, so those writes and reads can race the steps.
             self.stream = cupy.cuda.Stream(non_blocking=False)
             self.copy_stream = cupy.cuda.Stream(non_blocking=True)
+            # A net collected without destroy() may leave a batch read ahead
+            # being copied into its staging buffer. CuPy's default stream,
+            # which may reuse that buffer's memory, does not wait for the
+            # non-blocking copy stream, so the collection waits for it.
+            wait_for_copies = weakref.finalize(
+                self, wait_for_stream, cupy, backend.device, self.copy_stream
+            )
+            wait_for_copies.atexit = False
             # GEMMs go to libcublas directly when it can be found, because
             # CuPy's wrapper cannot run under the stream capture of graphs.
             self.cublas = cublas_direct.open_handle(cupy, self.stream)
@@ -477,12 +495,19 @@ class GPUNet(Net):
                 source.read(self.host_staging[index])
             if self.staging_free is not None:
                 self.copy_stream.wait_event(self.staging_free)
-            for index in self.sources:
-                for host, staged in zip(
-                    self.host_staging[index], self.device_staging[index], strict=True
-                ):
-                    staged.set(host, stream=self.copy_stream)
-            self.copy_done = self.copy_stream.record()
+            try:
+                for index in self.sources:
+                    for host, staged in zip(
+                        self.host_staging[index],
+                        self.device_staging[index],
+                        strict=True,
+                    ):
+                        staged.set(host, stream=self.copy_stream)
+            finally:
+                # Recorded after a failed copy too, because the copies
+                # enqueued before it still read the pinned buffers, and the
+                # next read waits for this event before overwriting them.
+                self.copy_done = self.copy_stream.record()
 
     def _read_ahead(self):
         """Read the next batch while the device runs the step just enqueued.
