@@ -763,6 +763,18 @@ def test_resume_past_max_iter_logs(tmp_path, caplog):
     assert "already at iteration 4, max_iter=2" in caplog.text
 
 
+def test_resume_restores_rate_and_momentum(tmp_path):
+    _, first = train(tmp_path, 4, snapshot_every=2)
+    x, y = toy_data(n=10)
+    net = Net("resumed", CPUBackend(dtype=np.float64, seed=5), classifier_layers(x, y))
+    params = make_solver_parameters(SGD(), max_iter=4, load_from=str(tmp_path))
+    state = Solver(SGD(), params).solve(net)
+    assert state.iter == 4
+    assert state.learning_rate == first.state.learning_rate
+    assert state.learning_rate > 0
+    assert state.momentum == 0.9
+
+
 @pytest.mark.parametrize("content", [b"", b"\x89HDF\r\n\x1a\n" + bytes(40)])
 def test_lounge_damaged_file_named(tmp_path, content):
     stats = tmp_path / "statistics.h5"

@@ -122,6 +122,13 @@ def restore(solver, net):
     solver.state.iter = iteration
     obj_val = as_real(attrs.get("obj_val"))
     solver.state.obj_val = math.nan if obj_val is None else float(obj_val)
+    # The state keeps the rate and momentum of the update that reached this
+    # iteration until the next update, so a resume that trains nothing
+    # returns them and a snapshot saved again at once keeps them.
+    for key in ("learning_rate", "momentum"):
+        value = as_real(attrs.get(key))
+        if value is not None and math.isfinite(value) and value >= 0:
+            setattr(solver.state, key, float(value))
     solver._resumed_from = path
     logger.info("resumed from %s at iteration %d", path, solver.state.iter)
 
