@@ -185,19 +185,23 @@ def default_sigint():
         pytest.skip("another SIGINT handler is installed")
 
 
-def send_sigint_once(monkeypatch, at_call):
+def send_signal_once(monkeypatch, at_call, signum):
     """Make the ``at_call``-th call of Net._use_threads, which every step
-    makes before its compiled code, send this process SIGINT."""
+    makes before its compiled code, send this process ``signum``."""
     calls = []
     real = NetClass._use_threads
 
     def use_threads(net):
         calls.append(None)
         if len(calls) == at_call:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
         return real(net)
 
     monkeypatch.setattr(NetClass, "_use_threads", use_threads)
+
+
+def send_sigint_once(monkeypatch, at_call):
+    send_signal_once(monkeypatch, at_call, signal.SIGINT)
 
 
 def test_ctrl_c_in_step_waits_for_its_end(default_sigint, monkeypatch, caplog):
@@ -937,6 +941,301 @@ def test_own_handler_gets_ctrl_c_of_failed_step(own_sigint_handler):
         assert calls == []
         raise ValueError("step failed")
     assert calls == [(signal.SIGINT, True, None)]
+
+
+def send_signal_at_step_end(monkeypatch, signum, at_call):
+    """Make the ``at_call``-th call of Solver._epoch send this process
+    ``signum``. A solve() calls it twice around its first pass and twice
+    in each step, the second time after the update and before the step's
+    bookkeeping."""
+    from mochac.runtime.solver import Solver as SolverClass
+
+    calls = []
+    real = SolverClass._epoch
+
+    def epoch(solver, net):
+        calls.append(None)
+        if len(calls) == at_call:
+            os.kill(os.getpid(), signum)
+        return real(solver, net)
+
+    monkeypatch.setattr(SolverClass, "_epoch", epoch)
+
+
+class Terminated(Exception):
+    """Raised by the SIGTERM handler of ``exiting_sigterm_handler``."""
+
+
+@pytest.fixture
+def exiting_sigterm_handler():
+    """Install a SIGTERM handler that records (signal number, the iteration
+    count of the solver in ``solvers``) and raises Terminated, as a
+    program that stops on SIGTERM does. The old handler is back after
+    the test."""
+    calls = []
+    solvers = []
+
+    def handler(signum, frame):
+        calls.append((signum, solvers[0].state.iter if solvers else None))
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    yield calls, solvers, handler
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_in_step_waits_for_its_end(exiting_sigterm_handler, monkeypatch):
+    """SIGTERM after update 3, before its bookkeeping: the handler runs
+    once the step is complete, so a second solve() runs the breaks of
+    iteration 3 and ends as an uninterrupted run."""
+    calls, solvers, handler = exiting_sigterm_handler
+    straight_net = make_net()
+    make_solver(6).solve(straight_net)
+
+    net = make_net()
+    solver = make_solver(6)
+    solvers.append(solver)
+    log = IterationLog()
+    solver.add_coffee_break(log, every_n_iter=1)
+    # Calls 1 and 2 are around the first pass, so call 8 is the second
+    # one of the step of update 3.
+    send_signal_at_step_end(monkeypatch, signal.SIGTERM, at_call=8)
+    with pytest.raises(Terminated):
+        solver.solve(net)
+    monkeypatch.undo()
+    assert calls == [(signal.SIGTERM, 3)]
+    assert solver.state.iter == 3
+    assert log.seen == [0, 1, 2]
+    assert signal.getsignal(signal.SIGTERM) is handler
+
+    solver.solve(net)
+    assert log.seen == [0, 1, 2, 3, 4, 5, 6]
+    assert_same_params(net, straight_net)
+    assert net.statistics() == pytest.approx(straight_net.statistics(), rel=1e-12)
+
+
+def test_resume_after_sigterm_in_step(exiting_sigterm_handler, monkeypatch, tmp_path):
+    """A SIGTERM after update 3 stops the run at iteration 3, and a resume
+    from snapshot-000002.h5 ends as an uninterrupted run."""
+    calls, solvers, _ = exiting_sigterm_handler
+    straight_net = make_net()
+    make_solver(6).solve(straight_net)
+
+    solver = make_solver(6, tmp_path)
+    solvers.append(solver)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    send_signal_at_step_end(monkeypatch, signal.SIGTERM, at_call=8)
+    with pytest.raises(Terminated):
+        solver.solve(make_net())
+    monkeypatch.undo()
+    assert calls == [(signal.SIGTERM, 3)]
+    assert solver.state.iter == 3
+
+    resumed = make_net(seed=99)
+    solver = make_solver(6, tmp_path)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+    solver.solve(resumed)
+    assert_same_params(resumed, straight_net)
+
+
+def test_solve_holds_only_python_handlers():
+    """During a solve() the solver's handler replaces each Python handler.
+    A signal that is ignored or left to the C default stays so, and every
+    handler is back after the solve."""
+
+    def handler(signum, frame):
+        pass
+
+    before = {
+        signal.SIGTERM: handler,
+        signal.SIGUSR1: handler,
+        signal.SIGUSR2: signal.SIG_IGN,
+        signal.SIGALRM: signal.SIG_DFL,
+    }
+    seen = []
+
+    class ReadHandlers(CoffeeBreak):
+        def enjoy(self, solver, net):
+            seen.append({signum: signal.getsignal(signum) for signum in before})
+
+    previous = {
+        signum: signal.signal(signum, value) for signum, value in before.items()
+    }
+    try:
+        solver = make_solver(2)
+        solver.add_coffee_break(ReadHandlers(), every_n_iter=2)
+        solver.solve(make_net())
+        after = {signum: signal.getsignal(signum) for signum in before}
+    finally:
+        for signum, value in previous.items():
+            signal.signal(signum, value)
+    assert len(seen) == 2
+    assert seen[0][signal.SIGTERM] is not handler
+    assert seen[0][signal.SIGUSR1] is not handler
+    assert seen[0][signal.SIGUSR2] is signal.SIG_IGN
+    assert seen[0][signal.SIGALRM] is signal.SIG_DFL
+    assert after == before
+
+
+def test_handler_installed_in_break_stays(default_sigint):
+    """A handler that a coffee break installs stays after the solve, in
+    place of the one from before it."""
+
+    def handler(signum, frame):
+        pass
+
+    class InstallHandlers(CoffeeBreak):
+        def enjoy(self, solver, net):
+            signal.signal(signal.SIGINT, handler)
+            signal.signal(signal.SIGTERM, handler)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        solver = make_solver(2)
+        solver.add_coffee_break(InstallHandlers(), every_n_iter=2)
+        solver.solve(make_net())
+        after = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, previous)
+    assert after == (handler, handler)
+
+
+def test_ignored_sigterm_in_step_ignored(monkeypatch):
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        solver = make_solver(4)
+        send_signal_once(monkeypatch, at_call=3, signum=signal.SIGTERM)
+        solver.solve(make_net())
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert solver.state.iter == 4
+
+
+@pytest.fixture
+def recording_handlers():
+    """Install a handler of SIGTERM and SIGUSR1 that records each signal
+    number it gets and whether it got a frame. The old handlers are back
+    after the test."""
+    calls = []
+
+    def handler(signum, frame):
+        calls.append((signum, frame is not None))
+
+    previous = {
+        signum: signal.signal(signum, handler)
+        for signum in (signal.SIGTERM, signal.SIGUSR1)
+    }
+    yield calls
+    for signum, value in previous.items():
+        signal.signal(signum, value)
+
+
+def test_signals_pass_on_after_step(recording_handlers):
+    from mochac.runtime.interrupts import StepInterrupts
+
+    calls = recording_handlers
+    events = []
+
+    def note(event):
+        # A Python call, at whose start Python runs pending handlers.
+        events.append((event, len(calls)))
+
+    with StepInterrupts("unit") as interrupts, interrupts.step():
+        os.kill(os.getpid(), signal.SIGUSR1)
+        note("SIGUSR1 sent")
+        os.kill(os.getpid(), signal.SIGTERM)
+        note("SIGTERM sent")
+    note("step done")
+    assert events == [("SIGUSR1 sent", 0), ("SIGTERM sent", 0), ("step done", 2)]
+    assert calls == [(signal.SIGUSR1, True), (signal.SIGTERM, True)]
+
+
+def test_second_sigterm_passes_all_on(recording_handlers):
+    """A second SIGTERM within a step passes the held signals on at once,
+    in order, as a second Ctrl-C does."""
+    from mochac.runtime.interrupts import StepInterrupts
+
+    calls = recording_handlers
+    events = []
+
+    def note(event):
+        events.append((event, len(calls)))
+
+    with StepInterrupts("unit") as interrupts, interrupts.step():
+        os.kill(os.getpid(), signal.SIGTERM)
+        note("first sent")
+        os.kill(os.getpid(), signal.SIGUSR1)
+        note("SIGUSR1 sent")
+        os.kill(os.getpid(), signal.SIGTERM)
+        note("second sent")
+    note("step done")
+    assert events == [
+        ("first sent", 0),
+        ("SIGUSR1 sent", 0),
+        ("second sent", 3),
+        ("step done", 3),
+    ]
+    assert [signum for signum, _ in calls] == [
+        signal.SIGTERM,
+        signal.SIGUSR1,
+        signal.SIGTERM,
+    ]
+
+
+def test_sigterm_of_failed_step_reaches_handler(exiting_sigterm_handler):
+    """The handler gets the SIGTERM of a step that raised, and its error
+    has the step's error as its context."""
+    from mochac.runtime.interrupts import StepInterrupts
+
+    calls, _, _ = exiting_sigterm_handler
+    error = ValueError("step failed")
+    with (
+        pytest.raises(Terminated) as raised,
+        StepInterrupts("unit") as interrupts,
+        interrupts.step(),
+    ):
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert calls == []
+        raise error
+    assert calls == [(signal.SIGTERM, None)]
+    assert raised.value.__context__ is error
+
+
+def test_ctrl_c_and_sigterm_in_one_step(default_sigint, recording_handlers):
+    """The KeyboardInterrupt of a held Ctrl-C does not cost the SIGTERM
+    handler its call."""
+    from mochac.runtime.interrupts import StepInterrupts
+
+    calls = recording_handlers
+    with (
+        pytest.raises(KeyboardInterrupt),
+        StepInterrupts("unit") as interrupts,
+        interrupts.step(),
+    ):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert calls == []
+    assert calls == [(signal.SIGTERM, True)]
+
+
+def test_step_in_other_thread_installs_nothing(recording_handlers):
+    import threading
+
+    from mochac.runtime.interrupts import StepInterrupts
+
+    seen = []
+
+    def run():
+        with StepInterrupts("unit") as interrupts, interrupts.step():
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    handler = signal.getsignal(signal.SIGTERM)
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert seen == [handler]
 
 
 class CountInLounge(CoffeeBreak):
