@@ -24,12 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from cuda_nets import NETS  # noqa: E402
+from cuda_nets import NETS
 
-from mochac.bench.nets import lenet  # noqa: E402
-from mochac.runtime.gpu_backend import GPUBackend  # noqa: E402
-from mochac.runtime.gpu_net import GPUNet  # noqa: E402
-from mochac.runtime.solver import SGD  # noqa: E402
+from mochac.bench.nets import lenet
+from mochac.runtime.gpu_backend import GPUBackend
+from mochac.runtime.gpu_net import GPUNet
+from mochac.runtime.solver import SGD
 
 
 def main():

@@ -108,7 +108,9 @@ def main() -> None:
                         net.forward_layer if phase == "forward" else net.backward_layer
                     )
                     run(layer)
-                    samples[name].append(time_ms(lambda: run(layer), args.iters))
+                    samples[name].append(
+                        time_ms(lambda run=run, layer=layer: run(layer), args.iters)
+                    )
             ms = {name: statistics.median(values) for name, values in samples.items()}
             flops = conv_flops(kernels["direct"][layer], phase)
             print(

@@ -687,7 +687,7 @@ def plot_command(args) -> int:
     from mochac.plot import image_formats, plot_statistics
 
     try:
-        import matplotlib  # noqa: F401 - the check of an optional dependency
+        import matplotlib  # the check of an optional dependency
     except ImportError as error:
         raise UsageError(
             "mochac plot needs matplotlib, which is not installed: run `pip "

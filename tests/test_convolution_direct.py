@@ -321,7 +321,14 @@ def fits(layer, shape, force_backward=True):
 
 
 def conv(**options):
-    values = dict(name="conv", bottoms=["x"], tops=["y"], kernel=3, pad=1, n_filter=16)
+    values = {
+        "name": "conv",
+        "bottoms": ["x"],
+        "tops": ["y"],
+        "kernel": 3,
+        "pad": 1,
+        "n_filter": 16,
+    }
     values.update(options)
     return ConvolutionLayer(**values)
 

@@ -26,6 +26,8 @@ from unittest.mock import patch
 
 import numpy as np
 import pytest
+from test_cuda_host_emulation import assert_grads_match, assert_states_match, twin
+
 from mochac.codegen.cuda import steps
 from mochac.errors import ConfigError, ShapeError, TopologyError
 from mochac.layers import (
@@ -51,8 +53,6 @@ from mochac.layers import (
 )
 from mochac.layers.pooling import MaxPooling, MeanPooling
 from mochac.neurons import Identity, ReLU, Sigmoid, Tanh
-
-from test_cuda_host_emulation import assert_grads_match, assert_states_match, twin
 
 pytestmark = pytest.mark.skipif(
     shutil.which("g++") is None, reason="g++ is needed to compile kernels for the host"

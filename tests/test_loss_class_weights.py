@@ -50,7 +50,7 @@ LOGITS = RNG.normal(size=SPATIAL_SHAPE)
 PROBS = RNG.uniform(0.1, 1.0, size=SPATIAL_SHAPE)
 LABELS = np.array([[[0.0, 2.0]], [[1.0, 2.0]]])
 WEIGHTED = {
-    (kind, normalize, family): dict(weights=weights, normalize=normalize)
+    (kind, normalize, family): {"weights": weights, "normalize": normalize}
     for kind, weights in [
         ("class", CLASS_WEIGHTS),
         ("point", POINT_WEIGHTS),

@@ -64,7 +64,7 @@ def test_random_plans_are_valid(specs):
 def test_peak_counts_simultaneous_bytes():
     rng = random.Random(0)
     buffers = [LiveBuffer(i, rng.randint(1, 999), i % 5, i % 5 + 2) for i in range(30)]
-    steps = range(0, 10)
+    steps = range(10)
     expected = max(
         sum(align(b.nbytes) for b in buffers if b.start <= s <= b.end) for s in steps
     )

@@ -32,12 +32,12 @@ def profile_mochac(net, iters: int, repeats: int) -> dict[str, dict]:
         info = net.ir.layers[kernel.layer_index]
         entry = {
             "forward_ms": _median_ms(
-                lambda: net.forward_layer(info.name), iters, repeats
+                lambda name=info.name: net.forward_layer(name), iters, repeats
             )
         }
         if info.in_backward:
             entry["backward_ms"] = _median_ms(
-                lambda: net.backward_layer(info.name), iters, repeats
+                lambda name=info.name: net.backward_layer(name), iters, repeats
             )
         times[info.name] = entry
     return times

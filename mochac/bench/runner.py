@@ -398,10 +398,15 @@ def format_bench(report: dict) -> str:
     for name, measures in report["peers"].items():
         line += f", {name} {measures['version']} on {measures['threads']} thread(s)"
     lines = [
-        f"batch {report['batch']}, {report['threads']} thread(s), median of "
-        f"{report['mochac']['train']['rounds']} rounds of {report['iters']} iterations",
-        f"{line}; CPU {settings['cpu']}, OPENBLAS_CORETYPE "
-        f"{settings['openblas_coretype']}",
+        (
+            f"batch {report['batch']}, {report['threads']} thread(s), median of "
+            f"{report['mochac']['train']['rounds']} rounds of {report['iters']} "
+            "iterations"
+        ),
+        (
+            f"{line}; CPU {settings['cpu']}, OPENBLAS_CORETYPE "
+            f"{settings['openblas_coretype']}"
+        ),
         f"{'':14} {'forward ms':>11} {'backward ms':>12} {'train ms':>9} {'train it/s':>11}",
     ]
     rows = [("mochac", report["mochac"])] + list(report["peers"].items())

@@ -55,7 +55,7 @@ class CompilerOutput:
         self._saved: int | None = None
         self._reader: threading.Thread | None = None
 
-    def __enter__(self) -> CompilerOutput:
+    def __enter__(self) -> CompilerOutput:  # noqa: PYI034 - Self needs Python 3.11
         REDIRECT_LOCK.acquire()
         try:
             saved = os.dup(2)

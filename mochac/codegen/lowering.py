@@ -85,14 +85,14 @@ def pair_slots(info, slots):
         beta = 1 if seen_diff else 0
         seen_diff = seen_diff or dy is not None
         pairs.append(
-            dict(
-                x=x,
-                dx=dx if info.propagate_down[position] else None,
-                acc=accumulates(info, position),
-                y=y,
-                dy=dy,
-                beta=beta,
-            )
+            {
+                "x": x,
+                "dx": dx if info.propagate_down[position] else None,
+                "acc": accumulates(info, position),
+                "y": y,
+                "dy": dy,
+                "beta": beta,
+            }
         )
     return pairs
 
@@ -107,13 +107,13 @@ def neuron_values(info):
     neuron = info.layer.neuron
     active = not neuron.is_identity
     fused = active and info.fuse_neuron
-    return dict(
-        act=neuron.c_forward("v") if fused else "v",
-        dact=neuron.c_backward("v"),
-        has_neuron=fused,
-        neuron_kernel=active and not fused,
-        neuron_act=neuron.c_forward("v"),
-    )
+    return {
+        "act": neuron.c_forward("v") if fused else "v",
+        "dact": neuron.c_backward("v"),
+        "has_neuron": fused,
+        "neuron_kernel": active and not fused,
+        "neuron_act": neuron.c_forward("v"),
+    }
 
 
 def param_slots(info, slots, names):
@@ -459,7 +459,7 @@ def lower_softmax(info, ir, slots):
     pairs = pair_slots(info, slots)
     for pair, shape in zip(pairs, info.bottom_shapes):
         pair["outer"], pair["C"], pair["inner"] = class_split(info.layer, shape)
-    return dict(pairs=pairs)
+    return {"pairs": pairs}
 
 
 def counts_whole(ir, batch: int) -> bool:
@@ -495,18 +495,18 @@ def label_context(info, ir, slots):
     x, dx = blob_slots(slots, layer.bottoms[0])
     label = slots.get("data", layer.bottoms[1]).index
     batch = info.bottom_shapes[0][0]
-    return dict(
-        outer=outer,
-        C=classes,
-        inner=inner,
-        x=x,
-        dx=dx if info.propagate_down[0] else None,
-        acc=accumulates(info, 0),
-        label=label,
-        per_sample=outer * inner // batch,
-        valid_unit=valid_unit(ir, batch, outer * inner),
-        layer_index=info.index,
-    )
+    return {
+        "outer": outer,
+        "C": classes,
+        "inner": inner,
+        "x": x,
+        "dx": dx if info.propagate_down[0] else None,
+        "acc": accumulates(info, 0),
+        "label": label,
+        "per_sample": outer * inner // batch,
+        "valid_unit": valid_unit(ir, batch, outer * inner),
+        "layer_index": info.index,
+    }
 
 
 def lower_copy(info, ir, slots):
@@ -514,20 +514,20 @@ def lower_copy(info, ir, slots):
     pairs = pair_slots(info, slots)
     for pair, shape in zip(pairs, info.bottom_shapes):
         pair["size"] = prod(shape)
-    return dict(pairs=pairs)
+    return {"pairs": pairs}
 
 
 def lower_split(info, ir, slots):
     layer = info.layer
     x, dx = blob_slots(slots, layer.bottoms[0])
     tops = [dict(zip(("y", "dy"), blob_slots(slots, top))) for top in layer.tops]
-    return dict(
-        x=x,
-        dx=dx if info.propagate_down[0] else None,
-        acc=accumulates(info, 0),
-        tops=tops,
-        size=prod(info.bottom_shapes[0]),
-    )
+    return {
+        "x": x,
+        "dx": dx if info.propagate_down[0] else None,
+        "acc": accumulates(info, 0),
+        "tops": tops,
+        "size": prod(info.bottom_shapes[0]),
+    }
 
 
 LOWERINGS = {

@@ -103,8 +103,10 @@ def merged_diffs(ir) -> dict[str, tuple[str, str]]:
             return None
         if isinstance(producer.layer, SplitLayer):
             return (
-                f"the diffs of all tops of split '{producer.name}' are summed into "
-                "one storage",
+                (
+                    f"the diffs of all tops of split '{producer.name}' are summed "
+                    "into one storage"
+                ),
                 "eliminate_splits",
             )
         # An identity or reshape top has its bottom's diff, which that

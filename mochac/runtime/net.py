@@ -154,11 +154,12 @@ class Net:
 
     def __new__(cls, name=None, backend=None, *args, **kwargs):
         # Net(name, GPUBackend(), layers) builds the CUDA backend's GPUNet.
+        net_class = cls
         if cls is Net and getattr(backend, "is_gpu", False):
             from mochac.runtime.gpu_net import GPUNet
 
-            cls = GPUNet
-        net = super().__new__(cls)
+            net_class = GPUNet
+        net = super().__new__(net_class)
         # Held by Net's calls into the compiled code and by its destroy()
         # (holds_run_lock), GPUNet's too. Reentrant because train_step
         # calls forward().

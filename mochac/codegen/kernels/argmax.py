@@ -11,4 +11,4 @@ def lower_argmax(info, ir, slots):
     pairs = pair_slots(info, slots)
     for pair, shape in zip(pairs, info.bottom_shapes):
         pair["outer"], pair["C"], pair["inner"] = class_split(info.layer, shape)
-    return dict(pairs=pairs)
+    return {"pairs": pairs}

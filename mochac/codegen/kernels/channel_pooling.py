@@ -33,11 +33,11 @@ def lower_channel_pooling(info, ir, slots):
             pair["mask"] = mask.index
         else:
             pair["mask"] = None
-    return dict(
-        K=layer.kernel,
-        S=layer.stride,
-        PF=front,
-        PB=back,
-        is_max=is_max,
-        pairs=pairs,
-    )
+    return {
+        "K": layer.kernel,
+        "S": layer.stride,
+        "PF": front,
+        "PB": back,
+        "is_max": is_max,
+        "pairs": pairs,
+    }

@@ -24,13 +24,13 @@ def lower_concat(info, ir, slots):
         x, dx = blob_slots(slots, bottom)
         chunk = shape[axis] * inner
         bottoms.append(
-            dict(
-                x=x,
-                dx=dx if info.propagate_down[position] else None,
-                acc=accumulates(info, position),
-                chunk=chunk,
-                offset=offset,
-            )
+            {
+                "x": x,
+                "dx": dx if info.propagate_down[position] else None,
+                "acc": accumulates(info, position),
+                "chunk": chunk,
+                "offset": offset,
+            }
         )
         offset += chunk
-    return dict(outer=outer, row=offset, y=y, dy=dy, bottoms=bottoms)
+    return {"outer": outer, "row": offset, "y": y, "dy": dy, "bottoms": bottoms}

@@ -29,15 +29,15 @@ def lower_crop(info, ir, slots):
             first_sample=samples,
         )
         samples += n
-    context = dict(
-        pairs=pairs,
-        CH=crop_h,
-        CW=crop_w,
-        random_crop=random_crop,
-        random_mirror=random_mirror,
-        is_random=random_crop or random_mirror,
-        samples=samples,
-    )
+    context = {
+        "pairs": pairs,
+        "CH": crop_h,
+        "CW": crop_w,
+        "random_crop": random_crop,
+        "random_mirror": random_mirror,
+        "is_random": random_crop or random_mirror,
+        "samples": samples,
+    }
     if context["is_random"]:
         stream = slots.add("rng", info.name, "stream", np.uint64, (1,))
         context["rng"] = stream.index

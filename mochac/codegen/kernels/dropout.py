@@ -32,7 +32,7 @@ def lower_masking(info, ir, slots):
         if train:
             mask = slots.add("work", info.name, f"mask{position}", np.uint8, shape)
             pair["mask"] = mask.index
-    context = dict(pairs=pairs, train=train, total=offset)
+    context = {"pairs": pairs, "train": train, "total": offset}
     if train:
         stream = slots.add("rng", info.name, "stream", np.uint64, (1,))
         context.update(

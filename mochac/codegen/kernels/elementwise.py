@@ -44,22 +44,24 @@ def lower_elementwise(info, ir, slots):
     for position, bottom in enumerate(layer.bottoms):
         x, dx = blob_slots(slots, bottom)
         bottoms.append(
-            dict(
-                position=position,
-                x=x,
-                dx=dx if info.propagate_down[position] else None,
-                acc=accumulates(info, position),
-                grad=gradient_expression(layer.operation, position, len(layer.bottoms)),
-            )
+            {
+                "position": position,
+                "x": x,
+                "dx": dx if info.propagate_down[position] else None,
+                "acc": accumulates(info, position),
+                "grad": gradient_expression(
+                    layer.operation, position, len(layer.bottoms)
+                ),
+            }
         )
-    return dict(
-        operation=OPERATION_NAMES[type(layer.operation)],
-        value=f" {layer.operation.symbol} ".join(
+    return {
+        "operation": OPERATION_NAMES[type(layer.operation)],
+        "value": f" {layer.operation.symbol} ".join(
             f"x{position}[i]" for position in range(len(layer.bottoms))
         ),
-        reads_bottoms=layer.backward_reads_bottom_data(),
-        size=prod(info.top_shapes[0]),
-        y=y,
-        dy=dy,
-        bottoms=bottoms,
-    )
+        "reads_bottoms": layer.backward_reads_bottom_data(),
+        "size": prod(info.top_shapes[0]),
+        "y": y,
+        "dy": dy,
+        "bottoms": bottoms,
+    }

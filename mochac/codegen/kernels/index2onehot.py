@@ -32,9 +32,11 @@ def lower_index2onehot(info, ir, slots):
     # What Net needs to describe a rejected index: where each bottom starts in
     # that count and how many of its elements make one sample.
     checked = [
-        dict(
-            start=pair["offset"], position=position, per_sample=pair["size"] // shape[0]
-        )
+        {
+            "start": pair["offset"],
+            "position": position,
+            "per_sample": pair["size"] // shape[0],
+        }
         for position, (pair, shape) in enumerate(zip(pairs, info.bottom_shapes))
     ]
     return {

@@ -60,11 +60,11 @@ def class_weight_values(info):
         values, index = table[0].reshape(-1), "point"
     else:
         values, index = table.reshape(-1), "element"
-    return dict(
-        values=[repr(float(value)) for value in values],
-        index=index,
-        point=prod(pred_shape[1:]),
-    )
+    return {
+        "values": [repr(float(value)) for value in values],
+        "index": index,
+        "point": prod(pred_shape[1:]),
+    }
 
 
 def loss_state(info, slots):
@@ -94,17 +94,17 @@ def lower_multinomial_logistic_loss(info, ir, slots):
     # label picks at that position plus the number of positions.
     positions = context["outer"] * context["inner"]
     context["checked_bottoms"] = [
-        dict(start=0, position=1),
-        dict(
-            start=positions,
-            position=0,
-            role="prediction",
-            rule="probabilities in [0, 1]",
-            hint=(
+        {"start": 0, "position": 1},
+        {
+            "start": positions,
+            "position": 0,
+            "role": "prediction",
+            "rule": "probabilities in [0, 1]",
+            "hint": (
                 "; give this layer a SoftmaxLayer's output, or give the scores to a "
                 "SoftmaxLossLayer instead"
             ),
-        ),
+        },
     ]
     return context
 
@@ -114,21 +114,21 @@ def lower_softlabel_softmax_loss(info, ir, slots):
     layer = info.layer
     outer, classes, inner = class_split(layer, info.bottom_shapes[0])
     x, dx = blob_slots(slots, layer.bottoms[0])
-    return dict(
-        state=loss_state(info, slots),
-        weight=float(layer.weight),
-        outer=outer,
-        C=classes,
-        inner=inner,
-        x=x,
-        dx=dx if info.propagate_down[0] else None,
-        acc=accumulates(info, 0),
-        label=slots.get("data", layer.bottoms[1]).index,
-        per_sample=prod(info.bottom_shapes[1][1:]),
-        valid_unit=valid_unit(ir, info.bottom_shapes[0][0], outer * inner),
-        layer_index=info.index,
-        valid_values="probabilities in [0, 1]",
-    )
+    return {
+        "state": loss_state(info, slots),
+        "weight": float(layer.weight),
+        "outer": outer,
+        "C": classes,
+        "inner": inner,
+        "x": x,
+        "dx": dx if info.propagate_down[0] else None,
+        "acc": accumulates(info, 0),
+        "label": slots.get("data", layer.bottoms[1]).index,
+        "per_sample": prod(info.bottom_shapes[1][1:]),
+        "valid_unit": valid_unit(ir, info.bottom_shapes[0][0], outer * inner),
+        "layer_index": info.index,
+        "valid_values": "probabilities in [0, 1]",
+    }
 
 
 def elementwise_context(info, ir, slots):
@@ -137,37 +137,37 @@ def elementwise_context(info, ir, slots):
     first, dfirst = blob_slots(slots, layer.bottoms[0])
     second, dsecond = blob_slots(slots, layer.bottoms[1])
     size = prod(info.bottom_shapes[0])
-    return dict(
-        N=info.bottom_shapes[0][0],
-        size=size,
-        valid_unit=valid_unit(ir, info.bottom_shapes[0][0], size),
-        per_sample=prod(info.bottom_shapes[1][1:]),
-        layer_index=info.index,
-        first=first,
-        second=second,
-        dfirst=dfirst if info.propagate_down[0] else None,
-        dsecond=dsecond if info.propagate_down[1] else None,
-        acc_first=accumulates(info, 0),
-        acc_second=accumulates(info, 1),
-    )
+    return {
+        "N": info.bottom_shapes[0][0],
+        "size": size,
+        "valid_unit": valid_unit(ir, info.bottom_shapes[0][0], size),
+        "per_sample": prod(info.bottom_shapes[1][1:]),
+        "layer_index": info.index,
+        "first": first,
+        "second": second,
+        "dfirst": dfirst if info.propagate_down[0] else None,
+        "dsecond": dsecond if info.propagate_down[1] else None,
+        "acc_first": accumulates(info, 0),
+        "acc_second": accumulates(info, 1),
+    }
 
 
 @register_lowering(SquareLossLayer, "square_loss")
 def lower_square_loss(info, ir, slots):
     context = elementwise_context(info, ir, slots)
-    return dict(
-        state=loss_state(info, slots),
-        weight=float(info.layer.weight),
-        N=context["N"],
-        size=context["size"],
-        valid_unit=context["valid_unit"],
-        pred=context["first"],
-        label=context["second"],
-        dpred=context["dfirst"],
-        dlabel=context["dsecond"],
-        acc_pred=context["acc_first"],
-        acc_label=context["acc_second"],
-    )
+    return {
+        "state": loss_state(info, slots),
+        "weight": float(info.layer.weight),
+        "N": context["N"],
+        "size": context["size"],
+        "valid_unit": context["valid_unit"],
+        "pred": context["first"],
+        "label": context["second"],
+        "dpred": context["dfirst"],
+        "dlabel": context["dsecond"],
+        "acc_pred": context["acc_first"],
+        "acc_label": context["acc_second"],
+    }
 
 
 @register_lowering(HingeLossLayer, "hinge_loss")
@@ -186,14 +186,14 @@ def lower_binary_cross_entropy_loss(info, ir, slots):
     # The kernel reports a prediction at its index and a label at its index
     # plus the size of the predictions.
     context["checked_bottoms"] = [
-        dict(
-            start=0,
-            position=0,
-            per_sample=prod(info.bottom_shapes[0][1:]),
-            role="prediction",
-            hint="; a Sigmoid neuron on the layer that computes them keeps them there",
-        ),
-        dict(start=context["size"], position=1),
+        {
+            "start": 0,
+            "position": 0,
+            "per_sample": prod(info.bottom_shapes[0][1:]),
+            "role": "prediction",
+            "hint": "; a Sigmoid neuron on the layer that computes them keeps them there",
+        },
+        {"start": context["size"], "position": 1},
     ]
     return dict(
         state=loss_state(info, slots),

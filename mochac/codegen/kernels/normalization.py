@@ -36,32 +36,32 @@ def lower_lrn(info, ir, slots):
         scale = slots.add("work", info.name, "scale", ir.dtype, shape)
         ratio = slots.add("work", info.name, "ratio", ir.dtype, shape, ("backward",))
     within = isinstance(layer.mode, WithinChannelLRN)
-    return dict(
-        within=within,
-        N=shape[0],
-        C=shape[1],
+    return {
+        "within": within,
+        "N": shape[0],
+        "C": shape[1],
         # Across channels: positions per channel. Within: planes and their size.
-        inner=prod(shape[2:]),
-        planes=shape[0] * shape[1],
-        H=shape[2] if within else 1,
-        W=shape[3] if within else 1,
-        size=prod(shape),
-        before=before,
-        after=after,
-        shift=repr(float(layer.shift)),
-        scale_over_n=repr(float(layer.scale) / layer.window_size),
-        power=repr(float(layer.power)),
+        "inner": prod(shape[2:]),
+        "planes": shape[0] * shape[1],
+        "H": shape[2] if within else 1,
+        "W": shape[3] if within else 1,
+        "size": prod(shape),
+        "before": before,
+        "after": after,
+        "shift": repr(float(layer.shift)),
+        "scale_over_n": repr(float(layer.scale) / layer.window_size),
+        "power": repr(float(layer.power)),
         # d/dx_j of the denominator**(-power) terms: -2 * power * scale / n.
-        gradient_factor=repr(
+        "gradient_factor": repr(
             2.0 * float(layer.power) * layer.scale / layer.window_size
         ),
-        x=x,
-        y=y,
-        dy=dy,
-        dx=dx if info.propagate_down[0] else None,
-        acc=accumulates(info, 0),
-        denominator=denominator.index if denominator else None,
-        scale=scale.index if scale else None,
-        ratio=ratio.index if ratio else None,
-        inverse_power=inverse_power(float(layer.power), "d"),
-    )
+        "x": x,
+        "y": y,
+        "dy": dy,
+        "dx": dx if info.propagate_down[0] else None,
+        "acc": accumulates(info, 0),
+        "denominator": denominator.index if denominator else None,
+        "scale": scale.index if scale else None,
+        "ratio": ratio.index if ratio else None,
+        "inverse_power": inverse_power(float(layer.power), "d"),
+    }

@@ -29,14 +29,14 @@ def lower_power(info, ir, slots):
     for pair, shape in zip(pairs, info.bottom_shapes):
         pair["size"] = prod(shape)
     value, derivative = power_expressions(float(layer.power))
-    return dict(
-        pairs=pairs,
-        power=float(layer.power),
-        scale=float(layer.scale),
-        shift=float(layer.shift),
-        value=value,
-        derivative=derivative,
+    return {
+        "pairs": pairs,
+        "power": float(layer.power),
+        "scale": float(layer.scale),
+        "shift": float(layer.shift),
+        "value": value,
+        "derivative": derivative,
         # dx = dy * power * scale * v ^ (power - 1), which is 0 when power is 0.
-        factor=float(layer.power * layer.scale),
-        constant_derivative=not layer.backward_reads_bottom_data(),
-    )
+        "factor": float(layer.power * layer.scale),
+        "constant_derivative": not layer.backward_reads_bottom_data(),
+    }
