@@ -18,6 +18,10 @@ INPUTS = {
     "w_third": RNG.normal(size=(2, 2, 3, 3)),
     "n_first": RNG.normal(size=(1, 4)),
     "n_second": RNG.normal(size=(3, 4)),
+    "h_first": RNG.normal(size=(2, 2, 1, 3)),
+    "h_second": RNG.normal(size=(2, 2, 2, 3)),
+    "f_first": RNG.normal(size=(3, 2)),
+    "f_second": RNG.normal(size=(3, 5)),
 }
 # Mocha counts dimensions from the fastest-varying one: for (N, C, H, W) its
 # dim 3 is C, dim 1 is W and dim 4 (or -1) is N.
@@ -27,8 +31,11 @@ LAYERS = [
         name="width", bottoms=["w_first", "w_second", "w_third"], tops=["w"], dim=1
     ),
     ConcatLayer(name="batch", bottoms=["n_first", "n_second"], tops=["n"], dim=-1),
+    ConcatLayer(name="height", bottoms=["h_first", "h_second"], tops=["h"], dim=2),
+    # dim=-2 is the axis after the batch axis at any rank: here the features.
+    ConcatLayer(name="features", bottoms=["f_first", "f_second"], tops=["f"], dim=-2),
 ]
-AXES = {"channels": 1, "width": 3, "batch": 0}
+AXES = {"channels": 1, "width": 3, "batch": 0, "height": 2, "features": 1}
 
 
 @pytest.fixture(scope="module")

@@ -135,7 +135,10 @@ def test_local_weights_loss_and_gradient(case_net):
     with preserved(case_net):
         case_net.forward_layer("local")
         case_net.backward_layer("local")
-        assert case_net.states["local"][0] == pytest.approx(1.647918, abs=1e-6)
+        # "local" rescales [1, 2, 3] to sum to 3 classes: [0.5, 1, 1.5]. Zero
+        # logits give p = 1/3, so label 2 costs 1.5 ln 3, and the diff is
+        # 1.5 (p - onehot) = [0.5, 0.5, -1].
+        assert case_net.states["local"][0] == pytest.approx(1.5 * LN3, rel=1e-12)
         np.testing.assert_allclose(
             case_net.diffs["zeros_local"], [[0.5, 0.5, -1.0]], atol=1e-12
         )
@@ -143,7 +146,8 @@ def test_local_weights_loss_and_gradient(case_net):
 
 def test_unnormalized_weights_loss(case_net):
     case_net.forward_layer("unnormalized")
-    assert case_net.states["unnormalized"][0] == pytest.approx(3.295837, abs=1e-6)
+    # Unnormalized, label 2 has weight 3 and p = 1/3.
+    assert case_net.states["unnormalized"][0] == pytest.approx(3 * LN3, rel=1e-12)
 
 
 @pytest.mark.parametrize("key", list(WEIGHTED), ids="-".join)

@@ -41,10 +41,15 @@ from mochac.layers import (
 from mochac.passes.pipeline import PASS_NAMES
 
 TOLERANCE = 1e-10
-VARIANTS = [("O0", 0, ()), ("O1", 1, ())] + [
-    (name, 1, tuple(other for other in PASS_NAMES if other != name))
-    for name in PASS_NAMES
-]
+# -O0, -O1, each pass alone, and every pass but one.
+VARIANTS = (
+    [("O0", 0, ()), ("O1", 1, ())]
+    + [
+        (name, 1, tuple(other for other in PASS_NAMES if other != name))
+        for name in PASS_NAMES
+    ]
+    + [(f"without_{name}", 1, (name,)) for name in PASS_NAMES]
+)
 
 
 def lenet_layers(rng):
