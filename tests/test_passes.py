@@ -28,14 +28,18 @@ from mochac import (
 )
 from mochac.errors import ConfigError
 from mochac.layers import (
+    ArgmaxLayer,
     BinaryCrossEntropyLossLayer,
+    ConcatLayer,
     DropoutLayer,
     ElementWiseFunctors,
     ElementWiseLayer,
     HingeLossLayer,
+    Index2OnehotLayer,
     MultinomialLogisticLossLayer,
     PowerLayer,
     RandomMaskLayer,
+    SoftlabelSoftmaxLossLayer,
     TiedInnerProductLayer,
 )
 from mochac.passes.pipeline import PASS_NAMES
@@ -1224,3 +1228,41 @@ def test_alias_of_rewritten_diff_hidden(case):
     np.testing.assert_allclose(
         nets["kept"].diffs["r"], nets["o0"].diffs["r"], rtol=0, atol=1e-12
     )
+
+
+def unread_diff_layers(rng):
+    """A power and a concatenation whose top only an argmax reads, so under
+    force_backward the concatenation's top diff is read but never written."""
+    x = rng.normal(size=(2, 3, 2, 1))
+    soft_label = rng.random(size=(2, 6, 2, 1))
+    soft_label /= soft_label.sum(axis=1, keepdims=True)
+    return [
+        MemoryDataLayer(
+            name="data", batch_size=2, tops=["x", "soft"], data=[x, soft_label]
+        ),
+        PowerLayer(name="pow", bottoms=["x"], tops=["p"]),
+        ConcatLayer(name="cat", bottoms=["x", "p"], tops=["joined"]),
+        ArgmaxLayer(name="argmax", bottoms=["joined"], tops=["index"]),
+        Index2OnehotLayer(name="onehot", n_class=6, bottoms=["index"], tops=["hot"]),
+        SoftlabelSoftmaxLossLayer(name="loss", bottoms=["hot", "soft"]),
+    ]
+
+
+def test_unwritten_diff_reads_zeros():
+    """A top diff that no backward writes contains zeros at -O1 as at -O0,
+    rather than the values of a blob whose arena memory it reuses."""
+    diffs = {}
+    for opt_level in (0, 1):
+        net = Net(
+            f"unread_diff_o{opt_level}",
+            CPUBackend(dtype=np.float64, seed=1),
+            unread_diff_layers(np.random.default_rng(0)),
+            opt_level=opt_level,
+            force_backward=True,
+        )
+        net.forward()
+        net.backward()
+        diffs[opt_level] = {name: view.copy() for name, view in net.diffs.items()}
+    assert np.all(diffs[0]["x"] == 0)
+    np.testing.assert_array_equal(diffs[1]["x"], diffs[0]["x"])
+    np.testing.assert_array_equal(diffs[1]["joined"], diffs[0]["joined"])

@@ -90,7 +90,8 @@ def holds_run_lock(method):
 
 
 def pinned_slots(ir, slots, keep) -> set[int]:
-    """Return the slots memory planning must keep live: inputs, outputs, keep."""
+    """Return the slots memory planning must keep live: inputs, outputs, keep,
+    and the diffs that no backward pass writes."""
     pinned = set()
     for name, blob in ir.blobs.items():
         producer = ir.layers[blob.producer]
@@ -104,7 +105,32 @@ def pinned_slots(ir, slots, keep) -> set[int]:
                 slot = slots.find(kind, name)
                 if slot is not None:
                     pinned.add(slot.index)
+    for name in unwritten_diffs(ir):
+        slot = slots.find("diff", name)
+        if slot is not None:
+            pinned.add(slot.index)
     return pinned
+
+
+def unwritten_diffs(ir) -> set[str]:
+    """Return the diff storages (by root blob) that no layer's backward writes.
+
+    Under force_backward a top that no loss reaches still gets a diff, which
+    its producer's backward reads. It must contain zeros, or what the caller
+    wrote into it, as at -O0. Planned from its first read on, it would share
+    the arena with blobs that died earlier and read their values.
+    """
+    written = set()
+    for name, blob in ir.blobs.items():
+        for index in blob.consumers:
+            info = ir.layers[index]
+            if info.eliminated:
+                continue
+            for position, bottom in enumerate(info.layer.bottoms):
+                if bottom == name and info.propagate_down[position]:
+                    written.add(ir.diff_root(name))
+    needed = {ir.diff_root(name) for name, blob in ir.blobs.items() if blob.needs_diff}
+    return needed - written
 
 
 def c_memory_plan(ir, keep):
