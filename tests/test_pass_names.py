@@ -36,6 +36,16 @@ def test_disable_split_into_letters():
         enabled_passes(1, tuple("plan_memory"))
 
 
+def test_disable_unknown_name_suggests_pass():
+    with pytest.raises(ConfigError) as raised:
+        enabled_passes(1, ["plan_memroy", "nope"])
+    message = str(raised.value)
+    assert "disable lists unknown pass name(s)" in message
+    assert "'plan_memroy' (did you mean 'plan_memory'?)" in message
+    assert "'nope';" in message
+    assert "known passes: eliminate_splits" in message
+
+
 @pytest.mark.parametrize("disable", [5, [1, 2]])
 def test_disable_not_names(disable):
     with pytest.raises(ConfigError, match="invalid disable="):

@@ -7,6 +7,7 @@ plan_memory places the lowered net's buffers in one arena.
 
 from __future__ import annotations
 
+import difflib
 import logging
 
 from mochac.errors import ConfigError
@@ -91,8 +92,16 @@ def enabled_passes(opt_level: int, disable=()) -> list[str]:
             f"pass names such as disable=['{''.join(disable)}']"
         )
     if unknown:
+        matches = {
+            name: difflib.get_close_matches(name, PASS_NAMES, n=1) for name in unknown
+        }
+        listed = ", ".join(
+            repr(name)
+            + (f" (did you mean '{matches[name][0]}'?)" if matches[name] else "")
+            for name in unknown
+        )
         raise ConfigError(
-            f"unknown pass name(s) {', '.join(unknown)}; known passes: "
+            f"disable lists unknown pass name(s) {listed}; known passes: "
             f"{', '.join(PASS_NAMES)}"
         )
     if opt_level == 0:
