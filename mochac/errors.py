@@ -58,6 +58,12 @@ class SnapshotError(MochacError):
     """A snapshot or model file cannot be loaded into a net or solver."""
 
 
+class LockHeldError(MochacError):
+    """Another training holds the lock of a Snapshot folder or statistics
+    file that solve() would write: a solve() in another process, or one
+    running in this process whose coffee break started this one."""
+
+
 class AllocationError(MochacError, MemoryError):
     """The memory of a net's blobs, gradients and parameters cannot be
     allocated. Also a MemoryError, so handlers of that still catch it."""

@@ -11,6 +11,7 @@ from mochac import (
     AccuracyLayer,
     AsyncHDF5DataLayer,
     BinaryCrossEntropyLossLayer,
+    CoffeeBreak,
     ConfigError,
     CPUBackend,
     DataError,
@@ -106,12 +107,36 @@ def test_readonly_snapshot_folder(tmp_path):
 def test_snapshot_folder_is_file(tmp_path):
     blocker = tmp_path / "snapshots"
     blocker.write_text("not a folder")
+    with pytest.raises(ConfigError) as raised:
+        Snapshot(blocker)
+    assert f"Snapshot folder {blocker} is a file, not a folder" in str(raised.value)
+    assert "pass a folder path" in str(raised.value)
+    assert blocker.read_text() == "not a folder"
+
+
+def test_snapshot_folder_made_file_fails_at_start(tmp_path):
+    """A file that takes the folder's path after the Snapshot break was
+    created fails solve() before the first forward pass."""
+    blocker = tmp_path / "snapshots"
     net = Net("file", CPUBackend(dtype=np.float64), classifier([0, 1, 2, 0]))
     solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=1))
+    breaks_run = []
+    solver.add_coffee_break(RecordIterations(breaks_run), every_n_iter=1)
     solver.add_coffee_break(Snapshot(blocker), every_n_iter=1)
-    with pytest.raises(SnapshotError, match="cannot write"):
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match="is a file, not a folder; pass a folder"):
         solver.solve(net)
+    # The break before the Snapshot break would run at iteration 0.
+    assert breaks_run == []
     assert blocker.read_text() == "not a folder"
+
+
+class RecordIterations(CoffeeBreak):
+    def __init__(self, iterations):
+        self.iterations = iterations
+
+    def enjoy(self, solver, net):
+        self.iterations.append(solver.state.iter)
 
 
 def test_unnamed_layer_message():

@@ -63,6 +63,8 @@ def test_snapshot_folder_lists_pairs(tmp_path):
     train(tmp_path, 4, snapshot_every=2)
     names = sorted(entry.name for entry in tmp_path.iterdir())
     assert names == [
+        # The lock that solve() holds while it trains (training_locks).
+        ".mochac-solve.lock",
         "snapshot-000000.h5",
         "snapshot-000000.h5.sha256",
         "snapshot-000002.h5",

@@ -32,11 +32,6 @@ import shutil
 import sys
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # Windows: packages are written without the lock.
-    fcntl = None
-
 from mochac.codegen.build import cpu_signature, source_digest
 from mochac.durable_files import (
     TEMPORARY_NAME,
@@ -45,6 +40,7 @@ from mochac.durable_files import (
     writer_may_run,
 )
 from mochac.errors import ConfigError
+from mochac.file_locks import output_folder_lock
 from mochac.layers.data import HDF5DataLayer
 from mochac.runtime.compiled_module import METADATA, PARAMS
 from mochac.runtime.snapshot import save_snapshot
@@ -321,42 +317,6 @@ def remove_stale_staging(out_dir: Path, package: str) -> None:
         ):
             logger.info("removing %s, left by a compile that did not finish", entry)
             shutil.rmtree(entry, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def output_folder_lock(out_dir: Path):
-    """Hold an exclusive flock(2) on the folder ``out_dir`` itself.
-
-    The lock needs no lock file, so the folder contains only packages. Where
-    there is no fcntl (Windows), or the file system cannot lock (some
-    network file systems, which also log a warning), the block runs
-    unlocked, and replace_package reports a run that collides with it.
-    """
-    if fcntl is None:
-        yield
-        return
-    descriptor = os.open(out_dir, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info(
-                "%s: waiting for another process to finish writing packages here",
-                out_dir,
-            )
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
-        except OSError as error:
-            logger.warning(
-                "%s: cannot lock the folder (%s); writing packages without the "
-                "lock, so do not run another mochac compile into it at the "
-                "same time",
-                out_dir,
-                error.strerror or error,
-            )
-        yield
-    finally:
-        # Closing the descriptor releases the lock.
-        os.close(descriptor)
 
 
 def with_embedded_means(layer):

@@ -10,6 +10,7 @@ import logging
 import os
 from pathlib import Path
 
+from mochac.durable_files import special_file_kind
 from mochac.errors import ConfigError
 from mochac.runtime.net import statistic_key
 from mochac.runtime.net_checks import check_net
@@ -95,6 +96,7 @@ class Snapshot(CoffeeBreak):
                 "Snapshot('snapshots')"
             )
         self.folder = Path(folder)
+        check_snapshot_folder(self.folder)
 
     def identity(self) -> str:
         # The folder's name only, so that a run moved elsewhere still matches.
@@ -102,6 +104,21 @@ class Snapshot(CoffeeBreak):
 
     def enjoy(self, solver, net):
         solver.save_snapshot(snapshot_path(self.folder, solver.state.iter))
+
+
+def check_snapshot_folder(folder: Path) -> None:
+    """Raise ConfigError when ``folder`` exists and is not a folder, so that
+    a Snapshot break could write no snapshot into it."""
+    if not os.path.lexists(folder) or folder.is_dir():
+        return
+    if not folder.exists():
+        kind = "a symbolic link to a missing path"
+    else:
+        kind = special_file_kind(folder) or "a file"
+    raise ConfigError(
+        f"Snapshot folder {folder} is {kind}, not a folder; pass a folder path, "
+        "such as Snapshot('snapshots'), which solve() creates if missing"
+    )
 
 
 class ValidationPerformance(CoffeeBreak):

@@ -18,7 +18,9 @@ iteration k is the loss after k updates.
 The solver parameters are in mochac.runtime.solver_parameters, the resume
 from a snapshot in mochac.runtime.snapshot_resume, the warnings before
 training in mochac.runtime.mixed_output_warnings and the check for
-non-finite parameters in mochac.runtime.non_finite_parameters.
+non-finite parameters in mochac.runtime.non_finite_parameters, and the locks
+of the folders and files that a training writes in
+mochac.runtime.training_locks.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from mochac.runtime.solvers import (
     Nesterov,
     summed_gradients,
 )
+from mochac.runtime.training_locks import training_locks
 from mochac.values import as_int, as_real
 
 # MODEL_SUFFIXES, SOLVER_KEYS, SolverParameters, gradient_origin and
@@ -310,6 +313,15 @@ class Solver:
         check_solver = getattr(params["lr_policy"], "check_solver", None)
         if check_solver is not None:
             check_solver(self)
+        # The locks go before the resume, so that no run resumes from a
+        # folder that another training writes into.
+        with training_locks(self, net):
+            return self._resume_and_train(net)
+
+    def _resume_and_train(self, net):
+        """Resume from load_from, if it names a snapshot, and train; return
+        the solver state."""
+        params = self.params
         # Listeners such as LRPolicy.DecayOnValidation reach the net here.
         self.net = net
         snapshot_resume.restore(self, net)
