@@ -295,6 +295,42 @@ def test_stop_at_iteration_0_runs_only_unfinished_breaks():
     assert last.seen == [0, 2]
 
 
+def test_resume_from_iteration_0_skips_first_round(tmp_path, monkeypatch):
+    """A run stopped after the breaks of iteration 0 and resumed from its
+    snapshot of iteration 0 runs those breaks once in all, and writes that
+    snapshot no third time, as the uninterrupted run does."""
+    straight_net = make_net()
+    make_solver(4).solve(straight_net)
+
+    solver = make_solver(4, tmp_path)
+    before, after = IterationLog(), IterationLog()
+    solver.add_coffee_break(before, every_n_iter=4)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=4)
+    solver.add_coffee_break(after, every_n_iter=4)
+    solver.add_coffee_break(InterruptOnce(at=1), every_n_iter=1)
+    with pytest.raises(KeyboardInterrupt):
+        solver.solve(make_net())
+    assert before.seen == [0]
+    assert after.seen == [0]
+    assert sorted(path.name for path in tmp_path.glob("snapshot-*.h5")) == [
+        "snapshot-000000.h5"
+    ]
+
+    writes = count_snapshot_writes(monkeypatch)
+    resumed = make_net(seed=99)
+    solver = make_solver(4, tmp_path)
+    before, after = IterationLog(), IterationLog()
+    solver.add_coffee_break(before, every_n_iter=4)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=4)
+    solver.add_coffee_break(after, every_n_iter=4)
+    solver.solve(resumed)
+    assert solver.start_iter == 0
+    assert before.seen == [4]
+    assert after.seen == [4]
+    assert writes["snapshot-000000.h5"] == 0
+    assert_same_params(resumed, straight_net)
+
+
 def test_snapshots_list_no_finished_breaks(tmp_path, caplog):
     """Each snapshot was saved before the break after it ran. Once that
     break has finished, the solver saves the snapshot again without it, so

@@ -335,6 +335,11 @@ class Solver:
         pending = self._pending_breaks
         if pending is not None and pending[0] != state.iter:
             pending = None
+        if pending is None and self._resumed_from is not None and state.iter == 0:
+            # A snapshot of iteration 0 that lists no break still due was
+            # saved once every break due there had run, so a resume from it
+            # runs none of them again, as the uninterrupted run did not.
+            pending = (0, [])
         if state.iter > 0 and state.iter >= params["max_iter"] and pending is None:
             logger.info(
                 "net '%s' is already at iteration %d, max_iter=%d; nothing to train "
