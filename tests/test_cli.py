@@ -926,6 +926,23 @@ def test_compile_warns_replacing_other_net(tmp_path, caplog):
     assert meta["source_file"] == str(second.resolve())
 
 
+def test_compile_logs_parameters_as_package_file(tmp_path, caplog):
+    """The package's params.h5 is no snapshot, so the log does not call it one."""
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.DEBUG):
+        assert main(["compile", str(net_file), "-o", str(out)]) == 0
+    messages = [record.getMessage() for record in caplog.records]
+    assert not [message for message in messages if "snapshot" in message]
+    wrote = [message for message in messages if "compile-time parameters" in message]
+    assert len(wrote) == 1
+    assert (
+        "wrote the compile-time parameters of net 'tiny-net' (params.h5)" in (wrote[0])
+    )
+    assert "into the package being written at" in wrote[0]
+
+
 def test_compile_removes_stale_staging(tmp_path):
     from mochac.durable_files import host_tag
 

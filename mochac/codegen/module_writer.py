@@ -43,7 +43,7 @@ from mochac.errors import ConfigError
 from mochac.file_locks import output_folder_lock
 from mochac.layers.data import HDF5DataLayer
 from mochac.runtime.compiled_module import METADATA, PARAMS
-from mochac.runtime.snapshot import save_snapshot
+from mochac.runtime.snapshot import write_snapshot
 from mochac.serialize import to_json
 from mochac.transformers import SubMean
 from mochac.version import __version__
@@ -214,7 +214,15 @@ def fill_package(folder: Path, net, source_file: Path) -> None:
     extension = net.extension_path.name
     shutil.copyfile(net.extension_path, folder / extension)
     (folder / "net.c").write_text(net.source)
-    save_snapshot(folder / PARAMS, net)
+    write_snapshot(folder / PARAMS, net)
+    # ``folder`` is the package's temporary name until replace_package.
+    logger.debug(
+        "wrote the compile-time parameters of net '%s' (%s) into the package "
+        "being written at %s",
+        net.name,
+        PARAMS,
+        folder,
+    )
     meta = {
         "name": net.name,
         "source_file": str(source_file.resolve()),

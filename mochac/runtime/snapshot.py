@@ -340,8 +340,16 @@ def check_net_and_path(call: str, net, path, arguments: tuple) -> None:
 
 
 def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> Path:
+    """Write the net's parameters and, when given, the solver state to
+    ``path`` (write_snapshot), and log the save."""
+    path = write_snapshot(path, net, solver_state, history, buffers)
+    logger.info("saved snapshot %s", path)
+    return path
+
+
+def write_snapshot(path, net, solver_state=None, history=None, buffers=None) -> Path:
     """Write the net's parameters and, when given, the solver state to ``path``,
-    with the file's SHA-256 digest in ``<path>.sha256``.
+    with the file's SHA-256 digest in ``<path>.sha256``; log nothing.
 
     ``buffers`` maps a buffer name to a dict from (layer, param) to the
     method's array for that parameter. ``history`` is short for
@@ -434,7 +442,6 @@ def save_snapshot(path, net, solver_state=None, history=None, buffers=None) -> P
             f"cannot write {path}: {first_line(error)}; two layer names map to the "
             "same HDF5 path: rename one of the layers"
         ) from error
-    logger.info("saved snapshot %s", path)
     return Path(path)
 
 
