@@ -4,6 +4,11 @@ mochac compile net.py [-o DIR]        one importable module per Net in net.py
 mochac bench NET                      time a built-in net or a net file's Net
                                       against PyTorch
 mochac plot statistics.h5 [-o PNG]    draw learning curves
+
+Every command exits with status 0 when it succeeds, 2 when an argument names
+a missing file or an invalid value (UsageError, as argparse does), and 1 when
+the work itself fails, such as a net file that raises (a SyntaxError in it
+is status 2) or a file that holds no statistics.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mochac.durable_files import special_file_kind
 from mochac.errors import ConfigError, MochacError
 from mochac.layers.output import OutputLayer
 from mochac.passes.pipeline import PASS_NAMES
@@ -683,9 +689,28 @@ def print_profile(report, factory, args) -> None:
     print(format_profile(ours, theirs))
 
 
+def check_statistics_file(path: Path) -> None:
+    """Raise UsageError unless ``path`` is a regular file. A file that is not
+    a statistics file fails later, as a DataError (exit status 1)."""
+    if path.is_file():
+        return
+    kind = special_file_kind(path)
+    if path.is_dir():
+        problem = "is a folder"
+    elif kind is not None:
+        problem = f"is {kind}, not a regular file"
+    else:
+        problem = "file not found"
+    raise UsageError(
+        f"{path}: {problem}; pass the statistics file that setup_coffee_lounge "
+        "saved, such as snapshots/statistics.h5"
+    )
+
+
 def plot_command(args) -> int:
     from mochac.plot import image_formats, plot_statistics
 
+    check_statistics_file(Path(args.statistics))
     try:
         import matplotlib  # the check of an optional dependency
     except ImportError as error:

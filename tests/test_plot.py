@@ -95,6 +95,19 @@ def test_plot_missing_file_message(tmp_path, kind):
     assert "file_exists" not in message
 
 
+@pytest.mark.parametrize("kind", ["missing", "folder"])
+def test_plot_command_missing_file_is_usage_error(tmp_path, caplog, kind):
+    """A missing input file exits 2, as in mochac compile."""
+    path = tmp_path / "nosuch.h5"
+    if kind == "folder":
+        path.mkdir()
+    out = tmp_path / "curve.png"
+    assert main(["plot", str(path), "-o", str(out)]) == 2
+    expected = "is a folder" if kind == "folder" else "file not found"
+    assert f"{path}: {expected}; pass the statistics file" in caplog.text
+    assert not out.exists()
+
+
 def test_plot_without_matplotlib(tmp_path, caplog, monkeypatch):
     """A fresh `pip install .` lacks the [plot] extra."""
     stats = lounge_file(tmp_path)
