@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -293,3 +294,34 @@ def test_train_names_missing_data(tmp_path, capsys):
     message = capsys.readouterr().err
     assert f"{tmp_path} has no train.txt or test.txt" in message
     assert "prepare_data.py --source DIR" in message
+
+
+def test_ctrl_c_names_resume_snapshot(prepared, tmp_path):
+    _, out = prepared
+    snapshots = tmp_path / "snapshots"
+    command = [sys.executable, str(CIFAR_DIR / "train.py"), "--data", str(out)]
+    command += ["--snapshots", str(snapshots), "--max-iter", "1000000000"]
+    command += ["--batch-size", "10", "--filters", "4,4,4", "--summary-every", "1"]
+    command += ["--test-every", "1000000", "--threads", "1"]
+    # A shell that starts jobs in the background makes them ignore SIGINT,
+    # so the child gets Python's default handler back.
+    process = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        # Iteration 3 comes after the snapshot of iteration 0.
+        if "000003 :: TRAIN" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    rest = process.communicate(timeout=120)[1]
+    stderr = "".join(lines) + rest
+    assert process.returncode == 130
+    assert "net 'CIFAR10-train': training stopped by Ctrl-C at iteration" in stderr
+    resume = f"resumes from {snapshots / 'snapshot-000000.h5'} (iteration 0)"
+    assert resume in stderr
+    assert "Traceback" not in stderr

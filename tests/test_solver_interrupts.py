@@ -1624,3 +1624,19 @@ def test_break_error_ctrl_c_saves_both(default_sigint, monkeypatch, tmp_path):
         path = tmp_path / folder / "snapshot-000000.h5"
         with mochac.runtime.snapshot.open_model(path) as handle:
             assert json.loads(handle["solver"].attrs["pending_breaks"]) == [3], folder
+
+
+def test_exit_on_ctrl_c_without_load_from(caplog):
+    from mochac.runtime.ctrl_c import exit_on_ctrl_c
+
+    solver = make_solver(6)
+    solver.add_coffee_break(InterruptOnce(at=2), every_n_iter=1)
+    with pytest.raises(SystemExit) as raised:
+        with exit_on_ctrl_c(solver):
+            solver.solve(make_net("stopped"))
+    assert raised.value.code == 130
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [
+        "net 'stopped': training stopped by Ctrl-C at iteration 2; the solver has "
+        "no load_from, so a rerun starts from iteration 0"
+    ]

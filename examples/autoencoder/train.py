@@ -86,6 +86,7 @@ from mochac import (
     solve,
     unfreeze,
 )
+from mochac.runtime.ctrl_c import exit_on_ctrl_c
 
 HERE = Path(__file__).resolve().parent
 MNIST_DIR = HERE.parent / "mnist"
@@ -302,7 +303,9 @@ def pretrain(backend, args, data_layer, rename_layer, hidden) -> list[dict]:
             args.summary_every,
         )
         start = time.perf_counter()
-        solve(solver, da)
+        # A Ctrl-C logs where a rerun resumes and exits with status 130.
+        with exit_on_ctrl_c(solver):
+            solve(solver, da)
         seconds = time.perf_counter() - start
         losses = solver.lounge.statistics.get("obj_val", {})
         iterations = sorted(losses)
@@ -350,7 +353,8 @@ def finetune(backend, args, name, train_layers, test_layers) -> dict:
     add_coffee_break(solver, validation, every_n_iter=args.test_every)
 
     start = time.perf_counter()
-    solve(solver, net)
+    with exit_on_ctrl_c(solver):
+        solve(solver, net)
     seconds = time.perf_counter() - start
     stats = validation.evaluate()
     accuracy = stats["test-accuracy-accuracy"]

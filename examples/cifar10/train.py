@@ -45,6 +45,7 @@ from mochac import (
     shutdown,
     solve,
 )
+from mochac.runtime.ctrl_c import exit_on_ctrl_c
 
 HERE = Path(__file__).resolve().parent
 logger = logging.getLogger("cifar10")
@@ -211,7 +212,9 @@ def main(argv=None):
     add_coffee_break(solver, validation, every_n_iter=args.test_every)
 
     start = time.perf_counter()
-    state = solve(solver, net)
+    # A Ctrl-C logs where a rerun resumes and exits with status 130.
+    with exit_on_ctrl_c(solver):
+        state = solve(solver, net)
     elapsed = time.perf_counter() - start
     trained = state.iter - solver.start_iter
     logger.info(

@@ -11,7 +11,6 @@ statistics to snapshots/statistics.h5, and the validation accuracy on the
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from mochac import (
     shutdown,
     solve,
 )
-from mochac.runtime.snapshot import snapshot_iterations
+from mochac.runtime.ctrl_c import exit_on_ctrl_c
 
 HERE = Path(__file__).resolve().parent
 logger = logging.getLogger("mnist")
@@ -87,20 +86,6 @@ def parse_args():
     return args
 
 
-def report_interrupt(iteration: int, folder: Path) -> None:
-    """Log the iteration a Ctrl-C stopped at and where a rerun resumes."""
-    found = snapshot_iterations(folder)
-    if found:
-        newest_iter, newest = max(found)
-        resume = (
-            f"running the same command again resumes from {newest} "
-            f"(iteration {newest_iter})"
-        )
-    else:
-        resume = f"{folder} contains no snapshot yet, so a rerun starts from scratch"
-    logger.warning("training stopped by Ctrl-C at iteration %d; %s", iteration, resume)
-
-
 def main():
     args = parse_args()
     log_to_console()
@@ -146,12 +131,9 @@ def main():
     add_coffee_break(solver, validation, every_n_iter=1000)
 
     start = time.perf_counter()
-    try:
+    # A Ctrl-C logs where a rerun resumes and exits with status 130.
+    with exit_on_ctrl_c(solver):
         state = solve(solver, net)
-    except KeyboardInterrupt:
-        report_interrupt(solver.state.iter, args.snapshots)
-        # 128 + SIGINT, the status a shell reports for a Ctrl-C.
-        sys.exit(130)
     elapsed = time.perf_counter() - start
     if state.iter % 5000:
         # A run shorter than the snapshot interval (--max-iter 300) would

@@ -1,0 +1,58 @@
+"""A Ctrl-C in a training script: one log line and exit status 130, in place
+of a KeyboardInterrupt traceback.
+
+    with exit_on_ctrl_c(solver):
+        solve(solver, net)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+from mochac.runtime.snapshot import snapshot_iterations
+
+logger = logging.getLogger(__name__)
+
+# 128 + SIGINT, the status a shell reports for a process that a Ctrl-C ended.
+CTRL_C_EXIT_STATUS = 130
+
+
+@contextlib.contextmanager
+def exit_on_ctrl_c(solver):
+    """Turn a KeyboardInterrupt in the block into a warning and SystemExit(130).
+
+    The warning names the iteration ``solver`` stopped at and where running
+    the same script again resumes: the newest snapshot in the solver's
+    load_from folder. For the warning to show, the script calls
+    log_to_console() first.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        logger.warning("%s", interrupt_report(solver))
+        raise SystemExit(CTRL_C_EXIT_STATUS) from None
+
+
+def interrupt_report(solver) -> str:
+    """Describe where a Ctrl-C stopped ``solver`` and where a rerun resumes."""
+    net = f"net '{solver.net.name}': " if solver.net is not None else ""
+    stopped = f"{net}training stopped by Ctrl-C at iteration {solver.state.iter}"
+    return f"{stopped}; {resume_point_of_rerun(solver.params.get('load_from'))}"
+
+
+def resume_point_of_rerun(load_from) -> str:
+    """Describe where a solver with this load_from starts when run again."""
+    if not load_from:
+        return "the solver has no load_from, so a rerun starts from iteration 0"
+    path = Path(load_from)
+    if path.is_file():
+        return f"a rerun starts from {path} again, because load_from names that file"
+    found = snapshot_iterations(path)
+    if not found:
+        return f"{path} contains no snapshot yet, so a rerun starts from scratch"
+    iteration, newest = max(found)
+    return (
+        f"running the same command again resumes from {newest} (iteration {iteration})"
+    )
