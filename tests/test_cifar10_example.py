@@ -11,6 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from default_sigint import script_command
 
 from mochac import MemoryDataLayer
 from mochac.ir import build_ir
@@ -299,18 +300,11 @@ def test_train_names_missing_data(tmp_path, capsys):
 def test_ctrl_c_names_resume_snapshot(prepared, tmp_path):
     _, out = prepared
     snapshots = tmp_path / "snapshots"
-    command = [sys.executable, str(CIFAR_DIR / "train.py"), "--data", str(out)]
+    command = script_command(CIFAR_DIR / "train.py") + ["--data", str(out)]
     command += ["--snapshots", str(snapshots), "--max-iter", "1000000000"]
     command += ["--batch-size", "10", "--filters", "4,4,4", "--summary-every", "1"]
     command += ["--test-every", "1000000", "--threads", "1"]
-    # A shell that starts jobs in the background makes them ignore SIGINT,
-    # so the child gets Python's default handler back.
-    process = subprocess.Popen(
-        command,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     lines = []
     for line in process.stderr:
         lines.append(line)

@@ -931,7 +931,7 @@ def test_compile_logs_parameters_as_package_file(tmp_path, caplog):
     net_file = tmp_path / "net.py"
     net_file.write_text(NET_FILE)
     out = tmp_path / "out"
-    with caplog.at_level(logging.DEBUG):
+    with caplog.at_level(logging.DEBUG, logger="mochac"):
         assert main(["compile", str(net_file), "-o", str(out)]) == 0
     messages = [record.getMessage() for record in caplog.records]
     assert not [message for message in messages if "snapshot" in message]

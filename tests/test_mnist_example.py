@@ -9,20 +9,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from default_sigint import script_command
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mnist"
 TRAIN = EXAMPLE / "train.py"
 PREDICT = EXAMPLE / "predict.py"
-
-# Runs the script named by its first argument, as `python SCRIPT ARGS` would,
-# with Python's default SIGINT handler.
-RUN_WITH_DEFAULT_SIGINT = (
-    "import os, runpy, signal, sys; "
-    "signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "sys.argv = sys.argv[1:]; "
-    "sys.path[0] = os.path.dirname(sys.argv[0]); "
-    "runpy.run_path(sys.argv[0], run_name='__main__')"
-)
 
 
 def run_train(*options):
@@ -64,10 +55,7 @@ def write_tiny_mnist(folder):
 def test_ctrl_c_names_resume_snapshot(tmp_path):
     write_tiny_mnist(tmp_path)
     snapshots = tmp_path / "snapshots"
-    # A shell that starts jobs in the background makes them ignore SIGINT,
-    # so the child installs Python's default handler before the script runs.
-    command = [sys.executable, "-c", RUN_WITH_DEFAULT_SIGINT, str(TRAIN)]
-    command += ["--data", str(tmp_path)]
+    command = script_command(TRAIN) + ["--data", str(tmp_path)]
     command += ["--snapshots", str(snapshots), "--max-iter", "1000000000"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     lines = []

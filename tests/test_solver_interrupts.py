@@ -1631,12 +1631,13 @@ def test_exit_on_ctrl_c_without_load_from(caplog):
 
     solver = make_solver(6)
     solver.add_coffee_break(InterruptOnce(at=2), every_n_iter=1)
-    with pytest.raises(SystemExit) as raised:
-        with exit_on_ctrl_c(solver):
-            solver.solve(make_net("stopped"))
+    with pytest.raises(SystemExit) as raised, exit_on_ctrl_c(solver):
+        solver.solve(make_net("stopped"))
     assert raised.value.code == 130
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warnings == [
-        "net 'stopped': training stopped by Ctrl-C at iteration 2; the solver has "
-        "no load_from, so a rerun starts from iteration 0"
+        (
+            "net 'stopped': training stopped by Ctrl-C at iteration 2; the solver has "
+            "no load_from, so a rerun starts from iteration 0"
+        )
     ]

@@ -1,0 +1,23 @@
+"""A command prefix that runs a Python script with the default SIGINT handler.
+
+A shell that starts jobs in the background makes them ignore SIGINT, and a
+child process inherits that. Tests that send a Ctrl-C to an example script
+run it through this prefix, in place of a preexec_fn, which is unsafe in a
+process with threads.
+"""
+
+import sys
+
+# Runs the script named by its first argument, as `python SCRIPT ARGS` would.
+RUN_WITH_DEFAULT_SIGINT = (
+    "import os, runpy, signal, sys; "
+    "signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv = sys.argv[1:]; "
+    "sys.path[0] = os.path.dirname(sys.argv[0]); "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
+def script_command(script) -> list[str]:
+    """Return the command that runs ``script`` with the default SIGINT handler."""
+    return [sys.executable, "-c", RUN_WITH_DEFAULT_SIGINT, str(script)]
