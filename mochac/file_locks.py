@@ -5,7 +5,8 @@ into place, and waits for another compile that holds it (output_folder_lock).
 ``solve()`` locks a file in each folder it writes into and fails at once when
 another run holds it (holder_lock). The kernel releases a flock when its
 holder exits, however it exits, so a lock file that a killed process left
-behind locks nothing.
+behind locks nothing. A child of fork() closes its copies of the lock
+descriptors at once, so it holds no lock of its parent.
 
 Where Python has no fcntl (Windows), both run without the lock and log that.
 Where the file system cannot lock (some network file systems), both log a
@@ -27,6 +28,39 @@ except ImportError:  # Windows
     fcntl = None
 
 logger = logging.getLogger(__name__)
+
+# The descriptors of the locks this process holds. A child of fork() gets
+# copies that share each lock with its parent, so the lock would stay held
+# while the child runs, after the parent released it or was killed. The
+# child closes its copies at the fork (_close_after_fork).
+_LOCK_DESCRIPTORS: set[int] = set()
+
+
+def _open_lock_descriptor(path: Path, flags: int, mode: int = 0o777) -> int:
+    descriptor = os.open(path, flags, mode)
+    _LOCK_DESCRIPTORS.add(descriptor)
+    return descriptor
+
+
+def _close_lock_descriptor(descriptor: int) -> None:
+    """Close a descriptor of _open_lock_descriptor, which releases its lock,
+    unless a fork closed it already in this process."""
+    if descriptor in _LOCK_DESCRIPTORS:
+        _LOCK_DESCRIPTORS.discard(descriptor)
+        os.close(descriptor)
+
+
+def _close_after_fork() -> None:
+    # Closing a copy releases nothing while the parent's descriptor is open.
+    # flock(LOCK_UN) would release the parent's lock too.
+    for descriptor in _LOCK_DESCRIPTORS:
+        with contextlib.suppress(OSError):
+            os.close(descriptor)
+    _LOCK_DESCRIPTORS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_after_fork)
 
 
 class LockHeld(Exception):
@@ -70,7 +104,7 @@ def output_folder_lock(out_dir: Path):
         logger.info("%s: no fcntl on this platform; writing without a lock", out_dir)
         yield
         return
-    descriptor = os.open(out_dir, os.O_RDONLY)
+    descriptor = _open_lock_descriptor(out_dir, os.O_RDONLY)
     try:
         unlocked = (
             "writing packages without the lock, so do not run another mochac "
@@ -85,7 +119,7 @@ def output_folder_lock(out_dir: Path):
         yield
     finally:
         # Closing the descriptor releases the lock.
-        os.close(descriptor)
+        _close_lock_descriptor(descriptor)
 
 
 @contextlib.contextmanager
@@ -110,7 +144,7 @@ def holder_lock(lock_file: Path, purpose: str, unlocked: str):
         )
         yield
         return
-    descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    descriptor = _open_lock_descriptor(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         if not try_exclusive_flock(descriptor, lock_file, unlocked):
             raise LockHeld(lock_file, read_holder(descriptor))
@@ -126,7 +160,7 @@ def holder_lock(lock_file: Path, purpose: str, unlocked: str):
             os.pwrite(descriptor, json.dumps(record).encode("utf-8") + b"\n", 0)
         yield
     finally:
-        os.close(descriptor)
+        _close_lock_descriptor(descriptor)
 
 
 def held_by(lock_file: Path) -> tuple[bool, dict | None]:

@@ -260,3 +260,70 @@ def test_no_fcntl_trains_unlocked(tmp_path, monkeypatch, caplog):
     assert solver.state.iter == 1
     assert "no fcntl on this platform, so this run takes no lock" in caplog.text
     assert not (folder / SNAPSHOT_FOLDER_LOCK).exists()
+
+
+def fork_waiting_child() -> tuple[int, int]:
+    """Fork a child that waits until the returned pipe end is closed, as a
+    worker process started with fork does. Return its pid and that end once
+    the child runs, which is after the fork handlers ran in it."""
+    started_read, started_write = os.pipe()
+    stop_read, stop_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(started_read)
+        os.close(stop_write)
+        os.write(started_write, b"x")
+        os.read(stop_read, 1)
+        os._exit(0)
+    os.close(started_write)
+    os.close(stop_read)
+    assert os.read(started_read, 1) == b"x"
+    os.close(started_read)
+    return pid, stop_write
+
+
+def stop_child(pid: int, stop_write: int) -> None:
+    os.close(stop_write)
+    os.waitpid(pid, 0)
+
+
+class ForkChild(CoffeeBreak):
+    """Fork a child process once, from the first break."""
+
+    def __init__(self):
+        self.child = None
+
+    def enjoy(self, solver, net):
+        if self.child is None:
+            self.child = fork_waiting_child()
+
+
+def test_forked_child_holds_no_training_lock(tmp_path):
+    """A child that a coffee break forks shares the open lock files, and
+    with them the flocks, until it closes them. It closes them at the
+    fork, so the locks end with solve() even while the child runs."""
+    folder = tmp_path / "snapshots"
+    statistics = tmp_path / "statistics.h5"
+    solver = make_solver(folder, statistics=statistics)
+    forks = ForkChild()
+    solver.add_coffee_break(forks, every_n_iter=1)
+    solver.solve(make_net())
+    try:
+        assert file_locks.held_by(folder / SNAPSHOT_FOLDER_LOCK) == (False, None)
+        second = make_solver(folder, statistics=statistics, max_iter=2)
+        second.solve(make_net())
+        assert second.state.iter == 2
+    finally:
+        stop_child(*forks.child)
+
+
+def test_forked_child_holds_no_output_lock(tmp_path):
+    with file_locks.output_folder_lock(tmp_path):
+        child = fork_waiting_child()
+    descriptor = os.open(tmp_path, os.O_RDONLY)
+    try:
+        taken = file_locks.try_exclusive_flock(descriptor, tmp_path, "")
+    finally:
+        os.close(descriptor)
+        stop_child(*child)
+    assert taken
