@@ -144,7 +144,16 @@ def holder_lock(lock_file: Path, purpose: str, unlocked: str):
         )
         yield
         return
-    descriptor = _open_lock_descriptor(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        # 0o666 less the umask, as for the snapshots, so that a group that
+        # shares the folder can write the record.
+        descriptor = _open_lock_descriptor(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        # Another user's run created the lock file. flock needs no write
+        # access, so the lock works, but without this run's record.
+        # NOTE: the file then keeps the record of that earlier run, which a
+        # run that finds the lock held names as the holder.
+        descriptor = _open_lock_descriptor(lock_file, os.O_RDONLY)
     try:
         if not try_exclusive_flock(descriptor, lock_file, unlocked):
             raise LockHeld(lock_file, read_holder(descriptor))

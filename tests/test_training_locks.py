@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -327,3 +328,39 @@ def test_forked_child_holds_no_output_lock(tmp_path):
         os.close(descriptor)
         stop_child(*child)
     assert taken
+
+
+def test_lock_file_mode_follows_umask(tmp_path):
+    """A lock file is created like the snapshots beside it, 0o666 less the
+    umask, so a group that shares the folder can open it for writing."""
+    folder = tmp_path / "snapshots"
+    previous = os.umask(0o002)
+    try:
+        make_solver(folder).solve(make_net())
+    finally:
+        os.umask(previous)
+    mode = (folder / SNAPSHOT_FOLDER_LOCK).stat().st_mode & 0o777
+    assert mode == 0o664
+
+
+def test_lock_file_of_other_user_locks(tmp_path, monkeypatch):
+    """A lock file that this user cannot open for writing (another user's
+    run created it) is locked read-only, since flock needs no write access."""
+    folder = tmp_path / "snapshots"
+    lock_file = folder / SNAPSHOT_FOLDER_LOCK
+    folder.mkdir()
+    lock_file.write_text("")
+    real_open = os.open
+
+    def open_read_only(path, flags, *args, **kwargs):
+        if Path(path) == lock_file and flags & (os.O_RDWR | os.O_WRONLY):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_read_only)
+    solver = make_solver(folder)
+    solver.add_coffee_break(NestedSolve(folder), every_n_iter=1)
+    nested = solver.breaks[-1][0]
+    solver.solve(make_net("outer"))
+    assert solver.state.iter == 1
+    assert isinstance(nested.error, LockHeldError)
