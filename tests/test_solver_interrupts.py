@@ -1641,3 +1641,29 @@ def test_exit_on_ctrl_c_without_load_from(caplog):
             "no load_from, so a rerun starts from iteration 0"
         )
     ]
+
+
+def test_rerun_resume_point_descriptions(tmp_path):
+    from mochac.runtime.ctrl_c import resume_point_of_rerun
+
+    folder = tmp_path / "snapshots"
+    folder.mkdir()
+    assert resume_point_of_rerun(str(folder)) == (
+        f"{folder} contains no snapshot yet, so a rerun starts from scratch"
+    )
+    assert resume_point_of_rerun(str(tmp_path / "new")) == (
+        f"{tmp_path / 'new'} contains no snapshot yet, so a rerun starts from scratch"
+    )
+    for iteration in (2, 10):
+        (folder / f"snapshot-{iteration:06d}.h5").write_bytes(b"")
+    newest = folder / "snapshot-000010.h5"
+    assert resume_point_of_rerun(str(folder)) == (
+        f"running the same command again resumes from {newest} (iteration 10)"
+    )
+    assert resume_point_of_rerun(str(newest)) == (
+        f"a rerun starts from {newest} again, because load_from names that file"
+    )
+    missing = tmp_path / "model.h5"
+    assert resume_point_of_rerun(str(missing)) == (
+        f"a rerun fails, because load_from names the missing file {missing}"
+    )

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from mochac.runtime.snapshot import snapshot_iterations
+from mochac.runtime.snapshot_resume import MODEL_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,9 @@ def resume_point_of_rerun(load_from) -> str:
     path = Path(load_from)
     if path.is_file():
         return f"a rerun starts from {path} again, because load_from names that file"
+    if not path.exists() and path.suffix in MODEL_SUFFIXES:
+        # snapshot_resume.restore reads such a path as a file, not a folder.
+        return f"a rerun fails, because load_from names the missing file {path}"
     found = snapshot_iterations(path)
     if not found:
         return f"{path} contains no snapshot yet, so a rerun starts from scratch"
