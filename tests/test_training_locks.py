@@ -168,6 +168,72 @@ def test_load_from_held_folder_warns(tmp_path, holding_run, caplog):
     assert solver.state.iter == 2
 
 
+@pytest.mark.parametrize(
+    "spelling", ["file link", "folder link", "dot-dot", "relative"]
+)
+def test_held_statistics_file_named_another_way(
+    tmp_path, holding_run, monkeypatch, spelling
+):
+    """The lock of a statistics file belongs to the file that the path
+    names after resolving links and relative paths."""
+    held = tmp_path / "held"
+    if spelling == "file link":
+        statistics = tmp_path / "link.h5"
+        statistics.symlink_to(held / "statistics.h5")
+    elif spelling == "folder link":
+        (tmp_path / "linked").symlink_to(held, target_is_directory=True)
+        statistics = tmp_path / "linked" / "statistics.h5"
+    elif spelling == "dot-dot":
+        (tmp_path / "sub").mkdir()
+        statistics = tmp_path / "sub" / ".." / "held" / "statistics.h5"
+    else:
+        monkeypatch.chdir(tmp_path)
+        statistics = Path("held") / "statistics.h5"
+    solver = make_solver(tmp_path / "other", statistics=statistics)
+    with pytest.raises(LockHeldError) as raised:
+        solver.solve(make_net())
+    assert f"process {holding_run.pid}" in str(raised.value)
+    assert solver.state.iter == 0
+
+
+def test_held_snapshot_folder_named_another_way(tmp_path, holding_run):
+    """A link to a held Snapshot folder reaches the lock file inside it."""
+    (tmp_path / "linked").symlink_to(tmp_path / "held", target_is_directory=True)
+    solver = make_solver(tmp_path / "linked")
+    with pytest.raises(LockHeldError) as raised:
+        solver.solve(make_net())
+    assert f"process {holding_run.pid}" in str(raised.value)
+
+
+def test_load_from_file_in_held_folder_warns(tmp_path, holding_run, caplog):
+    """A load_from file in the Snapshot folder of another training gets a
+    warning, since that training may save the file again."""
+    snapshot = tmp_path / "held" / "snapshot-000000.h5"
+    solver = make_solver(tmp_path / "other", load_from=str(snapshot), max_iter=2)
+    solver.solve(make_net("holder"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(
+        f"load_from={str(snapshot)!r} is a file in the Snapshot folder of a "
+        "running training"
+        in message
+        and f"process {holding_run.pid}" in message
+        for message in warnings
+    ), warnings
+    assert solver.state.iter == 2
+
+
+def test_load_from_file_in_own_folder_no_warning(tmp_path, caplog):
+    folder = tmp_path / "snapshots"
+    make_solver(folder).solve(make_net())
+    solver = make_solver(
+        folder, load_from=str(folder / "snapshot-000001.h5"), max_iter=2
+    )
+    solver.solve(make_net())
+    assert solver.start_iter == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == []
+
+
 def test_folder_free_after_holder_ends(tmp_path, holding_run):
     # The holder's breaks read an empty line from then on, and it ends.
     holding_run.stdin.close()

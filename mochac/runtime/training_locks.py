@@ -7,7 +7,8 @@ the coffee lounge's statistics file ``<name>`` the lock file
 its own, not its folder's, because runs that save their statistics as
 different files of one folder do not collide. Reading needs no lock, so
 a load_from folder that no Snapshot break writes stays unlocked; a
-load_from folder that another training holds gets a warning. The locks
+load_from folder that another training holds, or a file in it, gets a
+warning. The locks
 are flocks (mochac.file_locks), which the kernel releases when their
 process exits.
 """
@@ -31,8 +32,20 @@ SNAPSHOT_FOLDER_LOCK = ".mochac-solve.lock"
 
 
 def statistics_lock_path(save_into: Path) -> Path:
-    """Return the lock file of the statistics file ``save_into``."""
-    return save_into.with_name(f".{save_into.name}.mochac-solve.lock")
+    """Return the lock file of the statistics file ``save_into``: beside the
+    file that the path names after resolving links and relative paths, so
+    that every path to one file gives one lock file.
+
+    A Snapshot folder needs no such step, because its lock file is inside
+    it, and every path to the folder reaches that one file.
+
+    NOTE: the coffee lounge saves by renaming a new file onto ``save_into``
+    (write_atomically), which replaces a link there with a regular file, so
+    a run that names the file through a link reads the linked file but
+    never writes it.
+    """
+    real = save_into.resolve()
+    return real.with_name(f".{real.name}.mochac-solve.lock")
 
 
 @contextlib.contextmanager
@@ -143,20 +156,37 @@ def _advice(holder: dict | None) -> str:
 
 def warn_if_load_from_in_use(solver, locked: list[Path]) -> None:
     """Log a warning when load_from names a folder that another training
-    holds, because this run then resumes from a snapshot of a run that is
-    still writing. ``locked`` lists the folders this run holds."""
+    holds, or a file in such a folder, because this run then resumes from a
+    snapshot of a run that is still writing. ``locked`` lists the folders
+    this run holds."""
     load_from = solver.params.get("load_from")
     if not load_from:
         return
-    folder = Path(load_from)
-    if not folder.is_dir() or any(folder.resolve() == own.resolve() for own in locked):
+    path = Path(load_from)
+    if path.is_dir():
+        folder = path
+        risk = (
+            "so this run resumes from a snapshot that the other run may replace "
+            "with a newer one"
+        )
+        kind = "is the Snapshot folder"
+    elif path.is_file():
+        folder = path.parent
+        risk = (
+            "which may save that file again, for example once the coffee breaks "
+            "after its Snapshot break have run"
+        )
+        kind = "is a file in the Snapshot folder"
+    else:
+        return
+    if any(folder.resolve() == own.resolve() for own in locked):
         return
     held, holder = held_by(folder / SNAPSHOT_FOLDER_LOCK)
     if held:
         logger.warning(
-            "load_from=%r is the Snapshot folder of a running training (%s), so "
-            "this run resumes from a snapshot that the other run may replace "
-            "with a newer one",
+            "load_from=%r %s of a running training (%s), %s",
             str(load_from),
+            kind,
             describe_holder(holder),
+            risk,
         )
