@@ -331,6 +331,43 @@ def test_resume_from_iteration_0_skips_first_round(tmp_path, monkeypatch):
     assert_same_params(resumed, straight_net)
 
 
+def test_old_snapshot_of_iteration_0_runs_breaks_again(tmp_path, caplog):
+    """Snapshots of older versions do not record which coffee breaks were
+    still due (no pending_breaks attribute). A resume from such a
+    snapshot of iteration 0 runs every break of iteration 0 again, since
+    the file may have been saved before the breaks after its Snapshot
+    break ran."""
+    solver = make_solver(4, tmp_path)
+    before, after = IterationLog(), IterationLog()
+    solver.add_coffee_break(before, every_n_iter=4)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=4)
+    solver.add_coffee_break(InterruptOnce(at=0), every_n_iter=4)
+    solver.add_coffee_break(after, every_n_iter=4)
+    with pytest.raises(KeyboardInterrupt):
+        solver.solve(make_net())
+    assert after.seen == []
+    path = tmp_path / "snapshot-000000.h5"
+    with h5py.File(path, "r+") as handle:
+        del handle["solver"].attrs["pending_breaks"]
+        del handle["solver"].attrs["coffee_breaks"]
+    (tmp_path / "snapshot-000000.h5.sha256").unlink()
+
+    solver = make_solver(4, tmp_path)
+    before, after = IterationLog(), IterationLog()
+    solver.add_coffee_break(before, every_n_iter=4)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=4)
+    solver.add_coffee_break(after, every_n_iter=4)
+    with caplog.at_level(logging.INFO, logger="mochac.runtime.solver"):
+        solver.solve(make_net(seed=99))
+    assert solver.start_iter == 0
+    assert before.seen == [0, 4]
+    assert after.seen == [0, 4]
+    assert f"{path} does not record which coffee breaks" in caplog.text
+    # The Snapshot break of iteration 0 wrote the file again, with the record.
+    with h5py.File(path, "r") as handle:
+        assert json.loads(handle["solver"].attrs["pending_breaks"]) == []
+
+
 def test_snapshots_list_no_finished_breaks(tmp_path, caplog):
     """Each snapshot was saved before the break after it ran. Once that
     break has finished, the solver saves the snapshot again without it, so
@@ -1643,6 +1680,64 @@ def test_exit_on_ctrl_c_without_load_from(caplog):
     ]
 
 
+def test_exit_on_ctrl_c_after_solve_returned(tmp_path, caplog):
+    """A Ctrl-C in the block after solve() returned (during a final
+    evaluation, say) did not stop training, and the warning reports that."""
+    from mochac.runtime.ctrl_c import exit_on_ctrl_c
+
+    solver = make_solver(4, tmp_path)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=4)
+    with pytest.raises(SystemExit) as raised, exit_on_ctrl_c(solver):
+        solver.solve(make_net("finished"))
+        raise KeyboardInterrupt
+    assert raised.value.code == 130
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    newest = tmp_path / "snapshot-000004.h5"
+    assert warnings == [
+        (
+            "net 'finished': Ctrl-C after training finished at iteration 4 "
+            "(solve() had returned); running the same command again resumes from "
+            f"{newest} (iteration 4)"
+        )
+    ]
+
+
+def test_exit_on_ctrl_c_before_solve(caplog):
+    from mochac.runtime.ctrl_c import exit_on_ctrl_c
+
+    solver = make_solver(4)
+    with pytest.raises(SystemExit) as raised, exit_on_ctrl_c(solver):
+        raise KeyboardInterrupt
+    assert raised.value.code == 130
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [
+        (
+            "Ctrl-C before solve() was called; the solver has no load_from, so a "
+            "rerun starts from iteration 0"
+        )
+    ]
+
+
+def test_exit_on_ctrl_c_in_second_solve(caplog):
+    """A solve() that returned, then a second one that Ctrl-C stopped."""
+    from mochac.runtime.ctrl_c import exit_on_ctrl_c
+
+    solver = make_solver(2)
+    net = make_net("twice")
+    solver.add_coffee_break(InterruptOnce(at=3), every_n_iter=1)
+    with pytest.raises(SystemExit), exit_on_ctrl_c(solver):
+        solver.solve(net)
+        solver.params["max_iter"] = 4
+        solver.solve(net)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [
+        (
+            "net 'twice': training stopped by Ctrl-C at iteration 3; the solver has "
+            "no load_from, so a rerun starts from iteration 0"
+        )
+    ]
+
+
 def test_rerun_resume_point_descriptions(tmp_path):
     from mochac.runtime.ctrl_c import resume_point_of_rerun
 
@@ -1667,3 +1762,124 @@ def test_rerun_resume_point_descriptions(tmp_path):
     assert resume_point_of_rerun(str(missing)) == (
         f"a rerun fails, because load_from names the missing file {missing}"
     )
+
+
+@pytest.fixture
+def restore_sigusr1():
+    previous = signal.getsignal(signal.SIGUSR1)
+    yield
+    signal.signal(signal.SIGUSR1, previous)
+
+
+class CopySigintHandler(CoffeeBreak):
+    """Gives SIGUSR1 the SIGINT handler in place, at its first run."""
+
+    def enjoy(self, solver, net):
+        if solver.state.iter == 0:
+            signal.signal(signal.SIGUSR1, signal.getsignal(signal.SIGINT))
+
+
+def test_copied_sigint_handler_waits_for_step(
+    default_sigint, restore_sigusr1, monkeypatch
+):
+    """A coffee break copies the solver's SIGINT handler to SIGUSR1. A
+    SIGUSR1 in a step then acts as a Ctrl-C: it waits for the step's end
+    and raises KeyboardInterrupt, during the solve and after it."""
+    solver = make_solver(6)
+    log = IterationLog()
+    solver.add_coffee_break(CopySigintHandler(), every_n_iter=1)
+    solver.add_coffee_break(log, every_n_iter=1)
+    # The fourth call is the step of update 3.
+    send_signal_once(monkeypatch, at_call=4, signum=signal.SIGUSR1)
+    with pytest.raises(KeyboardInterrupt):
+        solver.solve(make_net())
+    assert solver.state.iter == 3
+    assert log.seen == [0, 1, 2]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    # The copy stays after the solve and still reaches Python's default.
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        signal.getsignal(signal.SIGUSR1)
+
+
+def test_copied_sigint_handler_in_break_and_nested_solve(
+    default_sigint, restore_sigusr1
+):
+    """A nested solve() starts under the copied handler, and a SIGUSR1 in a
+    coffee break raises KeyboardInterrupt at once, as a Ctrl-C does."""
+
+    class SignalAt4(CoffeeBreak):
+        def __init__(self):
+            self.finished = False
+
+        def enjoy(self, solver, net):
+            if solver.state.iter == 4:
+                os.kill(os.getpid(), signal.SIGUSR1)
+                # The handler raises before this line in a break.
+                self.finished = True
+
+    inner = make_solver(2)
+    outer = make_solver(6)
+    signalling = SignalAt4()
+    outer.add_coffee_break(CopySigintHandler(), every_n_iter=2)
+    outer.add_coffee_break(TrainOnce(inner, make_net("inner")), every_n_iter=2)
+    outer.add_coffee_break(signalling, every_n_iter=2)
+    with pytest.raises(KeyboardInterrupt):
+        outer.solve(make_net())
+    assert inner.state.iter == 2
+    assert outer.state.iter == 4
+    assert not signalling.finished
+
+
+def test_signal_during_pass_on_keeps_order(recording_handlers):
+    """A signal that arrives while the held ones are passed on reaches its
+    handler after them."""
+    from mochac.runtime.interrupts import held_signals
+
+    calls = recording_handlers
+    sent = []
+
+    def send_sigterm_once(signum, frame):
+        calls.append((signum, frame is not None))
+        if not sent:
+            sent.append(signum)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGUSR1, send_sigterm_once)
+    with held_signals():
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert calls == []
+    signal.getsignal(signal.SIGTERM)
+    assert [signum for signum, _ in calls] == [
+        signal.SIGUSR1,
+        signal.SIGUSR1,
+        signal.SIGTERM,
+    ]
+
+
+def test_signal_at_step_end_keeps_order(recording_handlers):
+    """A signal that arrives just after the step stops holding, before the
+    held ones are passed on, reaches its handler after them."""
+    from mochac.runtime.interrupts import StepInterrupts
+
+    class SignalWhenHoldEnds(StepInterrupts):
+        """Sends SIGTERM as soon as ``holding`` turns false with signals held."""
+
+        @property
+        def holding(self):
+            return self._holding
+
+        @holding.setter
+        def holding(self, value):
+            self._holding = value
+            if not value and getattr(self, "received", None):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    calls = recording_handlers
+    with SignalWhenHoldEnds("unit") as interrupts, interrupts.step():
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert calls == []
+    signal.getsignal(signal.SIGTERM)
+    assert [signum for signum, _ in calls] == [signal.SIGUSR1, signal.SIGTERM]

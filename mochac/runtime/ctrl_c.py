@@ -24,23 +24,36 @@ CTRL_C_EXIT_STATUS = 130
 def exit_on_ctrl_c(solver):
     """Turn a KeyboardInterrupt in the block into a warning and SystemExit(130).
 
-    The warning names the iteration ``solver`` stopped at and where running
-    the same script again resumes: the newest snapshot in the solver's
-    load_from folder. For the warning to show, the script calls
-    log_to_console() first.
+    The warning names the iteration ``solver`` stopped at, or states that
+    the Ctrl-C came before its solve() was called or after it returned. It
+    also names where running the same script again resumes: the newest
+    snapshot in the solver's load_from folder. For the warning to show, the script
+    calls log_to_console() first.
     """
+    calls_before = solver._solve_calls
     try:
         yield
     except KeyboardInterrupt:
-        logger.warning("%s", interrupt_report(solver))
+        started = solver._solve_calls > calls_before
+        logger.warning("%s", interrupt_report(solver, started))
         raise SystemExit(CTRL_C_EXIT_STATUS) from None
 
 
-def interrupt_report(solver) -> str:
-    """Describe where a Ctrl-C stopped ``solver`` and where a rerun resumes."""
+def interrupt_report(solver, started: bool) -> str:
+    """Describe where a Ctrl-C stopped ``solver`` and where a rerun resumes.
+    ``started`` is whether solve() was called in the block that the Ctrl-C
+    ended."""
     net = f"net '{solver.net.name}': " if solver.net is not None else ""
-    stopped = f"{net}training stopped by Ctrl-C at iteration {solver.state.iter}"
-    return f"{stopped}; {resume_point_of_rerun(solver.params.get('load_from'))}"
+    if not started:
+        event = f"{net}Ctrl-C before solve() was called"
+    elif solver._last_solve_returned:
+        event = (
+            f"{net}Ctrl-C after training finished at iteration {solver.state.iter} "
+            "(solve() had returned)"
+        )
+    else:
+        event = f"{net}training stopped by Ctrl-C at iteration {solver.state.iter}"
+    return f"{event}; {resume_point_of_rerun(solver.params.get('load_from'))}"
 
 
 def resume_point_of_rerun(load_from) -> str:

@@ -29,6 +29,7 @@ import contextlib
 import logging
 import signal
 import threading
+from typing import NamedTuple
 
 logger = logging.getLogger(__name__)
 
@@ -62,30 +63,70 @@ HELD_SIGNALS = tuple(
 )
 
 
+class HeldSignal(NamedTuple):
+    """A signal that a SignalHold received: the signal number and frame that
+    its handler gets, and the signal whose handler from before the hold
+    it goes to (``SignalForwarder.installed_for``)."""
+
+    signum: int
+    frame: object
+    installed_for: int
+
+
+class SignalForwarder:
+    """The handler that a SignalHold installs for the signal
+    ``installed_for``. Each signal it gets goes to the hold, which passes it
+    on to the handler that ``installed_for`` had before the hold.
+
+    A program may copy it to another signal, as in
+    ``signal.signal(signal.SIGUSR1, signal.getsignal(signal.SIGINT))``.
+    That signal then reaches the SIGINT handler from before the hold, with
+    its own signal number, as it would had the program copied that handler.
+    """
+
+    __slots__ = ("hold", "installed_for")
+
+    def __init__(self, hold: SignalHold, installed_for: int):
+        self.hold = hold
+        self.installed_for = installed_for
+
+    def __call__(self, signum, frame) -> None:
+        self.hold.receive(HeldSignal(signum, frame, self.installed_for))
+
+
 class SignalHold:
     """Handlers over every signal in HELD_SIGNALS that has a Python handler,
     installed by ``__enter__`` and restored by ``__exit__``.
 
     While ``holding`` is set, a signal is recorded in ``received``, and
     otherwise it goes on at once to the handler that was in place.
-    ``release()`` passes the recorded signals on. Outside the main thread
-    nothing is installed, since Python runs handlers in the main thread only.
+    ``release()`` passes the recorded signals on. Signals that arrive while
+    it runs go on after them, so every handler gets its signals in the
+    order they arrived. Outside the main thread nothing is installed, since
+    Python runs handlers in the main thread only.
     """
 
     def __init__(self):
         self.holding = False
-        # The (signal number, frame) of each signal held back, in order.
-        self.received: list[tuple[int, object]] = []
+        # The signals held back, in the order they arrived.
+        self.received: list[HeldSignal] = []
         # The handler that was in place, by signal number, for each signal
         # whose handler this hold replaced.
         self.previous: dict[int, object] = {}
+        # The handler installed in place of each of those.
+        self.forwarders: dict[int, SignalForwarder] = {}
+        # Whether release() is passing signals on, so that a signal which
+        # arrives meanwhile waits for the ones before it.
+        self._releasing = False
 
     def __enter__(self):
         if threading.current_thread() is not threading.main_thread():
             return self
         for signum in HELD_SIGNALS:
             if callable(signal.getsignal(signum)):
-                self.previous[signum] = signal.signal(signum, self._handle)
+                forwarder = SignalForwarder(self, signum)
+                self.previous[signum] = signal.signal(signum, forwarder)
+                self.forwarders[signum] = forwarder
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -94,35 +135,57 @@ class SignalHold:
         for signum, handler in self.previous.items():
             # A handler that replaced this hold's one (a handler that the
             # program installed in a coffee break, say) stays.
-            if signal.getsignal(signum) == self._handle:
+            if signal.getsignal(signum) is self.forwarders[signum]:
                 signal.signal(signum, handler)
 
-    def _handle(self, signum, frame) -> None:
-        if self.holding:
-            self._hold(signum, frame)
-        else:
-            self.previous[signum](signum, frame)
+    def receive(self, held: HeldSignal) -> None:
+        """Hold ``held`` back, or pass it on after the signals held before it."""
+        if self.holding and not self._releasing:
+            self._hold(held)
+            return
+        self.received.append(held)
+        self.release()
 
-    def _hold(self, signum, frame) -> None:
-        self.received.append((signum, frame))
+    def _hold(self, held: HeldSignal) -> None:
+        self.received.append(held)
+
+    def _skipped(self, held: HeldSignal) -> bool:
+        """Return whether release() drops ``held`` in place of passing it on."""
+        return False
 
     def release(self) -> None:
-        """Pass the held signals on, in the order they arrived."""
-        received, self.received = self.received, []
-        pass_on(received, self.previous)
+        """Pass the held signals on, in the order they arrived, and those
+        that arrive meanwhile after them.
 
-
-def pass_on(received, handlers) -> None:
-    """Call ``handlers[signum](signum, frame)`` for each (signum, frame) in
-    ``received``, in order. Each handler runs even when an earlier one
-    raised. The last exception propagates with the earlier ones as its
-    context, as when the signals arrive one by one."""
-    for index, (signum, frame) in enumerate(received):
+        Each handler runs even when an earlier one raised. The last
+        exception propagates with the earlier ones as its context, as when
+        the signals arrive one by one. Called again from a handler, it
+        returns at once, and the running call passes the signals on.
+        """
+        if self._releasing:
+            return
+        self._releasing = True
         try:
-            handlers[signum](signum, frame)
-        except BaseException:
-            pass_on(received[index + 1 :], handlers)
-            raise
+            self._pass_on()
+        finally:
+            self._releasing = False
+            # A signal that arrived after the last one was passed on, but
+            # before _releasing turned false, was only recorded.
+            if self.received:
+                self.release()
+
+    def _pass_on(self) -> None:
+        while self.received:
+            held = self.received.pop(0)
+            if self._skipped(held):
+                continue
+            try:
+                self.previous[held.installed_for](held.signum, held.frame)
+            except BaseException:
+                # The rest run inside this handler, so that an exception
+                # they raise has this one as its context.
+                self._pass_on()
+                raise
 
 
 class StepInterrupts(SignalHold):
@@ -144,8 +207,11 @@ class StepInterrupts(SignalHold):
         super().__init__()
         # The net's name, for the log line of a held-back signal.
         self.name = name
-        # Whether each held signal's handler only raises KeyboardInterrupt.
+        # Whether the handler from before the hold of each signal only
+        # raises KeyboardInterrupt.
         self._stops_only: dict[int, bool] = {}
+        # Set while the signals of a step that raised are passed on.
+        self._step_failed = False
 
     def __enter__(self):
         # A solve() called from a coffee break runs under the handlers of the
@@ -153,17 +219,18 @@ class StepInterrupts(SignalHold):
         # so the inner one installs its own over them.
         super().__enter__()
         self._stops_only = {
-            signum: ends_in_default_handler(handler, signum)
+            signum: ends_in_default_handler(handler)
             for signum, handler in self.previous.items()
         }
         return self
 
-    def _hold(self, signum, frame) -> None:
-        if any(held == signum for held, _ in self.received):
-            self.received.append((signum, frame))
+    def _hold(self, held: HeldSignal) -> None:
+        signum = held.signum
+        if any(earlier.signum == signum for earlier in self.received):
+            self.received.append(held)
             self.release()
             return
-        self.received.append((signum, frame))
+        self.received.append(held)
         if signum != signal.SIGINT:
             logger.debug(
                 "net '%s': %s held back until this step is complete "
@@ -171,7 +238,7 @@ class StepInterrupts(SignalHold):
                 self.name,
                 signal_name(signum),
             )
-        elif self._stops_only[signum]:
+        elif self._stops_only[held.installed_for]:
             logger.warning(
                 "net '%s': Ctrl-C; training stops once this step is complete "
                 "(press Ctrl-C again to stop at once)",
@@ -184,6 +251,9 @@ class StepInterrupts(SignalHold):
                 self.name,
             )
 
+    def _skipped(self, held: HeldSignal) -> bool:
+        return self._step_failed and self._stops_only[held.installed_for]
+
     @contextlib.contextmanager
     def step(self):
         """Hold signals back until the block ends, then pass them on."""
@@ -191,29 +261,27 @@ class StepInterrupts(SignalHold):
         try:
             yield
         except BaseException:
-            self.holding = False
             # The step's own error stops the solve, which a KeyboardInterrupt
-            # would do too. A program's handler still gets its signal, and
+            # would do too, so the signals whose handler only raises that
+            # are dropped. A program's handler still gets its signal, and
             # an exception it raises has the step's error as its context.
-            self.received = [
-                (signum, frame)
-                for signum, frame in self.received
-                if not self._stops_only[signum]
-            ]
-            self.release()
-            raise
-        finally:
+            self._step_failed = True
             self.holding = False
-        if self.received:
-            self.release()
+            try:
+                self.release()
+            finally:
+                self._step_failed = False
+            raise
+        self.holding = False
+        self.release()
 
 
-def ends_in_default_handler(handler, signum=signal.SIGINT) -> bool:
-    """Return whether a signal ``signum`` that ``handler`` is given reaches
-    Python's default SIGINT handler, through the handlers of enclosing
-    solve() calls and held_signals blocks."""
-    while isinstance(getattr(handler, "__self__", None), SignalHold):
-        handler = handler.__self__.previous[signum]
+def ends_in_default_handler(handler) -> bool:
+    """Return whether a signal that ``handler`` is given reaches Python's
+    default SIGINT handler, through the handlers of enclosing solve() calls
+    and held_signals blocks."""
+    while isinstance(handler, SignalForwarder):
+        handler = handler.hold.previous[handler.installed_for]
     return handler is signal.default_int_handler
 
 

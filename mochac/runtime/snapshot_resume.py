@@ -46,6 +46,7 @@ def restore(solver, net):
     solver's load_from names, if it names one."""
     # The snapshot this solve() resumed from, if any (warn_of_later_files).
     solver._resumed_from = None
+    solver._resumed_lists_pending = False
     load_from = solver.params.get("load_from")
     if not load_from:
         return
@@ -130,6 +131,7 @@ def restore(solver, net):
         if value is not None and math.isfinite(value) and value >= 0:
             setattr(solver.state, key, float(value))
     solver._resumed_from = path
+    solver._resumed_lists_pending = PENDING_BREAKS in attrs
     logger.info("resumed from %s at iteration %d", path, solver.state.iter)
 
 

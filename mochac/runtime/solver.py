@@ -186,9 +186,16 @@ class Solver:
         # next solve() runs them before its first update.
         self._pending_breaks = None
         self._resumed_from = None
+        # Whether that snapshot records its pending breaks. Snapshots of
+        # older versions lack the pending_breaks attribute.
+        self._resumed_lists_pending = False
         # Whether this solver's solve() is running, so that a coffee break
         # cannot call it again.
         self._running = False
+        # The number of solve() calls that passed the checks, and whether the
+        # last of them returned, for the report of exit_on_ctrl_c.
+        self._solve_calls = 0
+        self._last_solve_returned = False
         # Set when a coffee break trained another net that shares this
         # solver's parameters (solve()).
         self._params_changed = False
@@ -283,8 +290,12 @@ class Solver:
             )
         try:
             self._running = True
+            self._solve_calls += 1
+            self._last_solve_returned = False
             _NETS_IN_TRAINING[net] = self
-            return self._solve(net)
+            state = self._solve(net)
+            self._last_solve_returned = True
+            return state
         finally:
             self._running = False
             _NETS_IN_TRAINING.pop(net, None)
@@ -336,10 +347,21 @@ class Solver:
         if pending is not None and pending[0] != state.iter:
             pending = None
         if pending is None and self._resumed_from is not None and state.iter == 0:
-            # A snapshot of iteration 0 that lists no break still due was
-            # saved once every break due there had run, so a resume from it
-            # runs none of them again, as the uninterrupted run did not.
-            pending = (0, [])
+            if self._resumed_lists_pending:
+                # A snapshot of iteration 0 that lists no break still due was
+                # saved once every break due there had run, so a resume from
+                # it runs none of them again, as the uninterrupted run did not.
+                pending = (0, [])
+            else:
+                # The file may have been saved before the breaks after its
+                # Snapshot break ran. Running a break again costs time, but
+                # skipping one loses a validation or a snapshot.
+                logger.info(
+                    "%s does not record which coffee breaks were still due at "
+                    "iteration 0 (a snapshot of an older mochac version), so "
+                    "all coffee breaks of iteration 0 run again",
+                    self._resumed_from,
+                )
         if state.iter > 0 and state.iter >= params["max_iter"] and pending is None:
             logger.info(
                 "net '%s' is already at iteration %d, max_iter=%d; nothing to train "
