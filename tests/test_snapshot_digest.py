@@ -59,6 +59,25 @@ def test_sidecar_has_sha256sum_format(tmp_path):
     assert sidecar.read_text() == f"{expected}  model.h5\n"
 
 
+def test_snapshot_through_link_keeps_link(tmp_path):
+    """A model file saved through a link replaces the linked file, with its
+    sidecar beside it, and loading through the link checks that digest."""
+    target = tmp_path / "real" / "model.h5"
+    target.parent.mkdir()
+    link = tmp_path / "model.h5"
+    link.symlink_to(target)
+    save_snapshot(link, make_net())
+    assert link.is_symlink()
+    assert target.is_file()
+    expected = hashlib.sha256(target.read_bytes()).hexdigest()
+    assert digest_path(target).read_text() == f"{expected}  model.h5\n"
+    assert not digest_path(link).exists()
+    mochac.load_snapshot(make_net(seed=6), link)
+    flip_byte(target, target.stat().st_size // 2)
+    with pytest.raises(SnapshotError, match="does not match its SHA-256 digest"):
+        mochac.load_snapshot(make_net(), link)
+
+
 def test_snapshot_folder_lists_pairs(tmp_path):
     train(tmp_path, 4, snapshot_every=2)
     names = sorted(entry.name for entry in tmp_path.iterdir())

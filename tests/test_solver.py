@@ -639,6 +639,26 @@ def test_lounge_round_trips_names_with_slash(tmp_path):
     assert merged.statistics == expected
 
 
+def test_lounge_writes_through_link(tmp_path):
+    """A statistics file named through a link is written where the link
+    points, and the link stays."""
+    from mochac.runtime.coffee_lounge import CoffeeLounge, read_statistics
+
+    target = tmp_path / "real" / "statistics.h5"
+    target.parent.mkdir()
+    link = tmp_path / "statistics.h5"
+    link.symlink_to(target)
+    lounge = CoffeeLounge(save_into=link)
+    lounge.update(0, "obj_val", 0.25)
+    lounge.save()
+    assert link.is_symlink()
+    assert read_statistics(target) == {"obj_val": {0: 0.25}}
+    lounge.update(10, "obj_val", 0.125)
+    lounge.save()
+    assert link.is_symlink()
+    assert read_statistics(target) == {"obj_val": {0: 0.25, 10: 0.125}}
+
+
 @pytest.mark.parametrize(
     ("iterations", "values"),
     [([0, 10, 20], [0.5, 0.4]), ([0, 10], [0.5, 0.4, 0.3]), ([[0, 10]], [[0.5, 0.4]])],

@@ -89,7 +89,8 @@ def verify_digest(path, advice: str) -> bool:
     the sidecar is damaged.
     """
     path = Path(path)
-    sidecar = digest_path(path)
+    # A snapshot written through a link has its sidecar beside the linked file.
+    sidecar = digest_path(os.path.realpath(path) if path.is_symlink() else path)
     if not sidecar.is_file():
         return False
     expected = read_digests(sidecar, advice)

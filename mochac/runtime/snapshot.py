@@ -233,6 +233,11 @@ def _write_atomically(path: Path, fill, digest: bool) -> None:
             f"cannot write {path}: the path is {kind}, not a regular file; "
             "choose a file name"
         )
+    if path.is_symlink():
+        # The new file replaces the file the link names, and the link stays,
+        # as writing through the link would do. A rename onto the link itself
+        # would replace the link with a regular file.
+        path = Path(os.path.realpath(path))
     temporary = temporary_path(path)
     sidecar = digest_path(path)
     sidecar_temporary = temporary_path(sidecar)

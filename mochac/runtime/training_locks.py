@@ -37,12 +37,9 @@ def statistics_lock_path(save_into: Path) -> Path:
     that every path to one file gives one lock file.
 
     A Snapshot folder needs no such step, because its lock file is inside
-    it, and every path to the folder reaches that one file.
-
-    NOTE: the coffee lounge saves by renaming a new file onto ``save_into``
-    (write_atomically), which replaces a link there with a regular file, so
-    a run that names the file through a link reads the linked file but
-    never writes it.
+    it, and every path to the folder reaches that one file. The coffee
+    lounge writes a linked ``save_into`` to the file it names
+    (write_atomically), so the lock and the writes agree.
     """
     real = save_into.resolve()
     return real.with_name(f".{real.name}.mochac-solve.lock")
