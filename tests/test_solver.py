@@ -1254,3 +1254,38 @@ def test_lounge_rejects_odd_arguments(tmp_path, field, value):
     arguments = {"save_into": tmp_path / "stats.h5", field: value}
     with pytest.raises(mochac.ConfigError, match=rf"coffee lounge: invalid {field}="):
         solver.setup_coffee_lounge(**arguments)
+
+
+class MochaStyleBreak(CoffeeBreak):
+    def enjoy(self, lounge, coffee, net, state):
+        pass
+
+
+class ExtraArgumentBreak(CoffeeBreak):
+    def enjoy(self, solver, net, extra):
+        pass
+
+
+class DefaultArgumentBreak(CoffeeBreak):
+    def enjoy(self, solver, net, verbose=False):
+        pass
+
+
+@pytest.mark.parametrize("coffee_break", [MochaStyleBreak(), ExtraArgumentBreak()])
+def test_add_coffee_break_checks_enjoy_arguments(coffee_break):
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=1))
+    with pytest.raises(mochac.ConfigError) as raised:
+        solver.add_coffee_break(coffee_break, every_n_iter=1)
+    message = str(raised.value)
+    name = type(coffee_break).__name__
+    assert f"{name}.enjoy(" in message
+    assert "cannot be called as enjoy(solver, net)" in message
+    assert "Define enjoy(self, solver, net)" in message
+    assert solver.breaks == []
+
+
+def test_add_coffee_break_accepts_default_arguments():
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=1))
+    coffee_break = DefaultArgumentBreak()
+    solver.add_coffee_break(coffee_break, every_n_iter=1)
+    assert solver.breaks[0][0] is coffee_break

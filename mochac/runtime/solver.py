@@ -26,6 +26,7 @@ mochac.runtime.training_locks.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import sys
@@ -94,6 +95,33 @@ logger = logging.getLogger(__name__)
 # a second solve() on such a net. A nested solve() of a net sharing its
 # parameters makes that solver recompute its gradients.
 _NETS_IN_TRAINING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def check_enjoy_signature(coffee_break):
+    """Raise ConfigError unless ``coffee_break.enjoy`` accepts (solver, net).
+
+    Mocha.jl calls enjoy(lounge, coffee, net, state) (src/coffee/
+    training-summary.jl at pluskid/Mocha.jl commit 270aaa3). A break ported
+    with those arguments would otherwise raise TypeError at its first
+    scheduled iteration.
+    """
+    enjoy = coffee_break.enjoy
+    try:
+        signature = inspect.signature(enjoy)
+    except (TypeError, ValueError):
+        # Builtins and some C callables have no signature to check.
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        name = type(coffee_break).__name__
+        raise ConfigError(
+            f"add_coffee_break: {name}.enjoy{signature} cannot be called as "
+            "enjoy(solver, net), as the solver calls it. Define "
+            "enjoy(self, solver, net). Mocha's enjoy(lounge, coffee, net, state) "
+            "ports as enjoy(self, solver, net): the lounge is solver.lounge and "
+            "the state is solver.state"
+        ) from None
 
 
 @dataclass
@@ -216,6 +244,7 @@ class Solver:
                 "pass a coffee break such as TrainingSummary(), or an instance of "
                 "a CoffeeBreak subclass that defines enjoy"
             )
+        check_enjoy_signature(coffee_break)
         if (every_n_iter is None) == (every_n_epoch is None):
             raise ConfigError(
                 f"add_coffee_break({type(coffee_break).__name__}): give exactly one of "
