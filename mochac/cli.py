@@ -872,12 +872,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def printed_by_log_to_console(record: logging.LogRecord) -> bool:
+    """Return whether a handler of log_to_console() prints ``record`` already."""
+    if record.name != "mochac" and not record.name.startswith("mochac."):
+        return False
+    handlers = logging.getLogger("mochac").handlers
+    return any(getattr(handler, "mochac_console", False) for handler in handlers)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    handlers_before = set(logging.root.handlers)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s:%(name)s: %(message)s",
     )
+    # A net file that calls log_to_console() adds a handler on the "mochac"
+    # logger. Its records also reach this root handler, so without the
+    # filter every mochac line would print twice.
+    for handler in logging.root.handlers:
+        if handler not in handlers_before:
+            handler.addFilter(lambda record: not printed_by_log_to_console(record))
     try:
         return args.run(args)
     except UsageError as error:

@@ -989,3 +989,24 @@ def test_compile_beside_own_net_file(tmp_path):
     assert main(["compile", str(net_file), "-o", str(tmp_path)]) == 0
     assert (tmp_path / "tiny" / "__init__.py").is_file()
     assert not (tmp_path / "tiny_net").exists()
+
+
+def test_compile_with_log_to_console_logs_once(tmp_path):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(
+        "from mochac import log_to_console\nlog_to_console()\n" + NET_FILE
+    )
+    out = tmp_path / "build"
+    # A subprocess, because pytest's handlers on the root logger turn the
+    # command's logging.basicConfig into a no-op.
+    result = subprocess.run(
+        [sys.executable, "-m", "mochac.cli", "compile", str(net_file), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = result.stderr.splitlines()
+    console_lines = [line for line in lines if ":INFO:mochac.runtime.net:" in line]
+    command_lines = [line for line in lines if line.startswith("INFO:mochac.runtime")]
+    assert console_lines, result.stderr
+    assert command_lines == [], result.stderr
