@@ -1132,3 +1132,31 @@ def test_hdf5_data_out_of_float32_range(tmp_path):
     # A float64 net takes the same file.
     source = make_source(layer, np.float64, np.random.default_rng(0))
     assert source.n_samples == 4
+
+
+def test_hdf5_rows_mismatch_names_sample_axis(tmp_path):
+    # Mocha's (W, H, C, N) order written from NumPy puts N last.
+    layer = hdf5_layer(
+        tmp_path,
+        batch_size=4,
+        data=np.zeros((28, 28, 1, 10), np.float32),
+        label=np.zeros((1, 10), np.float32),
+    )
+    with pytest.raises(DataError) as raised:
+        open_source(layer)
+    message = str(raised.value)
+    assert "'label' has 1 rows but 'data' has 28" in message
+    assert "The first axis of every dataset counts the samples" in message
+    assert "Both datasets have 10 on their last axis" in message
+    assert "transpose(3, 2, 1, 0)" in message
+
+
+def test_hdf5_rows_mismatch_without_transpose_hint(tmp_path):
+    layer = hdf5_layer(
+        tmp_path, batch_size=4, data=numbered_images(10), label=numbered_labels(9)
+    )
+    with pytest.raises(DataError) as raised:
+        open_source(layer)
+    message = str(raised.value)
+    assert "The first axis of every dataset counts the samples" in message
+    assert "transpose" not in message

@@ -100,6 +100,19 @@ class ScannedFile(NamedTuple):
     layouts: tuple[tuple[tuple[int, ...], np.dtype], ...]
 
 
+def _sample_axis_hint(first_shape: tuple, other_shape: tuple) -> str:
+    """Return the end of the row-count error: which axis counts the samples."""
+    hint = ". The first axis of every dataset counts the samples, as in (N, C, H, W)"
+    both_multi_axis = len(first_shape) > 1 and len(other_shape) > 1
+    if both_multi_axis and first_shape[-1] == other_shape[-1]:
+        hint += (
+            f". Both datasets have {first_shape[-1]} on their last axis, as "
+            "arrays in Mocha's (W, H, C, N) order written from NumPy would: "
+            "transpose them, e.g. data.transpose(3, 2, 1, 0)"
+        )
+    return hint
+
+
 def scan_hdf5(
     layer: HDF5DataLayer, dtype, name: str | None = None
 ) -> tuple[list[ScannedFile], list]:
@@ -139,9 +152,11 @@ def scan_hdf5(
                         f"{who}: {path}:{top} is a scalar; store an (N, ...) array"
                     )
                 if rows is not None and dataset.shape[0] != rows:
+                    first = handle[layer.tops[0]]
                     raise DataError(
                         f"{who}: in {path}, dataset '{top}' has "
                         f"{dataset.shape[0]} rows but '{layer.tops[0]}' has {rows}"
+                        f"{_sample_axis_hint(first.shape, dataset.shape)}"
                     )
                 rows = dataset.shape[0]
                 shapes.append(dataset.shape[1:] if dataset.ndim > 1 else (1,))
