@@ -105,3 +105,28 @@ def test_predict_without_test_file(tmp_path):
     assert result.returncode == 2
     assert f"{tmp_path / 'test.hdf5'} not found; run prepare_data.py" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_prepare_data_main_leaves_logging_alone(tmp_path):
+    """A program that calls prepare_data.main() (the autoencoder example)
+    keeps its own logging: main() adds no root handler, which would print
+    every later log line a second time."""
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.hdf5").write_bytes(b"")
+        (tmp_path / f"{split}.txt").write_text("")
+    program = (
+        "import logging, sys; "
+        f"sys.path.insert(0, {str(EXAMPLE)!r}); "
+        "import prepare_data; "
+        f"code = prepare_data.main(['--out', {str(tmp_path)!r}]); "
+        "print(code, len(logging.getLogger().handlers))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "0"]

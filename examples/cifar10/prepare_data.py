@@ -247,9 +247,6 @@ def main(argv=None) -> int:
         "--force", action="store_true", help="rewrite outputs that already exist"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
-    )
     try:
         lists = prepare(args.source, args.out, force=args.force)
     except CIFARFormatError as error:
@@ -261,4 +258,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    # Only when run as a script, so that a program calling main() keeps its
+    # own logging.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
     sys.exit(main())

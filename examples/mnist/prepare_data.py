@@ -288,9 +288,6 @@ def main(argv=None):
         help="rewrite outputs that already exist",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
-    )
 
     if outputs_exist(args.out, SPLITS) and not args.force:
         logger.info("all outputs exist in %s; pass --force to rewrite them", args.out)
@@ -314,4 +311,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # Only when run as a script: a program that calls main() (the
+    # autoencoder example) has set up its own logging.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
     sys.exit(main())
