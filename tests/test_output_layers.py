@@ -14,6 +14,7 @@ from mochac import (
     MemoryDataLayer,
     MochacError,
     Net,
+    NotFoundError,
     SoftmaxLayer,
 )
 from mochac.layers.output import HDF5OutputLayer, MemoryOutputLayer
@@ -50,6 +51,17 @@ def reference_batches(net, count):
         prob = np.exp(features) / np.exp(features).sum(axis=1, keepdims=True)
         batches.append((x, features, prob))
     return batches
+
+
+def test_output_states_unknown_name():
+    net = build([MemoryOutputLayer(name="out", bottoms=["features", "prob"])], 1)
+    with pytest.raises(NotFoundError) as raised:
+        net.output_states["outs"]
+    message = str(raised.value)
+    assert "has no output layer named 'outs'" in message
+    assert "(close matches: 'out')" in message
+    assert "its output layers are: 'out'" in message
+    assert isinstance(raised.value, KeyError)
 
 
 @pytest.mark.parametrize("opt_level", [0, 1])

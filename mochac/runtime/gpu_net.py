@@ -59,7 +59,7 @@ from mochac.runtime.net import (
     pinned_slots,
 )
 from mochac.runtime.net_checks import check_kept_blobs, check_step_method
-from mochac.runtime.outputs import make_output_state
+from mochac.runtime.outputs import OutputStates, make_output_state
 from mochac.runtime.read_ahead import ReadAhead
 from mochac.runtime.step_settings import check_regu_coef, check_step_values
 
@@ -226,10 +226,15 @@ class GPUNet(Net):
                 raise
         self.graphs = StepGraphs(self, getattr(backend, "graphs", False))
         sinks = [info for info in self.ir.layers if isinstance(info.layer, OutputLayer)]
-        self.output_states = {
-            info.name: make_output_state(info.layer, info.bottom_shapes, backend.dtype)
-            for info in sinks
-        }
+        self.output_states = OutputStates(
+            self.name,
+            {
+                info.name: make_output_state(
+                    info.layer, info.bottom_shapes, backend.dtype
+                )
+                for info in sinks
+            },
+        )
         # Loss statistics and the forward-before-backward check, as in Net.
         self.loss_sums: dict[str, list] = {}
         self.forward_done = False

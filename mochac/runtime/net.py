@@ -49,7 +49,7 @@ from mochac.runtime.array_views import blob_views, locked_views
 from mochac.runtime.backend import check_backend
 from mochac.runtime.data_sources import make_source
 from mochac.runtime.net_checks import check_kept_blobs, check_step_method
-from mochac.runtime.outputs import make_output_state
+from mochac.runtime.outputs import OutputStates, make_output_state
 from mochac.runtime.step_settings import check_regu_coef, check_step_values
 
 logger = logging.getLogger(__name__)
@@ -309,10 +309,13 @@ class Net:
             ) from error
         self.status = self.ffi.new("struct mochac_status *")
         # Output layers' states: in-memory lists or open HDF5 files.
-        self.output_states = {
-            info.name: make_output_state(info.layer, info.bottom_shapes, dtype)
-            for info in sinks
-        }
+        self.output_states = OutputStates(
+            name,
+            {
+                info.name: make_output_state(info.layer, info.bottom_shapes, dtype)
+                for info in sinks
+            },
+        )
         self.loss_sums: dict[str, list] = {}
         self.forward_done = False
         param_count = sum(

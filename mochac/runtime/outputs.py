@@ -18,7 +18,7 @@ from mochac.durable_files import (
     special_file_kind,
     temporary_path,
 )
-from mochac.errors import ConfigError, MochacError
+from mochac.errors import ConfigError, MochacError, name_not_found
 from mochac.layers.output import HDF5OutputLayer, MemoryOutputLayer
 from mochac.runtime.interrupts import held_signals
 from mochac.runtime.snapshot import remove_stale_temporaries
@@ -270,3 +270,24 @@ def make_output_state(layer, shapes, dtype):
     if isinstance(layer, HDF5OutputLayer):
         return HDF5Output(layer, shapes, dtype)
     raise NotImplementedError(f"no runtime output for {type(layer).__name__}")
+
+
+class OutputStates(dict):
+    """Output layer name -> its runtime state (MemoryOutput or HDF5Output).
+
+    An unknown name raises NotFoundError, which names the net and lists its
+    output layers.
+    """
+
+    def __init__(self, net_name: str, entries=()):
+        super().__init__(entries)
+        self.net_name = net_name
+
+    def __missing__(self, key):
+        raise name_not_found(
+            f"net '{self.net_name}' has no output layer named {key!r}",
+            [key],
+            self,
+            "its output layers",
+            "pass the name of one of its MemoryOutputLayer or HDF5OutputLayer layers",
+        )
