@@ -853,3 +853,19 @@ def cupyx_module() -> types.ModuleType:
     cupyx = types.ModuleType("cupyx")
     cupyx.empty_pinned = lambda shape, dtype=float: np.empty(shape, dtype)
     return cupyx
+
+
+def install(monkeypatch) -> types.ModuleType:
+    """Install the stand-in as ``cupy`` and ``cupyx`` for one test, with
+    fake_cublas.c as the libcublas that GPUNet calls directly, and return
+    the ``cupy`` module."""
+    import sys
+
+    from mochac.runtime import cublas_direct
+
+    fake = module()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setitem(sys.modules, "cupyx", cupyx_module())
+    path = fake_cublas_path()
+    monkeypatch.setattr(cublas_direct, "find_cublas", lambda cupy: path)
+    return fake

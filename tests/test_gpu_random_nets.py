@@ -119,14 +119,8 @@ CASES = [
 
 @pytest.fixture
 def cupy(monkeypatch):
-    """Install the host stand-in for CuPy, with tests/fake_cublas.c as the
-    libcublas that GPUNet calls directly, and return it."""
-    fake = host_cupy.module()
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setitem(sys.modules, "cupyx", host_cupy.cupyx_module())
-    path = host_cupy.fake_cublas_path()
-    monkeypatch.setattr(cublas_direct, "find_cublas", lambda cupy: path)
-    return fake
+    """Install the host stand-in for CuPy and return it."""
+    return host_cupy.install(monkeypatch)
 
 
 def data_layer(name, kind, tops, arrays, batch_size, shuffle, path):
