@@ -100,10 +100,9 @@ _NETS_IN_TRAINING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def check_enjoy_signature(coffee_break):
     """Raise ConfigError unless ``coffee_break.enjoy`` accepts (solver, net).
 
-    Mocha.jl calls enjoy(lounge, coffee, net, state) (src/coffee/
-    training-summary.jl at pluskid/Mocha.jl commit 270aaa3). A break ported
-    with those arguments would otherwise raise TypeError at its first
-    scheduled iteration.
+    Mocha.jl's coffee breaks define enjoy(lounge, coffee, net, state) (its
+    src/coffee.jl). A break ported with those arguments would otherwise
+    raise TypeError at its first scheduled iteration, after training began.
     """
     enjoy = coffee_break.enjoy
     try:
