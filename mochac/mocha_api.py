@@ -234,7 +234,13 @@ def setup(policy, validation, solver):
     """Register ``policy`` (LRPolicy.DecayOnValidation) as a listener of ``validation``.
 
     ``validation`` is the solver's ValidationPerformance coffee break.
+    Raises ConfigError for a policy that does not follow validations.
     """
+    if not callable(getattr(policy, "setup", None)):
+        raise ConfigError(
+            f"setup: invalid policy {policy!r}; only LRPolicy.DecayOnValidation "
+            "follows a validation, so pass one of those"
+        )
     policy.setup(validation, solver)
 
 

@@ -528,3 +528,64 @@ def test_decay_on_validation_needs_setup(tmp_path):
 def test_fixed_momentum_names_its_range(base_mom):
     with pytest.raises(mochac.ConfigError, match=r"expected a number in \[0, 1\)"):
         MomPolicy.Fixed(base_mom)
+
+
+@pytest.mark.parametrize(
+    ("make_staged", "match"),
+    [
+        (lambda: MomPolicy.Staged((2, LRPolicy.Fixed(0.5))), "MomPolicy.Staged"),
+        (lambda: LRPolicy.Staged((2, MomPolicy.Fixed(0.5))), "LRPolicy.Staged"),
+        (
+            lambda: LRPolicy.Staged((2, MomPolicy.Staged((2, MomPolicy.Fixed(0.5))))),
+            "LRPolicy.Staged",
+        ),
+    ],
+)
+def test_staged_rejects_other_kind(make_staged, match):
+    with pytest.raises(mochac.ConfigError, match=f"{match}: invalid stage .*another"):
+        make_staged()
+
+
+@pytest.mark.parametrize(
+    ("policies", "match"),
+    [
+        ({"lr_policy": LRPolicy.Fixed}, "lr_policy is the class Fixed"),
+        ({"lr_policy": LRPolicy.DecayOnValidation}, "is the class DecayOnValidation"),
+        ({"mom_policy": MomPolicy.Fixed}, r"such as MomPolicy\.Fixed\(0\.9\)"),
+    ],
+)
+def test_policy_class_rejected(policies, match):
+    with pytest.raises(mochac.ConfigError, match=match):
+        make_solver_parameters(SGD(), max_iter=1, **policies)
+
+
+@pytest.mark.parametrize("key", ["lr_policy", "mom_policy"])
+@pytest.mark.parametrize("policy", [lambda: 0.1, lambda state, scale: 0.1])
+def test_policy_signature_checked(key, policy):
+    with pytest.raises(mochac.ConfigError, match=f"invalid {key}=.*signature"):
+        make_solver_parameters(SGD(), max_iter=1, **{key: policy})
+
+
+def test_policy_optional_arguments_accepted():
+    params = make_solver_parameters(
+        SGD(), max_iter=1, lr_policy=lambda state, scale=1.0: 0.1 * scale
+    )
+    assert params["lr_policy"](SolverState()) == pytest.approx(0.1)
+
+
+def test_mom_policy_non_number_message():
+    pattern = r"returned 'x' at iteration 0; .* as MomPolicy\.Fixed\(0\.9\) does"
+    with pytest.raises(mochac.ConfigError, match=pattern):
+        solve_with(mom_policy=constant("x"))
+
+
+def test_decay_setup_rejects_invalid_arguments(tmp_path):
+    _, solver, policy = decay_solver(tmp_path, "loss", [0.5])
+    validation = ScriptedValidation("loss", [])
+    with pytest.raises(mochac.ConfigError, match="setup got None as the validation"):
+        setup(policy, None, solver)
+    with pytest.raises(mochac.ConfigError, match="setup got 'x' as the solver"):
+        setup(policy, validation, "x")
+    assert validation.listeners == []
+    with pytest.raises(mochac.ConfigError, match=r"invalid policy Fixed\(base_lr"):
+        setup(LRPolicy.Fixed(0.1), validation, solver)

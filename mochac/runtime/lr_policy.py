@@ -160,6 +160,8 @@ class Staged:
     """
 
     namespace = "LRPolicy"
+    # The module of the policies of the other kind, which a stage rejects.
+    other_kind = "mochac.runtime.mom_policy"
 
     def __init__(self, *stages):
         if not stages:
@@ -174,6 +176,12 @@ class Staged:
                 raise ConfigError(
                     f"{self.namespace}.Staged: invalid stage {stage!r}; expected "
                     "(n_iter >= 1, policy)"
+                )
+            if type(stage[1]).__module__ == self.other_kind:
+                raise ConfigError(
+                    f"{self.namespace}.Staged: invalid stage {stage!r}; its policy "
+                    f"belongs to another kind, so use {self.namespace}'s policies "
+                    "in every stage"
                 )
             checked.append((n_iter, stage[1]))
         self.stages = tuple(checked)
@@ -287,7 +295,23 @@ class DecayOnValidation:
         solver.state.policy_attrs = {best_key: self.best, iter_key: self.best_iter}
 
     def setup(self, validation, solver) -> None:
-        """Listen to ``validation`` (a ValidationPerformance) during ``solver``'s run."""
+        """Listen to ``validation`` (a ValidationPerformance) during ``solver``'s run.
+
+        Raises ConfigError when ``validation`` has no ``listeners`` list, as
+        ValidationPerformance has, or ``solver`` is not a Solver.
+        """
+        if not isinstance(getattr(validation, "listeners", None), list):
+            raise ConfigError(
+                f"LRPolicy.DecayOnValidation: setup got {validation!r} as the "
+                "validation; pass the ValidationPerformance coffee break of the "
+                "solver: setup(policy, validation, solver)"
+            )
+        if not hasattr(solver, "breaks"):
+            raise ConfigError(
+                f"LRPolicy.DecayOnValidation: setup got {solver!r} as the solver; "
+                "pass the Solver that runs the validation: "
+                "setup(policy, validation, solver)"
+            )
         validation.listeners.append(self.on_validation)
 
     def check_solver(self, solver) -> None:

@@ -111,6 +111,7 @@ class Staged(StagedPolicy):
     """
 
     namespace = "MomPolicy"
+    other_kind = "mochac.runtime.lr_policy"
 
 
 class MomPolicy:

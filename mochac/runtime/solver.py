@@ -57,6 +57,7 @@ from mochac.runtime.pending_breaks import describe_break
 from mochac.runtime.snapshot import save_snapshot
 from mochac.runtime.snapshot_resume import MODEL_SUFFIXES
 from mochac.runtime.solver_parameters import (
+    POLICY_EXAMPLES,
     SOLVER_KEYS,
     SolverParameters,
     check_method,
@@ -840,7 +841,7 @@ class Solver:
             raise ConfigError(
                 f"{key} {describe(policy)} returned {value!r} at iteration "
                 f"{state.iter}; a policy must return a number, as "
-                "LRPolicy.Fixed(0.01) does"
+                f"{POLICY_EXAMPLES[key]} does"
             )
         if not math.isfinite(number) or abs(number) > float(np.finfo(dtype).max):
             raise NumericalError(

@@ -6,6 +6,7 @@ functions, because the dict may have changed since it was made.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 
@@ -16,6 +17,12 @@ from mochac.values import as_int, as_real
 
 # Keys every method accepts; each method adds its own parameter_names.
 SOLVER_KEYS = ("max_iter", "regu_coef", "lr_policy", "load_from")
+
+# A valid policy for each policy key, which messages show as the fix.
+POLICY_EXAMPLES = {
+    "lr_policy": "LRPolicy.Fixed(0.01)",
+    "mom_policy": "MomPolicy.Fixed(0.9)",
+}
 
 
 class SolverParameters(dict):
@@ -82,25 +89,46 @@ def check_solver_values(params: dict, caller: str) -> dict:
             f"{caller}: invalid load_from={load_from!r}; expected "
             "the path of a snapshot folder or file (a str or Path), or None"
         )
-    examples = {
-        "lr_policy": "LRPolicy.Fixed(0.01)",
-        "mom_policy": "MomPolicy.Fixed(0.9)",
-    }
     # A policy of the other kind returns numbers too, so only its module
     # shows that a momentum policy was given as the learning rate's.
     other_kind = {
         "lr_policy": "mochac.runtime.mom_policy",
         "mom_policy": "mochac.runtime.lr_policy",
     }
-    for key, example in examples.items():
-        if key in params and (
-            not callable(params[key]) or type(params[key]).__module__ == other_kind[key]
-        ):
+    for key, example in POLICY_EXAMPLES.items():
+        if key not in params:
+            continue
+        policy = params[key]
+        if not callable(policy) or type(policy).__module__ == other_kind[key]:
             raise ConfigError(
-                f"{caller}: invalid {key}={params[key]!r}; expected a "
+                f"{caller}: invalid {key}={policy!r}; expected a "
                 f"policy such as {example}"
             )
+        check_policy_signature(policy, key, example, caller)
     return params
+
+
+def check_policy_signature(policy, key: str, example: str, caller: str) -> None:
+    """Raise ConfigError unless ``policy`` is an object that the solver can
+    call as policy(state), so the error comes before training starts."""
+    if isinstance(policy, type):
+        raise ConfigError(
+            f"{caller}: {key} is the class {policy.__qualname__}; pass an "
+            f"instance with its parameters, such as {example}"
+        )
+    try:
+        signature = inspect.signature(policy)
+    except (TypeError, ValueError):
+        # Builtins and some C callables have no signature to check.
+        return
+    try:
+        signature.bind(None)
+    except TypeError:
+        raise ConfigError(
+            f"{caller}: invalid {key}={policy!r}: its signature {signature} "
+            "does not accept the one argument that the solver passes, the solver "
+            "state; define it as def policy(state) returning a number"
+        ) from None
 
 
 def make_solver_parameters(method, **kwargs) -> SolverParameters:
