@@ -1,5 +1,6 @@
 """Momentum policies and LRPolicy.DecayOnValidation."""
 
+import logging
 import math
 
 import h5py
@@ -589,3 +590,24 @@ def test_decay_setup_rejects_invalid_arguments(tmp_path):
     assert validation.listeners == []
     with pytest.raises(mochac.ConfigError, match=r"invalid policy Fixed\(base_lr"):
         setup(LRPolicy.Fixed(0.1), validation, solver)
+
+
+def test_decay_setup_twice_listens_once(tmp_path, caplog):
+    """A second setup() with the same validation adds no second listener,
+    which would hear each validation again and log it as decided already."""
+    net, solver, policy = decay_solver(
+        tmp_path, "loss", [0.7, 0.5, 0.6], higher_better=False
+    )
+    validation = solver.breaks[1][0]
+    setup(policy, validation, solver)
+    assert validation.listeners == [policy.on_validation]
+
+    caplog.set_level(logging.INFO, logger="mochac")
+    solver.solve(net)
+    repeats = [
+        record
+        for record in caplog.records
+        if "was decided on already" in record.getMessage()
+    ]
+    assert repeats == []
+    assert policy(solver.state) == pytest.approx(0.05)

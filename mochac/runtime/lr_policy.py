@@ -297,8 +297,10 @@ class DecayOnValidation:
     def setup(self, validation, solver) -> None:
         """Listen to ``validation`` (a ValidationPerformance) during ``solver``'s run.
 
-        Raises ConfigError when ``validation`` has no ``listeners`` list, as
-        ValidationPerformance has, or ``solver`` is not a Solver.
+        A second call with the same validation changes nothing, so the policy
+        hears each validation once. Raises ConfigError when ``validation`` has
+        no ``listeners`` list, as ValidationPerformance has, or ``solver`` is
+        not a Solver.
         """
         if not isinstance(getattr(validation, "listeners", None), list):
             raise ConfigError(
@@ -312,7 +314,10 @@ class DecayOnValidation:
                 "pass the Solver that runs the validation: "
                 "setup(policy, validation, solver)"
             )
-        validation.listeners.append(self.on_validation)
+        # Bound methods of one object compare equal, so this finds the
+        # listener that an earlier call added.
+        if self.on_validation not in validation.listeners:
+            validation.listeners.append(self.on_validation)
 
     def check_solver(self, solver) -> None:
         """Raise ConfigError unless ``solver`` validates for this policy and
