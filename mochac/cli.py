@@ -342,6 +342,30 @@ def destroy_imported_net(net) -> None:
     net.destroy()
 
 
+def rebuild_log_level(found, args) -> int:
+    """Return the log level of the build lines of the net that replaces ``found``.
+
+    With the net file's passes, the rebuild loads the extension that the
+    import built, and its cache hit and summary lines repeat the import's,
+    so they go to DEBUG. With other passes, the new net's lines stay at
+    INFO, and this function first logs an INFO line with both pass lists.
+    """
+    from mochac.passes.pipeline import enabled_passes
+
+    file_passes = enabled_passes(found.opt_level, found.disable)
+    command_passes = enabled_passes(args.opt_level, args.disable)
+    if command_passes == file_passes:
+        return logging.DEBUG
+    logger.info(
+        "net '%s': building it again with the command line's passes (%s) in "
+        "place of the net file's (%s)",
+        found.name,
+        ", ".join(command_passes) or "none",
+        ", ".join(file_passes) or "none",
+    )
+    return logging.INFO
+
+
 def compile_command(args) -> int:
     from mochac.codegen.module_writer import check_package_folder, write_module
     from mochac.passes.pipeline import enabled_passes
@@ -404,6 +428,7 @@ def compile_command(args) -> int:
             opt_level=args.opt_level,
             disable=args.disable,
             keep=found.keep,
+            _build_log_level=rebuild_log_level(found, args),
         )
         folder = write_module(net, out_dir, source_file)
         print(f"net '{net.name}' -> {out / folder.name} (import {folder.name})")

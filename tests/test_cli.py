@@ -112,6 +112,48 @@ def test_compile_net_with_hdf5_output(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "predict" / "net.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("options", "build_count", "rebuild_notes"),
+    [([], 1, 0), (["-O0"], 2, 1)],
+    ids=["file-passes", "other-passes"],
+)
+def test_compile_logs_build_once(tmp_path, caplog, options, build_count, rebuild_notes):
+    """The rebuild with the net file's passes repeats the import's build, so
+    its lines go to DEBUG. Other passes build another extension, which gets
+    its own lines after one that explains the rebuild."""
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    caplog.set_level(logging.INFO, logger="mochac")
+    args = ["compile", *options, str(net_file), "-o", str(tmp_path / "out")]
+    assert main(args) == 0
+
+    messages = [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno >= logging.INFO
+    ]
+    extension_lines = (
+        "net 'tiny-net': compiling ",
+        "net 'tiny-net': compiled module cache hit ",
+    )
+    extensions = [
+        message for message in messages if message.startswith(extension_lines)
+    ]
+    summaries = [
+        message
+        for message in messages
+        if message.startswith("net 'tiny-net': 2 compiled layers, ")
+    ]
+    notes = [
+        message
+        for message in messages
+        if message.startswith("net 'tiny-net': building it again ")
+    ]
+    assert len(extensions) == build_count
+    assert len(summaries) == build_count
+    assert len(notes) == rebuild_notes
+
+
 OUTPUT_NET_FILE = textwrap.dedent(
     """
     import numpy as np

@@ -377,11 +377,12 @@ def build_folder_message(
     return f"{message}\n{output}"
 
 
-def build_extension(source: str, net_name: str):
+def build_extension(source: str, net_name: str, cache_hit_level=logging.INFO):
     """Return (module, path) of the compiled extension for ``source``.
 
-    Compiles only when the cache lacks it. Raises CompileError with the
-    compiler's output and the path of the generated C file on failure.
+    Compiles only when the cache lacks it. A cache hit is logged at
+    ``cache_hit_level`` and a compile always at INFO. Raises CompileError with
+    the compiler's output and the path of the generated C file on failure.
     """
     key = source_key(source)
     module_name = f"_mochac_{key}"
@@ -390,7 +391,12 @@ def build_extension(source: str, net_name: str):
     if path.exists():
         problem = extension_problem(path, None, recorded_sha256(path))
         if problem is None:
-            logger.info("net '%s': compiled module cache hit (%s)", net_name, path.name)
+            logger.log(
+                cache_hit_level,
+                "net '%s': compiled module cache hit (%s)",
+                net_name,
+                path.name,
+            )
             return load_extension(path, module_name), path
         logger.warning(
             "net '%s': cached extension %s is damaged (%s); compiling it again",

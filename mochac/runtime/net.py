@@ -205,6 +205,9 @@ class Net:
         keep=(),
         _prebuilt: tuple[Path, str] | None = None,
         _open_source=None,
+        # The level of the cache hit and summary lines. `mochac compile`
+        # lowers it to DEBUG for a rebuild that repeats the import's build.
+        _build_log_level=logging.INFO,
     ):
         self.name = name
         self.backend = backend
@@ -295,7 +298,9 @@ class Net:
                 self.extension_path, self.extension_path.name.split(".")[0]
             )
         else:
-            module, self.extension_path = build_extension(self.source, name)
+            module, self.extension_path = build_extension(
+                self.source, name, cache_hit_level=_build_log_level
+            )
         self.ffi, self.lib = module.ffi, module.lib
         self.lib.mochac_set_num_threads(backend.threads)
 
@@ -327,7 +332,8 @@ class Net:
             if slot.kind in ("data", "diff", "work")
         )
         counts = ir_counts(self.ir)
-        logger.info(
+        logger.log(
+            _build_log_level,
             "net '%s': %d compiled layers, %d kernels per iteration, %d parameters; "
             "passes: %s; blobs and scratch %.1f MB (%.1f MB unplanned)",
             name,
