@@ -131,6 +131,9 @@ import numpy as np
 from mochac import *
 from mochac import durable_files
 
+# A child of a background job inherits an ignored SIGINT, and the
+# os.kill below needs the default handler to raise KeyboardInterrupt.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 folder = sys.argv[1]
 x = np.arange(8 * 16, dtype=np.float32).reshape(8, 16)
 layers = [
