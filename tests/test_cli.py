@@ -786,13 +786,17 @@ def test_compile_net_file_that_exits(tmp_path, caplog):
     assert not out.exists()
 
 
-def test_compile_net_file_that_parses_arguments(tmp_path, caplog):
+def test_compile_net_file_that_parses_arguments(tmp_path, caplog, monkeypatch):
     # argparse in the net file reads mochac's own arguments and exits.
     net_file = tmp_path / "train.py"
     net_file.write_text(
         "import argparse\nparser = argparse.ArgumentParser()\nparser.parse_args()\n"
     )
-    assert main(["compile", str(net_file), "-o", str(tmp_path / "out")]) == 1
+    arguments = ["compile", str(net_file), "-o", str(tmp_path / "out")]
+    # sys.argv as the mochac command sets it, not pytest's own arguments,
+    # which differ with how pytest was started.
+    monkeypatch.setattr(sys, "argv", ["mochac", *arguments])
+    assert main(arguments) == 1
     assert "exited during import with status 2" in caplog.text
     assert 'under `if __name__ == "__main__":`' in caplog.text
 
