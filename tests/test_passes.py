@@ -396,7 +396,7 @@ def test_split_trials_capped(monkeypatch):
         plans.append(planner(slots, kernels, pinned))
         return plans[-1]
 
-    def stop(source, name):
+    def stop(source, name, **options):
         raise PlanRecorded
 
     monkeypatch.setattr(net_module, "plan_memory", recording)
