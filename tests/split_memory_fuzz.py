@@ -49,7 +49,7 @@ def recording_plan_memory(slots, kernels, pinned):
     return recorded[-1]
 
 
-def stop_build(source, name):
+def stop_build(source, name, **options):
     raise PlanCaptured
 
 
