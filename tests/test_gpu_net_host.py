@@ -155,6 +155,23 @@ def test_net_with_gpu_backend_builds_gpunet(cupy):
     assert np.isfinite(net.forward())
 
 
+def test_net_gpu_backend_build_log_level(cupy, caplog):
+    # mochac compile passes _build_log_level to Net, and Net(...) builds a
+    # GPUNet for a GPU backend, so GPUNet takes the same argument.
+    from mochac import Net
+
+    caplog.set_level(logging.DEBUG, logger="mochac")
+    net = Net("lenet", GPUBackend(seed=1), lenet(4), _build_log_level=logging.DEBUG)
+    assert isinstance(net, GPUNet)
+    summaries = [
+        record
+        for record in caplog.records
+        if "compiled layers on CUDA device" in record.getMessage()
+    ]
+    assert len(summaries) == 1
+    assert summaries[0].levelno == logging.DEBUG
+
+
 def test_host_gpunet_caffe_import_initializes_missing(cupy, tmp_path):
     """A Caffe model without a bias leaves it to the layer's initializer,
     whose host values reach the device array through the backend."""

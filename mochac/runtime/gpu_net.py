@@ -162,6 +162,9 @@ class GPUNet(Net):
         opt_level=1,
         disable=(),
         keep=(),
+        # The level of the summary line, as in Net, which passes it on when
+        # Net(...) builds a GPUNet.
+        _build_log_level=logging.INFO,
     ):
         self.name = name
         self.backend = backend
@@ -238,7 +241,8 @@ class GPUNet(Net):
         # Loss statistics and the forward-before-backward check, as in Net.
         self.loss_sums: dict[str, list] = {}
         self.forward_done = False
-        logger.info(
+        logger.log(
+            _build_log_level,
             "net '%s': %d compiled layers on CUDA device %d, %d launches and GEMMs "
             "per iteration; arena %.1f MB",
             name,
