@@ -548,6 +548,34 @@ def test_staged_rejects_other_kind(make_staged, match):
 
 
 @pytest.mark.parametrize(
+    ("make_staged", "match"),
+    [
+        (
+            lambda: LRPolicy.Staged((10, LRPolicy.Fixed)),
+            (
+                r"LRPolicy\.Staged stage .*: policy is the class Fixed; .*"
+                r"LRPolicy\.Fixed\(0\.01\)"
+            ),
+        ),
+        (
+            lambda: MomPolicy.Staged((10, MomPolicy.Fixed)),
+            (
+                r"MomPolicy\.Staged stage .*: policy is the class Fixed; .*"
+                r"MomPolicy\.Fixed\(0\.9\)"
+            ),
+        ),
+        (
+            lambda: LRPolicy.Staged((10, lambda: 0.1)),
+            r"LRPolicy\.Staged stage .*: invalid policy=.* does not accept",
+        ),
+    ],
+)
+def test_staged_rejects_stage_policy_it_cannot_call(make_staged, match):
+    with pytest.raises(mochac.ConfigError, match=match):
+        make_staged()
+
+
+@pytest.mark.parametrize(
     ("policies", "match"),
     [
         ({"lr_policy": LRPolicy.Fixed}, "lr_policy is the class Fixed"),

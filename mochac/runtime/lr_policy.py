@@ -183,6 +183,16 @@ class Staged:
                     f"belongs to another kind, so use {self.namespace}'s policies "
                     "in every stage"
                 )
+            # Imported here: solver_parameters imports the policy modules.
+            from mochac.runtime.solver_parameters import check_policy_signature
+
+            example = "Fixed(0.01)" if self.namespace == "LRPolicy" else "Fixed(0.9)"
+            check_policy_signature(
+                stage[1],
+                "policy",
+                f"{self.namespace}.{example}",
+                f"{self.namespace}.Staged stage {stage!r}",
+            )
             checked.append((n_iter, stage[1]))
         self.stages = tuple(checked)
 
