@@ -6,6 +6,8 @@ run it through this prefix, in place of a preexec_fn, which is unsafe in a
 process with threads.
 """
 
+import signal
+import subprocess
 import sys
 
 # Runs the script named by its first argument, as `python SCRIPT ARGS` would.
@@ -21,3 +23,17 @@ RUN_WITH_DEFAULT_SIGINT = (
 def script_command(script) -> list[str]:
     """Return the command that runs ``script`` with the default SIGINT handler."""
     return [sys.executable, "-c", RUN_WITH_DEFAULT_SIGINT, str(script)]
+
+
+def interrupt_at_line(command, marker: str, timeout: float = 120) -> tuple[int, str]:
+    """Run ``command``, send it SIGINT once its stderr shows a line containing
+    ``marker``, and return its exit status and whole stderr."""
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if marker in line:
+            process.send_signal(signal.SIGINT)
+            break
+    rest = process.communicate(timeout=timeout)[1]
+    return process.returncode, "".join(lines) + rest

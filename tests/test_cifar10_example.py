@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from default_sigint import script_command
+from default_sigint import interrupt_at_line, script_command
 
 from mochac import MemoryDataLayer
 from mochac.ir import build_ir
@@ -304,17 +303,9 @@ def test_ctrl_c_names_resume_snapshot(prepared, tmp_path):
     command += ["--snapshots", str(snapshots), "--max-iter", "1000000000"]
     command += ["--batch-size", "10", "--filters", "4,4,4", "--summary-every", "1"]
     command += ["--test-every", "1000000", "--threads", "1"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    lines = []
-    for line in process.stderr:
-        lines.append(line)
-        # Iteration 3 comes after the snapshot of iteration 0.
-        if "000003 :: TRAIN" in line:
-            process.send_signal(signal.SIGINT)
-            break
-    rest = process.communicate(timeout=120)[1]
-    stderr = "".join(lines) + rest
-    assert process.returncode == 130
+    # Iteration 3 comes after the snapshot of iteration 0.
+    returncode, stderr = interrupt_at_line(command, "000003 :: TRAIN")
+    assert returncode == 130
     assert "net 'CIFAR10-train': training stopped by Ctrl-C at iteration" in stderr
     resume = f"resumes from {snapshots / 'snapshot-000000.h5'} (iteration 0)"
     assert resume in stderr

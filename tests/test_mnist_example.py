@@ -1,7 +1,6 @@
 """examples/mnist/train.py and predict.py: invalid options and a missing data
 folder end in a one-line usage error before any net is built."""
 
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from default_sigint import script_command
+from default_sigint import interrupt_at_line, script_command
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mnist"
 TRAIN = EXAMPLE / "train.py"
@@ -57,17 +56,9 @@ def test_ctrl_c_names_resume_snapshot(tmp_path):
     snapshots = tmp_path / "snapshots"
     command = script_command(TRAIN) + ["--data", str(tmp_path)]
     command += ["--snapshots", str(snapshots), "--max-iter", "1000000000"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    lines = []
-    for line in process.stderr:
-        lines.append(line)
-        # Iteration 100 comes after the snapshot of iteration 0.
-        if "000100 :: TRAIN" in line:
-            process.send_signal(signal.SIGINT)
-            break
-    rest = process.communicate(timeout=120)[1]
-    stderr = "".join(lines) + rest
-    assert process.returncode == 130
+    # Iteration 100 comes after the snapshot of iteration 0.
+    returncode, stderr = interrupt_at_line(command, "000100 :: TRAIN")
+    assert returncode == 130
     assert "training stopped by Ctrl-C at iteration" in stderr
     resume = f"resumes from {snapshots / 'snapshot-000000.h5'} (iteration 0)"
     assert resume in stderr
