@@ -980,16 +980,24 @@ def test_own_handler_error_after_step(default_sigint, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def event_log(calls):
+    """Return (events, note): note(event) appends (event, handler calls so
+    far) to events. It is a Python call, at whose start Python runs pending
+    handlers, so the count shows which signals reached them by then."""
+    events = []
+
+    def note(event):
+        events.append((event, len(calls)))
+
+    return events, note
+
+
 def test_own_handler_second_ctrl_c(own_sigint_handler):
     """A second Ctrl-C within a step passes both on at once, in order."""
     from mochac.runtime.interrupts import StepInterrupts
 
     calls, _ = own_sigint_handler
-    events = []
-
-    def note(event):
-        # A Python call, at whose start Python runs pending handlers.
-        events.append((event, len(calls)))
+    events, note = event_log(calls)
 
     with StepInterrupts("unit") as interrupts, interrupts.step():
         os.kill(os.getpid(), signal.SIGINT)
@@ -1209,11 +1217,7 @@ def test_signals_pass_on_after_step(recording_handlers):
     from mochac.runtime.interrupts import StepInterrupts
 
     calls = recording_handlers
-    events = []
-
-    def note(event):
-        # A Python call, at whose start Python runs pending handlers.
-        events.append((event, len(calls)))
+    events, note = event_log(calls)
 
     with StepInterrupts("unit") as interrupts, interrupts.step():
         os.kill(os.getpid(), signal.SIGUSR1)
@@ -1231,10 +1235,7 @@ def test_second_sigterm_passes_all_on(recording_handlers):
     from mochac.runtime.interrupts import StepInterrupts
 
     calls = recording_handlers
-    events = []
-
-    def note(event):
-        events.append((event, len(calls)))
+    events, note = event_log(calls)
 
     with StepInterrupts("unit") as interrupts, interrupts.step():
         os.kill(os.getpid(), signal.SIGTERM)
