@@ -76,7 +76,7 @@ class LockHeld(Exception):
 def try_exclusive_flock(descriptor: int, path: Path, unlocked: str) -> bool:
     """Take an exclusive flock on ``descriptor`` without waiting.
 
-    Return False when another open file holds it, True when taken. Where the
+    Return False when another open file has the lock, True when taken. Where the
     file system cannot lock, log a warning that names ``path`` and ends with
     ``unlocked`` (what runs without the lock), and return True.
     """

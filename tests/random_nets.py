@@ -5,7 +5,7 @@ graph of compute layers. The graph has branches, splits, layers that share
 parameters through param_key and TiedInnerProductLayer, and layers that -O1
 runs in place. Loss and statistics layers read the blobs that no other
 layer reads.
-Every blob holds a batch of ``n`` samples, and the data layer serves two
+Every blob contains a batch of ``n`` samples, and the data layer serves two
 batches per epoch. The same seed always builds the same layers.
 """
 

@@ -26,9 +26,9 @@ by semicolons:
 - ``after NAME``: the block continues the block named NAME. The blocks of
   that chain (NAME, the block NAME continues, and so on) first run once in
   a folder of their own. The test copies that folder, runs the chain again
-  in the copy with a fresh namespace, then runs the block. This is how
-  docs/runtime.md says its examples ran: each after the first example, in
-  a folder holding the snapshots of a complete run of it.
+  in the copy with a fresh namespace, then runs the block. docs/runtime.md
+  states that its examples ran this way: each after the first example, in
+  a folder that contains the snapshots of a complete run of it.
 - ``file PATH``: write the block to PATH in the working folder instead of
   running it (a net file for ``mochac compile``). Its own test only checks
   that it compiles as Python.

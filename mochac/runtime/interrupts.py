@@ -193,9 +193,9 @@ class StepInterrupts(SignalHold):
 
     ``step()`` marks a training step, during which the signals of
     HELD_SIGNALS with Python handlers wait for the step's end. A second
-    delivery of a signal that the step holds already passes every held
-    signal on at once, in the order they arrived, and the step holds
-    later signals again. So a second Ctrl-C stops a step that takes too
+    delivery of a signal that the step has already held back passes every
+    held signal on at once, in the order they arrived, and the step holds
+    back later signals again. So a second Ctrl-C stops a step that takes too
     long, and so does a second SIGTERM under a SIGTERM handler that
     raises. A timer that fires more than once per step (setitimer with an
     interval shorter than a step) therefore reaches its handler within the

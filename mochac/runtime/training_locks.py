@@ -6,11 +6,10 @@ the coffee lounge's statistics file ``<name>`` the lock file
 ``.<name>.mochac-solve.lock`` beside it. A statistics file gets a lock of
 its own, not its folder's, because runs that save their statistics as
 different files of one folder do not collide. Reading needs no lock, so
-a load_from folder that no Snapshot break writes stays unlocked; a
-load_from folder that another training holds, or a file in it, gets a
-warning. The locks
-are flocks (mochac.file_locks), which the kernel releases when their
-process exits.
+a load_from folder that no Snapshot break writes stays unlocked. A
+load_from folder that another training has locked, or a file in it, gets
+a warning. The locks are flocks (mochac.file_locks), which the kernel
+releases when their process exits.
 """
 
 from __future__ import annotations
