@@ -378,8 +378,8 @@ class Solver:
         if pending is None and self._resumed_from is not None and state.iter == 0:
             if self._resumed_lists_pending:
                 # A snapshot of iteration 0 that lists no break still due was
-                # saved once every break due there had run, so a resume from
-                # it runs none of them again, as the uninterrupted run did not.
+                # saved once every break due there had run. A resume from it
+                # runs none of them again, like the uninterrupted run.
                 pending = (0, [])
             else:
                 # The file may have been saved before the breaks after its
