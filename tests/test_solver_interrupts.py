@@ -331,41 +331,118 @@ def test_resume_from_iteration_0_skips_first_round(tmp_path, monkeypatch):
     assert_same_params(resumed, straight_net)
 
 
-def test_old_snapshot_of_iteration_0_runs_breaks_again(tmp_path, caplog):
-    """Snapshots of older versions do not record which coffee breaks were
-    still due (no pending_breaks attribute). A resume from such a
-    snapshot of iteration 0 runs every break of iteration 0 again, since
-    the file may have been saved before the breaks after its Snapshot
-    break ran."""
-    solver = make_solver(4, tmp_path)
-    before, after = IterationLog(), IterationLog()
-    solver.add_coffee_break(before, every_n_iter=4)
-    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=4)
-    solver.add_coffee_break(InterruptOnce(at=0), every_n_iter=4)
-    solver.add_coffee_break(after, every_n_iter=4)
-    with pytest.raises(KeyboardInterrupt):
-        solver.solve(make_net())
-    assert after.seen == []
-    path = tmp_path / "snapshot-000000.h5"
+def remove_break_record(path):
+    """Make ``path`` a snapshot as older mochac versions wrote it, without
+    the pending_breaks and coffee_breaks attributes. Its digest sidecar
+    would no longer match, so it goes too."""
     with h5py.File(path, "r+") as handle:
         del handle["solver"].attrs["pending_breaks"]
         del handle["solver"].attrs["coffee_breaks"]
-    (tmp_path / "snapshot-000000.h5.sha256").unlink()
+    Path(f"{path}.sha256").unlink()
 
-    solver = make_solver(4, tmp_path)
+
+def add_logs_around_snapshot(solver, folder, every_n_iter, stop_at=None):
+    """Add an IterationLog, Snapshot(folder), InterruptOnce(at=stop_at) when
+    ``stop_at`` is given, and another IterationLog, in that order; return
+    the two logs."""
     before, after = IterationLog(), IterationLog()
-    solver.add_coffee_break(before, every_n_iter=4)
-    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=4)
-    solver.add_coffee_break(after, every_n_iter=4)
+    solver.add_coffee_break(before, every_n_iter=every_n_iter)
+    solver.add_coffee_break(Snapshot(folder), every_n_iter=every_n_iter)
+    if stop_at is not None:
+        solver.add_coffee_break(InterruptOnce(at=stop_at), every_n_iter=every_n_iter)
+    solver.add_coffee_break(after, every_n_iter=every_n_iter)
+    return before, after
+
+
+@pytest.mark.parametrize("stop_at", [0, 4])
+def test_old_snapshot_runs_breaks_after_writer(tmp_path, caplog, stop_at):
+    """Snapshots of older versions do not record which coffee breaks were
+    still due (no pending_breaks attribute). A resume from one runs the
+    breaks due after the Snapshot break that wrote it, since the file may
+    have been saved before they ran, and not the breaks before it."""
+    straight_net = make_net()
+    make_solver(6).solve(straight_net)
+
+    solver = make_solver(6, tmp_path)
+    before, after = add_logs_around_snapshot(solver, tmp_path, 2, stop_at)
+    with pytest.raises(KeyboardInterrupt):
+        solver.solve(make_net())
+    assert before.seen == [0, 2, 4][: stop_at // 2 + 1]
+    assert after.seen == [0, 2, 4][: stop_at // 2]
+    path = tmp_path / f"snapshot-{stop_at:06d}.h5"
+    remove_break_record(path)
+
+    solver = make_solver(6, tmp_path)
+    before, after = add_logs_around_snapshot(solver, tmp_path, 2)
+    resumed = make_net(seed=99)
     with caplog.at_level(logging.INFO, logger="mochac.runtime.solver"):
-        solver.solve(make_net(seed=99))
-    assert solver.start_iter == 0
-    assert before.seen == [0, 4]
-    assert after.seen == [0, 4]
+        solver.solve(resumed)
+    assert solver.start_iter == stop_at
+    assert before.seen == [2, 4, 6][stop_at // 2 :]
+    assert after.seen == [0, 2, 4, 6][stop_at // 2 :]
     assert f"{path} does not record which coffee breaks" in caplog.text
-    # The Snapshot break of iteration 0 wrote the file again, with the record.
+    assert (
+        f"it was written by Snapshot({tmp_path.name!r}, every_n_iter=2) (index 1), "
+        "so the coffee breaks due after it run: IterationLog(every_n_iter=2) "
+        "(index 2)"
+    ) in caplog.text
+    assert_same_params(resumed, straight_net)
+    # Saved again once the break after the Snapshot break had run.
     with h5py.File(path, "r") as handle:
         assert json.loads(handle["solver"].attrs["pending_breaks"]) == []
+
+
+def test_old_snapshot_elsewhere_runs_all_breaks(tmp_path, caplog):
+    """No Snapshot break of the resumed solver writes the file, so which
+    breaks ran before the save is unknown, and all breaks of its iteration
+    run. The file stays as it is."""
+    solver = make_solver(6, tmp_path)
+    add_logs_around_snapshot(solver, tmp_path, 2, stop_at=4)
+    with pytest.raises(KeyboardInterrupt):
+        solver.solve(make_net())
+    path = tmp_path / "snapshot-000004.h5"
+    remove_break_record(path)
+
+    solver = make_solver(6, tmp_path)
+    before, after = add_logs_around_snapshot(solver, tmp_path / "other", 2)
+    with caplog.at_level(logging.INFO, logger="mochac.runtime.solver"):
+        solver.solve(make_net(seed=99))
+    assert before.seen == [4, 6]
+    assert after.seen == [4, 6]
+    assert "no Snapshot coffee break of this solver due at that iteration" in (
+        caplog.text
+    )
+    with h5py.File(path, "r") as handle:
+        assert "pending_breaks" not in handle["solver"].attrs
+
+
+@pytest.mark.parametrize(
+    ("stop_at", "seen_before_stop", "seen_after_resume"),
+    [(3, [], [3, 6]), (4, [3], [6])],
+)
+def test_old_snapshot_runs_due_epoch_breaks(
+    tmp_path, stop_at, seen_before_stop, seen_after_resume
+):
+    """An every_n_epoch break after the Snapshot break is due again only
+    when the batch before the snapshot ended an epoch. The 12 samples in
+    batches of 4 end an epoch at iterations 3 and 6."""
+    solver = make_solver(6, tmp_path)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=1)
+    solver.add_coffee_break(InterruptOnce(at=stop_at), every_n_iter=1)
+    epochs = IterationLog()
+    solver.add_coffee_break(epochs, every_n_epoch=1)
+    with pytest.raises(KeyboardInterrupt):
+        solver.solve(make_net())
+    assert epochs.seen == seen_before_stop
+    remove_break_record(tmp_path / f"snapshot-{stop_at:06d}.h5")
+
+    solver = make_solver(6, tmp_path)
+    solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=1)
+    epochs = IterationLog()
+    solver.add_coffee_break(epochs, every_n_epoch=1)
+    solver.solve(make_net(seed=99))
+    assert solver.start_iter == stop_at
+    assert epochs.seen == seen_after_resume
 
 
 def test_snapshots_list_no_finished_breaks(tmp_path, caplog):
@@ -1884,3 +1961,33 @@ def test_signal_at_step_end_keeps_order(recording_handlers):
         assert calls == []
     signal.getsignal(signal.SIGTERM)
     assert [signum for signum, _ in calls] == [signal.SIGUSR1, signal.SIGTERM]
+
+
+@pytest.mark.parametrize(
+    ("states", "expected"),
+    [
+        # (epoch, position, batch_size, n_samples) of each data layer.
+        ([(1, 0, 4, 12)], (0, 1)),
+        ([(1, 4, 4, 12)], (1, 1)),
+        ([(0, 0, 4, 12)], (0, 0)),
+        ([(1, 1, 4, 3)], (0, 1)),
+        ([(5, 1, 8, 3)], (2, 5)),
+        ([(1, 0, 4, 12), (3, 6, 4, 8)], (0, 1)),
+        ([], (0, 0)),
+    ],
+)
+def test_latest_batch_epochs(states, expected):
+    """The epoch counts before and after the latest batch follow from the
+    data layers' states after it, also when a batch is larger than the
+    data and wraps more than once."""
+    from types import SimpleNamespace
+
+    from mochac.runtime.resume_point import latest_batch_epochs
+
+    sources = {
+        index: SimpleNamespace(
+            epoch=epoch, position=position, batch_size=batch_size, n_samples=n_samples
+        )
+        for index, (epoch, position, batch_size, n_samples) in enumerate(states)
+    }
+    assert latest_batch_epochs(SimpleNamespace(sources=sources)) == expected

@@ -62,6 +62,33 @@ def restore(net, point: ResumePoint) -> None:
         net.sources[index].load_state_dict(state)
 
 
+def latest_batch_epochs(net) -> tuple[int, int]:
+    """Return the epoch counts of the net's data before and after the batch
+    it loaded last, as Solver._due reads them.
+
+    Each data layer's position and epoch are those after that batch. The
+    batch was its last batch_size samples, so the epoch it started in
+    follows from the samples read so far. The net's epoch is the lowest of
+    its data layers', and 0 without data layers.
+    """
+    before, after = [], []
+    for source in net.sources.values():
+        after.append(int(source.epoch))
+        before.append(_epoch_before_batch(source))
+    return min(before, default=0), min(after, default=0)
+
+
+def _epoch_before_batch(source) -> int:
+    epoch = int(source.epoch)
+    n_samples = int(source.n_samples)
+    samples_read = epoch * n_samples + int(source.position)
+    if n_samples < 1 or samples_read < source.batch_size:
+        # Fewer samples than a batch: no batch was loaded, or the layer's
+        # arrays were replaced since, so no epoch can have ended.
+        return epoch
+    return (samples_read - source.batch_size) // n_samples
+
+
 def same(net, first: ResumePoint, second: ResumePoint) -> bool:
     """Return whether two points captured from ``net`` are the same data
     position and random streams."""

@@ -15,6 +15,7 @@ import numpy as np
 
 from mochac.caffe import load_model_file
 from mochac.errors import SnapshotError
+from mochac.runtime import resume_point
 from mochac.runtime.coffee_breaks import Snapshot
 from mochac.runtime.freeze import frozen_layers, trainable_groups
 from mochac.runtime.pending_breaks import match_pending_breaks
@@ -29,6 +30,7 @@ from mochac.runtime.snapshot import (
     open_model,
     read_solver_attributes,
     read_solver_state,
+    snapshot_path,
 )
 from mochac.values import as_int, as_real
 
@@ -46,7 +48,6 @@ def restore(solver, net):
     solver's load_from names, if it names one."""
     # The snapshot this solve() resumed from, if any (warn_of_later_files).
     solver._resumed_from = None
-    solver._resumed_lists_pending = False
     load_from = solver.params.get("load_from")
     if not load_from:
         return
@@ -110,7 +111,11 @@ def restore(solver, net):
             solver, net, buffers, path, attrs.get(FROZEN_LAYERS, frozenset())
         )
     _warn_frozen_change(solver, net, attrs, path)
-    solver._pending_breaks = _stored_pending_breaks(solver, attrs, iteration, path)
+    if PENDING_BREAKS in attrs:
+        pending = _stored_pending_breaks(solver, attrs, iteration, path)
+    else:
+        pending = _inferred_pending_breaks(solver, net, iteration, path)
+    solver._pending_breaks = pending
     # Entries of the run before the resume name iterations this run repeats.
     solver._snapshots_with_pending = {}
     if solver._pending_breaks is not None and _in_snapshot_folder(solver, path):
@@ -131,7 +136,6 @@ def restore(solver, net):
         if value is not None and math.isfinite(value) and value >= 0:
             setattr(solver.state, key, float(value))
     solver._resumed_from = path
-    solver._resumed_lists_pending = PENDING_BREAKS in attrs
     logger.info("resumed from %s at iteration %d", path, solver.state.iter)
 
 
@@ -148,7 +152,8 @@ def _in_snapshot_folder(solver, path: Path) -> bool:
 
 def _stored_pending_breaks(solver, attrs: dict, iteration: int, path):
     """Return (iteration, indices) of the coffee breaks a snapshot lists as
-    not yet run at its iteration, or None when it lists none.
+    not yet run at its iteration (its pending_breaks attribute), or None
+    when it lists none.
 
     The Snapshot break that saved it ran, and so did those before it. The
     solver saves the snapshot again once the breaks after it finish
@@ -158,7 +163,7 @@ def _stored_pending_breaks(solver, attrs: dict, iteration: int, path):
     solver's, each pending break runs where it is now, or is skipped
     (match_pending_breaks), with a warning.
     """
-    pending = attrs.get(PENDING_BREAKS) or []
+    pending = attrs[PENDING_BREAKS]
     saved = attrs.get(COFFEE_BREAKS)
     if saved is not None:
         if pending and saved != solver.state.coffee_breaks:
@@ -177,6 +182,65 @@ def _stored_pending_breaks(solver, attrs: dict, iteration: int, path):
             len(solver.breaks),
         )
         pending = [index for index in pending if index < len(solver.breaks)]
+    return (iteration, pending) if pending else None
+
+
+def _inferred_pending_breaks(solver, net, iteration: int, path: Path):
+    """Return (iteration, indices) of the coffee breaks due at a snapshot's
+    iteration that may not have run, for a snapshot of an older version
+    without the pending_breaks attribute; None when there are none.
+
+    The solver runs the breaks due at an iteration in the order they were
+    added, so the Snapshot break that wrote the file ran after those before
+    it. The breaks after it had run only if the run went on past the save,
+    which the file does not record. They are pending, because running a
+    break again costs time, but skipping one loses a validation or a
+    snapshot. The due breaks are those of this solver, which may differ
+    from those of the run that saved the file. When no Snapshot break of
+    this solver due at the iteration writes ``path``, every due break is
+    pending.
+
+    ``net`` must hold the snapshot's data layer states, which tell whether
+    the batch before the snapshot ended an epoch.
+    """
+    if iteration == 0:
+        # The first round of breaks runs before any batch completes an epoch.
+        due = solver._due(0, -1, -1)
+    else:
+        due = solver._due(iteration, *resume_point.latest_batch_epochs(net))
+    target = path.resolve()
+    writers = [
+        position
+        for position, index in enumerate(due)
+        if isinstance(solver.breaks[index][0], Snapshot)
+        and snapshot_path(solver.breaks[index][0].folder, iteration).resolve() == target
+    ]
+    descriptions = solver.state.coffee_breaks
+    if writers:
+        # A break that shares the folder and runs later wrote the same file
+        # again. The first one is taken, because the run may have stopped
+        # before the later one.
+        writer = due[writers[0]]
+        pending = due[writers[0] + 1 :]
+        reason = (
+            f"it was written by {descriptions[writer]} (index {writer}), so the "
+            "coffee breaks due after it run"
+        )
+    else:
+        pending = due
+        reason = (
+            "no Snapshot coffee break of this solver due at that iteration writes "
+            "it, so every coffee break due there runs"
+        )
+    listed = ", ".join(f"{descriptions[index]} (index {index})" for index in pending)
+    logger.info(
+        "%s does not record which coffee breaks were still due at iteration %d "
+        "(a snapshot of an older mochac version); %s: %s",
+        path,
+        iteration,
+        reason,
+        listed or "none",
+    )
     return (iteration, pending) if pending else None
 
 

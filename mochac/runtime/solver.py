@@ -210,13 +210,11 @@ class Solver:
         self._snapshots_with_pending: dict[Path, tuple[int, list[int]]] = {}
         # (iteration, indices in self.breaks) of the coffee breaks due at
         # that iteration that have not finished: those of a solve() that an
-        # error or Ctrl-C stopped, or those a resumed snapshot lists. The
-        # next solve() runs them before its first update.
+        # error or Ctrl-C stopped, or those a resumed snapshot lists (for a
+        # snapshot of an older version, those due after the Snapshot break
+        # that wrote it). The next solve() runs them before its first update.
         self._pending_breaks = None
         self._resumed_from = None
-        # Whether that snapshot records its pending breaks. Snapshots of
-        # older versions lack the pending_breaks attribute.
-        self._resumed_lists_pending = False
         # Whether this solver's solve() is running, so that a coffee break
         # cannot call it again.
         self._running = False
@@ -376,21 +374,10 @@ class Solver:
         if pending is not None and pending[0] != state.iter:
             pending = None
         if pending is None and self._resumed_from is not None and state.iter == 0:
-            if self._resumed_lists_pending:
-                # A snapshot of iteration 0 that lists no break still due was
-                # saved once every break due there had run. A resume from it
-                # runs none of them again, like the uninterrupted run.
-                pending = (0, [])
-            else:
-                # The file may have been saved before the breaks after its
-                # Snapshot break ran. Running a break again costs time, but
-                # skipping one loses a validation or a snapshot.
-                logger.info(
-                    "%s does not record which coffee breaks were still due at "
-                    "iteration 0 (a snapshot of an older mochac version), so "
-                    "all coffee breaks of iteration 0 run again",
-                    self._resumed_from,
-                )
+            # No break of iteration 0 is still due after the snapshot
+            # (snapshot_resume.restore), so the resume runs none of them
+            # again, like the uninterrupted run.
+            pending = (0, [])
         if state.iter > 0 and state.iter >= params["max_iter"] and pending is None:
             logger.info(
                 "net '%s' is already at iteration %d, max_iter=%d; nothing to train "
