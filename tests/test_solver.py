@@ -315,6 +315,119 @@ def test_resume_other_architecture(tmp_path):
     assert "has shape (6, 5), but the net expects (7, 5)" in message
     assert "different architecture" in message
     assert "damaged" not in message
+    assert "load a snapshot or model file saved from this net" in message
+
+
+def deeper_classifier_layers(x, y):
+    """Return classifier_layers with the layer ip3 between ip1 and ip2,
+    which keeps every parameter shape of classifier_layers."""
+    data, hidden, out, loss = classifier_layers(x, y)
+    extra = InnerProductLayer(name="ip3", output_dim=6, bottoms=["ip1"], tops=["ip3"])
+    return [data, hidden, extra, out.replace(bottoms=["ip3"]), loss]
+
+
+def snapshot_of_classifier(folder, layers=None):
+    """Train a net of ``layers`` (default: classifier_layers) for 2
+    iterations with a Snapshot break in ``folder``; return the path of
+    snapshot-000002.h5."""
+    x, y = toy_data()
+    layers = classifier_layers(x, y) if layers is None else layers
+    net = Net("a", CPUBackend(dtype=np.float64, seed=1), layers)
+    params = make_solver_parameters(SGD(), max_iter=2, momentum=0.9)
+    solver = Solver(SGD(), params, progress=False)
+    solver.add_coffee_break(Snapshot(folder), every_n_iter=2)
+    solver.solve(net)
+    return folder / "snapshot-000002.h5"
+
+
+def test_resume_net_with_new_layer_fails(tmp_path):
+    """A net with a layer the snapshot lacks cannot resume from it. The
+    error names the file and the two ways on, and the net keeps its
+    parameters."""
+    path = snapshot_of_classifier(tmp_path)
+    x, y = toy_data()
+    deeper = Net(
+        "b", CPUBackend(dtype=np.float64, seed=1), deeper_classifier_layers(x, y)
+    )
+    initial = deeper.params["ip1"]["weight"].copy()
+    params = make_solver_parameters(
+        SGD(), max_iter=4, momentum=0.9, load_from=str(tmp_path)
+    )
+    with pytest.raises(mochac.SnapshotError) as error:
+        Solver(SGD(), params, progress=False).solve(deeper)
+    message = str(error.value)
+    assert f"{path} lacks parameters ip3.weight (dataset ip3___weight)" in message
+    assert "resume with the net that saved it" in message
+    assert f"load_snapshot(net, {str(path)!r}, allow_missing=True)" in message
+    assert "load_from=None" in message
+    np.testing.assert_array_equal(deeper.params["ip1"]["weight"], initial)
+
+
+def test_resume_net_without_layer_warns(tmp_path, caplog):
+    """A net without a layer of the snapshot resumes its own parameters and
+    warns that the others are ignored."""
+    x, y = toy_data()
+    path = snapshot_of_classifier(tmp_path, deeper_classifier_layers(x, y))
+    with h5py.File(path, "r") as handle:
+        saved = handle["ip1___weight"][...]
+    net = Net("c", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+    params = make_solver_parameters(
+        SGD(), max_iter=2, momentum=0.9, load_from=str(tmp_path)
+    )
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.solver"):
+        state = Solver(SGD(), params, progress=False).solve(net)
+    assert state.iter == 2
+    warnings = [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno >= logging.WARNING and "lacks (" in record.getMessage()
+    ]
+    assert len(warnings) == 1
+    assert str(path) in warnings[0]
+    assert "net 'c' lacks (ip3___bias, ip3___weight)" in warnings[0]
+    np.testing.assert_array_equal(net.params["ip1"]["weight"], saved)
+
+
+def test_resume_data_layer_without_state_warns(tmp_path, caplog):
+    """A data layer that the snapshot has no state for (renamed since)
+    reads on from its current position, and the warning states that."""
+    path = snapshot_of_classifier(tmp_path)
+    x, y = toy_data()
+    layers = classifier_layers(x, y)
+    layers[0] = MemoryDataLayer(name="renamed-data", batch_size=4, data=[x, y])
+    net = Net("e", CPUBackend(dtype=np.float64, seed=1), layers)
+    params = make_solver_parameters(
+        SGD(), max_iter=2, momentum=0.9, load_from=str(tmp_path)
+    )
+    with caplog.at_level(logging.WARNING, logger="mochac.runtime.snapshot"):
+        Solver(SGD(), params, progress=False).solve(net)
+    warnings = [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno >= logging.WARNING and "has no state" in record.getMessage()
+    ]
+    expected = (
+        f"{path} has no state for data layer 'renamed-data'; it reads on from its "
+        "current position, so the resumed run may read other batches than an "
+        "uninterrupted one"
+    )
+    assert warnings == [expected]
+
+
+def test_resume_adam_from_sgd_snapshot_fails(tmp_path):
+    """An SGD snapshot cannot resume an Adam solver; the error names the
+    file and both methods, and the net keeps its parameters."""
+    path = snapshot_of_classifier(tmp_path)
+    x, y = toy_data()
+    net = Net("d", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))
+    initial = net.params["ip1"]["weight"].copy()
+    params = make_solver_parameters(Adam(), max_iter=4, load_from=str(tmp_path))
+    with pytest.raises(mochac.SnapshotError) as error:
+        Solver(Adam(), params, progress=False).solve(net)
+    message = str(error.value)
+    assert f"{path} was saved by solver SGD, but this solver is Adam" in message
+    assert "resume with SGD" in message
+    np.testing.assert_array_equal(net.params["ip1"]["weight"], initial)
 
 
 def test_load_missing_layer(tmp_path, caplog):

@@ -522,7 +522,7 @@ def _check_param_shape(stored, expected, layer, name, path) -> None:
         raise SnapshotError(
             f"layer '{layer}': parameter '{name}' in {path} has shape {stored}, but "
             f"the net expects {expected}; the file was saved from a different "
-            "architecture"
+            "architecture, so load a snapshot or model file saved from this net"
         )
 
 
@@ -538,25 +538,53 @@ def check_param_shapes(handle, net, path) -> None:
                     _check_param_shape(stored.shape, array.shape, layer, name, path)
 
 
-def load_params(handle, net, path, allow_missing=False) -> None:
+def load_params(handle, net, path, allow_missing=False, missing_advice=None) -> None:
     """Copy every parameter of ``net`` from an open file, checking each first.
 
     A parameter missing from the file raises SnapshotError, unless
     ``allow_missing``, in which case it keeps its initial value and is logged.
-    The net is changed only when every parameter passes.
+    ``missing_advice`` replaces the error's advice, which suits
+    load_snapshot. The net is changed only when every parameter passes.
     """
     with parsing(path):
         values, missing = read_params(handle, net, path)
     if missing and not allow_missing:
+        if missing_advice is None:
+            missing_advice = (
+                "to keep their initial values, load it with load_snapshot(net, "
+                "path, allow_missing=True)"
+            )
         raise SnapshotError(
-            f"{path} lacks parameters {', '.join(missing)} of net '{net.name}'; to "
-            "keep their initial values, load it with load_snapshot(net, path, "
-            "allow_missing=True)"
+            f"{path} lacks parameters {', '.join(missing)} of net '{net.name}'; "
+            f"{missing_advice}"
         )
     for (layer, name), stored in values.items():
         net.params[layer][name][...] = net.backend.to_device(stored)
     if missing:
         logger.info("%s lacks %s; kept their initial values", path, ", ".join(missing))
+
+
+def unused_parameters(handle, net, path) -> list[str]:
+    """Return the names of the parameter datasets in an open file that
+    belong to no parameter of ``net``, such as those of a layer removed
+    since the file was saved."""
+    expected = {
+        dataset_name(layer, name)
+        for layer, arrays in net.params.items()
+        for name in arrays
+    }
+    found = []
+
+    def visit(relative, node):
+        # A layer name with '/' makes nested groups, which are walked too.
+        if relative.split("/")[0] in ("solver", "rng", "data_layers"):
+            return
+        if isinstance(node, h5py.Dataset) and "___" in relative:
+            found.append(relative)
+
+    with parsing(path):
+        handle.visititems(visit)
+    return sorted(name for name in found if name not in expected)
 
 
 def load_snapshot(net, path, allow_missing=False) -> None:
@@ -761,7 +789,13 @@ def read_random_streams(handle, net, path) -> dict:
     values = {}
     for key, array in net.rng_states.items():
         if streams is None or key not in streams:
-            logger.warning("%s has no state for random stream '%s'", path, key)
+            logger.warning(
+                "%s has no state for random stream '%s'; it goes on from its "
+                "current state, so the resumed run may draw other values than an "
+                "uninterrupted one",
+                path,
+                key,
+            )
             continue
         node = streams[key]
         label = f"random stream '{key}' (dataset {node.name})"
@@ -791,7 +825,13 @@ def read_data_layer_states(handle, net, path) -> dict:
     for index in net.sources:
         layer_name = net.ir.layers[index].name
         if sources is None or layer_name not in sources:
-            logger.warning("%s has no state for data layer '%s'", path, layer_name)
+            logger.warning(
+                "%s has no state for data layer '%s'; it reads on from its current "
+                "position, so the resumed run may read other batches than an "
+                "uninterrupted one",
+                path,
+                layer_name,
+            )
             continue
         item = sources[layer_name]
         if not isinstance(item, h5py.Group):

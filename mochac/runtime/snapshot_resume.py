@@ -31,6 +31,7 @@ from mochac.runtime.snapshot import (
     read_solver_attributes,
     read_solver_state,
     snapshot_path,
+    unused_parameters,
 )
 from mochac.values import as_int, as_real
 
@@ -80,6 +81,8 @@ def restore(solver, net):
         raise SnapshotError(f"load_from={str(load_from)!r}: file not found; {advice}")
     restore_policy = getattr(solver.params["lr_policy"], "restore", None)
     iteration = 0
+    # Parameters in the file that the net lacks, which the resume ignores.
+    unused = []
     with open_model(path) as handle:
         # Every part of the snapshot is read and checked before anything
         # reaches the net, so a snapshot this solver cannot resume leaves
@@ -96,7 +99,8 @@ def restore(solver, net):
             # loads as load_network loads it.
             load_model_file(handle, net, path)
         else:
-            load_params(handle, net, path)
+            load_params(handle, net, path, missing_advice=_missing_advice(path))
+            unused = unused_parameters(handle, net, path)
             apply_solver_state(net, stored, path)
     if stored is None:
         logger.info(
@@ -106,6 +110,15 @@ def restore(solver, net):
         )
         return
     attrs, buffers = stored.attrs, stored.buffers
+    if unused:
+        logger.warning(
+            "%s contains parameters that net '%s' lacks (%s), of layers removed "
+            "or renamed since it was saved; the resume ignores them and their "
+            "solver buffers. Resume with the net that saved it to train them on",
+            path,
+            net.name,
+            ", ".join(unused),
+        )
     if iteration > 0:
         _warn_missing_buffers(
             solver, net, buffers, path, attrs.get(FROZEN_LAYERS, frozenset())
@@ -137,6 +150,17 @@ def restore(solver, net):
             setattr(solver.state, key, float(value))
     solver._resumed_from = path
     logger.info("resumed from %s at iteration %d", path, solver.state.iter)
+
+
+def _missing_advice(path) -> str:
+    """Return the advice of the error for a snapshot that lacks parameters
+    of the net being resumed."""
+    return (
+        "resume with the net that saved it, or, to train this net from the "
+        f"parameters it contains, call load_snapshot(net, {str(path)!r}, "
+        "allow_missing=True) and solve with load_from=None, which starts at "
+        "iteration 0"
+    )
 
 
 def _in_snapshot_folder(solver, path: Path) -> bool:
