@@ -9,6 +9,7 @@ process with threads.
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 # Runs the script named by its first argument, as `python SCRIPT ARGS` would.
 RUN_WITH_DEFAULT_SIGINT = (
@@ -19,10 +20,20 @@ RUN_WITH_DEFAULT_SIGINT = (
     "runpy.run_path(sys.argv[0], run_name='__main__')"
 )
 
+# Runs a script that pauses in one function until a signal arrives.
+PAUSED_SCRIPT = Path(__file__).with_name("paused_script.py")
+
 
 def script_command(script) -> list[str]:
     """Return the command that runs ``script`` with the default SIGINT handler."""
     return [sys.executable, "-c", RUN_WITH_DEFAULT_SIGINT, str(script)]
+
+
+def paused_script_command(target: str, script) -> list[str]:
+    """Return the command that runs ``script`` with the default SIGINT handler
+    and pauses it in the function ``target`` ("module:attribute"), as
+    paused_script.py describes."""
+    return [sys.executable, str(PAUSED_SCRIPT), target, str(script)]
 
 
 def interrupt_at_line(command, marker: str, timeout: float = 120) -> tuple[int, str]:

@@ -11,6 +11,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from default_sigint import interrupt_at_line, paused_script_command
+from paused_script import PAUSED_LINE
 
 from mochac.runtime.coffee_lounge import read_statistics
 
@@ -189,3 +191,41 @@ def test_rerun_other_units_exits_with_advice(tmp_path):
     assert f"a snapshot in {out} failed" in message
     assert "has shape (4, 64), but the net expects (5, 64)" in message
     assert f"delete {out} to start over or choose another --out." in message
+
+
+def ctrl_c_command(tmp_path, target):
+    """Return the command that runs train.py on small data, paused in ``target``."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_split(data, "train", 40, seed=1)
+    write_split(data, "test", 20, seed=2)
+    command = paused_script_command(target, EXAMPLE_DIR / "train.py")
+    return command + (
+        ["--data", str(data), "--out", str(tmp_path / "out"), "--hidden-units", "4"]
+        + ["--corruption", "0.1", "--batch-size", "20", "--threads", "1"]
+        + ["--pretrain-iter", "1", "--finetune-iter", "2", "--test-every", "1"]
+    )
+
+
+def test_ctrl_c_in_compile_exits_130(tmp_path):
+    command = ctrl_c_command(tmp_path, "mochac.runtime.net:build_extension")
+    returncode, stderr = interrupt_at_line(command, PAUSED_LINE)
+    assert returncode == 130
+    assert "WARNING:mochac.runtime.ctrl_c:stopped by Ctrl-C\n" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_ctrl_c_in_final_evaluation(tmp_path):
+    """The evaluation after the fine-tuning's solve() returned is stopped."""
+    target = "mochac.runtime.coffee_breaks:ValidationPerformance.evaluate"
+    command = ctrl_c_command(tmp_path, target)
+    returncode, stderr = interrupt_at_line(command, PAUSED_LINE)
+    assert returncode == 130
+    finished = (
+        "net 'MNIST-finetune': Ctrl-C after training finished at iteration 2 "
+        "(solve() had returned)"
+    )
+    assert finished in stderr
+    snapshot = tmp_path / "out" / "finetune" / "snapshot-000002.h5"
+    assert f"resumes from {snapshot} (iteration 2)" in stderr
+    assert "Traceback" not in stderr

@@ -10,7 +10,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from default_sigint import interrupt_at_line, script_command
+from default_sigint import interrupt_at_line, paused_script_command, script_command
+from paused_script import PAUSED_LINE
 
 from mochac import MemoryDataLayer
 from mochac.ir import build_ir
@@ -309,4 +310,15 @@ def test_ctrl_c_names_resume_snapshot(prepared, tmp_path):
     assert "net 'CIFAR10-train': training stopped by Ctrl-C at iteration" in stderr
     resume = f"resumes from {snapshots / 'snapshot-000000.h5'} (iteration 0)"
     assert resume in stderr
+    assert "Traceback" not in stderr
+
+
+def test_ctrl_c_in_compile_exits_130(prepared, tmp_path):
+    _, out = prepared
+    target = "mochac.runtime.net:build_extension"
+    command = paused_script_command(target, CIFAR_DIR / "train.py")
+    command += ["--data", str(out), "--snapshots", str(tmp_path / "snapshots")]
+    returncode, stderr = interrupt_at_line(command, PAUSED_LINE)
+    assert returncode == 130
+    assert "WARNING:mochac.runtime.ctrl_c:stopped by Ctrl-C\n" in stderr
     assert "Traceback" not in stderr

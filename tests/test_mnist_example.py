@@ -8,7 +8,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from default_sigint import interrupt_at_line, script_command
+from default_sigint import interrupt_at_line, paused_script_command, script_command
+from paused_script import PAUSED_LINE
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mnist"
 TRAIN = EXAMPLE / "train.py"
@@ -62,6 +63,52 @@ def test_ctrl_c_names_resume_snapshot(tmp_path):
     assert "training stopped by Ctrl-C at iteration" in stderr
     resume = f"resumes from {snapshots / 'snapshot-000000.h5'} (iteration 0)"
     assert resume in stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["mochac.runtime.net:build_extension", "mochac.runtime.net:make_source"],
+    ids=["compile", "data-loading"],
+)
+def test_ctrl_c_before_solve_exits_130(tmp_path, target):
+    write_tiny_mnist(tmp_path)
+    command = paused_script_command(target, TRAIN) + ["--data", str(tmp_path)]
+    command += ["--snapshots", str(tmp_path / "snapshots")]
+    returncode, stderr = interrupt_at_line(command, PAUSED_LINE)
+    assert returncode == 130
+    assert "WARNING:mochac.runtime.ctrl_c:stopped by Ctrl-C\n" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_ctrl_c_in_final_evaluation(tmp_path):
+    """The validation of the coffee breaks runs; the one after solve()
+    returned is stopped."""
+    write_tiny_mnist(tmp_path)
+    snapshots = tmp_path / "snapshots"
+    target = "mochac.runtime.coffee_breaks:ValidationPerformance.evaluate"
+    command = paused_script_command(target, TRAIN) + ["--data", str(tmp_path)]
+    command += ["--snapshots", str(snapshots), "--max-iter", "3"]
+    returncode, stderr = interrupt_at_line(command, PAUSED_LINE)
+    assert returncode == 130
+    assert "Ctrl-C after training finished at iteration 3 (solve() had returned)" in (
+        stderr
+    )
+    assert f"resumes from {snapshots / 'snapshot-000003.h5'} (iteration 3)" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_predict_ctrl_c_in_compile(tmp_path):
+    with h5py.File(tmp_path / "test.hdf5", "w") as handle:
+        handle["data"] = np.zeros((1, 1, 28, 28), dtype=np.float32)
+        handle["label"] = np.zeros((1, 1), dtype=np.float32)
+    command = paused_script_command("mochac.runtime.net:build_extension", PREDICT)
+    command += ["--data", str(tmp_path), "--snapshot", str(tmp_path / "none.h5")]
+    returncode, stderr = interrupt_at_line(command, PAUSED_LINE)
+    assert returncode == 130
+    # predict.py does not call log_to_console(), so Python's last-resort
+    # handler prints the warning alone.
+    assert stderr.endswith("stopped by Ctrl-C\n")
     assert "Traceback" not in stderr
 
 

@@ -1796,6 +1796,34 @@ def test_exit_on_ctrl_c_before_solve(caplog):
     ]
 
 
+def test_exit_on_ctrl_c_without_solver(caplog):
+    from mochac.runtime.ctrl_c import exit_on_ctrl_c
+
+    with pytest.raises(SystemExit) as raised, exit_on_ctrl_c():
+        raise KeyboardInterrupt
+    assert raised.value.code == 130
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == ["stopped by Ctrl-C"]
+
+
+def test_exit_on_ctrl_c_outer_keeps_inner_warning(caplog):
+    """A script's exit_on_ctrl_c() around its main() adds no second warning
+    to that of the exit_on_ctrl_c(solver) inside."""
+    from mochac.runtime.ctrl_c import exit_on_ctrl_c
+
+    solver = make_solver(4)
+    with pytest.raises(SystemExit) as raised, exit_on_ctrl_c(), exit_on_ctrl_c(solver):
+        raise KeyboardInterrupt
+    assert raised.value.code == 130
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [
+        (
+            "Ctrl-C before solve() was called; the solver has no load_from, so a "
+            "rerun starts from iteration 0"
+        )
+    ]
+
+
 def test_exit_on_ctrl_c_in_second_solve(caplog):
     """A solve() that returned, then a second one that Ctrl-C stopped."""
     from mochac.runtime.ctrl_c import exit_on_ctrl_c

@@ -355,8 +355,8 @@ def finetune(backend, args, name, train_layers, test_layers) -> dict:
     start = time.perf_counter()
     with exit_on_ctrl_c(solver):
         solve(solver, net)
-    seconds = time.perf_counter() - start
-    stats = validation.evaluate()
+        seconds = time.perf_counter() - start
+        stats = validation.evaluate()
     accuracy = stats["test-accuracy-accuracy"]
     logger.info(
         "%s: test accuracy %.2f%% over %d images after %d iterations; %.1f s",
@@ -500,4 +500,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    # A Ctrl-C outside solve() (preparing data, compiling) also exits with 130.
+    with exit_on_ctrl_c():
+        main(sys.argv[1:])

@@ -231,4 +231,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    # A Ctrl-C outside solve() (compiling, loading data) also exits with 130.
+    with exit_on_ctrl_c():
+        main(sys.argv[1:])

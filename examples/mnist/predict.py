@@ -14,6 +14,7 @@ import numpy as np
 from lenet import common_layers
 
 from mochac import CPUBackend, MemoryDataLayer, Net, SoftmaxLayer, load_snapshot
+from mochac.runtime.ctrl_c import exit_on_ctrl_c
 from mochac.runtime.snapshot import latest_snapshot
 
 HERE = Path(__file__).resolve().parent
@@ -66,4 +67,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    # A Ctrl-C (while the net compiles, say) exits with status 130.
+    with exit_on_ctrl_c():
+        main()

@@ -134,13 +134,13 @@ def main():
     # A Ctrl-C logs where a rerun resumes and exits with status 130.
     with exit_on_ctrl_c(solver):
         state = solve(solver, net)
-    elapsed = time.perf_counter() - start
-    if state.iter % 5000:
-        # A run shorter than the snapshot interval (--max-iter 300) would
-        # leave predict.py only the untrained snapshot of iteration 0.
-        snapshots.enjoy(solver, net)
+        elapsed = time.perf_counter() - start
+        if state.iter % 5000:
+            # A run shorter than the snapshot interval (--max-iter 300) would
+            # leave predict.py only the untrained snapshot of iteration 0.
+            snapshots.enjoy(solver, net)
+        final = validation.evaluate()["accuracy-accuracy"]
     first_iter = solver.start_iter
-    final = validation.evaluate()["accuracy-accuracy"]
     logger.info(
         "trained %d iterations in %.1f s (%.1f iterations/s, %d thread(s)); "
         "test accuracy %.2f%%",
@@ -154,4 +154,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    # A Ctrl-C outside solve() (compiling, loading data) also exits with 130.
+    with exit_on_ctrl_c():
+        main()

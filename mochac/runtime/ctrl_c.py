@@ -3,6 +3,11 @@ of a KeyboardInterrupt traceback.
 
     with exit_on_ctrl_c(solver):
         solve(solver, net)
+
+A script also wraps its whole main() in ``exit_on_ctrl_c()``, so that a
+Ctrl-C during a net's compile, the data loading or the final evaluation
+ends the same way. NOTE: a Ctrl-C during the imports at the top of a script,
+before the block starts, still prints Python's traceback.
 """
 
 from __future__ import annotations
@@ -21,21 +26,27 @@ CTRL_C_EXIT_STATUS = 130
 
 
 @contextlib.contextmanager
-def exit_on_ctrl_c(solver):
+def exit_on_ctrl_c(solver=None):
     """Turn a KeyboardInterrupt in the block into a warning and SystemExit(130).
 
-    The warning names the iteration ``solver`` stopped at, or states that
-    the Ctrl-C came before its solve() was called or after it returned. It
-    also names where running the same script again resumes: the newest
-    snapshot in the solver's load_from folder. For the warning to show, the script
-    calls log_to_console() first.
+    With a ``solver``, the warning names the iteration it stopped at, or
+    states that the Ctrl-C came before its solve() was called or after it
+    returned. It also names where running the same script again resumes:
+    the newest snapshot in the solver's load_from folder. For that warning
+    to show with its time and level, the script calls log_to_console()
+    first. Without a solver, the warning only states that a Ctrl-C stopped
+    the script. A SystemExit from an inner block passes through unchanged,
+    so an outer block without a solver keeps an inner block's warning.
     """
-    calls_before = solver._solve_calls
+    calls_before = solver._solve_calls if solver is not None else 0
     try:
         yield
     except KeyboardInterrupt:
-        started = solver._solve_calls > calls_before
-        logger.warning("%s", interrupt_report(solver, started))
+        if solver is None:
+            logger.warning("stopped by Ctrl-C")
+        else:
+            started = solver._solve_calls > calls_before
+            logger.warning("%s", interrupt_report(solver, started))
         raise SystemExit(CTRL_C_EXIT_STATUS) from None
 
 
