@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import functools
 import gc
+import inspect
 import json
 import logging
 import os
@@ -103,7 +104,7 @@ def cpu_in_place_of_gpu():
         gpu_backend.GPUBackend = mochac.GPUBackend = saved
 
 
-def find_nets(path: Path) -> dict[str, object]:
+def find_nets(path: Path, passes: dict | None = None) -> dict[str, object]:
     """Import ``path`` (its ``__main__`` block does not run); return its Nets.
 
     The result maps where each Net was found (``tiny``, ``nets[0]``,
@@ -113,7 +114,10 @@ def find_nets(path: Path) -> dict[str, object]:
     the import that are still alive but held elsewhere (an object's
     attribute, a set) get a warning that names them, unless a module that
     the file imported contains them. A GPUBackend in the file builds as a
-    CPUBackend (cpu_in_place_of_gpu).
+    CPUBackend (cpu_in_place_of_gpu). ``passes``, a dict of the Net
+    arguments opt_level and disable, replaces the file's own in every Net
+    built during the import (recording_built_nets), so that the import
+    compiles the code the command needs rather than code of other passes.
 
     Raises UsageError for a syntax error and NetFileError when the file
     raises another exception or exits during import.
@@ -122,7 +126,7 @@ def find_nets(path: Path) -> dict[str, object]:
     folder_entry = str(path.parent.resolve())
     sys.path.insert(0, folder_entry)
     try:
-        with cpu_in_place_of_gpu(), recording_built_nets() as built:
+        with cpu_in_place_of_gpu(), recording_built_nets(passes) as built:
             namespace = runpy.run_path(str(path), run_name="__mochac_compile__")
     except SyntaxError as error:
         # The file may import a module of its own that has the error, so the
@@ -168,19 +172,25 @@ def remove_path_entry(entry: str) -> None:
 
 
 @contextlib.contextmanager
-def recording_built_nets():
+def recording_built_nets(passes: dict | None = None):
     """Record a weak reference to each Net built inside the ``with`` block.
 
     The references let find_nets name the nets that a file built but keeps
     where collect_nets does not look, without keeping dropped nets alive.
+    With ``passes`` (the Net arguments opt_level and disable), each Net is
+    built with them in place of its own, and an INFO line names both lists
+    when they differ.
     """
     from mochac.runtime.net import Net
 
     built: list[weakref.ref] = []
     original_init = Net.__init__
+    signature = inspect.signature(original_init)
 
     @functools.wraps(original_init)
     def recording_init(self, *args, **kwargs):
+        if passes is not None:
+            kwargs = with_command_passes(signature, self, args, kwargs, passes)
         original_init(self, *args, **kwargs)
         built.append(weakref.ref(self))
 
@@ -189,6 +199,35 @@ def recording_built_nets():
         yield built
     finally:
         Net.__init__ = original_init
+
+
+def with_command_passes(signature, net, args, kwargs, passes: dict) -> dict:
+    """Return the keyword arguments of a Net(...) call in a net file with the
+    command line's ``passes`` in place of the call's own.
+
+    A call that Net would reject (a missing argument, an unknown pass) is
+    returned unchanged, so that Net raises its own error for it.
+    """
+    from mochac.passes.pipeline import enabled_passes
+
+    try:
+        call = signature.bind(net, *args, **kwargs)
+        call.apply_defaults()
+        file_passes = enabled_passes(
+            call.arguments["opt_level"], call.arguments["disable"]
+        )
+    except (TypeError, ConfigError):
+        return kwargs
+    command_passes = enabled_passes(passes["opt_level"], passes["disable"])
+    if command_passes != file_passes:
+        logger.info(
+            "net '%s': building it with the command line's passes (%s) in place "
+            "of the net file's (%s)",
+            call.arguments["name"],
+            ", ".join(command_passes) or "none",
+            ", ".join(file_passes) or "none",
+        )
+    return {**kwargs, **passes}
 
 
 def collect_nets(namespace: dict) -> dict[str, object]:
@@ -342,35 +381,47 @@ def destroy_imported_net(net) -> None:
     net.destroy()
 
 
-def rebuild_log_level(found, args) -> int:
-    """Return the log level of the build lines of the net that replaces ``found``.
+def with_passes_of_command(found, args):
+    """Return ``found``, or a net built again from its layers when its passes
+    differ from the command line's.
 
-    With the net file's passes, the rebuild loads the extension that the
-    import built, and its cache hit and summary lines repeat the import's,
-    so they go to DEBUG. With other passes, the new net's lines stay at
-    INFO, and this function first logs an INFO line with both pass lists.
+    find_nets builds the nets of the import with the command line's passes,
+    so a net is built again only when it was built before the import, such
+    as one that a module imported earlier in this process contains. Its net
+    is destroyed first, so that its output files and data sources are free
+    for the new one. The shared parameters stay with the backend.
     """
     from mochac.passes.pipeline import enabled_passes
+    from mochac.runtime.net import Net
 
-    file_passes = enabled_passes(found.opt_level, found.disable)
+    found_passes = enabled_passes(found.opt_level, found.disable)
     command_passes = enabled_passes(args.opt_level, args.disable)
-    if command_passes == file_passes:
-        return logging.DEBUG
+    if command_passes == found_passes:
+        return found
     logger.info(
         "net '%s': building it again with the command line's passes (%s) in "
-        "place of the net file's (%s)",
+        "place of the ones it was built with (%s)",
         found.name,
         ", ".join(command_passes) or "none",
-        ", ".join(file_passes) or "none",
+        ", ".join(found_passes) or "none",
     )
-    return logging.INFO
+    destroy_imported_net(found)
+    return Net(
+        found.name,
+        found.backend,
+        found.layers,
+        force_backward=found.force_backward,
+        phase=found.phase,
+        opt_level=args.opt_level,
+        disable=args.disable,
+        keep=found.keep,
+    )
 
 
 def compile_command(args) -> int:
     from mochac.codegen.module_writer import check_package_folder, write_module
     from mochac.passes.pipeline import enabled_passes
     from mochac.report import format_report, net_report, net_to_dot
-    from mochac.runtime.net import Net
 
     path = Path(args.net_file)
     check_net_file(path)
@@ -395,7 +446,7 @@ def compile_command(args) -> int:
         enabled_passes(args.opt_level, args.disable)
     except ConfigError as error:
         raise UsageError(str(error)) from None
-    found_nets = find_nets(path)
+    found_nets = find_nets(path, {"opt_level": args.opt_level, "disable": args.disable})
     if not found_nets:
         logger.error(
             "%s defines no Net at module level (in a variable, or a list, tuple "
@@ -414,22 +465,7 @@ def compile_command(args) -> int:
             check_package_folder(out_dir / package)
     reports, dots = [], []
     for found in found_nets.values():
-        # Rebuild with the command line's options; the cache makes an
-        # unchanged net cost no compile. The net of the import is destroyed
-        # first, so that its output files and data sources are free for the
-        # new one. The shared parameters stay with the backend.
-        destroy_imported_net(found)
-        net = Net(
-            found.name,
-            found.backend,
-            found.layers,
-            force_backward=found.force_backward,
-            phase=found.phase,
-            opt_level=args.opt_level,
-            disable=args.disable,
-            keep=found.keep,
-            _build_log_level=rebuild_log_level(found, args),
-        )
+        net = with_passes_of_command(found, args)
         folder = write_module(net, out_dir, source_file)
         print(f"net '{net.name}' -> {out / folder.name} (import {folder.name})")
         reports.append(net_report(net))
@@ -549,7 +585,10 @@ def bench_command(args) -> int:
             )
             return 2
         check_net_file(path)
-        found = find_nets(path)
+        # With the passes of the timed nets, the timed net loads the extension
+        # that the import compiled, unless --batch, a dtype other than
+        # float32 or an output layer makes its C code differ.
+        found = find_nets(path, {"opt_level": args.opt_level, "disable": ()})
         nets = [net for net in found.values() if net.ir.backward_order]
         if not nets:
             logger.error("%s defines no Net with a loss to train", path)

@@ -113,14 +113,13 @@ def test_compile_net_with_hdf5_output(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("options", "build_count", "rebuild_notes"),
-    [([], 1, 0), (["-O0"], 2, 1)],
+    ("options", "pass_notes"),
+    [([], 0), (["-O0"], 1)],
     ids=["file-passes", "other-passes"],
 )
-def test_compile_logs_build_once(tmp_path, caplog, options, build_count, rebuild_notes):
-    """The rebuild with the net file's passes repeats the import's build, so
-    its lines go to DEBUG. Other passes build another extension, which gets
-    its own lines after one that explains the rebuild."""
+def test_compile_builds_net_once(tmp_path, caplog, options, pass_notes):
+    """The import builds each net with the command line's passes, so the
+    net is built once. Passes other than the file's get a line naming both."""
     net_file = tmp_path / "net.py"
     net_file.write_text(NET_FILE)
     caplog.set_level(logging.INFO, logger="mochac")
@@ -147,11 +146,91 @@ def test_compile_logs_build_once(tmp_path, caplog, options, build_count, rebuild
     notes = [
         message
         for message in messages
-        if message.startswith("net 'tiny-net': building it again ")
+        if message.startswith(
+            "net 'tiny-net': building it with the command line's passes "
+        )
     ]
-    assert len(extensions) == build_count
-    assert len(summaries) == build_count
-    assert len(notes) == rebuild_notes
+    assert len(extensions) == 1
+    assert len(summaries) == 1
+    assert len(notes) == pass_notes
+    written = json.loads((tmp_path / "out" / "tiny_net" / "net.json").read_text())
+    assert written["opt_level"] == (0 if options else 1)
+
+
+def test_compile_rebuilds_net_built_before_import(tmp_path, caplog, monkeypatch):
+    """A net in a module imported before the command was built with
+    its own passes, so the command builds it again with its own."""
+    (tmp_path / "early_nets.py").write_text(NET_FILE)
+    net_file = tmp_path / "net.py"
+    net_file.write_text("from early_nets import tiny\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "early_nets", raising=False)
+    import early_nets  # noqa: F401 - built with the file's passes
+
+    caplog.set_level(logging.INFO, logger="mochac")
+    args = ["compile", "-O0", str(net_file), "-o", str(tmp_path / "out")]
+    assert main(args) == 0
+    rebuilds = [
+        record.getMessage()
+        for record in caplog.records
+        if record.getMessage().startswith("net 'tiny-net': building it again ")
+    ]
+    assert len(rebuilds) == 1
+    assert "passes (none) in place of the ones it was built with" in rebuilds[0]
+    written = json.loads((tmp_path / "out" / "tiny_net" / "net.json").read_text())
+    assert written["opt_level"] == 0
+
+
+LOSS_NET_FILE = textwrap.dedent(
+    """
+    import numpy as np
+    from mochac import CPUBackend, InnerProductLayer, MemoryDataLayer, Net, Neurons
+    from mochac import SoftmaxLossLayer
+
+    x = np.zeros((8, 3), np.float32)
+    y = np.zeros((8, 1), np.float32)
+    # fuse_neurons fuses the ReLU, so -O0 and -O1 compile different code.
+    relu = Neurons.ReLU()
+    train = Net("train", CPUBackend(seed=1), [
+        MemoryDataLayer(name="data", batch_size=4, data=[x, y]),
+        InnerProductLayer(
+            name="ip", output_dim=2, neuron=relu, bottoms=["data"], tops=["ip"]
+        ),
+        SoftmaxLossLayer(name="loss", bottoms=["ip", "label"]),
+    ])
+    """
+)
+# Defines a macro twice on the compiler's command line, so that every
+# compile prints one warning that names it.
+MACRO_DEFINED_TWICE = "-DMOCHAC_TWICE=1 -DMOCHAC_TWICE=2"
+
+
+def compiler_warnings(text: str) -> list[str]:
+    return [
+        line for line in text.splitlines() if "warning:" in line and "TWICE" in line
+    ]
+
+
+@pytest.mark.parametrize("command", ["compile", "bench"])
+def test_compiler_warning_shown_once(command, tmp_path, monkeypatch, capfd):
+    """The net file's net, the timed net and the compile that `mochac bench`
+    times share one source, so its warning shows once."""
+    from mochac.codegen import build
+
+    monkeypatch.setenv("CFLAGS", MACRO_DEFINED_TWICE)
+    monkeypatch.setenv("MOCHAC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(build, "SHOWN_OUTPUT_KEYS", set())
+    net_file = tmp_path / "net.py"
+    if command == "compile":
+        net_file.write_text(NET_FILE)
+        args = ["compile", "-O0", str(net_file), "-o", str(tmp_path / "out")]
+    else:
+        # The timed net leaves out output layers, so the file has none.
+        net_file.write_text(LOSS_NET_FILE)
+        args = ["bench", "-O0", str(net_file), "--iters", "1", "--repeats", "1"]
+        args += ["--no-peer"]
+    assert main(args) == 0
+    assert len(compiler_warnings(capfd.readouterr().err)) == 1
 
 
 OUTPUT_NET_FILE = textwrap.dedent(

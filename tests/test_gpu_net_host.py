@@ -156,7 +156,7 @@ def test_net_with_gpu_backend_builds_gpunet(cupy):
 
 
 def test_net_gpu_backend_build_log_level(cupy, caplog):
-    # mochac compile passes _build_log_level to Net, and Net(...) builds a
+    # mochac bench passes _build_log_level to Net, and Net(...) builds a
     # GPUNet for a GPU backend, so GPUNet takes the same argument.
     from mochac import Net
 

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -377,6 +378,36 @@ def build_folder_message(
     return f"{message}\n{output}"
 
 
+# The source keys whose compiler output this process has written to stderr.
+SHOWN_OUTPUT_KEYS: set[str] = set()
+SHOWN_OUTPUT_LOCK = threading.Lock()
+
+
+def show_compiler_output(compiler_output: CompilerOutput, key: str, net_name: str):
+    """Write the compiler's output of a successful build to stderr, where it
+    would have gone without the capture, unless a build of the same source
+    key in this process showed its output already.
+
+    The same key compiles again into an empty cache (`mochac bench` times
+    that), and its warnings would then show twice. A repeat goes to the
+    DEBUG log.
+    """
+    if not compiler_output.text:
+        return
+    with SHOWN_OUTPUT_LOCK:
+        shown = key in SHOWN_OUTPUT_KEYS
+        SHOWN_OUTPUT_KEYS.add(key)
+    if shown:
+        logger.debug(
+            "net '%s': the C compiler's output, as an earlier build of this "
+            "source showed it:\n%s",
+            net_name,
+            compiler_output.text.rstrip(),
+        )
+        return
+    compiler_output.forward()
+
+
 def build_extension(source: str, net_name: str, cache_hit_level=logging.INFO):
     """Return (module, path) of the compiled extension for ``source``.
 
@@ -466,9 +497,7 @@ def build_extension(source: str, net_name: str, cache_hit_level=logging.INFO):
             # A Ctrl-C: what the compiler wrote still reaches the terminal.
             compiler_output.forward()
             raise
-        # The compiler's warnings reach the terminal as they did before the
-        # capture.
-        compiler_output.forward()
+        show_compiler_output(compiler_output, key, net_name)
         logger.debug("net '%s': generated C at %s", net_name, c_path)
         try:
             publish_extension(Path(built), path)

@@ -205,8 +205,9 @@ class Net:
         keep=(),
         _prebuilt: tuple[Path, str] | None = None,
         _open_source=None,
-        # The level of the cache hit and summary lines. `mochac compile`
-        # lowers it to DEBUG for a rebuild that repeats the import's build.
+        # The level of the cache hit and summary lines. `mochac bench`
+        # lowers it to DEBUG for the builds that time a compile, which
+        # repeat the build of the timed net.
         _build_log_level=logging.INFO,
     ):
         self.name = name
