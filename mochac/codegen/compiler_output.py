@@ -35,7 +35,10 @@ READER_JOIN_SECONDS = 1.0
 # File descriptor 2 is shared by the whole process, so builds in several
 # threads redirect it one at a time. Otherwise a later block would save an
 # earlier block's pipe as the descriptor to restore. NOTE: so nets built in
-# several threads of one process compile one at a time.
+# several threads of one process compile one at a time. A pipe per compiler
+# process would avoid that, but distutils.spawn.spawn of setuptools 65.5
+# starts the compiler with this process's stderr and takes no argument for
+# another one.
 REDIRECT_LOCK = threading.Lock()
 
 
