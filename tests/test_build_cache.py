@@ -167,6 +167,27 @@ def test_nets_differing_in_name_share_extension(tmp_path, monkeypatch):
     assert renamed.blobs["y"].shape == (4, 3)
 
 
+def test_cflags_change_builds_again(tmp_path, monkeypatch):
+    """setuptools passes $CFLAGS to the compiler, so the cache key covers it."""
+    monkeypatch.setenv("MOCHAC_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("CFLAGS", raising=False)
+
+    def built_path():
+        layers = [
+            MemoryDataLayer(name="d", batch_size=4, data=[X], tops=["x"]),
+            InnerProductLayer(name="ip", output_dim=3, bottoms=["x"], tops=["y"]),
+        ]
+        return Net("flags", CPUBackend(threads=1, seed=0), layers).extension_path
+
+    plain = built_path()
+    monkeypatch.setenv("CFLAGS", "-DMOCHAC_TEST_FLAG=1")
+    flagged = built_path()
+    assert flagged != plain
+    assert len(list(tmp_path.glob("_mochac_*.so"))) == 2
+    monkeypatch.delenv("CFLAGS")
+    assert built_path() == plain
+
+
 # Builds a net in a child process whose files may grow to 64 KiB, less than
 # the generated C file, with SIGXFSZ ignored so that writes fail with EFBIG.
 BUILD_WITH_SMALL_FILE_LIMIT = textwrap.dedent(

@@ -79,9 +79,20 @@ def cache_dir() -> Path:
     return path
 
 
-@functools.cache
+# Environment variables that setuptools' compiler setup (customize_compiler)
+# reads, so a change of any of them changes the built extension.
+BUILD_ENVIRONMENT = ("CC", "CPPFLAGS", "CFLAGS", "LDSHARED", "LDFLAGS")
+
+
 def compiler_version() -> str:
-    compiler = sysconfig.get_config_var("CC") or "cc"
+    """Return the first line of ``--version`` of the compiler setuptools runs:
+    $CC when set, else the one Python was built with."""
+    compiler = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    return _compiler_version(compiler)
+
+
+@functools.cache
+def _compiler_version(compiler: str) -> str:
     try:
         result = subprocess.run(
             compiler.split()[:1] + ["--version"],
@@ -149,13 +160,14 @@ def without_net_name(source: str) -> str:
 
 def source_key(source: str) -> str:
     """Return the cache key of a generated source: the source without its net
-    name and every input of its build (flags, compiler, cffi, Python, BLAS,
-    CPU)."""
+    name and every input of its build (flags, compiler, the compiler's
+    environment variables, cffi, Python, BLAS, CPU)."""
     digest = hashlib.sha256()
     for part in (
         source_digest(without_net_name(source)),
         " ".join(COMPILE_ARGS),
         compiler_version(),
+        repr([os.environ.get(name) for name in BUILD_ENVIRONMENT]),
         cffi.__version__,
         sys.version,
         blas_location()[1],
