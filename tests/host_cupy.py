@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import os
 import re
 import shutil
 import subprocess
@@ -48,6 +49,7 @@ import numpy as np
 from cuda_emulator import (
     EMULATED_BLOCK,
     KERNEL_HEADER,
+    ORDERS,
     compile_source_for_host,
     load_host_library,
 )
@@ -560,10 +562,21 @@ class CUDARuntimeError(RuntimeError):
 
 
 COUNTER = itertools.count()
+# The thread and block order of every launch (a key of cuda_emulator.ORDERS)
+# and whether modules compile with the emulator's race check.
+LAUNCH_ORDER = os.environ.get("MOCHAC_HOST_CUPY_ORDER", "shuffle")
+if LAUNCH_ORDER not in ORDERS:
+    raise ValueError(
+        f"invalid MOCHAC_HOST_CUPY_ORDER={LAUNCH_ORDER!r}; expected one of "
+        f"{', '.join(ORDERS)}"
+    )
+RACE_CHECK = os.environ.get("MOCHAC_HOST_CUPY_RACES", "") == "1"
+# The seed of the next shuffled launch.
+LAUNCH_SEEDS = itertools.count()
 # The compiled modules of this process, removed when it exits.
 MODULES = tempfile.TemporaryDirectory(prefix="mochac-host-cupy-")
 # The library path and emulated source of each code compiled so far, by
-# code. A RawModule of code compiled before loads a copy of its library: the
+# code and race check. A RawModule of code compiled before loads a copy of its library: the
 # copy skips the compiler but has its own state, as each module on a device
 # has.
 COMPILED = {}
@@ -589,17 +602,22 @@ class RawModule:
         same code earlier in this process."""
         folder = Path(MODULES.name)
         stem = f"module{next(COUNTER)}"
-        compiled = COMPILED.get(self.code)
+        compiled = COMPILED.get((self.code, RACE_CHECK))
         if compiled is not None:
             library, emulated_source = compiled
             copy = folder / f"lib{stem}.so"
             shutil.copyfile(library, copy)
             return load_host_library(copy, emulated_source)
         try:
-            library = compile_source_for_host(self.code, folder, stem, EMULATED_BLOCK)
+            library = compile_source_for_host(
+                self.code, folder, stem, EMULATED_BLOCK, races=RACE_CHECK
+            )
         except subprocess.CalledProcessError as error:
             raise CompileException(error.stderr) from error
-        COMPILED[self.code] = (Path(library._name), library.emulated_source)
+        COMPILED[self.code, RACE_CHECK] = (
+            Path(library._name),
+            library.emulated_source,
+        )
         return library
 
     def get_function(self, name):
@@ -625,7 +643,10 @@ class RawModule:
                 kernel_argument(arg, parameter, name)
                 for arg, parameter in zip(args, parameters, strict=True)
             ]
-            enqueue(lambda: emulated_launch(library, name, grid[0], converted))
+            order, seed = LAUNCH_ORDER, next(LAUNCH_SEEDS)
+            enqueue(
+                lambda: emulated_launch(library, name, grid[0], converted, order, seed)
+            )
 
         return launch
 

@@ -5,11 +5,13 @@ rejects on a GPU, so code that passes against the stand-in does not fail
 only on a device for these reasons.
 """
 
+import os
 import shutil
 
 import host_cupy
 import numpy as np
 import pytest
+from cuda_emulator import EmulationError
 
 pytestmark = pytest.mark.skipif(
     shutil.which("g++") is None, reason="g++ is needed to compile kernels for the host"
@@ -76,6 +78,69 @@ def test_wrong_argument_count_rejected(module):
 def test_scalar_for_pointer_rejected(module):
     with pytest.raises(TypeError, match="needs a device array"):
         module.get_function("add_count")((1,), (256,), (np.int32(0), np.int32(4)))
+
+
+# Each thread appends its index to ``order``, one after another as the
+# emulator runs them. ``total`` is read and written by every thread with no
+# barrier, a race that a device can lose updates to.
+ORDER_SOURCE = r"""
+#define MOCHAC_BLOCK 256
+extern "C" __global__ void record_order(int *order, int *count)
+{
+    order[(*count)++] = threadIdx.x;
+}
+
+extern "C" __global__ void count_threads(double *total)
+{
+    total[0] += 1;
+}
+"""
+
+
+def run_order(order, monkeypatch):
+    """Return the thread indices of one launch of record_order in ``order``."""
+    monkeypatch.setattr(host_cupy, "LAUNCH_ORDER", order)
+    module = host_cupy.RawModule(code=ORDER_SOURCE)
+    threads = host_cupy.zeros(256, np.int32)
+    count = host_cupy.zeros(1, np.int32)
+    threads[...] = 0
+    count[...] = 0
+    module.get_function("record_order")((1,), (256,), (threads, count))
+    return threads.get().tolist()
+
+
+def test_launch_runs_threads_in_set_order(monkeypatch):
+    assert run_order("forward", monkeypatch) == list(range(256))
+    assert run_order("reverse", monkeypatch) == list(range(255, -1, -1))
+    shuffled = run_order("shuffle", monkeypatch)
+    assert sorted(shuffled) == list(range(256))
+    assert shuffled != list(range(256))
+
+
+@pytest.mark.skipif(
+    "MOCHAC_HOST_CUPY_ORDER" in os.environ, reason="MOCHAC_HOST_CUPY_ORDER is set"
+)
+def test_default_order_is_shuffled():
+    assert host_cupy.LAUNCH_ORDER == "shuffle"
+
+
+def count_threads(races, monkeypatch):
+    """Launch count_threads on one block; return the total it leaves."""
+    monkeypatch.setattr(host_cupy, "RACE_CHECK", races)
+    module = host_cupy.RawModule(code=ORDER_SOURCE)
+    total = host_cupy.zeros(1, np.float64)
+    total[...] = 0
+    module.get_function("count_threads")((1,), (256,), (total,))
+    return total.get().tolist()
+
+
+def test_unordered_updates_pass_without_race_check(monkeypatch):
+    assert count_threads(False, monkeypatch) == [256.0]
+
+
+def test_race_check_finds_unordered_updates(monkeypatch):
+    with pytest.raises(EmulationError, match="data race"):
+        count_threads(True, monkeypatch)
 
 
 @pytest.mark.parametrize(
