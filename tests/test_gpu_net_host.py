@@ -627,6 +627,29 @@ def test_host_gpunet_graphs_capture_direct_gemms(cupy, monkeypatch):
     device_tests.test_graph_steps_match_step_by_step(cupy)
 
 
+def test_host_gpunet_capture_allows_default_stream_work(cupy, monkeypatch, caplog):
+    """Work that another thread puts on CuPy's default stream during a
+    capture neither fails nor turns graphs off, because the capture stream
+    is non-blocking."""
+    memsets = []
+    scratch = cupy.zeros(4, np.float64)
+    enqueue = GPUNet._enqueue
+
+    def enqueue_beside_default_stream_work(net, calls, n_valid, stream=None):
+        enqueue(net, calls, n_valid, stream)
+        # Another thread's memset on the legacy default stream (stream 0).
+        cupy.cuda.runtime.memsetAsync(scratch.data.ptr, 0, scratch.nbytes, 0)
+        memsets.append(stream)
+
+    monkeypatch.setattr(GPUNet, "_enqueue", enqueue_beside_default_stream_work)
+    device_tests.test_graph_steps_match_step_by_step(cupy)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == []
+    # One memset after each of the two captures, and the others after the
+    # eager steps.
+    assert sum(stream is not None for stream in memsets) == 2
+
+
 def test_host_gpunet_without_direct_cublas(cupy, monkeypatch):
     """Where libcublas cannot be found, GEMMs go through CuPy and every
     layer still matches the CPU."""

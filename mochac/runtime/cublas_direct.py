@@ -154,10 +154,15 @@ class CublasHandle:
         _check(library.create(ctypes.byref(handle)), "cublasCreate_v2")
         self.handle = handle
         try:
-            _check(library.set_stream(handle, stream_ptr), "cublasSetStream_v2")
+            self.set_stream(stream_ptr)
         except MochacError:
             library.destroy(handle)
             raise
+
+    def set_stream(self, stream_ptr: int) -> None:
+        """Bind the handle to the stream ``stream_ptr``, on which the
+        functions of ``gemm_call`` enqueue from then on."""
+        _check(self.library.set_stream(self.handle, stream_ptr), "cublasSetStream_v2")
 
     def gemm_call(self, trans_a: bool, trans_b: bool, a, b, c, alpha, beta):
         """Return a function that enqueues c = alpha op(a) op(b) + beta c.

@@ -69,20 +69,31 @@ class StepGraphs:
             graph.launch(stream=net.stream)
 
     def _capture(self, calls, n_valid: int):
-        """Return the graph of ``calls``, or None (graphs then stay off)."""
+        """Return the graph of ``calls``, or None (graphs then stay off).
+
+        The capture runs on the net's non-blocking capture stream, with the
+        cuBLAS handle bound to it meanwhile, so that work other threads put
+        on CuPy's default stream neither fails nor invalidates the capture.
+        """
         net = self.net
-        stream = net.stream
+        stream = net.capture_stream
         begin = getattr(stream, "begin_capture", None)
         if begin is None:
             self._disable("this CuPy has no stream capture")
             return None
         try:
             with net.cupy.cuda.Device(net.backend.device):
-                begin()
+                if net.cublas is not None:
+                    net.cublas.set_stream(stream.ptr)
                 try:
-                    net._enqueue(calls, n_valid)
+                    begin()
+                    try:
+                        net._enqueue(calls, n_valid, stream)
+                    finally:
+                        graph = stream.end_capture()
                 finally:
-                    graph = stream.end_capture()
+                    if net.cublas is not None:
+                        net.cublas.set_stream(net.stream.ptr)
         except Exception as error:  # noqa: BLE001 - any failure means no graph
             self._disable(f"capture failed: {type(error).__name__}: {error}")
             return None

@@ -195,6 +195,12 @@ class GPUNet(Net):
             # stream is the per-thread one, which CUDA does not order with
             # other streams, so those writes and reads can race the steps.
             self.stream = cupy.cuda.Stream(non_blocking=False)
+            # Graphs are captured on a non-blocking stream and launched on
+            # self.stream. While a blocking stream captures, CUDA rejects
+            # work on the legacy default stream from every thread
+            # (cudaErrorStreamCaptureImplicit) and invalidates the capture,
+            # so another thread's CuPy call would fail.
+            self.capture_stream = cupy.cuda.Stream(non_blocking=True)
             self.copy_stream = cupy.cuda.Stream(non_blocking=True)
             # A net collected without destroy() may leave a batch read ahead
             # being copied into its staging buffer. CuPy's default stream,
@@ -384,7 +390,8 @@ class GPUNet(Net):
             ) from error
 
     def _bind(self, step):
-        """Return a function of n_valid that enqueues one step on the stream."""
+        """Return a function of n_valid that enqueues one step on the current
+        stream, which _enqueue sets."""
         from cupy import cublas
 
         runtime = self.cupy.cuda.runtime
@@ -425,7 +432,8 @@ class GPUNet(Net):
             nbytes = step.count * target.dtype.itemsize
 
             def run_zero(n_valid):
-                runtime.memsetAsync(target.data.ptr, 0, nbytes, self.stream.ptr)
+                stream = self.cupy.cuda.get_current_stream()
+                runtime.memsetAsync(target.data.ptr, 0, nbytes, stream.ptr)
 
             return run_zero
         if isinstance(step, Copy):
@@ -438,7 +446,7 @@ class GPUNet(Net):
                     source.data.ptr,
                     nbytes,
                     runtime.memcpyDeviceToDevice,
-                    self.stream.ptr,
+                    self.cupy.cuda.get_current_stream().ptr,
                 )
 
             return run_copy
@@ -601,11 +609,13 @@ class GPUNet(Net):
         if wait:
             self._finish()
 
-    def _enqueue(self, calls, n_valid):
-        """Reset the status and enqueue ``calls`` on the net's stream."""
-        with self.cupy.cuda.Device(self.backend.device), self.stream:
+    def _enqueue(self, calls, n_valid, stream=None):
+        """Reset the status and enqueue ``calls`` on ``stream``, by default
+        the net's stream. The direct cuBLAS calls go to the handle's stream."""
+        stream = stream or self.stream
+        with self.cupy.cuda.Device(self.backend.device), stream:
             self.cupy.cuda.runtime.memsetAsync(
-                self.status_block.data.ptr, 0, self.status_block.nbytes, self.stream.ptr
+                self.status_block.data.ptr, 0, self.status_block.nbytes, stream.ptr
             )
             for call in calls:
                 call(n_valid)
