@@ -244,6 +244,21 @@ def setup(policy, validation, solver):
     policy.setup(validation, solver)
 
 
+class ConsoleHandler(logging.StreamHandler):
+    """A stream handler that clears tqdm's progress bars while it writes.
+
+    The solver draws its bar on stderr without ending the line, so a record
+    written as it is would continue the bar's line, and the bar would redraw
+    behind it.
+    """
+
+    def emit(self, record):
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode(file=self.stream):
+            super().emit(record)
+
+
 def log_to_console(level=logging.INFO):
     """Show mochac's log (training summaries, validation) on stderr.
 
@@ -256,7 +271,7 @@ def log_to_console(level=logging.INFO):
     for old in list(root.handlers):
         if getattr(old, "mochac_console", False):
             root.removeHandler(old)
-    handler = logging.StreamHandler()
+    handler = ConsoleHandler()
     handler.mochac_console = True
     handler.setFormatter(
         logging.Formatter(

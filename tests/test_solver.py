@@ -2,6 +2,7 @@
 
 import logging
 import math
+import re
 from types import SimpleNamespace
 
 import h5py
@@ -834,6 +835,37 @@ def test_progress_bar_off_without_terminal(capsys):
     net = Net("quiet", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))
     Solver(SGD(), make_solver_parameters(SGD(), max_iter=3)).solve(net)
     assert "training" not in capsys.readouterr().err
+
+
+def test_console_log_starts_own_line_under_bar(capsys):
+    """A record that log_to_console() writes while the progress bar is drawn
+    starts on a line of its own, not after the bar's text."""
+    mochac.log_to_console()
+    x, y = toy_data()
+    net = Net("bar-log", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))
+    solver = Solver(SGD(), make_solver_parameters(SGD(), max_iter=4), progress=True)
+    solver.add_coffee_break(TrainingSummary(), every_n_iter=2)
+    solver.solve(net)
+    err = capsys.readouterr().err
+    records = [m.start() for m in re.finditer(r"\d\d:INFO:mochac", err)]
+    assert len(records) >= 3
+    for start in records:
+        line_start = max(err.rfind("\n", 0, start), err.rfind("\r", 0, start)) + 1
+        assert "training" not in err[line_start:start], err
+
+
+def test_progress_bar_closed_when_training_fails(capsys):
+    x, y = toy_data()
+    net = Net("bar-nan", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y))
+    params = make_solver_parameters(SGD(), max_iter=50, lr_policy=LRPolicy.Fixed(1e200))
+    # The traceback that pytest.raises keeps references the bar, so its
+    # garbage collection cannot close it. Only the solver can.
+    with pytest.raises(mochac.NumericalError) as failure:
+        Solver(SGD(), params, progress=True).solve(net)
+    err = capsys.readouterr().err
+    assert "training" in err
+    assert err.endswith("\n"), repr(err[-80:])
+    assert failure.traceback
 
 
 def test_load_rejects_nonfinite_parameters(tmp_path):

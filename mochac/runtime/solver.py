@@ -461,29 +461,29 @@ class Solver:
         self._pending_breaks = None
 
         constraints = net_constraints(net)
-        bar = self._progress_bar(state.iter, max_iter)
-        while state.iter < max_iter:
-            with interrupts.step():
-                due, loaded_epochs = self._step(
-                    net, regu_coef, constraints, loaded_epochs
-                )
-                # A Ctrl-C held back until the end of this step leaves them.
-                self._pending_breaks = (state.iter, due)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(obj_val=f"{state.obj_val:.4f}", refresh=False)
-                if state.iter == max_iter:
-                    # Each forward pass checks the losses, but a parameter
-                    # that no loss depends on can still turn NaN. This check
-                    # runs before the last coffee breaks, so no snapshot
-                    # saves it. The gradients are those of the pass after
-                    # the update, so they cannot tell where the values came
-                    # from.
-                    check_parameters(self, net, regu_coef, grads_applied=False)
-            self._enjoy(due, net)
-            self.lounge.maybe_save(state.iter)
-        if bar is not None:
-            bar.close()
+        # The bar closes when training stops by an error or a Ctrl-C too, so
+        # the messages after it start on a line of their own.
+        with self._progress_bar(state.iter, max_iter) as bar:
+            while state.iter < max_iter:
+                with interrupts.step():
+                    due, loaded_epochs = self._step(
+                        net, regu_coef, constraints, loaded_epochs
+                    )
+                    # A Ctrl-C held back until the end of this step leaves them.
+                    self._pending_breaks = (state.iter, due)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(obj_val=f"{state.obj_val:.4f}", refresh=False)
+                    if state.iter == max_iter:
+                        # Each forward pass checks the losses, but a parameter
+                        # that no loss depends on can still turn NaN. This check
+                        # runs before the last coffee breaks, so no snapshot
+                        # saves it. The gradients are those of the pass after
+                        # the update, so they cannot tell where the values came
+                        # from.
+                        check_parameters(self, net, regu_coef, grads_applied=False)
+                self._enjoy(due, net)
+                self.lounge.maybe_save(state.iter)
 
     def _step(self, net, regu_coef: float, constraints, loaded_epochs) -> tuple:
         """Run the next iteration's update and the forward and backward passes
@@ -851,10 +851,11 @@ class Solver:
         return float(number)
 
     def _progress_bar(self, start: int, end: int):
-        """Return a tqdm bar over the remaining iterations, or None when off."""
+        """Return a tqdm bar over the remaining iterations, or a context
+        manager that gives None when the bar is off."""
         show = self.progress if self.progress is not None else sys.stderr.isatty()
         if not show or start >= end:
-            return None
+            return contextlib.nullcontext()
         from tqdm import tqdm
 
         return tqdm(total=end, initial=start, unit="it", desc="training")
