@@ -1,6 +1,8 @@
 """Errors a user meets when building, training or reusing a net."""
 
+import copy
 import os
+import pickle
 import stat
 
 import numpy as np
@@ -440,3 +442,17 @@ def test_unnamed_hdf5_layer_error_uses_net_name(tmp_path, layer_class):
         Net("files", CPUBackend(dtype=np.float64), layers)
     expected = f"{layer_class.__name__} '{layer_class.__name__}-0': "
     assert str(caught.value).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    "duplicate",
+    [copy.copy, copy.deepcopy, pickle.dumps],
+    ids=["copy", "deepcopy", "pickle"],
+)
+def test_net_copy_names_net_and_snapshot(duplicate):
+    net = Net("copied", CPUBackend(seed=0), classifier([0, 1]))
+    with pytest.raises(TypeError) as error:
+        duplicate(net)
+    message = str(error.value)
+    assert "net 'copied' cannot be pickled or copied" in message
+    assert "save_snapshot(path, net)" in message

@@ -947,6 +947,16 @@ class Net:
         """Mocha's name for ``blobs``: the arrays of the kept blobs, by name."""
         return self.blobs
 
+    def __reduce_ex__(self, protocol):
+        # copy.copy, copy.deepcopy and pickle all call this. Without it they
+        # fail on an internal lock with a message that names no net.
+        raise TypeError(
+            f"net '{self.name}' cannot be pickled or copied, because its arrays "
+            "are the memory of its compiled code; save its parameters with "
+            "save_snapshot(path, net) and load them into another Net of the same "
+            "layers with load_snapshot(other, path)"
+        )
+
     def __repr__(self):
         lines = [f"Net '{self.name}' ({self.backend.dtype.name})"]
         for index in self.ir.forward_order:
