@@ -41,11 +41,18 @@ def plot_statistics(stats_path, out_path, names=None) -> list[str]:
     stats = read_statistics(stats_path)
     available = [name for name in stats if not name.endswith("-count")]
     chosen = list(names) if names else available
-    missing = [name for name in chosen if name not in stats]
-    if missing or not chosen:
+    if not available:
         raise DataError(
-            f"{stats_path} has no statistic {', '.join(missing) or '(none recorded)'}; "
-            f"it has: {', '.join(available) or 'nothing'}"
+            f"{stats_path} contains no statistics to draw, because the coffee "
+            "breaks of its training recorded none; add TrainingSummary() (the "
+            "objective) or ValidationPerformance(test_net) (its accuracies and "
+            "losses) to the solver that writes it"
+        )
+    missing = [name for name in chosen if name not in stats]
+    if missing:
+        raise DataError(
+            f"{stats_path} has no statistic {', '.join(missing)}; "
+            f"it has: {', '.join(available)}"
         )
     figure, axes = plt.subplots(
         len(chosen), 1, figsize=(7, 2.6 * len(chosen)), squeeze=False

@@ -50,6 +50,18 @@ def test_plot_unknown_statistic(tmp_path):
         plot_statistics(lounge_file(tmp_path), tmp_path / "x.png", ["learning_rate"])
 
 
+def test_plot_empty_lounge_names_breaks(tmp_path):
+    """A lounge whose training had no TrainingSummary or validation saves a
+    file without series."""
+    CoffeeLounge(tmp_path / "statistics.h5").save()
+    with pytest.raises(DataError) as error:
+        plot_statistics(tmp_path / "statistics.h5", tmp_path / "x.png")
+    message = str(error.value)
+    assert "contains no statistics to draw" in message
+    assert "TrainingSummary()" in message
+    assert "nothing" not in message
+
+
 def test_plot_unreadable_file(tmp_path):
     bad = tmp_path / "bad.h5"
     bad.write_bytes(np.zeros(8).tobytes())
