@@ -116,8 +116,9 @@ def find_nets(path: Path, passes: dict | None = None) -> dict[str, object]:
     the file imported contains them. A GPUBackend in the file builds as a
     CPUBackend (cpu_in_place_of_gpu). ``passes``, a dict of the Net
     arguments opt_level and disable, replaces the file's own in every Net
-    built during the import (recording_built_nets), so that the import
-    compiles the code the command needs rather than code of other passes.
+    built during the import (recording_built_nets) but those of compiled
+    packages, so that the import compiles the code the command needs
+    rather than code of other passes.
 
     Raises UsageError for a syntax error and NetFileError when the file
     raises another exception or exits during import.
@@ -177,9 +178,10 @@ def recording_built_nets(passes: dict | None = None):
 
     The references let find_nets name the nets that a file built but keeps
     where collect_nets does not look, without keeping dropped nets alive.
-    With ``passes`` (the Net arguments opt_level and disable), each Net is
-    built with them in place of its own, and an INFO line names both lists
-    when they differ.
+    With ``passes`` (the Net arguments opt_level and disable), each Net but
+    those of compiled packages is built with them in place of its own
+    (with_command_passes), and an INFO line names both lists when they
+    differ.
     """
     from mochac.runtime.net import Net
 
@@ -206,13 +208,18 @@ def with_command_passes(signature, net, args, kwargs, passes: dict) -> dict:
     command line's ``passes`` in place of the call's own.
 
     A call that Net would reject (a missing argument, an unknown pass) is
-    returned unchanged, so that Net raises its own error for it.
+    returned unchanged, so that Net raises its own error for it. So is the
+    call of a compiled package that loads its extension (``_prebuilt``):
+    that extension is the code of the package's passes, and
+    with_passes_of_command builds the net again when the command's differ.
     """
     from mochac.passes.pipeline import enabled_passes
 
     try:
         call = signature.bind(net, *args, **kwargs)
         call.apply_defaults()
+        if call.arguments["_prebuilt"] is not None:
+            return kwargs
         file_passes = enabled_passes(
             call.arguments["opt_level"], call.arguments["disable"]
         )
@@ -385,11 +392,12 @@ def with_passes_of_command(found, args):
     """Return ``found``, or a net built again from its layers when its passes
     differ from the command line's.
 
-    find_nets builds the nets of the import with the command line's passes,
-    so a net is built again only when it was built before the import, such
-    as one that a module imported earlier in this process contains. Its net
-    is destroyed first, so that its output files and data sources are free
-    for the new one. The shared parameters stay with the backend.
+    find_nets builds the nets of the import with the command line's
+    passes. So a net is built again only when a module imported earlier in
+    this process built it, or a compiled package loaded it with the
+    package's passes. Its net is destroyed first, so that its output files
+    and data sources are free for the new one. The shared parameters stay
+    with the backend.
     """
     from mochac.passes.pipeline import enabled_passes
     from mochac.runtime.net import Net

@@ -181,6 +181,32 @@ def test_compile_rebuilds_net_built_before_import(tmp_path, caplog, monkeypatch)
     assert written["opt_level"] == 0
 
 
+def test_compile_net_of_compiled_package_other_passes(tmp_path, caplog):
+    """A compiled package's net loads the extension of the package's passes,
+    so the import keeps them, and the command builds the net again with its
+    own."""
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    assert main(["compile", str(net_file), "-o", str(tmp_path / "package")]) == 0
+    loading_file = tmp_path / "loading.py"
+    loading_file.write_text(
+        "from mochac.runtime.compiled_module import load_net\n"
+        f"tiny = load_net({str(tmp_path / 'package' / 'tiny_net')!r})\n"
+    )
+
+    caplog.set_level(logging.INFO, logger="mochac")
+    args = ["compile", "-O0", str(loading_file), "-o", str(tmp_path / "out")]
+    assert main(args) == 0
+    rebuilds = [
+        record.getMessage()
+        for record in caplog.records
+        if record.getMessage().startswith("net 'tiny-net': building it again ")
+    ]
+    assert len(rebuilds) == 1
+    written = json.loads((tmp_path / "out" / "tiny_net" / "net.json").read_text())
+    assert written["opt_level"] == 0
+
+
 LOSS_NET_FILE = textwrap.dedent(
     """
     import numpy as np
