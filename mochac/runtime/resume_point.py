@@ -83,9 +83,13 @@ def _epoch_before_batch(source) -> int:
     n_samples = int(source.n_samples)
     samples_read = epoch * n_samples + int(source.position)
     if n_samples < 1 or samples_read < source.batch_size:
-        # Fewer samples than a batch: no batch was loaded, or the layer's
-        # arrays were replaced since, so no epoch can have ended.
+        # Fewer samples read than a batch: no batch was loaded since the
+        # start or a rewind, or the arrays were replaced at epoch 0, so no
+        # epoch can have ended.
         return epoch
+    # NOTE: arrays replaced at a later epoch leave position 0 and the epoch
+    # count, which reads as a batch that ended an epoch, so an every_n_epoch
+    # break may be taken as due although the saving run did not run it.
     return (samples_read - source.batch_size) // n_samples
 
 

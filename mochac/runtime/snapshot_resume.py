@@ -224,8 +224,8 @@ def _inferred_pending_breaks(solver, net, iteration: int, path: Path):
     this solver due at the iteration writes ``path``, every due break is
     pending.
 
-    ``net`` must hold the snapshot's data layer states, which tell whether
-    the batch before the snapshot ended an epoch.
+    ``net`` must contain the snapshot's data layer states, which show
+    whether the batch before the snapshot ended an epoch.
     """
     if iteration == 0:
         # The first round of breaks runs before any batch completes an epoch.
