@@ -576,9 +576,9 @@ LAUNCH_SEEDS = itertools.count()
 # The compiled modules of this process, removed when it exits.
 MODULES = tempfile.TemporaryDirectory(prefix="mochac-host-cupy-")
 # The library path and emulated source of each code compiled so far, by
-# code and race check. A RawModule of code compiled before loads a copy of its library: the
-# copy skips the compiler but has its own state, as each module on a device
-# has.
+# code and race check. A RawModule of code compiled before loads a copy of
+# its library: the copy skips the compiler but has its own state, as each
+# module on a device has.
 COMPILED = {}
 
 
