@@ -456,3 +456,68 @@ def test_net_copy_names_net_and_snapshot(duplicate):
     message = str(error.value)
     assert "net 'copied' cannot be pickled or copied" in message
     assert "save_snapshot(path, net)" in message
+
+
+def deploy_layers():
+    x = np.arange(8, dtype=np.float64).reshape(4, 2)
+    return [
+        MemoryDataLayer(name="data", batch_size=2, tops=["data"], data=[x]),
+        InnerProductLayer(name="ip1", output_dim=3, bottoms=["data"], tops=["ip1"]),
+        InnerProductLayer(name="ip2", output_dim=2, bottoms=["ip1"], tops=["ip2"]),
+    ]
+
+
+@pytest.mark.parametrize("phase", ["test", "train"])
+def test_diffs_of_net_without_loss(phase):
+    net = Net("deploy", CPUBackend(), deploy_layers(), phase=phase)
+    with pytest.raises(NotFoundError) as raised:
+        net.diffs["ip2"]
+    message = str(raised.value)
+    assert message.startswith("net.diffs['ip2']: net 'deploy' has no loss layer")
+    assert "so it runs no backward pass and has no diffs or gradients" in message
+    assert "build the net with a loss layer" in message
+    assert "force_backward=True" in message
+    assert "are: none" not in message
+
+
+def test_grads_of_net_without_loss():
+    net = Net("deploy", CPUBackend(), deploy_layers())
+    for layer in ("ip1", "data"):
+        with pytest.raises(NotFoundError) as raised:
+            net.grads[layer]
+        message = str(raised.value)
+        assert message.startswith(f"net.grads['{layer}']: net 'deploy' has no loss")
+        assert "build the net with a loss layer" in message
+
+
+def test_loss_reaching_no_parameters():
+    x = np.zeros((4, 2))
+    y = np.zeros((4, 1))
+    layers = [
+        MemoryDataLayer(name="data", batch_size=2, data=[x, y]),
+        SoftmaxLossLayer(name="loss", bottoms=["data", "label"]),
+    ]
+    net = Net("no-backward", CPUBackend(), layers)
+    with pytest.raises(NotFoundError) as raised:
+        net.diffs["data"]
+    message = str(raised.value)
+    assert "net 'no-backward' runs no backward pass" in message
+    assert "its loss layers send no gradient to a layer with parameters" in message
+
+
+def test_untrained_layer_grads_advice():
+    x = np.zeros((4, 2))
+    y = np.zeros((4, 1))
+    layers = [
+        MemoryDataLayer(name="data", batch_size=2, data=[x, y]),
+        InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["ip"]),
+        InnerProductLayer(name="side", output_dim=2, bottoms=["ip"], tops=["side"]),
+        SoftmaxLossLayer(name="loss", bottoms=["ip", "label"]),
+    ]
+    net = Net("side-branch", CPUBackend(), layers)
+    assert "ip" in net.grads
+    with pytest.raises(NotFoundError) as raised:
+        net.grads["side"]
+    message = str(raised.value)
+    assert "layer 'side' has no gradients: no loss layer reads its outputs" in message
+    assert "connect its outputs to a loss layer through layers that" in message

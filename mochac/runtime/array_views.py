@@ -29,8 +29,13 @@ class ArrayViews(dict):
         self.locked = False
         # Key -> why it has no entry, for the KeyError of a lookup.
         self.missing: dict[str, str] = {}
+        # Why the view has no entries at all, such as a net that runs no
+        # backward pass, or None. It replaces the reasons per key.
+        self.empty_reason: str | None = None
 
     def __missing__(self, key):
+        if self.empty_reason is not None and not self:
+            raise NotFoundError(f"{self.label}[{key!r}]: {self.empty_reason}")
         if key in self.missing:
             raise NotFoundError(f"{self.label}[{key!r}]: {self.missing[key]}")
         raise name_not_found(
@@ -136,6 +141,8 @@ class BlobViews(ArrayViews):
         self.package: tuple[str, str | None, list[str]] | None = None
 
     def __missing__(self, name):
+        if self.empty_reason is not None and not self and not self.hidden:
+            raise NotFoundError(f"{self.label}[{name!r}]: {self.empty_reason}")
         if name in self.hidden:
             reason, pass_name = self.hidden[name]
             raise NotFoundError(
@@ -179,6 +186,27 @@ class BlobViews(ArrayViews):
         )
 
 
+def no_backward_reason(net) -> str | None:
+    """Return why ``net`` has no diffs or gradients when it runs no backward
+    pass, with what to do, else None."""
+    ir = net.ir
+    if ir.backward_order:
+        return None
+    if any(info.layer.has_loss for info in ir.layers):
+        return (
+            f"net '{net.name}' runs no backward pass, so it has no diffs or "
+            "gradients: its loss layers send no gradient to a layer with "
+            "parameters; connect the layers to train to a loss through layers "
+            "that back-propagate"
+        )
+    return (
+        f"net '{net.name}' has no loss layer, so it runs no backward pass and "
+        "has no diffs or gradients (a test or deploy net is built without one); "
+        "build the net with a loss layer, as a training net is, to read them, "
+        "or pass force_backward=True to Net to run backward without a loss"
+    )
+
+
 def blob_views(net, pinned: set[int]) -> tuple[BlobViews, BlobViews]:
     """Return the views of ``net``'s blob data and diffs, aliases included.
 
@@ -208,4 +236,5 @@ def blob_views(net, pinned: set[int]) -> tuple[BlobViews, BlobViews]:
                 )
             else:
                 views[name] = net.arrays[slot.index].reshape(blob.shape)
+    diffs.empty_reason = no_backward_reason(net)
     return blobs, diffs

@@ -45,7 +45,11 @@ from mochac.passes.pipeline import (
 from mochac.passes.plan_memory import plan_memory
 from mochac.report import ir_to_dot
 from mochac.runtime import native_update
-from mochac.runtime.array_views import blob_views, locked_views
+from mochac.runtime.array_views import (
+    blob_views,
+    locked_views,
+    no_backward_reason,
+)
 from mochac.runtime.backend import check_backend
 from mochac.runtime.data_sources import make_source
 from mochac.runtime.net_checks import check_kept_blobs, check_step_method
@@ -419,9 +423,12 @@ class Net:
         """Make params, grads, blobs and diffs reject replaced arrays."""
         self.params = locked_views("net.params", self.params)
         self.grads = locked_views("net.grads", self.grads)
+        self.grads.empty_reason = no_backward_reason(self)
         for layer_name, reason in getattr(self, "untrained", {}).items():
             self.grads.missing[layer_name] = (
-                f"layer '{layer_name}' has no gradients: {reason}"
+                f"layer '{layer_name}' has no gradients: {reason}; connect its "
+                "outputs to a loss layer through layers that back-propagate to "
+                "train it"
             )
         self.blobs.lock()
         self.diffs.lock()
