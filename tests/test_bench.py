@@ -3,6 +3,8 @@
 import json
 import logging
 import re
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -286,6 +288,38 @@ def test_bench_checks_json_folder_first(tmp_path, caplog):
     out = tmp_path / "missing" / "bench.json"
     assert main(["bench", "lenet", "--json", str(out)]) == 2
     assert f"--json {out}: folder {out.parent} does not exist" in caplog.text
+
+
+def test_bench_without_torch_names_cpu_build(monkeypatch, caplog):
+    from mochac.bench.runner import torch_measures
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    caplog.set_level(logging.WARNING, logger="mochac.bench.runner")
+    assert torch_measures(None, 1, 1, True, True, {}, {}, {}) == {}
+    (record,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    message = record.getMessage()
+    assert "PyTorch is not installed, so no peer is timed" in message
+    expected = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+    assert expected in message
+    assert "pass --no-peer to time mochac alone" in message
+
+
+def test_gpu_bench_with_cpu_torch_warns(monkeypatch, caplog):
+    from mochac.bench.gpu_runner import torch_cuda_measures
+
+    cpu_torch = types.SimpleNamespace(
+        __version__="2.13.0+cpu",
+        cuda=types.SimpleNamespace(is_available=lambda: False),
+        version=types.SimpleNamespace(cuda=None),
+    )
+    monkeypatch.setitem(sys.modules, "torch", cpu_torch)
+    caplog.set_level(logging.WARNING, logger="mochac.bench.gpu_runner")
+    assert torch_cuda_measures(None, 1) == ({}, {})
+    (record,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    message = record.getMessage()
+    assert "PyTorch 2.13.0+cpu is a CPU build, so no peer is timed" in message
+    assert "install a CUDA build" in message
+    assert "--no-peer" in message
 
 
 @pytest.mark.parametrize(

@@ -160,10 +160,28 @@ def torch_cuda_measures(net, iters) -> tuple[dict, dict]:
     try:
         import torch
     except ImportError:
-        logger.warning("PyTorch is not installed, so no peer is timed")
+        logger.warning(
+            "PyTorch is not installed, so no peer is timed; install a CUDA build "
+            "of PyTorch (on Linux x86-64, `pip install torch` installs one), or "
+            "pass --no-peer to time mochac alone"
+        )
         return {}, {}
     if not torch.cuda.is_available():
-        logger.warning("this PyTorch has no CUDA device, so no peer is timed")
+        if torch.version.cuda is None:
+            logger.warning(
+                "PyTorch %s is a CPU build, so no peer is timed on the GPU; "
+                "install a CUDA build (on Linux x86-64, `pip install torch` from "
+                "PyPI), or pass --no-peer to time mochac alone",
+                torch.__version__,
+            )
+        else:
+            logger.warning(
+                "PyTorch %s (CUDA %s) finds no CUDA device, so no peer is timed; "
+                "check the NVIDIA driver and CUDA_VISIBLE_DEVICES, or pass "
+                "--no-peer to time mochac alone",
+                torch.__version__,
+                torch.version.cuda,
+            )
         return {}, {}
     from mochac.bench.torch_peer import ZERO_GRAD_SET_TO_NONE, TorchNet
 

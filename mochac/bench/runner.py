@@ -300,6 +300,10 @@ def bench(
     return report
 
 
+# The pip command of PyTorch's CPU build, which is all the CPU peers need.
+# PyTorch publishes it on its own index, not on PyPI.
+TORCH_CPU_INSTALL = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+
 # Batch-1 forward passes are short, so each round runs this many times more.
 LATENCY_CALLS = 10
 
@@ -326,7 +330,11 @@ def torch_measures(
         import torch
     except ImportError:
         logger.warning(
-            "PyTorch is not installed, so no peer is timed; pip install torch"
+            "PyTorch is not installed, so no peer is timed; install its CPU build "
+            "with `%s` (a plain `pip install torch` on Linux x86-64 also installs "
+            "the CUDA libraries, several GB), or pass --no-peer to time mochac "
+            "alone",
+            TORCH_CPU_INSTALL,
         )
         return {}
     from mochac.bench.torch_peer import ZERO_GRAD_SET_TO_NONE, TorchNet
