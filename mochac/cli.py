@@ -5,6 +5,9 @@ mochac bench NET                      time a built-in net or a net file's Net
                                       against PyTorch
 mochac plot statistics.h5 [-o PNG]    draw learning curves
 
+Output file options create missing folders. The text options --dot,
+--report-json and --json write to standard output when given "-".
+
 Every command exits with status 0 when it succeeds, 2 when an argument names
 a missing file or an invalid value (UsageError, as argparse does), and 1 when
 the work itself fails, such as a net file that raises (a SyntaxError in it
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import functools
 import gc
 import inspect
@@ -54,21 +58,88 @@ class NetFileError(MochacError):
     file's path. ``main`` exits with status 1."""
 
 
+# An output file option given as "-" writes its text to standard output.
+STDOUT = "-"
+
+
+class OutputFileError(MochacError):
+    """An output file or its folder cannot be written. ``main`` exits with
+    status 1."""
+
+
 def check_output_file(path, option: str) -> None:
     """Raise UsageError unless ``path`` can be created as a file.
 
-    Commands call this before their work, so that a mistyped folder fails at
-    once instead of after a compile or a benchmark run.
+    Commands call this before their work, so that a path below a file fails
+    at once instead of after a compile or a benchmark run. Missing folders
+    are accepted, because write_output_file creates them. Callers handle
+    STDOUT before calling this.
     """
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{option} {path}: is a folder; name a file")
-    folder = path.parent
-    if not folder.is_dir():
+    blocking = first_non_folder_parent(path)
+    if blocking is not None:
         raise UsageError(
-            f"{option} {path}: folder {folder} does not exist; create it or name "
-            "a file in an existing folder"
+            f"{option} {path}: {blocking} is not a folder, so no file can be "
+            "created below it; name a file in a folder"
         )
+
+
+def first_non_folder_parent(path: Path) -> Path | None:
+    """Return the nearest existing parent of ``path`` when it is not a folder
+    (a file, a device), else None, also when every parent is missing."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def create_parent_folder(path: Path, option: str) -> None:
+    """Create the missing folders above ``path``, the value of ``option``.
+
+    Raises OutputFileError naming the option and the folder when that fails,
+    such as for a folder without write permission.
+    """
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputFileError(
+            f"{option} {path}: cannot create folder {folder}: "
+            f"{error.strerror or error}; name a file in a folder you can write to"
+        ) from error
+
+
+def output_target(value: str) -> Path | str:
+    """Return where an output file option's ``value`` writes: STDOUT, or the
+    absolute path, since a net file may change the working directory.
+
+    Only "-" itself is STDOUT, so "./-" names a file called "-".
+    """
+    return STDOUT if value == STDOUT else Path(value).absolute()
+
+
+def write_output_file(target: Path | str, text: str, option: str) -> None:
+    """Write ``text`` to ``target``, the output_target of ``option``'s value,
+    creating the file's folder first, or to standard output for STDOUT."""
+    if target == STDOUT:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    create_parent_folder(target, option)
+    try:
+        target.write_text(text)
+    except OSError as error:
+        raise output_file_error(target, option, error) from error
+
+
+def output_file_error(path: Path, option: str, error: OSError) -> OutputFileError:
+    """Return the error for an OSError that writing ``path`` of ``option`` raised."""
+    return OutputFileError(
+        f"{option} {path}: cannot write the file: {error.strerror or error}; name "
+        "a file in a folder you can write to, on a disk with free space"
+    )
 
 
 def positive_int(text: str) -> int:
@@ -369,7 +440,11 @@ def check_net_file(path: Path) -> None:
             f"{path}: is a folder; pass the Python file that defines the nets{hint}"
         )
     if not path.is_file():
-        raise UsageError(f"{path}: file not found")
+        kind = special_file_kind(path)
+        problem = f"is {kind}, not a regular file" if kind else "file not found"
+        raise UsageError(
+            f"{path}: {problem}; pass the Python file that defines the nets"
+        )
 
 
 def destroy_imported_net(net) -> None:
@@ -427,33 +502,57 @@ def with_passes_of_command(found, args):
 
 
 def compile_command(args) -> int:
-    from mochac.codegen.module_writer import check_package_folder, write_module
     from mochac.passes.pipeline import enabled_passes
-    from mochac.report import format_report, net_report, net_to_dot
 
     path = Path(args.net_file)
     check_net_file(path)
-    for option, value in (("--report-json", args.report_json), ("--dot", args.dot)):
-        if value:
+    files = {
+        option: value
+        for option, value in (("--report-json", args.report_json), ("--dot", args.dot))
+        if value
+    }
+    check_stdout_options(files)
+    for option, value in files.items():
+        if value != STDOUT:
             check_output_file(value, option)
     out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        logger.error("-o %s: exists and is not a folder; name a folder", out)
-        return 2
-    for option, value in (("--report-json", args.report_json), ("--dot", args.dot)):
-        if value and Path(value).resolve() == out.resolve():
+    check_output_folder(args.output)
+    for option, value in files.items():
+        if value != STDOUT and Path(value).resolve() == out.resolve():
             raise UsageError(f"{option} {value}: is the -o folder; name a file instead")
     # The net file may change the working directory while it runs, so the
     # files are written to absolute paths and named as given.
     out_dir = out.absolute()
     source_file = path.absolute()
-    report_json = Path(args.report_json).absolute() if args.report_json else None
-    dot = Path(args.dot).absolute() if args.dot else None
+    targets = {option: output_target(value) for option, value in files.items()}
     # The options are checked before the file runs and builds its nets.
+    check_disabled_passes(args.disable)
     try:
         enabled_passes(args.opt_level, args.disable)
     except ConfigError as error:
         raise UsageError(str(error)) from None
+    texts = {}
+    # While an option writes to standard output, everything else the command
+    # and the net file print goes to stderr, so that the output stays valid.
+    with printing_to_stderr(STDOUT in files.values()):
+        status = compile_nets(path, out, out_dir, source_file, args, texts)
+    for option, target in targets.items():
+        if option in texts:
+            write_output_file(target, texts[option], option)
+    return status
+
+
+def compile_nets(
+    path: Path, out: Path, out_dir: Path, source_file: Path, args, texts: dict
+) -> int:
+    """Build the nets of ``path`` and write one module per net into ``out_dir``.
+
+    Returns the exit status. Fills ``texts`` with the text of each requested
+    --report-json and --dot option, by option, which the caller writes.
+    """
+    from mochac.codegen.module_writer import check_package_folder, write_module
+    from mochac.report import format_report, net_report, net_to_dot
+
     found_nets = find_nets(path, {"opt_level": args.opt_level, "disable": args.disable})
     if not found_nets:
         logger.error(
@@ -480,11 +579,67 @@ def compile_command(args) -> int:
         dots.append(net_to_dot(net))
         if args.report:
             print(format_report(reports[-1]))
-    if report_json:
-        report_json.write_text(json.dumps(reports, indent=1) + "\n")
-    if dot:
-        dot.write_text("".join(dots))
+    if args.report_json:
+        texts["--report-json"] = json.dumps(reports, indent=1) + "\n"
+    if args.dot:
+        texts["--dot"] = "".join(dots)
     return 0
+
+
+def check_stdout_options(files: dict[str, str]) -> None:
+    """Raise UsageError when more than one option of ``files`` (option ->
+    value) is STDOUT, because their texts would mix there."""
+    to_stdout = [option for option, value in files.items() if value == STDOUT]
+    if len(to_stdout) > 1:
+        raise UsageError(
+            f"{' and '.join(f'{option} -' for option in to_stdout)}: only one "
+            "option can write to standard output; name a file for the others"
+        )
+
+
+def check_output_folder(value: str) -> None:
+    """Raise UsageError unless compile's -o ``value`` can be used as a folder."""
+    if value == STDOUT:
+        raise UsageError(
+            "-o -: mochac compile writes a folder of Python packages, which "
+            "cannot go to standard output; name a folder (./- for a folder "
+            "named '-')"
+        )
+    out = Path(value)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {out}: exists and is not a folder; name a folder")
+    blocking = first_non_folder_parent(out)
+    if blocking is not None:
+        raise UsageError(
+            f"-o {out}: {blocking} is not a folder, so no folder can be created "
+            "below it; name a folder"
+        )
+
+
+def check_disabled_passes(names) -> None:
+    """Raise UsageError naming the first --disable value that is no pass."""
+    for name in names:
+        if name not in PASS_NAMES:
+            close = difflib.get_close_matches(name, PASS_NAMES, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UsageError(
+                f"--disable {name}: unknown pass name{hint}; pass one of: "
+                f"{', '.join(PASS_NAMES)}"
+            )
+
+
+@contextlib.contextmanager
+def printing_to_stderr(enabled: bool):
+    """Send what print() writes during the block to stderr when ``enabled``.
+
+    Only sys.stdout is redirected. A child process that writes to file
+    descriptor 1 itself still reaches standard output.
+    """
+    if not enabled:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def output_names(
@@ -572,53 +727,95 @@ def compile_cuda(found_nets: dict, out: Path, out_dir: Path, source_file, args) 
 
 
 def bench_command(args) -> int:
-    from mochac.bench.nets import BUILTIN
-    from mochac.bench.runner import bench, format_bench
-
+    json_target = None
     if args.json:
-        check_output_file(args.json, "--json")
-        # A net file may change the working directory while it runs.
-        args.json = str(Path(args.json).absolute())
+        if args.json != STDOUT:
+            check_output_file(args.json, "--json")
+        json_target = output_target(args.json)
+    # With --json -, the tables and whatever the net file prints go to
+    # stderr, so that standard output is the JSON report alone.
+    with printing_to_stderr(json_target == STDOUT):
+        factory = bench_factory(args)
+        if factory is None:
+            return 2
+        report = run_bench(factory, args, json_target)
+    # NOTE: so with --json - and --profile, a profile that fails leaves no
+    # report on standard output, unlike a --json file.
+    if json_target == STDOUT:
+        write_json_report(report, json_target)
+    return 0
+
+
+def bench_factory(args):
+    """Return the layers factory of the net that ``mochac bench`` times.
+
+    Sets ``args.batch`` (file_net_factory) and, for a net file,
+    ``args.no_inference``. Logs an error and returns None when ``args.net``
+    names no built-in net, no file or a file without a net to train.
+    """
+    from mochac.bench.nets import BUILTIN
+
     if args.net in BUILTIN:
-        factory = BUILTIN[args.net]
         if args.batch is None:
             args.batch = DEFAULT_BENCH_BATCH
-    else:
-        path = Path(args.net)
-        if not path.exists():
-            logger.error(
-                "%s is neither a built-in net (%s) nor a file",
-                args.net,
-                ", ".join(BUILTIN),
-            )
-            return 2
-        check_net_file(path)
-        # With the passes of the timed nets, the timed net loads the extension
-        # that the import compiled, unless --batch, a dtype other than
-        # float32 or an output layer makes its C code differ.
-        found = find_nets(path, {"opt_level": args.opt_level, "disable": ()})
-        nets = [net for net in found.values() if net.ir.backward_order]
-        if not nets:
-            logger.error("%s defines no Net with a loss to train", path)
-            return 2
-        factory = file_net_factory(path, nets[0], args)
-        # The timed nets are built from the layers; the nets of the import
-        # would hold their output files and data sources meanwhile.
-        for net in found.values():
-            destroy_imported_net(net)
-        others = ", ".join(f"'{net.name}'" for net in nets[1:])
-        logger.info(
-            "%s: timing net '%s'%s",
-            path,
-            nets[0].name,
-            f" (the first with a loss; also defined: {others})" if others else "",
+        return BUILTIN[args.net]
+    path = Path(args.net)
+    if not path.exists():
+        logger.error(
+            "%s is neither a built-in net (%s) nor a file; pass one of those "
+            "names, or the path of a Python file that defines a Net with a loss",
+            args.net,
+            ", ".join(BUILTIN),
         )
-        if not args.no_inference:
-            logger.info(
-                "%s: inference is timed for built-in nets only; timing training alone",
-                path,
-            )
-            args.no_inference = True
+        return None
+    check_net_file(path)
+    # With the passes of the timed nets, the timed net loads the extension
+    # that the import compiled, unless --batch, a dtype other than
+    # float32 or an output layer makes its C code differ.
+    found = find_nets(path, {"opt_level": args.opt_level, "disable": ()})
+    nets = [net for net in found.values() if net.ir.backward_order]
+    if not nets:
+        defined = ", ".join(f"'{net.name}'" for net in found.values())
+        logger.error(
+            "%s defines no Net with a loss to train%s; mochac bench times "
+            "training, so add a loss layer to one of its nets",
+            path,
+            f" (its nets without one: {defined})" if defined else "",
+        )
+        return None
+    factory = file_net_factory(path, nets[0], args)
+    # The timed nets are built from the layers; the nets of the import
+    # would hold their output files and data sources meanwhile.
+    for net in found.values():
+        destroy_imported_net(net)
+    others = ", ".join(f"'{net.name}'" for net in nets[1:])
+    logger.info(
+        "%s: timing net '%s'%s",
+        path,
+        nets[0].name,
+        f" (the first with a loss; also defined: {others})" if others else "",
+    )
+    if not args.no_inference:
+        logger.info(
+            "%s: inference is timed for built-in nets only; timing training alone",
+            path,
+        )
+        args.no_inference = True
+    return factory
+
+
+def run_bench(factory, args, json_target: Path | str | None) -> dict:
+    """Time the net of ``factory`` as ``args`` ask, print the tables and
+    return the report.
+
+    A file ``json_target`` gets the report as soon as the timings are done,
+    and again with the profile. The caller writes the report to STDOUT, once,
+    because a second JSON document there would make the output unparsable.
+    """
+    from mochac.bench.runner import bench, format_bench
+
+    if json_target == STDOUT:
+        json_target = None
 
     if args.backend == "cuda":
         from mochac.bench.gpu_runner import bench_gpu, format_gpu_bench
@@ -635,11 +832,11 @@ def bench_command(args) -> int:
         print(format_gpu_bench(report))
         # Written before the profile too, so that a profile that fails or
         # outruns a time limit leaves the timings in the file.
-        write_json_report(report, args.json)
+        write_json_report(report, json_target)
         if args.profile:
             print_gpu_profile(report, factory, args)
-            write_json_report(report, args.json)
-        return 0
+            write_json_report(report, json_target)
+        return report
     report = bench(
         factory,
         batch=args.batch,
@@ -653,17 +850,18 @@ def bench_command(args) -> int:
     )
     report["net"] = args.net
     print(format_bench(report))
-    write_json_report(report, args.json)
+    write_json_report(report, json_target)
     if args.profile:
         print_profile(report, factory, args)
-        write_json_report(report, args.json)
-    return 0
+        write_json_report(report, json_target)
+    return report
 
 
-def write_json_report(report: dict, path: str | None) -> None:
-    """Write ``report`` as JSON to ``path`` (the --json option), if given."""
-    if path:
-        Path(path).write_text(json.dumps(report, indent=1) + "\n")
+def write_json_report(report: dict, target: Path | str | None) -> None:
+    """Write ``report`` as JSON to ``target``, the output_target of --json,
+    if given."""
+    if target is not None:
+        write_output_file(target, json.dumps(report, indent=1) + "\n", "--json")
 
 
 def file_net_factory(path: Path, net, args):
@@ -780,7 +978,7 @@ def check_statistics_file(path: Path) -> None:
 
 
 def plot_command(args) -> int:
-    from mochac.plot import image_formats, plot_statistics
+    from mochac.plot import close_figure, draw_statistics, image_formats
 
     check_statistics_file(Path(args.statistics))
     try:
@@ -790,6 +988,12 @@ def plot_command(args) -> int:
             "mochac plot needs matplotlib, which is not installed: run `pip "
             "install 'mochac[plot]'` (in a clone of mochac: `pip install '.[plot]'`)"
         ) from error
+    if args.output == STDOUT:
+        raise UsageError(
+            "-o -: mochac plot writes an image file and does not send images to "
+            "standard output; name an image file such as curve.png (./- for a "
+            "file named '-')"
+        )
     check_output_file(args.output, "-o")
     suffix = Path(args.output).suffix.lstrip(".").lower()
     formats = image_formats()
@@ -806,7 +1010,16 @@ def plot_command(args) -> int:
         import matplotlib
 
         output = f"{output}.{matplotlib.rcParams['savefig.format']}"
-    drawn = plot_statistics(args.statistics, args.output, args.stat or None)
+    figure, drawn = draw_statistics(args.statistics, args.stat or None)
+    try:
+        # Created once the statistics are drawn, so that a file without them
+        # leaves no empty folder behind.
+        create_parent_folder(Path(args.output), "-o")
+        figure.savefig(Path(args.output))
+    except OSError as error:
+        raise output_file_error(Path(args.output), "-o", error) from error
+    finally:
+        close_figure(figure)
     print(f"{', '.join(drawn)} -> {output}")
     return 0
 
@@ -827,7 +1040,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compile_parser.add_argument("net_file", help="Python file that defines Net objects")
     compile_parser.add_argument(
-        "-o", "--output", default=".", help="folder for the modules (default: .)"
+        "-o",
+        "--output",
+        default=".",
+        help="folder for the modules, created if missing (default: .)",
     )
     level = compile_parser.add_mutually_exclusive_group()
     level.add_argument(
@@ -851,12 +1067,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--report", action="store_true", help="print what each pass changed per net"
     )
     compile_parser.add_argument(
-        "--report-json", metavar="FILE", help="write the reports as JSON to FILE"
+        "--report-json",
+        metavar="FILE",
+        help="write the reports as JSON to FILE; - writes them to standard output "
+        "and the other output to stderr",
     )
     compile_parser.add_argument(
         "--dot",
         metavar="FILE",
-        help="write each net's IR before and after the passes as Graphviz dot",
+        help="write each net's IR before and after the passes as Graphviz dot to "
+        "FILE; - writes it to standard output and the other output to stderr",
     )
     compile_parser.add_argument(
         "--backend",
@@ -897,7 +1117,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument(
         "-O0", dest="opt_level", action="store_const", const=0, help="run no pass"
     )
-    bench_parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    bench_parser.add_argument(
+        "--json",
+        metavar="FILE",
+        help="write the report as JSON to FILE; - writes it to standard output "
+        "and the tables to stderr",
+    )
     bench_parser.add_argument(
         "--profile",
         action="store_true",
@@ -932,7 +1157,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         default="curve.png",
-        help="image to write (default: curve.png)",
+        help="image file to write, in the format its suffix names; missing "
+        "folders are created (default: curve.png)",
     )
     plot_parser.add_argument(
         "--stat",

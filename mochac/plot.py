@@ -33,6 +33,20 @@ def plot_statistics(stats_path, out_path, names=None) -> list[str]:
     ``names`` picks statistics (default: all but the sample counts). Returns
     the names drawn. Raises DataError when the file contains none of them.
     """
+    figure, chosen = draw_statistics(stats_path, names)
+    try:
+        figure.savefig(Path(out_path))
+    finally:
+        close_figure(figure)
+    return chosen
+
+
+def draw_statistics(stats_path, names=None):
+    """Draw the statistics in ``stats_path`` into a new matplotlib figure.
+
+    Returns the figure and the names drawn, as plot_statistics does. The
+    caller saves the figure and then releases it with close_figure.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,7 +66,8 @@ def plot_statistics(stats_path, out_path, names=None) -> list[str]:
     if missing:
         raise DataError(
             f"{stats_path} has no statistic {', '.join(missing)}; "
-            f"it has: {', '.join(available)}"
+            f"it has: {', '.join(available)}; pick names from that list "
+            "(mochac plot --stat NAME)"
         )
     figure, axes = plt.subplots(
         len(chosen), 1, figsize=(7, 2.6 * len(chosen)), squeeze=False
@@ -69,6 +84,11 @@ def plot_statistics(stats_path, out_path, names=None) -> list[str]:
         axis.grid(True, alpha=0.3)
     axes[-1, 0].set_xlabel("iteration")
     figure.tight_layout()
-    figure.savefig(Path(out_path))
+    return figure, chosen
+
+
+def close_figure(figure) -> None:
+    """Release a figure of draw_statistics, which pyplot keeps until closed."""
+    import matplotlib.pyplot as plt
+
     plt.close(figure)
-    return chosen

@@ -284,10 +284,75 @@ def test_bench_rejects_zero_counts(option, capsys):
     assert f"argument {option}: must be at least 1, got 0" in capsys.readouterr().err
 
 
-def test_bench_checks_json_folder_first(tmp_path, caplog):
-    out = tmp_path / "missing" / "bench.json"
+def test_bench_checks_json_below_file_first(tmp_path, caplog, monkeypatch):
+    def timed(*args, **kwargs):
+        raise AssertionError("the --json path must be checked before the timing")
+
+    monkeypatch.setattr("mochac.bench.runner.bench", timed)
+    (tmp_path / "afile").write_text("a file")
+    out = tmp_path / "afile" / "bench.json"
     assert main(["bench", "lenet", "--json", str(out)]) == 2
-    assert f"--json {out}: folder {out.parent} does not exist" in caplog.text
+    expected = f"--json {out}: {tmp_path / 'afile'} is not a folder, so no file"
+    assert expected in caplog.text
+
+
+def stand_in_bench(monkeypatch):
+    """Replace the timing of `mochac bench` with a fixed report and table."""
+
+    def timed(factory, **options):
+        return {"mochac": {"train": {"median_ms": 1.0}}}
+
+    monkeypatch.setattr("mochac.bench.runner.bench", timed)
+    monkeypatch.setattr("mochac.bench.runner.format_bench", lambda report: "TABLE")
+
+
+def test_bench_creates_json_folder(tmp_path, monkeypatch):
+    stand_in_bench(monkeypatch)
+    out = tmp_path / "missing" / "results" / "bench.json"
+    assert main(["bench", "lenet", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["net"] == "lenet"
+    assert report["mochac"]["train"]["median_ms"] == 1.0
+
+
+def test_bench_json_to_stdout(tmp_path, capsys, monkeypatch):
+    stand_in_bench(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "lenet", "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["net"] == "lenet"
+    # The table goes to stderr, so standard output is the JSON alone.
+    assert "TABLE" in captured.err
+    assert not (tmp_path / "-").exists()
+
+
+def test_bench_unknown_net_names_the_choices(tmp_path, caplog):
+    missing = tmp_path / "lenett"
+    assert main(["bench", str(missing)]) == 2
+    expected = (
+        f"{missing} is neither a built-in net (lenet, cifar10) nor a file; pass "
+        "one of those names, or the path of a Python file"
+    )
+    assert expected in caplog.text
+
+
+def test_bench_net_file_without_loss(tmp_path, caplog):
+    net_file = tmp_path / "deploy.py"
+    net_file.write_text(
+        "import numpy as np\n"
+        "from mochac import CPUBackend, InnerProductLayer, MemoryDataLayer, Net\n"
+        "x = np.zeros((2, 6))\n"
+        "data = MemoryDataLayer(name='data', tops=['data'], batch_size=2, data=[x])\n"
+        "ip = InnerProductLayer(name='ip', output_dim=3, bottoms=['data'], "
+        "tops=['ip'])\n"
+        "deploy = Net('deploy', CPUBackend(), [data, ip])\n"
+    )
+    assert main(["bench", str(net_file)]) == 2
+    expected = (
+        f"{net_file} defines no Net with a loss to train (its nets without one: "
+        "'deploy'); mochac bench times training, so add a loss layer"
+    )
+    assert expected in caplog.text
 
 
 def test_bench_without_torch_names_cpu_build(monkeypatch, caplog):

@@ -8,6 +8,7 @@ import runpy
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -320,8 +321,18 @@ def test_compile_without_nets_fails(tmp_path, caplog):
 
 
 def test_compile_missing_file(tmp_path, caplog):
-    assert main(["compile", str(tmp_path / "absent.py")]) == 2
-    assert "file not found" in caplog.text
+    absent = tmp_path / "absent.py"
+    assert main(["compile", str(absent)]) == 2
+    expected = f"{absent}: file not found; pass the Python file that defines"
+    assert expected in caplog.text
+
+
+def test_compile_special_net_file(tmp_path, caplog):
+    pipe = tmp_path / "net.py"
+    os.mkfifo(pipe)
+    assert main(["compile", str(pipe), "-o", str(tmp_path / "out")]) == 2
+    expected = f"{pipe}: is a named pipe, not a regular file; pass the Python file"
+    assert expected in caplog.text
 
 
 def test_compile_report_and_dot(tmp_path, capsys):
@@ -371,7 +382,16 @@ def test_compile_rejects_unknown_pass(tmp_path, caplog, monkeypatch):
     args = ["compile", str(net_file), "-o", str(tmp_path / "out"), "--disable", "nope"]
     # A usage error, as for the other invalid options.
     assert main(args) == 2
-    assert "unknown pass name" in caplog.text
+    assert "--disable nope: unknown pass name; pass one of: " in caplog.text
+
+
+def test_compile_unknown_pass_close_match(tmp_path, caplog):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    args = ["compile", str(net_file), "-o", str(tmp_path / "out")]
+    assert main([*args, "--disable", "fuse_neuron"]) == 2
+    expected = "--disable fuse_neuron: unknown pass name (did you mean fuse_neurons?)"
+    assert expected in caplog.text
 
 
 def test_compiled_module_needs_no_compiler(tmp_path):
@@ -635,15 +655,129 @@ def test_compile_syntax_error_names_line(tmp_path, caplog):
     assert "Traceback" not in caplog.text
 
 
-def test_compile_checks_dot_folder_first(tmp_path, caplog):
+def test_compile_creates_output_file_folders(tmp_path):
     net_file = tmp_path / "net.py"
     net_file.write_text(NET_FILE)
+    dot = tmp_path / "missing" / "graphs" / "g.dot"
+    report = tmp_path / "reports" / "r.json"
+    args = ["compile", str(net_file), "-o", str(tmp_path / "out")]
+    assert main([*args, "--dot", str(dot), "--report-json", str(report)]) == 0
+    assert dot.read_text().startswith('digraph "tiny-net"')
+    assert json.loads(report.read_text())[0]["name"] == "tiny-net"
+
+
+def test_compile_checks_dot_below_file_first(tmp_path, caplog):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    (tmp_path / "afile").write_text("a file")
     out = tmp_path / "out"
-    dot = tmp_path / "missing" / "g.dot"
+    dot = tmp_path / "afile" / "sub" / "g.dot"
     assert main(["compile", str(net_file), "-o", str(out), "--dot", str(dot)]) == 2
-    assert f"--dot {dot}: folder {dot.parent} does not exist" in caplog.text
+    expected = f"--dot {dot}: {tmp_path / 'afile'} is not a folder, so no file"
+    assert expected in caplog.text
     # The check comes before any module is written.
     assert not out.exists()
+
+
+def test_compile_dot_folder_creation_fails(tmp_path, caplog, monkeypatch):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    dot = tmp_path / "locked" / "g.dot"
+    original_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self == dot.parent:
+            raise PermissionError(13, "Permission denied", str(self))
+        return original_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    args = ["compile", str(net_file), "-o", str(tmp_path / "out"), "--dot", str(dot)]
+    assert main(args) == 1
+    expected = (
+        f"--dot {dot}: cannot create folder {dot.parent}: Permission denied; "
+        "name a file in a folder you can write to"
+    )
+    assert expected in caplog.text
+
+
+def test_compile_dot_write_fails(tmp_path, caplog, monkeypatch):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    dot = tmp_path / "g.dot"
+    original_write_text = Path.write_text
+
+    def write_text(self, *args, **kwargs):
+        if self == dot:
+            raise OSError(28, "No space left on device", str(self))
+        return original_write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    args = ["compile", str(net_file), "-o", str(tmp_path / "out"), "--dot", str(dot)]
+    assert main(args) == 1
+    expected = (
+        f"--dot {dot}: cannot write the file: No space left on device; name a "
+        "file in a folder you can write to, on a disk with free space"
+    )
+    assert expected in caplog.text
+
+
+def test_compile_dot_to_stdout(tmp_path, capsys, monkeypatch):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE + "\nprint('printed by the net file')\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["compile", "net.py", "-o", "out", "--dot", "-", "--report"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith('digraph "tiny-net" {')
+    assert captured.out.endswith("}\n")
+    # The other output goes to stderr, so the dot text stays valid.
+    assert "printed by the net file" in captured.err
+    assert "net 'tiny-net' -> out/tiny_net" in captured.err
+    assert "fuse_neurons: 1 change(s)" in captured.err
+    assert not (tmp_path / "-").exists()
+
+
+def test_compile_report_json_to_stdout(tmp_path, capsys, monkeypatch):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    monkeypatch.chdir(tmp_path)
+    args = ["compile", str(net_file), "-o", str(tmp_path / "out")]
+    assert main([*args, "--report-json", "-"]) == 0
+    (report,) = json.loads(capsys.readouterr().out)
+    assert report["name"] == "tiny-net"
+
+
+def test_compile_dot_file_named_dash(tmp_path, capsys, monkeypatch):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    monkeypatch.chdir(tmp_path)
+    assert main(["compile", "net.py", "-o", "out", "--dot", "./-"]) == 0
+    assert (tmp_path / "-").read_text().startswith('digraph "tiny-net"')
+    assert "digraph" not in capsys.readouterr().out
+
+
+def test_compile_rejects_two_stdout_options(tmp_path, caplog, monkeypatch):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    args = ["compile", str(net_file), "-o", str(out), "--report-json", "-"]
+    assert main([*args, "--dot", "-"]) == 2
+    expected = (
+        "--report-json - and --dot -: only one option can write to standard "
+        "output; name a file for the others"
+    )
+    assert expected in caplog.text
+    assert not out.exists()
+
+
+def test_compile_rejects_stdout_folder(tmp_path, caplog, monkeypatch):
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    monkeypatch.chdir(tmp_path)
+    assert main(["compile", "net.py", "-o", "-"]) == 2
+    assert "-o -: mochac compile writes a folder of Python packages" in caplog.text
+    assert "(./- for a folder named '-')" in caplog.text
+    assert not (tmp_path / "-").exists()
 
 
 def test_compile_rejects_report_json_folder(tmp_path, caplog):
@@ -705,8 +839,10 @@ def test_compile_output_below_file(tmp_path, caplog):
     net_file = tmp_path / "net.py"
     net_file.write_text(NET_FILE)
     (tmp_path / "afile").write_text("a file")
-    assert main(["compile", str(net_file), "-o", str(tmp_path / "afile" / "sub")]) == 1
-    assert "check the path and its permissions" in caplog.text
+    out = tmp_path / "afile" / "sub"
+    assert main(["compile", str(net_file), "-o", str(out)]) == 2
+    expected = f"-o {out}: {tmp_path / 'afile'} is not a folder, so no folder"
+    assert expected in caplog.text
 
 
 @pytest.mark.parametrize("name", ["models\\\\unet", 'say """hi"""'])

@@ -80,10 +80,54 @@ def test_plot_of_a_snapshot_is_refused(tmp_path, caplog):
     assert not (tmp_path / "curve.png").exists()
 
 
-def test_plot_into_missing_folder(tmp_path, caplog):
+def test_plot_into_missing_folder(tmp_path, capsys):
     out = tmp_path / "no" / "such" / "curve.png"
+    assert main(["plot", str(lounge_file(tmp_path)), "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"-> {out}" in capsys.readouterr().out
+
+
+def test_plot_missing_statistic_creates_no_folder(tmp_path, caplog):
+    stats = lounge_file(tmp_path)
+    out = tmp_path / "plots" / "curve.png"
+    assert main(["plot", str(stats), "-o", str(out), "--stat", "nope"]) == 1
+    expected = (
+        f"{stats} has no statistic nope; it has: accuracy-accuracy, obj_val; pick "
+        "names from that list (mochac plot --stat NAME)"
+    )
+    assert expected in caplog.text
+    assert not out.parent.exists()
+
+
+def test_plot_write_fails(tmp_path, caplog, monkeypatch):
+    from matplotlib.figure import Figure
+
+    def savefig(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    out = tmp_path / "curve.png"
+    assert main(["plot", str(lounge_file(tmp_path)), "-o", str(out)]) == 1
+    expected = f"-o {out}: cannot write the file: No space left on device; name a"
+    assert expected in caplog.text
+
+
+def test_plot_below_file(tmp_path, caplog):
+    (tmp_path / "afile").write_text("a file")
+    out = tmp_path / "afile" / "curve.png"
     assert main(["plot", str(lounge_file(tmp_path)), "-o", str(out)]) == 2
-    assert f"-o {out}: folder {out.parent} does not exist" in caplog.text
+    expected = f"-o {out}: {tmp_path / 'afile'} is not a folder, so no file"
+    assert expected in caplog.text
+
+
+def test_plot_rejects_stdout(tmp_path, caplog, monkeypatch):
+    stats = lounge_file(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["plot", str(stats), "-o", "-"]) == 2
+    assert "-o -: mochac plot writes an image file" in caplog.text
+    assert "(./- for a file named '-')" in caplog.text
+    assert not (tmp_path / "-").exists()
+    assert not (tmp_path / "-.png").exists()
 
 
 def test_plot_unknown_image_format(tmp_path, caplog):
