@@ -17,6 +17,7 @@ is status 2) or a file that holds no statistics.
 from __future__ import annotations
 
 import argparse
+import collections.abc
 import contextlib
 import difflib
 import functools
@@ -186,10 +187,10 @@ def find_nets(path: Path, passes: dict | None = None) -> dict[str, object]:
     attribute, a set) get a warning that names them, unless a module that
     the file imported contains them. A GPUBackend in the file builds as a
     CPUBackend (cpu_in_place_of_gpu). ``passes``, a dict of the Net
-    arguments opt_level and disable, replaces the file's own in every Net
-    built during the import (recording_built_nets) but those of compiled
-    packages, so that the import compiles the code the command needs
-    rather than code of other passes.
+    arguments opt_level and disable, replaces the file's own in the Nets
+    built during the import where that is safe (with_command_passes), so
+    that the import compiles the code the command needs rather than code of
+    other passes.
 
     Raises UsageError for a syntax error and NetFileError when the file
     raises another exception or exits during import.
@@ -249,10 +250,9 @@ def recording_built_nets(passes: dict | None = None):
 
     The references let find_nets name the nets that a file built but keeps
     where collect_nets does not look, without keeping dropped nets alive.
-    With ``passes`` (the Net arguments opt_level and disable), each Net but
-    those of compiled packages is built with them in place of its own
-    (with_command_passes), and an INFO line names both lists when they
-    differ.
+    With ``passes`` (the Net arguments opt_level and disable), a Net is
+    built with them in place of its own where with_command_passes allows,
+    and an INFO line names both lists when they differ.
     """
     from mochac.runtime.net import Net
 
@@ -278,33 +278,44 @@ def with_command_passes(signature, net, args, kwargs, passes: dict) -> dict:
     """Return the keyword arguments of a Net(...) call in a net file with the
     command line's ``passes`` in place of the call's own.
 
-    A call that Net would reject (a missing argument, an unknown pass) is
-    returned unchanged, so that Net raises its own error for it. So is the
-    call of a compiled package that loads its extension (``_prebuilt``):
-    that extension is the code of the package's passes, and
-    with_passes_of_command builds the net again when the command's differ.
+    The call is returned unchanged when Net would reject it (a missing
+    argument, an unknown pass), so that Net raises its own error for it. It
+    is also returned unchanged, and with_passes_of_command builds the net
+    again after the import, when the call loads a compiled package's code
+    (load_net), which only runs with the package's passes, or when the
+    command runs passes other than the call's. The file's own code may read
+    a blob during the import that only the call's passes leave readable,
+    such as a split or identity top that aliases a kept blob, or any blob at
+    opt_level 0. A net built without passes (-O0) leaves every blob
+    readable, so -O0 replaces the call's passes.
     """
     from mochac.passes.pipeline import enabled_passes
 
+    if isinstance(kwargs.get("disable"), collections.abc.Iterator):
+        # A generator yields its names once, to the check below, and Net
+        # would get none of them, so both get the same tuple.
+        kwargs = {**kwargs, "disable": tuple(kwargs["disable"])}
     try:
         call = signature.bind(net, *args, **kwargs)
         call.apply_defaults()
-        if call.arguments["_prebuilt"] is not None:
-            return kwargs
         file_passes = enabled_passes(
             call.arguments["opt_level"], call.arguments["disable"]
         )
     except (TypeError, ConfigError):
         return kwargs
+    if call.arguments["_prebuilt"] is not None:
+        return kwargs
     command_passes = enabled_passes(passes["opt_level"], passes["disable"])
-    if command_passes != file_passes:
-        logger.info(
-            "net '%s': building it with the command line's passes (%s) in place "
-            "of the net file's (%s)",
-            call.arguments["name"],
-            ", ".join(command_passes) or "none",
-            ", ".join(file_passes) or "none",
-        )
+    if command_passes == file_passes:
+        return {**kwargs, **passes}
+    if command_passes:
+        return kwargs
+    logger.info(
+        "net '%s': building it with the command line's passes (none) in place "
+        "of the net file's (%s)",
+        call.arguments["name"],
+        ", ".join(file_passes),
+    )
     return {**kwargs, **passes}
 
 
@@ -467,12 +478,12 @@ def with_passes_of_command(found, args):
     """Return ``found``, or a net built again from its layers when its passes
     differ from the command line's.
 
-    find_nets builds the nets of the import with the command line's
-    passes. So a net is built again only when a module imported earlier in
-    this process built it, or a compiled package loaded it with the
-    package's passes. Its net is destroyed first, so that its output files
-    and data sources are free for the new one. The shared parameters stay
-    with the backend.
+    find_nets builds the nets of the import with the command line's passes
+    where that is safe (with_command_passes). A net is built again when it
+    was built with other passes: during the import, or before it, such as
+    one that a module imported earlier in this process contains. Its net
+    is destroyed first, so that its output files and data sources are free
+    for the new one. The shared parameters stay with the backend.
     """
     from mochac.passes.pipeline import enabled_passes
     from mochac.runtime.net import Net
@@ -771,7 +782,9 @@ def bench_factory(args):
     check_net_file(path)
     # With the passes of the timed nets, the timed net loads the extension
     # that the import compiled, unless --batch, a dtype other than
-    # float32 or an output layer makes its C code differ.
+    # float32 or an output layer makes its C code differ. At -O1, a Net
+    # call of the file that sets other passes keeps them for the import
+    # (with_command_passes), so the timed net compiles its own code too.
     found = find_nets(path, {"opt_level": args.opt_level, "disable": ()})
     nets = [net for net in found.values() if net.ir.backward_order]
     if not nets:

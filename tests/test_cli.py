@@ -208,6 +208,110 @@ def test_compile_net_of_compiled_package_other_passes(tmp_path, caplog):
     assert written["opt_level"] == 0
 
 
+SPLIT_NET_FILE = textwrap.dedent(
+    """
+    import numpy as np
+
+    from mochac import CPUBackend, InnerProductLayer, MemoryDataLayer, Net
+    from mochac import SoftmaxLayer, SplitLayer
+
+    x = np.linspace(-1, 1, 12).reshape(2, 6)
+    layers = [
+        MemoryDataLayer(name="data", tops=["data"], batch_size=2, data=[x]),
+        SplitLayer(name="split", bottoms=["data"], tops=["a", "b"]),
+        InnerProductLayer(name="ip", output_dim=3, bottoms=["a"], tops=["ip"]),
+        InnerProductLayer(name="ip2", output_dim=3, bottoms=["b"], tops=["ip2"]),
+        SoftmaxLayer(name="prob", bottoms=["ip"], tops=["prob"]),
+    ]
+    net = Net("split-net", CPUBackend(dtype=np.float64), layers{passes})
+    net.forward()
+    # Readable with the file's passes only: at opt_level 0 every blob is,
+    # and eliminate_splits makes the split top "a" an alias of "data".
+    read_at_import = net.blobs[{blob!r}].copy()
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("file_passes", "blob", "options"),
+    [
+        (", opt_level=0", "ip", []),
+        ("", "a", ["--disable", "eliminate_splits"]),
+        (', disable=(name for name in ["fuse_inplace", "plan_memory"])', "ip", []),
+    ],
+    ids=["file-O0", "file-O1", "file-disable-generator"],
+)
+def test_compile_keeps_file_passes_for_import(tmp_path, file_passes, blob, options):
+    """A net file may read a blob during its import that only its own
+    passes leave readable, so the import keeps them and the command builds
+    the net again with its own."""
+    net_file = tmp_path / "net.py"
+    net_file.write_text(SPLIT_NET_FILE.format(passes=file_passes, blob=blob))
+    out = tmp_path / "out"
+    assert main(["compile", *options, str(net_file), "-o", str(out)]) == 0
+    written = json.loads((out / "split_net" / "net.json").read_text())
+    assert written["opt_level"] == 1
+    assert written["disable"] == options[1:]
+
+
+def test_compile_rejects_invalid_disable_generator(tmp_path, caplog):
+    """A generator of invalid pass names raises the ConfigError that Net
+    raises for it outside the command, although the command reads it first."""
+    net_file = tmp_path / "net.py"
+    passes = ", disable=(number for number in [1, 2])"
+    net_file.write_text(SPLIT_NET_FILE.format(passes=passes, blob="ip2"))
+    args = ["compile", str(net_file), "-o", str(tmp_path / "out")]
+    assert main(args) == 1
+    errors = [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno >= logging.ERROR
+    ]
+    assert len(errors) == 1
+    assert "invalid disable=(1, 2)" in errors[0]
+    assert not (tmp_path / "out" / "split_net").exists()
+
+
+def test_compile_file_that_imports_package(tmp_path, monkeypatch):
+    """A net file may import a compiled package. Its net runs the package's
+    code, compiled for the package's passes, so the command builds it
+    again for other passes instead of loading that code for them."""
+    first = tmp_path / "net.py"
+    first.write_text(NET_FILE)
+    packages = tmp_path / "packages"
+    assert main(["compile", str(first), "-o", str(packages)]) == 0
+    second = tmp_path / "uses_package.py"
+    second.write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+
+            sys.path.insert(0, {str(packages)!r})
+            import tiny_net
+
+            sys.path.remove({str(packages)!r})
+            pretrained = tiny_net.net
+            """
+        )
+    )
+    monkeypatch.delitem(sys.modules, "tiny_net", raising=False)
+    out = tmp_path / "out"
+    try:
+        assert main(["compile", "-O0", str(second), "-o", str(out)]) == 0
+    finally:
+        sys.modules.pop("tiny_net", None)
+    written = json.loads((out / "tiny_net" / "net.json").read_text())
+    assert written["opt_level"] == 0
+    # The net built again keeps the parameters of the package it imported.
+    probs = []
+    for folder in (packages, out):
+        values = tmp_path / f"{folder.name}.npy"
+        command = [sys.executable, "-c", CHECK, str(folder), str(values)]
+        subprocess.run(command, check=True, cwd=tmp_path)
+        probs.append(np.load(values))
+    assert np.allclose(probs[0], probs[1], rtol=1e-12, atol=0)
+
+
 LOSS_NET_FILE = textwrap.dedent(
     """
     import numpy as np
