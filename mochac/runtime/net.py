@@ -228,6 +228,8 @@ class Net:
         # Data layers are opened first: only they know their top shapes. A
         # compiled package passes _open_source(index, layer, dtype, rng) to
         # defer reading files, because its net.json records the shapes.
+        # NOTE: an HDF5DataLayer's source reads its datasets whole here, so a
+        # shape error that build_ir finds comes only after that read.
         self.sources = {}
         source_shapes = {}
         for index, layer in enumerate(self.layers):
