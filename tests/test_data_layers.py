@@ -29,6 +29,8 @@ from mochac import (
     ValidationPerformance,
     make_solver_parameters,
 )
+from mochac.runtime import data_sources
+from mochac.runtime import net as net_module
 from mochac.runtime.data_sources import make_source
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1160,3 +1162,30 @@ def test_hdf5_rows_mismatch_without_transpose_hint(tmp_path):
     message = str(raised.value)
     assert "The first axis of every dataset counts the samples" in message
     assert "transpose" not in message
+
+
+def test_hdf5_files_changed_during_build(tmp_path, monkeypatch):
+    """A file whose sample shape changes between the metadata scan and the
+    read raises DataError naming the layer, and leaves no source open."""
+    path = tmp_path / "data.h5"
+    with h5py.File(path, "w") as handle:
+        handle["x"] = np.zeros((4, 3), np.float32)
+    (tmp_path / "list.txt").write_text(f"{path}\n")
+    layer = HDF5DataLayer(
+        name="hdf5", source=str(tmp_path / "list.txt"), batch_size=2, tops=["x"]
+    )
+    scan = data_sources.shapes_before_reading
+
+    def scan_then_rewrite(*args, **kwargs):
+        shapes = scan(*args, **kwargs)
+        with h5py.File(path, "w") as handle:
+            handle["x"] = np.zeros((4, 5), np.float32)
+        return shapes
+
+    monkeypatch.setattr(net_module, "shapes_before_reading", scan_then_rewrite)
+    with pytest.raises(DataError) as raised:
+        Net("changed", CPUBackend(threads=1), [layer])
+    message = str(raised.value)
+    assert "'hdf5'" in message
+    assert "[(2, 3)]" in message
+    assert "[(2, 5)]" in message

@@ -44,6 +44,7 @@ from mochac import (
     ValidationPerformance,
     make_solver_parameters,
 )
+from mochac.runtime import data_sources
 from mochac.runtime.coffee_breaks import CoffeeBreak
 from mochac.runtime.gpu_backend import GPUBackend
 
@@ -144,9 +145,14 @@ def test_loss_shape_error_at_build():
     assert "(2, 4)" in message
 
 
-def test_loss_shape_error_hdf5_at_build(make_backend, tmp_path):
+def test_loss_shape_error_hdf5_at_build(make_backend, tmp_path, monkeypatch):
     """The same mismatch read from an HDF5 file fails in Net(), on both
-    backends, before a batch is loaded."""
+    backends, before the file's values are read."""
+
+    def read_values(*args, **kwargs):
+        raise AssertionError("the HDF5 values were read before the shape check")
+
+    monkeypatch.setattr(data_sources, "load_hdf5", read_values)
     with h5py.File(tmp_path / "pairs.h5", "w") as handle:
         handle["pred"] = np.zeros((4, 3), np.float32)
         handle["label"] = np.zeros((4, 4), np.float32)

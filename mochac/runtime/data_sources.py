@@ -57,9 +57,11 @@ __all__ = [
     "describe_row",
     "load_hdf5",
     "make_source",
+    "open_after_build",
     "prepare_transformers",
     "read_source_list",
     "scan_hdf5",
+    "shapes_before_reading",
     "warn_batches_larger_than_data",
 ]
 
@@ -314,6 +316,37 @@ def make_source(layer, dtype, rng, name=None):
             )
         return MemorySource(layer, rng, dtype, name)
     raise NotImplementedError(f"no data source for {type(layer).__name__}")
+
+
+def shapes_before_reading(layer, dtype, name=None):
+    """Return the top shapes of an HDF5DataLayer from its files' metadata,
+    without reading their values; None for other data layers.
+
+    That layer's source reads its datasets whole when it opens, so a net
+    takes these shapes to build its IR and opens the source after, with
+    open_after_build. A net with a shape error then fails before any data is
+    read. Raises DataError as scan_hdf5 does.
+    """
+    if isinstance(layer, AsyncHDF5DataLayer) or not isinstance(layer, HDF5DataLayer):
+        return None
+    _, sample_shapes = scan_hdf5(layer, np.dtype(dtype), name)
+    return [(layer.batch_size,) + tuple(shape) for shape in sample_shapes]
+
+
+def open_after_build(layer, dtype, rng, name, shapes):
+    """Return make_source's source for a layer whose IR was built with
+    ``shapes`` (shapes_before_reading). Raises DataError when its files
+    changed shape in between."""
+    source = make_source(layer, dtype, rng, name)
+    opened = [tuple(shape) for shape in source.shapes]
+    if opened != [tuple(shape) for shape in shapes]:
+        source.close()
+        raise DataError(
+            f"{_who(layer, name)}: the top shapes of its files changed while "
+            f"the net was built, from {shapes} to {opened}; build the net again "
+            "once no other program writes the files"
+        )
+    return source
 
 
 class MemorySource(DataSource):

@@ -49,7 +49,11 @@ from mochac.passes.pipeline import (
 from mochac.passes.plan_memory import plan_memory
 from mochac.runtime import cublas_direct, gpu_update
 from mochac.runtime.array_views import blob_views
-from mochac.runtime.data_sources import make_source
+from mochac.runtime.data_sources import (
+    make_source,
+    open_after_build,
+    shapes_before_reading,
+)
 from mochac.runtime.gpu_graphs import StepGraphs
 from mochac.runtime.net import (
     AFTER_UPDATE_NOTE,
@@ -99,11 +103,18 @@ def prepare_ir(net, backend, layers, force_backward, phase, opt_level, disable, 
     net.opt_level, net.disable = opt_level, pass_names(disable)
     net.keep = kept_blob_names(keep)
     enabled_passes(opt_level, net.disable)
-    net.sources, source_shapes = {}, {}
+    # An HDF5DataLayer, which reads its files whole, opens after build_ir has
+    # checked the shapes of its files' metadata, as in Net.
+    net.sources, source_shapes, after_build = {}, {}, {}
     for index, layer in enumerate(net.layers):
         if getattr(layer, "is_source", False):
             rng = np.random.default_rng(backend.rng.integers(2**63))
             layer_name = layer_display_name(layer, index)
+            shapes = shapes_before_reading(layer, backend.dtype, layer_name)
+            if shapes is not None:
+                after_build[index] = (layer, rng, layer_name, shapes)
+                source_shapes[index] = shapes
+                continue
             source = make_source(layer, backend.dtype, rng, layer_name)
             net.sources[index] = ReadAhead(source)
             source_shapes[index] = net.sources[index].shapes
@@ -112,9 +123,23 @@ def prepare_ir(net, backend, layers, force_backward, phase, opt_level, disable, 
         for key, params in backend.registry.items()
         for param, array in params.items()
     }
-    net.ir = build_ir(
-        net.name, net.layers, source_shapes, backend.dtype, force_backward, registered
-    )
+    try:
+        net.ir = build_ir(
+            net.name,
+            net.layers,
+            source_shapes,
+            backend.dtype,
+            force_backward,
+            registered,
+        )
+        for index, (layer, rng, layer_name, shapes) in after_build.items():
+            source = open_after_build(layer, backend.dtype, rng, layer_name, shapes)
+            net.sources[index] = ReadAhead(source)
+    except BaseException:
+        for source in net.sources.values():
+            source.close()
+        raise
+    net.sources = dict(sorted(net.sources.items()))
     if phase is None:
         phase = "train" if any(i.layer.has_loss for i in net.ir.layers) else "test"
     if phase not in ("train", "test"):

@@ -51,7 +51,11 @@ from mochac.runtime.array_views import (
     no_backward_reason,
 )
 from mochac.runtime.backend import check_backend
-from mochac.runtime.data_sources import make_source
+from mochac.runtime.data_sources import (
+    make_source,
+    open_after_build,
+    shapes_before_reading,
+)
 from mochac.runtime.net_checks import check_kept_blobs, check_step_method
 from mochac.runtime.outputs import OutputStates, make_output_state
 from mochac.runtime.step_settings import check_regu_coef, check_step_values
@@ -227,19 +231,25 @@ class Net:
 
         # Data layers are opened first: only they know their top shapes. A
         # compiled package passes _open_source(index, layer, dtype, rng) to
-        # defer reading files, because its net.json records the shapes.
-        # NOTE: an HDF5DataLayer's source reads its datasets whole here, so a
-        # shape error that build_ir finds comes only after that read.
+        # defer reading files, because its net.json records the shapes. An
+        # HDF5DataLayer, which reads its files whole, opens after build_ir
+        # has checked the shapes of its files' metadata.
         self.sources = {}
         source_shapes = {}
+        after_build = {}
         for index, layer in enumerate(self.layers):
             if getattr(layer, "is_source", False):
                 rng = np.random.default_rng(backend.rng.integers(2**63))
-                if _open_source is None:
-                    layer_name = layer_display_name(layer, index)
-                    source = make_source(layer, dtype, rng, layer_name)
-                else:
+                if _open_source is not None:
                     source = _open_source(index, layer, dtype, rng)
+                else:
+                    layer_name = layer_display_name(layer, index)
+                    shapes = shapes_before_reading(layer, dtype, layer_name)
+                    if shapes is not None:
+                        after_build[index] = (layer, rng, layer_name, shapes)
+                        source_shapes[index] = shapes
+                        continue
+                    source = make_source(layer, dtype, rng, layer_name)
                 self.sources[index] = source
                 source_shapes[index] = source.shapes
 
@@ -248,9 +258,19 @@ class Net:
             for key, params in backend.registry.items()
             for param, array in params.items()
         }
-        self.ir = build_ir(
-            name, self.layers, source_shapes, dtype, force_backward, registered
-        )
+        try:
+            self.ir = build_ir(
+                name, self.layers, source_shapes, dtype, force_backward, registered
+            )
+            for index, (layer, rng, layer_name, shapes) in after_build.items():
+                self.sources[index] = open_after_build(
+                    layer, dtype, rng, layer_name, shapes
+                )
+        except BaseException:
+            for source in self.sources.values():
+                source.close()
+            raise
+        self.sources = dict(sorted(self.sources.items()))
         if phase is None:
             phase = "train" if any(i.layer.has_loss for i in self.ir.layers) else "test"
         if phase not in ("train", "test"):
