@@ -2,6 +2,7 @@
 files, restored data-layer states, output paths and compiled extensions."""
 
 import json
+import logging
 import os
 
 import h5py
@@ -25,7 +26,7 @@ from mochac import (
 )
 from mochac.layers.data import AsyncHDF5DataLayer
 from mochac.runtime.data_sources import make_source
-from mochac.runtime.snapshot import save_snapshot
+from mochac.runtime.snapshot import load_snapshot, save_snapshot
 
 RNG = np.random.default_rng(3)
 X = RNG.random((8, 1, 3, 3)).astype(np.float32)
@@ -57,6 +58,11 @@ def small_net(data_layer=None):
         lambda net: net.statistics(),
         lambda net: net.reset_statistics(),
         lambda net: save_snapshot("unused.h5", net),
+        lambda net: load_snapshot(net, "unused.h5"),
+        lambda net: net.data_source("d"),
+        lambda net: net.blobs["ip"],
+        lambda net: net.diffs["ip"],
+        lambda net: net.grads["ip"],
     ],
     ids=[
         "objective",
@@ -66,6 +72,11 @@ def small_net(data_layer=None):
         "statistics",
         "reset_statistics",
         "save_snapshot",
+        "load_snapshot",
+        "data_source",
+        "blobs",
+        "diffs",
+        "grads",
     ],
 )
 def test_destroyed_net_rejects_calls(call):
@@ -74,6 +85,28 @@ def test_destroyed_net_rejects_calls(call):
     net.destroy()
     with pytest.raises(MochacError, match="net 'small' was destroyed; build a new"):
         call(net)
+
+
+def test_destroyed_net_solve_no_warning(caplog):
+    net = small_net()
+    net.destroy()
+    method = SGD()
+    solver = Solver(method, make_solver_parameters(method, max_iter=2))
+    with pytest.raises(MochacError, match="net 'small' was destroyed; build a new"):
+        solver.solve(net)
+    warnings = [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno >= logging.WARNING
+    ]
+    assert warnings == []
+
+
+def test_destroyed_net_keeps_params():
+    net = small_net()
+    weight = net.params["ip"]["weight"].copy()
+    net.destroy()
+    assert np.array_equal(net.params["ip"]["weight"], weight)
 
 
 # --- HDF5 data files ------------------------------------------------------------

@@ -126,6 +126,15 @@ def locked_views(label: str, mapping: dict) -> ArrayViews:
     return views
 
 
+def destroyed_views(label: str, reason: str) -> ArrayViews:
+    """Return empty locked views whose every lookup raises NotFoundError with
+    ``reason``, for the arrays of a destroyed net."""
+    views = ArrayViews(label)
+    views.empty_reason = reason
+    views.lock()
+    return views
+
+
 class BlobViews(ArrayViews):
     """Blob name -> NumPy view; explains why a blob left out is missing."""
 

@@ -47,6 +47,7 @@ from mochac.report import ir_to_dot
 from mochac.runtime import native_update
 from mochac.runtime.array_views import (
     blob_views,
+    destroyed_views,
     locked_views,
     no_backward_reason,
 )
@@ -943,6 +944,7 @@ class Net:
 
     def data_source(self, layer_name: str):
         """Return the runtime state of a data layer (position, epoch, arrays)."""
+        self._check_alive()
         for index, source in self.sources.items():
             if self.ir.layers[index].name == layer_name:
                 return source
@@ -963,7 +965,13 @@ class Net:
         for state in self.output_states.values():
             state.close()
         self.arrays = []
-        self.blobs, self.diffs, self.grads, self.states = {}, {}, {}, {}
+        # A lookup in these views raises the MochacError of a destroyed net,
+        # not a KeyError that reads as if the name were wrong.
+        destroyed_reason = f"net '{self.name}' was destroyed; build a new Net"
+        self.blobs = destroyed_views("net.blobs", destroyed_reason)
+        self.diffs = destroyed_views("net.diffs", destroyed_reason)
+        self.grads = destroyed_views("net.grads", destroyed_reason)
+        self.states = destroyed_views("net.states", destroyed_reason)
         self.pointers = None
 
     def get_layer(self, name: str):

@@ -590,6 +590,9 @@ def unused_parameters(handle, net, path) -> list[str]:
 def load_snapshot(net, path, allow_missing=False) -> None:
     """Load the parameters stored in ``path`` into ``net`` (Mocha's load_snapshot)."""
     check_net_and_path("load_snapshot(net, path)", net, path, (net, path))
+    # A destroyed net runs no more, so loading into it is a mistake. Its
+    # parameters may be shared with live nets, which the load would change.
+    net._check_alive()
     with open_model(path) as handle:
         load_params(handle, net, path, allow_missing)
     logger.info("net '%s': loaded parameters from %s", net.name, path)

@@ -302,6 +302,9 @@ class Solver:
         resume point across its breaks, which a second one would change.
         """
         check_net(net, "solve", "to train")
+        # Before the checks of the net's layers, whose warnings would
+        # describe a destroyed net's empty views.
+        net._check_alive()
         if self._running:
             raise ConfigError(
                 f"solve(net '{net.name}'): this solver's solve() is already "
