@@ -428,6 +428,33 @@ def test_memory_array_replaced_other_sample_shape(shape, wanted):
     assert f"Assign an array of shape {wanted} for any sample count N" in message
 
 
+def test_memory_array_one_sample_no_axis():
+    # One (2, 3) sample without the sample axis has the sample shape itself.
+    x = np.zeros((6, 2, 3), dtype=np.float32)
+    y = np.zeros((6, 1), dtype=np.float32)
+    layer = MemoryDataLayer(name="mem", batch_size=4, data=[x, y])
+    source = open_source(layer)
+    source.arrays[0] = np.ones((2, 3), dtype=np.float32)
+    with pytest.raises(DataError) as raised:
+        next_batch(source)
+    message = str(raised.value)
+    assert "array of shape (2, 3)" in message
+    assert "lacks the leading sample axis" in message
+    assert "array[np.newaxis]" in message
+    assert "Assign an array of shape (N, 2, 3) for any sample count N" in message
+
+
+def test_memory_array_other_shape_no_hint():
+    x = np.zeros((6, 2, 3), dtype=np.float32)
+    y = np.zeros((6, 1), dtype=np.float32)
+    layer = MemoryDataLayer(name="mem", batch_size=4, data=[x, y])
+    source = open_source(layer)
+    source.arrays[0] = np.ones((6, 3), dtype=np.float32)
+    with pytest.raises(DataError) as raised:
+        next_batch(source)
+    assert "sample axis" not in str(raised.value)
+
+
 @pytest.mark.parametrize("count", [2, 20])
 def test_memory_arrays_replaced_other_count(count):
     x = np.zeros((6, 3), dtype=np.float32)

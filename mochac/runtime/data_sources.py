@@ -224,12 +224,20 @@ class DataSource(BatchOrder):
                 f"of shape {expected_shape}"
             )
         if shape[1:] != sample_shape:
+            # One sample without the sample axis has the sample shape itself,
+            # which the message would otherwise list as both found and expected.
+            one_sample = (
+                " The array has the shape of one sample and lacks the leading "
+                "sample axis: assign array[np.newaxis] to pass one sample."
+                if shape == sample_shape
+                else ""
+            )
             raise DataError(
                 f"{self.owner}: top '{top}' was replaced by an array of "
                 f"shape {shape}, but the net was built for samples of shape "
-                f"{sample_shape} (top shape {(self.batch_size,) + sample_shape}). "
-                f"Assign an array of shape {expected_shape} for any sample "
-                "count N, or build a new Net for samples of another shape"
+                f"{sample_shape} (top shape {(self.batch_size,) + sample_shape})."
+                f"{one_sample} Assign an array of shape {expected_shape} for any "
+                "sample count N, or build a new Net for samples of another shape"
             )
         if not shape[0]:
             raise DataError(
