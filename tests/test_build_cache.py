@@ -3,6 +3,7 @@ records, and damaged entries compiled again instead of loaded."""
 
 import errno
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -141,6 +142,57 @@ def test_cache_folder_that_is_a_file(tmp_path, monkeypatch):
     monkeypatch.setenv("MOCHAC_CACHE_DIR", str(blocker))
     with pytest.raises(CompileError, match=r"MOCHAC_CACHE_DIR.*writable folder"):
         cache_net(3)
+
+
+def test_default_cache_without_home(monkeypatch):
+    """Without HOME and a password database entry, Path.home() raises
+    RuntimeError; the build reports it as a CompileError with the fix."""
+    import pwd
+
+    from mochac.codegen.build import cache_dir
+    from mochac.errors import CompileError
+
+    def no_entry(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.delenv("MOCHAC_CACHE_DIR", raising=False)
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    with pytest.raises(CompileError) as caught:
+        cache_dir()
+    message = str(caught.value)
+    assert "HOME is not set" in message
+    assert "set MOCHAC_CACHE_DIR to a writable folder" in message
+
+
+def test_source_copy_on_full_disk(tmp_path, monkeypatch, caplog):
+    """A full disk while the build keeps its C source beside the extension
+    leaves no cut-short copy, and the net still loads."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MOCHAC_CACHE_DIR", str(cache))
+    real_write_text = Path.write_text
+    source_copy = re.compile(r"_mochac_[0-9a-f]+\.c(\.|$)")
+
+    def write_half(self, data, *args, **kwargs):
+        if not source_copy.search(self.name):
+            return real_write_text(self, data, *args, **kwargs)
+        real_write_text(self, data[: len(data) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_text", write_half)
+    with caplog.at_level("WARNING", logger="mochac.codegen.build"):
+        net = cache_net(3)
+    net.forward()
+    assert net.blobs["y"].shape == (4, 3)
+    assert cached_extension(cache).exists()
+    assert list(cache.glob("*.c")) == []
+    assert list(cache.glob(".*.tmp")) == []
+    warnings = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "mochac.codegen.build" and record.levelno >= logging.WARNING
+    ]
+    assert any("could not keep the generated C source" in text for text in warnings)
 
 
 def test_nets_differing_in_name_share_extension(tmp_path, monkeypatch):

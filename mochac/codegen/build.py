@@ -62,7 +62,19 @@ def cache_dir() -> Path:
     """Return the build cache folder, created if needed; raise CompileError
     naming it when it cannot be."""
     setting = os.environ.get("MOCHAC_CACHE_DIR")
-    path = Path(setting or Path.home() / ".cache" / "mochac")
+    if setting:
+        path = Path(setting)
+    else:
+        try:
+            path = Path.home() / ".cache" / "mochac"
+        except RuntimeError as error:
+            # HOME is unset and the user has no entry in the password database
+            # (a container run with an arbitrary uid, say).
+            raise CompileError(
+                "cannot find the default build cache ~/.cache/mochac: HOME is "
+                f"not set and user id {os.getuid()} has no entry in the password "
+                "database; set MOCHAC_CACHE_DIR to a writable folder"
+            ) from error
     source = "MOCHAC_CACHE_DIR" if setting else "the default cache folder"
     if path.exists() and not path.is_dir():
         raise CompileError(
@@ -519,5 +531,30 @@ def build_extension(source: str, net_name: str, cache_hit_level=logging.INFO):
                 f"cache folder {folder}: {error}; check that it is a writable "
                 "folder with free space, or set MOCHAC_CACHE_DIR to another one"
             ) from error
-    (folder / f"{module_name}.c").write_text(source)
+    keep_source_copy(folder / f"{module_name}.c", source, net_name)
     return load_extension(path, module_name), path
+
+
+def keep_source_copy(path: Path, source: str, net_name: str) -> None:
+    """Write the generated C beside its extension in the cache, for reading.
+
+    Nothing loads this copy, so a failed write (a full disk, a cache folder
+    deleted meanwhile) logs a warning and the build goes on. The copy is
+    renamed into place when complete, so a reader never finds it cut short.
+    """
+    staging = None
+    try:
+        staging = temporary_file(path.parent, path.name)
+        staging.write_text(source)
+        os.replace(staging, path)
+    except OSError as error:
+        logger.warning(
+            "net '%s': could not keep the generated C source at %s (%s); the "
+            "compiled extension is in the cache and loads without it",
+            net_name,
+            path,
+            error,
+        )
+    finally:
+        if staging is not None:
+            staging.unlink(missing_ok=True)
