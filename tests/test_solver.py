@@ -795,6 +795,54 @@ def test_lounge_rejects_mismatched_series(tmp_path, iterations, values):
         solver.setup_coffee_lounge(save_into=stats)
 
 
+def saved_lounge(stats):
+    from mochac.runtime.coffee_lounge import CoffeeLounge
+
+    lounge = CoffeeLounge(save_into=stats)
+    for iteration, value in enumerate((0.75, 0.5, 0.25, 0.125)):
+        lounge.update(10 * iteration, "obj_val", value)
+    lounge.save()
+
+
+def test_lounge_rejects_damaged_values(tmp_path):
+    """A damaged byte inside a series fails the read instead of changing the
+    curve that a resumed run merges into."""
+    from mochac.runtime.coffee_lounge import read_statistics
+
+    stats = tmp_path / "statistics.h5"
+    saved_lounge(stats)
+    data = bytearray(stats.read_bytes())
+    stored = np.array([0.75, 0.5, 0.25, 0.125], dtype=np.float64).tobytes()
+    offset = data.find(stored)
+    assert offset >= 0
+    data[offset + 3] ^= 0xFF
+    stats.write_bytes(bytes(data))
+    with pytest.raises(mochac.DataError) as error:
+        read_statistics(stats)
+    assert str(stats) in str(error.value)
+    assert "the statistics file is damaged" in str(error.value)
+
+
+def test_lounge_rejects_damaged_group_heap(tmp_path):
+    """h5py raises RuntimeError for a damaged heap of the root group, which
+    the read reports as a damaged file."""
+    from mochac.runtime.coffee_lounge import read_statistics
+
+    stats = tmp_path / "statistics.h5"
+    saved_lounge(stats)
+    data = bytearray(stats.read_bytes())
+    heap = data.find(b"HEAP")
+    assert heap >= 0
+    # The local heap's offset to its free list follows the signature, the
+    # version, 3 reserved bytes and the 8-byte data segment size.
+    data[heap + 16] ^= 0xFF
+    stats.write_bytes(bytes(data))
+    with pytest.raises(mochac.DataError) as error:
+        read_statistics(stats)
+    assert str(stats) in str(error.value)
+    assert "the statistics file is damaged" in str(error.value)
+
+
 def test_lounge_panics_on_existing_file(tmp_path):
     stats = tmp_path / "statistics.h5"
     stats.write_bytes(b"")

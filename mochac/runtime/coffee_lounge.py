@@ -17,7 +17,7 @@ import numpy as np
 
 from mochac.durable_files import special_file_kind
 from mochac.errors import ConfigError, DataError
-from mochac.runtime.snapshot import write_atomically
+from mochac.runtime.snapshot import write_atomically, write_dataset
 from mochac.values import as_int
 
 logger = logging.getLogger(__name__)
@@ -90,10 +90,13 @@ class CoffeeLounge:
                 )
                 group.attrs["name"] = name
                 iterations = np.array(sorted(series), dtype=np.int64)
-                group.create_dataset("iterations", data=iterations)
-                group.create_dataset(
+                # With Fletcher-32 checksums, damaged bytes in a series fail
+                # the merge of a resumed run instead of entering its curves.
+                write_dataset(group, "iterations", iterations)
+                write_dataset(
+                    group,
                     "values",
-                    data=np.array([series[i] for i in iterations], dtype=np.float64),
+                    np.array([series[i] for i in iterations], dtype=np.float64),
                 )
 
         write_atomically(self.save_into, fill)
@@ -130,9 +133,14 @@ def read_statistics(path, advice: str = "") -> dict[str, dict[int, float]]:
         raise DataError(
             f"{path}: cannot read the statistics file ({error}){ending}"
         ) from error
+    # h5py raises RuntimeError for some damaged metadata, such as a group's
+    # heap or symbol table.
+    # NOTE: damaged bytes in an attribute or datatype message can still read
+    # as other names or values, because only the datasets' chunks carry
+    # checksums and the file has no digest.
     try:
         return _read_series(path, handle)
-    except (OSError, KeyError, ValueError) as error:
+    except (OSError, KeyError, ValueError, RuntimeError) as error:
         raise DataError(
             f"{path}: the statistics file is damaged ({error}){ending}"
         ) from error
