@@ -412,3 +412,61 @@ def test_bad_label_names_file_and_row(tmp_path, layer_type):
     part = tmp_path / "part1.hdf5"
     assert f"data row 5 (row 1 of {part}) of data layer 'train'" in str(caught.value)
     net.destroy()
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def read_all_batches(layer, count: int):
+    opened = make_source(layer, np.float32, np.random.default_rng(0))
+    try:
+        outputs = [np.empty(shape, np.float32) for shape in opened.shapes]
+        for _ in range(count):
+            opened.next_batch(outputs)
+    finally:
+        opened.close()
+
+
+@pytest.mark.parametrize("layer_type", [HDF5DataLayer, AsyncHDF5DataLayer])
+def test_damaged_group_heap_names_file(tmp_path, layer_type):
+    """A file that opens but whose root group's heap is damaged makes h5py
+    raise RuntimeError on the first lookup; the layer names the file."""
+    source = write_files(tmp_path)
+    part = tmp_path / "part1.hdf5"
+    heap = part.read_bytes().find(b"HEAP")
+    assert heap >= 0
+    # The local heap's offset to its free list follows the signature, the
+    # version, 3 reserved bytes and the 8-byte data segment size.
+    flip_byte(part, heap + 16)
+    layer = layer_type(name="train", source=str(source), batch_size=2)
+    with pytest.raises(DataError) as caught:
+        read_all_batches(layer, 5)
+    message = str(caught.value)
+    assert f"{layer_type.__name__} 'train': cannot read {part}" in message
+    assert "the file is damaged" in message
+
+
+@pytest.mark.parametrize("layer_type", [HDF5DataLayer, AsyncHDF5DataLayer])
+def test_damaged_chunk_names_file(tmp_path, layer_type):
+    """A chunk that fails its Fletcher-32 checksum makes h5py raise OSError
+    when it is read: at the build for HDF5DataLayer, which reads every
+    file, and at the batch that reaches it for AsyncHDF5DataLayer."""
+    source = write_files(tmp_path)
+    part = tmp_path / "part1.hdf5"
+    with h5py.File(part, "r+") as handle:
+        values = handle["data"][()]
+        del handle["data"]
+        handle.create_dataset("data", data=values, chunks=True, fletcher32=True)
+        offset = handle["data"].id.get_chunk_info(0).byte_offset
+    flip_byte(part, offset + 2)
+    layer = layer_type(name="train", source=str(source), batch_size=2)
+    if layer_type is AsyncHDF5DataLayer:
+        layer = layer.replace(chunk_size=2)
+    with pytest.raises(DataError) as caught:
+        read_all_batches(layer, 5)
+    message = str(caught.value)
+    assert f"{layer_type.__name__} 'train': cannot read {part}" in message
+    assert "the file is damaged" in message

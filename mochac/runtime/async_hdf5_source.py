@@ -23,6 +23,7 @@ from mochac.runtime.hdf5_files import (
     _open_hdf5,
     check_in_range,
     check_unchanged,
+    damaged_file_errors,
     scan_hdf5,
 )
 
@@ -99,7 +100,8 @@ class ChunkReader:
             self.cache.clear()
         handle = _open_hdf5(self.layer, path, self.name)
         try:
-            check_unchanged(self.layer, self.files[file_index], handle, self.name)
+            with damaged_file_errors(self.layer, path, self.name):
+                check_unchanged(self.layer, self.files[file_index], handle, self.name)
         except DataError:
             handle.close()
             raise
@@ -113,7 +115,8 @@ class ChunkReader:
         numbers = np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
         arrays = []
         for top, shape in zip(self.layer.tops, self.sample_shapes):
-            values = np.asarray(handle[top][rows]).reshape((-1,) + shape)
+            with damaged_file_errors(self.layer, self.paths[file_index], self.name):
+                values = np.asarray(handle[top][rows]).reshape((-1,) + shape)
             where = f"{self.paths[file_index]}:{top}"
             check_in_range(self.layer, values, self.dtype, where, self.name, numbers)
             arrays.append(values.astype(self.dtype, copy=False))

@@ -7,6 +7,7 @@ The optional ``name`` of each function is the net's name for the layer
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -14,7 +15,7 @@ import h5py
 import numpy as np
 
 from mochac.durable_files import special_file_kind
-from mochac.errors import DataError
+from mochac.errors import DataError, MochacError
 from mochac.layers.data import HDF5DataLayer
 from mochac.runtime.batch_checks import _check_float, _who
 from mochac.runtime.snapshot import first_line
@@ -91,6 +92,26 @@ def _open_hdf5(layer, path: Path, name: str | None = None) -> h5py.File:
         ) from error
 
 
+@contextlib.contextmanager
+def damaged_file_errors(layer, path: Path, name: str | None = None):
+    """Raise DataError naming ``path`` for an h5py error in the block.
+
+    h5py raises OSError for a chunk that fails to read and RuntimeError or
+    KeyError for damaged metadata, such as a group's heap, in a file that
+    opened without an error. A mochac error in the block passes unchanged.
+    """
+    try:
+        yield
+    except MochacError:
+        raise
+    except (OSError, RuntimeError, KeyError) as error:
+        raise DataError(
+            f"{_who(layer, name)}: cannot read {path}, listed in {layer.source}: "
+            f"{first_line(error)}; the file is damaged, so write it again or "
+            "restore it from a copy"
+        ) from error
+
+
 class ScannedFile(NamedTuple):
     """A listed HDF5 file as scan_hdf5 found it."""
 
@@ -129,7 +150,10 @@ def scan_hdf5(
     files = []
     shapes_per_file = []
     for path in read_source_list(layer, name):
-        with _open_hdf5(layer, path, name) as handle:
+        with (
+            _open_hdf5(layer, path, name) as handle,
+            damaged_file_errors(layer, path, name),
+        ):
             rows = None
             shapes = []
             layouts = []
@@ -249,7 +273,10 @@ def load_hdf5(
     for top, shape in zip(layer.tops, sample_shapes):
         parts = []
         for scanned in files:
-            with _open_hdf5(layer, scanned.path, name) as handle:
+            with (
+                _open_hdf5(layer, scanned.path, name) as handle,
+                damaged_file_errors(layer, scanned.path, name),
+            ):
                 check_unchanged(layer, scanned, handle, name)
                 values = handle[top][()].reshape((scanned.rows,) + shape)
             check_in_range(layer, values, dtype, f"{scanned.path}:{top}", name)
