@@ -323,6 +323,29 @@ def test_hdf5_float64_conversion_logged(tmp_path, caplog):
     assert all("float64 values to float32" in message for message in messages)
 
 
+def test_hdf5_conversion_logged_once_per_net(tmp_path, caplog):
+    """Net scans the files' metadata before build_ir and again when the
+    source opens; only the second scan logs the conversion."""
+    caplog.set_level(logging.INFO, logger=DATA_SOURCES_LOGGER)
+    layer = hdf5_layer(
+        tmp_path,
+        batch_size=2,
+        data=numbered_images(4),
+        label=numbered_labels(4, dtype=np.int64),
+    )
+    net = Net("converted", CPUBackend(threads=1), [layer])
+    net.destroy()
+
+    conversions = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == DATA_SOURCES_LOGGER
+        and "converting int64 values to float32" in record.getMessage()
+    ]
+    assert len(conversions) == 1
+    assert ":label" in conversions[0]
+
+
 def test_hdf5_string_dataset_rejected(tmp_path):
     layer = hdf5_layer(
         tmp_path,

@@ -82,26 +82,24 @@ def _out_of_range_value(source, position: int, data_row: int, dtype):
     return float(value)
 
 
-def _check_float(array: np.ndarray, dtype, where: str):
+def _check_float(array: np.ndarray, dtype, where: str, log: bool = True):
     """Log a line when values need converting to ``dtype``: integers, bools
-    and wider floats, which lose precision.
+    and wider floats, which lose precision. ``log=False`` only checks.
 
     Raises DataError for any other dtype that is not floating point.
     """
     if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
-        logger.info("%s: converting %s values to %s", where, array.dtype, dtype.name)
+        message = "%s: converting %s values to %s"
     elif np.issubdtype(array.dtype, np.floating):
-        if array.dtype.itemsize > np.dtype(dtype).itemsize:
-            logger.info(
-                "%s: converting %s values to %s, the net's type, which rounds them",
-                where,
-                array.dtype,
-                np.dtype(dtype).name,
-            )
+        if array.dtype.itemsize <= np.dtype(dtype).itemsize:
+            return
+        message = "%s: converting %s values to %s, the net's type, which rounds them"
     else:
         raise DataError(
             f"{where}: dtype {array.dtype} is not a real number type; store floats"
         )
+    if log:
+        logger.info(message, where, array.dtype, np.dtype(dtype).name)
 
 
 def _who(layer, name: str | None = None) -> str:

@@ -333,11 +333,12 @@ def shapes_before_reading(layer, dtype, name=None):
     That layer's source reads its datasets whole when it opens, so a net
     takes these shapes to build its IR and opens the source after, with
     open_after_build. A net with a shape error then fails before any data is
-    read. Raises DataError as scan_hdf5 does.
+    read. Raises DataError as scan_hdf5 does. The conversion of integer
+    datasets is logged when the source opens, which scans the files again.
     """
     if isinstance(layer, AsyncHDF5DataLayer) or not isinstance(layer, HDF5DataLayer):
         return None
-    _, sample_shapes = scan_hdf5(layer, np.dtype(dtype), name)
+    _, sample_shapes = scan_hdf5(layer, np.dtype(dtype), name, log=False)
     return [(layer.batch_size,) + tuple(shape) for shape in sample_shapes]
 
 

@@ -135,7 +135,7 @@ def _sample_axis_hint(first_shape: tuple, other_shape: tuple) -> str:
 
 
 def scan_hdf5(
-    layer: HDF5DataLayer, dtype, name: str | None = None
+    layer: HDF5DataLayer, dtype, name: str | None = None, log: bool = True
 ) -> tuple[list[ScannedFile], list]:
     """Check every listed file's datasets without reading their values.
 
@@ -144,7 +144,7 @@ def scan_hdf5(
     dataset is missing, not numeric or a scalar. It is also raised when a
     dataset's row count differs from the first top's, when sample shapes
     differ between files, and when the files contain no samples. Integer
-    datasets are logged as converted to ``dtype``.
+    datasets are logged as converted to ``dtype``, unless ``log`` is False.
     """
     who = _who(layer, name)
     files = []
@@ -170,7 +170,7 @@ def scan_hdf5(
                         "dataset"
                     )
                 dataset = handle[top]
-                _check_float(dataset, dtype, f"{who}: {path}:{top}")
+                _check_float(dataset, dtype, f"{who}: {path}:{top}", log)
                 if dataset.ndim == 0:
                     raise DataError(
                         f"{who}: {path}:{top} is a scalar; store an (N, ...) array"
