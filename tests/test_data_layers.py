@@ -1216,7 +1216,7 @@ def test_hdf5_rows_mismatch_without_transpose_hint(tmp_path):
 
 def test_hdf5_files_changed_during_build(tmp_path, monkeypatch):
     """A file whose sample shape changes between the metadata scan and the
-    read raises DataError naming the layer, and leaves no source open."""
+    read raises DataError naming the layer and both shapes."""
     path = tmp_path / "data.h5"
     with h5py.File(path, "w") as handle:
         handle["x"] = np.zeros((4, 3), np.float32)
