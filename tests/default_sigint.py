@@ -38,7 +38,9 @@ def paused_script_command(target: str, script) -> list[str]:
 
 def interrupt_at_line(command, marker: str, timeout: float = 120) -> tuple[int, str]:
     """Run ``command``, send it SIGINT once its stderr shows a line containing
-    ``marker``, and return its exit status and whole stderr."""
+    ``marker``, and return its exit status and whole stderr. Fails the test
+    when the command ends without that line, because then no SIGINT was
+    sent."""
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     lines = []
     for line in process.stderr:
@@ -47,4 +49,9 @@ def interrupt_at_line(command, marker: str, timeout: float = 120) -> tuple[int, 
             process.send_signal(signal.SIGINT)
             break
     rest = process.communicate(timeout=timeout)[1]
-    return process.returncode, "".join(lines) + rest
+    stderr = "".join(lines) + rest
+    assert any(marker in line for line in lines), (
+        f"the command ended without printing {marker!r}, so it got no SIGINT; "
+        f"its stderr:\n{stderr}"
+    )
+    return process.returncode, stderr

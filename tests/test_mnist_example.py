@@ -68,7 +68,7 @@ def test_ctrl_c_names_resume_snapshot(tmp_path):
 
 @pytest.mark.parametrize(
     "target",
-    ["mochac.runtime.net:build_extension", "mochac.runtime.net:make_source"],
+    ["mochac.runtime.net:build_extension", "mochac.runtime.data_sources:load_hdf5"],
     ids=["compile", "data-loading"],
 )
 def test_ctrl_c_before_solve_exits_130(tmp_path, target):
