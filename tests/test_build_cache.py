@@ -121,6 +121,24 @@ def test_cache_entry_without_record_loads(tmp_path):
     assert extension.stat().st_mtime_ns == modified
 
 
+@pytest.mark.parametrize(
+    "record", [b"not a digest\n", b"\xff\xfe\n"], ids=["text", "bytes"]
+)
+def test_damaged_record_rebuilds_extension(tmp_path, record):
+    """A garbage digest record is not taken as a missing one: the extension
+    is compiled again and the record rewritten."""
+    cache = tmp_path / "cache"
+    first = build_in_child(cache)
+    extension = cached_extension(cache)
+    digest_path(extension).write_bytes(record)
+    second = build_in_child(cache)
+    assert second.stdout == first.stdout
+    assert "record cannot be read" in second.stderr
+    assert "compiling it again" in second.stderr
+    digest = hashlib.sha256(extension.read_bytes()).hexdigest()
+    assert recorded_sha256(extension) == digest
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ELF is Linux's")
 def test_elf_problem_finds_truncation(tmp_path):
     cache = tmp_path / "cache"

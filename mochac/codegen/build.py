@@ -269,6 +269,8 @@ def extension_problem(path: Path, size: int | None, sha256: str | None) -> str |
         actual = path.stat().st_size
         if size is not None and actual != size:
             return f"it has {actual} bytes instead of {size}"
+        if sha256 == DAMAGED_RECORD:
+            return "its SHA-256 record cannot be read"
         if sha256 is not None:
             if file_sha256(path) != sha256:
                 return "its SHA-256 differs from the one recorded when it was written"
@@ -280,12 +282,24 @@ def extension_problem(path: Path, size: int | None, sha256: str | None) -> str |
 
 def recorded_sha256(extension: Path) -> str | None:
     """Return the SHA-256 recorded beside a cached extension, or None when
-    there is no readable record (caches written before records existed)."""
+    there is no record (caches written before records existed).
+
+    A record that exists but cannot be read or parsed returns
+    DAMAGED_RECORD, which matches no digest, so the extension is compiled
+    again and the record rewritten rather than trusted to the ELF check.
+    """
+    record = digest_path(extension)
     try:
-        text = digest_path(extension).read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError):
+        text = record.read_text(encoding="ascii")
+    except FileNotFoundError:
         return None
-    return parse_digest(text, extension.name)
+    except (OSError, UnicodeDecodeError):
+        return DAMAGED_RECORD
+    return parse_digest(text, extension.name) or DAMAGED_RECORD
+
+
+# What recorded_sha256 returns for a damaged record: not a hex digest.
+DAMAGED_RECORD = "damaged record"
 
 
 def temporary_file(folder: Path, name: str) -> Path:
