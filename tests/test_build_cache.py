@@ -183,6 +183,21 @@ def test_default_cache_without_home(monkeypatch):
     assert "set MOCHAC_CACHE_DIR to a writable folder" in message
 
 
+def test_default_cache_with_empty_home(monkeypatch):
+    """An empty HOME would put the cache in the root folder, so the build
+    raises a CompileError with the fix instead."""
+    from mochac.codegen.build import cache_dir
+    from mochac.errors import CompileError
+
+    monkeypatch.delenv("MOCHAC_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", "")
+    with pytest.raises(CompileError) as caught:
+        cache_dir()
+    message = str(caught.value)
+    assert "HOME is set but empty" in message
+    assert "MOCHAC_CACHE_DIR" in message
+
+
 def test_source_copy_on_full_disk(tmp_path, monkeypatch, caplog):
     """A full disk while the build keeps its C source beside the extension
     leaves no cut-short copy, and the net still loads."""

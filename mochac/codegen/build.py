@@ -64,6 +64,13 @@ def cache_dir() -> Path:
     setting = os.environ.get("MOCHAC_CACHE_DIR")
     if setting:
         path = Path(setting)
+    elif os.environ.get("HOME") == "":
+        # Python takes an empty HOME as the root folder.
+        raise CompileError(
+            "cannot find the default build cache ~/.cache/mochac: HOME is set "
+            "but empty; set HOME to your home folder or MOCHAC_CACHE_DIR to a "
+            "writable folder"
+        )
     else:
         try:
             path = Path.home() / ".cache" / "mochac"
