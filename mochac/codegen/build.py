@@ -305,7 +305,7 @@ def recorded_sha256(extension: Path) -> str | None:
     return parse_digest(text, extension.name) or DAMAGED_RECORD
 
 
-# What recorded_sha256 returns for a damaged record: not a hex digest.
+# The value recorded_sha256 returns for a damaged record, which is no hex digest.
 DAMAGED_RECORD = "damaged record"
 
 
