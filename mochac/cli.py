@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import collections.abc
 import contextlib
-import difflib
 import functools
 import gc
 import inspect
@@ -38,7 +37,7 @@ import numpy as np
 from mochac.durable_files import special_file_kind
 from mochac.errors import ConfigError, MochacError
 from mochac.layers.output import OutputLayer
-from mochac.passes.pipeline import PASS_NAMES
+from mochac.passes.pipeline import PASS_NAMES, enabled_passes
 from mochac.version import __version__
 
 logger = logging.getLogger("mochac.cli")
@@ -289,7 +288,6 @@ def with_command_passes(signature, net, args, kwargs, passes: dict) -> dict:
     opt_level 0. A net built without passes (-O0) leaves every blob
     readable, so -O0 replaces the call's passes.
     """
-    from mochac.passes.pipeline import enabled_passes
 
     if isinstance(kwargs.get("disable"), collections.abc.Iterator):
         # A generator yields its names once, to the check below, and Net
@@ -485,7 +483,6 @@ def with_passes_of_command(found, args):
     is destroyed first, so that its output files and data sources are free
     for the new one. The shared parameters stay with the backend.
     """
-    from mochac.passes.pipeline import enabled_passes
     from mochac.runtime.net import Net
 
     found_passes = enabled_passes(found.opt_level, found.disable)
@@ -513,8 +510,6 @@ def with_passes_of_command(found, args):
 
 
 def compile_command(args) -> int:
-    from mochac.passes.pipeline import enabled_passes
-
     path = Path(args.net_file)
     check_net_file(path)
     files = {
@@ -537,11 +532,11 @@ def compile_command(args) -> int:
     source_file = path.absolute()
     targets = {option: output_target(value) for option, value in files.items()}
     # The options are checked before the file runs and builds its nets.
-    check_disabled_passes(args.disable)
+    # -O is 0 or 1 by argparse, so only --disable can be invalid here.
     try:
         enabled_passes(args.opt_level, args.disable)
     except ConfigError as error:
-        raise UsageError(str(error)) from None
+        raise UsageError(f"--disable {' '.join(args.disable)}: {error}") from None
     texts = {}
     # While an option writes to standard output, everything else the command
     # and the net file print goes to stderr, so that the output stays valid.
@@ -625,18 +620,6 @@ def check_output_folder(value: str) -> None:
             f"-o {out}: {blocking} is not a folder, so no folder can be created "
             "below it; name a folder"
         )
-
-
-def check_disabled_passes(names) -> None:
-    """Raise UsageError naming the first --disable value that is no pass."""
-    for name in names:
-        if name not in PASS_NAMES:
-            close = difflib.get_close_matches(name, PASS_NAMES, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise UsageError(
-                f"--disable {name}: unknown pass name{hint}; pass one of: "
-                f"{', '.join(PASS_NAMES)}"
-            )
 
 
 @contextlib.contextmanager

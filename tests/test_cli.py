@@ -486,7 +486,10 @@ def test_compile_rejects_unknown_pass(tmp_path, caplog, monkeypatch):
     args = ["compile", str(net_file), "-o", str(tmp_path / "out"), "--disable", "nope"]
     # A usage error, as for the other invalid options.
     assert main(args) == 2
-    assert "--disable nope: unknown pass name; pass one of: " in caplog.text
+    expected = (
+        "--disable nope: disable lists unknown pass name(s) 'nope'; known passes: "
+    )
+    assert expected in caplog.text
 
 
 def test_compile_unknown_pass_close_match(tmp_path, caplog):
@@ -494,7 +497,10 @@ def test_compile_unknown_pass_close_match(tmp_path, caplog):
     net_file.write_text(NET_FILE)
     args = ["compile", str(net_file), "-o", str(tmp_path / "out")]
     assert main([*args, "--disable", "fuse_neuron"]) == 2
-    expected = "--disable fuse_neuron: unknown pass name (did you mean fuse_neurons?)"
+    expected = (
+        "--disable fuse_neuron: disable lists unknown pass name(s) 'fuse_neuron' "
+        "(did you mean 'fuse_neurons'?)"
+    )
     assert expected in caplog.text
 
 
