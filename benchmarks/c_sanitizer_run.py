@@ -20,7 +20,7 @@ sanitizer's environment:
    names a folder that examples/mnist/prepare_data.py filled.
 
 plan_memory puts a net's blobs in one arena allocation, where AddressSanitizer
-sees no redzones between them. Steps 3 and 4 therefore poison the arena's
+has no redzones between them. Steps 3 and 4 therefore poison the arena's
 bytes that no blob covers (poison_arena_gaps), which catches an overflow
 into alignment padding, and step 3 also runs each net without the arena.
 
