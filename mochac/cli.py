@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mochac.durable_files import special_file_kind
+from mochac.durable_files import special_file_kind, temporary_path
 from mochac.errors import ConfigError, MochacError
 from mochac.layers.output import OutputLayer
 from mochac.passes.pipeline import PASS_NAMES, enabled_passes
@@ -122,15 +122,22 @@ def output_target(value: str) -> Path | str:
 
 def write_output_file(target: Path | str, text: str, option: str) -> None:
     """Write ``text`` to ``target``, the output_target of ``option``'s value,
-    creating the file's folder first, or to standard output for STDOUT."""
+    creating the file's folder first, or to standard output for STDOUT.
+
+    The text goes to a temporary file that replaces ``target`` when
+    complete, so a failed write leaves an earlier file as it was.
+    """
     if target == STDOUT:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
     create_parent_folder(target, option)
+    temporary = temporary_path(target)
     try:
-        target.write_text(text)
+        temporary.write_text(text)
+        os.replace(temporary, target)
     except OSError as error:
+        temporary.unlink(missing_ok=True)
         raise output_file_error(target, option, error) from error
 
 
@@ -1007,12 +1014,18 @@ def plot_command(args) -> int:
 
         output = f"{output}.{matplotlib.rcParams['savefig.format']}"
     figure, drawn = draw_statistics(args.statistics, args.stat or None)
+    # The image goes to a temporary file that replaces the target when
+    # complete, so a failed write leaves an earlier image as it was.
+    target = Path(output)
+    temporary = temporary_path(target)
     try:
         # Created once the statistics are drawn, so that a file without them
         # leaves no empty folder behind.
-        create_parent_folder(Path(args.output), "-o")
-        figure.savefig(Path(args.output))
+        create_parent_folder(target, "-o")
+        figure.savefig(temporary, format=target.suffix[1:].lower())
+        os.replace(temporary, target)
     except OSError as error:
+        temporary.unlink(missing_ok=True)
         raise output_file_error(Path(args.output), "-o", error) from error
     finally:
         close_figure(figure)

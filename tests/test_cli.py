@@ -814,10 +814,13 @@ def test_compile_dot_write_fails(tmp_path, caplog, monkeypatch):
     net_file = tmp_path / "net.py"
     net_file.write_text(NET_FILE)
     dot = tmp_path / "g.dot"
+    dot.write_text("earlier graph\n")
     original_write_text = Path.write_text
 
     def write_text(self, *args, **kwargs):
-        if self == dot:
+        # The file is written under a temporary name, then renamed.
+        if self.name.startswith(f".{dot.name}."):
+            original_write_text(self, "cut short")
             raise OSError(28, "No space left on device", str(self))
         return original_write_text(self, *args, **kwargs)
 
@@ -829,6 +832,8 @@ def test_compile_dot_write_fails(tmp_path, caplog, monkeypatch):
         "file in a folder you can write to, on a disk with free space"
     )
     assert expected in caplog.text
+    assert dot.read_text() == "earlier graph\n"
+    assert not list(tmp_path.glob(f".{dot.name}.*"))
 
 
 def test_compile_dot_to_stdout(tmp_path, capsys, monkeypatch):

@@ -1,6 +1,7 @@
 """mochac plot: learning curves from a coffee lounge file."""
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,14 +103,18 @@ def test_plot_missing_statistic_creates_no_folder(tmp_path, caplog):
 def test_plot_write_fails(tmp_path, caplog, monkeypatch):
     from matplotlib.figure import Figure
 
-    def savefig(self, *args, **kwargs):
+    def savefig(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"cut short")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Figure, "savefig", savefig)
     out = tmp_path / "curve.png"
+    out.write_bytes(b"earlier image")
     assert main(["plot", str(lounge_file(tmp_path)), "-o", str(out)]) == 1
     expected = f"-o {out}: cannot write the file: No space left on device; name a"
     assert expected in caplog.text
+    assert out.read_bytes() == b"earlier image"
+    assert not list(tmp_path.glob(f".{out.name}.*"))
 
 
 def test_plot_below_file(tmp_path, caplog):
