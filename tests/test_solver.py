@@ -796,12 +796,16 @@ def test_lounge_rejects_mismatched_series(tmp_path, iterations, values):
 
 
 def saved_lounge(stats):
+    """Save a statistics file without its digest, as earlier versions did, so
+    that the read meets the damage itself (tests/test_statistics_digest.py
+    covers the digest)."""
     from mochac.runtime.coffee_lounge import CoffeeLounge
 
     lounge = CoffeeLounge(save_into=stats)
     for iteration, value in enumerate((0.75, 0.5, 0.25, 0.125)):
         lounge.update(10 * iteration, "obj_val", value)
     lounge.save()
+    stats.with_name(stats.name + ".sha256").unlink()
 
 
 def test_lounge_rejects_damaged_values(tmp_path):

@@ -4,6 +4,9 @@ Each statistic (obj_val, learning_rate, accuracy-accuracy, ...) is a series
 of (iteration, value) pairs. The file holds one group per statistic with the
 datasets ``iterations`` and ``values``, and the statistic's name in the
 attribute ``name`` (the group name escapes '/' as %2F and '%' as %25).
+Like a snapshot, the file has its SHA-256 digest beside it
+(statistics.h5.sha256, see file_digest), which read_statistics checks
+before h5py parses the file.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import h5py
 import numpy as np
 
 from mochac.durable_files import special_file_kind
-from mochac.errors import ConfigError, DataError
+from mochac.errors import ConfigError, DataError, SnapshotError
+from mochac.runtime.file_digest import verify_digest
 from mochac.runtime.snapshot import write_atomically, write_dataset
 from mochac.values import as_int
 
@@ -61,6 +65,8 @@ class CoffeeLounge:
             )
         self.every_n_iter = every_n_iter
         self.statistics: dict[str, dict[int, float]] = {}
+        # Whether the statistics changed since the file was last written.
+        self._unsaved = False
         if self.save_into and self.save_into.exists():
             if file_exists == "panic":
                 raise ConfigError(
@@ -72,11 +78,17 @@ class CoffeeLounge:
 
     def update(self, iteration: int, name: str, value: float):
         self.statistics.setdefault(name, {})[int(iteration)] = float(value)
+        self._unsaved = True
 
     def maybe_save(self, iteration: int, force: bool = False):
+        """Save at every ``every_n_iter``-th iteration, or now with ``force``.
+
+        A save without ``force`` is left out when no statistic changed since
+        the last one, because each save rewrites and digests the whole file.
+        """
         if self.save_into is None:
             return
-        if force or iteration % self.every_n_iter == 0:
+        if force or (self._unsaved and iteration % self.every_n_iter == 0):
             self.save()
 
     def save(self):
@@ -99,7 +111,8 @@ class CoffeeLounge:
                     np.array([series[i] for i in iterations], dtype=np.float64),
                 )
 
-        write_atomically(self.save_into, fill)
+        write_atomically(self.save_into, fill, digest=True)
+        self._unsaved = False
         logger.debug("saved statistics to %s", self.save_into)
 
 
@@ -127,6 +140,12 @@ def read_statistics(path, advice: str = "") -> dict[str, dict[int, float]]:
             problem = "does not exist"
         raise DataError(f"{path}: {problem}; name a statistics file")
     ending = f"; {advice}" if advice else ""
+    # libhdf5 can read damaged metadata as other names or values, or crash,
+    # so the digest goes first. Files of earlier versions have none.
+    try:
+        verify_digest(path, advice or "train again to write it anew")
+    except SnapshotError as error:
+        raise DataError(str(error)) from error
     try:
         handle = h5py.File(path, "r")
     except OSError as error:
@@ -135,9 +154,9 @@ def read_statistics(path, advice: str = "") -> dict[str, dict[int, float]]:
         ) from error
     # h5py raises RuntimeError for some damaged metadata, such as a group's
     # heap or symbol table.
-    # NOTE: damaged bytes in an attribute or datatype message can still read
-    # as other names or values, because only the datasets' chunks carry
-    # checksums and the file has no digest.
+    # NOTE: in a file without a digest (of mochac versions before it had one),
+    # damaged bytes in an attribute or datatype message can still read as
+    # other names or values: only the datasets' chunks carry checksums.
     try:
         return _read_series(path, handle)
     except (OSError, KeyError, ValueError, RuntimeError) as error:

@@ -1,4 +1,5 @@
-"""SHA-256 digests of whole snapshot files, kept in sidecar files.
+"""SHA-256 digests of whole snapshot and statistics files, kept in sidecar
+files.
 
 HDF5's Fletcher-32 checksums cover only the chunks of datasets. A damaged
 byte in the metadata (attributes, a datatype or layout message) can make
@@ -6,7 +7,8 @@ libhdf5 read other values without an error, or crash the process, and a
 chunk of zero bytes passes its checksum. So save_snapshot stores the SHA-256
 digest of the finished file in ``<file>.sha256``, in the format of
 ``sha256sum`` (one line "<64 hex digits>  <file name>"), and open_model
-compares the file with it before h5py parses a byte. A file without a
+compares the file with it before h5py parses a byte. The coffee lounge's
+statistics file gets one the same way (CoffeeLounge.save, read_statistics). A file without a
 sidecar (snapshots of older mochac versions, Caffe exports, model files
 written by other tools) is opened without this check.
 
