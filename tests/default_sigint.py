@@ -36,22 +36,24 @@ def paused_script_command(target: str, script) -> list[str]:
     return [sys.executable, str(PAUSED_SCRIPT), target, str(script)]
 
 
-def interrupt_at_line(command, marker: str, timeout: float = 120) -> tuple[int, str]:
-    """Run ``command``, send it SIGINT once its stderr shows a line containing
-    ``marker``, and return its exit status and whole stderr. Fails the test
-    when the command ends without that line, because then no SIGINT was
-    sent."""
+def interrupt_at_line(
+    command, marker: str, timeout: float = 120, signum: int = signal.SIGINT
+) -> tuple[int, str]:
+    """Run ``command``, send it ``signum`` (SIGINT by default) once its
+    stderr shows a line containing ``marker``, and return its exit status
+    and whole stderr. Fails the test when the command ends without that
+    line, because then no signal was sent."""
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     lines = []
     for line in process.stderr:
         lines.append(line)
         if marker in line:
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signum)
             break
     rest = process.communicate(timeout=timeout)[1]
     stderr = "".join(lines) + rest
     assert any(marker in line for line in lines), (
-        f"the command ended without printing {marker!r}, so it got no SIGINT; "
-        f"its stderr:\n{stderr}"
+        f"the command ended without printing {marker!r}, so it got no "
+        f"{signal.Signals(signum).name}; its stderr:\n{stderr}"
     )
     return process.returncode, stderr

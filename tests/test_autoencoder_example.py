@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -223,6 +224,23 @@ def test_ctrl_c_in_final_evaluation(tmp_path):
     assert returncode == 130
     finished = (
         "net 'MNIST-finetune': Ctrl-C after training finished at iteration 2 "
+        "(solve() had returned)"
+    )
+    assert finished in stderr
+    snapshot = tmp_path / "out" / "finetune" / "snapshot-000002.h5"
+    assert f"resumes from {snapshot} (iteration 2)" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_sigterm_in_final_evaluation(tmp_path):
+    """A SIGTERM in the evaluation after the fine-tuning's solve() returned
+    names where a rerun resumes, as a Ctrl-C does."""
+    target = "mochac.runtime.coffee_breaks:ValidationPerformance.evaluate"
+    command = ctrl_c_command(tmp_path, target)
+    returncode, stderr = interrupt_at_line(command, PAUSED_LINE, signum=signal.SIGTERM)
+    assert returncode == 143
+    finished = (
+        "net 'MNIST-finetune': SIGTERM after training finished at iteration 2 "
         "(solve() had returned)"
     )
     assert finished in stderr

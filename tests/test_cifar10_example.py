@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -150,6 +151,40 @@ def test_prepare_names_missing_batches(tmp_path):
     message = str(raised.value)
     assert "data_batch_2.bin" in message
     assert "test_batch.bin" in message
+
+
+@pytest.mark.parametrize(
+    ("signum", "status", "name"),
+    [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_prepare_stop_leaves_no_partial_file(tmp_path, signum, status, name):
+    """A stop while train.hdf5 is written (paused at the label count of its
+    first batch) ends with one line and deletes the temporary file."""
+    write_binary_batches(tmp_path / "bin")
+    out = tmp_path / "data"
+    command = paused_script_command("numpy:bincount", CIFAR_DIR / "prepare_data.py")
+    command += ["--source", str(tmp_path / "bin"), "--out", str(out)]
+    returncode, stderr = interrupt_at_line(command, PAUSED_LINE, signum=signum)
+    assert returncode == status
+    assert f" WARNING stopped by {name}\n" in stderr
+    assert "Traceback" not in stderr
+    # mean.hdf5 was complete before train.hdf5 was started.
+    assert [path.name for path in out.iterdir()] == ["mean.hdf5"]
+
+
+def test_prepare_stopped_list_leaves_no_file(tmp_path, monkeypatch):
+    """A Ctrl-C before the source list is renamed deletes its temporary file."""
+    prepare_data = load_module("cifar10_prepare_data", "prepare_data.py")
+
+    def replace(path, target):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_data.write_source_list(tmp_path / "train.txt", tmp_path / "train.hdf5")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_prepare_accepts_ready_hdf5(tmp_path, prepared):
@@ -321,4 +356,15 @@ def test_ctrl_c_in_compile_exits_130(prepared, tmp_path):
     returncode, stderr = interrupt_at_line(command, PAUSED_LINE)
     assert returncode == 130
     assert "WARNING:mochac.runtime.ctrl_c:stopped by Ctrl-C\n" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_sigterm_in_compile_exits_143(prepared, tmp_path):
+    _, out = prepared
+    target = "mochac.runtime.net:build_extension"
+    command = paused_script_command(target, CIFAR_DIR / "train.py")
+    command += ["--data", str(out), "--snapshots", str(tmp_path / "snapshots")]
+    returncode, stderr = interrupt_at_line(command, PAUSED_LINE, signum=signal.SIGTERM)
+    assert returncode == 143
+    assert "WARNING:mochac.runtime.sigterm:stopped by SIGTERM\n" in stderr
     assert "Traceback" not in stderr

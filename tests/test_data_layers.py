@@ -1031,6 +1031,20 @@ def test_prepare_data_converts_wheel(tmp_path):
     assert n_valid == 2
 
 
+def test_prepare_data_stopped_list_leaves_no_file(tmp_path, monkeypatch):
+    """A Ctrl-C before the source list is renamed deletes its temporary file."""
+    prepare_data = load_prepare_data()
+
+    def replace(path, target):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_data.write_source_list(tmp_path / "train.txt", tmp_path / "train.hdf5")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_prepare_data_row_count_checked(tmp_path):
     prepare_data = load_prepare_data()
     wheel = fake_wheel(tmp_path / "fake.whl", [5, 0], [7, 2])

@@ -1,6 +1,7 @@
 """examples/mnist/train.py and predict.py: invalid options and a missing data
 folder end in a one-line usage error before any net is built."""
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +11,12 @@ import numpy as np
 import pytest
 from default_sigint import interrupt_at_line, paused_script_command, script_command
 from paused_script import PAUSED_LINE
+from test_data_layers import fake_wheel
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mnist"
 TRAIN = EXAMPLE / "train.py"
 PREDICT = EXAMPLE / "predict.py"
+PREPARE = EXAMPLE / "prepare_data.py"
 
 
 def run_train(*options):
@@ -98,6 +101,34 @@ def test_ctrl_c_in_final_evaluation(tmp_path):
     assert "Traceback" not in stderr
 
 
+def test_sigterm_names_resume_snapshot(tmp_path):
+    write_tiny_mnist(tmp_path)
+    snapshots = tmp_path / "snapshots"
+    command = script_command(TRAIN) + ["--data", str(tmp_path)]
+    command += ["--snapshots", str(snapshots), "--max-iter", "1000000000"]
+    # Iteration 100 comes after the snapshot of iteration 0.
+    returncode, stderr = interrupt_at_line(
+        command, "000100 :: TRAIN", signum=signal.SIGTERM
+    )
+    assert returncode == 143
+    assert "training stopped by SIGTERM at iteration" in stderr
+    resume = f"resumes from {snapshots / 'snapshot-000000.h5'} (iteration 0)"
+    assert resume in stderr
+    assert "Traceback" not in stderr
+    assert list(snapshots.glob(".*.tmp")) == []
+
+
+def test_sigterm_in_compile_exits_143(tmp_path):
+    write_tiny_mnist(tmp_path)
+    target = "mochac.runtime.net:build_extension"
+    command = paused_script_command(target, TRAIN) + ["--data", str(tmp_path)]
+    command += ["--snapshots", str(tmp_path / "snapshots")]
+    returncode, stderr = interrupt_at_line(command, PAUSED_LINE, signum=signal.SIGTERM)
+    assert returncode == 143
+    assert "WARNING:mochac.runtime.sigterm:stopped by SIGTERM\n" in stderr
+    assert "Traceback" not in stderr
+
+
 def test_predict_ctrl_c_in_compile(tmp_path):
     with h5py.File(tmp_path / "test.hdf5", "w") as handle:
         handle["data"] = np.zeros((1, 1, 28, 28), dtype=np.float32)
@@ -110,6 +141,37 @@ def test_predict_ctrl_c_in_compile(tmp_path):
     # handler prints the warning alone.
     assert stderr.endswith("stopped by Ctrl-C\n")
     assert "Traceback" not in stderr
+
+
+def test_predict_sigterm_in_compile(tmp_path):
+    with h5py.File(tmp_path / "test.hdf5", "w") as handle:
+        handle["data"] = np.zeros((1, 1, 28, 28), dtype=np.float32)
+        handle["label"] = np.zeros((1, 1), dtype=np.float32)
+    command = paused_script_command("mochac.runtime.net:build_extension", PREDICT)
+    command += ["--data", str(tmp_path), "--snapshot", str(tmp_path / "none.h5")]
+    returncode, stderr = interrupt_at_line(command, PAUSED_LINE, signum=signal.SIGTERM)
+    assert returncode == 143
+    assert stderr.endswith("stopped by SIGTERM\n")
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("signum", "status", "name"),
+    [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_prepare_data_stop_leaves_no_file(tmp_path, signum, status, name):
+    """A stop while train.hdf5 is written (paused at the label count of its
+    first rows) ends with one line and deletes the temporary file."""
+    wheel = fake_wheel(tmp_path / "fake.whl", [5, 0, 9], [7, 2])
+    out = tmp_path / "out"
+    command = paused_script_command("numpy:bincount", PREPARE)
+    command += ["--wheel", str(wheel), "--out", str(out)]
+    returncode, stderr = interrupt_at_line(command, PAUSED_LINE, signum=signum)
+    assert returncode == status
+    assert f" WARNING stopped by {name}\n" in stderr
+    assert "Traceback" not in stderr
+    assert list(out.iterdir()) == []
 
 
 def run_predict(data_folder, *arguments):

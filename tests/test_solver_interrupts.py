@@ -1640,11 +1640,12 @@ def test_failed_save_after_break_error(tmp_path, monkeypatch, caplog):
 
 
 class InterruptNextWrite(CoffeeBreak):
-    """Makes the next snapshot write send this process a SIGINT; ``sent``
-    records that it did."""
+    """Makes the next snapshot write send this process ``signum`` (SIGINT by
+    default); ``sent`` records that it did."""
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, signum=signal.SIGINT):
         self.monkeypatch = monkeypatch
+        self.signum = signum
         self.sent = []
 
     def enjoy(self, solver, net):
@@ -1652,21 +1653,23 @@ class InterruptNextWrite(CoffeeBreak):
 
         real_write = durable_files.WriteGuard.write
         sent = self.sent
+        signum = self.signum
 
         def write(guard, data):
             if not sent:
                 sent.append(1)
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signum)
             return real_write(guard, data)
 
         self.monkeypatch.setattr(durable_files.WriteGuard, "write", write)
 
 
 class InterruptSaveThenFail(InterruptNextWrite):
-    """Makes the next snapshot write send a SIGINT, then raises ``error``."""
+    """Makes the next snapshot write send ``signum`` (SIGINT by default),
+    then raises ``error``."""
 
-    def __init__(self, monkeypatch, error):
-        super().__init__(monkeypatch)
+    def __init__(self, monkeypatch, error, signum=signal.SIGINT):
+        super().__init__(monkeypatch, signum)
         self.error = error
 
     def enjoy(self, solver, net):

@@ -87,6 +87,7 @@ from mochac import (
     unfreeze,
 )
 from mochac.runtime.ctrl_c import exit_on_ctrl_c
+from mochac.runtime.sigterm import exit_on_sigterm
 
 HERE = Path(__file__).resolve().parent
 MNIST_DIR = HERE.parent / "mnist"
@@ -303,8 +304,9 @@ def pretrain(backend, args, data_layer, rename_layer, hidden) -> list[dict]:
             args.summary_every,
         )
         start = time.perf_counter()
-        # A Ctrl-C logs where a rerun resumes and exits with status 130.
-        with exit_on_ctrl_c(solver):
+        # A Ctrl-C or SIGTERM logs where a rerun resumes and exits with status
+        # 130 or 143.
+        with exit_on_ctrl_c(solver), exit_on_sigterm(solver):
             solve(solver, da)
         seconds = time.perf_counter() - start
         losses = solver.lounge.statistics.get("obj_val", {})
@@ -353,7 +355,7 @@ def finetune(backend, args, name, train_layers, test_layers) -> dict:
     add_coffee_break(solver, validation, every_n_iter=args.test_every)
 
     start = time.perf_counter()
-    with exit_on_ctrl_c(solver):
+    with exit_on_ctrl_c(solver), exit_on_sigterm(solver):
         solve(solver, net)
         seconds = time.perf_counter() - start
         stats = validation.evaluate()
@@ -500,6 +502,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    # A Ctrl-C outside solve() (preparing data, compiling) also exits with 130.
-    with exit_on_ctrl_c():
+    # A Ctrl-C or SIGTERM outside solve() (preparing data, compiling) also
+    # exits with 130 or 143.
+    with exit_on_ctrl_c(), exit_on_sigterm():
         main(sys.argv[1:])

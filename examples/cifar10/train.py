@@ -46,6 +46,7 @@ from mochac import (
     solve,
 )
 from mochac.runtime.ctrl_c import exit_on_ctrl_c
+from mochac.runtime.sigterm import exit_on_sigterm
 
 HERE = Path(__file__).resolve().parent
 logger = logging.getLogger("cifar10")
@@ -212,8 +213,9 @@ def main(argv=None):
     add_coffee_break(solver, validation, every_n_iter=args.test_every)
 
     start = time.perf_counter()
-    # A Ctrl-C logs where a rerun resumes and exits with status 130.
-    with exit_on_ctrl_c(solver):
+    # A Ctrl-C or SIGTERM logs where a rerun resumes and exits with status 130
+    # or 143.
+    with exit_on_ctrl_c(solver), exit_on_sigterm(solver):
         state = solve(solver, net)
     elapsed = time.perf_counter() - start
     trained = state.iter - solver.start_iter
@@ -231,6 +233,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    # A Ctrl-C outside solve() (compiling, loading data) also exits with 130.
-    with exit_on_ctrl_c():
+    # A Ctrl-C or SIGTERM outside solve() (compiling, loading data) also exits
+    # with 130 or 143.
+    with exit_on_ctrl_c(), exit_on_sigterm():
         main(sys.argv[1:])

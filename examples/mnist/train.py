@@ -38,6 +38,7 @@ from mochac import (
     solve,
 )
 from mochac.runtime.ctrl_c import exit_on_ctrl_c
+from mochac.runtime.sigterm import exit_on_sigterm
 
 HERE = Path(__file__).resolve().parent
 logger = logging.getLogger("mnist")
@@ -131,8 +132,9 @@ def main():
     add_coffee_break(solver, validation, every_n_iter=1000)
 
     start = time.perf_counter()
-    # A Ctrl-C logs where a rerun resumes and exits with status 130.
-    with exit_on_ctrl_c(solver):
+    # A Ctrl-C or SIGTERM logs where a rerun resumes and exits with status 130
+    # or 143.
+    with exit_on_ctrl_c(solver), exit_on_sigterm(solver):
         state = solve(solver, net)
         elapsed = time.perf_counter() - start
         if state.iter % 5000:
@@ -154,6 +156,7 @@ def main():
 
 
 if __name__ == "__main__":
-    # A Ctrl-C outside solve() (compiling, loading data) also exits with 130.
-    with exit_on_ctrl_c():
+    # A Ctrl-C or SIGTERM outside solve() (compiling, loading data) also exits
+    # with 130 or 143.
+    with exit_on_ctrl_c(), exit_on_sigterm():
         main()

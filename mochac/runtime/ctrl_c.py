@@ -50,20 +50,20 @@ def exit_on_ctrl_c(solver=None):
         raise SystemExit(CTRL_C_EXIT_STATUS) from None
 
 
-def interrupt_report(solver, started: bool) -> str:
-    """Describe where a Ctrl-C stopped ``solver`` and where a rerun resumes.
-    ``started`` is whether solve() was called in the block that the Ctrl-C
-    ended."""
+def interrupt_report(solver, started: bool, cause: str = "Ctrl-C") -> str:
+    """Describe where ``cause`` ("Ctrl-C", "SIGTERM") stopped ``solver`` and
+    where a rerun resumes. ``started`` is whether solve() was called in the
+    block that ``cause`` ended."""
     net = f"net '{solver.net.name}': " if solver.net is not None else ""
     if not started:
-        event = f"{net}Ctrl-C before solve() was called"
+        event = f"{net}{cause} before solve() was called"
     elif solver._last_solve_returned:
         event = (
-            f"{net}Ctrl-C after training finished at iteration {solver.state.iter} "
+            f"{net}{cause} after training finished at iteration {solver.state.iter} "
             "(solve() had returned)"
         )
     else:
-        event = f"{net}training stopped by Ctrl-C at iteration {solver.state.iter}"
+        event = f"{net}training stopped by {cause} at iteration {solver.state.iter}"
     return f"{event}; {resume_point_of_rerun(solver.params.get('load_from'))}"
 
 

@@ -208,7 +208,7 @@ class StepInterrupts(SignalHold):
         # The net's name, for the log line of a held-back signal.
         self.name = name
         # Whether the handler from before the hold of each signal only
-        # raises KeyboardInterrupt.
+        # raises KeyboardInterrupt or Terminated.
         self._stops_only: dict[int, bool] = {}
         # Set while the signals of a step that raised are passed on.
         self._step_failed = False
@@ -219,7 +219,7 @@ class StepInterrupts(SignalHold):
         # so the inner one installs its own over them.
         super().__enter__()
         self._stops_only = {
-            signum: ends_in_default_handler(handler)
+            signum: ends_in_stopping_handler(handler)
             for signum, handler in self.previous.items()
         }
         return self
@@ -262,8 +262,8 @@ class StepInterrupts(SignalHold):
             yield
         except BaseException:
             # The step's own error stops the solve, which a KeyboardInterrupt
-            # would do too, so the signals whose handler only raises that
-            # are dropped. A program's handler still gets its signal, and
+            # or Terminated would do too, so the signals whose handler only
+            # raises one of those are dropped. A program's handler still gets its signal, and
             # an exception it raises has the step's error as its context.
             self._step_failed = True
             self.holding = False
@@ -276,13 +276,31 @@ class StepInterrupts(SignalHold):
         self.release()
 
 
-def ends_in_default_handler(handler) -> bool:
-    """Return whether a signal that ``handler`` is given reaches Python's
-    default SIGINT handler, through the handlers of enclosing solve() calls
-    and held_signals blocks."""
+class Terminated(BaseException):
+    """The exception that ``raise_terminated`` raises for a SIGTERM, as
+    Python's default SIGINT handler raises KeyboardInterrupt. It derives
+    from BaseException, so an ``except Exception`` clause lets it pass."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal_name(signum))
+        # The number of the signal that the handler got.
+        self.signum = signum
+
+
+def raise_terminated(signum, frame) -> None:
+    """Raise Terminated: the SIGTERM handler that sigterm.exit_on_sigterm
+    installs."""
+    raise Terminated(signum)
+
+
+def ends_in_stopping_handler(handler) -> bool:
+    """Return whether a signal that ``handler`` is given reaches a handler
+    that only raises an exception to stop the program (Python's default
+    SIGINT handler or raise_terminated), through the handlers of enclosing
+    solve() calls and held_signals blocks."""
     while isinstance(handler, SignalForwarder):
         handler = handler.hold.previous[handler.installed_for]
-    return handler is signal.default_int_handler
+    return handler is signal.default_int_handler or handler is raise_terminated
 
 
 def signal_name(signum: int) -> str:

@@ -42,7 +42,7 @@ from mochac.runtime import resume_point, snapshot_resume
 from mochac.runtime.coffee_lounge import CoffeeLounge
 from mochac.runtime.data_sources import warn_batches_larger_than_data
 from mochac.runtime.freeze import frozen_layers, trainable_groups
-from mochac.runtime.interrupts import StepInterrupts
+from mochac.runtime.interrupts import StepInterrupts, Terminated
 from mochac.runtime.mixed_output_warnings import (
     warn_of_later_files,
     warn_of_shared_statistics,
@@ -673,8 +673,9 @@ class Solver:
         A failed save is logged, because the propagating exception matters
         more, and leaves the file as it was. Its list is then longer than
         the unfinished breaks, never shorter, so a resume runs them all and
-        some finished ones again. A Ctrl-C during a save is raised once
-        every snapshot has been saved.
+        some finished ones again. A Ctrl-C or a Terminated (SIGTERM under
+        sigterm.exit_on_sigterm) during a save is raised once every snapshot
+        has been saved.
         """
         state = self.state
         pending = self._pending_breaks
@@ -688,9 +689,9 @@ class Solver:
                 continue
             try:
                 self.save_snapshot(path)
-            except KeyboardInterrupt as stop:
+            except (KeyboardInterrupt, Terminated) as stop:
                 # Stopping here would leave the later snapshots listing
-                # breaks that finished, so the first Ctrl-C waits.
+                # breaks that finished, so the first stop waits.
                 if interrupt is None:
                     interrupt = stop
             except Exception as error:  # noqa: BLE001 - the break's error matters more
