@@ -105,14 +105,16 @@ def apply_constraints(net, iteration: int):
     ``iteration`` counts updates from 1, so with every_n_iter=n the
     constraint runs after updates n, 2n, ... Parameters of every layer in
     ``net`` are changed in place, shared ones included, except arrays that a
-    frozen layer uses (mochac.runtime.freeze), which the solver leaves
+    frozen layer learns (mochac.runtime.freeze), which the solver leaves
     unchanged.
     """
     frozen_names = getattr(net, "frozen_layers", frozenset())
     frozen = {
-        id(array)
-        for name in frozen_names
-        for array in net.params.get(name, {}).values()
+        id(net.params[info.name][spec.name])
+        for info in net.ir.layers
+        if info.name in frozen_names and info.name in net.params
+        for spec in info.params
+        if spec.learned
     }
     for info in net.ir.layers:
         params = net.params.get(info.name)

@@ -8,7 +8,8 @@ forward pass computes:
 - for any other layer, ``f = sum over tops of sum(top * R_top)`` with a fixed
   random ``R_top`` per top, so the top diffs are seeded with ``R_top``.
 
-Every bottom the layer back-propagates into and every parameter is checked.
+Every bottom the layer back-propagates into and every parameter it learns
+is checked.
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ def check_gradients(net, name, *, seed=0, eps=EPS, rtol=RTOL):
             assert bottom in net.diffs, f"bottom '{bottom}' of '{name}' has no diff"
             targets.append((bottom, net.blobs[bottom], net.diffs[bottom]))
     for spec in info.params:
+        if not spec.learned:
+            # The layer only reads this parameter (a tied decoder's weight).
+            continue
         assert name in net.grads, f"layer '{name}' has no parameter gradients"
         targets.append(
             (spec.name, net.params[name][spec.name], net.grads[name][spec.name])

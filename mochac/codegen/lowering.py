@@ -596,7 +596,7 @@ def allocate_slots(ir) -> SlotTable:
             # A parameter another layer owns (spec.key) resolves to its slot.
             key = spec.key or info.param_key
             slots.add("param", key, spec.name, ir.dtype, spec.shape)
-            if info.in_backward:
+            if info.in_backward and spec.learned:
                 slots.add("grad", info.name, spec.name, ir.dtype, spec.shape)
     return slots
 

@@ -102,6 +102,7 @@ def layers_without_gradient(ir) -> dict[str, str]:
         for info in layers
         if info.in_backward
         for spec in info.params
+        if spec.learned
     }
     # Does some loss read this blob, directly or through later layers?
     leads_to_loss: dict[str, bool] = {}
@@ -112,7 +113,11 @@ def layers_without_gradient(ir) -> dict[str, str]:
             leads_to_loss[bottom] = leads_to_loss.get(bottom, False) or reaches
     reasons = {}
     for info in layers:
-        keys = {(spec.key or info.param_key, spec.name) for spec in info.params}
+        keys = {
+            (spec.key or info.param_key, spec.name)
+            for spec in info.params
+            if spec.learned
+        }
         if not keys or info.in_backward or keys & trained:
             continue
         stops, seen, todo = [], set(), list(info.layer.tops)

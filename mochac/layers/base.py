@@ -64,6 +64,10 @@ class ParamSpec:
     # too (TiedInnerProductLayer's weight); None for the layer's own parameter,
     # kept under the layer's param_key.
     key: str | None = None
+    # Whether this layer's backward pass computes a gradient for the
+    # parameter. When False the layer only reads it: no gradient array, and
+    # freezing this layer leaves the parameter to the layers that learn it.
+    learned: bool = True
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)

@@ -7,7 +7,7 @@ from math import prod
 
 from mochac.constraints import Constraint, NoCons
 from mochac.initializers import ConstantInitializer, Initializer
-from mochac.layers._checks import check_instance, check_number
+from mochac.layers._checks import check_bool, check_instance, check_number
 from mochac.layers.base import Layer, ParamSpec
 from mochac.neurons import Identity, Neuron
 from mochac.regularizers import NoRegu, Regularizer
@@ -33,13 +33,18 @@ class TiedInnerProductLayer(Layer):
         neuron: activation, default Neurons.Identity().
         bias_init: default ConstantInitializer(0); bias_regu: default NoRegu();
             bias_cons: norm constraint, default NoCons(); bias_lr: default 2.
+        learn_weights: a mochac extension, default False. False follows
+            Mocha: backward computes the bias gradient and the bottom diffs
+            but no weight gradient, so only the encoder's gradient updates
+            the shared weight. True also computes this layer's weight
+            gradient, and the solver adds it to the encoder's before the
+            single update of the shared array. Their sum is the gradient of
+            the objective with respect to the shared weight.
 
     Parameters: ``weight`` is the encoder's array itself, not a copy, and
-    ``bias`` of shape (features,) is this layer's own. Backward writes this
-    layer's own weight gradient, and the solver adds it to the encoder's
-    before the single update of the shared array, which gives the gradient of
-    the objective. Mocha's documentation says instead that the tied layer
-    does not learn the weight.
+    ``bias`` of shape (features,) is this layer's own. Freezing this layer
+    freezes its bias, and with learn_weights=True the shared weight too.
+    Freezing the encoder freezes the weight in both cases.
     """
 
     param_key: str = ""
@@ -49,6 +54,7 @@ class TiedInnerProductLayer(Layer):
     bias_regu: Regularizer = field(default_factory=NoRegu)
     bias_cons: Constraint = field(default_factory=NoCons)
     bias_lr: float = 2.0
+    learn_weights: bool = False
 
     has_param = True
     has_neuron = True
@@ -77,6 +83,7 @@ class TiedInnerProductLayer(Layer):
             self, "bias_cons", Constraint, "a norm constraint such as L2Cons(1.0)"
         )
         check_instance(self, "neuron", Neuron, "a neuron such as Neurons.ReLU()")
+        check_bool(self, "learn_weights")
 
     def tied_shape(self, param_shapes) -> tuple[int, int]:
         """Return the (output_dim, features) shape of the encoder's weight."""
@@ -107,8 +114,16 @@ class TiedInnerProductLayer(Layer):
         return [
             # The owner's initializer, regularizer and lr apply to the shared
             # weight. This spec's NoRegu and lr 1 apply only when the owner
-            # is in another net.
-            ParamSpec(TIED_WEIGHT, shape, None, NoRegu(), 1.0, key=self.tied_param_key),
+            # is in another net and learn_weights is True.
+            ParamSpec(
+                TIED_WEIGHT,
+                shape,
+                None,
+                NoRegu(),
+                1.0,
+                key=self.tied_param_key,
+                learned=self.learn_weights,
+            ),
             ParamSpec(
                 "bias",
                 (shape[1],),

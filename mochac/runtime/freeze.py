@@ -81,10 +81,12 @@ def unfreeze(net, *layer_names) -> None:
 
 def trainable_groups(net):
     """Yield, per trainable array, the (layer info, spec, parameter, gradient)
-    of every layer that uses it, the owner (a spec without ``key``) first.
+    of every layer that learns it, the owner (a spec without ``key``) first.
 
-    An array is left out when any layer using it is frozen, so a frozen
-    layer's parameters never change.
+    An array is left out when any layer that learns it is frozen, so a
+    frozen layer's learned parameters never change. A layer that only reads
+    an array (a TiedInnerProductLayer's weight with learn_weights=False) is
+    not one of its members, so freezing it leaves the array to the others.
     """
     frozen = frozen_layers(net)
     users: dict[int, list] = {}
@@ -93,6 +95,8 @@ def trainable_groups(net):
         if not grads:
             continue
         for spec in info.params:
+            if not spec.learned:
+                continue
             param = net.params[info.name][spec.name]
             users.setdefault(id(param), []).append(
                 (info, spec, param, grads[spec.name])

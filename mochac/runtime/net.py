@@ -453,6 +453,19 @@ class Net:
                 "outputs to a loss layer through layers that back-propagate to "
                 "train it"
             )
+        for info in self.ir.layers:
+            layer_grads = self.grads.get(info.name)
+            if layer_grads is None:
+                continue
+            for spec in info.params:
+                if not spec.learned:
+                    layer_grads.missing[spec.name] = (
+                        f"layer '{info.name}' uses parameter '{spec.name}' of key "
+                        f"'{spec.key}' but computes no gradient for it; read "
+                        f"the gradient of the layer that owns it, or build a "
+                        "TiedInnerProductLayer with learn_weights=True to give it "
+                        "one"
+                    )
         self.blobs.lock()
         self.diffs.lock()
 

@@ -129,8 +129,9 @@ def dense_backward(k, j, pair, n, d, o, tied):
             steps.append(Zero(pair["dx"], n * d))
         return steps
     dy, x, weight = (pair["dy"], 0), (pair["x"], 0), (k["weight"], 0)
-    if k["weight_grad"] is not None:
+    if k["bias_grad"] is not None:
         steps.append(launch(f"{k['fn']}_bias_grad_{j}", o))
+    if k["weight_grad"] is not None:
         gradient = (k["weight_grad"], 0)
         if tied:
             # weight_grad (d x o) = x^T (d x N) * dy (N x o)
@@ -138,7 +139,7 @@ def dense_backward(k, j, pair, n, d, o, tied):
         else:
             # weight_grad (o x d) = dy^T (o x N) * x (N x d)
             steps.append(gemm(True, False, o, d, n, dy, x, gradient, pair["beta"]))
-    elif k["has_neuron"]:
+    if k["bias_grad"] is None and k["has_neuron"]:
         steps.append(launch(f"{k['fn']}_neuron_diff_{j}", n * o))
     if pair["dx"] is not None:
         beta = 1 if pair["acc"] else 0

@@ -15,7 +15,8 @@ def lower_tied_inner_product(info, ir, slots):
     for pair, shape in zip(pairs, info.bottom_shapes):
         pair["N"] = shape[0]
         pair["top_size"] = shape[0] * outputs
-    # The weight slot is the encoder's; the gradient slots are this layer's.
+    # The weight slot is the encoder's, and the gradient slots are this
+    # layer's. The weight has a gradient slot only with learn_weights=True.
     weight_grad = slots.find("grad", info.name, TIED_WEIGHT)
     bias_grad = slots.find("grad", info.name, "bias")
     return {
