@@ -25,6 +25,8 @@ from mochac.layers import (
     PowerLayer,
     SoftmaxLayer,
     SoftmaxLossLayer,
+    SquareLossLayer,
+    TiedInnerProductLayer,
 )
 from mochac.mocha_api import get_layer
 from mochac.runtime import gpu_update
@@ -382,6 +384,56 @@ def test_device_update_matches_cpu(cupy, kind, frozen):
         skipped = np.isnan(gpu.grads["conv"][name].get()).all()
         assert skipped == bool(frozen), f"conv.{name} gradient"
         assert np.isnan(cpu.grads["conv"][name]).all() == bool(frozen)
+
+
+def tied_autoencoder_layers(learn_weights):
+    """Return x (6 features) -> encoder (3) -> tied decoder -> loss against x."""
+    x = np.random.default_rng(6).standard_normal((8, 6))
+    return [
+        MemoryDataLayer(name="data", batch_size=4, data=[x], tops=["x"]),
+        InnerProductLayer(
+            name="encoder",
+            output_dim=3,
+            neuron=Neurons.Tanh(),
+            bottoms=["x"],
+            tops=["code"],
+        ),
+        TiedInnerProductLayer(
+            name="decoder",
+            tied_param_key="encoder",
+            neuron=Neurons.Sigmoid(),
+            learn_weights=learn_weights,
+            bottoms=["code"],
+            tops=["decoded"],
+        ),
+        SquareLossLayer(name="loss", bottoms=["decoded", "x"]),
+    ]
+
+
+@pytest.mark.parametrize("learn_weights", [False, True])
+def test_tied_weight_training_matches_cpu(cupy, learn_weights):
+    """The device's tied decoder writes a weight gradient only with
+    learn_weights=True, and its training steps update the shared weight as
+    the CPU backend's do."""
+    cpu, gpu = twin_nets(lambda: tied_autoencoder_layers(learn_weights))
+    expected_names = {"bias", "weight"} if learn_weights else {"bias"}
+    assert set(cpu.grads["decoder"]) == expected_names
+    assert set(gpu.grads["decoder"]) == expected_names
+    cpu_method, gpu_method = SGD(), SGD()
+    for iteration in range(3):
+        expected = cpu.train_step(cpu_method, 0.1, 0.0, 0.0, iteration)
+        got = gpu.train_step(gpu_method, 0.1, 0.0, 0.0, iteration)
+        assert got == pytest.approx(expected, rel=RTOL)
+        assert_same_grads(cpu, gpu)
+    for layer, params in cpu.params.items():
+        for name, array in params.items():
+            np.testing.assert_allclose(
+                gpu.params[layer][name].get(),
+                array,
+                rtol=1e-9,
+                atol=1e-12,
+                err_msg=f"{layer}.{name}",
+            )
 
 
 def nan_row_gpu_net(samples, nan_row):

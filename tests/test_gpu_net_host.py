@@ -60,6 +60,11 @@ def test_host_gpunet_device_update(cupy, kind, frozen):
     device_tests.test_device_update_matches_cpu(cupy, kind, frozen)
 
 
+@pytest.mark.parametrize("learn_weights", [False, True])
+def test_host_gpunet_tied_weight_training(cupy, learn_weights):
+    device_tests.test_tied_weight_training_matches_cpu(cupy, learn_weights)
+
+
 def test_host_gpunet_nan_loss(cupy):
     device_tests.test_nan_loss_leaves_parameters(cupy)
 

@@ -181,7 +181,7 @@ def inner_product(bottoms):
     )
 
 
-def tied_case(rng):
+def tied_case(rng, learn_weights=False):
     """Return a decoder tied to an encoder of x, on bottoms [a, h]."""
     encoder = InnerProductLayer(
         name="encoder",
@@ -196,6 +196,7 @@ def tied_case(rng):
         bias_init=RANDOM_BIAS,
         bottoms=["a", "h"],
         tops=["y_a", "y_h"],
+        learn_weights=learn_weights,
     )
     return [
         data_layer(rng),
@@ -356,29 +357,41 @@ def test_partial_backward_gradients(case, opt_level):
 @pytest.mark.parametrize("opt_level", [0, 1])
 def test_partial_backward_tied_gradients(opt_level):
     """The decoder's bottoms are [data, h], and its weight is the encoder's.
-    The weight's gradient is the sum of both layers' parts, as the solver
-    adds them."""
-    backend = CPUBackend(dtype=np.float64, seed=2, threads=2)
-    layers = tied_case(np.random.default_rng(5))
-    net = Net("partial-tied", backend, layers, opt_level=opt_level)
-    net.load_batch()
-    info = net.ir.layer("layer")
-    assert info.propagate_down == [False, True]
+    With learn_weights=True the weight's gradient is the sum of both layers'
+    parts, as the solver adds them. By default the decoder computes no part,
+    and the encoder's is the same as in the net whose decoder does."""
+    grads = {}
+    for learn_weights in (True, False):
+        backend = CPUBackend(dtype=np.float64, seed=2, threads=2)
+        layers = tied_case(np.random.default_rng(5), learn_weights)
+        net = Net("partial-tied", backend, layers, opt_level=opt_level)
+        net.load_batch()
+        info = net.ir.layer("layer")
+        assert info.propagate_down == [False, True]
+        net.forward(load_data=False)
+        net.backward()
+        grads[learn_weights] = {
+            f"{layer}.{name}": array.copy()
+            for layer, arrays in net.grads.items()
+            for name, array in arrays.items()
+        }
+    assert "layer.weight" not in grads[False]
+    assert sorted(grads[True]) == sorted([*grads[False], "layer.weight"])
+    for name, analytic in grads[False].items():
+        np.testing.assert_allclose(
+            analytic, grads[True][name], rtol=1e-12, err_msg=name
+        )
 
+    # Both nets start from the same parameters and compute the same forward
+    # pass, so the last one serves for the central differences.
     def objective():
         return net.forward(load_data=False)
 
+    computed = dict(grads[True])
+    computed["encoder.weight"] = computed["encoder.weight"] + computed.pop(
+        "layer.weight"
+    )
     with preserved(net):
-        objective()
-        net.backward()
-        computed = {
-            "encoder.weight": net.grads["encoder"]["weight"]
-            + net.grads["layer"]["weight"],
-            "encoder.bias": net.grads["encoder"]["bias"].copy(),
-            "layer.bias": net.grads["layer"]["bias"].copy(),
-            "ip.weight": net.grads["ip"]["weight"].copy(),
-            "ip.bias": net.grads["ip"]["bias"].copy(),
-        }
         for name, analytic in computed.items():
             layer_name, param_name = name.split(".")
             numeric = numeric_gradient(objective, net.params[layer_name][param_name])

@@ -18,6 +18,7 @@ from mochac import (
     ShapeError,
     SquareLossLayer,
 )
+from mochac.constraints import L2Cons, apply_constraints
 from mochac.layers.tied_inner_product import TiedInnerProductLayer
 from mochac.mocha_api import freeze
 from mochac.runtime.solver import summed_gradients
@@ -179,8 +180,8 @@ def test_tied_layer_gradients(learn_weights, expected):
 
 
 def test_tied_default_gradient_is_encoders(autoencoder):
-    """Mocha's decoder leaves the weight's gradient to the encoder: it is the
-    gradient of the objective with the decoder's copy of the weight held
+    """Mocha's decoder leaves the weight's gradient to the encoder. That is
+    the gradient of the objective with the decoder's copy of the weight held
     fixed, computed here in NumPy by central differences."""
     net = autoencoder
     weight = net.params["encoder"]["weight"].copy()
@@ -214,6 +215,14 @@ def test_tied_default_gradient_is_encoders(autoencoder):
             through_both, encoder_part + decoder_part, rtol=0, atol=1e-6 * scale
         )
         assert np.abs(through_both - computed).max() > 1e-3 * scale
+        # The solver steps along the encoder's gradient alone.
+        SGD().update(net, learning_rate=0.1, momentum=0.0, regu_coef=0.0)
+        np.testing.assert_allclose(
+            net.params["decoder"]["weight"],
+            weight - 0.1 * numeric,
+            rtol=0,
+            atol=1e-6 * scale,
+        )
 
 
 def test_tied_summed_gradient(learning_autoencoder):
@@ -312,6 +321,21 @@ def test_tied_freeze(learn_weights, frozen, weight_changes, bias_changes):
     assert changed == weight_changes
     changed = not np.array_equal(net.params["decoder"]["bias"], bias)
     assert changed == bias_changes
+
+
+@pytest.mark.parametrize("learn_weights", [False, True])
+def test_tied_freeze_constraint(learn_weights):
+    """The encoder's norm constraint applies while Mocha's decoder is frozen,
+    and not while a frozen decoder learns the weight."""
+    layers = autoencoder_layers(learn_weights=learn_weights)
+    layers[1] = layers[1].replace(weight_cons=L2Cons(threshold=0.1))
+    net = Net("autoencoder", CPUBackend(dtype=np.float64, seed=1), layers)
+    freeze(net, "decoder")
+    weight = net.params["encoder"]["weight"]
+    assert np.linalg.norm(weight, axis=1).max() > 0.2
+    apply_constraints(net, iteration=1)
+    constrained = np.linalg.norm(weight, axis=1).max() <= 0.1 * (1 + 1e-12)
+    assert constrained != learn_weights
 
 
 @pytest.mark.parametrize("learn_weights", [False, True])

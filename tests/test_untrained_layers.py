@@ -15,6 +15,8 @@ from mochac import (
     MemoryDataLayer,
     Net,
     SoftmaxLossLayer,
+    SquareLossLayer,
+    TiedInnerProductLayer,
 )
 
 
@@ -98,6 +100,30 @@ def test_shared_parameters_trained_elsewhere_do_not_warn(caplog):
     with caplog.at_level(logging.WARNING, logger="mochac"):
         build("shared", layers)
     assert "no gradient reaches" not in caplog.text
+
+
+def test_tied_decoder_below_argmax_warns(caplog):
+    """The encoder trains the weight that the decoder reads, but only the
+    decoder learns its bias, and no gradient reaches it."""
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((4, 3)), rng.standard_normal((4, 1))
+    layers = [
+        MemoryDataLayer(name="d", batch_size=2, data=[x, y], tops=["data", "y"]),
+        InnerProductLayer(name="encoder", output_dim=3, bottoms=["data"], tops=["h"]),
+        SquareLossLayer(name="loss", bottoms=["h", "data"]),
+        TiedInnerProductLayer(
+            name="decoder", tied_param_key="encoder", bottoms=["h"], tops=["recon"]
+        ),
+        ArgmaxLayer(name="argmax", bottoms=["recon"], tops=["class"]),
+        SquareLossLayer(name="class-loss", bottoms=["class", "y"]),
+    ]
+    with caplog.at_level(logging.WARNING, logger="mochac"):
+        net = build("tied-argmax", layers)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "parameters of layer 'decoder'" in warnings[0]
+    assert "'argmax' (ArgmaxLayer)" in warnings[0]
+    assert "encoder" in net.grads
 
 
 def test_test_net_does_not_warn(caplog):

@@ -9,8 +9,10 @@ The DNN has three hidden InnerProductLayers of 1000 sigmoid units and a
    the output of the frozen hidden layers below it and copies it with a
    SplitLayer. A RandomMaskLayer zeroes a fraction of one copy (0.1, 0.2,
    0.3 for layers 1, 2, 3). Hidden layer i encodes it, and a
-   TiedInnerProductLayer that uses the encoder's weight decodes it. A
-   SquareLossLayer compares the reconstruction with the uncorrupted copy.
+   TiedInnerProductLayer that uses the encoder's weight decodes it. As in
+   Mocha, the decoder learns only its bias, so the encoder's gradient alone
+   trains the shared weight. A SquareLossLayer compares the reconstruction
+   with the uncorrupted copy.
    The encoder shares its parameters with the DNN's hidden layer through
    its param_key.
 2. Fine-tuning: the whole DNN, starting from the pre-trained hidden layers,

@@ -93,8 +93,10 @@ def layers_without_gradient(ir) -> dict[str, str]:
 
     The reason names the layers that stop the gradient: consumers on the way
     to a loss that do not back-propagate into the blob they read (CropLayer,
-    ArgmaxLayer, a loss's label). A parameter that another layer shares and
-    trains is not listed. Call it after derive_backward.
+    ArgmaxLayer, a loss's label). A layer is not listed when another layer
+    trains one of the parameters it learns, and parameters a layer only reads
+    (a TiedInnerProductLayer's weight by default) do not count as its own.
+    Call it after derive_backward.
     """
     layers = ir.layers
     trained = {

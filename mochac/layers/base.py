@@ -65,8 +65,8 @@ class ParamSpec:
     # kept under the layer's param_key.
     key: str | None = None
     # Whether this layer's backward pass computes a gradient for the
-    # parameter. When False the layer only reads it: no gradient array, and
-    # freezing this layer leaves the parameter to the layers that learn it.
+    # parameter. When False the layer only reads it, so it gets no gradient
+    # array, and freezing the layer leaves the parameter to those that learn it.
     learned: bool = True
 
 

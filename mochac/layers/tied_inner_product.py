@@ -33,8 +33,8 @@ class TiedInnerProductLayer(Layer):
         neuron: activation, default Neurons.Identity().
         bias_init: default ConstantInitializer(0); bias_regu: default NoRegu();
             bias_cons: norm constraint, default NoCons(); bias_lr: default 2.
-        learn_weights: a mochac extension, default False. False follows
-            Mocha: backward computes the bias gradient and the bottom diffs
+        learn_weights: a mochac extension, default False. With False, as in
+            Mocha, backward computes the bias gradient and the bottom diffs
             but no weight gradient, so only the encoder's gradient updates
             the shared weight. True also computes this layer's weight
             gradient, and the solver adds it to the encoder's before the
