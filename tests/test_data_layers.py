@@ -824,6 +824,24 @@ def test_hdf5_source_is_data_file(tmp_path):
     assert str(data_file) in str(raised.value)
 
 
+def test_hdf5_source_list_byte_order_mark(tmp_path):
+    write_hdf5(tmp_path / "a.h5", data=np.arange(4.0).reshape(4, 1), label=np.zeros(4))
+    source_list = tmp_path / "list.txt"
+    source_list.write_bytes(b"\xef\xbb\xbfa.h5\r\n")
+    layer = HDF5DataLayer(name="data", source=str(source_list), batch_size=4)
+    (data, _), _ = next_batch(open_source(layer))
+    assert data.ravel().tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_hdf5_source_list_not_utf8(tmp_path):
+    source_list = tmp_path / "list.txt"
+    source_list.write_text("a.h5\n", encoding="utf-16")
+    layer = HDF5DataLayer(name="data", source=str(source_list), batch_size=4)
+    with pytest.raises(DataError, match="it is not UTF-8 text") as raised:
+        open_source(layer)
+    assert str(source_list) in str(raised.value)
+
+
 def test_hdf5_source_list_empty(tmp_path):
     source_list = write_source_list(tmp_path / "list.txt", "# nothing yet", "")
     layer = HDF5DataLayer(name="data", source=str(source_list), batch_size=2)

@@ -24,14 +24,17 @@ from mochac.runtime.snapshot import first_line
 def read_source_list(layer: HDF5DataLayer, name: str | None = None) -> list[Path]:
     """Return the HDF5 paths named in the layer's source list file.
 
-    A relative path is taken beside the list file. When no file is there
+    The list is UTF-8 text, with or without a byte order mark. Blank lines
+    and lines that start with "#" are skipped. A relative path is taken beside the list file. When no file is there
     but one is at the path relative to the current folder (Mocha's rule),
     that one is taken.
     """
     who = _who(layer, name)
     list_path = Path(layer.source)
     try:
-        lines = list_path.read_text().splitlines()
+        # utf-8-sig drops the byte order mark that some editors write, which
+        # would otherwise start the first path.
+        lines = list_path.read_text(encoding="utf-8-sig").splitlines()
     except OSError as error:
         raise DataError(
             f"{who}: cannot read source list {list_path}: "
@@ -41,7 +44,7 @@ def read_source_list(layer: HDF5DataLayer, name: str | None = None) -> list[Path
         hint = (
             "it is an HDF5 file itself; "
             if h5py.is_hdf5(str(list_path))
-            else "it is not text; "
+            else "it is not UTF-8 text; "
         )
         raise DataError(
             f"{who}: source {list_path} is not a source list: {hint}pass "
