@@ -18,6 +18,7 @@ import mochac
 from mochac import (
     SGD,
     AccuracyLayer,
+    ConfigError,
     CPUBackend,
     DataError,
     HDF5DataLayer,
@@ -912,6 +913,19 @@ def test_memory_integer_labels_converted(caplog):
     assert len(conversions) == 1
     assert "'memory'" in conversions[0]
     assert "'label'" in conversions[0]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [None, 3.0, "data", {"data": np.zeros((2, 3)), "label": np.zeros(2)}],
+    ids=["none", "float", "str", "dict"],
+)
+def test_memory_data_not_a_list(data):
+    with pytest.raises(ConfigError) as raised:
+        MemoryDataLayer(name="memory", batch_size=2, data=data)
+    message = str(raised.value)
+    assert f"invalid data='{type(data).__name__}'" in message
+    assert "a list of arrays, one per top (2: data, label)" in message
 
 
 def test_memory_string_array_rejected():

@@ -6,6 +6,7 @@ with the next batch before each forward pass (see mochac.runtime.data_sources).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -134,11 +135,19 @@ class MemoryDataLayer(Layer):
     def validate(self):
         check_int(self, "batch_size")
         arrays = self.data
+        tops = ", ".join(self.tops)
         if isinstance(arrays, np.ndarray):
             arrays = (arrays,)
+        # A dict or a string iterates over its keys or characters, which would
+        # be reported as arrays of the wrong type.
+        if isinstance(arrays, (dict, str, bytes)) or not isinstance(arrays, Iterable):
+            self._fail(
+                "data",
+                type(arrays).__name__,
+                f"a list of arrays, one per top ({len(self.tops)}: {tops})",
+            )
         arrays = tuple(arrays)
         if len(arrays) != len(self.tops):
-            tops = ", ".join(self.tops)
             given = (
                 f"one array of shape {self.data.shape}"
                 if isinstance(self.data, np.ndarray)
