@@ -23,6 +23,10 @@ import numpy as np
 from mochac.durable_files import special_file_kind
 from mochac.errors import ConfigError, DataError
 
+# The dtype kinds a mean may have: signed and unsigned integers and floats.
+# Complex means, whose imaginary part a conversion would drop, are rejected.
+REAL_KINDS = "iuf"
+
 
 class DataTransformer:
     """Base of the data transformers.
@@ -75,11 +79,11 @@ class SubMean(DataTransformer):
                 )
             return
         mean = np.asarray(self.mean_blob)
-        if not np.issubdtype(mean.dtype, np.number) or mean.ndim == 0:
+        if mean.dtype.kind not in REAL_KINDS or mean.ndim == 0:
             raise ConfigError(
                 "DataTransformers.SubMean: invalid mean_blob of dtype "
-                f"{mean.dtype} and shape {mean.shape}; expected a numeric array "
-                "with the shape of one sample"
+                f"{mean.dtype} and shape {mean.shape}; expected an array of real "
+                "numbers (integers or floats) with the shape of one sample"
             )
         problem = describe_non_finite(mean)
         if problem is not None:
@@ -93,7 +97,7 @@ class SubMean(DataTransformer):
         """Return the mean: mean_blob, or the "mean" dataset of mean_file.
 
         Raises DataError when mean_file cannot be opened, has no "mean"
-        dataset, or its values are not numeric or not all finite.
+        dataset, or its values are not real numbers or not all finite.
         """
         if self.mean_blob is not None:
             return self.mean_blob
@@ -104,15 +108,32 @@ class SubMean(DataTransformer):
                 f"DataTransformers.SubMean: mean_file {path} is {kind}, not a "
                 "regular file; name an HDF5 file"
             )
+        if not path.exists():
+            raise DataError(
+                f"DataTransformers.SubMean: mean_file {path} does not exist; "
+                "name an HDF5 file with a dataset 'mean'"
+            )
+        if path.is_dir():
+            raise DataError(
+                f"DataTransformers.SubMean: mean_file {path} is a folder; name "
+                "an HDF5 file with a dataset 'mean'"
+            )
         try:
             handle = h5py.File(path, "r")
         except OSError as error:
+            # h5py's message can go on for lines of HDF5 details (times, buffers).
+            reason = str(error).splitlines()[0] if str(error) else "OSError"
             raise DataError(
                 f"DataTransformers.SubMean: cannot open mean_file {path} as HDF5: "
-                f"{error}"
+                f"{reason}"
             ) from error
         with handle:
             dataset = handle.get("mean")
+            if isinstance(dataset, h5py.Group):
+                raise DataError(
+                    f"DataTransformers.SubMean: in mean_file {path}, 'mean' is a "
+                    "group, not a dataset; store the mean as a dataset 'mean'"
+                )
             if not isinstance(dataset, h5py.Dataset):
                 raise DataError(
                     f"DataTransformers.SubMean: mean_file {path} has no dataset "
@@ -120,8 +141,11 @@ class SubMean(DataTransformer):
                 )
             mean = np.asarray(dataset[()])
         where = f"DataTransformers.SubMean: mean_file {path}, dataset 'mean',"
-        if not np.issubdtype(mean.dtype, np.number):
-            raise DataError(f"{where} has dtype {mean.dtype}; store a numeric mean")
+        if mean.dtype.kind not in REAL_KINDS:
+            raise DataError(
+                f"{where} has dtype {mean.dtype}; store a mean of real numbers "
+                "(integers or floats)"
+            )
         problem = describe_non_finite(mean)
         if problem is not None:
             raise DataError(

@@ -418,3 +418,46 @@ def test_scale_underflows_to_zero():
 def test_scale_huge_int_rejected():
     with pytest.raises(ConfigError, match="expected a finite number"):
         DataTransformers.Scale(scale=10**400)
+
+
+def test_submean_blob_complex_rejected():
+    with pytest.raises(ConfigError) as raised:
+        DataTransformers.SubMean(mean_blob=MEAN.astype(np.complex64))
+    message = str(raised.value)
+    assert "invalid mean_blob of dtype complex64" in message
+    assert "real numbers" in message
+
+
+def test_submean_file_complex_rejected(tmp_path):
+    mean_file = write_mean(tmp_path / "mean.hdf5", mean=MEAN.astype(np.complex64))
+    with pytest.raises(DataError) as raised:
+        DataTransformers.SubMean(mean_file=str(mean_file)).load_mean()
+    message = str(raised.value)
+    assert f"mean_file {mean_file}, dataset 'mean', has dtype complex64" in message
+    assert "real numbers" in message
+
+
+def test_submean_file_missing_one_line(tmp_path):
+    missing = tmp_path / "no.hdf5"
+    with pytest.raises(DataError) as raised:
+        DataTransformers.SubMean(mean_file=str(missing)).load_mean()
+    message = str(raised.value)
+    assert f"mean_file {missing} does not exist" in message
+    assert "\n" not in message
+
+
+def test_submean_file_is_folder(tmp_path):
+    with pytest.raises(DataError) as raised:
+        DataTransformers.SubMean(mean_file=str(tmp_path)).load_mean()
+    message = str(raised.value)
+    assert f"mean_file {tmp_path} is a folder" in message
+    assert "\n" not in message
+
+
+def test_submean_file_mean_is_group(tmp_path):
+    mean_file = tmp_path / "mean.hdf5"
+    with h5py.File(mean_file, "w") as handle:
+        handle["mean/values"] = MEAN
+    with pytest.raises(DataError) as raised:
+        DataTransformers.SubMean(mean_file=str(mean_file)).load_mean()
+    assert "'mean' is a group, not a dataset" in str(raised.value)
