@@ -939,6 +939,38 @@ def test_memory_string_array_rejected():
     assert "'label'" in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("array", "problem"),
+    [
+        (np.arange(4, dtype="m8[s]").reshape(2, 2), "is not a real number type"),
+        (
+            np.ma.masked_array(np.ones((2, 2)), mask=[[True, False], [False, False]]),
+            "a masked array is not accepted",
+        ),
+    ],
+    ids=["timedelta", "masked"],
+)
+def test_memory_array_kind_rejected(array, problem):
+    layer = MemoryDataLayer(
+        name="memory", batch_size=2, data=[array, np.zeros(2, np.float32)]
+    )
+    with pytest.raises(DataError) as raised:
+        open_source(layer)
+    message = str(raised.value)
+    assert "MemoryDataLayer 'memory': top 'data'" in message
+    assert problem in message
+
+
+def test_memory_masked_array_replacement_rejected():
+    layer = MemoryDataLayer(
+        name="memory", batch_size=2, data=[np.ones((3, 2)), np.zeros(3)]
+    )
+    source = open_source(layer)
+    source.arrays[0] = np.ma.masked_array(np.ones((3, 2)), mask=False)
+    with pytest.raises(DataError, match="a masked array is not accepted"):
+        next_batch(source)
+
+
 # --- through Net --------------------------------------------------------------------
 
 

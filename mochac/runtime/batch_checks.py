@@ -86,9 +86,17 @@ def _check_float(array: np.ndarray, dtype, where: str, log: bool = True):
     """Log a line when values need converting to ``dtype``: integers, bools
     and wider floats, which lose precision. ``log=False`` only checks.
 
-    Raises DataError for any other dtype that is not floating point.
+    Raises DataError for any other dtype that is not floating point, and for
+    a NumPy masked array, whose mask the data sources would ignore.
     """
-    if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+    if isinstance(array, np.ma.MaskedArray):
+        raise DataError(
+            f"{where}: a masked array is not accepted, because its masked values "
+            "would be read as they are; pass array.filled(value), or remove the "
+            "masked samples"
+        )
+    # np.integer also covers timedelta64, so the check uses the dtype kinds.
+    if array.dtype.kind in "iu" or array.dtype == np.bool_:
         message = "%s: converting %s values to %s"
     elif np.issubdtype(array.dtype, np.floating):
         if array.dtype.itemsize <= np.dtype(dtype).itemsize:
