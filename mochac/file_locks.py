@@ -1,16 +1,19 @@
-"""Exclusive locks, held with flock(2), for writers that must not run at once.
+"""Locks, held with flock(2), between processes that write the same files.
 
 ``mochac compile`` locks its output folder itself while it renames a package
 into place, and waits for another compile that holds it (output_folder_lock).
+Loading a compiled package holds a shared lock on that folder
+(shared_folder_lock), so the rename waits until the load has read its files.
 ``solve()`` locks a file in each folder it writes into and fails at once when
 another run holds it (holder_lock). The kernel releases a flock when its
 holder exits, however it exits, so a lock file that a killed process left
 behind locks nothing. A child of fork() closes its copies of the lock
 descriptors at once, so it holds no lock of its parent.
 
-Where Python has no fcntl (Windows), both run without the lock and log that.
-Where the file system cannot lock (some network file systems), both log a
-warning and run without the lock.
+Where Python has no fcntl (Windows), the exclusive locks run without the lock
+and log that. Where the file system cannot lock (some network file systems),
+they log a warning and run without the lock. The shared lock runs without it
+in both cases and logs that at debug level only.
 """
 
 from __future__ import annotations
@@ -119,6 +122,35 @@ def output_folder_lock(out_dir: Path):
         yield
     finally:
         # Closing the descriptor releases the lock.
+        _close_lock_descriptor(descriptor)
+
+
+@contextlib.contextmanager
+def shared_folder_lock(folder: Path):
+    """Hold a shared flock on the folder ``folder`` itself, waiting while a
+    ``mochac compile`` holds output_folder_lock on it.
+
+    Readers of a compiled package hold it, so that a compile cannot replace
+    the package between their reads of its files. Where the folder cannot be
+    opened or locked (no fcntl, no read permission, a file system without
+    locks), the block runs unlocked.
+    """
+    if fcntl is None:
+        yield
+        return
+    try:
+        descriptor = _open_lock_descriptor(folder, os.O_RDONLY)
+    except OSError as error:
+        logger.debug("%s: cannot open to lock (%s); reading unlocked", folder, error)
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_SH)
+        except OSError as error:
+            logger.debug("%s: cannot lock (%s); reading unlocked", folder, error)
+        yield
+    finally:
         _close_lock_descriptor(descriptor)
 
 

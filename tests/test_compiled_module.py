@@ -618,3 +618,46 @@ def test_package_loads_after_build_blas_removed(tmp_path, monkeypatch):
     )
     assert result.returncode == 0, result.stderr
     assert np.isfinite(float(result.stdout))
+
+
+def test_load_net_blocks_recompile_midway(tmp_path, monkeypatch):
+    """A compile that replaces a package while load_net reads it must wait,
+    or load_net reads files of both packages and fails."""
+    import fcntl
+
+    from mochac.codegen.module_writer import write_module
+    from mochac.runtime import compiled_module
+
+    package = compile_memory_package(tmp_path)
+    build = package.parent
+    # The same net name with another ip size, so params.h5 no longer fits.
+    wider_file = tmp_path / "wider.py"
+    wider_file.write_text(MEMORY_NET_FILE.replace("output_dim=3", "output_dim=5"))
+    wider_build = tmp_path / "wider-build"
+    assert main(["compile", str(wider_file), "-o", str(wider_build)]) == 0
+    wider = load_net(wider_build / "tiny")
+
+    replaced = []
+    read_metadata = compiled_module.read_metadata
+
+    def read_then_replace(folder):
+        meta = read_metadata(folder)
+        # What a concurrent `mochac compile` does next, unless the load
+        # holds its folder: take the lock and replace the package.
+        descriptor = os.open(build, os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = True
+        except BlockingIOError:
+            locked = False
+        finally:
+            os.close(descriptor)
+        if locked:
+            write_module(wider, build, wider_file)
+            replaced.append(folder)
+        return meta
+
+    monkeypatch.setattr(compiled_module, "read_metadata", read_then_replace)
+    net = load_net(package)
+    assert replaced == []
+    assert net.params["ip"]["weight"].shape == (3, 2)

@@ -20,6 +20,7 @@ import numpy as np
 
 from mochac.codegen.build import cpu_signature, extension_problem
 from mochac.errors import CompileError, ConfigError, DataError, SnapshotError
+from mochac.file_locks import shared_folder_lock
 from mochac.ir.graph import layer_display_name
 from mochac.runtime.backend import CPUBackend
 from mochac.runtime.data_sources import make_source
@@ -118,7 +119,18 @@ def load_net(folder, backend=None):
     or when this mochac renders different C for the stored layers. Raises
     SnapshotError when params.h5 is missing or damaged. Each message states
     the fix, most often to run `mochac compile` again.
+
+    A `mochac compile` that replaces the package meanwhile waits until the
+    files are read, so the net is built from one version of the package.
     """
+    folder = Path(folder)
+    # The compile renames packages into place under an exclusive lock on
+    # their parent folder (module_writer.replace_package).
+    with shared_folder_lock(folder.parent):
+        return _load_net(folder, backend)
+
+
+def _load_net(folder: Path, backend):
     from mochac.runtime.net import Net
 
     folder = Path(folder)
@@ -179,6 +191,9 @@ def load_net(folder, backend=None):
             layer, dtype, rng, shapes, entry.get("compiled_in"), name=layer_name
         )
 
+    # NOTE: an HDF5OutputLayer creates its file here, relative to the working
+    # directory, so an import fails when the file exists (without
+    # force_overwrite), and make_net fails while the package's `net` is alive.
     net = Net(
         meta["name"],
         backend,
