@@ -17,6 +17,7 @@ from mochac.cli import main
 from mochac.errors import CompileError, DataError, SnapshotError
 from mochac.runtime.compiled_module import load_net
 from mochac.runtime.snapshot import load_snapshot
+from mochac.version import __version__
 
 # A net whose data layer reads "train.txt" relative to the working directory,
 # as in Mocha's tutorials.
@@ -661,3 +662,22 @@ def test_load_net_blocks_recompile_midway(tmp_path, monkeypatch):
     net = load_net(package)
     assert replaced == []
     assert net.params["ip"]["weight"].shape == (3, 2)
+
+
+def test_package_without_mochac_says_install(tmp_path):
+    package = compile_memory_package(tmp_path)
+    # -S skips site-packages and -I ignores PYTHONPATH, so neither mochac
+    # nor NumPy can be imported.
+    code = f"import sys; sys.path.insert(0, {str(package.parent)!r}); import tiny"
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("ModuleNotFoundError: the compiled net package tiny")
+    assert f"needs mochac {__version__}" in last_line
+    assert f"install mochac {__version__} into this environment" in last_line

@@ -57,9 +57,21 @@ builds ``net`` from the compiled code next to this file without compiling;
 ``make_net(backend)`` builds another one, on a backend of your choice.
 """
 
+import sys
 from pathlib import Path
 
-from mochac.runtime.compiled_module import load_net
+try:
+    from mochac.runtime.compiled_module import load_net
+except ModuleNotFoundError as error:
+    if error.name != "mochac" and not str(error.name).startswith("mochac."):
+        raise
+    raise ModuleNotFoundError(
+        f"the compiled net package {{__name__}} needs mochac {version}, and this "
+        f"Python ({{sys.executable}}) cannot import it ({{error}}); install mochac "
+        "{version} into this environment, e.g. with `pip install .` in a mochac "
+        "clone at that version",
+        name=error.name,
+    ) from None
 
 FOLDER = Path(__file__).resolve().parent
 
