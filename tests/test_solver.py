@@ -431,6 +431,41 @@ def test_resume_adam_from_sgd_snapshot_fails(tmp_path):
     np.testing.assert_array_equal(net.params["ip1"]["weight"], initial)
 
 
+def test_resume_other_net_names_saver(tmp_path):
+    """A resume that fails on a snapshot saved by a net of another name
+    names that net and suggests a Snapshot folder per training."""
+    path = snapshot_of_classifier(tmp_path)
+    x, y = toy_data()
+    other = Net(
+        "other", CPUBackend(dtype=np.float64, seed=1), deeper_classifier_layers(x, y)
+    )
+    params = make_solver_parameters(
+        SGD(), max_iter=4, momentum=0.9, load_from=str(tmp_path)
+    )
+    with pytest.raises(mochac.SnapshotError) as error:
+        Solver(SGD(), params, progress=False).solve(other)
+    message = str(error.value)
+    assert f"{path} lacks parameters ip3.weight" in message
+    assert "snapshot-000002.h5 was saved by net 'a', and this net is 'other'" in message
+    assert "a Snapshot folder and load_from of its own" in message
+
+
+def test_resume_failure_same_net_has_no_note(tmp_path):
+    """The note about another net stays out of the error when the file was
+    saved by a net of the same name."""
+    snapshot_of_classifier(tmp_path)
+    x, y = toy_data()
+    same_name = Net(
+        "a", CPUBackend(dtype=np.float64, seed=1), deeper_classifier_layers(x, y)
+    )
+    params = make_solver_parameters(
+        SGD(), max_iter=4, momentum=0.9, load_from=str(tmp_path)
+    )
+    with pytest.raises(mochac.SnapshotError) as error:
+        Solver(SGD(), params, progress=False).solve(same_name)
+    assert "was saved by net" not in str(error.value)
+
+
 def test_load_missing_layer(tmp_path, caplog):
     x, y = toy_data()
     net = Net("a", CPUBackend(dtype=np.float64, seed=1), classifier_layers(x, y))

@@ -80,28 +80,16 @@ def restore(solver, net):
         )
         raise SnapshotError(f"load_from={str(load_from)!r}: file not found; {advice}")
     restore_policy = getattr(solver.params["lr_policy"], "restore", None)
-    iteration = 0
-    # Parameters in the file that the net lacks, which the resume ignores.
-    unused = []
     with open_model(path) as handle:
-        # Every part of the snapshot is read and checked before anything
-        # reaches the net, so a snapshot this solver cannot resume leaves
-        # it unchanged.
-        attrs = read_solver_attributes(handle, path)
-        if attrs is not None:
-            iteration = _check_solver_attrs(
-                solver, attrs, path, restore_policy is not None
+        try:
+            iteration, stored, unused = _read_resume_state(
+                solver, net, handle, path, restore_policy is not None
             )
-        check_param_shapes(handle, net, path)
-        stored = read_solver_state(handle, net, path)
-        if stored is None:
-            # A model file, perhaps exported from Caffe without biases,
-            # loads as load_network loads it.
-            load_model_file(handle, net, path)
-        else:
-            load_params(handle, net, path, missing_advice=_missing_advice(path))
-            unused = unused_parameters(handle, net, path)
-            apply_solver_state(net, stored, path)
+        except SnapshotError as error:
+            note = _other_net_note(handle, net, path)
+            if note is None:
+                raise
+            raise SnapshotError(f"{str(error).rstrip('.')}. {note}") from error
     if stored is None:
         logger.info(
             "%s contains no solver state: starting at iteration 0 from its parameters "
@@ -150,6 +138,48 @@ def restore(solver, net):
             setattr(solver.state, key, float(value))
     solver._resumed_from = path
     logger.info("resumed from %s at iteration %d", path, solver.state.iter)
+
+
+def _read_resume_state(solver, net, handle, path, needs_rate: bool):
+    """Check an open snapshot or model file and load it into ``net``.
+
+    Returns (iteration, solver state or None for a model file, the file's
+    parameters that the net lacks, which the resume ignores). Every part of
+    the file is read and checked before anything reaches the net, so a
+    file this solver cannot resume leaves the net unchanged.
+    """
+    iteration = 0
+    unused = []
+    attrs = read_solver_attributes(handle, path)
+    if attrs is not None:
+        iteration = _check_solver_attrs(solver, attrs, path, needs_rate)
+    check_param_shapes(handle, net, path)
+    stored = read_solver_state(handle, net, path)
+    if stored is None:
+        # A model file, perhaps exported from Caffe without biases,
+        # loads as load_network loads it.
+        load_model_file(handle, net, path)
+    else:
+        load_params(handle, net, path, missing_advice=_missing_advice(path))
+        unused = unused_parameters(handle, net, path)
+        apply_solver_state(net, stored, path)
+    return iteration, stored, unused
+
+
+def _other_net_note(handle, net, path) -> str | None:
+    """Return a sentence naming the net that saved ``path`` when its name
+    differs from ``net``'s, else None. A resume that fails on such a file
+    most likely found another training's snapshots in a shared folder."""
+    saved = handle.attrs.get("net")
+    if isinstance(saved, bytes):
+        saved = saved.decode(errors="replace")
+    if not isinstance(saved, str) or saved == net.name:
+        return None
+    return (
+        f"{path.name} was saved by net '{saved}', and this net is '{net.name}'; "
+        "if the folder contains another net's snapshots, give this run a "
+        "Snapshot folder and load_from of its own"
+    )
 
 
 def _missing_advice(path) -> str:
