@@ -66,8 +66,9 @@ def test_plot_empty_lounge_names_breaks(tmp_path):
 def test_plot_unreadable_file(tmp_path):
     bad = tmp_path / "bad.h5"
     bad.write_bytes(np.zeros(8).tobytes())
-    with pytest.raises(DataError, match="cannot read"):
+    with pytest.raises(DataError, match="cannot read") as error:
         plot_statistics(bad, tmp_path / "x.png")
+    assert "save_into=" in str(error.value)
 
 
 def test_plot_of_a_snapshot_is_refused(tmp_path, caplog):

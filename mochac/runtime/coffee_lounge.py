@@ -149,8 +149,13 @@ def read_statistics(path, advice: str = "") -> dict[str, dict[int, float]]:
     try:
         handle = h5py.File(path, "r")
     except OSError as error:
+        # A file that is not HDF5 at all is most likely the wrong file.
+        hint = ending or (
+            "; name the HDF5 file that a coffee lounge saved "
+            "(setup_coffee_lounge(solver, save_into=...))"
+        )
         raise DataError(
-            f"{path}: cannot read the statistics file ({error}){ending}"
+            f"{path}: cannot read the statistics file ({error}){hint}"
         ) from error
     # h5py raises RuntimeError for some damaged metadata, such as a group's
     # heap or symbol table.
