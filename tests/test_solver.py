@@ -450,6 +450,30 @@ def test_resume_other_net_names_saver(tmp_path):
     assert "a Snapshot folder and load_from of its own" in message
 
 
+def test_rejected_resume_warns_of_no_data_layer(tmp_path, caplog):
+    """A snapshot that the resume rejects logs no warning about the data
+    layers it lacks before the error."""
+    snapshot_of_classifier(tmp_path)
+    x, y = toy_data()
+    layers = deeper_classifier_layers(x, y)
+    layers[0] = MemoryDataLayer(name="other-data", batch_size=4, data=[x, y])
+    other = Net("other", CPUBackend(dtype=np.float64, seed=1), layers)
+    params = make_solver_parameters(
+        SGD(), max_iter=4, momentum=0.9, load_from=str(tmp_path)
+    )
+    with (
+        caplog.at_level(logging.WARNING, logger="mochac.runtime.snapshot"),
+        pytest.raises(mochac.SnapshotError),
+    ):
+        Solver(SGD(), params, progress=False).solve(other)
+    warnings = [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno >= logging.WARNING
+    ]
+    assert not any("has no state for data layer" in text for text in warnings)
+
+
 def test_resume_failure_same_net_has_no_note(tmp_path):
     """The note about another net stays out of the error when the file was
     saved by a net of the same name."""

@@ -816,7 +816,7 @@ def read_random_streams(handle, net, path) -> dict:
 
 def read_data_layer_states(handle, net, path) -> dict:
     """Return {layer index: state dict for load_state_dict} of the net's data
-    layers stored in the file; missing ones are logged.
+    layers stored in the file. apply_solver_state logs the missing ones.
 
     This checks the layout only. Whether a state fits the layer's current
     data is for the layer's load_state_dict to check.
@@ -828,13 +828,6 @@ def read_data_layer_states(handle, net, path) -> dict:
     for index in net.sources:
         layer_name = net.ir.layers[index].name
         if sources is None or layer_name not in sources:
-            logger.warning(
-                "%s has no state for data layer '%s'; it reads on from its current "
-                "position, so the resumed run may read other batches than an "
-                "uninterrupted one",
-                path,
-                layer_name,
-            )
             continue
         item = sources[layer_name]
         if not isinstance(item, h5py.Group):
@@ -973,6 +966,17 @@ def apply_solver_state(net, state: StoredSolverState, path) -> None:
     for key, values in state.streams.items():
         array = net.rng_states[key]
         array[...] = net.backend.to_device(values, array.dtype)
+    # Logged here rather than while reading, so that a file the resume then
+    # rejects (another net's snapshot, say) adds no warning before its error.
+    for index in net.sources:
+        if index not in state.data_layers:
+            logger.warning(
+                "%s has no state for data layer '%s'; it reads on from its current "
+                "position, so the resumed run may read other batches than an "
+                "uninterrupted one",
+                path,
+                net.ir.layers[index].name,
+            )
     for index, stored in state.data_layers.items():
         layer_name = net.ir.layers[index].name
         restore_data_layer(net.sources[index], stored, layer_name, path)
