@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mochac.cli import main
-from mochac.errors import CompileError, DataError, SnapshotError
+from mochac.errors import CompileError, ConfigError, DataError, SnapshotError
 from mochac.runtime.compiled_module import load_net
 from mochac.runtime.snapshot import load_snapshot
 from mochac.version import __version__
@@ -681,3 +681,269 @@ def test_package_without_mochac_says_install(tmp_path):
     assert last_line.startswith("ModuleNotFoundError: the compiled net package tiny")
     assert f"needs mochac {__version__}" in last_line
     assert f"install mochac {__version__} into this environment" in last_line
+
+
+# A net whose HDF5OutputLayer writes preds.h5 relative to the working directory.
+OUTPUT_NET_FILE = textwrap.dedent(
+    """
+    import numpy as np
+
+    from mochac import (
+        CPUBackend, HDF5OutputLayer, InnerProductLayer, MemoryDataLayer, Net,
+    )
+
+    x = np.ones((8, 2, 1, 1), np.float32)
+    layers = [
+        MemoryDataLayer(name="data", batch_size=4, data=[x], tops=["data"]),
+        InnerProductLayer(name="ip", output_dim=3, bottoms=["data"], tops=["ip"]),
+        HDF5OutputLayer(name="save", bottoms=["ip"], filename="preds.h5"),
+    ]
+    net = Net("preds", CPUBackend(seed=1), layers)
+    """
+)
+
+
+@pytest.fixture
+def output_package(tmp_path, monkeypatch):
+    """Compile OUTPUT_NET_FILE; return the package folder, with the working
+    directory set to an empty folder "run"."""
+    net_file = tmp_path / "preds.py"
+    net_file.write_text(OUTPUT_NET_FILE)
+    assert main(["compile", str(net_file), "-o", str(tmp_path / "build")]) == 0
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.chdir(run)
+    return tmp_path / "build" / "preds"
+
+
+@pytest.fixture
+def imported_package(output_package, monkeypatch):
+    """Import the package of output_package in this process; destroy its nets
+    and remove it from sys.modules afterwards."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(output_package.parent))
+    sys.modules.pop("preds", None)
+    module = importlib.import_module("preds")
+    made = []
+    original_make_net = module.make_net
+
+    def recording_make_net(backend=None):
+        made.append(original_make_net(backend))
+        return made[-1]
+
+    module.make_net = recording_make_net
+    yield module
+    for net in [vars(module).get("net"), *made]:
+        if net is not None and not getattr(net, "destroyed", False):
+            net.destroy()
+    sys.modules.pop("preds", None)
+
+
+def run_in_folder(folder, code, package_folder):
+    """Run ``code`` in a fresh interpreter in ``folder``, with the package's
+    parent folder on sys.path; return the CompletedProcess."""
+    script = f"import sys\nsys.path.insert(0, {str(package_folder.parent)!r})\n{code}"
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_import_creates_no_output_file(output_package, tmp_path):
+    code = textwrap.dedent(
+        """
+        import os
+        import preds
+        print(sorted(os.listdir(".")))
+        print("net" in vars(preds))
+        """
+    )
+    result = run_in_folder(tmp_path / "run", code, output_package)
+    assert result.returncode == 0, result.stderr
+    listing, net_built = result.stdout.splitlines()
+    assert listing == "[]"
+    assert net_built == "False"
+    assert list((tmp_path / "run").iterdir()) == []
+
+
+# A script whose multiprocessing workers import the package and leave net
+# unused. Spawned workers import the script's modules again.
+SPAWN_SCRIPT = textwrap.dedent(
+    """
+    import multiprocessing
+    import os
+    import sys
+
+    sys.path.insert(0, sys.argv[1])
+    import preds
+
+
+    def list_folder(_):
+        return sorted(os.listdir("."))
+
+
+    if __name__ == "__main__":
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(2) as pool:
+            print(pool.map(list_folder, range(2)))
+        print(sorted(os.listdir(".")))
+    """
+)
+
+
+def test_spawned_workers_create_no_file(output_package, tmp_path):
+    script = tmp_path / "spawn_workers.py"
+    script.write_text(SPAWN_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), str(output_package.parent)],
+        cwd=tmp_path / "run",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    in_workers, after_workers = result.stdout.splitlines()
+    assert in_workers == "[[], []]"
+    assert after_workers == "[]"
+
+
+def test_package_second_run_imports(output_package, tmp_path):
+    """A script that ran once left preds.h5 behind: running it again imports
+    the package, and its first use of net says how to go on."""
+    run = tmp_path / "run"
+    first = "import preds\npreds.net.forward()\npreds.net.destroy()"
+    result = run_in_folder(run, first, output_package)
+    assert result.returncode == 0, result.stderr
+    written = (run / "preds.h5").read_bytes()
+
+    second = textwrap.dedent(
+        """
+        import preds
+        print("imported")
+        from preds import net
+        """
+    )
+    result = run_in_folder(run, second, output_package)
+    assert result.stdout == "imported\n"
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "file preds.h5 already exists in the working directory" in last_line
+    assert "Move or delete the file, or run from another working" in last_line
+    assert f"in {tmp_path / 'preds.py'} and run `mochac compile` again" in last_line
+    assert "pass force_overwrite=True" not in last_line
+    assert (run / "preds.h5").read_bytes() == written
+
+
+def test_make_net_while_net_unused(imported_package, tmp_path):
+    net = imported_package.make_net()
+    assert "net" not in vars(imported_package)
+    net.forward()
+    net.destroy()
+    with h5py.File(tmp_path / "run" / "preds.h5") as handle:
+        assert handle["ip"].shape == (4, 3)
+
+
+def test_package_net_is_built_once(imported_package):
+    from preds import net
+
+    assert imported_package.net is net
+    assert vars(imported_package)["net"] is net
+
+
+def test_package_net_threads_build_once(imported_package, monkeypatch):
+    """Threads that use the package's net first at the same time get one net.
+
+    Each thread is inside the module's __getattr__ before the first build
+    ends, so without the lock each would build a net of its own.
+    """
+    import threading
+    import time
+
+    threads_count = 4
+    entered = []
+    builds = []
+    original_getattr = imported_package.__getattr__
+    original_load_net = imported_package.load_net
+
+    def counting_getattr(name):
+        entered.append(name)
+        return original_getattr(name)
+
+    def slow_load_net(*args, **kwargs):
+        builds.append(threading.get_ident())
+        # Let the other threads reach the check for an existing net.
+        while len(entered) < threads_count:
+            time.sleep(0.001)
+        time.sleep(0.05)
+        return original_load_net(*args, **kwargs)
+
+    monkeypatch.setattr(imported_package, "__getattr__", counting_getattr)
+    monkeypatch.setattr(imported_package, "load_net", slow_load_net)
+    barrier = threading.Barrier(threads_count)
+    results = [None] * threads_count
+    errors = []
+
+    def use_net(index):
+        barrier.wait()
+        try:
+            results[index] = imported_package.net
+        except Exception as error:  # noqa: BLE001 - the test asserts there is none
+            errors.append(error)
+
+    threads = [
+        threading.Thread(target=use_net, args=(index,))
+        for index in range(threads_count)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(builds) == 1
+    assert all(result is results[0] for result in results)
+    assert vars(imported_package)["net"] is results[0]
+
+
+def test_make_net_clash_names_package_net(imported_package):
+    net = imported_package.net
+    with pytest.raises(ConfigError) as caught:
+        imported_package.make_net()
+    message = str(caught.value)
+    assert "file preds.h5 is already the output file of preds.net" in message
+    assert "`del preds.net` frees the net" in message
+    assert "preds.net.destroy()" in message
+
+    # The advice works: without the net, make_net builds one.
+    del imported_package.net, net
+    other = imported_package.make_net()
+    other.forward()
+    assert other.blobs["ip"].shape == (4, 3)
+
+
+def test_package_net_clash_names_make_net(imported_package):
+    imported_package.make_net()
+    with pytest.raises(ConfigError) as caught:
+        _ = imported_package.net
+    message = str(caught.value)
+    assert "another net of the compiled package preds" in message
+    assert "call destroy() on that net first" in message
+    assert "net" not in vars(imported_package)
+
+
+def test_package_net_attribute_error(imported_package, monkeypatch):
+    """An AttributeError while building the net is not reported as a
+    missing attribute ``net``."""
+
+    def failing_load_net(*args, **kwargs):
+        raise AttributeError("'NoneType' object has no attribute 'shape'")
+
+    monkeypatch.setattr(imported_package, "load_net", failing_load_net)
+    with pytest.raises(RuntimeError, match="building preds.net failed") as caught:
+        _ = imported_package.net
+    assert isinstance(caught.value.__cause__, AttributeError)
+    with pytest.raises(AttributeError, match="has no attribute 'other'"):
+        _ = imported_package.other

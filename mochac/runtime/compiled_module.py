@@ -24,6 +24,7 @@ from mochac.file_locks import shared_folder_lock
 from mochac.ir.graph import layer_display_name
 from mochac.runtime.backend import CPUBackend
 from mochac.runtime.data_sources import make_source
+from mochac.runtime.outputs import PackageNet
 from mochac.runtime.snapshot import load_snapshot
 from mochac.serialize import from_json
 
@@ -109,8 +110,14 @@ def check_backend(folder: Path, meta: dict, backend) -> None:
         )
 
 
-def load_net(folder, backend=None):
+def load_net(folder, backend=None, *, module=None, attribute=None):
     """Return the Net stored in ``folder``, compiling nothing and reading no data file.
+
+    ``module`` is the package's module name (the folder's name by default)
+    and ``attribute`` the package attribute that will hold the net, such as
+    "net" for the one the package builds on first use. Both only change the
+    advice of the errors of its HDF5OutputLayer files, which name
+    ``module.attribute``.
 
     Raises CompileError when net.json is missing or damaged, when the
     extension is missing or damaged (its size or SHA-256 differs from
@@ -127,10 +134,10 @@ def load_net(folder, backend=None):
     # The compile renames packages into place under an exclusive lock on
     # their parent folder (module_writer.replace_package).
     with shared_folder_lock(folder.parent):
-        return _load_net(folder, backend)
+        return _load_net(folder, backend, module or folder.name, attribute)
 
 
-def _load_net(folder: Path, backend):
+def _load_net(folder: Path, backend, module: str, attribute: str | None):
     from mochac.runtime.net import Net
 
     folder = Path(folder)
@@ -191,9 +198,11 @@ def _load_net(folder: Path, backend):
             layer, dtype, rng, shapes, entry.get("compiled_in"), name=layer_name
         )
 
-    # NOTE: an HDF5OutputLayer creates its file here, relative to the working
-    # directory, so an import fails when the file exists (without
-    # force_overwrite), and make_net fails while the package's `net` is alive.
+    package = PackageNet(
+        module,
+        meta.get("source_file"),
+        None if attribute is None else f"{module}.{attribute}",
+    )
     net = Net(
         meta["name"],
         backend,
@@ -205,6 +214,7 @@ def _load_net(folder: Path, backend):
         keep=meta["keep"],
         _prebuilt=(extension, meta["source_digest"]),
         _open_source=open_source,
+        _package=package,
     )
     try:
         load_snapshot(net, params)
@@ -241,8 +251,8 @@ def _load_net(folder: Path, backend):
 class DeferredSource:
     """The data source of a compiled package's HDF5 data layer, opened at first use.
 
-    Importing the package thus reads no file and works from any working
-    directory. ``shapes`` are the top shapes recorded at compile time, to
+    Building the package's net thus reads no data file and works from any
+    working directory. ``shapes`` are the top shapes recorded at compile time, to
     which the compiled code is fixed. The first batch, or the first use of an
     attribute of the real source (position, epoch, arrays, state_dict(),
     rewind(), ...), opens the layer's source list, relative to the working

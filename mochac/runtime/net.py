@@ -214,6 +214,9 @@ class Net:
         keep=(),
         _prebuilt: tuple[Path, str] | None = None,
         _open_source=None,
+        # A compiled package's net passes its outputs.PackageNet, which
+        # changes the advice of its output file errors.
+        _package=None,
         # The level of the cache hit and summary lines. `mochac bench`
         # lowers it to DEBUG for the builds that time a compile, which
         # repeat the build of the timed net.
@@ -345,7 +348,9 @@ class Net:
         self.output_states = OutputStates(
             name,
             {
-                info.name: make_output_state(info.layer, info.bottom_shapes, dtype)
+                info.name: make_output_state(
+                    info.layer, info.bottom_shapes, dtype, _package
+                )
                 for info in sinks
             },
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -44,8 +45,24 @@ class MemoryOutput:
         """Keep the collected arrays; nothing to release."""
 
 
-# Resolved path -> title of the live HDF5Output writing it, in this process.
-_PATHS_IN_USE: dict[Path, str] = {}
+@dataclasses.dataclass(frozen=True)
+class PackageNet:
+    """The compiled package that builds a net, for the advice of output file errors.
+
+    ``module`` is the package's module name and ``source_file`` the net file
+    it was compiled from. ``attribute`` is the expression of the package's
+    own ``net`` ("toy.net") for the net that attribute holds, and None for a
+    net of make_net() or load_net().
+    """
+
+    module: str
+    source_file: str | None = None
+    attribute: str | None = None
+
+
+# Resolved path -> (layer title, PackageNet or None) of the live HDF5Output
+# writing it, in this process.
+_PATHS_IN_USE: dict[Path, tuple[str, PackageNet | None]] = {}
 
 
 class PendingFile:
@@ -109,8 +126,14 @@ def finish_file(pending: PendingFile) -> None:
         logger.error("%s", message)
 
 
-def _check_filename(layer: HDF5OutputLayer, path: Path, key: Path) -> None:
-    """Raise ConfigError when ``path`` cannot be the layer's output file."""
+def _check_filename(
+    layer: HDF5OutputLayer, path: Path, key: Path, package: PackageNet | None
+) -> None:
+    """Raise ConfigError when ``path`` cannot be the layer's output file.
+
+    ``package`` is set for the net of a compiled package, whose user cannot
+    change the layer, so its messages give other fixes.
+    """
     if path.is_dir() or layer.filename.endswith(("/", os.sep)):
         raise ConfigError(
             f"{layer.title}: filename {path} is a folder; name a file, such as "
@@ -137,21 +160,63 @@ def _check_filename(layer: HDF5OutputLayer, path: Path, key: Path) -> None:
         gc.collect()
     other = _PATHS_IN_USE.get(key)
     if other is not None:
-        raise ConfigError(
-            f"{layer.title}: file {path} is already the output file of {other}, in "
-            "this net or in another net that was not destroyed; give each "
-            "HDF5OutputLayer its own filename, or call destroy() on the other net "
-            "first"
-        )
+        raise ConfigError(in_use_message(layer, path, *other))
     if path.exists():
         if not layer.force_overwrite:
-            raise ConfigError(
-                f"{layer.title}: file {path} already exists; pass "
-                "force_overwrite=True to replace it, or choose another filename"
-            )
+            raise ConfigError(exists_message(layer, path, package))
         logger.warning(
             "%s: %s exists and will be replaced (force_overwrite)", layer.title, path
         )
+
+
+def in_use_message(
+    layer: HDF5OutputLayer, path: Path, other_title: str, other: PackageNet | None
+) -> str:
+    """Return the message for ``path`` being the output file of the live
+    layer ``other_title``, of a compiled package's net when ``other`` is set."""
+    start = f"{layer.title}: file {path} is already the output file of "
+    if other is None:
+        return start + (
+            f"{other_title}, in this net or in another net that was not destroyed; "
+            "give each HDF5OutputLayer its own filename, or call destroy() on the "
+            "other net first"
+        )
+    if other.attribute is None:
+        return start + (
+            f"{other_title} of another net of the compiled package {other.module} "
+            "(from make_net() or load_net()) that was not destroyed; call "
+            "destroy() on that net first, or delete every reference to it"
+        )
+    attribute = other.attribute
+    return start + (
+        f"{attribute}, the net that the compiled package {other.module} built on "
+        f"first use. Use {attribute} itself, or release it first. "
+        f"`del {attribute}` frees the net once no other name refers to it, and "
+        "writes its file only if the net ran a forward pass. "
+        f"{attribute}.destroy() frees it at once and moves its file, even an "
+        f"empty one, to {path}. After `del {attribute}`, the next use of "
+        f"{attribute} builds a new net"
+    )
+
+
+def exists_message(
+    layer: HDF5OutputLayer, path: Path, package: PackageNet | None
+) -> str:
+    """Return the message for an existing ``path`` without force_overwrite."""
+    if package is None:
+        return (
+            f"{layer.title}: file {path} already exists; pass force_overwrite=True "
+            "to replace it, or choose another filename"
+        )
+    where = "" if path.is_absolute() else f" in the working directory {Path.cwd()}"
+    source_file = package.source_file or "the net file"
+    return (
+        f"{layer.title}: file {path} already exists{where}, and the net of the "
+        f"compiled package {package.module} does not replace it. Move or delete "
+        "the file, or run from another working directory. To replace the file "
+        f"on every run, set force_overwrite=True on the layer in {source_file} "
+        "and run `mochac compile` again"
+    )
 
 
 class HDF5Output:
@@ -160,14 +225,17 @@ class HDF5Output:
     Raises ConfigError when the filename is a folder, is inside a file,
     exists without force_overwrite, or is the filename of another live
     HDF5Output (compared after resolving links and relative paths).
-    Missing parent folders are created.
+    Missing parent folders are created. ``package`` is set for the net of a
+    compiled package (PackageNet), and changes the advice of these errors.
     """
 
-    def __init__(self, layer: HDF5OutputLayer, shapes, dtype):
+    def __init__(
+        self, layer: HDF5OutputLayer, shapes, dtype, package: PackageNet | None = None
+    ):
         self.layer = layer
         self.path = Path(layer.filename)
         key = self.path.resolve()
-        _check_filename(layer, self.path, key)
+        _check_filename(layer, self.path, key, package)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # A name with this host and process, unique among the live
@@ -201,7 +269,7 @@ class HDF5Output:
         self._pending = PendingFile(
             layer.title, self.file, self.stream, self.temporary, self.path, key
         )
-        _PATHS_IN_USE[key] = layer.title
+        _PATHS_IN_USE[key] = (layer.title, package)
         # Moves the file when the output is garbage collected or at interpreter
         # exit, if the net is never destroyed.
         self._finalizer = weakref.finalize(self, finish_file, self._pending)
@@ -263,12 +331,15 @@ class HDF5Output:
             _PATHS_IN_USE.pop(self._pending.key, None)
 
 
-def make_output_state(layer, shapes, dtype):
-    """Return the runtime state of an output layer, given its bottoms' shapes."""
+def make_output_state(layer, shapes, dtype, package: PackageNet | None = None):
+    """Return the runtime state of an output layer, given its bottoms' shapes.
+
+    ``package`` is set for the net of a compiled package (PackageNet).
+    """
     if isinstance(layer, MemoryOutputLayer):
         return MemoryOutput(layer)
     if isinstance(layer, HDF5OutputLayer):
-        return HDF5Output(layer, shapes, dtype)
+        return HDF5Output(layer, shapes, dtype, package)
     raise NotImplementedError(f"no runtime output for {type(layer).__name__}")
 
 
