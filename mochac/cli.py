@@ -724,6 +724,13 @@ def compile_cuda(found_nets: dict, out: Path, out_dir: Path, source_file, args) 
         paths = write_cuda_files(program, out_dir, stem)
         shown = ", ".join(str(out / path.name) for path in paths)
         print(f"net '{found.name}' -> {shown}")
+    print(
+        "These files are for reading and for tools; no mochac command loads "
+        "them. To run a net on the GPU, build it in Python with Net(name, "
+        "GPUBackend(), layers), which renders and compiles its CUDA source "
+        "itself. Without --backend cuda, mochac compile writes an importable "
+        "CPU package per net."
+    )
     return 0
 
 

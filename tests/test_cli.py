@@ -567,7 +567,12 @@ def test_compile_cuda_backend_writes_source_and_steps(tmp_path, capsys):
     assert "__global__" in sources[0].read_text()
     steps = json.loads(sources[0].with_suffix(".steps.json").read_text())
     assert steps["forward"]
-    assert str(sources[0]) in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert str(sources[0]) in output
+    # No package is written, so the output says how to run the net instead.
+    assert "no mochac command loads them" in output
+    assert "Net(name, GPUBackend(), layers)" in output
+    assert "Without --backend cuda, mochac compile writes an importable" in output
 
 
 def test_compile_cuda_keeps_user_files(tmp_path, caplog):
