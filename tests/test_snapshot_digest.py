@@ -257,7 +257,7 @@ def test_ctrl_c_after_rename_keeps_matching_digest(
     old, new = make_net(seed=1), make_net(seed=2)
     save_snapshot(path, old, SolverState())
     calls = []
-    real_fsync = snapshot.fsync_folder
+    real_fsync = file_digest.fsync_folder
 
     def interrupt(folder):
         real_fsync(folder)
@@ -265,10 +265,10 @@ def test_ctrl_c_after_rename_keeps_matching_digest(
         if len(calls) == interrupted_at:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(snapshot, "fsync_folder", interrupt)
+    monkeypatch.setattr(file_digest, "fsync_folder", interrupt)
     with pytest.raises(KeyboardInterrupt):
         save_snapshot(path, new, SolverState())
-    monkeypatch.setattr(snapshot, "fsync_folder", real_fsync)
+    monkeypatch.setattr(file_digest, "fsync_folder", real_fsync)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert digest_path(path).read_text() == f"{digest}  {path.name}\n"
     assert not list(tmp_path.glob(".*.tmp"))

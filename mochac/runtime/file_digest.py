@@ -45,6 +45,7 @@ from mochac.errors import SnapshotError
 __all__ = [
     "digest_path",
     "read_digests",
+    "replace_with_digest",
     "rewrite_sidecar",
     "verify_digest",
     "write_digest",
@@ -200,3 +201,75 @@ def rewrite_sidecar(sidecar: Path, line: str, still_valid=None) -> bool:
         )
         temporary.unlink(missing_ok=True)
         return False
+
+
+def replace_with_digest(temporary: Path, path: Path) -> None:
+    """Rename the finished file ``temporary`` to ``path`` and write its
+    SHA-256 sidecar, both flushed to the disk.
+
+    The sidecar goes in place first. Over an older file, it first lists both
+    digests, then the file is renamed into place, then the sidecar keeps
+    only the new digest. So the file at ``path`` matches its sidecar at
+    every moment, and a kill never leaves it missing. Raises OSError. After
+    an error or a Ctrl-C the sidecar lists the digest of the file at
+    ``path`` alone, and the caller deletes ``temporary`` if it is still there.
+    """
+    path = Path(path)
+    sidecar = digest_path(path)
+    sidecar_temporary = temporary_path(sidecar)
+    # The sha256sum lines of the new file and of the file it replaces, while
+    # an overwrite may leave the sidecar listing both.
+    new_line = old_line = None
+    try:
+        write_digest(temporary, sidecar_temporary, path.name)
+        new_line = sidecar_temporary.read_text(encoding="ascii")
+        old_line = _current_digest_line(path, sidecar)
+        if old_line is not None:
+            sidecar_temporary.write_text(new_line + old_line, encoding="ascii")
+            fsync_file(sidecar_temporary)
+        os.replace(sidecar_temporary, sidecar)
+        fsync_folder(path.parent)
+        os.replace(temporary, path)
+        fsync_folder(path.parent)
+        if old_line is not None:
+            sidecar_temporary.write_text(new_line, encoding="ascii")
+            fsync_file(sidecar_temporary)
+            os.replace(sidecar_temporary, sidecar)
+            fsync_folder(path.parent)
+    finally:
+        if old_line is not None:
+            # An error or Ctrl-C may have stopped the overwrite while the
+            # sidecar lists both digests. Flags set after a rename can miss
+            # a Ctrl-C that arrives just after it, so the files show which
+            # renames ran. ``temporary`` is gone once the new file is at
+            # ``path``.
+            _reduce_sidecar(sidecar, old_line if temporary.exists() else new_line)
+        sidecar_temporary.unlink(missing_ok=True)
+
+
+def _reduce_sidecar(sidecar: Path, line: str) -> None:
+    """Replace ``sidecar`` with ``line`` when it lists two digests, so that
+    sha256sum -c passes. A sidecar of one line, or none, stays as it is."""
+    try:
+        lines = sidecar.read_text(encoding="ascii").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return
+    if len(lines) == 2:
+        rewrite_sidecar(sidecar, line)
+
+
+def _current_digest_line(path: Path, sidecar: Path) -> str | None:
+    """Return the sha256sum line of the file now at ``path`` (None: no file).
+
+    The line comes from the sidecar when it has one valid line, so a damaged
+    file stays unmatched; else from hashing the file.
+    """
+    if not path.is_file():
+        return None
+    try:
+        text = sidecar.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    if parse_digest(text, path.name) is not None:
+        return text if text.endswith("\n") else text + "\n"
+    return f"{file_sha256(path)}  {path.name}\n"

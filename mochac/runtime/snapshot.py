@@ -44,10 +44,6 @@ from mochac.durable_files import (
     TEMPORARY_NAME,
     WriteGuard,
     close_quietly,
-    file_sha256,
-    fsync_file,
-    fsync_folder,
-    parse_digest,
     process_may_run,
     special_file_kind,
     temporary_path,
@@ -57,9 +53,8 @@ from mochac.errors import ConfigError, NumericalError, SnapshotError
 from mochac.runtime import resume_point
 from mochac.runtime.file_digest import (
     digest_path,
-    rewrite_sidecar,
+    replace_with_digest,
     verify_digest,
-    write_digest,
 )
 from mochac.runtime.freeze import frozen_layers
 from mochac.runtime.interrupts import held_signals
@@ -214,12 +209,11 @@ def _write_atomically(path: Path, fill, digest: bool) -> None:
     """Create ``path`` as HDF5 by calling ``fill(h5file)`` on a temporary file.
 
     The temporary file replaces ``path`` only when complete, and an error
-    in ``fill`` leaves no file. With ``digest``, the file and its SHA-256
-    sidecar (file_digest) are flushed to the disk. Over an older file, the
-    sidecar first lists both digests, then the file is renamed into place,
-    then the sidecar keeps only the new digest: at every moment the file at
-    ``path`` matches its sidecar, and a kill never leaves it missing.
-    Without ``digest``, a sidecar of an earlier file at ``path`` is deleted.
+    in ``fill`` leaves no file. With ``digest``, the file goes in place
+    with its SHA-256 sidecar through file_digest.replace_with_digest, so the
+    file at ``path`` matches its sidecar at every moment and a kill never
+    leaves it missing. Without ``digest``, a sidecar of an earlier file at
+    ``path`` is deleted.
     """
     path = Path(path)
     if path.is_dir():
@@ -239,83 +233,28 @@ def _write_atomically(path: Path, fill, digest: bool) -> None:
         # would replace the link with a regular file.
         path = Path(os.path.realpath(path))
     temporary = temporary_path(path)
-    sidecar = digest_path(path)
-    sidecar_temporary = temporary_path(sidecar)
-    # The sha256sum lines of the new file and of the file it replaces, while
-    # an overwrite may leave the sidecar listing both.
-    new_line = old_line = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_hdf5(temporary, fill)
         if digest:
-            write_digest(temporary, sidecar_temporary, path.name)
-            new_line = sidecar_temporary.read_text(encoding="ascii")
-            old_line = _current_digest_line(path, sidecar)
-            if old_line is not None:
-                sidecar_temporary.write_text(new_line + old_line, encoding="ascii")
-                fsync_file(sidecar_temporary)
-            os.replace(sidecar_temporary, sidecar)
-            fsync_folder(path.parent)
+            replace_with_digest(temporary, path)
         else:
-            sidecar.unlink(missing_ok=True)
-        os.replace(temporary, path)
-        if digest:
-            fsync_folder(path.parent)
-            if old_line is not None:
-                sidecar_temporary.write_text(new_line, encoding="ascii")
-                fsync_file(sidecar_temporary)
-                os.replace(sidecar_temporary, sidecar)
-                fsync_folder(path.parent)
+            digest_path(path).unlink(missing_ok=True)
+            os.replace(temporary, path)
     except OSError as error:
         raise SnapshotError(
             f"cannot write {path}: {first_line(error)}; check that {path.parent} "
             "is a writable folder with free space"
         ) from error
     finally:
-        if old_line is not None:
-            # An error or Ctrl-C may have stopped the overwrite while the
-            # sidecar lists both digests. Flags set after a rename can miss
-            # a Ctrl-C that arrives just after it, so the files show which
-            # renames ran. ``temporary`` is gone once the new file is at
-            # ``path``.
-            _reduce_sidecar(sidecar, old_line if temporary.exists() else new_line)
-        for leftover in (temporary, sidecar_temporary):
-            if leftover.exists():
-                leftover.unlink()
+        if temporary.exists():
+            temporary.unlink()
     try:
         remove_stale_temporaries(path.parent)
     except OSError as error:
         # The file is written; a folder that cannot be listed keeps its
         # leftovers.
         logger.debug("could not scan %s for leftovers: %s", path.parent, error)
-
-
-def _reduce_sidecar(sidecar: Path, line: str) -> None:
-    """Replace ``sidecar`` with ``line`` when it lists two digests, so that
-    sha256sum -c passes. A sidecar of one line, or none, stays as it is."""
-    try:
-        lines = sidecar.read_text(encoding="ascii").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return
-    if len(lines) == 2:
-        rewrite_sidecar(sidecar, line)
-
-
-def _current_digest_line(path: Path, sidecar: Path) -> str | None:
-    """Return the sha256sum line of the file now at ``path`` (None: no file).
-
-    The line comes from the sidecar when it has one valid line, so a damaged
-    file stays unmatched; else from hashing the file.
-    """
-    if not path.is_file():
-        return None
-    try:
-        text = sidecar.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError):
-        text = ""
-    if parse_digest(text, path.name) is not None:
-        return text if text.endswith("\n") else text + "\n"
-    return f"{file_sha256(path)}  {path.name}\n"
 
 
 def host_finite(array, to_host, label: str, path) -> np.ndarray:
