@@ -21,7 +21,8 @@ import h5py
 import numpy as np
 
 from mochac.durable_files import special_file_kind
-from mochac.errors import ConfigError, DataError
+from mochac.errors import ConfigError, DataError, SnapshotError
+from mochac.runtime.file_digest import DATA_FILE_ADVICE, verify_digest
 
 # The dtype kinds a mean may have: signed and unsigned integers and floats.
 # Complex means, whose imaginary part a conversion would drop, are rejected.
@@ -96,8 +97,9 @@ class SubMean(DataTransformer):
     def load_mean(self) -> np.ndarray:
         """Return the mean: mean_blob, or the "mean" dataset of mean_file.
 
-        Raises DataError when mean_file cannot be opened, has no "mean"
-        dataset, or its values are not real numbers or not all finite.
+        Raises DataError when mean_file does not match its SHA-256 sidecar,
+        cannot be opened, has no "mean" dataset, or its values are not real
+        numbers or not all finite.
         """
         if self.mean_blob is not None:
             return self.mean_blob
@@ -118,6 +120,12 @@ class SubMean(DataTransformer):
                 f"DataTransformers.SubMean: mean_file {path} is a folder; name "
                 "an HDF5 file with a dataset 'mean'"
             )
+        # A file with a SHA-256 sidecar (examples/cifar10/prepare_data.py
+        # writes one) is compared with it before h5py parses it.
+        try:
+            verify_digest(path, DATA_FILE_ADVICE)
+        except SnapshotError as error:
+            raise DataError(f"DataTransformers.SubMean: mean_file {error}") from error
         try:
             handle = h5py.File(path, "r")
         except OSError as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import signal
 import subprocess
@@ -153,6 +154,13 @@ def test_prepare_names_missing_batches(tmp_path):
     assert "test_batch.bin" in message
 
 
+def test_prepare_writes_digests(prepared):
+    _, out = prepared
+    for name in ("train.hdf5", "test.hdf5", "mean.hdf5"):
+        digest = hashlib.sha256((out / name).read_bytes()).hexdigest()
+        assert (out / f"{name}.sha256").read_text() == f"{digest}  {name}\n"
+
+
 @pytest.mark.parametrize(
     ("signum", "status", "name"),
     [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")],
@@ -169,8 +177,11 @@ def test_prepare_stop_leaves_no_partial_file(tmp_path, signum, status, name):
     assert returncode == status
     assert f" WARNING stopped by {name}\n" in stderr
     assert "Traceback" not in stderr
-    # mean.hdf5 was complete before train.hdf5 was started.
-    assert [path.name for path in out.iterdir()] == ["mean.hdf5"]
+    # mean.hdf5 was complete, with its sidecar, before train.hdf5 was started.
+    assert sorted(path.name for path in out.iterdir()) == [
+        "mean.hdf5",
+        "mean.hdf5.sha256",
+    ]
 
 
 def test_prepare_stopped_list_leaves_no_file(tmp_path, monkeypatch):

