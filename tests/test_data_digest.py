@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mochac import AsyncHDF5DataLayer, DataError, HDF5DataLayer
-from mochac.runtime import hdf5_files
+from mochac.runtime import file_digest, hdf5_files
 from mochac.runtime.data_sources import make_source, shapes_before_reading
 from mochac.runtime.file_digest import digest_path
 
@@ -231,3 +231,25 @@ def test_async_reopen_checks_replaced_file(tmp_path):
     assert "does not match its SHA-256 digest in samples.hdf5.sha256" in str(
         caught.value
     )
+
+
+def test_file_replaced_during_check_reads(tmp_path, monkeypatch):
+    """A writer that puts a new sidecar and file in place (replace_with_digest)
+    after the check read the old sidecar, but before it hashed the file,
+    leaves no damage: the check reads the new sidecar and passes."""
+    path = data_file(tmp_path)
+    replacement = tmp_path / ".new.hdf5"
+    write_samples(replacement, first=10.0)
+    real_sha256 = file_digest.file_sha256
+    replaced = []
+
+    def replace_then_hash(name):
+        if not replaced:
+            replaced.append(name)
+            file_digest.replace_with_digest(replacement, path)
+        return real_sha256(name)
+
+    monkeypatch.setattr(file_digest, "file_sha256", replace_then_hash)
+    data = first_data(make_layer(HDF5DataLayer, tmp_path))
+    assert replaced == [path]
+    np.testing.assert_array_equal(data[:, 0], [10, 11, 12, 13])

@@ -58,6 +58,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# How many times verify_digest reads the sidecar and hashes the file when a
+# writer replaces one of them during each check.
+VERIFY_ATTEMPTS = 3
+
 # The advice that ends the error for a data file (written by a data
 # preparation step) that does not match its SHA-256 sidecar.
 DATA_FILE_ADVICE = (
@@ -105,14 +109,25 @@ def verify_digest(path, advice: str) -> bool:
     """
     path = Path(path)
     sidecar = sidecar_path(path)
-    if not sidecar.is_file():
-        return False
-    expected = read_digests(sidecar, advice)
-    try:
-        identity = file_identity(path)
-        actual = file_sha256(path)
-    except OSError as error:
-        raise SnapshotError(f"cannot read {path}: {error}; {advice}") from error
+    for _ in range(VERIFY_ATTEMPTS):
+        if not sidecar.is_file():
+            return False
+        sidecar_before = _identity_or_none(sidecar)
+        expected = read_digests(sidecar, advice)
+        try:
+            identity = file_identity(path)
+            actual = file_sha256(path)
+        except OSError as error:
+            raise SnapshotError(f"cannot read {path}: {error}; {advice}") from error
+        if actual in expected:
+            break
+        # A writer (replace_with_digest) that put a new sidecar and file in
+        # place after the sidecar was read leaves a mismatch without damage,
+        # so the check reads the pair again when either changed meanwhile.
+        if _identity_or_none(sidecar) == sidecar_before and (
+            _identity_or_none(path) == identity
+        ):
+            break
     if actual not in expected:
         raise SnapshotError(
             f"{path} does not match its SHA-256 digest in {sidecar.name}: the file "
@@ -123,6 +138,13 @@ def verify_digest(path, advice: str) -> bool:
     if len(expected) > 1:
         _reduce_after_load(path, sidecar, expected, identity, actual)
     return True
+
+
+def _identity_or_none(path) -> tuple | None:
+    try:
+        return file_identity(path)
+    except OSError:
+        return None
 
 
 def sidecar_path(path: Path) -> Path:
