@@ -253,3 +253,26 @@ def test_file_replaced_during_check_reads(tmp_path, monkeypatch):
     data = first_data(make_layer(HDF5DataLayer, tmp_path))
     assert replaced == [path]
     np.testing.assert_array_equal(data[:, 0], [10, 11, 12, 13])
+
+
+def test_file_rewritten_in_place_checked_again(tmp_path):
+    """A file rewritten in place with its old size and modification time
+    (cp -p over it, say) is hashed again: the inode's change time differs."""
+    path = data_file(tmp_path)
+    first_data(make_layer(HDF5DataLayer, tmp_path))
+    status = path.stat()
+    raw = bytearray(path.read_bytes())
+    offset = raw.find(np.full(4, 3.0, np.float32).tobytes())
+    assert offset >= 0
+    raw[offset + 1] ^= 0x01
+    with open(path, "r+b") as handle:
+        handle.write(raw)
+    # Each utime sets the change time to the clock, which may not have
+    # ticked since the first check.
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+    while path.stat().st_ctime_ns == status.st_ctime_ns:
+        os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+    assert path.stat().st_ino == status.st_ino
+    assert path.stat().st_mtime_ns == status.st_mtime_ns
+    with pytest.raises(DataError, match="does not match its SHA-256 digest"):
+        first_data(make_layer(HDF5DataLayer, tmp_path))

@@ -153,11 +153,22 @@ def sidecar_path(path: Path) -> Path:
     return digest_path(os.path.realpath(path) if path.is_symlink() else path)
 
 
-def file_identity(path) -> tuple[int, int, int, int]:
-    """Return the device, inode, size and modification time of ``path``,
-    which a rename over it or a write to it changes."""
+def file_identity(path) -> tuple[int, int, int, int, int]:
+    """Return the device, inode, size, modification time and inode change
+    time of ``path``, which a rename over it or a write to it changes.
+
+    The change time counts because a write that keeps the size and then
+    restores the modification time (``cp -p`` over the file, or a write
+    followed by ``touch -r``) changes only it, and utime cannot set it.
+    """
     status = os.stat(path)
-    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+    return (
+        status.st_dev,
+        status.st_ino,
+        status.st_size,
+        status.st_mtime_ns,
+        status.st_ctime_ns,
+    )
 
 
 def _reduce_after_load(path, sidecar, expected, identity, actual) -> None:

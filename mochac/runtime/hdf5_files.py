@@ -34,9 +34,9 @@ OPEN_ATTEMPTS = 3
 # Data files whose digest matched their sidecar: the real path, mapped to
 # the identities (file_identity) of the file and of its sidecar before the
 # file was hashed. Opening that version of the file again skips the hash.
-# NOTE: so damage that keeps a file's inode, size and modification time (a
-# failing disk) after its first check in a process goes unseen by later
-# opens in that process.
+# NOTE: so damage that changes no field of the identity (a failing disk)
+# after a file's first check in a process goes unseen by later opens in
+# that process.
 _matched_digests: dict[str, tuple] = {}
 
 
