@@ -125,7 +125,12 @@ class SubMean(DataTransformer):
         try:
             verify_digest(path, DATA_FILE_ADVICE)
         except SnapshotError as error:
-            raise DataError(f"DataTransformers.SubMean: mean_file {error}") from error
+            # A mismatch starts with the file's path, and a damaged sidecar
+            # with the sidecar's, which must not read as the mean_file.
+            problem = str(error)
+            if not problem.startswith(f"{path} "):
+                problem = f"{path}: {problem}"
+            raise DataError(f"DataTransformers.SubMean: mean_file {problem}") from error
         try:
             handle = h5py.File(path, "r")
         except OSError as error:

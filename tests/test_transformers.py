@@ -478,3 +478,17 @@ def test_submean_file_digest_checked(tmp_path):
     assert message.startswith(f"DataTransformers.SubMean: mean_file {mean_file} ")
     assert "does not match its SHA-256 digest in mean.hdf5.sha256" in message
     assert "delete mean.hdf5.sha256" in message
+
+
+def test_submean_damaged_sidecar_names_file(tmp_path):
+    """The error for a damaged sidecar names the mean file, and the sidecar
+    only as the digest it is."""
+    mean_file = write_mean(tmp_path / "mean.hdf5", MEAN.astype(np.float32))
+    sidecar = tmp_path / "mean.hdf5.sha256"
+    sidecar.write_text("not a digest\n")
+    with pytest.raises(DataError) as raised:
+        DataTransformers.SubMean(mean_file=str(mean_file)).load_mean()
+    message = str(raised.value)
+    assert message.startswith(f"DataTransformers.SubMean: mean_file {mean_file}: ")
+    assert f"mean_file {sidecar}" not in message
+    assert f"{sidecar} is not a SHA-256 digest line" in message
