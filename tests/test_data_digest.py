@@ -276,3 +276,35 @@ def test_file_rewritten_in_place_checked_again(tmp_path):
     assert path.stat().st_mtime_ns == status.st_mtime_ns
     with pytest.raises(DataError, match="does not match its SHA-256 digest"):
         first_data(make_layer(HDF5DataLayer, tmp_path))
+
+
+def test_async_reopen_after_in_place_rewrite(tmp_path):
+    """AsyncHDF5DataLayer opens a file again when it was rewritten in place
+    with its old size and modification time, and checks it then."""
+    path = data_file(tmp_path)
+    status = path.stat()
+    source = make_source(
+        make_layer(AsyncHDF5DataLayer, tmp_path), np.float32, np.random.default_rng(0)
+    )
+    try:
+        outputs = [np.zeros(shape, np.float32) for shape in source.shapes]
+        source.next_batch(outputs)
+        other = tmp_path / "other.hdf5"
+        write_samples(other, first=10.0)
+        raw = other.read_bytes()
+        assert len(raw) == status.st_size
+        with open(path, "r+b") as handle:
+            handle.write(raw)
+        # Each utime sets the change time to the clock, which may not have
+        # ticked since the file was opened.
+        os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+        while path.stat().st_ctime_ns == status.st_ctime_ns:
+            os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+        with pytest.raises(DataError) as caught:
+            for _ in range(6):
+                source.next_batch(outputs)
+    finally:
+        source.close()
+    assert "does not match its SHA-256 digest in samples.hdf5.sha256" in str(
+        caught.value
+    )

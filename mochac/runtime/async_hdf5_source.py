@@ -18,6 +18,7 @@ from mochac.layers.data import AsyncHDF5DataLayer
 from mochac.runtime.batch_checks import _who, check_finite_batch, describe_row
 from mochac.runtime.batch_order import BatchOrder
 from mochac.runtime.batch_transforms import apply_transformers, prepare_transformers
+from mochac.runtime.file_digest import file_identity
 from mochac.runtime.hdf5_files import (
     ScannedFile,
     _open_hdf5,
@@ -33,13 +34,12 @@ logger = logging.getLogger("mochac.runtime.data_sources")
 
 
 def _file_identity(path: Path) -> tuple | None:
-    """Return what changes when a file is replaced or rewritten: device, inode,
-    size and modification time; None when the file cannot be read."""
+    """Return what changes when a file is replaced or rewritten
+    (file_digest.file_identity), or None when the file cannot be read."""
     try:
-        status = path.stat()
+        return file_identity(path)
     except OSError:
         return None
-    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
 
 class ChunkReader:
