@@ -273,6 +273,23 @@ def test_cflags_change_builds_again(tmp_path, monkeypatch):
     assert built_path() == plain
 
 
+def test_builds_of_one_key_are_identical(tmp_path, monkeypatch):
+    """Two processes that compile one key at once each rename a digest record
+    and then an extension into place, so the record that ends up beside the
+    extension may be the other build's. The pair then matches only when both
+    builds write the same bytes, although each compiles in its own build
+    folder."""
+    monkeypatch.setenv("CFLAGS", "-g")
+    built = []
+    for name in ("first", "second"):
+        cache = tmp_path / name
+        monkeypatch.setenv("MOCHAC_CACHE_DIR", str(cache))
+        cache_net(5)
+        built.append(cached_extension(cache))
+    assert built[0].name == built[1].name
+    assert built[0].read_bytes() == built[1].read_bytes()
+
+
 # Builds a net in a child process whose files may grow to 64 KiB, less than
 # the generated C file, with SIGXFSZ ignored so that writes fail with EFBIG.
 BUILD_WITH_SMALL_FILE_LIMIT = textwrap.dedent(

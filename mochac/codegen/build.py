@@ -483,17 +483,6 @@ def build_extension(source: str, net_name: str, cache_hit_level=logging.INFO):
 
     logger.info("net '%s': compiling %s", net_name, path.name)
     include_dir, lib_dir, lib_name = blas_location()
-    ffi = cffi.FFI()
-    ffi.cdef(CDEF)
-    ffi.set_source(
-        module_name,
-        source,
-        include_dirs=[include_dir],
-        library_dirs=[lib_dir],
-        libraries=[lib_name],
-        extra_compile_args=COMPILE_ARGS,
-        extra_link_args=["-fopenmp", f"-Wl,-rpath,{lib_dir}"],
-    )
     try:
         remove_stale_build_folders()
         build_folder = tempfile.TemporaryDirectory(prefix=BUILD_FOLDER_PREFIX)
@@ -503,6 +492,21 @@ def build_extension(source: str, net_name: str, cache_hit_level=logging.INFO):
             f"folder: {error}; check that it has free space, or set TMPDIR to "
             "a writable folder"
         ) from error
+    ffi = cffi.FFI()
+    ffi.cdef(CDEF)
+    ffi.set_source(
+        module_name,
+        source,
+        include_dirs=[include_dir],
+        library_dirs=[lib_dir],
+        libraries=[lib_name],
+        # Python's CFLAGS usually hold -g, which would write the random build
+        # folder's path into the debug info. Two processes that compile one
+        # key at once must write the same bytes, or the digest record one of
+        # them renames into place may not match the extension of the other.
+        extra_compile_args=[*COMPILE_ARGS, f"-fdebug-prefix-map={build_folder.name}=."],
+        extra_link_args=["-fopenmp", f"-Wl,-rpath,{lib_dir}"],
+    )
     with build_folder as tmp:
         c_path = Path(tmp) / f"{module_name}.c"
         try:
