@@ -393,6 +393,39 @@ def test_resume_restores_decayed_rate(tmp_path):
     assert policy.learning_rate == pytest.approx(0.025)
 
 
+def test_resumed_snapshots_keep_best(tmp_path):
+    """A snapshot that a resumed run saves before its first validation keeps
+    the best validation of the snapshot it resumed, so a later resume from it
+    decays where the uninterrupted run does."""
+
+    def run(max_iter, values):
+        x, y = toy_data()
+        net = Net(
+            "decay", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y)
+        )
+        policy = LRPolicy.DecayOnValidation(0.1, "loss", 0.5, higher_better=False)
+        params = make_solver_parameters(
+            SGD(), max_iter=max_iter, lr_policy=policy, load_from=str(tmp_path)
+        )
+        solver = Solver(SGD(), params)
+        validation = ScriptedValidation("loss", values)
+        solver.add_coffee_break(validation, every_n_iter=6)
+        solver.add_coffee_break(Snapshot(tmp_path), every_n_iter=2)
+        setup(policy, validation, solver)
+        solver.solve(net)
+        return policy
+
+    run(2, [0.5])  # validation at 0 (the best), snapshots at 0 and 2
+    run(4, [])  # resumes at 2, snapshot at 4 without a validation
+    with h5py.File(tmp_path / "snapshot-000004.h5", "r") as handle:
+        attrs = dict(handle["solver"].attrs)
+    assert attrs.get("decay_on_validation_best") == 0.5
+    assert attrs.get("decay_on_validation_best_iter") == 0
+    policy = run(6, [0.6])  # resumes at 4; 0.6 at 6 is worse than 0.5 at 0
+    assert policy.best == 0.5
+    assert policy.learning_rate == pytest.approx(0.05)
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_policies_refuse_non_finite_values(value):
     with pytest.raises(mochac.ConfigError, match="finite"):

@@ -299,10 +299,17 @@ class DecayOnValidation:
         if best is not None and best_iter is not None and math.isfinite(best):
             self.best, self.best_iter = float(best), best_iter
 
+    def state_attrs(self) -> dict:
+        """Return the /solver attributes that keep the best validation, or an
+        empty dict before the first one."""
+        if self.best is None:
+            return {}
+        best_key, iter_key = self.BEST_ATTRIBUTES
+        return {best_key: self.best, iter_key: self.best_iter}
+
     def _record_best(self, solver) -> None:
         """Put the best validation into the solver state that snapshots store."""
-        best_key, iter_key = self.BEST_ATTRIBUTES
-        solver.state.policy_attrs = {best_key: self.best, iter_key: self.best_iter}
+        solver.state.policy_attrs = self.state_attrs()
 
     def setup(self, validation, solver) -> None:
         """Listen to ``validation`` (a ValidationPerformance) during ``solver``'s run.

@@ -126,6 +126,11 @@ def restore(solver, net):
     solver.method.load_buffers(buffers, net.backend)
     if restore_policy is not None:
         restore_policy(attrs)
+        # The snapshots this run saves before the policy's next decision
+        # must keep what it restored, or a resume from one of them loses it.
+        state_attrs = getattr(solver.params["lr_policy"], "state_attrs", None)
+        if state_attrs is not None:
+            solver.state.policy_attrs = state_attrs()
     solver.state.iter = iteration
     obj_val = as_real(attrs.get("obj_val"))
     solver.state.obj_val = math.nan if obj_val is None else float(obj_val)
