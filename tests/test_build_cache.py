@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -329,6 +330,48 @@ def test_build_file_write_failure_message(tmp_path):
     assert "cannot write the build files" in result.stdout, result.stdout
     assert "File too large" in result.stdout
     assert "C compiler failed" not in result.stdout
+
+
+def test_stale_cache_temporaries_removed(tmp_path):
+    """Temporary files that a build killed while publishing left in the cache
+    more than a day ago go; fresh ones and other files stay."""
+    from mochac.codegen.build import (
+        STALE_BUILD_SECONDS,
+        remove_stale_cache_temporaries,
+    )
+
+    now = 1_000_000_000.0
+    old = now - STALE_BUILD_SECONDS - 60
+    name = "_mochac_0123456789abcdef0123.so"
+    stale = tmp_path / f".{name}.k2j4h5g6.tmp"
+    stale_record = tmp_path / f".{name}.sha256.a1b2c3d4.tmp"
+    fresh = tmp_path / f".{name}.z9y8x7w6.tmp"
+    extension = tmp_path / name
+    other = tmp_path / ".other.q1w2e3r4.tmp"
+    for path in (stale, stale_record, fresh, extension, other):
+        path.write_text("")
+    for path in (stale, stale_record, extension, other):
+        os.utime(path, (old, old))
+    os.utime(fresh, (now, now))
+    remove_stale_cache_temporaries(tmp_path, now)
+    assert not stale.exists()
+    assert not stale_record.exists()
+    assert fresh.exists()
+    assert extension.exists()
+    assert other.exists()
+
+
+def test_compile_removes_stale_cache_temporaries(tmp_path, monkeypatch):
+    """A compile into the cache removes what a killed publish left there."""
+    from mochac.codegen.build import STALE_BUILD_SECONDS
+
+    monkeypatch.setenv("MOCHAC_CACHE_DIR", str(tmp_path))
+    stale = tmp_path / "._mochac_0123456789abcdef0123.so.k2j4h5g6.tmp"
+    stale.write_text("")
+    old = time.time() - STALE_BUILD_SECONDS - 60
+    os.utime(stale, (old, old))
+    cache_net(6)
+    assert not stale.exists()
 
 
 def test_stale_build_folders_removed(tmp_path):

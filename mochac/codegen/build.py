@@ -25,6 +25,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -401,6 +402,29 @@ def remove_stale_build_folders(folder: Path | None = None, now: float | None = N
         logger.debug("removed the stale build folder %s", candidate)
 
 
+def remove_stale_cache_temporaries(folder: Path, now: float | None = None) -> None:
+    """Remove this user's temporary files (temporary_file) in the cache
+    ``folder`` that are older than STALE_BUILD_SECONDS. A process killed
+    while it copied an extension or its record into the cache leaves one
+    behind, and no later build reuses its random name."""
+    now = time.time() if now is None else now
+    try:
+        candidates = list(folder.glob("._mochac_*.tmp"))
+    except OSError:
+        return
+    for candidate in candidates:
+        try:
+            info = candidate.lstat()
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+                continue
+            if now - info.st_mtime < STALE_BUILD_SECONDS:
+                continue
+            candidate.unlink()
+        except OSError:
+            continue
+        logger.debug("removed the stale cache temporary file %s", candidate)
+
+
 def build_folder_message(
     net_name: str, build_folder: Path, cache_folder: Path, problem: str, output: str
 ) -> str:
@@ -483,6 +507,7 @@ def build_extension(source: str, net_name: str, cache_hit_level=logging.INFO):
 
     logger.info("net '%s': compiling %s", net_name, path.name)
     include_dir, lib_dir, lib_name = blas_location()
+    remove_stale_cache_temporaries(folder)
     try:
         remove_stale_build_folders()
         build_folder = tempfile.TemporaryDirectory(prefix=BUILD_FOLDER_PREFIX)
