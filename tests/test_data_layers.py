@@ -502,6 +502,32 @@ def test_memory_arrays_replaced_other_count(count):
     assert source.shapes == [(4, 3), (4, 1)]
 
 
+@pytest.mark.parametrize(
+    "assign",
+    [
+        lambda source, x: source.arrays.__setitem__(0, x),
+        lambda source, x: setattr(source, "arrays", [x]),
+    ],
+    ids=["item", "list"],
+)
+def test_memory_same_array_assigned_restarts(assign):
+    """Assigning the array the source already reads, such as a buffer
+    refilled in place with new samples, starts the batches over at its first
+    sample, as assigning another array does."""
+    x = np.arange(6, dtype=np.float32).reshape(6, 1)
+    layer = MemoryDataLayer(name="mem", batch_size=4, tops=["data"], data=[x])
+    source = open_source(layer)
+    source.arrays[0] = x
+    next_batch(source)
+    assert source.position == 4
+    x[...] += 100
+    assign(source, x)
+    (data,), n_valid = next_batch(source)
+    np.testing.assert_array_equal(data.ravel(), [100.0, 101.0, 102.0, 103.0])
+    assert n_valid == 4
+    assert source.position == 4
+
+
 def test_memory_array_resized_in_place():
     x = np.zeros((6, 3), dtype=np.float32)
     layer = MemoryDataLayer(name="mem", batch_size=4, tops=["data"], data=[x])

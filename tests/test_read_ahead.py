@@ -171,3 +171,23 @@ def test_state_after_arrays_replaced():
     # The next batch comes from the first rows of the new arrays.
     wrapped.read(out)
     np.testing.assert_array_equal(out[0].ravel(), [100.0, 101.0, 102.0, 103.0])
+
+
+def test_same_array_assigned_after_read():
+    """Assigning the same array object again after a read makes the pending
+    batch outdated, so the next batch comes from the array's first rows."""
+    rows = np.arange(10.0).reshape(10, 1)
+    layer = MemoryDataLayer(name="rows", batch_size=4, data=[rows], tops=["data"])
+    wrapped = ReadAhead(make_source(layer, np.float64, np.random.default_rng(3)))
+    out = [np.empty((4, 1))]
+    wrapped.read(out)
+    wrapped.take()
+    wrapped.read(out)
+    rows[...] += 100
+    wrapped.arrays[0] = rows
+    assert wrapped.is_outdated()
+    state = wrapped.state_dict()
+    assert state["position"] == 0
+    assert wrapped.pending is None
+    wrapped.read(out)
+    np.testing.assert_array_equal(out[0].ravel(), [100.0, 101.0, 102.0, 103.0])

@@ -68,13 +68,49 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+class _CountedArrays(list):
+    """A data source's list of arrays that counts the changes made through it,
+    so that assigning an array again restarts the batches even when it is the
+    same object, such as a buffer refilled in place."""
+
+    changes = 0
+
+
+def _count_change(name):
+    method = getattr(list, name)
+
+    def counted(self, *args):
+        self.changes += 1
+        return method(self, *args)
+
+    counted.__name__ = name
+    return counted
+
+
+for _name in (
+    "__setitem__",
+    "__delitem__",
+    "__iadd__",
+    "append",
+    "extend",
+    "insert",
+    "pop",
+    "remove",
+    "clear",
+    "sort",
+    "reverse",
+):
+    setattr(_CountedArrays, _name, _count_change(_name))
+
+
 class DataSource(BatchOrder):
     """Batches of a set of equally long arrays, one per top.
 
     ``arrays`` may be replaced, item by item, by arrays with any number of
     samples but the same sample shapes, which the compiled code is fixed to.
     The next batch then starts at the first sample of the new arrays, and a
-    state captured before the replacement is not restored over them.
+    state captured before the replacement is not restored over them. An
+    assignment counts as a replacement even when it assigns the same array.
     """
 
     def __init__(
@@ -95,6 +131,7 @@ class DataSource(BatchOrder):
         # replaced or resized ones.
         self._read_from = list(arrays)
         self._read_shapes = [np.shape(array) for array in arrays]
+        self._read_assignments = self.arrays_assignments
         # The number of times the arrays were replaced, which states carry
         # (state_dict) so that stale ones are not restored.
         self.arrays_version = 0
@@ -102,6 +139,32 @@ class DataSource(BatchOrder):
         # For data read from files: (paths, starts), where starts[f] is the
         # first data row of file f (describe_row).
         self.files = None
+
+    @property
+    def arrays(self):
+        """The arrays the source reads, one per top.
+
+        NOTE: after an assignment, ``position`` and ``epoch`` keep their old
+        values until the next batch or state_dict() takes the new arrays in.
+        """
+        return self._arrays
+
+    @arrays.setter
+    def arrays(self, value):
+        # The count continues from the changes made through the old list, so
+        # it never returns to the value that _read_assignments may contain.
+        before = getattr(self, "_list_assignments", -1)
+        before += getattr(getattr(self, "_arrays", None), "changes", 0)
+        # A bare array stays as it is, so that _check_array_count names it.
+        if isinstance(value, (list, tuple)):
+            value = _CountedArrays(value)
+        self._arrays = value
+        self._list_assignments = before + 1
+
+    @property
+    def arrays_assignments(self) -> int:
+        """The number of assignments to ``arrays`` and changes through it."""
+        return self._list_assignments + getattr(self._arrays, "changes", 0)
 
     def describe_row(self, row: int) -> str:
         """Return how errors name data row ``row``: "data row R", and the
@@ -120,7 +183,7 @@ class DataSource(BatchOrder):
         have no samples.
         """
         self._check_array_count()
-        unchanged = all(
+        unchanged = self.arrays_assignments == self._read_assignments and all(
             array is old and np.shape(array) == shape
             for array, old, shape in zip(
                 self.arrays, self._read_from, self._read_shapes
@@ -145,6 +208,7 @@ class DataSource(BatchOrder):
             )
         self._read_from = list(self.arrays)
         self._read_shapes = [np.shape(array) for array in self.arrays]
+        self._read_assignments = self.arrays_assignments
         # Rows of other arrays are not rows of the files the source read.
         self.files = None
         if counts[0] != self.n_samples:

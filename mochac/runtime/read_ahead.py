@@ -59,17 +59,20 @@ class ReadAhead:
         return n_valid
 
     def _arrays_now(self):
-        """Return the source's arrays (a MemoryDataLayer's) with their shapes,
-        or None for a source without arrays."""
+        """Return the number of assignments to the source's arrays (a
+        MemoryDataLayer's) and the arrays with their shapes, or None for a
+        source without arrays."""
         arrays = getattr(self.source, "arrays", None)
         if arrays is None:
             return None
-        return [(array, getattr(array, "shape", None)) for array in arrays]
+        assignments = getattr(self.source, "arrays_assignments", 0)
+        return assignments, [(array, getattr(array, "shape", None)) for array in arrays]
 
     def is_outdated(self) -> bool:
         """Return whether the pending batch was read from arrays that have
-        since been replaced in the source's list, such as through
-        ``source.arrays[0] = new`` on a reference kept from before the read.
+        since been assigned in the source's list, such as through
+        ``source.arrays[0] = new`` on a reference kept from before the read,
+        even when the assigned array is the same object.
 
         Writes into an array in place leave it the same object, so they are
         not seen here; drop() has to be called after them.
@@ -77,11 +80,15 @@ class ReadAhead:
         if self.pending is None or self.arrays_read is None:
             return False
         now = self._arrays_now()
-        if now is None or len(now) != len(self.arrays_read):
+        if now is None:
+            return True
+        assignments, arrays = now
+        assignments_read, arrays_read = self.arrays_read
+        if assignments != assignments_read or len(arrays) != len(arrays_read):
             return True
         return any(
             array is not old or shape != old_shape
-            for (array, shape), (old, old_shape) in zip(now, self.arrays_read)
+            for (array, shape), (old, old_shape) in zip(arrays, arrays_read)
         )
 
     def take(self) -> int:
