@@ -1,6 +1,8 @@
 """TiedInnerProductLayer: the encoder's weight as one storage, learned by the
 encoder alone (Mocha) or by both layers with learn_weights=True."""
 
+import logging
+
 import numpy as np
 import pytest
 from gradcheck import build_net, check_gradients, numeric_gradient, preserved
@@ -61,6 +63,21 @@ def build_autoencoder(learn_weights):
     net = Net("autoencoder", backend, layers)
     net.load_batch()
     return net
+
+
+def test_build_log_counts_tied_weight_once(caplog):
+    """The build log counts the weight the decoder shares with the encoder
+    once: 4 x 6 weights, 4 encoder biases and 6 decoder biases."""
+    backend = CPUBackend(dtype=np.float64, seed=1, threads=2)
+    with caplog.at_level(logging.INFO, logger="mochac.runtime.net"):
+        Net("tied-count", backend, autoencoder_layers())
+    built = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "mochac.runtime.net" and "tied-count" in record.getMessage()
+    ]
+    assert len(built) == 1
+    assert "34 parameters" in built[0]
 
 
 @pytest.fixture(scope="module")

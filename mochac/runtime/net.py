@@ -356,9 +356,14 @@ class Net:
         )
         self.loss_sums: dict[str, list] = {}
         self.forward_done = False
-        param_count = sum(
-            a.size for layer in self.params.values() for a in layer.values()
-        )
+        # An array that layers share (param_key, a tied decoder's weight)
+        # counts once.
+        shared_arrays = {
+            id(array): array.size
+            for layer in self.params.values()
+            for array in layer.values()
+        }
+        param_count = sum(shared_arrays.values())
         unplanned = sum(
             slot.nbytes
             for slot in self.slots.slots
