@@ -80,6 +80,20 @@ def test_build_log_counts_tied_weight_once(caplog):
     assert "34 parameters" in built[0]
 
 
+def test_net_repr_aligns_long_names():
+    """print(net) keeps its columns aligned when a class name
+    (TiedInnerProductLayer) or a layer name is longer than the usual width,
+    and a layer without tops ends its line without trailing spaces."""
+    layers = autoencoder_layers()
+    layers[-1] = layers[-1].replace(name="reconstruction-loss")
+    net = Net("tied-repr", CPUBackend(dtype=np.float64, seed=1, threads=2), layers)
+    lines = repr(net).splitlines()[1:]
+    arrows = [line.index("->") for line in lines]
+    assert len(lines) == 4
+    assert len(set(arrows)) == 1
+    assert lines[-1].endswith("->")
+
+
 @pytest.fixture(scope="module")
 def autoencoder():
     """The auto-encoder with Mocha's tied decoder, which learns only its bias."""

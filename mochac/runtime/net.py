@@ -1019,8 +1019,14 @@ class Net:
 
     def __repr__(self):
         lines = [f"Net '{self.name}' ({self.backend.dtype.name})"]
-        for index in self.ir.forward_order:
-            info = self.ir.layers[index]
+        infos = [self.ir.layers[index] for index in self.ir.forward_order]
+        # The columns are as wide as their longest entry, so long layer names
+        # ("RandomMaskLayer-3") and class names stay aligned.
+        name_width = max([16, *(len(info.name) for info in infos)])
+        kind_width = max([20, *(len(type(info.layer).__name__) for info in infos)])
+        for info in infos:
             tops = ", ".join(f"{t} {self.ir.blobs[t].shape}" for t in info.layer.tops)
-            lines.append(f"  {info.name:<16} {type(info.layer).__name__:<20} -> {tops}")
+            kind = type(info.layer).__name__
+            line = f"  {info.name:<{name_width}} {kind:<{kind_width}} -> {tops}"
+            lines.append(line.rstrip())
         return "\n".join(lines)
