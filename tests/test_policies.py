@@ -426,6 +426,53 @@ def test_resumed_snapshots_keep_best(tmp_path):
     assert policy.learning_rate == pytest.approx(0.05)
 
 
+def test_restore_without_best_clears_best():
+    policy = LRPolicy.DecayOnValidation(0.1, "loss", 0.5, higher_better=False)
+    policy.best, policy.best_iter = 0.4, 4
+    policy.restore({"learning_rate": 0.05})
+    assert policy.learning_rate == 0.05
+    assert policy.best is None
+    assert policy.best_iter is None
+
+
+def test_second_solve_forgets_later_best(tmp_path):
+    """A policy resumed from a snapshot saved before any validation compares
+    with no best, not with the best of a solve() that went past it."""
+
+    class ValidationAfterStart(ScriptedValidation):
+        def enjoy(self, solver, net):
+            if solver.state.iter > 0:
+                super().enjoy(solver, net)
+
+    def run(policy, folder, max_iter, values, load_from=None):
+        x, y = toy_data()
+        net = Net(
+            "decay", CPUBackend(dtype=np.float64, seed=2), classifier_layers(x, y)
+        )
+        params = make_solver_parameters(
+            SGD(), max_iter=max_iter, lr_policy=policy, load_from=load_from
+        )
+        solver = Solver(SGD(), params)
+        solver.add_coffee_break(Snapshot(folder), every_n_iter=2)
+        validation = ValidationAfterStart("loss", values)
+        solver.add_coffee_break(validation, every_n_iter=2)
+        setup(policy, validation, solver)
+        solver.solve(net)
+
+    policy = LRPolicy.DecayOnValidation(0.1, "loss", 0.5, higher_better=False)
+    run(policy, tmp_path / "first", 4, [0.5, 0.4])
+    assert policy.best == 0.4
+    assert policy.best_iter == 4
+    first_snapshot = tmp_path / "first" / "snapshot-000000.h5"
+    with h5py.File(first_snapshot, "r") as handle:
+        assert "decay_on_validation_best" not in handle["solver"].attrs
+    # 0.6 at iteration 2 is the first validation since the snapshot.
+    run(policy, tmp_path / "second", 2, [0.6], load_from=str(first_snapshot))
+    assert policy.best == 0.6
+    assert policy.best_iter == 2
+    assert policy.learning_rate == 0.1
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_policies_refuse_non_finite_values(value):
     with pytest.raises(mochac.ConfigError, match="finite"):

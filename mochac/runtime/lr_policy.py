@@ -290,7 +290,11 @@ class DecayOnValidation:
 
     def restore(self, attrs) -> None:
         """Continue from the rate and the best validation stored in a snapshot's
-        solver attributes (snapshots of older versions have no best)."""
+        solver attributes.
+
+        A snapshot saved before the first validation, or by an older version,
+        has no best, so the policy then starts with none as a fresh one would.
+        """
         # The snapshot predates any decision made since it was saved.
         self.decided_at = None
         self.learning_rate = float(attrs["learning_rate"])
@@ -298,6 +302,10 @@ class DecayOnValidation:
         best, best_iter = as_real(attrs.get(best_key)), as_int(attrs.get(iter_key))
         if best is not None and best_iter is not None and math.isfinite(best):
             self.best, self.best_iter = float(best), best_iter
+        else:
+            # A best kept in memory may come from an iteration after the
+            # snapshot's, of a solve() that ran before this one.
+            self.best, self.best_iter = None, None
 
     def state_attrs(self) -> dict:
         """Return the /solver attributes that keep the best validation, or an
