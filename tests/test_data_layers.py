@@ -528,6 +528,35 @@ def test_memory_same_array_assigned_restarts(assign):
     assert source.position == 4
 
 
+@pytest.mark.parametrize(
+    "assign",
+    [
+        lambda source, x: source.arrays.__setitem__(0, x),
+        lambda source, x: setattr(source, "arrays", [x]),
+        lambda source, x: source.arrays.__setitem__(0, source.arrays[0]),
+        lambda source, x: source.arrays[0].resize((3, 1), refcheck=False),
+    ],
+    ids=["item", "list", "same-array", "resized"],
+)
+def test_memory_position_restarts_at_assignment(assign):
+    """``position`` is 0 right after an assignment, before a batch takes
+    the new arrays in, and ``epoch`` keeps counting."""
+    x = np.arange(6, dtype=np.float32).reshape(6, 1)
+    layer = MemoryDataLayer(name="mem", batch_size=4, tops=["data"], data=[x.copy()])
+    source = open_source(layer)
+    for _ in range(2):
+        next_batch(source)
+    assert source.position == 2
+    assert source.epoch == 1
+    assign(source, x + 100)
+    assert source.position == 0
+    assert source.epoch == 1
+    (data,), _ = next_batch(source)
+    assert data.ravel()[0] == source.arrays[0][0, 0]
+    assert source.position == 4 % len(source.arrays[0])
+    assert source.epoch == (1 if len(source.arrays[0]) > 4 else 2)
+
+
 def test_memory_array_resized_in_place():
     x = np.zeros((6, 3), dtype=np.float32)
     layer = MemoryDataLayer(name="mem", batch_size=4, tops=["data"], data=[x])

@@ -191,3 +191,48 @@ def test_same_array_assigned_after_read():
     assert wrapped.pending is None
     wrapped.read(out)
     np.testing.assert_array_equal(out[0].ravel(), [100.0, 101.0, 102.0, 103.0])
+
+
+def test_assignment_with_pending_batch(tmp_path):
+    """Arrays assigned while a batch that ended an epoch is pending: the
+    wrapped source reports the plain source's position and epoch at once,
+    and after the drop that GPUNet makes it serves the same batches from the
+    same state."""
+    with h5py.File(tmp_path / "rows.h5", "w") as handle:
+        handle["data"] = np.arange(7.0).reshape(7, 1)
+    (tmp_path / "rows.txt").write_text("rows.h5\n")
+    layer = HDF5DataLayer(
+        name="rows",
+        source=str(tmp_path / "rows.txt"),
+        batch_size=3,
+        shuffle=True,
+        tops=["data"],
+    )
+    wrapped, plain = (
+        ReadAhead(make_source(layer, np.float64, np.random.default_rng(3))),
+        make_source(layer, np.float64, np.random.default_rng(3)),
+    )
+
+    for _ in range(2):
+        read(wrapped)
+        wrapped.take()
+        batch(plain)
+    # This read wraps past the 7th sample, so the source ends epoch 0 and
+    # draws the next order.
+    read(wrapped)
+    assert wrapped.source.epoch == 1
+
+    new_rows = np.arange(100.0, 105.0).reshape(5, 1)
+    for source in (wrapped, plain):
+        source.arrays[0] = new_rows
+    assert wrapped.position == plain.position == 0
+    assert wrapped.epoch == plain.epoch == 0
+
+    wrapped.drop()
+    assert wrapped.position == 0
+    assert wrapped.epoch == 0
+
+    for _ in range(3):
+        assert read(wrapped) == batch(plain)
+        wrapped.take()
+        same_state(wrapped.state_dict(), plain.state_dict())

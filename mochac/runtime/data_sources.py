@@ -109,7 +109,8 @@ class DataSource(BatchOrder):
     ``arrays`` may be replaced, item by item, by arrays with any number of
     samples but the same sample shapes, which the compiled code is fixed to.
     The next batch then starts at the first sample of the new arrays, and a
-    state captured before the replacement is not restored over them. An
+    state captured before the replacement is not restored over them. From
+    the assignment on, ``position`` is 0, and ``epoch`` keeps counting. An
     assignment counts as a replacement even when it assigns the same array.
     """
 
@@ -142,12 +143,22 @@ class DataSource(BatchOrder):
 
     @property
     def arrays(self):
-        """The arrays the source reads, one per top.
-
-        NOTE: after an assignment, ``position`` and ``epoch`` keep their old
-        values until the next batch or state_dict() takes the new arrays in.
-        """
+        """The arrays the source reads, one per top."""
         return self._arrays
+
+    @property
+    def position(self) -> int:
+        """The index of the next sample in the batch order.
+
+        Arrays replaced since the last batch restart at sample 0, so the
+        position is 0 from the assignment on, before the next batch or
+        state_dict() checks the new arrays and takes them in.
+        """
+        return 0 if self._arrays_replaced() else self._position
+
+    @position.setter
+    def position(self, value: int):
+        self._position = value
 
     @arrays.setter
     def arrays(self, value):
@@ -183,13 +194,7 @@ class DataSource(BatchOrder):
         have no samples.
         """
         self._check_array_count()
-        unchanged = self.arrays_assignments == self._read_assignments and all(
-            array is old and np.shape(array) == shape
-            for array, old, shape in zip(
-                self.arrays, self._read_from, self._read_shapes
-            )
-        )
-        if unchanged:
+        if not self._arrays_replaced():
             return
         for top, array, sample_shape in zip(
             self.layer.tops, self.arrays, self.sample_shapes
@@ -225,6 +230,18 @@ class DataSource(BatchOrder):
         self.order = self._new_order()
         self.arrays_version += 1
 
+    def _arrays_replaced(self) -> bool:
+        """Return whether ``arrays`` was assigned to, or an array in it was
+        replaced or resized, since the last batch took the arrays in."""
+        if self.arrays_assignments != self._read_assignments:
+            return True
+        return not all(
+            array is old and np.shape(array) == shape
+            for array, old, shape in zip(
+                self.arrays, self._read_from, self._read_shapes
+            )
+        )
+
     def state_dict(self) -> dict:
         """Return BatchOrder.state_dict after taking in replaced arrays,
         with the version of the arrays it belongs to."""
@@ -237,6 +254,20 @@ class DataSource(BatchOrder):
         new ones."""
         if not self.is_stale(state):
             super().load_state_dict(state)
+
+    def load_state_before_replacement(self, state: dict):
+        """Restore ``state``, captured before the arrays were replaced, when
+        the source has not taken the new arrays in yet; otherwise act as
+        load_state_dict.
+
+        ReadAhead uses it to undo a batch read from the old arrays. The next
+        batch then restarts on the new arrays from the epoch and generator
+        state of before that read, as a source without read-ahead does.
+        """
+        if state.get("arrays_version") == self.arrays_version:
+            BatchOrder.load_state_dict(self, state)
+        else:
+            self.load_state_dict(state)
 
     def check_state_dict(self, state: dict) -> None:
         if not self.is_stale(state):

@@ -108,10 +108,16 @@ class ReadAhead:
         back before it."""
         if self.pending is None:
             return
+        outdated = self.is_outdated()
         before, rows = self.before, self.served_rows
         for name in ("pending", "before", "served_rows", "error", "arrays_read"):
             object.__setattr__(self, name, None)
-        self.source.load_state_dict(before)
+        restore = self.source.load_state_dict
+        if outdated:
+            # A DataSource takes the new arrays in at its next batch, from the
+            # epoch and generator state it had before the read.
+            restore = getattr(self.source, "load_state_before_replacement", restore)
+        restore(before)
         if rows is not None:
             self.source.last_indices = rows
 
@@ -119,7 +125,11 @@ class ReadAhead:
 
     @property
     def position(self) -> int:
-        return self.source.position if self.pending is None else self.before["position"]
+        # Arrays replaced since the read restart at sample 0, which the
+        # source's own position reports.
+        if self.pending is None or self.is_outdated():
+            return self.source.position
+        return self.before["position"]
 
     @property
     def epoch(self) -> int:
