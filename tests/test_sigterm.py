@@ -1,6 +1,7 @@
 """exit_on_sigterm: a SIGTERM waits for the running step or snapshot write,
 then ends the block with one warning and exit status 143."""
 
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from test_solver_interrupts import (
 
 import mochac
 from mochac import Snapshot
+from mochac.runtime.ctrl_c import CTRL_C_EXIT_STATUS, exit_on_ctrl_c
 from mochac.runtime.interrupts import StepInterrupts, Terminated, raise_terminated
 from mochac.runtime.sigterm import SIGTERM_EXIT_STATUS, exit_on_sigterm
 
@@ -25,6 +27,12 @@ from mochac.runtime.sigterm import SIGTERM_EXIT_STATUS, exit_on_sigterm
 def default_sigterm():
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         pytest.skip("another SIGTERM handler is installed")
+
+
+@pytest.fixture
+def default_stop_handlers(default_sigterm):
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("another SIGINT handler is installed")
 
 
 def warning_messages(caplog):
@@ -222,3 +230,89 @@ def test_exit_on_sigterm_copied_to_other_signal(default_sigterm, caplog):
         signal.signal(signal.SIGHUP, previous)
     assert raised.value.code == 128 + signal.SIGHUP
     assert warning_messages(caplog) == ["stopped by SIGHUP"]
+
+
+class SignalOnFirstRecord(logging.Handler):
+    """A logging handler that sends this process ``signum`` while it handles
+    its first record, as a second Ctrl-C or kill during the warning would."""
+
+    def __init__(self, signum):
+        super().__init__(level=logging.WARNING)
+        self.signum = signum
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+        if len(self.messages) == 1:
+            signal.raise_signal(self.signum)
+
+
+@pytest.mark.parametrize(
+    ("blocks", "first", "second", "status", "message"),
+    [
+        (
+            [exit_on_ctrl_c],
+            KeyboardInterrupt,
+            signal.SIGINT,
+            CTRL_C_EXIT_STATUS,
+            "stopped by Ctrl-C",
+        ),
+        (
+            [exit_on_sigterm, exit_on_ctrl_c],
+            KeyboardInterrupt,
+            signal.SIGTERM,
+            CTRL_C_EXIT_STATUS,
+            "stopped by Ctrl-C",
+        ),
+        (
+            [exit_on_sigterm],
+            Terminated(signal.SIGTERM),
+            signal.SIGTERM,
+            SIGTERM_EXIT_STATUS,
+            "stopped by SIGTERM",
+        ),
+        (
+            [exit_on_sigterm],
+            Terminated(signal.SIGTERM),
+            signal.SIGINT,
+            SIGTERM_EXIT_STATUS,
+            "stopped by SIGTERM",
+        ),
+    ],
+    ids=[
+        "ctrl-c-then-ctrl-c",
+        "ctrl-c-then-sigterm",
+        "sigterm-twice",
+        "sigterm-then-ctrl-c",
+    ],
+)
+def test_second_signal_during_warning(
+    default_stop_handlers, blocks, first, second, status, message
+):
+    """A second signal while the block logs its warning is dropped: the
+    block exits with the status of the first, after one warning."""
+    handler = SignalOnFirstRecord(second)
+    loggers = [
+        logging.getLogger(name)
+        for name in ("mochac.runtime.ctrl_c", "mochac.runtime.sigterm")
+    ]
+    for logger in loggers:
+        logger.addHandler(handler)
+    escaped = None
+    try:
+        with contextlib.ExitStack() as stack:
+            for block in blocks:
+                stack.enter_context(block())
+            raise first
+    # Caught here so that a KeyboardInterrupt fails this test rather than
+    # stopping pytest.
+    except BaseException as error:  # noqa: BLE001
+        escaped = error
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    assert type(escaped) is SystemExit
+    assert escaped.code == status
+    assert handler.messages == [message]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
 from pathlib import Path
 
 from mochac.runtime.snapshot import snapshot_iterations
@@ -23,6 +25,47 @@ logger = logging.getLogger(__name__)
 
 # 128 + SIGINT, the status a shell reports for a process that a Ctrl-C ended.
 CTRL_C_EXIT_STATUS = 130
+
+# The signals that a second Ctrl-C or kill sends while a block reports the
+# stop of the first.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _ignore_signal(signum, frame) -> None:
+    """Drop a signal that arrives while a stop is being reported."""
+
+
+@contextlib.contextmanager
+def stop_signals_ignored():
+    """Drop SIGINT and SIGTERM in the block where they have Python handlers,
+    and put those handlers back at its end.
+
+    exit_on_ctrl_c and exit_on_sigterm report a stop in it, so a second
+    Ctrl-C or SIGTERM cannot raise from the logging call and replace the
+    exit status of the first. The replacement is a Python handler rather
+    than SIG_IGN, because CPython prints "Signal N ignored due to race
+    condition" for a signal that a Python handler received but that finds
+    SIG_IGN installed when it is handled.
+    A signal left to the C default or ignored stays so, and outside the
+    main thread nothing changes, since only the main thread may set
+    handlers.
+
+    NOTE: a second signal that arrives after the first's exception was
+    raised but before the block starts, while the stack unwinds, still
+    replaces that exception.
+    """
+    replaced = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            if callable(signal.getsignal(signum)):
+                replaced[signum] = signal.signal(signum, _ignore_signal)
+    try:
+        yield
+    finally:
+        for signum, handler in replaced.items():
+            # A handler that replaced this one in the block stays.
+            if signal.getsignal(signum) is _ignore_signal:
+                signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
@@ -36,17 +79,20 @@ def exit_on_ctrl_c(solver=None):
     to show with its time and level, the script calls log_to_console()
     first. Without a solver, the warning only states that a Ctrl-C stopped
     the script. A SystemExit from an inner block passes through unchanged,
-    so an outer block without a solver keeps an inner block's warning.
+    so an outer block without a solver keeps an inner block's warning. A
+    second Ctrl-C or SIGTERM during the warning is dropped
+    (stop_signals_ignored).
     """
     calls_before = solver._solve_calls if solver is not None else 0
     try:
         yield
     except KeyboardInterrupt:
-        if solver is None:
-            logger.warning("stopped by Ctrl-C")
-        else:
-            started = solver._solve_calls > calls_before
-            logger.warning("%s", interrupt_report(solver, started))
+        with stop_signals_ignored():
+            if solver is None:
+                logger.warning("stopped by Ctrl-C")
+            else:
+                started = solver._solve_calls > calls_before
+                logger.warning("%s", interrupt_report(solver, started))
         raise SystemExit(CTRL_C_EXIT_STATUS) from None
 
 

@@ -22,7 +22,7 @@ import logging
 import signal
 import threading
 
-from mochac.runtime.ctrl_c import interrupt_report
+from mochac.runtime.ctrl_c import interrupt_report, stop_signals_ignored
 from mochac.runtime.interrupts import Terminated, raise_terminated, signal_name
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,8 @@ def exit_on_sigterm(solver=None):
     ctrl_c.exit_on_ctrl_c does for a Ctrl-C. The exit status is 128 plus
     the signal number, 143 for SIGTERM. A SystemExit from an inner block
     passes through unchanged, so an outer block keeps an inner block's
-    warning.
+    warning. A second SIGTERM or Ctrl-C during the warning is dropped
+    (ctrl_c.stop_signals_ignored).
 
     NOTE: a SIGTERM that arrives while the block restores the C default
     handler can be lost, and the program then runs on after the block.
@@ -61,11 +62,12 @@ def exit_on_sigterm(solver=None):
         yield
     except Terminated as stop:
         cause = signal_name(stop.signum)
-        if solver is None:
-            logger.warning("stopped by %s", cause)
-        else:
-            started = solver._solve_calls > calls_before
-            logger.warning("%s", interrupt_report(solver, started, cause))
+        with stop_signals_ignored():
+            if solver is None:
+                logger.warning("stopped by %s", cause)
+            else:
+                started = solver._solve_calls > calls_before
+                logger.warning("%s", interrupt_report(solver, started, cause))
         raise SystemExit(128 + stop.signum) from None
     finally:
         # A handler that replaced this one in the block stays.
