@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections.abc
 import contextlib
+import difflib
 import functools
 import gc
 import inspect
@@ -1040,6 +1041,43 @@ def plot_command(args) -> int:
     return 0
 
 
+class CommandParser(argparse.ArgumentParser):
+    """The parser of one subcommand (compile, bench, plot).
+
+    An argument that the subcommand does not know is reported with the
+    subcommand's usage, and with the closest option name when one is
+    close. Without this class, argparse hands such arguments back to the
+    top-level parser, whose error shows the usage of ``mochac`` itself.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(self.unrecognized_message(extras))
+        return namespace, extras
+
+    def unrecognized_message(self, extras: list[str]) -> str:
+        """Return the error for the unknown arguments ``extras``, with a
+        did-you-mean for each unknown option close to a known one."""
+        known = [name for action in self._actions for name in action.option_strings]
+        suggestions = []
+        for extra in extras:
+            if not extra.startswith("-"):
+                continue
+            # --ouput=x names the option --ouput.
+            name = extra.split("=", 1)[0]
+            close = difflib.get_close_matches(name, known, n=1)
+            if close:
+                suggestions.append((name, close[0]))
+        message = f"unrecognized arguments: {' '.join(extras)}"
+        if len(suggestions) == 1:
+            message += f" (did you mean {suggestions[0][1]}?)"
+        elif suggestions:
+            listed = ", ".join(f"{match} for {name}" for name, match in suggestions)
+            message += f" (did you mean {listed}?)"
+        return message
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mochac", description="Compile, time and plot Mocha-style nets."
@@ -1050,7 +1088,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version", action="version", version=f"%(prog)s {__version__}"
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(
+        dest="command", required=True, parser_class=CommandParser
+    )
     compile_parser = commands.add_parser(
         "compile", help="write one importable module per Net defined in a Python file"
     )

@@ -762,6 +762,59 @@ def test_version_option(capsys):
     assert capsys.readouterr().out.strip() == f"mochac {__version__}"
 
 
+@pytest.mark.parametrize(
+    ("args", "usage", "error"),
+    [
+        (
+            ["compile", "net.py", "--ouput", "out"],
+            "usage: mochac compile ",
+            "unrecognized arguments: --ouput out (did you mean --output?)",
+        ),
+        (
+            ["compile", "net.py", "--ouput=out"],
+            "usage: mochac compile ",
+            "unrecognized arguments: --ouput=out (did you mean --output?)",
+        ),
+        (
+            ["bench", "lenet", "--itres", "3", "--repeat-count", "2"],
+            "usage: mochac bench ",
+            (
+                "unrecognized arguments: --itres 3 --repeat-count 2 (did you mean "
+                "--iters for --itres, --repeats for --repeat-count?)"
+            ),
+        ),
+        (
+            ["plot", "stats.h5", "--stats", "obj_val"],
+            "usage: mochac plot ",
+            "unrecognized arguments: --stats obj_val (did you mean --stat?)",
+        ),
+        (
+            ["plot", "stats.h5", "extra.h5"],
+            "usage: mochac plot ",
+            "mochac plot: error: unrecognized arguments: extra.h5\n",
+        ),
+    ],
+    ids=["compile", "compile-equals", "bench-two", "plot", "plot-positional"],
+)
+def test_unknown_option_shows_command_usage(args, usage, error, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(args)
+    assert caught.value.code == 2
+    printed = capsys.readouterr().err
+    assert printed.startswith(usage)
+    assert error in printed
+
+
+def test_unknown_option_before_command(capsys):
+    """An unknown option before the subcommand is the top-level parser's."""
+    with pytest.raises(SystemExit) as caught:
+        main(["--colour", "compile", "net.py"])
+    assert caught.value.code == 2
+    printed = capsys.readouterr().err
+    assert printed.startswith("usage: mochac [-h]")
+    assert "unrecognized arguments: --colour" in printed
+
+
 def test_compile_syntax_error_names_line(tmp_path, caplog):
     net_file = tmp_path / "broken.py"
     net_file.write_text("from mochac import *\nnet = Net('x', CPUBackend(), [\n")
