@@ -540,11 +540,7 @@ def compile_command(args) -> int:
     source_file = path.absolute()
     targets = {option: output_target(value) for option, value in files.items()}
     # The options are checked before the file runs and builds its nets.
-    # -O is 0 or 1 by argparse, so only --disable can be invalid here.
-    try:
-        enabled_passes(args.opt_level, args.disable)
-    except ConfigError as error:
-        raise UsageError(f"--disable {' '.join(args.disable)}: {error}") from None
+    check_pass_options(args)
     texts = {}
     # While an option writes to standard output, everything else the command
     # and the net file print goes to stderr, so that the output stays valid.
@@ -736,6 +732,7 @@ def compile_cuda(found_nets: dict, out: Path, out_dir: Path, source_file, args) 
 
 
 def bench_command(args) -> int:
+    check_pass_options(args)
     json_target = None
     if args.json:
         if args.json != STDOUT:
@@ -780,10 +777,12 @@ def bench_factory(args):
     check_net_file(path)
     # With the passes of the timed nets, the timed net loads the extension
     # that the import compiled, unless --batch, a dtype other than
-    # float32 or an output layer makes its C code differ. At -O1, a Net
-    # call of the file that sets other passes keeps them for the import
+    # float32 or an output layer makes its C code differ. Unless at -O0, a
+    # Net call of the file that sets other passes keeps them for the import
     # (with_command_passes), so the timed net compiles its own code too.
-    found = find_nets(path, {"opt_level": args.opt_level, "disable": ()})
+    found = find_nets(
+        path, {"opt_level": args.opt_level, "disable": tuple(args.disable)}
+    )
     nets = [net for net in found.values() if net.ir.backward_order]
     if not nets:
         defined = ", ".join(f"'{net.name}'" for net in found.values())
@@ -838,6 +837,7 @@ def run_bench(factory, args, json_target: Path | str | None) -> dict:
             repeats=args.repeats,
             opt_level=args.opt_level,
             peer=not args.no_peer,
+            disable=tuple(args.disable),
         )
         report["net"] = args.net
         print(format_gpu_bench(report))
@@ -858,6 +858,7 @@ def run_bench(factory, args, json_target: Path | str | None) -> dict:
         peer=not args.no_peer,
         torch_compile=not args.no_torch_compile,
         inference=not args.no_inference,
+        disable=tuple(args.disable),
     )
     report["net"] = args.net
     print(format_bench(report))
@@ -935,7 +936,11 @@ def print_gpu_profile(report, factory, args) -> None:
     from mochac.runtime.net import Net
 
     net = Net(
-        "profile-gpu", GPUBackend(seed=0), factory(args.batch), opt_level=args.opt_level
+        "profile-gpu",
+        GPUBackend(seed=0),
+        factory(args.batch),
+        opt_level=args.opt_level,
+        disable=args.disable,
     )
     ours = profile_gpu(net, args.iters, args.repeats)
     report["profile"] = {"mochac": ours}
@@ -953,6 +958,7 @@ def print_profile(report, factory, args) -> None:
         CPUBackend(threads=args.threads, seed=0),
         factory(args.batch),
         opt_level=args.opt_level,
+        disable=args.disable,
     )
     ours = profile_mochac(net, args.iters, args.repeats)
     theirs = {}
@@ -1078,6 +1084,37 @@ class CommandParser(argparse.ArgumentParser):
         return message
 
 
+def add_pass_options(parser: argparse.ArgumentParser) -> None:
+    """Add -O0, -O1 and --disable, the passes of the nets a command builds."""
+    level = parser.add_mutually_exclusive_group()
+    level.add_argument(
+        "-O0", dest="opt_level", action="store_const", const=0, help="run no pass"
+    )
+    level.add_argument(
+        "-O1",
+        dest="opt_level",
+        action="store_const",
+        const=1,
+        help="run every pass (the default)",
+    )
+    parser.add_argument(
+        "--disable",
+        action="append",
+        default=[],
+        metavar="PASS",
+        help=f"skip a pass; repeatable; one of: {', '.join(PASS_NAMES)}",
+    )
+
+
+def check_pass_options(args) -> None:
+    """Raise UsageError when --disable names an unknown pass. Commands call
+    this before a net file runs; -O is 0 or 1 by argparse."""
+    try:
+        enabled_passes(args.opt_level, args.disable)
+    except ConfigError as error:
+        raise UsageError(f"--disable {' '.join(args.disable)}: {error}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mochac", description="Compile, time and plot Mocha-style nets."
@@ -1101,24 +1138,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=".",
         help="folder for the modules, created if missing (default: .)",
     )
-    level = compile_parser.add_mutually_exclusive_group()
-    level.add_argument(
-        "-O0", dest="opt_level", action="store_const", const=0, help="run no pass"
-    )
-    level.add_argument(
-        "-O1",
-        dest="opt_level",
-        action="store_const",
-        const=1,
-        help="run every pass (the default)",
-    )
-    compile_parser.add_argument(
-        "--disable",
-        action="append",
-        default=[],
-        metavar="PASS",
-        help=f"skip a pass; repeatable; one of: {', '.join(PASS_NAMES)}",
-    )
+    add_pass_options(compile_parser)
     compile_parser.add_argument(
         "--report", action="store_true", help="print what each pass changed per net"
     )
@@ -1170,9 +1190,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument(
         "--repeats", type=positive_int, default=5, help="timed rounds (default: 5)"
     )
-    bench_parser.add_argument(
-        "-O0", dest="opt_level", action="store_const", const=0, help="run no pass"
-    )
+    add_pass_options(bench_parser)
     bench_parser.add_argument(
         "--json",
         metavar="FILE",

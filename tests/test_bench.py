@@ -42,6 +42,69 @@ def test_bench_report_without_peer(monkeypatch):
     assert "latency, batch 1: mochac" in format_bench(report)
 
 
+def test_bench_builds_nets_with_passes(monkeypatch):
+    """bench() hands opt_level and disable to every mochac net it builds,
+    the timed nets and the compile-time builds, and records them."""
+    from mochac.bench import runner
+
+    passes = []
+    real_net = runner.Net
+
+    def recording_net(*args, **kwargs):
+        passes.append((kwargs.get("opt_level"), kwargs.get("disable")))
+        return real_net(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "Net", recording_net)
+    report = bench(
+        small_lenet,
+        batch=2,
+        threads=1,
+        iters=1,
+        repeats=1,
+        peer=False,
+        disable=("plan_memory",),
+    )
+    assert report["opt_level"] == 1
+    assert report["disable"] == ["plan_memory"]
+    # The train, inference and latency nets, and two compile-time builds.
+    assert len(passes) == 5
+    assert set(passes) == {(1, ("plan_memory",))}
+
+
+def test_bench_pass_options_reach_bench(monkeypatch):
+    options = []
+
+    def timed(factory, **kwargs):
+        options.append(kwargs)
+        return {"mochac": {"train": {"median_ms": 1.0}}}
+
+    monkeypatch.setattr("mochac.bench.runner.bench", timed)
+    monkeypatch.setattr("mochac.bench.runner.format_bench", lambda report: "TABLE")
+    args = ["bench", "lenet", "--disable", "plan_memory", "--disable", "fuse_neurons"]
+    assert main([*args, "-O1"]) == 0
+    assert main(["bench", "lenet", "-O0"]) == 0
+    assert options[0]["opt_level"] == 1
+    assert options[0]["disable"] == ("plan_memory", "fuse_neurons")
+    assert options[1]["opt_level"] == 0
+    assert options[1]["disable"] == ()
+
+
+def test_bench_rejects_unknown_pass(monkeypatch, caplog):
+    def timed(factory, **kwargs):
+        raise AssertionError("the pass options must be checked before timing")
+
+    monkeypatch.setattr("mochac.bench.runner.bench", timed)
+    assert main(["bench", "lenet", "--disable", "fuse_neuron"]) == 2
+    assert "(did you mean 'fuse_neurons'?)" in caplog.text
+
+
+def test_bench_o0_and_o1_exclusive(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["bench", "lenet", "-O0", "-O1"])
+    assert caught.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_bench_table_notes_noisy_rounds():
     report = bench(small_lenet, batch=2, threads=1, iters=1, repeats=2, peer=False)
     for values in report["mochac"].values():

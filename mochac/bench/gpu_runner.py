@@ -52,12 +52,14 @@ PEER_GRAD_MODES = {
 }
 
 
-def bench_gpu(layers_factory, batch=64, iters=20, repeats=5, opt_level=1, peer=True):
+def bench_gpu(
+    layers_factory, batch=64, iters=20, repeats=5, opt_level=1, peer=True, disable=()
+):
     """Time a net built by ``layers_factory(batch)`` on the GPU; return a report.
 
     Raises DeviceError when CuPy or a CUDA device is missing.
     """
-    ours, net = mochac_gpu_measures(layers_factory, batch, iters, opt_level)
+    ours, net = mochac_gpu_measures(layers_factory, batch, iters, opt_level, disable)
     participants = {"mochac": ours}
     peer_details = {}
     if peer:
@@ -79,6 +81,7 @@ def bench_gpu(layers_factory, batch=64, iters=20, repeats=5, opt_level=1, peer=T
         "batch": batch,
         "iters": iters,
         "opt_level": opt_level,
+        "disable": list(disable),
         "warmup_calls": WARMUP_CALLS,
         # Round k of mochac and of the peer run one after the other.
         "interleaved_rounds": True,
@@ -98,10 +101,16 @@ def bench_gpu(layers_factory, batch=64, iters=20, repeats=5, opt_level=1, peer=T
     return report
 
 
-def mochac_gpu_measures(layers_factory, batch, iters, opt_level):
+def mochac_gpu_measures(layers_factory, batch, iters, opt_level, disable=()):
     """Return {measure: (function, calls)} for mochac on the GPU, and the train net."""
     backend = GPUBackend(seed=0)
-    net = Net("bench-gpu", backend, layers_factory(batch), opt_level=opt_level)
+    net = Net(
+        "bench-gpu",
+        backend,
+        layers_factory(batch),
+        opt_level=opt_level,
+        disable=disable,
+    )
     check_batch(net, batch)
     method = SGD()
     # The forward measure runs on a net of its own: a forward pass drops the
@@ -112,6 +121,7 @@ def mochac_gpu_measures(layers_factory, batch, iters, opt_level):
         GPUBackend(seed=0),
         layers_factory(batch),
         opt_level=opt_level,
+        disable=disable,
     )
 
     def forward():
@@ -126,12 +136,14 @@ def mochac_gpu_measures(layers_factory, batch, iters, opt_level):
         GPUBackend(seed=0),
         inference_layers(layers_factory, batch),
         opt_level=opt_level,
+        disable=disable,
     )
     single_net = Net(
         "bench-gpu-latency",
         GPUBackend(seed=0),
         inference_layers(layers_factory, 1),
         opt_level=opt_level,
+        disable=disable,
     )
 
     def infer(target):

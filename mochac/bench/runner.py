@@ -54,7 +54,9 @@ def _difference(total: list[float], part: list[float]) -> list[float]:
     return [a - b for a, b in zip(total, part)]
 
 
-def measure_compile(layers_factory, batch: int, threads: int, opt_level: int) -> dict:
+def measure_compile(
+    layers_factory, batch: int, threads: int, opt_level: int, disable=()
+) -> dict:
     """Return the seconds to build the train net with an empty and a warm cache.
 
     The builds repeat that of the timed train net, so their cache hit and
@@ -73,6 +75,7 @@ def measure_compile(layers_factory, batch: int, threads: int, opt_level: int) ->
                     CPUBackend(threads=threads, seed=0),
                     layers_factory(batch),
                     opt_level=opt_level,
+                    disable=disable,
                     _build_log_level=logging.DEBUG,
                 )
                 times.append(time.perf_counter() - start)
@@ -171,13 +174,16 @@ def check_batch(net, batch: int) -> None:
         )
 
 
-def mochac_measures(layers_factory, batch, threads, iters, opt_level, inference):
+def mochac_measures(
+    layers_factory, batch, threads, iters, opt_level, inference, disable=()
+):
     """Return {measure: (function, calls)} for mochac, and the train net."""
     net = Net(
         "bench",
         CPUBackend(threads=threads, seed=0),
         layers_factory(batch),
         opt_level=opt_level,
+        disable=disable,
     )
     check_batch(net, batch)
     method = SGD()
@@ -201,12 +207,14 @@ def mochac_measures(layers_factory, batch, threads, iters, opt_level, inference)
             CPUBackend(threads=threads, seed=0),
             inference_layers(layers_factory, batch),
             opt_level=opt_level,
+            disable=disable,
         )
         single_net = Net(
             "bench-latency",
             CPUBackend(threads=threads, seed=0),
             inference_layers(layers_factory, 1),
             opt_level=opt_level,
+            disable=disable,
         )
         measures["infer"] = (infer_net.forward, iters)
         measures["latency"] = (single_net.forward, LATENCY_CALLS * iters)
@@ -223,15 +231,17 @@ def bench(
     peer=True,
     torch_compile=True,
     inference=True,
+    disable=(),
 ) -> dict:
     """Time a net built by ``layers_factory(batch)`` and its peers; return a report.
 
     With ``inference``, also times the net without its loss: a forward pass
     at ``batch`` (throughput) and at batch 1 (latency). The rounds of
-    mochac and of its peers alternate (interleaved_rounds).
+    mochac and of its peers alternate (interleaved_rounds). ``opt_level``
+    and ``disable`` are the passes of every mochac net, as for Net.
     """
     ours, net = mochac_measures(
-        layers_factory, batch, threads, iters, opt_level, inference
+        layers_factory, batch, threads, iters, opt_level, inference, disable
     )
     participants = {"mochac": ours}
     versions, compile_seconds, peer_threads = {}, {}, {}
@@ -270,6 +280,7 @@ def bench(
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
         "iters": iters,
         "opt_level": opt_level,
+        "disable": list(disable),
         "environment": environment(),
         "mochac": results.pop("mochac"),
         "peers": results,
@@ -280,7 +291,9 @@ def bench(
         peer_report["zero_grad_set_to_none"] = ZERO_GRAD_SET_TO_NONE
         if name in compile_seconds:
             peer_report["compile_s"] = compile_seconds[name]
-    report["compile"] = measure_compile(layers_factory, batch, threads, opt_level)
+    report["compile"] = measure_compile(
+        layers_factory, batch, threads, opt_level, disable
+    )
     shapes = gemm_shapes(net)
     blas_ms = 1e3 * time_gemms(shapes, threads, net.backend.dtype)
     net.lib.mochac_set_num_threads(threads)
