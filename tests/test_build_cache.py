@@ -291,6 +291,26 @@ def test_builds_of_one_key_are_identical(tmp_path, monkeypatch):
     assert built[0].read_bytes() == built[1].read_bytes()
 
 
+def test_builds_identical_with_linked_tmpdir(tmp_path, monkeypatch):
+    """The compiler writes the build folder's resolved path into the debug
+    info, so builds of one key match also when the temporary folder is
+    reached through a symbolic link."""
+    real = tmp_path / "real-tmp"
+    real.mkdir()
+    link = tmp_path / "linked-tmp"
+    link.symlink_to(real, target_is_directory=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(link))
+    monkeypatch.setenv("CFLAGS", "-g")
+    built = []
+    for name in ("first", "second"):
+        cache = tmp_path / name
+        monkeypatch.setenv("MOCHAC_CACHE_DIR", str(cache))
+        cache_net(7)
+        built.append(cached_extension(cache))
+    assert built[0].read_bytes() == built[1].read_bytes()
+    assert str(real).encode() not in built[0].read_bytes()
+
+
 # Builds a net in a child process whose files may grow to 64 KiB, less than
 # the generated C file, with SIGXFSZ ignored so that writes fail with EFBIG.
 BUILD_WITH_SMALL_FILE_LIMIT = textwrap.dedent(

@@ -517,6 +517,12 @@ def build_extension(source: str, net_name: str, cache_hit_level=logging.INFO):
             f"folder: {error}; check that it has free space, or set TMPDIR to "
             "a writable folder"
         ) from error
+    # The compiler names the folder by its resolved path (getcwd), which
+    # differs from the one tempfile gives when TMPDIR is a symbolic link.
+    folder_names = dict.fromkeys(
+        [build_folder.name, os.path.realpath(build_folder.name)]
+    )
+    prefix_maps = [f"-fdebug-prefix-map={name}=." for name in folder_names]
     ffi = cffi.FFI()
     ffi.cdef(CDEF)
     ffi.set_source(
@@ -529,7 +535,7 @@ def build_extension(source: str, net_name: str, cache_hit_level=logging.INFO):
         # folder's path into the debug info. Two processes that compile one
         # key at once must write the same bytes, or the digest record one of
         # them renames into place may not match the extension of the other.
-        extra_compile_args=[*COMPILE_ARGS, f"-fdebug-prefix-map={build_folder.name}=."],
+        extra_compile_args=[*COMPILE_ARGS, *prefix_maps],
         extra_link_args=["-fopenmp", f"-Wl,-rpath,{lib_dir}"],
     )
     with build_folder as tmp:
