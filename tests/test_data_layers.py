@@ -557,6 +557,19 @@ def test_memory_position_restarts_at_assignment(assign):
     assert source.epoch == (1 if len(source.arrays[0]) > 4 else 2)
 
 
+def test_memory_arrays_sort_with_key():
+    """The source's list of arrays takes list methods' keyword arguments,
+    and a sort counts as an assignment, so the batches start over."""
+    x = np.arange(6, dtype=np.float32).reshape(6, 1)
+    layer = MemoryDataLayer(name="mem", batch_size=4, tops=["data"], data=[x])
+    source = open_source(layer)
+    next_batch(source)
+    source.arrays.sort(key=len, reverse=True)
+    assert source.position == 0
+    (data,), _ = next_batch(source)
+    np.testing.assert_array_equal(data.ravel(), [0.0, 1.0, 2.0, 3.0])
+
+
 def test_memory_array_resized_in_place():
     x = np.zeros((6, 3), dtype=np.float32)
     layer = MemoryDataLayer(name="mem", batch_size=4, tops=["data"], data=[x])

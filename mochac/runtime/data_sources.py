@@ -79,9 +79,9 @@ class _CountedArrays(list):
 def _count_change(name):
     method = getattr(list, name)
 
-    def counted(self, *args):
+    def counted(self, *args, **kwargs):
         self.changes += 1
-        return method(self, *args)
+        return method(self, *args, **kwargs)
 
     counted.__name__ = name
     return counted
