@@ -675,3 +675,38 @@ def test_device_check_fits_one_call():
     assert len(outputs) <= 8
     for name in outputs:
         assert re.fullmatch(r"[A-Za-z0-9._-]+", name), name
+
+
+def test_bench_speedup_of_noisy_backward(monkeypatch):
+    from mochac.bench import runner
+
+    def fake_peer_measures(net, threads, iters, torch_compile, inference, *details):
+        versions, _compile_seconds, peer_threads = details
+        versions["fake_peer"] = "0"
+        peer_threads["fake_peer"] = threads
+        measures = ("forward", "forward_backward", "train")
+        return {"fake_peer": {measure: (lambda: None, iters) for measure in measures}}
+
+    # Seconds per call: mochac's forward and backward round came out shorter
+    # than its forward round, so its backward median is negative.
+    seconds = {
+        ("mochac", "forward"): [0.002, 0.002],
+        ("mochac", "forward_backward"): [0.001, 0.001],
+        ("mochac", "train"): [0.004, 0.004],
+        ("fake_peer", "forward"): [0.004, 0.004],
+        ("fake_peer", "forward_backward"): [0.010, 0.010],
+        ("fake_peer", "train"): [0.012, 0.012],
+    }
+    monkeypatch.setattr(runner, "torch_measures", fake_peer_measures)
+    monkeypatch.setattr(
+        runner, "interleaved_rounds", lambda functions, repeats: seconds
+    )
+    report = bench(small_lenet, batch=2, threads=1, iters=1, repeats=2, inference=False)
+    peer = report["peers"]["fake_peer"]
+    assert report["mochac"]["backward"]["median_ms"] == pytest.approx(-1.0)
+    assert peer["backward"]["speedup_of_mochac"] is None
+    assert peer["forward"]["speedup_of_mochac"] == pytest.approx(2.0)
+    assert peer["train"]["speedup_of_mochac"] == pytest.approx(3.0)
+    assert "mochac speed-up over fake_peer: forward 2.00x, train 3.00x" in (
+        format_bench(report)
+    )

@@ -306,11 +306,21 @@ def bench(
     for measures in report["peers"].values():
         for measure, values in measures.items():
             if isinstance(values, dict) and measure in report["mochac"]:
-                ours_ms = report["mochac"][measure]["median_ms"]
-                values["speedup_of_mochac"] = (
-                    values["median_ms"] / ours_ms if ours_ms else None
+                values["speedup_of_mochac"] = speedup(
+                    values["median_ms"], report["mochac"][measure]["median_ms"]
                 )
     return report
+
+
+def speedup(peer_ms: float, ours_ms: float) -> float | None:
+    """Return the peer's time over mochac's, or None unless both are positive.
+
+    A backward median is a difference of two timings and can be zero or
+    negative on busy cores, and a ratio of such a time means nothing.
+    """
+    if peer_ms <= 0 or ours_ms <= 0:
+        return None
+    return peer_ms / ours_ms
 
 
 # The pip command of PyTorch's CPU build, which is all the CPU peers need.
