@@ -1107,12 +1107,19 @@ def add_pass_options(parser: argparse.ArgumentParser) -> None:
 
 
 def check_pass_options(args) -> None:
-    """Raise UsageError when --disable names an unknown pass. Commands call
-    this before a net file runs; -O is 0 or 1 by argparse."""
+    """Raise UsageError when --disable names an unknown pass, and warn when
+    -O0 makes --disable do nothing. Commands call this before a net file
+    runs; -O is 0 or 1 by argparse."""
     try:
         enabled_passes(args.opt_level, args.disable)
     except ConfigError as error:
         raise UsageError(f"--disable {' '.join(args.disable)}: {error}") from None
+    if args.opt_level == 0 and args.disable:
+        logger.warning(
+            "--disable %s has no effect with -O0, which runs no pass; use "
+            "-O1 (the default) to run the other passes",
+            " ".join(args.disable),
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:

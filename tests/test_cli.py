@@ -492,6 +492,23 @@ def test_compile_rejects_unknown_pass(tmp_path, caplog, monkeypatch):
     assert expected in caplog.text
 
 
+def test_disable_at_o0_warns(tmp_path, caplog):
+    """--disable with -O0 compiles, with a warning that it does nothing."""
+    net_file = tmp_path / "net.py"
+    net_file.write_text(NET_FILE)
+    args = ["compile", str(net_file), "-o", str(tmp_path / "out"), "-O0"]
+    with caplog.at_level(logging.WARNING):
+        assert main([*args, "--disable", "plan_memory"]) == 0
+    warnings = [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno >= logging.WARNING
+    ]
+    assert any(
+        "--disable plan_memory has no effect with -O0" in text for text in warnings
+    )
+
+
 def test_compile_unknown_pass_close_match(tmp_path, caplog):
     net_file = tmp_path / "net.py"
     net_file.write_text(NET_FILE)
