@@ -207,30 +207,39 @@ def test_file_replaced_before_open_rechecked(tmp_path, monkeypatch):
         shapes_before_reading(make_layer(HDF5DataLayer, tmp_path), np.float32)
 
 
-def test_async_reopen_checks_replaced_file(tmp_path):
-    """AsyncHDF5DataLayer opens a file replaced while it reads again, and
-    checks it against the sidecar then."""
-    path = data_file(tmp_path)
+def async_error_after_change(folder: Path, change) -> str:
+    """Read a batch of AsyncHDF5DataLayer from ``folder``, call ``change()``,
+    then read on until a DataError; return its message."""
     source = make_source(
-        make_layer(AsyncHDF5DataLayer, tmp_path), np.float32, np.random.default_rng(0)
+        make_layer(AsyncHDF5DataLayer, folder), np.float32, np.random.default_rng(0)
     )
     try:
         outputs = [np.zeros(shape, np.float32) for shape in source.shapes]
         source.next_batch(outputs)
-        replacement = tmp_path / "new.hdf5"
-        write_samples(replacement, first=10.0)
-        os.replace(replacement, path)
+        change()
         # The thread has read batches ahead from the old file. It reads the
-        # next chunk that is not cached from the new one, which the sidecar
-        # does not describe.
+        # next chunk that is not cached from the changed one, which the
+        # sidecar does not describe.
         with pytest.raises(DataError) as caught:
             for _ in range(6):
                 source.next_batch(outputs)
     finally:
         source.close()
-    assert "does not match its SHA-256 digest in samples.hdf5.sha256" in str(
-        caught.value
-    )
+    return str(caught.value)
+
+
+def test_async_reopen_checks_replaced_file(tmp_path):
+    """AsyncHDF5DataLayer opens a file replaced while it reads again, and
+    checks it against the sidecar then."""
+    path = data_file(tmp_path)
+
+    def replace():
+        replacement = tmp_path / "new.hdf5"
+        write_samples(replacement, first=10.0)
+        os.replace(replacement, path)
+
+    message = async_error_after_change(tmp_path, replace)
+    assert "does not match its SHA-256 digest in samples.hdf5.sha256" in message
 
 
 def test_file_replaced_during_check_reads(tmp_path, monkeypatch):
@@ -283,12 +292,8 @@ def test_async_reopen_after_in_place_rewrite(tmp_path):
     with its old size and modification time, and checks it then."""
     path = data_file(tmp_path)
     status = path.stat()
-    source = make_source(
-        make_layer(AsyncHDF5DataLayer, tmp_path), np.float32, np.random.default_rng(0)
-    )
-    try:
-        outputs = [np.zeros(shape, np.float32) for shape in source.shapes]
-        source.next_batch(outputs)
+
+    def rewrite_in_place():
         other = tmp_path / "other.hdf5"
         write_samples(other, first=10.0)
         raw = other.read_bytes()
@@ -300,11 +305,6 @@ def test_async_reopen_after_in_place_rewrite(tmp_path):
         os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
         while path.stat().st_ctime_ns == status.st_ctime_ns:
             os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
-        with pytest.raises(DataError) as caught:
-            for _ in range(6):
-                source.next_batch(outputs)
-    finally:
-        source.close()
-    assert "does not match its SHA-256 digest in samples.hdf5.sha256" in str(
-        caught.value
-    )
+
+    message = async_error_after_change(tmp_path, rewrite_in_place)
+    assert "does not match its SHA-256 digest in samples.hdf5.sha256" in message

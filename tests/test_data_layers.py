@@ -1156,7 +1156,7 @@ def test_prepare_data_converts_wheel(tmp_path):
         np.testing.assert_array_equal(data[sample], expected.astype(np.float32))
     # Column "2x1" (row 2, column 1) is pixel 28 in row-major order.
     assert data[1, 0, 1, 0] == np.float32(fake_pixels(1)[28] / 256)
-    assert not list(out.glob(".*.part"))
+    assert not list(out.glob(".*.tmp"))
 
     layer = HDF5DataLayer(name="data", source=str(lists["test"]), batch_size=2)
     (_, test_label), n_valid = next_batch(open_source(layer))
@@ -1217,7 +1217,7 @@ def test_prepare_data_row_count_checked(tmp_path):
 
     assert not (out / "train.hdf5").exists()
     assert not (out / "train.txt").exists()
-    assert not list(out.glob(".*.part"))
+    assert not list(out.glob(".*.tmp"))
 
 
 def test_prepare_data_extra_rows_rejected(tmp_path):

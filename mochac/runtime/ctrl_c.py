@@ -87,13 +87,23 @@ def exit_on_ctrl_c(solver=None):
     try:
         yield
     except KeyboardInterrupt:
-        with stop_signals_ignored():
-            if solver is None:
-                logger.warning("stopped by Ctrl-C")
-            else:
-                started = solver._solve_calls > calls_before
-                logger.warning("%s", interrupt_report(solver, started))
+        report_stop(solver, calls_before, "Ctrl-C", logger)
         raise SystemExit(CTRL_C_EXIT_STATUS) from None
+
+
+def report_stop(solver, calls_before: int, cause: str, log: logging.Logger) -> None:
+    """Log to ``log`` the warning of a block that ``cause`` ("Ctrl-C",
+    "SIGTERM") stopped, with a second stop signal dropped meanwhile.
+
+    ``calls_before`` is the solver's count of solve() calls when the block
+    started. Without a solver, the warning names the cause alone.
+    """
+    with stop_signals_ignored():
+        if solver is None:
+            log.warning("stopped by %s", cause)
+        else:
+            started = solver._solve_calls > calls_before
+            log.warning("%s", interrupt_report(solver, started, cause))
 
 
 def interrupt_report(solver, started: bool, cause: str = "Ctrl-C") -> str:

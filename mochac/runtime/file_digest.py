@@ -112,7 +112,7 @@ def verify_digest(path, advice: str) -> bool:
     for _ in range(VERIFY_ATTEMPTS):
         if not sidecar.is_file():
             return False
-        sidecar_before = _identity_or_none(sidecar)
+        sidecar_before = identity_or_none(sidecar)
         expected = read_digests(sidecar, advice)
         try:
             identity = file_identity(path)
@@ -124,8 +124,8 @@ def verify_digest(path, advice: str) -> bool:
         # A writer (replace_with_digest) that put a new sidecar and file in
         # place after the sidecar was read leaves a mismatch without damage,
         # so the check reads the pair again when either changed meanwhile.
-        if _identity_or_none(sidecar) == sidecar_before and (
-            _identity_or_none(path) == identity
+        if identity_or_none(sidecar) == sidecar_before and (
+            identity_or_none(path) == identity
         ):
             break
     if actual not in expected:
@@ -140,7 +140,8 @@ def verify_digest(path, advice: str) -> bool:
     return True
 
 
-def _identity_or_none(path) -> tuple | None:
+def identity_or_none(path) -> tuple | None:
+    """Return file_identity(path), or None when the file cannot be read."""
     try:
         return file_identity(path)
     except OSError:

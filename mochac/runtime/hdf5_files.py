@@ -22,6 +22,7 @@ from mochac.runtime.batch_checks import _check_float, _who
 from mochac.runtime.file_digest import (
     DATA_FILE_ADVICE,
     file_identity,
+    identity_or_none,
     sidecar_path,
     verify_digest,
 )
@@ -147,7 +148,7 @@ def _open_hdf5(layer, path: Path, name: str | None = None) -> h5py.File:
         # A file replaced between its check and the open is checked again
         # before any dataset is read. NOTE: h5py has then parsed the new
         # file's superblock and root group unchecked.
-        if checked is None or _identity_or_none(path) == checked:
+        if checked is None or identity_or_none(path) == checked:
             return handle
         handle.close()
     raise DataError(
@@ -155,13 +156,6 @@ def _open_hdf5(layer, path: Path, name: str | None = None) -> h5py.File:
         f"was opened ({OPEN_ATTEMPTS} times); try again once no other program "
         "replaces it"
     )
-
-
-def _identity_or_none(path: Path) -> tuple | None:
-    try:
-        return file_identity(path)
-    except OSError:
-        return None
 
 
 @contextlib.contextmanager

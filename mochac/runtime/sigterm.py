@@ -22,7 +22,7 @@ import logging
 import signal
 import threading
 
-from mochac.runtime.ctrl_c import interrupt_report, stop_signals_ignored
+from mochac.runtime.ctrl_c import report_stop
 from mochac.runtime.interrupts import Terminated, raise_terminated, signal_name
 
 logger = logging.getLogger(__name__)
@@ -61,13 +61,7 @@ def exit_on_sigterm(solver=None):
     try:
         yield
     except Terminated as stop:
-        cause = signal_name(stop.signum)
-        with stop_signals_ignored():
-            if solver is None:
-                logger.warning("stopped by %s", cause)
-            else:
-                started = solver._solve_calls > calls_before
-                logger.warning("%s", interrupt_report(solver, started, cause))
+        report_stop(solver, calls_before, signal_name(stop.signum), logger)
         raise SystemExit(128 + stop.signum) from None
     finally:
         # A handler that replaced this one in the block stays.
