@@ -186,10 +186,10 @@ class DataSource(BatchOrder):
         """Take in arrays replaced since the last batch.
 
         Replaced arrays, of any sample count, restart the batch order at
-        sample 0, in a new permutation when the layer shuffles. Raises DataError when the list
-        of arrays was replaced by one of another length, or when an array is
-        not of a real number type or has another sample shape than the net
-        was built for.
+        sample 0, in a new permutation when the layer shuffles. Raises
+        DataError when the list of arrays was replaced by one of another
+        length, or when an array is not of a real number type or has another
+        sample shape than the net was built for.
         It is also raised when the arrays differ in their sample counts or
         have no samples.
         """

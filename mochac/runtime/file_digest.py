@@ -8,12 +8,12 @@ chunk of zero bytes passes its checksum. So save_snapshot stores the SHA-256
 digest of the finished file in ``<file>.sha256``, in the format of
 ``sha256sum`` (one line "<64 hex digits>  <file name>"), and open_model
 compares the file with it before h5py parses a byte. The coffee lounge's
-statistics file gets one the same way (CoffeeLounge.save, read_statistics). A file without a
+statistics file gets one the same way (CoffeeLounge.save,
+read_statistics). The examples' prepare_data.py scripts give their HDF5
+data files sidecars too (replace_with_digest), which the HDF5 data layers
+(hdf5_files.check_digest) and SubMean's mean_file check. A file without a
 sidecar (snapshots of older mochac versions, Caffe exports, model files
-written by other tools) is opened without this check. The examples'
-prepare_data.py scripts give their HDF5 data files sidecars too
-(replace_with_digest), which the HDF5 data layers
-(hdf5_files.check_digest) and SubMean's mean_file check.
+written by other tools) is opened without this check.
 
 While a snapshot replaces an older file of the same name, the sidecar lists
 both digests, the new one first, so the file at the path matches it at

@@ -45,9 +45,9 @@ def read_source_list(layer: HDF5DataLayer, name: str | None = None) -> list[Path
     """Return the HDF5 paths named in the layer's source list file.
 
     The list is UTF-8 text, with or without a byte order mark. Blank lines
-    and lines that start with "#" are skipped. A relative path is taken beside the list file. When no file is there
-    but one is at the path relative to the current folder (Mocha's rule),
-    that one is taken.
+    and lines that start with "#" are skipped. A relative path is taken
+    beside the list file. When no file is there but one is at the path
+    relative to the current folder (Mocha's rule), that one is taken.
     """
     who = _who(layer, name)
     list_path = Path(layer.source)

@@ -263,8 +263,9 @@ class StepInterrupts(SignalHold):
         except BaseException:
             # The step's own error stops the solve, which a KeyboardInterrupt
             # or Terminated would do too, so the signals whose handler only
-            # raises one of those are dropped. A program's handler still gets its signal, and
-            # an exception it raises has the step's error as its context.
+            # raises one of those are dropped. A program's handler still gets
+            # its signal, and an exception it raises has the step's error as
+            # its context.
             self._step_failed = True
             self.holding = False
             try:
