@@ -586,7 +586,7 @@ def test_compile_cuda_backend_writes_source_and_steps(tmp_path, capsys):
     assert steps["forward"]
     output = capsys.readouterr().out
     assert str(sources[0]) in output
-    # No package is written, so the output says how to run the net instead.
+    # No package is written, so the output explains how to run the net instead.
     assert "no mochac command loads them" in output
     assert "Net(name, GPUBackend(), layers)" in output
     assert "Without --backend cuda, mochac compile writes an importable" in output

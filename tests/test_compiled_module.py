@@ -813,7 +813,7 @@ def test_spawned_workers_create_no_file(output_package, tmp_path):
 
 def test_package_second_run_imports(output_package, tmp_path):
     """A script that ran once left preds.h5 behind: running it again imports
-    the package, and its first use of net says how to go on."""
+    the package, and its first use of net raises an error with the next step."""
     run = tmp_path / "run"
     first = "import preds\npreds.net.forward()\npreds.net.destroy()"
     result = run_in_folder(run, first, output_package)

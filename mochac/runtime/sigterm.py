@@ -9,7 +9,7 @@ Job schedulers, ``timeout``, ``kill`` and container stops send SIGTERM.
 Under the C default handler the process ends at once, which can be in the
 middle of a training step or a snapshot write. In the block, SIGTERM goes
 to a Python handler that raises Terminated (interrupts.raise_terminated).
-A solver holds that handler back until its step is complete, and
+A solver defers that handler until its step is complete, and
 ``held_signals`` until an HDF5 write is complete, as they do for a Ctrl-C.
 A script also wraps its whole main() in ``exit_on_sigterm()``, as it does
 with ``exit_on_ctrl_c()``.
